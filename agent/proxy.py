@@ -1,0 +1,352 @@
+"""One tunnel stream on the agent: CONNECT, allowlist, connect, then splice bytes.
+
+The relay opens an SSH channel per upstream TCP connection and sends a
+CONNECT request first. The agent checks the destination against its
+allowlist (names before resolution, addresses after), connects with a
+timeout, answers, then joins the channel and the TCP connection at the
+protocol level: data is handed straight from one transport to the other, and
+each side's flow control pauses the other, so memory stays flat whatever the
+body size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import asyncssh
+import structlog
+
+from agent.allowlist import Allowlist, Verdict
+from sluice.connect import (
+    ConnectProtocolError,
+    Target,
+    find_head_end,
+    format_connect_response,
+    parse_connect_request,
+)
+
+log = structlog.get_logger("sluice.agent.proxy")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass
+class ProxyStats:
+    """Counters the agent exposes (metrics, status)."""
+
+    streams_open: int = 0
+    streams_total: int = 0
+    denied: int = 0
+    connect_failed: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    connect_seconds: list[float] = field(default_factory=list)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def opened(self) -> None:
+        self.streams_open += 1
+        self.streams_total += 1
+        self.idle.clear()
+
+    def closed(self) -> None:
+        self.streams_open -= 1
+        if self.streams_open == 0:
+            self.idle.set()
+
+
+@dataclass(frozen=True)
+class ProxyContext:
+    allowlist: Allowlist
+    connect_timeout: float
+    stats: ProxyStats
+    # Swappable for tests that need a fixed resolver; the default is the OS's.
+    resolve: Callable[[str, int], asyncio.Future[list[IPAddress]]] | None = None
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if address not in seen:
+            seen.append(address)
+    return seen
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+class _Upstream(asyncio.Protocol):
+    """The TCP connection to the internal API; mirrors into the channel."""
+
+    def __init__(self, stream: ChannelProxy) -> None:
+        self._stream = stream
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._stream.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self._stream.upstream_eof()
+        return True  # keep our sending half open until the channel is done
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream.pause_channel()
+
+    def resume_writing(self) -> None:
+        self._stream.resume_channel()
+
+
+class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
+    """Handles one forwarded channel from the relay."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self._ctx = ctx
+        self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._head = bytearray()
+        self._target: Target | None = None
+        self._upstream: _Upstream | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
+        self._outcome = "incomplete"
+        self._bytes_up = 0
+        self._bytes_down = 0
+        self._peer_address: str | None = None
+        self._chan_eof = False
+        self._upstream_eof = False
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<ChannelProxy {self._target.authority() if self._target else '?'} {self._outcome}>"
+
+    # -- channel side ------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._chan = chan
+        self._ctx.stats.opened()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._bytes_up += len(data)
+            self._upstream.transport.write(data)
+            return
+        if self._opening is not None:
+            # Bytes sent before our answer (pipelined); kept for the upstream.
+            self._head += data
+            return
+        self._head += data
+        try:
+            end = find_head_end(self._head)
+            if end < 0:
+                return
+            target = parse_connect_request(bytes(self._head[:end]))
+        except ConnectProtocolError as exc:
+            self._refuse(_Refusal(400, "bad_request", f"malformed CONNECT request: {exc.reason}"))
+            return
+        del self._head[:end]
+        self._target = target
+        assert self._chan is not None
+        self._chan.pause_reading()
+        self._opening = asyncio.get_running_loop().create_task(self._open(target))
+
+    def eof_received(self) -> bool:
+        self._chan_eof = True
+        upstream = self._upstream.transport if self._upstream else None
+        if upstream is not None and not upstream.is_closing():
+            if upstream.can_write_eof():
+                upstream.write_eof()
+            self._maybe_finish()
+            return True
+        # While still connecting, stay half-open: the relay may half-close early.
+        return self._opening is not None and not self._opening.done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.close()
+        if exc is not None and self._outcome in ("incomplete", "ok"):
+            self._outcome = "tunnel_lost"
+        self._log_once()
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.resume_reading()
+
+    # -- upstream side (called by _Upstream) -------------------------------
+    def upstream_data(self, data: bytes) -> None:
+        self._bytes_down += len(data)
+        if self._chan is not None:
+            self._chan.write(data)
+
+    def upstream_eof(self) -> None:
+        self._upstream_eof = True
+        if self._chan is not None and not self._chan.is_closing():
+            self._chan.write_eof()
+        self._maybe_finish()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self._chan is not None:
+            if exc is not None:
+                self._outcome = "upstream_reset"
+            self._chan.close()  # flushes what is buffered, then closes
+
+    def pause_channel(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def resume_channel(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+    def _maybe_finish(self) -> None:
+        if self._chan_eof and self._upstream_eof:
+            if self._upstream is not None and self._upstream.transport is not None:
+                self._upstream.transport.close()
+            if self._chan is not None:
+                self._chan.close()
+
+    # -- opening the upstream connection ------------------------------------
+    async def _open(self, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        try:
+            addresses = await self._permitted_addresses(target)
+            upstream = await self._connect(loop, target, addresses)
+        except _Refusal as refusal:
+            self._refuse(refusal)
+            return
+        self._ctx.stats.connect_seconds.append(time.monotonic() - began)
+        assert self._chan is not None
+        assert upstream.transport is not None
+        self._upstream = upstream
+        self._outcome = "ok"
+        self._chan.write(format_connect_response(200))
+        if self._head:
+            pipelined, self._head = bytes(self._head), bytearray()
+            self._bytes_up += len(pipelined)
+            upstream.transport.write(pipelined)
+        if self._chan_eof and upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+        self._chan.resume_reading()
+
+    async def _permitted_addresses(self, target: Target) -> list[IPAddress]:
+        allow = self._ctx.allowlist
+        verdict, _rule = allow.check_name(target.host, target.port)
+        if verdict is Verdict.DENIED:
+            raise self._denied(target)
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(target.host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            return [literal]
+        try:
+            async with asyncio.timeout(self._ctx.connect_timeout):
+                resolver = self._ctx.resolve or _resolve
+                addresses = await resolver(target.host, target.port)
+        except TimeoutError:
+            raise _Refusal(504, "upstream_timeout",
+                           f"resolving {target.host} timed out") from None
+        except OSError as exc:
+            raise _Refusal(502, "upstream_connect_failed",
+                           f"cannot resolve {target.host}: {exc.strerror or exc}") from None
+        if verdict is Verdict.CHECK_ADDRESSES:
+            permitted = [a for a in addresses if allow.check_address(a, target.port)]
+            if not permitted:
+                shown = ", ".join(str(a) for a in addresses[:4])
+                raise self._denied(target, f" (it resolves to {shown})")
+            return permitted
+        return addresses
+
+    def _denied(self, target: Target, detail: str = "") -> _Refusal:
+        return _Refusal(
+            403,
+            "destination_denied",
+            f"{target.authority()}{detail} is not in this agent's allowlist; "
+            "add a rule to the agent's 'allow' setting (SLUICE_AGENT_ALLOW)",
+        )
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, target: Target, addresses: list[IPAddress]
+    ) -> _Upstream:
+        last: OSError | None = None
+        try:
+            async with asyncio.timeout(self._ctx.connect_timeout):
+                for address in addresses:
+                    try:
+                        _transport, upstream = await loop.create_connection(
+                            lambda: _Upstream(self), str(address), target.port
+                        )
+                    except OSError as exc:
+                        last = exc
+                        continue
+                    self._peer_address = str(address)
+                    return upstream
+        except TimeoutError:
+            raise _Refusal(
+                504, "upstream_timeout",
+                f"connecting to {target.authority()} timed out after "
+                f"{self._ctx.connect_timeout:g} s",
+            ) from None
+        reason = (last.strerror or str(last)) if last else "no address"
+        raise _Refusal(502, "upstream_connect_failed",
+                       f"cannot connect to {target.authority()}: {reason}")
+
+    def _refuse(self, refusal: _Refusal) -> None:
+        self._outcome = refusal.error
+        if refusal.status == 403:
+            self._ctx.stats.denied += 1
+        elif refusal.status in (502, 504):
+            self._ctx.stats.connect_failed += 1
+        if self._chan is not None:
+            self._chan.write(
+                format_connect_response(refusal.status, error=refusal.error,
+                                        message=refusal.message)
+            )
+            self._chan.close()
+        if refusal.status == 403:
+            log.warning("destination_denied", target=self._target_text(), reason=refusal.message)
+
+    def _target_text(self) -> str:
+        return self._target.authority() if self._target else "?"
+
+    def _log_once(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        stats = self._ctx.stats
+        stats.closed()
+        stats.bytes_up += self._bytes_up
+        stats.bytes_down += self._bytes_down
+        log.info(
+            "stream",
+            target=self._target_text(),
+            address=self._peer_address,
+            outcome=self._outcome,
+            bytes_up=self._bytes_up,
+            bytes_down=self._bytes_down,
+            ms=round((time.monotonic() - self._started) * 1000, 1),
+        )

@@ -1,0 +1,129 @@
+"""Agent settings: environment (SLUICE_AGENT_*), an optional TOML file, a token file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agent.allowlist import Allowlist
+from sluice.addresses import HostPort
+from sluice.sshconfig import normalise_fingerprint
+from sluice.tokens import AgentToken
+
+DEFAULT_CONFIG_FILE = Path("/etc/sluice/agent.toml")
+DEFAULT_RELAY_PORT = 2222
+
+
+def _split_list(value: Any) -> Any:
+    # From the environment a list may come as JSON or as "a, b, c".
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part for part in text.replace("\n", ",").split(",") if part.strip()]
+    return value
+
+
+class AgentSettings(BaseSettings):
+    """Everything the agent needs; built once in the CLI and passed in."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_AGENT_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    relay: Annotated[list[HostPort], NoDecode] = Field(
+        description="Relay SSH address(es), host:port; the agent fails over in order."
+    )
+    token: SecretStr | None = Field(default=None, description="Access token (slc_…).")
+    token_file: Path | None = Field(default=None, description="File holding the token.")
+    relay_fingerprint: str | None = Field(
+        default=None, description="The relay's host key fingerprint, SHA256:…"
+    )
+    insecure_skip_host_key_check: bool = Field(
+        default=False, description="Accept any relay host key. For tests only."
+    )
+    allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Destinations the relay may open (host:ports)."
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds per connect.")
+    keepalive_interval: float = Field(default=10.0, gt=0)
+    keepalive_count: int = Field(default=3, ge=1)
+    login_timeout: float = Field(default=30.0, gt=0)
+    backoff_initial: float = Field(default=1.0, gt=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    backoff_max: float = Field(default=60.0, gt=0)
+    stable_after: float = Field(default=30.0, ge=0)
+    drain_timeout: float = Field(default=30.0, ge=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("relay", mode="before")
+    @classmethod
+    def _parse_relay(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list):
+            items = [
+                HostPort.parse(v, default_port=DEFAULT_RELAY_PORT) if isinstance(v, str) else v
+                for v in value
+            ]
+            if not items:
+                raise ValueError("at least one relay address is required")
+            return items
+        return value
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _parse_allow(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list):
+            value = [str(v).strip() for v in value]
+            Allowlist.parse(value)  # raises ValueError naming the bad rule
+        return value
+
+    @field_validator("relay_fingerprint")
+    @classmethod
+    def _check_fingerprint(cls, value: str | None) -> str | None:
+        return normalise_fingerprint(value) if value else None
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentSettings:
+        if self.relay_fingerprint is None and not self.insecure_skip_host_key_check:
+            raise ValueError(
+                "relay_fingerprint is required: run 'sluice-server fingerprint' on the relay "
+                "and set SLUICE_AGENT_RELAY_FINGERPRINT"
+            )
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be at least backoff_initial")
+        return self
+
+    def load_token(self) -> AgentToken:
+        """The access token from, in order: token, token_file, $CREDENTIALS_DIRECTORY/token."""
+        if self.token is not None:
+            raw, source = self.token.get_secret_value(), "token"
+        else:
+            path = self.token_file
+            if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+                path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "token"
+            if path is None:
+                raise ValueError(
+                    "token: no access token; set SLUICE_AGENT_TOKEN, token_file, "
+                    "or a systemd credential named 'token'"
+                )
+            source = f"token_file ({path})"
+            try:
+                raw = path.read_text()
+            except OSError as exc:
+                raise ValueError(f"{source}: cannot read: {exc.strerror}") from None
+        try:
+            return AgentToken.parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    def allowlist(self) -> Allowlist:
+        return Allowlist.parse(self.allow)

@@ -1,0 +1,146 @@
+"""One SSH connection to the relay, with its reverse listener registered."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncssh
+
+from agent.errors import (
+    AuthRejected,
+    HostKeyMismatch,
+    ListenerRefused,
+    RelayUnreachable,
+    TunnelError,
+)
+from agent.proxy import ChannelProxy, ProxyContext
+from agent.settings import AgentSettings
+from sluice import __version__, sshconfig
+from sluice.addresses import HostPort
+from sluice.tokens import AgentToken
+
+
+class _PinnedHostKeyClient(asyncssh.SSHClient):
+    """Accepts exactly the relay host key whose fingerprint the settings pin."""
+
+    def __init__(self, expected: str | None) -> None:
+        self.expected = expected
+        self.presented: str | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.presented = sshconfig.fingerprint(key)
+        return self.expected is None or self.presented == self.expected
+
+
+@dataclass
+class TunnelSession:
+    """A live tunnel: the SSH connection and the listener the relay accepted."""
+
+    relay: HostPort
+    conn: asyncssh.SSHClientConnection
+    listener: asyncssh.SSHListener
+
+    def __repr__(self) -> str:
+        return f"<TunnelSession relay={self.relay}>"
+
+    async def wait_closed(self) -> None:
+        await self.conn.wait_closed()
+
+    def stop_accepting(self) -> None:
+        """Cancel the listener: the relay marks this replica draining."""
+        self.listener.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def open_tunnel(
+    settings: AgentSettings,
+    token: AgentToken,
+    relay: HostPort,
+    ctx: ProxyContext | None,
+) -> TunnelSession:
+    """Connect, authenticate, pin the host key and register the listener.
+
+    With *ctx* None (the ``check`` command) no channel is ever accepted.
+    Raises a TunnelError subclass that says what went wrong and what to fix.
+    """
+    expected = None if settings.insecure_skip_host_key_check else settings.relay_fingerprint
+    client = _PinnedHostKeyClient(expected)
+    try:
+        conn, _ = await asyncssh.create_connection(
+            lambda: client,
+            relay.host,
+            relay.port,
+            username=sshconfig.AGENT_USERNAME,
+            password=str(token),
+            known_hosts=None if expected is None else ([], [], []),
+            server_host_key_algs=["ssh-ed25519"],
+            client_keys=None,
+            agent_path=None,
+            config=None,
+            preferred_auth=["password"],
+            encryption_algs=list(sshconfig.ENCRYPTION_ALGS),
+            mac_algs=list(sshconfig.MAC_ALGS),
+            compression_algs=list(sshconfig.COMPRESSION_ALGS),
+            keepalive_interval=settings.keepalive_interval,
+            keepalive_count_max=settings.keepalive_count,
+            login_timeout=settings.login_timeout,
+            connect_timeout=settings.connect_timeout,
+            client_version=f"sluice-agent/{__version__}",
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise HostKeyMismatch(
+            f"relay {relay} presented host key {client.presented}, but relay_fingerprint is "
+            f"{expected}; if the relay's key really changed, set SLUICE_AGENT_RELAY_FINGERPRINT "
+            "to the output of 'sluice-server fingerprint' on the relay"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise AuthRejected(
+            f"relay {relay} refused the access token: the agent may have been deleted or its "
+            "token rotated; create or rotate it on the relay and update the agent's token"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise RelayUnreachable(f"cannot reach relay {relay}: {_describe(exc)}") from None
+
+    try:
+        if ctx is None:
+            listener: asyncssh.SSHListener = asyncssh.SSHListener()
+        else:
+            proxy_ctx = ctx
+            listener = await conn.create_server(
+                lambda _host, _port: ChannelProxy(proxy_ctx),
+                sshconfig.TUNNEL_LISTEN_HOST,
+                sshconfig.TUNNEL_LISTEN_PORT,
+            )
+    except asyncssh.ChannelListenError as exc:
+        conn.close()
+        raise ListenerRefused(f"relay {relay} refused the tunnel listener: {exc}") from None
+    except (OSError, asyncssh.Error) as exc:
+        conn.close()
+        raise RelayUnreachable(f"relay {relay} dropped the connection: {_describe(exc)}") from None
+    return TunnelSession(relay=relay, conn=conn, listener=listener)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+async def check_relay(settings: AgentSettings, token: AgentToken, relay: HostPort) -> str:
+    """Reach the relay, verify its key and our token; return the key fingerprint."""
+    session = await open_tunnel(settings, token, relay, None)
+    presented = session.conn.get_server_host_key()
+    session.close()
+    async with asyncio.timeout(settings.connect_timeout):
+        await session.wait_closed()
+    return sshconfig.fingerprint(presented) if presented else "?"
+
+
+__all__ = ["TunnelError", "TunnelSession", "check_relay", "open_tunnel"]

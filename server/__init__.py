@@ -1,0 +1,1 @@
+"""The Sluice relay: stores connections and agents, serves the API, accepts tunnels."""

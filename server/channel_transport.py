@@ -1,0 +1,307 @@
+"""asyncio transports over SSH channels, so aiohttp can run on a tunnel stream.
+
+A relay request to an internal API runs on one SSH channel to the agent: no
+socket at all. This module bridges asyncssh's session callbacks to an asyncio
+protocol (aiohttp's ResponseHandler, or asyncio's SSLProtocol for HTTPS), and
+performs the CONNECT handshake that opens each stream. It is the only place
+that knows how asyncssh channels and asyncio transports differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
+
+import asyncssh
+
+from server.errors import (
+    DestinationDenied,
+    RelayError,
+    TunnelLost,
+    TunnelProtocolError,
+    UpstreamConnectFailed,
+    UpstreamTimeout,
+)
+from sluice.connect import (
+    ConnectProtocolError,
+    ConnectResponse,
+    Target,
+    find_head_end,
+    format_connect_request,
+    parse_connect_response,
+    parse_error_body,
+)
+
+_AGENT_ERRORS: dict[int, type[RelayError]] = {
+    403: DestinationDenied,
+    502: UpstreamConnectFailed,
+    504: UpstreamTimeout,
+}
+
+
+def feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver *data* to a plain or buffered asyncio protocol."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(protocol.get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
+
+
+class ChannelTransport(asyncio.Transport):
+    """An asyncio transport whose bytes travel on one SSH channel."""
+
+    def __init__(
+        self,
+        chan: asyncssh.SSHTCPChannel[bytes],
+        session: ChannelSession,
+        extra: dict[str, Any],
+    ) -> None:
+        super().__init__(extra)
+        self._chan = chan
+        self._session = session
+        self._reading = True
+
+    def __repr__(self) -> str:
+        state = "closing" if self._chan.is_closing() else "open"
+        return f"<ChannelTransport {self.get_extra_info('peername')} {state}>"
+
+    # -- asyncio.BaseTransport ---------------------------------------------
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Attach *protocol*; from now on the channel's events go to it."""
+        self._session.attach(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        protocol = self._session.protocol
+        assert protocol is not None
+        return protocol
+
+    def is_closing(self) -> bool:
+        return self._chan.is_closing()
+
+    def close(self) -> None:
+        self._chan.close()
+
+    # -- asyncio.ReadTransport ---------------------------------------------
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._chan.resume_reading()
+
+    # -- asyncio.WriteTransport --------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            self._chan.write(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        self._chan.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self._chan.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._chan.set_write_buffer_limits(high, low)
+
+    def abort(self) -> None:
+        self._chan.abort()
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        # asyncio's SSLProtocol calls this private method on fatal TLS errors.
+        self._chan.abort()
+
+
+class ChannelSession(asyncssh.SSHTCPSession[bytes]):
+    """Receives a channel's events; hands them to the current asyncio protocol.
+
+    Until the agent has answered the CONNECT request, the session collects its
+    answer (head, and the short JSON body of a refusal) itself; afterwards
+    every event goes to the protocol on top.
+    """
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[tuple[ConnectResponse, int]] = loop.create_future()
+        self._head: tuple[ConnectResponse, int] | None = None
+        self._protocol: asyncio.BaseProtocol | None = None
+        self._lost = False
+        self._closed_callbacks: list[Callable[[], None]] = []
+
+    def on_closed(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once the channel has closed (now, if it already has)."""
+        if self._lost:
+            callback()
+        else:
+            self._closed_callbacks.append(callback)
+
+    @property
+    def protocol(self) -> asyncio.BaseProtocol | None:
+        return self._protocol
+
+    def attach(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    # -- asyncssh callbacks ------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._protocol is not None:
+            feed(self._protocol, data)
+            return
+        self._buffer += data
+        if self._answer.done():
+            return
+        try:
+            if self._head is None:
+                end = find_head_end(self._buffer)
+                if end < 0:
+                    return
+                self._head = (parse_connect_response(bytes(self._buffer[:end])), end)
+        except ConnectProtocolError as exc:
+            self._answer.set_exception(
+                TunnelProtocolError(f"bad CONNECT answer from the agent: {exc.reason}")
+            )
+            return
+        response, end = self._head
+        if response.status == 200 or len(self._buffer) - end >= response.content_length:
+            self._answer.set_result(self._head)
+
+    def _end_of_answer(self, why: str) -> None:
+        if self._answer.done():
+            return
+        if self._head is not None:  # a refusal whose body was cut short
+            self._answer.set_result(self._head)
+        else:
+            self._answer.set_exception(TunnelLost(why))
+
+    def eof_received(self) -> bool:
+        if self._protocol is not None:
+            return bool(cast(asyncio.Protocol, self._protocol).eof_received())
+        self._end_of_answer("the agent closed the stream before answering CONNECT")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._end_of_answer(f"the tunnel closed before the agent answered CONNECT: {exc}")
+        if self._protocol is not None:
+            lost = TunnelLost(f"the tunnel went away: {exc}") if exc is not None else None
+            self._protocol.connection_lost(lost)
+        callbacks, self._closed_callbacks = self._closed_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def pause_writing(self) -> None:
+        if self._protocol is not None:
+            self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._protocol is not None:
+            self._protocol.resume_writing()
+
+    async def connect_answer(self) -> bytes:
+        """Wait for the agent's answer; return any bytes that followed a 200.
+
+        Raises the RelayError matching a refusal (403, 502, 504).
+        """
+        response, end = await self._answer
+        rest = bytes(self._buffer[end:])
+        self._buffer.clear()
+        if response.status == 200:
+            return rest
+        error, message = parse_error_body(rest[: response.content_length])
+        cls = _AGENT_ERRORS.get(response.status, TunnelProtocolError)
+        raise cls(message or f"the agent answered {response.status} ({error})")
+
+
+async def open_stream(
+    conn: asyncssh.SSHServerConnection,
+    listen: tuple[str, int],
+    target: Target,
+    *,
+    window: int,
+    max_pktsize: int,
+) -> tuple[ChannelTransport, ChannelSession, bytes]:
+    """Open a channel to the agent and ask it to CONNECT to *target*.
+
+    Returns the transport (no protocol attached yet), its session, and any
+    bytes that arrived after the agent's 200. Raises a RelayError subclass
+    for every refusal; the caller bounds the time.
+    """
+    session: ChannelSession
+    try:
+        chan, session = await conn.create_connection(  # type: ignore[assignment]
+            ChannelSession, listen[0], listen[1], "relay", 0,
+            window=window, max_pktsize=max_pktsize,
+        )
+    except asyncssh.ChannelOpenError as exc:
+        raise TunnelLost(f"the agent refused a new stream: {exc.reason}") from exc
+    except (asyncssh.Error, OSError) as exc:
+        raise TunnelLost(f"the tunnel is gone: {exc}") from exc
+    try:
+        chan.write(format_connect_request(target))
+        rest = await session.connect_answer()
+    except BaseException:
+        chan.abort()
+        raise
+    transport = ChannelTransport(
+        chan, session, {"peername": (target.host, target.port), "sockname": None, "socket": None}
+    )
+    return transport, session, rest
+
+
+async def start_tls(
+    transport: ChannelTransport,
+    protocol: asyncio.BaseProtocol,
+    sslcontext: ssl.SSLContext,
+    server_hostname: str,
+    *,
+    handshake_timeout: float | None = None,
+) -> asyncio.Transport:
+    """Run TLS inside *transport* (end to end with the API) and attach *protocol*.
+
+    Uses asyncio's own SSLProtocol directly, since loop.start_tls() only accepts
+    the loop's own transport types under uvloop.
+    """
+    from asyncio import sslproto
+
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = sslproto.SSLProtocol(
+        loop, protocol, sslcontext, waiter,
+        server_side=False, server_hostname=server_hostname,
+        ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
+    )
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    try:
+        await waiter
+    except BaseException:
+        transport.abort()
+        raise
+    return cast(asyncio.Transport, tls._app_transport)

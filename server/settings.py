@@ -1,0 +1,54 @@
+"""Relay settings: environment (SLUICE_SERVER_*) and an optional TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sluice.addresses import HostPort
+
+
+class ServerSettings(BaseSettings):
+    """Everything the relay needs; built once in the CLI and passed in."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_SERVER_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(default=Path(".sluice"), description="SQLite db, keys, admin token.")
+    ssh_listen: Annotated[HostPort, NoDecode] = Field(
+        default=HostPort("0.0.0.0", 2222), description="Where agents connect (SSH)."
+    )
+    http_listen: Annotated[HostPort, NoDecode] = Field(
+        default=HostPort("127.0.0.1", 8080), description="The JSON API."
+    )
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    database_url: str | None = Field(default=None, description="Default: SQLite in data_dir.")
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    allow_private_destinations: bool = False
+    keepalive_interval: float = Field(default=10.0, gt=0)
+    keepalive_count: int = Field(default=3, ge=1)
+    login_timeout: float = Field(default=30.0, gt=0)
+    auth_failures_per_address: int = Field(default=10, ge=1)
+    auth_ban_seconds: float = Field(default=60.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    drain_timeout: float = Field(default=30.0, ge=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("ssh_listen", "http_listen", mode="before")
+    @classmethod
+    def _parse_address(cls, value: object) -> object:
+        return HostPort.parse(value) if isinstance(value, str) else value
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.data_dir / "ssh_host_ed25519_key"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'sluice.db').resolve()}"

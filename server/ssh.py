@@ -1,0 +1,201 @@
+"""The relay's SSH endpoint: agents log in with their token and register a tunnel."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncssh
+import structlog
+
+from server.auth_limit import FailedLoginLimiter
+from server.store import AgentRecord, Store
+from server.tunnels import Tunnel, TunnelRegistry
+from sluice import sshconfig
+from sluice.tokens import AgentToken, InvalidTokenFormat
+
+log = structlog.get_logger("sluice.relay.ssh")
+
+
+@dataclass(frozen=True)
+class SSHContext:
+    store: Store
+    registry: TunnelRegistry
+    limiter: FailedLoginLimiter
+    window: int = sshconfig.CHANNEL_WINDOW
+    max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
+
+
+class TunnelListener(asyncssh.SSHListener):
+    """What the relay returns for an agent's listen request: it binds nothing.
+
+    The relay opens forwarded channels itself on the (host, port) the agent
+    registered; closing the listener (the agent draining) stops new streams.
+    """
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        super().__init__()
+        self._relay_tunnel = tunnel  # not '_tunnel': SSHListener uses that name
+
+    def get_port(self) -> int:
+        return self._relay_tunnel.listen[1]
+
+    def close(self) -> None:
+        tunnel = self._relay_tunnel
+        if not tunnel.draining:
+            tunnel.draining = True
+            log.info("tunnel_draining", agent_id=tunnel.agent_id, tunnel=tunnel.id)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class RelaySSHServer(asyncssh.SSHServer):
+    """One instance per incoming SSH connection."""
+
+    def __init__(self, ctx: SSHContext) -> None:
+        self._ctx = ctx
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._peer = "?"
+        self._agent: AgentRecord | None = None
+        self._tunnel: Tunnel | None = None
+
+    def __repr__(self) -> str:
+        agent = self._agent.id if self._agent else None
+        return f"<RelaySSHServer peer={self._peer} agent={agent}>"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._address = peer[0] if peer else "?"
+        if self._ctx.limiter.is_banned(self._address):
+            log.warning("ssh_refused_banned_address", peer=self._peer)
+            conn.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._tunnel is not None:
+            self._ctx.registry.remove(self._tunnel)
+            log.info(
+                "tunnel_down",
+                agent_id=self._tunnel.agent_id,
+                tunnel=self._tunnel.id,
+                peer=self._peer,
+                reason=str(exc) if exc else "closed",
+            )
+            self._tunnel = None
+
+    # -- authentication: the agent's token as the password, nothing else ---
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def gss_host_based_auth_supported(self) -> bool:
+        return False
+
+    def gss_kex_auth_supported(self) -> bool:
+        return False
+
+    def gss_mic_auth_supported(self) -> bool:
+        return False
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        limiter = self._ctx.limiter
+        if limiter.is_banned(self._address):
+            log.warning("ssh_auth_refused_banned", peer=self._peer)
+            if self._conn is not None:
+                self._conn.close()
+            return False
+        try:
+            token = AgentToken.parse(password)
+        except InvalidTokenFormat:
+            agent = None
+        else:
+            agent = await self._ctx.store.authenticate_agent(token)
+        if agent is None:
+            banned = limiter.record_failure(self._address)
+            log.warning("ssh_auth_failed", peer=self._peer, banned=banned)
+            return False
+        limiter.record_success(self._address)
+        self._agent = agent
+        log.info("ssh_auth_ok", peer=self._peer, agent_id=agent.id)
+        return True
+
+    # -- the one thing an agent may ask for: its tunnel listener -----------
+    def server_requested(self, listen_host: str, listen_port: int) -> bool | TunnelListener:
+        if self._agent is None or self._conn is None or self._tunnel is not None:
+            return False
+        if listen_host != sshconfig.TUNNEL_LISTEN_HOST:
+            log.warning("listen_request_refused", agent_id=self._agent.id, host=listen_host[:64])
+            return False
+        version = str(self._conn.get_extra_info("client_version") or "")
+        tunnel = Tunnel(
+            agent_id=self._agent.id,
+            conn=self._conn,
+            listen=(listen_host, listen_port or sshconfig.TUNNEL_LISTEN_PORT),
+            peer=self._peer,
+            agent_version=version.removeprefix("SSH-2.0-")[:64],
+            connected_at=dt.datetime.now(dt.UTC),
+            window=self._ctx.window,
+            max_pktsize=self._ctx.max_pktsize,
+        )
+        self._tunnel = tunnel
+        self._ctx.registry.add(tunnel)
+        log.info("tunnel_up", agent_id=tunnel.agent_id, tunnel=tunnel.id, peer=self._peer,
+                 agent_version=tunnel.agent_version)
+        return TunnelListener(tunnel)
+
+    # Everything else an SSH client might ask for is refused.
+    def session_requested(self) -> bool:
+        return False
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+
+async def start_ssh_server(
+    ctx: SSHContext,
+    host: str,
+    port: int,
+    host_key: asyncssh.SSHKey,
+    *,
+    keepalive_interval: float,
+    keepalive_count: int,
+    login_timeout: float,
+) -> asyncssh.SSHAcceptor:
+    """Listen for agents. Returns the acceptor (close() it to stop)."""
+    return await asyncssh.create_server(
+        lambda: RelaySSHServer(ctx),
+        host,
+        port,
+        server_host_keys=[host_key],
+        encryption_algs=list(sshconfig.ENCRYPTION_ALGS),
+        mac_algs=list(sshconfig.MAC_ALGS),
+        compression_algs=list(sshconfig.COMPRESSION_ALGS),
+        keepalive_interval=keepalive_interval,
+        keepalive_count_max=keepalive_count,
+        login_timeout=login_timeout,
+        allow_scp=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        server_version="sluice-relay",
+        reuse_address=True,
+    )

@@ -1,0 +1,149 @@
+"""aiohttp on tunnel streams: how relay code sends HTTP to an agent's network.
+
+``TunnelConnector`` replaces aiohttp's TCP connector: each new connection is
+a CONNECT stream through one of the agent's live replicas, with TLS run end
+to end inside it. aiohttp pools these streams like sockets, so keep-alive
+reuses a stream across requests. The only aiohttp internal touched is
+``BaseConnector._create_connection``, the hook aiohttp's own connectors use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.tracing import Trace
+
+from server.channel_transport import feed, start_tls
+from server.errors import UpstreamTimeout
+from server.tunnels import TunnelRegistry
+from sluice.connect import Target
+
+
+def _verified_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def _unverified_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class TunnelConnector(aiohttp.BaseConnector):
+    """An aiohttp connector whose connections are streams through an agent."""
+
+    def __init__(
+        self,
+        registry: TunnelRegistry,
+        agent_id: str,
+        *,
+        connect_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._registry = registry
+        self._agent_id = agent_id
+        self._connect_timeout = connect_timeout
+        self._default_ssl = _verified_context()
+
+    def __repr__(self) -> str:
+        return f"<TunnelConnector agent={self._agent_id}>"
+
+    def _ssl_context(self, req: ClientRequest) -> ssl.SSLContext:
+        if isinstance(req.ssl, ssl.SSLContext):
+            return req.ssl
+        if req.ssl is False:
+            return _unverified_context()
+        if req.ssl is True or req.ssl is None:
+            return self._default_ssl
+        raise ValueError("certificate fingerprints are not supported through a tunnel")
+
+    async def _create_connection(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        host = (req.host or "").lower()
+        port = req.port
+        if port is None:
+            raise ValueError(f"no port for {req.url}")
+        target = Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        tunnel = self._registry.pick(self._agent_id)
+        limit = timeout.sock_connect or timeout.connect or self._connect_timeout
+        protocol = ResponseHandler(asyncio.get_running_loop())
+        try:
+            async with asyncio.timeout(limit):
+                transport, _session, rest = await tunnel.open_stream(target)
+                if not req.is_ssl():
+                    transport.set_protocol(protocol)
+                    protocol.connection_made(transport)
+                    if rest:
+                        feed(protocol, rest)
+                    return protocol
+                try:
+                    await start_tls(
+                        transport,
+                        protocol,
+                        self._ssl_context(req),
+                        req.server_hostname or host,
+                    )
+                except ssl.SSLCertVerificationError as exc:
+                    raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+                except ssl.SSLError as exc:
+                    raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
+                return protocol
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"no connection to {target.authority()} through agent {self._agent_id} "
+                f"within {limit:g} s"
+            ) from None
+
+
+class TunnelHTTP:
+    """One pooled aiohttp session per agent; closed with the relay."""
+
+    def __init__(
+        self,
+        registry: TunnelRegistry,
+        *,
+        connect_timeout: float = 10.0,
+        keepalive_timeout: float = 15.0,
+    ) -> None:
+        self._registry = registry
+        self._connect_timeout = connect_timeout
+        self._keepalive_timeout = keepalive_timeout
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def __repr__(self) -> str:
+        return f"<TunnelHTTP sessions={len(self._sessions)}>"
+
+    def session(self, agent_id: str) -> aiohttp.ClientSession:
+        """The aiohttp session whose requests travel through *agent_id*'s tunnel."""
+        session = self._sessions.get(agent_id)
+        if session is None or session.closed:
+            connector = TunnelConnector(
+                self._registry,
+                agent_id,
+                connect_timeout=self._connect_timeout,
+                keepalive_timeout=self._keepalive_timeout,
+                limit=0,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, trust_env=False
+            )
+            self._sessions[agent_id] = session
+        return session
+
+    async def forget(self, agent_id: str) -> None:
+        session = self._sessions.pop(agent_id, None)
+        if session is not None:
+            await session.close()
+
+    async def close(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()

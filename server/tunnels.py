@@ -1,0 +1,131 @@
+"""Live tunnels by agent id: several replicas per agent, least-loaded first."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from server.channel_transport import ChannelSession, ChannelTransport, open_stream
+from server.errors import AgentOffline
+from sluice.connect import Target
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Tunnel:
+    """One agent SSH connection (a replica) that registered its listener."""
+
+    agent_id: str
+    conn: asyncssh.SSHServerConnection
+    listen: tuple[str, int]
+    peer: str
+    agent_version: str
+    connected_at: dt.datetime
+    window: int
+    max_pktsize: int
+    id: int = field(default_factory=lambda: next(_ids))
+    in_flight: int = 0
+    streams_total: int = 0
+    draining: bool = False
+
+    def __repr__(self) -> str:
+        state = "draining" if self.draining else "live"
+        return (
+            f"<Tunnel #{self.id} {self.agent_id} {self.peer} {state} "
+            f"in_flight={self.in_flight}>"
+        )
+
+    async def open_stream(self, target: Target) -> tuple[ChannelTransport, ChannelSession, bytes]:
+        """Open one CONNECT stream to *target* through this replica.
+
+        The stream counts as in flight until its channel closes.
+        """
+        self.in_flight += 1
+        self.streams_total += 1
+        try:
+            transport, session, rest = await open_stream(
+                self.conn, self.listen, target, window=self.window, max_pktsize=self.max_pktsize
+            )
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        session.on_closed(self._stream_closed)
+        return transport, session, rest
+
+    def _stream_closed(self) -> None:
+        self.in_flight -= 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class TunnelRegistry:
+    """Which agents are online, through which SSH connections.
+
+    A tunnel is added when its agent registers its listener and removed the
+    moment its SSH connection ends, so ``pick()`` never returns a dead one.
+    """
+
+    def __init__(self) -> None:
+        self._by_agent: dict[str, list[Tunnel]] = {}
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<TunnelRegistry agents={len(self._by_agent)} tunnels={len(self)}>"
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_agent.values())
+
+    def __iter__(self) -> Iterator[Tunnel]:
+        for tunnels in list(self._by_agent.values()):
+            yield from list(tunnels)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def add(self, tunnel: Tunnel) -> None:
+        self._by_agent.setdefault(tunnel.agent_id, []).append(tunnel)
+        self._notify()
+
+    def remove(self, tunnel: Tunnel) -> None:
+        tunnels = self._by_agent.get(tunnel.agent_id, [])
+        if tunnel in tunnels:
+            tunnels.remove(tunnel)
+            if not tunnels:
+                del self._by_agent[tunnel.agent_id]
+            self._notify()
+
+    def replicas(self, agent_id: str) -> list[Tunnel]:
+        return list(self._by_agent.get(agent_id, ()))
+
+    def is_online(self, agent_id: str) -> bool:
+        return any(not t.draining for t in self._by_agent.get(agent_id, ()))
+
+    def pick(self, agent_id: str) -> Tunnel:
+        """The live, non-draining replica with the fewest streams in flight."""
+        live = [t for t in self._by_agent.get(agent_id, ()) if not t.draining]
+        if not live:
+            raise AgentOffline(f"agent {agent_id} has no live tunnel")
+        return min(live, key=lambda t: (t.in_flight, t.streams_total))
+
+    def close_agent(self, agent_id: str) -> int:
+        """Close every tunnel of an agent (token rotated or agent deleted)."""
+        tunnels = self._by_agent.get(agent_id, [])
+        for tunnel in list(tunnels):
+            tunnel.close()
+        return len(tunnels)
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait_online(self, agent_id: str, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.is_online(agent_id):
+                await self.wait_changed()
