@@ -33,9 +33,10 @@ class TunnelListener(asyncssh.SSHListener):
     registered; closing the listener (the agent draining) stops new streams.
     """
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    def __init__(self, tunnel: Tunnel, registry: TunnelRegistry) -> None:
         super().__init__()
         self._relay_tunnel = tunnel  # not '_tunnel': SSHListener uses that name
+        self._registry = registry
 
     def get_port(self) -> int:
         return self._relay_tunnel.listen[1]
@@ -43,8 +44,8 @@ class TunnelListener(asyncssh.SSHListener):
     def close(self) -> None:
         tunnel = self._relay_tunnel
         if not tunnel.draining:
-            tunnel.draining = True
             log.info("tunnel_draining", agent_id=tunnel.agent_id, tunnel=tunnel.id)
+            self._registry.mark_draining(tunnel)
 
     async def wait_closed(self) -> None:
         return None
@@ -154,7 +155,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._ctx.registry.add(tunnel)
         log.info("tunnel_up", agent_id=tunnel.agent_id, tunnel=tunnel.id, peer=self._peer,
                  agent_version=tunnel.agent_version)
-        return TunnelListener(tunnel)
+        return TunnelListener(tunnel, self._ctx.registry)
 
     # Everything else an SSH client might ask for is refused.
     def session_requested(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from aiohttp.tracing import Trace
 
 from server.channel_transport import feed, start_tls
 from server.errors import UpstreamTimeout
-from server.tunnels import TunnelRegistry
+from server.tunnels import Tunnel, TunnelRegistry
 from sluice.connect import Target
 
 
@@ -51,6 +52,9 @@ class TunnelConnector(aiohttp.BaseConnector):
         self._agent_id = agent_id
         self._connect_timeout = connect_timeout
         self._default_ssl = _verified_context()
+        self._tunnel_of: weakref.WeakKeyDictionary[ResponseHandler, Tunnel] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<TunnelConnector agent={self._agent_id}>"
@@ -78,6 +82,7 @@ class TunnelConnector(aiohttp.BaseConnector):
         try:
             async with asyncio.timeout(limit):
                 transport, _session, rest = await tunnel.open_stream(target)
+                self._tunnel_of[protocol] = tunnel
                 if not req.is_ssl():
                     transport.set_protocol(protocol)
                     protocol.connection_made(transport)
@@ -103,6 +108,28 @@ class TunnelConnector(aiohttp.BaseConnector):
             ) from None
 
 
+    def _release(
+        self, key: Any, protocol: ResponseHandler, *, should_close: bool = False
+    ) -> None:
+        # A stream on a draining replica is not pooled: the agent is waiting
+        # for its streams to end before it exits.
+        tunnel = self._tunnel_of.get(protocol)
+        if tunnel is not None and tunnel.draining:
+            should_close = True
+        super()._release(key, protocol, should_close=should_close)
+
+    def close_idle(self, tunnel: Tunnel) -> int:
+        """Close pooled (idle) streams that run through *tunnel*."""
+        closed = 0
+        for conns in self._conns.values():
+            for protocol, _since in list(conns):
+                if self._tunnel_of.get(protocol) is tunnel:
+                    conns.remove((protocol, _since))
+                    protocol.close()
+                    closed += 1
+        return closed
+
+
 class TunnelHTTP:
     """One pooled aiohttp session per agent; closed with the relay."""
 
@@ -117,6 +144,7 @@ class TunnelHTTP:
         self._connect_timeout = connect_timeout
         self._keepalive_timeout = keepalive_timeout
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        registry.on_draining(self._tunnel_draining)
 
     def __repr__(self) -> str:
         return f"<TunnelHTTP sessions={len(self._sessions)}>"
@@ -137,6 +165,11 @@ class TunnelHTTP:
             )
             self._sessions[agent_id] = session
         return session
+
+    def _tunnel_draining(self, tunnel: Tunnel) -> None:
+        session = self._sessions.get(tunnel.agent_id)
+        if session is not None and isinstance(session.connector, TunnelConnector):
+            session.connector.close_idle(tunnel)
 
     async def forget(self, agent_id: str) -> None:
         session = self._sessions.pop(agent_id, None)

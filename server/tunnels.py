@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -75,6 +75,7 @@ class TunnelRegistry:
     def __init__(self) -> None:
         self._by_agent: dict[str, list[Tunnel]] = {}
         self._changed = asyncio.Event()
+        self._draining_callbacks: list[Callable[[Tunnel], None]] = []
 
     def __repr__(self) -> str:
         return f"<TunnelRegistry agents={len(self._by_agent)} tunnels={len(self)}>"
@@ -101,6 +102,19 @@ class TunnelRegistry:
             if not tunnels:
                 del self._by_agent[tunnel.agent_id]
             self._notify()
+
+    def on_draining(self, callback: Callable[[Tunnel], None]) -> None:
+        """Call *callback* whenever a replica starts draining."""
+        self._draining_callbacks.append(callback)
+
+    def mark_draining(self, tunnel: Tunnel) -> None:
+        """The agent cancelled its listener: no new streams go to this replica."""
+        if tunnel.draining:
+            return
+        tunnel.draining = True
+        for callback in self._draining_callbacks:
+            callback(tunnel)
+        self._notify()
 
     def replicas(self, agent_id: str) -> list[Tunnel]:
         return list(self._by_agent.get(agent_id, ()))
