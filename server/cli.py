@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="serve the API and accept agents until stopped")
     sub.add_parser("fingerprint", help="print the SSH host key fingerprint (SHA256:…)")
+    sub.add_parser("demo", help="run relay, agent and a sample API on loopback, end to end")
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(
         dest="agents_command", required=True
     )
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"sluice-server: {exc}", file=sys.stderr)
         return 2
+    if args.command == "demo":
+        from server.demo import run_demo
+
+        install_uvloop()
+        return asyncio.run(run_demo())
     if args.command == "fingerprint":
         print(host_key_fingerprint(settings.host_key_path))
         return 0

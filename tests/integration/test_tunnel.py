@@ -7,6 +7,7 @@ import hashlib
 import json
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -85,7 +86,7 @@ async def test_large_bodies_are_streamed_with_flat_agent_memory(
     # Closing the pooled streams ends them on the agent: one canonical line each.
     await relay.tunnel_http.forget(token.agent_id)
 
-    def streams() -> list[dict[str, object]]:
+    def streams() -> list[dict[str, Any]]:
         return [json.loads(line) for line in agent.log().splitlines()
                 if '"event": "stream"' in line]
 

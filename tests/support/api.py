@@ -109,8 +109,7 @@ async def serve_api(
     await runner.setup()
     site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
     await site.start()
-    assert site._server is not None
-    api.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    api.port = runner.addresses[0][1]
     try:
         yield api
     finally:
