@@ -29,6 +29,7 @@ class Relay:
     tunnel_http: TunnelHTTP
     host_key: asyncssh.SSHKey
     ssh: asyncssh.SSHAcceptor | None = None
+    ssh_context: SSHContext | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __repr__(self) -> str:
@@ -56,6 +57,7 @@ class Relay:
                     settings.auth_failures_per_address, settings.auth_ban_seconds
                 ),
             )
+            relay.ssh_context = ctx
             relay.ssh = await start_ssh_server(
                 ctx,
                 settings.ssh_listen.host,

@@ -50,7 +50,7 @@ async def test_agent_reaches_an_api_the_relay_cannot(
         port = int(line.split()[1])
 
         # The relay has no path to the API's network.
-        with pytest.raises(OSError, match="(?i)unreachable|no route"):
+        with pytest.raises(OSError, match=r"(?i)unreachable|no route"):
             async with asyncio.timeout(5):
                 await asyncio.open_connection(topology.api_ip, port)
 

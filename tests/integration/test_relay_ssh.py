@@ -1,0 +1,110 @@
+"""The relay's SSH door: only token logins, only the tunnel listener, bans."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from server.relay import Relay
+from server.settings import ServerSettings
+from sluice import sshconfig
+from sluice.addresses import HostPort
+from sluice.tokens import AgentToken
+
+
+@pytest.fixture
+async def strict_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    relay = await Relay.start(ServerSettings(
+        data_dir=tmp_path / "relay", ssh_listen=HostPort("127.0.0.1", 0),
+        auth_failures_per_address=3, auth_ban_seconds=60, log_format="json",
+    ))
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+async def _connect(relay: Relay, **kwargs: object) -> asyncssh.SSHClientConnection:
+    host, port = relay.ssh_address
+    options: dict[str, object] = {
+        "username": sshconfig.AGENT_USERNAME, "known_hosts": None, "client_keys": None,
+        "agent_path": None, "config": None, "connect_timeout": 5,
+    }
+    options.update(kwargs)
+    return await asyncssh.connect(host, port, **options)  # type: ignore[arg-type,unused-ignore]
+
+
+async def test_public_key_login_is_refused(strict_relay: Relay) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _connect(strict_relay, client_keys=[key], preferred_auth=["publickey"])
+
+
+async def test_only_the_tunnel_listener_is_granted(strict_relay: Relay) -> None:
+    _, token = await strict_relay.store.create_agent("a")
+    async with await _connect(strict_relay, password=str(token)) as conn:
+        with pytest.raises(asyncssh.ChannelListenError):
+            await conn.create_server(lambda *_: None, "0.0.0.0", 18081)
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.create_session(asyncssh.SSHClientSession, "id")
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.create_connection(asyncssh.SSHTCPSession, "127.0.0.1", 22)
+        assert not strict_relay.registry.is_online(token.agent_id)
+
+        listener = await conn.create_server(
+            lambda *_: None, sshconfig.TUNNEL_LISTEN_HOST, sshconfig.TUNNEL_LISTEN_PORT
+        )
+        assert listener.get_port() == sshconfig.TUNNEL_LISTEN_PORT
+        assert strict_relay.registry.is_online(token.agent_id)
+    await strict_relay.registry.wait_changed()
+    assert not strict_relay.registry.is_online(token.agent_id)
+
+
+async def test_replicas_share_an_agent_and_leave_when_closed(strict_relay: Relay) -> None:
+    _, token = await strict_relay.store.create_agent("replicated")
+    conns = []
+    for _ in range(2):
+        conn = await _connect(strict_relay, password=str(token))
+        await conn.create_server(lambda *_: None, sshconfig.TUNNEL_LISTEN_HOST,
+                                 sshconfig.TUNNEL_LISTEN_PORT)
+        conns.append(conn)
+    replicas = strict_relay.registry.replicas(token.agent_id)
+    assert len(replicas) == 2
+    replicas[0].in_flight = 5
+    assert strict_relay.registry.pick(token.agent_id) is replicas[1]
+
+    conns[1].close()
+    await conns[1].wait_closed()
+    while len(strict_relay.registry.replicas(token.agent_id)) != 1:
+        await strict_relay.registry.wait_changed()
+    assert strict_relay.registry.pick(token.agent_id) is replicas[0]
+    conns[0].close()
+    await conns[0].wait_closed()
+
+
+async def test_repeated_failures_ban_the_address(strict_relay: Relay) -> None:
+    _, token = await strict_relay.store.create_agent("good")
+    bad = AgentToken(agent_id=token.agent_id, secret="x" * 40)
+    for _ in range(3):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _connect(strict_relay, password=str(bad))
+    # Banned now: even the right token is refused from this address.
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.ConnectionLost, ConnectionError)):
+        await _connect(strict_relay, password=str(token))
+
+
+async def test_garbage_passwords_are_refused_not_crashed(strict_relay: Relay) -> None:
+    for password in ["", "slc_", "slc_agt_x_y", "\x00" * 10, "é" * 300, "a\r\nb"]:
+        # PermissionDenied, or ProtocolError where asyncssh rejects the bytes itself.
+        with pytest.raises((asyncssh.PermissionDenied, asyncssh.ProtocolError)):
+            await _connect(strict_relay, password=password)
+        strict_relay_limiter_reset(strict_relay)
+
+
+def strict_relay_limiter_reset(relay: Relay) -> None:
+    # Keep the ban from ending this test early; the ban has its own test.
+    assert relay.ssh_context is not None
+    relay.ssh_context.limiter.record_success("127.0.0.1")
