@@ -15,11 +15,14 @@ import structlog
 
 from agent.allowlist import Allowlist
 from agent.errors import TunnelError
+from agent.health import HealthListenError, HealthServer
 from agent.proxy import ProxyContext, ProxyStats
-from agent.settings import DEFAULT_CONFIG_FILE, AgentSettings
+from agent.settings import DEFAULT_CONFIG_FILE, DEFAULT_HEALTH_LISTEN, AgentSettings
+from agent.state import TunnelState, TunnelStatus
+from agent.status_cli import status_main
 from agent.supervisor import Supervisor, connect_opener
 from agent.tunnel import check_relay
-from sluice import __version__
+from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.runtime import install_uvloop
@@ -43,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="keep the tunnel open until stopped")
     sub.add_parser("check", help="validate settings, reach the relay, test each allow rule")
+    status = sub.add_parser("status", help="ask the running agent how its tunnel is doing")
+    status.add_argument(
+        "--health-listen", metavar="HOST:PORT", default=None,
+        help="the agent's health endpoint (default: health_listen from the settings)",
+    )
     return parser
 
 
@@ -57,8 +65,24 @@ def _load(config: Path | None) -> tuple[AgentSettings, AgentToken]:
     return settings, token
 
 
+def _health_listen(config: Path | None) -> str:
+    """health_listen from the settings, or the default when they do not load."""
+    if config is None and DEFAULT_CONFIG_FILE.is_file():
+        config = DEFAULT_CONFIG_FILE
+    try:
+        settings = load_settings(AgentSettings, config)
+    except SettingsError:
+        print(f"sluice-agent status: settings did not load; trying {DEFAULT_HEALTH_LISTEN} "
+              "(pass --health-listen HOST:PORT to choose)", file=sys.stderr)
+        return str(DEFAULT_HEALTH_LISTEN)
+    return str(settings.health_listen or "off")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        # Needs neither the token nor a relay: only where the agent listens.
+        return status_main(args.health_listen or _health_listen(args.config))
     try:
         settings, token = _load(args.config)
     except SettingsError as exc:
@@ -83,7 +107,23 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
         connect_timeout=settings.connect_timeout,
         stats=ProxyStats(),
     )
-    supervisor = Supervisor(settings, connect_opener(settings, token, ctx), ctx)
+    status = TunnelStatus()
+    status.subscribe(lambda state: _tell_systemd(state, status))
+    supervisor = Supervisor(settings, connect_opener(settings, token, ctx), ctx, status)
+    # The loop answering this task is what the watchdog checks; a tunnel that
+    # is down is not a hang (the supervisor reconnects by itself).
+    health: HealthServer | None = None
+    if settings.health_listen is not None:
+        health = HealthServer(
+            status, ctx.stats, settings.health_listen.host, settings.health_listen.port,
+            __version__, secrets=(str(token), token.secret),
+        )
+        try:
+            await health.start()
+        except HealthListenError as exc:
+            log.error("health_listen_failed", error=str(exc))
+            return 2
+    watchdog = asyncio.ensure_future(systemd.watchdog_loop(shutdown, lambda: True))
     log.info(
         "agent_starting",
         version=__version__,
@@ -91,10 +131,28 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
         relays=[str(r) for r in settings.relay],
         allow=[str(r) for r in ctx.allowlist],
         pid=os.getpid(),
+        health=str(health.address) if health else "off",
     )
-    await supervisor.run(shutdown)
+    try:
+        await supervisor.run(shutdown)
+    finally:
+        watchdog.cancel()
+        if health is not None:
+            await health.close()
     log.info("agent_stopped")
     return 0
+
+
+def _tell_systemd(state: TunnelState, status: TunnelStatus) -> None:
+    """READY=1 once the tunnel is first up; STATUS= on every change; STOPPING=1."""
+    if state is TunnelState.UP:
+        systemd.ready(f"tunnel up to {status.relay}")
+    elif state is TunnelState.DRAINING:
+        systemd.stopping("draining open streams")
+    elif state is TunnelState.BACKING_OFF:
+        systemd.status(f"reconnecting: {status.last_error or 'tunnel down'}")
+    else:
+        systemd.status(state.value)
 
 
 async def _check(settings: AgentSettings, token: AgentToken) -> int:

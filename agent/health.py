@@ -127,16 +127,7 @@ class AgentCollector:
 
 def _connect_seconds(stats: ProxyStats) -> HistogramMetricFamily:
     """``sluice_agent_connect_seconds`` from the histogram ProxyStats observes into."""
-    source: Any = stats.connect_seconds
-    if isinstance(source, list):
-        # ProxyStats still keeps every sample in a list (it grows without
-        # bound). Until it holds connect_histogram() instead, fold the list
-        # into one here so the exported shape is already the final one.
-        folded = connect_histogram()
-        for seconds in source:
-            folded.observe(seconds)
-        source = folded
-    histogram: Histogram = source
+    histogram: Histogram = stats.connect_seconds
     buckets: list[tuple[str, float]] = []
     total = 0.0
     for family in histogram.collect():

@@ -21,8 +21,10 @@ from typing import cast
 
 import asyncssh
 import structlog
+from prometheus_client import Histogram
 
 from agent.allowlist import Allowlist, Verdict
+from agent.health import connect_histogram
 from sluice.connect import (
     ConnectProtocolError,
     Target,
@@ -46,7 +48,7 @@ class ProxyStats:
     connect_failed: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
-    connect_seconds: list[float] = field(default_factory=list)
+    connect_seconds: Histogram = field(default_factory=connect_histogram)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -146,6 +148,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._upstream is not None and self._upstream.transport is not None:
             self._bytes_up += len(data)
+            self._ctx.stats.bytes_up += len(data)
             self._upstream.transport.write(data)
             return
         if self._opening is not None:
@@ -198,6 +201,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     # -- upstream side (called by _Upstream) -------------------------------
     def upstream_data(self, data: bytes) -> None:
         self._bytes_down += len(data)
+        self._ctx.stats.bytes_down += len(data)
         if self._chan is not None:
             self._chan.write(data)
 
@@ -238,7 +242,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         except _Refusal as refusal:
             self._refuse(refusal)
             return
-        self._ctx.stats.connect_seconds.append(time.monotonic() - began)
+        self._ctx.stats.connect_seconds.observe(time.monotonic() - began)
         assert self._chan is not None
         assert upstream.transport is not None
         self._upstream = upstream
@@ -247,6 +251,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         if self._head:
             pipelined, self._head = bytes(self._head), bytearray()
             self._bytes_up += len(pipelined)
+            self._ctx.stats.bytes_up += len(pipelined)
             upstream.transport.write(pipelined)
         if self._chan_eof and upstream.transport.can_write_eof():
             upstream.transport.write_eof()
@@ -339,8 +344,6 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._finished = True
         stats = self._ctx.stats
         stats.closed()
-        stats.bytes_up += self._bytes_up
-        stats.bytes_down += self._bytes_down
         log.info(
             "stream",
             target=self._target_text(),

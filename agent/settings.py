@@ -16,6 +16,7 @@ from sluice.tokens import AgentToken
 
 DEFAULT_CONFIG_FILE = Path("/etc/sluice/agent.toml")
 DEFAULT_RELAY_PORT = 2222
+DEFAULT_HEALTH_LISTEN = HostPort("127.0.0.1", 9464)
 
 
 def _split_list(value: Any) -> Any:
@@ -60,6 +61,10 @@ class AgentSettings(BaseSettings):
     backoff_max: float = Field(default=60.0, gt=0)
     stable_after: float = Field(default=30.0, ge=0)
     drain_timeout: float = Field(default=30.0, ge=0)
+    health_listen: Annotated[HostPort | None, NoDecode] = Field(
+        default=DEFAULT_HEALTH_LISTEN,
+        description="Where /healthz, /readyz and /metrics listen (host:port), or 'off'.",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
@@ -75,6 +80,13 @@ class AgentSettings(BaseSettings):
             if not items:
                 raise ValueError("at least one relay address is required")
             return items
+        return value
+
+    @field_validator("health_listen", mode="before")
+    @classmethod
+    def _parse_health_listen(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return None if value.strip().lower() == "off" else HostPort.parse(value)
         return value
 
     @field_validator("allow", mode="before")

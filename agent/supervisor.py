@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -167,9 +168,14 @@ class Supervisor:
 
 
 def connect_opener(settings: AgentSettings, token: AgentToken, ctx: ProxyContext) -> Opener:
-    """The real opener: an asyncssh tunnel to the given relay address."""
+    """The real opener: an asyncssh tunnel to the given relay address.
+
+    Every session of this process carries the same instance id, so the relay
+    can tell a reconnect (replace the stale session) from a second replica.
+    """
+    instance = secrets.token_hex(8)
 
     async def opener(relay: HostPort) -> Tunnel:
-        return await open_tunnel(settings, token, relay, ctx)
+        return await open_tunnel(settings, token, relay, ctx, instance)
 
     return opener

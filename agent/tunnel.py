@@ -62,6 +62,7 @@ async def open_tunnel(
     token: AgentToken,
     relay: HostPort,
     ctx: ProxyContext | None,
+    instance: str = "",
 ) -> TunnelSession:
     """Connect, authenticate, pin the host key and register the listener.
 
@@ -75,7 +76,8 @@ async def open_tunnel(
             lambda: client,
             relay.host,
             relay.port,
-            username=sshconfig.AGENT_USERNAME,
+            username=f"{sshconfig.AGENT_USERNAME}/{instance}" if instance
+            else sshconfig.AGENT_USERNAME,
             password=str(token),
             known_hosts=None if expected is None else ([], [], []),
             server_host_key_algs=["ssh-ed25519"],
