@@ -1,0 +1,472 @@
+"""A REST API connection, field for field as the product guide describes it.
+
+The JSON shape is the one in DESIGN.md ("Connections"); ``http`` is what
+templates see as ``connection.http``. Every rule reports the field it is
+about (``http.auth.param_name``), and no error carries the value it rejected:
+``validation_problems`` turns a ValidationError into the API's
+``[{"field", "message"}]`` list.
+
+Secrets are ``http.auth.token`` and every ``http.encrypted`` value.
+``iter_secrets``/``set_secret``/``map_secrets`` let the store seal and open
+them; ``public_view`` is the only shape the API returns; ``merge_patch`` is
+PATCH (RFC 7396 merge patch, secrets kept unless named).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from server.success_path import parse_path
+from server.templating import check_template
+
+Mode = Literal["cloud", "on_premise"]
+MediaType = Literal["json", "xml", "urlencoded", "plaintext", "csv"]
+RefreshMethod = Literal["GET", "POST", "PUT", "PATCH"]
+PingMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH"]
+
+MAX_NAME_CHARS: Final = 200
+SECRET_PATHS: Final = ("http.auth.token", "http.encrypted.*")
+# What public_view puts where a secret was; merge_patch drops them again, so
+# a client may send back what it read.
+SECRET_SET_MARKER: Final = "set"  # noqa: S105 - a field name, not a password
+TOKEN_SET_FIELD: Final = "token_set"  # noqa: S105 - a field name, not a password
+
+_MEDIA_TYPES: Final[dict[str, str]] = {
+    "json": "application/json",
+    "xml": "application/xml",
+    "urlencoded": "application/x-www-form-urlencoded",
+    "plaintext": "text/plain",
+    "csv": "text/csv",
+}
+_TOKEN_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_AGENT_ID_RE: Final = re.compile(r"^agt_[a-z0-9]+$")
+_LINE_BREAK_RE: Final = re.compile(r"[\r\n\x00]")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def media_type_header(media_type: str) -> str:
+    """The Content-Type/Accept value for a connection's media type."""
+    return _MEDIA_TYPES[media_type]
+
+
+# -- single-value rules --------------------------------------------------------
+def _no_line_breaks(value: str) -> str:
+    if _LINE_BREAK_RE.search(value):
+        raise ValueError("must not contain CR, LF or NUL characters")
+    return value
+
+
+def _http_token(value: str) -> str:
+    _no_line_breaks(value)
+    if not _TOKEN_RE.match(value):
+        raise ValueError(
+            "must be an HTTP token: letters, digits and !#$%&'*+-.^_`|~, no spaces or colons"
+        )
+    return value
+
+
+def _template(value: str) -> str:
+    _no_line_breaks(value)
+    check_template(value)
+    return value
+
+
+def _body_template(value: str) -> str:
+    check_template(value)
+    return value
+
+
+def _json_path(value: str) -> str:
+    parse_path(value)
+    return value
+
+
+NoLineBreaks = Annotated[str, AfterValidator(_no_line_breaks)]
+HeaderName = Annotated[str, AfterValidator(_http_token)]
+Template = Annotated[str, AfterValidator(_template)]
+BodyTemplate = Annotated[str, AfterValidator(_body_template)]
+JSONPath = Annotated[str, AfterValidator(_json_path)]
+
+
+def _field_errors(model: str, errors: list[tuple[str, str]]) -> ValidationError:
+    """A ValidationError placing each (field, message) on that field of *model*.
+
+    Cross-field rules run after the model is built; raising this from there
+    puts the error on the field it is about, not on the whole object.
+    """
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError("invalid_combination", message),
+            loc=tuple(field.split(".")),
+            input=None,
+        )
+        for field, message in errors
+    ]
+    return ValidationError.from_exception_data(model, details, hide_input=True)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+# -- the models ----------------------------------------------------------------
+class Header(_Model):
+    name: HeaderName
+    value: Template
+
+
+class Refresh(_Model):
+    """How to get a new token: on a 401, and first if no token is set."""
+
+    method: RefreshMethod
+    relative_uri: Template = ""
+    headers: list[Header] = Field(default_factory=list)
+    body: BodyTemplate | None = None
+    media_type: MediaType | None = None
+    token_path: JSONPath | None = None
+
+    @field_validator("token_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("body")
+    @classmethod
+    def _body_needs_post(cls, value: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if value and method is not None and method != "POST":
+            raise ValueError(f"a request body is only sent with POST, not {method}")
+        return value
+
+
+class TokenAuth(_Model):
+    type: Literal["token"] = "token"
+    token: NoLineBreaks | None = None
+    location: Literal["header", "url"] = "header"
+    header_name: HeaderName | None = Field(default="Authorization", validate_default=True)
+    scheme: str | None = None
+    param_name: NoLineBreaks | None = Field(default=None, validate_default=True)
+    refresh: Refresh | None = None
+
+    @field_validator("header_name", "scheme", "param_name", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        return _http_token(value) if value is not None else None
+
+    @field_validator("header_name")
+    @classmethod
+    def _header_name_for_header(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value and info.data.get("location") == "header":
+            raise ValueError("required when location is 'header' (e.g. Authorization)")
+        return value
+
+    @field_validator("param_name")
+    @classmethod
+    def _param_name_for_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value and info.data.get("location") == "url":
+            raise ValueError("required when location is 'url': the query parameter's name")
+        return value
+
+    @model_validator(mode="after")
+    def _token_or_refresh(self) -> TokenAuth:
+        # token comes before refresh, so this rule waits for the whole object.
+        if not self.token and self.refresh is None:
+            raise _field_errors(
+                "TokenAuth", [("token", "required unless a token refresh is configured")]
+            )
+        return self
+
+
+class Ping(_Model):
+    """The request that tests a connection (required by the test endpoint)."""
+
+    method: PingMethod = "GET"
+    relative_uri: Template
+    success_path: JSONPath | None = None
+    success_values: list[str] = Field(default_factory=list)
+
+    @field_validator("relative_uri")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("required: the URI to ping, relative to base_uri (e.g. /health)")
+        return value
+
+    @field_validator("success_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("success_path")
+    @classmethod
+    def _path_needs_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("method") == "HEAD":
+            raise ValueError("needs a response body, which HEAD never has")
+        return value
+
+    @field_validator("success_values")
+    @classmethod
+    def _values_need_path(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not info.data.get("success_path") and "success_path" in info.data:
+            raise ValueError("only used with success_path; set that too")
+        return value
+
+
+class TLSSettings(_Model):
+    verify: bool = True
+    ca_bundle_pem: str | None = None
+
+    @field_validator("ca_bundle_pem")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if "PRIVATE KEY" in value:
+            raise ValueError("holds a private key; only CA certificates belong here")
+        try:
+            x509.load_pem_x509_certificates(value.encode())
+        except ValueError:
+            raise ValueError(
+                "not a PEM bundle of CA certificates ('-----BEGIN CERTIFICATE-----' blocks)"
+            ) from None
+        return value
+
+
+class Timeouts(_Model):
+    connect: float = Field(default=10.0, gt=0, le=600)
+    total: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("total")
+    @classmethod
+    def _not_below_connect(cls, value: float, info: ValidationInfo) -> float:
+        connect = info.data.get("connect")
+        if connect is not None and value < connect:
+            raise ValueError("must be at least the connect timeout")
+        return value
+
+
+class HTTPSettings(_Model):
+    base_uri: str
+    headers: list[Header] = Field(default_factory=list)
+    media_type: MediaType = "json"
+    auth: TokenAuth | None = None
+    encrypted: dict[str, str] = Field(default_factory=dict)
+    unencrypted: dict[str, str] = Field(default_factory=dict)
+    ping: Ping | None = None
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("base_uri")
+    @classmethod
+    def _base_uri(cls, value: str) -> str:
+        if _CONTROL_RE.search(value) or " " in value:
+            raise ValueError("must not contain spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("is not a valid URL (check the host and port)") from None
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError("must be an absolute URL starting with http:// or https://")
+        if "@" in parts.netloc:
+            raise ValueError(
+                "must not contain a user name or password; use auth or encrypted values"
+            )
+        if not parts.hostname:
+            raise ValueError("must name a host, e.g. https://api.example.com")
+        if port == 0:
+            raise ValueError("port must be between 1 and 65535")
+        if "#" in value:
+            raise ValueError("must not contain a fragment ('#…')")
+        return value
+
+    @field_validator("encrypted", "unencrypted")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _KEY_RE.match(key):
+                raise ValueError(
+                    "keys are 1-100 letters, digits, '_' or '-', so templates can name "
+                    "them ({{connection.http.encrypted.<key>}})"
+                )
+        return value
+
+
+class Connection(_Model):
+    name: str = Field(max_length=MAX_NAME_CHARS)
+    mode: Mode
+    agent_id: str | None = Field(default=None, validate_default=True)
+    http: HTTPSettings
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("required: a name to tell this connection apart")
+        if _CONTROL_RE.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_matches_mode(cls, value: str | None, info: ValidationInfo) -> str | None:
+        mode = info.data.get("mode")
+        if mode == "on_premise" and not value:
+            raise ValueError("required when mode is on_premise: the id of the agent to use")
+        if mode == "cloud" and value:
+            raise ValueError("must be empty when mode is cloud (no agent is used)")
+        if value and not _AGENT_ID_RE.match(value):
+            raise ValueError("is not an agent id (agt_…, from 'sluice-server agents list')")
+        return value or None
+
+
+# -- errors --------------------------------------------------------------------
+def validation_problems(exc: ValidationError) -> list[dict[str, str]]:
+    """``[{"field": "http.headers[0].name", "message": …}]``, never echoing input."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        field = _dotted(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling against the connection reference"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append({"field": field, "message": message})
+    return problems
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+# -- secrets -------------------------------------------------------------------
+def iter_secrets(doc: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Every (path, value) secret in a connection document (a ``model_dump``).
+
+    Paths are ``http.auth.token`` and ``http.encrypted.<key>``; keys hold no
+    dots. Missing or non-string values are skipped.
+    """
+    http = doc.get("http")
+    if not isinstance(http, dict):
+        return
+    auth = http.get("auth")
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str):
+        yield "http.auth.token", auth["token"]
+    encrypted = http.get("encrypted")
+    if isinstance(encrypted, dict):
+        for key, value in encrypted.items():
+            if isinstance(value, str):
+                yield f"http.encrypted.{key}", value
+
+
+def set_secret(doc: dict[str, Any], path: str, value: str) -> None:
+    """Replace the secret at *path* (as given by ``iter_secrets``) in place."""
+    if path == "http.auth.token":
+        doc["http"]["auth"]["token"] = value
+    elif path.startswith("http.encrypted."):
+        doc["http"]["encrypted"][path.removeprefix("http.encrypted.")] = value
+    else:
+        raise KeyError(f"{path} is not a secret field")
+
+
+def map_secrets(doc: dict[str, Any], transform: Callable[[str, str], str]) -> dict[str, Any]:
+    """A deep copy of *doc* with each secret replaced by ``transform(path, value)``."""
+    result = copy.deepcopy(doc)
+    for path, value in list(iter_secrets(result)):
+        set_secret(result, path, transform(path, value))
+    return result
+
+
+def secret_context(connection_id: str, path: str) -> str:
+    """The associated data a secret is sealed with (see server.crypto)."""
+    return f"connection:{connection_id}:{path}"
+
+
+# -- what the API shows and accepts ----------------------------------------------
+def public_view(conn: Connection) -> dict[str, Any]:
+    """The connection as the API returns it: no secret, only whether each is set.
+
+    ``http.auth.token`` becomes ``http.auth.token_set: bool``; each
+    ``http.encrypted`` value becomes ``{"set": true}`` (keys stay listed so
+    templates can be checked against them).
+    """
+    view = conn.model_dump(mode="json")
+    http = view["http"]
+    if http.get("auth") is not None:
+        token = http["auth"].pop("token", None)
+        http["auth"][TOKEN_SET_FIELD] = bool(token)
+    http["encrypted"] = {
+        key: {SECRET_SET_MARKER: bool(value)} for key, value in http["encrypted"].items()
+    }
+    return view
+
+
+def merge_patch(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Apply a PATCH body to a stored (decrypted) connection document.
+
+    RFC 7396: objects merge key by key, ``null`` deletes, anything else
+    (arrays too) replaces. Secrets are kept unless the patch names them: an
+    omitted ``auth.token`` or ``encrypted`` key keeps its value, and the
+    placeholders ``public_view`` shows (``token_set``, ``{"set": true}``)
+    are ignored, so a client can send back what it read. *stored* is not
+    modified.
+    """
+    merged: dict[str, Any] = _merge(stored, _strip_view_markers(patch))
+    return merged
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
+
+
+def _strip_view_markers(patch: dict[str, Any]) -> dict[str, Any]:
+    patch = copy.deepcopy(patch)
+    http = patch.get("http")
+    if not isinstance(http, dict):
+        return patch
+    auth = http.get("auth")
+    if isinstance(auth, dict):
+        auth.pop(TOKEN_SET_FIELD, None)
+    encrypted = http.get("encrypted")
+    if isinstance(encrypted, dict):
+        for key, value in list(encrypted.items()):
+            if isinstance(value, dict) and set(value) <= {SECRET_SET_MARKER}:
+                del encrypted[key]
+    return patch
