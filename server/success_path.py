@@ -3,7 +3,9 @@
 A path is dotted keys with optional array indexes: ``ok``,
 ``data.items[0].status``, ``a.b[2][1]``, ``[0].id``, ``x-request.state``.
 Keys may hold any character but ``.``, ``[`` and ``]``. A purely numeric
-key also indexes an array (``items.0`` is ``items[0]``).
+key also indexes an array (``items.0`` is ``items[0]``). The empty path is
+the whole document (so a refresh answer that is just a JSON string can be the
+token).
 
 Both a ping's ``success_path`` and a token refresh's ``token_path`` use this
 syntax; ``parse_path`` is what the connection model validates them with.
@@ -25,7 +27,7 @@ _INDEX_RE: Final = re.compile(r"\[(\d+)\]")
 def parse_path(path: str) -> tuple[Segment, ...]:
     """Split *path* into keys (str) and indexes (int); ValueError says what is wrong."""
     if not path:
-        raise ValueError("the path is empty")
+        return ()
     segments: list[Segment] = []
     for position, part in enumerate(path.split(".")):
         match = _SEGMENT_RE.fullmatch(part)

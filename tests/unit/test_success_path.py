@@ -49,10 +49,16 @@ def test_lookup_top_level_array() -> None:
     assert lookup({"0": "key"}, "0") == (True, "key")
 
 
-@pytest.mark.parametrize("path", ["", "a..b", ".a", "a.", "a[x]", "a[0", "a]", "a[-1]", "[0]b"])
+@pytest.mark.parametrize("path", ["a..b", ".a", "a.", "a[x]", "a[0", "a]", "a[-1]", "[0]b"])
 def test_parse_path_rejects(path: str) -> None:
     with pytest.raises(ValueError, match=r"path"):
         parse_path(path)
+
+
+def test_empty_path_is_the_whole_document() -> None:
+    assert parse_path("") == ()
+    assert lookup("just-a-token", "") == (True, "just-a-token")
+    assert lookup(DOC, "") == (True, DOC)
 
 
 def test_parse_path_segments() -> None:
