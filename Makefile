@@ -23,8 +23,17 @@ lint: install
 typecheck: install
 	$(BIN)/mypy agent server sluice tests
 
+# The storage and API tests run a second time against PostgreSQL when
+# SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
+STORAGE_TESTS := tests/unit/test_store.py tests/integration/test_api_agents.py \
+	tests/integration/test_api_connections.py
+
 test: lint typecheck
 	$(BIN)/python -m pytest -q
+	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
+		echo "== storage and API tests on PostgreSQL =="; \
+		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q $(STORAGE_TESTS); \
+	fi
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit

@@ -16,6 +16,7 @@ import structlog
 from agent.allowlist import Allowlist
 from agent.errors import TunnelError
 from agent.health import HealthListenError, HealthServer
+from agent.outbound_proxy import proxy_for
 from agent.proxy import ProxyContext, ProxyStats
 from agent.settings import DEFAULT_CONFIG_FILE, DEFAULT_HEALTH_LISTEN, AgentSettings
 from agent.state import TunnelState, TunnelStatus
@@ -90,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     masker = SecretMasker()
     masker.add(str(token), token.secret)
+    for relay in settings.relay:
+        try:
+            proxy = proxy_for(relay.host, relay.port, settings.proxy_setting(), os.environ)
+        except ValueError as exc:
+            print(f"sluice-agent: invalid settings:\n  - {exc}", file=sys.stderr)
+            return 2
+        if proxy is not None and proxy.password:
+            masker.add(proxy.password)
     configure_logging(settings.log_format, settings.log_level, masker=masker)
     install_uvloop()
     if args.command == "check":

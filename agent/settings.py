@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.allowlist import Allowlist
+from agent.outbound_proxy import ProxyConfig
 from sluice.addresses import HostPort
 from sluice.sshconfig import normalise_fingerprint
 from sluice.tokens import AgentToken
@@ -52,6 +53,9 @@ class AgentSettings(BaseSettings):
     allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Destinations the relay may open (host:ports)."
     )
+    proxy: SecretStr | None = Field(default=None, description=(
+        "HTTP proxy to the relay, http://user:password@host:port; empty = direct, "
+        "ignoring HTTPS_PROXY/ALL_PROXY. Unset: those variables and NO_PROXY apply."))
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds per connect.")
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
@@ -97,6 +101,16 @@ class AgentSettings(BaseSettings):
             value = [str(v).strip() for v in value]
             Allowlist.parse(value)  # raises ValueError naming the bad rule
         return value
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            ProxyConfig.parse(value.get_secret_value())  # message hides user and password
+        return value
+
+    def proxy_setting(self) -> str | None:
+        return None if self.proxy is None else self.proxy.get_secret_value()
 
     @field_validator("relay_fingerprint")
     @classmethod

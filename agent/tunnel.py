@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import asyncssh
@@ -14,6 +15,7 @@ from agent.errors import (
     RelayUnreachable,
     TunnelError,
 )
+from agent.outbound_proxy import connect_via_proxy, proxy_for
 from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from sluice import __version__, sshconfig
@@ -71,6 +73,14 @@ async def open_tunnel(
     """
     expected = None if settings.insecure_skip_host_key_check else settings.relay_fingerprint
     client = _PinnedHostKeyClient(expected)
+    # Outside the try below: a proxy's own error message says more than
+    # "cannot reach relay".
+    proxy = proxy_for(relay.host, relay.port, settings.proxy_setting(), os.environ)
+    sock = None
+    if proxy is not None:
+        sock = await connect_via_proxy(
+            proxy, relay.host, relay.port, timeout=settings.connect_timeout
+        )
     try:
         conn, _ = await asyncssh.create_connection(
             lambda: client,
@@ -93,6 +103,7 @@ async def open_tunnel(
             login_timeout=settings.login_timeout,
             connect_timeout=settings.connect_timeout,
             client_version=f"sluice-agent/{__version__}",
+            sock=sock,
         )
     except asyncssh.HostKeyNotVerifiable:
         raise HostKeyMismatch(
@@ -107,6 +118,10 @@ async def open_tunnel(
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise RelayUnreachable(f"cannot reach relay {relay}: {_describe(exc)}") from None
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
 
     try:
         if ctx is None:
@@ -118,6 +133,8 @@ async def open_tunnel(
                 sshconfig.TUNNEL_LISTEN_HOST,
                 sshconfig.TUNNEL_LISTEN_PORT,
             )
+        if ctx is not None:
+            await _signal_ready(conn)
     except asyncssh.ChannelListenError as exc:
         conn.close()
         raise ListenerRefused(f"relay {relay} refused the tunnel listener: {exc}") from None
@@ -125,6 +142,17 @@ async def open_tunnel(
         conn.close()
         raise RelayUnreachable(f"relay {relay} dropped the connection: {_describe(exc)}") from None
     return TunnelSession(relay=relay, conn=conn, listener=listener)
+
+
+async def _signal_ready(conn: asyncssh.SSHClientConnection) -> None:
+    """Tell the relay our listener is registered (see TUNNEL_READY_HOST)."""
+    try:
+        chan, _ = await conn.create_connection(
+            asyncssh.SSHTCPSession, sshconfig.TUNNEL_READY_HOST, 0
+        )
+    except asyncssh.ChannelOpenError:
+        return  # the expected answer: the relay refuses, having noted it
+    chan.close()
 
 
 def _describe(exc: BaseException) -> str:

@@ -52,7 +52,8 @@ async def main(n: int) -> None:
         env = dict(os.environ, SLUICE_AGENT_RELAY=f"127.0.0.1:{relay.ssh_address[1]}",
                    SLUICE_AGENT_TOKEN=str(token),
                    SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
-                   SLUICE_AGENT_ALLOW=f"127.0.0.1:{port}", SLUICE_AGENT_LOG_LEVEL="warning")
+                   SLUICE_AGENT_ALLOW=f"127.0.0.1:{port}", SLUICE_AGENT_LOG_LEVEL="warning",
+                   SLUICE_AGENT_HEALTH_LISTEN="off")
         agent = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "sluice-agent"), "run", env=env)
         await relay.registry.wait_online(token.agent_id, timeout=20)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import structlog
 
+from server.connections import ConnectionService
 from server.hostkey import host_key_fingerprint
+from server.keyring import RotationPlan
 from server.relay import Relay
 from server.settings import ServerSettings
 from server.store import Store
-from sluice import __version__
+from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.runtime import install_uvloop
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("agent_id")
     rotate = agents.add_parser("rotate-token", help="issue a new token; the old one stops")
     rotate.add_argument("agent_id")
+    sub.add_parser(
+        "rotate-master-key",
+        help="generate a new master key and re-encrypt every stored secret under it",
+    )
     return parser
 
 
@@ -67,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     install_uvloop()
     if args.command == "agents":
         return asyncio.run(_agents(settings, args))
-    return asyncio.run(_run(settings))
+    if args.command == "rotate-master-key":
+        return asyncio.run(_rotate_master_key(settings))
+    return asyncio.run(_run(settings, masker))
 
 
 async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
@@ -99,17 +107,53 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
         await store.close()
 
 
-async def _run(settings: ServerSettings) -> int:
+async def _rotate_master_key(settings: ServerSettings) -> int:
+    try:
+        plan = RotationPlan(settings)
+    except ValueError as exc:
+        print(f"sluice-server: {exc}", file=sys.stderr)
+        return 2
+    plan.begin()
+    store = await Store.open(settings.resolved_database_url())
+    try:
+        count = await ConnectionService(store, plan.box).reseal_all(plan.box)
+    finally:
+        await store.close()
+    plan.commit()
+    print(f"re-encrypted the secrets of {count} connection(s) under master key "
+          f"{plan.new_key.key_id}; the previous key {plan.old_key_id} is kept beside it")
+    return 0
+
+
+async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.set)
-    relay = await Relay.start(settings)
+    try:
+        relay = await Relay.start(settings)
+    except (OSError, ValueError) as exc:
+        log.error("relay_start_failed", error=str(exc))
+        return 1
+    masker.add(relay.admin_token)
+    if relay.admin_token_created:
+        # Printed once, to stdout and not to the log, for the operator to copy.
+        print(
+            f"Generated the admin API token (kept in {settings.data_dir / 'admin_token'}):\n"
+            f"  {relay.admin_token}",
+            flush=True,
+        )
+    ssh_host, ssh_port = relay.ssh_address
+    http_host, http_port = relay.http_address
     log.info("relay_started", version=__version__)
+    systemd.ready(f"SSH {ssh_host}:{ssh_port}, API {http_host}:{http_port}")
+    watchdog = asyncio.ensure_future(systemd.watchdog_loop(shutdown, lambda: True))
     try:
         await shutdown.wait()
     finally:
+        systemd.stopping("draining")
         await relay.close()
+        watchdog.cancel()
     log.info("relay_stopped")
     return 0
 

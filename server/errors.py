@@ -62,3 +62,17 @@ class TunnelProtocolError(RelayError):
     type = "tunnel_protocol_error"
     status = 502
     title = "The agent answered something the relay does not understand"
+
+
+def is_tunnel_lost(exc: BaseException) -> bool:
+    """Whether *exc* (from aiohttp, on a tunnel stream) means the tunnel died.
+
+    aiohttp turns a connection lost mid-body into ClientPayloadError, keeping
+    the original only in its message, so both the chain and the text count.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TunnelLost) or "TunnelLost(" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -1,5 +1,5 @@
-"""The relay process: storage, the SSH endpoint and the tunnel registry, started and
-stopped together."""
+"""The relay process: storage, SSH endpoint, tunnel registry and HTTP API,
+started and stopped together."""
 
 from __future__ import annotations
 
@@ -8,15 +8,25 @@ from dataclasses import dataclass, field
 
 import asyncssh
 import structlog
+from aiohttp import web
 
+from server.admin_token import load_or_create_admin_token
+from server.api import build_app
 from server.auth_limit import FailedLoginLimiter
+from server.cloud_http import CloudHTTP
+from server.connections import ConnectionService
+from server.engine import Engine
 from server.hostkey import load_or_create_host_key
+from server.keyring import load_secret_box
+from server.metrics import RelayMetrics
+from server.services import Services
 from server.settings import ServerSettings
 from server.ssh import SSHContext, start_ssh_server
 from server.store import Store
 from server.tunnel_http import TunnelHTTP
 from server.tunnels import TunnelRegistry
 from sluice.sshconfig import fingerprint
+from sluice.tasks import TaskSet
 
 log = structlog.get_logger("sluice.relay")
 
@@ -27,27 +37,47 @@ class Relay:
     store: Store
     registry: TunnelRegistry
     tunnel_http: TunnelHTTP
+    cloud_http: CloudHTTP
+    connections: ConnectionService
+    engine: Engine
+    metrics: RelayMetrics
     host_key: asyncssh.SSHKey
+    admin_token: str
+    admin_token_created: bool = False
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
+    web_runner: web.AppRunner | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: TaskSet = field(default_factory=TaskSet)
 
     def __repr__(self) -> str:
         return f"<Relay ssh={self.ssh_address} {self.registry!r}>"
 
     @classmethod
-    async def start(cls, settings: ServerSettings) -> Relay:
-        """Open the store (migrating it), load the host key, listen for agents."""
+    async def start(cls, settings: ServerSettings, *, serve_http: bool = True) -> Relay:
+        """Open the store (migrating it), load keys, listen for agents and API calls."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         host_key = load_or_create_host_key(settings.host_key_path)
+        box = load_secret_box(settings)
+        admin_token, created = load_or_create_admin_token(
+            settings.data_dir,
+            settings.admin_token.get_secret_value() if settings.admin_token else None,
+            settings.admin_token_file,
+        )
         store = await Store.open(settings.resolved_database_url())
         registry = TunnelRegistry()
+        metrics = RelayMetrics(registry)
+        connections = ConnectionService(store, box, lambda: load_secret_box(settings))
+        tunnel_http = TunnelHTTP(registry, connect_timeout=settings.connect_timeout)
+        cloud_http = CloudHTTP(allow_private=settings.allow_private_destinations)
+        engine = Engine(
+            registry, tunnel_http, cloud_http, connections.save_token,
+            on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
+        )
         relay = cls(
-            settings=settings,
-            store=store,
-            registry=registry,
-            tunnel_http=TunnelHTTP(registry, connect_timeout=settings.connect_timeout),
-            host_key=host_key,
+            settings=settings, store=store, registry=registry, tunnel_http=tunnel_http,
+            cloud_http=cloud_http, connections=connections, engine=engine, metrics=metrics,
+            host_key=host_key, admin_token=admin_token, admin_token_created=created,
         )
         try:
             ctx = SSHContext(
@@ -56,6 +86,7 @@ class Relay:
                 limiter=FailedLoginLimiter(
                     settings.auth_failures_per_address, settings.auth_ban_seconds
                 ),
+                tasks=relay.tasks,
             )
             relay.ssh_context = ctx
             relay.ssh = await start_ssh_server(
@@ -67,15 +98,32 @@ class Relay:
                 keepalive_count=settings.keepalive_count,
                 login_timeout=settings.login_timeout,
             )
+            if serve_http:
+                await relay._start_http()
         except BaseException:
-            await store.close()
+            await relay.close()
             raise
-        log.info(
-            "ssh_listening",
-            address=relay.ssh_address,
-            fingerprint=fingerprint(host_key),
-        )
+        log.info("ssh_listening", address=relay.ssh_address, fingerprint=fingerprint(host_key))
+        if relay.web_runner is not None:
+            log.info("http_listening", address=relay.http_address)
         return relay
+
+    async def _start_http(self) -> None:
+        services = Services(
+            store=self.store, registry=self.registry, tunnel_http=self.tunnel_http,
+            connections=self.connections, engine=self.engine, metrics=self.metrics,
+            admin_token=self.admin_token, ssh_listening=lambda: not self.closed.is_set(),
+        )
+        # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
+        # for running handlers) before tunnels are closed.
+        runner = web.AppRunner(
+            build_app(services), access_log=None, handle_signals=False,
+            shutdown_timeout=self.settings.drain_timeout,
+        )
+        await runner.setup()
+        self.web_runner = runner
+        listen = self.settings.http_listen
+        await web.TCPSite(runner, listen.host, listen.port).start()
 
     @property
     def ssh_address(self) -> tuple[str, int]:
@@ -84,18 +132,33 @@ class Relay:
         return sockname[0], sockname[1]
 
     @property
+    def http_address(self) -> tuple[str, int]:
+        assert self.web_runner is not None
+        host, port = self.web_runner.addresses[0][:2]
+        return host, port
+
+    @property
+    def http_base(self) -> str:
+        host, port = self.http_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
     def fingerprint(self) -> str:
         return fingerprint(self.host_key)
 
     async def close(self) -> None:
-        """Stop accepting agents, close their tunnels, release the store."""
+        """Stop taking API calls and agents, close tunnels, release the store."""
         if self.closed.is_set():
             return
         self.closed.set()
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
         if self.ssh is not None:
             self.ssh.close()
             await self.ssh.wait_closed()
         for tunnel in list(self.registry):
             tunnel.close()
         await self.tunnel_http.close()
+        await self.cloud_http.close()
+        await self.tasks.close()
         await self.store.close()

@@ -14,4 +14,27 @@ agents = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("token_rotated_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# A connection's settings live in `document` as JSON, with every secret value
+# replaced by its AES-GCM ciphertext; name, mode and agent are columns too so
+# they can be queried and the agent reference enforced.
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column(
+        "agent_id",
+        sa.String(32),
+        sa.ForeignKey("agents.id", ondelete="RESTRICT"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("last_test", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -12,6 +12,7 @@ from server.auth_limit import FailedLoginLimiter
 from server.store import AgentRecord, Store
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice import sshconfig
+from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
 
 log = structlog.get_logger("sluice.relay.ssh")
@@ -22,6 +23,7 @@ class SSHContext:
     store: Store
     registry: TunnelRegistry
     limiter: FailedLoginLimiter
+    tasks: TaskSet
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
 
@@ -60,6 +62,8 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._peer = "?"
         self._agent: AgentRecord | None = None
         self._tunnel: Tunnel | None = None
+        self._registered = False
+        self._instance = ""
 
     def __repr__(self) -> str:
         agent = self._agent.id if self._agent else None
@@ -75,8 +79,9 @@ class RelaySSHServer(asyncssh.SSHServer):
             conn.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._tunnel is not None:
+        if self._tunnel is not None and self._registered:
             self._ctx.registry.remove(self._tunnel)
+            self._ctx.tasks.spawn(self._ctx.store.touch_agent(self._tunnel.agent_id))
             log.info(
                 "tunnel_down",
                 agent_id=self._tunnel.agent_id,
@@ -88,6 +93,10 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     # -- authentication: the agent's token as the password, nothing else ---
     def begin_auth(self, username: str) -> bool:
+        # Agents log in as 'sluice-agent/<instance>': the instance id names one
+        # agent process across its reconnects (see TunnelRegistry.add).
+        _, _, instance = username.partition("/")
+        self._instance = instance[:64] if instance.isalnum() else ""
         return True
 
     def password_auth_supported(self) -> bool:
@@ -150,12 +159,24 @@ class RelaySSHServer(asyncssh.SSHServer):
             connected_at=dt.datetime.now(dt.UTC),
             window=self._ctx.window,
             max_pktsize=self._ctx.max_pktsize,
+            instance=self._instance,
         )
         self._tunnel = tunnel
-        self._ctx.registry.add(tunnel)
+        return TunnelListener(tunnel, self._ctx.registry)
+
+    def _tunnel_ready(self) -> None:
+        """The agent has its listener in place: streams may flow now."""
+        tunnel = self._tunnel
+        if tunnel is None or self._registered:
+            return
+        self._registered = True
+        for stale in self._ctx.registry.add(tunnel):
+            log.info("tunnel_replaced", agent_id=stale.agent_id, tunnel=stale.id,
+                     peer=stale.peer, by=tunnel.id)
+            stale.close()
+        self._ctx.tasks.spawn(self._ctx.store.touch_agent(tunnel.agent_id))
         log.info("tunnel_up", agent_id=tunnel.agent_id, tunnel=tunnel.id, peer=self._peer,
                  agent_version=tunnel.agent_version)
-        return TunnelListener(tunnel, self._ctx.registry)
 
     # Everything else an SSH client might ask for is refused.
     def session_requested(self) -> bool:
@@ -163,6 +184,9 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> bool:
+        # Never a connection; the reserved name is the agent's "ready" signal.
+        if dest_host == sshconfig.TUNNEL_READY_HOST:
+            self._tunnel_ready()
         return False
 
     def unix_connection_requested(self, dest_path: str) -> bool:

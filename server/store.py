@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from server.schema import agents
+from server.schema import agents, connections
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,6 +39,7 @@ class AgentRecord:
     name: str
     created_at: dt.datetime
     token_rotated_at: dt.datetime | None
+    last_seen_at: dt.datetime | None = None
 
 
 def _agent(row: Any) -> AgentRecord:
@@ -48,7 +50,41 @@ def _agent(row: Any) -> AgentRecord:
         name=row.name,
         created_at=created,
         token_rotated_at=_aware(row.token_rotated_at),
+        last_seen_at=_aware(row.last_seen_at),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRow:
+    """A stored connection; `document` is JSON whose secrets are ciphertexts."""
+
+    id: str
+    name: str
+    mode: str
+    agent_id: str | None
+    document: str
+    last_test: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+def _connection(row: Any) -> ConnectionRow:
+    created, updated = _aware(row.created_at), _aware(row.updated_at)
+    assert created is not None
+    assert updated is not None
+    return ConnectionRow(
+        id=row.id, name=row.name, mode=row.mode, agent_id=row.agent_id,
+        document=row.document, last_test=row.last_test, created_at=created, updated_at=updated,
+    )
+
+
+class AgentInUse(Exception):
+    """An agent cannot be deleted while connections use it."""
+
+    def __init__(self, agent_id: str, connection_ids: list[str]) -> None:
+        super().__init__(f"agent {agent_id} is used by {len(connection_ids)} connection(s)")
+        self.agent_id = agent_id
+        self.connection_ids = connection_ids
 
 
 def sqlite_url(path: Path) -> str:
@@ -112,9 +148,22 @@ class Store:
         return [_agent(r) for r in rows]
 
     async def delete_agent(self, agent_id: str) -> bool:
+        """Delete an agent; raises AgentInUse while a connection refers to it."""
         async with self._engine.begin() as conn:
+            users = (await conn.execute(
+                sa.select(connections.c.id).where(connections.c.agent_id == agent_id)
+            )).scalars().all()
+            if users:
+                raise AgentInUse(agent_id, list(users))
             result = await conn.execute(agents.delete().where(agents.c.id == agent_id))
         return result.rowcount > 0
+
+    async def touch_agent(self, agent_id: str) -> None:
+        """Record that the agent was seen now (tunnel up or down)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                agents.update().where(agents.c.id == agent_id).values(last_seen_at=utcnow())
+            )
 
     async def rotate_agent_token(self, agent_id: str) -> AgentToken | None:
         token = new_token(agent_id)
@@ -132,6 +181,83 @@ class Store:
             row = (await conn.execute(agents.select().where(agents.c.id == token.agent_id))).first()
         ok = secret_matches(token.secret, row.token_hash if row else _DUMMY_HASH)
         return _agent(row) if row is not None and ok else None
+
+
+    # -- connections --------------------------------------------------------
+
+    async def create_connection(
+        self, conn_id: str, name: str, mode: str, agent_id: str | None, document: str
+    ) -> ConnectionRow:
+        now = utcnow()
+        row = ConnectionRow(conn_id, name, mode, agent_id, document, None, now, now)
+        async with self._engine.begin() as conn:
+            await conn.execute(connections.insert().values(
+                id=conn_id, name=name, mode=mode, agent_id=agent_id, document=document,
+                created_at=now, updated_at=now,
+            ))
+        return row
+
+    async def get_connection(self, conn_id: str) -> ConnectionRow | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                connections.select().where(connections.c.id == conn_id)
+            )).first()
+        return _connection(row) if row else None
+
+    async def list_connections(self) -> list[ConnectionRow]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                connections.select().order_by(connections.c.created_at)
+            )).all()
+        return [_connection(r) for r in rows]
+
+    async def update_connection(
+        self, conn_id: str, name: str, mode: str, agent_id: str | None, document: str
+    ) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                connections.update().where(connections.c.id == conn_id).values(
+                    name=name, mode=mode, agent_id=agent_id, document=document,
+                    updated_at=utcnow(),
+                )
+            )
+        return result.rowcount > 0
+
+    async def update_document(self, conn_id: str, document: str) -> bool:
+        """Replace only the document (a refreshed token); not a user edit."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                connections.update().where(connections.c.id == conn_id)
+                .values(document=document)
+            )
+        return result.rowcount > 0
+
+    async def set_last_test(self, conn_id: str, result_json: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                connections.update().where(connections.c.id == conn_id)
+                .values(last_test=result_json)
+            )
+
+    async def delete_connection(self, conn_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(connections.delete().where(connections.c.id == conn_id))
+        return result.rowcount > 0
+
+    async def rewrite_documents(self, rewrite: Callable[[str, str], str]) -> int:
+        """Pass every (id, document) through *rewrite* in one transaction."""
+        count = 0
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(
+                sa.select(connections.c.id, connections.c.document)
+            )).all()
+            for conn_id, document in rows:
+                await conn.execute(
+                    connections.update().where(connections.c.id == conn_id)
+                    .values(document=rewrite(conn_id, document))
+                )
+                count += 1
+        return count
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -19,8 +19,8 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
-from server.channel_transport import feed, start_tls
-from server.errors import UpstreamTimeout
+from server.channel_transport import ChannelSession, ChannelTransport, feed, start_tls
+from server.errors import TunnelLost, UpstreamTimeout
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice.connect import Target
 
@@ -76,12 +76,11 @@ class TunnelConnector(aiohttp.BaseConnector):
         if port is None:
             raise ValueError(f"no port for {req.url}")
         target = Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        tunnel = self._registry.pick(self._agent_id)
         limit = timeout.sock_connect or timeout.connect or self._connect_timeout
         protocol = ResponseHandler(asyncio.get_running_loop())
         try:
             async with asyncio.timeout(limit):
-                transport, _session, rest = await tunnel.open_stream(target)
+                transport, _session, rest, tunnel = await self._open(target)
                 self._tunnel_of[protocol] = tunnel
                 if not req.is_ssl():
                     transport.set_protocol(protocol)
@@ -107,6 +106,25 @@ class TunnelConnector(aiohttp.BaseConnector):
                 f"within {limit:g} s"
             ) from None
 
+
+    async def _open(
+        self, target: Target
+    ) -> tuple[ChannelTransport, ChannelSession, bytes, Tunnel]:
+        """Open a stream on the least-busy replica; if that replica cannot open
+        one (it is going away), try the next. Refusals from the agent itself
+        (denied, connect failed) are answers, not replica failures."""
+        tried: frozenset[int] = frozenset()
+        while True:
+            tunnel = self._registry.pick(self._agent_id, exclude=tried)
+            try:
+                transport, session, rest = await tunnel.open_stream(target)
+            except TunnelLost:
+                tried |= {tunnel.id}
+                if not any(t.id not in tried and not t.draining
+                           for t in self._registry.replicas(self._agent_id)):
+                    raise
+                continue
+            return transport, session, rest, tunnel
 
     def _release(
         self, key: Any, protocol: ResponseHandler, *, should_close: bool = False

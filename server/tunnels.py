@@ -29,6 +29,7 @@ class Tunnel:
     connected_at: dt.datetime
     window: int
     max_pktsize: int
+    instance: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     in_flight: int = 0
     streams_total: int = 0
@@ -91,9 +92,21 @@ class TunnelRegistry:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def add(self, tunnel: Tunnel) -> None:
-        self._by_agent.setdefault(tunnel.agent_id, []).append(tunnel)
+    def add(self, tunnel: Tunnel) -> list[Tunnel]:
+        """Register *tunnel*; returns older tunnels of the same agent process.
+
+        An agent that reconnects while its previous session still looks alive
+        (a half-open TCP connection not yet noticed by keepalives) is the same
+        process instance: its new session takes over at once and the caller
+        closes the stale ones.
+        """
+        tunnels = self._by_agent.setdefault(tunnel.agent_id, [])
+        stale = [t for t in tunnels if tunnel.instance and t.instance == tunnel.instance]
+        for old in stale:
+            tunnels.remove(old)
+        tunnels.append(tunnel)
         self._notify()
+        return stale
 
     def remove(self, tunnel: Tunnel) -> None:
         tunnels = self._by_agent.get(tunnel.agent_id, [])
@@ -122,9 +135,12 @@ class TunnelRegistry:
     def is_online(self, agent_id: str) -> bool:
         return any(not t.draining for t in self._by_agent.get(agent_id, ()))
 
-    def pick(self, agent_id: str) -> Tunnel:
+    def pick(self, agent_id: str, exclude: frozenset[int] = frozenset()) -> Tunnel:
         """The live, non-draining replica with the fewest streams in flight."""
-        live = [t for t in self._by_agent.get(agent_id, ()) if not t.draining]
+        live = [
+            t for t in self._by_agent.get(agent_id, ())
+            if not t.draining and t.id not in exclude
+        ]
         if not live:
             raise AgentOffline(f"agent {agent_id} has no live tunnel")
         return min(live, key=lambda t: (t.in_flight, t.streams_total))

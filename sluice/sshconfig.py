@@ -29,6 +29,11 @@ COMPRESSION_ALGS: Final = ("none",)
 # The listener an agent registers; the relay opens its channels towards it.
 TUNNEL_LISTEN_HOST: Final = "sluice"
 TUNNEL_LISTEN_PORT: Final = 1
+# asyncssh's client records a remote listener only after the relay's reply
+# has been handled, so a channel the relay opens at once may meet "No such
+# listener". The agent therefore says it is ready by asking for a connection
+# to this reserved name; the relay refuses it, and only then sends streams.
+TUNNEL_READY_HOST: Final = "sluice-ready"
 
 # Per-channel receive window and packet size. A probe found that a window much
 # larger than 2 MiB buys little bandwidth and costs small-request latency

@@ -2,35 +2,111 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import trustme
 
 from server.relay import Relay
 from server.settings import ServerSettings
 from sluice.addresses import HostPort
+from sluice.logs import SecretMasker, configure_logging
 from sluice.tokens import AgentToken
 from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI, serve_api
+from tests.support.capture import RESPONSES, SECRETS, SINK, APIClient, remember_secret
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every relay log line of the whole suite lands in SINK, as JSON. The
+    # masker is empty on purpose: the checks below must see what would leak.
+    configure_logging("json", "debug", masker=SecretMasker(), stream=SINK)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaks(tmp_path: Path) -> Iterator[None]:
+    """After each test: no secret it used is in a relay log line, an API answer
+    or an agent's log file."""
+    start_lines, start_responses = len(SINK.lines), len(RESPONSES)
+    SECRETS.clear()
+    yield
+    logs = SINK.lines[start_lines:]
+    answers = RESPONSES[start_responses:]
+    agent_logs = [p.read_text(errors="replace") for p in tmp_path.glob("agent*.log")]
+    for secret in SECRETS:
+        for line in logs:
+            assert secret not in line, f"secret in relay log: {line[:300]}"
+        for text in answers:
+            assert secret not in text, f"secret in API answer: {text[:300]}"
+        for text in agent_logs:
+            assert secret not in text, "secret in an agent log"
+
+
+_DATABASE: dict[str, str | None] = {"url": None}
+
+
+@pytest.fixture(autouse=True)
+async def database() -> AsyncIterator[str | None]:
+    """SQLite in the data dir by default; with SLUICE_TEST_DATABASE=postgres, a fresh
+    PostgreSQL database per test (server URL in SLUICE_TEST_POSTGRES_URL)."""
+    if os.environ.get("SLUICE_TEST_DATABASE") != "postgres":
+        _DATABASE["url"] = None
+        yield None
+        return
+    import asyncpg  # only needed for this pass
+
+    admin = os.environ["SLUICE_TEST_POSTGRES_URL"].replace("postgresql+asyncpg", "postgresql")
+    name = f"sluice_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = os.environ["SLUICE_TEST_POSTGRES_URL"].rsplit("/", 1)[0] + "/" + name
+    _DATABASE["url"] = url
+    try:
+        yield url
+    finally:
+        _DATABASE["url"] = None
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def relay_settings(tmp_path: Path, **overrides: object) -> ServerSettings:
+    values: dict[str, object] = {
+        "database_url": _DATABASE["url"],
+        "data_dir": tmp_path / "relay",
+        "ssh_listen": HostPort("127.0.0.1", 0),
+        "http_listen": HostPort("127.0.0.1", 0),
+        "keepalive_interval": 5,
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return ServerSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    settings = ServerSettings(
-        data_dir=tmp_path / "relay",
-        ssh_listen=HostPort("127.0.0.1", 0),
-        http_listen=HostPort("127.0.0.1", 0),
-        keepalive_interval=5,
-        log_format="json",
-    )
-    relay = await Relay.start(settings)
+    relay = await Relay.start(relay_settings(tmp_path))
+    remember_secret(relay.admin_token)
     try:
         yield relay
     finally:
         await relay.close()
+
+
+@pytest.fixture
+async def client(relay: Relay) -> AsyncIterator[APIClient]:
+    async with aiohttp.ClientSession() as session:
+        yield APIClient(session, relay.http_base, relay.admin_token)
 
 
 @pytest.fixture
@@ -74,6 +150,7 @@ async def start_agent(
     ) -> tuple[AgentProcess, AgentToken]:
         if token is None:
             _, token = await relay.store.create_agent(f"agent-{len(started)}")
+        remember_secret(str(token), token.secret)
         host, port = relay.ssh_address
         agent_env = {
             "SLUICE_AGENT_RELAY": f"{host}:{port}",
@@ -84,6 +161,7 @@ async def start_agent(
             "SLUICE_AGENT_CONNECT_TIMEOUT": "3",
             "SLUICE_AGENT_BACKOFF_INITIAL": "0.1",
             "SLUICE_AGENT_BACKOFF_MAX": "1",
+            "SLUICE_AGENT_HEALTH_LISTEN": "off",
             **{f"SLUICE_AGENT_{k.upper()}": v for k, v in env.items()},
         }
         proc = AgentProcess(agent_env, tmp_path / f"agent-{len(started)}.log")

@@ -37,6 +37,16 @@ async def _connect(relay: Relay, **kwargs: object) -> asyncssh.SSHClientConnecti
     return await asyncssh.connect(host, port, **options)  # type: ignore[arg-type,unused-ignore]
 
 
+async def _register(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHListener:
+    """What the agent does: ask for its listener, then say it is ready."""
+    listener = await conn.create_server(
+        lambda *_: None, sshconfig.TUNNEL_LISTEN_HOST, sshconfig.TUNNEL_LISTEN_PORT
+    )
+    with pytest.raises(asyncssh.ChannelOpenError):
+        await conn.create_connection(asyncssh.SSHTCPSession, sshconfig.TUNNEL_READY_HOST, 0)
+    return listener
+
+
 async def test_public_key_login_is_refused(strict_relay: Relay) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
     with pytest.raises(asyncssh.PermissionDenied):
@@ -54,9 +64,7 @@ async def test_only_the_tunnel_listener_is_granted(strict_relay: Relay) -> None:
             await conn.create_connection(asyncssh.SSHTCPSession, "127.0.0.1", 22)
         assert not strict_relay.registry.is_online(token.agent_id)
 
-        listener = await conn.create_server(
-            lambda *_: None, sshconfig.TUNNEL_LISTEN_HOST, sshconfig.TUNNEL_LISTEN_PORT
-        )
+        listener = await _register(conn)
         assert listener.get_port() == sshconfig.TUNNEL_LISTEN_PORT
         assert strict_relay.registry.is_online(token.agent_id)
     await strict_relay.registry.wait_changed()
@@ -68,8 +76,7 @@ async def test_replicas_share_an_agent_and_leave_when_closed(strict_relay: Relay
     conns = []
     for _ in range(2):
         conn = await _connect(strict_relay, password=str(token))
-        await conn.create_server(lambda *_: None, sshconfig.TUNNEL_LISTEN_HOST,
-                                 sshconfig.TUNNEL_LISTEN_PORT)
+        await _register(conn)
         conns.append(conn)
     replicas = strict_relay.registry.replicas(token.agent_id)
     assert len(replicas) == 2

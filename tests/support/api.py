@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB, deterministic
 
@@ -36,9 +39,20 @@ class SeenRequest:
     method: str
     path: str
     query: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body_sha256: str | None = None
     body_bytes: int = 0
+
+
+@dataclass
+class TokenIssuer:
+    """The API's token endpoint: refresh_secret in, a fresh token out."""
+
+    refresh_secret: str = "rt-" + "7" * 24
+    current: str = "expired-at-start"
+    issued: int = 0
+    omit_token: bool = False
+    refresh_bodies: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +63,7 @@ class InternalAPI:
     port: int
     scheme: str
     seen: list[SeenRequest] = field(default_factory=list)
+    tokens: TokenIssuer = field(default_factory=TokenIssuer)
 
     @property
     def base(self) -> str:
@@ -59,7 +74,13 @@ class InternalAPI:
 def build_app(api: InternalAPI) -> web.Application:
     async def hello(request: web.Request) -> web.Response:
         api.seen.append(_seen(request))
-        return web.json_response({"hello": "world", "path": request.path_qs})
+        # Like a careful API, never echo a credential given in the query.
+        query = "&".join(
+            f"{k}={v}" for k, v in request.query.items() if k not in ("api_key", "key")
+        )
+        return web.json_response(
+            {"hello": "world", "path": request.path + (f"?{query}" if query else "")}
+        )
 
     async def echo(request: web.Request) -> web.Response:
         seen = _seen(request)
@@ -84,7 +105,48 @@ def build_app(api: InternalAPI) -> web.Application:
         await response.write_eof()
         return response
 
+    async def secure(request: web.Request) -> web.Response:
+        api.seen.append(_seen(request))
+        if request.headers.get("Authorization") != f"Bearer {api.tokens.current}":
+            return web.json_response({"error": "token expired"}, status=401)
+        return web.json_response({"secure": True, "path": request.path_qs})
+
+    async def token(request: web.Request) -> web.Response:
+        body = await request.read()
+        api.tokens.refresh_bodies.append(body)
+        api.seen.append(_seen(request))
+        try:
+            presented = json.loads(body).get("refresh_token")
+        except ValueError:
+            presented = None
+        if presented != api.tokens.refresh_secret:
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        api.tokens.issued += 1
+        if api.tokens.omit_token:
+            return web.json_response({"data": {"expires_in": 3600}, "note": "no token here"})
+        api.tokens.current = f"at-{api.tokens.issued}-" + "x" * 20
+        return web.json_response({"data": {"access_token": api.tokens.current}})
+
+    async def slack(request: web.Request) -> web.Response:
+        api.seen.append(_seen(request))
+        return web.json_response({"ok": request.query.get("ok", "false") == "true"})
+
+    async def flag(request: web.Request) -> web.Response:
+        api.seen.append(_seen(request))
+        return web.json_response({"status": {"ok": request.query.get("value", "")}})
+
+    async def slow(request: web.Request) -> web.Response:
+        # The API itself is slow: that is the behaviour under test, not a wait.
+        api.seen.append(_seen(request))
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.json_response({"slow": True})
+
     app = web.Application(client_max_size=1024**3)
+    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/secure/{tail:.*}", secure)
+    app.router.add_post("/oauth/token", token)
+    app.router.add_get("/slack/auth.test", slack)
+    app.router.add_get("/flag", flag)
     app.router.add_get("/hello", hello)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/blob/{size:\\d+}", blob)
@@ -96,7 +158,7 @@ def _seen(request: web.Request) -> SeenRequest:
         method=request.method,
         path=request.path,
         query=request.query_string,
-        headers=dict(request.headers),
+        headers=CIMultiDict(request.headers),
     )
 
 
@@ -105,7 +167,7 @@ async def serve_api(
 ) -> AsyncIterator[InternalAPI]:
     """Run the API on host:0 until the generator is closed (use from a fixture)."""
     api = InternalAPI(host=host, port=0, scheme="https" if ssl_context else "http")
-    runner = web.AppRunner(build_app(api), access_log=None)
+    runner = web.AppRunner(build_app(api), access_log=None, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
     await site.start()

@@ -1,0 +1,279 @@
+"""The relay's JSON API (aiohttp): agents, connections, tests, health, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from server.admin_token import token_matches
+from server.connections import ConnectionNotFound, InvalidConnection
+from server.crypto import DecryptionError
+from server.errors import RelayError
+from server.openapi import openapi_document
+from server.problems import problem, validation_problem
+from server.proxy_route import proxy
+from server.services import SERVICES, Services, services_of
+from server.store import AgentInUse, AgentRecord
+from server.tunnels import TunnelRegistry
+
+log = structlog.get_logger("sluice.relay.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+PUBLIC_PATHS = ("/healthz",)
+PUBLIC_PREFIXES = ("/ui/",)
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into problem+json; never leak internals."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "http_error"
+        )
+        return problem(exc.status, kind, exc.reason, exc.text if exc.text != exc.reason else None)
+    except InvalidConnection as exc:
+        return validation_problem(exc.problems)
+    except ConnectionNotFound as exc:
+        return problem(404, "not_found", "No such connection", f"no connection {exc.args[0]}")
+    except AgentInUse as exc:
+        return problem(
+            409, "agent_in_use", "The agent is used by connections",
+            f"agent {exc.agent_id} is used by {', '.join(exc.connection_ids)}; "
+            "delete or move those connections first",
+            connections=exc.connection_ids,
+        )
+    except RelayError as exc:
+        services_of(request).metrics.errors.labels(exc.type).inc()
+        return problem(exc.status, exc.type, exc.title, str(exc))
+    except DecryptionError as exc:
+        log.error("secret_unreadable", error=str(exc))
+        return problem(500, "secret_unreadable", "A stored secret could not be decrypted",
+                       "check the relay's master key settings")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(
+        presented.strip(), services_of(request).admin_token
+    ):
+        response = problem(
+            401, "unauthorized", "Admin token required",
+            "send 'Authorization: Bearer <admin token>'",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
+        return response
+    return await handler(request)
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json(loads=json.loads)
+    except ValueError:
+        raise web.HTTPBadRequest(reason="Invalid JSON", text="the body is not valid JSON") from None
+
+
+# -- health -------------------------------------------------------------------
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = services_of(request)
+    ok = services.ssh_listening()
+    body = {"status": "ready" if ok else "not_ready", "tunnels": len(services.registry)}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=services_of(request).metrics.render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+# -- agents -------------------------------------------------------------------
+
+def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
+    replicas = registry.replicas(agent.id)
+    live = [t for t in replicas if not t.draining]
+    first = min(live, key=lambda t: t.connected_at) if live else None
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "status": "online" if live else "offline",
+        "created_at": agent.created_at.isoformat(),
+        "token_rotated_at": agent.token_rotated_at.isoformat() if agent.token_rotated_at else None,
+        "last_seen_at": (
+            None if agent.last_seen_at is None and not replicas
+            else (agent.last_seen_at.isoformat() if agent.last_seen_at else None)
+        ),
+        "connected_since": first.connected_at.isoformat() if first else None,
+        "peer": first.peer if first else None,
+        "agent_version": first.agent_version if first else None,
+        "replicas": [
+            {
+                "peer": t.peer,
+                "agent_version": t.agent_version,
+                "connected_since": t.connected_at.isoformat(),
+                "streams_in_flight": t.in_flight,
+                "draining": t.draining,
+            }
+            for t in replicas
+        ],
+    }
+
+
+async def create_agent(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = await _json(request)
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        return validation_problem(
+            [{"field": "name", "message": "required: a non-empty name of at most 200 characters"}]
+        )
+    if any(ord(c) < 32 for c in name):
+        return validation_problem(
+            [{"field": "name", "message": "must not contain control characters"}]
+        )
+    agent, token = await services.store.create_agent(name.strip())
+    view = agent_view(agent, services.registry)
+    view["token"] = str(token)  # shown once; only its hash is kept
+    log.info("agent_created", agent_id=agent.id)
+    return web.json_response(view, status=201)
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    services = services_of(request)
+    agents = await services.store.list_agents()
+    return web.json_response({"agents": [agent_view(a, services.registry) for a in agents]})
+
+
+async def _agent(request: web.Request) -> AgentRecord:
+    agent = await services_of(request).store.get_agent(request.match_info["agent_id"])
+    if agent is None:
+        agent_id = request.match_info["agent_id"]
+        raise web.HTTPNotFound(reason="No such agent", text=f"no agent {agent_id}")
+    return agent
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    return web.json_response(agent_view(await _agent(request), services_of(request).registry))
+
+
+async def delete_agent(request: web.Request) -> web.Response:
+    services = services_of(request)
+    agent = await _agent(request)
+    await services.store.delete_agent(agent.id)
+    closed = services.registry.close_agent(agent.id)
+    await services.tunnel_http.forget(agent.id)
+    log.info("agent_deleted", agent_id=agent.id, tunnels_closed=closed)
+    return web.Response(status=204)
+
+
+async def rotate_agent_token(request: web.Request) -> web.Response:
+    services = services_of(request)
+    agent = await _agent(request)
+    token = await services.store.rotate_agent_token(agent.id)
+    assert token is not None
+    closed = services.registry.close_agent(agent.id)
+    await services.tunnel_http.forget(agent.id)
+    log.info("agent_token_rotated", agent_id=agent.id, tunnels_closed=closed)
+    return web.json_response({"id": agent.id, "token": str(token), "tunnels_closed": closed})
+
+
+# -- connections ----------------------------------------------------------------
+
+async def create_connection(request: web.Request) -> web.Response:
+    view = await services_of(request).connections.create(await _json(request))
+    log.info("connection_created", connection=view["id"])
+    return web.json_response(view, status=201)
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    return web.json_response({"connections": await services_of(request).connections.list()})
+
+
+async def get_connection(request: web.Request) -> web.Response:
+    return web.json_response(await services_of(request).connections.get(request.match_info["id"]))
+
+
+async def patch_connection(request: web.Request) -> web.Response:
+    services = services_of(request)
+    conn_id = request.match_info["id"]
+    view = await services.connections.patch(conn_id, await _json(request))
+    services.engine.forget_token(conn_id)
+    log.info("connection_updated", connection=conn_id)
+    return web.json_response(view)
+
+
+async def delete_connection(request: web.Request) -> web.Response:
+    services = services_of(request)
+    conn_id = request.match_info["id"]
+    await services.connections.delete(conn_id)
+    services.engine.forget_token(conn_id)
+    log.info("connection_deleted", connection=conn_id)
+    return web.Response(status=204)
+
+
+async def test_unsaved(request: web.Request) -> web.Response:
+    services = services_of(request)
+    handle = await services.connections.unsaved_handle(await _json(request))
+    result = await services.engine.ping(handle)
+    return web.json_response(result.as_dict())
+
+
+async def test_saved(request: web.Request) -> web.Response:
+    services = services_of(request)
+    conn_id = request.match_info["id"]
+    handle = await services.connections.handle(conn_id)
+    result = await services.engine.ping(handle)
+    record = result.as_dict() | {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    await services.connections.record_test(conn_id, record)
+    return web.json_response(result.as_dict())
+
+
+def build_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[problems_middleware, auth_middleware], client_max_size=1024 * 1024
+    )
+    app[SERVICES] = services
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/v1/openapi.json", openapi)
+    r.add_post("/v1/agents", create_agent)
+    r.add_get("/v1/agents", list_agents)
+    r.add_get("/v1/agents/{agent_id}", get_agent)
+    r.add_delete("/v1/agents/{agent_id}", delete_agent)
+    r.add_post("/v1/agents/{agent_id}/rotate-token", rotate_agent_token)
+    r.add_post("/v1/connections", create_connection)
+    r.add_get("/v1/connections", list_connections)
+    r.add_post("/v1/connections/test", test_unsaved)
+    r.add_get("/v1/connections/{id}", get_connection)
+    r.add_patch("/v1/connections/{id}", patch_connection)
+    r.add_delete("/v1/connections/{id}", delete_connection)
+    r.add_post("/v1/connections/{id}/test", test_saved)
+    r.add_route("*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy)
+    return app

@@ -1,0 +1,103 @@
+"""Cloud mode: straight to the API, but never into the relay's own networks.
+
+Names are resolved here and every address is checked before aiohttp may
+connect to it (so DNS cannot smuggle in 127.0.0.1 or 169.254.169.254), and
+IP literals are checked before the request is sent. Private, loopback,
+link-local and other non-global destinations are refused unless the relay is
+configured with allow_private_destinations.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from server.errors import RelayError
+
+
+class DestinationForbidden(RelayError):
+    type = "destination_forbidden"
+    status = 403
+    title = "Cloud connections may not reach private or local addresses"
+
+
+def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_public(address: str) -> bool:
+    ip = _unmapped(ipaddress.ip_address(address.split("%", 1)[0]))
+    return bool(ip.is_global) and not ip.is_multicast
+
+
+def _forbidden(host: str, address: str) -> DestinationForbidden:
+    shown = host if host == address else f"{host} ({address})"
+    return DestinationForbidden(
+        f"{shown} is not a public address; cloud mode refuses loopback, link-local and "
+        "private destinations (use on-premise mode with an agent, or set the relay's "
+        "allow_private_destinations)"
+    )
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves with the system resolver, then refuses non-public results."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if not is_public(result["host"]):
+                raise _forbidden(host, result["host"])
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def check_literal(url: URL) -> None:
+    """IP-literal hosts skip the resolver in aiohttp, so check them here."""
+    host = url.raw_host or ""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host.lower() in ("localhost",) or host.lower().endswith(".localhost"):
+            raise _forbidden(host, host) from None
+        return
+    if not is_public(host.strip("[]")):
+        raise _forbidden(host, host.strip("[]"))
+
+
+class CloudHTTP:
+    """The aiohttp session for cloud-mode connections."""
+
+    def __init__(self, *, allow_private: bool, keepalive_timeout: float = 15.0) -> None:
+        self.allow_private = allow_private
+        connector = aiohttp.TCPConnector(
+            resolver=None if allow_private else PublicOnlyResolver(),
+            keepalive_timeout=keepalive_timeout,
+            limit=0,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, trust_env=False
+        )
+
+    def __repr__(self) -> str:
+        return f"<CloudHTTP allow_private={self.allow_private}>"
+
+    def check(self, url: URL) -> None:
+        if not self.allow_private:
+            check_literal(url)
+
+    async def close(self) -> None:
+        await self.session.close()

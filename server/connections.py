@@ -1,0 +1,187 @@
+"""Connections: validated, secrets encrypted at rest, served without secrets."""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import string
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.connection_model import (
+    Connection,
+    iter_secrets,
+    merge_patch,
+    public_view,
+    set_secret,
+    validation_problems,
+)
+from server.crypto import DecryptionError, SecretBox
+from server.engine import Handle
+from server.store import ConnectionRow, Store
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_connection_id() -> str:
+    return "con_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+
+
+class InvalidConnection(Exception):
+    """A connection document failed validation; `problems` name each field."""
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(problems)} invalid field(s)")
+        self.problems = problems
+
+
+class ConnectionNotFound(KeyError):
+    pass
+
+
+def _context(conn_id: str, path: str) -> str:
+    return f"connection:{conn_id}:{path}"
+
+
+class ConnectionService:
+    def __init__(
+        self,
+        store: Store,
+        box: SecretBox,
+        reload_box: Callable[[], SecretBox] | None = None,
+    ) -> None:
+        self._store = store
+        self._box = box
+        self._reload_box = reload_box
+
+    def __repr__(self) -> str:
+        return f"<ConnectionService {self._box!r}>"
+
+    # -- validation -----------------------------------------------------------
+    async def validate(self, document: Any) -> Connection:
+        if not isinstance(document, dict):
+            raise InvalidConnection([{"field": "", "message": "expected a JSON object"}])
+        try:
+            conn = Connection.model_validate(document)
+        except ValidationError as exc:
+            raise InvalidConnection(validation_problems(exc)) from None
+        if conn.agent_id is not None and await self._store.get_agent(conn.agent_id) is None:
+            raise InvalidConnection(
+                [{"field": "agent_id", "message": f"no agent with id {conn.agent_id!r}"}]
+            )
+        return conn
+
+    # -- sealing --------------------------------------------------------------
+    def _seal(self, conn_id: str, conn: Connection) -> str:
+        doc = conn.model_dump(mode="json")
+        for path, value in list(iter_secrets(doc)):
+            set_secret(doc, path, self._box.encrypt(value, context=_context(conn_id, path)))
+        return json.dumps(doc, separators=(",", ":"))
+
+    def _open(self, row: ConnectionRow) -> Connection:
+        doc = json.loads(row.document)
+        for path, value in list(iter_secrets(doc)):
+            set_secret(doc, path, self._decrypt(value, _context(row.id, path)))
+        return Connection.model_validate(doc)
+
+    def _decrypt(self, value: str, context: str) -> str:
+        try:
+            return self._box.decrypt(value, context=context)
+        except DecryptionError:
+            # 'sluice-server rotate-master-key' may have run while we were up:
+            # read the key files again once before giving up.
+            if self._reload_box is None:
+                raise
+            self._box = self._reload_box()
+            return self._box.decrypt(value, context=context)
+
+    def _public(self, row: ConnectionRow, conn: Connection) -> dict[str, Any]:
+        view = public_view(conn)
+        view["id"] = row.id
+        view["created_at"] = row.created_at.isoformat()
+        view["updated_at"] = row.updated_at.isoformat()
+        view["last_test"] = json.loads(row.last_test) if row.last_test else None
+        return view
+
+    # -- CRUD -------------------------------------------------------------------
+    async def create(self, document: Any) -> dict[str, Any]:
+        conn = await self.validate(document)
+        conn_id = new_connection_id()
+        row = await self._store.create_connection(
+            conn_id, conn.name, conn.mode, conn.agent_id, self._seal(conn_id, conn)
+        )
+        return self._public(row, conn)
+
+    async def _row(self, conn_id: str) -> ConnectionRow:
+        row = await self._store.get_connection(conn_id)
+        if row is None:
+            raise ConnectionNotFound(conn_id)
+        return row
+
+    async def get(self, conn_id: str) -> dict[str, Any]:
+        row = await self._row(conn_id)
+        return self._public(row, self._open(row))
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [self._public(row, self._open(row)) for row in await self._store.list_connections()]
+
+    async def patch(self, conn_id: str, patch: Any) -> dict[str, Any]:
+        if not isinstance(patch, dict):
+            raise InvalidConnection([{"field": "", "message": "expected a JSON object"}])
+        row = await self._row(conn_id)
+        # Fields of the view that are not settings; a client may send them back.
+        patch = {k: v for k, v in patch.items()
+                 if k not in ("id", "created_at", "updated_at", "last_test")}
+        current = self._open(row).model_dump(mode="json")
+        conn = await self.validate(merge_patch(copy.deepcopy(current), patch))
+        await self._store.update_connection(
+            conn_id, conn.name, conn.mode, conn.agent_id, self._seal(conn_id, conn)
+        )
+        return await self.get(conn_id)
+
+    async def delete(self, conn_id: str) -> None:
+        if not await self._store.delete_connection(conn_id):
+            raise ConnectionNotFound(conn_id)
+
+    # -- for the engine -----------------------------------------------------------
+    async def handle(self, conn_id: str) -> Handle:
+        row = await self._row(conn_id)
+        conn = self._open(row)
+        return Handle(id=conn_id, conn=conn, masks=_secret_values(conn))
+
+    async def unsaved_handle(self, document: Any) -> Handle:
+        conn = await self.validate(document)
+        return Handle(id=None, conn=conn, masks=_secret_values(conn))
+
+    async def save_token(self, conn_id: str, token: str) -> None:
+        """Store a refreshed token (encrypted) without touching anything else."""
+        row = await self._store.get_connection(conn_id)
+        if row is None:
+            return
+        conn = self._open(row)
+        auth = conn.http.auth
+        if auth is None:
+            return
+        conn = conn.model_copy(update={"http": conn.http.model_copy(
+            update={"auth": auth.model_copy(update={"token": token})})})
+        await self._store.update_document(conn_id, self._seal(conn_id, conn))
+
+    async def record_test(self, conn_id: str, result: dict[str, Any]) -> None:
+        await self._store.set_last_test(conn_id, json.dumps(result))
+
+    async def reseal_all(self, box: SecretBox) -> int:
+        """Re-encrypt every stored secret under *box*'s current key."""
+        def rewrite(conn_id: str, document: str) -> str:
+            doc = json.loads(document)
+            for path, value in list(iter_secrets(doc)):
+                set_secret(doc, path, box.rotate(value, context=_context(conn_id, path)))
+            return json.dumps(doc, separators=(",", ":"))
+
+        return await self._store.rewrite_documents(rewrite)
+
+
+def _secret_values(conn: Connection) -> list[str]:
+    return [value for _path, value in iter_secrets(conn.model_dump(mode="json")) if value]

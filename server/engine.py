@@ -1,0 +1,413 @@
+"""The request engine: one code path for cloud and on-premise connections.
+
+It turns "send METHOD relative-URI through connection C" into an HTTP request
+(URL joined to the base URI, headers from the connection, its media type and
+its token), sends it directly or through the connection's agent, refreshes
+the token on a 401 (one refresh shared by concurrent callers, then one
+retry), and answers connection tests (ping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from multidict import CIMultiDict
+from yarl import URL
+
+from server.cloud_http import CloudHTTP
+from server.connection_model import Connection, media_type_header
+from server.errors import AgentOffline, RelayError
+from server.success_path import lookup, ping_verdict
+from server.templating import TemplateError, render_body, render_header_value, render_uri
+from server.tunnel_http import TunnelHTTP
+from server.tunnels import TunnelRegistry
+from server.urls import URLError, join_uri, with_query_param
+
+log = structlog.get_logger("sluice.relay.engine")
+
+# Bodies up to this size are kept so the request can be replayed after a
+# token refresh; larger streamed bodies are sent once.
+REPLAY_LIMIT = 1024 * 1024
+PING_BODY_LIMIT = 1024 * 1024
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) never cross the relay, nor do the
+# caller's own credentials for the relay.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+})
+
+
+class InvalidRequest(RelayError):
+    type = "invalid_request"
+    status = 400
+    title = "The request cannot be sent through this connection"
+
+
+class TokenRefreshFailed(RelayError):
+    type = "token_refresh_failed"
+    status = 502
+    title = "The connection's token could not be refreshed"
+
+
+class UpstreamTLSError(RelayError):
+    type = "upstream_tls_error"
+    status = 502
+    title = "The API's TLS certificate was not accepted"
+
+
+Body = bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None
+TokenSaver = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass
+class Handle:
+    """A connection as the engine uses it: settings with secrets decrypted.
+
+    ``id`` is None for unsaved settings (the test endpoint); their refreshed
+    token lives only as long as the handle.
+    """
+
+    id: str | None
+    conn: Connection
+    masks: list[str] = field(default_factory=list)
+
+    def template_context(self) -> dict[str, Any]:
+        return self.conn.model_dump(mode="json")
+
+    def mask(self, text: str) -> str:
+        for secret in self.masks:
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+
+@dataclass(frozen=True)
+class PingResult:
+    ok: bool
+    status: int | None
+    elapsed_ms: float
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "status": self.status, "elapsed_ms": self.elapsed_ms,
+                "message": self.message}
+
+
+class Engine:
+    def __init__(
+        self,
+        registry: TunnelRegistry,
+        tunnel_http: TunnelHTTP,
+        cloud_http: CloudHTTP,
+        save_token: TokenSaver,
+        on_refresh: Callable[[str], None] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._tunnel_http = tunnel_http
+        self._cloud = cloud_http
+        self._save_token = save_token
+        self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self._latest_token: dict[str, str] = {}
+        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self.refreshes: dict[str, int] = {"ok": 0, "failed": 0}
+        self._on_refresh = on_refresh
+
+    def __repr__(self) -> str:
+        return f"<Engine refreshes={self.refreshes}>"
+
+    # -- sending ------------------------------------------------------------
+    def _session(self, handle: Handle) -> aiohttp.ClientSession:
+        conn = handle.conn
+        if conn.mode == "on_premise":
+            assert conn.agent_id is not None
+            if not self._registry.is_online(conn.agent_id):
+                raise AgentOffline(
+                    f"agent {conn.agent_id} is not connected; start it or check its log"
+                )
+            return self._tunnel_http.session(conn.agent_id)
+        return self._cloud.session
+
+    def _ssl(self, handle: Handle) -> ssl.SSLContext | bool:
+        tls = handle.conn.http.tls
+        if tls is not None and not tls.verify:
+            return False
+        if tls is None or not tls.ca_bundle_pem:
+            return True
+        key = hashlib.sha256(tls.ca_bundle_pem.encode()).hexdigest()
+        ctx = self._ssl_contexts.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cadata=tls.ca_bundle_pem)
+            self._ssl_contexts[key] = ctx
+        return ctx
+
+    def _timeout(self, handle: Handle) -> aiohttp.ClientTimeout:
+        t = handle.conn.http.timeouts
+        return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
+
+    def _url(self, handle: Handle, relative: str) -> URL:
+        try:
+            url = join_uri(handle.conn.http.base_uri, relative)
+        except URLError as exc:
+            raise InvalidRequest(str(exc)) from None
+        auth = handle.conn.http.auth
+        if auth is not None and auth.location == "url" and auth.token and auth.param_name:
+            url = with_query_param(url, auth.param_name, auth.token)
+        return url
+
+    def _headers(
+        self, handle: Handle, caller: list[tuple[str, str]], *, media_type: str | None = None
+    ) -> CIMultiDict[str]:
+        http = handle.conn.http
+        headers: CIMultiDict[str] = CIMultiDict()
+        content_type = media_type_header(media_type or http.media_type)
+        headers["Content-Type"] = content_type
+        headers["Accept"] = content_type
+        context = handle.template_context()
+        for header in http.headers:
+            try:
+                headers[header.name] = render_header_value(
+                    header.value, context, name=f"header {header.name}")
+            except TemplateError as exc:
+                raise InvalidRequest(f"header {header.name}: {exc}") from None
+        for name, value in caller:
+            if name.lower() in HOP_BY_HOP or name.lower() == "authorization":
+                continue
+            headers[name] = value
+        auth = http.auth
+        if auth is not None and auth.location == "header" and auth.token:
+            scheme = (auth.scheme or "").strip()
+            headers[auth.header_name or "Authorization"] = (
+                f"{scheme} {auth.token}" if scheme else auth.token
+            )
+        return headers
+
+    async def _send(
+        self,
+        handle: Handle,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: Body,
+    ) -> aiohttp.ClientResponse:
+        if handle.conn.mode == "cloud":
+            self._cloud.check(url)
+        session = self._session(handle)
+        try:
+            return await session.request(
+                method, url, headers=headers, data=body, ssl=self._ssl(handle),
+                timeout=self._timeout(handle), allow_redirects=False,
+            )
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise UpstreamTLSError(f"TLS to {url.host} failed: {exc}") from exc
+        except TimeoutError:
+            from server.errors import UpstreamTimeout
+
+            raise UpstreamTimeout(
+                f"{url.host} did not answer within the connection's timeouts"
+            ) from None
+        except RelayError:
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            from server.errors import UpstreamConnectFailed
+
+            cause = exc.__cause__
+            if isinstance(cause, RelayError):
+                raise cause from None
+            raise UpstreamConnectFailed(f"cannot connect to {url.host}: {exc.strerror}") from exc
+
+    async def request(
+        self,
+        handle: Handle,
+        method: str,
+        relative: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+    ) -> aiohttp.ClientResponse:
+        """Send a request through *handle*'s connection; the caller releases the answer."""
+        auth = handle.conn.http.auth
+        refreshable = auth is not None and auth.refresh is not None
+        if refreshable and not (auth and auth.token):
+            await self._refresh(handle, used=None)
+        replay: bytes | None = None
+        if refreshable and body is not None and not isinstance(body, bytes):
+            replay, body = await _buffer_small(body)
+        elif isinstance(body, bytes):
+            replay = body
+        used = handle.conn.http.auth.token if handle.conn.http.auth else None
+        response = await self._send(
+            handle, method, self._url(handle, relative), self._headers(handle, headers), body
+        )
+        if response.status != 401 or not refreshable or (body is not None and replay is None):
+            return response
+        response.release()
+        await self._refresh(handle, used=used)
+        return await self._send(
+            handle, method, self._url(handle, relative), self._headers(handle, headers), replay
+        )
+
+    # -- token refresh ------------------------------------------------------
+    async def _refresh(self, handle: Handle, used: str | None) -> None:
+        key = handle.id or f"unsaved:{id(handle)}"
+        lock = self._refresh_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            latest = self._latest_token.get(key)
+            if latest is not None and latest != used:
+                self._set_token(handle, latest)  # another caller refreshed meanwhile
+                return
+            token = await self._call_refresh(handle)
+            self._set_token(handle, token)
+            if handle.id is not None:
+                self._latest_token[key] = token
+                await self._save_token(handle.id, token)
+
+    def _set_token(self, handle: Handle, token: str) -> None:
+        auth = handle.conn.http.auth
+        assert auth is not None
+        handle.conn = handle.conn.model_copy(
+            update={"http": handle.conn.http.model_copy(
+                update={"auth": auth.model_copy(update={"token": token})})}
+        )
+        handle.masks.append(token)
+
+    def _count_refresh(self, outcome: str) -> None:
+        self.refreshes[outcome] += 1
+        if self._on_refresh is not None:
+            self._on_refresh(outcome)
+
+    def forget_token(self, conn_id: str) -> None:
+        """Drop the cached refreshed token (the connection was edited or deleted)."""
+        self._latest_token.pop(conn_id, None)
+        self._refresh_locks.pop(conn_id, None)
+
+    async def _call_refresh(self, handle: Handle) -> str:
+        auth = handle.conn.http.auth
+        assert auth is not None
+        refresh = auth.refresh
+        assert refresh is not None
+        context = handle.template_context()
+        try:
+            media_type = refresh.media_type or handle.conn.http.media_type
+            relative = render_uri(refresh.relative_uri or "", context,
+                                  name="http.auth.refresh.relative_uri")
+            body = render_body(refresh.body, context, media_type) if refresh.body else None
+            headers: CIMultiDict[str] = CIMultiDict()
+            content_type = media_type_header(media_type)
+            headers["Content-Type"] = content_type
+            headers["Accept"] = content_type
+            for header in refresh.headers:
+                headers[header.name] = render_header_value(
+                    header.value, context, name=f"refresh header {header.name}")
+        except TemplateError as exc:
+            self._count_refresh("failed")
+            raise TokenRefreshFailed(f"refresh template: {exc}") from None
+        url = join_uri(handle.conn.http.base_uri, relative)
+        began = time.perf_counter()
+        try:
+            response = await self._send(
+                handle, refresh.method, url, headers,
+                body.encode() if body is not None else None,
+            )
+        except RelayError as exc:
+            self._count_refresh("failed")
+            raise TokenRefreshFailed(f"refresh call failed: {handle.mask(str(exc))}") from exc
+        async with response:
+            raw = await response.content.read(PING_BODY_LIMIT)
+        ms = (time.perf_counter() - began) * 1000
+        if response.status >= 400:
+            self._count_refresh("failed")
+            raise TokenRefreshFailed(
+                f"refresh call answered HTTP {response.status}: {_describe(raw, handle)}"
+            )
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            self._count_refresh("failed")
+            raise TokenRefreshFailed(
+                f"refresh answer is not JSON: {_describe(raw, handle)}"
+            ) from None
+        found, value = lookup(document, refresh.token_path or "")
+        if not found or value in (None, "") or isinstance(value, dict | list):
+            self._count_refresh("failed")
+            raise TokenRefreshFailed(
+                f"no token at path {refresh.token_path!r} in the refresh answer; "
+                f"it held: {_describe(raw, handle)}"
+            )
+        self._count_refresh("ok")
+        log.info("token_refreshed", connection=handle.id, ms=round(ms, 1))
+        return str(value)
+
+    # -- ping -----------------------------------------------------------------
+    async def ping(self, handle: Handle) -> PingResult:
+        """Test the connection with its ping settings; never raises for a failed test."""
+        ping = handle.conn.http.ping
+        began = time.perf_counter()
+
+        def done(ok: bool, status: int | None, message: str) -> PingResult:
+            ms = round((time.perf_counter() - began) * 1000, 1)
+            return PingResult(ok, status, ms, handle.mask(message))
+
+        if ping is None or not ping.relative_uri:
+            return done(False, None, "no ping relative URI is set; it is required for a test")
+        try:
+            relative = render_uri(ping.relative_uri, handle.template_context(),
+                                  name="http.ping.relative_uri")
+            response = await self.request(handle, ping.method, relative, [], None)
+        except TemplateError as exc:
+            return done(False, None, f"ping relative URI: {exc}")
+        except RelayError as exc:
+            return done(False, None, f"{exc.type}: {exc}")
+        async with response:
+            raw = await response.content.read(PING_BODY_LIMIT)
+            content_type = response.headers.get("Content-Type")
+        ok, message = ping_verdict(
+            response.status, raw, content_type, ping.success_path, list(ping.success_values)
+        )
+        return done(ok, response.status, message)
+
+
+async def _buffer_small(body: Body) -> tuple[bytes | None, Body]:
+    """Read up to REPLAY_LIMIT; return (bytes, bytes) if it all fit, else (None, stream)."""
+    assert body is not None
+    assert not isinstance(body, bytes)
+    chunks: list[bytes] = []
+    size = 0
+    iterator = body.iter_any() if isinstance(body, aiohttp.StreamReader) else body
+    agen = iterator.__aiter__()
+    async for chunk in agen:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > REPLAY_LIMIT:
+            async def rest() -> AsyncIterable[bytes]:
+                for c in chunks:
+                    yield c
+                async for c in agen:
+                    yield c
+            return None, rest()
+    data = b"".join(chunks)
+    return data, data
+
+
+def _describe(raw: bytes, handle: Handle) -> str:
+    """A short, secret-masked description of a response body for error messages."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        text = raw[:160].decode("utf-8", "replace")
+        return handle.mask(repr(text)) if text else "an empty body"
+    if isinstance(document, dict):
+        parts = []
+        for key, value in list(document.items())[:8]:
+            shown = json.dumps(value)[:60] if not isinstance(value, dict | list) else "{…}"
+            parts.append(f"{key}={shown}")
+        return handle.mask("{" + ", ".join(parts) + "}")
+    return handle.mask(json.dumps(document)[:160])

@@ -1,0 +1,42 @@
+"""Prometheus metrics for the relay (one registry per relay, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from server.tunnels import TunnelRegistry
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class RelayMetrics:
+    def __init__(self, tunnels: TunnelRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sluice_requests", "Requests sent through connections.",
+            ["mode", "status_class"], registry=self.registry,
+        )
+        self.errors = Counter(
+            "sluice_errors", "Relay-side failures by problem type.", ["type"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sluice_request_seconds", "Time to the API's response headers.", ["mode"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.refreshes = Counter(
+            "sluice_token_refreshes", "Token refresh calls.", ["outcome"],
+            registry=self.registry,
+        )
+        tunnels_gauge = Gauge(
+            "sluice_tunnels", "Live agent SSH connections (replicas).", registry=self.registry
+        )
+        tunnels_gauge.set_function(lambda: len(tunnels))
+        agents_gauge = Gauge(
+            "sluice_agents_online", "Agents with at least one live tunnel.",
+            registry=self.registry,
+        )
+        agents_gauge.set_function(lambda: len({t.agent_id for t in tunnels}))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,177 @@
+"""The OpenAPI 3.1 description of the relay API, built from the pydantic models."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from server.connection_model import Connection
+
+_PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "description": "Stable cause, e.g. agent_offline"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+_REPLICA = {
+    "type": "object",
+    "properties": {
+        "peer": {"type": "string"},
+        "agent_version": {"type": "string"},
+        "connected_since": {"type": "string", "format": "date-time"},
+        "streams_in_flight": {"type": "integer"},
+        "draining": {"type": "boolean"},
+    },
+}
+
+_AGENT = {
+    "type": "object",
+    "required": ["id", "name", "status", "replicas"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "status": {"type": "string", "enum": ["online", "offline"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "token_rotated_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_seen_at": {"type": ["string", "null"], "format": "date-time"},
+        "connected_since": {"type": ["string", "null"], "format": "date-time"},
+        "peer": {"type": ["string", "null"]},
+        "agent_version": {"type": ["string", "null"]},
+        "replicas": {"type": "array", "items": {"$ref": "#/components/schemas/Replica"}},
+        "token": {"type": "string", "description": "Only in the create/rotate answers."},
+    },
+}
+
+_TEST_RESULT = {
+    "type": "object",
+    "required": ["ok", "status", "elapsed_ms", "message"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "status": {"type": ["integer", "null"]},
+        "elapsed_ms": {"type": "number"},
+        "message": {"type": "string"},
+    },
+}
+
+
+def _problem_responses(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": "Problem details",
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        for code in codes
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    schemas = Connection.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schemas.pop("$defs", {})
+    components = {"Connection": schemas, **defs, "Problem": _PROBLEM, "Agent": _AGENT,
+                  "Replica": _REPLICA, "TestResult": _TEST_RESULT}
+    conn_id, agent_id = _path_param("id"), _path_param("agent_id")
+    conn_body = {"required": True, "content": {"application/json": {"schema": _ref("Connection")}}}
+    any_json = {"type": "object"}
+    proxy_op = {
+        "summary": "Send a request through the connection; the API's answer is streamed back",
+        "parameters": [conn_id, {"name": "tail", "in": "path", "required": True,
+                                 "schema": {"type": "string"}}],
+        "responses": {"default": {"description": "The API's own answer"},
+                      **_problem_responses(400, 401, 403, 404, 502, 503, 504)},
+    }
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Process alive", "security": [],
+                             "responses": {"200": _json(any_json)}}},
+        "/readyz": {"get": {"summary": "Listening for agents", "responses": {
+            "200": _json(any_json), "503": _json(any_json, "Not ready"),
+            **_problem_responses(401)}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "text/plain exposition"}, **_problem_responses(401)}}},
+        "/v1/openapi.json": {"get": {"summary": "This document", "responses": {
+            "200": _json(any_json), **_problem_responses(401)}}},
+        "/v1/agents": {
+            "get": {"summary": "List agents with live status", "responses": {
+                "200": _json({"type": "object", "properties": {
+                    "agents": {"type": "array", "items": _ref("Agent")}}}),
+                **_problem_responses(401)}},
+            "post": {"summary": "Create an agent (its token is shown once)",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["name"], "properties": {
+                             "name": {"type": "string", "minLength": 1, "maxLength": 200}}}}}},
+                     "responses": {"201": _json(_ref("Agent"), "Created"),
+                                   **_problem_responses(400, 401, 422)}},
+        },
+        "/v1/agents/{agent_id}": {
+            "get": {"parameters": [agent_id], "responses": {
+                "200": _json(_ref("Agent")), **_problem_responses(401, 404)}},
+            "delete": {"parameters": [agent_id], "responses": {
+                "204": {"description": "Deleted; live tunnels closed"},
+                **_problem_responses(401, 404, 409)}},
+        },
+        "/v1/agents/{agent_id}/rotate-token": {"post": {
+            "parameters": [agent_id], "summary": "New token; the old one stops at once",
+            "responses": {"200": _json(any_json), **_problem_responses(401, 404)}}},
+        "/v1/connections": {
+            "get": {"responses": {"200": _json({"type": "object", "properties": {
+                "connections": {"type": "array", "items": any_json}}}),
+                **_problem_responses(401)}},
+            "post": {"requestBody": conn_body, "responses": {
+                "201": _json(any_json, "Created (secrets omitted)"),
+                **_problem_responses(400, 401, 422)}},
+        },
+        "/v1/connections/test": {"post": {
+            "summary": "Test unsaved settings", "requestBody": conn_body,
+            "responses": {"200": _json(_ref("TestResult")), **_problem_responses(400, 401, 422)}}},
+        "/v1/connections/{id}": {
+            "get": {"parameters": [conn_id], "responses": {
+                "200": _json(any_json), **_problem_responses(401, 404)}},
+            "patch": {"parameters": [conn_id], "summary": "Merge patch; omitted secrets are kept",
+                      "requestBody": {"required": True, "content": {
+                          "application/json": {"schema": any_json}}},
+                      "responses": {"200": _json(any_json),
+                                    **_problem_responses(400, 401, 404, 422)}},
+            "delete": {"parameters": [conn_id], "responses": {
+                "204": {"description": "Deleted"}, **_problem_responses(401, 404)}},
+        },
+        "/v1/connections/{id}/test": {"post": {
+            "parameters": [conn_id], "responses": {
+                "200": _json(_ref("TestResult")), **_problem_responses(401, 404)}}},
+        "/v1/connections/{id}/proxy/{tail}": {
+            method: proxy_op for method in ("get", "post", "put", "patch", "delete", "head")
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Sluice relay API", "version": "1"},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"admin": []}],
+        "paths": paths,
+    }

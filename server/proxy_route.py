@@ -1,0 +1,82 @@
+"""``/v1/connections/{id}/proxy/{path}``: any method, bodies streamed both ways."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from server.engine import HOP_BY_HOP
+from server.errors import RelayError, TunnelLost
+from server.services import services_of
+
+log = structlog.get_logger("sluice.relay.proxy")
+
+# Set on every proxied answer so callers can tell the API's own answers
+# (this header present) from the relay's problem+json errors.
+VIA_HEADER = "Sluice-Connection"
+
+
+def _relative(request: web.Request) -> str:
+    """The raw (still percent-encoded) path and query after .../proxy."""
+    conn_id = request.match_info["id"]
+    prefix = f"/v1/connections/{conn_id}/proxy"
+    raw = request.raw_path
+    tail = raw[len(prefix):] if raw.startswith(prefix) else "/" + request.match_info["tail"]
+    return tail or "/"
+
+
+def _cause(exc: BaseException) -> RelayError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RelayError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    services = services_of(request)
+    conn_id = request.match_info["id"]
+    handle = await services.connections.handle(conn_id)
+    mode = handle.conn.mode
+    began = time.perf_counter()
+    body = request.content if request.body_exists else None
+    try:
+        upstream = await services.engine.request(
+            handle, request.method, _relative(request), list(request.headers.items()), body
+        )
+    except aiohttp.ClientError as exc:
+        cause = _cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise TunnelLost(f"the request failed on its way: {exc}") from exc
+    services.metrics.latency.labels(mode).observe(time.perf_counter() - began)
+    services.metrics.requests.labels(mode, f"{upstream.status // 100}xx").inc()
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for name, value in upstream.headers.items():
+        if name.lower() not in HOP_BY_HOP or name.lower() == "content-length":
+            response.headers.add(name, value)
+    response.headers[VIA_HEADER] = conn_id
+    sent = 0
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+            sent += len(chunk)
+        await response.write_eof()
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        # Headers are gone already: all we can do is cut the caller's
+        # connection so it sees a truncated body, never a clean end.
+        log.warning("proxy_stream_broken", connection=conn_id, bytes=sent, error=str(exc))
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    finally:
+        upstream.release()
+    log.info("proxied", connection=conn_id, mode=mode, method=request.method,
+             status=upstream.status, bytes_down=sent,
+             ms=round((time.perf_counter() - began) * 1000, 1))
+    return response

@@ -1,0 +1,89 @@
+"""The store on SQLite (default) or PostgreSQL (SLUICE_TEST_DATABASE=postgres)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server.store import AgentInUse, Store, sqlite_url
+from sluice.tokens import AgentToken
+
+
+@pytest.fixture
+async def url(tmp_path: Path, database: str | None) -> str:
+    return database or sqlite_url(tmp_path / "s.db")
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    s = await Store.open(url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_agents_round_trip_and_token_checks(store: Store) -> None:
+    agent, token = await store.create_agent("w1")
+    assert (await store.get_agent(agent.id)) == agent
+    assert (await store.authenticate_agent(token)) == agent
+    wrong = AgentToken(agent_id=agent.id, secret="Z" * 40)
+    assert await store.authenticate_agent(wrong) is None
+    unknown = AgentToken(agent_id="agt_0000000000000000", secret=token.secret)
+    assert await store.authenticate_agent(unknown) is None
+
+    new = await store.rotate_agent_token(agent.id)
+    assert new is not None
+    assert await store.authenticate_agent(token) is None
+    assert await store.authenticate_agent(new) is not None
+    assert await store.rotate_agent_token("agt_nope") is None
+
+    await store.touch_agent(agent.id)
+    touched = await store.get_agent(agent.id)
+    assert touched is not None
+    assert touched.last_seen_at is not None
+
+
+async def test_agent_in_use_and_connections_crud(store: Store) -> None:
+    agent, _ = await store.create_agent("w1")
+    row = await store.create_connection("con_1", "c", "on_premise", agent.id, '{"a":1}')
+    with pytest.raises(AgentInUse) as err:
+        await store.delete_agent(agent.id)
+    assert err.value.connection_ids == ["con_1"]
+
+    assert await store.update_connection("con_1", "c2", "cloud", None, '{"a":2}')
+    got = await store.get_connection("con_1")
+    assert got is not None
+    assert (got.name, got.mode, got.agent_id, got.document) == ("c2", "cloud", None, '{"a":2}')
+    assert got.updated_at >= row.created_at
+    await store.set_last_test("con_1", '{"ok":true}')
+    assert await store.update_document("con_1", '{"a":3}')
+    got = await store.get_connection("con_1")
+    assert got is not None
+    assert got.last_test == '{"ok":true}'
+    assert got.document == '{"a":3}'
+
+    assert await store.delete_agent(agent.id)  # no longer referenced
+    assert [c.id for c in await store.list_connections()] == ["con_1"]
+    assert await store.rewrite_documents(lambda cid, doc: doc.replace("3", "4")) == 1
+    got = await store.get_connection("con_1")
+    assert got is not None
+    assert got.document == '{"a":4}'
+    assert await store.delete_connection("con_1")
+    assert not await store.delete_connection("con_1")
+
+
+async def test_reopen_keeps_everything_and_migrations_are_idempotent(url: str) -> None:
+    first = await Store.open(url)
+    agent, token = await first.create_agent("persisted")
+    await first.create_connection("con_x", "x", "cloud", None, "{}")
+    await first.close()
+    second = await Store.open(url)
+    try:
+        assert await second.authenticate_agent(token) is not None
+        assert [a.id for a in await second.list_agents()] == [agent.id]
+        assert (await second.get_connection("con_x")) is not None
+    finally:
+        await second.close()
