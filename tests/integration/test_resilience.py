@@ -13,8 +13,10 @@ import pytest
 from server.errors import is_tunnel_lost
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
+from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
+from tests.support.relay_process import RelayProcess
 from tests.support.tinyproxy import TINYPROXY, run_tinyproxy
 from tests.support.waiting import wait_until
 
@@ -158,3 +160,58 @@ async def test_agent_reaches_the_relay_through_an_authenticating_proxy(
         await wait_until(lambda: "relay_needs_attention" in bad.log(), what="proxy refusal")
         assert "password" in bad.log()
         assert f"wrong-{password}" not in bad.log()
+
+
+@pytest.mark.timeout(90)
+async def test_relay_sigterm_lets_in_flight_requests_finish(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log", drain_timeout="20")
+    await relay.start()
+    remember_secret(relay.admin_token)
+    agent: AgentProcess | None = None
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = APIClient(session, relay.base, relay.admin_token)
+            created = await client.call("POST", "/v1/agents", json_body={"name": "a"},
+                                        shows_token=True)
+            remember_secret(created.body["token"])
+            agent = AgentProcess({
+                "SLUICE_AGENT_RELAY": f"127.0.0.1:{relay.ssh_port}",
+                "SLUICE_AGENT_TOKEN": created.body["token"],
+                "SLUICE_AGENT_RELAY_FINGERPRINT": relay.fingerprint(),
+                "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
+                "SLUICE_AGENT_HEALTH_LISTEN": "off",
+                "SLUICE_AGENT_LOG_FORMAT": "json",
+            }, tmp_path / "agent.log")
+            await agent.start()
+
+            async def online() -> bool:
+                got = await client.call("GET", f"/v1/agents/{created.body['id']}")
+                return bool(got.body["status"] == "online")
+
+            deadline = time.monotonic() + 15
+            while not await online():
+                assert time.monotonic() < deadline, agent.log()
+                await asyncio.sleep(0.05)
+            conn = await client.call("POST", "/v1/connections", json_body={
+                "name": "slow", "mode": "on_premise", "agent_id": created.body["id"],
+                "http": {"base_uri": api.base, "media_type": "json",
+                         "auth": {"type": "token", "token": "t-" + "y" * 14,
+                                  "location": "header"}}})
+            remember_secret("t-" + "y" * 14)
+            slow = asyncio.create_task(
+                client.call("GET", f"/v1/connections/{conn.body['id']}/proxy/slow?s=2"))
+            await wait_until(lambda: any(s.path == "/slow" for s in api.seen),
+                             what="slow request at the API")
+            assert relay.proc is not None
+            relay.proc.send_signal(signal.SIGTERM)
+            answer = await asyncio.wait_for(slow, 15)
+            assert answer.status == 200
+            assert answer.body == {"slow": True}
+            assert await relay.stop() == 0
+    finally:
+        if agent is not None and agent.proc is not None:
+            await agent.stop()
+        if relay.proc is not None and relay.proc.returncode is None:
+            await relay.stop(signal.SIGKILL)
