@@ -1,13 +1,19 @@
-"""The admin bearer token for the relay API."""
+"""The admin bearer token for the relay API, and its rotation with a grace period."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import os
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 FILE_NAME = "admin_token"
+PREVIOUS_FILE_NAME = "admin_token.previous"
+TOKEN_PREFIX = "slcadm_"  # noqa: S105 - a prefix secret scanners can look for
 
 
 def load_or_create_admin_token(
@@ -25,13 +31,102 @@ def load_or_create_admin_token(
         return value, False
     if token_file is not None:
         raise ValueError(f"admin_token_file {path}: no such file")
-    value = "slcadm_" + secrets.token_urlsafe(32)
+    value = new_admin_token()
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value + "\n")
+    _write_private(path, value, exclusive=True)
     return value, True
+
+
+def new_admin_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(tmp if not exclusive else path, flags, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+    if not exclusive:
+        os.replace(tmp, path)
 
 
 def token_matches(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+class AdminTokenConfigured(Exception):
+    """The admin token comes from configuration; rotate it there."""
+
+
+class AdminTokens:
+    """The current admin token, and the previous one during a rotation's grace.
+
+    Only a hash of the previous token is kept (in ``admin_token.previous``,
+    with its expiry), so a restart during the grace period keeps it working.
+    """
+
+    def __init__(
+        self,
+        current: str,
+        *,
+        data_dir: Path,
+        token_file: Path | None,
+        configured: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._current = current
+        self._data_dir = data_dir
+        self._token_file = token_file
+        self._configured = configured
+        self._clock = clock
+        self._previous: tuple[str, float] | None = None
+        previous = data_dir / PREVIOUS_FILE_NAME
+        if previous.exists():
+            try:
+                saved = json.loads(previous.read_text())
+                self._previous = (str(saved["sha256"]), float(saved["expires_at"]))
+            except (ValueError, KeyError, TypeError):
+                self._previous = None
+
+    def __repr__(self) -> str:
+        return f"<AdminTokens configured={self._configured} grace={self._previous is not None}>"
+
+    @property
+    def current(self) -> str:
+        return self._current
+
+    def actor(self, presented: str) -> str | None:
+        """Who this bearer token is ('admin:<8 hex>'), or None when it is not valid."""
+        digest = _digest(presented)
+        ok_current = hmac.compare_digest(digest, _digest(self._current))
+        ok_previous = False
+        if self._previous is not None:
+            ok_previous = hmac.compare_digest(digest, self._previous[0])
+            if ok_previous and self._clock() >= self._previous[1]:
+                ok_previous = False
+        return f"admin:{digest[:8]}" if ok_current or ok_previous else None
+
+    def rotate(self, grace_seconds: float) -> str:
+        """A new admin token; the old one keeps working for *grace_seconds*."""
+        if self._configured:
+            raise AdminTokenConfigured(
+                "the admin token is set by admin_token / SLUICE_SERVER_ADMIN_TOKEN; "
+                "change it there and restart"
+            )
+        old, new = self._current, new_admin_token()
+        previous_file = self._data_dir / PREVIOUS_FILE_NAME
+        if grace_seconds > 0:
+            self._previous = (_digest(old), self._clock() + grace_seconds)
+            _write_private(previous_file, json.dumps(
+                {"sha256": self._previous[0], "expires_at": self._previous[1]}))
+        else:
+            self._previous = None
+            previous_file.unlink(missing_ok=True)
+        _write_private(self._token_file or self._data_dir / FILE_NAME, new)
+        self._current = new
+        return new

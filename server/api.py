@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -10,23 +11,24 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from server.admin_token import token_matches
+from server.admin_token import AdminTokenConfigured
 from server.connections import ConnectionNotFound, InvalidConnection
 from server.crypto import DecryptionError
 from server.errors import RelayError
 from server.openapi import openapi_document
 from server.problems import problem, validation_problem
 from server.proxy_route import proxy
-from server.services import SERVICES, Services, services_of
+from server.services import ACTOR, SERVICES, Services, audit, services_of
 from server.store import AgentInUse, AgentRecord
 from server.tunnels import TunnelRegistry
+from server.ui import add_console
 
 log = structlog.get_logger("sluice.relay.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-PUBLIC_PATHS = ("/healthz",)
+PUBLIC_PATHS = ("/healthz", "/ui")
 PUBLIC_PREFIXES = ("/ui/",)
 
 
@@ -60,6 +62,13 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         log.error("secret_unreadable", error=str(exc))
         return problem(500, "secret_unreadable", "A stored secret could not be decrypted",
                        "check the relay's master key settings")
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        # Whatever it was, the caller gets a problem document and no internals.
+        log.exception("internal_error", path=request.path, error_type=type(exc).__name__)
+        return problem(500, "internal_error", "The relay failed to handle the request",
+                       "see the relay's log")
 
 
 @web.middleware
@@ -69,15 +78,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not token_matches(
-        presented.strip(), services_of(request).admin_token
-    ):
+    actor = services_of(request).admin.actor(presented.strip())
+    if scheme.lower() != "bearer" or actor is None:
         response = problem(
             401, "unauthorized", "Admin token required",
             "send 'Authorization: Bearer <admin token>'",
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
         return response
+    request[ACTOR] = actor
     return await handler(request)
 
 
@@ -160,6 +169,7 @@ async def create_agent(request: web.Request) -> web.Response:
     view = agent_view(agent, services.registry)
     view["token"] = str(token)  # shown once; only its hash is kept
     log.info("agent_created", agent_id=agent.id)
+    await audit(request, "agent.created", agent.id, name=agent.name)
     return web.json_response(view, status=201)
 
 
@@ -188,18 +198,65 @@ async def delete_agent(request: web.Request) -> web.Response:
     closed = services.registry.close_agent(agent.id)
     await services.tunnel_http.forget(agent.id)
     log.info("agent_deleted", agent_id=agent.id, tunnels_closed=closed)
+    await audit(request, "agent.deleted", agent.id, tunnels_closed=closed)
     return web.Response(status=204)
 
 
+async def _grace_seconds(request: web.Request) -> float | web.Response:
+    if not request.body_exists:
+        return 0.0
+    body = await _json(request)
+    grace = body.get("grace_seconds", 0) if isinstance(body, dict) else None
+    if (not isinstance(grace, int | float) or isinstance(grace, bool)
+            or not 0 <= grace <= 30 * 86400):
+        return validation_problem([{"field": "grace_seconds",
+                                    "message": "a number of seconds from 0 to 2592000"}])
+    return float(grace)
+
+
 async def rotate_agent_token(request: web.Request) -> web.Response:
+    """New token. Without a grace period the old one stops at once and live
+    tunnels close; with one, both work until it ends so agents can switch."""
     services = services_of(request)
     agent = await _agent(request)
-    token = await services.store.rotate_agent_token(agent.id)
+    grace = await _grace_seconds(request)
+    if isinstance(grace, web.Response):
+        return grace
+    token = await services.store.rotate_agent_token(agent.id, grace_seconds=grace)
     assert token is not None
-    closed = services.registry.close_agent(agent.id)
-    await services.tunnel_http.forget(agent.id)
-    log.info("agent_token_rotated", agent_id=agent.id, tunnels_closed=closed)
-    return web.json_response({"id": agent.id, "token": str(token), "tunnels_closed": closed})
+    closed = 0
+    if not grace:
+        closed = services.registry.close_agent(agent.id)
+        await services.tunnel_http.forget(agent.id)
+    log.info("agent_token_rotated", agent_id=agent.id, tunnels_closed=closed, grace_s=grace)
+    await audit(request, "agent.token_rotated", agent.id, grace_seconds=grace,
+                tunnels_closed=closed)
+    return web.json_response({"id": agent.id, "token": str(token), "tunnels_closed": closed,
+                              "previous_token_valid_for_seconds": grace})
+
+
+async def rotate_admin_token(request: web.Request) -> web.Response:
+    services = services_of(request)
+    grace = await _grace_seconds(request)
+    if isinstance(grace, web.Response):
+        return grace
+    try:
+        token = services.admin.rotate(grace)
+    except AdminTokenConfigured as exc:
+        return problem(409, "admin_token_configured", "The admin token is configured", str(exc))
+    log.info("admin_token_rotated", grace_s=grace)
+    await audit(request, "admin.token_rotated", None, grace_seconds=grace)
+    return web.json_response({"token": token, "previous_token_valid_for_seconds": grace})
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
+        before = int(request.query["before"]) if "before" in request.query else None
+    except ValueError:
+        return validation_problem([{"field": "limit", "message": "limit and before are integers"}])
+    events = await services_of(request).store.audit_events(limit=limit, before=before)
+    return web.json_response({"events": events})
 
 
 # -- connections ----------------------------------------------------------------
@@ -207,6 +264,7 @@ async def rotate_agent_token(request: web.Request) -> web.Response:
 async def create_connection(request: web.Request) -> web.Response:
     view = await services_of(request).connections.create(await _json(request))
     log.info("connection_created", connection=view["id"])
+    await audit(request, "connection.created", view["id"], name=view["name"], mode=view["mode"])
     return web.json_response(view, status=201)
 
 
@@ -221,9 +279,11 @@ async def get_connection(request: web.Request) -> web.Response:
 async def patch_connection(request: web.Request) -> web.Response:
     services = services_of(request)
     conn_id = request.match_info["id"]
-    view = await services.connections.patch(conn_id, await _json(request))
+    patch = await _json(request)
+    view = await services.connections.patch(conn_id, patch)
     services.engine.forget_token(conn_id)
     log.info("connection_updated", connection=conn_id)
+    await audit(request, "connection.updated", conn_id, fields=_changed_fields(patch))
     return web.json_response(view)
 
 
@@ -233,6 +293,7 @@ async def delete_connection(request: web.Request) -> web.Response:
     await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
     log.info("connection_deleted", connection=conn_id)
+    await audit(request, "connection.deleted", conn_id)
     return web.Response(status=204)
 
 
@@ -253,6 +314,22 @@ async def test_saved(request: web.Request) -> web.Response:
     return web.json_response(result.as_dict())
 
 
+def _changed_fields(patch: Any, prefix: str = "") -> list[str]:
+    """Dotted names of what a patch touches (never the values: some are secrets)."""
+    if not isinstance(patch, dict):
+        return [prefix] if prefix else []
+    out: list[str] = []
+    for key, value in patch.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and key not in ("encrypted", "unencrypted"):
+            out.extend(_changed_fields(value, name))
+        elif isinstance(value, dict):
+            out.extend(f"{name}.{k}" for k in value)
+        else:
+            out.append(name)
+    return out[:50]
+
+
 def build_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[problems_middleware, auth_middleware], client_max_size=1024 * 1024
@@ -268,6 +345,8 @@ def build_app(services: Services) -> web.Application:
     r.add_get("/v1/agents/{agent_id}", get_agent)
     r.add_delete("/v1/agents/{agent_id}", delete_agent)
     r.add_post("/v1/agents/{agent_id}/rotate-token", rotate_agent_token)
+    r.add_post("/v1/admin/rotate-token", rotate_admin_token)
+    r.add_get("/v1/audit", list_audit)
     r.add_post("/v1/connections", create_connection)
     r.add_get("/v1/connections", list_connections)
     r.add_post("/v1/connections/test", test_unsaved)
@@ -276,4 +355,5 @@ def build_app(services: Services) -> web.Application:
     r.add_delete("/v1/connections/{id}", delete_connection)
     r.add_post("/v1/connections/{id}/test", test_saved)
     r.add_route("*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy)
+    add_console(app)
     return app

@@ -84,6 +84,7 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
     try:
         if args.agents_command == "create":
             agent, token = await store.create_agent(args.name)
+            await store.audit("cli", "agent.created", agent.id, None, {"name": agent.name})
             print(f"agent_id: {agent.id}")
             print(f"token: {token}")
             return 0
@@ -93,6 +94,7 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
             return 0
         if args.agents_command == "delete":
             if await store.delete_agent(args.agent_id):
+                await store.audit("cli", "agent.deleted", args.agent_id)
                 print(f"deleted {args.agent_id}")
                 return 0
             print(f"no agent {args.agent_id}", file=sys.stderr)
@@ -101,6 +103,8 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
         if new is None:
             print(f"no agent {args.agent_id}", file=sys.stderr)
             return 1
+        await store.audit("cli", "agent.token_rotated", args.agent_id, None,
+                          {"grace_seconds": 0})
         print(f"token: {new}")
         return 0
     finally:
@@ -117,6 +121,8 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     store = await Store.open(settings.resolved_database_url())
     try:
         count = await ConnectionService(store, plan.box).reseal_all(plan.box)
+        await store.audit("cli", "master_key.rotated", plan.new_key.key_id, None,
+                          {"connections": count, "previous_key": plan.old_key_id})
     finally:
         await store.close()
     plan.commit()

@@ -168,6 +168,7 @@ class ConnectionService:
         conn = conn.model_copy(update={"http": conn.http.model_copy(
             update={"auth": auth.model_copy(update={"token": token})})})
         await self._store.update_document(conn_id, self._seal(conn_id, conn))
+        await self._store.audit("relay", "connection.token_refreshed", conn_id)
 
     async def record_test(self, conn_id: str, result: dict[str, Any]) -> None:
         await self._store.set_last_test(conn_id, json.dumps(result))

@@ -66,6 +66,25 @@ _TEST_RESULT = {
 }
 
 
+_GRACE = {
+    "type": "object",
+    "properties": {"grace_seconds": {"type": "number", "minimum": 0, "maximum": 2592000}},
+}
+
+_AUDIT_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "at": {"type": "string", "format": "date-time"},
+        "actor": {"type": "string"},
+        "action": {"type": "string"},
+        "target": {"type": ["string", "null"]},
+        "source": {"type": ["string", "null"]},
+        "details": {"type": "object"},
+    },
+}
+
+
 def _problem_responses(*codes: int) -> dict[str, Any]:
     return {
         str(code): {
@@ -93,7 +112,7 @@ def openapi_document() -> dict[str, Any]:
     schemas = Connection.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schemas.pop("$defs", {})
     components = {"Connection": schemas, **defs, "Problem": _PROBLEM, "Agent": _AGENT,
-                  "Replica": _REPLICA, "TestResult": _TEST_RESULT}
+                  "Replica": _REPLICA, "TestResult": _TEST_RESULT, "AuditEvent": _AUDIT_EVENT}
     conn_id, agent_id = _path_param("id"), _path_param("agent_id")
     conn_body = {"required": True, "content": {"application/json": {"schema": _ref("Connection")}}}
     any_json = {"type": "object"}
@@ -134,8 +153,27 @@ def openapi_document() -> dict[str, Any]:
                 **_problem_responses(401, 404, 409)}},
         },
         "/v1/agents/{agent_id}/rotate-token": {"post": {
-            "parameters": [agent_id], "summary": "New token; the old one stops at once",
-            "responses": {"200": _json(any_json), **_problem_responses(401, 404)}}},
+            "parameters": [agent_id],
+            "summary": "New token; the old one stops at once, or after grace_seconds",
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": _GRACE}}},
+            "responses": {"200": _json(any_json), **_problem_responses(400, 401, 404, 422)}}},
+        "/v1/admin/rotate-token": {"post": {
+            "summary": "New admin token; the old one works for grace_seconds more",
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": _GRACE}}},
+            "responses": {"200": _json(any_json), **_problem_responses(400, 401, 409, 422)}}},
+        "/v1/audit": {"get": {
+            "summary": "Audit trail, newest first (who, what, when, from where)",
+            "parameters": [
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "before", "in": "query", "required": False,
+                 "schema": {"type": "integer"}},
+            ],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "events": {"type": "array", "items": _ref("AuditEvent")}}}),
+                **_problem_responses(401, 422)}}},
         "/v1/connections": {
             "get": {"responses": {"200": _json({"type": "object", "properties": {
                 "connections": {"type": "array", "items": any_json}}}),

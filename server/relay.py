@@ -10,7 +10,7 @@ import asyncssh
 import structlog
 from aiohttp import web
 
-from server.admin_token import load_or_create_admin_token
+from server.admin_token import AdminTokens, load_or_create_admin_token
 from server.api import build_app
 from server.auth_limit import FailedLoginLimiter
 from server.cloud_http import CloudHTTP
@@ -42,7 +42,7 @@ class Relay:
     engine: Engine
     metrics: RelayMetrics
     host_key: asyncssh.SSHKey
-    admin_token: str
+    admin: AdminTokens
     admin_token_created: bool = False
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
@@ -77,7 +77,11 @@ class Relay:
         relay = cls(
             settings=settings, store=store, registry=registry, tunnel_http=tunnel_http,
             cloud_http=cloud_http, connections=connections, engine=engine, metrics=metrics,
-            host_key=host_key, admin_token=admin_token, admin_token_created=created,
+            host_key=host_key, admin_token_created=created,
+            admin=AdminTokens(
+                admin_token, data_dir=settings.data_dir, token_file=settings.admin_token_file,
+                configured=settings.admin_token is not None,
+            ),
         )
         try:
             ctx = SSHContext(
@@ -112,7 +116,7 @@ class Relay:
         services = Services(
             store=self.store, registry=self.registry, tunnel_http=self.tunnel_http,
             connections=self.connections, engine=self.engine, metrics=self.metrics,
-            admin_token=self.admin_token, ssh_listening=lambda: not self.closed.is_set(),
+            admin=self.admin, ssh_listening=lambda: not self.closed.is_set(),
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.
@@ -141,6 +145,10 @@ class Relay:
     def http_base(self) -> str:
         host, port = self.http_address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def admin_token(self) -> str:
+        return self.admin.current
 
     @property
     def fingerprint(self) -> str:

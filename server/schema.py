@@ -15,6 +15,23 @@ agents = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("token_rotated_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
+    # During a rotation's grace period the previous token still logs in.
+    sa.Column("previous_token_hash", sa.String(64), nullable=True),
+    sa.Column("previous_token_expires_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# Who changed what, when, from where; never a secret value. Append-only
+# (database triggers refuse UPDATE and DELETE).
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(64), nullable=True),
+    sa.Column("source", sa.String(64), nullable=True),
+    sa.Column("details", sa.Text, nullable=False),
 )
 
 # A connection's settings live in `document` as JSON, with every secret value

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.admin_token import AdminTokens
 from server.connections import ConnectionService
 from server.engine import Engine
 from server.metrics import RelayMetrics
@@ -23,12 +24,26 @@ class Services:
     connections: ConnectionService
     engine: Engine
     metrics: RelayMetrics
-    admin_token: str
+    admin: AdminTokens
     ssh_listening: Callable[[], bool]
 
 
 SERVICES = web.AppKey("services", Services)
+ACTOR = web.RequestKey("actor", str)
 
 
 def services_of(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+def actor_of(request: web.Request) -> str:
+    """Who made this request (set by the auth middleware), for the audit trail."""
+    return str(request.get(ACTOR, "anonymous"))
+
+
+async def audit(
+    request: web.Request, action: str, target: str | None = None, **details: object
+) -> None:
+    await services_of(request).store.audit(
+        actor_of(request), action, target, request.remote, dict(details)
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from server.schema import agents, connections
+from server.schema import agents, audit_events, connections
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -165,21 +166,46 @@ class Store:
                 agents.update().where(agents.c.id == agent_id).values(last_seen_at=utcnow())
             )
 
-    async def rotate_agent_token(self, agent_id: str) -> AgentToken | None:
+    async def rotate_agent_token(
+        self, agent_id: str, grace_seconds: float = 0
+    ) -> AgentToken | None:
+        """A new token; with a grace period the old one keeps working until it ends."""
         token = new_token(agent_id)
+        now = utcnow()
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                agents.update()
-                .where(agents.c.id == agent_id)
-                .values(token_hash=token.secret_hash(), token_rotated_at=utcnow())
+            row = (await conn.execute(
+                sa.select(agents.c.token_hash).where(agents.c.id == agent_id)
+            )).first()
+            if row is None:
+                return None
+            grace = grace_seconds > 0
+            await conn.execute(
+                agents.update().where(agents.c.id == agent_id).values(
+                    token_hash=token.secret_hash(),
+                    token_rotated_at=now,
+                    previous_token_hash=row.token_hash if grace else None,
+                    previous_token_expires_at=(
+                        now + dt.timedelta(seconds=grace_seconds) if grace else None
+                    ),
+                )
             )
-        return token if result.rowcount else None
+        return token
 
     async def authenticate_agent(self, token: AgentToken) -> AgentRecord | None:
-        """The agent this token belongs to, or None; constant time in the secret."""
+        """The agent this token belongs to, or None; constant time in the secret.
+
+        Both the current and (during a rotation's grace) the previous token are
+        compared every time, so timing does not tell which one matched.
+        """
         async with self._engine.connect() as conn:
             row = (await conn.execute(agents.select().where(agents.c.id == token.agent_id))).first()
-        ok = secret_matches(token.secret, row.token_hash if row else _DUMMY_HASH)
+        current = secret_matches(token.secret, row.token_hash if row else _DUMMY_HASH)
+        previous_hash = row.previous_token_hash if row is not None else None
+        previous = secret_matches(token.secret, previous_hash or _DUMMY_HASH)
+        if previous:
+            expires = _aware(row.previous_token_expires_at) if row is not None else None
+            previous = expires is not None and utcnow() < expires
+        ok = current or (previous and previous_hash is not None)
         return _agent(row) if row is not None and ok else None
 
 
@@ -258,6 +284,44 @@ class Store:
                 )
                 count += 1
         return count
+
+
+    # -- audit --------------------------------------------------------------
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        source: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one event; *details* must hold no secret value."""
+        async with self._engine.begin() as conn:
+            await conn.execute(audit_events.insert().values(
+                at=utcnow(), actor=actor[:64], action=action[:64],
+                target=target[:64] if target else None,
+                source=source[:64] if source else None,
+                details=json.dumps(details or {}, sort_keys=True),
+            ))
+
+    async def audit_events(
+        self, *, limit: int = 100, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; page with *before* (an event id)."""
+        query = audit_events.select().order_by(audit_events.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(audit_events.c.id < before)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "id": r.id, "at": (_aware(r.at) or utcnow()).isoformat(), "actor": r.actor,
+                "action": r.action, "target": r.target, "source": r.source,
+                "details": json.loads(r.details),
+            }
+            for r in rows
+        ]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
