@@ -40,3 +40,13 @@ unit: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+# Benchmarks (issue 5): not part of `make test`. `bench` writes docs/BENCHMARKS.md
+# (about 15 minutes); `bench-quick` (under 2 minutes) checks the bench still runs.
+bench: install
+	bash bench/setup.sh
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	bash bench/setup.sh
+	$(BIN)/python -m bench.run --quick

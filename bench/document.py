@@ -1,0 +1,132 @@
+"""docs/BENCHMARKS.md: machine, versions, method and commands, summary, raw numbers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+
+from bench import targets
+from bench.fleet import BACKOFF
+
+if TYPE_CHECKING:
+    from bench.report import Summary
+
+RAW_COLUMNS = ("rep", "point", "path", "rps", "p50_ms", "p99_ms", "max_ms", "errors", "mb_s",
+               "big_mb_s", "cpu_s", "cpu_us_per_req", "cpu_s_per_gib", "peak_rss_relay_mb",
+               "peak_rss_agent_mb", "peak_rss_ssh_mb", "peak_rss_sshd_mb", "wall_s")
+
+
+def _md_table(grid: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(grid[0]) + " |", "|" + "---|" * len(grid[0])]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in grid[1:]]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def render(s: Summary) -> str:
+    r = s.results
+    plan = r["plan"]
+    env = r["environment"]
+    quick = r["quick"]
+    out = [
+        "# Benchmarks" + (" (quick check: small sizes, one repetition)" if quick else ""),
+        "",
+        f"Written by `{'make bench-quick' if quick else 'make bench'}` "
+        f"(`python -m bench.run{' --quick' if quick else ''}`) on "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {r['elapsed_s'] / 60:.1f} minutes. "
+        "Do not edit by hand: run `make bench` again. Code in `bench/`.",
+        "",
+        "## Machine and versions",
+        "",
+        *[f"- **{k}**: {v}" for k, v in env.items()],
+        "",
+        "## What runs",
+        "",
+        "One internal API for every path: Debian's nginx (one worker) on loopback, serving a "
+        "~80-byte JSON file, sparse files for downloads, WebDAV `PUT` for uploads (answered "
+        "once the whole body is in) and `/slow` (`echo_sleep 1`). Four paths, all on "
+        "127.0.0.1:",
+        "",
+        "- **direct**: client → nginx.",
+        "- **openssh**: client → sshd's forwarded port → `ssh -N -R` → nginx. A private "
+        "`sshd -D -f sshd_config` with its own host key and authorized_keys (no PAM, "
+        "`StrictModes no`), `Ciphers aes128-gcm@openssh.com`, compression off.",
+        "- **sluice-onprem**: client → relay `/v1/connections/{id}/proxy/…` → SSH tunnel → "
+        "`sluice-agent run` → nginx.",
+        "- **sluice-cloud**: client → relay proxy route → nginx (no tunnel): the relay's own "
+        "cost.",
+        "",
+        "`sluice-server run` and `sluice-agent run` are separate processes configured by "
+        "environment (log level warning, uvloop). CPU is `utime+stime` from "
+        "`/proc/<pid>/stat` of relay + agent (Sluice) or ssh + sshd and its per-connection "
+        "children (OpenSSH); peak RSS is `VmHWM`, reset before each point through "
+        "`/proc/<pid>/clear_refs`. Client tools (wrk, curl) and nginx are not counted.",
+        "",
+        f"- Small GETs: `wrk --latency -t min(2,c) -c C -d {plan['seconds']}s --timeout 10s "
+        "-s report.lua` (a `done` hook prints exact percentiles); the Sluice paths add "
+        "`-H 'Authorization: Bearer <admin token>'`. *New connection per request* adds "
+        "`-H 'Connection: close'` (a new client connection each time; the relay still reuses "
+        "its pooled streams to the agent, as it would in production).",
+        f"- Transfers: `curl -s -o /dev/null -w …` for the {s.medium} and {s.large} downloads, "
+        f"`curl -T file -H 'Expect:'` (PUT) for the {s.medium} upload. MB/s is 10⁶ bytes/s.",
+        f"- Mixed: the {s.large} download starts, then c=1 keep-alive GETs run for 60% of the "
+        "solo download's time on the same path; the download's speed is compared with its "
+        "solo speed from the same repetition.",
+        f"- {plan['repetitions']} repetition(s); within each, every point runs on every path "
+        "back to back (direct, openssh, sluice-onprem, sluice-cloud). Cells show the median "
+        "and (min to max).",
+        f"- Scale: {plan['slow']} requests at once to `/slow` through one agent (aiohttp "
+        f"client, one connection each); {plan['agents']} agents as `bench.fleet` processes "
+        f"({plan['per_process']} asyncssh agent sessions each, the agent's own Supervisor and "
+        f"tunnel code) on a fresh relay; then SIGTERM the relay and start it again on the "
+        f"same data dir. Fleet agents' backoff: `{json.dumps(BACKOFF)}`. "
+        "Handshakes at once = most connection attempts (TCP connect to tunnel registered) "
+        "in flight together, from the agents' timestamps.",
+        "",
+        "Everything — relay, agent, nginx, sshd, ssh, wrk, curl, fleet agents — shares "
+        "the machine's cores, so client and backend load is part of every number.",
+        "",
+        "## Summary",
+        "",
+        _md_table(s.grid()),
+        "",
+        "## Targets for the Sluice on-premise path",
+        "",
+        _md_table([["target", "verdict", "measured"]]
+                  + [[v.name, v.verdict, v.detail] for v in targets.evaluate(s)]),
+        "",
+        "## Scale",
+        "",
+        *[f"- {line}" for line in s.scale_lines()],
+        "",
+        "## Raw numbers",
+        "",
+        "Every point of every repetition (CPU is for the path's relay/agent or ssh/sshd).",
+        "",
+        _md_table([list(RAW_COLUMNS)] + [[_fmt(row.get(c)) for c in RAW_COLUMNS]
+                                         for row in s.rows]),
+        "",
+        "Slow requests:",
+        "",
+        "```json",
+        json.dumps(r["slow"], indent=1),
+        "```",
+        "",
+        "Agents and restart:",
+        "",
+        "```json",
+        json.dumps(r["fleet"], indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(out)

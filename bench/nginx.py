@@ -1,0 +1,104 @@
+"""The neutral internal API: Debian's nginx on loopback, one worker.
+
+Serves ``/small.json`` (a ~100-byte JSON document), ``/files/64m.bin`` and
+``/files/1g.bin`` (sparse files: SSH compression is off on every path, so
+zeros cost what any bytes cost), takes uploads with WebDAV ``PUT /upload/…``
+(nginx answers only after the whole body is in), and answers ``/slow`` after
+one second (``echo_sleep`` from libnginx-mod-http-echo).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.proc import Child, free_port, port_open, spawn, wait_until
+
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+SMALL_JSON = b'{"id": 42, "name": "widget", "tags": ["a", "b", "c"], "price": 12.5, "ok": true}\n'
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _config(root: Path, port: int) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    tmp = root / "tmp"
+    return f"""{user}daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+load_module {ECHO_MODULE};
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root}/www;
+        location = /small.json {{ default_type application/json; }}
+        location /files/ {{ }}
+        location /upload/ {{
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+            client_body_buffer_size 1m;
+        }}
+        location = /slow {{
+            default_type application/json;
+            echo_sleep 1;
+            echo '{{"slow": true}}';
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    root: Path
+    port: int
+    child: Child
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def upload_source(self) -> Path:
+        return self.root / "upload.bin"
+
+    @classmethod
+    async def start(cls, root: Path, sizes: dict[str, int], upload_size: int) -> Nginx:
+        """Lay out files (name -> size, sparse) and start nginx on a free port."""
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        (root / "www" / "files").mkdir(parents=True)
+        (root / "www" / "upload").mkdir()
+        (root / "tmp").mkdir()
+        (root / "www" / "small.json").write_bytes(SMALL_JSON)
+        for name, size in sizes.items():
+            with (root / "www" / "files" / name).open("wb") as f:
+                f.truncate(size)
+        with (root / "upload.bin").open("wb") as f:
+            f.truncate(upload_size)
+        port = free_port()
+        conf = root / "nginx.conf"
+        conf.write_text(_config(root, port))
+        child = await spawn("nginx", [nginx, "-e", str(root / "error.log"), "-p", str(root),
+                                      "-c", str(conf)], log=root / "nginx.log")
+        await wait_until("nginx", lambda: port_open(port), timeout=10, child=child)
+        return cls(root, port, child)
+
+    async def stop(self) -> None:
+        await self.child.stop()

@@ -1,0 +1,137 @@
+"""The benchmark suite: ``python -m bench.run`` (full) or ``--quick`` (a check that it runs).
+
+Starts nginx, a private sshd with ``ssh -R``, and a Sluice relay and agent,
+measures the four paths interleaved, then the scale scenarios, prints the
+summary and writes the report (docs/BENCHMARKS.md for a full run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import environment, report
+from bench.load import write_lua
+from bench.nginx import GiB, MiB, Nginx
+from bench.openssh import OpenSSH
+from bench.perf import BenchPath, Plan, run_reps
+from bench.proc import Child, raise_fd_limit
+from bench.scale import agent_fleet, slow_requests
+from bench.stack import Relay, start_agent
+
+FULL = {"plan": Plan(repetitions=3, seconds=5, medium=64 * MiB, large=GiB),
+        "slow": 1000, "agents": 1000, "per_process": 250, "fleet_timeout": 300.0}
+QUICK = {"plan": Plan(repetitions=1, seconds=1, medium=8 * MiB, large=64 * MiB,
+                      medium_name="8m.bin", large_name="64m.bin"),
+         "slow": 100, "agents": 40, "per_process": 20, "fleet_timeout": 60.0}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _scratch() -> Path:
+    shm = Path("/dev/shm")
+    parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="sluice-bench-", dir=parent))
+
+
+async def _throughput(root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    plan: Plan = cfg["plan"]
+    children: list[Child] = []
+    nginx = openssh = relay = None
+    try:
+        nginx = await Nginx.start(root / "nginx", {plan.medium_name: plan.medium,
+                                                   plan.large_name: plan.large},
+                                  upload_size=plan.medium)
+        openssh = await OpenSSH.start(root / "openssh", nginx.port)
+        relay = await Relay.create(root / "relay")
+        agent_id, token = await relay.create_agent("bench")
+        agent = await start_agent(relay, agent_id, token, f"127.0.0.1:{nginx.port}",
+                                  root / "agent.log")
+        children.append(agent)
+        onprem = await relay.create_connection("bench on-premise", nginx.base, agent_id)
+        cloud = await relay.create_connection("bench cloud", nginx.base, None)
+        say(f"nginx :{nginx.port}, sshd forward :{openssh.forward_port}, relay "
+            f"{relay.base} (pid {relay.pid}), agent pid {agent.pid}")
+        paths = [
+            BenchPath("direct", nginx.base),
+            BenchPath("openssh", openssh.base, cpu_pids=openssh.pids,
+                      rss_pids={"ssh": openssh.ssh.pid, "sshd": openssh.sshd.pid}),
+            BenchPath("sluice-onprem", relay.proxy_base(onprem), relay.auth,
+                      cpu_pids=[relay.pid, agent.pid],
+                      rss_pids={"relay": relay.pid, "agent": agent.pid}),
+            BenchPath("sluice-cloud", relay.proxy_base(cloud), relay.auth,
+                      cpu_pids=[relay.pid], rss_pids={"relay": relay.pid}),
+        ]
+        lua = write_lua(root)
+        rows = await run_reps(paths, plan, lua, nginx.upload_source, say)
+        say(f"{cfg['slow']} concurrent slow requests (1 s each) through one agent ...")
+        slow = await slow_requests(relay.proxy_base(onprem) + "/slow", relay.auth, cfg["slow"],
+                                   {"relay": relay.pid, "agent": agent.pid})
+        say(f"  {slow['ok']}/{slow['requests']} ok in {slow['wall_s']:.2f} s "
+            f"(p50 {slow['p50_s']:.2f} s, max {slow['max_s']:.2f} s) {slow['failures']}")
+        return {"rows": rows, "slow": slow}
+    finally:
+        for child in children:
+            await child.stop()
+        for backend in (relay, openssh, nginx):
+            if backend is not None:
+                await backend.stop() if not isinstance(backend, Relay) else await backend.close()
+
+
+async def main(quick: bool, out: Path | None, keep: bool) -> int:
+    cfg = QUICK if quick else FULL
+    fds = raise_fd_limit()
+    root = _scratch()
+    began = time.monotonic()
+    say(f"Sluice bench ({'quick' if quick else 'full'}), scratch {root}, fd limit {fds}")
+    try:
+        results = await _throughput(root / "throughput", cfg)
+        say(f"{cfg['agents']} agents on one relay, then a relay restart ...")
+        results["fleet"] = await agent_fleet(root / "fleet", cfg["agents"], cfg["per_process"],
+                                             cfg["fleet_timeout"])
+        say(f"  connected in {results['fleet']['connect_all_s']:.1f} s, back after restart in "
+            f"{results['fleet']['restart_all_online_s']:.1f} s")
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    results["plan"] = cfg["plan"].__dict__ | {k: v for k, v in cfg.items() if k != "plan"}
+    results["quick"] = quick
+    results["elapsed_s"] = time.monotonic() - began
+    results["environment"] = await environment.describe()
+    summary = report.Summary(results)
+    say(summary.table())
+    target = out or (Path("build/BENCHMARKS-quick.md") if quick else Path("docs/BENCHMARKS.md"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(summary.markdown())
+    raw = Path("build") / ("bench-quick.json" if quick else "bench-full.json")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(results, indent=1, default=str))
+    say(f"wrote {target} and {raw} in {results['elapsed_s']:.0f} s")
+    broken = summary.broken()
+    if broken:
+        say("the bench ran, but these paths did not work: " + "; ".join(broken))
+        return 1
+    return 0
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short check that the bench runs")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.quick, args.out, args.keep)))
+
+
+if __name__ == "__main__":
+    cli()
