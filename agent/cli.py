@@ -26,6 +26,7 @@ from agent.tunnel import check_relay
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
+from sluice.ratelimit import TokenBucket
 from sluice.runtime import install_uvloop
 from sluice.tokens import AgentToken
 
@@ -115,6 +116,9 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
         allowlist=settings.allowlist(),
         connect_timeout=settings.connect_timeout,
         stats=ProxyStats(),
+        max_streams=settings.max_streams,
+        new_streams=TokenBucket(settings.max_new_streams_per_second),
+        idle_timeout=settings.stream_idle_timeout,
     )
     status = TunnelStatus()
     status.subscribe(lambda state: _tell_systemd(state, status))

@@ -15,7 +15,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -32,6 +32,7 @@ from sluice.connect import (
     format_connect_response,
     parse_connect_request,
 )
+from sluice.ratelimit import TokenBucket
 
 log = structlog.get_logger("sluice.agent.proxy")
 
@@ -70,8 +71,11 @@ class ProxyContext:
     allowlist: Allowlist
     connect_timeout: float
     stats: ProxyStats
+    max_streams: int = 1024
+    new_streams: TokenBucket = field(default_factory=lambda: TokenBucket(1000.0))
+    idle_timeout: float = 900.0
     # Swappable for tests that need a fixed resolver; the default is the OS's.
-    resolve: Callable[[str, int], asyncio.Future[list[IPAddress]]] | None = None
+    resolve: Callable[[str, int], Awaitable[list[IPAddress]]] | None = None
 
 
 async def _resolve(host: str, port: int) -> list[IPAddress]:
@@ -136,6 +140,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._chan_eof = False
         self._upstream_eof = False
         self._finished = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_since = time.monotonic()
+        self._bytes_at_check = 0
 
     def __repr__(self) -> str:
         return f"<ChannelProxy {self._target.authority() if self._target else '?'} {self._outcome}>"
@@ -166,6 +173,16 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             return
         del self._head[:end]
         self._target = target
+        if self._ctx.stats.streams_open > self._ctx.max_streams:
+            self._refuse(_Refusal(503, "agent_busy",
+                                  f"this agent has {self._ctx.max_streams} streams open "
+                                  "(its max_streams setting)"))
+            return
+        if not self._ctx.new_streams.take():
+            self._refuse(_Refusal(429, "rate_limited",
+                                  "too many new streams per second "
+                                  "(the agent's max_new_streams_per_second setting)"))
+            return
         assert self._chan is not None
         self._chan.pause_reading()
         self._opening = asyncio.get_running_loop().create_task(self._open(target))
@@ -182,6 +199,8 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         return self._opening is not None and not self._opening.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
         if self._upstream is not None and self._upstream.transport is not None:
@@ -256,6 +275,27 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         if self._chan_eof and upstream.transport.can_write_eof():
             upstream.transport.write_eof()
         self._chan.resume_reading()
+        self._schedule_idle_check()
+
+    def _schedule_idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle_handle = loop.call_later(self._ctx.idle_timeout / 2, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a stream that carried nothing for idle_timeout (cheaper than a
+        timer reset per packet: activity only bumps a counter)."""
+        moved = self._bytes_up + self._bytes_down
+        if moved != self._bytes_at_check:
+            self._bytes_at_check = moved
+            self._idle_since = time.monotonic()
+        elif time.monotonic() - self._idle_since >= self._ctx.idle_timeout:
+            self._outcome = "idle_timeout"
+            if self._upstream is not None and self._upstream.transport is not None:
+                self._upstream.transport.close()
+            if self._chan is not None:
+                self._chan.close()
+            return
+        self._schedule_idle_check()
 
     async def _permitted_addresses(self, target: Target) -> list[IPAddress]:
         allow = self._ctx.allowlist

@@ -65,6 +65,11 @@ class AgentSettings(BaseSettings):
     backoff_max: float = Field(default=60.0, gt=0)
     stable_after: float = Field(default=30.0, ge=0)
     drain_timeout: float = Field(default=30.0, ge=0)
+    max_streams: int = Field(default=1024, ge=1, description="Streams open at once.")
+    max_new_streams_per_second: float = Field(default=1000.0, gt=0)
+    stream_idle_timeout: float = Field(
+        default=900.0, gt=0, description="Close a stream with no traffic for this long."
+    )
     health_listen: Annotated[HostPort | None, NoDecode] = Field(
         default=DEFAULT_HEALTH_LISTEN,
         description="Where /healthz, /readyz and /metrics listen (host:port), or 'off'.",

@@ -17,7 +17,9 @@ from typing import Any, cast
 import asyncssh
 
 from server.errors import (
+    AgentBusy,
     DestinationDenied,
+    RateLimited,
     RelayError,
     TunnelLost,
     TunnelProtocolError,
@@ -35,6 +37,8 @@ from sluice.connect import (
 )
 
 _AGENT_ERRORS: dict[int, type[RelayError]] = {
+    429: RateLimited,
+    503: AgentBusy,
     403: DestinationDenied,
     502: UpstreamConnectFailed,
     504: UpstreamTimeout,

@@ -52,6 +52,24 @@ class UpstreamTimeout(RelayError):
     title = "The API did not answer in time"
 
 
+class AgentBusy(RelayError):
+    type = "agent_busy"
+    status = 503
+    title = "The agent has as many streams open as it allows"
+
+
+class RateLimited(RelayError):
+    type = "rate_limited"
+    status = 429
+    title = "Too many new streams per second for this agent"
+
+
+class BodyTooLarge(RelayError):
+    type = "body_too_large"
+    status = 413
+    title = "The request body is larger than the relay allows"
+
+
 class TunnelLost(RelayError):
     type = "tunnel_lost"
     status = 502

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from server.engine import HOP_BY_HOP
-from server.errors import RelayError, TunnelLost
+from server.errors import BodyTooLarge, RelayError, TunnelLost
 from server.services import services_of
 
 log = structlog.get_logger("sluice.relay.proxy")
@@ -37,13 +39,35 @@ def _cause(exc: BaseException) -> RelayError | None:
     return None
 
 
+def _limited_body(request: web.Request, limit: int) -> Any:
+    """The request body, refused or cut off past *limit* bytes (0: no limit)."""
+    if not request.body_exists:
+        return None
+    if not limit:
+        return request.content
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(
+            f"the body is {request.content_length} bytes; max_body_bytes is {limit}"
+        )
+
+    async def counted() -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.content.iter_any():
+            seen += len(chunk)
+            if seen > limit:
+                raise BodyTooLarge(f"the body passed max_body_bytes ({limit})")
+            yield chunk
+
+    return counted()
+
+
 async def proxy(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
     conn_id = request.match_info["id"]
     handle = await services.connections.handle(conn_id)
     mode = handle.conn.mode
     began = time.perf_counter()
-    body = request.content if request.body_exists else None
+    body = _limited_body(request, services.max_body_bytes)
     try:
         upstream = await services.engine.request(
             handle, request.method, _relative(request), list(request.headers.items()), body

@@ -68,7 +68,11 @@ class Relay:
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
         connections = ConnectionService(store, box, lambda: load_secret_box(settings))
-        tunnel_http = TunnelHTTP(registry, connect_timeout=settings.connect_timeout)
+        tunnel_http = TunnelHTTP(
+            registry, connect_timeout=settings.connect_timeout,
+            max_streams=settings.max_streams_per_agent,
+            streams_per_second=settings.max_new_streams_per_second,
+        )
         cloud_http = CloudHTTP(allow_private=settings.allow_private_destinations)
         engine = Engine(
             registry, tunnel_http, cloud_http, connections.save_token,
@@ -117,12 +121,16 @@ class Relay:
             store=self.store, registry=self.registry, tunnel_http=self.tunnel_http,
             connections=self.connections, engine=self.engine, metrics=self.metrics,
             admin=self.admin, ssh_listening=lambda: not self.closed.is_set(),
+            max_body_bytes=self.settings.max_body_bytes,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.
+        s = self.settings
         runner = web.AppRunner(
             build_app(services), access_log=None, handle_signals=False,
-            shutdown_timeout=self.settings.drain_timeout,
+            shutdown_timeout=s.drain_timeout,
+            max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
+            max_headers=s.max_headers, keepalive_timeout=s.http_idle_timeout,
         )
         await runner.setup()
         self.web_runner = runner

@@ -26,6 +26,7 @@ class Services:
     metrics: RelayMetrics
     admin: AdminTokens
     ssh_listening: Callable[[], bool]
+    max_body_bytes: int = 0
 
 
 SERVICES = web.AppKey("services", Services)

@@ -20,9 +20,10 @@ from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
 from server.channel_transport import ChannelSession, ChannelTransport, feed, start_tls
-from server.errors import TunnelLost, UpstreamTimeout
+from server.errors import AgentBusy, RateLimited, TunnelLost, UpstreamTimeout
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice.connect import Target
+from sluice.ratelimit import TokenBucket
 
 
 def _verified_context() -> ssl.SSLContext:
@@ -45,12 +46,16 @@ class TunnelConnector(aiohttp.BaseConnector):
         agent_id: str,
         *,
         connect_timeout: float = 10.0,
+        max_streams: int = 1024,
+        streams_per_second: float = 1000.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._registry = registry
         self._agent_id = agent_id
         self._connect_timeout = connect_timeout
+        self._max_streams = max_streams
+        self._bucket = TokenBucket(streams_per_second)
         self._default_ssl = _verified_context()
         self._tunnel_of: weakref.WeakKeyDictionary[ResponseHandler, Tunnel] = (
             weakref.WeakKeyDictionary()
@@ -113,6 +118,17 @@ class TunnelConnector(aiohttp.BaseConnector):
         """Open a stream on the least-busy replica; if that replica cannot open
         one (it is going away), try the next. Refusals from the agent itself
         (denied, connect failed) are answers, not replica failures."""
+        replicas = self._registry.replicas(self._agent_id)
+        if sum(t.in_flight for t in replicas) >= self._max_streams:
+            raise AgentBusy(
+                f"agent {self._agent_id} already has {self._max_streams} streams open "
+                "(max_streams_per_agent)"
+            )
+        if not self._bucket.take():
+            raise RateLimited(
+                f"more than {self._bucket.rate:g} new streams per second to agent "
+                f"{self._agent_id} (max_new_streams_per_second)"
+            )
         tried: frozenset[int] = frozenset()
         while True:
             tunnel = self._registry.pick(self._agent_id, exclude=tried)
@@ -157,9 +173,13 @@ class TunnelHTTP:
         *,
         connect_timeout: float = 10.0,
         keepalive_timeout: float = 15.0,
+        max_streams: int = 1024,
+        streams_per_second: float = 1000.0,
     ) -> None:
         self._registry = registry
         self._connect_timeout = connect_timeout
+        self._max_streams = max_streams
+        self._streams_per_second = streams_per_second
         self._keepalive_timeout = keepalive_timeout
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         registry.on_draining(self._tunnel_draining)
@@ -176,6 +196,8 @@ class TunnelHTTP:
                 agent_id,
                 connect_timeout=self._connect_timeout,
                 keepalive_timeout=self._keepalive_timeout,
+                max_streams=self._max_streams,
+                streams_per_second=self._streams_per_second,
                 limit=0,
             )
             session = aiohttp.ClientSession(

@@ -11,7 +11,8 @@ function describe(f) {
 }
 
 function requiredMark(required) {
-  return required ? h("span", { class: "required" }, " (required)") : null;
+  // Screen readers hear aria-required instead; the words are for the eye.
+  return required ? h("span", { class: "required", "aria-hidden": "true" }, " (required)") : null;
 }
 
 /** Show *message* as this field's error, or clear it with "". */
@@ -102,6 +103,8 @@ export function radios(legend, name, options, { hint, required = false } = {}) {
     required,
     className: "radios",
   });
+  f.control.setAttribute("role", "radiogroup");
+  if (required) f.control.setAttribute("aria-required", "true");
   f.value = () => (inputs.find((i) => i.input.checked) || { input: { value: "" } }).input.value;
   f.set = (value) => {
     for (const { input } of inputs) input.checked = input.value === value;

@@ -23,3 +23,16 @@ export function announce(message) {
   // A fresh text node after clearing makes repeated messages heard again.
   window.setTimeout(() => { el.textContent = message; }, 50);
 }
+
+let flash = null;
+
+/** A message for the next view to show (e.g. "Saved" after leaving a form). */
+export function setFlash(message) {
+  flash = message;
+}
+
+export function takeFlash() {
+  const message = flash;
+  flash = null;
+  return message;
+}

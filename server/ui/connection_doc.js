@@ -1,0 +1,159 @@
+// The connection document (DESIGN.md, "Connections") <-> the form's values.
+// Pure functions: no DOM, no API calls.
+
+/** The form's values for a new connection. */
+export function emptyValues() {
+  return {
+    name: "",
+    mode: "cloud",
+    agentId: "",
+    baseUri: "",
+    headers: [],
+    mediaType: "json",
+    token: "",
+    tokenSet: false,
+    location: "header",
+    headerName: "Authorization",
+    scheme: "Bearer",
+    paramName: "",
+    refreshOn: false,
+    refresh: {
+      method: "POST", relativeUri: "", headers: [], body: "", mediaType: "", tokenPath: "",
+    },
+    encrypted: [],
+    unencrypted: [],
+    ping: { method: "GET", relativeUri: "", successPath: "", successValues: [] },
+  };
+}
+
+/** The form's values for a saved connection, as GET /v1/connections/{id} shows it. */
+export function fromView(view) {
+  const values = emptyValues();
+  const http = view.http;
+  const auth = http.auth || {};
+  Object.assign(values, {
+    name: view.name,
+    mode: view.mode,
+    agentId: view.agent_id || "",
+    baseUri: http.base_uri,
+    headers: http.headers.map(({ name, value }) => ({ key: name, value })),
+    mediaType: http.media_type,
+    tokenSet: Boolean(auth.token_set),
+    location: auth.location || "header",
+    headerName: auth.header_name || "Authorization",
+    scheme: auth.location === "url" ? "Bearer" : auth.scheme || "",
+    paramName: auth.param_name || "",
+    refreshOn: Boolean(auth.refresh),
+    encrypted: Object.keys(http.encrypted || {}).map((key) => ({ key, value: "", saved: true })),
+    unencrypted: Object.entries(http.unencrypted || {}).map(([key, value]) => ({ key, value })),
+  });
+  if (auth.refresh) {
+    const r = auth.refresh;
+    values.refresh = {
+      method: r.method,
+      relativeUri: r.relative_uri || "",
+      headers: (r.headers || []).map(({ name, value }) => ({ key: name, value })),
+      body: r.body || "",
+      mediaType: r.media_type || "",
+      tokenPath: r.token_path || "",
+    };
+  }
+  if (http.ping) {
+    values.ping = {
+      method: http.ping.method,
+      relativeUri: http.ping.relative_uri || "",
+      successPath: http.ping.success_path || "",
+      successValues: http.ping.success_values || [],
+    };
+  }
+  return values;
+}
+
+/** Rows left wholly empty are dropped; a value without a name is sent, so the API names it. */
+function headerList(rows) {
+  return rows
+    .filter((row) => row.key.trim() || row.value.trim())
+    .map((row) => ({ name: row.key.trim(), value: row.value }));
+}
+
+function pingBlank(ping) {
+  return !ping.relativeUri.trim() && !ping.successPath.trim() && ping.successValues.length === 0;
+}
+
+/**
+ * The document to send. With *saved* (the view being edited) it is a PATCH
+ * body (RFC 7396): what was removed is sent as null, and a secret left empty
+ * is left out, so the relay keeps it. *forTest* always includes the ping,
+ * which the test needs.
+ */
+export function toDocument(v, { saved = null, forTest = false } = {}) {
+  const refresh = v.refresh;
+  const auth = {
+    type: "token",
+    location: v.location,
+    header_name: v.location === "header" ? v.headerName.trim() : null,
+    scheme: v.location === "header" ? v.scheme.trim() || null : null,
+    param_name: v.location === "url" ? v.paramName.trim() : null,
+    refresh: v.refreshOn
+      ? {
+          method: refresh.method,
+          relative_uri: refresh.relativeUri.trim(),
+          headers: headerList(refresh.headers),
+          body: refresh.method === "POST" && refresh.body ? refresh.body : null,
+          media_type: refresh.mediaType || null,
+          token_path: refresh.tokenPath.trim() || null,
+        }
+      : null,
+  };
+  if (v.token) auth.token = v.token;
+
+  const encrypted = {};
+  for (const row of v.encrypted) {
+    const key = row.key.trim();
+    if (!key && !row.value) continue;
+    if (row.saved && !row.value) continue; // unchanged: the relay keeps it
+    encrypted[key] = row.value;
+  }
+  const unencrypted = {};
+  for (const row of v.unencrypted) {
+    const key = row.key.trim();
+    if (key || row.value) unencrypted[key] = row.value;
+  }
+  if (saved) {
+    const keptSecrets = new Set(v.encrypted.filter((r) => r.saved).map((r) => r.key));
+    for (const key of Object.keys(saved.http.encrypted || {})) {
+      if (!keptSecrets.has(key)) encrypted[key] = null;
+    }
+    for (const key of Object.keys(saved.http.unencrypted || {})) {
+      if (!(key in unencrypted)) unencrypted[key] = null;
+    }
+  }
+
+  const ping = v.ping;
+  return {
+    name: v.name,
+    mode: v.mode,
+    agent_id: v.mode === "on_premise" ? v.agentId || null : null,
+    http: {
+      base_uri: v.baseUri.trim(),
+      headers: headerList(v.headers),
+      media_type: v.mediaType,
+      auth,
+      encrypted,
+      unencrypted,
+      ping: pingBlank(ping) && !forTest
+        ? null
+        : {
+            method: ping.method,
+            relative_uri: ping.relativeUri.trim(),
+            success_path: ping.successPath.trim() || null,
+            success_values: ping.successValues,
+          },
+    },
+  };
+}
+
+/** Editing, and a saved secret is left unchanged (the relay never sends it back). */
+export function keepsSavedSecrets(v) {
+  return (v.tokenSet && !v.token) || v.encrypted.some((row) => row.saved && !row.value);
+}
