@@ -30,9 +30,10 @@ export function field(label, control, { hint, required = false, className = "fie
   const hintEl = hint ? h("p", { class: "hint", id: `${control.id}-hint` }, hint) : null;
   const errorEl = h("p", { class: "field-error", id: `${control.id}-error`, hidden: true });
   if (required) control.setAttribute("aria-required", "true");
-  const labelEl = h("label", { for: control.id }, label, requiredMark(required));
+  const labelEl = h("label", { for: control.id }, label);
   const f = { label, control, hintEl, errorEl, focus: () => control.focus() };
-  f.wrapper = h("div", { class: className }, labelEl, hintEl, control, errorEl);
+  f.wrapper = h("div", { class: className }, labelEl, requiredMark(required), hintEl, control,
+    errorEl);
   describe(f);
   return f;
 }

@@ -1,0 +1,412 @@
+"""The web console at /ui/ in a real browser (Debian's headless Chromium,
+driven by Playwright) against a real relay and a real agent: an agent turns
+online without a reload, the connection form tests and saves, API errors show
+at their fields, and no token stays in the page.
+
+The browser tests skip when Playwright or chromium is missing; the tests of
+what the relay serves need neither.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+
+from server.relay import Relay
+from server.ui import UI_DIR
+from sluice.tokens import AgentToken
+from tests.conftest import AgentFactory
+from tests.support.api import InternalAPI
+from tests.support.capture import APIClient, remember_secret
+
+if TYPE_CHECKING:
+    from playwright.async_api import Locator, Page
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+API_TOKEN = "console-api-token-" + "k" * 16  # the connection's token, typed into the form
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+EXPECT_MS = 15_000
+REFUSED_REQUEST = "Failed to load resource: the server responded with a status of 4"
+
+
+# -- what the relay serves (no browser needed) -----------------------------------------
+
+async def test_console_files_carry_strict_security_headers(client: APIClient) -> None:
+    for path in ["/ui/", "/ui/app.js", "/ui/style.css", "/ui/icon.svg"]:
+        answer = await client.call("GET", path, auth=False)
+        assert answer.status == 200, path
+        csp = answer.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert "unsafe-eval" not in csp
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Referrer-Policy"] == "no-referrer"
+    script = await client.call("GET", "/ui/app.js", auth=False)
+    assert script.headers["Content-Type"].startswith(("text/javascript", "application/javascript"))
+
+
+async def test_console_paths(relay: Relay, client: APIClient) -> None:
+    async with aiohttp.ClientSession() as session, session.get(
+        relay.http_base + "/ui", allow_redirects=False
+    ) as resp:
+        assert resp.status == 308
+        assert resp.headers["Location"] == "/ui/"
+    for path in ["/ui/__init__.py", "/ui/missing.js", "/ui/..%2fapi.py", "/ui/a/b.js"]:
+        answer = await client.call("GET", path, auth=False)
+        assert answer.status == 404, path
+    # The console gives no way around the admin token.
+    assert (await client.call("GET", "/v1/agents", auth=False)).status == 401
+
+
+def test_console_has_no_inline_code_and_every_import_resolves() -> None:
+    index = (UI_DIR / "index.html").read_text()
+    for tag in re.findall(r"<script\b[^>]*>", index):
+        assert "src=" in tag, tag
+    assert "<style" not in index
+    assert not re.search(r"<[^>]*\s(style|on[a-z]+)\s*=", index), "inline style or handler"
+    for module in UI_DIR.glob("*.js"):
+        text = module.read_text()
+        # Values go in as text, never as markup; nothing is fetched from elsewhere.
+        assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML", text), module.name
+        assert not re.search(r"(fetch|import)\(\s*[\"'`]https?:", text), module.name
+        for target in re.findall(r'from "\./([a-z_]+\.js)"', text):
+            assert (UI_DIR / target).is_file(), f"{module.name} imports {target}"
+
+
+# -- the browser -------------------------------------------------------------------------
+
+@pytest.fixture
+async def page(relay: Relay, tmp_path: Path) -> AsyncIterator[Page]:
+    """A fresh headless Chromium profile whose every request must go to the relay."""
+    async_api = pytest.importorskip(
+        "playwright.async_api", reason="Playwright for Python is missing (pip install playwright)"
+    )
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    errors: list[str] = []
+    outside: list[str] = []
+
+    async def only_the_relay(route: Any) -> None:
+        if route.request.url.startswith(relay.http_base + "/"):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    async with async_api.async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=chromium,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            await context.route("**/*", only_the_relay)
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            # Refused requests (a 422 the form shows) are logged by the browser; they
+            # are answers, not errors of the page's own.
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page
+        finally:
+            await context.close()
+    assert not outside, f"the console asked for something beyond the relay: {outside}"
+    errors = [e for e in errors if not e.startswith(REFUSED_REQUEST)]
+    assert not errors, f"errors in the browser console: {errors}"
+
+
+async def sign_in(page: Page, relay: Relay, route: str = "#/agents") -> None:
+    await page.goto(f"{relay.http_base}/ui/{route}")
+    await page.get_by_label("Admin token").fill(relay.admin_token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def full_page_screenshot(page: Page, name: str) -> None:
+    """The whole page at laptop width, with the sticky bar where it rests."""
+    height = await page.evaluate("document.documentElement.scrollHeight")
+    await page.set_viewport_size({"width": 1280, "height": int(height)})
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / name))
+    await page.set_viewport_size({"width": 1280, "height": 900})
+
+
+async def assert_not_in_page(page: Page, secret: str) -> None:
+    """Not in the markup, the text, any field's value, nor the tab's storage."""
+    assert secret not in await page.content()
+    assert secret not in await page.evaluate("document.body.innerText")
+    values = await page.evaluate(
+        "[...document.querySelectorAll('input, textarea, select')].map(e => e.value)"
+    )
+    assert all(secret not in value for value in values)
+    storage = await page.evaluate("JSON.stringify([{...sessionStorage}, {...localStorage}])")
+    assert secret not in storage
+
+
+def error_at(control: Locator) -> Locator:
+    """The error shown right after *control* and linked to it by aria-describedby."""
+    return control.locator(
+        "xpath=following-sibling::p[contains(@class, 'field-error')]"
+        "[contains(concat(' ', normalize-space(preceding-sibling::*[@aria-describedby]"
+        "/@aria-describedby), ' '), concat(' ', @id, ' '))]"
+    )
+
+
+def agent_row(page: Page, name: str) -> Locator:
+    return page.locator("tr", has=page.get_by_role("rowheader", name=name, exact=True))
+
+
+@pytest.mark.timeout(120)
+async def test_agent_online_live_then_on_premise_connection_through_the_form(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    remember_secret(API_TOKEN)
+    other = await client.call("POST", "/v1/agents", json_body={"name": "branch-office"},
+                              shows_token=True)
+    remember_secret(other.body["token"])
+    await sign_in(page, relay)
+
+    # Create an agent: its token is shown once, with the commands that use it.
+    await page.get_by_label("Agent name").fill("warehouse")
+    await page.get_by_role("button", name="Create agent").click()
+    panel = page.get_by_role("region", name="Agent warehouse created")
+    await expect(panel).to_be_visible()
+    shown = (await panel.locator("code.token").inner_text()).strip()
+    token = AgentToken.parse(shown)
+    remember_secret(str(token), token.secret)
+    docker, systemd = [await pre.inner_text() for pre in await panel.locator("pre").all()]
+    for commands, runs in [(docker, "docker run"),
+                           (systemd, "systemctl enable --now sluice-agent.service")]:
+        assert shown in commands
+        assert runs in commands
+        assert "SLUICE_AGENT_RELAY" in commands or "relay = " in commands
+
+    # Start the agent with the shown token: the row turns online, no reload.
+    row = agent_row(page, "warehouse")
+    await expect(row.locator(".badge")).to_have_text("offline")
+    await page.evaluate("window.sameDocument = true")
+    await start_agent([f"127.0.0.1:{api.port}"], token=token)
+    await expect(row.locator(".badge")).to_have_text("online", timeout=EXPECT_MS)
+    assert await page.evaluate("window.sameDocument === true"), "the page was reloaded"
+    await expect(row).to_contain_text("sluice-agent/")
+    await expect(row).to_contain_text("127.0.0.1:")
+    await expect(agent_row(page, "branch-office").locator(".badge")).to_have_text("offline")
+    await panel.get_by_role("button", name="Done: I have copied the token").click()
+    await expect(panel).to_have_count(0)
+    await assert_not_in_page(page, shown)
+    await full_page_screenshot(page, "agents.png")
+
+    # Resources -> Connections -> + Create connection -> the guide's form.
+    await page.get_by_role("link", name="Connections").click()
+    await page.get_by_role("link", name="+ Create connection").click()
+    agent_select = page.get_by_label("Agent", exact=True)
+    await page.get_by_label("Name", exact=True).fill("Inventory (on-prem)")
+    await expect(agent_select).to_be_hidden()
+    await page.get_by_label("On-premise").check()
+    await expect(agent_select).to_be_visible()
+    for label in ["warehouse (online)", "branch-office (offline)"]:
+        await expect(agent_select.locator("option", has_text=label)).to_have_count(1)
+    await agent_select.select_option(label="warehouse (online)")
+    await page.get_by_label("Base URI").fill(f"{api.base}/")
+    await page.get_by_role("button", name="+ Add header").first.click()
+    await page.get_by_label("Header 1 name", exact=True).fill("X-Tenant")
+    await page.get_by_label("Header 1 value", exact=True).fill("acme")
+    await page.get_by_label("Token", exact=True).fill(API_TOKEN)
+    test_section = page.get_by_role("region", name="Test the connection")
+    await test_section.get_by_label("Relative URI").fill("/hello")
+    await test_section.get_by_label("Path to success field in HTTP response body").fill("hello")
+    await test_section.get_by_label("Success values").fill("world")
+
+    # Test runs on the unsaved form, through the agent.
+    await page.get_by_role("button", name="Test", exact=True).click()
+    result = page.locator(".test-result")
+    await expect(result).to_contain_text("Test passed", timeout=EXPECT_MS)
+    await expect(result.locator(".result-word")).to_have_text("ok")
+    await expect(result).to_contain_text("200")
+    await expect(result).to_contain_text(" ms")
+    assert api.seen[-1].path == "/hello"
+    assert api.seen[-1].headers["Authorization"] == f"Bearer {API_TOKEN}"
+    assert api.seen[-1].headers["X-Tenant"] == "acme"
+    assert (await client.call("GET", "/v1/connections")).body["connections"] == []
+    await full_page_screenshot(page, "connection-form.png")
+
+    # Save: the list shows it, with its mode, agent, base URI and last test.
+    await page.get_by_role("button", name="Save").click()
+    await expect(page).to_have_url(re.compile(r"#/connections$"))
+    listed = page.locator("tr", has=page.get_by_role("link", name="Inventory (on-prem)"))
+    await expect(listed).to_contain_text("On-premise")
+    await expect(listed).to_contain_text("warehouse")
+    await expect(listed).to_contain_text(f"{api.base}/")
+    await expect(listed.locator(".badge.ok")).to_have_text("ok")
+    saved = (await client.call("GET", "/v1/connections")).body["connections"]
+    assert [c["name"] for c in saved] == ["Inventory (on-prem)"]
+    assert saved[0]["agent_id"] == token.agent_id
+    assert saved[0]["http"]["auth"]["token_set"] is True
+    assert saved[0]["last_test"]["ok"] is True
+    await assert_not_in_page(page, API_TOKEN)
+
+    # Editing shows the token as unchanged, never its value.
+    await listed.get_by_role("link", name="Edit Inventory (on-prem)").click()
+    token_field = page.get_by_label("Token", exact=True)
+    await expect(token_field).to_have_attribute("placeholder", "unchanged")
+    await expect(token_field).to_have_value("")
+    await expect(page.get_by_label("Header 1 name", exact=True)).to_have_value("X-Tenant")
+    await assert_not_in_page(page, API_TOKEN)
+    # Unchanged settings test as saved.
+    await page.get_by_role("button", name="Test", exact=True).click()
+    await expect(page.locator(".test-result .result-word")).to_have_text("ok", timeout=EXPECT_MS)
+    await assert_not_in_page(page, API_TOKEN)
+
+
+@pytest.mark.timeout(120)
+async def test_api_errors_show_at_their_fields(
+    relay: Relay, client: APIClient, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    remember_secret(API_TOKEN)
+    await sign_in(page, relay, "#/connections/new")
+    await page.get_by_label("Name", exact=True).fill("Missing header name")
+    await page.get_by_label("Base URI").fill("https://api.example.com/v2")
+    await page.get_by_role("button", name="+ Add header").first.click()
+    await page.get_by_label("Header 1 value", exact=True).fill("acme")  # no name
+    await page.get_by_label("Token", exact=True).fill(API_TOKEN)
+    await page.get_by_label("Header name", exact=True).fill("")
+    await page.get_by_role("button", name="Save").click()
+
+    for label, words in [("Header 1 name", "HTTP token"),
+                         ("Header name", "required when location is 'header'")]:
+        control = page.get_by_label(label, exact=True)
+        await expect(control).to_have_attribute("aria-invalid", "true")
+        await expect(error_at(control)).to_contain_text(words)
+    # The other fields are not marked.
+    await expect(page.get_by_label("Header 1 value", exact=True)).not_to_have_attribute(
+        "aria-invalid", "true")
+    summary = page.locator(".error-summary")
+    await expect(summary).to_be_focused()
+    await summary.get_by_role("button", name="Header 1 name").click()
+    await expect(page.get_by_label("Header 1 name", exact=True)).to_be_focused()
+    assert (await client.call("GET", "/v1/connections")).body["connections"] == []
+
+    # Test reports the same way: the ping needs its relative URI.
+    await page.get_by_label("Header 1 name", exact=True).fill("X-Tenant")
+    await page.get_by_label("Header name", exact=True).fill("Authorization")
+    await page.get_by_role("button", name="Test", exact=True).click()
+    ping_uri = page.get_by_role("region", name="Test the connection").get_by_label("Relative URI")
+    await expect(ping_uri).to_have_attribute("aria-invalid", "true")
+    await expect(error_at(ping_uri)).to_contain_text("required")
+    await expect(page.get_by_label("Header 1 name", exact=True)).not_to_have_attribute(
+        "aria-invalid", "true")
+
+
+@pytest.mark.timeout(120)
+async def test_fields_appear_as_the_guide_says(relay: Relay, page: Page) -> None:
+    from playwright.async_api import expect
+
+    await sign_in(page, relay, "#/connections/new")
+    agent = page.get_by_label("Agent", exact=True)
+    await expect(agent).to_be_hidden()
+    await page.get_by_label("On-premise").check()
+    await expect(agent).to_be_visible()
+    await page.get_by_label("Cloud").check()
+    await expect(agent).to_be_hidden()
+
+    header_name = page.get_by_label("Header name", exact=True)
+    scheme = page.get_by_label("Header scheme")
+    param = page.get_by_label("Parameter name")
+    await expect(header_name).to_have_value("Authorization")
+    await expect(scheme).to_have_value("Bearer")
+    await expect(param).to_be_hidden()
+    await page.get_by_label("Send token via").select_option("url")
+    await expect(param).to_be_visible()
+    await expect(header_name).to_be_hidden()
+    await expect(scheme).to_be_hidden()
+
+    refresh = page.get_by_role("group", name="Token refresh")
+    body = page.get_by_label("HTTP request body")
+    await expect(refresh).to_be_hidden()
+    await page.get_by_label("Configure token refresh").check()
+    await expect(refresh).to_be_visible()
+    for label in ["HTTP method", "Relative URI", "Override media type",
+                  "Path to token field in HTTP response body"]:
+        await expect(refresh.get_by_label(label, exact=True)).to_be_visible()
+    await expect(body).to_be_visible()  # POST by default
+    await refresh.get_by_label("HTTP method").select_option("GET")
+    await expect(body).to_be_hidden()
+    await refresh.get_by_label("HTTP method").select_option("POST")
+    await expect(body).to_be_visible()
+
+    # Rows come and go; labels follow their position.
+    add = page.get_by_role("button", name="+ Add header").first
+    await add.click()
+    await add.click()
+    await page.get_by_label("Header 2 name", exact=True).fill("X-Second")
+    await page.get_by_role("button", name="Remove header 1").click()
+    await expect(page.get_by_label("Header 1 name", exact=True)).to_have_value("X-Second")
+    await expect(page.get_by_label("Header 2 name", exact=True)).to_have_count(0)
+
+
+@pytest.mark.timeout(120)
+async def test_rotate_and_delete_from_the_agents_page(
+    relay: Relay, client: APIClient, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    created = await client.call("POST", "/v1/agents", json_body={"name": "edge"},
+                                shows_token=True)
+    remember_secret(created.body["token"])
+    await sign_in(page, relay)
+    row = agent_row(page, "edge")
+    await row.get_by_role("button", name="Rotate token of edge").click()
+    dialog = page.get_by_role("dialog", name="Rotate the token of edge?")
+    await expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    await dialog.get_by_role("button", name="Rotate token").click()
+    panel = page.get_by_role("region", name="New token for edge")
+    rotated = (await panel.locator("code.token").inner_text()).strip()
+    remember_secret(rotated)
+    assert AgentToken.parse(rotated).agent_id == created.body["id"]
+    assert rotated != created.body["token"]
+    await panel.get_by_role("button", name="Done: I have copied the token").click()
+
+    await row.get_by_role("button", name="Delete edge").click()
+    dialog = page.get_by_role("dialog", name="Delete agent edge?")
+    await dialog.press("Escape")  # Escape cancels: nothing is deleted
+    await expect(dialog).to_have_count(0)
+    await expect(row).to_have_count(1)
+    await row.get_by_role("button", name="Delete edge").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete agent").click()
+    await expect(row).to_have_count(0)
+    assert (await client.call("GET", f"/v1/agents/{created.body['id']}")).status == 404
+
+
+@pytest.mark.timeout(120)
+async def test_admin_token_is_asked_once_per_session(relay: Relay, page: Page) -> None:
+    from playwright.async_api import expect
+
+    await page.goto(f"{relay.http_base}/ui/")
+    login = page.get_by_role("dialog", name="Sign in to this relay")
+    await expect(login).to_be_visible()
+    await page.get_by_label("Admin token").fill("not-the-token-" + "x" * 10)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(login).to_contain_text("refused")
+    await page.get_by_label("Admin token").fill(relay.admin_token)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(login).to_be_hidden()
+    await expect(page.locator(".summary")).to_contain_text("0 agents")
+    await page.reload()
+    await expect(page.locator(".summary")).to_contain_text("0 agents")
+    await expect(login).to_be_hidden()
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(login).to_be_visible()
