@@ -6,6 +6,7 @@ import copy
 import json
 import secrets
 import string
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from server.engine import Handle
 from server.store import ConnectionRow, Store
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+CACHE_SECONDS = 2.0
 
 
 def new_connection_id() -> str:
@@ -56,6 +58,8 @@ class ConnectionService:
         self._store = store
         self._box = box
         self._reload_box = reload_box
+        self._cache: dict[str, tuple[float, Connection, list[str]]] = {}
+        self._generation = 0
 
     def __repr__(self) -> str:
         return f"<ConnectionService {self._box!r}>"
@@ -140,17 +144,41 @@ class ConnectionService:
         await self._store.update_connection(
             conn_id, conn.name, conn.mode, conn.agent_id, self._seal(conn_id, conn)
         )
+        self.forget(conn_id)
         return await self.get(conn_id)
 
     async def delete(self, conn_id: str) -> None:
+        self.forget(conn_id)
         if not await self._store.delete_connection(conn_id):
             raise ConnectionNotFound(conn_id)
 
     # -- for the engine -----------------------------------------------------------
     async def handle(self, conn_id: str) -> Handle:
-        row = await self._row(conn_id)
-        conn = self._open(row)
-        return Handle(id=conn_id, conn=conn, masks=_secret_values(conn))
+        """The connection, decrypted, for one request.
+
+        Decrypted settings are cached for CACHE_SECONDS: every proxied request
+        needs them, and reading, decrypting and validating costs more than
+        forwarding a small request. Local edits drop the entry at once; an
+        edit made through another relay sharing the database shows after at
+        most CACHE_SECONDS.
+        """
+        now = time.monotonic()
+        hit = self._cache.get(conn_id)
+        if hit is None or now - hit[0] > CACHE_SECONDS:
+            generation = self._generation
+            row = await self._row(conn_id)
+            conn = self._open(row)
+            hit = (now, conn, _secret_values(conn))
+            # An edit that landed while we read must not be undone by our copy.
+            if generation == self._generation:
+                self._cache[conn_id] = hit
+            if len(self._cache) > 10_000:
+                self._cache.pop(next(iter(self._cache)))
+        return Handle(id=conn_id, conn=hit[1], masks=list(hit[2]))
+
+    def forget(self, conn_id: str) -> None:
+        self._generation += 1
+        self._cache.pop(conn_id, None)
 
     async def unsaved_handle(self, document: Any) -> Handle:
         conn = await self.validate(document)
@@ -168,6 +196,7 @@ class ConnectionService:
         conn = conn.model_copy(update={"http": conn.http.model_copy(
             update={"auth": auth.model_copy(update={"token": token})})})
         await self._store.update_document(conn_id, self._seal(conn_id, conn))
+        self.forget(conn_id)
         await self._store.audit("relay", "connection.token_refreshed", conn_id)
 
     async def record_test(self, conn_id: str, result: dict[str, Any]) -> None:

@@ -172,8 +172,13 @@ class Engine:
         content_type = media_type_header(media_type or http.media_type)
         headers["Content-Type"] = content_type
         headers["Accept"] = content_type
-        context = handle.template_context()
+        context: dict[str, Any] | None = None
         for header in http.headers:
+            if "{{" not in header.value:
+                headers[header.name] = header.value
+                continue
+            if context is None:
+                context = handle.template_context()
             try:
                 headers[header.name] = render_header_value(
                     header.value, context, name=f"header {header.name}")
