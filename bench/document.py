@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 RAW_COLUMNS = ("rep", "point", "path", "rps", "p50_ms", "p99_ms", "max_ms", "errors", "mb_s",
                "big_mb_s", "cpu_s", "cpu_us_per_req", "cpu_s_per_gib", "peak_rss_relay_mb",
-               "peak_rss_agent_mb", "peak_rss_ssh_mb", "peak_rss_sshd_mb", "wall_s")
+               "peak_rss_agent_mb", "peak_rss_ssh_mb", "peak_rss_sshd_mb", "wall_s",
+               "foreign_cores")
 
 
 def _md_table(grid: list[list[str]]) -> str:
@@ -31,6 +32,15 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def _foreign(rows: list[dict[str, Any]]) -> str:
+    got = sorted(float(r.get("foreign_cores", 0.0)) for r in rows)
+    if not got:
+        return "not measured"
+    busy = sum(1 for v in got if v > 0.25)
+    return (f"median {got[len(got) // 2]:.2f}, max {got[-1]:.2f} cores; {busy} of {len(got)} "
+            "points had more than a quarter core of outside load")
 
 
 def render(s: Summary) -> str:
@@ -94,7 +104,10 @@ def render(s: Summary) -> str:
         "in flight together, from the agents' timestamps.",
         "",
         "Everything — relay, agent, nginx, sshd, ssh, wrk, curl, fleet agents — shares "
-        "the machine's cores, so client and backend load is part of every number.",
+        "the machine's cores, so client and backend load is part of every number. "
+        "`foreign_cores` in the raw numbers is the CPU that processes *outside* the bench "
+        "used during each point (from /proc/stat less the bench's own process tree): "
+        + _foreign(s.rows) + ".",
         "",
         "## Summary",
         "",

@@ -45,9 +45,12 @@ def _version(dist: str) -> str:
 
 
 async def describe() -> dict[str, str]:
-    commit = await _tool(["git", "rev-parse", "--short", "HEAD"])
-    dirty = await _tool(["git", "status", "--porcelain", "--untracked-files=no"])
-    changed = " + local changes" if dirty and not dirty.startswith("exit") else ""
+    if os.environ.get("SLUICE_BENCH_REVISION"):  # a clean export without .git
+        commit, changed = os.environ["SLUICE_BENCH_REVISION"], ""
+    else:
+        commit = await _tool(["git", "rev-parse", "--short", "HEAD"])
+        dirty = await _tool(["git", "status", "--porcelain", "--untracked-files=no"])
+        changed = " + local changes" if dirty and not dirty.startswith("exit") else ""
     return {
         "cpu": f"{_cpu_model()} x {os.cpu_count()} cores",
         "memory": f"{_memory_gib():.1f} GiB",

@@ -9,6 +9,7 @@ machine hits every path alike.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.proc import cpu_seconds, memory_kib, process_tree, reset_peak
+from bench.proc import ForeignLoad, cpu_seconds, memory_kib, process_tree, reset_peak
+from bench.profile import Profiler
 
 GiB = 1024 ** 3
 
@@ -60,14 +62,20 @@ Row = dict[str, Any]
 
 
 async def _point(path: BenchPath, rep: int, point: str,
-                 work: Callable[[], Awaitable[Row]]) -> Row:
-    path.reset_peaks()
-    cpu0 = cpu_seconds(path.cpu_pids)
-    began = time.perf_counter()
-    row = await work()
-    wall = time.perf_counter() - began
-    cpu = cpu_seconds(path.cpu_pids) - cpu0
-    row.update(path=path.name, point=point, rep=rep, wall_s=wall, cpu_s=cpu)
+                 work: Callable[[], Awaitable[Row]], profiler: Profiler | None = None) -> Row:
+    profiling = (profiler.around(path.name, point, rep, path.rss_pids) if profiler
+                 else contextlib.nullcontext())
+    async with profiling:
+        path.reset_peaks()
+        foreign = ForeignLoad()
+        cpu0 = cpu_seconds(path.cpu_pids)
+        began = time.perf_counter()
+        row = await work()
+        wall = time.perf_counter() - began
+        cpu = cpu_seconds(path.cpu_pids) - cpu0
+        row_foreign = foreign.cores()
+    row.update(path=path.name, point=point, rep=rep, wall_s=wall, cpu_s=cpu,
+               foreign_cores=row_foreign)
     if path.cpu_pids:
         row["cpu_util"] = cpu / wall if wall else 0.0
         if row.get("requests"):
@@ -142,7 +150,7 @@ async def mixed(path: BenchPath, rep: int, plan: Plan, lua: Path, solo_s: float)
 
 
 async def run_reps(paths: list[BenchPath], plan: Plan, lua: Path, upload_source: Path,
-                   say: Callable[[str], None]) -> list[Row]:
+                   say: Callable[[str], None], profiler: Profiler | None = None) -> list[Row]:
     rows: list[Row] = []
     for p in paths:  # warm pools and caches; not recorded
         await load.wrk(p.url("/small.json"), lua=lua, connections=32, seconds=1,
@@ -150,7 +158,7 @@ async def run_reps(paths: list[BenchPath], plan: Plan, lua: Path, upload_source:
     for rep in range(1, plan.repetitions + 1):
         for name, factory in points(plan, lua, upload_source):
             for p in paths:
-                row = await _point(p, rep, name, factory(p))
+                row = await _point(p, rep, name, factory(p), profiler)
                 rows.append(row)
                 say(_describe(row))
         for p in paths:

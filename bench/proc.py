@@ -79,6 +79,41 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (user..steal from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def own_seconds() -> float:
+    """CPU of this process and everything it started, running or reaped."""
+    total = 0
+    for pid in process_tree(os.getpid()):
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime: reaped children land in their parent's c*time.
+        total += sum(int(f) for f in fields[11:15])
+    return total / CLOCK_TICKS
+
+
+class ForeignLoad:
+    """How much CPU processes outside the bench took (other jobs on the machine)."""
+
+    def __init__(self) -> None:
+        self._busy = machine_busy_seconds()
+        self._own = own_seconds()
+        self._at = time.monotonic()
+
+    def cores(self) -> float:
+        """Average cores used by others since this object was made."""
+        wall = time.monotonic() - self._at
+        others = (machine_busy_seconds() - self._busy) - (own_seconds() - self._own)
+        return max(0.0, others / wall) if wall > 0 else 0.0
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of one process, in KiB (0 when it is gone)."""
     out = {"VmRSS": 0, "VmHWM": 0}

@@ -100,16 +100,23 @@ class Summary:
         text += ["", "Targets (Sluice on-premise):"]
         text += [f"  {v.verdict:6} {v.name}: {v.detail}" for v in targets.evaluate(self)]
         text += ["", "Scale:"] + [f"  {line}" for line in self.scale_lines()]
+        from bench.document import _foreign
+
+        text += ["", f"Outside load during the points: {_foreign(self.rows)}"]
         return "\n".join(text)
 
     def scale_lines(self) -> list[str]:
         slow, fleet = self.results["slow"], self.results["fleet"]
-        return [
+        lines = [
             f"{slow['requests']} concurrent 1 s requests through one agent: {slow['ok']} ok, "
             f"failures {slow['failures'] or 'none'}, all done in {slow['wall_s']:.2f} s "
             f"(p50 {slow['p50_s']:.2f} s, p99 {slow['p99_s']:.2f} s, max {slow['max_s']:.2f} s); "
             f"relay+agent CPU {slow['cpu_s']:.2f} s; peak RSS "
             + ", ".join(f"{k} {v:.1f} MB" for k, v in slow["peak_rss_mb"].items()),
+        ]
+        if fleet is None:
+            return [*lines, "agents and restart: not run (--skip-scale)"]
+        return [*lines,
             f"{fleet['agents']} agents ({fleet['processes']} processes of {fleet['per_process']}"
             f"): all online {fleet['connect_all_s']:.1f} s after start, relay CPU "
             f"{fleet['relay_cpu_connect_s']:.1f} s; relay RSS {fleet['relay_rss_idle_mb']:.1f} MB "

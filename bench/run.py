@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.perf import BenchPath, Plan, run_reps
 from bench.proc import Child, raise_fd_limit
+from bench.profile import Profiler
 from bench.scale import agent_fleet, slow_requests
 from bench.stack import Relay, start_agent
 
@@ -44,7 +48,8 @@ def _scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix="sluice-bench-", dir=parent))
 
 
-async def _throughput(root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+async def _throughput(root: Path, cfg: dict[str, Any], profile: Path | None,
+                      ) -> dict[str, Any]:
     plan: Plan = cfg["plan"]
     children: list[Child] = []
     nginx = openssh = relay = None
@@ -73,7 +78,8 @@ async def _throughput(root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
                       cpu_pids=[relay.pid], rss_pids={"relay": relay.pid}),
         ]
         lua = write_lua(root)
-        rows = await run_reps(paths, plan, lua, nginx.upload_source, say)
+        profiler = Profiler(profile) if profile else None
+        rows = await run_reps(paths, plan, lua, nginx.upload_source, say, profiler)
         say(f"{cfg['slow']} concurrent slow requests (1 s each) through one agent ...")
         slow = await slow_requests(relay.proxy_base(onprem) + "/slow", relay.auth, cfg["slow"],
                                    {"relay": relay.pid, "agent": agent.pid})
@@ -88,19 +94,25 @@ async def _throughput(root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
                 await backend.stop() if not isinstance(backend, Relay) else await backend.close()
 
 
-async def main(quick: bool, out: Path | None, keep: bool) -> int:
-    cfg = QUICK if quick else FULL
+async def main(quick: bool, out: Path | None, keep: bool, profile: Path | None,
+               skip_scale: bool = False, repetitions: int | None = None) -> int:
+    cfg = dict(QUICK if quick else FULL)
+    if repetitions:
+        cfg["plan"] = dataclasses.replace(cfg["plan"], repetitions=repetitions)
     fds = raise_fd_limit()
     root = _scratch()
     began = time.monotonic()
     say(f"Sluice bench ({'quick' if quick else 'full'}), scratch {root}, fd limit {fds}")
     try:
-        results = await _throughput(root / "throughput", cfg)
-        say(f"{cfg['agents']} agents on one relay, then a relay restart ...")
-        results["fleet"] = await agent_fleet(root / "fleet", cfg["agents"], cfg["per_process"],
-                                             cfg["fleet_timeout"])
-        say(f"  connected in {results['fleet']['connect_all_s']:.1f} s, back after restart in "
-            f"{results['fleet']['restart_all_online_s']:.1f} s")
+        results = await _throughput(root / "throughput", cfg, profile)
+        results["fleet"] = None
+        if not skip_scale:
+            say(f"{cfg['agents']} agents on one relay, then a relay restart ...")
+            fleet = await agent_fleet(root / "fleet", cfg["agents"], cfg["per_process"],
+                                      cfg["fleet_timeout"])
+            results["fleet"] = fleet
+            say(f"  connected in {fleet['connect_all_s']:.1f} s, back after restart in "
+                f"{fleet['restart_all_online_s']:.1f} s")
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -110,10 +122,11 @@ async def main(quick: bool, out: Path | None, keep: bool) -> int:
     results["environment"] = await environment.describe()
     summary = report.Summary(results)
     say(summary.table())
-    target = out or (Path("build/BENCHMARKS-quick.md") if quick else Path("docs/BENCHMARKS.md"))
+    partial = quick or skip_scale or profile is not None or repetitions is not None
+    target = out or (Path("build/BENCHMARKS-partial.md") if partial else Path("docs/BENCHMARKS.md"))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(summary.markdown())
-    raw = Path("build") / ("bench-quick.json" if quick else "bench-full.json")
+    raw = Path("build") / ("bench-partial.json" if partial else "bench-full.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(results, indent=1, default=str))
     say(f"wrote {target} and {raw} in {results['elapsed_s']:.0f} s")
@@ -129,8 +142,24 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="short check that the bench runs")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy profiles of relay and agent (first repetition) into DIR")
+    parser.add_argument("--skip-scale", action="store_true", help="throughput points only")
+    parser.add_argument("--repetitions", type=int, default=None, help="override the plan's")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.quick, args.out, args.keep)))
+    sys.exit(asyncio.run(_stoppable(main(args.quick, args.out, args.keep, args.profile,
+                                         args.skip_scale, args.repetitions))))
+
+
+async def _stoppable(work: Coroutine[Any, Any, int]) -> int:
+    """SIGTERM cancels the run, so every process it started is stopped on the way out."""
+    task = asyncio.ensure_future(work)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        say("bench stopped by SIGTERM; everything it started has been stopped")
+        return 143
 
 
 if __name__ == "__main__":

@@ -82,11 +82,12 @@ def evaluate(s: Summary) -> list[Verdict]:
                         s.worst(ONPREM, "down_large", "peak_rss_agent_mb"), 80, "MB",
                         " (worst repetition)"))
     fleet = s.results["fleet"]
-    out.append(_at_most(f"relay RSS ≤ 250 MB with {fleet['agents']} agents",
-                        fleet["relay_rss_mb"], 250, "MB",
-                        f" (peak {fleet['relay_hwm_mb']:.1f} MB)"))
-    out.append(_at_most(f"all {fleet['agents']} agents online ≤ 30 s after a relay restart",
-                        fleet["restart_all_online_s"], 30, "s", " (from SIGTERM)"))
+    if fleet is not None:
+        out.append(_at_most(f"relay RSS ≤ 250 MB with {fleet['agents']} agents",
+                            fleet["relay_rss_mb"], 250, "MB",
+                            f" (peak {fleet['relay_hwm_mb']:.1f} MB)"))
+        out.append(_at_most(f"all {fleet['agents']} agents online ≤ 30 s after a relay restart",
+                            fleet["restart_all_online_s"], 30, "s", " (from SIGTERM)"))
     slow = s.results["slow"]
     out.append(Verdict(f"{slow['requests']} concurrent 1 s requests all succeed",
                        slow["ok"] == slow["requests"],
