@@ -49,6 +49,9 @@ function askForToken(message) {
       form.removeEventListener("submit", onSubmit);
       dialog.removeEventListener("cancel", onCancel);
       dialog.close();
+      // Land on the page's heading, where a keyboard user would start.
+      const heading = document.querySelector("main h1");
+      if (heading) heading.focus({ preventScroll: true });
       sessionStorage.setItem(STORAGE_KEY, token);
       pendingLogin = null;
       resolve(token);

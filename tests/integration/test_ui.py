@@ -255,6 +255,10 @@ async def test_agent_online_live_then_on_premise_connection_through_the_form(
     assert saved[0]["agent_id"] == token.agent_id
     assert saved[0]["http"]["auth"]["token_set"] is True
     assert saved[0]["last_test"]["ok"] is True
+    seen = len(api.seen)
+    await listed.get_by_role("button", name="Test Inventory (on-prem)").click()
+    await expect(listed.locator(".badge.ok")).to_have_text("ok", timeout=EXPECT_MS)
+    assert len(api.seen) == seen + 1
     await assert_not_in_page(page, API_TOKEN)
 
     # Editing shows the token as unchanged, never its value.
@@ -410,3 +414,33 @@ async def test_admin_token_is_asked_once_per_session(relay: Relay, page: Page) -
     await expect(login).to_be_hidden()
     await page.get_by_role("button", name="Sign out").click()
     await expect(login).to_be_visible()
+
+
+@pytest.mark.timeout(120)
+async def test_the_form_from_the_keyboard(relay: Relay, page: Page) -> None:
+    from playwright.async_api import expect
+
+    await sign_in(page, relay, "#/connections/new")
+    name = page.get_by_label("Name", exact=True)
+    await expect(name).to_be_visible()
+    # Focus went to the view's heading; the next Tab is the first field.
+    await page.keyboard.press("Tab")
+    await expect(name).to_be_focused()
+    outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none", "no visible focus"
+    await page.keyboard.type("Typed")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Cloud")).to_be_focused()
+    await page.keyboard.press("ArrowRight")
+    await expect(page.get_by_label("On-premise")).to_be_checked()
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Manage agents")).to_be_focused()
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Agent", exact=True)).to_be_focused()
+    for _ in range(3):
+        await page.keyboard.press("Shift+Tab")
+    await expect(name).to_be_focused()
+    await page.keyboard.press("Enter")  # submits: every missing field is reported
+    await expect(page.locator(".error-summary")).to_be_focused()
+    await expect(page.locator(".error-summary")).to_contain_text("Agent")
+    await expect(page.locator(".error-summary")).to_contain_text("Base URI")
