@@ -250,11 +250,21 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
 
 
 async def list_audit(request: web.Request) -> web.Response:
+    problems = []
+    limit, before = 100, None
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
-        before = int(request.query["before"]) if "before" in request.query else None
     except ValueError:
-        return validation_problem([{"field": "limit", "message": "limit and before are integers"}])
+        problems.append({"field": "limit", "message": "an integer from 1 to 1000"})
+    if "before" in request.query:
+        try:
+            before = int(request.query["before"])
+        except ValueError:
+            before = -1
+        if not 0 <= before < 2**63:
+            problems.append({"field": "before", "message": "an event id (a positive integer)"})
+    if problems:
+        return validation_problem(problems)
     events = await services_of(request).store.audit_events(limit=limit, before=before)
     return web.json_response({"events": events})
 

@@ -190,6 +190,8 @@ def _preparer(escape: Callable[[str], str]) -> Callable[[Any, bool], Any]:
 
 
 def _display(value: Any) -> str:
+    if isinstance(value, _Scalar):
+        value = value.value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -258,12 +260,46 @@ class _Array(Sequence[Any]):
     __repr__ = __str__
 
 
+class _Scalar:
+    """A string, number or boolean as templates see it: a value with no methods.
+
+    pybars falls back to ``getattr`` for a name it cannot index, and calls
+    what it finds: on a plain ``str`` that reaches ``str.format``, and through
+    it Python internals and the environment. Indexing this never raises, so
+    that fallback never happens.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __getitem__(self, key: object) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.value == (other.value if isinstance(other, _Scalar) else other))
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __str__(self) -> str:
+        return _display(self.value)
+
+    __repr__ = __str__
+
+
 def _wrap(value: Any) -> Any:
     if isinstance(value, Mapping):
         return _Object(value)
     if isinstance(value, list | tuple):
         return _Array(value)
-    return value
+    if value is None:
+        return None
+    return _Scalar(value)
 
 
 def _check_syntax(source: str) -> None:

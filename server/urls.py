@@ -29,14 +29,17 @@ def join_uri(base_uri: str, relative: str) -> URL:
     if rel.startswith("//") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", rel):
         raise URLError("relative URI must not name a scheme or host; it is joined to base_uri")
     rel_path, _, rel_query = rel.partition("?")
-    base = URL(base_uri)
+    try:
+        base = URL(base_uri)
+        origin = str(base.origin())
+    except (ValueError, UnicodeError) as exc:  # yarl cannot encode the host (IDNA)
+        raise URLError(f"base_uri cannot be used as a URL: {type(exc).__name__}") from None
     if not base.absolute or base.scheme not in ("http", "https"):
         raise URLError("base_uri must be an absolute http(s) URL")
     base_path = base.raw_path.rstrip("/")
     rel_path = quote(rel_path.lstrip("/"), safe=_PATH_SAFE)
     path = f"{base_path}/{rel_path}" if rel_path else (base_path or "/")
     queries = [q for q in (base.raw_query_string, quote(rel_query, safe=_QUERY_SAFE)) if q]
-    origin = str(base.origin())
     text = origin + path + ("?" + "&".join(queries) if queries else "")
     return URL(text, encoded=True)
 
