@@ -35,6 +35,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from server.success_path import parse_path
 from server.templating import check_template
+from server.urls import URLError, join_uri
 
 Mode = Literal["cloud", "on_premise"]
 MediaType = Literal["json", "xml", "urlencoded", "plaintext", "csv"]
@@ -301,6 +302,12 @@ class HTTPSettings(_Model):
             raise ValueError("port must be between 1 and 65535")
         if "#" in value:
             raise ValueError("must not contain a fragment ('#…')")
+        try:
+            join_uri(value, "")  # what every request will do with it
+        except URLError:
+            raise ValueError(
+                "the host cannot be encoded (IDNA); write it in its xn-- form"
+            ) from None
         return value
 
     @field_validator("encrypted", "unencrypted")
