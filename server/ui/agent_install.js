@@ -68,15 +68,17 @@ function snippet(title, hint, code, copyLabel, text) {
 }
 
 /**
- * tokenPanel({agent, token, rotated, onDone}): the token is in the page only
- * while this panel is; onDone removes it.
+ * tokenPanel({agent, token, rotated, fingerprint, onDone}): the token is in the
+ * page only while this panel is; onDone removes it. Without the relay's
+ * fingerprint the commands hold a placeholder the operator replaces.
  */
-export function tokenPanel({ agent, token, rotated, onDone }) {
+export function tokenPanel({ agent, token, rotated, fingerprint: known, onDone }) {
   const titleId = uid("token-title");
   const relay = field("Relay SSH address", textInput({ value: RELAY_PLACEHOLDER }), {
     hint: "host:port where agents reach the relay's SSH endpoint (not this web address).",
   });
-  const fingerprint = field("Relay fingerprint", textInput({ value: FINGERPRINT_PLACEHOLDER }), {
+  const fingerprintInput = textInput({ value: known || FINGERPRINT_PLACEHOLDER });
+  const fingerprint = field("Relay fingerprint", fingerprintInput, {
     hint: ["The output of ", h("code", {}, "sluice-server fingerprint"), " on the relay."],
   });
   const allow = field("Allowed destinations", textInput({ value: ALLOW_PLACEHOLDER }), {

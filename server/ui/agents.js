@@ -12,6 +12,20 @@ import { poll } from "./poll.js";
 
 export const POLL_MS = 2000;
 
+let relayInfo = null;
+
+/** GET /v1/relay ({ssh_fingerprint, version}) once per page load; {} when the relay has none. */
+async function loadRelayInfo() {
+  if (!relayInfo) {
+    try {
+      relayInfo = await call("GET", "/v1/relay");
+    } catch {
+      relayInfo = {};
+    }
+  }
+  return relayInfo;
+}
+
 const COLUMNS = [
   "Name", "Status", "Replicas", "Peer address", "Agent version", "Connected since",
   "Last seen", "Actions",
@@ -67,7 +81,7 @@ export function agentsView(root) {
     try {
       const agent = await call("POST", "/v1/agents", { name: name.control.value });
       name.control.value = "";
-      showToken(agent, agent.token, false);
+      await showToken(agent, agent.token, false);
       await refresh();
     } catch (err) {
       if (err instanceof ApiError && err.errors.length) {
@@ -82,11 +96,13 @@ export function agentsView(root) {
     }
   });
 
-  function showToken(agent, token, rotated) {
+  async function showToken(agent, token, rotated) {
+    const info = await loadRelayInfo();
     const panel = tokenPanel({
       agent,
       token,
       rotated,
+      fingerprint: info.ssh_fingerprint,
       onDone: () => {
         panel.remove();
         createForm.querySelector("h2").focus();
@@ -107,7 +123,7 @@ export function agentsView(root) {
     if (!ok) return;
     try {
       const answer = await call("POST", `/v1/agents/${agent.id}/rotate-token`);
-      showToken(agent, answer.token, true);
+      await showToken(agent, answer.token, true);
       await refresh();
     } catch (err) {
       showBanner(err.message);
@@ -177,7 +193,8 @@ export function agentsView(root) {
         seen.add(agent.id);
         // Keep the API's order without re-inserting rows that are in place
         // (re-inserting would take focus away from their buttons).
-        if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] || null);
+        const here = tbody.children[index];
+        if (here !== row.tr) tbody.insertBefore(row.tr, here || null);
       });
       for (const [id, row] of rows) {
         if (!seen.has(id)) {

@@ -240,9 +240,12 @@ export function buildFields({ editing }) {
       const chosen = control.value;
       const options = [["", "Choose an agent…"],
         ...agents.map((a) => [a.id, `${a.name} (${a.status})`])];
-      if (chosen && !agents.some((a) => a.id === chosen)) options.push([chosen, `${chosen} (unknown)`]);
+      if (chosen && !agents.some((a) => a.id === chosen)) {
+        options.push([chosen, `${chosen} (unknown)`]);
+      }
       const same = options.length === control.options.length && options.every(
-        ([value, label], i) => control.options[i].value === value && control.options[i].text === label);
+        ([value, label], i) =>
+          control.options[i].value === value && control.options[i].text === label);
       if (same) return;
       control.replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
       control.value = chosen;

@@ -42,7 +42,8 @@ export function connectionFormView(root, id) {
   let saved = null; // the view being edited
   let initialDoc = null;
   let stopped = false;
-  const heading = h("h1", { tabindex: "-1", id: "form-title" }, editing ? "Edit connection" : "Create connection");
+  const title = editing ? "Edit connection" : "Create connection";
+  const heading = h("h1", { tabindex: "-1", id: "form-title" }, title);
   const status = h("p", { class: "lead" }, "Loading…");
   root.append(heading, status);
 

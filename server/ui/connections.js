@@ -21,7 +21,9 @@ function lastTestCell(cell, result) {
     h("span", { class: `badge ${result.ok ? "ok" : "failed"}` }, result.ok ? "ok" : "failed"),
     " ",
     testSummary(result),
-    result.at ? [" · ", h("time", { datetime: result.at, title: fullTime(result.at) }, ago(result.at))] : null,
+    result.at
+      ? [" · ", h("time", { datetime: result.at, title: fullTime(result.at) }, ago(result.at))]
+      : null,
     !result.ok && result.message ? h("div", { class: "reason" }, result.message) : null,
   );
 }
@@ -52,7 +54,8 @@ export function connectionsView(root) {
       cell,
       agent ? agent.name : agentId,
       " ",
-      h("span", { class: `badge ${agent ? agent.status : "offline"}` }, agent ? agent.status : "unknown"),
+      h("span", { class: `badge ${agent ? agent.status : "offline"}` },
+        agent ? agent.status : "unknown"),
     );
   }
 
@@ -100,8 +103,8 @@ export function connectionsView(root) {
     testButton.addEventListener("click", () => test(conn, cells[4], testButton));
     cells[5].append(h("div", { class: "row-actions" },
       testButton,
-      h("a", { class: "button", href: `#/connections/${conn.id}`, "aria-label": `Edit ${conn.name}` },
-        "Edit"),
+      h("a", { class: "button", href: `#/connections/${conn.id}`,
+        "aria-label": `Edit ${conn.name}` }, "Edit"),
       h("button", { type: "button", class: "danger", onclick: () => remove(conn),
         "aria-label": `Delete ${conn.name}` }, "Delete")));
     return h("tr", { dataset: { connectionId: conn.id } }, cells);

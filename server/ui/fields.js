@@ -66,7 +66,9 @@ export function textInput(attrs = {}) {
 
 /** A write-only input: the browser neither fills it in nor offers to save it. */
 export function secretInput(attrs = {}) {
-  return h("input", { type: "password", autocomplete: "new-password", spellcheck: "false", ...attrs });
+  return h("input", {
+    type: "password", autocomplete: "new-password", spellcheck: "false", ...attrs,
+  });
 }
 
 /** select([["json", "JSON"], …]) */

@@ -24,11 +24,10 @@ export function rowsEditor({ legend, item, keyLabel, valueLabel, addLabel, secre
 
   function labelRow(row, index) {
     const n = index + 1;
-    row.keyField.wrapper.querySelector("label").textContent = `${item} ${n} ${keyLabel.toLowerCase()}`;
-    row.valueField.wrapper.querySelector("label").textContent =
-      `${item} ${n} ${valueLabel.toLowerCase()}`;
-    row.keyField.label = `${item} ${n} ${keyLabel.toLowerCase()}`;
-    row.valueField.label = `${item} ${n} ${valueLabel.toLowerCase()}`;
+    for (const [f, part] of [[row.keyField, keyLabel], [row.valueField, valueLabel]]) {
+      f.label = `${item} ${n} ${part.toLowerCase()}`;
+      f.wrapper.querySelector("label").textContent = f.label;
+    }
     row.remove.textContent = "Remove";
     row.remove.setAttribute("aria-label", `Remove ${item.toLowerCase()} ${n}`);
   }

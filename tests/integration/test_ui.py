@@ -187,11 +187,15 @@ async def test_agent_online_live_then_on_premise_connection_through_the_form(
     token = AgentToken.parse(shown)
     remember_secret(str(token), token.secret)
     docker, systemd = [await pre.inner_text() for pre in await panel.locator("pre").all()]
+    # The relay's SSH fingerprint, once GET /v1/relay tells it; a placeholder until then.
+    info = await client.call("GET", "/v1/relay")
+    fingerprint = relay.fingerprint if info.status == 200 else "SHA256:RELAY_FINGERPRINT"
     for commands, runs in [(docker, "docker run"),
                            (systemd, "systemctl enable --now sluice-agent.service")]:
         assert shown in commands
         assert runs in commands
         assert "SLUICE_AGENT_RELAY" in commands or "relay = " in commands
+        assert fingerprint in commands
 
     # Start the agent with the shown token: the row turns online, no reload.
     row = agent_row(page, "warehouse")
@@ -444,3 +448,104 @@ async def test_the_form_from_the_keyboard(relay: Relay, page: Page) -> None:
     await expect(page.locator(".error-summary")).to_be_focused()
     await expect(page.locator(".error-summary")).to_contain_text("Agent")
     await expect(page.locator(".error-summary")).to_contain_text("Base URI")
+
+
+@pytest.mark.timeout(120)
+async def test_editing_keeps_unchanged_secrets_and_removes_what_was_removed(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    refresh_secret = "refresh-secret-" + "r" * 16
+    remember_secret(API_TOKEN, refresh_secret)
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    created = await client.call("POST", "/v1/connections", json_body={
+        "name": "Inventory", "mode": "on_premise", "agent_id": token.agent_id,
+        "http": {
+            "base_uri": f"{api.base}/", "media_type": "json",
+            "auth": {"type": "token", "token": API_TOKEN, "location": "header",
+                     "scheme": "Bearer"},
+            "encrypted": {"refresh_token": refresh_secret},
+            "unencrypted": {"client_id": "abc", "region": "eu"},
+            "ping": {"method": "GET", "relative_uri": "/hello"},
+        },
+    })
+    assert created.status == 201, created.text
+    conn_id = created.body["id"]
+    await sign_in(page, relay, f"#/connections/{conn_id}")
+
+    secret_key = page.get_by_label("Encrypted field 1 key", exact=True)
+    await expect(secret_key).to_have_value("refresh_token")
+    await expect(secret_key).to_have_attribute("readonly", "")
+    secret_value = page.get_by_label("Encrypted field 1 value", exact=True)
+    await expect(secret_value).to_have_attribute("placeholder", "unchanged")
+    for secret in (API_TOKEN, refresh_secret):
+        await assert_not_in_page(page, secret)
+
+    await page.get_by_label("Name", exact=True).fill("Inventory (edited)")
+    await expect(page.get_by_label("Unencrypted field 2 key", exact=True)).to_have_value("region")
+    await page.get_by_role("button", name="Remove unencrypted field 2").click()
+    # Changed settings with a saved secret cannot be tested unsaved: the page says why.
+    await page.get_by_role("button", name="Test", exact=True).click()
+    await expect(page.locator(".test-slot")).to_contain_text("never sends saved secrets back")
+    await page.get_by_role("button", name="Save").click()
+
+    listed = page.locator("tr", has=page.get_by_role("link", name="Inventory (edited)"))
+    await expect(listed.locator(".badge.ok")).to_have_text("ok", timeout=EXPECT_MS)
+    view = (await client.call("GET", f"/v1/connections/{conn_id}")).body
+    assert view["http"]["unencrypted"] == {"client_id": "abc"}
+    assert view["http"]["encrypted"] == {"refresh_token": {"set": True}}
+    handle = await relay.connections.handle(conn_id)
+    assert handle.conn.http.auth is not None
+    assert handle.conn.http.auth.token == API_TOKEN
+    assert handle.conn.http.encrypted["refresh_token"] == refresh_secret
+    assert api.seen[-1].headers["Authorization"] == f"Bearer {API_TOKEN}"
+
+
+MAPPING_JS = """async () => {
+  const doc = await import("/ui/connection_doc.js");
+  const install = await import("/ui/agent_install.js");
+  const saved = {name: "x", mode: "cloud", agent_id: null, http: {
+    base_uri: "https://api.example.com", headers: [], media_type: "json",
+    auth: {type: "token", token_set: true, location: "header", header_name: "Authorization",
+           scheme: "Bearer", param_name: null, refresh: null},
+    encrypted: {kept: {set: true}, dropped: {set: true}},
+    unencrypted: {client_id: "abc", region: "eu"}, ping: null}};
+  const edit = doc.fromView(saved);
+  edit.encrypted = edit.encrypted.filter((row) => row.key !== "dropped");
+  edit.unencrypted = edit.unencrypted.filter((row) => row.key !== "region");
+  const url = doc.fromView(saved);
+  Object.assign(url, {location: "url", paramName: "api_key", token: "new"});
+  return {
+    patch: doc.toDocument(edit, {saved}),
+    keeps: doc.keepsSavedSecrets(edit),
+    url: doc.toDocument(url, {forTest: true}),
+    quoted: install.shellQuote("it's"),
+    docker: install.dockerCommands({token: "slc_t", relay: "r:2222", fingerprint: "SHA256:f",
+                                    allow: "a:1, b:2"}),
+  };
+}"""
+
+
+@pytest.mark.timeout(120)
+async def test_form_values_map_to_the_api_document(relay: Relay, page: Page) -> None:
+    await page.goto(f"{relay.http_base}/ui/")
+    got = await page.evaluate(MAPPING_JS)
+    patch = got["patch"]
+    # PATCH is a merge patch: removed keys are null, an unchanged secret is left out.
+    assert "token" not in patch["http"]["auth"]
+    assert patch["http"]["encrypted"] == {"dropped": None}
+    assert patch["http"]["unencrypted"] == {"client_id": "abc", "region": None}
+    assert patch["http"]["ping"] is None
+    assert patch["http"]["auth"]["scheme"] == "Bearer"
+    assert got["keeps"] is True
+    url = got["url"]["http"]
+    assert url["auth"]["token"] == "new"
+    assert url["auth"]["header_name"] is None
+    assert url["auth"]["scheme"] is None
+    assert url["auth"]["param_name"] == "api_key"
+    assert url["ping"] == {"method": "GET", "relative_uri": "", "success_path": None,
+                           "success_values": []}
+    assert got["quoted"] == "'it'\\''s'"
+    assert "-e SLUICE_AGENT_ALLOW='a:1,b:2'" in got["docker"]
+    assert "printf '%s' 'slc_t' > /etc/sluice/agent.token" in got["docker"]
