@@ -162,7 +162,10 @@ async def start_agent(
             "SLUICE_AGENT_BACKOFF_INITIAL": "0.1",
             "SLUICE_AGENT_BACKOFF_MAX": "1",
             "SLUICE_AGENT_HEALTH_LISTEN": "off",
-            **{f"SLUICE_AGENT_{k.upper()}": v for k, v in env.items()},
+            **{f"SLUICE_AGENT_{k.upper()}": v for k, v in env.items()
+               if k != "notify_socket_path"},
+            **({"NOTIFY_SOCKET": env["notify_socket_path"]} if "notify_socket_path" in env
+               else {}),
         }
         proc = AgentProcess(agent_env, tmp_path / f"agent-{len(started)}.log")
         await proc.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,3 +116,24 @@ def strict_relay_limiter_reset(relay: Relay) -> None:
     # Keep the ban from ending this test early; the ban has its own test.
     assert relay.ssh_context is not None
     relay.ssh_context.limiter.record_success("127.0.0.1")
+
+
+async def test_a_reconnecting_agent_takes_over_its_stale_session(strict_relay: Relay) -> None:
+    """Same agent process (instance id in the user name), new session: the old
+    one is closed at once instead of waiting for keepalives to notice it."""
+    _, token = await strict_relay.store.create_agent("flaky-wifi")
+    user = f"{sshconfig.AGENT_USERNAME}/a1b2c3d4"
+    old = await _connect(strict_relay, password=str(token), username=user)
+    await _register(old)
+    other_replica = await _connect(strict_relay, password=str(token),
+                                   username=f"{sshconfig.AGENT_USERNAME}/ffff0000")
+    await _register(other_replica)
+    new = await _connect(strict_relay, password=str(token), username=user)
+    await _register(new)
+    async with asyncio.timeout(5):
+        await old.wait_closed()
+    replicas = strict_relay.registry.replicas(token.agent_id)
+    assert len(replicas) == 2  # the new session and the other process's
+    for conn in (new, other_replica):
+        conn.close()
+        await conn.wait_closed()
