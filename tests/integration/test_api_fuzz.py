@@ -26,8 +26,9 @@ of fuzzing on 2 cores (~21 s for the file). Schemathesis runs in a worker
 thread (it sends with requests, which blocks) while the relay serves from
 the test's event loop, so the relay's own log lines reach the leak check.
 
-Bugs it found have their own strict-xfail tests at the end of this file;
-``_avoid_known_bugs`` steers the fuzzer around them until they are fixed.
+Bugs it found have their own regression tests at the end of this file. A
+new one gets a strict-xfail test there, and the fuzzer is steered around it
+(in ``_strategy``'s rewrite) until it is fixed.
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ _SHOWS_TOKEN = {
     ("POST", "/v1/admin/rotate-token"),
 }
 _ADMIN_ROTATE = ("POST", "/v1/admin/rotate-token")
-_INT64 = range(-(2**63), 2**63)
 
 
 @pytest.fixture
@@ -149,22 +149,6 @@ def _fence(body: Any, seeds: Seeds) -> None:
         body["http"]["base_uri"] = seeds.recorder_base
 
 
-def _avoid_known_bugs(case: Any) -> None:
-    """Steer clear of bugs that have their own xfail test, so the rest is still fuzzed.
-
-    Remove each entry once its test passes.
-    """
-    # test_audit_paging_beyond_64_bits_is_refused: 'before' outside int64 is a 500.
-    if case.operation.path == "/v1/audit" and isinstance(case.query, dict):
-        before = case.query.get("before")
-        try:
-            out_of_range = before is not None and int(before) not in _INT64
-        except (TypeError, ValueError):
-            out_of_range = False
-        if out_of_range:
-            case.query["before"] = 1
-
-
 def _strategy(
     operation: Any, mode: GenerationMode, seeds: Seeds, findings: Findings
 ) -> st.SearchStrategy[Any]:
@@ -183,7 +167,6 @@ def _strategy(
     options += [operation.as_strategy(generation_mode=mode, path_parameters=p) for p in fixed]
 
     def rewrite(case: Any) -> Any:
-        _avoid_known_bugs(case)
         if path == "/v1/connections/test":
             _fence(case.body, seeds)
         if method in ("POST", "PATCH"):
@@ -395,11 +378,8 @@ async def test_openapi_operations_hold_up_under_fuzzing(
 
 
 
-# -- what the fuzzer found -----------------------------------------------------------
+# -- what the fuzzer found (fixed; kept as regression tests) --------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/api.py list_audit passes any int as 'before' to the store; beyond "
-    "64 bits SQLite raises OverflowError and the relay answers 500 instead of 422"))
 async def test_audit_paging_beyond_64_bits_is_refused(client: APIClient) -> None:
     for before in (2**63, -(2**63) - 1, 10**30):
         answer = await client.call("GET", f"/v1/audit?before={before}")
@@ -407,8 +387,6 @@ async def test_audit_paging_beyond_64_bits_is_refused(client: APIClient) -> None
         assert [e["field"] for e in answer.body["errors"]] == ["before"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/api.py list_audit reports a non-integer 'before' as field 'limit'"))
 async def test_audit_bad_before_is_reported_on_before(client: APIClient) -> None:
     answer = await client.call("GET", "/v1/audit?before=abc")
     assert answer.status == 422
