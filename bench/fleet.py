@@ -23,7 +23,7 @@ from pathlib import Path
 from agent.allowlist import Allowlist
 from agent.proxy import ProxyContext, ProxyStats
 from agent.settings import AgentSettings
-from agent.supervisor import Supervisor, Tunnel, connect_opener
+from agent.supervisor import Opener, Supervisor, Tunnel, connect_opener
 from sluice.addresses import HostPort
 from sluice.logs import configure_logging
 from sluice.runtime import install_uvloop
@@ -44,11 +44,14 @@ async def run(tokens: list[str], relay: str, fingerprint: str, events_path: Path
     for raw in tokens:
         settings = AgentSettings(
             relay=[relay], token=raw, relay_fingerprint=fingerprint, health_listen=None,
-            drain_timeout=0, login_timeout=60, log_level="warning", **BACKOFF,
+            drain_timeout=0, login_timeout=60, log_level="warning",
+            backoff_initial=BACKOFF["backoff_initial"],
+            backoff_multiplier=BACKOFF["backoff_multiplier"],
+            backoff_max=BACKOFF["backoff_max"], stable_after=BACKOFF["stable_after"],
         )
         opener = connect_opener(settings, settings.load_token(), ctx)
 
-        async def timed(address: HostPort, opener=opener) -> Tunnel:  # type: ignore[no-untyped-def]
+        async def timed(address: HostPort, opener: Opener = opener) -> Tunnel:
             began, ok = time.monotonic(), False
             try:
                 tunnel = await opener(address)

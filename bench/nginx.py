@@ -97,7 +97,11 @@ class Nginx:
         conf.write_text(_config(root, port))
         child = await spawn("nginx", [nginx, "-e", str(root / "error.log"), "-p", str(root),
                                       "-c", str(conf)], log=root / "nginx.log")
-        await wait_until("nginx", lambda: port_open(port), timeout=10, child=child)
+        try:
+            await wait_until("nginx", lambda: port_open(port), timeout=10, child=child)
+        except BaseException:
+            await child.stop()
+            raise
         return cls(root, port, child)
 
     async def stop(self) -> None:

@@ -114,6 +114,10 @@ class Summary:
             f"relay+agent CPU {slow['cpu_s']:.2f} s; peak RSS "
             + ", ".join(f"{k} {v:.1f} MB" for k, v in slow["peak_rss_mb"].items()),
         ]
+        idle = self.results.get("idle_rss_mb")
+        if idle:
+            lines.append("RSS at rest, before any load: "
+                         + ", ".join(f"{k} {v:.1f} MB" for k, v in idle.items()))
         if fleet is None:
             return [*lines, "agents and restart: not run (--skip-scale)"]
         return [*lines,

@@ -26,14 +26,14 @@ from bench.load import write_lua
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.perf import BenchPath, Plan, run_reps
-from bench.proc import Child, raise_fd_limit
+from bench.proc import Child, memory_kib, raise_fd_limit
 from bench.profile import Profiler
 from bench.scale import agent_fleet, slow_requests
 from bench.stack import Relay, start_agent
 
-FULL = {"plan": Plan(repetitions=3, seconds=5, medium=64 * MiB, large=GiB),
+FULL: dict[str, Any] = {"plan": Plan(repetitions=3, seconds=5, medium=64 * MiB, large=GiB),
         "slow": 1000, "agents": 1000, "per_process": 250, "fleet_timeout": 300.0}
-QUICK = {"plan": Plan(repetitions=1, seconds=1, medium=8 * MiB, large=64 * MiB,
+QUICK: dict[str, Any] = {"plan": Plan(repetitions=1, seconds=1, medium=8 * MiB, large=64 * MiB,
                       medium_name="8m.bin", large_name="64m.bin"),
          "slow": 100, "agents": 40, "per_process": 20, "fleet_timeout": 60.0}
 
@@ -52,7 +52,9 @@ async def _throughput(root: Path, cfg: dict[str, Any], profile: Path | None,
                       ) -> dict[str, Any]:
     plan: Plan = cfg["plan"]
     children: list[Child] = []
-    nginx = openssh = relay = None
+    nginx: Nginx | None = None
+    openssh: OpenSSH | None = None
+    relay: Relay | None = None
     try:
         nginx = await Nginx.start(root / "nginx", {plan.medium_name: plan.medium,
                                                    plan.large_name: plan.large},
@@ -65,6 +67,10 @@ async def _throughput(root: Path, cfg: dict[str, Any], profile: Path | None,
         children.append(agent)
         onprem = await relay.create_connection("bench on-premise", nginx.base, agent_id)
         cloud = await relay.create_connection("bench cloud", nginx.base, None)
+        # Before any load: what the processes cost just by running.
+        idle = {"relay": memory_kib(relay.pid)["VmRSS"] / 1024,
+                "agent": memory_kib(agent.pid)["VmRSS"] / 1024,
+                "ssh": memory_kib(openssh.ssh.pid)["VmRSS"] / 1024}
         say(f"nginx :{nginx.port}, sshd forward :{openssh.forward_port}, relay "
             f"{relay.base} (pid {relay.pid}), agent pid {agent.pid}")
         paths = [
@@ -85,13 +91,16 @@ async def _throughput(root: Path, cfg: dict[str, Any], profile: Path | None,
                                    {"relay": relay.pid, "agent": agent.pid})
         say(f"  {slow['ok']}/{slow['requests']} ok in {slow['wall_s']:.2f} s "
             f"(p50 {slow['p50_s']:.2f} s, max {slow['max_s']:.2f} s) {slow['failures']}")
-        return {"rows": rows, "slow": slow}
+        return {"rows": rows, "slow": slow, "idle_rss_mb": idle}
     finally:
         for child in children:
             await child.stop()
-        for backend in (relay, openssh, nginx):
-            if backend is not None:
-                await backend.stop() if not isinstance(backend, Relay) else await backend.close()
+        if relay is not None:
+            await relay.close()
+        if openssh is not None:
+            await openssh.stop()
+        if nginx is not None:
+            await nginx.stop()
 
 
 async def main(quick: bool, out: Path | None, keep: bool, profile: Path | None,

@@ -82,7 +82,11 @@ class Relay:
             raise RuntimeError(f"sluice-server fingerprint failed: {err}")
         relay.fingerprint = out.strip()
         relay.http = aiohttp.ClientSession(headers=relay.auth)
-        await relay.start()
+        try:
+            await relay.start()
+        except BaseException:
+            await relay.close()
+            raise
         return relay
 
     async def start(self) -> float:
@@ -165,5 +169,9 @@ async def start_agent(relay: Relay, agent_id: str, token: str, allow: str, log: 
         agent = await relay.call("GET", f"/v1/agents/{agent_id}")
         return bool(agent["status"] == "online")
 
-    await wait_until("the agent online", online, timeout=30, child=child)
+    try:
+        await wait_until("the agent online", online, timeout=30, child=child)
+    except BaseException:
+        await child.stop()
+        raise
     return child
