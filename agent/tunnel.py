@@ -134,6 +134,8 @@ async def open_tunnel(
                 lambda _host, _port: ChannelProxy(proxy_ctx),
                 sshconfig.TUNNEL_LISTEN_HOST,
                 sshconfig.TUNNEL_LISTEN_PORT,
+                window=sshconfig.CHANNEL_WINDOW,
+                max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
             )
         if ctx is not None:
             await _signal_ready(conn)
