@@ -8,7 +8,8 @@ parse. Tests then check on the far side that an injected header, a smuggled
 request or an unwanted connection never arrived.
 
 Every request is answered ``200`` with a small JSON body
-``{"ok": true, "method", "path"}``; ``/status/NNN`` answers ``NNN``.
+``{"ok": true, "method", "path"}`` (path without its query); ``/status/NNN``
+answers ``NNN``.
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 def _answer(request: RawRequest) -> bytes:
     match = _STATUS_PATH.match(request.target.split("?", 1)[0])
     status = int(match.group(1)) if match else 200
-    payload = json.dumps(
-        {"ok": True, "method": request.method, "path": request.target}
-    ).encode()
+    # The query is left out: it may carry a credential (auth location 'url').
+    path = request.target.split("?", 1)[0]
+    payload = json.dumps({"ok": True, "method": request.method, "path": path}).encode()
     head = (
         f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
@@ -161,6 +162,8 @@ async def serve_recorder(
                     return
                 try:
                     request = _parse_head(head)
+                    if any(v.lower() == "100-continue" for v in request.header("Expect")):
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     length = request.header("Content-Length")
                     if request.header("Transfer-Encoding"):
                         request.body = await _read_chunked(reader)
