@@ -16,6 +16,8 @@ from server.services import services_of
 
 log = structlog.get_logger("sluice.relay.proxy")
 
+SMALL_BODY = 64 * 1024
+
 # Set on every proxied answer so callers can tell the API's own answers
 # (this header present) from the relay's problem+json errors.
 VIA_HEADER = "Sluice-Connection"
@@ -79,12 +81,32 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise TunnelLost(f"the request failed on its way: {exc}") from exc
     services.metrics.latency.labels(mode).observe(time.perf_counter() - began)
     services.metrics.requests.labels(mode, f"{upstream.status // 100}xx").inc()
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    small = (upstream.content_length is not None and upstream.content_length <= SMALL_BODY
+             and request.method != "HEAD")
+    response: web.StreamResponse
+    if small:
+        # A small answer of known length goes out in one write (head and body
+        # together) instead of three; large or unknown-length ones stream.
+        response = web.Response(status=upstream.status, reason=upstream.reason)
+    else:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     for name, value in upstream.headers.items():
-        if name.lower() not in HOP_BY_HOP or name.lower() == "content-length":
+        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small):
             response.headers.add(name, value)
     response.headers[VIA_HEADER] = conn_id
     sent = 0
+    if small:
+        assert isinstance(response, web.Response)
+        try:
+            response.body = await upstream.read()
+        except aiohttp.ClientError as exc:
+            cause = _cause(exc)
+            raise (cause or TunnelLost(f"the answer was cut off: {exc}")) from None
+        finally:
+            upstream.release()
+        _canonical_line(request, conn_id, mode, upstream.status, len(response.body or b""),
+                        began)
+        return response
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
@@ -100,7 +122,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         upstream.release()
-    log.info("proxied", connection=conn_id, mode=mode, method=request.method,
-             status=upstream.status, bytes_down=sent,
-             ms=round((time.perf_counter() - began) * 1000, 1))
+    _canonical_line(request, conn_id, mode, upstream.status, sent, began)
     return response
+
+
+def _canonical_line(
+    request: web.Request, conn_id: str, mode: str, status: int, sent: int, began: float
+) -> None:
+    """One log line per proxied request."""
+    log.info("proxied", connection=conn_id, mode=mode, method=request.method,
+             status=status, bytes_down=sent,
+             ms=round((time.perf_counter() - began) * 1000, 1))
