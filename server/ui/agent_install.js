@@ -5,9 +5,9 @@ import { h, uid } from "./dom.js";
 import { copyButton } from "./copy.js";
 import { field, textInput } from "./fields.js";
 
-export const RELAY_PLACEHOLDER = "RELAY_HOST:2222";
-export const FINGERPRINT_PLACEHOLDER = "SHA256:RELAY_FINGERPRINT";
-export const ALLOW_PLACEHOLDER = "INTERNAL_HOST:PORT";
+const RELAY_PLACEHOLDER = "RELAY_HOST:2222";
+const FINGERPRINT_PLACEHOLDER = "SHA256:RELAY_FINGERPRINT";
+const ALLOW_PLACEHOLDER = "INTERNAL_HOST:PORT";
 
 /** A single-quoted shell word: 'it'\''s'. */
 export function shellQuote(value) {

@@ -10,7 +10,7 @@ import { ago, fullTime } from "./format.js";
 import { announce, clearBanner, showBanner } from "./notify.js";
 import { poll } from "./poll.js";
 
-export const POLL_MS = 2000;
+const POLL_MS = 2000;
 
 let relayInfo = null;
 
