@@ -43,6 +43,16 @@ def _foreign(rows: list[dict[str, Any]]) -> str:
             "points had more than a quarter core of outside load")
 
 
+def _load_warning(rows: list[dict[str, Any]]) -> list[str]:
+    got = sorted(float(r.get("foreign_cores", 0.0)) for r in rows)
+    if not got or got[len(got) // 2] <= 0.25:
+        return []
+    return [f"**Outside load**: other processes on this machine used a median of "
+            f"{got[len(got) // 2]:.2f} cores during the points (see `foreign_cores` in the raw "
+            "numbers), so absolute numbers are lower and noisier than on an idle machine; "
+            "ratios between paths measured back to back hold up better.", ""]
+
+
 def render(s: Summary) -> str:
     r = s.results
     plan = r["plan"]
@@ -53,9 +63,11 @@ def render(s: Summary) -> str:
         "",
         f"Written by `{'make bench-quick' if quick else 'make bench'}` "
         f"(`python -m bench.run{' --quick' if quick else ''}`) on "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {r['elapsed_s'] / 60:.1f} minutes. "
+        f"{r.get('finished_at') or f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC'} in "
+        f"{r['elapsed_s'] / 60:.1f} minutes. "
         "Do not edit by hand: run `make bench` again. Code in `bench/`.",
         "",
+        *_load_warning(s.rows),
         "## Machine and versions",
         "",
         *[f"- **{k}**: {v}" for k, v in env.items()],

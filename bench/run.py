@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import shutil
@@ -128,6 +129,7 @@ async def main(quick: bool, out: Path | None, keep: bool, profile: Path | None,
     results["plan"] = cfg["plan"].__dict__ | {k: v for k, v in cfg.items() if k != "plan"}
     results["quick"] = quick
     results["elapsed_s"] = time.monotonic() - began
+    results["finished_at"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     results["environment"] = await environment.describe()
     summary = report.Summary(results)
     say(summary.table())
@@ -155,7 +157,14 @@ def cli() -> None:
                         help="py-spy profiles of relay and agent (first repetition) into DIR")
     parser.add_argument("--skip-scale", action="store_true", help="throughput points only")
     parser.add_argument("--repetitions", type=int, default=None, help="override the plan's")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                        help="only re-render the report from a run's raw results")
     args = parser.parse_args()
+    if args.from_json:
+        summary = report.Summary(json.loads(args.from_json.read_text()))
+        say(summary.table())
+        (args.out or Path("docs/BENCHMARKS.md")).write_text(summary.markdown())
+        sys.exit(0)
     sys.exit(asyncio.run(_stoppable(main(args.quick, args.out, args.keep, args.profile,
                                          args.skip_scale, args.repetitions))))
 
