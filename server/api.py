@@ -22,6 +22,7 @@ from server.services import ACTOR, SERVICES, Services, audit, services_of
 from server.store import AgentInUse, AgentRecord
 from server.tunnels import TunnelRegistry
 from server.ui import add_console
+from sluice import __version__
 
 log = structlog.get_logger("sluice.relay.api")
 
@@ -115,6 +116,12 @@ async def metrics(request: web.Request) -> web.Response:
         body=services_of(request).metrics.render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
+
+
+async def relay_info(request: web.Request) -> web.Response:
+    """What an agent needs to pin this relay, and the relay's version."""
+    return web.json_response({"ssh_fingerprint": services_of(request).ssh_fingerprint,
+                              "version": __version__})
 
 
 async def openapi(_: web.Request) -> web.Response:
@@ -350,6 +357,7 @@ def build_app(services: Services) -> web.Application:
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     r.add_get("/v1/openapi.json", openapi)
+    r.add_get("/v1/relay", relay_info)
     r.add_post("/v1/agents", create_agent)
     r.add_get("/v1/agents", list_agents)
     r.add_get("/v1/agents/{agent_id}", get_agent)

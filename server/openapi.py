@@ -133,6 +133,11 @@ def openapi_document() -> dict[str, Any]:
             "200": {"description": "text/plain exposition"}, **_problem_responses(401)}}},
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": _json(any_json), **_problem_responses(401)}}},
+        "/v1/relay": {"get": {"summary": "The relay's SSH host key fingerprint and version",
+                              "responses": {"200": _json({"type": "object", "properties": {
+                                  "ssh_fingerprint": {"type": "string"},
+                                  "version": {"type": "string"}}}),
+                                  **_problem_responses(401)}}},
         "/v1/agents": {
             "get": {"summary": "List agents with live status", "responses": {
                 "200": _json({"type": "object", "properties": {

@@ -122,6 +122,7 @@ class Relay:
             connections=self.connections, engine=self.engine, metrics=self.metrics,
             admin=self.admin, ssh_listening=lambda: not self.closed.is_set(),
             max_body_bytes=self.settings.max_body_bytes,
+            ssh_fingerprint=self.fingerprint,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

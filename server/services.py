@@ -27,6 +27,7 @@ class Services:
     admin: AdminTokens
     ssh_listening: Callable[[], bool]
     max_body_bytes: int = 0
+    ssh_fingerprint: str = ""
 
 
 SERVICES = web.AppKey("services", Services)
