@@ -93,14 +93,15 @@ def main() -> None:
 
 
 def _with_seeds(argv: list[str]) -> list[str]:
-    """Without a corpus directory, start from SEEDS (in a temporary one) and a
-    dictionary of the protocol's tokens: blind mutation rarely finds CRLF CRLF."""
-    import atexit
-    import shutil
+    """Without a corpus directory, start from SEEDS and a dictionary of the
+    protocol's tokens (blind mutation rarely finds CRLF CRLF), both written to
+    $FUZZ_CONNECT_WORKDIR or a new temporary directory (libFuzzer exits
+    without running atexit, so a temporary one is left behind)."""
+    import os
     import tempfile
 
-    work = Path(tempfile.mkdtemp(prefix="fuzz_connect_"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    chosen = os.environ.get("FUZZ_CONNECT_WORKDIR")
+    work = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="fuzz_connect_"))
     args = list(argv)
     if not any(not a.startswith("-") for a in args[1:]):
         corpus = work / "corpus"

@@ -535,12 +535,13 @@ def test_connect_fuzz_target_holds_on_its_seeds() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
-def test_connect_fuzz_target_runs_under_atheris() -> None:
+def test_connect_fuzz_target_runs_under_atheris(tmp_path: Path) -> None:
     """20,000 coverage-guided inputs (~1 s) through the real atheris harness."""
     script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_connect.py"
     done = subprocess.run(
         [sys.executable, str(script), "-runs=20000", "-max_len=9000", "-seed=1"],
         capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "FUZZ_CONNECT_WORKDIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Done 20000 runs" in done.stderr, done.stderr[-3000:]
