@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from server.success_path import parse_path
 from server.templating import check_template
 from server.urls import URLError, join_uri
+from sluice.connect import ConnectProtocolError, normalise_host
 
 Mode = Literal["cloud", "on_premise"]
 MediaType = Literal["json", "xml", "urlencoded", "plaintext", "csv"]
@@ -84,6 +85,23 @@ def _http_token(value: str) -> str:
     return value
 
 
+# Headers that frame the message or name the target: the relay sets them from
+# the request itself; one set by a connection would smuggle, cut or stall it.
+RESERVED_HEADERS: Final = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+    "trailer", "upgrade", "proxy-authorization", "proxy-authenticate", "expect",
+})
+
+
+def _header_name(value: str) -> str:
+    _http_token(value)
+    if value.lower() in RESERVED_HEADERS:
+        raise ValueError(
+            f"'{value}' is set by the relay from the request itself and cannot be configured"
+        )
+    return value
+
+
 def _template(value: str) -> str:
     _no_line_breaks(value)
     check_template(value)
@@ -101,7 +119,7 @@ def _json_path(value: str) -> str:
 
 
 NoLineBreaks = Annotated[str, AfterValidator(_no_line_breaks)]
-HeaderName = Annotated[str, AfterValidator(_http_token)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
 Template = Annotated[str, AfterValidator(_template)]
 BodyTemplate = Annotated[str, AfterValidator(_body_template)]
 JSONPath = Annotated[str, AfterValidator(_json_path)]
@@ -349,6 +367,20 @@ class Connection(_Model):
         if value and not _AGENT_ID_RE.match(value):
             raise ValueError("is not an agent id (agt_…, from 'sluice-server agents list')")
         return value or None
+
+    @model_validator(mode="after")
+    def _on_premise_host(self) -> Connection:
+        """An agent connects only to plain DNS names and IP addresses."""
+        if self.mode == "on_premise":
+            host = urlsplit(self.http.base_uri).hostname or ""
+            try:
+                normalise_host(host)
+            except ConnectProtocolError as exc:
+                raise _field_errors("Connection", [(
+                    "http.base_uri",
+                    f"the host cannot be reached through an agent: {exc.reason}",
+                )]) from None
+        return self
 
 
 # -- errors --------------------------------------------------------------------

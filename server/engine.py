@@ -174,6 +174,8 @@ class Engine:
         headers["Accept"] = content_type
         context: dict[str, Any] | None = None
         for header in http.headers:
+            if header.name.lower() in HOP_BY_HOP:
+                continue  # the model refuses these; stored ones from before are skipped
             if "{{" not in header.value:
                 headers[header.name] = header.value
                 continue

@@ -52,6 +52,12 @@ class UpstreamTimeout(RelayError):
     title = "The API did not answer in time"
 
 
+class InvalidTarget(RelayError):
+    type = "invalid_target"
+    status = 400
+    title = "The connection's host cannot be reached through an agent"
+
+
 class AgentBusy(RelayError):
     type = "agent_busy"
     status = 503

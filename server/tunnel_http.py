@@ -20,9 +20,9 @@ from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
 from server.channel_transport import ChannelSession, ChannelTransport, feed, start_tls
-from server.errors import AgentBusy, RateLimited, TunnelLost, UpstreamTimeout
+from server.errors import AgentBusy, InvalidTarget, RateLimited, TunnelLost, UpstreamTimeout
 from server.tunnels import Tunnel, TunnelRegistry
-from sluice.connect import Target
+from sluice.connect import ConnectProtocolError, Target
 from sluice.ratelimit import TokenBucket
 
 
@@ -80,7 +80,11 @@ class TunnelConnector(aiohttp.BaseConnector):
         port = req.port
         if port is None:
             raise ValueError(f"no port for {req.url}")
-        target = Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        try:
+            target = Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        except ConnectProtocolError as exc:
+            raise InvalidTarget(f"{host}:{port} cannot be reached through an agent: "
+                                f"{exc.reason}") from None
         limit = timeout.sock_connect or timeout.connect or self._connect_timeout
         protocol = ResponseHandler(asyncio.get_running_loop())
         try:

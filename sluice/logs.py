@@ -69,6 +69,7 @@ def configure_logging(
     *,
     masker: SecretMasker | None = None,
     stream: Any = None,
+    cache: bool = True,
 ) -> None:
     """Configure structlog (and stdlib logging under it) for this process."""
     out = stream if stream is not None else sys.stderr
@@ -93,7 +94,8 @@ def configure_logging(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=True,
+        # Tests turn caching off so structlog.testing.capture_logs sees every logger.
+        cache_logger_on_first_use=cache,
     )
     # asyncssh logs through stdlib logging; keep it quiet unless debugging.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)

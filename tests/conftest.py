@@ -25,7 +25,7 @@ from tests.support.capture import RESPONSES, SECRETS, SINK, APIClient, remember_
 def pytest_configure(config: pytest.Config) -> None:
     # Every relay log line of the whole suite lands in SINK, as JSON. The
     # masker is empty on purpose: the checks below must see what would leak.
-    configure_logging("json", "debug", masker=SecretMasker(), stream=SINK)
+    configure_logging("json", "debug", masker=SecretMasker(), stream=SINK, cache=False)
 
 
 @pytest.fixture(autouse=True)

@@ -133,8 +133,7 @@ async def test_one_agents_channel_flood_does_not_starve_another(
     remember_secret(TOKEN)
     allow = [f"127.0.0.1:{api_port}"]
     (_, token_a), (_, token_b) = await asyncio.gather(start_agent(allow), start_agent(allow))
-    flooded = await _connection(client, token_a.agent_id, api_port,
-                                headers=[{"name": "Connection", "value": "close"}])
+    flooded = await _connection(client, token_a.agent_id, api_port)
     steady = await _connection(client, token_b.agent_id, api_port)
 
     async with aiohttp.ClientSession(
@@ -147,7 +146,8 @@ async def test_one_agents_channel_flood_does_not_starve_another(
             assert await probe() == 200
             baseline.seconds.append(time.perf_counter() - began)
 
-        flood_call = _proxy_call(flood_http, relay, flooded, "hello")
+        # /bye closes its connection: every flood request opens a new channel.
+        flood_call = _proxy_call(flood_http, relay, flooded, "bye")
         statuses: Counter[str] = Counter()
         queue = iter(range(FLOOD_REQUESTS))
 

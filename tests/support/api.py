@@ -141,8 +141,16 @@ def build_app(api: InternalAPI) -> web.Application:
         await asyncio.sleep(float(request.query.get("s", "1")))
         return web.json_response({"slow": True})
 
+    async def bye(request: web.Request) -> web.Response:
+        # Answers, then closes the connection: the next request needs a new one.
+        api.seen.append(_seen(request))
+        response = web.json_response({"bye": True})
+        response.force_close()
+        return response
+
     app = web.Application(client_max_size=1024**3)
     app.router.add_get("/slow", slow)
+    app.router.add_get("/bye", bye)
     app.router.add_route("*", "/secure/{tail:.*}", secure)
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/slack/auth.test", slack)

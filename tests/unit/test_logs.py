@@ -44,7 +44,7 @@ def test_configured_logging_masks_and_emits_json() -> None:
     finally:
         from tests.support.capture import SINK
 
-        configure_logging("json", "debug", masker=SecretMasker(), stream=SINK)
+        configure_logging("json", "debug", masker=SecretMasker(), stream=SINK, cache=False)
     record = json.loads(buf.getvalue().splitlines()[-1])
     assert record["token"] == "***"
     assert record["event"] == "hello"
