@@ -310,3 +310,24 @@ async def test_restart_loses_nothing(
         finally:
             await again.close()
     assert agent_proc.proc is not None
+
+
+async def test_metrics_count_requests_errors_tunnels_and_refreshes(
+    client: APIClient, api: InternalAPI, online_agent: str
+) -> None:
+    conn_id = await _create(client, refreshing(api, online_agent))
+    remember_secret("stale-token-" + "q" * 10)
+    assert (await client.call("GET", f"/v1/connections/{conn_id}/proxy/secure/a")).status == 200
+    remember_secret(api.tokens.current)
+    offline = (await client.call("POST", "/v1/agents", json_body={"name": "off"},
+                                 shows_token=True)).body
+    remember_secret(offline["token"])
+    off_id = await _create(client, doc(api, offline["id"]))
+    assert (await client.call("GET", f"/v1/connections/{off_id}/proxy/x")).status == 503
+    text = (await client.call("GET", "/metrics")).text
+    assert 'sluice_requests_total{mode="on_premise",status_class="2xx"} 1.0' in text
+    assert 'sluice_errors_total{type="agent_offline"} 1.0' in text
+    assert 'sluice_token_refreshes_total{outcome="ok"} 1.0' in text
+    assert "sluice_tunnels 1.0" in text
+    assert "sluice_agents_online 1.0" in text
+    assert 'sluice_request_seconds_count{mode="on_premise"} 1.0' in text
