@@ -26,7 +26,8 @@ typecheck: install
 # The storage and API tests run a second time against PostgreSQL when
 # SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
 STORAGE_TESTS := tests/unit/test_store.py tests/integration/test_api_agents.py \
-	tests/integration/test_api_connections.py
+	tests/integration/test_api_connections.py tests/integration/test_tokens_audit.py \
+	tests/integration/test_master_key.py
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q
