@@ -12,14 +12,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.connection_model import (
-    Connection,
+from server.connection_docs import (
     iter_secrets,
     merge_patch,
     public_view,
     set_secret,
     validation_problems,
 )
+from server.connection_model import Connection
 from server.crypto import DecryptionError, SecretBox
 from server.engine import Handle
 from server.store import ConnectionRow, Store

@@ -10,17 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from server.connection_model import (
-    Connection,
+from server.connection_docs import (
     iter_secrets,
     map_secrets,
-    media_type_header,
     merge_patch,
     public_view,
     secret_context,
     set_secret,
     validation_problems,
 )
+from server.connection_model import Connection, media_type_header
 
 TOKEN = "tok-" + "s" * 20
 REFRESH_SECRET = "refresh-" + "r" * 20
