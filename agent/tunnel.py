@@ -20,7 +20,7 @@ from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from sluice import __version__, sshconfig
 from sluice.addresses import HostPort
-from sluice.ssh_tuning import skip_aead_ignore_packets
+from sluice.ssh_tuning import coalesce_writes, skip_aead_ignore_packets
 from sluice.tokens import AgentToken
 
 
@@ -73,6 +73,7 @@ async def open_tunnel(
     Raises a TunnelError subclass that says what went wrong and what to fix.
     """
     skip_aead_ignore_packets()
+    coalesce_writes()
     expected = None if settings.insecure_skip_host_key_check else settings.relay_fingerprint
     client = _PinnedHostKeyClient(expected)
     # Outside the try below: a proxy's own error message says more than

@@ -58,3 +58,43 @@ async def test_one_packet_per_write_under_aead(cipher: str, tmp_path: Path) -> N
 
 async def test_ignore_packets_kept_under_ctr(tmp_path: Path) -> None:
     assert await _packets_sent("aes128-ctr", tmp_path) == 40  # an IGNORE before each
+
+
+async def test_packets_of_one_loop_turn_leave_in_one_write(tmp_path: Path) -> None:
+    from sluice.ssh_tuning import coalesce_writes
+
+    coalesce_writes()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+
+    async def handle(process: asyncssh.SSHServerProcess[str]) -> None:
+        async for line in process.stdin:
+            process.stdout.write(line)
+        process.exit(0)
+
+    server = await asyncssh.create_server(
+        _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
+            agent_path=None, config=None,
+        ) as conn:
+            async with conn.create_process("echo") as proc:
+                real = conn._transport._transport  # type: ignore[union-attr]
+                writes: list[int] = []
+                original = real.write
+
+                def counting(data: bytes) -> None:
+                    writes.append(len(data))
+                    original(data)
+
+                real.write = counting
+                for i in range(10):
+                    proc.stdin.write(f"{i}\n")  # ten packets in one turn
+                for i in range(10):
+                    assert (await asyncio.wait_for(proc.stdout.readline(), 5)) == f"{i}\n"
+                assert len(writes) == 1, writes
+                proc.stdin.write_eof()
+    finally:
+        server.close()
+        await server.wait_closed()
