@@ -78,23 +78,22 @@ async def test_packets_of_one_loop_turn_leave_in_one_write(tmp_path: Path) -> No
         async with asyncssh.connect(
             "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
             agent_path=None, config=None,
-        ) as conn:
-            async with conn.create_process("echo") as proc:
-                real = conn._transport._transport  # type: ignore[union-attr]
-                writes: list[int] = []
-                original = real.write
+        ) as conn, conn.create_process("echo") as proc:
+            real = conn._transport._transport  # type: ignore[union-attr]
+            writes: list[int] = []
+            original = real.write
 
-                def counting(data: bytes) -> None:
-                    writes.append(len(data))
-                    original(data)
+            def counting(data: bytes) -> None:
+                writes.append(len(data))
+                original(data)
 
-                real.write = counting
-                for i in range(10):
-                    proc.stdin.write(f"{i}\n")  # ten packets in one turn
-                for i in range(10):
-                    assert (await asyncio.wait_for(proc.stdout.readline(), 5)) == f"{i}\n"
-                assert len(writes) == 1, writes
-                proc.stdin.write_eof()
+            real.write = counting
+            for i in range(10):
+                proc.stdin.write(f"{i}\n")  # ten packets in one turn
+            for i in range(10):
+                assert (await asyncio.wait_for(proc.stdout.readline(), 5)) == f"{i}\n"
+            assert len(writes) == 1, writes
+            proc.stdin.write_eof()
     finally:
         server.close()
         await server.wait_closed()
