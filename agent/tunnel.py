@@ -20,7 +20,7 @@ from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from sluice import __version__, sshconfig
 from sluice.addresses import HostPort
-from sluice.ssh_tuning import coalesce_writes, skip_aead_ignore_packets
+from sluice.ssh_tuning import skip_aead_ignore_packets
 from sluice.tokens import AgentToken
 
 
@@ -73,7 +73,6 @@ async def open_tunnel(
     Raises a TunnelError subclass that says what went wrong and what to fix.
     """
     skip_aead_ignore_packets()
-    coalesce_writes()
     expected = None if settings.insecure_skip_host_key_check else settings.relay_fingerprint
     client = _PinnedHostKeyClient(expected)
     # Outside the try below: a proxy's own error message says more than
@@ -127,19 +126,27 @@ async def open_tunnel(
         raise
 
     try:
-        if ctx is None:
-            listener: asyncssh.SSHListener = asyncssh.SSHListener()
-        else:
-            proxy_ctx = ctx
-            listener = await conn.create_server(
-                lambda _host, _port: ChannelProxy(proxy_ctx),
-                sshconfig.TUNNEL_LISTEN_HOST,
-                sshconfig.TUNNEL_LISTEN_PORT,
-                window=sshconfig.CHANNEL_WINDOW,
-                max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
-            )
-        if ctx is not None:
-            await _signal_ready(conn)
+        # A relay that stops answering after the login must not leave the
+        # agent "connecting" forever: the setup shares the login's deadline.
+        async with asyncio.timeout(settings.login_timeout):
+            if ctx is None:
+                listener: asyncssh.SSHListener = asyncssh.SSHListener()
+            else:
+                proxy_ctx = ctx
+                listener = await conn.create_server(
+                    lambda _host, _port: ChannelProxy(proxy_ctx),
+                    sshconfig.TUNNEL_LISTEN_HOST,
+                    sshconfig.TUNNEL_LISTEN_PORT,
+                    window=sshconfig.CHANNEL_WINDOW,
+                    max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
+                )
+                await _signal_ready(conn)
+    except TimeoutError:
+        conn.close()
+        raise RelayUnreachable(
+            f"relay {relay} accepted the login but did not set up the tunnel within "
+            f"{settings.login_timeout:g} s (login_timeout)"
+        ) from None
     except asyncssh.ChannelListenError as exc:
         conn.close()
         raise ListenerRefused(f"relay {relay} refused the tunnel listener: {exc}") from None

@@ -55,10 +55,6 @@ def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
         os.replace(tmp, path)
 
 
-def token_matches(presented: str, expected: str) -> bool:
-    return hmac.compare_digest(presented.encode(), expected.encode())
-
-
 class AdminTokenConfigured(Exception):
     """The admin token comes from configuration; rotate it there."""
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from server.admin_token import AdminTokenConfigured
 from server.connections import ConnectionNotFound, InvalidConnection
@@ -347,6 +347,18 @@ def _changed_fields(patch: Any, prefix: str = "") -> list[str]:
     return out[:50]
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Expect: 100-continue gets its interim answer; anything else a problem
+    document (aiohttp's own answer would be plain text, outside the middlewares)."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    return problem(417, "expectation_failed", "Expectation Failed",
+                   "only 'Expect: 100-continue' is understood")
+
+
 def build_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[problems_middleware, auth_middleware], client_max_size=1024 * 1024
@@ -372,6 +384,7 @@ def build_app(services: Services) -> web.Application:
     r.add_patch("/v1/connections/{id}", patch_connection)
     r.add_delete("/v1/connections/{id}", delete_connection)
     r.add_post("/v1/connections/{id}/test", test_saved)
-    r.add_route("*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy)
+    r.add_route("*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy,
+                expect_handler=expect_handler)
     add_console(app)
     return app

@@ -78,7 +78,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         cause = _cause(exc)
         if cause is not None:
             raise cause from None
-        raise TunnelLost(f"the request failed on its way: {exc}") from exc
+        # aiohttp's text may quote the URL, which can carry a URL-parameter token.
+        raise TunnelLost(f"the request failed on its way: {handle.mask(str(exc))}") from None
     services.metrics.latency.labels(mode).observe(time.perf_counter() - began)
     services.metrics.requests.labels(mode, f"{upstream.status // 100}xx").inc()
     small = (upstream.content_length is not None and upstream.content_length <= SMALL_BODY
@@ -101,7 +102,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             response.body = await upstream.read()
         except aiohttp.ClientError as exc:
             cause = _cause(exc)
-            raise (cause or TunnelLost(f"the answer was cut off: {exc}")) from None
+            cut = TunnelLost(f"the answer was cut off: {handle.mask(str(exc))}")
+            raise (cause or cut) from None
         finally:
             upstream.release()
         _canonical_line(request, conn_id, mode, upstream.status, len(response.body or b""),
@@ -116,7 +118,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     except (aiohttp.ClientError, ConnectionError) as exc:
         # Headers are gone already: all we can do is cut the caller's
         # connection so it sees a truncated body, never a clean end.
-        log.warning("proxy_stream_broken", connection=conn_id, bytes=sent, error=str(exc))
+        log.warning("proxy_stream_broken", connection=conn_id, bytes=sent,
+                    error=handle.mask(str(exc)))
         if request.transport is not None:
             request.transport.close()
         return response

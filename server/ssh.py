@@ -12,7 +12,7 @@ from server.auth_limit import FailedLoginLimiter
 from server.store import AgentRecord, Store
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice import sshconfig
-from sluice.ssh_tuning import coalesce_writes, skip_aead_ignore_packets
+from sluice.ssh_tuning import skip_aead_ignore_packets
 from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
 
@@ -209,7 +209,6 @@ async def start_ssh_server(
 ) -> asyncssh.SSHAcceptor:
     """Listen for agents. Returns the acceptor (close() it to stop)."""
     skip_aead_ignore_packets()
-    coalesce_writes()
     return await asyncssh.create_server(
         lambda: RelaySSHServer(ctx),
         host,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -101,6 +101,3 @@ def configure_logging(
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)
     logging.getLogger("asyncssh").setLevel(max(numeric, logging.WARNING))
 
-
-def level_names() -> Iterable[str]:
-    return ("debug", "info", "warning", "error", "critical")
