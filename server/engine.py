@@ -26,6 +26,7 @@ from yarl import URL
 from server.cloud_http import CloudHTTP
 from server.connection_model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
+from server.http1 import Answer, Body
 from server.success_path import lookup, ping_verdict
 from server.templating import TemplateError, render_body, render_header_value, render_uri
 from server.tunnel_http import TunnelHTTP
@@ -47,6 +48,11 @@ HOP_BY_HOP = frozenset({
 })
 
 
+# Sent with aiohttp's client instead of the lean stream pool: HEAD (an answer
+# whose length header describes no body) and CONNECT.
+_SLOW_PATH_METHODS = frozenset({"HEAD", "CONNECT"})
+
+
 class InvalidRequest(RelayError):
     type = "invalid_request"
     status = 400
@@ -65,7 +71,6 @@ class UpstreamTLSError(RelayError):
     title = "The API's TLS certificate was not accepted"
 
 
-Body = bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None
 TokenSaver = Callable[[str, str], Awaitable[None]]
 
 
@@ -130,12 +135,13 @@ class Engine:
         conn = handle.conn
         if conn.mode == "on_premise":
             assert conn.agent_id is not None
-            if not self._registry.is_online(conn.agent_id):
-                raise AgentOffline(
-                    f"agent {conn.agent_id} is not connected; start it or check its log"
-                )
+            self._check_online(conn.agent_id)
             return self._tunnel_http.session(conn.agent_id)
         return self._cloud.session
+
+    def _check_online(self, agent_id: str) -> None:
+        if not self._registry.is_online(agent_id):
+            raise AgentOffline(f"agent {agent_id} is not connected; start it or check its log")
 
     def _ssl(self, handle: Handle) -> ssl.SSLContext | bool:
         tls = handle.conn.http.tls
@@ -205,9 +211,12 @@ class Engine:
         url: URL,
         headers: CIMultiDict[str],
         body: Body,
-    ) -> aiohttp.ClientResponse:
+        length: int | None = None,
+    ) -> Answer:
         if handle.conn.mode == "cloud":
             self._cloud.check(url)
+        elif method not in _SLOW_PATH_METHODS:
+            return await self._send_lean(handle, method, url, headers, body, length)
         session = self._session(handle)
         try:
             return await session.request(
@@ -232,6 +241,39 @@ class Engine:
                 raise cause from None
             raise UpstreamConnectFailed(f"cannot connect to {url.host}: {exc.strerror}") from exc
 
+    async def _send_lean(
+        self, handle: Handle, method: str, url: URL, headers: CIMultiDict[str], body: Body,
+        length: int | None,
+    ) -> Answer:
+        """The fast path: a kept-alive HTTP/1.1 stream through the agent."""
+        agent_id = handle.conn.agent_id
+        assert agent_id is not None
+        self._check_online(agent_id)
+        pool = self._tunnel_http.pool(agent_id)
+        tls: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            chosen = self._ssl(handle)
+            tls = chosen if isinstance(chosen, ssl.SSLContext) else self._default_tls(chosen)
+        timeouts = handle.conn.http.timeouts
+        try:
+            return await pool.request(method, url, headers, body, tls, connect=timeouts.connect,
+                                      total=timeouts.total, length=length)
+        except ssl.SSLError as exc:
+            raise UpstreamTLSError(f"TLS to {url.host} failed: {exc}") from exc
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def _default_tls(self, verify: bool) -> ssl.SSLContext:
+        key = "default" if verify else "unverified"
+        ctx = self._ssl_contexts.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context()
+            if not verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl_contexts[key] = ctx
+        return ctx
+
     async def request(
         self,
         handle: Handle,
@@ -239,7 +281,7 @@ class Engine:
         relative: str,
         headers: list[tuple[str, str]],
         body: Body,
-    ) -> aiohttp.ClientResponse:
+    ) -> Answer:
         """Send a request through *handle*'s connection; the caller releases the answer."""
         auth = handle.conn.http.auth
         refreshable = auth is not None and auth.refresh is not None
@@ -251,8 +293,12 @@ class Engine:
         elif isinstance(body, bytes):
             replay = body
         used = handle.conn.http.auth.token if handle.conn.http.auth else None
+        length = None
+        if body is not None and not isinstance(body, bytes):
+            length = _declared_length(headers)
         response = await self._send(
-            handle, method, self._url(handle, relative), self._headers(handle, headers), body
+            handle, method, self._url(handle, relative), self._headers(handle, headers), body,
+            length,
         )
         if response.status != 401 or not refreshable or (body is not None and replay is None):
             return response
@@ -380,6 +426,14 @@ class Engine:
             response.status, raw, content_type, ping.success_path, list(ping.success_values)
         )
         return done(ok, response.status, message)
+
+
+def _declared_length(headers: list[tuple[str, str]]) -> int | None:
+    """The caller's Content-Length, so a streamed body keeps it (else: chunked)."""
+    for name, value in headers:
+        if name.lower() == "content-length" and value.isdigit():
+            return int(value)
+    return None
 
 
 async def _buffer_small(body: Body) -> tuple[bytes | None, Body]:

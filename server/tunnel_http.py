@@ -19,11 +19,11 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
-from server.channel_transport import ChannelSession, ChannelTransport, feed, start_tls
-from server.errors import AgentBusy, InvalidTarget, RateLimited, TunnelLost, UpstreamTimeout
+from server.channel_transport import feed, start_tls
+from server.errors import UpstreamTimeout
+from server.stream_opener import StreamOpener, stream_target
+from server.stream_pool import StreamPool
 from server.tunnels import Tunnel, TunnelRegistry
-from sluice.connect import ConnectProtocolError, Target
-from sluice.ratelimit import TokenBucket
 
 
 def _verified_context() -> ssl.SSLContext:
@@ -41,21 +41,12 @@ class TunnelConnector(aiohttp.BaseConnector):
     """An aiohttp connector whose connections are streams through an agent."""
 
     def __init__(
-        self,
-        registry: TunnelRegistry,
-        agent_id: str,
-        *,
-        connect_timeout: float = 10.0,
-        max_streams: int = 1024,
-        streams_per_second: float = 1000.0,
-        **kwargs: Any,
+        self, opener: StreamOpener, *, connect_timeout: float = 10.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self._registry = registry
-        self._agent_id = agent_id
+        self._opener = opener
+        self._agent_id = opener.agent_id
         self._connect_timeout = connect_timeout
-        self._max_streams = max_streams
-        self._bucket = TokenBucket(streams_per_second)
         self._default_ssl = _verified_context()
         self._tunnel_of: weakref.WeakKeyDictionary[ResponseHandler, Tunnel] = (
             weakref.WeakKeyDictionary()
@@ -77,19 +68,12 @@ class TunnelConnector(aiohttp.BaseConnector):
         self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
     ) -> ResponseHandler:
         host = (req.host or "").lower()
-        port = req.port
-        if port is None:
-            raise ValueError(f"no port for {req.url}")
-        try:
-            target = Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        except ConnectProtocolError as exc:
-            raise InvalidTarget(f"{host}:{port} cannot be reached through an agent: "
-                                f"{exc.reason}") from None
+        target = stream_target(host, req.port)
         limit = timeout.sock_connect or timeout.connect or self._connect_timeout
         protocol = ResponseHandler(asyncio.get_running_loop())
         try:
             async with asyncio.timeout(limit):
-                transport, _session, rest, tunnel = await self._open(target)
+                transport, _session, rest, tunnel = await self._opener.open(target)
                 self._tunnel_of[protocol] = tunnel
                 if not req.is_ssl():
                     transport.set_protocol(protocol)
@@ -115,36 +99,6 @@ class TunnelConnector(aiohttp.BaseConnector):
                 f"within {limit:g} s"
             ) from None
 
-
-    async def _open(
-        self, target: Target
-    ) -> tuple[ChannelTransport, ChannelSession, bytes, Tunnel]:
-        """Open a stream on the least-busy replica; if that replica cannot open
-        one (it is going away), try the next. Refusals from the agent itself
-        (denied, connect failed) are answers, not replica failures."""
-        replicas = self._registry.replicas(self._agent_id)
-        if sum(t.in_flight for t in replicas) >= self._max_streams:
-            raise AgentBusy(
-                f"agent {self._agent_id} already has {self._max_streams} streams open "
-                "(max_streams_per_agent)"
-            )
-        if not self._bucket.take():
-            raise RateLimited(
-                f"more than {self._bucket.rate:g} new streams per second to agent "
-                f"{self._agent_id} (max_new_streams_per_second)"
-            )
-        tried: frozenset[int] = frozenset()
-        while True:
-            tunnel = self._registry.pick(self._agent_id, exclude=tried)
-            try:
-                transport, session, rest = await tunnel.open_stream(target)
-            except TunnelLost:
-                tried |= {tunnel.id}
-                if not any(t.id not in tried and not t.draining
-                           for t in self._registry.replicas(self._agent_id)):
-                    raise
-                continue
-            return transport, session, rest, tunnel
 
     def _release(
         self, key: Any, protocol: ResponseHandler, *, should_close: bool = False
@@ -186,6 +140,8 @@ class TunnelHTTP:
         self._streams_per_second = streams_per_second
         self._keepalive_timeout = keepalive_timeout
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._openers: dict[str, StreamOpener] = {}
+        self._pools: dict[str, StreamPool] = {}
         registry.on_draining(self._tunnel_draining)
 
     def __repr__(self) -> str:
@@ -196,12 +152,9 @@ class TunnelHTTP:
         session = self._sessions.get(agent_id)
         if session is None or session.closed:
             connector = TunnelConnector(
-                self._registry,
-                agent_id,
+                self._opener(agent_id),
                 connect_timeout=self._connect_timeout,
                 keepalive_timeout=self._keepalive_timeout,
-                max_streams=self._max_streams,
-                streams_per_second=self._streams_per_second,
                 limit=0,
             )
             session = aiohttp.ClientSession(
@@ -210,17 +163,44 @@ class TunnelHTTP:
             self._sessions[agent_id] = session
         return session
 
+    def pool(self, agent_id: str) -> StreamPool:
+        """The kept-alive HTTP/1.1 streams through *agent_id*'s tunnel (the fast path)."""
+        pool = self._pools.get(agent_id)
+        if pool is None:
+            pool = StreamPool(self._opener(agent_id), connect_timeout=self._connect_timeout,
+                              keepalive_timeout=self._keepalive_timeout)
+            self._pools[agent_id] = pool
+        return pool
+
+    def _opener(self, agent_id: str) -> StreamOpener:
+        opener = self._openers.get(agent_id)
+        if opener is None:
+            opener = StreamOpener(self._registry, agent_id, max_streams=self._max_streams,
+                                  streams_per_second=self._streams_per_second)
+            self._openers[agent_id] = opener
+        return opener
+
     def _tunnel_draining(self, tunnel: Tunnel) -> None:
         session = self._sessions.get(tunnel.agent_id)
         if session is not None and isinstance(session.connector, TunnelConnector):
             session.connector.close_idle(tunnel)
+        pool = self._pools.get(tunnel.agent_id)
+        if pool is not None:
+            pool.close_idle(tunnel)
 
     async def forget(self, agent_id: str) -> None:
+        self._openers.pop(agent_id, None)
+        pool = self._pools.pop(agent_id, None)
+        if pool is not None:
+            pool.close_idle()
         session = self._sessions.pop(agent_id, None)
         if session is not None:
             await session.close()
 
     async def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close_idle()
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             await session.close()

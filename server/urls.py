@@ -8,6 +8,7 @@ from urllib.parse import quote
 from yarl import URL
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
@@ -26,7 +27,7 @@ def join_uri(base_uri: str, relative: str) -> URL:
     if _FORBIDDEN.search(relative):
         raise URLError("relative URI contains a control character (CR, LF, NUL, …)")
     rel = relative.split("#", 1)[0]
-    if rel.startswith("//") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", rel):
+    if rel.startswith("//") or _SCHEME.match(rel):
         raise URLError("relative URI must not name a scheme or host; it is joined to base_uri")
     rel_path, _, rel_query = rel.partition("?")
     try:

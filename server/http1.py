@@ -1,0 +1,470 @@
+"""A lean HTTP/1.1 client exchange for tunnel streams: the proxy's hot path.
+
+aiohttp's client costs the relay ~200 µs of CPU per request (request and
+response objects, timers, traces, header defaults); most of a small
+request's cost through the tunnel. An ``Http1Stream`` is an asyncio protocol
+that writes one request head with a single ``write`` and parses the answer
+with llhttp (httptools), handing the body to an ``Http1Response`` with flow
+control both ways. One exchange at a time per stream; ``server.stream_pool``
+keeps idle streams for reuse (keep-alive).
+
+Errors are the relay's own (``TunnelLost``, ``UpstreamTimeout``,
+``TunnelProtocolError``); none of them quotes a URL, so no URL-parameter
+token can leak into a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import aiohttp
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from server.errors import RelayError, TunnelLost, TunnelProtocolError, UpstreamTimeout
+
+# Read from the stream until this much body waits for the caller, then pause
+# (the SSH window stops refilling, so the agent stops reading the API).
+HIGH_WATER = 512 * 1024
+LOW_WATER = 128 * 1024
+# Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
+_EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
+
+Body = bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None
+
+
+class BodyReader(Protocol):
+    """The body half of an answer (aiohttp's StreamReader has the same)."""
+
+    def read(self, n: int = -1) -> Awaitable[bytes]: ...
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class Answer(Protocol):
+    """What relay code reads from an API's answer: an ``Http1Response`` or
+    aiohttp's ``ClientResponse`` (the slow path: HEAD, cloud mode)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def content(self) -> BodyReader: ...
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> Any: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: Any) -> Any: ...
+
+
+class StaleStream(TunnelLost):
+    """A kept-alive stream ended before any byte of the answer: safe to retry."""
+
+
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_NAME = re.compile(r"[\r\n\x00: ]")
+
+
+def _refuse_bad_header(headers: CIMultiDict[str]) -> None:
+    for name, value in headers.items():
+        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"header {name!r}: line breaks and NUL are not allowed")
+
+
+def request_head(method: str, target: str, host: str, headers: CIMultiDict[str],
+                 length: int | None) -> bytes:
+    """The request line and headers; *length* None means a chunked body."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if _BAD_VALUE.search("".join(lines)):
+        _refuse_bad_header(headers)  # names the header
+        raise ValueError("the request line holds a line break or NUL")
+    if length is None:
+        lines.append("Transfer-Encoding: chunked")
+    elif length or method in _EMPTY_BODY_LENGTH:
+        lines.append(f"Content-Length: {length}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+class Http1Response:
+    """An API's answer: status and headers at once, the body as it arrives.
+
+    Offers the part of aiohttp's ClientResponse the relay uses (``status``,
+    ``reason``, ``headers``, ``content_length``, ``read()``, ``content.read(n)``,
+    ``content.iter_any()``, ``release()``, ``async with``).
+    """
+
+    def __init__(self, stream: Http1Stream, status: int, reason: str,
+                 headers: CIMultiDict[str], deadline: float | None,
+                 timeout_message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = CIMultiDictProxy(headers)
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+        self._stream = stream
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline = deadline
+        self._timeout_message = timeout_message
+        self._released = False
+
+    def __repr__(self) -> str:
+        return f"<Http1Response {self.status} buffered={self._buffered}>"
+
+    @property
+    def content(self) -> Http1Response:
+        return self
+
+    # -- fed by the stream ---------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER:
+            self._stream.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._complete and self._error is None:
+            self._error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- read by the caller --------------------------------------------------
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = (loop.call_at(self._deadline, self._timed_out)
+                 if self._deadline is not None else None)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _timed_out(self) -> None:
+        self._fail(UpstreamTimeout(self._timeout_message))
+        self._stream.close()
+
+    async def readany(self) -> bytes:
+        """The next piece of body; b"" at its end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return b""
+            await self._wait()
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self._buffered < LOW_WATER and not self._complete:
+            self._stream.resume_reading()
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        """The whole body (or, with *n* ≥ 0, up to *n* bytes of it)."""
+        parts: list[bytes] = []
+        size = 0
+        while n < 0 or size < n:
+            data = await self.readany()
+            if not data:
+                break
+            if 0 <= n < size + len(data):
+                keep = n - size
+                self._chunks.appendleft(data[keep:])
+                self._buffered += len(data) - keep
+                data = data[:keep]
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while data := await self.readany():
+            yield data
+
+    def release(self) -> None:
+        """Done with the answer: one still arriving closes the stream.
+
+        (A complete answer has handed its stream back already; its unread
+        rest sits in this object.)"""
+        if self._released:
+            return
+        self._released = True
+        if not self._complete:
+            self._stream.close()
+
+    async def __aenter__(self) -> Http1Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Http1Stream(asyncio.Protocol):
+    """One HTTP/1.1 connection to an API over a transport (a tunnel stream).
+
+    ``on_idle`` is called when an exchange ended cleanly and the stream may
+    carry another one.
+    """
+
+    def __init__(self, on_idle: Callable[[Http1Stream], None]) -> None:
+        self._on_idle = on_idle
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._closed = False
+        self._reading = True
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+        # the exchange in progress
+        self._head: asyncio.Future[Http1Response] | None = None
+        self._response: Http1Response | None = None
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._reason = ""
+        self._interim = False
+        self._received = False
+        self._sending = False
+        self._deadline: float | None = None
+        self._timeout_message = ""
+        self.exchanges = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.owner: Any = None  # what the pool files this stream under
+
+    def __repr__(self) -> str:
+        return f"<Http1Stream exchanges={self.exchanges} closed={self._closed}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._transport is None or self._transport.is_closing()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def pause_reading(self) -> None:
+        if self._reading and self._transport is not None:
+            self._reading = False
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and self._transport is not None:
+            self._reading = True
+            self._transport.resume_reading()
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            self._lost(TunnelProtocolError("the API sent bytes nobody asked for"))
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is "
+                                           "relayed"))
+        except httptools.HttpParserError as exc:
+            self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
+
+    def eof_received(self) -> bool:
+        response = self._response
+        if response is not None and not response._complete and self.content_length_unknown:
+            # An answer without length or chunking ends where the stream does.
+            response._finish()
+            self._head = None
+            self._response = None
+        self._lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- llhttp callbacks ----------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = CIMultiDict()
+        self._reason = ""
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self._interim = True  # 100 Continue and friends: the answer follows
+            return
+        response = Http1Response(self, status, self._reason, self._headers, self._deadline,
+                                 self._timeout_message)
+        self._response = response
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self._response is not None:
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        response, self._response, self._head = self._response, None, None
+        if response is not None:
+            response._finish()
+        self.exchanges += 1
+        self.resume_reading()  # the rest of the body waits in the answer, not the stream
+        if self._sending or not self._parser.should_keep_alive() or self.closed:
+            self.close()
+        else:
+            self._on_idle(self)
+
+    @property
+    def content_length_unknown(self) -> bool:
+        response = self._response
+        return (response is not None and response.content_length is None
+                and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
+
+    # -- the exchange ------------------------------------------------------------
+    def _lost(self, exc: BaseException | None) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        self._closed = True
+        if self._head is None:
+            return
+        if isinstance(exc, RelayError):
+            error: RelayError = exc
+        elif not self._received and self.exchanges:
+            error = StaleStream("the kept-alive stream closed before the API answered")
+        elif self._response is None:
+            error = TunnelLost("the API closed the connection without answering")
+        else:
+            error = TunnelLost("the answer was cut off before its end")
+        head, response = self._head, self._response
+        self._head = self._response = None
+        if not head.done():
+            head.set_exception(error)
+            head.exception()  # retrieved here; the caller may be gone already
+        if response is not None:
+            response._fail(error)
+
+    async def _drained(self) -> None:
+        while self._write_paused and not self.closed:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+        if self.closed:
+            raise TunnelLost("the stream closed while the request was being sent")
+
+    async def _send_body(self, body: Body, chunked: bool) -> None:
+        assert self._transport is not None
+        chunks = body.iter_any() if isinstance(body, aiohttp.StreamReader) else body
+        assert chunks is not None
+        assert not isinstance(chunks, bytes)
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked
+                                          else chunk)
+                    await self._drained()
+            if chunked:
+                self._transport.write(b"0\r\n\r\n")
+        finally:
+            self._sending = False
+
+    def _head_late(self) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(UpstreamTimeout(self._timeout_message))
+        self.close()
+
+    async def exchange(self, head: bytes, body: Body, deadline: float | None,
+                       timeout_message: str, *, chunked: bool = False) -> Http1Response:
+        """Send one request; return the answer once its head has arrived.
+
+        A streamed *body* goes in chunked framing if *chunked* (the head says so).
+        """
+        if self.closed or self._head is not None:
+            raise StaleStream("the stream is no longer usable")
+        assert self._transport is not None
+        loop = asyncio.get_running_loop()
+        self._head = loop.create_future()
+        self._received = False
+        self._deadline = deadline
+        self._timeout_message = timeout_message
+        writer: asyncio.Task[None] | None = None
+        if body is None:
+            self._transport.write(head)
+        elif isinstance(body, bytes):
+            self._transport.write(head + body)
+        else:
+            self._sending = True
+            self._transport.write(head)
+            writer = loop.create_task(self._send_body(body, chunked))
+            writer.add_done_callback(self._body_sent)
+        timer = loop.call_at(deadline, self._head_late) if deadline is not None else None
+        try:
+            return await self._head
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if writer is not None and not writer.done() and self.closed:
+                writer.cancel()
+
+    def _body_sent(self, writer: asyncio.Task[None]) -> None:
+        """A body that could not be sent whole fails the exchange and the stream."""
+        if writer.cancelled():
+            self.close()
+            return
+        exc = writer.exception()
+        if exc is None:
+            return
+        if not isinstance(exc, RelayError):
+            exc = TunnelLost(f"the request body could not be sent: {type(exc).__name__}")
+        self._lost(exc)

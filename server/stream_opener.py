@@ -1,0 +1,74 @@
+"""Opening CONNECT streams to an agent, within its limits.
+
+Both ways relay code speaks HTTP through a tunnel (aiohttp's connector and
+the lean stream pool) open their streams here, so they count against the
+same ``max_streams_per_agent`` and new-streams rate.
+"""
+
+from __future__ import annotations
+
+from server.channel_transport import ChannelSession, ChannelTransport
+from server.errors import AgentBusy, InvalidTarget, RateLimited, TunnelLost
+from server.tunnels import Tunnel, TunnelRegistry
+from sluice.connect import ConnectProtocolError, Target
+from sluice.ratelimit import TokenBucket
+
+
+class StreamOpener:
+    """Opens CONNECT streams to one agent, within its stream limits.
+
+    Shared by the aiohttp connector and the lean stream pool, so both count
+    against the same ``max_streams_per_agent`` and new-streams rate.
+    """
+
+    def __init__(self, registry: TunnelRegistry, agent_id: str, *, max_streams: int,
+                 streams_per_second: float) -> None:
+        self.registry = registry
+        self.agent_id = agent_id
+        self._max_streams = max_streams
+        self._bucket = TokenBucket(streams_per_second)
+
+    def __repr__(self) -> str:
+        return f"<StreamOpener agent={self.agent_id}>"
+
+    async def open(
+        self, target: Target
+    ) -> tuple[ChannelTransport, ChannelSession, bytes, Tunnel]:
+        """Open a stream on the least-busy replica; if that replica cannot open
+        one (it is going away), try the next. Refusals from the agent itself
+        (denied, connect failed) are answers, not replica failures."""
+        replicas = self.registry.replicas(self.agent_id)
+        if sum(t.in_flight for t in replicas) >= self._max_streams:
+            raise AgentBusy(
+                f"agent {self.agent_id} already has {self._max_streams} streams open "
+                "(max_streams_per_agent)"
+            )
+        if not self._bucket.take():
+            raise RateLimited(
+                f"more than {self._bucket.rate:g} new streams per second to agent "
+                f"{self.agent_id} (max_new_streams_per_second)"
+            )
+        tried: frozenset[int] = frozenset()
+        while True:
+            tunnel = self.registry.pick(self.agent_id, exclude=tried)
+            try:
+                transport, session, rest = await tunnel.open_stream(target)
+            except TunnelLost:
+                tried |= {tunnel.id}
+                if not any(t.id not in tried and not t.draining
+                           for t in self.registry.replicas(self.agent_id)):
+                    raise
+                continue
+            return transport, session, rest, tunnel
+
+
+def stream_target(host: str, port: int | None) -> Target:
+    """The CONNECT target for a URL's host and port, or InvalidTarget."""
+    host = host.lower()
+    if port is None:
+        raise InvalidTarget(f"no port for {host}")
+    try:
+        return Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except ConnectProtocolError as exc:
+        raise InvalidTarget(f"{host}:{port} cannot be reached through an agent: "
+                            f"{exc.reason}") from None

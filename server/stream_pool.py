@@ -1,0 +1,166 @@
+"""Kept-alive HTTP/1.1 streams to one agent's APIs, reused across requests.
+
+A request takes an idle stream to its destination (scheme, host, port, TLS
+settings) or opens a new CONNECT stream; when the answer has been read to its
+end the stream waits ``keepalive_timeout`` seconds for the next request. A
+kept-alive stream the API closed meanwhile is retried on a fresh one if the
+request is idempotent and can be sent again (no body, or one held in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+from yarl import URL
+
+from server.channel_transport import start_tls
+from server.errors import UpstreamTimeout
+from server.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
+from server.stream_opener import StreamOpener, stream_target
+
+if TYPE_CHECKING:
+    from server.tunnels import Tunnel
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+Key = tuple[str, str, int, int]  # scheme, host, port, id of the TLS context (0: none)
+
+
+class StreamPool:
+    """Idle HTTP/1.1 streams through one agent, by destination."""
+
+    def __init__(self, opener: StreamOpener, *, connect_timeout: float,
+                 keepalive_timeout: float) -> None:
+        self._opener = opener
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive_timeout
+        self._idle: dict[Key, list[Http1Stream]] = {}
+        self._tunnel_of: dict[Http1Stream, Tunnel] = {}
+
+    def __repr__(self) -> str:
+        idle = sum(len(v) for v in self._idle.values())
+        return f"<StreamPool agent={self._opener.agent_id} idle={idle}>"
+
+    async def request(
+        self, method: str, url: URL, headers: CIMultiDict[str], body: Body,
+        tls: ssl.SSLContext | None, *, connect: float | None, total: float | None,
+        length: int | None = None,
+    ) -> Http1Response:
+        """Send one request; the answer's head has arrived when this returns.
+
+        *length* is the body's size when it streams but its size is known
+        (otherwise a streamed body goes chunked).
+        """
+        host = url.raw_host or ""
+        port = url.port
+        key: Key = (url.scheme, host.lower(), port or 0, id(tls) if tls is not None else 0)
+        if body is None:
+            size: int | None = 0
+        elif isinstance(body, bytes):
+            size = len(body)
+        else:
+            size = length
+        head = request_head(method, url.raw_path_qs, url.host_port_subcomponent or host,
+                            headers, size)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total if total else None
+        late = f"{host} did not answer within the connection's timeouts"
+        # As aiohttp does: only an idempotent request goes again after a
+        # kept-alive stream closed under it (the API may have acted on it).
+        replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
+        while True:
+            stream = self._take(key)
+            reused = stream is not None
+            if stream is None:
+                stream = await self._connect(key, host, port, tls, connect or total)
+            try:
+                return await stream.exchange(head, body, deadline, late, chunked=size is None)
+            except StaleStream:
+                if reused and replayable:
+                    continue
+                raise
+
+    # -- idle streams ------------------------------------------------------------
+    def _take(self, key: Key) -> Http1Stream | None:
+        streams = self._idle.get(key)
+        while streams:
+            stream = streams.pop()
+            if stream.idle_timer is not None:
+                stream.idle_timer.cancel()
+                stream.idle_timer = None
+            if not stream.closed:
+                return stream
+            self._tunnel_of.pop(stream, None)
+        return None
+
+    def _idle_again(self, stream: Http1Stream) -> None:
+        tunnel = self._tunnel_of.get(stream)
+        if tunnel is None or tunnel.draining:
+            self._forget(stream)
+            return
+        key: Key = stream.owner
+        self._idle.setdefault(key, []).append(stream)
+        stream.idle_timer = asyncio.get_running_loop().call_later(
+            self._keepalive, self._expire, key, stream)
+
+    def _expire(self, key: Key, stream: Http1Stream) -> None:
+        streams = self._idle.get(key, [])
+        if stream in streams:
+            streams.remove(stream)
+            if not streams:
+                del self._idle[key]
+        self._forget(stream)
+
+    def _forget(self, stream: Http1Stream) -> None:
+        self._tunnel_of.pop(stream, None)
+        stream.close()
+
+    def _closed(self, stream: Http1Stream) -> None:
+        self._tunnel_of.pop(stream, None)
+
+    def close_idle(self, tunnel: Tunnel | None = None) -> int:
+        """Close idle streams (those through *tunnel*, or all); returns how many."""
+        closed = 0
+        for key, streams in list(self._idle.items()):
+            for stream in list(streams):
+                if tunnel is None or self._tunnel_of.get(stream) is tunnel:
+                    streams.remove(stream)
+                    if stream.idle_timer is not None:
+                        stream.idle_timer.cancel()
+                    self._forget(stream)
+                    closed += 1
+            if not streams:
+                del self._idle[key]
+        return closed
+
+    # -- new streams ---------------------------------------------------------------
+    async def _connect(self, key: Key, host: str, port: int | None,
+                       tls: ssl.SSLContext | None, limit: float | None) -> Http1Stream:
+        target = stream_target(host, port)
+        stream = Http1Stream(self._idle_again)
+        stream.owner = key
+        try:
+            async with asyncio.timeout(limit):
+                transport, session, rest, tunnel = await self._opener.open(target)
+                self._tunnel_of[stream] = tunnel
+                session.on_closed(lambda: self._closed(stream))
+                if tls is None:
+                    transport.set_protocol(stream)
+                    stream.connection_made(transport)
+                    if rest:
+                        stream.data_received(rest)
+                else:
+                    await start_tls(transport, stream, tls, target.host)
+        except TimeoutError:
+            self._forget(stream)
+            raise UpstreamTimeout(
+                f"no connection to {target.authority()} through agent "
+                f"{self._opener.agent_id} within {limit or 0:g} s"
+            ) from None
+        except BaseException:
+            self._forget(stream)
+            raise
+        return stream
