@@ -20,7 +20,7 @@ from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from sluice import __version__, sshconfig
 from sluice.addresses import HostPort
-from sluice.ssh_tuning import coalesce_writes, skip_aead_ignore_packets
+from sluice.ssh_tuning import skip_aead_ignore_packets
 from sluice.tokens import AgentToken
 
 
@@ -141,7 +141,6 @@ async def open_tunnel(
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
                 await _signal_ready(conn)
-                coalesce_writes(conn)
     except TimeoutError:
         conn.close()
         raise RelayUnreachable(

@@ -12,7 +12,7 @@ from server.auth_limit import FailedLoginLimiter
 from server.store import AgentRecord, Store
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice import sshconfig
-from sluice.ssh_tuning import coalesce_writes, skip_aead_ignore_packets
+from sluice.ssh_tuning import skip_aead_ignore_packets
 from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
 
@@ -171,7 +171,6 @@ class RelaySSHServer(asyncssh.SSHServer):
         if tunnel is None or self._registered:
             return
         self._registered = True
-        coalesce_writes(tunnel.conn)
         for stale in self._ctx.registry.add(tunnel):
             log.info("tunnel_replaced", agent_id=stale.agent_id, tunnel=stale.id,
                      peer=stale.peer, by=tunnel.id)
