@@ -121,6 +121,24 @@ def render(s: Summary) -> str:
         "used during each point (from /proc/stat less the bench's own process tree): "
         + _foreign(s.rows) + ".",
         "",
+        "## What a request through Sluice costs, and the levers in place",
+        "",
+        "- The relay parses the caller's request once (aiohttp's server, C parser), applies "
+        "the connection (URL, headers, auth), and writes the API request head in one write "
+        "on a kept-alive CONNECT stream through the agent (`server/stream_pool.py`, "
+        "`server/http1.py`; the answer is parsed by llhttp through httptools). HEAD and "
+        "cloud-mode requests use aiohttp's client.",
+        "- SSH: `aes128-gcm@openssh.com` first, no automatic `SSH_MSG_IGNORE` before every "
+        "packet under AEAD ciphers (`sluice/ssh_tuning.py`), 256 KiB channel windows and "
+        "32 KiB packets, uvloop, TCP_NODELAY (asyncio and uvloop set it on every TCP socket).",
+        "- Answers of up to 64 KiB with a known length go to the caller in one write; larger "
+        "ones stream, with body pieces that queued up joined into one write (up to 256 KiB).",
+        "- What is left, from py-spy profiles (`python -m bench.run --profile DIR`): the "
+        "relay's CPU per small request is split between aiohttp's server side (request "
+        "object, routing, middlewares, response), asyncssh's per-packet work (framing, "
+        "AES-GCM, channel bookkeeping) and system calls; bulk transfers are bound by "
+        "asyncssh's per-packet Python work on both ends.",
+        "",
         "## Summary",
         "",
         _md_table(s.grid()),
