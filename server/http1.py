@@ -32,6 +32,8 @@ from server.errors import RelayError, TunnelLost, TunnelProtocolError, UpstreamT
 HIGH_WATER = 512 * 1024
 LOW_WATER = 128 * 1024
 MAX_JOIN = 256 * 1024
+# How much request body may wait in the stream before the sender pauses.
+WRITE_HIGH_WATER = 256 * 1024
 # Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
 _EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
@@ -297,6 +299,7 @@ class Http1Stream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:

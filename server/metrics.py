@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from server.tunnels import TunnelRegistry
@@ -37,6 +39,17 @@ class RelayMetrics:
             registry=self.registry,
         )
         agents_gauge.set_function(lambda: len({t.agent_id for t in tunnels}))
+        self._proxied: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def proxied(self, mode: str, status: int, seconds: float) -> None:
+        """Count one proxied request (the labelled series are looked up once)."""
+        key = (mode, status // 100)
+        series = self._proxied.get(key)
+        if series is None:
+            series = (self.latency.labels(mode), self.requests.labels(mode, f"{key[1]}xx"))
+            self._proxied[key] = series
+        series[0].observe(seconds)
+        series[1].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -80,8 +80,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             raise cause from None
         # aiohttp's text may quote the URL, which can carry a URL-parameter token.
         raise TunnelLost(f"the request failed on its way: {handle.mask(str(exc))}") from None
-    services.metrics.latency.labels(mode).observe(time.perf_counter() - began)
-    services.metrics.requests.labels(mode, f"{upstream.status // 100}xx").inc()
+    services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
     small = (upstream.content_length is not None and upstream.content_length <= SMALL_BODY
              and request.method != "HEAD")
     response: web.StreamResponse

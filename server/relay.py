@@ -31,6 +31,10 @@ from sluice.tasks import TaskSet
 log = structlog.get_logger("sluice.relay")
 
 
+# Request bodies are read from callers in pieces of up to this size.
+READ_BUFSIZE = 256 * 1024
+
+
 @dataclass
 class Relay:
     settings: ServerSettings
@@ -132,6 +136,7 @@ class Relay:
             shutdown_timeout=s.drain_timeout,
             max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
             max_headers=s.max_headers, keepalive_timeout=s.http_idle_timeout,
+            read_bufsize=READ_BUFSIZE,
         )
         await runner.setup()
         self.web_runner = runner

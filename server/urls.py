@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import quote
 
@@ -17,6 +18,19 @@ class URLError(ValueError):
     """A relative URI that cannot be joined safely (the message says why)."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed_base(base_uri: str) -> tuple[str, str, str]:
+    """(origin, path without trailing slash, raw query) of a base URI, or URLError."""
+    try:
+        base = URL(base_uri)
+        origin = str(base.origin())
+    except (ValueError, UnicodeError) as exc:  # yarl cannot encode the host (IDNA)
+        raise URLError(f"base_uri cannot be used as a URL: {type(exc).__name__}") from None
+    if not base.absolute or base.scheme not in ("http", "https"):
+        raise URLError("base_uri must be an absolute http(s) URL")
+    return origin, base.raw_path.rstrip("/"), base.raw_query_string
+
+
 def join_uri(base_uri: str, relative: str) -> URL:
     """Join like a person reads it: no slash lost or doubled, both queries kept.
 
@@ -30,17 +44,10 @@ def join_uri(base_uri: str, relative: str) -> URL:
     if rel.startswith("//") or _SCHEME.match(rel):
         raise URLError("relative URI must not name a scheme or host; it is joined to base_uri")
     rel_path, _, rel_query = rel.partition("?")
-    try:
-        base = URL(base_uri)
-        origin = str(base.origin())
-    except (ValueError, UnicodeError) as exc:  # yarl cannot encode the host (IDNA)
-        raise URLError(f"base_uri cannot be used as a URL: {type(exc).__name__}") from None
-    if not base.absolute or base.scheme not in ("http", "https"):
-        raise URLError("base_uri must be an absolute http(s) URL")
-    base_path = base.raw_path.rstrip("/")
+    origin, base_path, base_query = _parsed_base(base_uri)
     rel_path = quote(rel_path.lstrip("/"), safe=_PATH_SAFE)
     path = f"{base_path}/{rel_path}" if rel_path else (base_path or "/")
-    queries = [q for q in (base.raw_query_string, quote(rel_query, safe=_QUERY_SAFE)) if q]
+    queries = [q for q in (base_query, quote(rel_query, safe=_QUERY_SAFE)) if q]
     text = origin + path + ("?" + "&".join(queries) if queries else "")
     return URL(text, encoded=True)
 
