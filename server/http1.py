@@ -26,6 +26,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from server.errors import RelayError, TunnelLost, TunnelProtocolError, UpstreamTimeout
+from sluice import __version__
 
 # Read from the stream until this much body waits for the caller, then pause
 # (the SSH window stops refilling, so the agent stops reading the API).
@@ -36,6 +37,8 @@ MAX_JOIN = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 # Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
 _EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
+
+USER_AGENT = f"User-Agent: Sluice/{__version__}"
 
 Body = bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None
 
@@ -102,8 +105,14 @@ def request_head(method: str, target: str, host: str, headers: CIMultiDict[str],
         lines.append("Transfer-Encoding: chunked")
     elif length or method in _EMPTY_BODY_LENGTH:
         lines.append(f"Content-Length: {length}")
+    if "user-agent" not in headers:
+        lines.append(USER_AGENT)
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    try:
+        # Caller header values arrive decoded as UTF-8 with surrogate escapes.
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        raise ValueError("a header value cannot be encoded") from None
 
 
 class Http1Response:
@@ -175,6 +184,8 @@ class Http1Response:
                 timer.cancel()
 
     def _timed_out(self) -> None:
+        if self._complete:
+            return  # the end arrived in the same loop turn; the stream is not ours now
         self._fail(UpstreamTimeout(self._timeout_message))
         self._stream.close()
 
@@ -315,16 +326,23 @@ class Http1Stream(asyncio.Protocol):
             self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
 
     def eof_received(self) -> bool:
-        response = self._response
-        if response is not None and not response._complete and self.content_length_unknown:
-            # An answer without length or chunking ends where the stream does.
-            response._finish()
-            self._head = None
-            self._response = None
+        self._end_of_lengthless_answer()
         self._lost(None)
         return False
 
+    def _end_of_lengthless_answer(self) -> None:
+        """An answer without length or chunking ends where the stream does."""
+        response = self._response
+        if response is not None and not response._complete and self.content_length_unknown:
+            response._finish()
+            self._head = None
+            self._response = None
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            # The EOF may come folded into the close (asyncssh does so while
+            # reading is paused): a length-less answer ends here too.
+            self._end_of_lengthless_answer()
         self._lost(exc)
         drain = self._drain
         if drain is not None and not drain.done():
@@ -341,6 +359,9 @@ class Http1Stream(asyncio.Protocol):
 
     # -- llhttp callbacks ----------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._head is None:
+            # More than one answer to one request: the stream is out of step.
+            raise TunnelProtocolError("the API sent an answer nobody asked for")
         self._headers = CIMultiDict()
         self._reason = ""
 
@@ -432,10 +453,10 @@ class Http1Stream(asyncio.Protocol):
         finally:
             self._sending = False
 
-    def _head_late(self) -> None:
-        head = self._head
-        if head is not None and not head.done():
-            head.set_exception(UpstreamTimeout(self._timeout_message))
+    def _head_late(self, head: asyncio.Future[Http1Response]) -> None:
+        if head.done():
+            return  # answered in the same loop turn
+        head.set_exception(UpstreamTimeout(self._timeout_message))
         self.close()
 
     async def exchange(self, head: bytes, body: Body, deadline: float | None,
@@ -462,7 +483,8 @@ class Http1Stream(asyncio.Protocol):
             self._transport.write(head)
             writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
-        timer = loop.call_at(deadline, self._head_late) if deadline is not None else None
+        timer = (loop.call_at(deadline, self._head_late, self._head)
+                 if deadline is not None else None)
         try:
             return await self._head
         except BaseException:

@@ -88,6 +88,8 @@ class StreamPool:
         streams = self._idle.get(key)
         while streams:
             stream = streams.pop()
+            if not streams:
+                del self._idle[key]
             if stream.idle_timer is not None:
                 stream.idle_timer.cancel()
                 stream.idle_timer = None

@@ -262,3 +262,67 @@ async def test_a_line_break_in_a_header_value_is_refused(
     assert answer.status == 400, answer.text
     assert "X-Tenant" in answer.body["detail"]
     assert not any("X-Injected" in s.headers for s in api.seen)
+
+
+async def test_a_second_answer_to_one_request_costs_only_that_stream(
+    client: APIClient, start_agent: AgentFactory
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+        await _ok(reader, writer, head)
+        if len(raw.requests) == 1:  # the first request gets two answers at once
+            await _ok(reader, writer, head)
+        return True
+
+    async for raw in _raw(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        for _ in range(3):
+            answer_ = await client.call("GET", f"/v1/connections/{conn_id}/proxy/x")
+            assert (answer_.status, answer_.body) == (200, {"ok": True})
+        # The stream that went out of step was dropped; a fresh one took over.
+        assert raw.connections == 2
+
+
+async def test_a_long_answer_without_length_arrives_whole(
+    client: APIClient, start_agent: AgentFactory
+) -> None:
+    body = bytes(range(256)) * (12 * 1024)  # 3 MiB, far past the relay's read-ahead
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        for i in range(0, len(body), 65536):
+            writer.write(body[i:i + 65536])
+            await writer.drain()
+        return False
+
+    async for raw in _raw(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        url = f"{client.base}/v1/connections/{conn_id}/proxy/long"
+        for _ in range(2):
+            got = hashlib.sha256()
+            size = 0
+            async with client.session.get(url, headers=_auth(client)) as resp:
+                assert resp.status == 200
+                async for chunk in resp.content.iter_chunked(16 * 1024):
+                    got.update(chunk)
+                    size += len(chunk)
+            assert (size, got.hexdigest()) == (len(body), hashlib.sha256(body).hexdigest())
+
+
+async def test_header_bytes_pass_unchanged_and_the_relay_names_itself(
+    client: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    conn_id = await _connection(client, api.base, token.agent_id)
+    url = f"{client.base}/v1/connections/{conn_id}/proxy/hello"
+    async with client.session.get(url, headers={**_auth(client), "X-Name": "Zoë 東京"},
+                                  skip_auto_headers=["User-Agent"]) as resp:
+        assert resp.status == 200
+    assert api.seen[-1].headers["X-Name"] == "Zoë 東京"
+    assert api.seen[-1].headers["User-Agent"].startswith("Sluice/")
+    await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello",
+                      headers={"User-Agent": "inventory-sync/2"})
+    assert api.seen[-1].headers["User-Agent"] == "inventory-sync/2"
