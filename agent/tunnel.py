@@ -20,7 +20,7 @@ from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from sluice import __version__, sshconfig
 from sluice.addresses import HostPort
-from sluice.ssh_tuning import skip_aead_ignore_packets
+from sluice.ssh_tuning import tune_asyncssh
 from sluice.tokens import AgentToken
 
 
@@ -72,7 +72,7 @@ async def open_tunnel(
     With *ctx* None (the ``check`` command) no channel is ever accepted.
     Raises a TunnelError subclass that says what went wrong and what to fix.
     """
-    skip_aead_ignore_packets()
+    tune_asyncssh()
     expected = None if settings.insecure_skip_host_key_check else settings.relay_fingerprint
     client = _PinnedHostKeyClient(expected)
     # Outside the try below: a proxy's own error message says more than
@@ -137,7 +137,7 @@ async def open_tunnel(
                     lambda _host, _port: ChannelProxy(proxy_ctx),
                     sshconfig.TUNNEL_LISTEN_HOST,
                     sshconfig.TUNNEL_LISTEN_PORT,
-                    window=sshconfig.CHANNEL_WINDOW,
+                    window=sshconfig.AGENT_RECEIVE_WINDOW,
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
                 await _signal_ready(conn)

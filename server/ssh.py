@@ -12,7 +12,7 @@ from server.auth_limit import FailedLoginLimiter
 from server.store import AgentRecord, Store
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice import sshconfig
-from sluice.ssh_tuning import skip_aead_ignore_packets
+from sluice.ssh_tuning import tune_asyncssh
 from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
 
@@ -208,7 +208,7 @@ async def start_ssh_server(
     login_timeout: float,
 ) -> asyncssh.SSHAcceptor:
     """Listen for agents. Returns the acceptor (close() it to stop)."""
-    skip_aead_ignore_packets()
+    tune_asyncssh()
     return await asyncssh.create_server(
         lambda: RelaySSHServer(ctx),
         host,

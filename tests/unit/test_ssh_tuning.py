@@ -1,4 +1,4 @@
-"""The IGNORE-packet tweak: gone under AEAD ciphers, kept under others."""
+"""asyncssh tweaks: no IGNORE packets under AEAD ciphers, one write per channel flush."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sluice.ssh_tuning import skip_aead_ignore_packets
+from sluice.ssh_tuning import skip_aead_ignore_packets, tune_asyncssh
 
 
 class _Counting(asyncssh.SSHServer):
@@ -59,3 +59,58 @@ async def test_one_packet_per_write_under_aead(cipher: str, tmp_path: Path) -> N
 async def test_ignore_packets_kept_under_ctr(tmp_path: Path) -> None:
     assert await _packets_sent("aes128-ctr", tmp_path) == 40  # an IGNORE before each
 
+
+
+class _CountingTransport:
+    """Counts the writes asyncssh makes to its socket (and passes them on)."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.chunks = 0
+
+    def write(self, data: bytes) -> None:
+        self.calls += 1
+        self.chunks += 1
+        self.inner.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.calls += 1
+        self.chunks += len(data)
+        self.inner.writelines(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+async def test_a_channel_flush_is_one_write_and_bytes_survive(cipher: str) -> None:
+    tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    blob = bytes(range(256)) * 4096  # 1 MiB
+
+    async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        data = await process.stdin.readexactly(len(blob))
+        process.stdout.write(data)
+        process.exit(0)
+
+    server = await asyncssh.create_server(
+        _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle,
+        encryption_algs=[cipher], encoding=None, window=4 * 1024 * 1024,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
+            agent_path=None, config=None, encryption_algs=[cipher],
+        ) as conn, conn.create_process("echo", encoding=None) as proc:
+            counting = _CountingTransport(conn._transport)
+            conn._transport = counting
+            proc.stdin.write(blob)  # 32 packets of 32 KiB, the window allows all
+            echoed = await asyncio.wait_for(proc.stdout.readexactly(len(blob)), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert echoed == blob
+    assert counting.chunks >= 32
+    assert counting.calls <= 4  # the data went out in (nearly) one write, not 32
