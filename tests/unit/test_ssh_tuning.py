@@ -84,8 +84,14 @@ class _CountingTransport:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
-async def test_a_channel_flush_is_one_write_and_bytes_survive(cipher: str) -> None:
+@pytest.mark.parametrize(("cipher", "rekey_bytes"), [
+    ("aes128-gcm@openssh.com", 1 << 30),
+    ("aes128-gcm@openssh.com", 100_000),  # key exchanges mid-stream, both ways
+    ("chacha20-poly1305@openssh.com", 1 << 30),
+])
+async def test_a_channel_flush_is_one_write_and_bytes_survive(
+    cipher: str, rekey_bytes: int
+) -> None:
     tune_asyncssh()
     key = asyncssh.generate_private_key("ssh-ed25519")
     blob = bytes(range(256)) * 4096  # 1 MiB
@@ -98,12 +104,13 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(cipher: str) -> No
     server = await asyncssh.create_server(
         _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle,
         encryption_algs=[cipher], encoding=None, window=4 * 1024 * 1024,
+        rekey_bytes=rekey_bytes,
     )
     port = server.sockets[0].getsockname()[1]
     try:
         async with asyncssh.connect(
             "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
-            agent_path=None, config=None, encryption_algs=[cipher],
+            agent_path=None, config=None, encryption_algs=[cipher], rekey_bytes=rekey_bytes,
         ) as conn, conn.create_process("echo", encoding=None) as proc:
             if "gcm" in cipher:
                 assert ssh_tuning._gcm_ready(conn) is not None  # the short framing path
@@ -111,9 +118,13 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(cipher: str) -> No
             conn._transport = counting
             proc.stdin.write(blob)  # 32 packets of 32 KiB, the window allows all
             echoed = await asyncio.wait_for(proc.stdout.readexactly(len(blob)), 20)
+            counted_since_rekey = conn._rekey_bytes_sent
     finally:
         server.close()
         await server.wait_closed()
     assert echoed == blob
     assert counting.chunks >= 32
-    assert counting.calls <= 4  # the data went out in (nearly) one write, not 32
+    if rekey_bytes < len(blob):
+        assert counted_since_rekey < rekey_bytes  # keys were exchanged on the way
+    else:
+        assert counting.calls <= 4  # the data went out in (nearly) one write, not 32
