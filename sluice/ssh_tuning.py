@@ -92,20 +92,31 @@ def batch_channel_writes() -> None:
             return
         batch: list[bytes] = []
         conn._sluice_batch = batch
+        # The transport as the flush began: a session callback inside the
+        # flush may close the connection, which drops conn._transport at once
+        # (asyncssh's own writes would have reached the socket before that).
+        transport = conn._transport
         try:
             _send_data_fast(self, conn)
             original_flush(self)  # the rest: extended data, EOF/close, pause/resume
         finally:
             conn._sluice_batch = None
-            if len(batch) == 1:
-                original_send(conn, batch[0])
-            elif batch and conn._transport is not None:
-                with contextlib.suppress(ConnectionError):  # as asyncssh's own _send
-                    conn._transport.writelines(batch)
+            if batch and transport is not None:
+                _write_all(transport, batch)
 
     _connection.SSHConnection._send = _send  # type: ignore[method-assign]
     _channel.SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
     _batching = True
+
+
+def _write_all(transport: Any, batch: list[bytes]) -> None:
+    with contextlib.suppress(ConnectionError):  # as asyncssh's own _send
+        if len(batch) == 1:
+            transport.write(batch[0])
+        elif hasattr(transport, "writelines"):
+            transport.writelines(batch)
+        else:  # e.g. asyncssh's proxy-command tunnel
+            transport.write(b"".join(batch))
 
 
 _U32 = struct.Struct(">I")
@@ -238,6 +249,8 @@ def feed_in_pieces() -> None:
             return
         with memoryview(data) as view:
             for start in range(0, len(data), _PIECE):
+                if self._transport is None:
+                    break  # a fatal error in an earlier piece closed the connection
                 original(self, view[start:start + _PIECE], datatype)  # type: ignore[arg-type]
 
     _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
