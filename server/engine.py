@@ -26,7 +26,7 @@ from yarl import URL
 from server.cloud_http import CloudHTTP
 from server.connection_model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
-from server.http1 import Answer, Body
+from server.http1 import USER_AGENT, Answer, Body
 from server.success_path import lookup, ping_verdict
 from server.templating import TemplateError, render_body, render_header_value, render_uri
 from server.tunnel_http import TunnelHTTP
@@ -196,6 +196,8 @@ class Engine:
             if name.lower() in HOP_BY_HOP or name.lower() == "authorization":
                 continue
             headers[name] = value
+        if "User-Agent" not in headers:
+            headers["User-Agent"] = USER_AGENT
         auth = http.auth
         if auth is not None and auth.location == "header" and auth.token:
             scheme = (auth.scheme or "").strip()

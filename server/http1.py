@@ -38,7 +38,7 @@ WRITE_HIGH_WATER = 256 * 1024
 # Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
 _EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
-USER_AGENT = f"User-Agent: Sluice/{__version__}"
+USER_AGENT = f"Sluice/{__version__}"
 
 Body = bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None
 
@@ -106,7 +106,7 @@ def request_head(method: str, target: str, host: str, headers: CIMultiDict[str],
     elif length or method in _EMPTY_BODY_LENGTH:
         lines.append(f"Content-Length: {length}")
     if "user-agent" not in headers:
-        lines.append(USER_AGENT)
+        lines.append(f"User-Agent: {USER_AGENT}")
     lines.append("\r\n")
     try:
         # Caller header values arrive decoded as UTF-8 with surrogate escapes.

@@ -326,3 +326,8 @@ async def test_header_bytes_pass_unchanged_and_the_relay_names_itself(
     await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello",
                       headers={"User-Agent": "inventory-sync/2"})
     assert api.seen[-1].headers["User-Agent"] == "inventory-sync/2"
+    async with client.session.head(url, headers=_auth(client),
+                                   skip_auto_headers=["User-Agent"]) as resp:
+        assert resp.status == 200  # HEAD goes through aiohttp's client: same default
+    assert api.seen[-1].method == "HEAD"
+    assert api.seen[-1].headers["User-Agent"].startswith("Sluice/")
