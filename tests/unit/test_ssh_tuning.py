@@ -114,8 +114,9 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
         ) as conn, conn.create_process("echo", encoding=None) as proc:
             if "gcm" in cipher:
                 assert ssh_tuning._gcm_ready(conn) is not None  # the short framing path
+            assert conn._transport is not None
             counting = _CountingTransport(conn._transport)
-            conn._transport = counting
+            conn._transport = counting  # type: ignore[assignment]
             proc.stdin.write(blob)  # 32 packets of 32 KiB, the window allows all
             echoed = await asyncio.wait_for(proc.stdout.readexactly(len(blob)), 20)
             counted_since_rekey = conn._rekey_bytes_sent
