@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, blob_sha256
 from tests.support.capture import APIClient, remember_secret
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 TOKEN = "fast-path-token-" + "f" * 16
@@ -331,3 +333,35 @@ async def test_header_bytes_pass_unchanged_and_the_relay_names_itself(
         assert resp.status == 200  # HEAD goes through aiohttp's client: same default
     assert api.seen[-1].method == "HEAD"
     assert api.seen[-1].headers["User-Agent"].startswith("Sluice/")
+
+
+@pytest.mark.timeout(90)
+async def test_kept_alive_streams_leave_a_draining_replica(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    first, token = await start_agent([f"127.0.0.1:{api.port}"])
+    conn_id = await _connection(client, api.base, token.agent_id)
+    proxy = f"/v1/connections/{conn_id}/proxy/hello"
+    assert (await client.call("GET", proxy)).status == 200  # leaves a kept-alive stream
+    (old,) = relay.registry.replicas(token.agent_id)
+    assert old.in_flight == 1
+    second, _ = await start_agent([f"127.0.0.1:{api.port}"], token=token, wait_online=False)
+    await wait_until(lambda: len(relay.registry.replicas(token.agent_id)) == 2,
+                     what="second replica")
+    began = asyncio.get_running_loop().time()
+    first.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    await wait_until(lambda: old.draining, what="replica marked draining")
+    # The relay closes the kept-alive stream it held there at once.
+    await wait_until(lambda: old.in_flight == 0, timeout=5, what="idle stream closed")
+    for _ in range(5):
+        assert (await client.call("GET", proxy)).status == 200
+    assert old.streams_total == 1  # nothing new went to the draining replica
+    assert await first.wait(20) == 0
+    assert asyncio.get_running_loop().time() - began < 15
+    # The other replica holds a kept-alive stream now; it too leaves at once
+    # when its agent stops (rather than after the agent's 30 s drain_timeout).
+    (new,) = relay.registry.replicas(token.agent_id)
+    assert new.in_flight == 1
+    began = asyncio.get_running_loop().time()
+    assert await second.stop() == 0
+    assert asyncio.get_running_loop().time() - began < 10
