@@ -120,6 +120,7 @@ def _write_all(transport: Any, batch: list[bytes]) -> None:
 
 
 _U32 = struct.Struct(">I")
+_DATA_FIELDS = struct.Struct(">II")  # channel, length
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
 
 
@@ -237,24 +238,98 @@ _feeding = False
 
 
 def feed_in_pieces() -> None:
-    """Patch asyncssh (idempotently) to parse a large read 32 KiB at a time."""
+    """Patch asyncssh (idempotently): plain channel data under AES-GCM is taken
+    straight from a read (see ``_take_data_packets``); anything else is parsed
+    by asyncssh, a large read 32 KiB at a time."""
     global _feeding
     if _feeding:
         return
     original = _connection.SSHConnection.data_received
 
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-        if len(data) <= _PIECE:
-            original(self, data, datatype)
+        rest = data
+        if _recv_ready(self):
+            rest = _take_data_packets(self, data)
+            if not rest:
+                return
+        if len(rest) <= _PIECE:
+            original(self, rest, datatype)
             return
-        with memoryview(data) as view:
-            for start in range(0, len(data), _PIECE):
+        with memoryview(rest) as view:
+            for start in range(0, len(rest), _PIECE):
                 if self._transport is None:
                     break  # a fatal error in an earlier piece closed the connection
                 original(self, view[start:start + _PIECE], datatype)  # type: ignore[arg-type]
 
     _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
     _feeding = True
+
+
+_GCM_OVERHEAD = 4 + 16  # length field, tag
+
+
+def _recv_ready(conn: Any) -> bool:
+    """May channel data be taken from the next read? (AES-GCM keys in place, no
+    compression, and asyncssh between packets, not inside one)."""
+    return (type(conn._recv_encryption) is GCMEncryption and conn._decompressor is None
+            and conn._kex_complete and conn._auth_complete
+            and conn._recv_handler == conn._recv_pkthdr)
+
+
+def _take_data_packets(conn: Any, data: bytes) -> bytes:
+    """Handle the whole plain channel-data packets at the front of the input as
+    asyncssh would (same checks, sequence numbers, window accounting and
+    delivery), decrypting each in place: one copy by the cipher, one for the
+    data. An incomplete packet at the end waits in asyncssh's input buffer,
+    unparsed, for the next read. Anything else (another packet type, a check
+    that fails, a bad tag) stops the loop: the input from there is returned
+    for asyncssh's own parser, which then sees exactly what it would have."""
+    buf: bytes = conn._inpbuf + data if conn._inpbuf else data
+    conn._inpbuf = b""
+    cipher = conn._recv_encryption._cipher
+    aead = _aead(cipher)
+    channels = conn._channels
+    limit = conn._max_recv_pktlen
+    size = len(buf)
+    pos = 0
+    taken = False
+    complete = True  # False: the loop stopped at a packet asyncssh must see
+    with memoryview(buf) as view:
+        while True:
+            if size - pos < 4:
+                break
+            pktlen = _U32.unpack_from(buf, pos)[0]
+            end = pos + pktlen + _GCM_OVERHEAD
+            if pktlen > limit:
+                complete = False
+                break
+            if end > size:
+                break
+            complete = False
+            try:
+                plain = aead.decrypt(cipher._iv, view[pos + 4:end], view[pos:pos + 4])
+            except InvalidTag:
+                break  # asyncssh decrypts it again and reports the failure
+            if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
+                break
+            recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
+            chan = channels.get(recv_chan)
+            if (chan is None or chan._recv_state != "open" or length > chan._recv_window
+                    or 10 + length + plain[0] != len(plain)):
+                break  # asyncssh raises the matching protocol error
+            cipher._update_iv()
+            conn._recv_seq = (conn._recv_seq + 1) & 0xFFFFFFFF
+            pos = end
+            taken = True
+            complete = True
+            chan._accept_data(plain[10:10 + length])
+        rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
+    if taken:
+        conn._reset_keepalive_timer()
+    if complete and conn._transport is not None:
+        conn._inpbuf = rest  # the start of the next packet, for the next read
+        return b""
+    return rest
 
 
 def tune_asyncssh() -> None:
