@@ -85,6 +85,11 @@ _AUDIT_EVENT = {
 }
 
 
+MALFORMED_REQUEST: dict[str, Any] = {
+    "description": "The request is not valid HTTP (plain text from the HTTP server)",
+}
+
+
 def _problem_responses(*codes: int) -> dict[str, Any]:
     return {
         str(code): {
@@ -208,6 +213,11 @@ def openapi_document() -> dict[str, Any]:
             method: proxy_op for method in ("get", "post", "put", "patch", "delete", "head")
         },
     }
+    # Any request can be malformed at the HTTP level (a bad Content-Length, say);
+    # aiohttp answers those with a plain-text 400 before any route runs.
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"].setdefault("400", MALFORMED_REQUEST)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sluice relay API", "version": "1"},
