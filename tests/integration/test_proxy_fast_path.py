@@ -91,6 +91,12 @@ async def _connection(client: APIClient, base: str, agent_id: str, **http: Any) 
     return str(answer.body["id"])
 
 
+async def _through_agent(raw: RawAPI, client: APIClient, start_agent: AgentFactory) -> str:
+    """An agent allowed to reach *raw*, and an on-premise connection to it."""
+    _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+    return await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+
+
 async def _ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 11\r\n\r\n{\"ok\":true}")
@@ -167,8 +173,7 @@ async def test_framings_the_api_may_choose(
         return True
 
     async for raw in _raw(answer):
-        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        conn_id = await _through_agent(raw, client, start_agent)
         proxy = f"/v1/connections/{conn_id}/proxy"
         for _ in range(2):  # the second round runs on kept-alive streams
             chunked = await client.call("GET", f"{proxy}/chunked")
@@ -193,8 +198,7 @@ async def test_an_api_that_drops_kept_alive_connections_costs_no_error(
         return False  # says nothing about closing, then closes
 
     async for raw in _raw(answer_once):
-        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        conn_id = await _through_agent(raw, client, start_agent)
         for _ in range(10):
             answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/x")
             assert (answer.status, answer.body) == (200, {"ok": True})
@@ -219,8 +223,7 @@ async def test_a_misbehaving_api_gets_a_definite_answer(
         return False
 
     async for raw in _raw(answer):
-        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        conn_id = await _through_agent(raw, client, start_agent)
         url = f"{client.base}/v1/connections/{conn_id}/proxy/x"
         async with asyncio.timeout(10):
             if expected is not None:
@@ -277,8 +280,7 @@ async def test_a_second_answer_to_one_request_costs_only_that_stream(
         return True
 
     async for raw in _raw(answer):
-        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        conn_id = await _through_agent(raw, client, start_agent)
         for _ in range(3):
             answer_ = await client.call("GET", f"/v1/connections/{conn_id}/proxy/x")
             assert (answer_.status, answer_.body) == (200, {"ok": True})
@@ -300,8 +302,7 @@ async def test_a_long_answer_without_length_arrives_whole(
         return False
 
     async for raw in _raw(answer):
-        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        conn_id = await _through_agent(raw, client, start_agent)
         url = f"{client.base}/v1/connections/{conn_id}/proxy/long"
         for _ in range(2):
             got = hashlib.sha256()
