@@ -74,9 +74,18 @@ _query_word = st.text(string.ascii_letters + string.digits + "-._~", min_size=1,
 _query_pairs = st.lists(st.tuples(_query_word, _query_word), max_size=3)
 
 
+_UNRESERVED = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
 def _upper_escapes(text: str) -> str:
-    """yarl writes percent-escapes in upper case (RFC 3986 §6.2.2.1)."""
-    return re.sub(r"%[0-9a-fA-F]{2}", lambda m: m.group(0).upper(), text)
+    """The RFC 3986 §6.2.2 normal form yarl writes: percent-escapes in upper
+    case, and escaped unreserved characters decoded ('%30' is '0')."""
+    def normal(match: re.Match[str]) -> str:
+        char = chr(int(match.group(0)[1:], 16))
+        return char if char in _UNRESERVED else match.group(0).upper()
+
+    return re.sub(r"%[0-9a-fA-F]{2}", normal, text)
 
 
 def _bad_percent(text: str) -> bool:
