@@ -29,7 +29,7 @@ from server.errors import AgentOffline, RelayError
 from server.http1 import USER_AGENT, Answer, Body
 from server.success_path import lookup, ping_verdict
 from server.templating import TemplateError, render_body, render_header_value, render_uri
-from server.tunnel_http import TunnelHTTP
+from server.tunnel_http import TunnelHTTP, default_tls
 from server.tunnels import TunnelRegistry
 from server.urls import URLError, join_uri, with_query_param
 
@@ -255,7 +255,7 @@ class Engine:
         tls: ssl.SSLContext | None = None
         if url.scheme == "https":
             chosen = self._ssl(handle)
-            tls = chosen if isinstance(chosen, ssl.SSLContext) else self._default_tls(chosen)
+            tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
         timeouts = handle.conn.http.timeouts
         try:
             return await pool.request(method, url, headers, body, tls, connect=timeouts.connect,
@@ -264,17 +264,6 @@ class Engine:
             raise UpstreamTLSError(f"TLS to {url.host} failed: {exc}") from exc
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-
-    def _default_tls(self, verify: bool) -> ssl.SSLContext:
-        key = "default" if verify else "unverified"
-        ctx = self._ssl_contexts.get(key)
-        if ctx is None:
-            ctx = ssl.create_default_context()
-            if not verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            self._ssl_contexts[key] = ctx
-        return ctx
 
     async def request(
         self,

@@ -15,11 +15,7 @@ from sluice.ratelimit import TokenBucket
 
 
 class StreamOpener:
-    """Opens CONNECT streams to one agent, within its stream limits.
-
-    Shared by the aiohttp connector and the lean stream pool, so both count
-    against the same ``max_streams_per_agent`` and new-streams rate.
-    """
+    """Opens CONNECT streams to one agent, within its stream limits."""
 
     def __init__(self, registry: TunnelRegistry, agent_id: str, *, max_streams: int,
                  streams_per_second: float) -> None:

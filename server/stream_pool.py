@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
-Key = tuple[str, str, int, int]  # scheme, host, port, id of the TLS context (0: none)
+# scheme, host, port, id of the TLS context (0: none). The engine keeps its
+# contexts for its lifetime, so an id never comes to stand for another one.
+Key = tuple[str, str, int, int]
 
 
 class StreamPool:
@@ -75,7 +77,7 @@ class StreamPool:
             stream = self._take(key)
             reused = stream is not None
             if stream is None:
-                stream = await self._connect(key, host, port, tls, connect or total)
+                stream = await self._connect(key, host, port, tls, connect or self._connect_timeout)
             try:
                 return await stream.exchange(head, body, deadline, late, chunked=size is None)
             except StaleStream:

@@ -10,6 +10,7 @@ reuses a stream across requests. The only aiohttp internal touched is
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import weakref
 from typing import Any
@@ -26,14 +27,14 @@ from server.stream_pool import StreamPool
 from server.tunnels import Tunnel, TunnelRegistry
 
 
-def _verified_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
-
-
-def _unverified_context() -> ssl.SSLContext:
+@functools.cache
+def default_tls(verify: bool) -> ssl.SSLContext:
+    """The system CA store's TLS context (or, *verify* False, one that checks
+    nothing), made once: loading the CA store costs milliseconds."""
     ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
@@ -47,7 +48,6 @@ class TunnelConnector(aiohttp.BaseConnector):
         self._opener = opener
         self._agent_id = opener.agent_id
         self._connect_timeout = connect_timeout
-        self._default_ssl = _verified_context()
         self._tunnel_of: weakref.WeakKeyDictionary[ResponseHandler, Tunnel] = (
             weakref.WeakKeyDictionary()
         )
@@ -59,9 +59,9 @@ class TunnelConnector(aiohttp.BaseConnector):
         if isinstance(req.ssl, ssl.SSLContext):
             return req.ssl
         if req.ssl is False:
-            return _unverified_context()
+            return default_tls(False)
         if req.ssl is True or req.ssl is None:
-            return self._default_ssl
+            return default_tls(True)
         raise ValueError("certificate fingerprints are not supported through a tunnel")
 
     async def _create_connection(

@@ -207,17 +207,10 @@ def reuse_gcm_keys() -> None:
         self._update_iv()
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
-    def verify_and_decrypt(self: Any, header: bytes, data: bytes, mac: bytes) -> bytes | None:
-        try:
-            opened: bytes | None = _aead(self).decrypt(self._iv, data + mac, header)
-        except InvalidTag:
-            opened = None
-        self._update_iv()
-        return opened
-
     def decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes, header_len: int,
                        mac: bytes) -> bytes | None:
-        # As GCMEncryption's own, with ciphertext and tag joined in one copy.
+        # As GCMEncryption's own (its only use of GCMCipher.verify_and_decrypt),
+        # with ciphertext and tag joined in one copy.
         cipher = self._cipher
         try:
             opened: bytes | None = _aead(cipher).decrypt(
@@ -228,7 +221,6 @@ def reuse_gcm_keys() -> None:
         return opened
 
     gcm.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
-    gcm.verify_and_decrypt = verify_and_decrypt  # type: ignore[method-assign]
     GCMEncryption.decrypt_packet = decrypt_packet  # type: ignore[method-assign]
     _reusing = True
 
