@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import secrets
@@ -26,6 +27,9 @@ from server.store import ConnectionRow, Store
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 CACHE_SECONDS = 2.0
+
+# When it was read, the decrypted settings, and their secret values (masks).
+_Cached = tuple[float, Connection, list[str]]
 
 
 def new_connection_id() -> str:
@@ -58,7 +62,8 @@ class ConnectionService:
         self._store = store
         self._box = box
         self._reload_box = reload_box
-        self._cache: dict[str, tuple[float, Connection, list[str]]] = {}
+        self._cache: dict[str, _Cached] = {}
+        self._loading: dict[str, tuple[int, asyncio.Future[_Cached]]] = {}
         self._generation = 0
 
     def __repr__(self) -> str:
@@ -162,19 +167,35 @@ class ConnectionService:
         edit made through another relay sharing the database shows after at
         most CACHE_SECONDS.
         """
-        now = time.monotonic()
         hit = self._cache.get(conn_id)
-        if hit is None or now - hit[0] > CACHE_SECONDS:
-            generation = self._generation
+        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+            # One read per expiry however many requests wait for it: under load
+            # every caller of a just-expired entry would otherwise read,
+            # decrypt and validate the same row at once.
+            loading = self._loading.get(conn_id)
+            if loading is None or loading[0] != self._generation:
+                task = asyncio.ensure_future(self._load(conn_id, self._generation))
+                task.add_done_callback(_retrieve)
+                loading = (self._generation, task)
+                self._loading[conn_id] = loading
+            hit = await asyncio.shield(loading[1])
+        return Handle(id=conn_id, conn=hit[1], masks=list(hit[2]))
+
+    async def _load(self, conn_id: str, generation: int) -> _Cached:
+        try:
             row = await self._row(conn_id)
             conn = self._open(row)
-            hit = (now, conn, _secret_values(conn))
-            # An edit that landed while we read must not be undone by our copy.
-            if generation == self._generation:
-                self._cache[conn_id] = hit
-            if len(self._cache) > 10_000:
-                self._cache.pop(next(iter(self._cache)))
-        return Handle(id=conn_id, conn=hit[1], masks=list(hit[2]))
+        finally:
+            current = self._loading.get(conn_id)
+            if current is not None and current[0] == generation:
+                del self._loading[conn_id]
+        hit = (time.monotonic(), conn, _secret_values(conn))
+        # An edit that landed while we read must not be undone by our copy.
+        if generation == self._generation:
+            self._cache[conn_id] = hit
+        if len(self._cache) > 10_000:
+            self._cache.pop(next(iter(self._cache)))
+        return hit
 
     def forget(self, conn_id: str) -> None:
         self._generation += 1
@@ -211,6 +232,12 @@ class ConnectionService:
             return json.dumps(doc, separators=(",", ":"))
 
         return await self._store.rewrite_documents(rewrite)
+
+
+def _retrieve(task: asyncio.Future[_Cached]) -> None:
+    """Mark a load's failure as seen: its waiters may all have gone."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _secret_values(conn: Connection) -> list[str]:
