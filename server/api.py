@@ -11,10 +11,11 @@ from typing import Any
 import structlog
 from aiohttp import HttpVersion11, web
 
-from server.admin_token import AdminTokenConfigured
+from server.admin_token import AdminTokenConfigured, AdminTokens
 from server.connections import ConnectionNotFound, InvalidConnection
 from server.crypto import DecryptionError
 from server.errors import RelayError
+from server.metrics import RelayMetrics
 from server.openapi import openapi_document
 from server.problems import problem, validation_problem
 from server.proxy_route import proxy
@@ -45,31 +46,52 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             exc.status, "http_error"
         )
         return problem(exc.status, kind, exc.reason, exc.text if exc.text != exc.reason else None)
-    except InvalidConnection as exc:
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        return error_problem(exc, services_of(request).metrics, request.path)
+
+
+def error_problem(exc: Exception, metrics: RelayMetrics, path: str) -> web.Response:
+    """The problem document for a failed request: a stable type, never internals."""
+    if isinstance(exc, InvalidConnection):
         return validation_problem(exc.problems)
-    except ConnectionNotFound as exc:
+    if isinstance(exc, ConnectionNotFound):
         return problem(404, "not_found", "No such connection", f"no connection {exc.args[0]}")
-    except AgentInUse as exc:
+    if isinstance(exc, AgentInUse):
         return problem(
             409, "agent_in_use", "The agent is used by connections",
             f"agent {exc.agent_id} is used by {', '.join(exc.connection_ids)}; "
             "delete or move those connections first",
             connections=exc.connection_ids,
         )
-    except RelayError as exc:
-        services_of(request).metrics.errors.labels(exc.type).inc()
+    if isinstance(exc, RelayError):
+        metrics.errors.labels(exc.type).inc()
         return problem(exc.status, exc.type, exc.title, str(exc))
-    except DecryptionError as exc:
+    if isinstance(exc, DecryptionError):
         log.error("secret_unreadable", error=str(exc))
         return problem(500, "secret_unreadable", "A stored secret could not be decrypted",
                        "check the relay's master key settings")
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
-    except Exception as exc:
-        # Whatever it was, the caller gets a problem document and no internals.
-        log.exception("internal_error", path=request.path, error_type=type(exc).__name__)
-        return problem(500, "internal_error", "The relay failed to handle the request",
-                       "see the relay's log")
+    log.error("internal_error", path=path, error_type=type(exc).__name__, exc_info=exc)
+    return problem(500, "internal_error", "The relay failed to handle the request",
+                   "see the relay's log")
+
+
+def bearer_actor(admin: AdminTokens, authorization: str) -> str | None:
+    """Who sent this Authorization header, or None unless it holds a valid admin token."""
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return admin.actor(presented.strip())
+
+
+def unauthorized() -> web.Response:
+    response = problem(
+        401, "unauthorized", "Admin token required",
+        "send 'Authorization: Bearer <admin token>'",
+    )
+    response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
+    return response
 
 
 @web.middleware
@@ -77,16 +99,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    actor = services_of(request).admin.actor(presented.strip())
-    if scheme.lower() != "bearer" or actor is None:
-        response = problem(
-            401, "unauthorized", "Admin token required",
-            "send 'Authorization: Bearer <admin token>'",
-        )
-        response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
-        return response
+    actor = bearer_actor(services_of(request).admin, request.headers.get("Authorization", ""))
+    if actor is None:
+        return unauthorized()
     request[ACTOR] = actor
     return await handler(request)
 

@@ -10,9 +10,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from server.engine import HOP_BY_HOP
+from server.engine import HOP_BY_HOP, Handle
 from server.errors import BodyTooLarge, RelayError, TunnelLost
-from server.services import services_of
+from server.http1 import Answer, Body
+from server.services import Services, services_of
 
 log = structlog.get_logger("sluice.relay.proxy")
 
@@ -63,50 +64,78 @@ def _limited_body(request: web.Request, limit: int) -> Any:
     return counted()
 
 
-async def proxy(request: web.Request) -> web.StreamResponse:
-    services = services_of(request)
-    conn_id = request.match_info["id"]
+async def send_upstream(
+    services: Services, conn_id: str, method: str, relative: str,
+    headers: list[tuple[str, str]], body: Body,
+) -> tuple[Handle, Answer]:
+    """Send one proxied request; errors are the relay's own (no URL quoted)."""
     handle = await services.connections.handle(conn_id)
-    mode = handle.conn.mode
-    began = time.perf_counter()
-    body = _limited_body(request, services.max_body_bytes)
     try:
-        upstream = await services.engine.request(
-            handle, request.method, _relative(request), list(request.headers.items()), body
-        )
+        upstream = await services.engine.request(handle, method, relative, headers, body)
     except aiohttp.ClientError as exc:
         cause = _cause(exc)
         if cause is not None:
             raise cause from None
         # aiohttp's text may quote the URL, which can carry a URL-parameter token.
         raise TunnelLost(f"the request failed on its way: {handle.mask(str(exc))}") from None
+    return handle, upstream
+
+
+def is_small(upstream: Answer, method: str) -> bool:
+    """A small answer of known length goes out in one write, head and body together."""
+    return (upstream.content_length is not None and upstream.content_length <= SMALL_BODY
+            and method != "HEAD")
+
+
+def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
+    """The API's answer headers the caller gets: hop-by-hop ones dropped (a
+    streamed answer keeps its Content-Length), the connection named."""
+    kept = [(name, value) for name, value in upstream.headers.items()
+            if name.lower() not in HOP_BY_HOP
+            or (name.lower() == "content-length" and not small)]
+    kept.append((VIA_HEADER, conn_id))
+    return kept
+
+
+async def read_small(handle: Handle, upstream: Answer) -> bytes:
+    """The whole body of a small answer, released after."""
+    try:
+        return await upstream.read()
+    except aiohttp.ClientError as exc:
+        cause = _cause(exc)
+        cut = TunnelLost(f"the answer was cut off: {handle.mask(str(exc))}")
+        raise (cause or cut) from None
+    finally:
+        upstream.release()
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """The route as aiohttp serves it: requests ``server.proxy_front`` hands on
+    (HEAD, chunked or 100-continue bodies, HTTP/1.0, ...)."""
+    services = services_of(request)
+    conn_id = request.match_info["id"]
+    began = time.perf_counter()
+    body = _limited_body(request, services.max_body_bytes)
+    handle, upstream = await send_upstream(
+        services, conn_id, request.method, _relative(request),
+        list(request.headers.items()), body,
+    )
+    mode = handle.conn.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
-    small = (upstream.content_length is not None and upstream.content_length <= SMALL_BODY
-             and request.method != "HEAD")
+    small = is_small(upstream, request.method)
     response: web.StreamResponse
     if small:
-        # A small answer of known length goes out in one write (head and body
-        # together) instead of three; large or unknown-length ones stream.
         response = web.Response(status=upstream.status, reason=upstream.reason)
     else:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name, value in upstream.headers.items():
-        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small):
-            response.headers.add(name, value)
-    response.headers[VIA_HEADER] = conn_id
+    for name, value in answer_headers(upstream, conn_id, small=small):
+        response.headers.add(name, value)
     sent = 0
     if small:
         assert isinstance(response, web.Response)
-        try:
-            response.body = await upstream.read()
-        except aiohttp.ClientError as exc:
-            cause = _cause(exc)
-            cut = TunnelLost(f"the answer was cut off: {handle.mask(str(exc))}")
-            raise (cause or cut) from None
-        finally:
-            upstream.release()
-        _canonical_line(request, conn_id, mode, upstream.status, len(response.body or b""),
-                        began)
+        response.body = await read_small(handle, upstream)
+        canonical_line(conn_id, mode, request.method, upstream.status,
+                       len(response.body or b""), began)
         return response
     try:
         await response.prepare(request)
@@ -117,21 +146,25 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     except (aiohttp.ClientError, ConnectionError) as exc:
         # Headers are gone already: all we can do is cut the caller's
         # connection so it sees a truncated body, never a clean end.
-        log.warning("proxy_stream_broken", connection=conn_id, bytes=sent,
-                    error=handle.mask(str(exc)))
+        stream_broken(handle, conn_id, sent, exc)
         if request.transport is not None:
             request.transport.close()
         return response
     finally:
         upstream.release()
-    _canonical_line(request, conn_id, mode, upstream.status, sent, began)
+    canonical_line(conn_id, mode, request.method, upstream.status, sent, began)
     return response
 
 
-def _canonical_line(
-    request: web.Request, conn_id: str, mode: str, status: int, sent: int, began: float
+def stream_broken(handle: Handle, conn_id: str, sent: int, exc: BaseException) -> None:
+    log.warning("proxy_stream_broken", connection=conn_id, bytes=sent,
+                error=handle.mask(str(exc)))
+
+
+def canonical_line(
+    conn_id: str, mode: str, method: str, status: int, sent: int, began: float
 ) -> None:
     """One log line per proxied request."""
-    log.info("proxied", connection=conn_id, mode=mode, method=request.method,
+    log.info("proxied", connection=conn_id, mode=mode, method=method,
              status=status, bytes_down=sent,
              ms=round((time.perf_counter() - began) * 1000, 1))

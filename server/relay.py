@@ -19,6 +19,7 @@ from server.engine import Engine
 from server.hostkey import load_or_create_host_key
 from server.keyring import load_secret_box
 from server.metrics import RelayMetrics
+from server.proxy_front import Front, FrontSite
 from server.services import Services
 from server.settings import ServerSettings
 from server.ssh import SSHContext, start_ssh_server
@@ -51,6 +52,7 @@ class Relay:
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
     web_runner: web.AppRunner | None = None
+    front: Front | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: TaskSet = field(default_factory=TaskSet)
 
@@ -140,8 +142,10 @@ class Relay:
         )
         await runner.setup()
         self.web_runner = runner
+        self.front = Front(services, max_header_bytes=s.max_header_bytes,
+                           max_headers=s.max_headers, idle_timeout=s.http_idle_timeout)
         listen = self.settings.http_listen
-        await web.TCPSite(runner, listen.host, listen.port).start()
+        await FrontSite(runner, self.front, listen.host, listen.port).start()
 
     @property
     def ssh_address(self) -> tuple[str, int]:
@@ -174,7 +178,10 @@ class Relay:
             return
         self.closed.set()
         if self.web_runner is not None:
-            await self.web_runner.cleanup()
+            drain = [self.web_runner.cleanup()]
+            if self.front is not None:
+                drain.append(self.front.shutdown(self.settings.drain_timeout))
+            await asyncio.gather(*drain)
         if self.ssh is not None:
             self.ssh.close()
             await self.ssh.wait_closed()

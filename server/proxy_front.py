@@ -1,0 +1,514 @@
+"""The relay's HTTP listener: proxy requests served straight off the socket.
+
+Through aiohttp's server, a small proxied request cost the relay about as
+much CPU again as the tunnel exchange itself (request and response objects,
+routing, middlewares, header serialisation). The front reads each request
+head itself. A proxy request it can serve exactly (HTTP/1.1; GET, POST, PUT,
+PATCH, DELETE or OPTIONS; no body or a Content-Length body; no Expect,
+Upgrade or Transfer-Encoding) it serves: the same auth check, engine, error
+documents, metrics and log line as the aiohttp route. At the first request
+it cannot serve, it hands the connection, that request's bytes still unread,
+to aiohttp's protocol, which keeps it from then on. So the API, the console,
+HEAD, chunked and 100-continue bodies, and every limit and error aiohttp
+applies, stay exactly as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+import structlog
+from aiohttp import web
+
+from server.api import bearer_actor, error_problem, unauthorized
+from server.errors import BodyTooLarge
+from server.proxy_route import (
+    answer_headers,
+    canonical_line,
+    is_small,
+    read_small,
+    send_upstream,
+    stream_broken,
+)
+from server.services import Services
+
+log = structlog.get_logger("sluice.relay.front")
+
+_REQUEST_LINE = re.compile(
+    rb"(GET|POST|PUT|PATCH|DELETE|OPTIONS) "
+    rb"/v1/connections/([A-Za-z0-9_-]{1,64})/proxy((?:[/?][\x21-\x7e]*)?) HTTP/1\.1\r\n"
+)
+# Headers whose presence sends the request to aiohttp (framings and
+# semantics the front does not implement).
+_HANDED_ON = frozenset({"transfer-encoding", "expect", "upgrade"})
+# A body that has arrived whole, up to this size, is passed as bytes.
+_WHOLE_BODY = 64 * 1024
+# Request body queued for the API beyond this pauses reading from the caller.
+_BODY_HIGH_WATER = 1024 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+# How long a refused body may keep arriving before its connection closes.
+_LINGER_SECONDS = 2.0
+
+
+class FrontSite(web.TCPSite):
+    """aiohttp's TCP site with the front as the protocol for new connections."""
+
+    def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int) -> None:
+        super().__init__(runner, host, port)
+        self._front = front
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._front.handoff_to = server
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FrontProtocol(self._front), self._host, self._port,
+            backlog=self._backlog,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class Front:
+    """What every front connection shares: services, limits, the open connections."""
+
+    def __init__(
+        self, services: Services, *, max_header_bytes: int, max_headers: int,
+        idle_timeout: float,
+    ) -> None:
+        self.services = services
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.idle_timeout = idle_timeout
+        self.handoff_to: web.Server | None = None
+        self.connections: set[FrontProtocol] = set()
+        self.closing = False
+        self._date = (0, "")
+
+    def __repr__(self) -> str:
+        return f"<Front connections={len(self.connections)} closing={self.closing}>"
+
+    def date(self) -> str:
+        now = int(time.time())
+        if now != self._date[0]:
+            self._date = (now, formatdate(now, usegmt=True))
+        return self._date[1]
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now; give running requests *timeout* to finish."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for conn in list(self.connections):
+            remaining = deadline - loop.time()
+            if conn.busy and remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.finished.wait(), remaining)
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class _Head:
+    """httptools callbacks for one request head."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, str]] = []
+        self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # As aiohttp decodes them, so the bytes pass through unchanged.
+        self.headers.append((name.decode("utf-8", "surrogateescape"),
+                             value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+        # Asked now: llhttp forgets it once the message is complete.
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+class _Request:
+    def __init__(
+        self, method: str, conn_id: str, relative: str, headers: list[tuple[str, str]],
+        length: int, keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.conn_id = conn_id
+        self.relative = relative
+        self.headers = headers
+        self.length = length
+        self.keep_alive = keep_alive
+
+
+def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
+    """The proxy request in *head* (ending in an empty line), or None when the
+    front should not serve it: aiohttp then answers it, errors included."""
+    match = _REQUEST_LINE.match(head)
+    if match is None or head.find(b"\r\n") > max_line:
+        return None
+    parsed = _Head()
+    try:
+        parsed.parser.feed_data(head)
+    except httptools.HttpParserError:
+        return None
+    if not parsed.complete or len(parsed.headers) > max_headers:
+        return None
+    length: int | None = None
+    for name, value in parsed.headers:
+        if len(name) + len(value) + 2 > max_line:
+            return None
+        lowered = name.lower()
+        if lowered in _HANDED_ON:
+            return None
+        if lowered == "content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+    relative = match.group(3).decode("ascii") or "/"
+    return _Request(match.group(1).decode("ascii"), match.group(2).decode("ascii"),
+                    relative, parsed.headers, length or 0, parsed.keep_alive)
+
+
+class _BodyFeed:
+    """A request body of known length, from the caller's socket to the engine."""
+
+    def __init__(self, conn: FrontProtocol, length: int) -> None:
+        self._conn = conn
+        self.remaining = length
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """Take this body's part of *data*; return what follows it."""
+        take = data[:self.remaining]
+        self.remaining -= len(take)
+        if take:
+            self._chunks.append(take)
+            self._queued += len(take)
+            if self._queued > _BODY_HIGH_WATER:
+                self._conn.pause_reading()
+            self._wake()
+        return data[len(take):]
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                chunk = b"".join(self._chunks)
+                self._chunks.clear()
+                self._queued = 0
+                self._conn.resume_reading()
+                yield chunk
+                continue
+            if self.remaining == 0:
+                return
+            if self._error is not None:
+                raise ConnectionResetError("the caller went away during the body")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+
+
+class FrontProtocol(asyncio.Protocol):
+    """One caller connection: requests served in order, one at a time."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.finished = asyncio.Event()
+        self._buffer = bytearray()
+        self._body: _BodyFeed | None = None
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._peer_done = False
+        self._idle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lingering = False
+
+    # -- asyncio callbacks -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.front.connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a body nobody reads
+        if self._body is not None and self._body.remaining:
+            data = self._body.feed(data)
+            if not data:
+                return
+        self._buffer += data
+        if not self.busy:
+            self._next_request()
+        elif len(self._buffer) > _BODY_HIGH_WATER:
+            self.pause_reading()  # pipelined requests wait their turn
+
+    def eof_received(self) -> bool:
+        self._peer_done = True
+        if self._lingering:
+            return False
+        if self._body is not None and self._body.remaining:
+            self._body.fail(ConnectionResetError())
+        return self.busy  # keep the write side open for the answer underway
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        self._cancel_idle()
+        if self._body is not None:
+            self._body.fail(ConnectionResetError())
+        self.resume_writing()  # a writer waiting for room finds the transport closed
+        self.finished.set()
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- flow control --------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    async def _drain(self) -> None:
+        if self._writable is not None:
+            await self._writable
+            if self.transport is None or self.transport.is_closing():
+                raise ConnectionResetError("the caller went away")
+
+    # -- lifecycle -----------------------------------------------------------------
+    def close_if_idle(self) -> None:
+        if not self.busy and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm_idle(self) -> None:
+        """An idle connection has idle_timeout to deliver its next request head."""
+        self._cancel_idle()
+        if self.front.idle_timeout > 0:
+            self._idle = asyncio.get_running_loop().call_later(
+                self.front.idle_timeout, self.close_if_idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    # -- requests --------------------------------------------------------------------
+    def _next_request(self) -> None:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > self.front.max_header_bytes * (self.front.max_headers + 1):
+                self._hand_off()  # aiohttp refuses it with the right status
+            elif self._peer_done:
+                self.close_if_idle()
+            return
+        request = parse_head(bytes(buffer[:end + 4]), self.front.max_header_bytes,
+                             self.front.max_headers)
+        if request is None:
+            self._hand_off()
+            return
+        del buffer[:end + 4]
+        self._cancel_idle()
+        self.busy = True
+        self.finished.clear()
+        body: bytes | _BodyFeed | None = None
+        if request.length and len(buffer) >= request.length and request.length <= _WHOLE_BODY:
+            body = bytes(buffer[:request.length])
+            del buffer[:request.length]
+        elif request.length:
+            body = self._body = _BodyFeed(self, request.length)
+            buffer[:] = body.feed(bytes(buffer))
+        self._task = asyncio.get_running_loop().create_task(self._serve(request, body))
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Answered before the body arrived: stop sending, swallow the rest for
+        a moment, then close. Closing at once with unread bytes would reset
+        the connection, and the reset can destroy the answer before the
+        caller reads it."""
+        self._lingering = True
+        self.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
+
+    def _hand_off(self) -> None:
+        """From this request on, aiohttp serves the connection."""
+        assert self.transport is not None
+        assert self.front.handoff_to is not None
+        self._cancel_idle()
+        self.front.connections.discard(self)
+        handler = self.front.handoff_to()
+        self.transport.set_protocol(handler)
+        handler.connection_made(self.transport)
+        if self._buffer:
+            handler.data_received(bytes(self._buffer))
+            self._buffer.clear()
+
+    async def _serve(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
+        keep_alive = request.keep_alive
+        try:
+            await self._answer(request, body)
+        except (ConnectionError, asyncio.CancelledError):
+            keep_alive = False
+        except Exception as exc:
+            log.error("front_request_failed", error_type=type(exc).__name__, exc_info=exc)
+            keep_alive = False
+        finally:
+            unread = self._body is not None and self._body.remaining > 0
+            self._body = None
+        transport = self.transport
+        assert transport is not None
+        if unread and not transport.is_closing():
+            self._linger(transport)
+        elif not keep_alive or self.front.closing or self._peer_done or transport.is_closing():
+            transport.close()
+        else:
+            self.resume_reading()
+            self._arm_idle()
+        self.busy = False
+        self.finished.set()
+        if self._buffer and not self._lingering and not transport.is_closing():
+            self._next_request()
+
+    async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
+        services = self.front.services
+        began = time.perf_counter()
+        authorization = next(
+            (v for n, v in request.headers if n.lower() == "authorization"), "")
+        if bearer_actor(services.admin, authorization) is None:
+            self._write_response(unauthorized(), request)
+            return
+        try:
+            limit = services.max_body_bytes
+            if limit and request.length > limit:
+                raise BodyTooLarge(
+                    f"the body is {request.length} bytes; max_body_bytes is {limit}")
+            handle, upstream = await send_upstream(
+                services, request.conn_id, request.method, request.relative,
+                request.headers, body if not isinstance(body, _BodyFeed) else aiter(body),
+            )
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self._write_response(error_problem(exc, services.metrics, "/v1/connections/"
+                                               f"{request.conn_id}/proxy"), request)
+            return
+        mode = handle.conn.mode
+        services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
+        small = is_small(upstream, request.method)
+        if small:
+            try:
+                data = await read_small(handle, upstream)
+            except Exception as exc:
+                self._write_response(error_problem(exc, services.metrics, "proxy"), request)
+                return
+            head = self._head(upstream.status, upstream.reason,
+                              answer_headers(upstream, request.conn_id, small=True),
+                              request, length=len(data))
+            self._write(head + data)
+            canonical_line(request.conn_id, mode, request.method, upstream.status, len(data),
+                           began)
+            return
+        sent = 0
+        no_body = upstream.status in _NO_BODY_STATUSES
+        chunked = upstream.content_length is None and not no_body
+        try:
+            self._write(self._head(upstream.status, upstream.reason,
+                                   answer_headers(upstream, request.conn_id, small=False),
+                                   request, chunked=chunked))
+            async for chunk in upstream.content.iter_any():
+                if not chunk or no_body:
+                    continue
+                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                sent += len(chunk)
+                await self._drain()
+            if chunked:
+                self._write(b"0\r\n\r\n")
+        except Exception as exc:
+            # The head is gone already: cutting the connection is the only
+            # way left to tell the caller the body is incomplete.
+            stream_broken(handle, request.conn_id, sent, exc)
+            raise ConnectionResetError from None
+        finally:
+            upstream.release()
+        canonical_line(request.conn_id, mode, request.method, upstream.status, sent, began)
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            raise ConnectionResetError("the caller went away")
+        self.transport.write(data)
+
+    def _head(
+        self, status: int, reason: str | None, headers: list[tuple[str, str]],
+        request: _Request, *, length: int | None = None, chunked: bool = False,
+    ) -> bytes:
+        if not reason or not reason.isprintable() or not reason.isascii():
+            try:
+                reason = HTTPStatus(status).phrase
+            except ValueError:
+                reason = ""
+        lines = [f"HTTP/1.1 {status} {reason}", f"Date: {self.front.date()}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        body_unread = self._body is not None and self._body.remaining > 0
+        if not request.keep_alive or self.front.closing or body_unread:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+    def _write_response(self, response: web.Response, request: _Request) -> None:
+        """One of the relay's own small answers (a problem document)."""
+        body = response.body
+        assert isinstance(body, bytes)
+        headers = [(n, v) for n, v in response.headers.items() if n.lower() != "content-length"]
+        self._write(self._head(response.status, response.reason, headers, request,
+                               length=len(body)) + body)
