@@ -123,11 +123,15 @@ def render(s: Summary) -> str:
         "",
         "## What a request through Sluice costs, and the levers in place",
         "",
-        "- The relay parses the caller's request once (aiohttp's server, C parser), applies "
-        "the connection (URL, headers, auth), and writes the API request head in one write "
-        "on a kept-alive CONNECT stream through the agent (`server/stream_pool.py`, "
-        "`server/http1.py`; the answer is parsed by llhttp through httptools). HEAD and "
-        "cloud-mode requests use aiohttp's client.",
+        "- The relay's listener (`server/proxy_front.py`) reads a proxy request's head "
+        "itself (llhttp through httptools) and answers from the socket, without aiohttp's "
+        "request and response objects, routing and middlewares; requests it does not "
+        "serve (the API, HEAD, chunked or 100-continue bodies) go to aiohttp's server. "
+        "The relay applies the connection (URL, headers, auth) and writes the API request "
+        "head in one write on a kept-alive CONNECT stream through the agent "
+        "(`server/stream_pool.py`, `server/http1.py`; the answer is parsed by llhttp). "
+        "HEAD and cloud-mode requests use aiohttp's client. Decrypted connection settings "
+        "are cached for 2 s, with one read per expiry however many requests wait.",
         "- SSH: `aes128-gcm@openssh.com` first; asyncssh's hot path tuned in "
         "`sluice/ssh_tuning.py`: no automatic `SSH_MSG_IGNORE` before every packet under "
         "AEAD ciphers, the packets of one channel flush in one socket write, channel data "
@@ -141,9 +145,9 @@ def render(s: Summary) -> str:
         "ones stream, with body pieces that queued up joined into one write (up to 256 KiB).",
         "- What is left (`perf record` on the relay and agent; py-spy profiles with "
         "`python -m bench.run --profile DIR`): small requests are bound by the relay's "
-        "single core, two thirds of it in the Python interpreter (about 400 Python calls "
-        "per proxied request, spread over aiohttp's server side, the relay's own "
-        "routing/auth/engine, asyncssh's packet handling), the rest in system calls; bulk "
+        "single core, most of it in the Python interpreter (the relay's engine, stream pool "
+        "and front, asyncssh's packet handling; no single spot dominates), the rest in "
+        "system calls (one socket write each way per request); bulk "
         "transfers spend about a third in the kernel (loopback TCP), a quarter in the "
         "interpreter and a tenth in memory copies and AES-GCM.",
         "",
