@@ -278,6 +278,7 @@ class Http1Stream(asyncio.Protocol):
         self._interim = False
         self._received = False
         self._sending = False
+        self._writer: asyncio.Task[None] | None = None
         self._deadline: float | None = None
         self._timeout_message = ""
         self.exchanges = 0
@@ -397,6 +398,7 @@ class Http1Stream(asyncio.Protocol):
         self.exchanges += 1
         self.resume_reading()  # the rest of the body waits in the answer, not the stream
         if self._sending or not self._parser.should_keep_alive() or self.closed:
+            self._stop_writer()  # answered before the body was sent whole: no one needs it
             self.close()
         else:
             self._on_idle(self)
@@ -408,10 +410,15 @@ class Http1Stream(asyncio.Protocol):
                 and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
 
     # -- the exchange ------------------------------------------------------------
+    def _stop_writer(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+
     def _lost(self, exc: BaseException | None) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._closed = True
+        self._stop_writer()
         if self._head is None:
             return
         if isinstance(exc, RelayError):
@@ -481,7 +488,7 @@ class Http1Stream(asyncio.Protocol):
         else:
             self._sending = True
             self._transport.write(head)
-            writer = loop.create_task(self._send_body(body, chunked))
+            writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
         timer = (loop.call_at(deadline, self._head_late, self._head)
                  if deadline is not None else None)

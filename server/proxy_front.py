@@ -51,11 +51,19 @@ _REQUEST_LINE = re.compile(
 # Headers whose presence sends the request to aiohttp (framings and
 # semantics the front does not implement).
 _HANDED_ON = frozenset({"transfer-encoding", "expect", "upgrade"})
+# Headers that may appear once (as aiohttp's parser enforces): a repeated one
+# could be read differently by something in front of the relay and the API.
+_SINGLETONS = frozenset({
+    "content-length", "content-location", "content-range", "content-type", "etag", "host",
+    "max-forwards", "server", "transfer-encoding", "user-agent",
+})
 # A body that has arrived whole, up to this size, is passed as bytes.
 _WHOLE_BODY = 64 * 1024
 # Request body queued for the API beyond this pauses reading from the caller.
 _BODY_HIGH_WATER = 1024 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES = frozenset({204, 304})  # and 1xx: no body, no Content-Length
+# The path logged with an internal error (never the tail: it may carry a token).
+_PATH_LABEL = "/v1/connections/{id}/proxy"
 # How long a refused body may keep arriving before its connection closes.
 _LINGER_SECONDS = 2.0
 
@@ -117,8 +125,14 @@ class Front:
             if conn.busy and remaining > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(conn.finished.wait(), remaining)
+        # Answered connections may still be flushing their last bytes.
         for conn in list(self.connections):
-            conn.abort()
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.gone.wait(), remaining)
+        tasks = [task for conn in list(self.connections) if (task := conn.abort())]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Head:
@@ -158,7 +172,7 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     """The proxy request in *head* (ending in an empty line), or None when the
     front should not serve it: aiohttp then answers it, errors included."""
     match = _REQUEST_LINE.match(head)
-    if match is None or head.find(b"\r\n") > max_line:
+    if match is None or max(map(len, head.split(b"\r\n"))) > max_line:
         return None
     parsed = _Head()
     try:
@@ -168,14 +182,17 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     if not parsed.complete or len(parsed.headers) > max_headers:
         return None
     length: int | None = None
+    singletons: set[str] = set()
     for name, value in parsed.headers:
-        if len(name) + len(value) + 2 > max_line:
-            return None
         lowered = name.lower()
         if lowered in _HANDED_ON:
             return None
+        if lowered in _SINGLETONS:
+            if lowered in singletons:
+                return None  # aiohttp refuses a repeated one; so must the relay
+            singletons.add(lowered)
         if lowered == "content-length":
-            if length is not None or not value.isdigit():
+            if not value.isdigit():
                 return None
             length = int(value)
     relative = match.group(3).decode("ascii") or "/"
@@ -240,6 +257,7 @@ class FrontProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False
         self.finished = asyncio.Event()
+        self.gone = asyncio.Event()
         self._buffer = bytearray()
         self._body: _BodyFeed | None = None
         self._reading_paused = False
@@ -248,6 +266,8 @@ class FrontProtocol(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._lingering = False
+        self._close_announced = False
+        self._scanned = 0  # how far the buffer is known to hold no end of head
 
     # -- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -288,6 +308,7 @@ class FrontProtocol(asyncio.Protocol):
             self._body.fail(ConnectionResetError())
         self.resume_writing()  # a writer waiting for room finds the transport closed
         self.finished.set()
+        self.gone.set()
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -316,14 +337,17 @@ class FrontProtocol(asyncio.Protocol):
 
     # -- lifecycle -----------------------------------------------------------------
     def close_if_idle(self) -> None:
-        if not self.busy and self.transport is not None:
+        if not self.busy and not self._lingering and self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+    def abort(self) -> asyncio.Task[None] | None:
+        """Cut the connection; return the request task it cancelled, if any."""
         if self.transport is not None:
             self.transport.abort()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            return self._task
+        return None
 
     def _arm_idle(self) -> None:
         """An idle connection has idle_timeout to deliver its next request head."""
@@ -340,13 +364,17 @@ class FrontProtocol(asyncio.Protocol):
     # -- requests --------------------------------------------------------------------
     def _next_request(self) -> None:
         buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n")
+        end = buffer.find(b"\r\n\r\n", self._scanned)
         if end < 0:
-            if len(buffer) > self.front.max_header_bytes * (self.front.max_headers + 1):
+            self._scanned = max(0, len(buffer) - 3)
+            line_start = buffer.rfind(b"\n") + 1
+            if (len(buffer) - line_start > self.front.max_header_bytes
+                    or len(buffer) > self.front.max_header_bytes * (self.front.max_headers + 1)):
                 self._hand_off()  # aiohttp refuses it with the right status
             elif self._peer_done:
                 self.close_if_idle()
             return
+        self._scanned = 0
         request = parse_head(bytes(buffer[:end + 4]), self.front.max_header_bytes,
                              self.front.max_headers)
         if request is None:
@@ -385,27 +413,40 @@ class FrontProtocol(asyncio.Protocol):
         handler = self.front.handoff_to()
         self.transport.set_protocol(handler)
         handler.connection_made(self.transport)
+        if self._writable is not None and not self._writable.done():
+            handler.pause_writing()  # the transport told us, not aiohttp
         if self._buffer:
             handler.data_received(bytes(self._buffer))
             self._buffer.clear()
 
     async def _serve(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         keep_alive = request.keep_alive
+        self._close_announced = False
+        cancelled = False
         try:
             await self._answer(request, body)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             keep_alive = False
+        except asyncio.CancelledError:
+            keep_alive = cancelled = True
         except Exception as exc:
             log.error("front_request_failed", error_type=type(exc).__name__, exc_info=exc)
             keep_alive = False
         finally:
-            unread = self._body is not None and self._body.remaining > 0
-            self._body = None
+            feed, self._body = self._body, None
+            unread = feed is not None and feed.remaining > 0
+            if feed is not None:
+                # Whoever still reads it (an upload the API did not wait for) stops.
+                feed.fail(ConnectionAbortedError("the request is over"))
         transport = self.transport
         assert transport is not None
+        if cancelled:
+            transport.abort()
+            raise asyncio.CancelledError
         if unread and not transport.is_closing():
             self._linger(transport)
-        elif not keep_alive or self.front.closing or self._peer_done or transport.is_closing():
+        elif (not keep_alive or self._close_announced or self.front.closing
+              or self._peer_done or transport.is_closing()):
             transport.close()
         else:
             self.resume_reading()
@@ -435,8 +476,7 @@ class FrontProtocol(asyncio.Protocol):
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            self._write_response(error_problem(exc, services.metrics, "/v1/connections/"
-                                               f"{request.conn_id}/proxy"), request)
+            self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
             return
         mode = handle.conn.mode
         services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
@@ -445,7 +485,7 @@ class FrontProtocol(asyncio.Protocol):
             try:
                 data = await read_small(handle, upstream)
             except Exception as exc:
-                self._write_response(error_problem(exc, services.metrics, "proxy"), request)
+                self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
                 return
             head = self._head(upstream.status, upstream.reason,
                               answer_headers(upstream, request.conn_id, small=True),
@@ -455,7 +495,7 @@ class FrontProtocol(asyncio.Protocol):
                            began)
             return
         sent = 0
-        no_body = upstream.status in _NO_BODY_STATUSES
+        no_body = upstream.status in _NO_BODY_STATUSES or upstream.status < 200
         chunked = upstream.content_length is None and not no_body
         try:
             self._write(self._head(upstream.status, upstream.reason,
@@ -493,15 +533,22 @@ class FrontProtocol(asyncio.Protocol):
                 reason = HTTPStatus(status).phrase
             except ValueError:
                 reason = ""
-        lines = [f"HTTP/1.1 {status} {reason}", f"Date: {self.front.date()}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        if length is not None:
-            lines.append(f"Content-Length: {length}")
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        if not any(name.lower() == "date" for name, _ in headers):
+            lines.append(f"Date: {self.front.date()}")
+        if status in _NO_BODY_STATUSES or status < 200:
+            lines += [f"{name}: {value}" for name, value in headers
+                      if name.lower() != "content-length"]
+        else:
+            lines += [f"{name}: {value}" for name, value in headers]
+            if length is not None:
+                lines.append(f"Content-Length: {length}")
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         body_unread = self._body is not None and self._body.remaining > 0
         if not request.keep_alive or self.front.closing or body_unread:
             lines.append("Connection: close")
+            self._close_announced = True
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import io
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,62 +17,11 @@ from server.relay import Relay
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, blob_sha256
 from tests.support.capture import APIClient, remember_secret
+from tests.support.raw_api import RawAPI, raw_api
 from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 TOKEN = "fast-path-token-" + "f" * 16
-
-Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
-
-
-class RawAPI:
-    """A loopback HTTP server whose answers a test writes byte by byte.
-
-    ``answer(reader, writer, head)`` replies to one request and returns
-    whether the connection stays open for the next one.
-    """
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.requests.append(head)
-                for line in head.lower().split(b"\r\n"):
-                    if line.startswith(b"content-length:"):
-                        await reader.readexactly(int(line.split(b":")[1]))
-                if not await self.answer(reader, writer, head):
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-async def _raw(answer: Answer) -> AsyncIterator[RawAPI]:
-    api = RawAPI(answer)
-    await api.start()
-    try:
-        yield api
-    finally:
-        await api.close()
-
 
 def _auth(client: APIClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {client.token}"}
@@ -172,7 +121,7 @@ async def test_framings_the_api_may_choose(
         await writer.drain()
         return True
 
-    async for raw in _raw(answer):
+    async for raw in raw_api(answer):
         conn_id = await _through_agent(raw, client, start_agent)
         proxy = f"/v1/connections/{conn_id}/proxy"
         for _ in range(2):  # the second round runs on kept-alive streams
@@ -197,7 +146,7 @@ async def test_an_api_that_drops_kept_alive_connections_costs_no_error(
         await _ok(reader, writer, head)
         return False  # says nothing about closing, then closes
 
-    async for raw in _raw(answer_once):
+    async for raw in raw_api(answer_once):
         conn_id = await _through_agent(raw, client, start_agent)
         for _ in range(10):
             answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/x")
@@ -222,7 +171,7 @@ async def test_a_misbehaving_api_gets_a_definite_answer(
         await writer.drain()
         return False
 
-    async for raw in _raw(answer):
+    async for raw in raw_api(answer):
         conn_id = await _through_agent(raw, client, start_agent)
         url = f"{client.base}/v1/connections/{conn_id}/proxy/x"
         async with asyncio.timeout(10):
@@ -279,7 +228,7 @@ async def test_a_second_answer_to_one_request_costs_only_that_stream(
             await _ok(reader, writer, head)
         return True
 
-    async for raw in _raw(answer):
+    async for raw in raw_api(answer):
         conn_id = await _through_agent(raw, client, start_agent)
         for _ in range(3):
             answer_ = await client.call("GET", f"/v1/connections/{conn_id}/proxy/x")
@@ -301,7 +250,7 @@ async def test_a_long_answer_without_length_arrives_whole(
             await writer.drain()
         return False
 
-    async for raw in _raw(answer):
+    async for raw in raw_api(answer):
         conn_id = await _through_agent(raw, client, start_agent)
         url = f"{client.base}/v1/connections/{conn_id}/proxy/long"
         for _ in range(2):

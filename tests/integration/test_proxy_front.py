@@ -17,6 +17,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
+from tests.support.raw_api import raw_api
 from tests.support.waiting import wait_until
 
 TOKEN = "front-token-" + "r" * 16
@@ -43,6 +44,7 @@ class Raw:
         self.reader = reader
         self.writer = writer
         self.token = token
+        self.head = b""
 
     def request(self, method: str, target: str, body: bytes = b"", *, auth: bool = True,
                 extra: str = "") -> bytes:
@@ -54,7 +56,7 @@ class Raw:
         return (head + extra + "\r\n").encode() + body
 
     async def answer(self) -> tuple[int, dict[str, str], bytes]:
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 20)
+        head = self.head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 20)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
         headers = {k.lower(): v.strip() for k, _, v in
@@ -87,12 +89,15 @@ async def raw(relay: Relay) -> AsyncIterator[Raw]:
         writer.close()
 
 
-async def _connection(client: APIClient, api: InternalAPI, start_agent: AgentFactory) -> str:
-    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+async def _connection(client: APIClient, api: InternalAPI | int,
+                      start_agent: AgentFactory) -> str:
+    """An agent allowed to reach *api* (or a port on 127.0.0.1), and a connection."""
+    port = api if isinstance(api, int) else api.port
+    _, token = await start_agent([f"127.0.0.1:{port}"])
     remember_secret(TOKEN)
     answer = await client.call("POST", "/v1/connections", json_body={
         "name": "front", "mode": "on_premise", "agent_id": token.agent_id,
-        "http": {"base_uri": api.base, "media_type": "json",
+        "http": {"base_uri": f"http://127.0.0.1:{port}", "media_type": "json",
                  "auth": {"type": "token", "token": TOKEN, "location": "header"}}})
     assert answer.status == 201, answer.text
     return str(answer.body["id"])
@@ -257,3 +262,90 @@ async def test_a_caller_leaving_mid_answer_frees_the_stream(
     await wait_until(lambda: tunnel.in_flight == 0, timeout=10, what="stream released")
     answer = await client.call("GET", f"{proxy}/hello")
     assert answer.status == 200
+
+
+async def test_answer_heads_follow_the_status(
+    raw: Raw, client: APIClient, start_agent: AgentFactory
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     head: bytes) -> bool:
+        path = head.split(b" ", 2)[1]
+        date = b"Date: Mon, 02 Jan 2006 15:04:05 GMT\r\n"
+        if path == b"/none":
+            writer.write(b"HTTP/1.1 204 No Content\r\n" + date + b"Content-Length: 0\r\n\r\n")
+        elif path == b"/same":
+            writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + date + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+        return True
+
+    async for api in raw_api(answer):
+        conn_id = await _connection(client, api.port, start_agent)
+        proxy = f"/v1/connections/{conn_id}/proxy"
+        for path, status in (("/none", 204), ("/same", 304), ("/ok", 200)):
+            raw.writer.write(raw.request("GET", proxy + path))
+            got, headers, body = await raw.answer()
+            assert got == status
+            lines = raw.head.lower().split(b"\r\n")
+            # The API's own Date, once; no length on answers that have no body.
+            assert [line for line in lines if line.startswith(b"date:")] == [
+                b"date: mon, 02 jan 2006 15:04:05 gmt"] or path == "/same"
+            assert sum(line.startswith(b"date:") for line in lines) == 1
+            assert ("content-length" in headers) == (status == 200)
+            assert body == (b"ok" if status == 200 else b"")
+
+
+async def test_heads_aiohttp_would_refuse_are_refused(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    conn_id = await _connection(client, api, start_agent)
+    target = f"/v1/connections/{conn_id}/proxy/hello"
+    host, port = relay.http_address
+    seen = len(api.seen)
+    for extra in ["Content-Type: a/b\r\nContent-Type: c/d\r\n",
+                  "Host: other\r\n",  # a second Host
+                  "X-Big: " + "\u20ac" * 3000 + "\r\n"]:  # 9000 bytes, 3000 characters
+        reader, writer = await asyncio.open_connection(host, port)
+        conn = Raw(reader, writer, relay.admin_token)
+        writer.write(conn.request("GET", target, extra=extra).decode().encode("utf-8"))
+        status, _, _ = await conn.answer()
+        assert status in (400, 431), extra[:20]
+        writer.close()
+    assert len(api.seen) == seen  # none of them reached the API
+
+
+async def test_an_api_answering_before_the_upload_ends_leaves_nothing_running(
+    raw: Raw, client: APIClient, start_agent: AgentFactory
+) -> None:
+    answered = asyncio.Event()
+
+    async def refuse_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n")
+        await writer.drain()
+        await answered.wait()
+        writer.write(b"0\r\n\r\n")  # the end of the answer, in a later packet
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse_early, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        conn_id = await _connection(client, port, start_agent)
+        raw.writer.write(raw.request("POST", f"/v1/connections/{conn_id}/proxy/up",
+                                     b"x" * 100_000, extra="")
+                         .replace(b"Content-Length: 100000", b"Content-Length: 300000"))
+        assert (await raw.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 403")
+        answered.set()
+        rest = await asyncio.wait_for(raw.reader.read(), 10)  # until the relay closes
+        assert rest == b"5\r\nhello\r\n0\r\n\r\n"
+
+        def body_senders() -> list[asyncio.Task[object]]:
+            return [t for t in asyncio.all_tasks()
+                    if "_send_body" in getattr(t.get_coro(), "__qualname__", "")]
+
+        await wait_until(lambda: not body_senders(), timeout=10, what="body sender ended")
+    finally:
+        server.close()
