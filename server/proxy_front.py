@@ -428,7 +428,7 @@ class FrontProtocol(asyncio.Protocol):
         except ConnectionError:
             keep_alive = False
         except asyncio.CancelledError:
-            keep_alive = cancelled = True
+            cancelled = True
         except Exception as exc:
             log.error("front_request_failed", error_type=type(exc).__name__, exc_info=exc)
             keep_alive = False
