@@ -264,6 +264,7 @@ class FrontProtocol(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._peer_done = False
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._lingering = False
         self._close_announced = False
@@ -303,7 +304,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
-        self._cancel_idle()
+        self._stop_idle_timer()
         if self._body is not None:
             self._body.fail(ConnectionResetError())
         self.resume_writing()  # a writer waiting for room finds the transport closed
@@ -350,16 +351,36 @@ class FrontProtocol(asyncio.Protocol):
         return None
 
     def _arm_idle(self) -> None:
-        """An idle connection has idle_timeout to deliver its next request head."""
-        self._cancel_idle()
-        if self.front.idle_timeout > 0:
-            self._idle = asyncio.get_running_loop().call_later(
-                self.front.idle_timeout, self.close_if_idle)
+        """An idle connection has idle_timeout to deliver its next request head.
+
+        One timer per connection, re-armed only when it fires early: a
+        request moves the deadline, not the timer (cheaper than a new timer
+        per request)."""
+        if self.front.idle_timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_deadline = loop.time() + self.front.idle_timeout
+        if self._idle is None:
+            self._idle = loop.call_at(self._idle_deadline, self._idle_check)
 
     def _cancel_idle(self) -> None:
+        self._idle_deadline = None
+
+    def _stop_idle_timer(self) -> None:
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+
+    def _idle_check(self) -> None:
+        self._idle = None
+        if self._idle_deadline is None or self.transport is None:
+            return  # busy (the deadline is set again when it is idle) or gone
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._idle_deadline:
+            self._idle = loop.call_at(self._idle_deadline, self._idle_check)
+        else:
+            self.close_if_idle()
 
     # -- requests --------------------------------------------------------------------
     def _next_request(self) -> None:
@@ -408,7 +429,7 @@ class FrontProtocol(asyncio.Protocol):
         """From this request on, aiohttp serves the connection."""
         assert self.transport is not None
         assert self.front.handoff_to is not None
-        self._cancel_idle()
+        self._stop_idle_timer()
         self.front.connections.discard(self)
         handler = self.front.handoff_to()
         self.transport.set_protocol(handler)

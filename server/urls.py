@@ -31,12 +31,15 @@ def _parsed_base(base_uri: str) -> tuple[str, str, str]:
     return origin, base.raw_path.rstrip("/"), base.raw_query_string
 
 
+@functools.lru_cache(maxsize=4096)
 def join_uri(base_uri: str, relative: str) -> URL:
     """Join like a person reads it: no slash lost or doubled, both queries kept.
 
     ``https://h/api?v=1`` + ``/items?x=2`` → ``https://h/api/items?v=1&x=2``.
     The relative part can never change scheme, host or port; characters that
     are not allowed in a URL are percent-encoded, control characters refused.
+    Results are cached (URLs are immutable; refusals are not cached): a
+    client calling the same paths again skips the quoting and parsing.
     """
     if _FORBIDDEN.search(relative):
         raise URLError("relative URI contains a control character (CR, LF, NUL, …)")
