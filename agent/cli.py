@@ -20,7 +20,6 @@ from agent.outbound_proxy import proxy_for
 from agent.proxy import ProxyContext, ProxyStats
 from agent.settings import DEFAULT_CONFIG_FILE, DEFAULT_HEALTH_LISTEN, AgentSettings
 from agent.state import TunnelState, TunnelStatus
-from agent.status_cli import status_main
 from agent.supervisor import Supervisor, connect_opener
 from agent.tunnel import check_relay
 from sluice import __version__, systemd
@@ -84,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         # Needs neither the token nor a relay: only where the agent listens.
+        # Imported here: its HTTP client (aiohttp) has no place in the running agent.
+        from agent.status_cli import status_main
+
         return status_main(args.health_listen or _health_listen(args.config))
     try:
         settings, token = _load(args.config)

@@ -10,11 +10,14 @@ last error is masked against the secrets it is given.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import json
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
@@ -51,6 +54,13 @@ def connect_histogram() -> Histogram:
         buckets=CONNECT_BUCKETS,
         registry=None,
     )
+
+
+# A probe's request head: one short line and a few headers.
+MAX_REQUEST_HEAD = 8192
+# A client that has not sent its request head by then is dropped.
+REQUEST_TIMEOUT = 5.0
+_JSON = "application/json; charset=utf-8"
 
 
 class HealthListenError(OSError):
@@ -150,6 +160,10 @@ class HealthServer:
     *port* 0 picks a free port; ``.port`` gives the bound one once start()
     returned. *secrets* (the access token, its secret part) are masked out of
     anything the endpoints print, in case an error message ever quotes one.
+
+    Plain asyncio streams, one request per connection (``Connection: close``):
+    three GET endpoints for local probes do not need a web framework, and
+    aiohttp's server would add about 20 MB to the agent's memory.
     """
 
     def __init__(
@@ -173,10 +187,11 @@ class HealthServer:
         self._shutdown_timeout = shutdown_timeout
         self.registry = CollectorRegistry()
         self.registry.register(AgentCollector(status, stats, version))
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
-        running = "serving" if self._runner is not None else "stopped"
+        running = "serving" if self._server is not None else "stopped"
         return f"<HealthServer {HostPort(self._host, self._port)} {running} {self._status!r}>"
 
     @property
@@ -188,29 +203,14 @@ class HealthServer:
     def address(self) -> HostPort:
         return HostPort(self._host, self._port)
 
-    def _app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        return app
-
     async def start(self) -> None:
         """Listen; raise HealthListenError (naming the setting) if the address is unusable."""
-        if self._runner is not None:
+        if self._server is not None:
             return
-        runner = web.AppRunner(
-            self._app(),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=self._shutdown_timeout,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
         try:
-            await site.start()
+            server = await asyncio.start_server(
+                self._serve, self._host, self._port, limit=MAX_REQUEST_HEAD)
         except OSError as exc:
-            await runner.cleanup()
             hint = (
                 "another process (perhaps a second agent) already uses it"
                 if exc.errno == errno.EADDRINUSE
@@ -220,16 +220,22 @@ class HealthServer:
                 f"cannot serve health checks on {self.address}: {hint}; set health_listen "
                 "(SLUICE_AGENT_HEALTH_LISTEN) to a free host:port, or to 'off' to disable it",
             ) from None
-        self._runner = runner
-        bound = runner.addresses
-        if bound:
-            self._port = int(bound[0][1])
+        self._server = server
+        self._port = int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         """Stop listening and finish in-flight requests (bounded). Safe to call twice."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        handlers = set(self._handlers)
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=self._shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await server.wait_closed()
 
     async def __aenter__(self) -> HealthServer:
         await self.start()
@@ -238,11 +244,56 @@ class HealthServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # -- endpoints ------------------------------------------------------------
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "version": self._version})
+    # -- HTTP -----------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                return  # not a probe, or not in time: no answer owed
+            status, content_type, body, send_body = self._answer(head)
+            writer.write(
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode() + (body if send_body else b""))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            if task is not None:
+                self._handlers.discard(task)
 
-    async def _readyz(self, _: web.Request) -> web.Response:
+    def _answer(self, head: bytes) -> tuple[int, str, bytes, bool]:
+        """(status, content type, body, whether to send the body) for a request head."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return 400, "text/plain", b"400: Bad Request", True
+        method, path = parts[0], parts[1].partition("?")[0]
+        routes = {"/healthz": self._healthz, "/readyz": self._readyz}
+        if path not in routes and path != "/metrics":
+            return 404, "text/plain", b"404: Not Found", True
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"405: Method Not Allowed", True
+        if path == "/metrics":
+            accept = next((line.partition(":")[2].strip() for line in lines[1:]
+                           if line.lower().startswith("accept:")), "")
+            encode, content_type = choose_encoder(accept)
+            return 200, content_type, encode(self.registry), method == "GET"
+        status, document = routes[path]()
+        return status, _JSON, json.dumps(document).encode(), method == "GET"
+
+    # -- endpoints ------------------------------------------------------------
+    def _healthz(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "alive", "version": self._version}
+
+    def _readyz(self) -> tuple[int, dict[str, Any]]:
         status = self._status
         body: dict[str, Any] = {
             "status": "ready" if status.state is TunnelState.UP else "not_ready",
@@ -252,13 +303,9 @@ class HealthServer:
             "seconds_in_state": round(max(status.seconds_in_state, 0.0), 3),
         }
         if status.state is TunnelState.UP:
-            return web.json_response(body)
+            return 200, body
         body["last_error"] = self._mask(status.last_error)
-        return web.json_response(body, status=503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encode(self.registry), headers={"Content-Type": content_type})
+        return 503, body
 
     def _mask(self, text: str | None) -> str | None:
         return None if text is None else self._masker.mask(text)

@@ -508,3 +508,41 @@ def test_estimate_quantile(
 ) -> None:
     got = estimate_quantile(q, buckets)
     assert got == (None if expected is None else pytest.approx(expected))
+
+
+async def _exchange(server: HealthServer, request: bytes) -> bytes:
+    """Send raw bytes; everything the server says until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_requests_outside_the_three_endpoints(
+    server: HealthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = await _exchange(server, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head.endswith(b"\r\n\r\n")  # the length of a body, and no body
+    assert b"Content-Length: 0" not in head
+    assert (await _exchange(server, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(
+        b"HTTP/1.1 404 ")
+    assert (await _exchange(server, b"POST /readyz HTTP/1.1\r\n\r\n")).startswith(
+        b"HTTP/1.1 405 ")
+    assert (await _exchange(server, b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+    # A client that never finishes its request is dropped, not kept forever.
+    monkeypatch.setattr("agent.health.REQUEST_TIMEOUT", 0.2)
+    assert await _exchange(server, b"GET /healthz HTTP/1.1\r\n") == b""
+
+
+def test_the_running_agent_does_not_load_an_http_framework() -> None:
+    """The agent's memory target: aiohttp (~20 MB) is for `sluice-agent status` only."""
+    import subprocess
+    import sys
+
+    code = "import sys, agent.cli; print(sorted(m for m in sys.modules if 'aiohttp' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
