@@ -26,7 +26,7 @@ from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.ratelimit import TokenBucket
-from sluice.runtime import install_uvloop
+from sluice.runtime import install_uvloop, settle_gc
 from sluice.tokens import AgentToken
 
 log = structlog.get_logger("sluice.agent")
@@ -139,6 +139,7 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
             log.error("health_listen_failed", error=str(exc))
             return 2
     watchdog = asyncio.ensure_future(systemd.watchdog_loop(shutdown, lambda: True))
+    settle_gc()
     log.info(
         "agent_starting",
         version=__version__,

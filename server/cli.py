@@ -19,7 +19,7 @@ from server.store import Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
-from sluice.runtime import install_uvloop
+from sluice.runtime import install_uvloop, settle_gc
 
 log = structlog.get_logger("sluice.relay")
 
@@ -151,6 +151,7 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
         )
     ssh_host, ssh_port = relay.ssh_address
     http_host, http_port = relay.http_address
+    settle_gc()
     log.info("relay_started", version=__version__)
     systemd.ready(f"SSH {ssh_host}:{ssh_port}, API {http_host}:{http_port}")
     watchdog = asyncio.ensure_future(systemd.watchdog_loop(shutdown, lambda: True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 
@@ -16,3 +17,16 @@ def install_uvloop() -> bool:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
+
+
+def settle_gc() -> None:
+    """Exempt everything built during startup from the garbage collector.
+
+    Imports, settings and the store leave a few hundred thousand long-lived
+    objects. Every full collection walked all of them: 40-90 ms with the
+    event loop stopped, which showed as a ~35 ms p99 on short requests.
+    Frozen, they are never scanned again; a full collection then walks only
+    what was made since. Call once, when the process is up.
+    """
+    gc.collect()
+    gc.freeze()
