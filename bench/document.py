@@ -137,7 +137,7 @@ def render(s: Summary) -> str:
         "AEAD ciphers, the packets of one channel flush in one socket write, channel data "
         "framed with two copies instead of about twelve, large reads parsed in 32 KiB pieces "
         "(asyncssh re-copied its whole input buffer for every packet), one AES-GCM key "
-        "schedule per key. 192 KiB receive windows towards the relay (answers; bounds how "
+        "schedule per key. 256 KiB receive windows towards the relay (answers; bounds how "
         "much bulk data a small answer can queue behind), 1 MiB towards the agent (request "
         "bodies), 32 KiB packets, uvloop, TCP_NODELAY (asyncio and uvloop set it on every "
         "TCP socket).",

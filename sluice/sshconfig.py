@@ -37,12 +37,10 @@ TUNNEL_READY_HOST: Final = "sluice-ready"
 
 # Per-channel receive window and packet size. All streams of an agent share
 # one SSH connection, so a bulk stream can queue up to a window of data ahead
-# of a small answer: the window bounds that wait (192 KiB at ~450 MB/s is
-# ~0.4 ms). Measured on loopback (bench/, A/B): 192 KiB moved bulk as fast as
-# 256 KiB and cut the p50 of small requests beside a download from ~1.05 to
-# ~0.85 ms; 128 KiB halved bulk speed; 2 MiB was slower than 256 KiB; larger
-# packets cost the agent more CPU, not less.
-CHANNEL_WINDOW: Final = 192 * 1024
+# of a small answer: the window bounds that wait (256 KiB at ~200 MB/s is
+# ~1.3 ms). On loopback 256 KiB also moved more bytes per second than 2 MiB
+# (measured with bench/), and larger packets cost the agent more CPU, not less.
+CHANNEL_WINDOW: Final = 256 * 1024
 CHANNEL_MAX_PKTSIZE: Final = 32768
 # The agent's receive window (request bodies, relay -> agent). No small
 # answers share that direction, so it is sized for throughput: uploads went
