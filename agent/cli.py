@@ -127,6 +127,7 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
     supervisor = Supervisor(settings, connect_opener(settings, token, ctx), ctx, status)
     # The loop answering this task is what the watchdog checks; a tunnel that
     # is down is not a hang (the supervisor reconnects by itself).
+    settle_gc()  # before anything is accepted: a connection frozen now would never be freed
     health: HealthServer | None = None
     if settings.health_listen is not None:
         health = HealthServer(
@@ -139,7 +140,6 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
             log.error("health_listen_failed", error=str(exc))
             return 2
     watchdog = asyncio.ensure_future(systemd.watchdog_loop(shutdown, lambda: True))
-    settle_gc()
     log.info(
         "agent_starting",
         version=__version__,

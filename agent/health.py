@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
@@ -55,6 +56,8 @@ def connect_histogram() -> Histogram:
         registry=None,
     )
 
+
+log = structlog.get_logger("sluice.agent.health")
 
 # A probe's request head: one short line and a few headers.
 MAX_REQUEST_HEAD = 8192
@@ -189,6 +192,7 @@ class HealthServer:
         self.registry.register(AgentCollector(status, stats, version))
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._unasked: set[asyncio.StreamWriter] = set()  # connected, no request yet
 
     def __repr__(self) -> str:
         running = "serving" if self._server is not None else "stopped"
@@ -229,6 +233,8 @@ class HealthServer:
         if server is None:
             return
         server.close()
+        for writer in list(self._unasked):
+            writer.transport.abort()  # owed no answer: do not wait for them
         handlers = set(self._handlers)
         if handlers:
             _, pending = await asyncio.wait(handlers, timeout=self._shutdown_timeout)
@@ -249,15 +255,24 @@ class HealthServer:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        self._unasked.add(writer)
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                 return  # not a probe, or not in time: no answer owed
-            status, content_type, body, send_body = self._answer(head)
+            finally:
+                self._unasked.discard(writer)
+            try:
+                status, content_type, body, send_body = self._answer(head)
+            except Exception as exc:  # a collector failed: say so, never hang up silently
+                log.error("health_answer_failed", error_type=type(exc).__name__)
+                status, content_type, body, send_body = (
+                    500, "text/plain", b"500: Internal Server Error", True)
+            extra = "Allow: GET, HEAD\r\n" if status == 405 else ""
             writer.write(
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
                 "Connection: close\r\n\r\n".encode() + (body if send_body else b""))
             await writer.drain()
         except ConnectionError:
@@ -278,7 +293,7 @@ class HealthServer:
         method, path = parts[0], parts[1].partition("?")[0]
         routes = {"/healthz": self._healthz, "/readyz": self._readyz}
         if path not in routes and path != "/metrics":
-            return 404, "text/plain", b"404: Not Found", True
+            return 404, "text/plain", b"404: Not Found", method != "HEAD"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"405: Method Not Allowed", True
         if path == "/metrics":

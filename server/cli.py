@@ -137,7 +137,9 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.set)
     try:
-        relay = await Relay.start(settings)
+        # Startup objects leave the GC before any agent or caller is accepted
+        # (a connection frozen with them would never be collected).
+        relay = await Relay.start(settings, before_listening=settle_gc)
     except (OSError, ValueError) as exc:
         log.error("relay_start_failed", error=str(exc))
         return 1
@@ -151,7 +153,6 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
         )
     ssh_host, ssh_port = relay.ssh_address
     http_host, http_port = relay.http_address
-    settle_gc()
     log.info("relay_started", version=__version__)
     systemd.ready(f"SSH {ssh_host}:{ssh_port}, API {http_host}:{http_port}")
     watchdog = asyncio.ensure_future(systemd.watchdog_loop(shutdown, lambda: True))

@@ -64,6 +64,7 @@ class ConnectionService:
         self._reload_box = reload_box
         self._cache: dict[str, _Cached] = {}
         self._loading: dict[str, tuple[int, asyncio.Future[_Cached]]] = {}
+        self._purged = time.monotonic()
         self._generation = 0
 
     def __repr__(self) -> str:
@@ -154,7 +155,9 @@ class ConnectionService:
 
     async def delete(self, conn_id: str) -> None:
         self.forget(conn_id)
-        if not await self._store.delete_connection(conn_id):
+        deleted = await self._store.delete_connection(conn_id)
+        self.forget(conn_id)  # a request may have cached it again while the row went
+        if not deleted:
             raise ConnectionNotFound(conn_id)
 
     # -- for the engine -----------------------------------------------------------
@@ -167,8 +170,11 @@ class ConnectionService:
         edit made through another relay sharing the database shows after at
         most CACHE_SECONDS.
         """
+        now = time.monotonic()
+        if now - self._purged > CACHE_SECONDS:
+            self._purge(now)
         hit = self._cache.get(conn_id)
-        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+        if hit is None or now - hit[0] > CACHE_SECONDS:
             # One read per expiry however many requests wait for it: under load
             # every caller of a just-expired entry would otherwise read,
             # decrypt and validate the same row at once.
@@ -181,7 +187,15 @@ class ConnectionService:
             hit = await asyncio.shield(loading[1])
         return Handle(id=conn_id, conn=hit[1], masks=list(hit[2]))
 
+    def _purge(self, now: float) -> None:
+        """Drop expired entries (at the first request after they expire), so an
+        unused connection's decrypted secrets do not stay in memory."""
+        self._purged = now
+        for conn_id in [k for k, hit in self._cache.items() if now - hit[0] > CACHE_SECONDS]:
+            del self._cache[conn_id]
+
     async def _load(self, conn_id: str, generation: int) -> _Cached:
+        read_at = time.monotonic()  # the entry is as old as the read's start
         try:
             row = await self._row(conn_id)
             conn = self._open(row)
@@ -189,7 +203,7 @@ class ConnectionService:
             current = self._loading.get(conn_id)
             if current is not None and current[0] == generation:
                 del self._loading[conn_id]
-        hit = (time.monotonic(), conn, _secret_values(conn))
+        hit = (read_at, conn, _secret_values(conn))
         # An edit that landed while we read must not be undone by our copy.
         if generation == self._generation:
             self._cache[conn_id] = hit

@@ -31,7 +31,7 @@ from server.success_path import lookup, ping_verdict
 from server.templating import TemplateError, render_body, render_header_value, render_uri
 from server.tunnel_http import TunnelHTTP, default_tls
 from server.tunnels import TunnelRegistry
-from server.urls import URLError, join_uri, with_query_param
+from server.urls import URLError, join_request_uri, join_uri, with_query_param
 
 log = structlog.get_logger("sluice.relay.engine")
 
@@ -162,7 +162,7 @@ class Engine:
 
     def _url(self, handle: Handle, relative: str) -> URL:
         try:
-            url = join_uri(handle.conn.http.base_uri, relative)
+            url = join_request_uri(handle.conn.http.base_uri, relative)
         except URLError as exc:
             raise InvalidRequest(str(exc)) from None
         auth = handle.conn.http.auth

@@ -4,6 +4,7 @@ started and stopped together."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -60,8 +61,15 @@ class Relay:
         return f"<Relay ssh={self.ssh_address} {self.registry!r}>"
 
     @classmethod
-    async def start(cls, settings: ServerSettings, *, serve_http: bool = True) -> Relay:
-        """Open the store (migrating it), load keys, listen for agents and API calls."""
+    async def start(
+        cls, settings: ServerSettings, *, serve_http: bool = True,
+        before_listening: Callable[[], None] | None = None,
+    ) -> Relay:
+        """Open the store (migrating it), load keys, listen for agents and API calls.
+
+        *before_listening* runs once everything is set up and nothing is
+        accepted yet (the CLI freezes startup objects out of the GC there).
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         host_key = load_or_create_host_key(settings.host_key_path)
         box = load_secret_box(settings)
@@ -103,6 +111,8 @@ class Relay:
                 tasks=relay.tasks,
             )
             relay.ssh_context = ctx
+            if before_listening is not None:
+                before_listening()
             relay.ssh = await start_ssh_server(
                 ctx,
                 settings.ssh_listen.host,

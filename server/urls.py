@@ -31,15 +31,12 @@ def _parsed_base(base_uri: str) -> tuple[str, str, str]:
     return origin, base.raw_path.rstrip("/"), base.raw_query_string
 
 
-@functools.lru_cache(maxsize=4096)
 def join_uri(base_uri: str, relative: str) -> URL:
     """Join like a person reads it: no slash lost or doubled, both queries kept.
 
     ``https://h/api?v=1`` + ``/items?x=2`` → ``https://h/api/items?v=1&x=2``.
     The relative part can never change scheme, host or port; characters that
     are not allowed in a URL are percent-encoded, control characters refused.
-    Results are cached (URLs are immutable; refusals are not cached): a
-    client calling the same paths again skips the quoting and parsing.
     """
     if _FORBIDDEN.search(relative):
         raise URLError("relative URI contains a control character (CR, LF, NUL, …)")
@@ -53,6 +50,25 @@ def join_uri(base_uri: str, relative: str) -> URL:
     queries = [q for q in (base_query, quote(rel_query, safe=_QUERY_SAFE)) if q]
     text = origin + path + ("?" + "&".join(queries) if queries else "")
     return URL(text, encoded=True)
+
+
+# Joins of short paths without a query are cached: a caller asking for the
+# same paths again skips the quoting and parsing. Queries (where callers and
+# templates put tokens) and long paths are joined afresh every time, so the
+# cache holds no secrets and stays small (at most ~2 MB).
+_CACHED_PATH_MAX = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _join_path_cached(base_uri: str, relative: str) -> URL:
+    return join_uri(base_uri, relative)
+
+
+def join_request_uri(base_uri: str, relative: str) -> URL:
+    """``join_uri`` for proxied requests, cached for short query-less paths."""
+    if len(relative) <= _CACHED_PATH_MAX and "?" not in relative:
+        return _join_path_cached(base_uri, relative)
+    return join_uri(base_uri, relative)
 
 
 def with_query_param(url: URL, name: str, value: str) -> URL:

@@ -524,13 +524,15 @@ async def test_requests_outside_the_three_endpoints(
     server: HealthServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     head = await _exchange(server, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await _exchange(server, b"HEAD /nope HTTP/1.1\r\n\r\n")).endswith(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert head.endswith(b"\r\n\r\n")  # the length of a body, and no body
     assert b"Content-Length: 0" not in head
     assert (await _exchange(server, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(
         b"HTTP/1.1 404 ")
-    assert (await _exchange(server, b"POST /readyz HTTP/1.1\r\n\r\n")).startswith(
-        b"HTTP/1.1 405 ")
+    refused = await _exchange(server, b"POST /readyz HTTP/1.1\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 405 ")
+    assert b"Allow: GET, HEAD\r\n" in refused
     assert (await _exchange(server, b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
     # A client that never finishes its request is dropped, not kept forever.
     monkeypatch.setattr("agent.health.REQUEST_TIMEOUT", 0.2)
@@ -546,3 +548,14 @@ def test_the_running_agent_does_not_load_an_http_framework() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_close_does_not_wait_for_clients_that_never_asked(
+    status: TunnelStatus, stats: ProxyStats
+) -> None:
+    health = HealthServer(status, stats, "127.0.0.1", 0, VERSION, shutdown_timeout=60)
+    await health.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", health.port)
+    await asyncio.wait_for(health.close(), 10)  # would take 60 s if it waited for them
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()

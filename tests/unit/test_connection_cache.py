@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,20 @@ TOKEN = "cache-test-token-0123456789"
 
 
 class CountingStore(Store):
-    """The real store, counting connection reads."""
+    """The real store, counting connection reads; *before_delete* runs just
+    before a row is deleted (a request arriving at that moment)."""
 
     reads = 0
+    before_delete: Callable[[], Awaitable[object]] | None = None
 
     async def get_connection(self, conn_id: str) -> ConnectionRow | None:
         self.reads += 1
         return await super().get_connection(conn_id)
+
+    async def delete_connection(self, conn_id: str) -> bool:
+        if self.before_delete is not None:
+            await self.before_delete()
+        return await super().delete_connection(conn_id)
 
 
 @pytest.fixture
@@ -100,3 +107,27 @@ async def test_a_cancelled_caller_does_not_cancel_the_read(
     first.cancel()
     assert (await second).conn.name == "kept"
     assert store.reads == 1
+
+
+async def test_a_deleted_connection_is_not_served_from_the_cache(
+    service: tuple[ConnectionService, CountingStore],
+) -> None:
+    svc, store = service
+    conn_id = (await svc.create(_document("gone")))["id"]
+    store.before_delete = lambda: svc.handle(conn_id)  # cached again mid-delete
+    await svc.delete(conn_id)
+    with pytest.raises(ConnectionNotFound):
+        await svc.handle(conn_id)
+
+
+async def test_expired_entries_leave_memory(
+    service: tuple[ConnectionService, CountingStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc, _ = service
+    used = (await svc.create(_document("used")))["id"]
+    idle = (await svc.create(_document("idle")))["id"]
+    await svc.handle(used)
+    await svc.handle(idle)
+    monkeypatch.setattr(connections_module, "CACHE_SECONDS", -1.0)  # everything expired
+    await svc.handle(used)
+    assert idle not in svc._cache  # its decrypted token is gone too
