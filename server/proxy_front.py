@@ -331,10 +331,16 @@ class FrontProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     async def _drain(self) -> None:
-        if self._writable is not None:
-            await self._writable
-            if self.transport is None or self.transport.is_closing():
-                raise ConnectionResetError("the caller went away")
+        """Wait for room in the caller's socket; a caller that takes nothing for
+        idle_timeout is cut (it would hold a stream through its agent forever)."""
+        writable = self._writable
+        if writable is not None and not writable.done():
+            try:
+                await asyncio.wait_for(writable, self.front.idle_timeout or None)
+            except TimeoutError:
+                raise ConnectionResetError("the caller stopped reading") from None
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the caller went away")
 
     # -- lifecycle -----------------------------------------------------------------
     def close_if_idle(self) -> None:

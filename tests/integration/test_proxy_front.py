@@ -349,3 +349,15 @@ async def test_an_api_answering_before_the_upload_ends_leaves_nothing_running(
         await wait_until(lambda: not body_senders(), timeout=10, what="body sender ended")
     finally:
         server.close()
+
+
+async def test_a_caller_that_stops_reading_is_cut(
+    relay: Relay, raw: Raw, client: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    conn_id = await _connection(client, api, start_agent)
+    raw.writer.write(raw.request("GET", f"/v1/connections/{conn_id}/proxy/blob/{256 * 2**20}"))
+    await raw.reader.readuntil(b"\r\n\r\n")  # then reads nothing more
+    (tunnel,) = relay.registry.replicas(next(iter({t.agent_id for t in relay.registry})))
+    await wait_until(lambda: tunnel.in_flight == 0, timeout=30, what="stream released")
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello")
+    assert answer.status == 200
