@@ -103,6 +103,12 @@ async def _connection(client: APIClient, api: InternalAPI | int,
     return str(answer.body["id"])
 
 
+def _only_tunnel(relay: Relay) -> Any:
+    """The one agent tunnel a test started."""
+    (tunnel,) = list(relay.registry)
+    return tunnel
+
+
 def _json(body: bytes) -> Any:
     return json.loads(body)
 
@@ -258,7 +264,7 @@ async def test_a_caller_leaving_mid_answer_frees_the_stream(
     await raw.reader.readuntil(b"\r\n\r\n")
     await raw.reader.readexactly(1024 * 1024)
     raw.writer.transport.abort()
-    (tunnel,) = relay.registry.replicas(next(iter({t.agent_id for t in relay.registry})))
+    tunnel = _only_tunnel(relay)
     await wait_until(lambda: tunnel.in_flight == 0, timeout=10, what="stream released")
     answer = await client.call("GET", f"{proxy}/hello")
     assert answer.status == 200
@@ -357,7 +363,7 @@ async def test_a_caller_that_stops_reading_is_cut(
     conn_id = await _connection(client, api, start_agent)
     raw.writer.write(raw.request("GET", f"/v1/connections/{conn_id}/proxy/blob/{256 * 2**20}"))
     await raw.reader.readuntil(b"\r\n\r\n")  # then reads nothing more
-    (tunnel,) = relay.registry.replicas(next(iter({t.agent_id for t in relay.registry})))
+    tunnel = _only_tunnel(relay)
     await wait_until(lambda: tunnel.in_flight == 0, timeout=30, what="stream released")
     answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello")
     assert answer.status == 200
