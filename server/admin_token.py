@@ -76,6 +76,7 @@ class AdminTokens:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._current = current
+        self._current_digest = _digest(current)  # hashed once, not per request
         self._data_dir = data_dir
         self._token_file = token_file
         self._configured = configured
@@ -99,7 +100,7 @@ class AdminTokens:
     def actor(self, presented: str) -> str | None:
         """Who this bearer token is ('admin:<8 hex>'), or None when it is not valid."""
         digest = _digest(presented)
-        ok_current = hmac.compare_digest(digest, _digest(self._current))
+        ok_current = hmac.compare_digest(digest, self._current_digest)
         ok_previous = False
         if self._previous is not None:
             ok_previous = hmac.compare_digest(digest, self._previous[0])
@@ -125,4 +126,5 @@ class AdminTokens:
             previous_file.unlink(missing_ok=True)
         _write_private(self._token_file or self._data_dir / FILE_NAME, new)
         self._current = new
+        self._current_digest = _digest(new)
         return new

@@ -49,7 +49,14 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:
-        return error_problem(exc, services_of(request).metrics, request.path)
+        return error_problem(exc, services_of(request).metrics, _route_label(request))
+
+
+def _route_label(request: web.Request) -> str:
+    """The route's template (``/v1/connections/{id}/proxy/{path}``), not the
+    caller's path: a proxied path is the caller's data, kept out of the log."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unrouted"
 
 
 def error_problem(exc: Exception, metrics: RelayMetrics, path: str) -> web.Response:

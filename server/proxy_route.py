@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -140,7 +141,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+            await _write_within(response, chunk, services.stalled_reader_timeout)
             sent += len(chunk)
         await response.write_eof()
     except (aiohttp.ClientError, ConnectionError) as exc:
@@ -154,6 +155,20 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         upstream.release()
     canonical_line(conn_id, mode, request.method, upstream.status, sent, began)
     return response
+
+
+async def _write_within(response: web.StreamResponse, chunk: bytes, timeout: float) -> None:
+    """Write one piece of a streamed answer; a caller that takes none of it
+    for *timeout* seconds is cut (it would hold its stream through the agent
+    forever). ``server.proxy_front`` applies the same bound."""
+    if timeout <= 0:
+        await response.write(chunk)
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await response.write(chunk)
+    except TimeoutError:
+        raise ConnectionResetError("the caller stopped reading") from None
 
 
 def stream_broken(handle: Handle, conn_id: str, sent: int, exc: BaseException) -> None:

@@ -139,6 +139,7 @@ class Relay:
             admin=self.admin, ssh_listening=lambda: not self.closed.is_set(),
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
+            stalled_reader_timeout=self.settings.http_idle_timeout,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

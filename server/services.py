@@ -28,6 +28,8 @@ class Services:
     ssh_listening: Callable[[], bool]
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""
+    # A caller that takes none of a streamed answer for this long is cut (0: never).
+    stalled_reader_timeout: float = 0.0
 
 
 SERVICES = web.AppKey("services", Services)
