@@ -41,6 +41,7 @@ from server.proxy_route import (
     stream_broken,
 )
 from server.services import Services
+from sluice.addresses import LISTEN_BACKLOG
 
 log = structlog.get_logger("sluice.relay.front")
 
@@ -72,7 +73,7 @@ class FrontSite(web.TCPSite):
     """aiohttp's TCP site with the front as the protocol for new connections."""
 
     def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int) -> None:
-        super().__init__(runner, host, port)
+        super().__init__(runner, host, port, backlog=LISTEN_BACKLOG)
         self._front = front
 
     async def start(self) -> None:

@@ -12,6 +12,7 @@ from server.auth_limit import FailedLoginLimiter
 from server.store import AgentRecord, Store
 from server.tunnels import Tunnel, TunnelRegistry
 from sluice import sshconfig
+from sluice.addresses import LISTEN_BACKLOG
 from sluice.ssh_tuning import tune_asyncssh
 from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
@@ -225,4 +226,5 @@ async def start_ssh_server(
         x11_forwarding=False,
         server_version="sluice-relay",
         reuse_address=True,
+        backlog=LISTEN_BACKLOG,
     )
