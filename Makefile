@@ -43,7 +43,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
 
 # Benchmarks (issue 5): not part of `make test`. `bench` writes docs/BENCHMARKS.md
-# (about 15 minutes); `bench-quick` (under 2 minutes) checks the bench still runs.
+# (about 11 minutes); `bench-quick` (under 2 minutes) checks the bench still runs.
 bench: install
 	bash bench/setup.sh
 	$(BIN)/python -m bench.run
