@@ -26,7 +26,7 @@ from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.ratelimit import TokenBucket
-from sluice.runtime import install_uvloop, settle_gc
+from sluice.runtime import install_uvloop, keep_buffers_on_heap, settle_gc
 from sluice.tokens import AgentToken
 
 log = structlog.get_logger("sluice.agent")
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             masker.add(proxy.password)
     configure_logging(settings.log_format, settings.log_level, masker=masker)
     install_uvloop()
+    keep_buffers_on_heap()
     if args.command == "check":
         return asyncio.run(_check(settings, token))
     return asyncio.run(_run(settings, token))

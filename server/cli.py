@@ -19,7 +19,7 @@ from server.store import Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
-from sluice.runtime import install_uvloop, settle_gc
+from sluice.runtime import install_uvloop, keep_buffers_on_heap, settle_gc
 
 log = structlog.get_logger("sluice.relay")
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         from server.demo import run_demo
 
         install_uvloop()
+        keep_buffers_on_heap()
         return asyncio.run(run_demo())
     if args.command == "fingerprint":
         print(host_key_fingerprint(settings.host_key_path))
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     masker = SecretMasker()
     configure_logging(settings.log_format, settings.log_level, masker=masker)
     install_uvloop()
+    keep_buffers_on_heap()
     if args.command == "agents":
         return asyncio.run(_agents(settings, args))
     if args.command == "rotate-master-key":

@@ -15,11 +15,14 @@ asyncssh writes each packet (32 KiB at most) to the socket on its own. A
 gathers the packets of one flush and writes them together, before the flush
 returns: nothing is deferred, and the order of every byte is asyncssh's own.
 
-Receiving in packet-sized pieces: asyncssh keeps unparsed input in one bytes
-object and slices each packet off its front, copying the rest every time; a
-256 KiB read of 32 KiB packets copied ~2 MiB. ``feed_in_pieces`` hands it a
-large read in 32 KiB pieces (the same bytes in the same order, in the same
-call), so each slice copies at most a packet.
+Receiving: asyncssh keeps unparsed input in one bytes object, appends every
+read to it and slices each packet off its front, copying the rest every
+time. Under AES-GCM, ``feed_in_pieces`` decrypts channel data straight from
+each read instead (``_take_data_packets``); a packet that spans reads (a
+256 KiB packet always does) is gathered and joined once, and any other packet
+goes to asyncssh alone, so the data after it still takes the short path.
+Without AES-GCM keys in place (a key exchange, another cipher), asyncssh
+gets a large read in 32 KiB pieces, so each slice copies at most that much.
 
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
@@ -227,22 +230,49 @@ def reuse_gcm_keys() -> None:
 
 _PIECE = 32 * 1024
 _feeding = False
+# A packet that spans reads (see ``_take_data_packets``): its reads so far,
+# their length, and the length of the whole packet.
+_connection.SSHConnection._sluice_pending = None  # type: ignore[attr-defined]
+_connection.SSHConnection._sluice_pending_len = 0  # type: ignore[attr-defined]
+_connection.SSHConnection._sluice_need = 0  # type: ignore[attr-defined]
 
 
 def feed_in_pieces() -> None:
     """Patch asyncssh (idempotently): plain channel data under AES-GCM is taken
-    straight from a read (see ``_take_data_packets``); anything else is parsed
-    by asyncssh, a large read 32 KiB at a time."""
+    straight from a read (see ``_take_data_packets``); any other packet goes to
+    asyncssh on its own, and the reads after it are taken again. Without
+    AES-GCM keys in place (a key exchange, another cipher) asyncssh parses a
+    large read 32 KiB at a time."""
     global _feeding
     if _feeding:
         return
-    original = _connection.SSHConnection.data_received
+    original: Any = _connection.SSHConnection.data_received
 
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-        rest = data
-        if _recv_ready(self):
-            rest = _take_data_packets(self, data)
+        pending = self._sluice_pending
+        if pending is not None:
+            # The rest of a packet that began in an earlier read: gather the
+            # reads, and join them once, when the whole packet is in.
+            pending.append(data)
+            self._sluice_pending_len += len(data)
+            if self._sluice_pending_len < self._sluice_need:
+                return
+            self._sluice_pending = None
+            data = b"".join(pending)
+        rest: bytes | memoryview = data
+        while _recv_ready(self):
+            rest = _take_data_packets(self, rest)
             if not rest:
+                return
+            # A packet asyncssh must see (not channel data, or a check to
+            # fail): it gets that packet alone, and the fast path goes on.
+            size = _whole_packet(self, rest)
+            if not size:
+                break
+            view = memoryview(rest)
+            original(self, view[:size], datatype)
+            rest = view[size:]
+            if not rest or self._transport is None:
                 return
         if len(rest) <= _PIECE:
             original(self, rest, datatype)
@@ -251,13 +281,24 @@ def feed_in_pieces() -> None:
             for start in range(0, len(rest), _PIECE):
                 if self._transport is None:
                     break  # a fatal error in an earlier piece closed the connection
-                original(self, view[start:start + _PIECE], datatype)  # type: ignore[arg-type]
+                original(self, view[start:start + _PIECE], datatype)
 
     _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
     _feeding = True
 
 
 _GCM_OVERHEAD = 4 + 16  # length field, tag
+
+
+def _whole_packet(conn: Any, data: bytes | memoryview) -> int:
+    """The size of the AES-GCM packet at the front of *data* if it is all
+    there and within the length limit, else 0."""
+    if len(data) < 4:
+        return 0
+    pktlen: int = _U32.unpack_from(data)[0]
+    if pktlen > conn._max_recv_pktlen or pktlen + _GCM_OVERHEAD > len(data):
+        return 0
+    return pktlen + _GCM_OVERHEAD
 
 
 def _recv_ready(conn: Any) -> bool:
@@ -268,15 +309,16 @@ def _recv_ready(conn: Any) -> bool:
             and conn._recv_handler == conn._recv_pkthdr)
 
 
-def _take_data_packets(conn: Any, data: bytes) -> bytes:
+def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
     """Handle the whole plain channel-data packets at the front of the input as
     asyncssh would (same checks, sequence numbers, window accounting and
     delivery), decrypting each in place: one copy by the cipher, one for the
-    data. An incomplete packet at the end waits in asyncssh's input buffer,
-    unparsed, for the next read. Anything else (another packet type, a check
-    that fails, a bad tag) stops the loop: the input from there is returned
-    for asyncssh's own parser, which then sees exactly what it would have."""
-    buf: bytes = conn._inpbuf + data if conn._inpbuf else data
+    data. An incomplete packet at the end waits, unparsed, until the reads
+    that complete it are in (gathered, then joined once). Anything else
+    (another packet type, a check that fails, a bad tag) stops the loop: the
+    input from there is returned for asyncssh's own parser, which then sees
+    exactly what it would have."""
+    buf: bytes | memoryview = conn._inpbuf + data if conn._inpbuf else data
     conn._inpbuf = b""
     cipher = conn._recv_encryption._cipher
     aead = _aead(cipher)
@@ -319,7 +361,11 @@ def _take_data_packets(conn: Any, data: bytes) -> bytes:
     if taken:
         conn._reset_keepalive_timer()
     if complete and conn._transport is not None:
-        conn._inpbuf = rest  # the start of the next packet, for the next read
+        if rest:  # the start of the next packet: kept until the rest is in
+            conn._sluice_pending = [rest]
+            conn._sluice_pending_len = len(rest)
+            conn._sluice_need = (_U32.unpack_from(rest)[0] + _GCM_OVERHEAD
+                                 if len(rest) >= 4 else 4)
         return b""
     return rest
 

@@ -97,7 +97,7 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
     taken = [0]
     original_take = ssh_tuning._take_data_packets
 
-    def counting_take(conn: Any, data: bytes) -> bytes:
+    def counting_take(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
         before = conn._recv_seq
         rest = original_take(conn, data)
         taken[0] += (conn._recv_seq - before) & 0xFFFFFFFF
@@ -144,3 +144,83 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
         assert counted_since_rekey < rekey_bytes  # keys were exchanged on the way
     else:
         assert counting.calls <= 4  # the data went out in (nearly) one write, not 32
+
+
+class _HeldTransport:
+    """Holds asyncssh's socket writes until ``release``, then sends them in one write."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.held.append(bytes(data))
+
+    def writelines(self, data: list[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def release(self) -> None:
+        self.inner.write(b"".join(self.held))
+        self.held.clear()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_large_packets_after_another_packet_in_one_read_take_the_short_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """256 KiB packets span reads, and here they follow a channel request in
+    the same write: each is still decrypted straight from the reads."""
+    tune_asyncssh()
+    taken = [0]
+    original_take = ssh_tuning._take_data_packets
+
+    def counting_take(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
+        before = conn._recv_seq
+        rest = original_take(conn, data)
+        if isinstance(conn, asyncssh.SSHServerConnection):
+            taken[0] += (conn._recv_seq - before) & 0xFFFFFFFF
+        return rest
+
+    monkeypatch.setattr(ssh_tuning, "_take_data_packets", counting_take)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    packet = 256 * 1024
+    blob = bytes(range(251)) * (3 * packet // 251 + 1)  # four packets, the last short
+
+    async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        data = b""
+        while len(data) < len(blob):
+            try:
+                data += await process.stdin.read(len(blob) - len(data))
+            except asyncssh.SignalReceived:
+                continue  # delivered in order, between the bytes before and after it
+        process.stdout.write(b"same" if data == blob else b"differs")
+        process.exit(0)
+
+    server = await asyncssh.create_server(
+        _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle,
+        encryption_algs=["aes128-gcm@openssh.com"], encoding=None,
+        window=4 * 1024 * 1024, max_pktsize=packet,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
+            agent_path=None, config=None, encryption_algs=["aes128-gcm@openssh.com"],
+        ) as conn, conn.create_process("check", encoding=None) as proc:
+            assert conn._transport is not None
+            held = _HeldTransport(conn._transport)
+            conn._transport = held  # type: ignore[assignment]
+            proc.send_signal("USR1")  # a channel request, not channel data
+            proc.stdin.write(blob)
+            assert len(held.held) >= 2
+            held.release()
+            conn._transport = held.inner
+            verdict = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert verdict == b"same"
+    assert taken[0] == 4  # every data packet, none left to asyncssh's parser
