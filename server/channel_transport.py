@@ -26,6 +26,7 @@ from server.errors import (
     UpstreamConnectFailed,
     UpstreamTimeout,
 )
+from server.window_share import StreamClass, WindowShare
 from sluice.connect import (
     ConnectProtocolError,
     ConnectResponse,
@@ -146,8 +147,10 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
     every event goes to the protocol on top.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, share: WindowShare | None = None) -> None:
         loop = asyncio.get_running_loop()
+        self._share = share
+        self._class = StreamClass()
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
         self._buffer = bytearray()
         self._answer: asyncio.Future[tuple[ConnectResponse, int]] = loop.create_future()
@@ -175,6 +178,8 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         self._chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._share is not None:
+            self._share.received(self._class, self._chan, len(data))
         if self._protocol is not None:
             feed(self._protocol, data)
             return
@@ -250,6 +255,7 @@ async def open_stream(
     *,
     window: int,
     max_pktsize: int,
+    share: WindowShare | None = None,
 ) -> tuple[ChannelTransport, ChannelSession, bytes]:
     """Open a channel to the agent and ask it to CONNECT to *target*.
 
@@ -260,7 +266,7 @@ async def open_stream(
     session: ChannelSession
     try:
         chan, session = await conn.create_connection(  # type: ignore[assignment]
-            ChannelSession, listen[0], listen[1], "relay", 0,
+            lambda: ChannelSession(share), listen[0], listen[1], "relay", 0,
             window=window, max_pktsize=max_pktsize,
         )
     except asyncssh.ChannelOpenError as exc:

@@ -12,6 +12,7 @@ import asyncssh
 
 from server.channel_transport import ChannelSession, ChannelTransport, open_stream
 from server.errors import AgentOffline
+from server.window_share import SHARED_WINDOW, WindowShare
 from sluice.connect import Target
 
 _ids = itertools.count(1)
@@ -34,6 +35,10 @@ class Tunnel:
     in_flight: int = 0
     streams_total: int = 0
     draining: bool = False
+    share: WindowShare = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "live"
@@ -51,7 +56,8 @@ class Tunnel:
         self.streams_total += 1
         try:
             transport, session, rest = await open_stream(
-                self.conn, self.listen, target, window=self.window, max_pktsize=self.max_pktsize
+                self.conn, self.listen, target, window=self.window,
+                max_pktsize=self.max_pktsize, share=self.share,
             )
         except BaseException:
             self.in_flight -= 1

@@ -376,3 +376,13 @@ def tune_asyncssh() -> None:
     feed_in_pieces()
     batch_channel_writes()
     reuse_gcm_keys()
+
+
+def set_receive_window(chan: Any, size: int) -> None:
+    """Make *size* bytes the receive window *chan* tops up to from now on.
+
+    asyncssh grants more window once less than half of it is left, up to the
+    size given when the channel opened; a smaller size takes effect as the
+    peer uses up what it holds, a larger one at the next packet received.
+    """
+    chan._init_recv_window = size
