@@ -139,7 +139,7 @@ def render(s: Summary) -> str:
         "read (asyncssh re-copied its whole input buffer for every packet; a packet that "
         "spans reads is joined once), one AES-GCM key schedule per key. 256 KiB receive "
         "windows towards the relay (answers; bounds how much bulk data a small answer can "
-        "queue behind), shrunk to 96 KiB for a bulk answer while small answers run beside "
+        "queue behind), shrunk to 128 KiB for a bulk answer while small answers run beside "
         "it on the same agent connection (`server/window_share.py`), 1 MiB towards the "
         "agent (request bodies), 256 KiB packets (a "
         "quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep "

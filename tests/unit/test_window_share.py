@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from server.window_share import BULK_PACKET, RECENT, StreamClass, WindowShare
 
 FULL = 256 * 1024
-SHARED = 96 * 1024
+SHARED = 128 * 1024
 
 
 @dataclass
