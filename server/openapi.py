@@ -88,6 +88,9 @@ _AUDIT_EVENT = {
 MALFORMED_REQUEST: dict[str, Any] = {
     "description": "The request is not valid HTTP (plain text from the HTTP server)",
 }
+UNKNOWN_EXPECTATION: dict[str, Any] = {
+    "description": "An Expect header other than 100-continue (plain text from the HTTP server)",
+}
 
 
 def _problem_responses(*codes: int) -> dict[str, Any]:
@@ -214,10 +217,12 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     # Any request can be malformed at the HTTP level (a bad Content-Length, say);
-    # aiohttp answers those with a plain-text 400 before any route runs.
+    # aiohttp answers those with a plain-text 400 before any route runs, and an
+    # expectation it cannot meet (RFC 9110 10.1.1) with a plain-text 417.
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"].setdefault("400", MALFORMED_REQUEST)
+            operation["responses"].setdefault("417", UNKNOWN_EXPECTATION)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sluice relay API", "version": "1"},

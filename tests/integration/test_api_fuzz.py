@@ -391,3 +391,13 @@ async def test_audit_bad_before_is_reported_on_before(client: APIClient) -> None
     answer = await client.call("GET", "/v1/audit?before=abc")
     assert answer.status == 422
     assert [e["field"] for e in answer.body["errors"]] == ["before"]
+
+
+async def test_an_unknown_expectation_gets_a_documented_417(client: APIClient) -> None:
+    answer = await client.call("DELETE", "/v1/agents/agt_nosuchagent0000",
+                               headers={"Expect": "{7_v"})
+    assert answer.status == 417, (answer.status, answer.text)
+    spec = (await client.call("GET", "/v1/openapi.json")).body
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            assert "417" in operation["responses"]
