@@ -25,6 +25,10 @@ c=1 at ~1,200 req/s takes half a core of two), so the download cannot keep
 its solo speed beside them; 128 KiB is where both the p50 (1 ms) and the
 download (0.7x its solo speed) stay within the targets of issue #5.
 
+The cost on a long link: a stream moves at most one window per round trip,
+so while shared a bulk answer there gets half its solo bound (128 KiB per
+round trip: ~2.6 MB/s at 50 ms), for as long as small answers keep flowing.
+
 A stream counts as bulk while it receives packets of at least BULK_PACKET
 bytes; a packet below that on a stream that has not done so within RECENT
 seconds is small traffic.
