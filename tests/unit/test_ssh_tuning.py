@@ -63,6 +63,22 @@ async def test_ignore_packets_kept_under_ctr(tmp_path: Path) -> None:
 
 
 
+def _count_short_path_packets(monkeypatch: pytest.MonkeyPatch, side: type[Any]) -> list[int]:
+    """Count the packets connections of type *side* take on the short receive path."""
+    taken = [0]
+    original_take = ssh_tuning._take_data_packets
+
+    def counting_take(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
+        before = conn._recv_seq
+        rest = original_take(conn, data)
+        if isinstance(conn, side):
+            taken[0] += (conn._recv_seq - before) & 0xFFFFFFFF
+        return rest
+
+    monkeypatch.setattr(ssh_tuning, "_take_data_packets", counting_take)
+    return taken
+
+
 class _CountingTransport:
     """Counts the writes asyncssh makes to its socket (and passes them on)."""
 
@@ -94,16 +110,7 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
     cipher: str, rekey_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tune_asyncssh()
-    taken = [0]
-    original_take = ssh_tuning._take_data_packets
-
-    def counting_take(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
-        before = conn._recv_seq
-        rest = original_take(conn, data)
-        taken[0] += (conn._recv_seq - before) & 0xFFFFFFFF
-        return rest
-
-    monkeypatch.setattr(ssh_tuning, "_take_data_packets", counting_take)
+    taken = _count_short_path_packets(monkeypatch, object)  # both ends
     key = asyncssh.generate_private_key("ssh-ed25519")
     blob = bytes(range(256)) * 4096  # 1 MiB
 
@@ -174,17 +181,7 @@ async def test_large_packets_after_another_packet_in_one_read_take_the_short_pat
     """256 KiB packets span reads, and here they follow a channel request in
     the same write: each is still decrypted straight from the reads."""
     tune_asyncssh()
-    taken = [0]
-    original_take = ssh_tuning._take_data_packets
-
-    def counting_take(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
-        before = conn._recv_seq
-        rest = original_take(conn, data)
-        if isinstance(conn, asyncssh.SSHServerConnection):
-            taken[0] += (conn._recv_seq - before) & 0xFFFFFFFF
-        return rest
-
-    monkeypatch.setattr(ssh_tuning, "_take_data_packets", counting_take)
+    taken = _count_short_path_packets(monkeypatch, asyncssh.SSHServerConnection)
     key = asyncssh.generate_private_key("ssh-ed25519")
     packet = 256 * 1024
     blob = bytes(range(251)) * (3 * packet // 251 + 1)  # four packets, the last short
