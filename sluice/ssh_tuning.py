@@ -10,8 +10,9 @@ automatic packets, and only under an AEAD cipher; anything else asyncssh
 sends is untouched.
 
 One write per channel flush: when a channel sends what its window allows,
-asyncssh writes each packet (32 KiB at most) to the socket on its own. A
-256 KiB read from an API becomes eight system calls. ``batch_channel_writes``
+asyncssh writes each packet to the socket on its own: with its default
+32 KiB packets, a 256 KiB read from an API became eight system calls (a
+window adjust or a second stream's data adds more). ``batch_channel_writes``
 gathers the packets of one flush and writes them together, before the flush
 returns: nothing is deferred, and the order of every byte is asyncssh's own.
 

@@ -62,7 +62,7 @@ def test_the_tail_of_a_bulk_answer_is_not_small_traffic() -> None:
     share.received(other, other_chan, BULK_PACKET)
     assert other_chan._init_recv_window == FULL
     clock.now += RECENT * 2
-    share.received(bulk, chan, 1000)  # a later small answer on the same stream is
+    share.received(bulk, chan, 1000)  # a later small answer on that stream counts
     share.received(other, other_chan, BULK_PACKET)
     assert other_chan._init_recv_window == SHARED
 
