@@ -123,13 +123,14 @@ def render(s: Summary) -> str:
         "",
         "## What a request through Sluice costs, and the levers in place",
         "",
-        "- The relay's listener (`server/proxy_front.py`) reads a proxy request's head "
+        "- The relay's listener (`server/proxy/front.py`) reads a proxy request's head "
         "itself (llhttp through httptools) and answers from the socket, without aiohttp's "
         "request and response objects, routing and middlewares; requests it does not "
         "serve (the API, HEAD, chunked or 100-continue bodies) go to aiohttp's server. "
         "The relay applies the connection (URL, headers, auth) and writes the API request "
         "head in one write on a kept-alive CONNECT stream through the agent "
-        "(`server/stream_pool.py`, `server/http1.py`; the answer is parsed by llhttp). "
+        "(`server/tunnel/stream_pool.py`, `server/tunnel/http1.py`; "
+        "the answer is parsed by llhttp). "
         "HEAD and cloud-mode requests use aiohttp's client. Decrypted connection settings "
         "are cached for 2 s, with one read per expiry however many requests wait.",
         "- SSH: `aes128-gcm@openssh.com` first; asyncssh's hot path tuned in "
@@ -140,7 +141,7 @@ def render(s: Summary) -> str:
         "spans reads is joined once), one AES-GCM key schedule per key. 256 KiB receive "
         "windows towards the relay (answers; bounds how much bulk data a small answer can "
         "queue behind), shrunk to 128 KiB for a bulk answer while small answers run beside "
-        "it on the same agent connection (`server/window_share.py`), 1 MiB towards the "
+        "it on the same agent connection (`server/tunnel/window_share.py`), 1 MiB towards the "
         "agent (request bodies), 256 KiB packets (a "
         "quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep "
         "buffers of up to 2 MiB on the heap instead of mapping each one "

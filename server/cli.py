@@ -10,12 +10,12 @@ from pathlib import Path
 
 import structlog
 
-from server.connections import ConnectionService
-from server.hostkey import host_key_fingerprint
-from server.keyring import RotationPlan
+from server.connections.service import ConnectionService
 from server.relay import Relay
+from server.secrets.hostkey import host_key_fingerprint
+from server.secrets.keyring import RotationPlan
 from server.settings import ServerSettings
-from server.store import Store
+from server.storage.store import Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging

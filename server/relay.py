@@ -11,22 +11,22 @@ import asyncssh
 import structlog
 from aiohttp import web
 
-from server.admin_token import AdminTokens, load_or_create_admin_token
-from server.api import build_app
-from server.auth_limit import FailedLoginLimiter
-from server.cloud_http import CloudHTTP
-from server.connections import ConnectionService
-from server.engine import Engine
-from server.hostkey import load_or_create_host_key
-from server.keyring import load_secret_box
-from server.metrics import RelayMetrics
-from server.proxy_front import Front, FrontSite
-from server.services import Services
+from server.connections.service import ConnectionService
+from server.proxy.cloud_http import CloudHTTP
+from server.proxy.engine import Engine
+from server.proxy.front import Front, FrontSite
+from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
+from server.secrets.hostkey import load_or_create_host_key
+from server.secrets.keyring import load_secret_box
 from server.settings import ServerSettings
-from server.ssh import SSHContext, start_ssh_server
-from server.store import Store
-from server.tunnel_http import TunnelHTTP
-from server.tunnels import TunnelRegistry
+from server.storage.store import Store
+from server.tunnel.auth_limit import FailedLoginLimiter
+from server.tunnel.http_client import TunnelHTTP
+from server.tunnel.registry import TunnelRegistry
+from server.tunnel.ssh import SSHContext, start_ssh_server
+from server.web.api import build_app
+from server.web.metrics import RelayMetrics
+from server.web.services import Services
 from sluice.sshconfig import fingerprint
 from sluice.tasks import TaskSet
 

@@ -284,7 +284,7 @@ def _fuzz(
 
 def _fence_cloud(relay: Relay, findings: Findings) -> None:
     """Cloud mode must not be reachable from the fuzzer: record and refuse."""
-    from server.cloud_http import DestinationForbidden
+    from server.proxy.cloud_http import DestinationForbidden
 
     def refuse(url: URL) -> None:
         findings.cloud_attempts.append(str(url.host))

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from server.crypto import MasterKey
 from server.relay import Relay
+from server.secrets.crypto import MasterKey
 from tests.conftest import relay_settings
 from tests.support.capture import remember_secret
 

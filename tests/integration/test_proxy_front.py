@@ -1,4 +1,4 @@
-"""The relay's HTTP front (``server.proxy_front``) byte by byte: proxy requests
+"""The relay's HTTP front (``server.proxy.front``) byte by byte: proxy requests
 served off the socket, everything else handed to aiohttp mid-connection,
 pipelining, bodies in pieces, refusals, idle and draining connections."""
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from server.relay import Relay
-from server.ui import UI_DIR
+from server.web.ui import UI_DIR
 from sluice.tokens import AgentToken
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI

@@ -9,7 +9,7 @@ import contextlib
 import pytest
 
 from server.relay import Relay
-from server.window_share import WindowShare
+from server.tunnel.window_share import WindowShare
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI
 from tests.support.waiting import wait_until

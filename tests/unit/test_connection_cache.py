@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from server import connections as connections_module
-from server.connections import ConnectionNotFound, ConnectionService
-from server.crypto import MasterKey, SecretBox
-from server.store import ConnectionRow, Store, sqlite_url
+from server.connections import service as connections_module
+from server.connections.service import ConnectionNotFound, ConnectionService
+from server.secrets.crypto import MasterKey, SecretBox
+from server.storage.store import ConnectionRow, Store, sqlite_url
 
 TOKEN = "cache-test-token-0123456789"
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from server.connection_docs import (
+from server.connections.documents import (
     iter_secrets,
     map_secrets,
     merge_patch,
@@ -19,7 +19,7 @@ from server.connection_docs import (
     set_secret,
     validation_problems,
 )
-from server.connection_model import Connection, media_type_header
+from server.connections.model import Connection, media_type_header
 
 TOKEN = "tok-" + "s" * 20
 REFRESH_SECRET = "refresh-" + "r" * 20

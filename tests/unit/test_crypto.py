@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.crypto import (
+from server.secrets.crypto import (
     DecryptionError,
     MasterKey,
     SecretBox,

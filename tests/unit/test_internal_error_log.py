@@ -10,8 +10,8 @@ import aiohttp
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from server.api import problems_middleware
-from server.services import SERVICES, Services
+from server.web.api import problems_middleware
+from server.web.services import SERVICES, Services
 
 
 async def _boom(request: web.Request) -> web.Response:

@@ -1,14 +1,14 @@
 """Hostile input against the relay's small parsers: properties, not examples.
 
-- server.urls.join_uri: the relative part never moves the request to another
+- server.proxy.urls.join_uri: the relative part never moves the request to another
   scheme, host or port, never yields control characters, fails only with
   URLError, treats slashes idempotently and keeps both queries;
-- server.success_path: paths built from a document always find their value,
+- server.proxy.success_path: paths built from a document always find their value,
   and nothing in a body or a path crashes the ping verdict;
-- server.templating: arbitrary template text fails only with TemplateError,
+- server.proxy.templating: arbitrary template text fails only with TemplateError,
   and no template reads anything but ``connection`` (no environment, no
   Python attributes, nothing of another connection rendered before);
-- server.connection_model: CR, LF or NUL anywhere in a header name or value,
+- server.connections.model: CR, LF or NUL anywhere in a header name or value,
   a token, a scheme, a parameter name or a URI is refused, with the field
   named and the value not echoed.
 
@@ -38,10 +38,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from yarl import URL
 
-from server.connection_docs import validation_problems
-from server.connection_model import Connection, HTTPSettings
-from server.success_path import lookup, parse_path, ping_verdict
-from server.templating import (
+from server.connections.documents import validation_problems
+from server.connections.model import Connection, HTTPSettings
+from server.proxy.success_path import lookup, parse_path, ping_verdict
+from server.proxy.templating import (
     Target,
     TemplateError,
     check_template,
@@ -50,7 +50,7 @@ from server.templating import (
     render_header_value,
     render_uri,
 )
-from server.urls import URLError, join_uri
+from server.proxy.urls import URLError, join_uri
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

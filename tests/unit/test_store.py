@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store import AgentInUse, Store, sqlite_url
+from server.storage.store import AgentInUse, Store, sqlite_url
 from sluice.tokens import AgentToken
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.success_path import as_comparable, is_truthy, lookup, parse_path, ping_verdict
+from server.proxy.success_path import as_comparable, is_truthy, lookup, parse_path, ping_verdict
 
 DOC: Any = {
     "ok": True,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.templating import (
+from server.proxy.templating import (
     TemplateError,
     body_target,
     check_template,

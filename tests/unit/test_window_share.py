@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.window_share import BULK_PACKET, RECENT, StreamClass, WindowShare
+from server.tunnel.window_share import BULK_PACKET, RECENT, StreamClass, WindowShare
 
 FULL = 256 * 1024
 SHARED = 128 * 1024

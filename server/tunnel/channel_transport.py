@@ -26,7 +26,7 @@ from server.errors import (
     UpstreamConnectFailed,
     UpstreamTimeout,
 )
-from server.window_share import StreamClass, WindowShare
+from server.tunnel.window_share import StreamClass, WindowShare
 from sluice.connect import (
     ConnectProtocolError,
     ConnectResponse,

@@ -20,11 +20,11 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
-from server.channel_transport import feed, start_tls
 from server.errors import UpstreamTimeout
-from server.stream_opener import StreamOpener, stream_target
-from server.stream_pool import StreamPool
-from server.tunnels import Tunnel, TunnelRegistry
+from server.tunnel.channel_transport import feed, start_tls
+from server.tunnel.registry import Tunnel, TunnelRegistry
+from server.tunnel.stream_opener import StreamOpener, stream_target
+from server.tunnel.stream_pool import StreamPool
 
 
 @functools.cache

@@ -30,9 +30,8 @@ import httptools
 import structlog
 from aiohttp import web
 
-from server.api import bearer_actor, error_problem, unauthorized
 from server.errors import BodyTooLarge
-from server.proxy_route import (
+from server.proxy.route import (
     answer_headers,
     canonical_line,
     is_small,
@@ -40,7 +39,8 @@ from server.proxy_route import (
     send_upstream,
     stream_broken,
 )
-from server.services import Services
+from server.web.api import bearer_actor, error_problem, unauthorized
+from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
 
 log = structlog.get_logger("sluice.relay.front")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from server.channel_transport import ChannelSession, ChannelTransport, open_stream
 from server.errors import AgentOffline
-from server.window_share import SHARED_WINDOW, WindowShare
+from server.tunnel.channel_transport import ChannelSession, ChannelTransport, open_stream
+from server.tunnel.window_share import SHARED_WINDOW, WindowShare
 from sluice.connect import Target
 
 _ids = itertools.count(1)

@@ -3,7 +3,7 @@
 The JSON shape is the one in DESIGN.md ("Connections"); ``http`` is what
 templates see as ``connection.http``. Every rule reports the field it is
 about (``http.auth.param_name``), and no error carries the value it rejected:
-``server.connection_docs`` turns errors, secrets and views of these models
+``server.connections.documents`` turns errors, secrets and views of these models
 into what the API and the store need.
 """
 
@@ -26,9 +26,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from server.success_path import parse_path
-from server.templating import check_template
-from server.urls import URLError, join_uri
+from server.proxy.success_path import parse_path
+from server.proxy.templating import check_template
+from server.proxy.urls import URLError, join_uri
 from sluice.connect import ConnectProtocolError, normalise_host
 
 Mode = Literal["cloud", "on_premise"]

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from server.connection_model import Connection
+from server.connections.model import Connection
 
 SECRET_PATHS: Final = ("http.auth.token", "http.encrypted.*")
 # What public_view puts where a secret was; merge_patch drops them again, so
@@ -88,7 +88,7 @@ def map_secrets(doc: dict[str, Any], transform: Callable[[str, str], str]) -> di
 
 
 def secret_context(connection_id: str, path: str) -> str:
-    """The associated data a secret is sealed with (see server.crypto)."""
+    """The associated data a secret is sealed with (see server.secrets.crypto)."""
     return f"connection:{connection_id}:{path}"
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import asyncssh
 import structlog
 
-from server.auth_limit import FailedLoginLimiter
-from server.store import AgentRecord, Store
-from server.tunnels import Tunnel, TunnelRegistry
+from server.storage.store import AgentRecord, Store
+from server.tunnel.auth_limit import FailedLoginLimiter
+from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice import sshconfig
 from sluice.addresses import LISTEN_BACKLOG
 from sluice.ssh_tuning import tune_asyncssh

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from server.connection_model import Connection
+from server.connections.model import Connection
 
 _PROBLEM = {
     "type": "object",

@@ -11,18 +11,18 @@ from typing import Any
 import structlog
 from aiohttp import HttpVersion11, web
 
-from server.admin_token import AdminTokenConfigured, AdminTokens
-from server.connections import ConnectionNotFound, InvalidConnection
-from server.crypto import DecryptionError
+from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
-from server.metrics import RelayMetrics
-from server.openapi import openapi_document
-from server.problems import problem, validation_problem
-from server.proxy_route import proxy
-from server.services import ACTOR, SERVICES, Services, audit, services_of
-from server.store import AgentInUse, AgentRecord
-from server.tunnels import TunnelRegistry
-from server.ui import add_console
+from server.proxy.route import proxy
+from server.secrets.admin_token import AdminTokenConfigured, AdminTokens
+from server.secrets.crypto import DecryptionError
+from server.storage.store import AgentInUse, AgentRecord
+from server.tunnel.registry import TunnelRegistry
+from server.web.metrics import RelayMetrics
+from server.web.openapi import openapi_document
+from server.web.problems import problem, validation_problem
+from server.web.services import ACTOR, SERVICES, Services, audit, services_of
+from server.web.ui import add_console
 from sluice import __version__
 
 log = structlog.get_logger("sluice.relay.api")

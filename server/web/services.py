@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server.admin_token import AdminTokens
-from server.connections import ConnectionService
-from server.engine import Engine
-from server.metrics import RelayMetrics
-from server.store import Store
-from server.tunnel_http import TunnelHTTP
-from server.tunnels import TunnelRegistry
+from server.connections.service import ConnectionService
+from server.proxy.engine import Engine
+from server.secrets.admin_token import AdminTokens
+from server.storage.store import Store
+from server.tunnel.http_client import TunnelHTTP
+from server.tunnel.registry import TunnelRegistry
+from server.web.metrics import RelayMetrics
 
 
 @dataclass

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 from multidict import CIMultiDict
 from yarl import URL
 
-from server.channel_transport import start_tls
 from server.errors import UpstreamTimeout
-from server.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
-from server.stream_opener import StreamOpener, stream_target
+from server.tunnel.channel_transport import start_tls
+from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
+from server.tunnel.stream_opener import StreamOpener, stream_target
 
 if TYPE_CHECKING:
-    from server.tunnels import Tunnel
+    from server.tunnel.registry import Tunnel
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 

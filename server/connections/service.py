@@ -13,17 +13,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.connection_docs import (
+from server.connections.documents import (
     iter_secrets,
     merge_patch,
     public_view,
     set_secret,
     validation_problems,
 )
-from server.connection_model import Connection
-from server.crypto import DecryptionError, SecretBox
-from server.engine import Handle
-from server.store import ConnectionRow, Store
+from server.connections.model import Connection
+from server.proxy.engine import Handle
+from server.secrets.crypto import DecryptionError, SecretBox
+from server.storage.store import ConnectionRow, Store
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 CACHE_SECONDS = 2.0

@@ -7,9 +7,9 @@ same ``max_streams_per_agent`` and new-streams rate.
 
 from __future__ import annotations
 
-from server.channel_transport import ChannelSession, ChannelTransport
 from server.errors import AgentBusy, InvalidTarget, RateLimited, TunnelLost
-from server.tunnels import Tunnel, TunnelRegistry
+from server.tunnel.channel_transport import ChannelSession, ChannelTransport
+from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice.connect import ConnectProtocolError, Target
 from sluice.ratelimit import TokenBucket
 

@@ -11,10 +11,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from server.engine import HOP_BY_HOP, Handle
 from server.errors import BodyTooLarge, RelayError, TunnelLost
-from server.http1 import Answer, Body
-from server.services import Services, services_of
+from server.proxy.engine import HOP_BY_HOP, Handle
+from server.tunnel.http1 import Answer, Body
+from server.web.services import Services, services_of
 
 log = structlog.get_logger("sluice.relay.proxy")
 
@@ -111,7 +111,7 @@ async def read_small(handle: Handle, upstream: Answer) -> bytes:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    """The route as aiohttp serves it: requests ``server.proxy_front`` hands on
+    """The route as aiohttp serves it: requests ``server.proxy.front`` hands on
     (HEAD, chunked or 100-continue bodies, HTTP/1.0, ...)."""
     services = services_of(request)
     conn_id = request.match_info["id"]
@@ -160,7 +160,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 async def _write_within(response: web.StreamResponse, chunk: bytes, timeout: float) -> None:
     """Write one piece of a streamed answer; a caller that takes none of it
     for *timeout* seconds is cut (it would hold its stream through the agent
-    forever). ``server.proxy_front`` applies the same bound."""
+    forever). ``server.proxy.front`` applies the same bound."""
     if timeout <= 0:
         await response.write(chunk)
         return

@@ -23,15 +23,15 @@ import structlog
 from multidict import CIMultiDict
 from yarl import URL
 
-from server.cloud_http import CloudHTTP
-from server.connection_model import Connection, media_type_header
+from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
-from server.http1 import USER_AGENT, Answer, Body
-from server.success_path import lookup, ping_verdict
-from server.templating import TemplateError, render_body, render_header_value, render_uri
-from server.tunnel_http import TunnelHTTP, default_tls
-from server.tunnels import TunnelRegistry
-from server.urls import URLError, join_request_uri, join_uri, with_query_param
+from server.proxy.cloud_http import CloudHTTP
+from server.proxy.success_path import lookup, ping_verdict
+from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
+from server.proxy.urls import URLError, join_request_uri, join_uri, with_query_param
+from server.tunnel.http1 import USER_AGENT, Answer, Body
+from server.tunnel.http_client import TunnelHTTP, default_tls
+from server.tunnel.registry import TunnelRegistry
 
 log = structlog.get_logger("sluice.relay.engine")
 

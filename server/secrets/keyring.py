@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from server.crypto import KEY_FILE_NAME, MasterKey, SecretBox, load_or_create_master_key
+from server.secrets.crypto import KEY_FILE_NAME, MasterKey, SecretBox, load_or_create_master_key
 from server.settings import ServerSettings
 
 

@@ -5,7 +5,7 @@ response objects, timers, traces, header defaults); most of a small
 request's cost through the tunnel. An ``Http1Stream`` is an asyncio protocol
 that writes one request head with a single ``write`` and parses the answer
 with llhttp (httptools), handing the body to an ``Http1Response`` with flow
-control both ways. One exchange at a time per stream; ``server.stream_pool``
+control both ways. One exchange at a time per stream; ``server.tunnel.stream_pool``
 keeps idle streams for reuse (keep-alive).
 
 Errors are the relay's own (``TunnelLost``, ``UpstreamTimeout``,

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from server.schema import agents, audit_events, connections
+from server.storage.schema import agents, audit_events, connections
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
 _MIGRATIONS = Path(__file__).parent / "migrations"

@@ -1,0 +1,1 @@
+"""The proxy: how a request through a connection is built, sent and answered."""

@@ -1,0 +1,1 @@
+"""Secrets: the master key, sealed values, the admin token and the SSH host key."""

@@ -1,0 +1,1 @@
+"""Storage: tables, migrations and the store that reads and writes them."""

@@ -1,0 +1,1 @@
+"""The relay's HTTP API, its OpenAPI document, problems, metrics and the console."""
