@@ -18,10 +18,11 @@ demo: install
 	$(BIN)/sluice-server demo
 
 lint: install
-	$(BIN)/ruff check agent server sluice tests
+	$(BIN)/ruff check agent server sluice tests bench
+	$(BIN)/ruff format --check agent server sluice tests bench
 
 typecheck: install
-	$(BIN)/mypy agent server sluice tests
+	$(BIN)/mypy agent server sluice tests bench
 
 # The storage and API tests run a second time against PostgreSQL when
 # SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
@@ -30,10 +31,10 @@ STORAGE_TESTS := tests/unit/test_store.py tests/integration/test_api_agents.py \
 	tests/integration/test_master_key.py
 
 test: lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
 		echo "== storage and API tests on PostgreSQL =="; \
-		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q $(STORAGE_TESTS); \
+		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs $(STORAGE_TESTS); \
 	fi
 
 unit: install

@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate settings, reach the relay, test each allow rule")
     status = sub.add_parser("status", help="ask the running agent how its tunnel is doing")
     status.add_argument(
-        "--health-listen", metavar="HOST:PORT", default=None,
+        "--health-listen",
+        metavar="HOST:PORT",
+        default=None,
         help="the agent's health endpoint (default: health_listen from the settings)",
     )
     return parser
@@ -73,8 +75,11 @@ def _health_listen(config: Path | None) -> str:
     try:
         settings = load_settings(AgentSettings, config)
     except SettingsError:
-        print(f"sluice-agent status: settings did not load; trying {DEFAULT_HEALTH_LISTEN} "
-              "(pass --health-listen HOST:PORT to choose)", file=sys.stderr)
+        print(
+            f"sluice-agent status: settings did not load; trying {DEFAULT_HEALTH_LISTEN} "
+            "(pass --health-listen HOST:PORT to choose)",
+            file=sys.stderr,
+        )
         return str(DEFAULT_HEALTH_LISTEN)
     return str(settings.health_listen or "off")
 
@@ -132,8 +137,12 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
     health: HealthServer | None = None
     if settings.health_listen is not None:
         health = HealthServer(
-            status, ctx.stats, settings.health_listen.host, settings.health_listen.port,
-            __version__, secrets=(str(token), token.secret),
+            status,
+            ctx.stats,
+            settings.health_listen.host,
+            settings.health_listen.port,
+            __version__,
+            secrets=(str(token), token.secret),
         )
         try:
             await health.start()
@@ -210,7 +219,6 @@ async def _describe_rule(allow: Allowlist, rule: str) -> str:
         return f"does not resolve here ({getattr(exc, 'strerror', None) or 'timed out'})"
     addresses = sorted({str(info[4][0]) for info in infos})
     return "resolves to " + ", ".join(addresses)
-
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ class HealthServer:
             return
         try:
             server = await asyncio.start_server(
-                self._serve, self._host, self._port, limit=MAX_REQUEST_HEAD)
+                self._serve, self._host, self._port, limit=MAX_REQUEST_HEAD
+            )
         except OSError as exc:
             hint = (
                 "another process (perhaps a second agent) already uses it"
@@ -268,12 +269,18 @@ class HealthServer:
             except Exception as exc:  # a collector failed: say so, never hang up silently
                 log.error("health_answer_failed", error_type=type(exc).__name__)
                 status, content_type, body, send_body = (
-                    500, "text/plain", b"500: Internal Server Error", True)
+                    500,
+                    "text/plain",
+                    b"500: Internal Server Error",
+                    True,
+                )
             extra = "Allow: GET, HEAD\r\n" if status == 405 else ""
             writer.write(
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
-                "Connection: close\r\n\r\n".encode() + (body if send_body else b""))
+                "Connection: close\r\n\r\n".encode()
+                + (body if send_body else b"")
+            )
             await writer.drain()
         except ConnectionError:
             pass
@@ -297,8 +304,14 @@ class HealthServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"405: Method Not Allowed", True
         if path == "/metrics":
-            accept = next((line.partition(":")[2].strip() for line in lines[1:]
-                           if line.lower().startswith("accept:")), "")
+            accept = next(
+                (
+                    line.partition(":")[2].strip()
+                    for line in lines[1:]
+                    if line.lower().startswith("accept:")
+                ),
+                "",
+            )
             encode, content_type = choose_encoder(accept)
             return 200, content_type, encode(self.registry), method == "GET"
         status, document = routes[path]()

@@ -174,14 +174,24 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         del self._head[:end]
         self._target = target
         if self._ctx.stats.streams_open > self._ctx.max_streams:
-            self._refuse(_Refusal(503, "agent_busy",
-                                  f"this agent has {self._ctx.max_streams} streams open "
-                                  "(its max_streams setting)"))
+            self._refuse(
+                _Refusal(
+                    503,
+                    "agent_busy",
+                    f"this agent has {self._ctx.max_streams} streams open "
+                    "(its max_streams setting)",
+                )
+            )
             return
         if not self._ctx.new_streams.take():
-            self._refuse(_Refusal(429, "rate_limited",
-                                  "too many new streams per second "
-                                  "(the agent's max_new_streams_per_second setting)"))
+            self._refuse(
+                _Refusal(
+                    429,
+                    "rate_limited",
+                    "too many new streams per second "
+                    "(the agent's max_new_streams_per_second setting)",
+                )
+            )
             return
         assert self._chan is not None
         self._chan.pause_reading()
@@ -313,11 +323,13 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
                 resolver = self._ctx.resolve or _resolve
                 addresses = await resolver(target.host, target.port)
         except TimeoutError:
-            raise _Refusal(504, "upstream_timeout",
-                           f"resolving {target.host} timed out") from None
+            raise _Refusal(504, "upstream_timeout", f"resolving {target.host} timed out") from None
         except OSError as exc:
-            raise _Refusal(502, "upstream_connect_failed",
-                           f"cannot resolve {target.host}: {exc.strerror or exc}") from None
+            raise _Refusal(
+                502,
+                "upstream_connect_failed",
+                f"cannot resolve {target.host}: {exc.strerror or exc}",
+            ) from None
         if verdict is Verdict.CHECK_ADDRESSES:
             permitted = [a for a in addresses if allow.check_address(a, target.port)]
             if not permitted:
@@ -352,13 +364,15 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
                     return upstream
         except TimeoutError:
             raise _Refusal(
-                504, "upstream_timeout",
+                504,
+                "upstream_timeout",
                 f"connecting to {target.authority()} timed out after "
                 f"{self._ctx.connect_timeout:g} s",
             ) from None
         reason = (last.strerror or str(last)) if last else "no address"
-        raise _Refusal(502, "upstream_connect_failed",
-                       f"cannot connect to {target.authority()}: {reason}")
+        raise _Refusal(
+            502, "upstream_connect_failed", f"cannot connect to {target.authority()}: {reason}"
+        )
 
     def _refuse(self, refusal: _Refusal) -> None:
         self._outcome = refusal.error
@@ -368,8 +382,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             self._ctx.stats.connect_failed += 1
         if self._chan is not None:
             self._chan.write(
-                format_connect_response(refusal.status, error=refusal.error,
-                                        message=refusal.message)
+                format_connect_response(
+                    refusal.status, error=refusal.error, message=refusal.message
+                )
             )
             self._chan.close()
         if refusal.status == 403:

@@ -53,9 +53,13 @@ class AgentSettings(BaseSettings):
     allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Destinations the relay may open (host:ports)."
     )
-    proxy: SecretStr | None = Field(default=None, description=(
-        "HTTP proxy to the relay, http://user:password@host:port; empty = direct, "
-        "ignoring HTTPS_PROXY/ALL_PROXY. Unset: those variables and NO_PROXY apply."))
+    proxy: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HTTP proxy to the relay, http://user:password@host:port; empty = direct, "
+            "ignoring HTTPS_PROXY/ALL_PROXY. Unset: those variables and NO_PROXY apply."
+        ),
+    )
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds per connect.")
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)

@@ -20,8 +20,7 @@ _ALLOWED: dict[TunnelState, frozenset[TunnelState]] = {
         {TunnelState.UP, TunnelState.BACKING_OFF, TunnelState.CLOSED}
     ),
     TunnelState.UP: frozenset(
-        {TunnelState.BACKING_OFF, TunnelState.CONNECTING, TunnelState.DRAINING,
-         TunnelState.CLOSED}
+        {TunnelState.BACKING_OFF, TunnelState.CONNECTING, TunnelState.DRAINING, TunnelState.CLOSED}
     ),
     TunnelState.BACKING_OFF: frozenset({TunnelState.CONNECTING, TunnelState.CLOSED}),
     TunnelState.DRAINING: frozenset({TunnelState.CLOSED}),

@@ -149,8 +149,11 @@ class Supervisor:
         self.status.to(TunnelState.DRAINING)
         tunnel.stop_accepting()
         stats = self._ctx.stats
-        log.info("draining", streams_open=stats.streams_open,
-                 drain_timeout_s=self._settings.drain_timeout)
+        log.info(
+            "draining",
+            streams_open=stats.streams_open,
+            drain_timeout_s=self._settings.drain_timeout,
+        )
         try:
             async with asyncio.timeout(self._settings.drain_timeout):
                 await stats.idle.wait()

@@ -88,7 +88,8 @@ async def open_tunnel(
             lambda: client,
             relay.host,
             relay.port,
-            username=f"{sshconfig.AGENT_USERNAME}/{instance}" if instance
+            username=f"{sshconfig.AGENT_USERNAME}/{instance}"
+            if instance
             else sshconfig.AGENT_USERNAME,
             password=str(token),
             known_hosts=None if expected is None else ([], [], []),

@@ -12,10 +12,27 @@ from bench.fleet import BACKOFF
 if TYPE_CHECKING:
     from bench.report import Summary
 
-RAW_COLUMNS = ("rep", "point", "path", "rps", "p50_ms", "p99_ms", "max_ms", "errors", "mb_s",
-               "big_mb_s", "cpu_s", "cpu_us_per_req", "cpu_s_per_gib", "peak_rss_relay_mb",
-               "peak_rss_agent_mb", "peak_rss_ssh_mb", "peak_rss_sshd_mb", "wall_s",
-               "foreign_cores")
+RAW_COLUMNS = (
+    "rep",
+    "point",
+    "path",
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+    "mb_s",
+    "big_mb_s",
+    "cpu_s",
+    "cpu_us_per_req",
+    "cpu_s_per_gib",
+    "peak_rss_relay_mb",
+    "peak_rss_agent_mb",
+    "peak_rss_ssh_mb",
+    "peak_rss_sshd_mb",
+    "wall_s",
+    "foreign_cores",
+)
 
 
 def _md_table(grid: list[list[str]]) -> str:
@@ -39,18 +56,23 @@ def _foreign(rows: list[dict[str, Any]]) -> str:
     if not got:
         return "not measured"
     busy = sum(1 for v in got if v > 0.25)
-    return (f"median {got[len(got) // 2]:.2f}, max {got[-1]:.2f} cores; {busy} of {len(got)} "
-            "points had more than a quarter core of outside load")
+    return (
+        f"median {got[len(got) // 2]:.2f}, max {got[-1]:.2f} cores; {busy} of {len(got)} "
+        "points had more than a quarter core of outside load"
+    )
 
 
 def _load_warning(rows: list[dict[str, Any]]) -> list[str]:
     got = sorted(float(r.get("foreign_cores", 0.0)) for r in rows)
     if not got or got[len(got) // 2] <= 0.25:
         return []
-    return [f"**Outside load**: other processes on this machine used a median of "
-            f"{got[len(got) // 2]:.2f} cores during the points (see `foreign_cores` in the raw "
-            "numbers), so absolute numbers are lower and noisier than on an idle machine; "
-            "ratios between paths measured back to back hold up better.", ""]
+    return [
+        f"**Outside load**: other processes on this machine used a median of "
+        f"{got[len(got) // 2]:.2f} cores during the points (see `foreign_cores` in the raw "
+        "numbers), so absolute numbers are lower and noisier than on an idle machine; "
+        "ratios between paths measured back to back hold up better.",
+        "",
+    ]
 
 
 def render(s: Summary) -> str:
@@ -85,8 +107,7 @@ def render(s: Summary) -> str:
         "`StrictModes no`), `Ciphers aes128-gcm@openssh.com`, compression off.",
         "- **sluice-onprem**: client → relay `/v1/connections/{id}/proxy/…` → SSH tunnel → "
         "`sluice-agent run` → nginx.",
-        "- **sluice-cloud**: client → relay proxy route → nginx (no tunnel): the relay's own "
-        "cost.",
+        "- **sluice-cloud**: client → relay proxy route → nginx (no tunnel): the relay's own cost.",
         "",
         "`sluice-server run` and `sluice-agent run` are separate processes configured by "
         "environment (log level warning, uvloop). CPU is `utime+stime` from "
@@ -119,7 +140,8 @@ def render(s: Summary) -> str:
         "the machine's cores, so client and backend load is part of every number. "
         "`foreign_cores` in the raw numbers is the CPU that processes *outside* the bench "
         "used during each point (from /proc/stat less the bench's own process tree): "
-        + _foreign(s.rows) + ".",
+        + _foreign(s.rows)
+        + ".",
         "",
         "## What a request through Sluice costs, and the levers in place",
         "",
@@ -163,8 +185,10 @@ def render(s: Summary) -> str:
         "",
         "## Targets for the Sluice on-premise path",
         "",
-        _md_table([["target", "verdict", "measured"]]
-                  + [[v.name, v.verdict, v.detail] for v in targets.evaluate(s)]),
+        _md_table(
+            [["target", "verdict", "measured"]]
+            + [[v.name, v.verdict, v.detail] for v in targets.evaluate(s)]
+        ),
         "",
         "## Scale",
         "",
@@ -174,8 +198,9 @@ def render(s: Summary) -> str:
         "",
         "Every point of every repetition (CPU is for the path's relay/agent or ssh/sshd).",
         "",
-        _md_table([list(RAW_COLUMNS)] + [[_fmt(row.get(c)) for c in RAW_COLUMNS]
-                                         for row in s.rows]),
+        _md_table(
+            [list(RAW_COLUMNS)] + [[_fmt(row.get(c)) for c in RAW_COLUMNS] for row in s.rows]
+        ),
         "",
         "Slow requests:",
         "",

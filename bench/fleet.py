@@ -28,12 +28,17 @@ from sluice.addresses import HostPort
 from sluice.logs import configure_logging
 from sluice.runtime import install_uvloop
 
-BACKOFF = {"backoff_initial": 0.2, "backoff_multiplier": 2.0, "backoff_max": 2.0,
-           "stable_after": 5.0}
+BACKOFF = {
+    "backoff_initial": 0.2,
+    "backoff_multiplier": 2.0,
+    "backoff_max": 2.0,
+    "stable_after": 5.0,
+}
 
 
-async def run(tokens: list[str], relay: str, fingerprint: str, events_path: Path,
-              max_seconds: float) -> None:
+async def run(
+    tokens: list[str], relay: str, fingerprint: str, events_path: Path, max_seconds: float
+) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -43,11 +48,17 @@ async def run(tokens: list[str], relay: str, fingerprint: str, events_path: Path
     supervisors = []
     for raw in tokens:
         settings = AgentSettings(
-            relay=[relay], token=raw, relay_fingerprint=fingerprint, health_listen=None,
-            drain_timeout=0, login_timeout=60, log_level="warning",
+            relay=[relay],
+            token=raw,
+            relay_fingerprint=fingerprint,
+            health_listen=None,
+            drain_timeout=0,
+            login_timeout=60,
+            log_level="warning",
             backoff_initial=BACKOFF["backoff_initial"],
             backoff_multiplier=BACKOFF["backoff_multiplier"],
-            backoff_max=BACKOFF["backoff_max"], stable_after=BACKOFF["stable_after"],
+            backoff_max=BACKOFF["backoff_max"],
+            stable_after=BACKOFF["stable_after"],
         )
         opener = connect_opener(settings, settings.load_token(), ctx)
 

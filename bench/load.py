@@ -52,13 +52,31 @@ def write_lua(directory: Path) -> Path:
     return path
 
 
-async def wrk(url: str, *, lua: Path, connections: int, seconds: int,
-              headers: dict[str, str], new_connection: bool = False) -> WrkResult:
+async def wrk(
+    url: str,
+    *,
+    lua: Path,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str],
+    new_connection: bool = False,
+) -> WrkResult:
     """Keep-alive (or, with *new_connection*, one connection per request) GETs."""
     threads = max(1, min(2, connections))
-    args = [shutil.which("wrk") or "wrk", "--latency", "-t", str(threads),
-            "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-            "-s", str(lua)]
+    args = [
+        shutil.which("wrk") or "wrk",
+        "--latency",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+    ]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     if new_connection:
@@ -69,12 +87,18 @@ async def wrk(url: str, *, lua: Path, connections: int, seconds: int,
     if rc or line is None:
         raise RuntimeError(f"wrk failed ({rc}): {err.strip()}\n{out}")
     data = json.loads(line[6:])
-    errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors",
-                                   "status_errors", "timeouts"))
+    errors = sum(
+        data[k]
+        for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
     return WrkResult(
-        requests=data["requests"], seconds=data["duration_us"] / 1e6, errors=errors,
-        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
-        max_ms=data["max_us"] / 1000, raw=" ".join(args[1:-1]) + " URL",
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        errors=errors,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        raw=" ".join(args[1:-1]) + " URL",
     )
 
 
@@ -90,8 +114,16 @@ class Transfer:
 
 
 def _curl_args(headers: dict[str, str]) -> list[str]:
-    args = [shutil.which("curl") or "curl", "-s", "-o", "/dev/null", "--max-time", "600",
-            "-w", "%{http_code} %{size_download} %{size_upload} %{time_total}"]
+    args = [
+        shutil.which("curl") or "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "600",
+        "-w",
+        "%{http_code} %{size_download} %{size_upload} %{time_total}",
+    ]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     return args
@@ -109,8 +141,7 @@ async def download(url: str, headers: dict[str, str], timeout: float = 600) -> T
     return _transfer(out, upload=False)
 
 
-async def upload(url: str, source: Path, headers: dict[str, str],
-                 timeout: float = 600) -> Transfer:
+async def upload(url: str, source: Path, headers: dict[str, str], timeout: float = 600) -> Transfer:
     # 'Expect:' off: no 100-continue round trip on any path.
     args = [*_curl_args(headers), "-H", "Expect:", "-T", str(source), url]
     rc, out, err = await run_tool(args, timeout)
@@ -120,7 +151,12 @@ async def upload(url: str, source: Path, headers: dict[str, str],
 
 
 async def download_beside_small_gets(
-    big_url: str, small_url: str, headers: dict[str, str], *, lua: Path, expect_seconds: float,
+    big_url: str,
+    small_url: str,
+    headers: dict[str, str],
+    *,
+    lua: Path,
+    expect_seconds: float,
 ) -> tuple[Transfer, WrkResult, bool]:
     """Start a bulk download, run c=1 small GETs while it runs, then let it finish.
 

@@ -95,8 +95,11 @@ class Nginx:
         port = free_port()
         conf = root / "nginx.conf"
         conf.write_text(_config(root, port))
-        child = await spawn("nginx", [nginx, "-e", str(root / "error.log"), "-p", str(root),
-                                      "-c", str(conf)], log=root / "nginx.log")
+        child = await spawn(
+            "nginx",
+            [nginx, "-e", str(root / "error.log"), "-p", str(root), "-c", str(conf)],
+            log=root / "nginx.log",
+        )
         try:
             await wait_until("nginx", lambda: port_open(port), timeout=10, child=child)
         except BaseException:

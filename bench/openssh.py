@@ -62,7 +62,8 @@ class OpenSSH:
         root.mkdir(parents=True)
         for name in ("ssh_host_ed25519_key", "id_ed25519"):
             rc, _, err = await run_tool(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], 30)
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], 30
+            )
             if rc:
                 raise RuntimeError(f"ssh-keygen failed: {err}")
         (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
@@ -74,24 +75,50 @@ class OpenSSH:
             # sshd insists on its privilege-separation directory.
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-        sshd = await spawn("sshd", [sshd_bin, "-D", "-e", "-f", str(root / "sshd_config")],
-                           log=root / "sshd.log")
+        sshd = await spawn(
+            "sshd", [sshd_bin, "-D", "-e", "-f", str(root / "sshd_config")], log=root / "sshd.log"
+        )
         ssh: Child | None = None
         try:
             await wait_until("sshd", lambda: port_open(port), timeout=10, child=sshd)
             forward = free_port()
-            ssh = await spawn("ssh", [
-                "ssh", "-N", "-T", "-F", "/dev/null", "-p", str(port),
-                "-i", str(root / "id_ed25519"), "-c", CIPHER,
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", f"UserKnownHostsFile={root / 'known_hosts'}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes",
-                "-o", "Compression=no", "-o", "ServerAliveInterval=10",
-                "-R", f"127.0.0.1:{forward}:127.0.0.1:{target_port}",
-                f"{getpass.getuser()}@127.0.0.1",
-            ], log=root / "ssh.log")
-            await wait_until("the ssh -R forward", lambda: port_open(forward), timeout=15,
-                             child=ssh)
+            ssh = await spawn(
+                "ssh",
+                [
+                    "ssh",
+                    "-N",
+                    "-T",
+                    "-F",
+                    "/dev/null",
+                    "-p",
+                    str(port),
+                    "-i",
+                    str(root / "id_ed25519"),
+                    "-c",
+                    CIPHER,
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    f"UserKnownHostsFile={root / 'known_hosts'}",
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-o",
+                    "Compression=no",
+                    "-o",
+                    "ServerAliveInterval=10",
+                    "-R",
+                    f"127.0.0.1:{forward}:127.0.0.1:{target_port}",
+                    f"{getpass.getuser()}@127.0.0.1",
+                ],
+                log=root / "ssh.log",
+            )
+            await wait_until(
+                "the ssh -R forward", lambda: port_open(forward), timeout=15, child=ssh
+            )
         except BaseException:
             if ssh is not None:
                 await ssh.stop()

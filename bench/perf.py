@@ -20,7 +20,7 @@ from bench import load
 from bench.proc import ForeignLoad, cpu_seconds, memory_kib, process_tree, reset_peak
 from bench.profile import Profiler
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @dataclass
@@ -42,8 +42,10 @@ class BenchPath:
                 reset_peak(p)
 
     def peaks_mb(self) -> dict[str, float]:
-        return {role: sum(memory_kib(p)["VmHWM"] for p in process_tree(pid)) / 1024
-                for role, pid in self.rss_pids.items()}
+        return {
+            role: sum(memory_kib(p)["VmHWM"] for p in process_tree(pid)) / 1024
+            for role, pid in self.rss_pids.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,18 @@ class Plan:
 Row = dict[str, Any]
 
 
-async def _point(path: BenchPath, rep: int, point: str,
-                 work: Callable[[], Awaitable[Row]], profiler: Profiler | None = None) -> Row:
-    profiling = (profiler.around(path.name, point, rep, path.rss_pids) if profiler
-                 else contextlib.nullcontext())
+async def _point(
+    path: BenchPath,
+    rep: int,
+    point: str,
+    work: Callable[[], Awaitable[Row]],
+    profiler: Profiler | None = None,
+) -> Row:
+    profiling = (
+        profiler.around(path.name, point, rep, path.rss_pids)
+        if profiler
+        else contextlib.nullcontext()
+    )
     async with profiling:
         path.reset_peaks()
         foreign = ForeignLoad()
@@ -74,8 +84,9 @@ async def _point(path: BenchPath, rep: int, point: str,
         wall = time.perf_counter() - began
         cpu = cpu_seconds(path.cpu_pids) - cpu0
         row_foreign = foreign.cores()
-    row.update(path=path.name, point=point, rep=rep, wall_s=wall, cpu_s=cpu,
-               foreign_cores=row_foreign)
+    row.update(
+        path=path.name, point=point, rep=rep, wall_s=wall, cpu_s=cpu, foreign_cores=row_foreign
+    )
     if path.cpu_pids:
         row["cpu_util"] = cpu / wall if wall else 0.0
         if row.get("requests"):
@@ -88,14 +99,24 @@ async def _point(path: BenchPath, rep: int, point: str,
 
 
 def _wrk_row(result: load.WrkResult) -> Row:
-    return {"requests": result.requests, "rps": result.rps, "errors": result.errors,
-            "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "max_ms": result.max_ms}
+    return {
+        "requests": result.requests,
+        "rps": result.rps,
+        "errors": result.errors,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "max_ms": result.max_ms,
+    }
 
 
 def _transfer_row(result: load.Transfer, expected: int, ok_status: tuple[int, ...]) -> Row:
     good = result.status in ok_status and result.bytes == expected
-    return {"bytes": result.bytes, "mb_s": result.mb_per_s, "errors": 0 if good else 1,
-            "status": result.status}
+    return {
+        "bytes": result.bytes,
+        "mb_s": result.mb_per_s,
+        "errors": 0 if good else 1,
+        "status": result.status,
+    }
 
 
 def points(plan: Plan, lua: Path, upload_source: Path) -> list[tuple[str, Any]]:
@@ -104,10 +125,19 @@ def points(plan: Plan, lua: Path, upload_source: Path) -> list[tuple[str, Any]]:
     def small(conns: int, new: bool) -> Any:
         def make(p: BenchPath) -> Callable[[], Awaitable[Row]]:
             async def work() -> Row:
-                return _wrk_row(await load.wrk(p.url("/small.json"), lua=lua,
-                                               connections=conns, seconds=plan.seconds,
-                                               headers=p.headers, new_connection=new))
+                return _wrk_row(
+                    await load.wrk(
+                        p.url("/small.json"),
+                        lua=lua,
+                        connections=conns,
+                        seconds=plan.seconds,
+                        headers=p.headers,
+                        new_connection=new,
+                    )
+                )
+
             return work
+
         return make
 
     def down(name: str, size: int) -> Any:
@@ -115,13 +145,16 @@ def points(plan: Plan, lua: Path, upload_source: Path) -> list[tuple[str, Any]]:
             async def work() -> Row:
                 got = await load.download(p.url(f"/files/{name}"), p.headers)
                 return _transfer_row(got, size, (200,))
+
             return work
+
         return make
 
     def up(p: BenchPath) -> Callable[[], Awaitable[Row]]:
         async def work() -> Row:
             got = await load.upload(p.url("/upload/blob"), upload_source, p.headers)
             return _transfer_row(got, plan.medium, (201, 204))
+
         return work
 
     return [
@@ -138,23 +171,38 @@ def points(plan: Plan, lua: Path, upload_source: Path) -> list[tuple[str, Any]]:
 
 async def mixed(path: BenchPath, rep: int, plan: Plan, lua: Path, solo_s: float) -> Row:
     """Small GETs at c=1 while the large download runs through the same path."""
+
     async def work() -> Row:
         big, small, overlapped = await load.download_beside_small_gets(
-            path.url(f"/files/{plan.large_name}"), path.url("/small.json"), path.headers,
-            lua=lua, expect_seconds=solo_s)
+            path.url(f"/files/{plan.large_name}"),
+            path.url("/small.json"),
+            path.headers,
+            lua=lua,
+            expect_seconds=solo_s,
+        )
         row = _wrk_row(small)
-        row.update(big_mb_s=big.mb_per_s, big_bytes=big.bytes, overlapped=overlapped,
-                   big_ok=big.status == 200 and big.bytes == plan.large)
+        row.update(
+            big_mb_s=big.mb_per_s,
+            big_bytes=big.bytes,
+            overlapped=overlapped,
+            big_ok=big.status == 200 and big.bytes == plan.large,
+        )
         return row
+
     return await _point(path, rep, "mixed", work)
 
 
-async def run_reps(paths: list[BenchPath], plan: Plan, lua: Path, upload_source: Path,
-                   say: Callable[[str], None], profiler: Profiler | None = None) -> list[Row]:
+async def run_reps(
+    paths: list[BenchPath],
+    plan: Plan,
+    lua: Path,
+    upload_source: Path,
+    say: Callable[[str], None],
+    profiler: Profiler | None = None,
+) -> list[Row]:
     rows: list[Row] = []
     for p in paths:  # warm pools and caches; not recorded
-        await load.wrk(p.url("/small.json"), lua=lua, connections=32, seconds=1,
-                       headers=p.headers)
+        await load.wrk(p.url("/small.json"), lua=lua, connections=32, seconds=1, headers=p.headers)
     for rep in range(1, plan.repetitions + 1):
         for name, factory in points(plan, lua, upload_source):
             for p in paths:
@@ -164,8 +212,9 @@ async def run_reps(paths: list[BenchPath], plan: Plan, lua: Path, upload_source:
         for p in paths:
             if p.name == "direct":
                 continue  # nothing shares a path with a loopback socket
-            solo = next(r for r in reversed(rows)
-                        if r["path"] == p.name and r["point"] == "down_large")
+            solo = next(
+                r for r in reversed(rows) if r["path"] == p.name and r["point"] == "down_large"
+            )
             row = await mixed(p, rep, plan, lua, solo["wall_s"])
             rows.append(row)
             say(_describe(row))
@@ -176,8 +225,10 @@ def _describe(row: Row) -> str:
     head = f"  rep {row['rep']} {row['point']:12} {row['path']:14}"
     if "mb_s" in row:
         return head + f" {row['mb_s']:8.1f} MB/s  cpu {row.get('cpu_s_per_gib', 0):.2f} s/GiB"
-    text = (head + f" {row['rps']:9.0f} req/s  p50 {row['p50_ms']:.3f} ms  "
-            f"p99 {row['p99_ms']:.3f} ms  errors {row['errors']}")
+    text = (
+        head + f" {row['rps']:9.0f} req/s  p50 {row['p50_ms']:.3f} ms  "
+        f"p99 {row['p99_ms']:.3f} ms  errors {row['errors']}"
+    )
     if "big_mb_s" in row:
         text += f"  download {row['big_mb_s']:.1f} MB/s"
     return text

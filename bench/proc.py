@@ -39,7 +39,7 @@ def raise_fd_limit() -> int:
 def _stat_fields(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces and parentheses: split after the last ')'.
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def _children(pid: int) -> list[int]:
@@ -170,19 +170,34 @@ class Child:
             return await self.proc.wait()
 
 
-async def spawn(name: str, args: list[str], *, log: Path, env: dict[str, str] | None = None,
-                stdout_pipe: bool = False) -> Child:
+async def spawn(
+    name: str,
+    args: list[str],
+    *,
+    log: Path,
+    env: dict[str, str] | None = None,
+    stdout_pipe: bool = False,
+) -> Child:
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE if stdout_pipe else out,
-            stderr=out, start_new_session=True,
+            stderr=out,
+            start_new_session=True,
         )
     return Child(name, proc, log)
 
 
-async def wait_until(what: str, check: Callable[[], Awaitable[bool]], *, timeout: float,
-                     interval: float = 0.05, child: Child | None = None) -> float:
+async def wait_until(
+    what: str,
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    child: Child | None = None,
+) -> float:
     """Poll *check* until true; returns seconds taken. Raises naming *what*."""
     began = time.monotonic()
     deadline = began + timeout
@@ -191,8 +206,10 @@ async def wait_until(what: str, check: Callable[[], Awaitable[bool]], *, timeout
             if await check():
                 return time.monotonic() - began
         if child is not None and child.proc.returncode is not None:
-            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}) while waiting "
-                               f"for {what}:\n{child.tail()}")
+            raise RuntimeError(
+                f"{child.name} exited ({child.proc.returncode}) while waiting "
+                f"for {what}:\n{child.tail()}"
+            )
         if time.monotonic() > deadline:
             extra = f"\n{child.tail()}" if child else ""
             raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}{extra}")
@@ -210,12 +227,20 @@ async def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-async def run_tool(args: list[str], timeout: float, env: dict[str, str] | None = None,
-                   ) -> tuple[int, str, str]:
+async def run_tool(
+    args: list[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
     """Run a command to completion (killed after *timeout*); (rc, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError):

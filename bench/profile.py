@@ -18,8 +18,12 @@ from pathlib import Path
 
 from bench.proc import Child, spawn
 
-PROFILED = {("sluice-onprem", "get_c32"), ("sluice-onprem", "down_medium"),
-            ("sluice-onprem", "down_large"), ("sluice-cloud", "get_c32")}
+PROFILED = {
+    ("sluice-onprem", "get_c32"),
+    ("sluice-onprem", "down_medium"),
+    ("sluice-onprem", "down_large"),
+    ("sluice-cloud", "get_c32"),
+}
 
 
 def py_spy() -> str | None:
@@ -37,8 +41,13 @@ class Profiler:
         directory.mkdir(parents=True, exist_ok=True)
 
     @contextlib.asynccontextmanager
-    async def around(self, path: str, point: str, rep: int, pids: dict[str, int],
-                     ) -> AsyncIterator[None]:
+    async def around(
+        self,
+        path: str,
+        point: str,
+        rep: int,
+        pids: dict[str, int],
+    ) -> AsyncIterator[None]:
         """Sample *pids* while the block runs, if this point is one we profile."""
         if (path, point) not in PROFILED or rep != 1:
             yield
@@ -47,10 +56,23 @@ class Profiler:
         assert self.binary is not None
         for role, pid in pids.items():
             out = self.directory / f"{path}-{point}-{role}.txt"
-            child = await spawn(f"py-spy {role}", [
-                self.binary, "record", "--pid", str(pid), "--format", "raw", "--rate",
-                str(self.rate), "--nonblocking", "--output", str(out),
-            ], log=self.directory / "py-spy.log")
+            child = await spawn(
+                f"py-spy {role}",
+                [
+                    self.binary,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    str(self.rate),
+                    "--nonblocking",
+                    "--output",
+                    str(out),
+                ],
+                log=self.directory / "py-spy.log",
+            )
             children.append((child, out))
         await asyncio.sleep(0.5)  # py-spy attaches before the load starts
         try:

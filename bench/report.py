@@ -13,7 +13,7 @@ Row = dict[str, Any]
 
 
 def _mib(size: int) -> str:
-    return f"{size // (1024 * 1024)} MiB" if size < 1024 ** 3 else f"{size // 1024 ** 3} GiB"
+    return f"{size // (1024 * 1024)} MiB" if size < 1024**3 else f"{size // 1024**3} GiB"
 
 
 class Summary:
@@ -26,8 +26,11 @@ class Summary:
         self.medium, self.large = _mib(plan["medium"]), _mib(plan["large"])
 
     def values(self, path: str, point: str, metric: str) -> list[float]:
-        return [float(r[metric]) for r in self.rows
-                if r["path"] == path and r["point"] == point and metric in r]
+        return [
+            float(r[metric])
+            for r in self.rows
+            if r["path"] == path and r["point"] == point and metric in r
+        ]
 
     def median(self, path: str, point: str, metric: str) -> float | None:
         got = self.values(path, point, metric)
@@ -51,27 +54,47 @@ class Summary:
         """(section, metric label, point, metric[:fmt]) rows of the summary."""
         m, lg = self.medium, self.large
         out = []
-        for point, label in (("get_c1", "keep-alive GET c=1"), ("get_c32", "keep-alive GET c=32"),
-                             ("get_c256", "keep-alive GET c=256"),
-                             ("new_c1", "new connection per GET c=1"),
-                             ("new_c32", "new connection per GET c=32")):
-            out += [(label, "req/s", point, "rps:.0f"), (label, "p50 ms", point, "p50_ms:.3f"),
-                    (label, "p99 ms", point, "p99_ms:.3f"), (label, "max ms", point, "max_ms:.1f"),
-                    (label, "errors", point, "errors:.0f"),
-                    (label, "CPU µs/req (relay+agent | ssh+sshd)", point, "cpu_us_per_req:.0f")]
-        for point, label in (("down_medium", f"{m} download"), ("up_medium", f"{m} upload"),
-                             ("down_large", f"{lg} download")):
-            out += [(label, "MB/s", point, "mb_s:.1f"),
-                    (label, "CPU s/GiB (relay+agent | ssh+sshd)", point, "cpu_s_per_gib:.2f"),
-                    (label, "errors", point, "errors:.0f")]
+        for point, label in (
+            ("get_c1", "keep-alive GET c=1"),
+            ("get_c32", "keep-alive GET c=32"),
+            ("get_c256", "keep-alive GET c=256"),
+            ("new_c1", "new connection per GET c=1"),
+            ("new_c32", "new connection per GET c=32"),
+        ):
+            out += [
+                (label, "req/s", point, "rps:.0f"),
+                (label, "p50 ms", point, "p50_ms:.3f"),
+                (label, "p99 ms", point, "p99_ms:.3f"),
+                (label, "max ms", point, "max_ms:.1f"),
+                (label, "errors", point, "errors:.0f"),
+                (label, "CPU µs/req (relay+agent | ssh+sshd)", point, "cpu_us_per_req:.0f"),
+            ]
+        for point, label in (
+            ("down_medium", f"{m} download"),
+            ("up_medium", f"{m} upload"),
+            ("down_large", f"{lg} download"),
+        ):
+            out += [
+                (label, "MB/s", point, "mb_s:.1f"),
+                (label, "CPU s/GiB (relay+agent | ssh+sshd)", point, "cpu_s_per_gib:.2f"),
+                (label, "errors", point, "errors:.0f"),
+            ]
         for role in ("relay", "agent", "ssh", "sshd"):
-            out.append((f"peak RSS during {lg} download", f"{role} MB", "down_large",
-                        f"peak_rss_{role}_mb:.1f"))
+            out.append(
+                (
+                    f"peak RSS during {lg} download",
+                    f"{role} MB",
+                    "down_large",
+                    f"peak_rss_{role}_mb:.1f",
+                )
+            )
         label = f"mixed: c=1 GETs during {lg} download"
-        out += [(label, "GET p50 ms", "mixed", "p50_ms:.3f"), (label, "GET p99 ms", "mixed",
-                                                                "p99_ms:.3f"),
-                (label, "GET max ms", "mixed", "max_ms:.1f"),
-                (label, "download MB/s", "mixed", "big_mb_s:.1f")]
+        out += [
+            (label, "GET p50 ms", "mixed", "p50_ms:.3f"),
+            (label, "GET p99 ms", "mixed", "p99_ms:.3f"),
+            (label, "GET max ms", "mixed", "max_ms:.1f"),
+            (label, "download MB/s", "mixed", "big_mb_s:.1f"),
+        ]
         return out
 
     def grid(self) -> list[list[str]]:
@@ -116,11 +139,14 @@ class Summary:
         ]
         idle = self.results.get("idle_rss_mb")
         if idle:
-            lines.append("RSS at rest, before any load: "
-                         + ", ".join(f"{k} {v:.1f} MB" for k, v in idle.items()))
+            lines.append(
+                "RSS at rest, before any load: "
+                + ", ".join(f"{k} {v:.1f} MB" for k, v in idle.items())
+            )
         if fleet is None:
             return [*lines, "agents and restart: not run (--skip-scale)"]
-        return [*lines,
+        return [
+            *lines,
             f"{fleet['agents']} agents ({fleet['processes']} processes of {fleet['per_process']}"
             f"): all online {fleet['connect_all_s']:.1f} s after start, relay CPU "
             f"{fleet['relay_cpu_connect_s']:.1f} s; relay RSS {fleet['relay_rss_idle_mb']:.1f} MB "
@@ -140,8 +166,9 @@ class Summary:
         """Paths that did not work at all (not targets missed): for --quick in CI."""
         out = []
         for row in self.rows:
-            if row["point"] in ("get_c1", "down_medium", "up_medium", "down_large") \
-                    and row.get("errors"):
+            if row["point"] in ("get_c1", "down_medium", "up_medium", "down_large") and row.get(
+                "errors"
+            ):
                 out.append(f"{row['path']} {row['point']} (rep {row['rep']})")
         slow = self.results["slow"]
         if slow["ok"] != slow["requests"]:

@@ -34,28 +34,42 @@ async def _timed(session: aiohttp.ClientSession, url: str, n: int) -> list[float
 
 def _summary(name: str, ms: list[float]) -> str:
     ms = sorted(ms)
-    p = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-    return (f"{name:8} n={len(ms)} p50={p(0.5):.3f} ms p90={p(0.9):.3f} ms "
-            f"p99={p(0.99):.3f} ms mean={statistics.fmean(ms):.3f} ms")
+
+    def p(q: float) -> float:
+        return ms[min(len(ms) - 1, int(q * len(ms)))]
+
+    return (
+        f"{name:8} n={len(ms)} p50={p(0.5):.3f} ms p90={p(0.9):.3f} ms "
+        f"p99={p(0.99):.3f} ms mean={statistics.fmean(ms):.3f} ms"
+    )
 
 
 async def main(n: int) -> None:
     configure_logging("console", "warning")
     api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.api_server", stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "tests.support.api_server", stdout=asyncio.subprocess.PIPE
+    )
     assert api.stdout
     port = int((await api.stdout.readline()).split()[1])
     with tempfile.TemporaryDirectory() as tmp:
-        relay = await Relay.start(ServerSettings(
-            data_dir=Path(tmp), ssh_listen=HostPort("127.0.0.1", 0), log_level="warning"))
+        relay = await Relay.start(
+            ServerSettings(
+                data_dir=Path(tmp), ssh_listen=HostPort("127.0.0.1", 0), log_level="warning"
+            )
+        )
         _, token = await relay.store.create_agent("bench")
-        env = dict(os.environ, SLUICE_AGENT_RELAY=f"127.0.0.1:{relay.ssh_address[1]}",
-                   SLUICE_AGENT_TOKEN=str(token),
-                   SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
-                   SLUICE_AGENT_ALLOW=f"127.0.0.1:{port}", SLUICE_AGENT_LOG_LEVEL="warning",
-                   SLUICE_AGENT_HEALTH_LISTEN="off")
+        env = dict(
+            os.environ,
+            SLUICE_AGENT_RELAY=f"127.0.0.1:{relay.ssh_address[1]}",
+            SLUICE_AGENT_TOKEN=str(token),
+            SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
+            SLUICE_AGENT_ALLOW=f"127.0.0.1:{port}",
+            SLUICE_AGENT_LOG_LEVEL="warning",
+            SLUICE_AGENT_HEALTH_LISTEN="off",
+        )
         agent = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "sluice-agent"), "run", env=env)
+            str(Path(sys.executable).parent / "sluice-agent"), "run", env=env
+        )
         await relay.registry.wait_online(token.agent_id, timeout=20)
         url = f"http://127.0.0.1:{port}/hello"
         async with aiohttp.ClientSession() as direct:

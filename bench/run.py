@@ -35,11 +35,27 @@ from bench.stack import Relay, start_agent
 # Five repetitions: on a shared 2-core VM identical runs of a point spread by
 # 20-30% (c=32 through the same code measured 5.5k to 10.3k req/s in one
 # run); the median of five holds steadier than the median of three.
-FULL: dict[str, Any] = {"plan": Plan(repetitions=5, seconds=5, medium=64 * MiB, large=GiB),
-        "slow": 1000, "agents": 1000, "per_process": 250, "fleet_timeout": 300.0}
-QUICK: dict[str, Any] = {"plan": Plan(repetitions=1, seconds=1, medium=8 * MiB, large=64 * MiB,
-                      medium_name="8m.bin", large_name="64m.bin"),
-         "slow": 100, "agents": 40, "per_process": 20, "fleet_timeout": 60.0}
+FULL: dict[str, Any] = {
+    "plan": Plan(repetitions=5, seconds=5, medium=64 * MiB, large=GiB),
+    "slow": 1000,
+    "agents": 1000,
+    "per_process": 250,
+    "fleet_timeout": 300.0,
+}
+QUICK: dict[str, Any] = {
+    "plan": Plan(
+        repetitions=1,
+        seconds=1,
+        medium=8 * MiB,
+        large=64 * MiB,
+        medium_name="8m.bin",
+        large_name="64m.bin",
+    ),
+    "slow": 100,
+    "agents": 40,
+    "per_process": 20,
+    "fleet_timeout": 60.0,
+}
 
 
 def say(text: str) -> None:
@@ -52,49 +68,78 @@ def _scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix="sluice-bench-", dir=parent))
 
 
-async def _throughput(root: Path, cfg: dict[str, Any], profile: Path | None,
-                      ) -> dict[str, Any]:
+async def _throughput(
+    root: Path,
+    cfg: dict[str, Any],
+    profile: Path | None,
+) -> dict[str, Any]:
     plan: Plan = cfg["plan"]
     children: list[Child] = []
     nginx: Nginx | None = None
     openssh: OpenSSH | None = None
     relay: Relay | None = None
     try:
-        nginx = await Nginx.start(root / "nginx", {plan.medium_name: plan.medium,
-                                                   plan.large_name: plan.large},
-                                  upload_size=plan.medium)
+        nginx = await Nginx.start(
+            root / "nginx",
+            {plan.medium_name: plan.medium, plan.large_name: plan.large},
+            upload_size=plan.medium,
+        )
         openssh = await OpenSSH.start(root / "openssh", nginx.port)
         relay = await Relay.create(root / "relay")
         agent_id, token = await relay.create_agent("bench")
-        agent = await start_agent(relay, agent_id, token, f"127.0.0.1:{nginx.port}",
-                                  root / "agent.log")
+        agent = await start_agent(
+            relay, agent_id, token, f"127.0.0.1:{nginx.port}", root / "agent.log"
+        )
         children.append(agent)
         onprem = await relay.create_connection("bench on-premise", nginx.base, agent_id)
         cloud = await relay.create_connection("bench cloud", nginx.base, None)
         # Before any load: what the processes cost just by running.
-        idle = {"relay": memory_kib(relay.pid)["VmRSS"] / 1024,
-                "agent": memory_kib(agent.pid)["VmRSS"] / 1024,
-                "ssh": memory_kib(openssh.ssh.pid)["VmRSS"] / 1024}
-        say(f"nginx :{nginx.port}, sshd forward :{openssh.forward_port}, relay "
-            f"{relay.base} (pid {relay.pid}), agent pid {agent.pid}")
+        idle = {
+            "relay": memory_kib(relay.pid)["VmRSS"] / 1024,
+            "agent": memory_kib(agent.pid)["VmRSS"] / 1024,
+            "ssh": memory_kib(openssh.ssh.pid)["VmRSS"] / 1024,
+        }
+        say(
+            f"nginx :{nginx.port}, sshd forward :{openssh.forward_port}, relay "
+            f"{relay.base} (pid {relay.pid}), agent pid {agent.pid}"
+        )
         paths = [
             BenchPath("direct", nginx.base),
-            BenchPath("openssh", openssh.base, cpu_pids=openssh.pids,
-                      rss_pids={"ssh": openssh.ssh.pid, "sshd": openssh.sshd.pid}),
-            BenchPath("sluice-onprem", relay.proxy_base(onprem), relay.auth,
-                      cpu_pids=[relay.pid, agent.pid],
-                      rss_pids={"relay": relay.pid, "agent": agent.pid}),
-            BenchPath("sluice-cloud", relay.proxy_base(cloud), relay.auth,
-                      cpu_pids=[relay.pid], rss_pids={"relay": relay.pid}),
+            BenchPath(
+                "openssh",
+                openssh.base,
+                cpu_pids=openssh.pids,
+                rss_pids={"ssh": openssh.ssh.pid, "sshd": openssh.sshd.pid},
+            ),
+            BenchPath(
+                "sluice-onprem",
+                relay.proxy_base(onprem),
+                relay.auth,
+                cpu_pids=[relay.pid, agent.pid],
+                rss_pids={"relay": relay.pid, "agent": agent.pid},
+            ),
+            BenchPath(
+                "sluice-cloud",
+                relay.proxy_base(cloud),
+                relay.auth,
+                cpu_pids=[relay.pid],
+                rss_pids={"relay": relay.pid},
+            ),
         ]
         lua = write_lua(root)
         profiler = Profiler(profile) if profile else None
         rows = await run_reps(paths, plan, lua, nginx.upload_source, say, profiler)
         say(f"{cfg['slow']} concurrent slow requests (1 s each) through one agent ...")
-        slow = await slow_requests(relay.proxy_base(onprem) + "/slow", relay.auth, cfg["slow"],
-                                   {"relay": relay.pid, "agent": agent.pid})
-        say(f"  {slow['ok']}/{slow['requests']} ok in {slow['wall_s']:.2f} s "
-            f"(p50 {slow['p50_s']:.2f} s, max {slow['max_s']:.2f} s) {slow['failures']}")
+        slow = await slow_requests(
+            relay.proxy_base(onprem) + "/slow",
+            relay.auth,
+            cfg["slow"],
+            {"relay": relay.pid, "agent": agent.pid},
+        )
+        say(
+            f"  {slow['ok']}/{slow['requests']} ok in {slow['wall_s']:.2f} s "
+            f"(p50 {slow['p50_s']:.2f} s, max {slow['max_s']:.2f} s) {slow['failures']}"
+        )
         return {"rows": rows, "slow": slow, "idle_rss_mb": idle}
     finally:
         for child in children:
@@ -107,8 +152,14 @@ async def _throughput(root: Path, cfg: dict[str, Any], profile: Path | None,
             await nginx.stop()
 
 
-async def main(quick: bool, out: Path | None, keep: bool, profile: Path | None,
-               skip_scale: bool = False, repetitions: int | None = None) -> int:
+async def main(
+    quick: bool,
+    out: Path | None,
+    keep: bool,
+    profile: Path | None,
+    skip_scale: bool = False,
+    repetitions: int | None = None,
+) -> int:
     cfg = dict(QUICK if quick else FULL)
     if repetitions:
         cfg["plan"] = dataclasses.replace(cfg["plan"], repetitions=repetitions)
@@ -121,11 +172,14 @@ async def main(quick: bool, out: Path | None, keep: bool, profile: Path | None,
         results["fleet"] = None
         if not skip_scale:
             say(f"{cfg['agents']} agents on one relay, then a relay restart ...")
-            fleet = await agent_fleet(root / "fleet", cfg["agents"], cfg["per_process"],
-                                      cfg["fleet_timeout"])
+            fleet = await agent_fleet(
+                root / "fleet", cfg["agents"], cfg["per_process"], cfg["fleet_timeout"]
+            )
             results["fleet"] = fleet
-            say(f"  connected in {fleet['connect_all_s']:.1f} s, back after restart in "
-                f"{fleet['restart_all_online_s']:.1f} s")
+            say(
+                f"  connected in {fleet['connect_all_s']:.1f} s, back after restart in "
+                f"{fleet['restart_all_online_s']:.1f} s"
+            )
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -156,20 +210,37 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="short check that the bench runs")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="py-spy profiles of relay and agent (first repetition) into DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy profiles of relay and agent (first repetition) into DIR",
+    )
     parser.add_argument("--skip-scale", action="store_true", help="throughput points only")
     parser.add_argument("--repetitions", type=int, default=None, help="override the plan's")
-    parser.add_argument("--from-json", type=Path, default=None, metavar="FILE",
-                        help="only re-render the report from a run's raw results")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="only re-render the report from a run's raw results",
+    )
     args = parser.parse_args()
     if args.from_json:
         summary = report.Summary(json.loads(args.from_json.read_text()))
         say(summary.table())
         (args.out or Path("docs/BENCHMARKS.md")).write_text(summary.markdown())
         sys.exit(0)
-    sys.exit(asyncio.run(_stoppable(main(args.quick, args.out, args.keep, args.profile,
-                                         args.skip_scale, args.repetitions))))
+    sys.exit(
+        asyncio.run(
+            _stoppable(
+                main(
+                    args.quick, args.out, args.keep, args.profile, args.skip_scale, args.repetitions
+                )
+            )
+        )
+    )
 
 
 async def _stoppable(work: Coroutine[Any, Any, int]) -> int:

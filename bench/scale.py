@@ -27,8 +27,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def slow_requests(url: str, headers: dict[str, str], n: int,
-                        pids: dict[str, int]) -> dict[str, Any]:
+async def slow_requests(
+    url: str, headers: dict[str, str], n: int, pids: dict[str, int]
+) -> dict[str, Any]:
     """*n* requests at once to an endpoint that answers after 1 s; all must be 200."""
     for pid in pids.values():
         reset_peak(pid)
@@ -58,16 +59,23 @@ async def slow_requests(url: str, headers: dict[str, str], n: int,
         if s != 200:
             failures[str(s)] = failures.get(str(s), 0) + 1
     return {
-        "requests": n, "ok": ok, "failures": failures, "wall_s": wall,
-        "p50_s": _pct(latencies, 0.5), "p99_s": _pct(latencies, 0.99),
+        "requests": n,
+        "ok": ok,
+        "failures": failures,
+        "wall_s": wall,
+        "p50_s": _pct(latencies, 0.5),
+        "p99_s": _pct(latencies, 0.99),
         "max_s": max(latencies, default=0.0),
         "cpu_s": cpu_seconds(list(pids.values())) - cpu0,
         "peak_rss_mb": {role: memory_kib(pid)["VmHWM"] / 1024 for role, pid in pids.items()},
     }
 
 
-def max_in_flight(events: list[tuple[float, float, bool]], since: float, until: float,
-                  ) -> int:
+def max_in_flight(
+    events: list[tuple[float, float, bool]],
+    since: float,
+    until: float,
+) -> int:
     """Most connection attempts (TCP connect to tunnel registered) open at once."""
     edges: list[tuple[float, int]] = []
     for start, end, _ok in events:
@@ -84,8 +92,9 @@ def max_in_flight(events: list[tuple[float, float, bool]], since: float, until: 
 async def _create_agents(relay: Relay, n: int) -> list[str]:
     tokens: list[str] = []
     for first in range(0, n, 50):
-        made = await asyncio.gather(*(relay.create_agent(f"fleet-{i}")
-                                      for i in range(first, min(n, first + 50))))
+        made = await asyncio.gather(
+            *(relay.create_agent(f"fleet-{i}") for i in range(first, min(n, first + 50)))
+        )
         tokens += [token for _, token in made]
     return tokens
 
@@ -94,16 +103,21 @@ async def _wait_online(relay: Relay, n: int, timeout: float) -> float:
     async def all_online() -> bool:
         return await relay.agents_online() >= n
 
-    return await wait_until(f"{n} agents online", all_online, timeout=timeout, interval=0.1,
-                            child=relay.child)
+    return await wait_until(
+        f"{n} agents online", all_online, timeout=timeout, interval=0.1, child=relay.child
+    )
 
 
 async def agent_fleet(root: Path, n: int, per_process: int, timeout: float) -> dict[str, Any]:
     """Connect *n* agents to a fresh relay, then restart the relay under them."""
     relay = await Relay.create(root / "relay")
     fleets: list[Child] = []
-    result: dict[str, Any] = {"agents": n, "per_process": per_process,
-                              "processes": -(-n // per_process), "backoff": BACKOFF}
+    result: dict[str, Any] = {
+        "agents": n,
+        "per_process": per_process,
+        "processes": -(-n // per_process),
+        "backoff": BACKOFF,
+    }
     try:
         tokens = await _create_agents(relay, n)
         await asyncio.sleep(1)  # let the relay settle after the API burst before sampling
@@ -112,12 +126,29 @@ async def agent_fleet(root: Path, n: int, per_process: int, timeout: float) -> d
         cpu0 = cpu_seconds([relay.pid])
         began = time.monotonic()
         for i in range(0, n, per_process):
-            (root / f"tokens-{i}.txt").write_text("\n".join(tokens[i:i + per_process]) + "\n")
-            fleets.append(await spawn(f"fleet-{i}", [
-                sys.executable, "-m", "bench.fleet", "--relay", relay.ssh_address,
-                "--fingerprint", relay.fingerprint, "--tokens", str(root / f"tokens-{i}.txt"),
-                "--events", str(root / f"events-{i}.jsonl"), "--max-seconds", "1800",
-            ], env=clean_env(), log=root / f"fleet-{i}.log"))
+            (root / f"tokens-{i}.txt").write_text("\n".join(tokens[i : i + per_process]) + "\n")
+            fleets.append(
+                await spawn(
+                    f"fleet-{i}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.fleet",
+                        "--relay",
+                        relay.ssh_address,
+                        "--fingerprint",
+                        relay.fingerprint,
+                        "--tokens",
+                        str(root / f"tokens-{i}.txt"),
+                        "--events",
+                        str(root / f"events-{i}.jsonl"),
+                        "--max-seconds",
+                        "1800",
+                    ],
+                    env=clean_env(),
+                    log=root / f"fleet-{i}.log",
+                )
+            )
         result["connect_all_s"] = await _wait_online(relay, n, timeout)
         connected_at = time.monotonic()
         result["relay_cpu_connect_s"] = cpu_seconds([relay.pid]) - cpu0
@@ -127,8 +158,9 @@ async def agent_fleet(root: Path, n: int, per_process: int, timeout: float) -> d
         result["relay_hwm_mb"] = after["VmHWM"] / 1024
         result["relay_rss_per_agent_kb"] = (after["VmRSS"] - before["VmRSS"]) / n
         # Let sessions pass stable_after, as long-lived agents' would have.
-        await asyncio.sleep(max(0.0, BACKOFF["stable_after"] + 1 - (time.monotonic()
-                                                                      - connected_at)))
+        await asyncio.sleep(
+            max(0.0, BACKOFF["stable_after"] + 1 - (time.monotonic() - connected_at))
+        )
 
         stop_at = time.monotonic()
         result["relay_stop_rc"] = await relay.stop()

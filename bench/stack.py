@@ -73,11 +73,17 @@ class Relay:
 
     @classmethod
     async def create(cls, data: Path, **extra_env: str) -> Relay:
-        relay = cls(data, free_port(), free_port(), "bench-admin-" + os.urandom(12).hex(),
-                    extra_env=extra_env)
+        relay = cls(
+            data,
+            free_port(),
+            free_port(),
+            "bench-admin-" + os.urandom(12).hex(),
+            extra_env=extra_env,
+        )
         data.mkdir(parents=True)
-        rc, out, err = await run_tool([str(BIN / "sluice-server"), "fingerprint"], 30,
-                                      env=relay.env())
+        rc, out, err = await run_tool(
+            [str(BIN / "sluice-server"), "fingerprint"], 30, env=relay.env()
+        )
         if rc:
             raise RuntimeError(f"sluice-server fingerprint failed: {err}")
         relay.fingerprint = out.strip()
@@ -91,10 +97,13 @@ class Relay:
 
     async def start(self) -> float:
         """Start the process; returns seconds until /healthz answered."""
-        self.child = await spawn("relay", [str(BIN / "sluice-server"), "run"], env=self.env(),
-                                 log=self.data.parent / f"{self.data.name}.log")
-        return await wait_until("the relay's /healthz", self._healthy, timeout=30,
-                                child=self.child)
+        self.child = await spawn(
+            "relay",
+            [str(BIN / "sluice-server"), "run"],
+            env=self.env(),
+            log=self.data.parent / f"{self.data.name}.log",
+        )
+        return await wait_until("the relay's /healthz", self._healthy, timeout=30, child=self.child)
 
     async def _healthy(self) -> bool:
         assert self.http is not None
@@ -129,9 +138,15 @@ class Relay:
             "mode": "on_premise" if agent_id else "cloud",
             "agent_id": agent_id,
             "http": {
-                "base_uri": base_uri, "media_type": "json",
-                "auth": {"type": "token", "token": DUMMY_API_TOKEN, "location": "header",
-                         "header_name": "Authorization", "scheme": "Bearer"},
+                "base_uri": base_uri,
+                "media_type": "json",
+                "auth": {
+                    "type": "token",
+                    "token": DUMMY_API_TOKEN,
+                    "location": "header",
+                    "header_name": "Authorization",
+                    "scheme": "Bearer",
+                },
             },
         }
         conn = await self.call("POST", "/v1/connections", doc)
@@ -154,16 +169,21 @@ class Relay:
 
 async def start_agent(relay: Relay, agent_id: str, token: str, allow: str, log: Path) -> Child:
     """A real ``sluice-agent run`` process; returns once the relay sees it online."""
-    child = await spawn("agent", [str(BIN / "sluice-agent"), "run"], log=log, env=clean_env(
-        SLUICE_AGENT_RELAY=relay.ssh_address,
-        SLUICE_AGENT_TOKEN=token,
-        SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
-        SLUICE_AGENT_ALLOW=allow,
-        SLUICE_AGENT_HEALTH_LISTEN="off",
-        SLUICE_AGENT_LOG_LEVEL="warning",
-        SLUICE_AGENT_LOG_FORMAT="json",
-        SLUICE_AGENT_DRAIN_TIMEOUT="5",
-    ))
+    child = await spawn(
+        "agent",
+        [str(BIN / "sluice-agent"), "run"],
+        log=log,
+        env=clean_env(
+            SLUICE_AGENT_RELAY=relay.ssh_address,
+            SLUICE_AGENT_TOKEN=token,
+            SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
+            SLUICE_AGENT_ALLOW=allow,
+            SLUICE_AGENT_HEALTH_LISTEN="off",
+            SLUICE_AGENT_LOG_LEVEL="warning",
+            SLUICE_AGENT_LOG_FORMAT="json",
+            SLUICE_AGENT_DRAIN_TIMEOUT="5",
+        ),
+    )
 
     async def online() -> bool:
         agent = await relay.call("GET", f"/v1/agents/{agent_id}")

@@ -105,8 +105,7 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
         if new is None:
             print(f"no agent {args.agent_id}", file=sys.stderr)
             return 1
-        await store.audit("cli", "agent.token_rotated", args.agent_id, None,
-                          {"grace_seconds": 0})
+        await store.audit("cli", "agent.token_rotated", args.agent_id, None, {"grace_seconds": 0})
         print(f"token: {new}")
         return 0
     finally:
@@ -123,13 +122,20 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     store = await Store.open(settings.resolved_database_url())
     try:
         count = await ConnectionService(store, plan.box).reseal_all(plan.box)
-        await store.audit("cli", "master_key.rotated", plan.new_key.key_id, None,
-                          {"connections": count, "previous_key": plan.old_key_id})
+        await store.audit(
+            "cli",
+            "master_key.rotated",
+            plan.new_key.key_id,
+            None,
+            {"connections": count, "previous_key": plan.old_key_id},
+        )
     finally:
         await store.close()
     plan.commit()
-    print(f"re-encrypted the secrets of {count} connection(s) under master key "
-          f"{plan.new_key.key_id}; the previous key {plan.old_key_id} is kept beside it")
+    print(
+        f"re-encrypted the secrets of {count} connection(s) under master key "
+        f"{plan.new_key.key_id}; the previous key {plan.old_key_id} is kept beside it"
+    )
     return 0
 
 

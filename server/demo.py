@@ -38,8 +38,9 @@ def _sample_api() -> web.Application:
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        return web.json_response({"received_bytes": len(body),
-                                  "content_type": request.headers.get("Content-Type")})
+        return web.json_response(
+            {"received_bytes": len(body), "content_type": request.headers.get("Content-Type")}
+        )
 
     app = web.Application()
     app.router.add_get("/api/health", health)
@@ -77,23 +78,29 @@ class Demo:
     async def spawn(self, *args: str, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                *args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *args,
+                env=env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         self.procs.append(proc)
         return proc
 
-    async def call(self, http: aiohttp.ClientSession, method: str, path: str,
-                   body: Any = None) -> Any:
-        async with http.request(method, self.base + path, json=body,
-                                headers={"Authorization": f"Bearer {self.admin}"}) as resp:
+    async def call(
+        self, http: aiohttp.ClientSession, method: str, path: str, body: Any = None
+    ) -> Any:
+        async with http.request(
+            method, self.base + path, json=body, headers={"Authorization": f"Bearer {self.admin}"}
+        ) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise RuntimeError(f"{method} {path} -> {resp.status}: {data}")
             return data
 
-    async def wait_for(self, http: aiohttp.ClientSession, what: str, check: Any,
-                       timeout: float = 20) -> None:
+    async def wait_for(
+        self, http: aiohttp.ClientSession, what: str, check: Any, timeout: float = 20
+    ) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -154,31 +161,51 @@ async def _scenario(demo: Demo, api_port: int, api_base: str) -> bool:
         SLUICE_SERVER_ALLOW_PRIVATE_DESTINATIONS="true",
         SLUICE_SERVER_LOG_FORMAT="json",
     )
-    await demo.spawn(str(demo.bin / "sluice-server"), "run", env=relay_env,
-                     log=demo.data / "relay.log")
+    await demo.spawn(
+        str(demo.bin / "sluice-server"), "run", env=relay_env, log=demo.data / "relay.log"
+    )
     async with aiohttp.ClientSession() as http:
+
         async def ready() -> bool:
             async with http.get(demo.base + "/healthz") as resp:
                 return resp.status == 200
 
         t0 = time.perf_counter()
         await demo.wait_for(http, "the relay", ready)
-        _say(f"2. relay up in {(time.perf_counter() - t0) * 1000:.0f} ms: "
-             f"API {demo.base}, SSH 127.0.0.1:{demo.ssh_port}")
-        fingerprint = (await (await asyncio.create_subprocess_exec(
-            str(demo.bin / "sluice-server"), "fingerprint", env=relay_env,
-            stdout=asyncio.subprocess.PIPE)).communicate())[0].decode().strip()
+        _say(
+            f"2. relay up in {(time.perf_counter() - t0) * 1000:.0f} ms: "
+            f"API {demo.base}, SSH 127.0.0.1:{demo.ssh_port}"
+        )
+        fingerprint = (
+            (
+                await (
+                    await asyncio.create_subprocess_exec(
+                        str(demo.bin / "sluice-server"),
+                        "fingerprint",
+                        env=relay_env,
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                ).communicate()
+            )[0]
+            .decode()
+            .strip()
+        )
 
         agent = await demo.call(http, "POST", "/v1/agents", {"name": "demo-warehouse"})
         _say(f"3. created agent {agent['id']} (token shown once: slc_{agent['id']}_…)")
-        await demo.spawn(str(demo.bin / "sluice-agent"), "run", env=demo.env(
-            SLUICE_AGENT_RELAY=f"127.0.0.1:{demo.ssh_port}",
-            SLUICE_AGENT_TOKEN=agent["token"],
-            SLUICE_AGENT_RELAY_FINGERPRINT=fingerprint,
-            SLUICE_AGENT_ALLOW=f"127.0.0.1:{api_port}",
-            SLUICE_AGENT_HEALTH_LISTEN=f"127.0.0.1:{demo.health_port}",
-            SLUICE_AGENT_LOG_FORMAT="json",
-        ), log=demo.data / "agent.log")
+        await demo.spawn(
+            str(demo.bin / "sluice-agent"),
+            "run",
+            env=demo.env(
+                SLUICE_AGENT_RELAY=f"127.0.0.1:{demo.ssh_port}",
+                SLUICE_AGENT_TOKEN=agent["token"],
+                SLUICE_AGENT_RELAY_FINGERPRINT=fingerprint,
+                SLUICE_AGENT_ALLOW=f"127.0.0.1:{api_port}",
+                SLUICE_AGENT_HEALTH_LISTEN=f"127.0.0.1:{demo.health_port}",
+                SLUICE_AGENT_LOG_FORMAT="json",
+            ),
+            log=demo.data / "agent.log",
+        )
 
         async def online() -> bool:
             got = await demo.call(http, "GET", f"/v1/agents/{agent['id']}")
@@ -186,37 +213,58 @@ async def _scenario(demo: Demo, api_port: int, api_base: str) -> bool:
 
         t0 = time.perf_counter()
         await demo.wait_for(http, "the agent", online)
-        _say(f"4. agent online after {(time.perf_counter() - t0) * 1000:.0f} ms "
-             f"(pinned host key {fingerprint})")
+        _say(
+            f"4. agent online after {(time.perf_counter() - t0) * 1000:.0f} ms "
+            f"(pinned host key {fingerprint})"
+        )
 
         def connection(name: str, mode: str) -> dict[str, Any]:
             return {
-                "name": name, "mode": mode,
+                "name": name,
+                "mode": mode,
                 "agent_id": agent["id"] if mode == "on_premise" else None,
                 "http": {
-                    "base_uri": api_base, "media_type": "json",
+                    "base_uri": api_base,
+                    "media_type": "json",
                     "headers": [{"name": "X-Demo", "value": "{{connection.name}}"}],
-                    "auth": {"type": "token", "token": API_TOKEN, "location": "header",
-                             "header_name": "Authorization", "scheme": "Bearer"},
-                    "ping": {"method": "GET", "relative_uri": "/health",
-                             "success_path": "ok", "success_values": ["true"]},
+                    "auth": {
+                        "type": "token",
+                        "token": API_TOKEN,
+                        "location": "header",
+                        "header_name": "Authorization",
+                        "scheme": "Bearer",
+                    },
+                    "ping": {
+                        "method": "GET",
+                        "relative_uri": "/health",
+                        "success_path": "ok",
+                        "success_values": ["true"],
+                    },
                 },
             }
 
         step = 5
         for mode in ("on_premise", "cloud"):
-            conn = await demo.call(http, "POST", "/v1/connections",
-                                   connection(f"Inventory ({mode})", mode))
+            conn = await demo.call(
+                http, "POST", "/v1/connections", connection(f"Inventory ({mode})", mode)
+            )
             test = await demo.call(http, "POST", f"/v1/connections/{conn['id']}/test")
-            _say(f"{step}. {mode} connection {conn['id']}: test ok={test['ok']} "
-                 f"status={test['status']} in {test['elapsed_ms']} ms")
+            _say(
+                f"{step}. {mode} connection {conn['id']}: test ok={test['ok']} "
+                f"status={test['status']} in {test['elapsed_ms']} ms"
+            )
             if not test["ok"]:
                 raise RuntimeError(f"connection test failed: {test['message']}")
-            for method, path, body in [("GET", "/items", None), ("GET", "/items", None),
-                                       ("POST", "/echo", b"x" * 65536)]:
+            for method, path, body in [
+                ("GET", "/items", None),
+                ("GET", "/items", None),
+                ("POST", "/echo", b"x" * 65536),
+            ]:
                 t0 = time.perf_counter()
                 async with http.request(
-                    method, f"{demo.base}/v1/connections/{conn['id']}/proxy{path}", data=body,
+                    method,
+                    f"{demo.base}/v1/connections/{conn['id']}/proxy{path}",
+                    data=body,
                     headers={"Authorization": f"Bearer {demo.admin}"},
                 ) as resp:
                     text = await resp.text()
@@ -229,15 +277,23 @@ async def _scenario(demo: Demo, api_port: int, api_base: str) -> bool:
         denied = connection("Not allowed", "on_premise")
         denied["http"]["base_uri"] = "http://127.0.0.1:9/"
         conn = await demo.call(http, "POST", "/v1/connections", denied)
-        async with http.get(f"{demo.base}/v1/connections/{conn['id']}/proxy/",
-                            headers={"Authorization": f"Bearer {demo.admin}"}) as resp:
+        async with http.get(
+            f"{demo.base}/v1/connections/{conn['id']}/proxy/",
+            headers={"Authorization": f"Bearer {demo.admin}"},
+        ) as resp:
             problem = await resp.json(content_type=None)
-        _say(f"{step}. a destination outside the agent's allowlist -> {resp.status} "
-             f"{problem['type']}: {problem['detail'][:80]}")
+        _say(
+            f"{step}. a destination outside the agent's allowlist -> {resp.status} "
+            f"{problem['type']}: {problem['detail'][:80]}"
+        )
         status = await asyncio.create_subprocess_exec(
-            str(demo.bin / "sluice-agent"), "status",
-            "--health-listen", f"127.0.0.1:{demo.health_port}",
-            stdout=asyncio.subprocess.PIPE, env=demo.env())
+            str(demo.bin / "sluice-agent"),
+            "status",
+            "--health-listen",
+            f"127.0.0.1:{demo.health_port}",
+            stdout=asyncio.subprocess.PIPE,
+            env=demo.env(),
+        )
         out, _ = await status.communicate()
         _say(f"{step + 1}. sluice-agent status:")
         for line in out.decode().splitlines():

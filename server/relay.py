@@ -62,7 +62,10 @@ class Relay:
 
     @classmethod
     async def start(
-        cls, settings: ServerSettings, *, serve_http: bool = True,
+        cls,
+        settings: ServerSettings,
+        *,
+        serve_http: bool = True,
         before_listening: Callable[[], None] | None = None,
     ) -> Relay:
         """Open the store (migrating it), load keys, listen for agents and API calls.
@@ -83,21 +86,34 @@ class Relay:
         metrics = RelayMetrics(registry)
         connections = ConnectionService(store, box, lambda: load_secret_box(settings))
         tunnel_http = TunnelHTTP(
-            registry, connect_timeout=settings.connect_timeout,
+            registry,
+            connect_timeout=settings.connect_timeout,
             max_streams=settings.max_streams_per_agent,
             streams_per_second=settings.max_new_streams_per_second,
         )
         cloud_http = CloudHTTP(allow_private=settings.allow_private_destinations)
         engine = Engine(
-            registry, tunnel_http, cloud_http, connections.save_token,
+            registry,
+            tunnel_http,
+            cloud_http,
+            connections.save_token,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
         relay = cls(
-            settings=settings, store=store, registry=registry, tunnel_http=tunnel_http,
-            cloud_http=cloud_http, connections=connections, engine=engine, metrics=metrics,
-            host_key=host_key, admin_token_created=created,
+            settings=settings,
+            store=store,
+            registry=registry,
+            tunnel_http=tunnel_http,
+            cloud_http=cloud_http,
+            connections=connections,
+            engine=engine,
+            metrics=metrics,
+            host_key=host_key,
+            admin_token_created=created,
             admin=AdminTokens(
-                admin_token, data_dir=settings.data_dir, token_file=settings.admin_token_file,
+                admin_token,
+                data_dir=settings.data_dir,
+                token_file=settings.admin_token_file,
                 configured=settings.admin_token is not None,
             ),
         )
@@ -134,9 +150,14 @@ class Relay:
 
     async def _start_http(self) -> None:
         services = Services(
-            store=self.store, registry=self.registry, tunnel_http=self.tunnel_http,
-            connections=self.connections, engine=self.engine, metrics=self.metrics,
-            admin=self.admin, ssh_listening=lambda: not self.closed.is_set(),
+            store=self.store,
+            registry=self.registry,
+            tunnel_http=self.tunnel_http,
+            connections=self.connections,
+            engine=self.engine,
+            metrics=self.metrics,
+            admin=self.admin,
+            ssh_listening=lambda: not self.closed.is_set(),
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
@@ -145,16 +166,24 @@ class Relay:
         # for running handlers) before tunnels are closed.
         s = self.settings
         runner = web.AppRunner(
-            build_app(services), access_log=None, handle_signals=False,
+            build_app(services),
+            access_log=None,
+            handle_signals=False,
             shutdown_timeout=s.drain_timeout,
-            max_line_size=s.max_header_bytes, max_field_size=s.max_header_bytes,
-            max_headers=s.max_headers, keepalive_timeout=s.http_idle_timeout,
+            max_line_size=s.max_header_bytes,
+            max_field_size=s.max_header_bytes,
+            max_headers=s.max_headers,
+            keepalive_timeout=s.http_idle_timeout,
             read_bufsize=READ_BUFSIZE,
         )
         await runner.setup()
         self.web_runner = runner
-        self.front = Front(services, max_header_bytes=s.max_header_bytes,
-                           max_headers=s.max_headers, idle_timeout=s.http_idle_timeout)
+        self.front = Front(
+            services,
+            max_header_bytes=s.max_header_bytes,
+            max_headers=s.max_headers,
+            idle_timeout=s.http_idle_timeout,
+        )
         listen = self.settings.http_listen
         await FrontSite(runner, self.front, listen.host, listen.port).start()
 

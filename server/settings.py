@@ -36,11 +36,16 @@ class ServerSettings(BaseSettings):
     auth_ban_seconds: float = Field(default=60.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
-    max_header_bytes: int = Field(default=8190, ge=1024, le=65536,
-                                  description="Longest request line or header the API accepts.")
+    max_header_bytes: int = Field(
+        default=8190,
+        ge=1024,
+        le=65536,
+        description="Longest request line or header the API accepts.",
+    )
     max_headers: int = Field(default=100, ge=10, le=1000)
-    max_body_bytes: int = Field(default=0, ge=0,
-                                description="Largest proxied request body; 0 = no limit.")
+    max_body_bytes: int = Field(
+        default=0, ge=0, description="Largest proxied request body; 0 = no limit."
+    )
     max_streams_per_agent: int = Field(default=1024, ge=1)
     max_new_streams_per_second: float = Field(default=1000.0, gt=0)
     http_idle_timeout: float = Field(default=75.0, gt=0)

@@ -100,4 +100,3 @@ def configure_logging(
     # asyncssh logs through stdlib logging; keep it quiet unless debugging.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)
     logging.getLogger("asyncssh").setLevel(max(numeric, logging.WARNING))
-

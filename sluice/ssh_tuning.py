@@ -59,14 +59,16 @@ def skip_aead_ignore_packets() -> None:
     original = _connection.SSHConnection.send_packet
 
     def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if (pkttype == MSG_IGNORE and args == (_EMPTY_IGNORE,)
-                and isinstance(self._send_encryption, _AEAD)):
+        if (
+            pkttype == MSG_IGNORE
+            and args == (_EMPTY_IGNORE,)
+            and isinstance(self._send_encryption, _AEAD)
+        ):
             return
         original(self, pkttype, *args, handler=handler)
 
     _connection.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
     _applied = True
-
 
 
 _batching = False
@@ -137,7 +139,8 @@ def _gcm_ready(conn: Any) -> Any:
     if not (conn._kex_complete and conn._auth_complete):
         return None
     if conn._rekey_bytes_sent >= conn._rekey_bytes or (
-            conn._rekey_seconds and time.monotonic() >= conn._rekey_time):
+        conn._rekey_seconds and time.monotonic() >= conn._rekey_time
+    ):
         return None  # asyncssh's own send_packet starts the rekey
     return encryption._cipher
 
@@ -165,8 +168,13 @@ def _send_data_fast(chan: Any, conn: Any) -> None:
         view = memoryview(buf)
         piece = view[:size]
         try:
-            plain = b"".join((_DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, chan._send_chan, size),
-                              piece, os.urandom(padlen)))
+            plain = b"".join(
+                (
+                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, chan._send_chan, size),
+                    piece,
+                    os.urandom(padlen),
+                )
+            )
         finally:
             piece.release()
             view.release()
@@ -211,14 +219,16 @@ def reuse_gcm_keys() -> None:
         self._update_iv()
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
-    def decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes, header_len: int,
-                       mac: bytes) -> bytes | None:
+    def decrypt_packet(
+        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
         # As GCMEncryption's own (its only use of GCMCipher.verify_and_decrypt),
         # with ciphertext and tag joined in one copy.
         cipher = self._cipher
         try:
             opened: bytes | None = _aead(cipher).decrypt(
-                cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+                cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len]
+            )
         except InvalidTag:
             opened = None
         cipher._update_iv()
@@ -282,7 +292,7 @@ def feed_in_pieces() -> None:
             for start in range(0, len(rest), _PIECE):
                 if self._transport is None:
                     break  # a fatal error in an earlier piece closed the connection
-                original(self, view[start:start + _PIECE], datatype)
+                original(self, view[start : start + _PIECE], datatype)
 
     _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
     _feeding = True
@@ -305,9 +315,13 @@ def _whole_packet(conn: Any, data: bytes | memoryview) -> int:
 def _recv_ready(conn: Any) -> bool:
     """May channel data be taken from the next read? (AES-GCM keys in place, no
     compression, and asyncssh between packets, not inside one)."""
-    return (type(conn._recv_encryption) is GCMEncryption and conn._decompressor is None
-            and conn._kex_complete and conn._auth_complete
-            and conn._recv_handler == conn._recv_pkthdr)
+    return (
+        type(conn._recv_encryption) is GCMEncryption
+        and conn._decompressor is None
+        and conn._kex_complete
+        and conn._auth_complete
+        and conn._recv_handler == conn._recv_pkthdr
+    )
 
 
 def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
@@ -342,22 +356,26 @@ def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryvie
                 break
             complete = False
             try:
-                plain = aead.decrypt(cipher._iv, view[pos + 4:end], view[pos:pos + 4])
+                plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
             if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
                 break
             recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
             chan = channels.get(recv_chan)
-            if (chan is None or chan._recv_state != "open" or length > chan._recv_window
-                    or 10 + length + plain[0] != len(plain)):
+            if (
+                chan is None
+                or chan._recv_state != "open"
+                or length > chan._recv_window
+                or 10 + length + plain[0] != len(plain)
+            ):
                 break  # asyncssh raises the matching protocol error
             cipher._update_iv()
             conn._recv_seq = (conn._recv_seq + 1) & 0xFFFFFFFF
             pos = end
             taken = True
             complete = True
-            chan._accept_data(plain[10:10 + length])
+            chan._accept_data(plain[10 : 10 + length])
         rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
     if taken:
         conn._reset_keepalive_timer()
@@ -365,8 +383,7 @@ def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryvie
         if rest:  # the start of the next packet: kept until the rest is in
             conn._sluice_pending = [rest]
             conn._sluice_pending_len = len(rest)
-            conn._sluice_need = (_U32.unpack_from(rest)[0] + _GCM_OVERHEAD
-                                 if len(rest) >= 4 else 4)
+            conn._sluice_need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4
         return b""
     return rest
 

@@ -31,8 +31,7 @@ class TaskSet:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("background_task_failed", task=task.get_name(),
-                      error=repr(task.exception()))
+            log.error("background_task_failed", task=task.get_name(), error=repr(task.exception()))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Let running tasks finish for up to *timeout* seconds, then cancel them."""

@@ -22,9 +22,7 @@ _SECRET_ALPHABET: Final = string.ascii_letters + string.digits
 _ID_LEN: Final = 16
 _SECRET_LEN: Final = 40
 
-_TOKEN_RE: Final = re.compile(
-    rf"^slc_(agt_[a-z0-9]{{{_ID_LEN}}})_([A-Za-z0-9]{{{_SECRET_LEN}}})$"
-)
+_TOKEN_RE: Final = re.compile(rf"^slc_(agt_[a-z0-9]{{{_ID_LEN}}})_([A-Za-z0-9]{{{_SECRET_LEN}}})$")
 
 
 class InvalidTokenFormat(ValueError):

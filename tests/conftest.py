@@ -132,9 +132,7 @@ AgentFactory = Callable[..., Awaitable[tuple[AgentProcess, AgentToken]]]
 
 
 @pytest.fixture
-async def start_agent(
-    relay: Relay, tmp_path: Path
-) -> AsyncIterator[AgentFactory]:
+async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactory]:
     """Create an agent on the relay and start a sluice-agent process for it.
 
     Waits (on the registry, not on time) until the agent's tunnel is up.
@@ -162,10 +160,8 @@ async def start_agent(
             "SLUICE_AGENT_BACKOFF_INITIAL": "0.1",
             "SLUICE_AGENT_BACKOFF_MAX": "1",
             "SLUICE_AGENT_HEALTH_LISTEN": "off",
-            **{f"SLUICE_AGENT_{k.upper()}": v for k, v in env.items()
-               if k != "notify_socket_path"},
-            **({"NOTIFY_SOCKET": env["notify_socket_path"]} if "notify_socket_path" in env
-               else {}),
+            **{f"SLUICE_AGENT_{k.upper()}": v for k, v in env.items() if k != "notify_socket_path"},
+            **({"NOTIFY_SOCKET": env["notify_socket_path"]} if "notify_socket_path" in env else {}),
         }
         proc = AgentProcess(agent_env, tmp_path / f"agent-{len(started)}.log")
         await proc.start()

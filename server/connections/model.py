@@ -75,10 +75,21 @@ def _http_token(value: str) -> str:
 
 # Headers that frame the message or name the target: the relay sets them from
 # the request itself; one set by a connection would smuggle, cut or stall it.
-RESERVED_HEADERS: Final = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
-    "trailer", "upgrade", "proxy-authorization", "proxy-authenticate", "expect",
-})
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "expect",
+    }
+)
 
 
 def _header_name(value: str) -> str:
@@ -364,8 +375,13 @@ class Connection(_Model):
             try:
                 normalise_host(host)
             except ConnectProtocolError as exc:
-                raise _field_errors("Connection", [(
-                    "http.base_uri",
-                    f"the host cannot be reached through an agent: {exc.reason}",
-                )]) from None
+                raise _field_errors(
+                    "Connection",
+                    [
+                        (
+                            "http.base_uri",
+                            f"the host cannot be reached through an agent: {exc.reason}",
+                        )
+                    ],
+                ) from None
         return self

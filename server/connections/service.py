@@ -143,8 +143,11 @@ class ConnectionService:
             raise InvalidConnection([{"field": "", "message": "expected a JSON object"}])
         row = await self._row(conn_id)
         # Fields of the view that are not settings; a client may send them back.
-        patch = {k: v for k, v in patch.items()
-                 if k not in ("id", "created_at", "updated_at", "last_test")}
+        patch = {
+            k: v
+            for k, v in patch.items()
+            if k not in ("id", "created_at", "updated_at", "last_test")
+        }
         current = self._open(row).model_dump(mode="json")
         conn = await self.validate(merge_patch(copy.deepcopy(current), patch))
         await self._store.update_connection(
@@ -228,8 +231,13 @@ class ConnectionService:
         auth = conn.http.auth
         if auth is None:
             return
-        conn = conn.model_copy(update={"http": conn.http.model_copy(
-            update={"auth": auth.model_copy(update={"token": token})})})
+        conn = conn.model_copy(
+            update={
+                "http": conn.http.model_copy(
+                    update={"auth": auth.model_copy(update={"token": token})}
+                )
+            }
+        )
         await self._store.update_document(conn_id, self._seal(conn_id, conn))
         self.forget(conn_id)
         await self._store.audit("relay", "connection.token_refreshed", conn_id)
@@ -239,6 +247,7 @@ class ConnectionService:
 
     async def reseal_all(self, box: SecretBox) -> int:
         """Re-encrypt every stored secret under *box*'s current key."""
+
         def rewrite(conn_id: str, document: str) -> str:
             doc = json.loads(document)
             for path, value in list(iter_secrets(doc)):

@@ -42,10 +42,20 @@ PING_BODY_LIMIT = 1024 * 1024
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) never cross the relay, nor do the
 # caller's own credentials for the relay.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-    "trailer", "transfer-encoding", "upgrade", "host", "content-length",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 
 
 # Sent with aiohttp's client instead of the lean stream pool: HEAD (an answer
@@ -104,8 +114,12 @@ class PingResult:
     message: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "status": self.status, "elapsed_ms": self.elapsed_ms,
-                "message": self.message}
+        return {
+            "ok": self.ok,
+            "status": self.status,
+            "elapsed_ms": self.elapsed_ms,
+            "message": self.message,
+        }
 
 
 class Engine:
@@ -189,7 +203,8 @@ class Engine:
                 context = handle.template_context()
             try:
                 headers[header.name] = render_header_value(
-                    header.value, context, name=f"header {header.name}")
+                    header.value, context, name=f"header {header.name}"
+                )
             except TemplateError as exc:
                 raise InvalidRequest(f"header {header.name}: {exc}") from None
         for name, value in caller:
@@ -222,8 +237,13 @@ class Engine:
         session = self._session(handle)
         try:
             return await session.request(
-                method, url, headers=headers, data=body, ssl=self._ssl(handle),
-                timeout=self._timeout(handle), allow_redirects=False,
+                method,
+                url,
+                headers=headers,
+                data=body,
+                ssl=self._ssl(handle),
+                timeout=self._timeout(handle),
+                allow_redirects=False,
             )
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
             raise UpstreamTLSError(f"TLS to {url.host} failed: {exc}") from exc
@@ -244,7 +264,12 @@ class Engine:
             raise UpstreamConnectFailed(f"cannot connect to {url.host}: {exc.strerror}") from exc
 
     async def _send_lean(
-        self, handle: Handle, method: str, url: URL, headers: CIMultiDict[str], body: Body,
+        self,
+        handle: Handle,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: Body,
         length: int | None,
     ) -> Answer:
         """The fast path: a kept-alive HTTP/1.1 stream through the agent."""
@@ -258,8 +283,16 @@ class Engine:
             tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
         timeouts = handle.conn.http.timeouts
         try:
-            return await pool.request(method, url, headers, body, tls, connect=timeouts.connect,
-                                      total=timeouts.total, length=length)
+            return await pool.request(
+                method,
+                url,
+                headers,
+                body,
+                tls,
+                connect=timeouts.connect,
+                total=timeouts.total,
+                length=length,
+            )
         except ssl.SSLError as exc:
             raise UpstreamTLSError(f"TLS to {url.host} failed: {exc}") from exc
         except ValueError as exc:
@@ -288,7 +321,11 @@ class Engine:
         if body is not None and not isinstance(body, bytes):
             length = _declared_length(headers)
         response = await self._send(
-            handle, method, self._url(handle, relative), self._headers(handle, headers), body,
+            handle,
+            method,
+            self._url(handle, relative),
+            self._headers(handle, headers),
+            body,
             length,
         )
         if response.status != 401 or not refreshable or (body is not None and replay is None):
@@ -318,8 +355,11 @@ class Engine:
         auth = handle.conn.http.auth
         assert auth is not None
         handle.conn = handle.conn.model_copy(
-            update={"http": handle.conn.http.model_copy(
-                update={"auth": auth.model_copy(update={"token": token})})}
+            update={
+                "http": handle.conn.http.model_copy(
+                    update={"auth": auth.model_copy(update={"token": token})}
+                )
+            }
         )
         handle.masks.append(token)
 
@@ -341,8 +381,9 @@ class Engine:
         context = handle.template_context()
         try:
             media_type = refresh.media_type or handle.conn.http.media_type
-            relative = render_uri(refresh.relative_uri or "", context,
-                                  name="http.auth.refresh.relative_uri")
+            relative = render_uri(
+                refresh.relative_uri or "", context, name="http.auth.refresh.relative_uri"
+            )
             body = render_body(refresh.body, context, media_type) if refresh.body else None
             headers: CIMultiDict[str] = CIMultiDict()
             content_type = media_type_header(media_type)
@@ -350,7 +391,8 @@ class Engine:
             headers["Accept"] = content_type
             for header in refresh.headers:
                 headers[header.name] = render_header_value(
-                    header.value, context, name=f"refresh header {header.name}")
+                    header.value, context, name=f"refresh header {header.name}"
+                )
         except TemplateError as exc:
             self._count_refresh("failed")
             raise TokenRefreshFailed(f"refresh template: {exc}") from None
@@ -358,7 +400,10 @@ class Engine:
         began = time.perf_counter()
         try:
             response = await self._send(
-                handle, refresh.method, url, headers,
+                handle,
+                refresh.method,
+                url,
+                headers,
                 body.encode() if body is not None else None,
             )
         except RelayError as exc:
@@ -403,8 +448,9 @@ class Engine:
         if ping is None or not ping.relative_uri:
             return done(False, None, "no ping relative URI is set; it is required for a test")
         try:
-            relative = render_uri(ping.relative_uri, handle.template_context(),
-                                  name="http.ping.relative_uri")
+            relative = render_uri(
+                ping.relative_uri, handle.template_context(), name="http.ping.relative_uri"
+            )
             response = await self.request(handle, ping.method, relative, [], None)
         except TemplateError as exc:
             return done(False, None, f"ping relative URI: {exc}")
@@ -439,11 +485,13 @@ async def _buffer_small(body: Body) -> tuple[bytes | None, Body]:
         chunks.append(chunk)
         size += len(chunk)
         if size > REPLAY_LIMIT:
+
             async def rest() -> AsyncIterable[bytes]:
                 for c in chunks:
                     yield c
                 async for c in agen:
                     yield c
+
             return None, rest()
     data = b"".join(chunks)
     return data, data

@@ -54,10 +54,20 @@ _REQUEST_LINE = re.compile(
 _HANDED_ON = frozenset({"transfer-encoding", "expect", "upgrade"})
 # Headers that may appear once (as aiohttp's parser enforces): a repeated one
 # could be read differently by something in front of the relay and the API.
-_SINGLETONS = frozenset({
-    "content-length", "content-location", "content-range", "content-type", "etag", "host",
-    "max-forwards", "server", "transfer-encoding", "user-agent",
-})
+_SINGLETONS = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
 # A body that has arrived whole, up to this size, is passed as bytes.
 _WHOLE_BODY = 64 * 1024
 # Request body queued for the API beyond this pauses reading from the caller.
@@ -83,7 +93,9 @@ class FrontSite(web.TCPSite):
         self._front.handoff_to = server
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontProtocol(self._front), self._host, self._port,
+            lambda: FrontProtocol(self._front),
+            self._host,
+            self._port,
             backlog=self._backlog,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
@@ -93,7 +105,11 @@ class Front:
     """What every front connection shares: services, limits, the open connections."""
 
     def __init__(
-        self, services: Services, *, max_header_bytes: int, max_headers: int,
+        self,
+        services: Services,
+        *,
+        max_header_bytes: int,
+        max_headers: int,
         idle_timeout: float,
     ) -> None:
         self.services = services
@@ -147,8 +163,9 @@ class _Head:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # As aiohttp decodes them, so the bytes pass through unchanged.
-        self.headers.append((name.decode("utf-8", "surrogateescape"),
-                             value.decode("utf-8", "surrogateescape")))
+        self.headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -158,8 +175,13 @@ class _Head:
 
 class _Request:
     def __init__(
-        self, method: str, conn_id: str, relative: str, headers: list[tuple[str, str]],
-        length: int, keep_alive: bool,
+        self,
+        method: str,
+        conn_id: str,
+        relative: str,
+        headers: list[tuple[str, str]],
+        length: int,
+        keep_alive: bool,
     ) -> None:
         self.method = method
         self.conn_id = conn_id
@@ -197,8 +219,14 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
                 return None
             length = int(value)
     relative = match.group(3).decode("ascii") or "/"
-    return _Request(match.group(1).decode("ascii"), match.group(2).decode("ascii"),
-                    relative, parsed.headers, length or 0, parsed.keep_alive)
+    return _Request(
+        match.group(1).decode("ascii"),
+        match.group(2).decode("ascii"),
+        relative,
+        parsed.headers,
+        length or 0,
+        parsed.keep_alive,
+    )
 
 
 class _BodyFeed:
@@ -214,7 +242,7 @@ class _BodyFeed:
 
     def feed(self, data: bytes) -> bytes:
         """Take this body's part of *data*; return what follows it."""
-        take = data[:self.remaining]
+        take = data[: self.remaining]
         self.remaining -= len(take)
         if take:
             self._chunks.append(take)
@@ -222,7 +250,7 @@ class _BodyFeed:
             if self._queued > _BODY_HIGH_WATER:
                 self._conn.pause_reading()
             self._wake()
-        return data[len(take):]
+        return data[len(take) :]
 
     def fail(self, exc: BaseException) -> None:
         self._error = exc
@@ -396,26 +424,28 @@ class FrontProtocol(asyncio.Protocol):
         if end < 0:
             self._scanned = max(0, len(buffer) - 3)
             line_start = buffer.rfind(b"\n") + 1
-            if (len(buffer) - line_start > self.front.max_header_bytes
-                    or len(buffer) > self.front.max_header_bytes * (self.front.max_headers + 1)):
+            if len(buffer) - line_start > self.front.max_header_bytes or len(
+                buffer
+            ) > self.front.max_header_bytes * (self.front.max_headers + 1):
                 self._hand_off()  # aiohttp refuses it with the right status
             elif self._peer_done:
                 self.close_if_idle()
             return
         self._scanned = 0
-        request = parse_head(bytes(buffer[:end + 4]), self.front.max_header_bytes,
-                             self.front.max_headers)
+        request = parse_head(
+            bytes(buffer[: end + 4]), self.front.max_header_bytes, self.front.max_headers
+        )
         if request is None:
             self._hand_off()
             return
-        del buffer[:end + 4]
+        del buffer[: end + 4]
         self._cancel_idle()
         self.busy = True
         self.finished.clear()
         body: bytes | _BodyFeed | None = None
         if request.length and len(buffer) >= request.length and request.length <= _WHOLE_BODY:
-            body = bytes(buffer[:request.length])
-            del buffer[:request.length]
+            body = bytes(buffer[: request.length])
+            del buffer[: request.length]
         elif request.length:
             body = self._body = _BodyFeed(self, request.length)
             buffer[:] = body.feed(bytes(buffer))
@@ -473,8 +503,13 @@ class FrontProtocol(asyncio.Protocol):
             raise asyncio.CancelledError
         if unread and not transport.is_closing():
             self._linger(transport)
-        elif (not keep_alive or self._close_announced or self.front.closing
-              or self._peer_done or transport.is_closing()):
+        elif (
+            not keep_alive
+            or self._close_announced
+            or self.front.closing
+            or self._peer_done
+            or transport.is_closing()
+        ):
             transport.close()
         else:
             self.resume_reading()
@@ -487,19 +522,21 @@ class FrontProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
         began = time.perf_counter()
-        authorization = next(
-            (v for n, v in request.headers if n.lower() == "authorization"), "")
+        authorization = next((v for n, v in request.headers if n.lower() == "authorization"), "")
         if bearer_actor(services.admin, authorization) is None:
             self._write_response(unauthorized(), request)
             return
         try:
             limit = services.max_body_bytes
             if limit and request.length > limit:
-                raise BodyTooLarge(
-                    f"the body is {request.length} bytes; max_body_bytes is {limit}")
+                raise BodyTooLarge(f"the body is {request.length} bytes; max_body_bytes is {limit}")
             handle, upstream = await send_upstream(
-                services, request.conn_id, request.method, request.relative,
-                request.headers, body if not isinstance(body, _BodyFeed) else aiter(body),
+                services,
+                request.conn_id,
+                request.method,
+                request.relative,
+                request.headers,
+                body if not isinstance(body, _BodyFeed) else aiter(body),
             )
         except (ConnectionResetError, asyncio.CancelledError):
             raise
@@ -515,20 +552,29 @@ class FrontProtocol(asyncio.Protocol):
             except Exception as exc:
                 self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
                 return
-            head = self._head(upstream.status, upstream.reason,
-                              answer_headers(upstream, request.conn_id, small=True),
-                              request, length=len(data))
+            head = self._head(
+                upstream.status,
+                upstream.reason,
+                answer_headers(upstream, request.conn_id, small=True),
+                request,
+                length=len(data),
+            )
             self._write(head + data)
-            canonical_line(request.conn_id, mode, request.method, upstream.status, len(data),
-                           began)
+            canonical_line(request.conn_id, mode, request.method, upstream.status, len(data), began)
             return
         sent = 0
         no_body = upstream.status in _NO_BODY_STATUSES or upstream.status < 200
         chunked = upstream.content_length is None and not no_body
         try:
-            self._write(self._head(upstream.status, upstream.reason,
-                                   answer_headers(upstream, request.conn_id, small=False),
-                                   request, chunked=chunked))
+            self._write(
+                self._head(
+                    upstream.status,
+                    upstream.reason,
+                    answer_headers(upstream, request.conn_id, small=False),
+                    request,
+                    chunked=chunked,
+                )
+            )
             async for chunk in upstream.content.iter_any():
                 if not chunk or no_body:
                     continue
@@ -553,8 +599,14 @@ class FrontProtocol(asyncio.Protocol):
         self.transport.write(data)
 
     def _head(
-        self, status: int, reason: str | None, headers: list[tuple[str, str]],
-        request: _Request, *, length: int | None = None, chunked: bool = False,
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        request: _Request,
+        *,
+        length: int | None = None,
+        chunked: bool = False,
     ) -> bytes:
         if not reason or not reason.isprintable() or not reason.isascii():
             try:
@@ -565,8 +617,9 @@ class FrontProtocol(asyncio.Protocol):
         if not any(name.lower() == "date" for name, _ in headers):
             lines.append(f"Date: {self.front.date()}")
         if status in _NO_BODY_STATUSES or status < 200:
-            lines += [f"{name}: {value}" for name, value in headers
-                      if name.lower() != "content-length"]
+            lines += [
+                f"{name}: {value}" for name, value in headers if name.lower() != "content-length"
+            ]
         else:
             lines += [f"{name}: {value}" for name, value in headers]
             if length is not None:
@@ -585,5 +638,6 @@ class FrontProtocol(asyncio.Protocol):
         body = response.body
         assert isinstance(body, bytes)
         headers = [(n, v) for n, v in response.headers.items() if n.lower() != "content-length"]
-        self._write(self._head(response.status, response.reason, headers, request,
-                               length=len(body)) + body)
+        self._write(
+            self._head(response.status, response.reason, headers, request, length=len(body)) + body
+        )

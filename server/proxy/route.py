@@ -30,7 +30,7 @@ def _relative(request: web.Request) -> str:
     conn_id = request.match_info["id"]
     prefix = f"/v1/connections/{conn_id}/proxy"
     raw = request.raw_path
-    tail = raw[len(prefix):] if raw.startswith(prefix) else "/" + request.match_info["tail"]
+    tail = raw[len(prefix) :] if raw.startswith(prefix) else "/" + request.match_info["tail"]
     return tail or "/"
 
 
@@ -50,9 +50,7 @@ def _limited_body(request: web.Request, limit: int) -> Any:
     if not limit:
         return request.content
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(
-            f"the body is {request.content_length} bytes; max_body_bytes is {limit}"
-        )
+        raise BodyTooLarge(f"the body is {request.content_length} bytes; max_body_bytes is {limit}")
 
     async def counted() -> AsyncIterator[bytes]:
         seen = 0
@@ -66,8 +64,12 @@ def _limited_body(request: web.Request, limit: int) -> Any:
 
 
 async def send_upstream(
-    services: Services, conn_id: str, method: str, relative: str,
-    headers: list[tuple[str, str]], body: Body,
+    services: Services,
+    conn_id: str,
+    method: str,
+    relative: str,
+    headers: list[tuple[str, str]],
+    body: Body,
 ) -> tuple[Handle, Answer]:
     """Send one proxied request; errors are the relay's own (no URL quoted)."""
     handle = await services.connections.handle(conn_id)
@@ -84,16 +86,21 @@ async def send_upstream(
 
 def is_small(upstream: Answer, method: str) -> bool:
     """A small answer of known length goes out in one write, head and body together."""
-    return (upstream.content_length is not None and upstream.content_length <= SMALL_BODY
-            and method != "HEAD")
+    return (
+        upstream.content_length is not None
+        and upstream.content_length <= SMALL_BODY
+        and method != "HEAD"
+    )
 
 
 def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
     """The API's answer headers the caller gets: hop-by-hop ones dropped (a
     streamed answer keeps its Content-Length), the connection named."""
-    kept = [(name, value) for name, value in upstream.headers.items()
-            if name.lower() not in HOP_BY_HOP
-            or (name.lower() == "content-length" and not small)]
+    kept = [
+        (name, value)
+        for name, value in upstream.headers.items()
+        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small)
+    ]
     kept.append((VIA_HEADER, conn_id))
     return kept
 
@@ -118,8 +125,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     began = time.perf_counter()
     body = _limited_body(request, services.max_body_bytes)
     handle, upstream = await send_upstream(
-        services, conn_id, request.method, _relative(request),
-        list(request.headers.items()), body,
+        services,
+        conn_id,
+        request.method,
+        _relative(request),
+        list(request.headers.items()),
+        body,
     )
     mode = handle.conn.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
@@ -135,8 +146,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if small:
         assert isinstance(response, web.Response)
         response.body = await read_small(handle, upstream)
-        canonical_line(conn_id, mode, request.method, upstream.status,
-                       len(response.body or b""), began)
+        canonical_line(
+            conn_id, mode, request.method, upstream.status, len(response.body or b""), began
+        )
         return response
     try:
         await response.prepare(request)
@@ -172,14 +184,19 @@ async def _write_within(response: web.StreamResponse, chunk: bytes, timeout: flo
 
 
 def stream_broken(handle: Handle, conn_id: str, sent: int, exc: BaseException) -> None:
-    log.warning("proxy_stream_broken", connection=conn_id, bytes=sent,
-                error=handle.mask(str(exc)))
+    log.warning("proxy_stream_broken", connection=conn_id, bytes=sent, error=handle.mask(str(exc)))
 
 
 def canonical_line(
     conn_id: str, mode: str, method: str, status: int, sent: int, began: float
 ) -> None:
     """One log line per proxied request."""
-    log.info("proxied", connection=conn_id, mode=mode, method=method,
-             status=status, bytes_down=sent,
-             ms=round((time.perf_counter() - began) * 1000, 1))
+    log.info(
+        "proxied",
+        connection=conn_id,
+        mode=mode,
+        method=method,
+        status=status,
+        bytes_down=sent,
+        ms=round((time.perf_counter() - began) * 1000, 1),
+    )

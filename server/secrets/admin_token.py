@@ -119,8 +119,10 @@ class AdminTokens:
         previous_file = self._data_dir / PREVIOUS_FILE_NAME
         if grace_seconds > 0:
             self._previous = (_digest(old), self._clock() + grace_seconds)
-            _write_private(previous_file, json.dumps(
-                {"sha256": self._previous[0], "expires_at": self._previous[1]}))
+            _write_private(
+                previous_file,
+                json.dumps({"sha256": self._previous[0], "expires_at": self._previous[1]}),
+            )
         else:
             self._previous = None
             previous_file.unlink(missing_ok=True)

@@ -74,8 +74,14 @@ def _connection(row: Any) -> ConnectionRow:
     assert created is not None
     assert updated is not None
     return ConnectionRow(
-        id=row.id, name=row.name, mode=row.mode, agent_id=row.agent_id,
-        document=row.document, last_test=row.last_test, created_at=created, updated_at=updated,
+        id=row.id,
+        name=row.name,
+        mode=row.mode,
+        agent_id=row.agent_id,
+        document=row.document,
+        last_test=row.last_test,
+        created_at=created,
+        updated_at=updated,
     )
 
 
@@ -151,9 +157,15 @@ class Store:
     async def delete_agent(self, agent_id: str) -> bool:
         """Delete an agent; raises AgentInUse while a connection refers to it."""
         async with self._engine.begin() as conn:
-            users = (await conn.execute(
-                sa.select(connections.c.id).where(connections.c.agent_id == agent_id)
-            )).scalars().all()
+            users = (
+                (
+                    await conn.execute(
+                        sa.select(connections.c.id).where(connections.c.agent_id == agent_id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
             if users:
                 raise AgentInUse(agent_id, list(users))
             result = await conn.execute(agents.delete().where(agents.c.id == agent_id))
@@ -173,14 +185,16 @@ class Store:
         token = new_token(agent_id)
         now = utcnow()
         async with self._engine.begin() as conn:
-            row = (await conn.execute(
-                sa.select(agents.c.token_hash).where(agents.c.id == agent_id)
-            )).first()
+            row = (
+                await conn.execute(sa.select(agents.c.token_hash).where(agents.c.id == agent_id))
+            ).first()
             if row is None:
                 return None
             grace = grace_seconds > 0
             await conn.execute(
-                agents.update().where(agents.c.id == agent_id).values(
+                agents.update()
+                .where(agents.c.id == agent_id)
+                .values(
                     token_hash=token.secret_hash(),
                     token_rotated_at=now,
                     previous_token_hash=row.token_hash if grace else None,
@@ -208,7 +222,6 @@ class Store:
         ok = current or (previous and previous_hash is not None)
         return _agent(row) if row is not None and ok else None
 
-
     # -- connections --------------------------------------------------------
 
     async def create_connection(
@@ -217,24 +230,31 @@ class Store:
         now = utcnow()
         row = ConnectionRow(conn_id, name, mode, agent_id, document, None, now, now)
         async with self._engine.begin() as conn:
-            await conn.execute(connections.insert().values(
-                id=conn_id, name=name, mode=mode, agent_id=agent_id, document=document,
-                created_at=now, updated_at=now,
-            ))
+            await conn.execute(
+                connections.insert().values(
+                    id=conn_id,
+                    name=name,
+                    mode=mode,
+                    agent_id=agent_id,
+                    document=document,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         return row
 
     async def get_connection(self, conn_id: str) -> ConnectionRow | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                connections.select().where(connections.c.id == conn_id)
-            )).first()
+            row = (
+                await conn.execute(connections.select().where(connections.c.id == conn_id))
+            ).first()
         return _connection(row) if row else None
 
     async def list_connections(self) -> list[ConnectionRow]:
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(
-                connections.select().order_by(connections.c.created_at)
-            )).all()
+            rows = (
+                await conn.execute(connections.select().order_by(connections.c.created_at))
+            ).all()
         return [_connection(r) for r in rows]
 
     async def update_connection(
@@ -242,8 +262,13 @@ class Store:
     ) -> bool:
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                connections.update().where(connections.c.id == conn_id).values(
-                    name=name, mode=mode, agent_id=agent_id, document=document,
+                connections.update()
+                .where(connections.c.id == conn_id)
+                .values(
+                    name=name,
+                    mode=mode,
+                    agent_id=agent_id,
+                    document=document,
                     updated_at=utcnow(),
                 )
             )
@@ -253,15 +278,15 @@ class Store:
         """Replace only the document (a refreshed token); not a user edit."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                connections.update().where(connections.c.id == conn_id)
-                .values(document=document)
+                connections.update().where(connections.c.id == conn_id).values(document=document)
             )
         return result.rowcount > 0
 
     async def set_last_test(self, conn_id: str, result_json: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                connections.update().where(connections.c.id == conn_id)
+                connections.update()
+                .where(connections.c.id == conn_id)
                 .values(last_test=result_json)
             )
 
@@ -274,17 +299,15 @@ class Store:
         """Pass every (id, document) through *rewrite* in one transaction."""
         count = 0
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(
-                sa.select(connections.c.id, connections.c.document)
-            )).all()
+            rows = (await conn.execute(sa.select(connections.c.id, connections.c.document))).all()
             for conn_id, document in rows:
                 await conn.execute(
-                    connections.update().where(connections.c.id == conn_id)
+                    connections.update()
+                    .where(connections.c.id == conn_id)
                     .values(document=rewrite(conn_id, document))
                 )
                 count += 1
         return count
-
 
     # -- audit --------------------------------------------------------------
 
@@ -298,12 +321,16 @@ class Store:
     ) -> None:
         """Append one event; *details* must hold no secret value."""
         async with self._engine.begin() as conn:
-            await conn.execute(audit_events.insert().values(
-                at=utcnow(), actor=actor[:64], action=action[:64],
-                target=target[:64] if target else None,
-                source=source[:64] if source else None,
-                details=json.dumps(details or {}, sort_keys=True),
-            ))
+            await conn.execute(
+                audit_events.insert().values(
+                    at=utcnow(),
+                    actor=actor[:64],
+                    action=action[:64],
+                    target=target[:64] if target else None,
+                    source=source[:64] if source else None,
+                    details=json.dumps(details or {}, sort_keys=True),
+                )
+            )
 
     async def audit_events(
         self, *, limit: int = 100, before: int | None = None
@@ -316,8 +343,12 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [
             {
-                "id": r.id, "at": (_aware(r.at) or utcnow()).isoformat(), "actor": r.actor,
-                "action": r.action, "target": r.target, "source": r.source,
+                "id": r.id,
+                "at": (_aware(r.at) or utcnow()).isoformat(),
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "source": r.source,
                 "details": json.loads(r.details),
             }
             for r in rows

@@ -266,8 +266,13 @@ async def open_stream(
     session: ChannelSession
     try:
         chan, session = await conn.create_connection(  # type: ignore[assignment]
-            lambda: ChannelSession(share), listen[0], listen[1], "relay", 0,
-            window=window, max_pktsize=max_pktsize,
+            lambda: ChannelSession(share),
+            listen[0],
+            listen[1],
+            "relay",
+            0,
+            window=window,
+            max_pktsize=max_pktsize,
         )
     except asyncssh.ChannelOpenError as exc:
         raise TunnelLost(f"the agent refused a new stream: {exc.reason}") from exc
@@ -303,8 +308,12 @@ async def start_tls(
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
     tls = sslproto.SSLProtocol(
-        loop, protocol, sslcontext, waiter,
-        server_side=False, server_hostname=server_hostname,
+        loop,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side=False,
+        server_hostname=server_hostname,
         ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
     )
     transport.set_protocol(tls)

@@ -93,8 +93,9 @@ def _refuse_bad_header(headers: CIMultiDict[str]) -> None:
             raise ValueError(f"header {name!r}: line breaks and NUL are not allowed")
 
 
-def request_head(method: str, target: str, host: str, headers: CIMultiDict[str],
-                 length: int | None) -> bytes:
+def request_head(
+    method: str, target: str, host: str, headers: CIMultiDict[str], length: int | None
+) -> bytes:
     """The request line and headers; *length* None means a chunked body."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -123,9 +124,15 @@ class Http1Response:
     ``content.iter_any()``, ``release()``, ``async with``).
     """
 
-    def __init__(self, stream: Http1Stream, status: int, reason: str,
-                 headers: CIMultiDict[str], deadline: float | None,
-                 timeout_message: str) -> None:
+    def __init__(
+        self,
+        stream: Http1Stream,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        deadline: float | None,
+        timeout_message: str,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = CIMultiDictProxy(headers)
@@ -174,8 +181,9 @@ class Http1Response:
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = (loop.call_at(self._deadline, self._timed_out)
-                 if self._deadline is not None else None)
+        timer = (
+            loop.call_at(self._deadline, self._timed_out) if self._deadline is not None else None
+        )
         try:
             await waiter
         finally:
@@ -321,8 +329,7 @@ class Http1Stream(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is "
-                                           "relayed"))
+            self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is relayed"))
         except httptools.HttpParserError as exc:
             self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
 
@@ -377,8 +384,9 @@ class Http1Stream(asyncio.Protocol):
         if 100 <= status < 200:
             self._interim = True  # 100 Continue and friends: the answer follows
             return
-        response = Http1Response(self, status, self._reason, self._headers, self._deadline,
-                                 self._timeout_message)
+        response = Http1Response(
+            self, status, self._reason, self._headers, self._deadline, self._timeout_message
+        )
         self._response = response
         head = self._head
         if head is not None and not head.done():
@@ -406,8 +414,11 @@ class Http1Stream(asyncio.Protocol):
     @property
     def content_length_unknown(self) -> bool:
         response = self._response
-        return (response is not None and response.content_length is None
-                and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
+        return (
+            response is not None
+            and response.content_length is None
+            and "chunked" not in response.headers.get("Transfer-Encoding", "").lower()
+        )
 
     # -- the exchange ------------------------------------------------------------
     def _stop_writer(self) -> None:
@@ -452,8 +463,9 @@ class Http1Stream(asyncio.Protocol):
         try:
             async for chunk in chunks:
                 if chunk:
-                    self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked
-                                          else chunk)
+                    self._transport.write(
+                        b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+                    )
                     await self._drained()
             if chunked:
                 self._transport.write(b"0\r\n\r\n")
@@ -466,8 +478,15 @@ class Http1Stream(asyncio.Protocol):
         head.set_exception(UpstreamTimeout(self._timeout_message))
         self.close()
 
-    async def exchange(self, head: bytes, body: Body, deadline: float | None,
-                       timeout_message: str, *, chunked: bool = False) -> Http1Response:
+    async def exchange(
+        self,
+        head: bytes,
+        body: Body,
+        deadline: float | None,
+        timeout_message: str,
+        *,
+        chunked: bool = False,
+    ) -> Http1Response:
         """Send one request; return the answer once its head has arrived.
 
         A streamed *body* goes in chunked framing if *chunked* (the head says so).
@@ -490,8 +509,9 @@ class Http1Stream(asyncio.Protocol):
             self._transport.write(head)
             writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
-        timer = (loop.call_at(deadline, self._head_late, self._head)
-                 if deadline is not None else None)
+        timer = (
+            loop.call_at(deadline, self._head_late, self._head) if deadline is not None else None
+        )
         try:
             return await self._head
         except BaseException:

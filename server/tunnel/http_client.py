@@ -99,10 +99,7 @@ class TunnelConnector(aiohttp.BaseConnector):
                 f"within {limit:g} s"
             ) from None
 
-
-    def _release(
-        self, key: Any, protocol: ResponseHandler, *, should_close: bool = False
-    ) -> None:
+    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
         # A stream on a draining replica is not pooled: the agent is waiting
         # for its streams to end before it exits.
         tunnel = self._tunnel_of.get(protocol)
@@ -167,16 +164,23 @@ class TunnelHTTP:
         """The kept-alive HTTP/1.1 streams through *agent_id*'s tunnel (the fast path)."""
         pool = self._pools.get(agent_id)
         if pool is None:
-            pool = StreamPool(self._opener(agent_id), connect_timeout=self._connect_timeout,
-                              keepalive_timeout=self._keepalive_timeout)
+            pool = StreamPool(
+                self._opener(agent_id),
+                connect_timeout=self._connect_timeout,
+                keepalive_timeout=self._keepalive_timeout,
+            )
             self._pools[agent_id] = pool
         return pool
 
     def _opener(self, agent_id: str) -> StreamOpener:
         opener = self._openers.get(agent_id)
         if opener is None:
-            opener = StreamOpener(self._registry, agent_id, max_streams=self._max_streams,
-                                  streams_per_second=self._streams_per_second)
+            opener = StreamOpener(
+                self._registry,
+                agent_id,
+                max_streams=self._max_streams,
+                streams_per_second=self._streams_per_second,
+            )
             self._openers[agent_id] = opener
         return opener
 

@@ -42,10 +42,7 @@ class Tunnel:
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "live"
-        return (
-            f"<Tunnel #{self.id} {self.agent_id} {self.peer} {state} "
-            f"in_flight={self.in_flight}>"
-        )
+        return f"<Tunnel #{self.id} {self.agent_id} {self.peer} {state} in_flight={self.in_flight}>"
 
     async def open_stream(self, target: Target) -> tuple[ChannelTransport, ChannelSession, bytes]:
         """Open one CONNECT stream to *target* through this replica.
@@ -56,8 +53,12 @@ class Tunnel:
         self.streams_total += 1
         try:
             transport, session, rest = await open_stream(
-                self.conn, self.listen, target, window=self.window,
-                max_pktsize=self.max_pktsize, share=self.share,
+                self.conn,
+                self.listen,
+                target,
+                window=self.window,
+                max_pktsize=self.max_pktsize,
+                share=self.share,
             )
         except BaseException:
             self.in_flight -= 1
@@ -144,8 +145,7 @@ class TunnelRegistry:
     def pick(self, agent_id: str, exclude: frozenset[int] = frozenset()) -> Tunnel:
         """The live, non-draining replica with the fewest streams in flight."""
         live = [
-            t for t in self._by_agent.get(agent_id, ())
-            if not t.draining and t.id not in exclude
+            t for t in self._by_agent.get(agent_id, ()) if not t.draining and t.id not in exclude
         ]
         if not live:
             raise AgentOffline(f"agent {agent_id} has no live tunnel")

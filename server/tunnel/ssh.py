@@ -173,19 +173,30 @@ class RelaySSHServer(asyncssh.SSHServer):
             return
         self._registered = True
         for stale in self._ctx.registry.add(tunnel):
-            log.info("tunnel_replaced", agent_id=stale.agent_id, tunnel=stale.id,
-                     peer=stale.peer, by=tunnel.id)
+            log.info(
+                "tunnel_replaced",
+                agent_id=stale.agent_id,
+                tunnel=stale.id,
+                peer=stale.peer,
+                by=tunnel.id,
+            )
             stale.close()
         self._ctx.tasks.spawn(self._ctx.store.touch_agent(tunnel.agent_id))
-        log.info("tunnel_up", agent_id=tunnel.agent_id, tunnel=tunnel.id, peer=self._peer,
-                 agent_version=tunnel.agent_version)
+        log.info(
+            "tunnel_up",
+            agent_id=tunnel.agent_id,
+            tunnel=tunnel.id,
+            peer=self._peer,
+            agent_version=tunnel.agent_version,
+        )
 
     # Everything else an SSH client might ask for is refused.
     def session_requested(self) -> bool:
         return False
 
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> bool:
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
         # Never a connection; the reserved name is the agent's "ready" signal.
         if dest_host == sshconfig.TUNNEL_READY_HOST:
             self._tunnel_ready()

@@ -17,8 +17,14 @@ from sluice.ratelimit import TokenBucket
 class StreamOpener:
     """Opens CONNECT streams to one agent, within its stream limits."""
 
-    def __init__(self, registry: TunnelRegistry, agent_id: str, *, max_streams: int,
-                 streams_per_second: float) -> None:
+    def __init__(
+        self,
+        registry: TunnelRegistry,
+        agent_id: str,
+        *,
+        max_streams: int,
+        streams_per_second: float,
+    ) -> None:
         self.registry = registry
         self.agent_id = agent_id
         self._max_streams = max_streams
@@ -27,9 +33,7 @@ class StreamOpener:
     def __repr__(self) -> str:
         return f"<StreamOpener agent={self.agent_id}>"
 
-    async def open(
-        self, target: Target
-    ) -> tuple[ChannelTransport, ChannelSession, bytes, Tunnel]:
+    async def open(self, target: Target) -> tuple[ChannelTransport, ChannelSession, bytes, Tunnel]:
         """Open a stream on the least-busy replica; if that replica cannot open
         one (it is going away), try the next. Refusals from the agent itself
         (denied, connect failed) are answers, not replica failures."""
@@ -51,8 +55,10 @@ class StreamOpener:
                 transport, session, rest = await tunnel.open_stream(target)
             except TunnelLost:
                 tried |= {tunnel.id}
-                if not any(t.id not in tried and not t.draining
-                           for t in self.registry.replicas(self.agent_id)):
+                if not any(
+                    t.id not in tried and not t.draining
+                    for t in self.registry.replicas(self.agent_id)
+                ):
                     raise
                 continue
             return transport, session, rest, tunnel
@@ -66,5 +72,6 @@ def stream_target(host: str, port: int | None) -> Target:
     try:
         return Target.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except ConnectProtocolError as exc:
-        raise InvalidTarget(f"{host}:{port} cannot be reached through an agent: "
-                            f"{exc.reason}") from None
+        raise InvalidTarget(
+            f"{host}:{port} cannot be reached through an agent: {exc.reason}"
+        ) from None

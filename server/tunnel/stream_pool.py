@@ -34,8 +34,9 @@ Key = tuple[str, str, int, int]
 class StreamPool:
     """Idle HTTP/1.1 streams through one agent, by destination."""
 
-    def __init__(self, opener: StreamOpener, *, connect_timeout: float,
-                 keepalive_timeout: float) -> None:
+    def __init__(
+        self, opener: StreamOpener, *, connect_timeout: float, keepalive_timeout: float
+    ) -> None:
         self._opener = opener
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_timeout
@@ -47,8 +48,15 @@ class StreamPool:
         return f"<StreamPool agent={self._opener.agent_id} idle={idle}>"
 
     async def request(
-        self, method: str, url: URL, headers: CIMultiDict[str], body: Body,
-        tls: ssl.SSLContext | None, *, connect: float | None, total: float | None,
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: Body,
+        tls: ssl.SSLContext | None,
+        *,
+        connect: float | None,
+        total: float | None,
         length: int | None = None,
     ) -> Http1Response:
         """Send one request; the answer's head has arrived when this returns.
@@ -65,8 +73,9 @@ class StreamPool:
             size = len(body)
         else:
             size = length
-        head = request_head(method, url.raw_path_qs, url.host_port_subcomponent or host,
-                            headers, size)
+        head = request_head(
+            method, url.raw_path_qs, url.host_port_subcomponent or host, headers, size
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total if total else None
         late = f"{host} did not answer within the connection's timeouts"
@@ -108,7 +117,8 @@ class StreamPool:
         key: Key = stream.owner
         self._idle.setdefault(key, []).append(stream)
         stream.idle_timer = asyncio.get_running_loop().call_later(
-            self._keepalive, self._expire, key, stream)
+            self._keepalive, self._expire, key, stream
+        )
 
     def _expire(self, key: Key, stream: Http1Stream) -> None:
         streams = self._idle.get(key, [])
@@ -141,8 +151,9 @@ class StreamPool:
         return closed
 
     # -- new streams ---------------------------------------------------------------
-    async def _connect(self, key: Key, host: str, port: int | None,
-                       tls: ssl.SSLContext | None, limit: float | None) -> Http1Stream:
+    async def _connect(
+        self, key: Key, host: str, port: int | None, tls: ssl.SSLContext | None, limit: float | None
+    ) -> Http1Stream:
         target = stream_target(host, port)
         stream = Http1Stream(self._idle_again)
         stream.owner = key

@@ -51,8 +51,7 @@ SHARED_WINDOW = 128 * 1024
 class WindowShare:
     """The traffic classes of one SSH connection's streams."""
 
-    def __init__(self, full: int, shared: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, full: int, shared: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.full = full
         self.shared = shared
         self._small_at = -math.inf

@@ -67,7 +67,9 @@ def error_problem(exc: Exception, metrics: RelayMetrics, path: str) -> web.Respo
         return problem(404, "not_found", "No such connection", f"no connection {exc.args[0]}")
     if isinstance(exc, AgentInUse):
         return problem(
-            409, "agent_in_use", "The agent is used by connections",
+            409,
+            "agent_in_use",
+            "The agent is used by connections",
             f"agent {exc.agent_id} is used by {', '.join(exc.connection_ids)}; "
             "delete or move those connections first",
             connections=exc.connection_ids,
@@ -77,11 +79,16 @@ def error_problem(exc: Exception, metrics: RelayMetrics, path: str) -> web.Respo
         return problem(exc.status, exc.type, exc.title, str(exc))
     if isinstance(exc, DecryptionError):
         log.error("secret_unreadable", error=str(exc))
-        return problem(500, "secret_unreadable", "A stored secret could not be decrypted",
-                       "check the relay's master key settings")
+        return problem(
+            500,
+            "secret_unreadable",
+            "A stored secret could not be decrypted",
+            "check the relay's master key settings",
+        )
     log.error("internal_error", path=path, error_type=type(exc).__name__, exc_info=exc)
-    return problem(500, "internal_error", "The relay failed to handle the request",
-                   "see the relay's log")
+    return problem(
+        500, "internal_error", "The relay failed to handle the request", "see the relay's log"
+    )
 
 
 def bearer_actor(admin: AdminTokens, authorization: str) -> str | None:
@@ -94,7 +101,9 @@ def bearer_actor(admin: AdminTokens, authorization: str) -> str | None:
 
 def unauthorized() -> web.Response:
     response = problem(
-        401, "unauthorized", "Admin token required",
+        401,
+        "unauthorized",
+        "Admin token required",
         "send 'Authorization: Bearer <admin token>'",
     )
     response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
@@ -122,6 +131,7 @@ async def _json(request: web.Request) -> Any:
 
 # -- health -------------------------------------------------------------------
 
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -142,8 +152,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def relay_info(request: web.Request) -> web.Response:
     """What an agent needs to pin this relay, and the relay's version."""
-    return web.json_response({"ssh_fingerprint": services_of(request).ssh_fingerprint,
-                              "version": __version__})
+    return web.json_response(
+        {"ssh_fingerprint": services_of(request).ssh_fingerprint, "version": __version__}
+    )
 
 
 async def openapi(_: web.Request) -> web.Response:
@@ -151,6 +162,7 @@ async def openapi(_: web.Request) -> web.Response:
 
 
 # -- agents -------------------------------------------------------------------
+
 
 def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
     replicas = registry.replicas(agent.id)
@@ -163,7 +175,8 @@ def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
         "created_at": agent.created_at.isoformat(),
         "token_rotated_at": agent.token_rotated_at.isoformat() if agent.token_rotated_at else None,
         "last_seen_at": (
-            None if agent.last_seen_at is None and not replicas
+            None
+            if agent.last_seen_at is None and not replicas
             else (agent.last_seen_at.isoformat() if agent.last_seen_at else None)
         ),
         "connected_since": first.connected_at.isoformat() if first else None,
@@ -236,10 +249,14 @@ async def _grace_seconds(request: web.Request) -> float | web.Response:
         return 0.0
     body = await _json(request)
     grace = body.get("grace_seconds", 0) if isinstance(body, dict) else None
-    if (not isinstance(grace, int | float) or isinstance(grace, bool)
-            or not 0 <= grace <= 30 * 86400):
-        return validation_problem([{"field": "grace_seconds",
-                                    "message": "a number of seconds from 0 to 2592000"}])
+    if (
+        not isinstance(grace, int | float)
+        or isinstance(grace, bool)
+        or not 0 <= grace <= 30 * 86400
+    ):
+        return validation_problem(
+            [{"field": "grace_seconds", "message": "a number of seconds from 0 to 2592000"}]
+        )
     return float(grace)
 
 
@@ -258,10 +275,17 @@ async def rotate_agent_token(request: web.Request) -> web.Response:
         closed = services.registry.close_agent(agent.id)
         await services.tunnel_http.forget(agent.id)
     log.info("agent_token_rotated", agent_id=agent.id, tunnels_closed=closed, grace_s=grace)
-    await audit(request, "agent.token_rotated", agent.id, grace_seconds=grace,
-                tunnels_closed=closed)
-    return web.json_response({"id": agent.id, "token": str(token), "tunnels_closed": closed,
-                              "previous_token_valid_for_seconds": grace})
+    await audit(
+        request, "agent.token_rotated", agent.id, grace_seconds=grace, tunnels_closed=closed
+    )
+    return web.json_response(
+        {
+            "id": agent.id,
+            "token": str(token),
+            "tunnels_closed": closed,
+            "previous_token_valid_for_seconds": grace,
+        }
+    )
 
 
 async def rotate_admin_token(request: web.Request) -> web.Response:
@@ -299,6 +323,7 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 # -- connections ----------------------------------------------------------------
+
 
 async def create_connection(request: web.Request) -> web.Response:
     view = await services_of(request).connections.create(await _json(request))
@@ -377,8 +402,9 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
         return None
-    return problem(417, "expectation_failed", "Expectation Failed",
-                   "only 'Expect: 100-continue' is understood")
+    return problem(
+        417, "expectation_failed", "Expectation Failed", "only 'Expect: 100-continue' is understood"
+    )
 
 
 def build_app(services: Services) -> web.Application:
@@ -406,7 +432,8 @@ def build_app(services: Services) -> web.Application:
     r.add_patch("/v1/connections/{id}", patch_connection)
     r.add_delete("/v1/connections/{id}", delete_connection)
     r.add_post("/v1/connections/{id}/test", test_saved)
-    r.add_route("*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy,
-                expect_handler=expect_handler)
+    r.add_route(
+        "*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy, expect_handler=expect_handler
+    )
     add_console(app)
     return app

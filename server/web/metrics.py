@@ -15,19 +15,28 @@ class RelayMetrics:
     def __init__(self, tunnels: TunnelRegistry) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "sluice_requests", "Requests sent through connections.",
-            ["mode", "status_class"], registry=self.registry,
+            "sluice_requests",
+            "Requests sent through connections.",
+            ["mode", "status_class"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "sluice_errors", "Relay-side failures by problem type.", ["type"],
+            "sluice_errors",
+            "Relay-side failures by problem type.",
+            ["type"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "sluice_request_seconds", "Time to the API's response headers.", ["mode"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "sluice_request_seconds",
+            "Time to the API's response headers.",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.refreshes = Counter(
-            "sluice_token_refreshes", "Token refresh calls.", ["outcome"],
+            "sluice_token_refreshes",
+            "Token refresh calls.",
+            ["outcome"],
             registry=self.registry,
         )
         tunnels_gauge = Gauge(
@@ -35,7 +44,8 @@ class RelayMetrics:
         )
         tunnels_gauge.set_function(lambda: len(tunnels))
         agents_gauge = Gauge(
-            "sluice_agents_online", "Agents with at least one live tunnel.",
+            "sluice_agents_online",
+            "Agents with at least one live tunnel.",
             registry=self.registry,
         )
         agents_gauge.set_function(lambda: len({t.agent_id for t in tunnels}))

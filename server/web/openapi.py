@@ -119,99 +119,233 @@ def _path_param(name: str) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     schemas = Connection.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schemas.pop("$defs", {})
-    components = {"Connection": schemas, **defs, "Problem": _PROBLEM, "Agent": _AGENT,
-                  "Replica": _REPLICA, "TestResult": _TEST_RESULT, "AuditEvent": _AUDIT_EVENT}
+    components = {
+        "Connection": schemas,
+        **defs,
+        "Problem": _PROBLEM,
+        "Agent": _AGENT,
+        "Replica": _REPLICA,
+        "TestResult": _TEST_RESULT,
+        "AuditEvent": _AUDIT_EVENT,
+    }
     conn_id, agent_id = _path_param("id"), _path_param("agent_id")
     conn_body = {"required": True, "content": {"application/json": {"schema": _ref("Connection")}}}
     any_json = {"type": "object"}
     proxy_op = {
         "summary": "Send a request through the connection; the API's answer is streamed back",
-        "parameters": [conn_id, {"name": "tail", "in": "path", "required": True,
-                                 "schema": {"type": "string"}}],
-        "responses": {"default": {"description": "The API's own answer"},
-                      **_problem_responses(400, 401, 403, 404, 502, 503, 504)},
+        "parameters": [
+            conn_id,
+            {"name": "tail", "in": "path", "required": True, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "default": {"description": "The API's own answer"},
+            **_problem_responses(400, 401, 403, 404, 502, 503, 504),
+        },
     }
     paths: dict[str, Any] = {
-        "/healthz": {"get": {"summary": "Process alive", "security": [],
-                             "responses": {"200": _json(any_json)}}},
-        "/readyz": {"get": {"summary": "Listening for agents", "responses": {
-            "200": _json(any_json), "503": _json(any_json, "Not ready"),
-            **_problem_responses(401)}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-            "200": {"description": "text/plain exposition"}, **_problem_responses(401)}}},
-        "/v1/openapi.json": {"get": {"summary": "This document", "responses": {
-            "200": _json(any_json), **_problem_responses(401)}}},
-        "/v1/relay": {"get": {"summary": "The relay's SSH host key fingerprint and version",
-                              "responses": {"200": _json({"type": "object", "properties": {
-                                  "ssh_fingerprint": {"type": "string"},
-                                  "version": {"type": "string"}}}),
-                                  **_problem_responses(401)}}},
+        "/healthz": {
+            "get": {
+                "summary": "Process alive",
+                "security": [],
+                "responses": {"200": _json(any_json)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Listening for agents",
+                "responses": {
+                    "200": _json(any_json),
+                    "503": _json(any_json, "Not ready"),
+                    **_problem_responses(401),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "text/plain exposition"},
+                    **_problem_responses(401),
+                },
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json(any_json), **_problem_responses(401)},
+            }
+        },
+        "/v1/relay": {
+            "get": {
+                "summary": "The relay's SSH host key fingerprint and version",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "ssh_fingerprint": {"type": "string"},
+                                "version": {"type": "string"},
+                            },
+                        }
+                    ),
+                    **_problem_responses(401),
+                },
+            }
+        },
         "/v1/agents": {
-            "get": {"summary": "List agents with live status", "responses": {
-                "200": _json({"type": "object", "properties": {
-                    "agents": {"type": "array", "items": _ref("Agent")}}}),
-                **_problem_responses(401)}},
-            "post": {"summary": "Create an agent (its token is shown once)",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["name"], "properties": {
-                             "name": {"type": "string", "minLength": 1, "maxLength": 200}}}}}},
-                     "responses": {"201": _json(_ref("Agent"), "Created"),
-                                   **_problem_responses(400, 401, 422)}},
+            "get": {
+                "summary": "List agents with live status",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"agents": {"type": "array", "items": _ref("Agent")}},
+                        }
+                    ),
+                    **_problem_responses(401),
+                },
+            },
+            "post": {
+                "summary": "Create an agent (its token is shown once)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string", "minLength": 1, "maxLength": 200}
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(_ref("Agent"), "Created"),
+                    **_problem_responses(400, 401, 422),
+                },
+            },
         },
         "/v1/agents/{agent_id}": {
-            "get": {"parameters": [agent_id], "responses": {
-                "200": _json(_ref("Agent")), **_problem_responses(401, 404)}},
-            "delete": {"parameters": [agent_id], "responses": {
-                "204": {"description": "Deleted; live tunnels closed"},
-                **_problem_responses(401, 404, 409)}},
+            "get": {
+                "parameters": [agent_id],
+                "responses": {"200": _json(_ref("Agent")), **_problem_responses(401, 404)},
+            },
+            "delete": {
+                "parameters": [agent_id],
+                "responses": {
+                    "204": {"description": "Deleted; live tunnels closed"},
+                    **_problem_responses(401, 404, 409),
+                },
+            },
         },
-        "/v1/agents/{agent_id}/rotate-token": {"post": {
-            "parameters": [agent_id],
-            "summary": "New token; the old one stops at once, or after grace_seconds",
-            "requestBody": {"required": False, "content": {"application/json": {
-                "schema": _GRACE}}},
-            "responses": {"200": _json(any_json), **_problem_responses(400, 401, 404, 422)}}},
-        "/v1/admin/rotate-token": {"post": {
-            "summary": "New admin token; the old one works for grace_seconds more",
-            "requestBody": {"required": False, "content": {"application/json": {
-                "schema": _GRACE}}},
-            "responses": {"200": _json(any_json), **_problem_responses(400, 401, 409, 422)}}},
-        "/v1/audit": {"get": {
-            "summary": "Audit trail, newest first (who, what, when, from where)",
-            "parameters": [
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                {"name": "before", "in": "query", "required": False,
-                 "schema": {"type": "integer"}},
-            ],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "events": {"type": "array", "items": _ref("AuditEvent")}}}),
-                **_problem_responses(401, 422)}}},
+        "/v1/agents/{agent_id}/rotate-token": {
+            "post": {
+                "parameters": [agent_id],
+                "summary": "New token; the old one stops at once, or after grace_seconds",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _GRACE}},
+                },
+                "responses": {"200": _json(any_json), **_problem_responses(400, 401, 404, 422)},
+            }
+        },
+        "/v1/admin/rotate-token": {
+            "post": {
+                "summary": "New admin token; the old one works for grace_seconds more",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _GRACE}},
+                },
+                "responses": {"200": _json(any_json), **_problem_responses(400, 401, 409, 422)},
+            }
+        },
+        "/v1/audit": {
+            "get": {
+                "summary": "Audit trail, newest first (who, what, when, from where)",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "events": {"type": "array", "items": _ref("AuditEvent")}
+                            },
+                        }
+                    ),
+                    **_problem_responses(401, 422),
+                },
+            }
+        },
         "/v1/connections": {
-            "get": {"responses": {"200": _json({"type": "object", "properties": {
-                "connections": {"type": "array", "items": any_json}}}),
-                **_problem_responses(401)}},
-            "post": {"requestBody": conn_body, "responses": {
-                "201": _json(any_json, "Created (secrets omitted)"),
-                **_problem_responses(400, 401, 422)}},
+            "get": {
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"connections": {"type": "array", "items": any_json}},
+                        }
+                    ),
+                    **_problem_responses(401),
+                }
+            },
+            "post": {
+                "requestBody": conn_body,
+                "responses": {
+                    "201": _json(any_json, "Created (secrets omitted)"),
+                    **_problem_responses(400, 401, 422),
+                },
+            },
         },
-        "/v1/connections/test": {"post": {
-            "summary": "Test unsaved settings", "requestBody": conn_body,
-            "responses": {"200": _json(_ref("TestResult")), **_problem_responses(400, 401, 422)}}},
+        "/v1/connections/test": {
+            "post": {
+                "summary": "Test unsaved settings",
+                "requestBody": conn_body,
+                "responses": {
+                    "200": _json(_ref("TestResult")),
+                    **_problem_responses(400, 401, 422),
+                },
+            }
+        },
         "/v1/connections/{id}": {
-            "get": {"parameters": [conn_id], "responses": {
-                "200": _json(any_json), **_problem_responses(401, 404)}},
-            "patch": {"parameters": [conn_id], "summary": "Merge patch; omitted secrets are kept",
-                      "requestBody": {"required": True, "content": {
-                          "application/json": {"schema": any_json}}},
-                      "responses": {"200": _json(any_json),
-                                    **_problem_responses(400, 401, 404, 422)}},
-            "delete": {"parameters": [conn_id], "responses": {
-                "204": {"description": "Deleted"}, **_problem_responses(401, 404)}},
+            "get": {
+                "parameters": [conn_id],
+                "responses": {"200": _json(any_json), **_problem_responses(401, 404)},
+            },
+            "patch": {
+                "parameters": [conn_id],
+                "summary": "Merge patch; omitted secrets are kept",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": any_json}},
+                },
+                "responses": {"200": _json(any_json), **_problem_responses(400, 401, 404, 422)},
+            },
+            "delete": {
+                "parameters": [conn_id],
+                "responses": {"204": {"description": "Deleted"}, **_problem_responses(401, 404)},
+            },
         },
-        "/v1/connections/{id}/test": {"post": {
-            "parameters": [conn_id], "responses": {
-                "200": _json(_ref("TestResult")), **_problem_responses(401, 404)}}},
+        "/v1/connections/{id}/test": {
+            "post": {
+                "parameters": [conn_id],
+                "responses": {"200": _json(_ref("TestResult")), **_problem_responses(401, 404)},
+            }
+        },
         "/v1/connections/{id}/proxy/{tail}": {
             method: proxy_op for method in ("get", "post", "put", "patch", "delete", "head")
         },

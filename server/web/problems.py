@@ -27,6 +27,9 @@ def problem(
 def validation_problem(errors: list[dict[str, str]]) -> web.Response:
     fields = ", ".join(e["field"] or "(document)" for e in errors[:10])
     return problem(
-        422, "validation_error", "The document is not valid",
-        f"invalid field(s): {fields}", errors=errors,
+        422,
+        "validation_error",
+        "The document is not valid",
+        f"invalid field(s): {fields}",
+        errors=errors,
     )

@@ -34,8 +34,15 @@ from sluice.connect import (
     parse_connect_response,
 )
 
-_USED = ("MAX_HEAD_BYTES", "ConnectProtocolError", "find_head_end", "format_connect_request",
-         "normalise_host", "parse_connect_request", "parse_connect_response")
+_USED = (
+    "MAX_HEAD_BYTES",
+    "ConnectProtocolError",
+    "find_head_end",
+    "format_connect_request",
+    "normalise_host",
+    "parse_connect_request",
+    "parse_connect_response",
+)
 
 SEEDS: list[bytes] = [
     b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
@@ -111,8 +118,22 @@ def _with_seeds(argv: list[str]) -> list[str]:
         args.append(str(corpus))
     if not any(a.startswith("-dict=") for a in args):
         crlf = "\\x0D\\x0A"  # libFuzzer dictionaries spell bytes as \xNN
-        tokens = ["CONNECT ", " HTTP/1.1", " HTTP/1.0", crlf, crlf * 2, ":", "[", "]", "Host: ",
-                  "HTTP/1.1 200 ", "Content-Length: ", "xn--", "::ffff:", "%"]
+        tokens = [
+            "CONNECT ",
+            " HTTP/1.1",
+            " HTTP/1.0",
+            crlf,
+            crlf * 2,
+            ":",
+            "[",
+            "]",
+            "Host: ",
+            "HTTP/1.1 200 ",
+            "Content-Length: ",
+            "xn--",
+            "::ffff:",
+            "%",
+        ]
         (work / "connect.dict").write_text("".join(f'"{t}"\n' for t in tokens))
         args.append(f"-dict={work / 'connect.dict'}")
     return args

@@ -12,23 +12,30 @@ from tests.support.waiting import wait_until
 
 async def test_admin_token_required_everywhere_but_healthz(client: APIClient) -> None:
     assert (await client.call("GET", "/healthz", auth=False)).status == 200
-    for method, path in [("GET", "/v1/agents"), ("GET", "/v1/connections"),
-                         ("GET", "/metrics"), ("GET", "/readyz"), ("GET", "/v1/openapi.json"),
-                         ("POST", "/v1/connections/test")]:
+    for method, path in [
+        ("GET", "/v1/agents"),
+        ("GET", "/v1/connections"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+        ("GET", "/v1/openapi.json"),
+        ("POST", "/v1/connections/test"),
+    ]:
         answer = await client.call(method, path, auth=False)
         assert answer.status == 401, path
         assert answer.headers["Content-Type"].startswith("application/problem+json")
         assert answer.body["type"] == "unauthorized"
-    wrong = await client.call("GET", "/v1/agents", headers={"Authorization": "Bearer nope"},
-                              auth=False)
+    wrong = await client.call(
+        "GET", "/v1/agents", headers={"Authorization": "Bearer nope"}, auth=False
+    )
     assert wrong.status == 401
 
 
 async def test_agent_lifecycle_with_live_status(
     relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
-    created = await client.call("POST", "/v1/agents", json_body={"name": "warehouse"},
-                                shows_token=True)
+    created = await client.call(
+        "POST", "/v1/agents", json_body={"name": "warehouse"}, shows_token=True
+    )
     assert created.status == 201
     token = AgentToken.parse(created.body["token"])
     remember_secret(str(token), token.secret)
@@ -48,8 +55,7 @@ async def test_agent_lifecycle_with_live_status(
     assert len(got.body["replicas"]) == 1
     assert got.body["connected_since"]
 
-    rotated = await client.call("POST", f"/v1/agents/{agent_id}/rotate-token",
-                                shows_token=True)
+    rotated = await client.call("POST", f"/v1/agents/{agent_id}/rotate-token", shows_token=True)
     assert rotated.status == 200
     remember_secret(rotated.body["token"])
     assert rotated.body["token"] != str(token)
@@ -65,14 +71,24 @@ async def test_agent_lifecycle_with_live_status(
 
 
 async def test_agent_in_use_cannot_be_deleted(client: APIClient) -> None:
-    agent = (await client.call("POST", "/v1/agents", json_body={"name": "a"},
-                           shows_token=True)).body
+    agent = (
+        await client.call("POST", "/v1/agents", json_body={"name": "a"}, shows_token=True)
+    ).body
     remember_secret(agent["token"])
-    conn = await client.call("POST", "/v1/connections", json_body={
-        "name": "uses a", "mode": "on_premise", "agent_id": agent["id"],
-        "http": {"base_uri": "http://inventory.internal/api", "media_type": "json",
-                 "auth": {"type": "token", "token": "t0ken-value-1", "location": "header"}},
-    })
+    conn = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": "uses a",
+            "mode": "on_premise",
+            "agent_id": agent["id"],
+            "http": {
+                "base_uri": "http://inventory.internal/api",
+                "media_type": "json",
+                "auth": {"type": "token", "token": "t0ken-value-1", "location": "header"},
+            },
+        },
+    )
     assert conn.status == 201, conn.text
     remember_secret("t0ken-value-1")
     refused = await client.call("DELETE", f"/v1/agents/{agent['id']}")
@@ -86,7 +102,8 @@ async def test_bad_agent_documents(client: APIClient) -> None:
         answer = await client.call("POST", "/v1/agents", json_body=body)
         assert answer.status == 422, body
         assert answer.body["errors"][0]["field"] == "name"
-    broken = await client.call("POST", "/v1/agents", data=b"{not json",
-                               headers={"Content-Type": "application/json"})
+    broken = await client.call(
+        "POST", "/v1/agents", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert broken.status == 400
     assert broken.headers["Content-Type"].startswith("application/problem+json")

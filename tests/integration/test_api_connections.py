@@ -21,8 +21,13 @@ TOKEN = "api-token-" + "s" * 20
 
 
 def doc(api: InternalAPI, agent_id: str | None, **http: Any) -> dict[str, Any]:
-    auth = {"type": "token", "token": TOKEN, "location": "header",
-            "header_name": "Authorization", "scheme": "Bearer"}
+    auth = {
+        "type": "token",
+        "token": TOKEN,
+        "location": "header",
+        "header_name": "Authorization",
+        "scheme": "Bearer",
+    }
     auth.update(http.pop("auth", {}))
     body: dict[str, Any] = {
         "name": "Inventory",
@@ -34,9 +39,7 @@ def doc(api: InternalAPI, agent_id: str | None, **http: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def online_agent(
-    relay: Relay, api: InternalAPI, start_agent: AgentFactory
-) -> str:
+async def online_agent(relay: Relay, api: InternalAPI, start_agent: AgentFactory) -> str:
     remember_secret(TOKEN)
     _, token = await start_agent([f"127.0.0.1:{api.port}"])
     return token.agent_id
@@ -53,16 +56,30 @@ async def test_each_setting_changes_what_the_api_receives(
 ) -> None:
     cases: list[tuple[dict[str, Any], Any]] = [
         ({}, lambda s: s.headers["Authorization"] == f"Bearer {TOKEN}"),
-        ({"auth": {"header_name": "X-Api-Key", "scheme": None}},
-         lambda s: s.headers["X-Api-Key"] == TOKEN and "Authorization" not in s.headers),
-        ({"auth": {"location": "url", "param_name": "api_key", "header_name": None,
-                   "scheme": None}},
-         lambda s: f"api_key={TOKEN}" in s.query and "Authorization" not in s.headers),
-        ({"headers": [{"name": "X-Tenant", "value": "acme"}]},
-         lambda s: s.headers["X-Tenant"] == "acme"),
+        (
+            {"auth": {"header_name": "X-Api-Key", "scheme": None}},
+            lambda s: s.headers["X-Api-Key"] == TOKEN and "Authorization" not in s.headers,
+        ),
+        (
+            {
+                "auth": {
+                    "location": "url",
+                    "param_name": "api_key",
+                    "header_name": None,
+                    "scheme": None,
+                }
+            },
+            lambda s: f"api_key={TOKEN}" in s.query and "Authorization" not in s.headers,
+        ),
+        (
+            {"headers": [{"name": "X-Tenant", "value": "acme"}]},
+            lambda s: s.headers["X-Tenant"] == "acme",
+        ),
         ({"media_type": "xml"}, lambda s: s.headers["Content-Type"] == "application/xml"),
-        ({"media_type": "urlencoded"},
-         lambda s: s.headers["Content-Type"] == "application/x-www-form-urlencoded"),
+        (
+            {"media_type": "urlencoded"},
+            lambda s: s.headers["Content-Type"] == "application/x-www-form-urlencoded",
+        ),
         ({"media_type": "plaintext"}, lambda s: s.headers["Content-Type"] == "text/plain"),
         ({"media_type": "csv"}, lambda s: s.headers["Content-Type"] == "text/csv"),
         ({"media_type": "json"}, lambda s: s.headers["Content-Type"] == "application/json"),
@@ -82,8 +99,11 @@ async def test_caller_headers_pass_but_never_the_admin_token(
     client: APIClient, api: InternalAPI, online_agent: str
 ) -> None:
     conn_id = await _create(client, doc(api, online_agent))
-    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello",
-                               headers={"X-Request-Id": "r-1", "Content-Type": "text/csv"})
+    answer = await client.call(
+        "GET",
+        f"/v1/connections/{conn_id}/proxy/hello",
+        headers={"X-Request-Id": "r-1", "Content-Type": "text/csv"},
+    )
     assert answer.status == 200
     seen = api.seen[-1]
     assert seen.headers["X-Request-Id"] == "r-1"
@@ -95,14 +115,18 @@ async def test_caller_headers_pass_but_never_the_admin_token(
 def refreshing(api: InternalAPI, agent_id: str | None, **extra: Any) -> dict[str, Any]:
     remember_secret(api.tokens.refresh_secret)
     return doc(
-        api, agent_id,
+        api,
+        agent_id,
         encrypted={"refresh_token": api.tokens.refresh_secret},
         auth={
             "token": "stale-token-" + "q" * 10,
             "refresh": {
-                "method": "POST", "relative_uri": "/oauth/token", "headers": [],
+                "method": "POST",
+                "relative_uri": "/oauth/token",
+                "headers": [],
                 "body": '{"refresh_token": "{{connection.http.encrypted.refresh_token}}"}',
-                "media_type": None, "token_path": "data.access_token",
+                "media_type": None,
+                "token_path": "data.access_token",
                 **extra,
             },
         },
@@ -114,9 +138,9 @@ async def test_expired_token_is_refreshed_once_for_twenty_callers(
 ) -> None:
     remember_secret("stale-token-" + "q" * 10)
     conn_id = await _create(client, refreshing(api, online_agent))
-    answers = await asyncio.gather(*[
-        client.call("GET", f"/v1/connections/{conn_id}/proxy/secure/items") for _ in range(20)
-    ])
+    answers = await asyncio.gather(
+        *[client.call("GET", f"/v1/connections/{conn_id}/proxy/secure/items") for _ in range(20)]
+    )
     assert [a.status for a in answers] == [200] * 20
     assert all(a.body == {"secure": True, "path": "/secure/items"} for a in answers)
     assert api.tokens.issued == 1
@@ -128,7 +152,7 @@ async def test_expired_token_is_refreshed_once_for_twenty_callers(
     handle = await relay.connections.handle(conn_id)
     assert handle.conn.http.auth is not None
     assert handle.conn.http.auth.token == api.tokens.current
-    stored = (await relay.store.get_connection(conn_id))
+    stored = await relay.store.get_connection(conn_id)
     assert stored is not None
     assert api.tokens.current not in stored.document
 
@@ -153,19 +177,20 @@ async def test_ping_results(client: APIClient, api: InternalAPI, online_agent: s
         assert answer.status == 200, answer.text
         return dict(answer.body)
 
-    ok = await ping(relative_uri="/slack/auth.test?ok=true", success_path="ok",
-                    success_values=["true"])
+    ok = await ping(
+        relative_uri="/slack/auth.test?ok=true", success_path="ok", success_values=["true"]
+    )
     assert ok["ok"] is True
     assert ok["status"] == 200
     assert ok["elapsed_ms"] >= 0
 
-    slack = await ping(relative_uri="/slack/auth.test", success_path="ok",
-                       success_values=["true"])
+    slack = await ping(relative_uri="/slack/auth.test", success_path="ok", success_values=["true"])
     assert slack["ok"] is False
     assert "false" in slack["message"]
 
-    case = await ping(relative_uri="/flag?value=True", success_path="status.ok",
-                      success_values=["true"])
+    case = await ping(
+        relative_uri="/flag?value=True", success_path="status.ok", success_values=["true"]
+    )
     assert case["ok"] is False
     assert "True" in case["message"]
 
@@ -174,18 +199,28 @@ async def test_ping_results(client: APIClient, api: InternalAPI, online_agent: s
     assert missing["status"] == 404
     assert "404" in missing["message"]
 
-    no_ping = await client.call("POST", "/v1/connections/test",
-                                json_body=doc(api, online_agent))
+    no_ping = await client.call("POST", "/v1/connections/test", json_body=doc(api, online_agent))
     assert no_ping.status == 200
     assert no_ping.body["ok"] is False
     assert "relative" in no_ping.body["message"].lower()
 
 
-async def test_saved_test_is_recorded(client: APIClient, api: InternalAPI,
-                                      online_agent: str) -> None:
-    conn_id = await _create(client, doc(api, online_agent, ping={
-        "method": "GET", "relative_uri": "/hello", "success_path": "hello",
-        "success_values": ["world"]}))
+async def test_saved_test_is_recorded(
+    client: APIClient, api: InternalAPI, online_agent: str
+) -> None:
+    conn_id = await _create(
+        client,
+        doc(
+            api,
+            online_agent,
+            ping={
+                "method": "GET",
+                "relative_uri": "/hello",
+                "success_path": "hello",
+                "success_values": ["world"],
+            },
+        ),
+    )
     result = await client.call("POST", f"/v1/connections/{conn_id}/test")
     assert result.body["ok"] is True
     got = await client.call("GET", f"/v1/connections/{conn_id}")
@@ -218,8 +253,11 @@ async def test_patch_keeps_omitted_secrets_and_never_returns_them(
     got = await client.call("GET", f"/v1/connections/{conn_id}")
     assert TOKEN not in got.text
     assert api.tokens.refresh_secret not in got.text
-    patched = await client.call("PATCH", f"/v1/connections/{conn_id}",
-                                json_body={"name": "Renamed", "http": {"media_type": "xml"}})
+    patched = await client.call(
+        "PATCH",
+        f"/v1/connections/{conn_id}",
+        json_body={"name": "Renamed", "http": {"media_type": "xml"}},
+    )
     assert patched.status == 200, patched.text
     assert patched.body["name"] == "Renamed"
     handle = await relay.connections.handle(conn_id)
@@ -228,13 +266,24 @@ async def test_patch_keeps_omitted_secrets_and_never_returns_them(
 
 
 async def test_cloud_mode_refuses_private_destinations(client: APIClient) -> None:
-    for base in ["http://127.0.0.1:9/", "http://169.254.169.254/latest/",
-                 "http://[::1]:9/", "http://localhost:9/", "http://10.1.2.3/"]:
+    for base in [
+        "http://127.0.0.1:9/",
+        "http://169.254.169.254/latest/",
+        "http://[::1]:9/",
+        "http://localhost:9/",
+        "http://10.1.2.3/",
+    ]:
         remember_secret(TOKEN)
-        document = {"name": "ssrf", "mode": "cloud", "http": {
-            "base_uri": base, "media_type": "json",
-            "auth": {"type": "token", "token": TOKEN, "location": "header"},
-            "ping": {"method": "GET", "relative_uri": "/"}}}
+        document = {
+            "name": "ssrf",
+            "mode": "cloud",
+            "http": {
+                "base_uri": base,
+                "media_type": "json",
+                "auth": {"type": "token", "token": TOKEN, "location": "header"},
+                "ping": {"method": "GET", "relative_uri": "/"},
+            },
+        }
         result = await client.call("POST", "/v1/connections/test", json_body=document)
         assert result.body["ok"] is False, base
         assert "destination_forbidden" in result.body["message"], result.body
@@ -246,8 +295,9 @@ async def test_cloud_mode_refuses_private_destinations(client: APIClient) -> Non
 
 @pytest.fixture
 async def open_relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    relay = await Relay.start(relay_settings(tmp_path, allow_private_destinations=True,
-                                             data_dir=tmp_path / "open"))
+    relay = await Relay.start(
+        relay_settings(tmp_path, allow_private_destinations=True, data_dir=tmp_path / "open")
+    )
     try:
         yield relay
     finally:
@@ -260,8 +310,9 @@ async def test_cloud_mode_goes_direct_when_private_is_allowed(
     remember_secret(TOKEN, open_relay.admin_token)
     async with aiohttp.ClientSession() as session:
         client = APIClient(session, open_relay.http_base, open_relay.admin_token)
-        conn_id = await _create(client, doc(api, None, ping={
-            "method": "GET", "relative_uri": "/hello"}))
+        conn_id = await _create(
+            client, doc(api, None, ping={"method": "GET", "relative_uri": "/hello"})
+        )
         answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello?q=1")
         assert answer.status == 200
         assert answer.body == {"hello": "world", "path": "/hello?q=1"}
@@ -271,8 +322,9 @@ async def test_cloud_mode_goes_direct_when_private_is_allowed(
 
 
 async def test_agent_offline_is_a_prompt_error(client: APIClient, api: InternalAPI) -> None:
-    agent = (await client.call("POST", "/v1/agents", json_body={"name": "off"},
-                           shows_token=True)).body
+    agent = (
+        await client.call("POST", "/v1/agents", json_body={"name": "off"}, shows_token=True)
+    ).body
     remember_secret(agent["token"], TOKEN)
     conn_id = await _create(client, doc(api, agent["id"]))
     answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello")
@@ -295,8 +347,11 @@ async def test_restart_loses_nothing(
         ssh_port, http_port = relay.ssh_address[1], relay.http_address[1]
         await relay.close()
 
-        again = await Relay.start(relay_settings(
-            tmp_path, ssh_listen=f"127.0.0.1:{ssh_port}", http_listen=f"127.0.0.1:{http_port}"))
+        again = await Relay.start(
+            relay_settings(
+                tmp_path, ssh_listen=f"127.0.0.1:{ssh_port}", http_listen=f"127.0.0.1:{http_port}"
+            )
+        )
         try:
             assert again.admin_token == relay.admin_token
             await again.registry.wait_online(token.agent_id, timeout=20)
@@ -319,8 +374,9 @@ async def test_metrics_count_requests_errors_tunnels_and_refreshes(
     remember_secret("stale-token-" + "q" * 10)
     assert (await client.call("GET", f"/v1/connections/{conn_id}/proxy/secure/a")).status == 200
     remember_secret(api.tokens.current)
-    offline = (await client.call("POST", "/v1/agents", json_body={"name": "off"},
-                                 shows_token=True)).body
+    offline = (
+        await client.call("POST", "/v1/agents", json_body={"name": "off"}, shows_token=True)
+    ).body
     remember_secret(offline["token"])
     off_id = await _create(client, doc(api, offline["id"]))
     assert (await client.call("GET", f"/v1/connections/{off_id}/proxy/x")).status == 503

@@ -112,6 +112,7 @@ class Findings:
 
 # -- rewriting generated requests ---------------------------------------------
 
+
 def _marker() -> str:
     return "fzsec" + secrets.token_hex(8)
 
@@ -178,6 +179,7 @@ def _strategy(
 
 # -- checking answers ------------------------------------------------------------
 
+
 def _header(response: schemathesis.Response, name: str) -> str | None:
     values = response.headers.get(name.lower())
     return values[0] if values else None
@@ -210,9 +212,7 @@ def _check_problem(case: Any, response: schemathesis.Response) -> None:
                 assert error["field"], f"a validation error names no field: {body}"
 
 
-def _check_secrets(
-    operation: Any, response: schemathesis.Response, findings: Findings
-) -> None:
+def _check_secrets(operation: Any, response: schemathesis.Response, findings: Findings) -> None:
     key = (operation.method.upper(), operation.path)
     shows_token = key in _SHOWS_TOKEN
     token = None
@@ -246,16 +246,26 @@ def _rejection(case: Any) -> list[Any]:
 
 
 def _fuzz(
-    operation: Any, mode: GenerationMode, examples: int, base: str, seeds: Seeds,
+    operation: Any,
+    mode: GenerationMode,
+    examples: int,
+    base: str,
+    seeds: Seeds,
     findings: Findings,
 ) -> None:
     """Run one operation's examples (in a worker thread: requests is blocking)."""
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
     session = requests.Session()
 
     @settings(
-        max_examples=examples, deadline=None, database=None,
+        max_examples=examples,
+        deadline=None,
+        database=None,
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
@@ -264,9 +274,7 @@ def _fuzz(
         headers = {"Authorization": f"Bearer {findings.admin_token}"}
         response = case.call(base_url=base, session=session, headers=headers, timeout=20)
         findings.requests += 1
-        findings.statuses[response.status_code] = (
-            findings.statuses.get(response.status_code, 0) + 1
-        )
+        findings.statuses[response.status_code] = findings.statuses.get(response.status_code, 0) + 1
         case.validate_response(response, checks=checks + _rejection(case), headers=headers)
         _check_problem(case, response)
         _check_secrets(operation, response, findings)
@@ -282,6 +290,7 @@ def _fuzz(
 
 # -- the test ----------------------------------------------------------------------
 
+
 def _fence_cloud(relay: Relay, findings: Findings) -> None:
     """Cloud mode must not be reachable from the fuzzer: record and refuse."""
     from server.proxy.cloud_http import DestinationForbidden
@@ -293,9 +302,7 @@ def _fence_cloud(relay: Relay, findings: Findings) -> None:
     relay.cloud_http.check = refuse  # type: ignore[method-assign]
 
 
-async def _seed(
-    relay: Relay, recorder: Recorder, start_agent: AgentFactory
-) -> Seeds:
+async def _seed(relay: Relay, recorder: Recorder, start_agent: AgentFactory) -> Seeds:
     _, token = await start_agent([f"127.0.0.1:{recorder.port}"])
     victim, victim_token = await relay.store.create_agent("victim")
     remember_secret(str(victim_token))
@@ -309,17 +316,33 @@ async def _seed(
 
         target_token, victim_secret = _marker(), _marker()
         remember_secret(target_token, victim_secret)
-        target = await create({
-            "name": "fuzz target", "mode": "on_premise", "agent_id": token.agent_id,
-            "http": {"base_uri": recorder.base + "/api", "auth": {"token": target_token},
-                     "ping": {"relative_uri": "/health", "success_path": "ok",
-                              "success_values": ["true"]}},
-        })
-        victim_conn = await create({
-            "name": "fuzz victim", "mode": "on_premise", "agent_id": victim.id,
-            "http": {"base_uri": "https://victim.invalid/api",
-                     "encrypted": {"password": victim_secret}},
-        })
+        target = await create(
+            {
+                "name": "fuzz target",
+                "mode": "on_premise",
+                "agent_id": token.agent_id,
+                "http": {
+                    "base_uri": recorder.base + "/api",
+                    "auth": {"token": target_token},
+                    "ping": {
+                        "relative_uri": "/health",
+                        "success_path": "ok",
+                        "success_values": ["true"],
+                    },
+                },
+            }
+        )
+        victim_conn = await create(
+            {
+                "name": "fuzz victim",
+                "mode": "on_premise",
+                "agent_id": victim.id,
+                "http": {
+                    "base_uri": "https://victim.invalid/api",
+                    "encrypted": {"password": victim_secret},
+                },
+            }
+        )
     return Seeds(token.agent_id, target, victim.id, victim_conn, recorder.base)
 
 
@@ -346,28 +369,41 @@ async def test_openapi_operations_hold_up_under_fuzzing(
     findings = Findings(admin_token=relay.admin_token)
     _fence_cloud(relay, findings)
     seeds = await _seed(relay, recorder, start_agent)
-    async with aiohttp.ClientSession() as http, http.get(
-        relay.http_base + "/v1/openapi.json",
-        headers={"Authorization": f"Bearer {relay.admin_token}"},
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            relay.http_base + "/v1/openapi.json",
+            headers={"Authorization": f"Bearer {relay.admin_token}"},
+        ) as resp,
+    ):
         assert resp.status == 200
         document = await resp.json()
     operations = _operations(document)
     assert len(operations) >= 20, [op.label for op in operations]
     loop = asyncio.get_running_loop()
     began = loop.time()
-    for mode, examples in ((GenerationMode.POSITIVE, POSITIVE_EXAMPLES),
-                           (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES)):
+    for mode, examples in (
+        (GenerationMode.POSITIVE, POSITIVE_EXAMPLES),
+        (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES),
+    ):
         for operation in operations:
             if mode is GenerationMode.NEGATIVE and not _can_be_invalid(operation):
                 continue
             await asyncio.to_thread(
-                _fuzz, operation, mode, examples, relay.http_base, seeds, findings,
+                _fuzz,
+                operation,
+                mode,
+                examples,
+                relay.http_base,
+                seeds,
+                findings,
             )
     elapsed = loop.time() - began
-    print(f"\nfuzzed {len(operations)} operations: {findings.requests} requests in "
-          f"{elapsed:.1f} s; statuses {dict(sorted(findings.statuses.items()))}; "
-          f"recorder saw {len(recorder.requests)} requests")
+    print(
+        f"\nfuzzed {len(operations)} operations: {findings.requests} requests in "
+        f"{elapsed:.1f} s; statuses {dict(sorted(findings.statuses.items()))}; "
+        f"recorder saw {len(recorder.requests)} requests"
+    )
     for secret in findings.secrets:
         remember_secret(secret)
     assert not findings.cloud_attempts, findings.cloud_attempts
@@ -377,8 +413,8 @@ async def test_openapi_operations_hold_up_under_fuzzing(
     assert not findings.failures, f"{len(findings.failures)} operation(s) failed:\n{report}"
 
 
-
 # -- what the fuzzer found (fixed; kept as regression tests) --------------------------
+
 
 async def test_audit_paging_beyond_64_bits_is_refused(client: APIClient) -> None:
     for before in (2**63, -(2**63) - 1, 10**30):
@@ -394,8 +430,9 @@ async def test_audit_bad_before_is_reported_on_before(client: APIClient) -> None
 
 
 async def test_an_unknown_expectation_gets_a_documented_417(client: APIClient) -> None:
-    answer = await client.call("DELETE", "/v1/agents/agt_nosuchagent0000",
-                               headers={"Expect": "{7_v"})
+    answer = await client.call(
+        "DELETE", "/v1/agents/agt_nosuchagent0000", headers={"Expect": "{7_v"}
+    )
     assert answer.status == 417, (answer.status, answer.text)
     spec = (await client.call("GET", "/v1/openapi.json")).body
     for operations in spec["paths"].values():

@@ -67,9 +67,14 @@ def test_versions() -> None:
 
 
 def test_agent_refuses_bad_settings_naming_them() -> None:
-    out = _run(str(BIN / "sluice-agent"), "check", env={
-        "SLUICE_AGENT_RELAY": "relay:notaport", "SLUICE_AGENT_ALLOW": "db",
-    })
+    out = _run(
+        str(BIN / "sluice-agent"),
+        "check",
+        env={
+            "SLUICE_AGENT_RELAY": "relay:notaport",
+            "SLUICE_AGENT_ALLOW": "db",
+        },
+    )
     assert out.returncode == 2
     assert "relay (SLUICE_AGENT_RELAY)" in out.stderr
     assert "allow (SLUICE_AGENT_ALLOW)" in out.stderr

@@ -56,9 +56,11 @@ class Latencies:
     def summary(self) -> str:
         if not self.seconds:
             return "no requests"
-        return (f"{len(self.seconds)} requests, {len(self.failures)} failed; "
-                f"p50 {self.p(50) * 1000:.1f} ms, p99 {self.p(99) * 1000:.1f} ms, "
-                f"max {max(self.seconds) * 1000:.1f} ms")
+        return (
+            f"{len(self.seconds)} requests, {len(self.failures)} failed; "
+            f"p50 {self.p(50) * 1000:.1f} ms, p99 {self.p(99) * 1000:.1f} ms, "
+            f"max {max(self.seconds) * 1000:.1f} ms"
+        )
 
     def p(self, percent: int) -> float:
         if len(self.seconds) < 2:
@@ -70,8 +72,13 @@ class Latencies:
 async def api_port() -> AsyncIterator[int]:
     """The test API in its own process; its port."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.api_server", "--host", "127.0.0.1",
-        cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tests.support.api_server",
+        "--host",
+        "127.0.0.1",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -86,11 +93,16 @@ async def api_port() -> AsyncIterator[int]:
 
 
 async def _connection(client: APIClient, agent_id: str, port: int, **http: Any) -> str:
-    answer = await client.call("POST", "/v1/connections", json_body={
-        "name": f"flood {agent_id}", "mode": "on_premise", "agent_id": agent_id,
-        "http": {"base_uri": f"http://127.0.0.1:{port}/",
-                 "auth": {"token": TOKEN}, **http},
-    })
+    answer = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": f"flood {agent_id}",
+            "mode": "on_premise",
+            "agent_id": agent_id,
+            "http": {"base_uri": f"http://127.0.0.1:{port}/", "auth": {"token": TOKEN}, **http},
+        },
+    )
     assert answer.status == 201, answer.text
     return str(answer.body["id"])
 
@@ -136,9 +148,12 @@ async def test_one_agents_channel_flood_does_not_starve_another(
     flooded = await _connection(client, token_a.agent_id, api_port)
     steady = await _connection(client, token_b.agent_id, api_port)
 
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=FLOOD_CONCURRENCY)
-    ) as flood_http, aiohttp.ClientSession() as steady_http:
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=FLOOD_CONCURRENCY)
+        ) as flood_http,
+        aiohttp.ClientSession() as steady_http,
+    ):
         probe = _proxy_call(steady_http, relay, steady, "hello")
         baseline = Latencies()
         for _ in range(50):
@@ -169,9 +184,11 @@ async def test_one_agents_channel_flood_does_not_starve_another(
             stop.set()
             await measuring
     channels_a = sum(t.streams_total for t in relay.registry.replicas(token_a.agent_id))
-    print(f"\nflood through agent A: {FLOOD_REQUESTS} requests at concurrency "
-          f"{FLOOD_CONCURRENCY} in {elapsed:.1f} s ({FLOOD_REQUESTS / elapsed:.0f}/s), "
-          f"{channels_a} channels opened to A, answers {dict(statuses)}")
+    print(
+        f"\nflood through agent A: {FLOOD_REQUESTS} requests at concurrency "
+        f"{FLOOD_CONCURRENCY} in {elapsed:.1f} s ({FLOOD_REQUESTS / elapsed:.0f}/s), "
+        f"{channels_a} channels opened to A, answers {dict(statuses)}"
+    )
     print(f"agent B before: {baseline.summary()}")
     print(f"agent B during: {during.summary()}")
     assert sum(statuses.values()) == FLOOD_REQUESTS
@@ -189,8 +206,14 @@ async def _bad_login(relay: Relay, password: str) -> str:
     try:
         async with asyncio.timeout(20):
             conn = await asyncssh.connect(
-                host, port, username=sshconfig.AGENT_USERNAME, password=password,
-                known_hosts=None, client_keys=None, agent_path=None, config=None,
+                host,
+                port,
+                username=sshconfig.AGENT_USERNAME,
+                password=password,
+                known_hosts=None,
+                client_keys=None,
+                agent_path=None,
+                config=None,
                 preferred_auth=["password"],
             )
     except asyncssh.PermissionDenied:
@@ -212,8 +235,10 @@ async def test_failed_login_storm_does_not_disturb_a_connected_agent(
     steady = await _connection(client, token_b.agent_id, api_port)
     _, victim = await relay.store.create_agent("guessed")
     # Well-formed tokens for a real agent id with wrong secrets, and garbage.
-    guesses = [f"slc_{victim.agent_id}_{'x' * 39}{i % 10}" if i % 2 else f"guess-{i}"
-               for i in range(LOGIN_ATTEMPTS)]
+    guesses = [
+        f"slc_{victim.agent_id}_{'x' * 39}{i % 10}" if i % 2 else f"guess-{i}"
+        for i in range(LOGIN_ATTEMPTS)
+    ]
     outcomes: Counter[str] = Counter()
     pending = iter(guesses)
 
@@ -238,8 +263,10 @@ async def test_failed_login_storm_does_not_disturb_a_connected_agent(
     _, fresh = await relay.store.create_agent("fresh")
     remember_secret(str(fresh))
     lockout = await _bad_login(relay, str(fresh))
-    print(f"\nfailed-login storm: {LOGIN_ATTEMPTS} attempts, {LOGIN_CONCURRENCY} at once, "
-          f"in {elapsed:.1f} s: {dict(outcomes)}")
+    print(
+        f"\nfailed-login storm: {LOGIN_ATTEMPTS} attempts, {LOGIN_CONCURRENCY} at once, "
+        f"in {elapsed:.1f} s: {dict(outcomes)}"
+    )
     print(f"agent B during: {during.summary()}")
     print(f"a valid token from the same address right after: {lockout}")
     assert outcomes["LOGGED IN"] == 0

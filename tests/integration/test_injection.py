@@ -61,19 +61,30 @@ async def agent_id(
     relay: Relay, recorder: Recorder, tls_recorder: Recorder, start_agent: AgentFactory
 ) -> str:
     remember_secret(TOKEN, SECRET, CANARY)
-    _, token = await start_agent([
-        f"127.0.0.1:{recorder.port}", f"localhost:{tls_recorder.port}",
-    ])
+    _, token = await start_agent(
+        [
+            f"127.0.0.1:{recorder.port}",
+            f"localhost:{tls_recorder.port}",
+        ]
+    )
     return token.agent_id
 
 
 def connection(agent_id: str, base_uri: str, **http: Any) -> dict[str, Any]:
-    auth = {"type": "token", "token": TOKEN, "location": "header",
-            "header_name": "Authorization", "scheme": "Bearer"}
+    auth = {
+        "type": "token",
+        "token": TOKEN,
+        "location": "header",
+        "header_name": "Authorization",
+        "scheme": "Bearer",
+    }
     auth.update(http.pop("auth", {}))
-    return {"name": "injection", "mode": "on_premise", "agent_id": agent_id,
-            "http": {"base_uri": base_uri, "auth": auth,
-                     "ping": {"relative_uri": "/health"}, **http}}
+    return {
+        "name": "injection",
+        "mode": "on_premise",
+        "agent_id": agent_id,
+        "http": {"base_uri": base_uri, "auth": auth, "ping": {"relative_uri": "/health"}, **http},
+    }
 
 
 async def create(client: APIClient, document: dict[str, Any]) -> str:
@@ -88,20 +99,37 @@ def traffic(recorder: Recorder) -> tuple[int, int]:
 
 # -- CR, LF and NUL in what becomes a header --------------------------------------
 
-_BREAKS = ["\r\nX-Injected: 1", "\nX-Injected: 1", "\rX-Injected: 1", "\x00X-Injected: 1",
-           "\r\n\r\nGET /smuggled HTTP/1.1"]
+_BREAKS = [
+    "\r\nX-Injected: 1",
+    "\nX-Injected: 1",
+    "\rX-Injected: 1",
+    "\x00X-Injected: 1",
+    "\r\n\r\nGET /smuggled HTTP/1.1",
+]
 _FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("http.headers[0].name", {"headers": [{"name": "X-Tenant{}", "value": "acme"}]}),
     ("http.headers[0].value", {"headers": [{"name": "X-Tenant", "value": "acme{}"}]}),
     ("http.auth.token", {"auth": {"token": TOKEN + "{}"}}),
     ("http.auth.header_name", {"auth": {"header_name": "X-Key{}"}}),
     ("http.auth.scheme", {"auth": {"scheme": "Bearer{}"}}),
-    ("http.auth.param_name", {"auth": {"location": "url", "param_name": "key{}",
-                                       "header_name": None, "scheme": None}}),
+    (
+        "http.auth.param_name",
+        {"auth": {"location": "url", "param_name": "key{}", "header_name": None, "scheme": None}},
+    ),
     ("http.ping.relative_uri", {"ping": {"relative_uri": "/health{}"}}),
-    ("http.auth.refresh.headers[0].value", {"auth": {"refresh": {
-        "method": "POST", "relative_uri": "/t", "token_path": "t",
-        "headers": [{"name": "X-R", "value": "r{}"}]}}}),
+    (
+        "http.auth.refresh.headers[0].value",
+        {
+            "auth": {
+                "refresh": {
+                    "method": "POST",
+                    "relative_uri": "/t",
+                    "token_path": "t",
+                    "headers": [{"name": "X-R", "value": "r{}"}],
+                }
+            }
+        },
+    ),
 ]
 
 
@@ -150,10 +178,15 @@ async def test_a_secret_with_line_breaks_never_reaches_a_header(
     """Secrets may hold anything; the header that inserts one refuses it at send time."""
     evil = SECRET + "\r\nX-Injected: 1"
     remember_secret(evil)
-    conn_id = await create(client, connection(
-        agent_id, recorder.base, encrypted={"k": evil},
-        headers=[{"name": "X-Key", "value": "{{connection.http.encrypted.k}}"}],
-    ))
+    conn_id = await create(
+        client,
+        connection(
+            agent_id,
+            recorder.base,
+            encrypted={"k": evil},
+            headers=[{"name": "X-Key", "value": "{{connection.http.encrypted.k}}"}],
+        ),
+    )
     before = traffic(recorder)
     answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/items")
     assert answer.status == 400, answer.text
@@ -189,6 +222,7 @@ async def test_caller_headers_cannot_inject_either(
 
 # -- framing headers in a connection: a body must not become a second request ------
 
+
 def _framing(name: str, value: str) -> Any:
     return pytest.param(name, value, id=f"{name}:{value}")
 
@@ -214,8 +248,12 @@ async def test_framing_headers_in_a_connection_cannot_smuggle_or_stall(
 ) -> None:
     """A connection header may not change how the request is framed or where it goes:
     refused when saved (422 on the header name), or overridden when sent."""
-    document = connection(agent_id, recorder.base, headers=[{"name": name, "value": value}],
-                          timeouts={"connect": 1, "total": 2})
+    document = connection(
+        agent_id,
+        recorder.base,
+        headers=[{"name": name, "value": value}],
+        timeouts={"connect": 1, "total": 2},
+    )
     answer = await client.call("POST", "/v1/connections", json_body=document)
     if answer.status == 422:
         assert "http.headers[0].name" in [e["field"] for e in answer.body["errors"]]
@@ -239,13 +277,13 @@ async def test_framing_headers_in_a_connection_cannot_smuggle_or_stall(
 
 # -- Host header and TLS server name ---------------------------------------------
 
+
 async def test_host_header_is_the_target_whatever_the_caller_sends(
     client: APIClient, recorder: Recorder, agent_id: str
 ) -> None:
     conn_id = await create(client, connection(agent_id, recorder.base + "/api"))
     for headers in ({}, {"Host": "evil.example"}, {"X-Forwarded-Host": "evil.example"}):
-        answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/items",
-                                   headers=headers)
+        answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/items", headers=headers)
         assert answer.status == 200, answer.text
         seen = recorder.requests[-1]
         assert seen.header("Host") == [f"127.0.0.1:{recorder.port}"], seen.headers
@@ -259,8 +297,7 @@ async def test_tls_server_name_and_host_match_the_target(
     pem = ca.cert_pem.bytes().decode()
     conn_id = await create(client, connection(agent_id, base, tls={"ca_bundle_pem": pem}))
     for headers in ({}, {"Host": "evil.example"}):
-        answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/items",
-                                   headers=headers)
+        answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/items", headers=headers)
         assert answer.status == 200, answer.text
         assert tls_recorder.requests[-1].header("Host") == [f"localhost:{tls_recorder.port}"]
     assert tls_recorder.sni, "no TLS handshake reached the API"
@@ -268,6 +305,7 @@ async def test_tls_server_name_and_host_match_the_target(
 
 
 # -- CONNECT heads written straight onto a channel to the agent ---------------------
+
 
 class _RawStream(asyncssh.SSHTCPSession[bytes]):
     """Collects what the agent answers on one channel."""
@@ -313,7 +351,8 @@ async def test_crlf_and_nul_in_a_connect_head_are_refused_and_connect_nowhere(
     port, other = recorder.port, outsider.port
     # Control: a clean head is answered 200 and reaches the recorder.
     status, _ = await _raw_connect(
-        relay, agent_id, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        relay, agent_id, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    )
     assert status == 200
     await wait_until(lambda: recorder.accepts == 1, what="the control stream's connection")
     heads = [
@@ -356,8 +395,12 @@ async def test_crlf_and_nul_in_a_connect_head_are_refused_and_connect_nowhere(
 
 # -- templates that reach for what is not theirs ------------------------------------
 
+
 async def test_templates_render_nothing_but_their_own_connection(
-    client: APIClient, recorder: Recorder, agent_id: str, tmp_path: Any,
+    client: APIClient,
+    recorder: Recorder,
+    agent_id: str,
+    tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SLUICE_TEST_CANARY", CANARY)
@@ -370,28 +413,39 @@ async def test_templates_render_nothing_but_their_own_connection(
         "{{connection.name.format}}",
         "{{#with connection.name}}{{format}}{{/with}}",
         "{{#with connection}}{{name.format_map}}{{/with}}",
-        "{{@root}}", "{{this}}", "{{../connection}}", "{{lookup this 'connection'}}",
-        "{{connection.http.encrypted.k}}", "{{#each connection.http.encrypted}}{{this}}{{/each}}",
-        "{{connection.http.__class__}}", "{{connection.[__class__]}}", "{{> canary.txt}}",
-        "{{connection.environ.SLUICE_TEST_CANARY}}", "{{process.env.SLUICE_TEST_CANARY}}",
-        "{{lookup connection.name 'format'}}", "{{#with 5}}{{real}}{{/with}}",
+        "{{@root}}",
+        "{{this}}",
+        "{{../connection}}",
+        "{{lookup this 'connection'}}",
+        "{{connection.http.encrypted.k}}",
+        "{{#each connection.http.encrypted}}{{this}}{{/each}}",
+        "{{connection.http.__class__}}",
+        "{{connection.[__class__]}}",
+        "{{> canary.txt}}",
+        "{{connection.environ.SLUICE_TEST_CANARY}}",
+        "{{process.env.SLUICE_TEST_CANARY}}",
+        "{{lookup connection.name 'format'}}",
+        "{{#with 5}}{{real}}{{/with}}",
     ]
-    names = ["{0.__init__.__globals__[sys].modules[os].environ[SLUICE_TEST_CANARY]}",
-             "{__class__}", "{0.__class__}"]
+    names = [
+        "{0.__init__.__globals__[sys].modules[os].environ[SLUICE_TEST_CANARY]}",
+        "{__class__}",
+        "{0.__class__}",
+    ]
     before = len(recorder.requests)
     sent = 0
     for name in names:
         for attempt in attempts:
-            document = connection(agent_id, recorder.base,
-                                  headers=[{"name": "X-Probe", "value": attempt}])
+            document = connection(
+                agent_id, recorder.base, headers=[{"name": "X-Probe", "value": attempt}]
+            )
             document["name"] = name
             answer = await client.call("POST", "/v1/connections", json_body=document)
             if answer.status == 422:
                 assert "http.headers[0].value" in [e["field"] for e in answer.body["errors"]]
                 continue
             assert answer.status == 201, answer.text
-            reply = await client.call(
-                "GET", f"/v1/connections/{answer.body['id']}/proxy/probe")
+            reply = await client.call("GET", f"/v1/connections/{answer.body['id']}/proxy/probe")
             assert reply.status == 200, reply.text
             sent += 1
             probe = recorder.requests[-1].header("X-Probe")
@@ -407,13 +461,21 @@ async def test_templates_render_nothing_but_their_own_connection(
 
 # -- URLs the relay cannot send are problems, not 500s ------------------------------
 
+
 # Found by this file: hosts the model accepted but an agent cannot connect to
 # used to be a 500; they are refused when saved (422) now, and mapped to a
 # 400 problem should one reach the tunnel.
-@pytest.mark.parametrize("base_uri", [
-    "http://a\u2028b/", "http://\u3002/", "http://a%00b/", "http://[::1%eth0]/",
-    "http://-a-/", "http://a_b.example/",
-])
+@pytest.mark.parametrize(
+    "base_uri",
+    [
+        "http://a\u2028b/",
+        "http://\u3002/",
+        "http://a%00b/",
+        "http://[::1%eth0]/",
+        "http://-a-/",
+        "http://a_b.example/",
+    ],
+)
 async def test_unsendable_base_uris_are_problems_not_500s(
     client: APIClient, recorder: Recorder, agent_id: str, base_uri: str
 ) -> None:
@@ -436,8 +498,19 @@ async def test_unsendable_base_uris_are_problems_not_500s(
 async def test_query_parameter_name_cannot_add_parameters(
     client: APIClient, recorder: Recorder, agent_id: str
 ) -> None:
-    conn_id = await create(client, connection(agent_id, recorder.base, auth={
-        "location": "url", "param_name": "key&admin=1#", "header_name": None, "scheme": None}))
+    conn_id = await create(
+        client,
+        connection(
+            agent_id,
+            recorder.base,
+            auth={
+                "location": "url",
+                "param_name": "key&admin=1#",
+                "header_name": None,
+                "scheme": None,
+            },
+        ),
+    )
     answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/items?page=2")
     assert answer.status == 200, answer.text
     target = recorder.requests[-1].target
@@ -451,8 +524,14 @@ async def test_relative_paths_never_change_the_origin(
     client: APIClient, recorder: Recorder, outsider: Recorder, agent_id: str, relay: Relay
 ) -> None:
     conn_id = await create(client, connection(agent_id, recorder.base + "/api"))
-    tails = ["//127.0.0.1:{o}/x", "/@127.0.0.1:{o}/x", "/%2F%2F127.0.0.1:{o}/x",
-             "/http://127.0.0.1:{o}/x", "/..%2F..%2F", "/\\\\127.0.0.1:{o}"]
+    tails = [
+        "//127.0.0.1:{o}/x",
+        "/@127.0.0.1:{o}/x",
+        "/%2F%2F127.0.0.1:{o}/x",
+        "/http://127.0.0.1:{o}/x",
+        "/..%2F..%2F",
+        "/\\\\127.0.0.1:{o}",
+    ]
     async with aiohttp.ClientSession() as http:
         for tail in tails:
             url = f"{relay.http_base}/v1/connections/{conn_id}/proxy{tail.format(o=outsider.port)}"
@@ -466,4 +545,3 @@ async def test_relative_paths_never_change_the_origin(
     for request in recorder.requests:
         assert request.header("Host") == [f"127.0.0.1:{recorder.port}"]
         assert request.target.startswith("/api/"), request.target
-

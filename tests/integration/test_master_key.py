@@ -23,12 +23,18 @@ async def test_rotation_reseals_everything_and_a_running_relay_keeps_reading(
     remember_secret(secret)
     relay = await Relay.start(relay_settings(tmp_path))
     try:
-        view = await relay.connections.create({
-            "name": "c", "mode": "cloud",
-            "http": {"base_uri": "https://api.example/", "media_type": "json",
-                     "auth": {"type": "token", "token": secret, "location": "header"},
-                     "encrypted": {"password": secret}},
-        })
+        view = await relay.connections.create(
+            {
+                "name": "c",
+                "mode": "cloud",
+                "http": {
+                    "base_uri": "https://api.example/",
+                    "media_type": "json",
+                    "auth": {"type": "token", "token": secret, "location": "header"},
+                    "encrypted": {"password": secret},
+                },
+            }
+        )
         data_dir = tmp_path / "relay"
         old_id = MasterKey.from_text((data_dir / "master.key").read_text().strip()).key_id
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
@@ -36,8 +42,12 @@ async def test_rotation_reseals_everything_and_a_running_relay_keeps_reading(
         if database:
             env["SLUICE_SERVER_DATABASE_URL"] = database
         proc = await asyncio.create_subprocess_exec(
-            str(BIN / "sluice-server"), "rotate-master-key", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            str(BIN / "sluice-server"),
+            "rotate-master-key",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, out.decode()
         assert "re-encrypted the secrets of 1 connection(s)" in out.decode()

@@ -29,18 +29,24 @@ def topology() -> Iterator[Topology]:
         yield topo
 
 
-async def test_agent_reaches_an_api_the_relay_cannot(
-    topology: Topology, tmp_path: Path
-) -> None:
+async def test_agent_reaches_an_api_the_relay_cannot(topology: Topology, tmp_path: Path) -> None:
     api_proc = await asyncio.create_subprocess_exec(
-        *topology.exec_prefix(topology.api_ns), sys.executable, "-m",
-        "tests.support.api_server", "--host", topology.api_ip,
-        cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        *topology.exec_prefix(topology.api_ns),
+        sys.executable,
+        "-m",
+        "tests.support.api_server",
+        "--host",
+        topology.api_ip,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
     )
-    relay = await Relay.start(ServerSettings(
-        data_dir=tmp_path / "relay", ssh_listen=HostPort(topology.relay_ip, 0),
-        log_format="json",
-    ))
+    relay = await Relay.start(
+        ServerSettings(
+            data_dir=tmp_path / "relay",
+            ssh_listen=HostPort(topology.relay_ip, 0),
+            log_format="json",
+        )
+    )
     agent: AgentProcess | None = None
     try:
         assert api_proc.stdout is not None

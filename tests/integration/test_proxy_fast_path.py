@@ -23,6 +23,7 @@ from tests.support.waiting import wait_until
 MiB = 1024 * 1024
 TOKEN = "fast-path-token-" + "f" * 16
 
+
 def _auth(client: APIClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {client.token}"}
 
@@ -30,10 +31,21 @@ def _auth(client: APIClient) -> dict[str, str]:
 async def _connection(client: APIClient, base: str, agent_id: str, **http: Any) -> str:
     remember_secret(TOKEN)
     document = {
-        "name": "fast path", "mode": "on_premise", "agent_id": agent_id,
-        "http": {"base_uri": base, "media_type": "json",
-                 "auth": {"type": "token", "token": TOKEN, "location": "header",
-                          "header_name": "Authorization", "scheme": "Bearer"}, **http},
+        "name": "fast path",
+        "mode": "on_premise",
+        "agent_id": agent_id,
+        "http": {
+            "base_uri": base,
+            "media_type": "json",
+            "auth": {
+                "type": "token",
+                "token": TOKEN,
+                "location": "header",
+                "header_name": "Authorization",
+                "scheme": "Bearer",
+            },
+            **http,
+        },
     }
     answer = await client.call("POST", "/v1/connections", json_body=document)
     assert answer.status == 201, answer.text
@@ -47,8 +59,10 @@ async def _through_agent(raw: RawAPI, client: APIClient, start_agent: AgentFacto
 
 
 async def _ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 11\r\n\r\n{\"ok\":true}")
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 11\r\n\r\n{"ok":true}'
+    )
     await writer.drain()
     return True
 
@@ -86,32 +100,41 @@ async def test_large_bodies_both_ways_arrive_intact(
 
     async def pieces() -> AsyncIterator[bytes]:
         for i in range(0, len(payload), 100_000):
-            yield payload[i:i + 100_000]
+            yield payload[i : i + 100_000]
 
     echo = f"{client.base}/v1/connections/{conn_id}/proxy/echo"
     # Known length (Content-Length kept) and unknown length (chunked to the API).
     async with client.session.put(echo, data=io.BytesIO(payload), headers=_auth(client)) as resp:
-        assert await resp.json() == {"sha256": hashlib.sha256(payload).hexdigest(),
-                                     "bytes": len(payload), "method": "PUT"}
+        assert await resp.json() == {
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "bytes": len(payload),
+            "method": "PUT",
+        }
     async with client.session.post(echo, data=pieces(), headers=_auth(client)) as resp:
-        assert await resp.json() == {"sha256": hashlib.sha256(payload).hexdigest(),
-                                     "bytes": len(payload), "method": "POST"}
+        assert await resp.json() == {
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "bytes": len(payload),
+            "method": "POST",
+        }
     assert api.seen[-2].headers.get("Content-Length") == str(len(payload))
     assert api.seen[-1].headers.get("Transfer-Encoding") == "chunked"
 
 
-async def test_framings_the_api_may_choose(
-    client: APIClient, start_agent: AgentFactory
-) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     head: bytes) -> bool:
+async def test_framings_the_api_may_choose(client: APIClient, start_agent: AgentFactory) -> None:
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
         path = head.split(b" ", 2)[1]
         if path == b"/chunked":
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
         elif path == b"/continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
-                         b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone")
+            writer.write(
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone"
+            )
         elif path == b"/until-close":
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nread to the end")
             await writer.drain()
@@ -141,8 +164,9 @@ async def test_framings_the_api_may_choose(
 async def test_an_api_that_drops_kept_alive_connections_costs_no_error(
     client: APIClient, start_agent: AgentFactory
 ) -> None:
-    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          head: bytes) -> bool:
+    async def answer_once(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
         await _ok(reader, writer, head)
         return False  # says nothing about closing, then closes
 
@@ -154,19 +178,23 @@ async def test_an_api_that_drops_kept_alive_connections_costs_no_error(
         assert raw.connections == 10
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    (b"NOT HTTP AT ALL\r\n\r\n", "tunnel_protocol_error"),
-    # A small answer is read whole before the caller sees it: cut short, a 502.
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", "tunnel_lost"),
-    # A large one streams: the caller sees its head, then a cut body.
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100_000, None),
-    (b"", "tunnel_lost"),
-])
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", "tunnel_protocol_error"),
+        # A small answer is read whole before the caller sees it: cut short, a 502.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", "tunnel_lost"),
+        # A large one streams: the caller sees its head, then a cut body.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100_000, None),
+        (b"", "tunnel_lost"),
+    ],
+)
 async def test_a_misbehaving_api_gets_a_definite_answer(
     client: APIClient, start_agent: AgentFactory, reply: bytes, expected: str | None
 ) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     head: bytes) -> bool:
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
         writer.write(reply)
         await writer.drain()
         return False
@@ -191,8 +219,9 @@ async def test_total_timeout_ends_a_slow_answer(
     client: APIClient, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
     _, token = await start_agent([f"127.0.0.1:{api.port}"])
-    conn_id = await _connection(client, api.base, token.agent_id,
-                                timeouts={"connect": 1, "total": 1})
+    conn_id = await _connection(
+        client, api.base, token.agent_id, timeouts={"connect": 1, "total": 1}
+    )
     loop = asyncio.get_running_loop()
     began = loop.time()
     answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/slow?s=5")
@@ -208,7 +237,9 @@ async def test_a_line_break_in_a_header_value_is_refused(
 ) -> None:
     _, token = await start_agent([f"127.0.0.1:{api.port}"])
     conn_id = await _connection(
-        client, api.base, token.agent_id,
+        client,
+        api.base,
+        token.agent_id,
         encrypted={"tenant": "acme\r\nX-Injected: yes"},
         headers=[{"name": "X-Tenant", "value": "{{connection.http.encrypted.tenant}}"}],
     )
@@ -221,8 +252,9 @@ async def test_a_line_break_in_a_header_value_is_refused(
 async def test_a_second_answer_to_one_request_costs_only_that_stream(
     client: APIClient, start_agent: AgentFactory
 ) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     head: bytes) -> bool:
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
         await _ok(reader, writer, head)
         if len(raw.requests) == 1:  # the first request gets two answers at once
             await _ok(reader, writer, head)
@@ -242,11 +274,12 @@ async def test_a_long_answer_without_length_arrives_whole(
 ) -> None:
     body = bytes(range(256)) * (12 * 1024)  # 3 MiB, far past the relay's read-ahead
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     head: bytes) -> bool:
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
         for i in range(0, len(body), 65536):
-            writer.write(body[i:i + 65536])
+            writer.write(body[i : i + 65536])
             await writer.drain()
         return False
 
@@ -270,16 +303,19 @@ async def test_header_bytes_pass_unchanged_and_the_relay_names_itself(
     _, token = await start_agent([f"127.0.0.1:{api.port}"])
     conn_id = await _connection(client, api.base, token.agent_id)
     url = f"{client.base}/v1/connections/{conn_id}/proxy/hello"
-    async with client.session.get(url, headers={**_auth(client), "X-Name": "Zoë 東京"},
-                                  skip_auto_headers=["User-Agent"]) as resp:
+    async with client.session.get(
+        url, headers={**_auth(client), "X-Name": "Zoë 東京"}, skip_auto_headers=["User-Agent"]
+    ) as resp:
         assert resp.status == 200
     assert api.seen[-1].headers["X-Name"] == "Zoë 東京"
     assert api.seen[-1].headers["User-Agent"].startswith("Sluice/")
-    await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello",
-                      headers={"User-Agent": "inventory-sync/2"})
+    await client.call(
+        "GET", f"/v1/connections/{conn_id}/proxy/hello", headers={"User-Agent": "inventory-sync/2"}
+    )
     assert api.seen[-1].headers["User-Agent"] == "inventory-sync/2"
-    async with client.session.head(url, headers=_auth(client),
-                                   skip_auto_headers=["User-Agent"]) as resp:
+    async with client.session.head(
+        url, headers=_auth(client), skip_auto_headers=["User-Agent"]
+    ) as resp:
         assert resp.status == 200  # HEAD goes through aiohttp's client: same default
     assert api.seen[-1].method == "HEAD"
     assert api.seen[-1].headers["User-Agent"].startswith("Sluice/")
@@ -296,8 +332,9 @@ async def test_kept_alive_streams_leave_a_draining_replica(
     (old,) = relay.registry.replicas(token.agent_id)
     assert old.in_flight == 1
     second, _ = await start_agent([f"127.0.0.1:{api.port}"], token=token, wait_online=False)
-    await wait_until(lambda: len(relay.registry.replicas(token.agent_id)) == 2,
-                     what="second replica")
+    await wait_until(
+        lambda: len(relay.registry.replicas(token.agent_id)) == 2, what="second replica"
+    )
     began = asyncio.get_running_loop().time()
     first.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     await wait_until(lambda: old.draining, what="replica marked draining")

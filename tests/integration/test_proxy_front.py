@@ -28,8 +28,9 @@ IDLE = 1.5
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    relay = await Relay.start(relay_settings(
-        tmp_path, max_body_bytes=MAX_BODY, http_idle_timeout=IDLE, drain_timeout=10))
+    relay = await Relay.start(
+        relay_settings(tmp_path, max_body_bytes=MAX_BODY, http_idle_timeout=IDLE, drain_timeout=10)
+    )
     remember_secret(relay.admin_token)
     try:
         yield relay
@@ -40,15 +41,17 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
 class Raw:
     """One keep-alive connection to the relay, written and read as bytes."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 token: str) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.token = token
         self.head = b""
 
-    def request(self, method: str, target: str, body: bytes = b"", *, auth: bool = True,
-                extra: str = "") -> bytes:
+    def request(
+        self, method: str, target: str, body: bytes = b"", *, auth: bool = True, extra: str = ""
+    ) -> bytes:
         head = f"{method} {target} HTTP/1.1\r\nHost: relay\r\n"
         if auth:
             head += f"Authorization: Bearer {self.token}\r\n"
@@ -60,8 +63,9 @@ class Raw:
         head = self.head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 20)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])
-        headers = {k.lower(): v.strip() for k, _, v in
-                   (line.partition(":") for line in lines[1:] if line)}
+        headers = {
+            k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
         if headers.get("transfer-encoding") == "chunked":
             body = b""
             while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
@@ -90,16 +94,25 @@ async def raw(relay: Relay) -> AsyncIterator[Raw]:
         writer.close()
 
 
-async def _connection(client: APIClient, api: InternalAPI | int,
-                      start_agent: AgentFactory) -> str:
+async def _connection(client: APIClient, api: InternalAPI | int, start_agent: AgentFactory) -> str:
     """An agent allowed to reach *api* (or a port on 127.0.0.1), and a connection."""
     port = api if isinstance(api, int) else api.port
     _, token = await start_agent([f"127.0.0.1:{port}"])
     remember_secret(TOKEN)
-    answer = await client.call("POST", "/v1/connections", json_body={
-        "name": "front", "mode": "on_premise", "agent_id": token.agent_id,
-        "http": {"base_uri": f"http://127.0.0.1:{port}", "media_type": "json",
-                 "auth": {"type": "token", "token": TOKEN, "location": "header"}}})
+    answer = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": "front",
+            "mode": "on_premise",
+            "agent_id": token.agent_id,
+            "http": {
+                "base_uri": f"http://127.0.0.1:{port}",
+                "media_type": "json",
+                "auth": {"type": "token", "token": TOKEN, "location": "header"},
+            },
+        },
+    )
     assert answer.status == 201, answer.text
     return str(answer.body["id"])
 
@@ -154,14 +167,17 @@ async def test_pipelined_requests_and_bodies_in_pieces(
     request = raw.request("POST", f"{proxy}/echo", payload)
     after = raw.request("GET", f"{proxy}/hello?after=1")
     cut = len(request) - len(payload)
-    pieces = [request[:cut], request[cut:cut + 1000], request[cut + 1000:] + after]
+    pieces = [request[:cut], request[cut : cut + 1000], request[cut + 1000 :] + after]
     for piece in pieces:
         raw.writer.write(piece)
         await raw.writer.drain()
     status, _, body = await raw.answer()
     assert status == 200
-    assert _json(body) == {"sha256": hashlib.sha256(payload).hexdigest(),
-                           "bytes": len(payload), "method": "POST"}
+    assert _json(body) == {
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        "method": "POST",
+    }
     status, _, body = await raw.answer()
     assert (status, _json(body)["path"]) == (200, "/hello?after=1")
     assert api.seen[-2].headers["Content-Length"] == str(len(payload))
@@ -204,8 +220,9 @@ async def test_connection_close_and_malformed_heads(
     host, port = relay.http_address
     reader, writer = await asyncio.open_connection(host, port)
     conn = Raw(reader, writer, relay.admin_token)
-    writer.write(conn.request("GET", f"/v1/connections/{conn_id}/proxy/hello",
-                              extra="Connection: close\r\n"))
+    writer.write(
+        conn.request("GET", f"/v1/connections/{conn_id}/proxy/hello", extra="Connection: close\r\n")
+    )
     status, headers, _ = await conn.answer()
     assert (status, headers["connection"]) == (200, "close")
     assert await conn.closed()
@@ -215,8 +232,10 @@ async def test_connection_close_and_malformed_heads(
     # refuses it too: a 400, never a request sent on.
     reader, writer = await asyncio.open_connection(host, port)
     seen = len(api.seen)
-    writer.write(f"GET /v1/connections/{conn_id}/proxy/hello HTTP/1.1\r\n"
-                 f"Authorization: Bearer {relay.admin_token}\r\nBad Header : x\r\n\r\n".encode())
+    writer.write(
+        f"GET /v1/connections/{conn_id}/proxy/hello HTTP/1.1\r\n"
+        f"Authorization: Bearer {relay.admin_token}\r\nBad Header : x\r\n\r\n".encode()
+    )
     status, _, _ = await Raw(reader, writer, "").answer()
     assert status == 400
     assert len(api.seen) == seen
@@ -274,8 +293,9 @@ async def test_a_caller_leaving_mid_answer_frees_the_stream(
 async def test_answer_heads_follow_the_status(
     raw: Raw, client: APIClient, start_agent: AgentFactory
 ) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     head: bytes) -> bool:
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
         path = head.split(b" ", 2)[1]
         date = b"Date: Mon, 02 Jan 2006 15:04:05 GMT\r\n"
         if path == b"/none":
@@ -297,7 +317,8 @@ async def test_answer_heads_follow_the_status(
             lines = raw.head.lower().split(b"\r\n")
             # The API's own Date, once; no length on answers that have no body.
             assert [line for line in lines if line.startswith(b"date:")] == [
-                b"date: mon, 02 jan 2006 15:04:05 gmt"] or path == "/same"
+                b"date: mon, 02 jan 2006 15:04:05 gmt"
+            ] or path == "/same"
             assert sum(line.startswith(b"date:") for line in lines) == 1
             assert ("content-length" in headers) == (status == 200)
             assert body == (b"ok" if status == 200 else b"")
@@ -310,9 +331,11 @@ async def test_heads_aiohttp_would_refuse_are_refused(
     target = f"/v1/connections/{conn_id}/proxy/hello"
     host, port = relay.http_address
     seen = len(api.seen)
-    for extra in ["Content-Type: a/b\r\nContent-Type: c/d\r\n",
-                  "Host: other\r\n",  # a second Host
-                  "X-Big: " + "\u20ac" * 3000 + "\r\n"]:  # 9000 bytes, 3000 characters
+    for extra in [
+        "Content-Type: a/b\r\nContent-Type: c/d\r\n",
+        "Host: other\r\n",  # a second Host
+        "X-Big: " + "\u20ac" * 3000 + "\r\n",
+    ]:  # 9000 bytes, 3000 characters
         reader, writer = await asyncio.open_connection(host, port)
         conn = Raw(reader, writer, relay.admin_token)
         writer.write(conn.request("GET", target, extra=extra).decode().encode("utf-8"))
@@ -329,8 +352,7 @@ async def test_an_api_answering_before_the_upload_ends_leaves_nothing_running(
 
     async def refuse_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         await writer.drain()
         await answered.wait()
         writer.write(b"0\r\n\r\n")  # the end of the answer, in a later packet
@@ -341,17 +363,22 @@ async def test_an_api_answering_before_the_upload_ends_leaves_nothing_running(
     try:
         port = server.sockets[0].getsockname()[1]
         conn_id = await _connection(client, port, start_agent)
-        raw.writer.write(raw.request("POST", f"/v1/connections/{conn_id}/proxy/up",
-                                     b"x" * 100_000, extra="")
-                         .replace(b"Content-Length: 100000", b"Content-Length: 300000"))
+        raw.writer.write(
+            raw.request(
+                "POST", f"/v1/connections/{conn_id}/proxy/up", b"x" * 100_000, extra=""
+            ).replace(b"Content-Length: 100000", b"Content-Length: 300000")
+        )
         assert (await raw.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 403")
         answered.set()
         rest = await asyncio.wait_for(raw.reader.read(), 10)  # until the relay closes
         assert rest == b"5\r\nhello\r\n0\r\n\r\n"
 
         def body_senders() -> list[asyncio.Task[object]]:
-            return [t for t in asyncio.all_tasks()
-                    if "_send_body" in getattr(t.get_coro(), "__qualname__", "")]
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if "_send_body" in getattr(t.get_coro(), "__qualname__", "")
+            ]
 
         await wait_until(lambda: not body_senders(), timeout=10, what="body sender ended")
     finally:
@@ -377,7 +404,8 @@ async def test_a_caller_that_stops_reading_is_cut_on_the_handed_on_route(
     conn_id = await _connection(client, api, start_agent)
     raw.writer.write(
         f"GET /v1/connections/{conn_id}/proxy/blob/{256 * 2**20} HTTP/1.0\r\n"
-        f"Host: relay\r\nAuthorization: Bearer {raw.token}\r\n\r\n".encode())
+        f"Host: relay\r\nAuthorization: Bearer {raw.token}\r\n\r\n".encode()
+    )
     head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 20)
     assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
     tunnel = _only_tunnel(relay)

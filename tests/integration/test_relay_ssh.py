@@ -18,10 +18,15 @@ from sluice.tokens import AgentToken
 
 @pytest.fixture
 async def strict_relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    relay = await Relay.start(ServerSettings(
-        data_dir=tmp_path / "relay", ssh_listen=HostPort("127.0.0.1", 0),
-        auth_failures_per_address=3, auth_ban_seconds=60, log_format="json",
-    ))
+    relay = await Relay.start(
+        ServerSettings(
+            data_dir=tmp_path / "relay",
+            ssh_listen=HostPort("127.0.0.1", 0),
+            auth_failures_per_address=3,
+            auth_ban_seconds=60,
+            log_format="json",
+        )
+    )
     try:
         yield relay
     finally:
@@ -31,8 +36,12 @@ async def strict_relay(tmp_path: Path) -> AsyncIterator[Relay]:
 async def _connect(relay: Relay, **kwargs: object) -> asyncssh.SSHClientConnection:
     host, port = relay.ssh_address
     options: dict[str, object] = {
-        "username": sshconfig.AGENT_USERNAME, "known_hosts": None, "client_keys": None,
-        "agent_path": None, "config": None, "connect_timeout": 5,
+        "username": sshconfig.AGENT_USERNAME,
+        "known_hosts": None,
+        "client_keys": None,
+        "agent_path": None,
+        "config": None,
+        "connect_timeout": 5,
     }
     options.update(kwargs)
     return await asyncssh.connect(host, port, **options)  # type: ignore[arg-type,unused-ignore]
@@ -125,8 +134,9 @@ async def test_a_reconnecting_agent_takes_over_its_stale_session(strict_relay: R
     user = f"{sshconfig.AGENT_USERNAME}/a1b2c3d4"
     old = await _connect(strict_relay, password=str(token), username=user)
     await _register(old)
-    other_replica = await _connect(strict_relay, password=str(token),
-                                   username=f"{sshconfig.AGENT_USERNAME}/ffff0000")
+    other_replica = await _connect(
+        strict_relay, password=str(token), username=f"{sshconfig.AGENT_USERNAME}/ffff0000"
+    )
     await _register(other_replica)
     new = await _connect(strict_relay, password=str(token), username=user)
     await _register(new)

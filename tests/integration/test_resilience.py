@@ -37,8 +37,11 @@ async def test_relay_restart_brings_every_agent_back(
     assert not any(relay.registry.is_online(t.agent_id) for t in tokens)
 
     began = time.monotonic()
-    again = await Relay.start(relay_settings(
-        tmp_path, ssh_listen=f"127.0.0.1:{ssh_port}", http_listen=f"127.0.0.1:{http_port}"))
+    again = await Relay.start(
+        relay_settings(
+            tmp_path, ssh_listen=f"127.0.0.1:{ssh_port}", http_listen=f"127.0.0.1:{http_port}"
+        )
+    )
     try:
         for token in tokens:
             await again.registry.wait_online(token.agent_id, timeout=20)
@@ -46,9 +49,7 @@ async def test_relay_restart_brings_every_agent_back(
         # Agents here back off from 0.1 s up to 1 s (full jitter): all are back
         # within a couple of their backoff caps.
         assert elapsed < 10, elapsed
-        async with again.tunnel_http.session(tokens[0].agent_id).get(
-            f"{api.base}/hello"
-        ) as resp:
+        async with again.tunnel_http.session(tokens[0].agent_id).get(f"{api.base}/hello") as resp:
             assert resp.status == 200
     finally:
         await again.close()
@@ -62,12 +63,14 @@ async def test_agent_killed_mid_download_fails_fast_then_other_replica_serves(
     http = relay.tunnel_http.session(token.agent_id)
     response = await http.get(f"{api.base}/blob/{50 * MiB}")
     second, _ = await start_agent(_allow(api), token=token, wait_online=False)
-    await wait_until(lambda: len(relay.registry.replicas(token.agent_id)) == 2,
-                     what="second replica")
+    await wait_until(
+        lambda: len(relay.registry.replicas(token.agent_id)) == 2, what="second replica"
+    )
     got = len(await response.content.read(MiB))
     assert got > 0
     first.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     began = time.monotonic()
+
     async def drain() -> None:
         async with asyncio.timeout(15):
             while await response.content.read(MiB):
@@ -95,8 +98,9 @@ async def test_sigterm_drains_in_flight_work_while_the_other_replica_serves(
     slow = asyncio.create_task(http.get(f"{api.base}/slow?s=2"))
     await wait_until(lambda: any(s.path == "/slow" for s in api.seen), what="slow request")
     other, _ = await start_agent(_allow(api), token=token, wait_online=False)
-    await wait_until(lambda: len(relay.registry.replicas(token.agent_id)) == 2,
-                     what="second replica")
+    await wait_until(
+        lambda: len(relay.registry.replicas(token.agent_id)) == 2, what="second replica"
+    )
     old = next(t for t in relay.registry.replicas(token.agent_id) if t.in_flight)
     draining.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     await wait_until(lambda: old.draining, what="replica marked draining")
@@ -121,10 +125,20 @@ async def test_tunnel_lost_before_the_answer_is_a_problem_for_the_caller(
     relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
     agent, token = await start_agent(_allow(api))
-    created = await client.call("POST", "/v1/connections", json_body={
-        "name": "slow", "mode": "on_premise", "agent_id": token.agent_id,
-        "http": {"base_uri": api.base, "media_type": "json",
-                 "auth": {"type": "token", "token": "tok-" + "z" * 12, "location": "header"}}})
+    created = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": "slow",
+            "mode": "on_premise",
+            "agent_id": token.agent_id,
+            "http": {
+                "base_uri": api.base,
+                "media_type": "json",
+                "auth": {"type": "token", "token": "tok-" + "z" * 12, "location": "header"},
+            },
+        },
+    )
     remember_secret("tok-" + "z" * 12)
     conn_id = created.body["id"]
     pending = asyncio.create_task(client.call("GET", f"/v1/connections/{conn_id}/proxy/slow?s=30"))
@@ -145,18 +159,23 @@ async def test_agent_reaches_the_relay_through_an_authenticating_proxy(
     password = "Pr0xy-pa55.word"
     remember_secret(password)
     ssh_port = relay.ssh_address[1]
-    async with run_tinyproxy(tmp_path, users={"agentuser": password},
-                             connect_ports=[ssh_port]) as proxy:
+    async with run_tinyproxy(
+        tmp_path, users={"agentuser": password}, connect_ports=[ssh_port]
+    ) as proxy:
         _, token = await start_agent(
-            _allow(api), proxy=f"http://agentuser:{password}@127.0.0.1:{proxy.port}",
-            log_level="debug")
+            _allow(api),
+            proxy=f"http://agentuser:{password}@127.0.0.1:{proxy.port}",
+            log_level="debug",
+        )
         assert f"CONNECT 127.0.0.1:{ssh_port}" in proxy.log()
         async with relay.tunnel_http.session(token.agent_id).get(f"{api.base}/hello") as resp:
             assert resp.status == 200
 
         bad, _ = await start_agent(
-            _allow(api), wait_online=False,
-            proxy=f"http://agentuser:wrong-{password}@127.0.0.1:{proxy.port}")
+            _allow(api),
+            wait_online=False,
+            proxy=f"http://agentuser:wrong-{password}@127.0.0.1:{proxy.port}",
+        )
         await wait_until(lambda: "relay_needs_attention" in bad.log(), what="proxy refusal")
         assert "password" in bad.log()
         assert f"wrong-{password}" not in bad.log()
@@ -173,17 +192,21 @@ async def test_relay_sigterm_lets_in_flight_requests_finish(
     try:
         async with aiohttp.ClientSession() as session:
             client = APIClient(session, relay.base, relay.admin_token)
-            created = await client.call("POST", "/v1/agents", json_body={"name": "a"},
-                                        shows_token=True)
+            created = await client.call(
+                "POST", "/v1/agents", json_body={"name": "a"}, shows_token=True
+            )
             remember_secret(created.body["token"])
-            agent = AgentProcess({
-                "SLUICE_AGENT_RELAY": f"127.0.0.1:{relay.ssh_port}",
-                "SLUICE_AGENT_TOKEN": created.body["token"],
-                "SLUICE_AGENT_RELAY_FINGERPRINT": relay.fingerprint(),
-                "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
-                "SLUICE_AGENT_HEALTH_LISTEN": "off",
-                "SLUICE_AGENT_LOG_FORMAT": "json",
-            }, tmp_path / "agent.log")
+            agent = AgentProcess(
+                {
+                    "SLUICE_AGENT_RELAY": f"127.0.0.1:{relay.ssh_port}",
+                    "SLUICE_AGENT_TOKEN": created.body["token"],
+                    "SLUICE_AGENT_RELAY_FINGERPRINT": relay.fingerprint(),
+                    "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
+                    "SLUICE_AGENT_HEALTH_LISTEN": "off",
+                    "SLUICE_AGENT_LOG_FORMAT": "json",
+                },
+                tmp_path / "agent.log",
+            )
             await agent.start()
 
             async def online() -> bool:
@@ -194,16 +217,27 @@ async def test_relay_sigterm_lets_in_flight_requests_finish(
             while not await online():
                 assert time.monotonic() < deadline, agent.log()
                 await asyncio.sleep(0.05)
-            conn = await client.call("POST", "/v1/connections", json_body={
-                "name": "slow", "mode": "on_premise", "agent_id": created.body["id"],
-                "http": {"base_uri": api.base, "media_type": "json",
-                         "auth": {"type": "token", "token": "t-" + "y" * 14,
-                                  "location": "header"}}})
+            conn = await client.call(
+                "POST",
+                "/v1/connections",
+                json_body={
+                    "name": "slow",
+                    "mode": "on_premise",
+                    "agent_id": created.body["id"],
+                    "http": {
+                        "base_uri": api.base,
+                        "media_type": "json",
+                        "auth": {"type": "token", "token": "t-" + "y" * 14, "location": "header"},
+                    },
+                },
+            )
             remember_secret("t-" + "y" * 14)
             slow = asyncio.create_task(
-                client.call("GET", f"/v1/connections/{conn.body['id']}/proxy/slow?s=2"))
-            await wait_until(lambda: any(s.path == "/slow" for s in api.seen),
-                             what="slow request at the API")
+                client.call("GET", f"/v1/connections/{conn.body['id']}/proxy/slow?s=2")
+            )
+            await wait_until(
+                lambda: any(s.path == "/slow" for s in api.seen), what="slow request at the API"
+            )
             assert relay.proc is not None
             relay.proc.send_signal(signal.SIGTERM)
             answer = await asyncio.wait_for(slow, 15)

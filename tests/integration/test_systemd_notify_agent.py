@@ -39,7 +39,8 @@ async def test_agent_notifies_ready_status_and_stopping(
 ) -> None:
     address = notify_socket.getsockname()
     agent, token = await start_agent(
-        [f"127.0.0.1:{api.port}"], wait_online=False, notify_socket_path=address)
+        [f"127.0.0.1:{api.port}"], wait_online=False, notify_socket_path=address
+    )
     seen: list[str] = []
     await _until(notify_socket, "READY=1", seen)
     assert relay.registry.is_online(token.agent_id)

@@ -18,14 +18,17 @@ from tests.support.waiting import wait_until
 async def test_agent_token_grace_lets_the_old_token_work_until_it_ends(
     relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
-    created = await client.call("POST", "/v1/agents", json_body={"name": "g"},
-                                shows_token=True)
+    created = await client.call("POST", "/v1/agents", json_body={"name": "g"}, shows_token=True)
     old = AgentToken.parse(created.body["token"])
     remember_secret(str(old), old.secret)
     await start_agent([f"127.0.0.1:{api.port}"], token=old)
 
-    rotated = await client.call("POST", f"/v1/agents/{old.agent_id}/rotate-token",
-                                json_body={"grace_seconds": 600}, shows_token=True)
+    rotated = await client.call(
+        "POST",
+        f"/v1/agents/{old.agent_id}/rotate-token",
+        json_body={"grace_seconds": 600},
+        shows_token=True,
+    )
     assert rotated.status == 200
     new = AgentToken.parse(rotated.body["token"])
     remember_secret(str(new), new.secret)
@@ -35,23 +38,24 @@ async def test_agent_token_grace_lets_the_old_token_work_until_it_ends(
     assert await relay.store.authenticate_agent(new) is not None
 
     # A rotation without grace ends the old token (and the grace one) at once.
-    again = await client.call("POST", f"/v1/agents/{old.agent_id}/rotate-token",
-                              shows_token=True)
+    again = await client.call("POST", f"/v1/agents/{old.agent_id}/rotate-token", shows_token=True)
     remember_secret(again.body["token"])
     assert await relay.store.authenticate_agent(old) is None
     assert await relay.store.authenticate_agent(new) is None
     await wait_until(lambda: not relay.registry.is_online(old.agent_id), what="tunnels closed")
 
-    bad = await client.call("POST", f"/v1/agents/{old.agent_id}/rotate-token",
-                            json_body={"grace_seconds": -1})
+    bad = await client.call(
+        "POST", f"/v1/agents/{old.agent_id}/rotate-token", json_body={"grace_seconds": -1}
+    )
     assert bad.status == 422
     assert bad.body["errors"][0]["field"] == "grace_seconds"
 
 
 async def test_admin_token_rotation_with_grace(relay: Relay, client: APIClient) -> None:
     old = client.token
-    rotated = await client.call("POST", "/v1/admin/rotate-token",
-                                json_body={"grace_seconds": 300}, shows_token=True)
+    rotated = await client.call(
+        "POST", "/v1/admin/rotate-token", json_body={"grace_seconds": 300}, shows_token=True
+    )
     assert rotated.status == 200
     new = rotated.body["token"]
     remember_secret(new)
@@ -73,27 +77,48 @@ async def test_every_change_is_audited_without_secrets(
 ) -> None:
     secret = "audit-secret-" + "k" * 16
     remember_secret(secret)
-    agent = (await client.call("POST", "/v1/agents", json_body={"name": "aud"},
-                               shows_token=True)).body
+    agent = (
+        await client.call("POST", "/v1/agents", json_body={"name": "aud"}, shows_token=True)
+    ).body
     remember_secret(agent["token"])
-    conn = (await client.call("POST", "/v1/connections", json_body={
-        "name": "c", "mode": "on_premise", "agent_id": agent["id"],
-        "http": {"base_uri": api.base, "media_type": "json",
-                 "auth": {"type": "token", "token": secret, "location": "header"},
-                 "encrypted": {"password": secret}}})).body
-    await client.call("PATCH", f"/v1/connections/{conn['id']}",
-                      json_body={"http": {"encrypted": {"password": secret + "2"}}})
+    conn = (
+        await client.call(
+            "POST",
+            "/v1/connections",
+            json_body={
+                "name": "c",
+                "mode": "on_premise",
+                "agent_id": agent["id"],
+                "http": {
+                    "base_uri": api.base,
+                    "media_type": "json",
+                    "auth": {"type": "token", "token": secret, "location": "header"},
+                    "encrypted": {"password": secret},
+                },
+            },
+        )
+    ).body
+    await client.call(
+        "PATCH",
+        f"/v1/connections/{conn['id']}",
+        json_body={"http": {"encrypted": {"password": secret + "2"}}},
+    )
     remember_secret(secret + "2")
     await client.call("DELETE", f"/v1/connections/{conn['id']}")
-    rotated = await client.call("POST", f"/v1/agents/{agent['id']}/rotate-token",
-                                shows_token=True)
+    rotated = await client.call("POST", f"/v1/agents/{agent['id']}/rotate-token", shows_token=True)
     remember_secret(rotated.body["token"])
     await client.call("DELETE", f"/v1/agents/{agent['id']}")
 
     events = (await client.call("GET", "/v1/audit?limit=50")).body["events"]
     actions = [e["action"] for e in reversed(events)]
-    assert actions == ["agent.created", "connection.created", "connection.updated",
-                       "connection.deleted", "agent.token_rotated", "agent.deleted"]
+    assert actions == [
+        "agent.created",
+        "connection.created",
+        "connection.updated",
+        "connection.deleted",
+        "agent.token_rotated",
+        "agent.deleted",
+    ]
     assert all(e["actor"].startswith("admin:") for e in events)
     assert all(e["source"] == "127.0.0.1" for e in events)
     updated = next(e for e in events if e["action"] == "connection.updated")
@@ -107,8 +132,7 @@ async def test_every_change_is_audited_without_secrets(
 async def test_audit_table_is_append_only(relay: Relay, client: APIClient) -> None:
     await client.call("POST", "/v1/agents", json_body={"name": "x"}, shows_token=True)
     engine = relay.store._engine
-    for statement in ("UPDATE audit_events SET actor = 'someone else'",
-                      "DELETE FROM audit_events"):
+    for statement in ("UPDATE audit_events SET actor = 'someone else'", "DELETE FROM audit_events"):
         with pytest.raises(sa.exc.DBAPIError, match="append-only"):
             async with engine.begin() as conn:
                 await conn.execute(sa.text(statement))

@@ -37,8 +37,11 @@ async def test_get_and_post_reach_the_internal_api(
         assert await resp.json() == {"hello": "world", "path": "/hello?x=1"}
     async with http.post(f"{api.base}/echo", data=b"ping" * 10) as resp:
         body = await resp.json()
-    assert body == {"sha256": hashlib.sha256(b"ping" * 10).hexdigest(), "bytes": 40,
-                    "method": "POST"}
+    assert body == {
+        "sha256": hashlib.sha256(b"ping" * 10).hexdigest(),
+        "bytes": 40,
+        "method": "POST",
+    }
     assert [s.method for s in api.seen] == ["GET", "POST"]
     assert api.seen[0].headers["Host"] == f"127.0.0.1:{api.port}"
 
@@ -87,11 +90,13 @@ async def test_large_bodies_are_streamed_with_flat_agent_memory(
     await relay.tunnel_http.forget(token.agent_id)
 
     def streams() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in agent.log().splitlines()
-                if '"event": "stream"' in line]
+        return [
+            json.loads(line) for line in agent.log().splitlines() if '"event": "stream"' in line
+        ]
 
-    await wait_until(lambda: sum(int(s["bytes_down"]) for s in streams()) > 55 * MiB,
-                     what="stream log lines")
+    await wait_until(
+        lambda: sum(int(s["bytes_down"]) for s in streams()) > 55 * MiB, what="stream log lines"
+    )
     assert sum(int(s["bytes_up"]) for s in streams()) > 55 * MiB
     assert {s["outcome"] for s in streams()} == {"ok"}
 

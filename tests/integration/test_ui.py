@@ -31,14 +31,21 @@ if TYPE_CHECKING:
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 API_TOKEN = "console-api-token-" + "k" * 16  # the connection's token, typed into the form
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 EXPECT_MS = 15_000
 REFUSED_REQUEST = "Failed to load resource: the server responded with a status of 4"
 
 
 # -- what the relay serves (no browser needed) -----------------------------------------
+
 
 async def test_console_files_carry_strict_security_headers(client: APIClient) -> None:
     for path in ["/ui/", "/ui/app.js", "/ui/style.css", "/ui/icon.svg"]:
@@ -56,9 +63,10 @@ async def test_console_files_carry_strict_security_headers(client: APIClient) ->
 
 
 async def test_console_paths(relay: Relay, client: APIClient) -> None:
-    async with aiohttp.ClientSession() as session, session.get(
-        relay.http_base + "/ui", allow_redirects=False
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(relay.http_base + "/ui", allow_redirects=False) as resp,
+    ):
         assert resp.status == 308
         assert resp.headers["Location"] == "/ui/"
     for path in ["/ui/__init__.py", "/ui/missing.js", "/ui/..%2fapi.py", "/ui/a/b.js"]:
@@ -84,6 +92,7 @@ def test_console_has_no_inline_code_and_every_import_resolves() -> None:
 
 
 # -- the browser -------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def page(relay: Relay, tmp_path: Path) -> AsyncIterator[Page]:
@@ -173,8 +182,9 @@ async def test_agent_online_live_then_on_premise_connection_through_the_form(
     from playwright.async_api import expect
 
     remember_secret(API_TOKEN)
-    other = await client.call("POST", "/v1/agents", json_body={"name": "branch-office"},
-                              shows_token=True)
+    other = await client.call(
+        "POST", "/v1/agents", json_body={"name": "branch-office"}, shows_token=True
+    )
     remember_secret(other.body["token"])
     await sign_in(page, relay)
 
@@ -190,8 +200,10 @@ async def test_agent_online_live_then_on_premise_connection_through_the_form(
     # The relay's SSH fingerprint, once GET /v1/relay tells it; a placeholder until then.
     info = await client.call("GET", "/v1/relay")
     fingerprint = relay.fingerprint if info.status == 200 else "SHA256:RELAY_FINGERPRINT"
-    for commands, runs in [(docker, "docker run"),
-                           (systemd, "systemctl enable --now sluice-agent.service")]:
+    for commands, runs in [
+        (docker, "docker run"),
+        (systemd, "systemctl enable --now sluice-agent.service"),
+    ]:
         assert shown in commands
         assert runs in commands
         assert "SLUICE_AGENT_RELAY" in commands or "relay = " in commands
@@ -279,9 +291,7 @@ async def test_agent_online_live_then_on_premise_connection_through_the_form(
 
 
 @pytest.mark.timeout(120)
-async def test_api_errors_show_at_their_fields(
-    relay: Relay, client: APIClient, page: Page
-) -> None:
+async def test_api_errors_show_at_their_fields(relay: Relay, client: APIClient, page: Page) -> None:
     from playwright.async_api import expect
 
     remember_secret(API_TOKEN)
@@ -294,14 +304,17 @@ async def test_api_errors_show_at_their_fields(
     await page.get_by_label("Header name", exact=True).fill("")
     await page.get_by_role("button", name="Save").click()
 
-    for label, words in [("Header 1 name", "HTTP token"),
-                         ("Header name", "required when location is 'header'")]:
+    for label, words in [
+        ("Header 1 name", "HTTP token"),
+        ("Header name", "required when location is 'header'"),
+    ]:
         control = page.get_by_label(label, exact=True)
         await expect(control).to_have_attribute("aria-invalid", "true")
         await expect(error_at(control)).to_contain_text(words)
     # The other fields are not marked.
     await expect(page.get_by_label("Header 1 value", exact=True)).not_to_have_attribute(
-        "aria-invalid", "true")
+        "aria-invalid", "true"
+    )
     summary = page.locator(".error-summary")
     await expect(summary).to_be_focused()
     await summary.get_by_role("button", name="Header 1 name").click()
@@ -316,7 +329,8 @@ async def test_api_errors_show_at_their_fields(
     await expect(ping_uri).to_have_attribute("aria-invalid", "true")
     await expect(error_at(ping_uri)).to_contain_text("required")
     await expect(page.get_by_label("Header 1 name", exact=True)).not_to_have_attribute(
-        "aria-invalid", "true")
+        "aria-invalid", "true"
+    )
 
 
 @pytest.mark.timeout(120)
@@ -347,8 +361,12 @@ async def test_fields_appear_as_the_guide_says(relay: Relay, page: Page) -> None
     await expect(refresh).to_be_hidden()
     await page.get_by_label("Configure token refresh").check()
     await expect(refresh).to_be_visible()
-    for label in ["HTTP method", "Relative URI", "Override media type",
-                  "Path to token field in HTTP response body"]:
+    for label in [
+        "HTTP method",
+        "Relative URI",
+        "Override media type",
+        "Path to token field in HTTP response body",
+    ]:
         await expect(refresh.get_by_label(label, exact=True)).to_be_visible()
     await expect(body).to_be_visible()  # POST by default
     await refresh.get_by_label("HTTP method").select_option("GET")
@@ -372,8 +390,7 @@ async def test_rotate_and_delete_from_the_agents_page(
 ) -> None:
     from playwright.async_api import expect
 
-    created = await client.call("POST", "/v1/agents", json_body={"name": "edge"},
-                                shows_token=True)
+    created = await client.call("POST", "/v1/agents", json_body={"name": "edge"}, shows_token=True)
     remember_secret(created.body["token"])
     await sign_in(page, relay)
     row = agent_row(page, "edge")
@@ -459,17 +476,28 @@ async def test_editing_keeps_unchanged_secrets_and_removes_what_was_removed(
     refresh_secret = "refresh-secret-" + "r" * 16
     remember_secret(API_TOKEN, refresh_secret)
     _, token = await start_agent([f"127.0.0.1:{api.port}"])
-    created = await client.call("POST", "/v1/connections", json_body={
-        "name": "Inventory", "mode": "on_premise", "agent_id": token.agent_id,
-        "http": {
-            "base_uri": f"{api.base}/", "media_type": "json",
-            "auth": {"type": "token", "token": API_TOKEN, "location": "header",
-                     "scheme": "Bearer"},
-            "encrypted": {"refresh_token": refresh_secret},
-            "unencrypted": {"client_id": "abc", "region": "eu"},
-            "ping": {"method": "GET", "relative_uri": "/hello"},
+    created = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": "Inventory",
+            "mode": "on_premise",
+            "agent_id": token.agent_id,
+            "http": {
+                "base_uri": f"{api.base}/",
+                "media_type": "json",
+                "auth": {
+                    "type": "token",
+                    "token": API_TOKEN,
+                    "location": "header",
+                    "scheme": "Bearer",
+                },
+                "encrypted": {"refresh_token": refresh_secret},
+                "unencrypted": {"client_id": "abc", "region": "eu"},
+                "ping": {"method": "GET", "relative_uri": "/hello"},
+            },
         },
-    })
+    )
     assert created.status == 201, created.text
     conn_id = created.body["id"]
     await sign_in(page, relay, f"#/connections/{conn_id}")
@@ -544,8 +572,12 @@ async def test_form_values_map_to_the_api_document(relay: Relay, page: Page) -> 
     assert url["auth"]["header_name"] is None
     assert url["auth"]["scheme"] is None
     assert url["auth"]["param_name"] == "api_key"
-    assert url["ping"] == {"method": "GET", "relative_uri": "", "success_path": None,
-                           "success_values": []}
+    assert url["ping"] == {
+        "method": "GET",
+        "relative_uri": "",
+        "success_path": None,
+        "success_values": [],
+    }
     assert got["quoted"] == "'it'\\''s'"
     assert "-e SLUICE_AGENT_ALLOW='a:1,b:2'" in got["docker"]
     assert "printf '%s' 'slc_t' > /etc/sluice/agent.token" in got["docker"]

@@ -37,8 +37,12 @@ class AgentProcess:
         env.update(self.env)
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.prefix, str(AGENT_BIN), self.command,
-                env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                *self.prefix,
+                str(AGENT_BIN),
+                self.command,
+                env=env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         return self

@@ -61,8 +61,15 @@ class APIClient:
         self.token = token
 
     async def call(
-        self, method: str, path: str, *, json_body: Any = None, data: Any = None,
-        headers: dict[str, str] | None = None, auth: bool = True, shows_token: bool = False,
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        shows_token: bool = False,
     ) -> Answer:
         """Call the API. *shows_token*: this answer carries a token by design
         (agent create/rotate), so it is left out of the leak check."""

@@ -171,11 +171,17 @@ async def serve_recorder(
                         if int(length[0]) > MAX_BODY:
                             raise _Malformed
                         request.body = await reader.readexactly(int(length[0]))
-                except (_Malformed, ValueError, asyncio.IncompleteReadError,
-                        asyncio.LimitOverrunError):
+                except (
+                    _Malformed,
+                    ValueError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                ):
                     recorder.malformed += 1
-                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
+                    writer.write(
+                        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                        b"Connection: close\r\n\r\n"
+                    )
                     return
                 recorder.requests.append(request)
                 writer.write(_answer(request))

@@ -30,26 +30,38 @@ class RelayProcess:
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.log_path = log_path
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-        self.env.update({
-            "SLUICE_SERVER_DATA_DIR": str(data_dir),
-            "SLUICE_SERVER_SSH_LISTEN": f"127.0.0.1:{self.ssh_port}",
-            "SLUICE_SERVER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
-            "SLUICE_SERVER_ADMIN_TOKEN": self.admin_token,
-            "SLUICE_SERVER_LOG_FORMAT": "json",
-            **{f"SLUICE_SERVER_{k.upper()}": v for k, v in settings.items()},
-        })
+        self.env.update(
+            {
+                "SLUICE_SERVER_DATA_DIR": str(data_dir),
+                "SLUICE_SERVER_SSH_LISTEN": f"127.0.0.1:{self.ssh_port}",
+                "SLUICE_SERVER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+                "SLUICE_SERVER_ADMIN_TOKEN": self.admin_token,
+                "SLUICE_SERVER_LOG_FORMAT": "json",
+                **{f"SLUICE_SERVER_{k.upper()}": v for k, v in settings.items()},
+            }
+        )
         self.proc: asyncio.subprocess.Process | None = None
 
     def fingerprint(self) -> str:
-        out = subprocess.run([str(BIN / "sluice-server"), "fingerprint"], env=self.env,
-                             capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            [str(BIN / "sluice-server"), "fingerprint"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return out.stdout.strip()
 
     async def start(self, timeout: float = 20) -> RelayProcess:
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                str(BIN / "sluice-server"), "run", env=self.env,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                str(BIN / "sluice-server"),
+                "run",
+                env=self.env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:

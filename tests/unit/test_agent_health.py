@@ -528,8 +528,7 @@ async def test_requests_outside_the_three_endpoints(
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert head.endswith(b"\r\n\r\n")  # the length of a body, and no body
     assert b"Content-Length: 0" not in head
-    assert (await _exchange(server, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(
-        b"HTTP/1.1 404 ")
+    assert (await _exchange(server, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404 ")
     refused = await _exchange(server, b"POST /readyz HTTP/1.1\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 405 ")
     assert b"Allow: GET, HEAD\r\n" in refused
@@ -545,8 +544,9 @@ def test_the_running_agent_does_not_load_an_http_framework() -> None:
     import sys
 
     code = "import sys, agent.cli; print(sorted(m for m in sys.modules if 'aiohttp' in m))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 

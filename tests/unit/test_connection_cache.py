@@ -45,9 +45,15 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[ConnectionService, Coun
 
 
 def _document(name: str) -> dict[str, Any]:
-    return {"name": name, "mode": "cloud", "http": {
-        "base_uri": "https://api.example.test/v1", "media_type": "json",
-        "auth": {"type": "token", "token": TOKEN, "location": "header"}}}
+    return {
+        "name": name,
+        "mode": "cloud",
+        "http": {
+            "base_uri": "https://api.example.test/v1",
+            "media_type": "json",
+            "auth": {"type": "token", "token": TOKEN, "location": "header"},
+        },
+    }
 
 
 async def test_concurrent_callers_of_an_expired_entry_share_one_read(
@@ -87,8 +93,9 @@ async def test_a_missing_connection_fails_every_waiter(
     service: tuple[ConnectionService, CountingStore],
 ) -> None:
     svc, store = service
-    outcomes = await asyncio.gather(*(svc.handle("con_missing") for _ in range(5)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(svc.handle("con_missing") for _ in range(5)), return_exceptions=True
+    )
     assert all(isinstance(o, ConnectionNotFound) for o in outcomes)
     assert store.reads == 1
     with pytest.raises(ConnectionNotFound):

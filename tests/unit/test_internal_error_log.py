@@ -29,9 +29,12 @@ async def test_internal_error_logs_the_route_not_the_path() -> None:
     port = runner.addresses[0][1]
     try:
         with capture_logs() as logs:
-            async with aiohttp.ClientSession() as http, http.get(
-                f"http://127.0.0.1:{port}/v1/things/t1/proxy/private-caller-path?q=1"
-            ) as resp:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"http://127.0.0.1:{port}/v1/things/t1/proxy/private-caller-path?q=1"
+                ) as resp,
+            ):
                 body = await resp.json()
         assert resp.status == 500
         assert body["type"].endswith("internal_error")

@@ -19,9 +19,13 @@ def _render(masker: SecretMasker, **event: object) -> str:
 def test_registered_secrets_are_masked_everywhere() -> None:
     masker = SecretMasker()
     masker.add("hunter2-hunter2", None, "abc")  # too-short values are not masked
-    line = _render(masker, event="x", msg="pw=hunter2-hunter2",
-                   nested={"list": ["hunter2-hunter2"]},
-                   exc=ValueError("bad hunter2-hunter2"))
+    line = _render(
+        masker,
+        event="x",
+        msg="pw=hunter2-hunter2",
+        nested={"list": ["hunter2-hunter2"]},
+        exc=ValueError("bad hunter2-hunter2"),
+    )
     assert "hunter2-hunter2" not in line
     assert line.count("***") == 3
 

@@ -58,8 +58,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _LDH = string.ascii_lowercase + string.digits
 _label = st.text(_LDH + "-", min_size=1, max_size=12).filter(lambda s: s[0] != "-" != s[-1])
-_dns_host = st.lists(_label, min_size=1, max_size=3).map(".".join).filter(
-    lambda h: not h.replace(".", "").isdigit()
+_dns_host = (
+    st.lists(_label, min_size=1, max_size=3)
+    .map(".".join)
+    .filter(lambda h: not h.replace(".", "").isdigit())
 )
 _ipv4 = st.ip_addresses(v=4).map(str)
 _ipv6 = st.ip_addresses(v=6).map(lambda a: f"[{a.compressed}]")
@@ -67,20 +69,23 @@ _path_char = st.sampled_from(string.ascii_letters + string.digits + "-._~!$&'()*
 # yarl folds '.' and '..' in a base path, so they are left out of generated bases.
 _segment = st.text(_path_char, min_size=1, max_size=8).filter(
     # Dot segments (also percent-encoded ones) are normalised away by design.
-    lambda s: not _bad_percent(s) and s not in (".", "..")
-    and URL("http://a/" + s, encoded=True).raw_path == "/" + s
+    lambda s: (
+        not _bad_percent(s)
+        and s not in (".", "..")
+        and URL("http://a/" + s, encoded=True).raw_path == "/" + s
+    )
 )
 _query_word = st.text(string.ascii_letters + string.digits + "-._~", min_size=1, max_size=6)
 _query_pairs = st.lists(st.tuples(_query_word, _query_word), max_size=3)
 
 
-_UNRESERVED = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 def _upper_escapes(text: str) -> str:
     """The RFC 3986 §6.2.2 normal form yarl writes: percent-escapes in upper
     case, and escaped unreserved characters decoded ('%30' is '0')."""
+
     def normal(match: re.Match[str]) -> str:
         char = chr(int(match.group(0)[1:], 16))
         return char if char in _UNRESERVED else match.group(0).upper()
@@ -112,17 +117,40 @@ def _base(origin: str, path: str, slash: str, pairs: list[tuple[str, str]]) -> s
 
 
 _EVIL_RELATIVES = [
-    "//evil.example/x", "http://evil.example/", "HTTPS://evil.example", "\\\\evil.example\\x",
-    "/\\evil.example", "@evil.example", "/@evil.example", ":8080/x", "x:y", "javascript:alert(1)",
-    "/..//evil.example", "%2F%2Fevil.example", "/%2e%2e/%2e%2e/etc", "?a=b#@evil.example",
-    "#//evil.example", " //evil.example", "/x\r\nHost: evil.example", "/x\x00y", "/\u2028x",
-    "/x?y=\u00e9&z=%zz", "////", "?", "#", "/?#", "\t//evil.example", "/x y", "/\u200bx",
+    "//evil.example/x",
+    "http://evil.example/",
+    "HTTPS://evil.example",
+    "\\\\evil.example\\x",
+    "/\\evil.example",
+    "@evil.example",
+    "/@evil.example",
+    ":8080/x",
+    "x:y",
+    "javascript:alert(1)",
+    "/..//evil.example",
+    "%2F%2Fevil.example",
+    "/%2e%2e/%2e%2e/etc",
+    "?a=b#@evil.example",
+    "#//evil.example",
+    " //evil.example",
+    "/x\r\nHost: evil.example",
+    "/x\x00y",
+    "/\u2028x",
+    "/x?y=\u00e9&z=%zz",
+    "////",
+    "?",
+    "#",
+    "/?#",
+    "\t//evil.example",
+    "/x y",
+    "/\u200bx",
 ]
 relatives = st.one_of(
     st.text(max_size=40),
     st.sampled_from(_EVIL_RELATIVES),
-    st.lists(st.sampled_from([*_EVIL_RELATIVES, "/", "?", "#", "%", "..", "a", "=", "&"]),
-             max_size=5).map("".join),
+    st.lists(
+        st.sampled_from([*_EVIL_RELATIVES, "/", "?", "#", "%", "..", "a", "=", "&"]), max_size=5
+    ).map("".join),
 )
 
 
@@ -206,8 +234,9 @@ def test_join_uri_with_any_base_raises_only_url_error(base: str, relative: str) 
 @given(
     base=st.builds(
         lambda host: f"http://{host}/",
-        st.text(st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1, max_size=8)
-        .filter(lambda h: not set(h) & set(" /?#@[]:\\%")),
+        st.text(st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1, max_size=8).filter(
+            lambda h: not set(h) & set(" /?#@[]:\\%")
+        ),
     ),
     relative=st.just("/x"),
 )
@@ -302,14 +331,68 @@ def test_parse_path_raises_only_value_error(path: str) -> None:
 # Names a template might use to climb out of its data: Python attributes,
 # JavaScript-isms, pybars internals, environment and module names.
 _ESCAPE_WORDS = [
-    "connection", "http", "encrypted", "unencrypted", "password", "name", "headers",
-    "this", "..", "@root", "@key", "@index", "length", "0", "[0]", "keys", "items", "get",
-    "values", "pop", "setdefault", "upper", "strip", "join", "split", "encode", "replace",
-    "__class__", "__init__", "__globals__", "__dict__", "mro", "_data", "_items", "environ",
-    "os", "sys", "modules", "constructor", "prototype", "helpers", "partials", "scope",
-    "context", "parent", "real", "imag", "numerator", "denominator", "open", "read",
-    "f_globals", "gi_frame", "builtins", "__builtins__", "__import__", "lookup",
-    "format", "format_map", "__format__", "zfill", "center",
+    "connection",
+    "http",
+    "encrypted",
+    "unencrypted",
+    "password",
+    "name",
+    "headers",
+    "this",
+    "..",
+    "@root",
+    "@key",
+    "@index",
+    "length",
+    "0",
+    "[0]",
+    "keys",
+    "items",
+    "get",
+    "values",
+    "pop",
+    "setdefault",
+    "upper",
+    "strip",
+    "join",
+    "split",
+    "encode",
+    "replace",
+    "__class__",
+    "__init__",
+    "__globals__",
+    "__dict__",
+    "mro",
+    "_data",
+    "_items",
+    "environ",
+    "os",
+    "sys",
+    "modules",
+    "constructor",
+    "prototype",
+    "helpers",
+    "partials",
+    "scope",
+    "context",
+    "parent",
+    "real",
+    "imag",
+    "numerator",
+    "denominator",
+    "open",
+    "read",
+    "f_globals",
+    "gi_frame",
+    "builtins",
+    "__builtins__",
+    "__import__",
+    "lookup",
+    "format",
+    "format_map",
+    "__format__",
+    "zfill",
+    "center",
 ]
 _paths = st.lists(st.sampled_from(_ESCAPE_WORDS), min_size=1, max_size=4).map(
     lambda words: ".".join(words).replace("..", "../").replace("/.", "/")
@@ -318,29 +401,47 @@ _tags = st.one_of(
     _paths.map(lambda p: "{{" + p + "}}"),
     _paths.map(lambda p: "{{{" + p + "}}}"),
     st.tuples(_paths, st.sampled_from(_ESCAPE_WORDS)).map(
-        lambda t: "{{lookup " + t[0] + " '" + t[1] + "'}}"),
+        lambda t: "{{lookup " + t[0] + " '" + t[1] + "'}}"
+    ),
     st.tuples(st.sampled_from(["each", "with", "if", "unless"]), _paths, _paths).map(
-        lambda t: "{{#" + t[0] + " " + t[1] + "}}{{@key}}={{" + t[2] + "}};{{/" + t[0] + "}}"),
+        lambda t: "{{#" + t[0] + " " + t[1] + "}}{{@key}}={{" + t[2] + "}};{{/" + t[0] + "}}"
+    ),
     st.text(max_size=5),
 )
 templates = st.lists(_tags, min_size=1, max_size=5).map("".join)
 
 _secretish = st.text(min_size=0, max_size=12)
-connections = st.fixed_dictionaries({
-    "name": st.one_of(_secretish, st.sampled_from([
-        "{0.__class__}", "{0!r}", "%s", "{{x}}", "{__class__}",
-        "{0.__init__.__globals__[sys].modules[os].environ[SLUICE_TEST_CANARY]}",
-    ])),
-    "http": st.fixed_dictionaries({
-        "base_uri": st.just("https://api.example/"),
-        "headers": st.lists(st.fixed_dictionaries({"name": _secretish, "value": _secretish}),
-                            max_size=2),
-        "encrypted": st.dictionaries(st.sampled_from(["password", "token", "k"]), _secretish,
-                                     max_size=3),
-        "unencrypted": st.dictionaries(st.sampled_from(["client_id", "k"]), json_values,
-                                       max_size=2),
-    }),
-})
+connections = st.fixed_dictionaries(
+    {
+        "name": st.one_of(
+            _secretish,
+            st.sampled_from(
+                [
+                    "{0.__class__}",
+                    "{0!r}",
+                    "%s",
+                    "{{x}}",
+                    "{__class__}",
+                    "{0.__init__.__globals__[sys].modules[os].environ[SLUICE_TEST_CANARY]}",
+                ]
+            ),
+        ),
+        "http": st.fixed_dictionaries(
+            {
+                "base_uri": st.just("https://api.example/"),
+                "headers": st.lists(
+                    st.fixed_dictionaries({"name": _secretish, "value": _secretish}), max_size=2
+                ),
+                "encrypted": st.dictionaries(
+                    st.sampled_from(["password", "token", "k"]), _secretish, max_size=3
+                ),
+                "unencrypted": st.dictionaries(
+                    st.sampled_from(["client_id", "k"]), json_values, max_size=2
+                ),
+            }
+        ),
+    }
+)
 
 _CANARY = "cnry" + "7f3a9c1e" * 2
 # What Python internals look like when printed.
@@ -444,13 +545,20 @@ def test_any_template_text_fails_only_with_template_error(
 
 
 @settings(max_examples=10, deadline=None)
-@example(template="{{connection.name.format}}",
-         name="{0.__init__.__globals__[sys].modules[os].environ[SLUICE_TEST_CANARY]}")
+@example(
+    template="{{connection.name.format}}",
+    name="{0.__init__.__globals__[sys].modules[os].environ[SLUICE_TEST_CANARY]}",
+)
 @example(template="{{#with connection}}{{name.format_map}}{{/with}}", name="{__class__}")
 @example(template="{{#with connection.name}}{{format}}{{/with}}", name="{0.__class__}")
 @given(
-    template=st.sampled_from(["{{connection.name.format}}", "{{{connection.name.format}}}",
-                              "{{#with connection.name}}{{format}}{{/with}}"]),
+    template=st.sampled_from(
+        [
+            "{{connection.name.format}}",
+            "{{{connection.name.format}}}",
+            "{{#with connection.name}}{{format}}{{/with}}",
+        ]
+    ),
     name=st.sampled_from(["{0.__class__}", "{0.__init__.__globals__[__name__]}"]),
 )
 def test_string_methods_cannot_reach_python_internals(template: str, name: str) -> None:
@@ -469,15 +577,23 @@ def test_string_methods_cannot_reach_python_internals(template: str, name: str) 
 # -- connection model: line breaks in anything that becomes a header or a URI ------
 
 _BASE: dict[str, Any] = {
-    "name": "n", "mode": "cloud",
+    "name": "n",
+    "mode": "cloud",
     "http": {
         "base_uri": "https://api.example/v1",
         "headers": [{"name": "X-Tenant", "value": "acme"}],
         "auth": {
-            "type": "token", "token": "t0ken", "location": "header",
-            "header_name": "Authorization", "scheme": "Bearer",
-            "refresh": {"method": "POST", "relative_uri": "/oauth/token",
-                        "headers": [{"name": "X-R", "value": "r"}], "token_path": "t"},
+            "type": "token",
+            "token": "t0ken",
+            "location": "header",
+            "header_name": "Authorization",
+            "scheme": "Bearer",
+            "refresh": {
+                "method": "POST",
+                "relative_uri": "/oauth/token",
+                "headers": [{"name": "X-R", "value": "r"}],
+                "token_path": "t",
+            },
         },
         "ping": {"method": "GET", "relative_uri": "/health"},
     },
@@ -527,7 +643,8 @@ def test_line_breaks_anywhere_are_refused_with_the_field_named(
     problems = validation_problems(info.value)
     assert field in [p["field"] for p in problems], problems
     assert bad not in json.dumps(problems, ensure_ascii=False).replace("\\r", "").replace(
-        "\\n", ""), problems
+        "\\n", ""
+    ), problems
     if len(value.strip()) >= 4:
         assert value not in str(problems)
 
@@ -539,13 +656,17 @@ def test_secret_values_with_line_breaks_never_reach_a_header(
 ) -> None:
     """encrypted values may hold anything; a header that inserts one must refuse it."""
     connection = {"http": {"encrypted": {"k": before + bad + after}}}
-    for template in ("{{connection.http.encrypted.k}}", "{{{connection.http.encrypted.k}}}",
-                     "Bearer {{& connection.http.encrypted.k}}"):
+    for template in (
+        "{{connection.http.encrypted.k}}",
+        "{{{connection.http.encrypted.k}}}",
+        "Bearer {{& connection.http.encrypted.k}}",
+    ):
         with pytest.raises(TemplateError, match="CR, LF or NUL"):
             render_header_value(template, connection)
 
 
 # -- the atheris target for sluice.connect -----------------------------------------------
+
 
 def test_connect_fuzz_target_holds_on_its_seeds() -> None:
     """tests/fuzz/fuzz_connect.py's property, without atheris, so it cannot rot."""
@@ -563,7 +684,10 @@ def test_connect_fuzz_target_runs_under_atheris(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_connect.py"
     done = subprocess.run(
         [sys.executable, str(script), "-runs=20000", "-max_len=9000", "-seed=1"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "FUZZ_CONNECT_WORKDIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]

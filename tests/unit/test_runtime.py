@@ -39,10 +39,14 @@ print(len(mappings() - before))
 
 
 def _new_mappings(mode: str, **env: str) -> int:
-    out = subprocess.run([sys.executable, "-c", _NEW_MAPPINGS, mode], capture_output=True,
-                         text=True, timeout=30, check=True,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-                         | env)
+    out = subprocess.run(
+        [sys.executable, "-c", _NEW_MAPPINGS, mode],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env,
+    )
     return int(out.stdout)
 
 

@@ -32,15 +32,28 @@ async def _packets_sent(cipher: str, tmp_path: Path) -> int:
         process.exit(0)
 
     server = await asyncssh.create_server(
-        _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle,
+        _Counting,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=handle,
         encryption_algs=[cipher],
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        async with asyncssh.connect(
-            "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
-            agent_path=None, config=None, encryption_algs=[cipher],
-        ) as conn, conn.create_process("echo") as proc:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                port,
+                known_hosts=None,
+                username="u",
+                client_keys=None,
+                agent_path=None,
+                config=None,
+                encryption_algs=[cipher],
+            ) as conn,
+            conn.create_process("echo") as proc,
+        ):
             before = conn._send_seq
             for i in range(20):
                 proc.stdin.write(f"{i}\n")
@@ -60,7 +73,6 @@ async def test_one_packet_per_write_under_aead(cipher: str, tmp_path: Path) -> N
 
 async def test_ignore_packets_kept_under_ctr(tmp_path: Path) -> None:
     assert await _packets_sent("aes128-ctr", tmp_path) == 40  # an IGNORE before each
-
 
 
 def _count_short_path_packets(monkeypatch: pytest.MonkeyPatch, side: type[Any]) -> list[int]:
@@ -101,11 +113,14 @@ class _CountingTransport:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize(("cipher", "rekey_bytes"), [
-    ("aes128-gcm@openssh.com", 1 << 30),
-    ("aes128-gcm@openssh.com", 100_000),  # key exchanges mid-stream, both ways
-    ("chacha20-poly1305@openssh.com", 1 << 30),
-])
+@pytest.mark.parametrize(
+    ("cipher", "rekey_bytes"),
+    [
+        ("aes128-gcm@openssh.com", 1 << 30),
+        ("aes128-gcm@openssh.com", 100_000),  # key exchanges mid-stream, both ways
+        ("chacha20-poly1305@openssh.com", 1 << 30),
+    ],
+)
 async def test_a_channel_flush_is_one_write_and_bytes_survive(
     cipher: str, rekey_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,16 +135,32 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
         process.exit(0)
 
     server = await asyncssh.create_server(
-        _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle,
-        encryption_algs=[cipher], encoding=None, window=4 * 1024 * 1024,
+        _Counting,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=handle,
+        encryption_algs=[cipher],
+        encoding=None,
+        window=4 * 1024 * 1024,
         rekey_bytes=rekey_bytes,
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        async with asyncssh.connect(
-            "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
-            agent_path=None, config=None, encryption_algs=[cipher], rekey_bytes=rekey_bytes,
-        ) as conn, conn.create_process("echo", encoding=None) as proc:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                port,
+                known_hosts=None,
+                username="u",
+                client_keys=None,
+                agent_path=None,
+                config=None,
+                encryption_algs=[cipher],
+                rekey_bytes=rekey_bytes,
+            ) as conn,
+            conn.create_process("echo", encoding=None) as proc,
+        ):
             if "gcm" in cipher:
                 assert ssh_tuning._gcm_ready(conn) is not None  # the short framing path
             assert conn._transport is not None
@@ -197,16 +228,31 @@ async def test_large_packets_after_another_packet_in_one_read_take_the_short_pat
         process.exit(0)
 
     server = await asyncssh.create_server(
-        _Counting, "127.0.0.1", 0, server_host_keys=[key], process_factory=handle,
-        encryption_algs=["aes128-gcm@openssh.com"], encoding=None,
-        window=4 * 1024 * 1024, max_pktsize=packet,
+        _Counting,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=handle,
+        encryption_algs=["aes128-gcm@openssh.com"],
+        encoding=None,
+        window=4 * 1024 * 1024,
+        max_pktsize=packet,
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        async with asyncssh.connect(
-            "127.0.0.1", port, known_hosts=None, username="u", client_keys=None,
-            agent_path=None, config=None, encryption_algs=["aes128-gcm@openssh.com"],
-        ) as conn, conn.create_process("check", encoding=None) as proc:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                port,
+                known_hosts=None,
+                username="u",
+                client_keys=None,
+                agent_path=None,
+                config=None,
+                encryption_algs=["aes128-gcm@openssh.com"],
+            ) as conn,
+            conn.create_process("check", encoding=None) as proc,
+        ):
             assert conn._transport is not None
             held = _HeldTransport(conn._transport)
             conn._transport = held  # type: ignore[assignment]

@@ -21,8 +21,12 @@ FP = "SHA256:" + "c" * 43
 
 def settings(**kw: Any) -> AgentSettings:
     values: dict[str, Any] = {
-        "relay": ["r1:1", "r2:2"], "relay_fingerprint": FP, "backoff_initial": 0.01,
-        "backoff_max": 0.05, "stable_after": 0.2, "drain_timeout": 0.5,
+        "relay": ["r1:1", "r2:2"],
+        "relay_fingerprint": FP,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+        "stable_after": 0.2,
+        "drain_timeout": 0.5,
     }
     values.update(kw)
     return AgentSettings(**values)
