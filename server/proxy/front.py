@@ -80,7 +80,7 @@ _LINGER_SECONDS = 2.0
 
 
 class FrontSite(web.TCPSite):
-    """aiohttp's TCP site with the front as the protocol for new connections."""
+    """aiohttp's TCP site with the front as the protocol for new callers."""
 
     def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int) -> None:
         super().__init__(runner, host, port, backlog=LISTEN_BACKLOG)
@@ -102,7 +102,7 @@ class FrontSite(web.TCPSite):
 
 
 class Front:
-    """What every front connection shares: services, limits, the open connections."""
+    """What every caller of the front shares: services, limits, the open caller sockets."""
 
     def __init__(
         self,
@@ -117,12 +117,12 @@ class Front:
         self.max_headers = max_headers
         self.idle_timeout = idle_timeout
         self.handoff_to: web.Server | None = None
-        self.connections: set[FrontProtocol] = set()
+        self.callers: set[FrontProtocol] = set()
         self.closing = False
         self._date = (0, "")
 
     def __repr__(self) -> str:
-        return f"<Front connections={len(self.connections)} closing={self.closing}>"
+        return f"<Front callers={len(self.callers)} closing={self.closing}>"
 
     def date(self) -> str:
         now = int(time.time())
@@ -131,24 +131,24 @@ class Front:
         return self._date[1]
 
     async def shutdown(self, timeout: float) -> None:
-        """Close idle connections now; give running requests *timeout* to finish."""
+        """Close idle callers now; give running requests *timeout* to finish."""
         self.closing = True
-        for conn in list(self.connections):
-            conn.close_if_idle()
+        for caller in list(self.callers):
+            caller.close_if_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        for conn in list(self.connections):
+        for caller in list(self.callers):
             remaining = deadline - loop.time()
-            if conn.busy and remaining > 0:
+            if caller.busy and remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(conn.finished.wait(), remaining)
-        # Answered connections may still be flushing their last bytes.
-        for conn in list(self.connections):
+                    await asyncio.wait_for(caller.finished.wait(), remaining)
+        # Answered callers may still be flushing their last bytes.
+        for caller in list(self.callers):
             remaining = deadline - loop.time()
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(conn.gone.wait(), remaining)
-        tasks = [task for conn in list(self.connections) if (task := conn.abort())]
+                    await asyncio.wait_for(caller.gone.wait(), remaining)
+        tasks = [task for caller in list(self.callers) if (task := caller.abort())]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -232,8 +232,8 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
 class _BodyFeed:
     """A request body of known length, from the caller's socket to the engine."""
 
-    def __init__(self, conn: FrontProtocol, length: int) -> None:
-        self._conn = conn
+    def __init__(self, caller: FrontProtocol, length: int) -> None:
+        self._caller = caller
         self.remaining = length
         self._chunks: collections.deque[bytes] = collections.deque()
         self._queued = 0
@@ -248,7 +248,7 @@ class _BodyFeed:
             self._chunks.append(take)
             self._queued += len(take)
             if self._queued > _BODY_HIGH_WATER:
-                self._conn.pause_reading()
+                self._caller.pause_reading()
             self._wake()
         return data[len(take) :]
 
@@ -266,7 +266,7 @@ class _BodyFeed:
                 chunk = b"".join(self._chunks)
                 self._chunks.clear()
                 self._queued = 0
-                self._conn.resume_reading()
+                self._caller.resume_reading()
                 yield chunk
                 continue
             if self.remaining == 0:
@@ -307,7 +307,7 @@ class FrontProtocol(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.front.connections.add(self)
+        self.front.callers.add(self)
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -332,7 +332,7 @@ class FrontProtocol(asyncio.Protocol):
         return self.busy  # keep the write side open for the answer underway
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.front.connections.discard(self)
+        self.front.callers.discard(self)
         self._stop_idle_timer()
         if self._body is not None:
             self._body.fail(ConnectionResetError())
@@ -467,7 +467,7 @@ class FrontProtocol(asyncio.Protocol):
         assert self.transport is not None
         assert self.front.handoff_to is not None
         self._stop_idle_timer()
-        self.front.connections.discard(self)
+        self.front.callers.discard(self)
         handler = self.front.handoff_to()
         self.transport.set_protocol(handler)
         handler.connection_made(self.transport)
@@ -543,7 +543,7 @@ class FrontProtocol(asyncio.Protocol):
         except Exception as exc:
             self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
             return
-        mode = handle.conn.mode
+        mode = handle.connection.mode
         services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
         small = is_small(upstream, request.method)
         if small:

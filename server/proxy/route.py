@@ -132,7 +132,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         list(request.headers.items()),
         body,
     )
-    mode = handle.conn.mode
+    mode = handle.connection.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
     small = is_small(upstream, request.method)
     response: web.StreamResponse

@@ -150,8 +150,8 @@ async def test_expired_token_is_refreshed_once_for_twenty_callers(
     remember_secret(api.tokens.current)
     # The new token was stored (encrypted): a fresh handle uses it directly.
     handle = await relay.connections.handle(conn_id)
-    assert handle.conn.http.auth is not None
-    assert handle.conn.http.auth.token == api.tokens.current
+    assert handle.connection.http.auth is not None
+    assert handle.connection.http.auth.token == api.tokens.current
     stored = await relay.store.get_connection(conn_id)
     assert stored is not None
     assert api.tokens.current not in stored.document
@@ -261,8 +261,8 @@ async def test_patch_keeps_omitted_secrets_and_never_returns_them(
     assert patched.status == 200, patched.text
     assert patched.body["name"] == "Renamed"
     handle = await relay.connections.handle(conn_id)
-    assert handle.conn.http.encrypted["refresh_token"] == api.tokens.refresh_secret
-    assert handle.conn.http.media_type == "xml"
+    assert handle.connection.http.encrypted["refresh_token"] == api.tokens.refresh_secret
+    assert handle.connection.http.media_type == "xml"
 
 
 async def test_cloud_mode_refuses_private_destinations(client: APIClient) -> None:
