@@ -252,9 +252,7 @@ class Store:
 
     async def list_connections(self) -> list[ConnectionRow]:
         async with self._engine.connect() as db:
-            rows = (
-                await db.execute(connections.select().order_by(connections.c.created_at))
-            ).all()
+            rows = (await db.execute(connections.select().order_by(connections.c.created_at))).all()
         return [_connection(r) for r in rows]
 
     async def update_connection(

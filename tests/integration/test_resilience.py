@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server.errors import is_tunnel_lost
+from server.errors import TunnelLost, relay_error_in
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.agent import AgentProcess
@@ -79,7 +79,7 @@ async def test_agent_killed_mid_download_fails_fast_then_other_replica_serves(
     with pytest.raises(aiohttp.ClientError) as err:
         await drain()
     assert time.monotonic() - began < 10
-    assert is_tunnel_lost(err.value), repr(err.value)
+    assert isinstance(relay_error_in(err.value), TunnelLost), repr(err.value)
     response.release()
 
     async with http.get(f"{api.base}/hello") as resp:  # served by the other replica
