@@ -1,16 +1,15 @@
-"""docs/BENCHMARKS.md: machine, versions, method and commands, summary, raw numbers."""
+"""What a run prints and docs/BENCHMARKS.md: machine, versions, method and
+commands, summary, target verdicts, raw numbers."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench import targets
 from bench.fleet import BACKOFF
-
-if TYPE_CHECKING:
-    from bench.report import Summary
+from bench.report import Summary
 
 RAW_COLUMNS = (
     "rep",
@@ -216,3 +215,16 @@ def render(s: Summary) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def text_table(s: Summary) -> str:
+    """The summary and the target verdicts as the run prints them."""
+    grid = s.grid()
+    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+    text = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in grid]
+    text.insert(1, "-+-".join("-" * w for w in widths))
+    text += ["", "Targets (Sluice on-premise):"]
+    text += [f"  {v.verdict:6} {v.name}: {v.detail}" for v in targets.evaluate(s)]
+    text += ["", "Scale:"] + [f"  {line}" for line in s.scale_lines()]
+    text += ["", f"Outside load during the points: {_foreign(s.rows)}"]
+    return "\n".join(text)

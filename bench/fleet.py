@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from agent.allowlist import Allowlist
-from agent.proxy import ProxyContext, ProxyStats
+from agent.proxy import ProxyContext
+from agent.stats import ProxyStats
 from agent.settings import AgentSettings
 from agent.supervisor import Opener, Supervisor, Tunnel, connect_opener
 from sluice.addresses import HostPort

@@ -64,4 +64,9 @@ class ServerSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'sluice.db').resolve()}"
+        return sqlite_url((self.data_dir / "sluice.db").resolve())
+
+
+def sqlite_url(path: Path) -> str:
+    """The database URL of the SQLite file at *path*."""
+    return f"sqlite+aiosqlite:///{path}"

@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from server.connections.documents import (
     iter_secrets,
+    map_secrets,
     merge_patch,
     public_view,
-    set_secret,
+    secret_context,
     validation_problems,
 )
 from server.connections.model import Connection
@@ -46,10 +47,6 @@ class InvalidConnection(Exception):
 
 class ConnectionNotFound(KeyError):
     pass
-
-
-def _context(conn_id: str, path: str) -> str:
-    return f"connection:{conn_id}:{path}"
 
 
 class ConnectionService:
@@ -89,15 +86,17 @@ class ConnectionService:
 
     # -- sealing --------------------------------------------------------------
     def _seal(self, conn_id: str, connection: Connection) -> str:
-        doc = connection.model_dump(mode="json")
-        for path, value in list(iter_secrets(doc)):
-            set_secret(doc, path, self._box.encrypt(value, context=_context(conn_id, path)))
+        doc = map_secrets(
+            connection.model_dump(mode="json"),
+            lambda path, value: self._box.encrypt(value, context=secret_context(conn_id, path)),
+        )
         return json.dumps(doc, separators=(",", ":"))
 
     def _open(self, row: ConnectionRow) -> Connection:
-        doc = json.loads(row.document)
-        for path, value in list(iter_secrets(doc)):
-            set_secret(doc, path, self._decrypt(value, _context(row.id, path)))
+        doc = map_secrets(
+            json.loads(row.document),
+            lambda path, value: self._decrypt(value, secret_context(row.id, path)),
+        )
         return Connection.model_validate(doc)
 
     def _decrypt(self, value: str, context: str) -> str:
@@ -260,9 +259,10 @@ class ConnectionService:
         """Re-encrypt every stored secret under *box*'s current key."""
 
         def rewrite(conn_id: str, document: str) -> str:
-            doc = json.loads(document)
-            for path, value in list(iter_secrets(doc)):
-                set_secret(doc, path, box.rotate(value, context=_context(conn_id, path)))
+            doc = map_secrets(
+                json.loads(document),
+                lambda path, value: box.rotate(value, context=secret_context(conn_id, path)),
+            )
             return json.dumps(doc, separators=(",", ":"))
 
         return await self._store.rewrite_documents(rewrite)

@@ -138,11 +138,12 @@ class Engine:
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._latest_token: dict[str, str] = {}
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
-        self.refreshes: dict[str, int] = {"ok": 0, "failed": 0}
         self._on_refresh = on_refresh
 
     def __repr__(self) -> str:
-        return f"<Engine refreshes={self.refreshes}>"
+        return (
+            f"<Engine refreshing={len(self._refresh_locks)} tls_contexts={len(self._ssl_contexts)}>"
+        )
 
     # -- sending ------------------------------------------------------------
     def _session(self, handle: Handle) -> aiohttp.ClientSession:
@@ -364,7 +365,6 @@ class Engine:
         handle.masks.append(token)
 
     def _count_refresh(self, outcome: str) -> None:
-        self.refreshes[outcome] += 1
         if self._on_refresh is not None:
             self._on_refresh(outcome)
 

@@ -94,10 +94,6 @@ class AgentInUse(Exception):
         self.connection_ids = connection_ids
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
 def _upgrade(sync_conn: sa.Connection) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
@@ -106,7 +102,7 @@ def _upgrade(sync_conn: sa.Connection) -> None:
 
 
 class Store:
-    """Agents (and, later, connections) kept in one SQL database."""
+    """Agents, connections and the audit trail, kept in one SQL database."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine

@@ -160,8 +160,3 @@ class TunnelRegistry:
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
-
-    async def wait_online(self, agent_id: str, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.is_online(agent_id):
-                await self.wait_changed()

@@ -16,6 +16,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
+from tests.support.waiting import wait_until
 
 TOKEN = "api-token-" + "s" * 20
 
@@ -354,7 +355,9 @@ async def test_restart_loses_nothing(
         )
         try:
             assert again.admin_token == relay.admin_token
-            await again.registry.wait_online(token.agent_id, timeout=20)
+            await wait_until(
+                lambda: again.registry.is_online(token.agent_id), timeout=20, what="agent online"
+            )
             answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/secure/b")
             assert answer.status == 200
             assert api.tokens.issued == 1  # the refreshed token survived the restart

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ async def test_relay_restart_brings_every_agent_back(
     )
     try:
         for token in tokens:
-            await again.registry.wait_online(token.agent_id, timeout=20)
+            online = functools.partial(again.registry.is_online, token.agent_id)
+            await wait_until(online, timeout=20, what="agent online")
         elapsed = time.monotonic() - began
         # Agents here back off from 0.1 s up to 1 s (full jitter): all are back
         # within a couple of their backoff caps.

@@ -12,7 +12,8 @@ import pytest
 from server.connections import service as connections_module
 from server.connections.service import ConnectionNotFound, ConnectionService
 from server.secrets.crypto import MasterKey, SecretBox
-from server.storage.store import ConnectionRow, Store, sqlite_url
+from server.settings import sqlite_url
+from server.storage.store import ConnectionRow, Store
 
 TOKEN = "cache-test-token-0123456789"
 
