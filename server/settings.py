@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sluice.addresses import HostPort
+from sluice.config import address
 
 
 class ServerSettings(BaseSettings):
@@ -55,7 +56,7 @@ class ServerSettings(BaseSettings):
     @field_validator("ssh_listen", "http_listen", mode="before")
     @classmethod
     def _parse_address(cls, value: object) -> object:
-        return HostPort.parse(value) if isinstance(value, str) else value
+        return address(value)
 
     @property
     def host_key_path(self) -> Path:
