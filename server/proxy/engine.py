@@ -194,9 +194,9 @@ class Engine:
         headers["Content-Type"] = content_type
         headers["Accept"] = content_type
         context: dict[str, Any] | None = None
+        # The model refuses framing and hop-by-hop names (RESERVED_HEADERS),
+        # stored documents included: they are validated again when read.
         for header in http.headers:
-            if header.name.lower() in HOP_BY_HOP:
-                continue  # the model refuses these; stored ones from before are skipped
             if "{{" not in header.value:
                 headers[header.name] = header.value
                 continue
