@@ -147,11 +147,10 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     try:
         # Startup objects leave the GC before any agent or caller is accepted
         # (a connection frozen with them would never be collected).
-        relay = await Relay.start(settings, before_listening=settle_gc)
+        relay = await Relay.start(settings, before_listening=settle_gc, masker=masker)
     except (OSError, ValueError) as exc:
         log.error("relay_start_failed", error=str(exc))
         return 1
-    masker.add(relay.admin_token)
     if relay.admin_token_created:
         # Printed once, to stdout and not to the log, for the operator to copy.
         print(

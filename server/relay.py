@@ -27,6 +27,7 @@ from server.tunnel.ssh import SSHContext, start_ssh_server
 from server.web.api import build_app
 from server.web.metrics import RelayMetrics
 from server.web.services import Services
+from sluice.logs import SecretMasker
 from sluice.sshconfig import fingerprint
 from sluice.tasks import TaskSet
 
@@ -67,11 +68,14 @@ class Relay:
         *,
         serve_http: bool = True,
         before_listening: Callable[[], None] | None = None,
+        masker: SecretMasker | None = None,
     ) -> Relay:
         """Open the store (migrating it), load keys, listen for agents and API calls.
 
         *before_listening* runs once everything is set up and nothing is
         accepted yet (the CLI freezes startup objects out of the GC there).
+        *masker* (the log's) learns the admin token and every connection
+        secret the relay decrypts or refreshes.
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         host_key = load_or_create_host_key(settings.host_key_path)
@@ -84,7 +88,12 @@ class Relay:
         store = await Store.open(settings.resolved_database_url())
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
-        connections = ConnectionService(store, box, lambda: load_secret_box(settings))
+        remember = masker.add if masker is not None else None
+        if masker is not None:
+            masker.add(admin_token)
+        connections = ConnectionService(
+            store, box, lambda: load_secret_box(settings), remember_secrets=remember
+        )
         tunnel_http = TunnelHTTP(
             registry,
             connect_timeout=settings.connect_timeout,
@@ -98,6 +107,7 @@ class Relay:
             cloud_http,
             connections.save_token,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
+            remember_secret=remember,
         )
         relay = cls(
             settings=settings,

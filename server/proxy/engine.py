@@ -20,11 +20,12 @@ from typing import Any
 
 import aiohttp
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from multidict import CIMultiDict
 from yarl import URL
 
 from server.connections.model import Connection, media_type_header
-from server.errors import AgentOffline, RelayError
+from server.errors import AgentOffline, RelayError, UpstreamBadAnswer, UpstreamHeadTooLarge
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.success_path import lookup, ping_verdict
 from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
@@ -32,6 +33,7 @@ from server.proxy.urls import URLError, join_request_uri, join_uri, with_query_p
 from server.tunnel.http1 import USER_AGENT, Answer, Body
 from server.tunnel.http_client import TunnelHTTP, default_tls
 from server.tunnel.registry import TunnelRegistry
+from sluice.logs import mask_secrets
 
 log = structlog.get_logger("sluice.relay.engine")
 
@@ -100,10 +102,9 @@ class Handle:
         return self.connection.model_dump(mode="json")
 
     def mask(self, text: str) -> str:
-        for secret in self.masks:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        """*text* with this connection's secrets masked, escaped and
+        percent-encoded forms included."""
+        return mask_secrets(text, (secret for secret in self.masks if len(secret) >= 4))
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Engine:
         cloud_http: CloudHTTP,
         save_token: TokenSaver,
         on_refresh: Callable[[str], None] | None = None,
+        remember_secret: Callable[..., None] | None = None,
     ) -> None:
         self._registry = registry
         self._tunnel_http = tunnel_http
@@ -139,6 +141,7 @@ class Engine:
         self._latest_token: dict[str, str] = {}
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
         self._on_refresh = on_refresh
+        self._remember = remember_secret
 
     def __repr__(self) -> str:
         return (
@@ -263,6 +266,19 @@ class Engine:
             if isinstance(cause, RelayError):
                 raise cause from None
             raise UpstreamConnectFailed(f"cannot connect to {url.host}: {exc.strerror}") from exc
+        except (HttpProcessingError, aiohttp.ClientResponseError) as exc:
+            # aiohttp's parser refused the answer's head; its text may quote
+            # the head (and a URL-parameter token in it), so only the kind is told.
+            text = str(exc).lower()
+            if isinstance(exc, LineTooLong) or any(
+                words in text for words in ("got more than", "too long", "too many")
+            ):
+                raise UpstreamHeadTooLarge(
+                    f"{url.host} sent an answer head larger than the relay accepts"
+                ) from None
+            raise UpstreamBadAnswer(
+                f"{url.host} sent an answer that is not valid HTTP/1.1"
+            ) from None
 
     async def _send_lean(
         self,
@@ -363,6 +379,8 @@ class Engine:
             }
         )
         handle.masks.append(token)
+        if self._remember is not None:
+            self._remember(token)
 
     def _count_refresh(self, outcome: str) -> None:
         if self._on_refresh is not None:
@@ -456,11 +474,25 @@ class Engine:
             return done(False, None, f"ping relative URI: {exc}")
         except RelayError as exc:
             return done(False, None, f"{exc.type}: {exc}")
-        async with response:
-            raw = await response.content.read(PING_BODY_LIMIT)
-            content_type = response.headers.get("Content-Type")
+        except (aiohttp.ClientError, HttpProcessingError, OSError, ValueError) as exc:
+            # Whatever else the way to the API throws is a failed test, not a
+            # relay error; its text may quote the URL, so only its kind is told.
+            return done(False, None, f"the request failed: {type(exc).__name__}")
+        try:
+            async with response:
+                raw = await response.content.read(PING_BODY_LIMIT)
+                content_type = response.headers.get("Content-Type")
+        except RelayError as exc:
+            return done(False, response.status, f"{exc.type}: {exc}")
+        except (aiohttp.ClientError, HttpProcessingError, OSError, ValueError) as exc:
+            return done(False, response.status, f"the answer was cut off: {type(exc).__name__}")
         ok, message = ping_verdict(
-            response.status, raw, content_type, ping.success_path, list(ping.success_values)
+            response.status,
+            raw,
+            content_type,
+            ping.success_path,
+            list(ping.success_values),
+            mask=handle.mask,
         )
         return done(ok, response.status, message)
 
@@ -498,16 +530,19 @@ async def _buffer_small(body: Body) -> tuple[bytes | None, Body]:
 
 
 def _describe(raw: bytes, handle: Handle) -> str:
-    """A short, secret-masked description of a response body for error messages."""
+    """A short, secret-masked description of a response body for error messages.
+
+    Masked before it is shortened: a secret cut in two would no longer match.
+    """
     try:
         document = json.loads(raw)
-    except ValueError:
-        text = raw[:160].decode("utf-8", "replace")
-        return handle.mask(repr(text)) if text else "an empty body"
+    except (ValueError, RecursionError):
+        text = handle.mask(raw.decode("utf-8", "replace"))[:160]
+        return repr(text) if text else "an empty body"
     if isinstance(document, dict):
         parts = []
         for key, value in list(document.items())[:8]:
-            shown = json.dumps(value)[:60] if not isinstance(value, dict | list) else "{…}"
-            parts.append(f"{key}={shown}")
-        return handle.mask("{" + ", ".join(parts) + "}")
-    return handle.mask(json.dumps(document)[:160])
+            shown = "{…}" if isinstance(value, dict | list) else handle.mask(json.dumps(value))
+            parts.append(f"{handle.mask(str(key))[:40]}={shown[:60]}")
+        return "{" + ", ".join(parts) + "}"
+    return handle.mask(json.dumps(document))[:160]

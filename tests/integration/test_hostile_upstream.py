@@ -4,6 +4,7 @@ relay bounds what an answer can make it hold, and says so in a problem."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -75,14 +76,14 @@ class Running:
             data = await resp.json(content_type=None) if text else None
             return resp.status, data, text
 
-    async def connection(self, port: int, **http: Any) -> str:
+    async def connection(self, port: int, mode: str = "on_premise", **http: Any) -> str:
         status, body, text = await self.call(
             "POST",
             "/v1/connections",
             {
                 "name": "hostile",
-                "mode": "on_premise",
-                "agent_id": self.agent_id,
+                "mode": mode,
+                "agent_id": self.agent_id if mode == "on_premise" else None,
                 "http": {"base_uri": f"http://127.0.0.1:{port}/", **http},
             },
         )
@@ -99,7 +100,10 @@ def rss_kib(pid: int) -> int:
 
 @pytest.fixture
 async def running(tmp_path: Path, hostile: Hostile) -> AsyncIterator[Running]:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    # Cloud connections to the loopback API too: the ping tests use both modes.
+    relay = RelayProcess(
+        tmp_path / "relay", tmp_path / "relay.log", allow_private_destinations="true"
+    )
     remember_secret(relay.admin_token)
     await relay.start()
     agent: AgentProcess | None = None
@@ -160,3 +164,54 @@ async def test_endless_answer_headers_get_a_502_at_once_and_memory_stays_flat(
     assert grown < 30 * 1024, f"relay RSS grew by {grown} KiB"
     # The relay stopped reading: the API could not push its bomb through.
     assert max(sent) < 64 * MiB, sent
+
+
+def relay_log(running: Running) -> list[str]:
+    return running.relay.log_path.read_text(errors="replace").splitlines()
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_request_head_is_logged_as_json_with_the_admin_token_masked(
+    running: Running,
+) -> None:
+    token = running.relay.admin_token
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.relay.http_port)
+    # Bare LF line endings: the fast front hands this to aiohttp, which refuses it.
+    writer.write(
+        b"GET /v1/agents HTTP/1.1\nHost: x\nAuthorization: Bearer " + token.encode() + b"\n\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(12), 10)
+    writer.close()
+    assert answer.endswith(b" 400"), answer
+    await wait_until(
+        lambda: any("Error handling request" in line for line in relay_log(running)),
+        what="aiohttp's error line in the relay log",
+    )
+    lines = relay_log(running)
+    assert not any(token in line for line in lines), "admin token in the relay log"
+    for line in lines:
+        json.loads(line)  # every line, aiohttp's included, is the JSON format
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["cloud", "on_premise"])
+async def test_a_ping_meeting_an_oversized_head_fails_the_test_and_masks_the_url_token(
+    running: Running, hostile: Hostile, mode: str
+) -> None:
+    remember_secret(URL_TOKEN)
+    conn_id = await running.connection(
+        hostile.port,
+        mode,
+        auth={"token": URL_TOKEN, "location": "url", "param_name": "api_key"},
+        ping={"method": "GET", "relative_uri": "/long-header"},
+    )
+    status, result, text = await running.call("POST", f"/v1/connections/{conn_id}/test")
+    assert status == 200, text
+    assert result["ok"] is False, result
+    assert "head" in result["message"], result
+    assert URL_TOKEN not in text
+    status, _, text = await running.call("GET", f"/v1/connections/{conn_id}/proxy/long-header")
+    assert status == 502, text
+    assert not any(URL_TOKEN in line for line in relay_log(running)), "URL token in the log"
+    assert not any('"internal_error"' in line for line in relay_log(running))
