@@ -193,8 +193,8 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     parsed = _Head()
     try:
         parsed.parser.feed_data(head)
-    except httptools.HttpParserError:
-        return None
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # an Upgrade too: aiohttp refuses it (server.web.api)
     if not parsed.complete or len(parsed.headers) > max_headers:
         return None
     length: int | None = None
