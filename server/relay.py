@@ -82,7 +82,7 @@ class Relay:
         box = load_secret_box(settings)
         admin_token, created = load_or_create_admin_token(
             settings.data_dir,
-            settings.admin_token.get_secret_value() if settings.admin_token else None,
+            settings.admin_token.get_secret_value() if settings.admin_token is not None else None,
             settings.admin_token_file,
         )
         store = await Store.open(settings.resolved_database_url())

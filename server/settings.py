@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.secrets.admin_token import MIN_CHARS as MIN_ADMIN_TOKEN_CHARS
 from sluice.addresses import HostPort
 from sluice.config import address
 
@@ -57,6 +58,17 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _parse_address(cls, value: object) -> object:
         return address(value)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        # A blank or short token would let a blank or guessable bearer in.
+        if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (not counting "
+                "surrounding whitespace); leave it unset to have the relay generate one"
+            )
+        return value
 
     @property
     def host_key_path(self) -> Path:
