@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -41,6 +42,9 @@ class AgentRecord:
     created_at: dt.datetime
     token_rotated_at: dt.datetime | None
     last_seen_at: dt.datetime | None = None
+    # Set by authenticate_agent when the token presented is the previous one,
+    # in a rotation's grace: when it stops working (and its tunnels close).
+    token_expires_at: dt.datetime | None = None
 
 
 def _agent(row: Any) -> AgentRecord:
@@ -216,7 +220,14 @@ class Store:
             expires = _aware(row.previous_token_expires_at) if row is not None else None
             previous = expires is not None and utcnow() < expires
         ok = current or (previous and previous_hash is not None)
-        return _agent(row) if row is not None and ok else None
+        if row is None or not ok:
+            return None
+        agent = _agent(row)
+        if not current:
+            agent = dataclasses.replace(
+                agent, token_expires_at=_aware(row.previous_token_expires_at)
+            )
+        return agent
 
     # -- connections --------------------------------------------------------
 

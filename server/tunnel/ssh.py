@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._tunnel: Tunnel | None = None
         self._registered = False
         self._instance = ""
+        self._expiry: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         agent = self._agent.id if self._agent else None
@@ -81,6 +83,8 @@ class RelaySSHServer(asyncssh.SSHServer):
             ssh.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._tunnel is not None and self._registered:
             self._ctx.registry.remove(self._tunnel)
             self._ctx.tasks.spawn(self._ctx.store.touch_agent(self._tunnel.agent_id))
@@ -142,7 +146,19 @@ class RelaySSHServer(asyncssh.SSHServer):
         limiter.record_success(self._address)
         self._agent = agent
         log.info("ssh_auth_ok", peer=self._peer, agent_id=agent.id)
+        if agent.token_expires_at is not None:
+            # The previous token, in a rotation's grace: the session ends with it.
+            delay = (agent.token_expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(delay, 0.0), self._token_expired
+            )
         return True
+
+    def _token_expired(self) -> None:
+        agent = self._agent.id if self._agent else None
+        log.info("tunnel_token_expired", agent_id=agent, peer=self._peer)
+        if self._ssh is not None:
+            self._ssh.close()
 
     # -- the one thing an agent may ask for: its tunnel listener -----------
     def server_requested(self, listen_host: str, listen_port: int) -> bool | TunnelListener:
