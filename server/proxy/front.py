@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 
 from server.errors import BodyTooLarge
+from server.proxy.headers import Fields, get
 from server.proxy.route import (
     answer_headers,
     canonical_line,
@@ -51,21 +52,21 @@ _REQUEST_LINE = re.compile(
 )
 # Headers whose presence sends the request to aiohttp (framings and
 # semantics the front does not implement).
-_HANDED_ON = frozenset({"transfer-encoding", "expect", "upgrade"})
+_HANDED_ON = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 # Headers that may appear once (as aiohttp's parser enforces): a repeated one
 # could be read differently by something in front of the relay and the API.
 _SINGLETONS = frozenset(
     {
-        "content-length",
-        "content-location",
-        "content-range",
-        "content-type",
-        "etag",
-        "host",
-        "max-forwards",
-        "server",
-        "transfer-encoding",
-        "user-agent",
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
     }
 )
 # A body that has arrived whole, up to this size, is passed as bytes.
@@ -156,16 +157,13 @@ class _Head:
     """httptools callbacks for one request head."""
 
     def __init__(self) -> None:
-        self.headers: list[tuple[str, str]] = []
+        self.headers: Fields = []
         self.complete = False
         self.keep_alive = False
         self.parser = httptools.HttpRequestParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # As aiohttp decodes them, so the bytes pass through unchanged.
-        self.headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        self.headers.append((name, value))  # as received: server.proxy.headers
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -179,7 +177,7 @@ class _Request:
         method: str,
         conn_id: str,
         relative: str,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         length: int,
         keep_alive: bool,
     ) -> None:
@@ -200,12 +198,12 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     parsed = _Head()
     try:
         parsed.parser.feed_data(head)
-    except httptools.HttpParserError:
-        return None
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # aiohttp answers it (an Upgrade: 501, server.proxy.engine)
     if not parsed.complete or len(parsed.headers) > max_headers:
         return None
     length: int | None = None
-    singletons: set[str] = set()
+    singletons: set[bytes] = set()
     for name, value in parsed.headers:
         lowered = name.lower()
         if lowered in _HANDED_ON:
@@ -214,7 +212,7 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
             if lowered in singletons:
                 return None  # aiohttp refuses a repeated one; so must the relay
             singletons.add(lowered)
-        if lowered == "content-length":
+        if lowered == b"content-length":
             if not value.isdigit():
                 return None
             length = int(value)
@@ -522,7 +520,7 @@ class FrontProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
         began = time.perf_counter()
-        authorization = next((v for n, v in request.headers if n.lower() == "authorization"), "")
+        authorization = (get(request.headers, b"authorization") or b"").decode("latin-1")
         if bearer_actor(services.admin, authorization) is None:
             self._write_response(unauthorized(), request)
             return
@@ -555,23 +553,28 @@ class FrontProtocol(asyncio.Protocol):
             head = self._head(
                 upstream.status,
                 upstream.reason,
-                answer_headers(upstream, request.conn_id, small=True),
+                answer_headers(upstream, handle, request.conn_id),
                 request,
-                length=len(data),
+                # A 304 keeps the length the API gave (of the body it did not send).
+                length=upstream.content_length if upstream.status == 304 else len(data),
             )
             self._write(head + data)
             canonical_line(request.conn_id, mode, request.method, upstream.status, len(data), began)
             return
         sent = 0
         no_body = upstream.status in _NO_BODY_STATUSES or upstream.status < 200
-        chunked = upstream.content_length is None and not no_body
+        chunked = (
+            upstream.content_length is None
+            or b"chunked" in (get(upstream.raw_headers, b"transfer-encoding") or b"").lower()
+        ) and not no_body
         try:
             self._write(
                 self._head(
                     upstream.status,
                     upstream.reason,
-                    answer_headers(upstream, request.conn_id, small=False),
+                    answer_headers(upstream, handle, request.conn_id),
                     request,
+                    length=None if chunked else upstream.content_length,
                     chunked=chunked,
                 )
             )
@@ -602,7 +605,7 @@ class FrontProtocol(asyncio.Protocol):
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         request: _Request,
         *,
         length: int | None = None,
@@ -613,31 +616,30 @@ class FrontProtocol(asyncio.Protocol):
                 reason = HTTPStatus(status).phrase
             except ValueError:
                 reason = ""
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        if not any(name.lower() == "date" for name, _ in headers):
-            lines.append(f"Date: {self.front.date()}")
-        if status in _NO_BODY_STATUSES or status < 200:
-            lines += [
-                f"{name}: {value}" for name, value in headers if name.lower() != "content-length"
-            ]
-        else:
-            lines += [f"{name}: {value}" for name, value in headers]
-            if length is not None:
-                lines.append(f"Content-Length: {length}")
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
+        if get(headers, b"date") is None:
+            parts.append(b"Date: %s\r\n" % self.front.date().encode())
+        parts += [b"%s: %s\r\n" % field for field in headers]
+        if length is not None and status != 204 and status >= 200:
+            parts.append(b"Content-Length: %d\r\n" % length)
         if chunked:
-            lines.append("Transfer-Encoding: chunked")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         body_unread = self._body is not None and self._body.remaining > 0
         if not request.keep_alive or self.front.closing or body_unread:
-            lines.append("Connection: close")
+            parts.append(b"Connection: close\r\n")
             self._close_announced = True
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _write_response(self, response: web.Response, request: _Request) -> None:
         """One of the relay's own small answers (a problem document)."""
         body = response.body
         assert isinstance(body, bytes)
-        headers = [(n, v) for n, v in response.headers.items() if n.lower() != "content-length"]
+        headers = [
+            (n.encode("latin-1"), v.encode("latin-1"))
+            for n, v in response.headers.items()
+            if n.lower() != "content-length"
+        ]
         self._write(
             self._head(response.status, response.reason, headers, request, length=len(body)) + body
         )

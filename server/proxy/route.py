@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_writer import StreamWriter
 
 from server.errors import BodyTooLarge, RelayError, TunnelLost
-from server.proxy.engine import HOP_BY_HOP, Handle
+from server.proxy.engine import Handle
+from server.proxy.headers import Fields, LocationRewrite, answer_fields, get
+from server.proxy.urls import base_origin_and_path
 from server.tunnel.http1 import Answer, Body
 from server.web.services import Services, services_of
 
@@ -23,6 +27,7 @@ SMALL_BODY = 64 * 1024
 # Set on every proxied answer so callers can tell the API's own answers
 # (this header present) from the relay's problem+json errors.
 VIA_HEADER = "Sluice-Connection"
+_VIA = VIA_HEADER.encode()
 
 
 def _relative(request: web.Request) -> str:
@@ -68,7 +73,7 @@ async def send_upstream(
     conn_id: str,
     method: str,
     relative: str,
-    headers: list[tuple[str, str]],
+    headers: Fields,
     body: Body,
 ) -> tuple[Handle, Answer]:
     """Send one proxied request; errors are the relay's own (no URL quoted)."""
@@ -93,15 +98,19 @@ def is_small(upstream: Answer, method: str) -> bool:
     )
 
 
-def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
-    """The API's answer headers the caller gets: hop-by-hop ones dropped (a
-    streamed answer keeps its Content-Length), the connection named."""
-    kept = [
-        (name, value)
-        for name, value in upstream.headers.items()
-        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small)
-    ]
-    kept.append((VIA_HEADER, conn_id))
+@functools.lru_cache(maxsize=1024)
+def _rewrite(base_uri: str, conn_id: str) -> LocationRewrite:
+    origin, path = base_origin_and_path(base_uri)
+    return LocationRewrite(
+        origin.encode(), path.encode(), f"/v1/connections/{conn_id}/proxy".encode()
+    )
+
+
+def answer_headers(upstream: Answer, handle: Handle, conn_id: str) -> Fields:
+    """The API's answer fields the caller gets (``server.proxy.headers.answer_fields``;
+    the writer adds the framing), the connection named."""
+    kept = answer_fields(upstream.raw_headers, _rewrite(handle.conn.http.base_uri, conn_id))
+    kept.append((_VIA, conn_id.encode()))
     return kept
 
 
@@ -117,6 +126,42 @@ async def read_small(handle: Handle, upstream: Answer) -> bytes:
         upstream.release()
 
 
+class PassThroughResponse(web.StreamResponse):
+    """An aiohttp answer whose head is the API's fields as bytes.
+
+    aiohttp writes header values as UTF-8 text (it would turn obs-text such
+    as ``caf\xe9`` into ``caf\xc3\xa9``, or drop it) and adds Server and
+    Content-Type of its own. Here the head is the status line, the *fields*
+    exactly, and only the framing aiohttp chose (Content-Length,
+    Transfer-Encoding, Connection) plus Date when the API sent none.
+    """
+
+    _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+    def __init__(self, status: int, reason: str | None, fields: Fields) -> None:
+        super().__init__(status=status, reason=reason)
+        self._fields = fields
+
+    async def _write_headers(self) -> None:
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None
+        assert isinstance(writer, StreamWriter)
+        reason = (self.reason or "").encode("latin-1", "replace")
+        parts = [b"HTTP/%d.%d %d %s\r\n" % (*request.version, self.status, reason)]
+        parts += [b"%s: %s\r\n" % field for field in self._fields]
+        has_date = get(self._fields, b"date") is not None
+        for name, value in self.headers.items():
+            lowered = name.lower()
+            if lowered in self._FRAMING or (lowered == "date" and not has_date):
+                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        parts.append(b"\r\n")
+        # What StreamWriter.write_headers does with the head it serialises.
+        writer._headers_buf = b"".join(parts)
+        writer._headers_written = False
+        writer.send_headers()
+
+
 async def proxy(request: web.Request) -> web.StreamResponse:
     """The route as aiohttp serves it: requests ``server.proxy.front`` hands on
     (HEAD, chunked or 100-continue bodies, HTTP/1.0, ...)."""
@@ -129,34 +174,27 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         conn_id,
         request.method,
         _relative(request),
-        list(request.headers.items()),
+        list(request.raw_headers),
         body,
     )
     mode = handle.conn.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
-    small = is_small(upstream, request.method)
-    response: web.StreamResponse
-    if small:
-        response = web.Response(status=upstream.status, reason=upstream.reason)
-    else:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name, value in answer_headers(upstream, conn_id, small=small):
-        response.headers.add(name, value)
+    response = PassThroughResponse(
+        upstream.status, upstream.reason, answer_headers(upstream, handle, conn_id)
+    )
+    chunked = b"chunked" in (get(upstream.raw_headers, b"transfer-encoding") or b"").lower()
+    if upstream.content_length is not None and not chunked:
+        response.content_length = upstream.content_length
+    elif request.version >= HttpVersion11 and upstream.status not in (204, 304):
+        response.enable_chunked_encoding()
     sent = 0
-    if small:
-        assert isinstance(response, web.Response)
-        response.body = await read_small(handle, upstream)
-        canonical_line(
-            conn_id, mode, request.method, upstream.status, len(response.body or b""), began
-        )
-        return response
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             await _write_within(response, chunk, services.stalled_reader_timeout)
             sent += len(chunk)
         await response.write_eof()
-    except (aiohttp.ClientError, ConnectionError) as exc:
+    except (aiohttp.ClientError, ConnectionError, RelayError) as exc:
         # Headers are gone already: all we can do is cut the caller's
         # connection so it sees a truncated body, never a clean end.
         stream_broken(handle, conn_id, sent, exc)
