@@ -555,8 +555,7 @@ class FrontProtocol(asyncio.Protocol):
                 upstream.reason,
                 answer_headers(upstream, handle, request.conn_id),
                 request,
-                # A 304 keeps the length the API gave (of the body it did not send).
-                length=upstream.content_length if upstream.status == 304 else len(data),
+                length=len(data),
             )
             self._write(head + data)
             canonical_line(request.conn_id, mode, request.method, upstream.status, len(data), began)
@@ -620,7 +619,7 @@ class FrontProtocol(asyncio.Protocol):
         if get(headers, b"date") is None:
             parts.append(b"Date: %s\r\n" % self.front.date().encode())
         parts += [b"%s: %s\r\n" % field for field in headers]
-        if length is not None and status != 204 and status >= 200:
+        if length is not None and status not in _NO_BODY_STATUSES and status >= 200:
             parts.append(b"Content-Length: %d\r\n" % length)
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")

@@ -188,6 +188,15 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     elif request.version >= HttpVersion11 and upstream.status not in (204, 304):
         response.enable_chunked_encoding()
     sent = 0
+    if is_small(upstream, request.method):
+        # Read whole before the head goes out: an answer cut short is a 502.
+        data = await read_small(handle, upstream)
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data)
+        await response.write_eof()
+        canonical_line(conn_id, mode, request.method, upstream.status, len(data), began)
+        return response
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
