@@ -336,9 +336,7 @@ class Engine:
         elif isinstance(body, bytes):
             replay = body
         used = handle.conn.http.auth.token if handle.conn.http.auth else None
-        length = None
-        if body is not None and not isinstance(body, bytes):
-            length = _declared_length(headers)
+        length = _declared_length(headers)
         origin, target = self._target(handle, relative)
         response = await self._send(
             handle, method, origin, target, self._fields(handle, headers), body, length

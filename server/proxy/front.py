@@ -216,7 +216,7 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
             if not value.isdigit():
                 return None
             length = int(value)
-    relative = match.group(3).decode("ascii") or "/"
+    relative = match.group(3).decode("ascii")  # "" too: the base URI as written
     return _Request(
         match.group(1).decode("ascii"),
         match.group(2).decode("ascii"),

@@ -36,7 +36,7 @@ def _relative(request: web.Request) -> str:
     prefix = f"/v1/connections/{conn_id}/proxy"
     raw = request.raw_path
     tail = raw[len(prefix) :] if raw.startswith(prefix) else "/" + request.match_info["tail"]
-    return tail or "/"
+    return tail  # "" too: the base URI as written
 
 
 def _cause(exc: BaseException) -> RelayError | None:

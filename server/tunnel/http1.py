@@ -35,8 +35,6 @@ LOW_WATER = 128 * 1024
 MAX_JOIN = 256 * 1024
 # How much request body may wait in the stream before the sender pauses.
 WRITE_HIGH_WATER = 256 * 1024
-# Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
-_EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
 USER_AGENT = f"Sluice/{__version__}"
 
@@ -90,18 +88,20 @@ class StaleStream(TunnelLost):
     """A kept-alive stream ended before any byte of the answer: safe to retry."""
 
 
-def request_head(method: str, target: str, host: str, fields: Fields, length: int | None) -> bytes:
-    """The request line and fields, as bytes; *length* None means a chunked body.
+def request_head(
+    method: str, target: str, host: str, fields: Fields, length: int | None, *, chunked: bool
+) -> bytes:
+    """The request line and fields, as bytes, then the framing: chunked, or
+    ``Content-Length: length`` (None: no body and no length field, as the
+    caller sent it).
 
     *fields* go out exactly as given (``server.proxy.headers`` decided them).
-    Content-Length is written for a known length, and for an empty body only
-    where a body is expected (POST, PUT, PATCH), as aiohttp does.
     """
     parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode(), host.encode())]
     parts += [b"%s: %s\r\n" % field for field in fields]
-    if length is None:
+    if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif length or method in _EMPTY_BODY_LENGTH:
+    elif length is not None:
         parts.append(b"Content-Length: %d\r\n" % length)
     parts.append(b"\r\n")
     head = b"".join(parts)

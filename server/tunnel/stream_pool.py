@@ -116,13 +116,11 @@ class StreamPool:
         host = url.raw_host or ""
         port = url.port
         key: Key = (url.scheme, host.lower(), port or 0, id(tls) if tls is not None else 0)
-        if body is None:
-            size: int | None = 0
-        elif isinstance(body, bytes):
-            size = len(body)
-        else:
-            size = length
-        head = request_head(method, target, url.host_port_subcomponent or host, fields, size)
+        size = len(body) if isinstance(body, bytes) else length
+        chunked = body is not None and size is None
+        head = request_head(
+            method, target, url.host_port_subcomponent or host, fields, size, chunked=chunked
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total if total else None
         late = f"{host} did not answer within the connection's timeouts"
@@ -136,7 +134,7 @@ class StreamPool:
                 stream = await self._connect(key, host, port, tls, connect or self._connect_timeout)
             try:
                 return await stream.exchange(
-                    head, body, deadline, late, chunked=size is None, head_only=method == "HEAD"
+                    head, body, deadline, late, chunked=chunked, head_only=method == "HEAD"
                 )
             except StaleStream:
                 if reused and replayable:
