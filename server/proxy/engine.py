@@ -28,7 +28,6 @@ from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.headers import (
-    HOP_BY_HOP,
     Fields,
     connection_options,
     encode_text,
@@ -90,11 +89,11 @@ class Handle:
     """
 
     id: str | None
-    conn: Connection
+    connection: Connection
     masks: list[str] = field(default_factory=list)
 
     def template_context(self) -> dict[str, Any]:
-        return self.conn.model_dump(mode="json")
+        return self.connection.model_dump(mode="json")
 
     def mask(self, text: str) -> str:
         for secret in self.masks:
@@ -135,19 +134,20 @@ class Engine:
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._latest_token: dict[str, str] = {}
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
-        self.refreshes: dict[str, int] = {"ok": 0, "failed": 0}
         self._on_refresh = on_refresh
 
     def __repr__(self) -> str:
-        return f"<Engine refreshes={self.refreshes}>"
+        return (
+            f"<Engine refreshing={len(self._refresh_locks)} tls_contexts={len(self._ssl_contexts)}>"
+        )
 
     # -- sending ------------------------------------------------------------
     def _session(self, handle: Handle) -> aiohttp.ClientSession:
-        conn = handle.conn
-        if conn.mode == "on_premise":
-            assert conn.agent_id is not None
-            self._check_online(conn.agent_id)
-            return self._tunnel_http.session(conn.agent_id)
+        connection = handle.connection
+        if connection.mode == "on_premise":
+            assert connection.agent_id is not None
+            self._check_online(connection.agent_id)
+            return self._tunnel_http.session(connection.agent_id)
         return self._cloud.session
 
     def _check_online(self, agent_id: str) -> None:
@@ -155,7 +155,7 @@ class Engine:
             raise AgentOffline(f"agent {agent_id} is not connected; start it or check its log")
 
     def _ssl(self, handle: Handle) -> ssl.SSLContext | bool:
-        tls = handle.conn.http.tls
+        tls = handle.connection.http.tls
         if tls is not None and not tls.verify:
             return False
         if tls is None or not tls.ca_bundle_pem:
@@ -168,16 +168,16 @@ class Engine:
         return ctx
 
     def _timeout(self, handle: Handle) -> aiohttp.ClientTimeout:
-        t = handle.conn.http.timeouts
+        t = handle.connection.http.timeouts
         return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
 
     def _target(self, handle: Handle, relative: str) -> tuple[URL, str]:
         """The API's origin and the request-target, the caller's part kept as sent."""
         try:
-            origin, target = join_target(handle.conn.http.base_uri, relative)
+            origin, target = join_target(handle.connection.http.base_uri, relative)
         except URLError as exc:
             raise InvalidRequest(str(exc)) from None
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         if auth is not None and auth.location == "url" and auth.token and auth.param_name:
             target = with_target_param(target, auth.param_name, auth.token)
         return origin, target
@@ -186,15 +186,12 @@ class Engine:
         """What the API gets: ``server.proxy.headers.request_fields`` with this
         connection's own fields (configured headers, auth) and defaults (media
         type, User-Agent)."""
-        http = handle.conn.http
+        http = handle.connection.http
         owned: list[tuple[str, str]] = []
         context: dict[str, Any] | None = None
+        # The model refuses framing and hop-by-hop names (RESERVED_HEADERS),
+        # stored documents included: they are validated again when read.
         for header in http.headers:
-            if header.name.lower().encode() in HOP_BY_HOP or header.name.lower() in (
-                "host",
-                "content-length",
-            ):
-                continue  # the model refuses these; stored ones from before are skipped
             if "{{" not in header.value:
                 owned.append((header.name, header.value))
                 continue
@@ -225,7 +222,7 @@ class Engine:
         body: Body,
         length: int | None = None,
     ) -> Answer:
-        if handle.conn.mode == "cloud":
+        if handle.connection.mode == "cloud":
             self._cloud.check(origin)
         if method not in _SLOW_PATH_METHODS:
             return await self._send_lean(handle, method, origin, target, fields, body, length)
@@ -280,8 +277,8 @@ class Engine:
     ) -> Answer:
         """The proxy's path: a kept-alive HTTP/1.1 stream, through the agent
         (on-premise) or from the relay (cloud)."""
-        if handle.conn.mode == "on_premise":
-            agent_id = handle.conn.agent_id
+        if handle.connection.mode == "on_premise":
+            agent_id = handle.connection.agent_id
             assert agent_id is not None
             self._check_online(agent_id)
             pool = self._tunnel_http.pool(agent_id)
@@ -291,7 +288,7 @@ class Engine:
         if url.scheme == "https":
             chosen = self._ssl(handle)
             tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
-        timeouts = handle.conn.http.timeouts
+        timeouts = handle.connection.http.timeouts
         try:
             return await pool.request(
                 method,
@@ -326,7 +323,7 @@ class Engine:
                 f"{(get(headers, b'upgrade') or b'').decode('latin-1')}); the relay proxies "
                 "HTTP/1.1 requests only; send it without Connection: upgrade"
             )
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         refreshable = auth is not None and auth.refresh is not None
         if refreshable and not (auth and auth.token):
             await self._refresh(handle, used=None)
@@ -335,7 +332,7 @@ class Engine:
             replay, body = await _buffer_small(body)
         elif isinstance(body, bytes):
             replay = body
-        used = handle.conn.http.auth.token if handle.conn.http.auth else None
+        used = handle.connection.http.auth.token if handle.connection.http.auth else None
         length = _declared_length(headers)
         origin, target = self._target(handle, relative)
         response = await self._send(
@@ -366,11 +363,11 @@ class Engine:
                 await self._save_token(handle.id, token)
 
     def _set_token(self, handle: Handle, token: str) -> None:
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         assert auth is not None
-        handle.conn = handle.conn.model_copy(
+        handle.connection = handle.connection.model_copy(
             update={
-                "http": handle.conn.http.model_copy(
+                "http": handle.connection.http.model_copy(
                     update={"auth": auth.model_copy(update={"token": token})}
                 )
             }
@@ -378,7 +375,6 @@ class Engine:
         handle.masks.append(token)
 
     def _count_refresh(self, outcome: str) -> None:
-        self.refreshes[outcome] += 1
         if self._on_refresh is not None:
             self._on_refresh(outcome)
 
@@ -388,13 +384,13 @@ class Engine:
         self._refresh_locks.pop(conn_id, None)
 
     async def _call_refresh(self, handle: Handle) -> str:
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         assert auth is not None
         refresh = auth.refresh
         assert refresh is not None
         context = handle.template_context()
         try:
-            media_type = refresh.media_type or handle.conn.http.media_type
+            media_type = refresh.media_type or handle.connection.http.media_type
             relative = render_uri(
                 refresh.relative_uri or "", context, name="http.auth.refresh.relative_uri"
             )
@@ -414,7 +410,7 @@ class Engine:
         except TemplateError as exc:
             self._count_refresh("failed")
             raise TokenRefreshFailed(f"refresh template: {exc}") from None
-        url = join_uri(handle.conn.http.base_uri, relative)
+        url = join_uri(handle.connection.http.base_uri, relative)
         began = time.perf_counter()
         try:
             response = await self._send(
@@ -457,7 +453,7 @@ class Engine:
     # -- ping -----------------------------------------------------------------
     async def ping(self, handle: Handle) -> PingResult:
         """Test the connection with its ping settings; never raises for a failed test."""
-        ping = handle.conn.http.ping
+        ping = handle.connection.http.ping
         began = time.perf_counter()
 
         def done(ok: bool, status: int | None, message: str) -> PingResult:

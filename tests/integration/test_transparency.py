@@ -546,7 +546,10 @@ def _diff(what: str, want: Message, got: Message) -> str | None:
     if want.fields != got.fields:
         return f"{what} fields:\n  want {want.fields!r}\n  got  {got.fields!r}"
     if want.body != got.body:
-        return f"{what} body: want {len(want.body)} bytes {want.body[:80]!r}, got {len(got.body)} bytes {got.body[:80]!r}"
+        return (
+            f"{what} body: want {len(want.body)} bytes {want.body[:80]!r}, "
+            f"got {len(got.body)} bytes {got.body[:80]!r}"
+        )
     return None
 
 
@@ -559,7 +562,8 @@ def _framing_kept(direct: Message, relayed: Message, *, head: bool, version: byt
     if direct.framing == "length" and relayed.get(b"content-length") != direct.get(
         b"content-length"
     ):
-        return f"Content-Length {direct.get(b'content-length')!r} became {relayed.get(b'content-length')!r}"
+        was, now = direct.get(b"content-length"), relayed.get(b"content-length")
+        return f"Content-Length {was!r} became {now!r}"
     if (
         direct.framing != "length"
         and not head

@@ -8,6 +8,7 @@ its framing taken off, so two messages can be compared field by field.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import httptools
@@ -69,10 +70,8 @@ def parse_request(raw: bytes) -> Message:
     """The first request in *raw*."""
     collect = _Collect(False)
     parser = httptools.HttpRequestParser(collect)
-    try:
+    with contextlib.suppress(httptools.HttpParserUpgrade):
         parser.feed_data(raw)
-    except httptools.HttpParserUpgrade:
-        pass
     return Message(raw[: raw.index(b"\r\n")], collect.fields, bytes(collect.body))
 
 
@@ -95,7 +94,7 @@ def parse_answer(raw: bytes, *, head: bool = False) -> Message:
 
 def _complete(raw: bytes, head: bool) -> bool:
     """Whether *raw* holds a whole final answer."""
-    interim, rest = _split_interim(raw)
+    _interim, rest = _split_interim(raw)
     if b"\r\n\r\n" not in rest or rest[9:10] == b"1":
         return False
     if head:
@@ -123,8 +122,6 @@ async def exchange(port: int, request: bytes, *, head: bool = False, timeout: fl
                 raw += data
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
     return bytes(raw)
