@@ -52,25 +52,6 @@ def join_uri(base_uri: str, relative: str) -> URL:
     return URL(text, encoded=True)
 
 
-# Joins of short paths without a query are cached: a caller asking for the
-# same paths again skips the quoting and parsing. Queries (where callers and
-# templates put tokens) and long paths are joined afresh every time, so the
-# cache holds no secrets and stays small (at most ~2 MB).
-_CACHED_PATH_MAX = 256
-
-
-@functools.lru_cache(maxsize=4096)
-def _join_path_cached(base_uri: str, relative: str) -> URL:
-    return join_uri(base_uri, relative)
-
-
-def join_request_uri(base_uri: str, relative: str) -> URL:
-    """``join_uri`` for proxied requests, cached for short query-less paths."""
-    if len(relative) <= _CACHED_PATH_MAX and "?" not in relative:
-        return _join_path_cached(base_uri, relative)
-    return join_uri(base_uri, relative)
-
-
 _NOT_PRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 
@@ -136,8 +117,3 @@ def with_target_param(target: str, name: str, value: str) -> str:
     kept = [part for part in parts if part.split("=", 1)[0] != encoded]
     kept.append(f"{encoded}={quote(value, safe='')}")
     return path + "?" + "&".join(kept)
-
-
-def with_query_param(url: URL, name: str, value: str) -> URL:
-    """Set *name* (replacing any earlier value) in the query string."""
-    return url.update_query({name: value})
