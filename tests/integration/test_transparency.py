@@ -610,6 +610,9 @@ async def _run_case(
     )
     relayed_raw, seen = await _send(api, relay.http_address[1], relay_raw, head=head)
     tally.sent += 1
+    if b"\r\n\r\n" not in relayed_raw:
+        tally.differences.append(f"{name}: no answer ({relayed_raw[:100]!r})")
+        return
     relayed = parse_answer(relayed_raw, head=head)
     if case.expect_status is not None:
         # Documented (R5): an Upgrade request is answered 501 by the relay.
