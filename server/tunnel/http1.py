@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, cast
 
 import aiohttp
 import httptools
@@ -32,6 +31,7 @@ from server.errors import (
     UpstreamHeadTooLarge,
     UpstreamTimeout,
 )
+from server.proxy.headers import Fields, get
 from sluice import __version__
 
 # Read from the stream until this much body waits for the caller, then pause
@@ -42,13 +42,11 @@ MAX_JOIN = 256 * 1024
 # How much request body may wait in the stream before the sender pauses.
 WRITE_HIGH_WATER = 256 * 1024
 # Bounds on an answer's head (status line and headers), as aiohttp's client
-# applies them in cloud mode: an API or a hostile agent that sends endless
-# header lines is cut at once instead of growing the relay's memory.
+# applies them: an API or a hostile agent that sends endless header lines is
+# cut at once instead of growing the relay's memory.
 MAX_ANSWER_FIELD = 8190  # one header's name and value
 MAX_ANSWER_HEAD = 64 * 1024  # the whole head
 MAX_ANSWER_HEADERS = 128
-# Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
-_EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
 USER_AGENT = f"Sluice/{__version__}"
 
@@ -77,6 +75,9 @@ class Answer(Protocol):
     def headers(self) -> CIMultiDictProxy[str]: ...
 
     @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+    @property
     def content_length(self) -> int | None: ...
 
     @property
@@ -91,41 +92,45 @@ class Answer(Protocol):
     async def __aexit__(self, *exc: Any) -> Any: ...
 
 
+class _HeadAnswered(Exception):
+    """Raised from llhttp's callback to end a HEAD answer after its head."""
+
+
 class StaleStream(TunnelLost):
     """A kept-alive stream ended before any byte of the answer: safe to retry."""
 
 
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
-_BAD_NAME = re.compile(r"[\r\n\x00: ]")
-
-
-def _refuse_bad_header(headers: CIMultiDict[str]) -> None:
-    for name, value in headers.items():
-        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
-            raise ValueError(f"header {name!r}: line breaks and NUL are not allowed")
-
-
 def request_head(
-    method: str, target: str, host: str, headers: CIMultiDict[str], length: int | None
+    method: str, target: str, host: str, fields: Fields, length: int | None, *, chunked: bool
 ) -> bytes:
-    """The request line and headers; *length* None means a chunked body."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if _BAD_VALUE.search("".join(lines)):
-        _refuse_bad_header(headers)  # names the header
-        raise ValueError("the request line holds a line break or NUL")
-    if length is None:
-        lines.append("Transfer-Encoding: chunked")
-    elif length or method in _EMPTY_BODY_LENGTH:
-        lines.append(f"Content-Length: {length}")
-    if "user-agent" not in headers:
-        lines.append(f"User-Agent: {USER_AGENT}")
-    lines.append("\r\n")
-    try:
-        # Caller header values arrive decoded as UTF-8 with surrogate escapes.
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-    except UnicodeError:
-        raise ValueError("a header value cannot be encoded") from None
+    """The request line and fields, as bytes, then the framing: chunked, or
+    ``Content-Length: length`` (None: no body and no length field, as the
+    caller sent it).
+
+    *fields* go out exactly as given (``server.proxy.headers`` decided them).
+    """
+    parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode(), host.encode())]
+    parts += [b"%s: %s\r\n" % field for field in fields]
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif length is not None:
+        parts.append(b"Content-Length: %d\r\n" % length)
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # One line break per line and no NUL; checked on the whole head at once
+    # (C speed), the field named only when one is wrong.
+    lines = len(parts) + 1
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+        _refuse_bad_field(method, target, host, fields)
+    return head
+
+
+def _refuse_bad_field(method: str, target: str, host: str, fields: Fields) -> None:
+    for name, value in fields:
+        if any(c in name for c in b"\r\n\x00: ") or any(c in value for c in b"\r\n\x00"):
+            shown = name.decode("latin-1")
+            raise ValueError(f"header {shown!r}: line breaks and NUL are not allowed")
+    raise ValueError("the request line holds a line break or NUL")
 
 
 class Http1Response:
@@ -141,14 +146,15 @@ class Http1Response:
         stream: Http1Stream,
         status: int,
         reason: str,
-        headers: CIMultiDict[str],
+        raw_headers: Fields,
         deadline: float | None,
         timeout_message: str,
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers = CIMultiDictProxy(headers)
-        length = headers.get("Content-Length")
+        self.raw_headers = raw_headers
+        self._headers: CIMultiDictProxy[str] | None = None
+        length = get(raw_headers, b"content-length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self._stream = stream
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -162,6 +168,15 @@ class Http1Response:
 
     def __repr__(self) -> str:
         return f"<Http1Response {self.status} buffered={self._buffered}>"
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The fields as text (made on first use; the proxy itself reads ``raw_headers``)."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(
+                CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers)
+            )
+        return self._headers
 
     @property
     def content(self) -> Http1Response:
@@ -297,11 +312,13 @@ class Http1Stream(asyncio.Protocol):
         # the exchange in progress
         self._head: asyncio.Future[Http1Response] | None = None
         self._response: Http1Response | None = None
-        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._headers: Fields = []
         self._head_bytes = 0  # of the head being read; -1 once it is complete
         self._head_error: RelayError | None = None
         self._reason = ""
         self._interim = False
+        self._head_only = False  # the request was HEAD: the answer has no body
+        self._keep_alive = True
         self._received = False
         self._sending = False
         self._writer: asyncio.Task[None] | None = None
@@ -335,9 +352,10 @@ class Http1Stream(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # A cast, not an isinstance check: uvloop's TCP transport is no
+        # subclass of asyncio.Transport (cloud mode dials real sockets).
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:
@@ -347,20 +365,26 @@ class Http1Stream(asyncio.Protocol):
         reading_head = self._head_bytes >= 0
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is relayed"))
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserCallbackError as exc:
             if self._head_error is not None:
                 self._lost(self._head_error)
                 return
+            if not isinstance(exc.__context__, _HeadAnswered):
+                self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
+                return
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete_exchange(self._keep_alive)
+        except httptools.HttpParserUpgrade:
+            self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is relayed"))
+        except httptools.HttpParserError as exc:
             self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
-            return
-        if reading_head and self._head_bytes >= 0:
-            # Still in the head: llhttp keeps a header that has no end yet in
-            # memory, so count what has arrived, not only complete headers.
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_ANSWER_HEAD:
-                self._lost(_head_too_large(f"more than {MAX_ANSWER_HEAD} bytes"))
+        else:
+            if reading_head and self._head_bytes >= 0:
+                # Still in the head: llhttp keeps a header that has no end yet
+                # in memory, so count what has arrived, not only whole headers.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_ANSWER_HEAD:
+                    self._lost(_head_too_large(f"more than {MAX_ANSWER_HEAD} bytes"))
 
     def eof_received(self) -> bool:
         self._end_of_lengthless_answer()
@@ -399,7 +423,7 @@ class Http1Stream(asyncio.Protocol):
         if self._head is None:
             # More than one answer to one request: the stream is out of step.
             raise TunnelProtocolError("the API sent an answer nobody asked for")
-        self._headers = CIMultiDict()
+        self._headers = []
         self._reason = ""
         self._head_bytes = 0
 
@@ -412,7 +436,7 @@ class Http1Stream(asyncio.Protocol):
             self._refuse_head(f"a header of {size} bytes (at most {MAX_ANSWER_FIELD})")
         elif len(self._headers) >= MAX_ANSWER_HEADERS:
             self._refuse_head(f"more than {MAX_ANSWER_HEADERS} headers")
-        self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self._headers.append((name, value))
 
     def _refuse_head(self, what: str) -> None:
         # Raised through llhttp, which stops parsing; data_received reports it.
@@ -432,6 +456,11 @@ class Http1Stream(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             head.set_result(response)
+        if self._head_only:
+            # llhttp cannot be told that a response's length describes no
+            # body: stop it here; data_received ends the exchange.
+            self._keep_alive = self._parser.should_keep_alive()
+            raise _HeadAnswered
 
     def on_body(self, body: bytes) -> None:
         if self._response is not None:
@@ -441,12 +470,15 @@ class Http1Stream(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        self._complete_exchange(self._parser.should_keep_alive())
+
+    def _complete_exchange(self, keep_alive: bool) -> None:
         response, self._response, self._head = self._response, None, None
         if response is not None:
             response._finish()
         self.exchanges += 1
         self.resume_reading()  # the rest of the body waits in the answer, not the stream
-        if self._sending or not self._parser.should_keep_alive() or self.closed:
+        if self._sending or not keep_alive or self.closed:
             self._stop_writer()  # answered before the body was sent whole: no one needs it
             self.close()
         else:
@@ -458,7 +490,7 @@ class Http1Stream(asyncio.Protocol):
         return (
             response is not None
             and response.content_length is None
-            and "chunked" not in response.headers.get("Transfer-Encoding", "").lower()
+            and b"chunked" not in (get(response.raw_headers, b"transfer-encoding") or b"").lower()
         )
 
     # -- the exchange ------------------------------------------------------------
@@ -527,10 +559,13 @@ class Http1Stream(asyncio.Protocol):
         timeout_message: str,
         *,
         chunked: bool = False,
+        head_only: bool = False,
     ) -> Http1Response:
         """Send one request; return the answer once its head has arrived.
 
-        A streamed *body* goes in chunked framing if *chunked* (the head says so).
+        A streamed *body* goes in chunked framing if *chunked* (the head says
+        so); *head_only* (a HEAD request) means the answer has no body,
+        whatever its length field says.
         """
         if self.closed or self._head is not None:
             raise StaleStream("the stream is no longer usable")
@@ -540,6 +575,8 @@ class Http1Stream(asyncio.Protocol):
         self._received = False
         self._head_bytes = 0
         self._head_error = None
+        self._head_only = head_only
+        self._keep_alive = True
         self._deadline = deadline
         self._timeout_message = timeout_message
         writer: asyncio.Task[None] | None = None

@@ -52,26 +52,6 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return error_problem(exc, services_of(request).metrics, _route_label(request))
 
 
-@web.middleware
-async def upgrade_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The relay switches to no other protocol (WebSocket, h2c): a request asking
-    for one gets a clear refusal, and its connection closes after it (the
-    bytes that follow would be in the other protocol)."""
-    connection = {
-        token.strip().lower() for token in request.headers.get("Connection", "").split(",")
-    }
-    if "upgrade" in connection and "Upgrade" in request.headers:
-        response = problem(
-            501,
-            "upgrade_not_supported",
-            "The relay does not switch protocols",
-            "send the request without 'Connection: upgrade' (WebSocket and h2c are not relayed)",
-        )
-        response.force_close()
-        return response
-    return await handler(request)
-
-
 def _route_label(request: web.Request) -> str:
     """The route's template (``/v1/connections/{id}/proxy/{path}``), not the
     caller's path: a proxied path is the caller's data, kept out of the log."""
@@ -432,8 +412,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
 
 def build_app(services: Services) -> web.Application:
     app = web.Application(
-        middlewares=[problems_middleware, upgrade_middleware, auth_middleware],
-        client_max_size=1024 * 1024,
+        middlewares=[problems_middleware, auth_middleware], client_max_size=1024 * 1024
     )
     app[SERVICES] = services
     r = app.router

@@ -25,12 +25,19 @@ async def relay_proc(tmp_path: Path) -> AsyncIterator[RelayProcess]:
 
 
 async def _exchange(relay: RelayProcess, request: bytes) -> bytes:
-    """Send *request* on a new connection; everything the relay answers until it closes."""
+    """Send *request* on a new connection; the relay's answer (head and a
+    Content-Length body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.http_port)
     try:
         writer.write(request)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            return head + await reader.readexactly(length)
     finally:
         writer.close()
 
@@ -40,13 +47,24 @@ def _log_levels(relay: RelayProcess) -> list[str]:
     return [json.loads(line)["level"] for line in lines]
 
 
-@pytest.mark.parametrize("target", ["/v1/connections/con_abc/proxy/ws", "/v1/agents", "/healthz"])
 async def test_an_upgrade_request_gets_a_501_problem_and_no_traceback(
-    relay_proc: RelayProcess, target: str
+    relay_proc: RelayProcess,
 ) -> None:
+    auth = f"Authorization: Bearer {relay_proc.admin_token}\r\n"
+    document = json.dumps(
+        {"name": "ws", "mode": "cloud", "http": {"base_uri": "http://192.0.2.1:9/"}}
+    )
+    created = await _exchange(
+        relay_proc,
+        (
+            f"POST /v1/connections HTTP/1.1\r\nHost: r\r\n{auth}Connection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(document)}\r\n\r\n" + document
+        ).encode(),
+    )
+    assert created.startswith(b"HTTP/1.1 201 "), created[:300]
+    conn_id = json.loads(created.partition(b"\r\n\r\n")[2])["id"]
     request = (
-        f"GET {target} HTTP/1.1\r\nHost: relay\r\n"
-        f"Authorization: Bearer {relay_proc.admin_token}\r\n"
+        f"GET /v1/connections/{conn_id}/proxy/ws HTTP/1.1\r\nHost: relay\r\n{auth}"
         "Connection: Upgrade\r\nUpgrade: websocket\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
