@@ -132,7 +132,10 @@ class Relay:
                 store=store,
                 registry=registry,
                 limiter=FailedLoginLimiter(
-                    settings.auth_failures_per_address, settings.auth_ban_seconds
+                    settings.auth_failures_per_address,
+                    settings.auth_ban_seconds,
+                    max_network_failures=settings.auth_failures_per_network,
+                    exempt_networks=settings.auth_network_exempt,
                 ),
                 tasks=relay.tasks,
             )

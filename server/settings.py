@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.secrets.admin_token import MIN_CHARS as MIN_ADMIN_TOKEN_CHARS
 from sluice.addresses import HostPort
-from sluice.config import address
+from sluice.config import address, split_list
 
 
 class ServerSettings(BaseSettings):
@@ -36,6 +36,15 @@ class ServerSettings(BaseSettings):
     login_timeout: float = Field(default=30.0, gt=0)
     auth_failures_per_address: int = Field(default=10, ge=1)
     auth_ban_seconds: float = Field(default=60.0, gt=0)
+    auth_failures_per_network: int = Field(
+        default=50,
+        ge=1,
+        description="Failed logins from one IPv4 /24 or IPv6 /64 before it is banned.",
+    )
+    auth_network_exempt: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR) never banned as a whole: your own NAT.",
+    )
     connect_timeout: float = Field(default=10.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
     max_header_bytes: int = Field(
@@ -53,6 +62,11 @@ class ServerSettings(BaseSettings):
     http_idle_timeout: float = Field(default=75.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("auth_network_exempt", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        return split_list(value)
 
     @field_validator("ssh_listen", "http_listen", mode="before")
     @classmethod
