@@ -15,6 +15,7 @@ from server.relay import Relay
 from server.secrets.hostkey import host_key_fingerprint
 from server.secrets.keyring import RotationPlan
 from server.settings import ServerSettings
+from server.storage.private_files import private_dir
 from server.storage.store import Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store = await Store.open(settings.resolved_database_url())
     try:
         if args.agents_command == "create":

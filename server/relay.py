@@ -19,6 +19,7 @@ from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.hostkey import load_or_create_host_key
 from server.secrets.keyring import load_secret_box
 from server.settings import ServerSettings
+from server.storage.private_files import private_dir
 from server.storage.store import Store
 from server.tunnel.auth_limit import FailedLoginLimiter
 from server.tunnel.http_client import TunnelHTTP
@@ -77,7 +78,7 @@ class Relay:
         *masker* (the log's) learns the admin token and every connection
         secret the relay decrypts or refreshes.
         """
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         host_key = load_or_create_host_key(settings.host_key_path)
         box = load_secret_box(settings)
         admin_token, created = load_or_create_admin_token(

@@ -21,7 +21,9 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     with os.fdopen(fd, "wb") as out:
         out.write(key.export_private_key())
     os.replace(tmp, path)
-    path.with_suffix(".pub").write_bytes(key.export_public_key())
+    public = os.open(path.with_suffix(".pub"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(public, "wb") as out:
+        out.write(key.export_public_key())
     return key
 
 

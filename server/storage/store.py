@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from server.storage.private_files import private_sqlite_file
 from server.storage.schema import agents, audit_events, connections
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
@@ -122,9 +123,12 @@ class Store:
             kwargs["connect_args"] = {"timeout": 30}
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
+            private_sqlite_file(engine.url.database)
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as db:
             await db.run_sync(_upgrade)
+        if engine.dialect.name == "sqlite":
+            private_sqlite_file(engine.url.database)  # the WAL files the upgrade made
         return cls(engine)
 
     async def close(self) -> None:

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from server.relay import Relay
 from sluice import __version__
 from tests.support.api import InternalAPI
-from tests.support.relay_process import free_port
+from tests.support.capture import remember_secret
+from tests.support.relay_process import RelayProcess, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -159,3 +161,30 @@ def test_an_admin_token_file_with_a_short_token_is_refused(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert "at least 16 characters" in result.stdout + result.stderr
+
+
+async def test_the_data_dir_and_database_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    data_dir = tmp_path / "relay"
+    data_dir.mkdir(mode=0o755)  # left open by an earlier version or by hand
+    data_dir.chmod(0o755)
+    relay = RelayProcess(data_dir, tmp_path / "relay.log")
+    remember_secret(relay.admin_token)
+    old = os.umask(0)  # the relay process inherits it: the worst case
+    try:
+        await relay.start()
+    finally:
+        os.umask(old)
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {relay.admin_token}"}
+            async with http.post(
+                relay.base + "/v1/agents", json={"name": "a"}, headers=headers
+            ) as resp:
+                assert resp.status == 201  # the database has been written to
+                remember_secret((await resp.json())["token"])
+        assert data_dir.stat().st_mode & 0o777 == 0o700
+        modes = {p.name: p.stat().st_mode & 0o777 for p in data_dir.iterdir() if p.is_file()}
+        assert "sluice.db" in modes, modes
+        assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+    finally:
+        await relay.stop()
