@@ -33,7 +33,7 @@ from aiohttp import web
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.proxy.headers import Fields, get
-from server.web.api import bearer_actor, error_problem, unauthorized
+from server.web.api import SERVER_FIELD, bearer_actor, error_problem, unauthorized
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
 
@@ -614,6 +614,8 @@ class FrontProtocol(asyncio.Protocol):
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
         if get(headers, b"date") is None:
             parts.append(b"Date: %s\r\n" % self.front.date().encode())
+        if get(headers, b"server") is None:
+            parts.append(SERVER_FIELD)
         parts += [b"%s: %s\r\n" % field for field in headers]
         if length is not None and status not in _NO_BODY_STATUSES and status >= 200:
             parts.append(b"Content-Length: %d\r\n" % length)

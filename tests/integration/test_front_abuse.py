@@ -35,7 +35,7 @@ async def _exchange(relay: RelayProcess, request: bytes) -> bytes:
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
+                if line.lower().startswith(b"content-length:") and not request.startswith(b"HEAD"):
                     length = int(line.split(b":")[1])
             return head + await reader.readexactly(length)
     finally:
@@ -80,3 +80,29 @@ async def test_an_upgrade_request_gets_a_501_problem_and_no_traceback(
     assert again.startswith(b"HTTP/1.1 200 "), again[:200]
     levels = _log_levels(relay_proc)
     assert not {"error", "critical"} & set(levels), relay_proc.log_path.read_text()
+
+
+def _server_field(answer: bytes) -> str | None:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"server":
+            return value.strip().decode()
+    return None
+
+
+async def test_the_relay_calls_itself_sluice_not_its_libraries(relay_proc: RelayProcess) -> None:
+    auth = f"Authorization: Bearer {relay_proc.admin_token}\r\n"
+    requests = [
+        "GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n",  # aiohttp's routes
+        f"GET /v1/agents HTTP/1.1\r\nHost: r\r\n{auth}\r\n",
+        "GET /v1/nothing-here HTTP/1.1\r\nHost: r\r\n\r\n",
+        # the front's own problem documents (no such connection; no token)
+        f"GET /v1/connections/con_none/proxy/x HTTP/1.1\r\nHost: r\r\n{auth}\r\n",
+        "GET /v1/connections/con_none/proxy/x HTTP/1.1\r\nHost: r\r\n\r\n",
+        # the aiohttp route (HEAD is handed on)
+        f"HEAD /v1/connections/con_none/proxy/x HTTP/1.1\r\nHost: r\r\n{auth}\r\n",
+    ]
+    for request in requests:
+        answer = await _exchange(relay_proc, request.encode())
+        assert _server_field(answer) == "Sluice", (request, answer[:300])
+        assert b"aiohttp" not in answer.partition(b"\r\n\r\n")[0], (request, answer[:300])
