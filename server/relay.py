@@ -23,6 +23,7 @@ from server.storage.private_files import private_dir
 from server.storage.store import Store
 from server.tunnel.auth_limit import FailedLoginLimiter
 from server.tunnel.http_client import TunnelHTTP
+from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import TunnelRegistry
 from server.tunnel.ssh import SSHContext, start_ssh_server
 from server.web.api import build_app
@@ -139,6 +140,7 @@ class Relay:
                     exempt_networks=settings.auth_network_exempt,
                 ),
                 tasks=relay.tasks,
+                preauth=PreAuthGate(settings.max_preauth_ssh, settings.max_preauth_ssh_per_address),
             )
             relay.ssh_context = ctx
             if before_listening is not None:
@@ -196,6 +198,7 @@ class Relay:
             services,
             max_header_bytes=s.max_header_bytes,
             max_headers=s.max_headers,
+            max_head_bytes=s.max_head_bytes,
             idle_timeout=s.http_idle_timeout,
         )
         listen = self.settings.http_listen

@@ -45,6 +45,14 @@ class ServerSettings(BaseSettings):
         default_factory=list,
         description="Networks (CIDR) never banned as a whole: your own NAT.",
     )
+    max_preauth_ssh: int = Field(
+        default=256,
+        ge=1,
+        description="SSH connections still logging in, in all (more are cut at once).",
+    )
+    max_preauth_ssh_per_address: int = Field(
+        default=32, ge=1, description="SSH connections still logging in, per source address."
+    )
     connect_timeout: float = Field(default=10.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
     max_header_bytes: int = Field(
@@ -54,6 +62,12 @@ class ServerSettings(BaseSettings):
         description="Longest request line or header the API accepts.",
     )
     max_headers: int = Field(default=100, ge=10, le=1000)
+    max_head_bytes: int = Field(
+        default=64 * 1024,
+        ge=8192,
+        le=1024 * 1024,
+        description="Largest request head (request line and all headers) on the proxy port.",
+    )
     max_body_bytes: int = Field(
         default=0, ge=0, description="Largest proxied request body; 0 = no limit."
     )

@@ -11,6 +11,7 @@ import structlog
 
 from server.storage.store import AgentRecord, Store
 from server.tunnel.auth_limit import FailedLoginLimiter
+from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice import sshconfig
 from sluice.addresses import LISTEN_BACKLOG
@@ -27,6 +28,7 @@ class SSHContext:
     registry: TunnelRegistry
     limiter: FailedLoginLimiter
     tasks: TaskSet
+    preauth: PreAuthGate
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
 
@@ -68,6 +70,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._registered = False
         self._instance = ""
         self._expiry: asyncio.TimerHandle | None = None
+        self._waiting = False  # holds a place in the pre-auth gate
 
     def __repr__(self) -> str:
         agent = self._agent.id if self._agent else None
@@ -81,8 +84,22 @@ class RelaySSHServer(asyncssh.SSHServer):
         if self._ctx.limiter.is_banned(self._address):
             log.warning("ssh_refused_banned_address", peer=self._peer)
             ssh.close()
+            return
+        refused = self._ctx.preauth.admit(self._address)
+        if refused is not None:
+            # Debug only: a flood would otherwise flood the log as well.
+            log.debug("ssh_refused_preauth_full", peer=self._peer, reason=refused)
+            ssh.close()
+            return
+        self._waiting = True
+
+    def _leave_gate(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._ctx.preauth.release(self._address)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_gate()
         if self._expiry is not None:
             self._expiry.cancel()
         if self._tunnel is not None and self._registered:
@@ -144,6 +161,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             log.warning("ssh_auth_failed", peer=self._peer, banned=banned)
             return False
         limiter.record_success(self._address)
+        self._leave_gate()
         self._agent = agent
         log.info("ssh_auth_ok", peer=self._peer, agent_id=agent.id)
         if agent.token_expires_at is not None:

@@ -106,3 +106,37 @@ async def test_the_relay_calls_itself_sluice_not_its_libraries(relay_proc: Relay
         answer = await _exchange(relay_proc, request.encode())
         assert _server_field(answer) == "Sluice", (request, answer[:300])
         assert b"aiohttp" not in answer.partition(b"\r\n\r\n")[0], (request, answer[:300])
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(90)
+async def test_endless_request_heads_are_refused_past_max_head_bytes(
+    relay_proc: RelayProcess,
+) -> None:
+    assert relay_proc.proc is not None
+    before = _rss_kib(relay_proc.proc.pid)
+    line = b"X-Pad: " + b"p" * 990 + b"\r\n"
+    head = b"GET /v1/connections/con_x/proxy/a HTTP/1.1\r\nHost: r\r\n" + line * 700
+
+    async def caller() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay_proc.http_port)
+        try:
+            writer.write(head)  # 700 KB of head and no end to it
+            async with asyncio.timeout(20):
+                await writer.drain()
+                return await reader.read(200)
+        finally:
+            writer.close()
+
+    answers = await asyncio.gather(*(caller() for _ in range(100)))
+    grown = _rss_kib(relay_proc.proc.pid) - before
+    print(f"\n100 callers x 700 KB of head: relay RSS +{grown} KiB")
+    assert all(a.startswith(b"HTTP/1.1 431 ") for a in answers), {a[:40] for a in answers}
+    assert all(b"request_head_too_large" in a for a in answers)
+    assert grown < 30 * 1024, f"relay RSS grew by {grown} KiB"
