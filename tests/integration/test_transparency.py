@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from server.relay import Relay
@@ -31,6 +32,7 @@ from tests.support import httpbin_server
 from tests.support.byte_pipe import BytePipe, Recording, byte_pipe
 from tests.support.capture import APIClient, remember_secret
 from tests.support.http_bytes import Message, exchange, parse_answer, parse_request
+from tests.support.relay_process import RelayProcess
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -670,3 +672,35 @@ async def test_the_proxy_changes_only_what_is_documented(
             f"{mode}: {len(tally.differences)} undocumented differences:\n"
             + "\n".join(tally.differences)
         )
+
+
+async def test_cloud_mode_in_the_relay_process(tmp_path: Path, api: BytePipe) -> None:
+    """The sluice-server process (uvloop, whose TCP transports are no
+    asyncio.Transport) sends a cloud request's head as it should."""
+    process = RelayProcess(
+        tmp_path / "relay-process",
+        tmp_path / "relay-process.log",
+        allow_private_destinations="true",
+    )
+    await process.start()
+    remember_secret(process.admin_token)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = APIClient(session, process.base, process.admin_token)
+            conn_id = await _connection(
+                client, "cloud", f"http://127.0.0.1:{api.listen_port}", None
+            )
+            case = Case("cookies", "/cookies?", fields=[(b"Cookie", b"a=1"), (b"Cookie", b"b=2")])
+            raw = case.raw(
+                f"/v1/connections/{conn_id}/proxy/cookies?",
+                b"relay.test",
+                [(b"Authorization", f"Bearer {process.admin_token}".encode())],
+            )
+            answer, seen = await _send(api, process.http_port, raw, head=False)
+    finally:
+        await process.stop()
+    assert parse_answer(answer).status == 200, answer[:300]
+    (recording,) = seen
+    sent = parse_request(bytes(recording.upstream))
+    assert sent.start == b"GET /cookies? HTTP/1.1"
+    assert [v for n, v in sent.fields if n == b"Cookie"] == [b"a=1", b"b=2"]
