@@ -631,6 +631,12 @@ async def _run_case(
             f"{name}: the API saw {len(seen)} connections: {relayed_raw[:300]!r}"
         )
         return
+    # A5: the only 1xx a caller gets is the relay's own 100 Continue, to an Expect.
+    expects = any(n.lower() == b"expect" for n, _ in case.fields)
+    allowed_interim = [b"HTTP/1.1 100 Continue\r\n\r\n"] if expects else []
+    if relayed.interim not in (allowed_interim, []):
+        tally.differences.append(f"{name}: interim answers {relayed.interim!r}")
+        return
     api_bytes = bytes(seen[0].upstream)
     problem = _diff(
         "request", expected_request(direct_sent), normalised_request(parse_request(api_bytes))
