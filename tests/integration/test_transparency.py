@@ -621,8 +621,8 @@ async def _run_case(
     relayed = parse_answer(relayed_raw, head=head)
     if case.expect_status is not None:
         # Documented (R5): an Upgrade request is answered 501 by the relay.
-        if relayed.status != case.expect_status:
-            tally.differences.append(f"{name}: status {relayed.status}, want {case.expect_status}")
+        if relayed.status != case.expect_status or b"upgrade_not_supported" not in relayed.body:
+            tally.differences.append(f"{name}: {relayed.start!r} {relayed.body[:200]!r}")
         if seen:
             tally.differences.append(f"{name}: an upgrade request reached the API")
         return
