@@ -9,6 +9,7 @@ reads ~/.ssh files wherever a home exists, unless told not to.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.relay import Relay
+from tests.conftest import AgentFactory
 from tests.support.agent import AGENT_BIN
 from tests.support.capture import remember_secret
 
@@ -100,3 +102,17 @@ async def test_agent_looks_at_nothing_under_home_ssh(relay: Relay, tmp_path: Pat
         env,
         tmp_path / "agent-home.log",
     )
+
+
+async def test_agent_warns_while_the_host_key_check_is_off(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    proc, _ = await start_agent(
+        ["127.0.0.1:1"], insecure_skip_host_key_check="true", relay_fingerprint=""
+    )
+    await proc.stop()
+    events = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
+    warnings = [e for e in events if e["event"] == "host_key_check_off"]
+    assert warnings, proc.log()
+    assert warnings[0]["level"] == "warning"
+    assert "insecure_skip_host_key_check" in warnings[0]["detail"]
