@@ -12,6 +12,7 @@ import structlog
 
 from server.connections.service import ConnectionService
 from server.relay import Relay
+from server.secrets.admin_token import FILE_NAME as ADMIN_TOKEN_FILE
 from server.secrets.hostkey import host_key_fingerprint
 from server.secrets.keyring import RotationPlan
 from server.settings import ServerSettings
@@ -139,6 +140,24 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     return 0
 
 
+def _announce_admin_token(path: Path, token: str) -> None:
+    """Called once, when the relay has generated its admin token on first start.
+
+    The value goes to stdout only when it is a terminal: under systemd stdout
+    is the journal (readable by the adm group), under Docker ``docker logs``.
+    """
+    if sys.stdout.isatty():
+        print(f"Generated the admin API token (kept in {path}):\n  {token}", flush=True)
+        return
+    log.info(
+        "admin_token_generated",
+        kept_in=str(path),
+        mode="0600",
+        read_with=f"cat {path}",
+        detail="the value is never logged; read the file as root or as the relay's user",
+    )
+
+
 async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,12 +172,7 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
         return 1
     masker.add(relay.admin_token)
     if relay.admin_token_created:
-        # Printed once, to stdout and not to the log, for the operator to copy.
-        print(
-            f"Generated the admin API token (kept in {settings.data_dir / 'admin_token'}):\n"
-            f"  {relay.admin_token}",
-            flush=True,
-        )
+        _announce_admin_token(settings.data_dir / ADMIN_TOKEN_FILE, relay.admin_token)
     ssh_host, ssh_port = relay.ssh_address
     http_host, http_port = relay.http_address
     log.info("relay_started", version=__version__)
