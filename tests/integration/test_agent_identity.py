@@ -20,6 +20,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory
 from tests.support.agent import AGENT_BIN
 from tests.support.capture import remember_secret
+from tests.support.waiting import wait_until
 
 STRANGER = "4242"  # a UID and GID with no passwd or group entry
 AS_STRANGER = ["setpriv", "--reuid", STRANGER, "--regid", STRANGER, "--clear-groups"]
@@ -53,15 +54,16 @@ async def _run_until_online(
             *argv, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
         )
     try:
-        online = asyncio.ensure_future(relay.registry.wait_online(agent_id, timeout=20))
-        exited = asyncio.ensure_future(proc.wait())
-        await asyncio.wait({online, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if not online.done() or online.exception() is not None:
-            online.cancel()
+        await wait_until(
+            lambda: relay.registry.is_online(agent_id) or proc.returncode is not None,
+            timeout=20,
+            what="the agent online",
+        )
+        if proc.returncode is not None:
             raise AssertionError(
-                f"agent did not come online (exit {proc.returncode}):\n{log_path.read_text()}"
+                f"agent exited ({proc.returncode}) instead of coming online:\n"
+                + log_path.read_text()
             )
-        assert proc.returncode is None, log_path.read_text()
     finally:
         if proc.returncode is None:
             proc.terminate()

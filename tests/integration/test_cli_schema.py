@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import server.storage
-from server.storage.store import sqlite_url
+from server.settings import sqlite_url
 
 BIN = Path(sys.executable).parent / "sluice-server"
 MIGRATIONS_DIR = Path(server.storage.__file__).parent / "migrations"

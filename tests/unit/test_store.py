@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from server.storage.store import AgentInUse, Store, sqlite_url
+from server.settings import sqlite_url
+from server.storage.store import AgentInUse, Store
 from sluice.tokens import AgentToken
+
+# Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
