@@ -713,3 +713,59 @@ async def test_cloud_mode_in_the_relay_process(tmp_path: Path, api: BytePipe) ->
     sent = parse_request(bytes(recording.upstream))
     assert sent.start == b"GET /cookies? HTTP/1.1"
     assert [v for n, v in sent.fields if n == b"Cookie"] == [b"a=1", b"b=2"]
+
+
+@pytest.mark.parametrize("mode", ["cloud", "on_premise"])
+async def test_the_connections_own_fields_replace_the_callers(
+    relay: Relay, client: APIClient, api: BytePipe, start_agent: AgentFactory, mode: str
+) -> None:
+    """R3: configured headers and auth replace the caller's fields of those
+    names (every one of them); the caller's other fields keep their order."""
+    token = "conn-token-" + "k" * 16
+    remember_secret(token)
+    agent_id = None
+    if mode == "on_premise":
+        _, agent_token = await start_agent([f"127.0.0.1:{api.listen_port}"])
+        agent_id = agent_token.agent_id
+    body: dict[str, object] = {
+        "name": "owned",
+        "mode": mode,
+        "http": {
+            "base_uri": f"http://127.0.0.1:{api.listen_port}",
+            "media_type": "json",
+            "headers": [{"name": "X-Tenant", "value": "acme"}],
+            "auth": {"type": "token", "token": token, "header_name": "X-Api-Key"},
+        },
+        **({"agent_id": agent_id} if agent_id else {}),
+    }
+    answer = await client.call("POST", "/v1/connections", json_body=body)
+    assert answer.status == 201, answer.text
+    case = Case(
+        "owned",
+        "/headers",
+        fields=[
+            (b"x-tenant", b"other"),
+            (b"X-First", b"1"),
+            (b"X-Api-Key", b"mine"),
+            (b"X-Tenant", b"again"),
+            (b"Accept", b"text/plain"),
+        ],
+    )
+    raw = case.raw(
+        f"/v1/connections/{answer.body['id']}/proxy/headers",
+        b"relay.test",
+        [(b"Authorization", f"Bearer {relay.admin_token}".encode())],
+    )
+    relayed, seen = await _send(api, relay.http_address[1], raw, head=False)
+    assert parse_answer(relayed).status == 200
+    (recording,) = seen
+    got = normalised_request(parse_request(bytes(recording.upstream)))
+    assert got.fields == [
+        (b"Host", b"127.0.0.1:%d" % api.listen_port),
+        (b"X-First", b"1"),
+        (b"Accept", b"text/plain"),
+        (b"X-Tenant", b"acme"),
+        (b"X-Api-Key", token.encode()),
+        (b"Content-Type", MEDIA_TYPE),
+        (b"User-Agent", b"<sluice>"),
+    ]
