@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -57,6 +58,7 @@ class SecretMasker:
     def __init__(self) -> None:
         self._secrets: set[str] = set()
         self._forms: list[str] = []  # every form of every secret, longest first
+        self._lengths: list[int] = []  # their lengths, negated (ascending for bisect)
 
     def add(self, *secrets: str | None) -> None:
         fresh = [s for s in secrets if s and len(s) >= 6 and s not in self._secrets]
@@ -73,9 +75,13 @@ class SecretMasker:
         for secret in self._secrets:
             forms |= secret_forms(secret)
         self._forms = sorted(forms, key=len, reverse=True)
+        self._lengths = [-len(form) for form in self._forms]
 
     def mask(self, text: str) -> str:
-        for form in self._forms:
+        # Only forms that fit in *text* are looked for: most logged strings
+        # (ids, event names) are shorter than any secret, and every log line
+        # of a relay with many connections passes through here.
+        for form in self._forms[bisect.bisect_left(self._lengths, -len(text)) :]:
             if form in text:
                 text = text.replace(form, _MASK)
         if "slc" in text:
