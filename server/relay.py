@@ -96,7 +96,7 @@ class Relay:
             registry,
             tunnel_http,
             cloud_http,
-            connections.save_token,
+            connections.save_secrets,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
         relay = cls(

@@ -59,7 +59,7 @@ def valid() -> dict[str, Any]:
                 "success_path": "ok",
                 "success_values": ["true"],
             },
-            "tls": {"verify": True, "ca_bundle_pem": None},
+            "tls": {"verify": True, "ca_bundle_pem": None, "client_certificate": None},
         },
     }
 
@@ -254,7 +254,7 @@ def test_token_required_unless_refresh() -> None:
 
 
 def test_auth_type_is_token() -> None:
-    assert "http.auth.type" in problems(with_changes("http.auth.type", "basic"))
+    assert "http.auth.type" in problems(with_changes("http.auth.type", "wsse"))
 
 
 # -- refresh ------------------------------------------------------------------------
@@ -451,7 +451,11 @@ def test_public_view_shape() -> None:
     assert auth["token_set"] is True
     assert view["http"]["encrypted"] == {"refresh_token": {"set": True}}
     assert view["http"]["unencrypted"] == {"client_id": "cid"}
-    assert view["http"]["tls"] == {"verify": True, "ca_bundle_pem": None}
+    assert view["http"]["tls"] == {
+        "verify": True,
+        "ca_bundle_pem": None,
+        "client_certificate": None,
+    }
     dumped = json.dumps(view)
     assert TOKEN not in dumped
     assert REFRESH_SECRET not in dumped
