@@ -10,7 +10,6 @@ mode) and store rotated secrets through ``save_secrets``.
 from __future__ import annotations
 
 from multidict import CIMultiDictProxy
-from yarl import URL
 
 from server.proxy.auth.base import Grant, Handle, LoginFailed, Scheme, TokenRefreshFailed, Tools
 from server.proxy.auth.basic import Basic
@@ -44,12 +43,12 @@ class Authenticator:
         scheme = self._scheme(handle)
         return scheme is not None and scheme.may_retry(handle)
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant:
-        """The URL and headers to send this request with."""
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
+        """The request-target and headers to send this request with."""
         scheme = self._scheme(handle)
         if scheme is None:
-            return Grant(url)
-        return await scheme.authorize(handle, method, url)
+            return Grant(target)
+        return await scheme.authorize(handle, method, target)
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]

@@ -68,7 +68,7 @@ class Grant:
     """What a scheme adds to one request, and what it used (to tell, on a
     401, whether another caller already replaced it)."""
 
-    url: URL
+    target: str  # the request-target (origin-form), maybe with a credential added
     headers: list[tuple[str, str]] = field(default_factory=list)
     used: Any = None
 
@@ -93,7 +93,7 @@ class Scheme(Protocol):
 
     def may_retry(self, handle: Handle) -> bool: ...
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant: ...
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant: ...
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 
 from multidict import CIMultiDictProxy
-from yarl import URL
 
 from server.connections.model import BasicAuth
 from server.proxy.auth.base import Grant, Handle
@@ -22,12 +21,12 @@ class Basic:
     def may_retry(self, handle: Handle) -> bool:
         return False
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant:
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         auth = handle.connection.http.auth
         assert isinstance(auth, BasicAuth)
         value = basic_credentials(auth.username, auth.password or "")
         handle.masks.append(value.removeprefix("Basic "))
-        return Grant(url, [("Authorization", value)])
+        return Grant(target, [("Authorization", value)])
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]

@@ -50,7 +50,7 @@ class Cookie:
     def _session(self, handle: Handle) -> _Session:
         return self._sessions.setdefault(state_key(handle), _Session())
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant:
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         session = self._session(handle)
         cookie = session.cookie
         if cookie is None:
@@ -59,7 +59,7 @@ class Cookie:
                     session.cookie = await self._login(handle)
                 cookie = session.cookie
         handle.masks.append(cookie)
-        return Grant(url, [("Cookie", cookie)], used=cookie)
+        return Grant(target, [("Cookie", cookie)], used=cookie)
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]

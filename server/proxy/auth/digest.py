@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
-from yarl import URL
 
 from server.connections.model import DigestAuth
 from server.proxy.auth.base import Grant, Handle, state_key
@@ -127,15 +126,14 @@ class Digest:
     def may_retry(self, handle: Handle) -> bool:
         return True
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant:
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         auth = handle.connection.http.auth
         assert isinstance(auth, DigestAuth)
         challenge = self._challenges.get(state_key(handle))
         if challenge is None:
-            return Grant(url)  # the API's 401 brings the challenge
-        uri = url.raw_path_qs
-        value = answer(challenge, auth.username, auth.password or "", method, uri)
-        return Grant(url, [("Authorization", value)], used=challenge.nonce)
+            return Grant(target)  # the API's 401 brings the challenge
+        value = answer(challenge, auth.username, auth.password or "", method, target)
+        return Grant(target, [("Authorization", value)], used=challenge.nonce)
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]

@@ -64,7 +64,7 @@ class OAuth2:
     def _state(self, handle: Handle) -> _State:
         return self._states.setdefault(state_key(handle), _State())
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant:
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         state = self._state(handle)
         token = state.fresh()
         if token is None:
@@ -73,7 +73,7 @@ class OAuth2:
                 if token is None:
                     token = await self._fetch(handle, state)
         handle.masks.append(token)
-        return Grant(url, [("Authorization", f"Bearer {token}")], used=token)
+        return Grant(target, [("Authorization", f"Bearer {token}")], used=token)
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]

@@ -10,7 +10,6 @@ import time
 
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from server.connections.model import Connection, TokenAuth, media_type_header
 from server.errors import RelayError
@@ -25,7 +24,7 @@ from server.proxy.auth.base import (
 )
 from server.proxy.success_path import lookup
 from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
-from server.proxy.urls import join_uri, with_query_param
+from server.proxy.urls import join_uri, with_target_param
 
 log = structlog.get_logger("sluice.relay.auth")
 
@@ -42,18 +41,18 @@ class Token:
     def may_retry(self, handle: Handle) -> bool:
         return _auth(handle).refresh is not None
 
-    async def authorize(self, handle: Handle, method: str, url: URL) -> Grant:
+    async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         auth = _auth(handle)
         if auth.refresh is not None and not auth.token:
             await self._refresh(handle, used=None)
             auth = _auth(handle)
         if not auth.token:
-            return Grant(url)
+            return Grant(target)
         if auth.location == "url" and auth.param_name:
-            return Grant(with_query_param(url, auth.param_name, auth.token), used=auth.token)
+            return Grant(with_target_param(target, auth.param_name, auth.token), used=auth.token)
         scheme = (auth.scheme or "").strip()
         value = f"{scheme} {auth.token}" if scheme else auth.token
-        return Grant(url, [(auth.header_name or "Authorization", value)], used=auth.token)
+        return Grant(target, [(auth.header_name or "Authorization", value)], used=auth.token)
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]
