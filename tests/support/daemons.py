@@ -9,9 +9,12 @@ first), and stops on exit. A test whose server is not installed is skipped
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -168,3 +171,89 @@ http {{
 def access_lines(daemon: Daemon, name: str = "access.log") -> list[str]:
     path = daemon.workdir / name
     return path.read_text().splitlines() if path.exists() else []
+
+
+def shared_dir(base: Path, name: str) -> Path:
+    """A directory servers that drop root (Apache's children run as nobody)
+    can read, under /tmp instead of the test's private tmp_path."""
+    path = Path(tempfile.mkdtemp(prefix=f"sluice-{name}-"))
+    path.chmod(0o755)
+    (base / f"{name}.path").write_text(str(path))  # where it went, for a failing test
+    return path
+
+
+def htdigest_line(user: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """One line of an htdigest file (``user:realm:H(user:realm:password)``)."""
+    data = f"{user}:{realm}:{password}".encode()
+    digest = (
+        hashlib.sha256(data).hexdigest()
+        if algorithm == "SHA-256"
+        else hashlib.md5(data, usedforsecurity=False).hexdigest()
+    )
+    return f"{user}:{realm}:{digest}\n"
+
+
+def apache_command(workdir: Path, directory_block: str) -> Callable[[int], list[str]]:
+    """Apache httpd in one foreground process (-X) serving {dir}/www."""
+    binary = need(APACHE, "apache2")
+    modules = "/usr/lib/apache2/modules"
+
+    def command(port: int) -> list[str]:
+        user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+        loads = "\n".join(
+            f"LoadModule {name}_module {modules}/mod_{name}.so"
+            for name in (
+                "mpm_event",
+                "authz_core",
+                "authn_core",
+                "authn_file",
+                "authz_user",
+                "auth_digest",
+                "mime",
+            )
+        )
+        conf = workdir / "httpd.conf"
+        conf.write_text(
+            f"""{loads}
+ServerRoot "{workdir}"
+ServerName localhost
+TypesConfig /dev/null
+AddType application/json .json
+Listen 127.0.0.1:{port}
+PidFile {workdir}/httpd.pid
+ErrorLog /dev/stderr
+LogFormat "%r %>s" line
+CustomLog {workdir}/access.log line
+{user}DocumentRoot "{workdir}/www"
+<Directory "{workdir}/www">
+{directory_block.replace("{dir}", str(workdir))}
+</Directory>
+"""
+        )
+        return [binary, "-X", "-f", str(conf), "-d", str(workdir)]
+
+    return command
+
+
+def lighttpd_command(workdir: Path, auth_block: str) -> Callable[[int], list[str]]:
+    """lighttpd in the foreground (-D) serving {dir}/www."""
+    binary = need(LIGHTTPD, "lighttpd")
+
+    def command(port: int) -> list[str]:
+        conf = workdir / "lighttpd.conf"
+        conf.write_text(
+            f"""
+server.modules = ("mod_auth", "mod_authn_file", "mod_accesslog")
+server.document-root = "{workdir}/www"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "/dev/stderr"
+accesslog.filename = "{workdir}/access.log"
+accesslog.format = "%r %>s"
+mimetype.assign = (".json" => "application/json")
+{auth_block.replace("{dir}", str(workdir))}
+"""
+        )
+        return [binary, "-D", "-f", str(conf)]
+
+    return command
