@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from server.relay import Relay
-from tests.conftest import AgentFactory, relay_settings
+from tests.conftest import AgentFactory
 from tests.support.capture import APIClient, remember_secret
 from tests.support.daemons import Daemon, access_lines, htpasswd, nginx_command, run_daemon
 from tests.support.waiting import wait_until
@@ -37,20 +35,6 @@ async def nginx_basic(tmp_path: Path) -> AsyncIterator[Daemon]:
     """
     async with run_daemon(workdir, nginx_command(workdir, block)) as daemon:
         yield daemon
-
-
-@pytest.fixture
-async def open_client(tmp_path: Path) -> AsyncIterator[APIClient]:
-    """A relay that may reach loopback in cloud mode (the test's servers live there)."""
-    relay = await Relay.start(
-        relay_settings(tmp_path, allow_private_destinations=True, data_dir=tmp_path / "open")
-    )
-    remember_secret(relay.admin_token)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield APIClient(session, relay.http_base, relay.admin_token)
-    finally:
-        await relay.close()
 
 
 def basic_doc(base: str, password: str, agent_id: str | None = None) -> dict[str, Any]:

@@ -35,19 +35,6 @@ async def provider() -> AsyncIterator[OAuthProvider]:
         remember_secret(*running.access, *running.issued_refresh)
 
 
-@pytest.fixture
-async def open_client(tmp_path: Path) -> AsyncIterator[APIClient]:
-    relay = await Relay.start(
-        relay_settings(tmp_path, allow_private_destinations=True, data_dir=tmp_path / "open")
-    )
-    remember_secret(relay.admin_token)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield APIClient(session, relay.http_base, relay.admin_token)
-    finally:
-        await relay.close()
-
-
 def oauth_doc(provider: OAuthProvider, agent_id: str | None = None, **auth: Any) -> dict[str, Any]:
     return {
         "name": "Orders (OAuth 2.0)",

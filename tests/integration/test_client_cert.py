@@ -8,15 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from server.relay import Relay
-from tests.conftest import AgentFactory, relay_settings
+from tests.conftest import AgentFactory
 from tests.support.capture import APIClient, remember_secret
 from tests.support.daemons import Daemon, nginx_command, run_daemon
 
@@ -45,19 +43,6 @@ async def mtls_nginx(tmp_path: Path, client_ca: trustme.CA) -> AsyncIterator[Dae
     """
     async with run_daemon(workdir, nginx_command(workdir, block)) as daemon:
         yield daemon
-
-
-@pytest.fixture
-async def open_client(tmp_path: Path) -> AsyncIterator[APIClient]:
-    relay = await Relay.start(
-        relay_settings(tmp_path, allow_private_destinations=True, data_dir=tmp_path / "open")
-    )
-    remember_secret(relay.admin_token)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield APIClient(session, relay.http_base, relay.admin_token)
-    finally:
-        await relay.close()
 
 
 def pem_identity(ca: trustme.CA) -> dict[str, str]:
