@@ -83,6 +83,24 @@ def rewrite_template(text: str) -> str:
 
 def from_integrator(export: Any, agent_id: str | None) -> Imported:
     """The Sluice connection document for an integrator.io HTTP connection export."""
+    try:
+        return _from_integrator(export, agent_id)
+    except (AttributeError, TypeError, ValueError) as exc:
+        if isinstance(exc, UnsupportedExport):
+            raise
+        # A field of the wrong JSON type (a list where an object belongs…).
+        raise UnsupportedExport(
+            [
+                {
+                    "field": "",
+                    "message": "the export does not have the shape of an integrator.io HTTP "
+                    "connection (a field holds the wrong JSON type)",
+                }
+            ]
+        ) from None
+
+
+def _from_integrator(export: Any, agent_id: str | None) -> Imported:
     if not isinstance(export, dict):
         raise UnsupportedExport([{"field": "", "message": "expected the export's JSON object"}])
     problems: list[dict[str, str]] = []
