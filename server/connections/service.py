@@ -120,6 +120,10 @@ class ConnectionService:
         return view
 
     # -- CRUD -------------------------------------------------------------------
+    async def preview(self, document: Any) -> dict[str, Any]:
+        """What ``create`` would answer (without id and times), creating nothing."""
+        return public_view(await self.validate(document))
+
     async def create(self, document: Any) -> dict[str, Any]:
         connection = await self.validate(document)
         conn_id = new_connection_id()

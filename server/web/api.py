@@ -337,13 +337,18 @@ async def create_connection(request: web.Request) -> web.Response:
 
 async def import_connection(request: web.Request) -> web.Response:
     """POST /v1/connections/import: an integrator.io HTTP connection export in,
-    the created connection and every field not carried over (with why) out."""
+    the created connection and every field not carried over (with why) out.
+    With ``?dry_run=true`` nothing is created: the console's preview."""
     agent_id = request.query.get("agent_id") or None
     try:
         imported = from_integrator(await _json(request), agent_id)
     except UnsupportedExport as exc:
         raise InvalidConnection(exc.problems) from None
-    view = await services_of(request).connections.create(imported.document)
+    connections = services_of(request).connections
+    if request.query.get("dry_run") == "true":
+        preview = await connections.preview(imported.document)
+        return web.json_response({"connection": preview, "unmapped": imported.unmapped})
+    view = await connections.create(imported.document)
     log.info("connection_imported", connection=view["id"], unmapped=len(imported.unmapped))
     await audit(
         request,

@@ -325,7 +325,14 @@ def openapi_document() -> dict[str, Any]:
                         "description": "The Sluice agent to use (on-premise); required when "
                         "the export has an _agentId",
                         "schema": {"type": "string", "pattern": "^agt_[a-z0-9]+$"},
-                    }
+                    },
+                    {
+                        "name": "dry_run",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: answer 200 with the preview, create nothing",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
                 ],
                 "requestBody": {
                     "required": True,
@@ -353,6 +360,7 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "Created (secrets omitted), with the fields not carried over",
                     ),
+                    "200": _json(any_json, "The preview (dry_run=true): nothing created"),
                     **_problem_responses(400, 401, 422),
                 },
             }
