@@ -199,3 +199,15 @@ async def test_invalid_client_is_the_problem_detail(
     assert answer.body["type"] == "token_refresh_failed"
     assert "invalid_client" in answer.body["detail"]
     assert provider.api_calls == 0
+
+
+async def test_unsaved_settings_test_with_oauth2(
+    open_client: APIClient, provider: OAuthProvider
+) -> None:
+    for _ in range(2):  # each test fetches its own token: nothing is kept for unsaved settings
+        answer = await open_client.call(
+            "POST", "/v1/connections/test", json_body=oauth_doc(provider)
+        )
+        assert answer.status == 200, answer.text
+        assert answer.body["ok"] is True, answer.text
+    assert provider.token_calls == 2

@@ -62,3 +62,26 @@ def test_parse_picks_digest_among_other_schemes_and_reads_stale() -> None:
 def test_basic_is_utf8() -> None:
     # RFC 7617 §2.1's example: test / 123£ with charset UTF-8.
     assert basic_credentials("test", "123\u00a3") == "Basic dGVzdDoxMjPCow=="
+
+
+def test_an_unsaved_connections_state_goes_with_its_handle() -> None:
+    import gc
+
+    from server.proxy.auth.base import States
+
+    class FakeHandle:
+        id: str | None = None
+
+    states: States[list[str]] = States(list)
+    handle = FakeHandle()
+    states.get(handle).append("token")  # type: ignore[arg-type]
+    assert states.get(handle) == ["token"]  # type: ignore[arg-type]
+    saved = FakeHandle()
+    saved.id = "con_1"
+    states.get(saved)  # type: ignore[arg-type]
+    assert len(states) == 2
+    del handle
+    gc.collect()
+    assert len(states) == 1  # the saved one stays until forgotten
+    states.forget("con_1")
+    assert len(states) == 0

@@ -4,9 +4,10 @@ and the engine's calls it may use (send a request, store a rotated secret)."""
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -29,6 +30,8 @@ class Handle(Protocol):
 
     def mask(self, text: str) -> str: ...
 
+
+T = TypeVar("T")
 
 # Bodies read from token, refresh and login answers (they are small).
 AUTH_BODY_LIMIT = 1024 * 1024
@@ -109,6 +112,33 @@ class Scheme(Protocol):
 def state_key(handle: Handle) -> str:
     """Connection id, or the handle's identity for unsaved settings (a test)."""
     return handle.id or f"unsaved:{id(handle)}"
+
+
+class States(Generic[T]):
+    """A scheme's state per connection (token, session, challenge).
+
+    A saved connection's lives until ``forget``; an unsaved one's (the test
+    endpoint's) goes when its handle does, so tested secrets do not pile up.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._states: dict[str, T] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, handle: Handle) -> T:
+        key = state_key(handle)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = self._factory()
+            if handle.id is None:
+                weakref.finalize(handle, self._states.pop, key, None)
+        return state
+
+    def forget(self, conn_id: str) -> None:
+        self._states.pop(conn_id, None)
 
 
 def describe(raw: bytes, handle: Handle) -> str:

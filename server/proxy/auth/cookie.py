@@ -22,9 +22,9 @@ from server.proxy.auth.base import (
     Grant,
     Handle,
     LoginFailed,
+    States,
     Tools,
     describe,
-    state_key,
 )
 from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
 from server.proxy.urls import URLError, join_uri
@@ -42,13 +42,13 @@ class _Session:
 class Cookie:
     def __init__(self, tools: Tools) -> None:
         self._tools = tools
-        self._sessions: dict[str, _Session] = {}
+        self._sessions = States(_Session)
 
     def may_retry(self, handle: Handle) -> bool:
         return True
 
     def _session(self, handle: Handle) -> _Session:
-        return self._sessions.setdefault(state_key(handle), _Session())
+        return self._sessions.get(handle)
 
     async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         session = self._session(handle)
@@ -75,7 +75,7 @@ class Cookie:
                 session.cookie = None
 
     def forget(self, conn_id: str) -> None:
-        self._sessions.pop(conn_id, None)
+        self._sessions.forget(conn_id)
 
     async def _login(self, handle: Handle) -> str:
         auth = handle.connection.http.auth

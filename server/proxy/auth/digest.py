@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDictProxy
 
 from server.connections.model import DigestAuth
-from server.proxy.auth.base import Grant, Handle, state_key
+from server.proxy.auth.base import Grant, Handle, States
 
 _HASHES: dict[str, Callable[[bytes], str]] = {
     "MD5": lambda data: hashlib.md5(data, usedforsecurity=False).hexdigest(),
@@ -119,9 +119,14 @@ def answer(
     return "Digest " + ", ".join(parts)
 
 
+@dataclass
+class _Latest:
+    challenge: Challenge | None = None
+
+
 class Digest:
     def __init__(self) -> None:
-        self._challenges: dict[str, Challenge] = {}
+        self._latest = States(_Latest)
 
     def may_retry(self, handle: Handle) -> bool:
         return True
@@ -129,7 +134,7 @@ class Digest:
     async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         auth = handle.connection.http.auth
         assert isinstance(auth, DigestAuth)
-        challenge = self._challenges.get(state_key(handle))
+        challenge = self._latest.get(handle).challenge
         if challenge is None:
             return Grant(target)  # the API's 401 brings the challenge
         value = answer(challenge, auth.username, auth.password or "", method, target)
@@ -143,11 +148,10 @@ class Digest:
         challenges = parse_challenges(headers.getall("WWW-Authenticate", []))
         if not challenges:
             return False
-        key = state_key(handle)
-        current = self._challenges.get(key)
-        if current is None or current.nonce != challenges[0].nonce:
+        latest = self._latest.get(handle)
+        if latest.challenge is None or latest.challenge.nonce != challenges[0].nonce:
             # Later requests answer the newest challenge, retried or not.
-            self._challenges[key] = challenges[0]
+            latest.challenge = challenges[0]
         # No answer sent yet, or the API asks again with a stale nonce.
         return grant.used is None or challenges[0].stale
 
@@ -157,4 +161,4 @@ class Digest:
         return None  # wants_retry kept the new challenge
 
     def forget(self, conn_id: str) -> None:
-        self._challenges.pop(conn_id, None)
+        self._latest.forget(conn_id)

@@ -26,10 +26,10 @@ from server.proxy.auth.base import (
     AUTH_BODY_LIMIT,
     Grant,
     Handle,
+    States,
     TokenRefreshFailed,
     Tools,
     describe,
-    state_key,
 )
 
 log = structlog.get_logger("sluice.relay.auth")
@@ -56,13 +56,13 @@ class _State:
 class OAuth2:
     def __init__(self, tools: Tools) -> None:
         self._tools = tools
-        self._states: dict[str, _State] = {}
+        self._states = States(_State)
 
     def may_retry(self, handle: Handle) -> bool:
         return True
 
     def _state(self, handle: Handle) -> _State:
-        return self._states.setdefault(state_key(handle), _State())
+        return self._states.get(handle)
 
     async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         state = self._state(handle)
@@ -89,7 +89,7 @@ class OAuth2:
                 state.access_token = None  # the next authorize fetches one
 
     def forget(self, conn_id: str) -> None:
-        self._states.pop(conn_id, None)
+        self._states.forget(conn_id)
 
     # -- the token call ---------------------------------------------------------
     async def _fetch(self, handle: Handle, state: _State) -> str:

@@ -17,6 +17,7 @@ from server.proxy.auth.base import (
     AUTH_BODY_LIMIT,
     Grant,
     Handle,
+    States,
     TokenRefreshFailed,
     Tools,
     describe,
@@ -34,7 +35,7 @@ REFRESH_TOKEN_KEY = "refresh_token"  # noqa: S105 - http.encrypted key, not a se
 class Token:
     def __init__(self, tools: Tools) -> None:
         self._tools = tools
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = States(asyncio.Lock)
         self._latest: dict[str, str] = {}
         self._latest_refresh: dict[str, str] = {}
 
@@ -68,12 +69,12 @@ class Token:
     def forget(self, conn_id: str) -> None:
         self._latest.pop(conn_id, None)
         self._latest_refresh.pop(conn_id, None)
-        self._locks.pop(conn_id, None)
+        self._locks.forget(conn_id)
 
     # -- refresh --------------------------------------------------------------
     async def _refresh(self, handle: Handle, used: str | None) -> None:
         key = state_key(handle)
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        lock = self._locks.get(handle)
         async with lock:
             latest = self._latest.get(key)
             if latest is not None and latest != used:
