@@ -6,10 +6,12 @@ and what does not, refuses what it cannot import, and creates."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import trustme
 
 from server.relay import Relay
 from tests.integration.test_ui import EXPECT_MS, assert_not_in_page, error_at, page, sign_in
@@ -188,3 +190,57 @@ async def test_import_dialog_previews_refuses_and_creates(
     assert saved["http"]["auth"]["password_set"] is True
     await text.count()  # the dialog is gone; its field with it
     await assert_not_in_page(page, PASSWORD)
+
+
+@pytest.mark.timeout(120)
+async def test_client_certificate_pem_then_pfx(relay: Relay, client: APIClient, page: Page) -> None:
+    from playwright.async_api import expect
+
+    from tests.integration.test_client_cert import pem_identity, pfx_identity
+
+    ca = trustme.CA()
+    identity, other = pem_identity(ca), pem_identity(ca)
+    await sign_in(page, relay, "#/connections")
+    await _new_connection(page, relay, "mTLS one", "none")
+    section = page.get_by_role("region", name="Client certificate")
+    key = section.get_by_label("Private key (PEM)")
+    await expect(key).to_be_hidden()
+    await section.get_by_label("Client certificate").select_option("pem")
+    await section.get_by_label("Certificate (PEM)").fill(identity["cert_pem"])
+    await key.fill(other["key_pem"])  # another certificate's key
+    await section.get_by_label("Passphrase").fill(identity["passphrase"])
+    await page.get_by_role("button", name="Save").click()
+    await expect(error_at(key)).to_contain_text("does not match")
+    await key.fill(identity["key_pem"])
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("tr", has_text="mTLS one")).to_be_visible(timeout=EXPECT_MS)
+    saved = await _saved(client, "mTLS one")
+    cert = saved["http"]["tls"]["client_certificate"]
+    assert cert["key_pem_set"] is True
+    assert cert["passphrase_set"] is True
+    assert cert["cert_pem"].strip() == identity["cert_pem"].strip()
+
+    # Edit: the key shows as unchanged; switch to a PFX file.
+    pfx = pfx_identity(ca)
+    await page.get_by_role("link", name="Edit mTLS one").click()
+    section = page.get_by_role("region", name="Client certificate")
+    await expect(section.get_by_label("Private key (PEM)")).to_have_attribute(
+        "placeholder", "unchanged"
+    )
+    await section.get_by_label("Client certificate").select_option("pfx")
+    await section.get_by_label("PFX file").set_input_files(
+        {
+            "name": "client.pfx",
+            "mimeType": "application/x-pkcs12",
+            "buffer": base64.b64decode(pfx["pfx_base64"]),
+        }
+    )
+    await section.get_by_label("Passphrase").fill(pfx["passphrase"])
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("tr", has_text="mTLS one")).to_be_visible(timeout=EXPECT_MS)
+    cert = (await _saved(client, "mTLS one"))["http"]["tls"]["client_certificate"]
+    assert cert["pfx_base64_set"] is True
+    assert cert["key_pem_set"] is False
+    assert cert["cert_pem"] is None
+    for secret in (identity["key_pem"], pfx["pfx_base64"], pfx["passphrase"]):
+        await assert_not_in_page(page, secret)

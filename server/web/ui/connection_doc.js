@@ -20,6 +20,9 @@ export function emptyValues() {
       password: "", passwordSet: false, refreshToken: "", refreshTokenSet: false,
     },
     cookie: { uri: "", method: "POST", body: "", mediaType: "", successStatus: "200" },
+    clientCertificateView: null, // as the relay shows it (secrets as *_set)
+    clientCertificate: undefined, // what to send: object, null (remove), undefined (keep)
+    tlsKeeps: false,
     token: "",
     tokenSet: false,
     location: "header",
@@ -49,6 +52,7 @@ export function fromView(view) {
     headers: http.headers.map(({ name, value }) => ({ key: name, value })),
     mediaType: http.media_type,
     authType: auth.type || "none",
+    clientCertificateView: (http.tls && http.tls.client_certificate) || null,
     tokenSet: Boolean(auth.token_set),
     location: auth.location || "header",
     headerName: auth.header_name || "Authorization",
@@ -211,6 +215,9 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
   }
 
   const ping = v.ping;
+  const tls = v.clientCertificate === undefined
+    ? {}
+    : { tls: { client_certificate: v.clientCertificate } };
   return {
     name: v.name,
     mode: v.mode,
@@ -222,6 +229,7 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
       auth,
       encrypted,
       unencrypted,
+      ...tls,
       ping: pingBlank(ping) && !forTest
         ? null
         : {
@@ -244,5 +252,6 @@ export function keepsSavedSecrets(v) {
     oauth2: (o.clientSecretSet && !o.clientSecret) || (o.passwordSet && !o.password)
       || (o.refreshTokenSet && !o.refreshToken),
   }[v.authType];
-  return Boolean(kept) || v.encrypted.some((row) => row.saved && !row.value);
+  return Boolean(kept) || Boolean(v.tlsKeeps)
+    || v.encrypted.some((row) => row.saved && !row.value);
 }

@@ -7,6 +7,7 @@ import { checkbox, field, group, radios, secretInput, select, textInput } from "
 import { MEDIA_TYPES } from "./format.js";
 import { rowsEditor } from "./rows.js";
 import { AUTH_TYPES, buildAuthFields } from "./connection_auth.js";
+import { buildTlsFields } from "./connection_tls.js";
 
 const code = (text) => h("code", {}, text);
 
@@ -64,6 +65,7 @@ export function buildFields({ editing }) {
     hint: "How the API knows the caller: the relay adds it to every request.",
   });
   const other = buildAuthFields({ editing });
+  const tls = buildTlsFields({ editing });
   const token = field("Token", secretInput(), {
     required: !editing,
     hint: editing
@@ -172,6 +174,7 @@ export function buildFields({ editing }) {
     section("Authentication", authType.wrapper, token.wrapper, location.wrapper,
       headerName.wrapper, scheme.wrapper, schemes, paramName.wrapper, refreshOn.wrapper,
       refreshGroup, other.wrappers),
+    section("Client certificate", tls.wrappers),
     section("Custom fields", h("p", { class: "hint" },
       "Values that templates in URIs, headers and bodies can refer to."),
     encrypted.wrapper, unencrypted.wrapper),
@@ -194,6 +197,8 @@ export function buildFields({ editing }) {
         mediaType: mediaType.control.value,
         authType: authType.control.value,
         ...other.read(),
+        clientCertificate: tls.document(),
+        tlsKeeps: tls.keepsSaved(),
         token: token.control.value,
         tokenSet: token.control.dataset.saved === "true",
         location: location.control.value,
@@ -228,6 +233,7 @@ export function buildFields({ editing }) {
       mediaType.control.value = v.mediaType;
       authType.control.value = v.authType;
       other.fill(v);
+      tls.fill(v.clientCertificateView);
       token.control.value = "";
       token.control.dataset.saved = String(v.tokenSet);
       token.control.placeholder = v.tokenSet ? "unchanged" : "";
@@ -293,6 +299,7 @@ export function buildFields({ editing }) {
       return [
         ...targets,
         ...other.errorTargets(authType.control.value),
+        ...tls.errorTargets(),
         ...rowTargets("http.headers", headers),
         ...rowTargets("http.auth.refresh.headers", refreshHeaders),
         ...keyTargets("http.encrypted", encrypted),
@@ -303,6 +310,7 @@ export function buildFields({ editing }) {
     forgetSecrets() {
       token.control.value = "";
       other.forgetSecrets();
+      tls.forgetSecrets();
       for (const row of encrypted.rows()) row.valueField.control.value = "";
     },
   };
