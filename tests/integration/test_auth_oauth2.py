@@ -111,6 +111,16 @@ async def test_on_premise_token_endpoint_is_reached_through_the_agent(
     assert [a.status for a in answers] == [200] * 20
     assert provider.token_calls == 1  # twenty callers, one token call
     assert provider.api_unauthorized == 0
+    assert provider.token_auth_headers[0] is not None  # the secret in the Basic header
+
+    in_body = await _create(
+        client, oauth_doc(provider, both.agent_id, client_credentials_location="body")
+    )
+    answer = await client.call("GET", f"/v1/connections/{in_body}/proxy/orders")
+    assert answer.status == 200, answer.text
+    assert provider.token_calls == 2
+    assert provider.token_auth_headers[1] is None
+    assert f"client_secret={CLIENT_SECRET}" in provider.token_bodies[1]
 
 
 async def test_password_grant(open_client: APIClient, provider: OAuthProvider) -> None:
