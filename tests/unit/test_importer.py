@@ -85,3 +85,31 @@ def test_custom_auth_is_none_and_fail_statuses_carry_over() -> None:
         {"type": "http", "http": {"baseURI": "https://a.example", "auth": {"type": "custom"}}}, None
     )
     assert custom.document["http"]["auth"] == {"type": "none"}
+
+
+def test_client_certificates_and_ca_carry_over() -> None:
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("client.example")
+    export = {
+        "type": "http",
+        "name": "mtls",
+        "http": {
+            "baseURI": "https://api.example.com",
+            "auth": {"type": "custom"},
+            "clientCertificates": {
+                "cert": leaf.cert_chain_pems[0].bytes().decode(),
+                "key": leaf.private_key_pem.bytes().decode(),
+                "ca": ca.cert_pem.bytes().decode(),
+                "passphrase": "******",
+            },
+        },
+    }
+    imported = from_integrator(export, None)
+    connection = Connection.model_validate(imported.document)
+    cert = connection.http.tls.client_certificate
+    assert cert is not None
+    assert cert.key_pem == leaf.private_key_pem.bytes().decode()
+    assert connection.http.tls.ca_bundle_pem == ca.cert_pem.bytes().decode()
+    assert {u["field"] for u in imported.unmapped} == {"http.clientCertificates.passphrase"}
