@@ -7,7 +7,8 @@ import json
 import urllib.parse
 
 from server.connections.model import Connection
-from server.proxy.engine import Handle, _describe
+from server.proxy.auth.base import describe as _describe
+from server.proxy.engine import Handle
 from server.proxy.success_path import ping_verdict
 from sluice.logs import SecretMasker
 
