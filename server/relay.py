@@ -15,6 +15,8 @@ from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
+from server.proxy.limits import ConcurrencyLimits
+from server.proxy.retry import RateLimits
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.hostkey import load_or_create_host_key
 from server.secrets.keyring import load_secret_box
@@ -47,6 +49,8 @@ class Relay:
     connections: ConnectionService
     engine: Engine
     metrics: RelayMetrics
+    limits: ConcurrencyLimits
+    rate_limits: RateLimits
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     admin_token_created: bool = False
@@ -108,6 +112,8 @@ class Relay:
             connections=connections,
             engine=engine,
             metrics=metrics,
+            limits=ConcurrencyLimits(metrics),
+            rate_limits=RateLimits(count=metrics.limited),
             host_key=host_key,
             admin_token_created=created,
             admin=AdminTokens(
@@ -158,6 +164,8 @@ class Relay:
             metrics=self.metrics,
             admin=self.admin,
             ssh_listening=lambda: not self.closed.is_set(),
+            limits=self.limits,
+            rate_limits=self.rate_limits,
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,

@@ -287,6 +287,48 @@ class Timeouts(_Model):
         return value
 
 
+class RateLimit(_Model):
+    """When an answer means "too many requests", and how the relay waits it out.
+
+    An answer with ``fail_status``, or a 200 whose JSON body has one of
+    ``fail_values`` at ``fail_path``, is a limit. The relay waits what
+    ``retry_header`` says (seconds or an HTTP-date), else backs off
+    exponentially with full jitter, and retries up to ``max_retries`` times.
+    """
+
+    fail_status: int | None = Field(default=429, ge=400, le=599)
+    fail_path: JSONPath | None = None
+    fail_values: list[str] = Field(default_factory=list)
+    retry_header: HeaderName | None = "Retry-After"
+    max_retries: int = Field(default=3, ge=0, le=10)
+    max_wait_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("fail_path", "retry_header", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _values_need_path(self) -> RateLimit:
+        if self.fail_values and not self.fail_path:
+            raise _field_errors(
+                "RateLimit", [("fail_values", "only used with fail_path; set that too")]
+            )
+        if self.fail_path and not self.fail_values:
+            raise _field_errors(
+                "RateLimit",
+                [("fail_values", "required with fail_path: the values that mean 'limited'")],
+            )
+        return self
+
+
+class Health(_Model):
+    """Scheduled pings: the connection's status is kept up to date."""
+
+    # The relay refuses intervals below its health_min_interval_seconds (30).
+    interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+
+
 class HTTPSettings(_Model):
     base_uri: str
     headers: list[Header] = Field(default_factory=list)
@@ -297,6 +339,10 @@ class HTTPSettings(_Model):
     ping: Ping | None = None
     tls: TLSSettings = Field(default_factory=TLSSettings)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    rate_limit: RateLimit | None = None
+    concurrency_level: int | None = Field(default=None, ge=1, le=100)
+    queue_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    health: Health | None = None
 
     @field_validator("base_uri")
     @classmethod

@@ -19,6 +19,7 @@ import structlog
 
 from server.errors import RelayError, TunnelLost, relay_error_in
 from server.proxy.engine import HOP_BY_HOP, Handle
+from server.proxy.retry import RETRIES_HEADER, Sent
 from server.tunnel.http1 import Answer, Body
 from server.web.services import Services
 
@@ -73,17 +74,18 @@ def relay_errors(handle: Handle, what: str) -> Iterator[None]:
 
 async def send_upstream(
     services: Services,
-    conn_id: str,
+    handle: Handle,
     method: str,
     relative: str,
     headers: list[tuple[str, str]],
     body: Body,
-) -> tuple[Handle, Answer]:
-    """Send one proxied request; errors are the relay's own (no URL quoted)."""
-    handle = await services.connections.handle(conn_id)
+) -> Sent:
+    """Send one proxied request, rate limits waited out (``server.proxy.retry``);
+    errors are the relay's own (no URL quoted)."""
     with relay_errors(handle, "the request failed on its way"):
-        upstream = await services.engine.request(handle, method, relative, headers, body)
-    return handle, upstream
+        return await services.rate_limits.send(
+            handle, method, relative, headers, body, services.engine.request
+        )
 
 
 def is_small(upstream: Answer, method: str) -> bool:
@@ -95,15 +97,20 @@ def is_small(upstream: Answer, method: str) -> bool:
     )
 
 
-def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
+def answer_headers(
+    upstream: Answer, conn_id: str, *, small: bool, retries: int | None = None
+) -> list[tuple[str, str]]:
     """The API's answer headers the caller gets: hop-by-hop ones dropped (a
-    streamed answer keeps its Content-Length), the connection named."""
+    streamed answer keeps its Content-Length), the connection named, and for
+    a rate-limited connection how many times the request was sent again."""
     kept = [
         (name, value)
         for name, value in upstream.headers.items()
         if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small)
     ]
     kept.append((VIA_HEADER, conn_id))
+    if retries is not None:
+        kept.append((RETRIES_HEADER, str(retries)))
     return kept
 
 
@@ -123,7 +130,27 @@ async def exchange(
     Once the head is out, a failure is logged and the sink is cut instead.
     """
     began = time.perf_counter()
-    handle, upstream = await send_upstream(services, conn_id, method, relative, headers, body)
+    handle = await services.connections.handle(conn_id)
+    http = handle.connection.http
+    async with services.limits.slot(conn_id, http.concurrency_level, http.queue_timeout_seconds):
+        await _exchange(services, handle, method, relative, headers, body, sink, began)
+
+
+async def _exchange(
+    services: Services,
+    handle: Handle,
+    method: str,
+    relative: str,
+    headers: list[tuple[str, str]],
+    body: Body,
+    sink: AnswerSink,
+    began: float,
+) -> None:
+    assert handle.id is not None
+    conn_id = handle.id
+    sent_upstream = await send_upstream(services, handle, method, relative, headers, body)
+    upstream = sent_upstream.answer
+    retries = sent_upstream.retries if handle.connection.http.rate_limit is not None else None
     mode = handle.connection.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
     if is_small(upstream, method):
@@ -132,13 +159,13 @@ async def exchange(
                 data = await upstream.read()
         finally:
             upstream.release()
-        small = answer_headers(upstream, conn_id, small=True)
+        small = answer_headers(upstream, conn_id, small=True, retries=retries)
         await sink.whole(upstream.status, upstream.reason, small, data)
         canonical_line(conn_id, mode, method, upstream.status, len(data), began)
         return
     sent = 0
     try:
-        streamed = answer_headers(upstream, conn_id, small=False)
+        streamed = answer_headers(upstream, conn_id, small=False, retries=retries)
         await sink.begin(upstream.status, upstream.reason, streamed, upstream.content_length)
         async for chunk in upstream.content.iter_any():
             if chunk:

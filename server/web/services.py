@@ -9,6 +9,8 @@ from aiohttp import web
 
 from server.connections.service import ConnectionService
 from server.proxy.engine import Engine
+from server.proxy.limits import ConcurrencyLimits
+from server.proxy.retry import RateLimits
 from server.secrets.admin_token import AdminTokens
 from server.storage.store import Store
 from server.tunnel.http_client import TunnelHTTP
@@ -26,6 +28,8 @@ class Services:
     metrics: RelayMetrics
     admin: AdminTokens
     ssh_listening: Callable[[], bool]
+    limits: ConcurrencyLimits
+    rate_limits: RateLimits
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).
