@@ -11,6 +11,7 @@ import asyncssh
 import structlog
 from aiohttp import web
 
+from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.engine import Engine
@@ -51,6 +52,7 @@ class Relay:
     metrics: RelayMetrics
     limits: ConcurrencyLimits
     rate_limits: RateLimits
+    health: HealthMonitor
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     admin_token_created: bool = False
@@ -88,7 +90,13 @@ class Relay:
         store = await Store.open(settings.resolved_database_url())
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
-        connections = ConnectionService(store, box, lambda: load_secret_box(settings))
+        connections = ConnectionService(
+            store,
+            box,
+            lambda: load_secret_box(settings),
+            agent_online=registry.is_online,
+            min_health_interval=settings.health_min_interval_seconds,
+        )
         tunnel_http = TunnelHTTP(
             registry,
             connect_timeout=settings.connect_timeout,
@@ -103,6 +111,14 @@ class Relay:
             connections.save_token,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
+        health = HealthMonitor(
+            store,
+            connections,
+            engine,
+            registry.is_online,
+            min_interval=settings.health_min_interval_seconds,
+        )
+        metrics.registry.register(health.collector())
         relay = cls(
             settings=settings,
             store=store,
@@ -114,6 +130,7 @@ class Relay:
             metrics=metrics,
             limits=ConcurrencyLimits(metrics),
             rate_limits=RateLimits(count=metrics.limited),
+            health=health,
             host_key=host_key,
             admin_token_created=created,
             admin=AdminTokens(
@@ -146,6 +163,7 @@ class Relay:
             )
             if serve_http:
                 await relay._start_http()
+            health.start()
         except BaseException:
             await relay.close()
             raise
@@ -166,6 +184,7 @@ class Relay:
             ssh_listening=lambda: not self.closed.is_set(),
             limits=self.limits,
             rate_limits=self.rate_limits,
+            health=self.health,
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
@@ -225,6 +244,7 @@ class Relay:
         if self.closed.is_set():
             return
         self.closed.set()
+        await self.health.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:

@@ -50,6 +50,12 @@ class ServerSettings(BaseSettings):
     max_streams_per_agent: int = Field(default=1024, ge=1)
     max_new_streams_per_second: float = Field(default=1000.0, gt=0)
     http_idle_timeout: float = Field(default=75.0, gt=0)
+    health_min_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Shortest http.health.interval_seconds a connection may ask for "
+        "(lower it only for tests).",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 

@@ -220,12 +220,21 @@ class TokenAuth(_Model):
 
 
 class Ping(_Model):
-    """The request that tests a connection (required by the test endpoint)."""
+    """The request that tests a connection (required by the test endpoint).
+
+    ``body`` (a handlebars template, POST/PUT/PATCH) serves GraphQL or SOAP
+    health checks; a 2xx whose JSON has one of ``fail_values`` at
+    ``fail_path`` fails; on failure the value at ``error_path`` is the message.
+    """
 
     method: PingMethod = "GET"
     relative_uri: Template
+    body: BodyTemplate | None = None
     success_path: JSONPath | None = None
     success_values: list[str] = Field(default_factory=list)
+    fail_path: JSONPath | None = None
+    fail_values: list[str] = Field(default_factory=list)
+    error_path: JSONPath | None = None
 
     @field_validator("relative_uri")
     @classmethod
@@ -234,12 +243,20 @@ class Ping(_Model):
             raise ValueError("required: the URI to ping, relative to base_uri (e.g. /health)")
         return value
 
-    @field_validator("success_path", mode="before")
+    @field_validator("body", "success_path", "fail_path", "error_path", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("success_path")
+    @field_validator("body")
+    @classmethod
+    def _body_needs_a_method_with_one(cls, value: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if value and method in ("GET", "HEAD"):
+            raise ValueError(f"a request body is sent with POST, PUT or PATCH, not {method}")
+        return value
+
+    @field_validator("success_path", "fail_path", "error_path")
     @classmethod
     def _path_needs_body(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value and info.data.get("method") == "HEAD":
@@ -251,6 +268,13 @@ class Ping(_Model):
     def _values_need_path(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if value and not info.data.get("success_path") and "success_path" in info.data:
             raise ValueError("only used with success_path; set that too")
+        return value
+
+    @field_validator("fail_values")
+    @classmethod
+    def _fail_values_need_path(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not info.data.get("fail_path") and "fail_path" in info.data:
+            raise ValueError("only used with fail_path; set that too")
         return value
 
 

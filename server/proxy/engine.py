@@ -26,7 +26,7 @@ from yarl import URL
 from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
 from server.proxy.cloud_http import CloudHTTP
-from server.proxy.success_path import lookup, ping_verdict
+from server.proxy.success_path import health_verdict, lookup
 from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
 from server.proxy.urls import URLError, join_request_uri, join_uri, with_query_param
 from server.tunnel.http1 import USER_AGENT, Answer, Body
@@ -448,20 +448,19 @@ class Engine:
         if ping is None or not ping.relative_uri:
             return done(False, None, "no ping relative URI is set; it is required for a test")
         try:
-            relative = render_uri(
-                ping.relative_uri, handle.template_context(), name="http.ping.relative_uri"
-            )
-            response = await self.request(handle, ping.method, relative, [], None)
+            context = handle.template_context()
+            relative = render_uri(ping.relative_uri, context, name="http.ping.relative_uri")
+            media_type = handle.connection.http.media_type
+            body = render_body(ping.body, context, media_type).encode() if ping.body else None
+            response = await self.request(handle, ping.method, relative, [], body)
         except TemplateError as exc:
-            return done(False, None, f"ping relative URI: {exc}")
+            return done(False, None, f"ping template: {exc}")
         except RelayError as exc:
             return done(False, None, f"{exc.type}: {exc}")
         async with response:
             raw = await response.content.read(PING_BODY_LIMIT)
             content_type = response.headers.get("Content-Type")
-        ok, message = ping_verdict(
-            response.status, raw, content_type, ping.success_path, list(ping.success_values)
-        )
+        ok, message = health_verdict(response.status, raw, content_type, ping)
         return done(ok, response.status, message)
 
 

@@ -356,6 +356,7 @@ async def delete_connection(request: web.Request) -> web.Response:
     conn_id = request.match_info["id"]
     await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
+    services.health.forget(conn_id)
     log.info("connection_deleted", connection=conn_id)
     await audit(request, "connection.deleted", conn_id)
     return web.Response(status=204)
@@ -375,6 +376,8 @@ async def test_saved(request: web.Request) -> web.Response:
     result = await services.engine.ping(handle)
     record = result.as_dict() | {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     await services.connections.record_test(conn_id, record)
+    connection = handle.connection
+    await services.health.record(conn_id, connection.mode, connection.agent_id, result)
     return web.json_response(result.as_dict())
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.engine import Engine
 from server.proxy.limits import ConcurrencyLimits
@@ -30,6 +31,7 @@ class Services:
     ssh_listening: Callable[[], bool]
     limits: ConcurrencyLimits
     rate_limits: RateLimits
+    health: HealthMonitor
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).

@@ -39,6 +39,8 @@ class FragileAPI:
     served: int = 0
     # Health.
     up: bool = True
+    down_status: int = 503  # 200: a 2xx whose body says it is down
+    health_bodies: list[bytes] = field(default_factory=list)
     uploads: int = 0
 
     @property
@@ -94,8 +96,11 @@ class FragileAPI:
         return web.json_response({"slow": True})
 
     async def health(self, request: web.Request) -> web.Response:
+        self.health_bodies.append(await request.read())
         if not self.up:
-            return web.json_response({"status": "down", "detail": "maintenance"}, status=503)
+            return web.json_response(
+                {"status": "down", "detail": "maintenance"}, status=self.down_status
+            )
         return web.json_response({"status": "up"})
 
 
