@@ -22,7 +22,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from tenacity.stop import stop_base
 
 from server.connections.model import RateLimit
 from server.proxy.engine import REPLAY_LIMIT, Handle, _buffer_small
+from server.proxy.headers import Fields
 from server.proxy.success_path import as_comparable, lookup
 from server.tunnel.http1 import Answer, Body
 
@@ -48,7 +49,7 @@ log = structlog.get_logger("sluice.relay.retry")
 BACKOFF_MULTIPLIER = 0.5
 RETRIES_HEADER = "Sluice-Retries"
 
-Send = Callable[[Handle, str, str, list[tuple[str, str]], Body], Awaitable[Answer]]
+Send = Callable[[Handle, str, str, Fields, Body], Awaitable[Answer]]
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -94,6 +95,7 @@ class KeptAnswer:
         self.status = answer.status
         self.reason = answer.reason
         self.headers: CIMultiDictProxy[str] = answer.headers
+        self.raw_headers: Sequence[tuple[bytes, bytes]] = answer.raw_headers
         self.content_length: int | None = len(body)
         self.content = _Bytes(body)
         self.body = body
@@ -238,7 +240,7 @@ class RateLimits:
         handle: Handle,
         method: str,
         relative: str,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         body: Body,
         send: Send,
     ) -> Sent:
