@@ -14,6 +14,7 @@ from aiohttp import web
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
+from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
 from server.proxy.limits import ConcurrencyLimits
@@ -53,6 +54,7 @@ class Relay:
     limits: ConcurrencyLimits
     rate_limits: RateLimits
     health: HealthMonitor
+    debug: DebugLog
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     admin_token_created: bool = False
@@ -131,6 +133,11 @@ class Relay:
             limits=ConcurrencyLimits(metrics),
             rate_limits=RateLimits(count=metrics.limited),
             health=health,
+            debug=DebugLog(
+                store,
+                keep=settings.debug_log_entries,
+                retention=settings.debug_log_retention_seconds,
+            ),
             host_key=host_key,
             admin_token_created=created,
             admin=AdminTokens(
@@ -164,6 +171,7 @@ class Relay:
             if serve_http:
                 await relay._start_http()
             health.start()
+            relay.debug.start_purging()
         except BaseException:
             await relay.close()
             raise
@@ -185,6 +193,7 @@ class Relay:
             limits=self.limits,
             rate_limits=self.rate_limits,
             health=self.health,
+            debug=self.debug,
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
@@ -245,6 +254,7 @@ class Relay:
             return
         self.closed.set()
         await self.health.close()
+        await self.debug.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:

@@ -56,6 +56,14 @@ class ServerSettings(BaseSettings):
         description="Shortest http.health.interval_seconds a connection may ask for "
         "(lower it only for tests).",
     )
+    debug_log_entries: int = Field(
+        default=1000, ge=10, le=100_000, description="Debug-log entries kept per connection."
+    )
+    debug_log_retention_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long a debug log is kept after its window ends.",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 

@@ -26,6 +26,7 @@ from yarl import URL
 
 from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
+from server.proxy import wiretap
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.headers import (
     Fields,
@@ -222,6 +223,7 @@ class Engine:
         body: Body,
         length: int | None = None,
     ) -> Answer:
+        wiretap.sent(method, origin, target, fields)
         if handle.connection.mode == "cloud":
             self._cloud.check(origin)
         if method not in _SLOW_PATH_METHODS:

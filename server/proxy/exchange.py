@@ -9,6 +9,7 @@ that shared part, and an :class:`AnswerSink` is the difference.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -19,6 +20,8 @@ import aiohttp
 import structlog
 
 from server.errors import RelayError, TunnelLost, relay_error_in
+from server.proxy import wiretap
+from server.proxy.debug_log import Recording
 from server.proxy.engine import Handle
 from server.proxy.headers import Fields, LocationRewrite, answer_fields, get
 from server.proxy.retry import RETRIES_HEADER, Sent
@@ -149,8 +152,65 @@ async def exchange(
     began = time.perf_counter()
     handle = await services.connections.handle(conn_id)
     http = handle.connection.http
-    async with services.limits.slot(conn_id, http.concurrency_level, http.queue_timeout_seconds):
-        await _exchange(services, handle, method, relative, headers, body, sink, began)
+    recording = await services.debug.recording(handle, method, relative)
+    if recording is None:
+        async with services.limits.slot(
+            conn_id, http.concurrency_level, http.queue_timeout_seconds
+        ):
+            await _exchange(services, handle, method, relative, headers, body, sink, began)
+        return
+    try:
+        with wiretap.listen(recording.tap):
+            async with services.limits.slot(
+                conn_id, http.concurrency_level, http.queue_timeout_seconds
+            ):
+                await _exchange(
+                    services,
+                    handle,
+                    method,
+                    relative,
+                    headers,
+                    recording.body(body),
+                    RecordingSink(sink, recording),
+                    began,
+                )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        recording.failed(f"{getattr(exc, 'type', type(exc).__name__)}: {exc}")
+        await services.debug.write(recording)
+        raise
+    await services.debug.write(recording)
+
+
+class RecordingSink:
+    """An answer on its way to the caller, its head and first bytes recorded."""
+
+    def __init__(self, sink: AnswerSink, recording: Recording) -> None:
+        self._sink = sink
+        self._recording = recording
+
+    async def whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
+        self._recording.answered(status, headers)
+        self._recording.answer_chunk(body)
+        await self._sink.whole(status, reason, headers, body)
+
+    async def begin(
+        self, status: int, reason: str | None, headers: Fields, length: int | None
+    ) -> None:
+        self._recording.answered(status, headers)
+        await self._sink.begin(status, reason, headers, length)
+
+    async def write(self, chunk: bytes) -> None:
+        self._recording.answer_chunk(chunk)
+        await self._sink.write(chunk)
+
+    async def end(self) -> None:
+        await self._sink.end()
+
+    def cut(self) -> None:
+        self._recording.failed("the answer broke off on its way to the caller")
+        self._sink.cut()
 
 
 async def _exchange(

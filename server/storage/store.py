@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from server.storage.debug_log import DebugLogRecords
 from server.storage.health import HealthRecords
 from server.storage.schema import agents, audit_events, connections
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
@@ -108,6 +109,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self.health = HealthRecords(engine)
+        self.debug = DebugLogRecords(engine)
 
     def __repr__(self) -> str:
         return f"<Store {self._engine.url.render_as_string(hide_password=True)}>"

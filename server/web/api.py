@@ -18,6 +18,7 @@ from server.secrets.admin_token import AdminTokenConfigured, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
 from server.tunnel.registry import TunnelRegistry
+from server.web.debug_api import add_debug_routes
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
 from server.web.problems import problem, validation_problem
@@ -435,6 +436,7 @@ def build_app(services: Services) -> web.Application:
     r.add_patch("/v1/connections/{id}", patch_connection)
     r.add_delete("/v1/connections/{id}", delete_connection)
     r.add_post("/v1/connections/{id}/test", test_saved)
+    add_debug_routes(r)
     r.add_route(
         "*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy, expect_handler=expect_handler
     )

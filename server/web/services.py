@@ -9,6 +9,7 @@ from aiohttp import web
 
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
+from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
 from server.proxy.limits import ConcurrencyLimits
 from server.proxy.retry import RateLimits
@@ -32,6 +33,7 @@ class Services:
     limits: ConcurrencyLimits
     rate_limits: RateLimits
     health: HealthMonitor
+    debug: DebugLog
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).
