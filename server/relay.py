@@ -19,6 +19,7 @@ from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
 from server.proxy.limits import ConcurrencyLimits
 from server.proxy.retry import RateLimits
+from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.hostkey import load_or_create_host_key
 from server.secrets.keyring import load_secret_box
@@ -58,6 +59,7 @@ class Relay:
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     admin_token_created: bool = False
+    stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
     web_runner: web.AppRunner | None = None
@@ -194,6 +196,7 @@ class Relay:
             rate_limits=self.rate_limits,
             health=self.health,
             debug=self.debug,
+            stats=self.stats,
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,

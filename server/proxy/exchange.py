@@ -154,10 +154,14 @@ async def exchange(
     http = handle.connection.http
     recording = await services.debug.recording(handle, method, relative)
     if recording is None:
-        async with services.limits.slot(
-            conn_id, http.concurrency_level, http.queue_timeout_seconds
-        ):
-            await _exchange(services, handle, method, relative, headers, body, sink, began)
+        try:
+            async with services.limits.slot(
+                conn_id, http.concurrency_level, http.queue_timeout_seconds
+            ):
+                await _exchange(services, handle, method, relative, headers, body, sink, began)
+        except RelayError as exc:
+            services.stats.record(conn_id, exc.status, time.perf_counter() - began)
+            raise
         return
     try:
         with wiretap.listen(recording.tap):
@@ -177,6 +181,8 @@ async def exchange(
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if isinstance(exc, RelayError):
+            services.stats.record(conn_id, exc.status, time.perf_counter() - began)
         recording.failed(f"{getattr(exc, 'type', type(exc).__name__)}: {exc}")
         await services.debug.write(recording)
         raise
@@ -230,6 +236,7 @@ async def _exchange(
     retries = sent_upstream.retries if handle.connection.http.rate_limit is not None else None
     mode = handle.connection.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
+    services.stats.record(conn_id, upstream.status, time.perf_counter() - began)
     if is_small(upstream, method):
         try:
             with relay_errors(handle, "the answer was cut off"):

@@ -1,4 +1,5 @@
-"""The debug-log routes: open and close a connection's window, page its log."""
+"""What a connection did: its debug log (open and close the window, page the
+log) and its traffic over the last hour."""
 
 from __future__ import annotations
 
@@ -83,7 +84,16 @@ async def debug_log(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+async def traffic(request: web.Request) -> web.Response:
+    """GET /v1/connections/{id}/traffic: the last hour, minute by minute (this relay)."""
+    conn_id = request.match_info["id"]
+    services = services_of(request)
+    await services.connections.get(conn_id)  # 404 for an unknown id
+    return web.json_response({"minutes": services.stats.last_hour(conn_id)})
+
+
 def add_debug_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/connections/{id}/debug", start_debug)
     router.add_delete("/v1/connections/{id}/debug", stop_debug)
     router.add_get("/v1/connections/{id}/debug-log", debug_log)
+    router.add_get("/v1/connections/{id}/traffic", traffic)

@@ -477,6 +477,35 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json(_DEBUG_LOG), **_problem_responses(401, 404, 422)},
             }
         },
+        "/v1/connections/{id}/traffic": {
+            "get": {
+                "summary": "The last hour, minute by minute (as this relay saw it)",
+                "parameters": [conn_id],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "minutes": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "minute": {"type": "string", "format": "date-time"},
+                                            "requests": {"type": "integer"},
+                                            "errors": {"type": "integer"},
+                                            "p50_ms": {"type": ["number", "null"]},
+                                            "p99_ms": {"type": ["number", "null"]},
+                                        },
+                                    },
+                                }
+                            },
+                        }
+                    ),
+                    **_problem_responses(401, 404),
+                },
+            }
+        },
         "/v1/connections/{id}/proxy/{tail}": {
             method: proxy_op for method in ("get", "post", "put", "patch", "delete", "head")
         },

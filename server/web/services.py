@@ -13,6 +13,7 @@ from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
 from server.proxy.limits import ConcurrencyLimits
 from server.proxy.retry import RateLimits
+from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens
 from server.storage.store import Store
 from server.tunnel.http_client import TunnelHTTP
@@ -34,6 +35,7 @@ class Services:
     rate_limits: RateLimits
     health: HealthMonitor
     debug: DebugLog
+    stats: TrafficStats
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).
