@@ -581,3 +581,74 @@ async def test_form_values_map_to_the_api_document(relay: Relay, page: Page) -> 
     assert got["quoted"] == "'it'\\''s'"
     assert "-e SLUICE_AGENT_ALLOW='a:1,b:2'" in got["docker"]
     assert "printf '%s' 'slc_t' > /etc/sluice/agent.token" in got["docker"]
+
+
+@pytest.mark.timeout(120)
+async def test_health_traffic_charts_and_the_debug_tab(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    remember_secret(API_TOKEN)
+    proc, token = await start_agent([f"127.0.0.1:{api.port}"])
+    created = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": "Inventory",
+            "mode": "on_premise",
+            "agent_id": token.agent_id,
+            "http": {
+                "base_uri": api.base,
+                "auth": {"type": "token", "token": API_TOKEN, "scheme": "Bearer"},
+                "ping": {"method": "GET", "relative_uri": "/hello"},
+            },
+        },
+    )
+    conn_id = created.body["id"]
+    assert (await client.call("POST", f"/v1/connections/{conn_id}/test")).body["ok"] is True
+    for _ in range(3):
+        proxied = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello")
+        assert proxied.status == 200
+
+    await sign_in(page, relay, "#/connections")
+    row = page.locator("tr", has=page.get_by_role("rowheader", name="Inventory", exact=True))
+    await expect(row.locator("td[data-label='Health'] .badge")).to_have_text("online")
+
+    await row.get_by_role("link", name="Activity of Inventory").click()
+    await expect(page.get_by_role("heading", name="Activity: Inventory")).to_be_visible()
+    health = page.get_by_role("region", name="Health")
+    await expect(health.locator(".badge")).to_have_text("online")
+    charts = page.locator("figure.chart-card")
+    await expect(charts).to_have_count(4)
+    requests = page.get_by_role("img", name=re.compile(r"^Requests per minute: latest 3 req.min"))
+    await expect(requests).to_be_visible()
+    assert await requests.locator("polyline").count() == 1
+    await expect(
+        page.get_by_role("img", name=re.compile(r"^Latency p99: latest \d+ ms"))
+    ).to_be_visible()
+    await full_page_screenshot(page, "connection-traffic.png")
+
+    await page.get_by_role("tab", name="Debug").click()
+    await expect(page.get_by_text("Not recording.")).to_be_visible()
+    await page.get_by_role("button", name="Start debug log").click()
+    await expect(page.get_by_text(re.compile("^Recording until"))).to_be_visible()
+    proxied = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello?from=console")
+    assert proxied.status == 200
+    entry = page.locator("details.debug-entry").first
+    await expect(entry).to_contain_text("/hello?from=console")
+    await entry.locator("summary").click()
+    request = entry.get_by_role("region", name="Request")
+    await expect(request).to_contain_text("Authorization: ***")
+    await expect(entry.get_by_role("region", name="Answer")).to_contain_text('"hello": "world"')
+    await full_page_screenshot(page, "connection-activity.png")
+    await assert_not_in_page(page, API_TOKEN)
+    await page.get_by_role("button", name="Stop debug log").click()
+    await expect(page.get_by_text("Not recording (the window ended).")).to_be_visible()
+
+    # The agent stops: the list shows the connection offline, with the reason, unreloaded.
+    await page.get_by_role("link", name="← Connections").click()
+    await expect(row.locator("td[data-label='Health'] .badge")).to_have_text("online")
+    await proc.stop()
+    await expect(row.locator("td[data-label='Health'] .badge")).to_have_text("offline")
+    await expect(row.locator("td[data-label='Health']")).to_contain_text("agent_offline")
