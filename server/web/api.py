@@ -14,7 +14,7 @@ from aiohttp import HttpVersion11, web
 from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
 from server.proxy.route import proxy
-from server.secrets.admin_token import AdminTokenConfigured, AdminTokens
+from server.secrets.admin_token import AdminTokenConfigured, AdminTokenReadOnly, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
 from server.tunnel.registry import TunnelRegistry
@@ -298,6 +298,8 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
         token = services.admin.rotate(grace)
     except AdminTokenConfigured as exc:
         return problem(409, "admin_token_configured", "The admin token is configured", str(exc))
+    except AdminTokenReadOnly as exc:
+        return problem(409, "admin_token_read_only", "The admin token file is read-only", str(exc))
     log.info("admin_token_rotated", grace_s=grace)
     await audit(request, "admin.token_rotated", None, grace_seconds=grace)
     return web.json_response({"token": token, "previous_token_valid_for_seconds": grace})
