@@ -35,7 +35,7 @@ log = structlog.get_logger("sluice.relay.debug")
 BODY_PREFIX = 8 * 1024
 MAX_MINUTES = 60
 # How long a relay trusts what it read of a window: a window opened or closed
-# through another relay of a cluster shows within this.
+# through another relay of a cluster shows within this (and one request).
 WINDOW_CACHE_SECONDS = 1.0
 
 
@@ -149,6 +149,7 @@ class DebugLog:
         self.keep = keep
         self.retention = retention
         self._windows: dict[str, tuple[float, dt.datetime | None]] = {}
+        self._reading: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -160,27 +161,48 @@ class DebugLog:
         window = await self._store.debug.open_window(
             conn_id, now, now + dt.timedelta(minutes=minutes)
         )
-        self._windows.pop(conn_id, None)
+        if window is not None:
+            self._windows[conn_id] = (time.monotonic(), window.until)
         return window
 
     async def stop(self, conn_id: str) -> DebugWindow | None:
         window = await self._store.debug.close_window(conn_id, utcnow())
-        self._windows.pop(conn_id, None)
+        self._windows[conn_id] = (time.monotonic(), window.until if window else None)
         return window
+
+    def forget(self, conn_id: str) -> None:
+        self._windows.pop(conn_id, None)
 
     async def window(self, conn_id: str) -> DebugWindow | None:
         return await self._store.debug.window(conn_id)
 
     async def _open_until(self, conn_id: str) -> dt.datetime | None:
+        """When the connection's window ends (None: no window), as last read.
+
+        Only a connection's first request waits for the database; after that
+        a stale answer is used while one read in the background renews it,
+        so the proxy's hot path never waits on the store for this.
+        """
         now = time.monotonic()
         cached = self._windows.get(conn_id)
-        if cached is None or now - cached[0] > WINDOW_CACHE_SECONDS:
-            window = await self._store.debug.window(conn_id)
-            cached = (now, window.until if window is not None else None)
-            self._windows[conn_id] = cached
-            if len(self._windows) > 10_000:
-                self._windows.pop(next(iter(self._windows)))
+        if cached is None:
+            return await self._read_window(conn_id)
+        if now - cached[0] > WINDOW_CACHE_SECONDS and conn_id not in self._reading:
+            self._reading.add(conn_id)
+            task = asyncio.ensure_future(self._read_window(conn_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return cached[1]
+
+    async def _read_window(self, conn_id: str) -> dt.datetime | None:
+        try:
+            window = await self._store.debug.window(conn_id)
+        finally:
+            self._reading.discard(conn_id)
+        until = window.until if window is not None else None
+        self._windows[conn_id] = (time.monotonic(), until)
+        if len(self._windows) > 10_000:
+            self._windows.pop(next(iter(self._windows)))
+        return until
 
     async def recording(self, handle: Handle, method: str, relative: str) -> Recording | None:
         """A recording for this request if its connection's window is open."""

@@ -360,6 +360,8 @@ async def delete_connection(request: web.Request) -> web.Response:
     await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
     services.health.forget(conn_id)
+    services.debug.forget(conn_id)
+    services.stats.forget(conn_id)
     log.info("connection_deleted", connection=conn_id)
     await audit(request, "connection.deleted", conn_id)
     return web.Response(status=204)

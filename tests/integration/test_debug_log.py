@@ -16,6 +16,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
+from tests.support.fragile_api import serve_fragile
 
 URL_TOKEN = "urltok-" + "u" * 20
 HEADER_TOKEN = "hdrtok-" + "h" * 20
@@ -188,3 +189,26 @@ async def test_debug_window_settings_are_checked(client: APIClient, api: Interna
         "POST", "/v1/connections/con_nosuchthing0000/debug", json_body={"minutes": 5}
     )
     assert missing.status == 404
+
+
+async def test_an_entry_says_how_often_a_rate_limited_request_was_sent(
+    client: APIClient,
+) -> None:
+    async for fragile in serve_fragile():
+        fragile.limit_next = 1
+        conn_id = await _create(
+            client,
+            {
+                "name": "limited",
+                "mode": "cloud",
+                "http": {"base_uri": fragile.base, "rate_limit": {"max_retries": 2}},
+            },
+        )
+        await client.call("POST", f"/v1/connections/{conn_id}/debug", json_body={"minutes": 5})
+        answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+        assert answer.status == 200
+        (entry,) = (await _log(client, conn_id))["entries"]
+        assert entry["retries"] == 1
+        assert entry["sends"] == 2
+        assert entry["answer"]["status"] == 200
+        assert ["Sluice-Retries", "1"] in entry["answer"]["headers"]
