@@ -115,7 +115,7 @@ class Recording:
         retries = next(
             (int(v) for n, v in self.answer_headers if n.lower() == b"sluice-retries"), 0
         )
-        request: dict[str, Any] = {"method": self.method, "relative": m.text(self.relative)}
+        request: dict[str, Any] = {"method": self.method, "relative": m.url(self.relative)}
         if self.sent is not None:
             method, url, fields = self.sent
             request |= {"method": method, "url": m.url(url), "headers": m.headers(fields)}
