@@ -155,6 +155,9 @@ async def exchange(
     recording = await services.debug.recording(handle, method, relative)
     if recording is None:
         try:
+            if http.concurrency_level is None:  # the common case, without the slot's cost
+                await _exchange(services, handle, method, relative, headers, body, sink, began)
+                return
             async with services.limits.slot(
                 conn_id, http.concurrency_level, http.queue_timeout_seconds
             ):
