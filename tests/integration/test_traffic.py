@@ -166,6 +166,9 @@ async def test_concurrency_cap_holds_and_everyone_is_served(
     assert fragile.peak == 3
     metrics = await client.call("GET", "/metrics")
     assert f'sluice_connection_queue_wait_seconds_count{{connection="{conn_id}"}}' in metrics.text
+    # All done: nothing in flight, nothing queued.
+    assert f'sluice_connection_in_flight{{connection="{conn_id}"}} 0.0' in metrics.text
+    assert f'sluice_connection_queued{{connection="{conn_id}"}} 0.0' in metrics.text
 
 
 async def test_short_queue_timeout_answers_concurrency_limited(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import time
 
 import pytest
 from pydantic import ValidationError
 
 from server.connections.model import HTTPSettings, RateLimit
 from server.proxy.limits import ConcurrencyLimited, ConcurrencyLimits, Slots
-from server.proxy.retry import LimitGate, retry_after_seconds
+from server.proxy.retry import LimitGate, RateLimits, retry_after_seconds
 
 
 class _Metrics:
@@ -95,3 +96,14 @@ def test_rate_limit_settings_name_the_field() -> None:
     with pytest.raises(ValidationError) as caught:
         HTTPSettings.model_validate({"base_uri": "https://a.example", "concurrency_level": 101})
     assert caught.value.errors()[0]["loc"] == ("concurrency_level",)
+
+
+async def test_a_limit_seen_by_another_relay_closes_the_gate() -> None:
+    """The cluster's seam: a deadline from elsewhere holds this relay's callers too."""
+    limits = RateLimits()
+    limits.limited_elsewhere("con_a", time.time() + 0.05)
+    gate = limits.gate("con_a")
+    assert gate.needs_probe
+    began = time.monotonic()
+    assert await gate.pass_through() is True  # the first one out probes
+    assert time.monotonic() - began >= 0.04
