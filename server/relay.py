@@ -18,6 +18,7 @@ from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
 from server.proxy.limits import ConcurrencyLimits
+from server.proxy.raw_head import raw_heads_supported
 from server.proxy.retry import RateLimits
 from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
@@ -112,7 +113,7 @@ class Relay:
             registry,
             tunnel_http,
             cloud_http,
-            connections.save_token,
+            connections.save_secrets,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
         health = HealthMonitor(
@@ -200,6 +201,7 @@ class Relay:
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
+            raw_heads=raw_heads_supported(),
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

@@ -40,10 +40,12 @@ WINDOW_CACHE_SECONDS = 1.0
 
 
 def masker_for(handle: Handle) -> Masker:
+    # Token auth names its header or query parameter; other types use
+    # Authorization or cookies, which are masked whatever the connection.
     auth = handle.connection.http.auth
-    headers = [auth.header_name] if auth is not None and auth.header_name else []
-    params = [auth.param_name] if auth is not None and auth.param_name else []
-    return Masker(handle.masks, headers, params)
+    header: str | None = getattr(auth, "header_name", None)
+    param: str | None = getattr(auth, "param_name", None)
+    return Masker(handle.masks, [header] if header else [], [param] if param else [])
 
 
 class Recording:

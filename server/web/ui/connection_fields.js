@@ -7,6 +7,8 @@ import { checkbox, field, group, radios, secretInput, select, textInput } from "
 import { PING_BODY_METHODS } from "./connection_doc.js";
 import { MEDIA_TYPES } from "./format.js";
 import { rowsEditor } from "./rows.js";
+import { AUTH_TYPES, buildAuthFields } from "./connection_auth.js";
+import { buildTlsFields } from "./connection_tls.js";
 
 const code = (text) => h("code", {}, text);
 
@@ -59,7 +61,12 @@ export function buildFields({ editing }) {
   });
 
   // -- D. token auth ----------------------------------------------------------
-  const authType = field("Auth type", select([["token", "Token"]]), { required: true });
+  const authType = field("Auth type", select(AUTH_TYPES), {
+    required: true,
+    hint: "How the API knows the caller: the relay adds it to every request.",
+  });
+  const other = buildAuthFields({ editing });
+  const tls = buildTlsFields({ editing });
   const token = field("Token", secretInput(), {
     required: !editing,
     hint: editing
@@ -188,17 +195,24 @@ export function buildFields({ editing }) {
   // -- what shows when -------------------------------------------------------------
   function sync() {
     show(agent.wrapper, mode.value() === "on_premise");
+    const type = authType.control.value;
+    const isToken = type === "token";
     const viaHeader = location.control.value === "header";
-    show(headerName.wrapper, viaHeader);
-    show(scheme.wrapper, viaHeader);
-    show(paramName.wrapper, !viaHeader);
-    show(refreshGroup, refreshOn.control.checked);
+    show(token.wrapper, isToken);
+    show(location.wrapper, isToken);
+    show(headerName.wrapper, isToken && viaHeader);
+    show(scheme.wrapper, isToken && viaHeader);
+    show(paramName.wrapper, isToken && !viaHeader);
+    show(refreshOn.wrapper, isToken);
+    show(refreshGroup, isToken && refreshOn.control.checked);
     show(refreshBody.wrapper, refreshMethod.control.value === "POST");
     show(pingBody.wrapper, PING_BODY_METHODS.includes(pingMethod.control.value));
     show(rateLimit.wrapper, rateLimitOn.control.checked);
+    other.sync(type);
   }
   mode.onChange(sync);
-  for (const c of [location.control, refreshOn.control, refreshMethod.control,
+  other.onChange(sync);
+  for (const c of [authType.control, location.control, refreshOn.control, refreshMethod.control,
     pingMethod.control, rateLimitOn.control]) {
     c.addEventListener("change", sync);
   }
@@ -208,7 +222,8 @@ export function buildFields({ editing }) {
     section("Application details", baseUri.wrapper, headers.wrapper, mediaType.wrapper),
     section("Authentication", authType.wrapper, token.wrapper, location.wrapper,
       headerName.wrapper, scheme.wrapper, schemes, paramName.wrapper, refreshOn.wrapper,
-      refreshGroup),
+      refreshGroup, other.wrappers),
+    section("Client certificate", tls.wrappers),
     section("Custom fields", h("p", { class: "hint" },
       "Values that templates in URIs, headers and bodies can refer to."),
     encrypted.wrapper, unencrypted.wrapper),
@@ -235,6 +250,10 @@ export function buildFields({ editing }) {
         baseUri: baseUri.control.value,
         headers: headers.rows(),
         mediaType: mediaType.control.value,
+        authType: authType.control.value,
+        ...other.read(),
+        clientCertificate: tls.document(),
+        tlsKeeps: tls.keepsSaved(),
         token: token.control.value,
         tokenSet: token.control.dataset.saved === "true",
         location: location.control.value,
@@ -285,6 +304,9 @@ export function buildFields({ editing }) {
       baseUri.control.value = v.baseUri;
       headers.set(v.headers);
       mediaType.control.value = v.mediaType;
+      authType.control.value = v.authType;
+      other.fill(v);
+      tls.fill(v.clientCertificateView);
       token.control.value = "";
       token.control.dataset.saved = String(v.tokenSet);
       token.control.placeholder = v.tokenSet ? "unchanged" : "";
@@ -373,6 +395,8 @@ export function buildFields({ editing }) {
         .map((row) => [`${path}.${row.key.trim()}`, row.valueField]);
       return [
         ...targets,
+        ...other.errorTargets(authType.control.value),
+        ...tls.errorTargets(),
         ...rowTargets("http.headers", headers),
         ...rowTargets("http.auth.refresh.headers", refreshHeaders),
         ...keyTargets("http.encrypted", encrypted),
@@ -382,6 +406,8 @@ export function buildFields({ editing }) {
     /** Empty every write-only input (after saving). */
     forgetSecrets() {
       token.control.value = "";
+      other.forgetSecrets();
+      tls.forgetSecrets();
       for (const row of encrypted.rows()) row.valueField.control.value = "";
     },
   };
