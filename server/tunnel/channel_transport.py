@@ -178,7 +178,7 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         self._chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._share is not None:
+        if self._share is not None and self._chan is not None:
             self._share.received(self._class, self._chan, len(data))
         if self._protocol is not None:
             feed(self._protocol, data)
