@@ -137,6 +137,7 @@ class Relay:
                 keepalive_interval=settings.keepalive_interval,
                 keepalive_count=settings.keepalive_count,
                 login_timeout=settings.login_timeout,
+                rekey_bytes=settings.ssh_rekey_bytes,
             )
             if serve_http:
                 await relay._start_http()

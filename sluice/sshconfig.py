@@ -56,6 +56,12 @@ CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
 # bounds what one stream can buffer in the agent when its API stops reading.
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
+# Keys are exchanged again after this many bytes in either direction
+# (asyncssh's default, as OpenSSH's RekeyLimit default: about the cipher's
+# block limit).
+REKEY_BYTES: Final = 1 << 30
+MIN_REKEY_BYTES: Final = 64 * 1024
+
 AGENT_USERNAME: Final = "sluice-agent"
 
 

@@ -218,6 +218,7 @@ async def start_ssh_server(
     keepalive_interval: float,
     keepalive_count: int,
     login_timeout: float,
+    rekey_bytes: int = sshconfig.REKEY_BYTES,
 ) -> asyncssh.SSHAcceptor:
     """Listen for agents. Returns the acceptor (close() it to stop)."""
     tune_asyncssh()
@@ -232,6 +233,7 @@ async def start_ssh_server(
         keepalive_interval=keepalive_interval,
         keepalive_count_max=keepalive_count,
         login_timeout=login_timeout,
+        rekey_bytes=rekey_bytes,
         allow_scp=False,
         agent_forwarding=False,
         x11_forwarding=False,
