@@ -99,6 +99,7 @@ class _Applied:
 
     checked: bool | None = None  # None: not yet; False: asyncssh differs, run stock
     names: set[str] = set()
+    told = False  # the state was logged
 
 
 def tuning_enabled(environ: Mapping[str, str]) -> bool:
@@ -478,12 +479,19 @@ def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
     off in *environ* (default: the process's) or asyncssh differs from what
     they were written for (then one warning is logged). Returns whether the
     tweaks are in place."""
-    if not tuning_enabled(os.environ if environ is None else environ):
-        return bool(_Applied.names)
-    skip_aead_ignore_packets()
-    feed_in_pieces()
-    batch_channel_writes()
-    reuse_gcm_keys()
+    enabled = tuning_enabled(os.environ if environ is None else environ)
+    if enabled:
+        skip_aead_ignore_packets()
+        feed_in_pieces()
+        batch_channel_writes()
+        reuse_gcm_keys()
+    if not _Applied.told:
+        _Applied.told = True
+        structlog.get_logger("sluice.ssh_tuning").info(
+            "ssh_tuning",
+            state="on" if _Applied.names else ("off" if not enabled else "stock"),
+            asyncssh_version=ssh_shape.installed_version(),
+        )
     return bool(_Applied.names)
 
 
