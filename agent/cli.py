@@ -17,9 +17,10 @@ from agent.allowlist import Allowlist
 from agent.errors import TunnelError
 from agent.health import HealthListenError, HealthServer
 from agent.outbound_proxy import proxy_for
-from agent.proxy import ProxyContext, ProxyStats
+from agent.proxy import ProxyContext
 from agent.settings import DEFAULT_CONFIG_FILE, DEFAULT_HEALTH_LISTEN, AgentSettings
 from agent.state import TunnelState, TunnelStatus
+from agent.stats import ProxyStats
 from agent.supervisor import Supervisor, connect_opener
 from agent.tunnel import check_relay
 from sluice import __version__, systemd

@@ -16,7 +16,7 @@ import errno
 import json
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Histogram
@@ -30,32 +30,9 @@ from prometheus_client.metrics_core import (
 )
 
 from agent.state import TunnelState, TunnelStatus
+from agent.stats import ProxyStats
 from sluice.addresses import HostPort
 from sluice.logs import SecretMasker
-
-if TYPE_CHECKING:
-    # Only for annotations: agent.proxy may import connect_histogram from here.
-    from agent.proxy import ProxyStats
-
-# Connects inside a private network take a millisecond or two; DNS and a slow
-# or distant host stretch that to seconds, up to connect_timeout (10 s default).
-CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def connect_histogram() -> Histogram:
-    """A fresh, unregistered histogram of upstream connect times.
-
-    Unregistered on purpose: it belongs to one ProxyStats, and the health
-    server's collector re-exports it as ``sluice_agent_connect_seconds``.
-    Its memory is fixed (one counter per bucket), however many connects.
-    """
-    return Histogram(
-        "connect_seconds",
-        "Time from CONNECT to an open upstream TCP connection.",
-        buckets=CONNECT_BUCKETS,
-        registry=None,
-    )
-
 
 log = structlog.get_logger("sluice.agent.health")
 

@@ -21,10 +21,9 @@ from typing import cast
 
 import asyncssh
 import structlog
-from prometheus_client import Histogram
 
 from agent.allowlist import Allowlist, Verdict
-from agent.health import connect_histogram
+from agent.stats import ProxyStats
 from sluice.connect import (
     ConnectProtocolError,
     Target,
@@ -37,33 +36,6 @@ from sluice.ratelimit import TokenBucket
 log = structlog.get_logger("sluice.agent.proxy")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass
-class ProxyStats:
-    """Counters the agent exposes (metrics, status)."""
-
-    streams_open: int = 0
-    streams_total: int = 0
-    denied: int = 0
-    connect_failed: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    connect_seconds: Histogram = field(default_factory=connect_histogram)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    def opened(self) -> None:
-        self.streams_open += 1
-        self.streams_total += 1
-        self.idle.clear()
-
-    def closed(self) -> None:
-        self.streams_open -= 1
-        if self.streams_open == 0:
-            self.idle.set()
 
 
 @dataclass(frozen=True)

@@ -13,24 +13,13 @@ from agent.allowlist import Allowlist
 from agent.outbound_proxy import ProxyConfig
 from sluice import sshconfig
 from sluice.addresses import HostPort
+from sluice.config import address, addresses, split_list
 from sluice.sshconfig import normalise_fingerprint
 from sluice.tokens import AgentToken
 
 DEFAULT_CONFIG_FILE = Path("/etc/sluice/agent.toml")
 DEFAULT_RELAY_PORT = 2222
 DEFAULT_HEALTH_LISTEN = HostPort("127.0.0.1", 9464)
-
-
-def _split_list(value: Any) -> Any:
-    # From the environment a list may come as JSON or as "a, b, c".
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            import json
-
-            return json.loads(text)
-        return [part for part in text.replace("\n", ",").split(",") if part.strip()]
-    return value
 
 
 class AgentSettings(BaseSettings):
@@ -90,28 +79,17 @@ class AgentSettings(BaseSettings):
     @field_validator("relay", mode="before")
     @classmethod
     def _parse_relay(cls, value: Any) -> Any:
-        value = _split_list(value)
-        if isinstance(value, list):
-            items = [
-                HostPort.parse(v, default_port=DEFAULT_RELAY_PORT) if isinstance(v, str) else v
-                for v in value
-            ]
-            if not items:
-                raise ValueError("at least one relay address is required")
-            return items
-        return value
+        return addresses(value, default_port=DEFAULT_RELAY_PORT)
 
     @field_validator("health_listen", mode="before")
     @classmethod
     def _parse_health_listen(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return None if value.strip().lower() == "off" else HostPort.parse(value)
-        return value
+        return address(value, off=True)
 
     @field_validator("allow", mode="before")
     @classmethod
     def _parse_allow(cls, value: Any) -> Any:
-        value = _split_list(value)
+        value = split_list(value)
         if isinstance(value, list):
             value = [str(v).strip() for v in value]
             Allowlist.parse(value)  # raises ValueError naming the bad rule

@@ -43,21 +43,21 @@ class TunnelSession:
     """A live tunnel: the SSH connection and the listener the relay accepted."""
 
     relay: HostPort
-    conn: asyncssh.SSHClientConnection
+    ssh: asyncssh.SSHClientConnection
     listener: asyncssh.SSHListener
 
     def __repr__(self) -> str:
         return f"<TunnelSession relay={self.relay}>"
 
     async def wait_closed(self) -> None:
-        await self.conn.wait_closed()
+        await self.ssh.wait_closed()
 
     def stop_accepting(self) -> None:
         """Cancel the listener: the relay marks this replica draining."""
         self.listener.close()
 
     def close(self) -> None:
-        self.conn.close()
+        self.ssh.close()
 
 
 async def open_tunnel(
@@ -84,7 +84,7 @@ async def open_tunnel(
             proxy, relay.host, relay.port, timeout=settings.connect_timeout
         )
     try:
-        conn, _ = await asyncssh.create_connection(
+        ssh, _ = await asyncssh.create_connection(
             lambda: client,
             relay.host,
             relay.port,
@@ -135,33 +135,33 @@ async def open_tunnel(
                 listener: asyncssh.SSHListener = asyncssh.SSHListener()
             else:
                 proxy_ctx = ctx
-                listener = await conn.create_server(
+                listener = await ssh.create_server(
                     lambda _host, _port: ChannelProxy(proxy_ctx),
                     sshconfig.TUNNEL_LISTEN_HOST,
                     sshconfig.TUNNEL_LISTEN_PORT,
                     window=sshconfig.AGENT_RECEIVE_WINDOW,
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
-                await _signal_ready(conn)
+                await _signal_ready(ssh)
     except TimeoutError:
-        conn.close()
+        ssh.close()
         raise RelayUnreachable(
             f"relay {relay} accepted the login but did not set up the tunnel within "
             f"{settings.login_timeout:g} s (login_timeout)"
         ) from None
     except asyncssh.ChannelListenError as exc:
-        conn.close()
+        ssh.close()
         raise ListenerRefused(f"relay {relay} refused the tunnel listener: {exc}") from None
     except (OSError, asyncssh.Error) as exc:
-        conn.close()
+        ssh.close()
         raise RelayUnreachable(f"relay {relay} dropped the connection: {_describe(exc)}") from None
-    return TunnelSession(relay=relay, conn=conn, listener=listener)
+    return TunnelSession(relay=relay, ssh=ssh, listener=listener)
 
 
-async def _signal_ready(conn: asyncssh.SSHClientConnection) -> None:
+async def _signal_ready(ssh: asyncssh.SSHClientConnection) -> None:
     """Tell the relay our listener is registered (see TUNNEL_READY_HOST)."""
     try:
-        chan, _ = await conn.create_connection(
+        chan, _ = await ssh.create_connection(
             asyncssh.SSHTCPSession, sshconfig.TUNNEL_READY_HOST, 0
         )
     except asyncssh.ChannelOpenError:
@@ -180,7 +180,7 @@ def _describe(exc: BaseException) -> str:
 async def check_relay(settings: AgentSettings, token: AgentToken, relay: HostPort) -> str:
     """Reach the relay, verify its key and our token; return the key fingerprint."""
     session = await open_tunnel(settings, token, relay, None)
-    presented = session.conn.get_server_host_key()
+    presented = session.ssh.get_server_host_key()
     session.close()
     async with asyncio.timeout(settings.connect_timeout):
         await session.wait_closed()

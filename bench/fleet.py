@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from agent.allowlist import Allowlist
-from agent.proxy import ProxyContext, ProxyStats
+from agent.proxy import ProxyContext
 from agent.settings import AgentSettings
+from agent.stats import ProxyStats
 from agent.supervisor import Opener, Supervisor, Tunnel, connect_opener
 from sluice.addresses import HostPort
 from sluice.logs import configure_logging

@@ -1,11 +1,9 @@
-"""The summary table, the target verdicts, and docs/BENCHMARKS.md."""
+"""A run's rows summarised: medians with min to max over repetitions."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
-
-from bench import targets
 
 DASH = "\u2013"  # en dash: ranges and empty cells
 PATHS = ("direct", "openssh", "sluice-onprem", "sluice-cloud")
@@ -115,19 +113,6 @@ class Summary:
         rows.append(ratio_row)
         return rows
 
-    def table(self) -> str:
-        grid = self.grid()
-        widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
-        text = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in grid]
-        text.insert(1, "-+-".join("-" * w for w in widths))
-        text += ["", "Targets (Sluice on-premise):"]
-        text += [f"  {v.verdict:6} {v.name}: {v.detail}" for v in targets.evaluate(self)]
-        text += ["", "Scale:"] + [f"  {line}" for line in self.scale_lines()]
-        from bench.document import _foreign
-
-        text += ["", f"Outside load during the points: {_foreign(self.rows)}"]
-        return "\n".join(text)
-
     def scale_lines(self) -> list[str]:
         slow, fleet = self.results["slow"], self.results["fleet"]
         lines = [
@@ -174,8 +159,3 @@ class Summary:
         if slow["ok"] != slow["requests"]:
             out.append(f"slow requests: {slow['requests'] - slow['ok']} failed")
         return out
-
-    def markdown(self) -> str:
-        from bench.document import render
-
-        return render(self)

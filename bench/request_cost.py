@@ -70,7 +70,9 @@ async def main(n: int) -> None:
         agent = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "sluice-agent"), "run", env=env
         )
-        await relay.registry.wait_online(token.agent_id, timeout=20)
+        async with asyncio.timeout(20):
+            while not relay.registry.is_online(token.agent_id):
+                await relay.registry.wait_changed()
         url = f"http://127.0.0.1:{port}/hello"
         async with aiohttp.ClientSession() as direct:
             tunnel = relay.tunnel_http.session(token.agent_id)

@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import environment, report
+from bench import document, environment, report
 from bench.load import write_lua
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
@@ -189,11 +189,11 @@ async def main(
     results["finished_at"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     results["environment"] = await environment.describe()
     summary = report.Summary(results)
-    say(summary.table())
+    say(document.text_table(summary))
     partial = quick or skip_scale or profile is not None or repetitions is not None
     target = out or (Path("build/BENCHMARKS-partial.md") if partial else Path("docs/BENCHMARKS.md"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(summary.markdown())
+    target.write_text(document.render(summary))
     raw = Path("build") / ("bench-partial.json" if partial else "bench-full.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(results, indent=1, default=str))
@@ -229,8 +229,8 @@ def cli() -> None:
     args = parser.parse_args()
     if args.from_json:
         summary = report.Summary(json.loads(args.from_json.read_text()))
-        say(summary.table())
-        (args.out or Path("docs/BENCHMARKS.md")).write_text(summary.markdown())
+        say(document.text_table(summary))
+        (args.out or Path("docs/BENCHMARKS.md")).write_text(document.render(summary))
         sys.exit(0)
     sys.exit(
         asyncio.run(

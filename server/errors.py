@@ -1,19 +1,18 @@
 """The relay's own failures, each with a stable problem type.
 
-They subclass aiohttp's ClientConnectionError so code that already catches
-aiohttp client errors keeps working, and carry the ``type`` the API puts in
+They are a family of their own, each carrying the ``type`` the API puts in
 its problem+json answers so callers can tell the relay's failures from the
-API's own.
+API's own. aiohttp's client errors are mapped to them where the proxy calls
+aiohttp (``server.proxy.exchange.relay_errors``), and they are mapped to
+problem documents at the edge (``server.web.api.error_problem``).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-import aiohttp
 
-
-class RelayError(aiohttp.ClientConnectionError):
+class RelayError(Exception):
     """Root of every failure the relay reports on a request it forwards."""
 
     type: ClassVar[str] = "relay_error"
@@ -88,15 +87,17 @@ class TunnelProtocolError(RelayError):
     title = "The agent answered something the relay does not understand"
 
 
-def is_tunnel_lost(exc: BaseException) -> bool:
-    """Whether *exc* (from aiohttp, on a tunnel stream) means the tunnel died.
+def relay_error_in(exc: BaseException) -> RelayError | None:
+    """The relay's own error behind *exc*: *exc* itself or one in its chain.
 
-    aiohttp turns a connection lost mid-body into ClientPayloadError, keeping
-    the original only in its message, so both the chain and the text count.
+    aiohttp wraps what a transport reports: a tunnel lost mid-body becomes
+    ClientPayloadError, which keeps the original only in its message.
     """
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, TunnelLost) or "TunnelLost(" in str(seen):
-            return True
+        if isinstance(seen, RelayError):
+            return seen
+        if "TunnelLost(" in str(seen):
+            return TunnelLost("the agent's tunnel went away during the answer")
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sluice import sshconfig
 from sluice.addresses import HostPort
+from sluice.config import address
 
 
 class ServerSettings(BaseSettings):
@@ -61,7 +62,7 @@ class ServerSettings(BaseSettings):
     @field_validator("ssh_listen", "http_listen", mode="before")
     @classmethod
     def _parse_address(cls, value: object) -> object:
-        return HostPort.parse(value) if isinstance(value, str) else value
+        return address(value)
 
     @property
     def host_key_path(self) -> Path:
@@ -70,4 +71,9 @@ class ServerSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'sluice.db').resolve()}"
+        return sqlite_url((self.data_dir / "sluice.db").resolve())
+
+
+def sqlite_url(path: Path) -> str:
+    """The database URL of the SQLite file at *path*."""
+    return f"sqlite+aiosqlite:///{path}"

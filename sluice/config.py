@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
+
+from sluice.addresses import HostPort
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -75,3 +78,33 @@ def describe_errors(exc: ValidationError, *, env_prefix: str = "") -> list[str]:
         env = f" ({env_prefix}{loc[0]})".upper() if env_prefix else ""
         problems.append(f"{'.'.join(loc)}{env}: {reason}")
     return problems
+
+
+# -- 'before' validators both programs' settings use ------------------------------
+def split_list(value: Any) -> Any:
+    """A list setting as JSON or as "a, b, c" (how the environment gives it)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part for part in text.replace("\n", ",").split(",") if part.strip()]
+    return value
+
+
+def address(value: Any, *, default_port: int | None = None, off: bool = False) -> Any:
+    """A host:port setting given as text; with *off*, the word 'off' is None."""
+    if not isinstance(value, str):
+        return value
+    if off and value.strip().lower() == "off":
+        return None
+    return HostPort.parse(value, default_port=default_port)
+
+
+def addresses(value: Any, *, default_port: int | None = None) -> Any:
+    """A list of host:port settings, at least one."""
+    value = split_list(value)
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise ValueError("at least one address is required")
+    return [address(item, default_port=default_port) for item in value]

@@ -37,23 +37,17 @@ TUNNEL_READY_HOST: Final = "sluice-ready"
 
 # Per-channel receive window and packet size. All streams of an agent share
 # one SSH connection, so a bulk stream can queue up to a window of data ahead
-# of a small answer: the window bounds that wait (256 KiB at ~200 MB/s is
-# ~1.3 ms). On loopback 256 KiB also moved more bytes per second than 2 MiB
-# (measured with bench/). 192 KiB (interleaved A/B, 3 rounds): bulk ~15%
-# slower, the p50 of small requests beside a download within noise; 128 KiB
-# halved bulk speed.
-# Packets as large as the window: a quarter of the per-packet work (parse,
-# decrypt, hand-off) of 32 KiB packets. Interleaved A/B, 5 rounds, with
-# runtime.keep_buffers_on_heap: 1 GiB download ~570 -> ~710 MB/s, relay+agent
-# CPU 2.85 -> 2.2 s/GiB, uploads and small requests unchanged; 128 KiB fell in
-# between. Each side announces its own maximum when a channel opens (RFC 4254
-# 5.1), so an older peer that asks for 32 KiB packets still gets them.
+# of a small answer: the window bounds that wait. Packets as large as the
+# window cost a quarter of the per-packet work (parse, decrypt, hand-off) of
+# 32 KiB ones. Each side announces its own maximum when a channel opens
+# (RFC 4254 5.1), so an older peer that asks for 32 KiB packets still gets
+# them. The A/B measurements behind both sizes: docs/BENCHMARKS.md, "Tuning
+# history".
 CHANNEL_WINDOW: Final = 256 * 1024
 CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
 # The agent's receive window (request bodies, relay -> agent). No small
-# answers share that direction, so it is sized for throughput: uploads went
-# from ~160 to ~260 MB/s on loopback with 1 MiB (2 MiB did no better). It
-# bounds what one stream can buffer in the agent when its API stops reading.
+# answers share that direction, so it is sized for throughput. It bounds what
+# one stream can buffer in the agent when its API stops reading.
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
 # Keys are exchanged again after this many bytes in either direction

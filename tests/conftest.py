@@ -20,6 +20,7 @@ from sluice.tokens import AgentToken
 from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI, serve_api
 from tests.support.capture import RESPONSES, SECRETS, SINK, APIClient, remember_secret
+from tests.support.waiting import wait_until
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -171,8 +172,10 @@ async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactor
         started.append(proc)
         if wait_online:
             try:
-                await relay.registry.wait_online(token.agent_id, timeout=15)
-            except TimeoutError:
+                await wait_until(
+                    lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent"
+                )
+            except AssertionError:
                 raise AssertionError(f"agent never came online:\n{proc.log()}") from None
         return proc, token
 

@@ -93,14 +93,14 @@ def secret_context(connection_id: str, path: str) -> str:
 
 
 # -- what the API shows and accepts ----------------------------------------------
-def public_view(conn: Connection) -> dict[str, Any]:
+def public_view(connection: Connection) -> dict[str, Any]:
     """The connection as the API returns it: no secret, only whether each is set.
 
     ``http.auth.token`` becomes ``http.auth.token_set: bool``; each
     ``http.encrypted`` value becomes ``{"set": true}`` (keys stay listed so
     templates can be checked against them).
     """
-    view = conn.model_dump(mode="json")
+    view = connection.model_dump(mode="json")
     http = view["http"]
     if http.get("auth") is not None:
         token = http["auth"].pop("token", None)

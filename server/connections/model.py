@@ -1,10 +1,11 @@
 """A REST API connection, field for field as the product guide describes it.
 
-The JSON shape is the one in DESIGN.md ("Connections"); ``http`` is what
-templates see as ``connection.http``. Every rule reports the field it is
-about (``http.auth.param_name``), and no error carries the value it rejected:
-``server.connections.documents`` turns errors, secrets and views of these models
-into what the API and the store need.
+The JSON shape is the ``Connection`` schema of ``/v1/openapi.json``, made
+from these models; ``http`` is what templates see as ``connection.http``.
+Every rule reports the field it is about (``http.auth.param_name``), and no
+error carries the value it rejected: ``server.connections.documents`` turns
+errors, secrets and views of these models into what the API and the store
+need.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from server.connections.documents import (
     iter_secrets,
+    map_secrets,
     merge_patch,
     public_view,
-    set_secret,
+    secret_context,
     validation_problems,
 )
 from server.connections.model import Connection
@@ -48,10 +49,6 @@ class ConnectionNotFound(KeyError):
     pass
 
 
-def _context(conn_id: str, path: str) -> str:
-    return f"connection:{conn_id}:{path}"
-
-
 class ConnectionService:
     def __init__(
         self,
@@ -75,26 +72,31 @@ class ConnectionService:
         if not isinstance(document, dict):
             raise InvalidConnection([{"field": "", "message": "expected a JSON object"}])
         try:
-            conn = Connection.model_validate(document)
+            connection = Connection.model_validate(document)
         except ValidationError as exc:
             raise InvalidConnection(validation_problems(exc)) from None
-        if conn.agent_id is not None and await self._store.get_agent(conn.agent_id) is None:
+        if (
+            connection.agent_id is not None
+            and await self._store.get_agent(connection.agent_id) is None
+        ):
             raise InvalidConnection(
-                [{"field": "agent_id", "message": f"no agent with id {conn.agent_id!r}"}]
+                [{"field": "agent_id", "message": f"no agent with id {connection.agent_id!r}"}]
             )
-        return conn
+        return connection
 
     # -- sealing --------------------------------------------------------------
-    def _seal(self, conn_id: str, conn: Connection) -> str:
-        doc = conn.model_dump(mode="json")
-        for path, value in list(iter_secrets(doc)):
-            set_secret(doc, path, self._box.encrypt(value, context=_context(conn_id, path)))
+    def _seal(self, conn_id: str, connection: Connection) -> str:
+        doc = map_secrets(
+            connection.model_dump(mode="json"),
+            lambda path, value: self._box.encrypt(value, context=secret_context(conn_id, path)),
+        )
         return json.dumps(doc, separators=(",", ":"))
 
     def _open(self, row: ConnectionRow) -> Connection:
-        doc = json.loads(row.document)
-        for path, value in list(iter_secrets(doc)):
-            set_secret(doc, path, self._decrypt(value, _context(row.id, path)))
+        doc = map_secrets(
+            json.loads(row.document),
+            lambda path, value: self._decrypt(value, secret_context(row.id, path)),
+        )
         return Connection.model_validate(doc)
 
     def _decrypt(self, value: str, context: str) -> str:
@@ -108,8 +110,8 @@ class ConnectionService:
             self._box = self._reload_box()
             return self._box.decrypt(value, context=context)
 
-    def _public(self, row: ConnectionRow, conn: Connection) -> dict[str, Any]:
-        view = public_view(conn)
+    def _public(self, row: ConnectionRow, connection: Connection) -> dict[str, Any]:
+        view = public_view(connection)
         view["id"] = row.id
         view["created_at"] = row.created_at.isoformat()
         view["updated_at"] = row.updated_at.isoformat()
@@ -118,12 +120,16 @@ class ConnectionService:
 
     # -- CRUD -------------------------------------------------------------------
     async def create(self, document: Any) -> dict[str, Any]:
-        conn = await self.validate(document)
+        connection = await self.validate(document)
         conn_id = new_connection_id()
         row = await self._store.create_connection(
-            conn_id, conn.name, conn.mode, conn.agent_id, self._seal(conn_id, conn)
+            conn_id,
+            connection.name,
+            connection.mode,
+            connection.agent_id,
+            self._seal(conn_id, connection),
         )
-        return self._public(row, conn)
+        return self._public(row, connection)
 
     async def _row(self, conn_id: str) -> ConnectionRow:
         row = await self._store.get_connection(conn_id)
@@ -149,9 +155,13 @@ class ConnectionService:
             if k not in ("id", "created_at", "updated_at", "last_test")
         }
         current = self._open(row).model_dump(mode="json")
-        conn = await self.validate(merge_patch(copy.deepcopy(current), patch))
+        connection = await self.validate(merge_patch(copy.deepcopy(current), patch))
         await self._store.update_connection(
-            conn_id, conn.name, conn.mode, conn.agent_id, self._seal(conn_id, conn)
+            conn_id,
+            connection.name,
+            connection.mode,
+            connection.agent_id,
+            self._seal(conn_id, connection),
         )
         self.forget(conn_id)
         return await self.get(conn_id)
@@ -188,7 +198,7 @@ class ConnectionService:
                 loading = (self._generation, task)
                 self._loading[conn_id] = loading
             hit = await asyncio.shield(loading[1])
-        return Handle(id=conn_id, conn=hit[1], masks=list(hit[2]))
+        return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]))
 
     def _purge(self, now: float) -> None:
         """Drop expired entries (at the first request after they expire), so an
@@ -201,12 +211,12 @@ class ConnectionService:
         read_at = time.monotonic()  # the entry is as old as the read's start
         try:
             row = await self._row(conn_id)
-            conn = self._open(row)
+            connection = self._open(row)
         finally:
             current = self._loading.get(conn_id)
             if current is not None and current[0] == generation:
                 del self._loading[conn_id]
-        hit = (read_at, conn, _secret_values(conn))
+        hit = (read_at, connection, _secret_values(connection))
         # An edit that landed while we read must not be undone by our copy.
         if generation == self._generation:
             self._cache[conn_id] = hit
@@ -219,26 +229,26 @@ class ConnectionService:
         self._cache.pop(conn_id, None)
 
     async def unsaved_handle(self, document: Any) -> Handle:
-        conn = await self.validate(document)
-        return Handle(id=None, conn=conn, masks=_secret_values(conn))
+        connection = await self.validate(document)
+        return Handle(id=None, connection=connection, masks=_secret_values(connection))
 
     async def save_token(self, conn_id: str, token: str) -> None:
         """Store a refreshed token (encrypted) without touching anything else."""
         row = await self._store.get_connection(conn_id)
         if row is None:
             return
-        conn = self._open(row)
-        auth = conn.http.auth
+        connection = self._open(row)
+        auth = connection.http.auth
         if auth is None:
             return
-        conn = conn.model_copy(
+        connection = connection.model_copy(
             update={
-                "http": conn.http.model_copy(
+                "http": connection.http.model_copy(
                     update={"auth": auth.model_copy(update={"token": token})}
                 )
             }
         )
-        await self._store.update_document(conn_id, self._seal(conn_id, conn))
+        await self._store.update_document(conn_id, self._seal(conn_id, connection))
         self.forget(conn_id)
         await self._store.audit("relay", "connection.token_refreshed", conn_id)
 
@@ -249,9 +259,10 @@ class ConnectionService:
         """Re-encrypt every stored secret under *box*'s current key."""
 
         def rewrite(conn_id: str, document: str) -> str:
-            doc = json.loads(document)
-            for path, value in list(iter_secrets(doc)):
-                set_secret(doc, path, box.rotate(value, context=_context(conn_id, path)))
+            doc = map_secrets(
+                json.loads(document),
+                lambda path, value: box.rotate(value, context=secret_context(conn_id, path)),
+            )
             return json.dumps(doc, separators=(",", ":"))
 
         return await self._store.rewrite_documents(rewrite)
@@ -263,5 +274,5 @@ def _retrieve(task: asyncio.Future[_Cached]) -> None:
         task.exception()
 
 
-def _secret_values(conn: Connection) -> list[str]:
-    return [value for _path, value in iter_secrets(conn.model_dump(mode="json")) if value]
+def _secret_values(connection: Connection) -> list[str]:
+    return [value for _path, value in iter_secrets(connection.model_dump(mode="json")) if value]

@@ -93,11 +93,11 @@ class Handle:
     """
 
     id: str | None
-    conn: Connection
+    connection: Connection
     masks: list[str] = field(default_factory=list)
 
     def template_context(self) -> dict[str, Any]:
-        return self.conn.model_dump(mode="json")
+        return self.connection.model_dump(mode="json")
 
     def mask(self, text: str) -> str:
         for secret in self.masks:
@@ -138,19 +138,20 @@ class Engine:
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._latest_token: dict[str, str] = {}
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
-        self.refreshes: dict[str, int] = {"ok": 0, "failed": 0}
         self._on_refresh = on_refresh
 
     def __repr__(self) -> str:
-        return f"<Engine refreshes={self.refreshes}>"
+        return (
+            f"<Engine refreshing={len(self._refresh_locks)} tls_contexts={len(self._ssl_contexts)}>"
+        )
 
     # -- sending ------------------------------------------------------------
     def _session(self, handle: Handle) -> aiohttp.ClientSession:
-        conn = handle.conn
-        if conn.mode == "on_premise":
-            assert conn.agent_id is not None
-            self._check_online(conn.agent_id)
-            return self._tunnel_http.session(conn.agent_id)
+        connection = handle.connection
+        if connection.mode == "on_premise":
+            assert connection.agent_id is not None
+            self._check_online(connection.agent_id)
+            return self._tunnel_http.session(connection.agent_id)
         return self._cloud.session
 
     def _check_online(self, agent_id: str) -> None:
@@ -158,7 +159,7 @@ class Engine:
             raise AgentOffline(f"agent {agent_id} is not connected; start it or check its log")
 
     def _ssl(self, handle: Handle) -> ssl.SSLContext | bool:
-        tls = handle.conn.http.tls
+        tls = handle.connection.http.tls
         if tls is not None and not tls.verify:
             return False
         if tls is None or not tls.ca_bundle_pem:
@@ -171,15 +172,15 @@ class Engine:
         return ctx
 
     def _timeout(self, handle: Handle) -> aiohttp.ClientTimeout:
-        t = handle.conn.http.timeouts
+        t = handle.connection.http.timeouts
         return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
 
     def _url(self, handle: Handle, relative: str) -> URL:
         try:
-            url = join_request_uri(handle.conn.http.base_uri, relative)
+            url = join_request_uri(handle.connection.http.base_uri, relative)
         except URLError as exc:
             raise InvalidRequest(str(exc)) from None
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         if auth is not None and auth.location == "url" and auth.token and auth.param_name:
             url = with_query_param(url, auth.param_name, auth.token)
         return url
@@ -187,7 +188,7 @@ class Engine:
     def _headers(
         self, handle: Handle, caller: list[tuple[str, str]], *, media_type: str | None = None
     ) -> CIMultiDict[str]:
-        http = handle.conn.http
+        http = handle.connection.http
         headers: CIMultiDict[str] = CIMultiDict()
         content_type = media_type_header(media_type or http.media_type)
         headers["Content-Type"] = content_type
@@ -230,7 +231,7 @@ class Engine:
         body: Body,
         length: int | None = None,
     ) -> Answer:
-        if handle.conn.mode == "cloud":
+        if handle.connection.mode == "cloud":
             self._cloud.check(url)
         elif method not in _SLOW_PATH_METHODS:
             return await self._send_lean(handle, method, url, headers, body, length)
@@ -273,7 +274,7 @@ class Engine:
         length: int | None,
     ) -> Answer:
         """The fast path: a kept-alive HTTP/1.1 stream through the agent."""
-        agent_id = handle.conn.agent_id
+        agent_id = handle.connection.agent_id
         assert agent_id is not None
         self._check_online(agent_id)
         pool = self._tunnel_http.pool(agent_id)
@@ -281,7 +282,7 @@ class Engine:
         if url.scheme == "https":
             chosen = self._ssl(handle)
             tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
-        timeouts = handle.conn.http.timeouts
+        timeouts = handle.connection.http.timeouts
         try:
             return await pool.request(
                 method,
@@ -307,7 +308,7 @@ class Engine:
         body: Body,
     ) -> Answer:
         """Send a request through *handle*'s connection; the caller releases the answer."""
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         refreshable = auth is not None and auth.refresh is not None
         if refreshable and not (auth and auth.token):
             await self._refresh(handle, used=None)
@@ -316,7 +317,7 @@ class Engine:
             replay, body = await _buffer_small(body)
         elif isinstance(body, bytes):
             replay = body
-        used = handle.conn.http.auth.token if handle.conn.http.auth else None
+        used = handle.connection.http.auth.token if handle.connection.http.auth else None
         length = None
         if body is not None and not isinstance(body, bytes):
             length = _declared_length(headers)
@@ -352,11 +353,11 @@ class Engine:
                 await self._save_token(handle.id, token)
 
     def _set_token(self, handle: Handle, token: str) -> None:
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         assert auth is not None
-        handle.conn = handle.conn.model_copy(
+        handle.connection = handle.connection.model_copy(
             update={
-                "http": handle.conn.http.model_copy(
+                "http": handle.connection.http.model_copy(
                     update={"auth": auth.model_copy(update={"token": token})}
                 )
             }
@@ -364,7 +365,6 @@ class Engine:
         handle.masks.append(token)
 
     def _count_refresh(self, outcome: str) -> None:
-        self.refreshes[outcome] += 1
         if self._on_refresh is not None:
             self._on_refresh(outcome)
 
@@ -374,13 +374,13 @@ class Engine:
         self._refresh_locks.pop(conn_id, None)
 
     async def _call_refresh(self, handle: Handle) -> str:
-        auth = handle.conn.http.auth
+        auth = handle.connection.http.auth
         assert auth is not None
         refresh = auth.refresh
         assert refresh is not None
         context = handle.template_context()
         try:
-            media_type = refresh.media_type or handle.conn.http.media_type
+            media_type = refresh.media_type or handle.connection.http.media_type
             relative = render_uri(
                 refresh.relative_uri or "", context, name="http.auth.refresh.relative_uri"
             )
@@ -396,7 +396,7 @@ class Engine:
         except TemplateError as exc:
             self._count_refresh("failed")
             raise TokenRefreshFailed(f"refresh template: {exc}") from None
-        url = join_uri(handle.conn.http.base_uri, relative)
+        url = join_uri(handle.connection.http.base_uri, relative)
         began = time.perf_counter()
         try:
             response = await self._send(
@@ -438,7 +438,7 @@ class Engine:
     # -- ping -----------------------------------------------------------------
     async def ping(self, handle: Handle) -> PingResult:
         """Test the connection with its ping settings; never raises for a failed test."""
-        ping = handle.conn.http.ping
+        ping = handle.connection.http.ping
         began = time.perf_counter()
 
         def done(ok: bool, status: int | None, message: str) -> PingResult:

@@ -31,14 +31,7 @@ import structlog
 from aiohttp import web
 
 from server.errors import BodyTooLarge
-from server.proxy.route import (
-    answer_headers,
-    canonical_line,
-    is_small,
-    read_small,
-    send_upstream,
-    stream_broken,
-)
+from server.proxy.exchange import exchange
 from server.web.api import bearer_actor, error_problem, unauthorized
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
@@ -80,7 +73,7 @@ _LINGER_SECONDS = 2.0
 
 
 class FrontSite(web.TCPSite):
-    """aiohttp's TCP site with the front as the protocol for new connections."""
+    """aiohttp's TCP site with the front as the protocol for new callers."""
 
     def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int) -> None:
         super().__init__(runner, host, port, backlog=LISTEN_BACKLOG)
@@ -102,7 +95,7 @@ class FrontSite(web.TCPSite):
 
 
 class Front:
-    """What every front connection shares: services, limits, the open connections."""
+    """What every caller of the front shares: services, limits, the open caller sockets."""
 
     def __init__(
         self,
@@ -117,12 +110,12 @@ class Front:
         self.max_headers = max_headers
         self.idle_timeout = idle_timeout
         self.handoff_to: web.Server | None = None
-        self.connections: set[FrontProtocol] = set()
+        self.callers: set[FrontProtocol] = set()
         self.closing = False
         self._date = (0, "")
 
     def __repr__(self) -> str:
-        return f"<Front connections={len(self.connections)} closing={self.closing}>"
+        return f"<Front callers={len(self.callers)} closing={self.closing}>"
 
     def date(self) -> str:
         now = int(time.time())
@@ -131,24 +124,24 @@ class Front:
         return self._date[1]
 
     async def shutdown(self, timeout: float) -> None:
-        """Close idle connections now; give running requests *timeout* to finish."""
+        """Close idle callers now; give running requests *timeout* to finish."""
         self.closing = True
-        for conn in list(self.connections):
-            conn.close_if_idle()
+        for caller in list(self.callers):
+            caller.close_if_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        for conn in list(self.connections):
+        for caller in list(self.callers):
             remaining = deadline - loop.time()
-            if conn.busy and remaining > 0:
+            if caller.busy and remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(conn.finished.wait(), remaining)
-        # Answered connections may still be flushing their last bytes.
-        for conn in list(self.connections):
+                    await asyncio.wait_for(caller.finished.wait(), remaining)
+        # Answered callers may still be flushing their last bytes.
+        for caller in list(self.callers):
             remaining = deadline - loop.time()
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(conn.gone.wait(), remaining)
-        tasks = [task for conn in list(self.connections) if (task := conn.abort())]
+                    await asyncio.wait_for(caller.gone.wait(), remaining)
+        tasks = [task for caller in list(self.callers) if (task := caller.abort())]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -232,8 +225,8 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
 class _BodyFeed:
     """A request body of known length, from the caller's socket to the engine."""
 
-    def __init__(self, conn: FrontProtocol, length: int) -> None:
-        self._conn = conn
+    def __init__(self, caller: FrontProtocol, length: int) -> None:
+        self._caller = caller
         self.remaining = length
         self._chunks: collections.deque[bytes] = collections.deque()
         self._queued = 0
@@ -248,7 +241,7 @@ class _BodyFeed:
             self._chunks.append(take)
             self._queued += len(take)
             if self._queued > _BODY_HIGH_WATER:
-                self._conn.pause_reading()
+                self._caller.pause_reading()
             self._wake()
         return data[len(take) :]
 
@@ -266,7 +259,7 @@ class _BodyFeed:
                 chunk = b"".join(self._chunks)
                 self._chunks.clear()
                 self._queued = 0
-                self._conn.resume_reading()
+                self._caller.resume_reading()
                 yield chunk
                 continue
             if self.remaining == 0:
@@ -276,6 +269,52 @@ class _BodyFeed:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
             self._waiter = None
+
+
+class _SocketSink:
+    """An answer written straight to the caller's socket."""
+
+    def __init__(self, caller: FrontProtocol, request: _Request) -> None:
+        self._caller = caller
+        self._request = request
+        self._chunked = False
+        self._no_body = False
+        self.started = False
+        self.broken = False
+
+    async def whole(
+        self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        self.started = True
+        head = self._caller.head(status, reason, headers, self._request, length=len(body))
+        self._caller.write(head + body)
+
+    async def begin(
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        length: int | None,
+    ) -> None:
+        self.started = True
+        self._no_body = status in _NO_BODY_STATUSES or status < 200
+        self._chunked = length is None and not self._no_body
+        self._caller.write(
+            self._caller.head(status, reason, headers, self._request, chunked=self._chunked)
+        )
+
+    async def write(self, chunk: bytes) -> None:
+        if self._no_body:
+            return
+        self._caller.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        await self._caller.drain()
+
+    async def end(self) -> None:
+        if self._chunked:
+            self._caller.write(b"0\r\n\r\n")
+
+    def cut(self) -> None:
+        self.broken = True
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -307,7 +346,7 @@ class FrontProtocol(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.front.connections.add(self)
+        self.front.callers.add(self)
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -332,7 +371,7 @@ class FrontProtocol(asyncio.Protocol):
         return self.busy  # keep the write side open for the answer underway
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.front.connections.discard(self)
+        self.front.callers.discard(self)
         self._stop_idle_timer()
         if self._body is not None:
             self._body.fail(ConnectionResetError())
@@ -359,7 +398,7 @@ class FrontProtocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    async def _drain(self) -> None:
+    async def drain(self) -> None:
         """Wait for room in the caller's socket; a caller that takes nothing for
         idle_timeout is cut (it would hold a stream through its agent forever)."""
         writable = self._writable
@@ -467,7 +506,7 @@ class FrontProtocol(asyncio.Protocol):
         assert self.transport is not None
         assert self.front.handoff_to is not None
         self._stop_idle_timer()
-        self.front.connections.discard(self)
+        self.front.callers.discard(self)
         handler = self.front.handoff_to()
         self.transport.set_protocol(handler)
         handler.connection_made(self.transport)
@@ -521,84 +560,43 @@ class FrontProtocol(asyncio.Protocol):
 
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
-        began = time.perf_counter()
         authorization = next((v for n, v in request.headers if n.lower() == "authorization"), "")
         if bearer_actor(services.admin, authorization) is None:
             self._write_response(unauthorized(), request)
             return
+        sink = _SocketSink(self, request)
         try:
             limit = services.max_body_bytes
             if limit and request.length > limit:
                 raise BodyTooLarge(f"the body is {request.length} bytes; max_body_bytes is {limit}")
-            handle, upstream = await send_upstream(
+            await exchange(
                 services,
                 request.conn_id,
                 request.method,
                 request.relative,
                 request.headers,
                 body if not isinstance(body, _BodyFeed) else aiter(body),
+                sink,
             )
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if sink.started:
+                raise
             self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
             return
-        mode = handle.conn.mode
-        services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
-        small = is_small(upstream, request.method)
-        if small:
-            try:
-                data = await read_small(handle, upstream)
-            except Exception as exc:
-                self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
-                return
-            head = self._head(
-                upstream.status,
-                upstream.reason,
-                answer_headers(upstream, request.conn_id, small=True),
-                request,
-                length=len(data),
-            )
-            self._write(head + data)
-            canonical_line(request.conn_id, mode, request.method, upstream.status, len(data), began)
-            return
-        sent = 0
-        no_body = upstream.status in _NO_BODY_STATUSES or upstream.status < 200
-        chunked = upstream.content_length is None and not no_body
-        try:
-            self._write(
-                self._head(
-                    upstream.status,
-                    upstream.reason,
-                    answer_headers(upstream, request.conn_id, small=False),
-                    request,
-                    chunked=chunked,
-                )
-            )
-            async for chunk in upstream.content.iter_any():
-                if not chunk or no_body:
-                    continue
-                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                sent += len(chunk)
-                await self._drain()
-            if chunked:
-                self._write(b"0\r\n\r\n")
-        except Exception as exc:
+        if sink.broken:
             # The head is gone already: cutting the connection is the only
             # way left to tell the caller the body is incomplete.
-            stream_broken(handle, request.conn_id, sent, exc)
-            raise ConnectionResetError from None
-        finally:
-            upstream.release()
-        canonical_line(request.conn_id, mode, request.method, upstream.status, sent, began)
+            raise ConnectionResetError
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         assert self.transport is not None
         if self.transport.is_closing():
             raise ConnectionResetError("the caller went away")
         self.transport.write(data)
 
-    def _head(
+    def head(
         self,
         status: int,
         reason: str | None,
@@ -638,6 +636,6 @@ class FrontProtocol(asyncio.Protocol):
         body = response.body
         assert isinstance(body, bytes)
         headers = [(n, v) for n, v in response.headers.items() if n.lower() != "content-length"]
-        self._write(
-            self._head(response.status, response.reason, headers, request, length=len(body)) + body
+        self.write(
+            self.head(response.status, response.reason, headers, request, length=len(body)) + body
         )

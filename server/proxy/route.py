@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import structlog
 from aiohttp import web
 
-from server.errors import BodyTooLarge, RelayError, TunnelLost
-from server.proxy.engine import HOP_BY_HOP, Handle
-from server.tunnel.http1 import Answer, Body
-from server.web.services import Services, services_of
-
-log = structlog.get_logger("sluice.relay.proxy")
-
-SMALL_BODY = 64 * 1024
-
-# Set on every proxied answer so callers can tell the API's own answers
-# (this header present) from the relay's problem+json errors.
-VIA_HEADER = "Sluice-Connection"
+from server.errors import BodyTooLarge
+from server.proxy.exchange import exchange
+from server.web.services import services_of
 
 
 def _relative(request: web.Request) -> str:
@@ -32,15 +20,6 @@ def _relative(request: web.Request) -> str:
     raw = request.raw_path
     tail = raw[len(prefix) :] if raw.startswith(prefix) else "/" + request.match_info["tail"]
     return tail or "/"
-
-
-def _cause(exc: BaseException) -> RelayError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, RelayError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _limited_body(request: web.Request, limit: int) -> Any:
@@ -63,140 +42,71 @@ def _limited_body(request: web.Request, limit: int) -> Any:
     return counted()
 
 
-async def send_upstream(
-    services: Services,
-    conn_id: str,
-    method: str,
-    relative: str,
-    headers: list[tuple[str, str]],
-    body: Body,
-) -> tuple[Handle, Answer]:
-    """Send one proxied request; errors are the relay's own (no URL quoted)."""
-    handle = await services.connections.handle(conn_id)
-    try:
-        upstream = await services.engine.request(handle, method, relative, headers, body)
-    except aiohttp.ClientError as exc:
-        cause = _cause(exc)
-        if cause is not None:
-            raise cause from None
-        # aiohttp's text may quote the URL, which can carry a URL-parameter token.
-        raise TunnelLost(f"the request failed on its way: {handle.mask(str(exc))}") from None
-    return handle, upstream
+class _ResponseSink:
+    """An answer written through aiohttp's response objects."""
 
+    def __init__(self, request: web.Request, stalled_reader_timeout: float) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self._timeout = stalled_reader_timeout
 
-def is_small(upstream: Answer, method: str) -> bool:
-    """A small answer of known length goes out in one write, head and body together."""
-    return (
-        upstream.content_length is not None
-        and upstream.content_length <= SMALL_BODY
-        and method != "HEAD"
-    )
+    async def whole(
+        self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        response = web.Response(status=status, reason=reason)
+        for name, value in headers:
+            response.headers.add(name, value)
+        response.body = body
+        self.response = response
 
+    async def begin(
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        length: int | None,
+    ) -> None:
+        response = self.response = web.StreamResponse(status=status, reason=reason)
+        for name, value in headers:
+            response.headers.add(name, value)
+        await response.prepare(self.request)
 
-def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
-    """The API's answer headers the caller gets: hop-by-hop ones dropped (a
-    streamed answer keeps its Content-Length), the connection named."""
-    kept = [
-        (name, value)
-        for name, value in upstream.headers.items()
-        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small)
-    ]
-    kept.append((VIA_HEADER, conn_id))
-    return kept
+    async def write(self, chunk: bytes) -> None:
+        """A caller that takes none of it for stalled_reader_timeout is cut
+        (it would hold its stream through the agent forever); the front
+        applies the same bound."""
+        assert self.response is not None
+        if self._timeout <= 0:
+            await self.response.write(chunk)
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.response.write(chunk)
+        except TimeoutError:
+            raise ConnectionResetError("the caller stopped reading") from None
 
+    async def end(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
 
-async def read_small(handle: Handle, upstream: Answer) -> bytes:
-    """The whole body of a small answer, released after."""
-    try:
-        return await upstream.read()
-    except aiohttp.ClientError as exc:
-        cause = _cause(exc)
-        cut = TunnelLost(f"the answer was cut off: {handle.mask(str(exc))}")
-        raise (cause or cut) from None
-    finally:
-        upstream.release()
+    def cut(self) -> None:
+        if self.request.transport is not None:
+            self.request.transport.close()
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     """The route as aiohttp serves it: requests ``server.proxy.front`` hands on
     (HEAD, chunked or 100-continue bodies, HTTP/1.0, ...)."""
     services = services_of(request)
-    conn_id = request.match_info["id"]
-    began = time.perf_counter()
-    body = _limited_body(request, services.max_body_bytes)
-    handle, upstream = await send_upstream(
+    sink = _ResponseSink(request, services.stalled_reader_timeout)
+    await exchange(
         services,
-        conn_id,
+        request.match_info["id"],
         request.method,
         _relative(request),
         list(request.headers.items()),
-        body,
+        _limited_body(request, services.max_body_bytes),
+        sink,
     )
-    mode = handle.conn.mode
-    services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
-    small = is_small(upstream, request.method)
-    response: web.StreamResponse
-    if small:
-        response = web.Response(status=upstream.status, reason=upstream.reason)
-    else:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name, value in answer_headers(upstream, conn_id, small=small):
-        response.headers.add(name, value)
-    sent = 0
-    if small:
-        assert isinstance(response, web.Response)
-        response.body = await read_small(handle, upstream)
-        canonical_line(
-            conn_id, mode, request.method, upstream.status, len(response.body or b""), began
-        )
-        return response
-    try:
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await _write_within(response, chunk, services.stalled_reader_timeout)
-            sent += len(chunk)
-        await response.write_eof()
-    except (aiohttp.ClientError, ConnectionError) as exc:
-        # Headers are gone already: all we can do is cut the caller's
-        # connection so it sees a truncated body, never a clean end.
-        stream_broken(handle, conn_id, sent, exc)
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    finally:
-        upstream.release()
-    canonical_line(conn_id, mode, request.method, upstream.status, sent, began)
-    return response
-
-
-async def _write_within(response: web.StreamResponse, chunk: bytes, timeout: float) -> None:
-    """Write one piece of a streamed answer; a caller that takes none of it
-    for *timeout* seconds is cut (it would hold its stream through the agent
-    forever). ``server.proxy.front`` applies the same bound."""
-    if timeout <= 0:
-        await response.write(chunk)
-        return
-    try:
-        async with asyncio.timeout(timeout):
-            await response.write(chunk)
-    except TimeoutError:
-        raise ConnectionResetError("the caller stopped reading") from None
-
-
-def stream_broken(handle: Handle, conn_id: str, sent: int, exc: BaseException) -> None:
-    log.warning("proxy_stream_broken", connection=conn_id, bytes=sent, error=handle.mask(str(exc)))
-
-
-def canonical_line(
-    conn_id: str, mode: str, method: str, status: int, sent: int, began: float
-) -> None:
-    """One log line per proxied request."""
-    log.info(
-        "proxied",
-        connection=conn_id,
-        mode=mode,
-        method=method,
-        status=status,
-        bytes_down=sent,
-        ms=round((time.perf_counter() - began) * 1000, 1),
-    )
+    assert sink.response is not None
+    return sink.response

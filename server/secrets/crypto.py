@@ -180,10 +180,6 @@ class SecretBox:
         self._keys = {key_id: AESGCM(key._key) for key_id, key in by_id.items()}
 
     @property
-    def current_key_id(self) -> str:
-        return self._current.key_id
-
-    @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(self._keys)
 
@@ -228,15 +224,6 @@ class SecretBox:
 
     def __repr__(self) -> str:
         return f"<SecretBox current={self._current.key_id} keys={list(self._keys)}>"
-
-
-def is_sealed(value: str) -> bool:
-    """Whether *value* is shaped like a token ``SecretBox.encrypt`` produces."""
-    try:
-        _parse(value, "")
-    except DecryptionError:
-        return False
-    return True
 
 
 def _aad(context: str) -> bytes:

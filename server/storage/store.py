@@ -94,10 +94,6 @@ class AgentInUse(Exception):
         self.connection_ids = connection_ids
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
 def _upgrade(sync_conn: sa.Connection) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
@@ -106,7 +102,7 @@ def _upgrade(sync_conn: sa.Connection) -> None:
 
 
 class Store:
-    """Agents (and, later, connections) kept in one SQL database."""
+    """Agents, connections and the audit trail, kept in one SQL database."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -123,8 +119,8 @@ class Store:
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        async with engine.begin() as db:
+            await db.run_sync(_upgrade)
         return cls(engine)
 
     async def close(self) -> None:
@@ -136,8 +132,8 @@ class Store:
         agent_id = new_agent_id()
         token = new_token(agent_id)
         now = utcnow()
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._engine.begin() as db:
+            await db.execute(
                 agents.insert().values(
                     id=agent_id, name=name, token_hash=token.secret_hash(), created_at=now
                 )
@@ -145,21 +141,21 @@ class Store:
         return AgentRecord(id=agent_id, name=name, created_at=now, token_rotated_at=None), token
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(agents.select().where(agents.c.id == agent_id))).first()
+        async with self._engine.connect() as db:
+            row = (await db.execute(agents.select().where(agents.c.id == agent_id))).first()
         return _agent(row) if row else None
 
     async def list_agents(self) -> list[AgentRecord]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(agents.select().order_by(agents.c.created_at))).all()
+        async with self._engine.connect() as db:
+            rows = (await db.execute(agents.select().order_by(agents.c.created_at))).all()
         return [_agent(r) for r in rows]
 
     async def delete_agent(self, agent_id: str) -> bool:
         """Delete an agent; raises AgentInUse while a connection refers to it."""
-        async with self._engine.begin() as conn:
+        async with self._engine.begin() as db:
             users = (
                 (
-                    await conn.execute(
+                    await db.execute(
                         sa.select(connections.c.id).where(connections.c.agent_id == agent_id)
                     )
                 )
@@ -168,13 +164,13 @@ class Store:
             )
             if users:
                 raise AgentInUse(agent_id, list(users))
-            result = await conn.execute(agents.delete().where(agents.c.id == agent_id))
+            result = await db.execute(agents.delete().where(agents.c.id == agent_id))
         return result.rowcount > 0
 
     async def touch_agent(self, agent_id: str) -> None:
         """Record that the agent was seen now (tunnel up or down)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._engine.begin() as db:
+            await db.execute(
                 agents.update().where(agents.c.id == agent_id).values(last_seen_at=utcnow())
             )
 
@@ -184,14 +180,14 @@ class Store:
         """A new token; with a grace period the old one keeps working until it ends."""
         token = new_token(agent_id)
         now = utcnow()
-        async with self._engine.begin() as conn:
+        async with self._engine.begin() as db:
             row = (
-                await conn.execute(sa.select(agents.c.token_hash).where(agents.c.id == agent_id))
+                await db.execute(sa.select(agents.c.token_hash).where(agents.c.id == agent_id))
             ).first()
             if row is None:
                 return None
             grace = grace_seconds > 0
-            await conn.execute(
+            await db.execute(
                 agents.update()
                 .where(agents.c.id == agent_id)
                 .values(
@@ -211,8 +207,8 @@ class Store:
         Both the current and (during a rotation's grace) the previous token are
         compared every time, so timing does not tell which one matched.
         """
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(agents.select().where(agents.c.id == token.agent_id))).first()
+        async with self._engine.connect() as db:
+            row = (await db.execute(agents.select().where(agents.c.id == token.agent_id))).first()
         current = secret_matches(token.secret, row.token_hash if row else _DUMMY_HASH)
         previous_hash = row.previous_token_hash if row is not None else None
         previous = secret_matches(token.secret, previous_hash or _DUMMY_HASH)
@@ -229,8 +225,8 @@ class Store:
     ) -> ConnectionRow:
         now = utcnow()
         row = ConnectionRow(conn_id, name, mode, agent_id, document, None, now, now)
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._engine.begin() as db:
+            await db.execute(
                 connections.insert().values(
                     id=conn_id,
                     name=name,
@@ -244,24 +240,22 @@ class Store:
         return row
 
     async def get_connection(self, conn_id: str) -> ConnectionRow | None:
-        async with self._engine.connect() as conn:
+        async with self._engine.connect() as db:
             row = (
-                await conn.execute(connections.select().where(connections.c.id == conn_id))
+                await db.execute(connections.select().where(connections.c.id == conn_id))
             ).first()
         return _connection(row) if row else None
 
     async def list_connections(self) -> list[ConnectionRow]:
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(connections.select().order_by(connections.c.created_at))
-            ).all()
+        async with self._engine.connect() as db:
+            rows = (await db.execute(connections.select().order_by(connections.c.created_at))).all()
         return [_connection(r) for r in rows]
 
     async def update_connection(
         self, conn_id: str, name: str, mode: str, agent_id: str | None, document: str
     ) -> bool:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
+        async with self._engine.begin() as db:
+            result = await db.execute(
                 connections.update()
                 .where(connections.c.id == conn_id)
                 .values(
@@ -276,32 +270,32 @@ class Store:
 
     async def update_document(self, conn_id: str, document: str) -> bool:
         """Replace only the document (a refreshed token); not a user edit."""
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
+        async with self._engine.begin() as db:
+            result = await db.execute(
                 connections.update().where(connections.c.id == conn_id).values(document=document)
             )
         return result.rowcount > 0
 
     async def set_last_test(self, conn_id: str, result_json: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._engine.begin() as db:
+            await db.execute(
                 connections.update()
                 .where(connections.c.id == conn_id)
                 .values(last_test=result_json)
             )
 
     async def delete_connection(self, conn_id: str) -> bool:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(connections.delete().where(connections.c.id == conn_id))
+        async with self._engine.begin() as db:
+            result = await db.execute(connections.delete().where(connections.c.id == conn_id))
         return result.rowcount > 0
 
     async def rewrite_documents(self, rewrite: Callable[[str, str], str]) -> int:
         """Pass every (id, document) through *rewrite* in one transaction."""
         count = 0
-        async with self._engine.begin() as conn:
-            rows = (await conn.execute(sa.select(connections.c.id, connections.c.document))).all()
+        async with self._engine.begin() as db:
+            rows = (await db.execute(sa.select(connections.c.id, connections.c.document))).all()
             for conn_id, document in rows:
-                await conn.execute(
+                await db.execute(
                     connections.update()
                     .where(connections.c.id == conn_id)
                     .values(document=rewrite(conn_id, document))
@@ -320,8 +314,8 @@ class Store:
         details: dict[str, Any] | None = None,
     ) -> None:
         """Append one event; *details* must hold no secret value."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._engine.begin() as db:
+            await db.execute(
                 audit_events.insert().values(
                     at=utcnow(),
                     actor=actor[:64],
@@ -339,8 +333,8 @@ class Store:
         query = audit_events.select().order_by(audit_events.c.id.desc()).limit(limit)
         if before is not None:
             query = query.where(audit_events.c.id < before)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        async with self._engine.connect() as db:
+            rows = (await db.execute(query)).all()
         return [
             {
                 "id": r.id,

@@ -249,7 +249,7 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
 
 
 async def open_stream(
-    conn: asyncssh.SSHServerConnection,
+    ssh: asyncssh.SSHServerConnection,
     listen: tuple[str, int],
     target: Target,
     *,
@@ -265,7 +265,7 @@ async def open_stream(
     """
     session: ChannelSession
     try:
-        chan, session = await conn.create_connection(  # type: ignore[assignment]
+        chan, session = await ssh.create_connection(  # type: ignore[assignment]
             lambda: ChannelSession(share),
             listen[0],
             listen[1],

@@ -23,7 +23,7 @@ class Tunnel:
     """One agent SSH connection (a replica) that registered its listener."""
 
     agent_id: str
-    conn: asyncssh.SSHServerConnection
+    ssh: asyncssh.SSHServerConnection
     listen: tuple[str, int]
     peer: str
     agent_version: str
@@ -53,7 +53,7 @@ class Tunnel:
         self.streams_total += 1
         try:
             transport, session, rest = await open_stream(
-                self.conn,
+                self.ssh,
                 self.listen,
                 target,
                 window=self.window,
@@ -70,7 +70,7 @@ class Tunnel:
         self.in_flight -= 1
 
     def close(self) -> None:
-        self.conn.close()
+        self.ssh.close()
 
 
 class TunnelRegistry:
@@ -160,8 +160,3 @@ class TunnelRegistry:
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
-
-    async def wait_online(self, agent_id: str, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.is_online(agent_id):
-                await self.wait_changed()

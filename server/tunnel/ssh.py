@@ -60,7 +60,7 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def __init__(self, ctx: SSHContext) -> None:
         self._ctx = ctx
-        self._conn: asyncssh.SSHServerConnection | None = None
+        self._ssh: asyncssh.SSHServerConnection | None = None
         self._peer = "?"
         self._agent: AgentRecord | None = None
         self._tunnel: Tunnel | None = None
@@ -71,14 +71,14 @@ class RelaySSHServer(asyncssh.SSHServer):
         agent = self._agent.id if self._agent else None
         return f"<RelaySSHServer peer={self._peer} agent={agent}>"
 
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        peer = conn.get_extra_info("peername")
+    def connection_made(self, ssh: asyncssh.SSHServerConnection) -> None:
+        self._ssh = ssh
+        peer = ssh.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._address = peer[0] if peer else "?"
         if self._ctx.limiter.is_banned(self._address):
             log.warning("ssh_refused_banned_address", peer=self._peer)
-            conn.close()
+            ssh.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._tunnel is not None and self._registered:
@@ -126,8 +126,8 @@ class RelaySSHServer(asyncssh.SSHServer):
         limiter = self._ctx.limiter
         if limiter.is_banned(self._address):
             log.warning("ssh_auth_refused_banned", peer=self._peer)
-            if self._conn is not None:
-                self._conn.close()
+            if self._ssh is not None:
+                self._ssh.close()
             return False
         try:
             token = AgentToken.parse(password)
@@ -146,15 +146,15 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     # -- the one thing an agent may ask for: its tunnel listener -----------
     def server_requested(self, listen_host: str, listen_port: int) -> bool | TunnelListener:
-        if self._agent is None or self._conn is None or self._tunnel is not None:
+        if self._agent is None or self._ssh is None or self._tunnel is not None:
             return False
         if listen_host != sshconfig.TUNNEL_LISTEN_HOST:
             log.warning("listen_request_refused", agent_id=self._agent.id, host=listen_host[:64])
             return False
-        version = str(self._conn.get_extra_info("client_version") or "")
+        version = str(self._ssh.get_extra_info("client_version") or "")
         tunnel = Tunnel(
             agent_id=self._agent.id,
-            conn=self._conn,
+            ssh=self._ssh,
             listen=(listen_host, listen_port or sshconfig.TUNNEL_LISTEN_PORT),
             peer=self._peer,
             agent_version=version.removeprefix("SSH-2.0-")[:64],

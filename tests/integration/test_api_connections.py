@@ -16,6 +16,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
+from tests.support.waiting import wait_until
 
 TOKEN = "api-token-" + "s" * 20
 
@@ -150,8 +151,8 @@ async def test_expired_token_is_refreshed_once_for_twenty_callers(
     remember_secret(api.tokens.current)
     # The new token was stored (encrypted): a fresh handle uses it directly.
     handle = await relay.connections.handle(conn_id)
-    assert handle.conn.http.auth is not None
-    assert handle.conn.http.auth.token == api.tokens.current
+    assert handle.connection.http.auth is not None
+    assert handle.connection.http.auth.token == api.tokens.current
     stored = await relay.store.get_connection(conn_id)
     assert stored is not None
     assert api.tokens.current not in stored.document
@@ -261,8 +262,8 @@ async def test_patch_keeps_omitted_secrets_and_never_returns_them(
     assert patched.status == 200, patched.text
     assert patched.body["name"] == "Renamed"
     handle = await relay.connections.handle(conn_id)
-    assert handle.conn.http.encrypted["refresh_token"] == api.tokens.refresh_secret
-    assert handle.conn.http.media_type == "xml"
+    assert handle.connection.http.encrypted["refresh_token"] == api.tokens.refresh_secret
+    assert handle.connection.http.media_type == "xml"
 
 
 async def test_cloud_mode_refuses_private_destinations(client: APIClient) -> None:
@@ -354,7 +355,9 @@ async def test_restart_loses_nothing(
         )
         try:
             assert again.admin_token == relay.admin_token
-            await again.registry.wait_online(token.agent_id, timeout=20)
+            await wait_until(
+                lambda: again.registry.is_online(token.agent_id), timeout=20, what="agent online"
+            )
             answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/secure/b")
             assert answer.status == 200
             assert api.tokens.issued == 1  # the refreshed token survived the restart

@@ -109,7 +109,9 @@ async def test_blackholed_link_is_noticed_and_survived(topology: Topology, tmp_p
             prefix=topology.exec_prefix(topology.agent_ns),
         )
         await agent.start()
-        await relay.registry.wait_online(token.agent_id, timeout=15)
+        await wait_until(
+            lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent online"
+        )
 
         blackhole(topology)
         cut = time.monotonic()
@@ -129,7 +131,9 @@ async def test_blackholed_link_is_noticed_and_survived(topology: Topology, tmp_p
 
         restore(topology)
         back = time.monotonic()
-        await relay.registry.wait_online(token.agent_id, timeout=15)
+        await wait_until(
+            lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent online"
+        )
         print(
             f"relay noticed after {relay_noticed:.1f} s, agent after {agent_noticed:.1f} s, "
             f"back online {time.monotonic() - back:.1f} s after the link returned"

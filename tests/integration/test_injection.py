@@ -325,7 +325,7 @@ class _RawStream(asyncssh.SSHTCPSession[bytes]):
 async def _raw_connect(relay: Relay, agent_id: str, head: bytes) -> tuple[int, bytes]:
     """Open a channel the way the relay does and write *head*; (status, body)."""
     tunnel = relay.registry.pick(agent_id)
-    chan, stream = await tunnel.conn.create_connection(
+    chan, stream = await tunnel.ssh.create_connection(
         _RawStream, tunnel.listen[0], tunnel.listen[1], "relay", 0
     )
     assert isinstance(stream, _RawStream)

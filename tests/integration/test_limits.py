@@ -93,7 +93,9 @@ async def test_streams_per_agent_are_capped(
     )
     await agent.start()
     try:
-        await tight_relay.registry.wait_online(token.agent_id, timeout=15)
+        await wait_until(
+            lambda: tight_relay.registry.is_online(token.agent_id), timeout=15, what="agent online"
+        )
         http = tight_relay.tunnel_http.session(token.agent_id)
         slow = [asyncio.create_task(http.get(f"{api.base}/slow?s=1.5")) for _ in range(2)]
         await wait_until(

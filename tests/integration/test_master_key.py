@@ -66,14 +66,14 @@ async def test_rotation_reseals_everything_and_a_running_relay_keeps_reading(
         # files again on the first unknown key id.
         relay.connections.forget(view["id"])
         handle = await relay.connections.handle(view["id"])
-        assert handle.conn.http.encrypted["password"] == secret
+        assert handle.connection.http.encrypted["password"] == secret
     finally:
         await relay.close()
 
     again = await Relay.start(relay_settings(tmp_path))
     try:
         handle = await again.connections.handle(view["id"])
-        assert handle.conn.http.auth is not None
-        assert handle.conn.http.auth.token == secret
+        assert handle.connection.http.auth is not None
+        assert handle.connection.http.auth.token == secret
     finally:
         await again.close()

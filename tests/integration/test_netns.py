@@ -14,6 +14,7 @@ from server.settings import ServerSettings
 from sluice.addresses import HostPort
 from tests.support.agent import AgentProcess
 from tests.support.netns import Topology, netns_available, relay_agent_api
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -74,7 +75,9 @@ async def test_agent_reaches_an_api_the_relay_cannot(topology: Topology, tmp_pat
         )
         await agent.start()
         try:
-            await relay.registry.wait_online(token.agent_id, timeout=15)
+            await wait_until(
+                lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent online"
+            )
         except TimeoutError:
             raise AssertionError(agent.log()) from None
 

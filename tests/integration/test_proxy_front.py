@@ -139,13 +139,13 @@ async def test_proxy_and_api_requests_share_one_connection(
     assert headers["sluice-connection"] == conn_id
     assert "date" in headers
     assert relay.front is not None
-    assert len(relay.front.connections) == 1  # served by the front
+    assert len(relay.front.callers) == 1  # served by the front
 
     raw.writer.write(raw.request("GET", "/v1/agents"))
     status, _, body = await raw.answer()
     assert status == 200
     assert len(_json(body)["agents"]) == 1
-    assert len(relay.front.connections) == 0  # handed to aiohttp for good
+    assert len(relay.front.callers) == 0  # handed to aiohttp for good
 
     raw.writer.write(raw.request("GET", f"{proxy}/hello?n=2"))
     status, headers, body = await raw.answer()

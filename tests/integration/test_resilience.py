@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server.errors import is_tunnel_lost
+from server.errors import TunnelLost, relay_error_in
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.agent import AgentProcess
@@ -44,7 +45,8 @@ async def test_relay_restart_brings_every_agent_back(
     )
     try:
         for token in tokens:
-            await again.registry.wait_online(token.agent_id, timeout=20)
+            online = functools.partial(again.registry.is_online, token.agent_id)
+            await wait_until(online, timeout=20, what="agent online")
         elapsed = time.monotonic() - began
         # Agents here back off from 0.1 s up to 1 s (full jitter): all are back
         # within a couple of their backoff caps.
@@ -79,7 +81,7 @@ async def test_agent_killed_mid_download_fails_fast_then_other_replica_serves(
     with pytest.raises(aiohttp.ClientError) as err:
         await drain()
     assert time.monotonic() - began < 10
-    assert is_tunnel_lost(err.value), repr(err.value)
+    assert isinstance(relay_error_in(err.value), TunnelLost), repr(err.value)
     response.release()
 
     async with http.get(f"{api.base}/hello") as resp:  # served by the other replica

@@ -524,9 +524,9 @@ async def test_editing_keeps_unchanged_secrets_and_removes_what_was_removed(
     assert view["http"]["unencrypted"] == {"client_id": "abc"}
     assert view["http"]["encrypted"] == {"refresh_token": {"set": True}}
     handle = await relay.connections.handle(conn_id)
-    assert handle.conn.http.auth is not None
-    assert handle.conn.http.auth.token == API_TOKEN
-    assert handle.conn.http.encrypted["refresh_token"] == refresh_secret
+    assert handle.connection.http.auth is not None
+    assert handle.connection.http.auth.token == API_TOKEN
+    assert handle.connection.http.encrypted["refresh_token"] == refresh_secret
     assert api.seen[-1].headers["Authorization"] == f"Bearer {API_TOKEN}"
 
 

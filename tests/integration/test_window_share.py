@@ -30,7 +30,7 @@ async def test_a_bulk_answer_shares_its_window_with_small_answers_beside_it(
     assert share.shared < share.full
 
     def windows() -> set[int]:
-        return {chan._init_recv_window for chan in tunnel.conn._channels.values()}
+        return {chan._init_recv_window for chan in tunnel.ssh._channels.values()}
 
     got = 0
 

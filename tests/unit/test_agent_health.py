@@ -13,14 +13,9 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.health import (
-    CONNECT_BUCKETS,
-    HealthListenError,
-    HealthServer,
-    connect_histogram,
-)
-from agent.proxy import ProxyStats
+from agent.health import HealthListenError, HealthServer
 from agent.state import TunnelState, TunnelStatus
+from agent.stats import CONNECT_BUCKETS, ProxyStats, connect_histogram
 from agent.status_cli import (
     EXIT_NOT_READY,
     EXIT_READY,

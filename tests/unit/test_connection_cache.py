@@ -12,7 +12,8 @@ import pytest
 from server.connections import service as connections_module
 from server.connections.service import ConnectionNotFound, ConnectionService
 from server.secrets.crypto import MasterKey, SecretBox
-from server.storage.store import ConnectionRow, Store, sqlite_url
+from server.settings import sqlite_url
+from server.storage.store import ConnectionRow, Store
 
 TOKEN = "cache-test-token-0123456789"
 
@@ -63,7 +64,7 @@ async def test_concurrent_callers_of_an_expired_entry_share_one_read(
     conn_id = (await svc.create(_document("one")))["id"]
     handles = await asyncio.gather(*(svc.handle(conn_id) for _ in range(32)))
     assert store.reads == 1
-    assert {h.conn.name for h in handles} == {"one"}
+    assert {h.connection.name for h in handles} == {"one"}
     assert all(h.masks == [TOKEN] for h in handles)
     # Each handle has its own mask list: a refresh appending to one leaves the others.
     handles[0].masks.append("x")
@@ -83,9 +84,9 @@ async def test_an_edit_during_a_read_is_not_undone(
     await asyncio.sleep(0)  # the read has started
     await svc.patch(conn_id, {"name": "after"})
     fresh = await svc.handle(conn_id)
-    assert fresh.conn.name == "after"
+    assert fresh.connection.name == "after"
     await stale
-    assert (await svc.handle(conn_id)).conn.name == "after"
+    assert (await svc.handle(conn_id)).connection.name == "after"
     assert store.reads >= 2
 
 
@@ -112,7 +113,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_read(
     second = asyncio.ensure_future(svc.handle(conn_id))
     await asyncio.sleep(0)
     first.cancel()
-    assert (await second).conn.name == "kept"
+    assert (await second).connection.name == "kept"
     assert store.reads == 1
 
 

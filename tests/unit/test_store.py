@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.storage.store import AgentInUse, Store, sqlite_url
+from server.settings import sqlite_url
+from server.storage.store import AgentInUse, Store
 from sluice.tokens import AgentToken
 
 

@@ -10,9 +10,10 @@ from structlog.testing import capture_logs
 
 from agent.allowlist import Allowlist
 from agent.errors import AuthRejected, RelayUnreachable
-from agent.proxy import ProxyContext, ProxyStats
+from agent.proxy import ProxyContext
 from agent.settings import AgentSettings
 from agent.state import InvalidTransition, TunnelState, TunnelStatus
+from agent.stats import ProxyStats
 from agent.supervisor import Supervisor
 from sluice.addresses import HostPort
 

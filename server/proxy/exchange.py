@@ -1,0 +1,171 @@
+"""One proxied exchange, whoever carries it to the caller.
+
+The relay has two listeners for the proxy route: its own front
+(``server.proxy.front``, straight off the socket) and aiohttp's route
+(``server.proxy.route``). Both send the request the same way and shape the
+answer the same way; only how bytes reach the caller differs. This module is
+that shared part, and an :class:`AnswerSink` is the difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+import aiohttp
+import structlog
+
+from server.errors import RelayError, TunnelLost, relay_error_in
+from server.proxy.engine import HOP_BY_HOP, Handle
+from server.tunnel.http1 import Answer, Body
+from server.web.services import Services
+
+log = structlog.get_logger("sluice.relay.proxy")
+
+# An answer of known length up to this size goes out in one write.
+SMALL_BODY = 64 * 1024
+
+# Set on every proxied answer so callers can tell the API's own answers
+# (this header present) from the relay's problem+json errors.
+VIA_HEADER = "Sluice-Connection"
+
+
+class AnswerSink(Protocol):
+    """Where an API's answer goes: the caller's socket, one way or another."""
+
+    async def whole(
+        self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        """Called once for a small answer, its body complete."""
+
+    async def begin(
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        length: int | None,
+    ) -> None:
+        """Called once before a streamed answer's body; *length* is None when unknown."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Called for each piece of a streamed body, in order; waits for room."""
+
+    async def end(self) -> None:
+        """Called when a streamed body is complete."""
+
+    def cut(self) -> None:
+        """Called when a streamed answer broke after its head went out: the
+        caller must see a truncated body, never a clean end."""
+
+
+@contextlib.contextmanager
+def relay_errors(handle: Handle, what: str) -> Iterator[None]:
+    """aiohttp's client errors as the relay's own: the relay error behind one
+    when there is one, else *what* (aiohttp's text may quote the URL, which
+    can carry a URL-parameter token, so it is masked)."""
+    try:
+        yield
+    except aiohttp.ClientError as exc:
+        raise relay_error_in(exc) or TunnelLost(f"{what}: {handle.mask(str(exc))}") from None
+
+
+async def send_upstream(
+    services: Services,
+    conn_id: str,
+    method: str,
+    relative: str,
+    headers: list[tuple[str, str]],
+    body: Body,
+) -> tuple[Handle, Answer]:
+    """Send one proxied request; errors are the relay's own (no URL quoted)."""
+    handle = await services.connections.handle(conn_id)
+    with relay_errors(handle, "the request failed on its way"):
+        upstream = await services.engine.request(handle, method, relative, headers, body)
+    return handle, upstream
+
+
+def is_small(upstream: Answer, method: str) -> bool:
+    """A small answer of known length goes out in one write, head and body together."""
+    return (
+        upstream.content_length is not None
+        and upstream.content_length <= SMALL_BODY
+        and method != "HEAD"
+    )
+
+
+def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
+    """The API's answer headers the caller gets: hop-by-hop ones dropped (a
+    streamed answer keeps its Content-Length), the connection named."""
+    kept = [
+        (name, value)
+        for name, value in upstream.headers.items()
+        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small)
+    ]
+    kept.append((VIA_HEADER, conn_id))
+    return kept
+
+
+async def exchange(
+    services: Services,
+    conn_id: str,
+    method: str,
+    relative: str,
+    headers: list[tuple[str, str]],
+    body: Body,
+    sink: AnswerSink,
+) -> None:
+    """Send one request through connection *conn_id* and pass its answer to *sink*.
+
+    Raises (a RelayError, or the connection's own errors) while nothing has
+    gone to the caller, so the listener can answer with a problem document.
+    Once the head is out, a failure is logged and the sink is cut instead.
+    """
+    began = time.perf_counter()
+    handle, upstream = await send_upstream(services, conn_id, method, relative, headers, body)
+    mode = handle.connection.mode
+    services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
+    if is_small(upstream, method):
+        try:
+            with relay_errors(handle, "the answer was cut off"):
+                data = await upstream.read()
+        finally:
+            upstream.release()
+        small = answer_headers(upstream, conn_id, small=True)
+        await sink.whole(upstream.status, upstream.reason, small, data)
+        canonical_line(conn_id, mode, method, upstream.status, len(data), began)
+        return
+    sent = 0
+    try:
+        streamed = answer_headers(upstream, conn_id, small=False)
+        await sink.begin(upstream.status, upstream.reason, streamed, upstream.content_length)
+        async for chunk in upstream.content.iter_any():
+            if chunk:
+                await sink.write(chunk)
+                sent += len(chunk)
+        await sink.end()
+    except (aiohttp.ClientError, RelayError, OSError) as exc:
+        log.warning(
+            "proxy_stream_broken", connection=conn_id, bytes=sent, error=handle.mask(str(exc))
+        )
+        sink.cut()
+        return
+    finally:
+        upstream.release()
+    canonical_line(conn_id, mode, method, upstream.status, sent, began)
+
+
+def canonical_line(
+    conn_id: str, mode: str, method: str, status: int, sent: int, began: float
+) -> None:
+    """One log line per proxied request."""
+    log.info(
+        "proxied",
+        connection=conn_id,
+        mode=mode,
+        method=method,
+        status=status,
+        bytes_down=sent,
+        ms=round((time.perf_counter() - began) * 1000, 1),
+    )
