@@ -26,6 +26,7 @@ from tests.support.api import InternalAPI, noise
 from tests.support.capture import APIClient, remember_secret
 from tests.support.relay_process import RelayProcess
 from tests.support.sshd import run_sshd
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 REKEY = 1 * MiB
@@ -163,9 +164,11 @@ async def test_a_tuned_relay_serves_a_stock_asyncssh_agent(
                 tmp_path / "agent.log",
             )
             await agent.start()
-            await relay.registry.wait_online(token.agent_id, timeout=15)
+            await wait_until(
+                lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent online"
+            )
             [tunnel] = relay.registry.replicas(token.agent_id)
-            exchanges = _count_key_exchanges(tunnel.conn)
+            exchanges = _count_key_exchanges(tunnel.ssh)
             size = _size(rtt)
             down, up = await _through_session(
                 relay.tunnel_http.session(token.agent_id), api.base, size
