@@ -22,7 +22,10 @@ import collections
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import cast
 
+from bench.proc import Child, spawn
 from sluice.runtime import install_uvloop
 
 # Held per direction before the line stops reading from the sender: the data
@@ -56,8 +59,9 @@ class _Direction(asyncio.Protocol):
 
     # -- this side's socket --------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses.)
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         if self.on_made is not None:
             # Nothing is read until the far side is connected.
             transport.pause_reading()
@@ -239,3 +243,21 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def spawn_line(target_port: int, rtt_ms: float, log: Path) -> tuple[Child, int]:
+    """A delay line to 127.0.0.1:*target_port* in a process of its own (so it
+    does not share an event loop with the bench); returns it and its port."""
+    child = await spawn(
+        f"delay line {rtt_ms:g} ms",
+        [sys.executable, "-m", "bench.delay_line", str(target_port), str(rtt_ms)],
+        log=log,
+        stdout_pipe=True,
+    )
+    assert child.proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(child.proc.stdout.readline(), 15)
+        return child, int(line)
+    except (TimeoutError, ValueError):
+        await child.stop()
+        raise RuntimeError(f"the delay line did not start:\n{child.tail()}") from None
