@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import document, environment, report
+from bench import document, environment, link_report, report
 from bench.load import write_lua
 from bench.long_link import FULL_LINKS, QUICK_LINKS, long_links
 from bench.nginx import GiB, MiB, Nginx
@@ -204,6 +204,15 @@ async def main(
     target = out or (Path("build/BENCHMARKS-partial.md") if partial else Path("docs/BENCHMARKS.md"))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(document.render(summary))
+    if results["long_link"]:
+        plot = target.parent / document.LINK_PLOT
+        plot.write_text(
+            link_report.svg(
+                link_report.LinkSummary(results["long_link"]),
+                "Throughput against round trip (download solid, upload dashed)",
+            )
+        )
+        say(f"wrote {plot}")
     raw = Path("build") / ("bench-partial.json" if partial else "bench-full.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(results, indent=1, default=str))
