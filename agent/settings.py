@@ -54,6 +54,14 @@ class AgentSettings(BaseSettings):
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
     login_timeout: float = Field(default=30.0, gt=0)
+    max_inflight: int = Field(
+        default=sshconfig.MAX_INFLIGHT,
+        ge=0,
+        description=(
+            "Bytes the agent's streams may hold in flight beyond their starting windows, as "
+            "windows grow on a long link; 0 = fixed windows."
+        ),
+    )
     rekey_bytes: int = Field(
         default=sshconfig.REKEY_BYTES,
         ge=sshconfig.MIN_REKEY_BYTES,

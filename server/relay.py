@@ -125,6 +125,7 @@ class Relay:
                     settings.auth_failures_per_address, settings.auth_ban_seconds
                 ),
                 tasks=relay.tasks,
+                max_inflight=settings.max_inflight_per_agent,
             )
             relay.ssh_context = ctx
             if before_listening is not None:

@@ -34,6 +34,14 @@ class ServerSettings(BaseSettings):
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
     login_timeout: float = Field(default=30.0, gt=0)
+    max_inflight_per_agent: int = Field(
+        default=sshconfig.MAX_INFLIGHT,
+        ge=0,
+        description=(
+            "Bytes an agent's streams may hold in flight beyond their starting windows, as "
+            "windows grow on a long link; 0 = fixed windows."
+        ),
+    )
     ssh_rekey_bytes: int = Field(
         default=sshconfig.REKEY_BYTES,
         ge=sshconfig.MIN_REKEY_BYTES,

@@ -56,6 +56,11 @@ AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 REKEY_BYTES: Final = 1 << 30
 MIN_REKEY_BYTES: Final = 64 * 1024
 
+# The most an agent's streams may hold in flight beyond their starting
+# windows, in each direction, as their windows grow on a long link
+# (sluice/window_tuning.py). 0 keeps every window at its start.
+MAX_INFLIGHT: Final = 32 * 1024 * 1024
+
 AGENT_USERNAME: Final = "sluice-agent"
 
 

@@ -28,6 +28,7 @@ class SSHContext:
     tasks: TaskSet
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
+    max_inflight: int = sshconfig.MAX_INFLIGHT
 
 
 class TunnelListener(asyncssh.SSHListener):
@@ -161,6 +162,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             connected_at=dt.datetime.now(dt.UTC),
             window=self._ctx.window,
             max_pktsize=self._ctx.max_pktsize,
+            max_inflight=self._ctx.max_inflight,
             instance=self._instance,
         )
         self._tunnel = tunnel
