@@ -52,6 +52,7 @@ class _Direction(asyncio.Protocol):
         # (due, data): data is bytes, or _EOF / _CLOSE for what ended this side.
         self.held: collections.deque[tuple[float, bytes | str]] = collections.deque()
         self.held_bytes = 0
+        self.carried = 0  # bytes passed on to the peer so far
         self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.peer_paused = False
@@ -123,6 +124,7 @@ class _Direction(asyncio.Protocol):
         if target is not None and not target.is_closing():
             if out:
                 target.writelines(out)
+                self.carried += sum(map(len, out))
             if mark == _EOF and target.can_write_eof():
                 target.write_eof()
             elif mark == _CLOSE:
@@ -160,13 +162,17 @@ class DelayLine:
         self.connections = 0
 
     @property
+    def carried_to_target(self) -> int:
+        """Bytes the line has passed on from callers to the target, all connections."""
+        return sum(side.carried for side in self._sides if side.on_made is not None)
+
+    @property
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
     def _protocol(self) -> _Direction:
         near = _Direction(self.rtt / 2, on_made=self._link)
-        self._sides = [side for side in self._sides if not side.closed.done()]
         self._sides.append(near)
         return near
 

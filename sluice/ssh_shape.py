@@ -33,6 +33,7 @@ METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (SSHConnection, "_recv_pkthdr"): ("self",),
     (SSHChannel, "_flush_send_buf"): ("self",),
     (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
+    (SSHChannel, "send_packet"): ("self", "pkttype", "args"),  # window_tuning's top-ups
     (GCMCipher, "__init__"): ("self", "cipher_name", "key", "iv"),
     (GCMCipher, "_update_iv"): ("self",),
     (GCMCipher, "encrypt_and_sign"): ("self", "header", "data"),
@@ -73,6 +74,7 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
         "_recv_state",
         "_recv_window",
         "_init_recv_window",
+        "_recv_buf",
     ),
     GCMCipher: ("_key", "_iv"),
     GCMEncryption: ("_cipher",),
