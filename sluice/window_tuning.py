@@ -6,21 +6,26 @@ its fixed 2 MiB; HPN-SSH lifts that bound with windows that grow, as Linux
 grows a socket's receive buffer (tcp_rcv_space_adjust) and QUIC stacks grow
 their flow-control windows.
 
-Here a stream's window doubles when the stream has been waiting for it:
+Here a stream's window grows when the stream has been waiting for it:
 after a top-up (asyncssh grants more once half the window is used), the
 peer sends what credit it still had, and if the next data comes only after
-a pause of at least ``STALL`` — the round trip of a long link, which a
-loopback or LAN hop never shows — the peer sat with no credit, waiting for
-the top-up. The first growth takes two such waits in a row, so one
-scheduling hiccup does not count. A
-reader that stops reading stops its stream's growth by itself: asyncssh
+a pause of at least ``STALL`` (the round trip of a long link, which a
+loopback or LAN hop never shows) the peer sat with no credit, waiting for
+the top-up. Growth probes as TCP's slow start and BBR do: after two such
+waits in a row (the pace between them is the current window's), the window
+doubles while doubling pays (the pace rose by ``FAST_GAIN``), then grows in
+quarter steps; a growth that did not raise the pace by ``SPEEDUP`` is taken
+back and the window stays as it is, since a window beyond the round trip's
+worth only queues data at the slower end, ahead of every other stream's.
+A grown window is topped up every eighth used, so data flows at the pace it
+is delivered rather than in bursts of half a window.
+
+A reader that stops reading stops its stream's growth by itself: asyncssh
 returns credit only as data is delivered, so no top-up, no growth, and what
 the stream holds stays within its window. Every growth comes out of a
-per-agent ``WindowBudget`` (a setting, e.g. 32 MiB): the most all of an
-agent's streams may have in flight beyond their starting windows. A stream
-gives its growth back when it closes.
-
-A window only grows: a stream that stalled on a long link will stall again.
+per-agent ``WindowBudget`` (a setting, 32 MiB by default): the most all of
+an agent's streams may have in flight beyond their starting windows. A
+stream gives its growth back when it closes.
 """
 
 from __future__ import annotations
@@ -39,12 +44,10 @@ from sluice.ssh_tuning import set_receive_window
 # A wait for credit this long means the peer is far away (a loopback or LAN
 # hop answers a window top-up well within it, even on a busy machine).
 STALL = 0.004  # seconds
-# Stalls in a row before the window first grows.
-STALLS_TO_GROW = 2
-# A growth that did not speed the stream up by this factor was futile; after
-# PLATEAU futile growths in a row, the window stops growing.
-SPEEDUP = 1.2
-PLATEAU = 2
+# A growth that did not speed the stream up by this factor is taken back and
+# the window stays; below FAST_GAIN, growth goes on in quarter steps.
+SPEEDUP = 1.15
+FAST_GAIN = 1.6
 # A grown window is topped up once this share of it has been used.
 TOP_UP_SHARE = 8
 
@@ -78,16 +81,14 @@ class WindowTuner:
         "_clock",
         "_credit",
         "_emptied_at",
-        "_futile",
+        "_fast",
+        "_frozen",
         "_grown_at",
+        "_last_step",
         "_left",
-        "_old_credit",
+        "_measuring",
         "_pace",
-        "_rate",
-        "_rtt",
         "_since_growth",
-        "_stalls",
-        "_topped_at",
         "base",
         "window",
     )
@@ -100,22 +101,20 @@ class WindowTuner:
         self.base = base
         self.window = base
         self._credit = base  # the peer's credit as of the last delivery
-        # After a top-up: the credit the peer still had when it went out
-        # (data that may arrive before the top-up reaches the peer), when it
-        # went out, when that old credit was used up, and how fast it came in.
+        # After a top-up: the credit the peer still had when it went out (data
+        # that may arrive before the top-up reaches the peer), and when that
+        # old credit was used up.
         self._left: int | None = None
-        self._old_credit = 0
-        self._topped_at = 0.0
         self._emptied_at: float | None = None
-        self._rate = 0.0  # bytes/s
-        self._rtt = math.inf  # the shortest time from a top-up to the data it let through
-        self._stalls = 0
-        # Plateau: bytes and time since the last growth, the best pace so far,
-        # and growths in a row that did not speed the stream up.
+        self._measuring = False  # since the last wait, at the current window
+        # Probing: bytes and time since the last growth, the pace before it,
+        # doubling or quarter steps, the last step, and whether growth is over.
         self._since_growth = 0
         self._grown_at = clock()
         self._pace = 0.0
-        self._futile = 0
+        self._fast = True  # doubling
+        self._last_step = 0
+        self._frozen = False
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -143,56 +142,54 @@ class WindowTuner:
             # when the last top-up went out: it waited this long for that top-up.
             waited = now - self._emptied_at
             self._emptied_at = None
-            if waited >= STALL:
-                self._stalls += 1
-                self._rtt = min(self._rtt, now - self._topped_at)
-            else:
-                self._stalls = 0
-            if self._stalls >= (1 if self.grown else STALLS_TO_GROW):
-                self._stalls = 0
+            if waited < STALL or self._frozen:
+                self._measuring = False
+            elif self._measuring:
+                # A second wait in a row, a round trip or more after the first:
+                # the pace in between is the current window's.
+                self._measuring = False
                 self._grow(chan, now)
+            else:
+                self._measuring = True
+                self._since_growth = 0
+                self._grown_at = now
         elif self._left is not None:
             self._left -= size
             if self._left <= 0:
                 self._left = None
                 self._emptied_at = now
-                took = now - self._topped_at
-                self._rate = self._old_credit / took if took > 0 else 0.0
         if credit > before and self._left is None and self._emptied_at is None:
             # A top-up went out just now.
-            self._topped_at = now
             if before <= 0:
                 self._emptied_at = now
-                self._rate = 0.0
             else:
-                self._left = self._old_credit = before
+                self._left = before
 
     def _grow(self, chan: SSHChannel[Any], now: float) -> None:
-        # A larger window that did not make the stream faster means the waits
-        # are not the round trip (a busy machine, an application pausing):
-        # after PLATEAU such growths in a row the window stays as it is.
+        # Probe as TCP's slow start and BBR do: double while doubling pays
+        # (the pace since the last growth well up on the pace before it),
+        # then in quarter steps; a growth that did not speed the stream up
+        # is taken back and the window stays: more would only queue at the
+        # slower end, ahead of every other stream's data.
         pace = self._since_growth / max(now - self._grown_at, 1e-6)
         if self.grown:
-            self._futile = self._futile + 1 if pace < self._pace * SPEEDUP else 0
-            if self._futile >= PLATEAU:
+            gain = pace / self._pace if self._pace > 0 else math.inf
+            if gain < SPEEDUP:
+                self._resize(chan, self.window - self._last_step)
+                self._frozen = True
                 return
-        self._pace = max(self._pace, pace)
-        self._since_growth = 0
-        self._grown_at = now
-        # A round trip's worth at the pace data comes in when it flows (at
-        # most double): not more, since what is beyond it only queues at the
-        # slower end, ahead of every other stream's data.
-        if self._rate > 0 and self._rtt < math.inf:
-            wanted = int(self._rate * self._rtt) - self.window
-            if wanted <= 0:
-                return  # the window already covers the round trip: a hiccup
-            more = min(self.window, max(wanted, self.window // 4))
-        else:
-            more = self.window
-        more = self._budget.take(more)
-        if more:
-            self.window += more
-            set_receive_window(chan, self.window)
+            self._fast = gain >= FAST_GAIN
+        self._pace = pace
+        step = self.window if self._fast else self.window // 4
+        self._last_step = self._budget.take(step)
+        if self._last_step:
+            self._resize(chan, self.window + self._last_step)
+
+    def _resize(self, chan: SSHChannel[Any], window: int) -> None:
+        if window < self.window:
+            self._budget.give_back(self.window - window)
+        self.window = window
+        set_receive_window(chan, window)
 
     def release(self) -> None:
         """The stream closed: its growth goes back to the budget."""
