@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps 'httpbin==0.10.4'  # see pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,17 +25,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy agent server sluice tests bench
 
-# The storage and API tests run a second time against PostgreSQL when
-# SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
-STORAGE_TESTS := tests/unit/test_store.py tests/integration/test_api_agents.py \
-	tests/integration/test_api_connections.py tests/integration/test_tokens_audit.py \
-	tests/integration/test_master_key.py
+# The tests marked `postgres` (storage and API) run a second time against
+# PostgreSQL when SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -rs
 	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
 		echo "== storage and API tests on PostgreSQL =="; \
-		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs $(STORAGE_TESTS); \
+		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -m postgres; \
 	fi
 
 unit: install

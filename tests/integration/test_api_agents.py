@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.relay import Relay
 from sluice.tokens import AgentToken
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
 from tests.support.waiting import wait_until
+
+# Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
+pytestmark = pytest.mark.postgres
 
 
 async def test_admin_token_required_everywhere_but_healthz(client: APIClient) -> None:

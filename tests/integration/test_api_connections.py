@@ -18,6 +18,9 @@ from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
 from tests.support.waiting import wait_until
 
+# Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
+pytestmark = pytest.mark.postgres
+
 TOKEN = "api-token-" + "s" * 20
 
 

@@ -8,10 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from server.relay import Relay
 from server.secrets.crypto import MasterKey
 from tests.conftest import relay_settings
 from tests.support.capture import remember_secret
+
+# Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
+pytestmark = pytest.mark.postgres
 
 BIN = Path(sys.executable).parent
 

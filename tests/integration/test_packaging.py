@@ -962,6 +962,8 @@ def test_agent_image_commands_work_in_a_fresh_venv(
             "SLUICE_AGENT_ALLOW": "127.0.0.1:1",
             "SLUICE_AGENT_CONNECT_TIMEOUT": "2",
             "SLUICE_AGENT_LOGIN_TIMEOUT": "2",
+            # Not the default 9464: another agent on this machine may hold it.
+            "SLUICE_AGENT_HEALTH_LISTEN": f"127.0.0.1:{free_port()}",
         }
         check = image.run([*program, "check"], **settings)
         assert check.returncode == 1, check.stdout + check.stderr

@@ -315,11 +315,12 @@ async def test_answer_heads_follow_the_status(
             got, headers, body = await raw.answer()
             assert got == status
             lines = raw.head.lower().split(b"\r\n")
-            # The API's own Date, once; no length on answers that have no body.
-            assert [line for line in lines if line.startswith(b"date:")] == [
-                b"date: mon, 02 jan 2006 15:04:05 gmt"
-            ] or path == "/same"
-            assert sum(line.startswith(b"date:") for line in lines) == 1
+            # The API's own Date, once (the relay's when the API sent none);
+            # no length on answers that have no body.
+            dates = [line for line in lines if line.startswith(b"date:")]
+            assert len(dates) == 1, dates
+            api_date = b"date: mon, 02 jan 2006 15:04:05 gmt"
+            assert (dates[0] == api_date) == (path != "/same"), dates
             assert ("content-length" in headers) == (status == 200)
             assert body == (b"ok" if status == 200 else b"")
 

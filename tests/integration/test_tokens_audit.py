@@ -14,6 +14,9 @@ from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
 from tests.support.waiting import wait_until
 
+# Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
+pytestmark = pytest.mark.postgres
+
 
 async def test_agent_token_grace_lets_the_old_token_work_until_it_ends(
     relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory

@@ -11,6 +11,9 @@ from server.settings import sqlite_url
 from server.storage.store import AgentInUse, Store
 from sluice.tokens import AgentToken
 
+# Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture
 async def url(tmp_path: Path, database: str | None) -> str:

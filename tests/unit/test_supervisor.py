@@ -16,6 +16,7 @@ from agent.state import InvalidTransition, TunnelState, TunnelStatus
 from agent.stats import ProxyStats
 from agent.supervisor import Supervisor
 from sluice.addresses import HostPort
+from tests.support.waiting import wait_until
 
 FP = "SHA256:" + "c" * 43
 
@@ -134,8 +135,7 @@ async def test_shutdown_during_backoff_returns_promptly() -> None:
     sup = Supervisor(settings(backoff_initial=30, backoff_max=60), opener, ctx())
     shutdown = asyncio.Event()
     task = asyncio.create_task(sup.run(shutdown))
-    while sup.status.state is not TunnelState.BACKING_OFF:
-        await asyncio.sleep(0)
+    await wait_until(lambda: sup.status.state is TunnelState.BACKING_OFF, timeout=5)
     shutdown.set()
     await asyncio.wait_for(task, 2)
     assert sup.status.state is TunnelState.CLOSED
