@@ -11,12 +11,12 @@ after a top-up (asyncssh grants more once half the window is used), the
 peer sends what credit it still had, and if the next data comes only after
 a pause of at least ``STALL`` (the round trip of a long link, which a
 loopback or LAN hop never shows) the peer sat with no credit, waiting for
-the top-up. Growth probes as TCP's slow start and BBR do: after two such
+the top-up. Growth probes as TCP's slow start does: after two such
 waits in a row (the pace between them is the current window's), the window
 doubles while doubling pays (the pace rose by ``FAST_GAIN``), then grows in
-quarter steps; a growth that did not raise the pace by ``SPEEDUP`` is taken
-back and the window stays as it is, since a window beyond the round trip's
-worth only queues data at the slower end, ahead of every other stream's.
+quarter steps, since a window beyond the round trip's worth only queues data
+at the slower end, ahead of every other stream's. It stops when the waits
+do, or when the budget is spent.
 A grown window is topped up every eighth used, so data flows at the pace it
 is delivered rather than in bursts of half a window.
 
@@ -30,7 +30,6 @@ stream gives its growth back when it closes.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,9 +43,8 @@ from sluice.ssh_tuning import set_receive_window
 # A wait for credit this long means the peer is far away (a loopback or LAN
 # hop answers a window top-up well within it, even on a busy machine).
 STALL = 0.004  # seconds
-# A growth that did not speed the stream up by this factor is taken back and
-# the window stays; below FAST_GAIN, growth goes on in quarter steps.
-SPEEDUP = 1.15
+# While each growth raises the pace by this factor the window doubles; after
+# one that does not, it grows in quarter steps.
 FAST_GAIN = 1.6
 # A grown window is topped up once this share of it has been used.
 TOP_UP_SHARE = 8
@@ -82,9 +80,7 @@ class WindowTuner:
         "_credit",
         "_emptied_at",
         "_fast",
-        "_frozen",
         "_grown_at",
-        "_last_step",
         "_left",
         "_measuring",
         "_pace",
@@ -107,14 +103,12 @@ class WindowTuner:
         self._left: int | None = None
         self._emptied_at: float | None = None
         self._measuring = False  # since the last wait, at the current window
-        # Probing: bytes and time since the last growth, the pace before it,
-        # doubling or quarter steps, the last step, and whether growth is over.
+        # Probing: bytes and time since the last wait, the pace before the
+        # last growth, and doubling or quarter steps.
         self._since_growth = 0
         self._grown_at = clock()
         self._pace = 0.0
         self._fast = True  # doubling
-        self._last_step = 0
-        self._frozen = False
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -142,7 +136,7 @@ class WindowTuner:
             # when the last top-up went out: it waited this long for that top-up.
             waited = now - self._emptied_at
             self._emptied_at = None
-            if waited < STALL or self._frozen:
+            if waited < STALL:
                 self._measuring = False
             elif self._measuring:
                 # A second wait in a row, a round trip or more after the first:
@@ -166,30 +160,20 @@ class WindowTuner:
                 self._left = before
 
     def _grow(self, chan: SSHChannel[Any], now: float) -> None:
-        # Probe as TCP's slow start and BBR do: double while doubling pays
-        # (the pace since the last growth well up on the pace before it),
-        # then in quarter steps; a growth that did not speed the stream up
-        # is taken back and the window stays: more would only queue at the
-        # slower end, ahead of every other stream's data.
+        # Probe as TCP's slow start does: double while doubling pays (the pace
+        # since the last wait well up on the pace before it), then in quarter
+        # steps, so that the window ends near the round trip's worth rather
+        # than up to twice it: what is beyond it only queues at the slower
+        # end, ahead of every other stream's data. Growth ends by itself when
+        # the waits do (the window covers the round trip) or the budget is spent.
         pace = self._since_growth / max(now - self._grown_at, 1e-6)
-        if self.grown:
-            gain = pace / self._pace if self._pace > 0 else math.inf
-            if gain < SPEEDUP:
-                self._resize(chan, self.window - self._last_step)
-                self._frozen = True
-                return
-            self._fast = gain >= FAST_GAIN
+        if self.grown and self._pace > 0 and pace < self._pace * FAST_GAIN:
+            self._fast = False  # near the round trip's worth: smaller steps from here
         self._pace = pace
-        step = self.window if self._fast else self.window // 4
-        self._last_step = self._budget.take(step)
-        if self._last_step:
-            self._resize(chan, self.window + self._last_step)
-
-    def _resize(self, chan: SSHChannel[Any], window: int) -> None:
-        if window < self.window:
-            self._budget.give_back(self.window - window)
-        self.window = window
-        set_receive_window(chan, window)
+        more = self._budget.take(self.window if self._fast else self.window // 4)
+        if more:
+            self.window += more
+            set_receive_window(chan, self.window)
 
     def release(self) -> None:
         """The stream closed: its growth goes back to the budget."""
