@@ -180,6 +180,8 @@ async def test_small_answers_beside_a_download_on_a_long_link(
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await download
     p50 = statistics.median(latencies)
-    # One round trip each, plus what queues ahead of it: within two round trips
-    # (relay, API and delay line share this test's one process).
-    assert p50 <= 2 * rtt + 0.01, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
+    # One round trip each, plus what queues ahead of it at the slower end (here
+    # this test's one process: relay, API and delay line): within three round
+    # trips. A window grown to the whole budget would queue 32 MiB ahead, some
+    # 300 ms at this process's pace.
+    assert p50 <= 3 * rtt, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
