@@ -146,8 +146,8 @@ def svg(summary: LinkSummary, title: str) -> str:
         for path in PATHS
         for point in ("down", "up")
     ]
-    width, height = 640, 400
-    left, right, top, bottom = 70, 180, 40, 50
+    width, height = 720, 400
+    left, right, top, bottom = 70, 230, 40, 50
     rtts = summary.rtts
     values = [
         v
