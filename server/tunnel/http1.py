@@ -334,10 +334,11 @@ class Http1Stream(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A cast, not an isinstance check: uvloop's TCP transports (cloud mode,
-        # the relay runs on uvloop) are not asyncio.Transport subclasses.
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # A tunnel stream's ChannelTransport, or a TCP transport (cloud mode;
+        # uvloop's is no asyncio.Transport subclass).
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:
