@@ -281,7 +281,7 @@ BACKEND_FINDINGS = (
     "Why `make bench-quick` (627 vs 634 MB/s, OpenSSH vs Sluice) and the second harness of "
     "issue 22 (Sluice 0.55-0.64x OpenSSH) disagreed, measured on 2026-12-04 with "
     "`bench/nginx.py`'s four variants (5 rounds, paths interleaved): the backend is not it. "
-    "Sparse or random bytes, `sendfile` on or off, Sluice stayed at 0.5-0.65x OpenSSH "
+    "Sparse or random bytes, `sendfile` on or off, Sluice stayed at 0.5-0.8x OpenSSH "
     "(about 320 vs 500-650 MB/s) in every variant; the first transfer of each kind was "
     "25-35% slower for Sluice and 10-20% for OpenSSH (pools, buffers and windows warming), "
     "and 8 MiB points (what `bench-quick` measures) swing by 2x between rounds. The code "
