@@ -53,12 +53,19 @@ SHARED_WINDOW = 128 * 1024
 class WindowShare:
     """The traffic classes of one SSH connection's streams."""
 
-    def __init__(self, full: int, shared: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        full: int,
+        shared: int,
+        clock: Callable[[], float] = time.monotonic,
+        resize: Callable[[SSHChannel[Any], int], None] = set_receive_window,
+    ) -> None:
         self.full = full
         self.shared = shared
         self._small_at = -math.inf
         self._small_from: object | None = None
         self._clock = clock
+        self._resize = resize
 
     def received(self, stream: StreamClass, chan: SSHChannel[Any], size: int) -> None:
         """*stream* (on channel *chan*) received a packet of *size* bytes."""
@@ -66,7 +73,7 @@ class WindowShare:
         if size >= BULK_PACKET:
             stream.bulk_at = now
             beside_small = now - self._small_at < RECENT and self._small_from is not stream
-            set_receive_window(chan, self.shared if beside_small else self.full)
+            self._resize(chan, self.shared if beside_small else self.full)
         elif now - stream.bulk_at >= RECENT:
             self._small_at = now
             self._small_from = stream
