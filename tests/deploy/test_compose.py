@@ -31,6 +31,8 @@ from tests.deploy.podman import GLOBAL_FLAGS, RUN_FLAGS, machine_lock, podman
 from tests.support.capture import remember_secret
 from tests.support.relay_process import free_port
 
+pytestmark = pytest.mark.deploy
+
 COMPOSE_FILE = REPO / "docs" / "docker-compose.example.yml"
 COMPOSE_BIN = Path(sys.executable).parent / "podman-compose"
 UP_TIMEOUT = 300.0  # seconds: PostgreSQL's first start, then the relay, then the agent

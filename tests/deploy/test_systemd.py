@@ -32,6 +32,8 @@ from tests.deploy.podman import RUN_FLAGS, podman, remove_container
 from tests.support.capture import remember_secret
 from tests.support.relay_process import free_port
 
+pytestmark = pytest.mark.deploy
+
 BOOT_TIMEOUT = 60.0  # seconds for systemd to reach "running"
 INSTALL_TIMEOUT = 600.0  # pip install of the wheel's dependencies from the index
 UNIT_TIMEOUT = 120.0  # systemctl start/stop of one unit
