@@ -27,7 +27,7 @@ import pytest
 
 from tests.deploy.conftest import api_get, wait_agent_online
 from tests.deploy.images import REPO
-from tests.deploy.podman import GLOBAL_FLAGS, RUN_FLAGS, machine_lock, podman
+from tests.deploy.podman import GLOBAL_FLAGS, RUN_FLAGS, machine_lock, podman, retag
 from tests.support.capture import remember_secret
 from tests.support.relay_process import free_port
 
@@ -91,8 +91,8 @@ def compose(
     if reason is not None:
         pytest.skip(reason)
     with machine_lock():
-        podman("tag", server_image, "localhost/sluice-server:latest", timeout=60)
-        podman("tag", agent_image, "localhost/sluice-agent:latest", timeout=60)
+        retag(server_image, "localhost/sluice-server:latest")
+        retag(agent_image, "localhost/sluice-agent:latest")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(
         {
