@@ -15,6 +15,7 @@ from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
+from server.proxy.raw_head import raw_heads_supported
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.hostkey import load_or_create_host_key
 from server.secrets.keyring import load_secret_box
@@ -96,7 +97,7 @@ class Relay:
             registry,
             tunnel_http,
             cloud_http,
-            connections.save_token,
+            connections.save_secrets,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
         relay = cls(
@@ -161,6 +162,7 @@ class Relay:
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
+            raw_heads=raw_heads_supported(),
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

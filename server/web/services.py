@@ -30,6 +30,8 @@ class Services:
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).
     stalled_reader_timeout: float = 0.0
+    # Answer heads on the handed-on route go out as bytes (server.proxy.raw_head).
+    raw_heads: bool = False
 
 
 SERVICES = web.AppKey("services", Services)
