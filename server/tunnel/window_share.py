@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from asyncssh.channel import SSHChannel
+
 from sluice.ssh_tuning import set_receive_window
 
 BULK_PACKET = 16 * 1024
@@ -58,7 +60,7 @@ class WindowShare:
         self._small_from: object | None = None
         self._clock = clock
 
-    def received(self, stream: StreamClass, chan: Any, size: int) -> None:
+    def received(self, stream: StreamClass, chan: SSHChannel[Any], size: int) -> None:
         """*stream* (on channel *chan*) received a packet of *size* bytes."""
         now = self._clock()
         if size >= BULK_PACKET:
