@@ -158,6 +158,7 @@ class Relay:
                     settings.auth_failures_per_address, settings.auth_ban_seconds
                 ),
                 tasks=relay.tasks,
+                max_inflight=settings.max_inflight_per_agent,
             )
             relay.ssh_context = ctx
             if before_listening is not None:
@@ -170,6 +171,7 @@ class Relay:
                 keepalive_interval=settings.keepalive_interval,
                 keepalive_count=settings.keepalive_count,
                 login_timeout=settings.login_timeout,
+                rekey_bytes=settings.ssh_rekey_bytes,
             )
             if serve_http:
                 await relay._start_http()

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sluice import sshconfig
 from sluice.addresses import HostPort
 from sluice.config import address
 
@@ -33,6 +34,19 @@ class ServerSettings(BaseSettings):
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
     login_timeout: float = Field(default=30.0, gt=0)
+    max_inflight_per_agent: int = Field(
+        default=sshconfig.MAX_INFLIGHT,
+        ge=0,
+        description=(
+            "Bytes an agent's streams may hold in flight beyond their starting windows, as "
+            "windows grow on a long link; 0 = fixed windows."
+        ),
+    )
+    ssh_rekey_bytes: int = Field(
+        default=sshconfig.REKEY_BYTES,
+        ge=sshconfig.MIN_REKEY_BYTES,
+        description="Exchange SSH keys again after this many bytes (each direction).",
+    )
     auth_failures_per_address: int = Field(default=10, ge=1)
     auth_ban_seconds: float = Field(default=60.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
