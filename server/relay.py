@@ -11,11 +11,16 @@ import asyncssh
 import structlog
 from aiohttp import web
 
+from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
+from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
+from server.proxy.limits import ConcurrencyLimits
 from server.proxy.raw_head import raw_heads_supported
+from server.proxy.retry import RateLimits
+from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.hostkey import load_or_create_host_key
 from server.secrets.keyring import load_secret_box
@@ -51,9 +56,14 @@ class Relay:
     connections: ConnectionService
     engine: Engine
     metrics: RelayMetrics
+    limits: ConcurrencyLimits
+    rate_limits: RateLimits
+    health: HealthMonitor
+    debug: DebugLog
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     admin_token_created: bool = False
+    stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
     web_runner: web.AppRunner | None = None
@@ -95,7 +105,12 @@ class Relay:
         if masker is not None:
             masker.add(admin_token)
         connections = ConnectionService(
-            store, box, lambda: load_secret_box(settings), remember_secrets=remember
+            store,
+            box,
+            lambda: load_secret_box(settings),
+            remember_secrets=remember,
+            agent_online=registry.is_online,
+            min_health_interval=settings.health_min_interval_seconds,
         )
         tunnel_http = TunnelHTTP(
             registry,
@@ -112,6 +127,14 @@ class Relay:
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
             remember_secrets=remember,
         )
+        health = HealthMonitor(
+            store,
+            connections,
+            engine,
+            registry.is_online,
+            min_interval=settings.health_min_interval_seconds,
+        )
+        metrics.registry.register(health.collector())
         relay = cls(
             settings=settings,
             store=store,
@@ -121,6 +144,14 @@ class Relay:
             connections=connections,
             engine=engine,
             metrics=metrics,
+            limits=ConcurrencyLimits(metrics),
+            rate_limits=RateLimits(count=metrics.limited),
+            health=health,
+            debug=DebugLog(
+                store,
+                keep=settings.debug_log_entries,
+                retention=settings.debug_log_retention_seconds,
+            ),
             host_key=host_key,
             admin_token_created=created,
             admin=AdminTokens(
@@ -142,6 +173,7 @@ class Relay:
                 ),
                 tasks=relay.tasks,
                 preauth=PreAuthGate(settings.max_preauth_ssh, settings.max_preauth_ssh_per_address),
+                max_inflight=settings.max_inflight_per_agent,
             )
             relay.ssh_context = ctx
             if before_listening is not None:
@@ -154,9 +186,12 @@ class Relay:
                 keepalive_interval=settings.keepalive_interval,
                 keepalive_count=settings.keepalive_count,
                 login_timeout=settings.login_timeout,
+                rekey_bytes=settings.ssh_rekey_bytes,
             )
             if serve_http:
                 await relay._start_http()
+            health.start()
+            relay.debug.start_purging()
         except BaseException:
             await relay.close()
             raise
@@ -175,6 +210,11 @@ class Relay:
             metrics=self.metrics,
             admin=self.admin,
             ssh_listening=lambda: not self.closed.is_set(),
+            limits=self.limits,
+            rate_limits=self.rate_limits,
+            health=self.health,
+            debug=self.debug,
+            stats=self.stats,
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
@@ -236,6 +276,8 @@ class Relay:
         if self.closed.is_set():
             return
         self.closed.set()
+        await self.health.close()
+        await self.debug.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:

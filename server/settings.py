@@ -9,6 +9,7 @@ from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.secrets.admin_token import MIN_CHARS as MIN_ADMIN_TOKEN_CHARS
+from sluice import sshconfig
 from sluice.addresses import HostPort
 from sluice.config import address, split_list
 
@@ -34,6 +35,19 @@ class ServerSettings(BaseSettings):
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
     login_timeout: float = Field(default=30.0, gt=0)
+    max_inflight_per_agent: int = Field(
+        default=sshconfig.MAX_INFLIGHT,
+        ge=0,
+        description=(
+            "Bytes an agent's streams may hold in flight beyond their starting windows, as "
+            "windows grow on a long link; 0 = fixed windows."
+        ),
+    )
+    ssh_rekey_bytes: int = Field(
+        default=sshconfig.REKEY_BYTES,
+        ge=sshconfig.MIN_REKEY_BYTES,
+        description="Exchange SSH keys again after this many bytes (each direction).",
+    )
     auth_failures_per_address: int = Field(default=10, ge=1)
     auth_ban_seconds: float = Field(default=60.0, gt=0)
     auth_failures_per_network: int = Field(
@@ -74,6 +88,20 @@ class ServerSettings(BaseSettings):
     max_streams_per_agent: int = Field(default=1024, ge=1)
     max_new_streams_per_second: float = Field(default=1000.0, gt=0)
     http_idle_timeout: float = Field(default=75.0, gt=0)
+    health_min_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Shortest http.health.interval_seconds a connection may ask for "
+        "(lower it only for tests).",
+    )
+    debug_log_entries: int = Field(
+        default=1000, ge=10, le=100_000, description="Debug-log entries kept per connection."
+    )
+    debug_log_retention_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long a debug log is kept after its window ends.",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 

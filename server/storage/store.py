@@ -18,6 +18,8 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from server.storage.debug_log import DebugLogRecords
+from server.storage.health import HealthRecords
 from server.storage.private_files import private_sqlite_file
 from server.storage.schema import agents, audit_events, connections
 from sluice import __version__
@@ -160,6 +162,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.health = HealthRecords(engine)
+        self.debug = DebugLogRecords(engine)
 
     def __repr__(self) -> str:
         return f"<Store {self._engine.url.render_as_string(hide_password=True)}>"

@@ -14,6 +14,7 @@ from server.errors import AgentOffline
 from server.tunnel.channel_transport import ChannelSession, ChannelTransport, open_stream
 from server.tunnel.window_share import SHARED_WINDOW, WindowShare
 from sluice.connect import Target
+from sluice.window_tuning import WindowBudget
 
 _ids = itertools.count(1)
 
@@ -30,15 +31,18 @@ class Tunnel:
     connected_at: dt.datetime
     window: int
     max_pktsize: int
+    max_inflight: int = 0
     instance: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     in_flight: int = 0
     streams_total: int = 0
     draining: bool = False
     share: WindowShare = field(init=False)
+    budget: WindowBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
+        self.budget = WindowBudget(self.max_inflight)
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "live"
@@ -59,6 +63,7 @@ class Tunnel:
                 window=self.window,
                 max_pktsize=self.max_pktsize,
                 share=self.share,
+                budget=self.budget,
             )
         except BaseException:
             self.in_flight -= 1
