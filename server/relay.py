@@ -11,6 +11,8 @@ import asyncssh
 import structlog
 from aiohttp import web
 
+from server.cluster.changes import ChangeFeed, asyncpg_dsn
+from server.cluster.reactions import ChangeReactions
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.engine import Engine
@@ -19,6 +21,7 @@ from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.hostkey import load_or_create_host_key
 from server.secrets.keyring import load_secret_box
 from server.settings import ServerSettings
+from server.storage.cluster import ClusterStore
 from server.storage.store import Store
 from server.tunnel.auth_limit import FailedLoginLimiter
 from server.tunnel.http_client import TunnelHTTP
@@ -50,6 +53,8 @@ class Relay:
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     admin_token_created: bool = False
+    feed: ChangeFeed | None = None
+    reactions: ChangeReactions | None = None
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
     web_runner: web.AppRunner | None = None
@@ -118,6 +123,7 @@ class Relay:
             ),
         )
         try:
+            await relay._start_feed()
             ctx = SSHContext(
                 store=store,
                 registry=registry,
@@ -147,6 +153,24 @@ class Relay:
         if relay.web_runner is not None:
             log.info("http_listening", address=relay.http_address)
         return relay
+
+    async def _start_feed(self) -> None:
+        """Act on changes other relays and the CLI make (tokens, connections)."""
+        self.reactions = ChangeReactions(
+            self.store,
+            self.registry,
+            self.tunnel_http,
+            self.connections,
+            self.engine,
+            self.tasks,
+        )
+        self.feed = ChangeFeed(
+            ClusterStore(self.store),
+            self.reactions,
+            poll_interval=self.settings.change_poll_interval,
+            listen_dsn=asyncpg_dsn(self.settings.resolved_database_url()),
+        )
+        await self.feed.start()
 
     async def _start_http(self) -> None:
         services = Services(
@@ -227,6 +251,8 @@ class Relay:
             await self.ssh.wait_closed()
         for tunnel in list(self.registry):
             tunnel.close()
+        if self.feed is not None:
+            await self.feed.close()
         await self.tunnel_http.close()
         await self.cloud_http.close()
         await self.tasks.close()

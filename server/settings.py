@@ -50,6 +50,13 @@ class ServerSettings(BaseSettings):
     max_streams_per_agent: int = Field(default=1024, ge=1)
     max_new_streams_per_second: float = Field(default=1000.0, gt=0)
     http_idle_timeout: float = Field(default=75.0, gt=0)
+    change_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=5,
+        description="How often the relay reads changes other processes made "
+        "(on PostgreSQL a fallback: notifications act at once).",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 

@@ -12,9 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from server.storage.schema import agents, audit_events, connections
+from server.storage.schema import agents, audit_events, changes, connections
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -94,6 +94,42 @@ class AgentInUse(Exception):
         self.connection_ids = connection_ids
 
 
+# The PostgreSQL channel relays LISTEN on; the payload is "<kind>:<target>".
+CHANGES_CHANNEL = "sluice_changes"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCredentials:
+    """What a live tunnel's token is checked against after a change."""
+
+    token_hash: str
+    previous_token_hash: str | None
+    previous_token_expires_at: dt.datetime | None
+
+    def accepts(self, credential: str, now: dt.datetime) -> bool:
+        """Whether a tunnel that logged in with *credential* (a hash) may stay."""
+        if credential == self.token_hash:
+            return True
+        expires = self.previous_token_expires_at
+        return (
+            self.previous_token_hash is not None
+            and credential == self.previous_token_hash
+            and expires is not None
+            and now < expires
+        )
+
+
+async def record_change(db: AsyncConnection, kind: str, target: str) -> None:
+    """Tell every relay, when this transaction commits, that *target* changed.
+
+    On PostgreSQL a NOTIFY goes out at commit; SQLite relays find the row at
+    their next poll.
+    """
+    await db.execute(changes.insert().values(at=utcnow(), kind=kind, target=target[:64]))
+    if db.dialect.name == "postgresql":
+        await db.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, f"{kind}:{target[:64]}")))
+
+
 def _upgrade(sync_conn: sa.Connection) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
@@ -122,6 +158,14 @@ class Store:
         async with engine.begin() as db:
             await db.run_sync(_upgrade)
         return cls(engine)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -165,6 +209,8 @@ class Store:
             if users:
                 raise AgentInUse(agent_id, list(users))
             result = await db.execute(agents.delete().where(agents.c.id == agent_id))
+            if result.rowcount > 0:
+                await record_change(db, "agent", agent_id)
         return result.rowcount > 0
 
     async def touch_agent(self, agent_id: str) -> None:
@@ -199,7 +245,26 @@ class Store:
                     ),
                 )
             )
+            await record_change(db, "agent", agent_id)
         return token
+
+    async def agent_credentials(self, agent_id: str) -> AgentCredentials | None:
+        """The hashes a tunnel of this agent may have logged in with; None: no agent."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        agents.c.token_hash,
+                        agents.c.previous_token_hash,
+                        agents.c.previous_token_expires_at,
+                    ).where(agents.c.id == agent_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return AgentCredentials(
+            row.token_hash, row.previous_token_hash, _aware(row.previous_token_expires_at)
+        )
 
     async def authenticate_agent(self, token: AgentToken) -> AgentRecord | None:
         """The agent this token belongs to, or None; constant time in the secret.
@@ -266,6 +331,8 @@ class Store:
                     updated_at=utcnow(),
                 )
             )
+            if result.rowcount > 0:
+                await record_change(db, "connection", conn_id)
         return result.rowcount > 0
 
     async def update_document(self, conn_id: str, document: str) -> bool:
@@ -274,6 +341,8 @@ class Store:
             result = await db.execute(
                 connections.update().where(connections.c.id == conn_id).values(document=document)
             )
+            if result.rowcount > 0:
+                await record_change(db, "connection", conn_id)
         return result.rowcount > 0
 
     async def set_last_test(self, conn_id: str, result_json: str) -> None:
@@ -287,6 +356,8 @@ class Store:
     async def delete_connection(self, conn_id: str) -> bool:
         async with self._engine.begin() as db:
             result = await db.execute(connections.delete().where(connections.c.id == conn_id))
+            if result.rowcount > 0:
+                await record_change(db, "connection", conn_id)
         return result.rowcount > 0
 
     async def rewrite_documents(self, rewrite: Callable[[str, str], str]) -> int:
@@ -300,6 +371,7 @@ class Store:
                     .where(connections.c.id == conn_id)
                     .values(document=rewrite(conn_id, document))
                 )
+                await record_change(db, "connection", conn_id)
                 count += 1
         return count
 

@@ -31,6 +31,9 @@ class Tunnel:
     window: int
     max_pktsize: int
     instance: str = ""
+    # Hash of the token this replica logged in with: after a rotation, the
+    # replica is closed unless that token still logs in.
+    credential: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     in_flight: int = 0
     streams_total: int = 0

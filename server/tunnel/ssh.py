@@ -66,6 +66,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._tunnel: Tunnel | None = None
         self._registered = False
         self._instance = ""
+        self._credential = ""
 
     def __repr__(self) -> str:
         agent = self._agent.id if self._agent else None
@@ -141,6 +142,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             return False
         limiter.record_success(self._address)
         self._agent = agent
+        self._credential = token.secret_hash()
         log.info("ssh_auth_ok", peer=self._peer, agent_id=agent.id)
         return True
 
@@ -162,6 +164,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             window=self._ctx.window,
             max_pktsize=self._ctx.max_pktsize,
             instance=self._instance,
+            credential=self._credential,
         )
         self._tunnel = tunnel
         return TunnelListener(tunnel, self._ctx.registry)
