@@ -10,16 +10,19 @@ from pathlib import Path
 
 import structlog
 
+from server.cluster.identity import check_master_key, cluster_host_key
 from server.connections.service import ConnectionService
 from server.relay import Relay
 from server.secrets.hostkey import host_key_fingerprint
-from server.secrets.keyring import RotationPlan
+from server.secrets.keyring import RotationPlan, load_secret_box
 from server.settings import ServerSettings
+from server.storage.cluster import ClusterStore
 from server.storage.store import Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.runtime import install_uvloop, keep_buffers_on_heap, settle_gc
+from sluice.sshconfig import fingerprint
 
 log = structlog.get_logger("sluice.relay")
 
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         keep_buffers_on_heap()
         return asyncio.run(run_demo())
     if args.command == "fingerprint":
+        if settings.database_url:
+            # A cluster: the key every relay of it uses, from the database.
+            return asyncio.run(_cluster_fingerprint(settings))
         print(host_key_fingerprint(settings.host_key_path))
         return 0
     masker = SecretMasker()
@@ -112,6 +118,22 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
         await store.close()
 
 
+async def _cluster_fingerprint(settings: ServerSettings) -> int:
+    box = load_secret_box(settings)
+    store = await Store.open(settings.resolved_database_url())
+    try:
+        cluster = ClusterStore(store)
+        await check_master_key(cluster, store, box)
+        key = await cluster_host_key(cluster, box, settings.host_key_path)
+    except ValueError as exc:
+        print(f"sluice-server: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await store.close()
+    print(fingerprint(key))
+    return 0
+
+
 async def _rotate_master_key(settings: ServerSettings) -> int:
     try:
         plan = RotationPlan(settings)
@@ -122,6 +144,10 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     store = await Store.open(settings.resolved_database_url())
     try:
         count = await ConnectionService(store, plan.box).reseal_all(plan.box)
+        box = plan.box
+        await ClusterStore(store).rewrite_secrets(
+            lambda name, value: box.rotate(value, context=f"cluster:{name}")
+        )
         await store.audit(
             "cli",
             "master_key.rotated",

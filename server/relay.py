@@ -12,13 +12,19 @@ import structlog
 from aiohttp import web
 
 from server.cluster.changes import ChangeFeed, asyncpg_dsn
+from server.cluster.identity import (
+    AdminTokenSync,
+    SqliteLock,
+    check_master_key,
+    cluster_host_key,
+)
 from server.cluster.reactions import ChangeReactions
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
-from server.secrets.hostkey import load_or_create_host_key
+from server.secrets.crypto import SecretBox
 from server.secrets.keyring import load_secret_box
 from server.settings import ServerSettings
 from server.storage.cluster import ClusterStore
@@ -52,7 +58,11 @@ class Relay:
     metrics: RelayMetrics
     host_key: asyncssh.SSHKey
     admin: AdminTokens
+    cluster: ClusterStore
+    box: SecretBox
     admin_token_created: bool = False
+    lock: SqliteLock | None = None
+    admin_sync: AdminTokenSync | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
     ssh: asyncssh.SSHAcceptor | None = None
@@ -79,14 +89,27 @@ class Relay:
         accepted yet (the CLI freezes startup objects out of the GC there).
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        host_key = load_or_create_host_key(settings.host_key_path)
-        box = load_secret_box(settings)
-        admin_token, created = load_or_create_admin_token(
-            settings.data_dir,
-            settings.admin_token.get_secret_value() if settings.admin_token else None,
-            settings.admin_token_file,
-        )
-        store = await Store.open(settings.resolved_database_url())
+        url = settings.resolved_database_url()
+        lock = SqliteLock.acquire(url)
+        try:
+            box = load_secret_box(settings)
+            admin_token, created = load_or_create_admin_token(
+                settings.data_dir,
+                settings.admin_token.get_secret_value() if settings.admin_token else None,
+                settings.admin_token_file,
+            )
+            store = await Store.open(url)
+            try:
+                cluster = ClusterStore(store)
+                await check_master_key(cluster, store, box)
+                host_key = await cluster_host_key(cluster, box, settings.host_key_path)
+            except BaseException:
+                await store.close()
+                raise
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
         connections = ConnectionService(store, box, lambda: load_secret_box(settings))
@@ -121,8 +144,14 @@ class Relay:
                 token_file=settings.admin_token_file,
                 configured=settings.admin_token is not None,
             ),
+            cluster=cluster,
+            box=box,
+            lock=lock,
         )
         try:
+            relay.admin_sync = AdminTokenSync(cluster, box, relay.admin)
+            if not await relay.admin_sync.join():
+                relay.admin_token_created = False  # the cluster's token, not a new one
             await relay._start_feed()
             ctx = SSHContext(
                 store=store,
@@ -165,11 +194,14 @@ class Relay:
             self.tasks,
         )
         self.feed = ChangeFeed(
-            ClusterStore(self.store),
+            self.cluster,
             self.reactions,
             poll_interval=self.settings.change_poll_interval,
             listen_dsn=asyncpg_dsn(self.settings.resolved_database_url()),
         )
+        if self.admin_sync is not None:
+            sync = self.admin_sync
+            self.reactions.on("admin", lambda _target: sync.changed(self.tasks))
         await self.feed.start()
 
     async def _start_http(self) -> None:
@@ -185,6 +217,7 @@ class Relay:
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
+            publish_admin=self.admin_sync.publish if self.admin_sync is not None else None,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.
@@ -257,3 +290,5 @@ class Relay:
         await self.cloud_http.close()
         await self.tasks.close()
         await self.store.close()
+        if self.lock is not None:
+            self.lock.release()

@@ -24,6 +24,25 @@ class ServerSettings(BaseSettings):
     http_listen: Annotated[HostPort, NoDecode] = Field(
         default=HostPort("127.0.0.1", 8080), description="The JSON API."
     )
+    advertise_ssh: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="The address agents dial for this relay (host:port). Default: "
+        "ssh_listen unless it is a wildcard, else this host's name and the SSH port.",
+    )
+    cluster_listen: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="Where other relays forward requests to this one (host:port). "
+        "Default: http_listen's host, a port of the system's choosing.",
+    )
+    advertise_cluster: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="The address other relays reach cluster_listen at. Default: "
+        "cluster_listen unless it is a wildcard, else this host's name.",
+    )
+    heartbeat_interval: float = Field(default=2.0, gt=0, le=5)
+    relay_dead_after: float = Field(
+        default=8.0, gt=0, le=60, description="A relay silent this long is gone."
+    )
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
     database_url: str | None = Field(default=None, description="Default: SQLite in data_dir.")
@@ -64,6 +83,11 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _parse_address(cls, value: object) -> object:
         return address(value)
+
+    @field_validator("advertise_ssh", "cluster_listen", "advertise_cluster", mode="before")
+    @classmethod
+    def _parse_optional_address(cls, value: object) -> object:
+        return address(value) if value not in ("", None) else None
 
     @property
     def host_key_path(self) -> Path:

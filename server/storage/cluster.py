@@ -7,6 +7,7 @@ they share. Kept apart from ``store.py`` (agents, connections, audit).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +136,20 @@ class ClusterStore:
                 )
             if change is not None:
                 await record_change(db, change, name)
+
+    async def rewrite_secrets(self, rewrite: Callable[[str, str], str]) -> int:
+        """Pass every (name, sealed value) through *rewrite* in one transaction."""
+        async with self._engine.begin() as db:
+            rows = (
+                await db.execute(sa.select(cluster_secrets.c.name, cluster_secrets.c.value))
+            ).all()
+            for name, value in rows:
+                await db.execute(
+                    cluster_secrets.update()
+                    .where(cluster_secrets.c.name == name)
+                    .values(value=rewrite(name, value), updated_at=utcnow())
+                )
+        return len(rows)
 
     # -- relays and presence ---------------------------------------------------------
     async def register_relay(self, relay_id: str, advertise_ssh: str, cluster_url: str) -> None:

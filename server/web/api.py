@@ -297,6 +297,8 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
         token = services.admin.rotate(grace)
     except AdminTokenConfigured as exc:
         return problem(409, "admin_token_configured", "The admin token is configured", str(exc))
+    if services.publish_admin is not None:
+        await services.publish_admin()
     log.info("admin_token_rotated", grace_s=grace)
     await audit(request, "admin.token_rotated", None, grace_seconds=grace)
     return web.json_response({"token": token, "previous_token_valid_for_seconds": grace})

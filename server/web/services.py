@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -30,6 +30,8 @@ class Services:
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).
     stalled_reader_timeout: float = 0.0
+    # After the admin token is rotated here: share it with the other relays.
+    publish_admin: Callable[[], Awaitable[None]] | None = None
 
 
 SERVICES = web.AppKey("services", Services)
