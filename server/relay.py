@@ -15,9 +15,11 @@ from server.cluster.changes import ChangeFeed, asyncpg_dsn
 from server.cluster.identity import (
     AdminTokenSync,
     SqliteLock,
+    advertised_ssh,
     check_master_key,
     cluster_host_key,
 )
+from server.cluster.presence import Presence, new_relay_id
 from server.cluster.reactions import ChangeReactions
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
@@ -63,6 +65,7 @@ class Relay:
     admin_token_created: bool = False
     lock: SqliteLock | None = None
     admin_sync: AdminTokenSync | None = None
+    presence: Presence | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
     ssh: asyncssh.SSHAcceptor | None = None
@@ -173,8 +176,19 @@ class Relay:
                 keepalive_count=settings.keepalive_count,
                 login_timeout=settings.login_timeout,
             )
+            relay.presence = Presence(
+                cluster,
+                registry,
+                relay_id=new_relay_id(),
+                advertise_ssh=str(advertised_ssh(settings.advertise_ssh, relay.ssh_address)),
+                cluster_url="",
+                heartbeat_interval=settings.heartbeat_interval,
+                dead_after=settings.relay_dead_after,
+            )
             if serve_http:
                 await relay._start_http()
+                relay.presence.cluster_url = relay.http_base
+            await relay.presence.start()
         except BaseException:
             await relay.close()
             raise
@@ -205,6 +219,7 @@ class Relay:
         await self.feed.start()
 
     async def _start_http(self) -> None:
+        assert self.presence is not None
         services = Services(
             store=self.store,
             registry=self.registry,
@@ -217,6 +232,7 @@ class Relay:
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
+            presence=self.presence,
             publish_admin=self.admin_sync.publish if self.admin_sync is not None else None,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
@@ -274,6 +290,8 @@ class Relay:
         if self.closed.is_set():
             return
         self.closed.set()
+        if self.presence is not None:
+            await self.presence.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:

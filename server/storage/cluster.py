@@ -248,15 +248,19 @@ class ClusterStore:
                 )
             )
 
-    async def presence_of(self, agent_id: str, dead_after: dt.timedelta) -> list[PresenceRow]:
-        """The agent's tunnels on live relays."""
+    async def presence_of(
+        self, agent_id: str | None, dead_after: dt.timedelta
+    ) -> list[PresenceRow]:
+        """The agent's tunnels (None: every agent's) on live relays."""
         cutoff = utcnow() - dead_after
         query = (
             sa.select(presence)
             .join(relays, relays.c.id == presence.c.relay_id)
-            .where(presence.c.agent_id == agent_id, relays.c.heartbeat_at >= cutoff)
+            .where(relays.c.heartbeat_at >= cutoff)
             .order_by(presence.c.connected_at)
         )
+        if agent_id is not None:
+            query = query.where(presence.c.agent_id == agent_id)
         async with self._engine.connect() as db:
             rows = (await db.execute(query)).all()
         return [

@@ -87,6 +87,7 @@ class TunnelRegistry:
         self._by_agent: dict[str, list[Tunnel]] = {}
         self._changed = asyncio.Event()
         self._draining_callbacks: list[Callable[[Tunnel], None]] = []
+        self._watchers: list[Callable[[str, Tunnel], None]] = []
 
     def __repr__(self) -> str:
         return f"<TunnelRegistry agents={len(self._by_agent)} tunnels={len(self)}>"
@@ -114,7 +115,9 @@ class TunnelRegistry:
         stale = [t for t in tunnels if tunnel.instance and t.instance == tunnel.instance]
         for old in stale:
             tunnels.remove(old)
+            self._tell("removed", old)
         tunnels.append(tunnel)
+        self._tell("added", tunnel)
         self._notify()
         return stale
 
@@ -124,7 +127,16 @@ class TunnelRegistry:
             tunnels.remove(tunnel)
             if not tunnels:
                 del self._by_agent[tunnel.agent_id]
+            self._tell("removed", tunnel)
             self._notify()
+
+    def watch(self, callback: Callable[[str, Tunnel], None]) -> None:
+        """Call *callback(event, tunnel)* on "added", "removed" and "draining"."""
+        self._watchers.append(callback)
+
+    def _tell(self, event: str, tunnel: Tunnel) -> None:
+        for callback in self._watchers:
+            callback(event, tunnel)
 
     def on_draining(self, callback: Callable[[Tunnel], None]) -> None:
         """Call *callback* whenever a replica starts draining."""
@@ -137,6 +149,7 @@ class TunnelRegistry:
         tunnel.draining = True
         for callback in self._draining_callbacks:
             callback(tunnel)
+        self._tell("draining", tunnel)
         self._notify()
 
     def replicas(self, agent_id: str) -> list[Tunnel]:

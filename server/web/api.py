@@ -11,13 +11,13 @@ from typing import Any
 import structlog
 from aiohttp import HttpVersion11, web
 
+from server.cluster.presence import Replica
 from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
 from server.proxy.route import proxy
 from server.secrets.admin_token import AdminTokenConfigured, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
-from server.tunnel.registry import TunnelRegistry
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
 from server.web.problems import problem, validation_problem
@@ -164,8 +164,8 @@ async def openapi(_: web.Request) -> web.Response:
 # -- agents -------------------------------------------------------------------
 
 
-def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
-    replicas = registry.replicas(agent.id)
+def agent_view(agent: AgentRecord, replicas: list[Replica]) -> dict[str, Any]:
+    """The agent as the API shows it; *replicas* are its tunnels on every relay."""
     live = [t for t in replicas if not t.draining]
     first = min(live, key=lambda t: t.connected_at) if live else None
     return {
@@ -182,16 +182,7 @@ def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
         "connected_since": first.connected_at.isoformat() if first else None,
         "peer": first.peer if first else None,
         "agent_version": first.agent_version if first else None,
-        "replicas": [
-            {
-                "peer": t.peer,
-                "agent_version": t.agent_version,
-                "connected_since": t.connected_at.isoformat(),
-                "streams_in_flight": t.in_flight,
-                "draining": t.draining,
-            }
-            for t in replicas
-        ],
+        "replicas": [t.view() for t in replicas],
     }
 
 
@@ -208,7 +199,7 @@ async def create_agent(request: web.Request) -> web.Response:
             [{"field": "name", "message": "must not contain control characters"}]
         )
     agent, token = await services.store.create_agent(name.strip())
-    view = agent_view(agent, services.registry)
+    view = agent_view(agent, [])
     view["token"] = str(token)  # shown once; only its hash is kept
     log.info("agent_created", agent_id=agent.id)
     await audit(request, "agent.created", agent.id, name=agent.name)
@@ -218,7 +209,8 @@ async def create_agent(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     services = services_of(request)
     agents = await services.store.list_agents()
-    return web.json_response({"agents": [agent_view(a, services.registry) for a in agents]})
+    replicas = await services.presence.replicas()
+    return web.json_response({"agents": [agent_view(a, replicas.get(a.id, [])) for a in agents]})
 
 
 async def _agent(request: web.Request) -> AgentRecord:
@@ -230,7 +222,9 @@ async def _agent(request: web.Request) -> AgentRecord:
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    return web.json_response(agent_view(await _agent(request), services_of(request).registry))
+    agent = await _agent(request)
+    replicas = await services_of(request).presence.replicas(agent.id)
+    return web.json_response(agent_view(agent, replicas.get(agent.id, [])))
 
 
 async def delete_agent(request: web.Request) -> web.Response:

@@ -31,8 +31,15 @@ _REPLICA = {
         "peer": {"type": "string"},
         "agent_version": {"type": "string"},
         "connected_since": {"type": "string", "format": "date-time"},
-        "streams_in_flight": {"type": "integer"},
+        "streams_in_flight": {
+            "type": ["integer", "null"],
+            "description": "Null for a replica held by another relay of the cluster.",
+        },
         "draining": {"type": "boolean"},
+        "relay": {
+            "type": "string",
+            "description": "The advertised SSH address of the relay that holds this tunnel.",
+        },
     },
 }
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.cluster.presence import Presence
 from server.connections.service import ConnectionService
 from server.proxy.engine import Engine
 from server.secrets.admin_token import AdminTokens
@@ -25,6 +26,7 @@ class Services:
     engine: Engine
     metrics: RelayMetrics
     admin: AdminTokens
+    presence: Presence
     ssh_listening: Callable[[], bool]
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""

@@ -1,0 +1,101 @@
+"""Relays on one PostgreSQL database as one cluster, run as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sluice.tokens import AgentToken
+from tests.support.api import InternalAPI
+from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
+from tests.support.relay_process import RelayProcess
+
+ADMIN = "slcadm_cluster_" + os.urandom(12).hex()
+
+
+async def _create_agent(http: aiohttp.ClientSession, relay: RelayProcess) -> AgentToken:
+    async with http.post(
+        relay.base + "/v1/agents",
+        json={"name": "cluster agent"},
+        headers={"Authorization": f"Bearer {relay.admin_token}"},
+    ) as resp:
+        assert resp.status == 201
+        return AgentToken.parse((await resp.json())["token"])
+
+
+async def _fingerprint(http: aiohttp.ClientSession, relay: RelayProcess) -> str:
+    status, body = await get_json(http, relay, "/v1/relay")
+    assert status == 200
+    return str(body["ssh_fingerprint"])
+
+
+async def _view(http: aiohttp.ClientSession, relay: RelayProcess, agent_id: str) -> dict[str, Any]:
+    status, body = await get_json(http, relay, f"/v1/agents/{agent_id}")
+    assert status == 200, body
+    return dict(body)
+
+
+async def _until(check, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    """Poll the async *check* until it is true; returns the seconds it took."""
+    began = time.monotonic()
+    while not await check():
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - began
+
+
+async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expires(
+    tmp_path: Path, cluster_database: str, api: InternalAPI
+) -> None:
+    key = master_key()
+    a = cluster_relay(tmp_path, "a", cluster_database, key, ADMIN)
+    b = cluster_relay(tmp_path, "b", cluster_database, key, ADMIN)
+    await a.start()
+    await b.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            token = await _create_agent(http, a)
+            assert await _fingerprint(http, a) == await _fingerprint(http, b)
+            agent = await start_cluster_agent(
+                tmp_path,
+                "0",
+                f"127.0.0.1:{a.ssh_port}",
+                await _fingerprint(http, b),
+                token,
+                [f"127.0.0.1:{api.port}"],
+            )
+            try:
+
+                async def online_on_b() -> bool:
+                    return bool((await _view(http, b, token.agent_id))["status"] == "online")
+
+                await _until(online_on_b, 15, "the agent online through relay B")
+                view_a = await _view(http, a, token.agent_id)
+                view_b = await _view(http, b, token.agent_id)
+                assert [r["relay"] for r in view_b["replicas"]] == [f"127.0.0.1:{a.ssh_port}"]
+                assert [(r["relay"], r["peer"]) for r in view_a["replicas"]] == [
+                    (r["relay"], r["peer"]) for r in view_b["replicas"]
+                ]
+                assert view_a["replicas"][0]["streams_in_flight"] == 0  # A's own
+                assert view_b["replicas"][0]["streams_in_flight"] is None  # held elsewhere
+
+                await a.stop(signal.SIGKILL)
+
+                async def offline_on_b() -> bool:
+                    view = await _view(http, b, token.agent_id)
+                    return view["status"] == "offline" and not view["replicas"]
+
+                assert await _until(offline_on_b, 10, "A's presence to expire") < 10
+            finally:
+                await agent.stop()
+    finally:
+        for relay in (a, b):
+            if relay.proc is not None and relay.proc.returncode is None:
+                await relay.stop()
