@@ -12,10 +12,11 @@ import structlog
 from aiohttp import web
 
 from server.cluster.changes import ChangeFeed, asyncpg_dsn
+from server.cluster.forward import HOP_KEY_LABEL, Forwarder, HopAuth
 from server.cluster.identity import (
     AdminTokenSync,
     SqliteLock,
-    advertised_ssh,
+    advertised_address,
     check_master_key,
     cluster_host_key,
 )
@@ -38,6 +39,7 @@ from server.tunnel.ssh import SSHContext, start_ssh_server
 from server.web.api import build_app
 from server.web.metrics import RelayMetrics
 from server.web.services import Services
+from sluice.addresses import HostPort
 from sluice.sshconfig import fingerprint
 from sluice.tasks import TaskSet
 
@@ -66,6 +68,7 @@ class Relay:
     lock: SqliteLock | None = None
     admin_sync: AdminTokenSync | None = None
     presence: Presence | None = None
+    forwarder: Forwarder | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
     ssh: asyncssh.SSHAcceptor | None = None
@@ -180,14 +183,13 @@ class Relay:
                 cluster,
                 registry,
                 relay_id=new_relay_id(),
-                advertise_ssh=str(advertised_ssh(settings.advertise_ssh, relay.ssh_address)),
+                advertise_ssh=str(advertised_address(settings.advertise_ssh, relay.ssh_address)),
                 cluster_url="",
                 heartbeat_interval=settings.heartbeat_interval,
                 dead_after=settings.relay_dead_after,
             )
             if serve_http:
                 await relay._start_http()
-                relay.presence.cluster_url = relay.http_base
             await relay.presence.start()
         except BaseException:
             await relay.close()
@@ -218,8 +220,19 @@ class Relay:
             self.reactions.on("admin", lambda _target: sync.changed(self.tasks))
         await self.feed.start()
 
+    @property
+    def clustered(self) -> bool:
+        """Whether other relays may share the database (PostgreSQL, not SQLite)."""
+        return self.store.dialect != "sqlite"
+
     async def _start_http(self) -> None:
         assert self.presence is not None
+        hop: HopAuth | None = None
+        if self.clustered:
+            hop = HopAuth(self.box.derive(HOP_KEY_LABEL), self.presence.relay_id)
+            self.forwarder = Forwarder(
+                self.presence, hop, connect_timeout=self.settings.connect_timeout
+            )
         services = Services(
             store=self.store,
             registry=self.registry,
@@ -234,6 +247,8 @@ class Relay:
             stalled_reader_timeout=self.settings.http_idle_timeout,
             presence=self.presence,
             publish_admin=self.admin_sync.publish if self.admin_sync is not None else None,
+            hop=hop,
+            forwarder=self.forwarder,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.
@@ -259,6 +274,14 @@ class Relay:
         )
         listen = self.settings.http_listen
         await FrontSite(runner, self.front, listen.host, listen.port).start()
+        if self.clustered:
+            # Other relays forward here: a port of this process's own, even
+            # when workers share the API port.
+            inner = s.cluster_listen or HostPort(listen.host, 0)
+            await FrontSite(runner, self.front, inner.host, inner.port).start()
+            host, port = runner.addresses[-1][:2]
+            advertised = s.advertise_cluster or advertised_address(None, (host, port))
+            self.presence.cluster_url = f"http://{advertised}"
 
     @property
     def ssh_address(self) -> tuple[str, int]:
@@ -304,6 +327,8 @@ class Relay:
             tunnel.close()
         if self.feed is not None:
             await self.feed.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         await self.tunnel_http.close()
         await self.cloud_http.close()
         await self.tasks.close()

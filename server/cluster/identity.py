@@ -191,9 +191,9 @@ class AdminTokenSync:
         self._admin.adopt(state)
 
 
-def advertised_ssh(configured: HostPort | None, bound: tuple[str, int]) -> HostPort:
-    """Where agents should dial this relay: the setting, else the bound address
-    unless it is a wildcard, else this host's name."""
+def advertised_address(configured: HostPort | None, bound: tuple[str, int]) -> HostPort:
+    """Where others should reach a listener of this relay: the setting, else the
+    bound address unless it is a wildcard, else this host's name."""
     if configured is not None:
         return configured
     host, port = bound

@@ -30,6 +30,7 @@ SMALL_BODY = 64 * 1024
 # Set on every proxied answer so callers can tell the API's own answers
 # (this header present) from the relay's problem+json errors.
 VIA_HEADER = "Sluice-Connection"
+_VIA_LOWER = VIA_HEADER.lower()
 
 
 class AnswerSink(Protocol):
@@ -78,9 +79,28 @@ async def send_upstream(
     relative: str,
     headers: list[tuple[str, str]],
     body: Body,
+    *,
+    forwarded: bool = False,
 ) -> tuple[Handle, Answer]:
-    """Send one proxied request; errors are the relay's own (no URL quoted)."""
+    """Send one proxied request; errors are the relay's own (no URL quoted).
+
+    Without a tunnel of its own to the connection's agent, the relay
+    forwards the request to a relay of the cluster that has one (unless
+    another relay *forwarded* it here: a request makes one hop at most).
+    """
     handle = await services.connections.handle(conn_id)
+    agent_id = handle.connection.agent_id
+    if (
+        not forwarded
+        and services.forwarder is not None
+        and handle.connection.mode == "on_premise"
+        and agent_id is not None
+        and not services.registry.is_online(agent_id)
+    ):
+        answer = await services.forwarder.forward(
+            agent_id, conn_id, method, relative, headers, body
+        )
+        return handle, answer
     with relay_errors(handle, "the request failed on its way"):
         upstream = await services.engine.request(handle, method, relative, headers, body)
     return handle, upstream
@@ -101,7 +121,8 @@ def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple
     kept = [
         (name, value)
         for name, value in upstream.headers.items()
-        if name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small)
+        if (name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small))
+        and name.lower() != _VIA_LOWER  # a relay that forwarded the answer named it already
     ]
     kept.append((VIA_HEADER, conn_id))
     return kept
@@ -115,6 +136,8 @@ async def exchange(
     headers: list[tuple[str, str]],
     body: Body,
     sink: AnswerSink,
+    *,
+    forwarded: bool = False,
 ) -> None:
     """Send one request through connection *conn_id* and pass its answer to *sink*.
 
@@ -123,7 +146,9 @@ async def exchange(
     Once the head is out, a failure is logged and the sink is cut instead.
     """
     began = time.perf_counter()
-    handle, upstream = await send_upstream(services, conn_id, method, relative, headers, body)
+    handle, upstream = await send_upstream(
+        services, conn_id, method, relative, headers, body, forwarded=forwarded
+    )
     mode = handle.connection.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
     if is_small(upstream, method):

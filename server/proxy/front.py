@@ -30,6 +30,7 @@ import httptools
 import structlog
 from aiohttp import web
 
+from server.cluster.forward import HOP_HEADER
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.web.api import bearer_actor, error_problem, unauthorized
@@ -70,6 +71,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})  # and 1xx: no body, no Content-Length
 _PATH_LABEL = "/v1/connections/{id}/proxy"
 # How long a refused body may keep arriving before its connection closes.
 _LINGER_SECONDS = 2.0
+_HOP_LOWER = HOP_HEADER.lower()
 
 
 class FrontSite(web.TCPSite):
@@ -561,9 +563,19 @@ class FrontProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
         authorization = next((v for n, v in request.headers if n.lower() == "authorization"), "")
+        forwarded = False
         if bearer_actor(services.admin, authorization) is None:
-            self._write_response(unauthorized(), request)
-            return
+            # Another relay of the cluster forwarding a request it has no tunnel for.
+            hop = next((v for n, v in request.headers if n.lower() == _HOP_LOWER), None)
+            forwarded = (
+                hop is not None
+                and services.hop is not None
+                and services.hop.verify(hop, request.method, request.conn_id, request.relative)
+                is not None
+            )
+            if not forwarded:
+                self._write_response(unauthorized(), request)
+                return
         sink = _SocketSink(self, request)
         try:
             limit = services.max_body_bytes
@@ -577,6 +589,7 @@ class FrontProtocol(asyncio.Protocol):
                 request.headers,
                 body if not isinstance(body, _BodyFeed) else aiter(body),
                 sink,
+                forwarded=forwarded,
             )
         except (ConnectionResetError, asyncio.CancelledError):
             raise

@@ -14,14 +14,14 @@ from aiohttp import HttpVersion11, web
 from server.cluster.presence import Replica
 from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
-from server.proxy.route import proxy
+from server.proxy.route import hop_actor, proxy
 from server.secrets.admin_token import AdminTokenConfigured, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
 from server.web.problems import problem, validation_problem
-from server.web.services import ACTOR, SERVICES, Services, audit, services_of
+from server.web.services import ACTOR, FORWARDED, SERVICES, Services, audit, services_of
 from server.web.ui import add_console
 from sluice import __version__
 
@@ -115,9 +115,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
-    actor = bearer_actor(services_of(request).admin, request.headers.get("Authorization", ""))
+    services = services_of(request)
+    actor = bearer_actor(services.admin, request.headers.get("Authorization", ""))
     if actor is None:
-        return unauthorized()
+        actor = hop_actor(services, request)
+        if actor is None:
+            return unauthorized()
+        request[FORWARDED] = True
     request[ACTOR] = actor
     return await handler(request)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.cluster.forward import Forwarder, HopAuth
 from server.cluster.presence import Presence
 from server.connections.service import ConnectionService
 from server.proxy.engine import Engine
@@ -34,10 +35,15 @@ class Services:
     stalled_reader_timeout: float = 0.0
     # After the admin token is rotated here: share it with the other relays.
     publish_admin: Callable[[], Awaitable[None]] | None = None
+    # Relay-to-relay: checks forwarded requests, forwards ours.
+    hop: HopAuth | None = None
+    forwarder: Forwarder | None = None
 
 
 SERVICES = web.AppKey("services", Services)
 ACTOR = web.RequestKey("actor", str)
+# Set on a request another relay forwarded: it is served here or not at all.
+FORWARDED = web.RequestKey("forwarded", bool)
 
 
 def services_of(request: web.Request) -> Services:

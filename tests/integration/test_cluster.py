@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,103 @@ async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expire
                 assert await _until(offline_on_b, 10, "A's presence to expire") < 10
             finally:
                 await agent.stop()
+    finally:
+        for relay in (a, b):
+            if relay.proc is not None and relay.proc.returncode is None:
+                await relay.stop()
+
+
+async def _connection(
+    http: aiohttp.ClientSession, relay: RelayProcess, agent_id: str, api: InternalAPI
+) -> str:
+    async with http.post(
+        relay.base + "/v1/connections",
+        json={
+            "name": "through the cluster",
+            "mode": "on_premise",
+            "agent_id": agent_id,
+            "http": {"base_uri": f"{api.base}/"},
+        },
+        headers={"Authorization": f"Bearer {relay.admin_token}"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["id"])
+
+
+async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
+    tmp_path: Path, cluster_database: str, api: InternalAPI
+) -> None:
+    key = master_key()
+    a = cluster_relay(tmp_path, "a", cluster_database, key, ADMIN)
+    b = cluster_relay(tmp_path, "b", cluster_database, key, ADMIN)
+    await a.start()
+    await b.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            token = await _create_agent(http, a)
+            agent = await start_cluster_agent(
+                tmp_path,
+                "0",
+                f"127.0.0.1:{a.ssh_port}",
+                await _fingerprint(http, a),
+                token,
+                [f"127.0.0.1:{api.port}"],
+            )
+            try:
+
+                async def online_on_b() -> bool:
+                    return bool((await _view(http, b, token.agent_id))["status"] == "online")
+
+                await _until(online_on_b, 15, "the agent online through relay B")
+                conn_id = await _connection(http, b, token.agent_id, api)
+                auth = {"Authorization": f"Bearer {ADMIN}"}
+                # B holds no tunnel: every request, small or streamed, goes through A.
+                async with http.get(
+                    f"{b.base}/v1/connections/{conn_id}/proxy/hello?x=1", headers=auth
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert resp.headers.getall("Sluice-Connection") == [conn_id]
+                    assert (await resp.json())["path"] == "/hello?x=1"
+                body = os.urandom(3 * 1024 * 1024)
+
+                async def upload() -> AsyncIterator[bytes]:
+                    for i in range(0, len(body), 65536):
+                        yield body[i : i + 65536]
+
+                async with http.post(
+                    f"{b.base}/v1/connections/{conn_id}/proxy/echo",
+                    data=upload(),
+                    headers=auth,
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    echoed = await resp.json()
+                assert echoed["bytes"] == len(body)
+                assert echoed["sha256"] == hashlib.sha256(body).hexdigest()
+                async with http.get(
+                    f"{b.base}/v1/connections/{conn_id}/proxy/blob/{5 * 1024 * 1024}",
+                    headers=auth,
+                ) as resp:
+                    assert resp.status == 200
+                    assert len(await resp.read()) == 5 * 1024 * 1024
+
+                # The hop header is no way in without the cluster's key.
+                forged = {"Sluice-Relay-Hop": f"rly_x.{int(time.time())}.{'0' * 64}"}
+                async with http.get(
+                    f"{b.base}/v1/connections/{conn_id}/proxy/hello", headers=forged
+                ) as resp:
+                    assert resp.status == 401
+            finally:
+                await agent.stop()
+
+            async def offline_everywhere() -> bool:
+                async with http.get(
+                    f"{b.base}/v1/connections/{conn_id}/proxy/hello", headers=auth
+                ) as resp:
+                    if resp.status != 503:
+                        return False
+                    return bool((await resp.json())["type"] == "agent_offline")
+
+            await _until(offline_everywhere, 10, "agent_offline once no relay holds it")
     finally:
         for relay in (a, b):
             if relay.proc is not None and relay.proc.returncode is None:
