@@ -4,6 +4,7 @@ started and stopped together."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -166,6 +167,7 @@ class Relay:
                     settings.auth_failures_per_address, settings.auth_ban_seconds
                 ),
                 tasks=relay.tasks,
+                cluster_relays=relay.relays_json,
             )
             relay.ssh_context = ctx
             if before_listening is not None:
@@ -219,6 +221,15 @@ class Relay:
             sync = self.admin_sync
             self.reactions.on("admin", lambda _target: sync.changed(self.tasks))
         await self.feed.start()
+
+    async def relays_json(self) -> bytes:
+        """The relays agents should keep tunnels to (asked over SSH), as JSON."""
+        assert self.presence is not None
+        me = self.presence.advertise_ssh
+        relays = [r.advertise_ssh for r in await self.presence.relays() if not r.draining]
+        if self.presence.draining:
+            relays = [r for r in relays if r != me]
+        return json.dumps({"relay": me, "relays": relays}).encode()
 
     @property
     def clustered(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncssh
@@ -28,6 +29,21 @@ class SSHContext:
     tasks: TaskSet
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
+    # The cluster's relays, as agents should dial them (JSON bytes), for
+    # agents that ask (sshconfig.CLUSTER_RELAYS_HOST); None: not offered.
+    cluster_relays: Callable[[], Awaitable[bytes]] | None = None
+
+
+class _OneAnswer(asyncssh.SSHTCPSession[bytes]):
+    """Writes one answer on a channel the agent opened, then closes it."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        chan.write(self._answer)
+        chan.write_eof()
+        chan.close()
 
 
 class TunnelListener(asyncssh.SSHListener):
@@ -199,11 +215,20 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
+    ) -> bool | Awaitable[_OneAnswer]:
         # Never a connection; the reserved name is the agent's "ready" signal.
         if dest_host == sshconfig.TUNNEL_READY_HOST:
             self._tunnel_ready()
+        elif (
+            dest_host == sshconfig.CLUSTER_RELAYS_HOST
+            and self._agent is not None
+            and self._ctx.cluster_relays is not None
+        ):
+            return self._relays_answer(self._ctx.cluster_relays)
         return False
+
+    async def _relays_answer(self, relays: Callable[[], Awaitable[bytes]]) -> _OneAnswer:
+        return _OneAnswer(await relays())
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         return False

@@ -198,3 +198,77 @@ async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
         for relay in (a, b):
             if relay.proc is not None and relay.proc.returncode is None:
                 await relay.stop()
+
+
+async def _replica_relays(
+    http: aiohttp.ClientSession, relay: RelayProcess, agent_id: str
+) -> set[str]:
+    view = await _view(http, relay, agent_id)
+    return {r["relay"] for r in view["replicas"] if not r["draining"]}
+
+
+async def test_an_agent_given_one_relay_tunnels_to_every_relay_and_follows_membership(
+    tmp_path: Path, cluster_database: str, api: InternalAPI
+) -> None:
+    key = master_key()
+    relays = [cluster_relay(tmp_path, name, cluster_database, key, ADMIN) for name in "abc"]
+    # C advertises an address the agent cannot reach: it must still serve, by forwarding.
+    unreachable = cluster_relay(
+        tmp_path, "d", cluster_database, key, ADMIN, advertise_ssh="127.0.0.1:9"
+    )
+    a, b, c = relays
+    for relay in relays:
+        await relay.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            token = await _create_agent(http, a)
+            agent = await start_cluster_agent(
+                tmp_path,
+                "0",
+                f"127.0.0.1:{a.ssh_port}",
+                await _fingerprint(http, a),
+                token,
+                [f"127.0.0.1:{api.port}"],
+                discovery_interval="0.3",
+            )
+            everyone = {f"127.0.0.1:{r.ssh_port}" for r in relays}
+            try:
+
+                async def on_all() -> bool:
+                    return await _replica_relays(http, b, token.agent_id) == everyone
+
+                await _until(on_all, 15, "a tunnel to each of the three relays")
+                conn_id = await _connection(http, a, token.agent_id, api)
+                auth = {"Authorization": f"Bearer {ADMIN}"}
+                for relay in relays:
+                    async with http.get(
+                        f"{relay.base}/v1/connections/{conn_id}/proxy/hello", headers=auth
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+
+                # A fourth relay joins, whose advertised address is unreachable.
+                await unreachable.start()
+                async with http.get(
+                    f"{unreachable.base}/v1/connections/{conn_id}/proxy/hello", headers=auth
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert resp.headers["Sluice-Connection"] == conn_id
+                await unreachable.stop()
+
+                # A relay leaves: its tunnel goes, the others stay.
+                await c.stop()
+                remaining = everyone - {f"127.0.0.1:{c.ssh_port}"}
+
+                async def without_c() -> bool:
+                    return await _replica_relays(http, a, token.agent_id) == remaining
+
+                await _until(without_c, 10, "the agent to follow C's departure")
+                # And it comes back.
+                await c.start()
+                await _until(on_all, 10, "the agent back on C")
+            finally:
+                await agent.stop()
+    finally:
+        for relay in (*relays, unreachable):
+            if relay.proc is not None and relay.proc.returncode is None:
+                await relay.stop()
