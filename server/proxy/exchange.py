@@ -100,7 +100,10 @@ async def send_upstream(
         answer = await services.forwarder.forward(
             agent_id, conn_id, method, relative, headers, body
         )
+        services.metrics.forwarded.labels("out").inc()
         return handle, answer
+    if forwarded:
+        services.metrics.forwarded.labels("in").inc()
     with relay_errors(handle, "the request failed on its way"):
         upstream = await services.engine.request(handle, method, relative, headers, body)
     return handle, upstream

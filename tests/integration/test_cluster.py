@@ -43,6 +43,17 @@ async def _view(http: aiohttp.ClientSession, relay: RelayProcess, agent_id: str)
     return dict(body)
 
 
+async def _metric(http: aiohttp.ClientSession, relay: RelayProcess, series: str) -> float:
+    auth = {"Authorization": f"Bearer {relay.admin_token}"}
+    async with http.get(relay.base + "/metrics", headers=auth) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def _until(check, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
     """Poll the async *check* until it is true; returns the seconds it took."""
     began = time.monotonic()
@@ -72,6 +83,7 @@ async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expire
                 await _fingerprint(http, b),
                 token,
                 [f"127.0.0.1:{api.port}"],
+                max_relays="1",  # one tunnel, as an agent of the previous version keeps
             )
             try:
 
@@ -138,6 +150,7 @@ async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
                 await _fingerprint(http, a),
                 token,
                 [f"127.0.0.1:{api.port}"],
+                max_relays="1",  # one tunnel, as an agent of the previous version keeps
             )
             try:
 
@@ -175,6 +188,11 @@ async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
                 ) as resp:
                     assert resp.status == 200
                     assert len(await resp.read()) == 5 * 1024 * 1024
+
+                # B served all three by forwarding them to A.
+                assert await _metric(http, b, 'sluice_forwarded_total{direction="out"}') == 3
+                assert await _metric(http, a, 'sluice_forwarded_total{direction="in"}') == 3
+                assert await _replica_relays(http, b, token.agent_id) == {f"127.0.0.1:{a.ssh_port}"}
 
                 # The hop header is no way in without the cluster's key.
                 forged = {"Sluice-Relay-Hop": f"rly_x.{int(time.time())}.{'0' * 64}"}
