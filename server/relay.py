@@ -260,6 +260,7 @@ class Relay:
             publish_admin=self.admin_sync.publish if self.admin_sync is not None else None,
             hop=hop,
             forwarder=self.forwarder,
+            feed=self.feed,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

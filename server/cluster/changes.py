@@ -65,6 +65,7 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None  # asyncpg.Connection while listening
         self._pruned = time.monotonic()
+        self._expected: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self.reads = 0
 
     def __repr__(self) -> str:
@@ -85,6 +86,40 @@ class ChangeFeed:
                 await self._task
             self._task = None
         await self._unlisten()
+
+    def expect(self, kind: str, target: str) -> asyncio.Future[None] | None:
+        """A future done when this relay hears of the change (*kind*, *target*);
+        None without notifications (SQLite: no other relay to wait for).
+
+        Call it before making the change. A relay that answers only after its
+        own notification came back answers no earlier than the other relays
+        were told: their next request uses the change.
+        """
+        if self._listener is None:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._expected.setdefault((kind, target[:64]), []).append(future)
+        return future
+
+    async def settle(self, future: asyncio.Future[None] | None, timeout: float = 1.0) -> None:
+        """Wait (bounded) for a change expected with ``expect``."""
+        if future is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            log.warning("change_not_heard_back", timeout_s=timeout)
+        finally:
+            self.forget(future)
+
+    def forget(self, future: asyncio.Future[None] | None) -> None:
+        """Stop expecting (the change was not made after all)."""
+        for key, futures in list(self._expected.items()):
+            if future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._expected[key]
 
     def poke(self) -> None:
         """Read now (this process made a change and wants it applied everywhere)."""
@@ -116,6 +151,9 @@ class ChangeFeed:
         # by the read the wake-up triggers.
         kind, _, target = payload.partition(":")
         self._dispatch(kind, target)
+        for future in self._expected.pop((kind, target), ()):
+            if not future.done():
+                future.set_result(None)
         self._wake.set()
 
     # -- the loop ----------------------------------------------------------------------

@@ -21,7 +21,15 @@ from server.storage.store import AgentInUse, AgentRecord
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
 from server.web.problems import problem, validation_problem
-from server.web.services import ACTOR, FORWARDED, SERVICES, Services, audit, services_of
+from server.web.services import (
+    ACTOR,
+    FORWARDED,
+    SERVICES,
+    Services,
+    audit,
+    services_of,
+    told_everywhere,
+)
 from server.web.ui import add_console
 from sluice import __version__
 
@@ -234,7 +242,8 @@ async def get_agent(request: web.Request) -> web.Response:
 async def delete_agent(request: web.Request) -> web.Response:
     services = services_of(request)
     agent = await _agent(request)
-    await services.store.delete_agent(agent.id)
+    async with told_everywhere(request, "agent", agent.id):
+        await services.store.delete_agent(agent.id)
     closed = services.registry.close_agent(agent.id)
     await services.tunnel_http.forget(agent.id)
     log.info("agent_deleted", agent_id=agent.id, tunnels_closed=closed)
@@ -266,7 +275,8 @@ async def rotate_agent_token(request: web.Request) -> web.Response:
     grace = await _grace_seconds(request)
     if isinstance(grace, web.Response):
         return grace
-    token = await services.store.rotate_agent_token(agent.id, grace_seconds=grace)
+    async with told_everywhere(request, "agent", agent.id):
+        token = await services.store.rotate_agent_token(agent.id, grace_seconds=grace)
     assert token is not None
     closed = 0
     if not grace:
@@ -344,7 +354,8 @@ async def patch_connection(request: web.Request) -> web.Response:
     services = services_of(request)
     conn_id = request.match_info["id"]
     patch = await _json(request)
-    view = await services.connections.patch(conn_id, patch)
+    async with told_everywhere(request, "connection", conn_id):
+        view = await services.connections.patch(conn_id, patch)
     services.engine.forget_token(conn_id)
     log.info("connection_updated", connection=conn_id)
     await audit(request, "connection.updated", conn_id, fields=_changed_fields(patch))
@@ -354,7 +365,8 @@ async def patch_connection(request: web.Request) -> web.Response:
 async def delete_connection(request: web.Request) -> web.Response:
     services = services_of(request)
     conn_id = request.match_info["id"]
-    await services.connections.delete(conn_id)
+    async with told_everywhere(request, "connection", conn_id):
+        await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
     log.info("connection_deleted", connection=conn_id)
     await audit(request, "connection.deleted", conn_id)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.cluster.changes import ChangeFeed
 from server.cluster.forward import Forwarder, HopAuth
 from server.cluster.presence import Presence
 from server.connections.service import ConnectionService
@@ -38,6 +40,8 @@ class Services:
     # Relay-to-relay: checks forwarded requests, forwards ours.
     hop: HopAuth | None = None
     forwarder: Forwarder | None = None
+    # The change feed: a change made here is answered once the cluster heard it.
+    feed: ChangeFeed | None = None
 
 
 SERVICES = web.AppKey("services", Services)
@@ -53,6 +57,23 @@ def services_of(request: web.Request) -> Services:
 def actor_of(request: web.Request) -> str:
     """Who made this request (set by the auth middleware), for the audit trail."""
     return str(request.get(ACTOR, "anonymous"))
+
+
+@contextlib.asynccontextmanager
+async def told_everywhere(request: web.Request, kind: str, target: str) -> AsyncIterator[None]:
+    """Around a change: the answer waits (bounded) until the change's notification
+    came back, so the caller's next request through any relay sees it."""
+    feed = services_of(request).feed
+    future = feed.expect(kind, target) if feed is not None else None
+    made = False
+    try:
+        yield
+        made = True
+    finally:
+        if feed is not None and made:
+            await feed.settle(future)
+        elif feed is not None:
+            feed.forget(future)
 
 
 async def audit(

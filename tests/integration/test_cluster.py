@@ -15,6 +15,7 @@ import aiohttp
 
 from sluice.tokens import AgentToken
 from tests.support.api import InternalAPI
+from tests.support.capture import remember_secret
 from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
 from tests.support.relay_process import RelayProcess
 
@@ -290,3 +291,116 @@ async def test_an_agent_given_one_relay_tunnels_to_every_relay_and_follows_membe
         for relay in (*relays, unreachable):
             if relay.proc is not None and relay.proc.returncode is None:
                 await relay.stop()
+
+
+async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_reach_all(
+    tmp_path: Path, cluster_database: str, api: InternalAPI
+) -> None:
+    key = master_key()
+    relays = [cluster_relay(tmp_path, name, cluster_database, key, ADMIN) for name in "abc"]
+    a, b, c = relays
+    for relay in relays:
+        await relay.start()
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            token = await _create_agent(http, a)
+            agent = await start_cluster_agent(
+                tmp_path,
+                "0",
+                f"127.0.0.1:{a.ssh_port}",
+                await _fingerprint(http, a),
+                token,
+                [f"127.0.0.1:{api.port}"],
+                discovery_interval="0.3",
+            )
+            everyone = {f"127.0.0.1:{r.ssh_port}" for r in relays}
+            try:
+
+                async def on_all() -> bool:
+                    return await _replica_relays(http, c, token.agent_id) == everyone
+
+                await _until(on_all, 15, "a tunnel to each of the three relays")
+                conn_id = await _connection(http, a, token.agent_id, api)
+
+                # Requests flow through B and C while A is killed.
+                results: dict[str, list[int]] = {"b": [], "c": []}
+                stop = asyncio.Event()
+
+                async def load(name: str, relay: RelayProcess) -> None:
+                    while not stop.is_set():
+                        async with http.get(
+                            f"{relay.base}/v1/connections/{conn_id}/proxy/hello", headers=auth
+                        ) as resp:
+                            await resp.read()
+                            results[name].append(resp.status)
+
+                loaders = [
+                    asyncio.ensure_future(load("b", b)),
+                    asyncio.ensure_future(load("c", c)),
+                ]
+                try:
+                    await _until(lambda: _true(len(results["b"]) > 20), 10, "requests through B")
+                    await a.stop(signal.SIGKILL)
+                    killed_at = time.monotonic()
+
+                    async def a_gone() -> bool:
+                        return f"127.0.0.1:{a.ssh_port}" not in await _replica_relays(
+                            http, b, token.agent_id
+                        )
+
+                    await _until(a_gone, 10, "A's presence to expire")
+                    assert time.monotonic() - killed_at < 10
+                finally:
+                    stop.set()
+                    await asyncio.gather(*loaders)
+                assert len(results["b"]) > 20
+                assert len(results["c"]) > 20
+                assert set(results["b"]) == {200}, results["b"]
+                assert set(results["c"]) == {200}, results["c"]
+
+                # A comes back: the agent is on it again within 30 s.
+                await a.start()
+                assert await _until(on_all, 30, "the agent back on A") < 30
+
+                # An edit through A is what the next request through C uses.
+                for value in ("one", "two", "three"):
+                    async with http.patch(
+                        f"{a.base}/v1/connections/{conn_id}",
+                        json={"http": {"headers": [{"name": "X-Version", "value": value}]}},
+                        headers=auth,
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                    async with http.get(
+                        f"{c.base}/v1/connections/{conn_id}/proxy/hello", headers=auth
+                    ) as resp:
+                        assert resp.status == 200
+                    assert api.seen[-1].headers["X-Version"] == value
+
+                # A token rotated through B takes the agent offline on every relay.
+                async with http.post(
+                    f"{b.base}/v1/agents/{token.agent_id}/rotate-token", headers=auth
+                ) as resp:
+                    assert resp.status == 200
+                    remember_secret((await resp.json())["token"])
+                rotated_at = time.monotonic()
+
+                async def offline_everywhere() -> bool:
+                    for relay in relays:
+                        view = await _view(http, relay, token.agent_id)
+                        if view["status"] != "offline" or view["replicas"]:
+                            return False
+                    return True
+
+                await _until(offline_everywhere, 5, "the agent offline on every relay")
+                assert time.monotonic() - rotated_at < 5
+            finally:
+                await agent.stop()
+    finally:
+        for relay in relays:
+            if relay.proc is not None and relay.proc.returncode is None:
+                await relay.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
