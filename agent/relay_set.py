@@ -100,9 +100,17 @@ class RelaySet:
     async def run(self, shutdown: asyncio.Event) -> None:
         seed = asyncio.ensure_future(self.seed.run(shutdown))
         discovery = asyncio.ensure_future(self._discover(shutdown))
+        stop = asyncio.ensure_future(shutdown.wait())
         try:
+            await asyncio.wait([seed, stop], return_when=asyncio.FIRST_COMPLETED)
+            # Every tunnel stops taking streams at once: the drain waits for
+            # the streams of all of them (one shared count).
+            for member in self.members.values():
+                member.shutdown.set()
             await seed
         finally:
+            stop.cancel()
+            seed.cancel()
             discovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await discovery

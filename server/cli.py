@@ -35,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
     parser.add_argument("--data-dir", type=Path, default=None, help="overrides data_dir")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve the API and accept agents until stopped")
+    run = sub.add_parser("run", help="serve the API and accept agents until stopped")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="relay processes on this host, one cluster (PostgreSQL only): the API port "
+        "shared, an SSH port each (ssh_listen's port + 0, 1, …)",
+    )
     sub.add_parser("fingerprint", help="print the SSH host key fingerprint (SHA256:…)")
     sub.add_parser("demo", help="run relay, agent and a sample API on loopback, end to end")
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(
@@ -83,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_agents(settings, args))
     if args.command == "rotate-master-key":
         return asyncio.run(_rotate_master_key(settings))
+    if args.workers < 1:
+        print("sluice-server: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from server.cluster.workers import run_workers
+
+        child = ["--config", str(args.config)] if args.config else []
+        return asyncio.run(run_workers(settings, args.workers, [*child, "run"]))
     return asyncio.run(_run(settings, masker))
 
 

@@ -4,6 +4,7 @@ started and stopped together."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -285,7 +286,9 @@ class Relay:
             idle_timeout=s.http_idle_timeout,
         )
         listen = self.settings.http_listen
-        await FrontSite(runner, self.front, listen.host, listen.port).start()
+        await FrontSite(
+            runner, self.front, listen.host, listen.port, reuse_port=s.reuse_port
+        ).start()
         if self.clustered:
             # Other relays forward here: a port of this process's own, even
             # when workers share the API port.
@@ -326,7 +329,11 @@ class Relay:
             return
         self.closed.set()
         if self.presence is not None:
-            await self.presence.close()
+            # Draining: agents stop asking for this relay, other relays stop
+            # forwarding here, while what is in flight finishes.
+            self.presence.draining = True
+            with contextlib.suppress(Exception):
+                await self.presence.beat()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:
@@ -337,6 +344,8 @@ class Relay:
             await self.ssh.wait_closed()
         for tunnel in list(self.registry):
             tunnel.close()
+        if self.presence is not None:
+            await self.presence.close()
         if self.feed is not None:
             await self.feed.close()
         if self.forwarder is not None:

@@ -39,6 +39,11 @@ class ServerSettings(BaseSettings):
         description="The address other relays reach cluster_listen at. Default: "
         "cluster_listen unless it is a wildcard, else this host's name.",
     )
+    reuse_port: bool = Field(
+        default=False,
+        description="Share http_listen's port with other processes (SO_REUSEPORT): "
+        "set by 'run --workers N' for its workers.",
+    )
     heartbeat_interval: float = Field(default=2.0, gt=0, le=5)
     relay_dead_after: float = Field(
         default=8.0, gt=0, le=60, description="A relay silent this long is gone."

@@ -77,8 +77,10 @@ _HOP_LOWER = HOP_HEADER.lower()
 class FrontSite(web.TCPSite):
     """aiohttp's TCP site with the front as the protocol for new callers."""
 
-    def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int) -> None:
-        super().__init__(runner, host, port, backlog=LISTEN_BACKLOG)
+    def __init__(
+        self, runner: web.AppRunner, front: Front, host: str, port: int, *, reuse_port: bool = False
+    ) -> None:
+        super().__init__(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
         self._front = front
 
     async def start(self) -> None:
@@ -92,6 +94,7 @@ class FrontSite(web.TCPSite):
             self._host,
             self._port,
             backlog=self._backlog,
+            reuse_port=self._reuse_port,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 

@@ -21,6 +21,8 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 # Compared against when no agent has the presented id, so that an unknown id
 # costs the same time as a wrong secret.
 _DUMMY_HASH = "0" * 64
+# The PostgreSQL advisory lock taken while migrating (any fixed number).
+_MIGRATE_LOCK = 0x51_1C_E0
 
 
 def utcnow() -> dt.datetime:
@@ -156,6 +158,12 @@ class Store:
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as db:
+            if engine.dialect.name == "postgresql":
+                # Relays of a cluster start together: one migrates, the others
+                # wait here and then find the schema up to date.
+                await db.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK}
+                )
             await db.run_sync(_upgrade)
         return cls(engine)
 

@@ -169,6 +169,27 @@ async def relay_info(request: web.Request) -> web.Response:
     )
 
 
+async def cluster_info(request: web.Request) -> web.Response:
+    """The relays of the cluster (one on SQLite) and which one answers."""
+    presence = services_of(request).presence
+    relays = await presence.relays()
+    return web.json_response(
+        {
+            "relay": presence.relay_id,
+            "relays": [
+                {
+                    "id": r.id,
+                    "ssh": r.advertise_ssh,
+                    "started_at": r.started_at.isoformat(),
+                    "heartbeat_at": r.heartbeat_at.isoformat(),
+                    "draining": r.draining,
+                }
+                for r in relays
+            ],
+        }
+    )
+
+
 async def openapi(_: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -430,6 +451,7 @@ def build_app(services: Services) -> web.Application:
     r.add_get("/metrics", metrics)
     r.add_get("/v1/openapi.json", openapi)
     r.add_get("/v1/relay", relay_info)
+    r.add_get("/v1/cluster", cluster_info)
     r.add_post("/v1/agents", create_agent)
     r.add_get("/v1/agents", list_agents)
     r.add_get("/v1/agents/{agent_id}", get_agent)

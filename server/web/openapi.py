@@ -199,6 +199,36 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/cluster": {
+            "get": {
+                "summary": "The relays of the cluster (live ones) and which one answered",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["relay", "relays"],
+                            "properties": {
+                                "relay": {"type": "string"},
+                                "relays": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "ssh": {"type": "string"},
+                                            "started_at": {"type": "string"},
+                                            "heartbeat_at": {"type": "string"},
+                                            "draining": {"type": "boolean"},
+                                        },
+                                    },
+                                },
+                            },
+                        }
+                    ),
+                    **_problem_responses(401),
+                },
+            }
+        },
         "/v1/agents": {
             "get": {
                 "summary": "List agents with live status",

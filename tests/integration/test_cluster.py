@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from sluice.tokens import AgentToken
 from tests.support.api import InternalAPI
 from tests.support.capture import remember_secret
 from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
-from tests.support.relay_process import RelayProcess
+from tests.support.relay_process import BIN, RelayProcess
 
 ADMIN = "slcadm_cluster_" + os.urandom(12).hex()
 
@@ -402,5 +403,93 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
                 await relay.stop()
 
 
+def _two_free_ports() -> int:
+    """A port p such that p and p + 1 are both free now."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")
+
+
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_workers_share_the_api_port_and_each_has_an_ssh_port(
+    tmp_path: Path, cluster_database: str, api: InternalAPI
+) -> None:
+    key = master_key()
+    ssh_port = _two_free_ports()
+    relay = cluster_relay(
+        tmp_path, "w", cluster_database, key, ADMIN, ssh_listen=f"127.0.0.1:{ssh_port}"
+    )
+    assert relay.proc is None
+    with relay.log_path.open("ab") as out:
+        relay.proc = await asyncio.create_subprocess_exec(
+            str(BIN / "sluice-server"),
+            "run",
+            "--workers",
+            "2",
+            env=relay.env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def two_members() -> bool:
+                try:
+                    status, body = await get_json(http, relay, "/v1/cluster")
+                except aiohttp.ClientError:
+                    return False
+                return status == 200 and len(body["relays"]) == 2
+
+            await _until(two_members, 30, "two workers in the cluster")
+            _, body = await get_json(http, relay, "/v1/cluster")
+            ssh = sorted(r["ssh"] for r in body["relays"])
+            assert ssh == [f"127.0.0.1:{ssh_port}", f"127.0.0.1:{ssh_port + 1}"]
+            # The kernel spreads callers over both workers.
+            answering = set()
+            for _ in range(60):
+                async with aiohttp.ClientSession() as fresh:  # a new connection each time
+                    _, one = await get_json(fresh, relay, "/v1/cluster")
+                    answering.add(one["relay"])
+            assert answering == {r["id"] for r in body["relays"]}
+
+            token = await _create_agent(http, relay)
+            agent = await start_cluster_agent(
+                tmp_path,
+                "0",
+                ssh[0],
+                await _fingerprint(http, relay),
+                token,
+                [f"127.0.0.1:{api.port}"],
+                discovery_interval="0.3",
+            )
+            try:
+
+                async def on_both() -> bool:
+                    return await _replica_relays(http, relay, token.agent_id) == set(ssh)
+
+                await _until(on_both, 15, "a tunnel to each worker")
+                conn_id = await _connection(http, relay, token.agent_id, api)
+                auth = {"Authorization": f"Bearer {ADMIN}"}
+                for _ in range(20):
+                    async with (
+                        aiohttp.ClientSession() as fresh,
+                        fresh.get(
+                            f"{relay.base}/v1/connections/{conn_id}/proxy/hello", headers=auth
+                        ) as resp,
+                    ):
+                        assert resp.status == 200
+            finally:
+                await agent.stop()
+    finally:
+        assert await relay.stop() == 0
