@@ -73,12 +73,14 @@ class Presence:
         self._writes: asyncio.Queue[tuple[str, Tunnel]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
+        self.started = False
 
     def __repr__(self) -> str:
         return f"<Presence {self.relay_id} {self.advertise_ssh}>"
 
     async def start(self) -> None:
         await self._cluster.register_relay(self.relay_id, self.advertise_ssh, self.cluster_url)
+        self.started = True
         self._registry.watch(self._tunnel_event)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -95,6 +97,8 @@ class Presence:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if not self.started:
+            return
         try:
             await self._cluster.unregister_relay(self.relay_id)
         except Exception as exc:
@@ -144,6 +148,8 @@ class Presence:
 
     async def beat(self) -> None:
         """One heartbeat; also expires dead relays, and re-joins if we were expired."""
+        if not self.started:
+            return
         if not await self._cluster.heartbeat(self.relay_id, draining=self.draining):
             # The database was out of reach long enough for a peer to expire us.
             log.warning("relay_rejoined", relay_id=self.relay_id)

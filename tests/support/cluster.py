@@ -12,7 +12,7 @@ import aiohttp
 from sluice.tokens import AgentToken
 from tests.support.agent import AgentProcess
 from tests.support.capture import remember_secret
-from tests.support.relay_process import RelayProcess
+from tests.support.relay_process import RelayProcess, free_port
 
 
 def master_key() -> str:
@@ -32,6 +32,9 @@ def cluster_relay(
         master_key=key,
         heartbeat_interval="0.5",
         relay_dead_after="4",
+        # Chosen now with the relay's other ports (a port of the system's
+        # choosing could be one another relay of the test means to take).
+        cluster_listen=f"127.0.0.1:{free_port()}",
         admin_token=admin_token,
         **settings,
     )
