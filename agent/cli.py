@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level, masker=masker)
     install_uvloop()
     keep_buffers_on_heap()
+    if settings.insecure_skip_host_key_check:
+        log.warning(
+            "host_key_check_off",
+            detail="insecure_skip_host_key_check is set: any relay host key is accepted, so "
+            "anyone on the path can pose as the relay; set relay_fingerprint instead",
+        )
     if args.command == "check":
         return asyncio.run(_check(settings, token))
     return asyncio.run(_run(settings, token))

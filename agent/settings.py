@@ -116,6 +116,12 @@ class AgentSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> AgentSettings:
+        if self.relay_fingerprint is not None and self.insecure_skip_host_key_check:
+            raise ValueError(
+                "insecure_skip_host_key_check and relay_fingerprint are both set: the first "
+                "would accept any relay key and ignore the second; unset "
+                "insecure_skip_host_key_check (SLUICE_AGENT_INSECURE_SKIP_HOST_KEY_CHECK)"
+            )
         if self.relay_fingerprint is None and not self.insecure_skip_host_key_check:
             raise ValueError(
                 "relay_fingerprint is required: run 'sluice-server fingerprint' on the relay "

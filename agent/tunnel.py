@@ -18,6 +18,7 @@ from agent.errors import (
 from agent.outbound_proxy import connect_via_proxy, proxy_for
 from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
+from agent.ssh_identity import EXPLICIT_CLIENT_OPTIONS, provide_account_defaults
 from sluice import __version__, sshconfig
 from sluice.addresses import HostPort
 from sluice.ssh_tuning import tune_asyncssh
@@ -73,6 +74,7 @@ async def open_tunnel(
     Raises a TunnelError subclass that says what went wrong and what to fix.
     """
     tune_asyncssh()
+    provide_account_defaults()
     expected = None if settings.insecure_skip_host_key_check else settings.relay_fingerprint
     client = _PinnedHostKeyClient(expected)
     # Outside the try below: a proxy's own error message says more than
@@ -94,9 +96,6 @@ async def open_tunnel(
             password=str(token),
             known_hosts=None if expected is None else ([], [], []),
             server_host_key_algs=["ssh-ed25519"],
-            client_keys=None,
-            agent_path=None,
-            config=None,
             preferred_auth=["password"],
             encryption_algs=list(sshconfig.ENCRYPTION_ALGS),
             mac_algs=list(sshconfig.MAC_ALGS),
@@ -107,6 +106,7 @@ async def open_tunnel(
             connect_timeout=settings.connect_timeout,
             client_version=f"sluice-agent/{__version__}",
             sock=sock,
+            **EXPLICIT_CLIENT_OPTIONS,
         )
     except asyncssh.HostKeyNotVerifiable:
         raise HostKeyMismatch(

@@ -13,11 +13,12 @@ import structlog
 from server.cluster.identity import check_master_key, cluster_host_key
 from server.connections.service import ConnectionService
 from server.relay import Relay
+from server.secrets.admin_token import FILE_NAME as ADMIN_TOKEN_FILE
 from server.secrets.hostkey import host_key_fingerprint
 from server.secrets.keyring import RotationPlan, load_secret_box
 from server.settings import ServerSettings
 from server.storage.cluster import ClusterStore
-from server.storage.store import Store
+from server.storage.store import SchemaMismatch, Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         "shared, an SSH port each (ssh_listen's port + 0, 1, …)",
     )
     sub.add_parser("fingerprint", help="print the SSH host key fingerprint (SHA256:…)")
+    sub.add_parser(
+        "migrate",
+        help="bring the database schema to this version's (only this and 'run' change it)",
+    )
     sub.add_parser("demo", help="run relay, agent and a sample API on loopback, end to end")
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(
         dest="agents_command", required=True
@@ -86,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level, masker=masker)
     install_uvloop()
     keep_buffers_on_heap()
-    if args.command == "agents":
-        return asyncio.run(_agents(settings, args))
-    if args.command == "rotate-master-key":
-        return asyncio.run(_rotate_master_key(settings))
+    try:
+        if args.command == "agents":
+            return asyncio.run(_agents(settings, args))
+        if args.command == "rotate-master-key":
+            return asyncio.run(_rotate_master_key(settings))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+    except SchemaMismatch as exc:
+        print(f"sluice-server: {exc}", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print("sluice-server: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -101,9 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(settings, masker))
 
 
+async def _migrate(settings: ServerSettings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store, change = await Store.open_reporting(settings.resolved_database_url(), migrate=True)
+    await store.close()
+    if change.before == change.after:
+        print(f"schema already at revision {change.after}")
+    else:
+        print(f"schema migrated: {change.before or 'empty'} -> {change.after}")
+    return 0
+
+
 async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await Store.open(settings.resolved_database_url())
+    store = await Store.open(settings.resolved_database_url(), migrate=False)
     try:
         if args.agents_command == "create":
             agent, token = await store.create_agent(args.name)
@@ -135,7 +157,11 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
 
 async def _cluster_fingerprint(settings: ServerSettings) -> int:
     box = load_secret_box(settings)
-    store = await Store.open(settings.resolved_database_url())
+    try:
+        store = await Store.open(settings.resolved_database_url(), migrate=False)
+    except SchemaMismatch as exc:
+        print(f"sluice-server: {exc}", file=sys.stderr)
+        return 2
     try:
         cluster = ClusterStore(store)
         await check_master_key(cluster, store, box)
@@ -155,9 +181,10 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     except ValueError as exc:
         print(f"sluice-server: {exc}", file=sys.stderr)
         return 2
-    plan.begin()
-    store = await Store.open(settings.resolved_database_url())
+    # Checked before the new key is written: a refused command changes nothing.
+    store = await Store.open(settings.resolved_database_url(), migrate=False)
     try:
+        plan.begin()
         count = await ConnectionService(store, plan.box).reseal_all(plan.box)
         box = plan.box
         await ClusterStore(store).rewrite_secrets(
@@ -180,6 +207,24 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     return 0
 
 
+def _announce_admin_token(path: Path, token: str) -> None:
+    """Called once, when the relay has generated its admin token on first start.
+
+    The value goes to stdout only when it is a terminal: under systemd stdout
+    is the journal (readable by the adm group), under Docker ``docker logs``.
+    """
+    if sys.stdout.isatty():
+        print(f"Generated the admin API token (kept in {path}):\n  {token}", flush=True)
+        return
+    log.info(
+        "admin_token_generated",
+        kept_in=str(path),
+        mode="0600",
+        read_with=f"cat {path}",
+        detail="the value is never logged; read the file as root or as the relay's user",
+    )
+
+
 async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -189,17 +234,16 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
         # Startup objects leave the GC before any agent or caller is accepted
         # (a connection frozen with them would never be collected).
         relay = await Relay.start(settings, before_listening=settle_gc)
+    except SchemaMismatch as exc:
+        # Exit status 2: restarting cannot fix it (systemd's RestartPreventExitStatus=).
+        log.error("relay_start_failed", error=str(exc))
+        return 2
     except (OSError, ValueError) as exc:
         log.error("relay_start_failed", error=str(exc))
         return 1
     masker.add(relay.admin_token)
     if relay.admin_token_created:
-        # Printed once, to stdout and not to the log, for the operator to copy.
-        print(
-            f"Generated the admin API token (kept in {settings.data_dir / 'admin_token'}):\n"
-            f"  {relay.admin_token}",
-            flush=True,
-        )
+        _announce_admin_token(settings.data_dir / ADMIN_TOKEN_FILE, relay.admin_token)
     ssh_host, ssh_port = relay.ssh_address
     http_host, http_port = relay.http_address
     log.info("relay_started", version=__version__)

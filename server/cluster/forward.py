@@ -26,7 +26,7 @@ from yarl import URL
 
 from server.cluster.presence import Presence
 from server.errors import AgentOffline, RelayError, TunnelLost
-from server.proxy.engine import HOP_BY_HOP
+from server.proxy.headers import HOP_BY_HOP, Fields, connection_options
 from server.storage.cluster import RelayRow
 from server.tunnel.http1 import Answer, Body
 
@@ -39,7 +39,7 @@ HOP_KEY_LABEL = "sluice/relay-hop/v1"
 VIA_HEADER = "Sluice-Connection"
 # How far apart two relays' clocks (and a request's flight) may be.
 HOP_MAX_AGE = 60.0
-_DROPPED = HOP_BY_HOP | {"host", "authorization", "content-length", HOP_HEADER.lower()}
+_DROPPED = HOP_BY_HOP | {b"host", b"authorization", b"content-length", HOP_HEADER.lower().encode()}
 
 
 class HopAuth:
@@ -143,7 +143,7 @@ class Forwarder:
         conn_id: str,
         method: str,
         relative: str,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         body: Body,
     ) -> Answer:
         """The answer of a relay that holds the agent; AgentOffline when none does."""
@@ -152,8 +152,11 @@ class Forwarder:
             raise AgentOffline(
                 f"agent {agent_id} is not connected to any relay; start it or check its log"
             )
+        dropped = _DROPPED | connection_options(headers)
         sent: CIMultiDict[str] = CIMultiDict(
-            (name, value) for name, value in headers if name.lower() not in _DROPPED
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in headers
+            if name.lower() not in dropped
         )
         # Only a body held in memory can be sent to a second relay.
         replayable = body is None or isinstance(body, bytes)

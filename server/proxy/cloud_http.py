@@ -9,15 +9,20 @@ configured with allow_private_destinations.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import ssl
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from server.errors import RelayError
+from server.errors import RelayError, UpstreamConnectFailed
+from server.tunnel.http1 import Http1Stream
+from server.tunnel.http_client import SKIP_AUTO_HEADERS
+from server.tunnel.stream_pool import Carrier, StreamPool
 
 
 class DestinationForbidden(RelayError):
@@ -78,18 +83,84 @@ def check_literal(url: URL) -> None:
         raise _forbidden(host, host.strip("[]"))
 
 
+class _Direct:
+    """A TCP connection never drains."""
+
+    draining = False
+
+
+_DIRECT = _Direct()
+
+
+class DirectDialer:
+    """Streams as TCP connections from the relay, to public addresses only
+    (unless *allow_private*); every resolved address is checked before use."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def __repr__(self) -> str:
+        return f"<DirectDialer allow_private={self.allow_private}>"
+
+    def describe(self) -> str:
+        return "from the relay"
+
+    async def dial(
+        self, stream: Http1Stream, host: str, port: int | None, tls: ssl.SSLContext | None
+    ) -> Carrier:
+        loop = asyncio.get_running_loop()
+        port = port or (443 if tls is not None else 80)
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise UpstreamConnectFailed(f"cannot resolve {host}: {exc.strerror}") from None
+        if not self.allow_private:
+            for info in infos:
+                if not is_public(str(info[4][0])):
+                    raise _forbidden(host, str(info[4][0]))
+        failure: OSError | None = None
+        for family, _type, proto, _name, address in infos:
+            try:
+                await loop.create_connection(
+                    lambda: stream,
+                    str(address[0]),
+                    int(address[1]),
+                    family=family,
+                    proto=proto,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                )
+            except ssl.SSLError:
+                raise
+            except OSError as exc:
+                failure = exc
+                continue
+            return _DIRECT
+        reason = failure.strerror if failure is not None else "no address"
+        raise UpstreamConnectFailed(f"cannot connect to {host}: {reason}")
+
+
 class CloudHTTP:
-    """The aiohttp session for cloud-mode connections."""
+    """How cloud-mode connections reach their APIs: kept-alive HTTP/1.1
+    streams (the proxy's path) and an aiohttp session (CONNECT only)."""
 
     def __init__(self, *, allow_private: bool, keepalive_timeout: float = 15.0) -> None:
         self.allow_private = allow_private
+        self.pool = StreamPool(
+            DirectDialer(allow_private=allow_private),
+            connect_timeout=10.0,
+            keepalive_timeout=keepalive_timeout,
+        )
         connector = aiohttp.TCPConnector(
             resolver=None if allow_private else PublicOnlyResolver(),
             keepalive_timeout=keepalive_timeout,
             limit=0,
         )
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, trust_env=False
+            connector=connector,
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
         )
 
     def __repr__(self) -> str:
@@ -100,4 +171,5 @@ class CloudHTTP:
             check_literal(url)
 
     async def close(self) -> None:
+        self.pool.close_idle()
         await self.session.close()

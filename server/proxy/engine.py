@@ -10,6 +10,7 @@ retry), and answers connection tests (ping).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import ssl
@@ -26,9 +27,16 @@ from yarl import URL
 from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
 from server.proxy.cloud_http import CloudHTTP
+from server.proxy.headers import (
+    Fields,
+    connection_options,
+    encode_text,
+    get,
+    request_fields,
+)
 from server.proxy.success_path import lookup, ping_verdict
 from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
-from server.proxy.urls import URLError, join_request_uri, join_uri, with_query_param
+from server.proxy.urls import URLError, join_target, join_uri, with_target_param
 from server.tunnel.http1 import USER_AGENT, Answer, Body
 from server.tunnel.http_client import TunnelHTTP, default_tls
 from server.tunnel.registry import TunnelRegistry
@@ -40,33 +48,21 @@ log = structlog.get_logger("sluice.relay.engine")
 REPLAY_LIMIT = 1024 * 1024
 PING_BODY_LIMIT = 1024 * 1024
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) never cross the relay, nor do the
-# caller's own credentials for the relay.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
-
-
-# Sent with aiohttp's client instead of the lean stream pool: HEAD (an answer
-# whose length header describes no body) and CONNECT.
-_SLOW_PATH_METHODS = frozenset({"HEAD", "CONNECT"})
+# Sent with aiohttp's client instead of the lean stream pool: CONNECT (whose
+# answer turns the connection into a tunnel).
+_SLOW_PATH_METHODS = frozenset({"CONNECT"})
 
 
 class InvalidRequest(RelayError):
     type = "invalid_request"
     status = 400
     title = "The request cannot be sent through this connection"
+
+
+class UpgradeNotSupported(RelayError):
+    type = "upgrade_not_supported"
+    status = 501
+    title = "The relay does not switch protocols (Upgrade) on a proxied request"
 
 
 class TokenRefreshFailed(RelayError):
@@ -175,66 +171,71 @@ class Engine:
         t = handle.connection.http.timeouts
         return aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_connect=t.connect)
 
-    def _url(self, handle: Handle, relative: str) -> URL:
+    def _target(self, handle: Handle, relative: str) -> tuple[URL, str]:
+        """The API's origin and the request-target, the caller's part kept as sent."""
         try:
-            url = join_request_uri(handle.connection.http.base_uri, relative)
+            origin, target = join_target(handle.connection.http.base_uri, relative)
         except URLError as exc:
             raise InvalidRequest(str(exc)) from None
         auth = handle.connection.http.auth
         if auth is not None and auth.location == "url" and auth.token and auth.param_name:
-            url = with_query_param(url, auth.param_name, auth.token)
-        return url
+            target = with_target_param(target, auth.param_name, auth.token)
+        return origin, target
 
-    def _headers(
-        self, handle: Handle, caller: list[tuple[str, str]], *, media_type: str | None = None
-    ) -> CIMultiDict[str]:
+    def _fields(self, handle: Handle, caller: Fields) -> Fields:
+        """What the API gets: ``server.proxy.headers.request_fields`` with this
+        connection's own fields (configured headers, auth) and defaults (media
+        type, User-Agent)."""
         http = handle.connection.http
-        headers: CIMultiDict[str] = CIMultiDict()
-        content_type = media_type_header(media_type or http.media_type)
-        headers["Content-Type"] = content_type
-        headers["Accept"] = content_type
+        owned: list[tuple[str, str]] = []
         context: dict[str, Any] | None = None
         # The model refuses framing and hop-by-hop names (RESERVED_HEADERS),
         # stored documents included: they are validated again when read.
         for header in http.headers:
             if "{{" not in header.value:
-                headers[header.name] = header.value
+                owned.append((header.name, header.value))
                 continue
             if context is None:
                 context = handle.template_context()
             try:
-                headers[header.name] = render_header_value(
-                    header.value, context, name=f"header {header.name}"
-                )
+                value = render_header_value(header.value, context, name=f"header {header.name}")
             except TemplateError as exc:
                 raise InvalidRequest(f"header {header.name}: {exc}") from None
-        for name, value in caller:
-            if name.lower() in HOP_BY_HOP or name.lower() == "authorization":
-                continue
-            headers[name] = value
-        if "User-Agent" not in headers:
-            headers["User-Agent"] = USER_AGENT
+            owned.append((header.name, value))
         auth = http.auth
         if auth is not None and auth.location == "header" and auth.token:
             scheme = (auth.scheme or "").strip()
-            headers[auth.header_name or "Authorization"] = (
-                f"{scheme} {auth.token}" if scheme else auth.token
-            )
-        return headers
+            name = auth.header_name or "Authorization"
+            owned = [(n, v) for n, v in owned if n.lower() != name.lower()]
+            owned.append((name, f"{scheme} {auth.token}" if scheme else auth.token))
+        return request_fields(
+            caller, encode_text(owned) if owned else (), _defaults(http.media_type)
+        )
 
     async def _send(
         self,
         handle: Handle,
         method: str,
-        url: URL,
-        headers: CIMultiDict[str],
+        origin: URL,
+        target: str,
+        fields: Fields,
         body: Body,
         length: int | None = None,
     ) -> Answer:
         if handle.connection.mode == "cloud":
-            self._cloud.check(url)
-        elif method not in _SLOW_PATH_METHODS:
-            return await self._send_lean(handle, method, url, headers, body, length)
+            self._cloud.check(origin)
+        if method not in _SLOW_PATH_METHODS:
+            return await self._send_lean(handle, method, origin, target, fields, body, length)
+        return await self._send_aiohttp(handle, method, origin.with_path(""), target, fields, body)
+
+    async def _send_aiohttp(
+        self, handle: Handle, method: str, origin: URL, target: str, fields: Fields, body: Body
+    ) -> Answer:
+        """CONNECT, through aiohttp (header values as text: obs-text is not kept)."""
+        url = URL(str(origin).rstrip("/") + target, encoded=True)
+        headers = CIMultiDict(
+            (n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in fields
+        )
         session = self._session(handle)
         try:
             return await session.request(
@@ -269,15 +270,20 @@ class Engine:
         handle: Handle,
         method: str,
         url: URL,
-        headers: CIMultiDict[str],
+        target: str,
+        fields: Fields,
         body: Body,
         length: int | None,
     ) -> Answer:
-        """The fast path: a kept-alive HTTP/1.1 stream through the agent."""
-        agent_id = handle.connection.agent_id
-        assert agent_id is not None
-        self._check_online(agent_id)
-        pool = self._tunnel_http.pool(agent_id)
+        """The proxy's path: a kept-alive HTTP/1.1 stream, through the agent
+        (on-premise) or from the relay (cloud)."""
+        if handle.connection.mode == "on_premise":
+            agent_id = handle.connection.agent_id
+            assert agent_id is not None
+            self._check_online(agent_id)
+            pool = self._tunnel_http.pool(agent_id)
+        else:
+            pool = self._cloud.pool
         tls: ssl.SSLContext | None = None
         if url.scheme == "https":
             chosen = self._ssl(handle)
@@ -287,7 +293,8 @@ class Engine:
             return await pool.request(
                 method,
                 url,
-                headers,
+                target,
+                fields,
                 body,
                 tls,
                 connect=timeouts.connect,
@@ -304,10 +311,18 @@ class Engine:
         handle: Handle,
         method: str,
         relative: str,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         body: Body,
     ) -> Answer:
-        """Send a request through *handle*'s connection; the caller releases the answer."""
+        """Send a request through *handle*'s connection; the caller releases the answer.
+
+        *headers* are the caller's fields as received (bytes, in order)."""
+        if b"upgrade" in connection_options(headers) and get(headers, b"upgrade") is not None:
+            raise UpgradeNotSupported(
+                "the request asks to switch protocols (Upgrade: "
+                f"{(get(headers, b'upgrade') or b'').decode('latin-1')}); the relay proxies "
+                "HTTP/1.1 requests only; send it without Connection: upgrade"
+            )
         auth = handle.connection.http.auth
         refreshable = auth is not None and auth.refresh is not None
         if refreshable and not (auth and auth.token):
@@ -318,23 +333,18 @@ class Engine:
         elif isinstance(body, bytes):
             replay = body
         used = handle.connection.http.auth.token if handle.connection.http.auth else None
-        length = None
-        if body is not None and not isinstance(body, bytes):
-            length = _declared_length(headers)
+        length = _declared_length(headers)
+        origin, target = self._target(handle, relative)
         response = await self._send(
-            handle,
-            method,
-            self._url(handle, relative),
-            self._headers(handle, headers),
-            body,
-            length,
+            handle, method, origin, target, self._fields(handle, headers), body, length
         )
         if response.status != 401 or not refreshable or (body is not None and replay is None):
             return response
         response.release()
         await self._refresh(handle, used=used)
+        origin, target = self._target(handle, relative)
         return await self._send(
-            handle, method, self._url(handle, relative), self._headers(handle, headers), replay
+            handle, method, origin, target, self._fields(handle, headers), replay
         )
 
     # -- token refresh ------------------------------------------------------
@@ -385,13 +395,17 @@ class Engine:
                 refresh.relative_uri or "", context, name="http.auth.refresh.relative_uri"
             )
             body = render_body(refresh.body, context, media_type) if refresh.body else None
-            headers: CIMultiDict[str] = CIMultiDict()
+            headers: dict[str, tuple[str, str]] = {}
             content_type = media_type_header(media_type)
-            headers["Content-Type"] = content_type
-            headers["Accept"] = content_type
+            headers["content-type"] = ("Content-Type", content_type)
+            headers["accept"] = ("Accept", content_type)
+            headers["user-agent"] = ("User-Agent", USER_AGENT)
             for header in refresh.headers:
-                headers[header.name] = render_header_value(
-                    header.value, context, name=f"refresh header {header.name}"
+                headers[header.name.lower()] = (
+                    header.name,
+                    render_header_value(
+                        header.value, context, name=f"refresh header {header.name}"
+                    ),
                 )
         except TemplateError as exc:
             self._count_refresh("failed")
@@ -402,8 +416,9 @@ class Engine:
             response = await self._send(
                 handle,
                 refresh.method,
-                url,
-                headers,
+                url.with_path("").with_query(None),
+                url.raw_path_qs,
+                encode_text(headers.values()),
                 body.encode() if body is not None else None,
             )
         except RelayError as exc:
@@ -465,12 +480,21 @@ class Engine:
         return done(ok, response.status, message)
 
 
-def _declared_length(headers: list[tuple[str, str]]) -> int | None:
+def _declared_length(headers: Fields) -> int | None:
     """The caller's Content-Length, so a streamed body keeps it (else: chunked)."""
-    for name, value in headers:
-        if name.lower() == "content-length" and value.isdigit():
-            return int(value)
-    return None
+    value = get(headers, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults(media_type: str) -> Fields:
+    """Fields the API gets when the caller sent none of that name."""
+    content_type = media_type_header(media_type).encode()
+    return [
+        (b"Content-Type", content_type),
+        (b"Accept", content_type),
+        (b"User-Agent", USER_AGENT.encode()),
+    ]
 
 
 async def _buffer_small(body: Body) -> tuple[bytes | None, Body]:

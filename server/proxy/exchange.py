@@ -10,6 +10,7 @@ that shared part, and an :class:`AnswerSink` is the difference.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from typing import Protocol
@@ -18,7 +19,9 @@ import aiohttp
 import structlog
 
 from server.errors import RelayError, TunnelLost, relay_error_in
-from server.proxy.engine import HOP_BY_HOP, Handle
+from server.proxy.engine import Handle
+from server.proxy.headers import Fields, LocationRewrite, answer_fields, get
+from server.proxy.urls import base_origin_and_path
 from server.tunnel.http1 import Answer, Body
 from server.web.services import Services
 
@@ -30,25 +33,27 @@ SMALL_BODY = 64 * 1024
 # Set on every proxied answer so callers can tell the API's own answers
 # (this header present) from the relay's problem+json errors.
 VIA_HEADER = "Sluice-Connection"
-_VIA_LOWER = VIA_HEADER.lower()
+_VIA = VIA_HEADER.encode()
+_VIA_LOWER = _VIA.lower()
 
 
 class AnswerSink(Protocol):
     """Where an API's answer goes: the caller's socket, one way or another."""
 
-    async def whole(
-        self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
-    ) -> None:
-        """Called once for a small answer, its body complete."""
+    async def whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
+        """Called once for a small answer, its body complete; *headers* are
+        the fields to send as they are (less framing: Content-Length is
+        ``len(body)``)."""
 
     async def begin(
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         length: int | None,
     ) -> None:
-        """Called once before a streamed answer's body; *length* is None when unknown."""
+        """Called once before a streamed answer's body; *length* is the API's
+        Content-Length, None when its body is chunked or ends with the stream."""
 
     async def write(self, chunk: bytes) -> None:
         """Called for each piece of a streamed body, in order; waits for room."""
@@ -77,7 +82,7 @@ async def send_upstream(
     conn_id: str,
     method: str,
     relative: str,
-    headers: list[tuple[str, str]],
+    headers: Fields,
     body: Body,
     *,
     forwarded: bool = False,
@@ -118,17 +123,30 @@ def is_small(upstream: Answer, method: str) -> bool:
     )
 
 
-def answer_headers(upstream: Answer, conn_id: str, *, small: bool) -> list[tuple[str, str]]:
-    """The API's answer headers the caller gets: hop-by-hop ones dropped (a
-    streamed answer keeps its Content-Length), the connection named."""
-    kept = [
-        (name, value)
-        for name, value in upstream.headers.items()
-        if (name.lower() not in HOP_BY_HOP or (name.lower() == "content-length" and not small))
-        and name.lower() != _VIA_LOWER  # a relay that forwarded the answer named it already
-    ]
-    kept.append((VIA_HEADER, conn_id))
+@functools.lru_cache(maxsize=1024)
+def _rewrite(base_uri: str, conn_id: str) -> LocationRewrite:
+    origin, path = base_origin_and_path(base_uri)
+    return LocationRewrite(
+        origin.encode(), path.encode(), f"/v1/connections/{conn_id}/proxy".encode()
+    )
+
+
+def answer_headers(upstream: Answer, handle: Handle, conn_id: str) -> Fields:
+    """The API's answer fields the caller gets (``server.proxy.headers.answer_fields``:
+    the sink adds the framing), the connection named."""
+    if get(upstream.raw_headers, _VIA_LOWER) is not None:
+        # Forwarded by the relay that holds the tunnel: shaped and named there.
+        return answer_fields(upstream.raw_headers, None)
+    kept = answer_fields(upstream.raw_headers, _rewrite(handle.connection.http.base_uri, conn_id))
+    kept.append((_VIA, conn_id.encode()))
     return kept
+
+
+def _length(upstream: Answer) -> int | None:
+    """The API's Content-Length, None for a chunked body (it stays chunked)."""
+    if b"chunked" in (get(upstream.raw_headers, b"transfer-encoding") or b"").lower():
+        return None
+    return upstream.content_length
 
 
 async def exchange(
@@ -136,7 +154,7 @@ async def exchange(
     conn_id: str,
     method: str,
     relative: str,
-    headers: list[tuple[str, str]],
+    headers: Fields,
     body: Body,
     sink: AnswerSink,
     *,
@@ -160,14 +178,14 @@ async def exchange(
                 data = await upstream.read()
         finally:
             upstream.release()
-        small = answer_headers(upstream, conn_id, small=True)
+        small = answer_headers(upstream, handle, conn_id)
         await sink.whole(upstream.status, upstream.reason, small, data)
         canonical_line(conn_id, mode, method, upstream.status, len(data), began)
         return
     sent = 0
     try:
-        streamed = answer_headers(upstream, conn_id, small=False)
-        await sink.begin(upstream.status, upstream.reason, streamed, upstream.content_length)
+        streamed = answer_headers(upstream, handle, conn_id)
+        await sink.begin(upstream.status, upstream.reason, streamed, _length(upstream))
         async for chunk in upstream.content.iter_any():
             if chunk:
                 await sink.write(chunk)

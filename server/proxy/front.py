@@ -33,6 +33,7 @@ from aiohttp import web
 from server.cluster.forward import HOP_HEADER
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
+from server.proxy.headers import Fields, get
 from server.web.api import bearer_actor, error_problem, unauthorized
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
@@ -45,21 +46,21 @@ _REQUEST_LINE = re.compile(
 )
 # Headers whose presence sends the request to aiohttp (framings and
 # semantics the front does not implement).
-_HANDED_ON = frozenset({"transfer-encoding", "expect", "upgrade"})
+_HANDED_ON = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 # Headers that may appear once (as aiohttp's parser enforces): a repeated one
 # could be read differently by something in front of the relay and the API.
 _SINGLETONS = frozenset(
     {
-        "content-length",
-        "content-location",
-        "content-range",
-        "content-type",
-        "etag",
-        "host",
-        "max-forwards",
-        "server",
-        "transfer-encoding",
-        "user-agent",
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
     }
 )
 # A body that has arrived whole, up to this size, is passed as bytes.
@@ -71,7 +72,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})  # and 1xx: no body, no Content-Length
 _PATH_LABEL = "/v1/connections/{id}/proxy"
 # How long a refused body may keep arriving before its connection closes.
 _LINGER_SECONDS = 2.0
-_HOP_LOWER = HOP_HEADER.lower()
+_HOP_LOWER = HOP_HEADER.lower().encode()
 
 
 class FrontSite(web.TCPSite):
@@ -154,16 +155,13 @@ class _Head:
     """httptools callbacks for one request head."""
 
     def __init__(self) -> None:
-        self.headers: list[tuple[str, str]] = []
+        self.headers: Fields = []
         self.complete = False
         self.keep_alive = False
         self.parser = httptools.HttpRequestParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # As aiohttp decodes them, so the bytes pass through unchanged.
-        self.headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        self.headers.append((name, value))  # as received: server.proxy.headers
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -177,7 +175,7 @@ class _Request:
         method: str,
         conn_id: str,
         relative: str,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         length: int,
         keep_alive: bool,
     ) -> None:
@@ -198,12 +196,12 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     parsed = _Head()
     try:
         parsed.parser.feed_data(head)
-    except httptools.HttpParserError:
-        return None
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # aiohttp answers it (an Upgrade: 501, server.proxy.engine)
     if not parsed.complete or len(parsed.headers) > max_headers:
         return None
     length: int | None = None
-    singletons: set[str] = set()
+    singletons: set[bytes] = set()
     for name, value in parsed.headers:
         lowered = name.lower()
         if lowered in _HANDED_ON:
@@ -212,11 +210,11 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
             if lowered in singletons:
                 return None  # aiohttp refuses a repeated one; so must the relay
             singletons.add(lowered)
-        if lowered == "content-length":
+        if lowered == b"content-length":
             if not value.isdigit():
                 return None
             length = int(value)
-    relative = match.group(3).decode("ascii") or "/"
+    relative = match.group(3).decode("ascii")  # "" too: the base URI as written
     return _Request(
         match.group(1).decode("ascii"),
         match.group(2).decode("ascii"),
@@ -287,9 +285,7 @@ class _SocketSink:
         self.started = False
         self.broken = False
 
-    async def whole(
-        self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
-    ) -> None:
+    async def whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
         self.started = True
         head = self._caller.head(status, reason, headers, self._request, length=len(body))
         self._caller.write(head + body)
@@ -298,14 +294,16 @@ class _SocketSink:
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         length: int | None,
     ) -> None:
         self.started = True
         self._no_body = status in _NO_BODY_STATUSES or status < 200
         self._chunked = length is None and not self._no_body
         self._caller.write(
-            self._caller.head(status, reason, headers, self._request, chunked=self._chunked)
+            self._caller.head(
+                status, reason, headers, self._request, length=length, chunked=self._chunked
+            )
         )
 
     async def write(self, chunk: bytes) -> None:
@@ -565,15 +563,17 @@ class FrontProtocol(asyncio.Protocol):
 
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
-        authorization = next((v for n, v in request.headers if n.lower() == "authorization"), "")
+        authorization = (get(request.headers, b"authorization") or b"").decode("latin-1")
         forwarded = False
         if bearer_actor(services.admin, authorization) is None:
             # Another relay of the cluster forwarding a request it has no tunnel for.
-            hop = next((v for n, v in request.headers if n.lower() == _HOP_LOWER), None)
+            hop = get(request.headers, _HOP_LOWER)
             forwarded = (
                 hop is not None
                 and services.hop is not None
-                and services.hop.verify(hop, request.method, request.conn_id, request.relative)
+                and services.hop.verify(
+                    hop.decode("latin-1"), request.method, request.conn_id, request.relative
+                )
                 is not None
             )
             if not forwarded:
@@ -616,42 +616,43 @@ class FrontProtocol(asyncio.Protocol):
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: Fields,
         request: _Request,
         *,
         length: int | None = None,
         chunked: bool = False,
     ) -> bytes:
+        """The answer's head: the status line, Date when *headers* hold none,
+        *headers* as they are, then the framing and Connection the front chose."""
         if not reason or not reason.isprintable() or not reason.isascii():
             try:
                 reason = HTTPStatus(status).phrase
             except ValueError:
                 reason = ""
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        if not any(name.lower() == "date" for name, _ in headers):
-            lines.append(f"Date: {self.front.date()}")
-        if status in _NO_BODY_STATUSES or status < 200:
-            lines += [
-                f"{name}: {value}" for name, value in headers if name.lower() != "content-length"
-            ]
-        else:
-            lines += [f"{name}: {value}" for name, value in headers]
-            if length is not None:
-                lines.append(f"Content-Length: {length}")
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
+        if get(headers, b"date") is None:
+            parts.append(b"Date: %s\r\n" % self.front.date().encode())
+        parts += [b"%s: %s\r\n" % field for field in headers]
+        if length is not None and status not in _NO_BODY_STATUSES and status >= 200:
+            parts.append(b"Content-Length: %d\r\n" % length)
         if chunked:
-            lines.append("Transfer-Encoding: chunked")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         body_unread = self._body is not None and self._body.remaining > 0
         if not request.keep_alive or self.front.closing or body_unread:
-            lines.append("Connection: close")
+            parts.append(b"Connection: close\r\n")
             self._close_announced = True
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _write_response(self, response: web.Response, request: _Request) -> None:
         """One of the relay's own small answers (a problem document)."""
         body = response.body
         assert isinstance(body, bytes)
-        headers = [(n, v) for n, v in response.headers.items() if n.lower() != "content-length"]
+        headers = [
+            (n.encode("latin-1"), v.encode("latin-1"))
+            for n, v in response.headers.items()
+            if n.lower() != "content-length"
+        ]
         self.write(
             self.head(response.status, response.reason, headers, request, length=len(body)) + body
         )

@@ -52,25 +52,68 @@ def join_uri(base_uri: str, relative: str) -> URL:
     return URL(text, encoded=True)
 
 
-# Joins of short paths without a query are cached: a caller asking for the
-# same paths again skips the quoting and parsing. Queries (where callers and
-# templates put tokens) and long paths are joined afresh every time, so the
-# cache holds no secrets and stays small (at most ~2 MB).
-_CACHED_PATH_MAX = 256
+_NOT_PRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 
-@functools.lru_cache(maxsize=4096)
-def _join_path_cached(base_uri: str, relative: str) -> URL:
-    return join_uri(base_uri, relative)
+def _quote_unprintable(text: str) -> str:
+    """Percent-encode what cannot stand in a request-target (space, non-ASCII);
+    everything printable, ``%2F`` and ``%25`` included, stays as it is."""
+    if not _NOT_PRINTABLE.search(text):
+        return text
+    return _NOT_PRINTABLE.sub(lambda m: quote(m.group(0), safe=""), text)
 
 
-def join_request_uri(base_uri: str, relative: str) -> URL:
-    """``join_uri`` for proxied requests, cached for short query-less paths."""
-    if len(relative) <= _CACHED_PATH_MAX and "?" not in relative:
-        return _join_path_cached(base_uri, relative)
-    return join_uri(base_uri, relative)
+@functools.lru_cache(maxsize=1024)
+def _base_target(base_uri: str) -> tuple[URL, str, str]:
+    """(origin URL, raw path as written, raw query) of a base URI."""
+    origin, _, _ = _parsed_base(base_uri)
+    base = URL(base_uri)
+    return URL(origin, encoded=True), base.raw_path, base.raw_query_string
 
 
-def with_query_param(url: URL, name: str, value: str) -> URL:
-    """Set *name* (replacing any earlier value) in the query string."""
-    return url.update_query({name: value})
+def base_origin_and_path(base_uri: str) -> tuple[str, str]:
+    """The base URI's origin (as yarl spells it) and raw path, for reverse mapping."""
+    origin, path, _ = _parsed_base(base_uri)
+    return origin, path
+
+
+def join_target(base_uri: str, relative: str) -> tuple[URL, str]:
+    """The API's origin and the request-target for a proxied request.
+
+    Unlike ``join_uri`` nothing of the caller's part is normalised: ``/`` and
+    ``?`` stay as sent (an empty query, a trailing slash, ``%2F``, ``%25``).
+    ``relative`` is what follows ``.../proxy`` in the caller's target: empty,
+    or starting with ``/`` or ``?``. With base ``https://h/api?v=1``,
+    ``/items/?x=2`` becomes ``/api/items/?v=1&x=2`` and ``?x`` ``/api?v=1&x``.
+    A relative part starting with ``//`` is refused: as a URL it would name
+    another host.
+    """
+    if _FORBIDDEN.search(relative):
+        raise URLError("relative URI contains a control character (CR, LF, NUL, …)")
+    rel = relative.split("#", 1)[0]
+    if rel.startswith("//") or _SCHEME.match(rel):
+        raise URLError("relative URI must not name a scheme or host; it is joined to base_uri")
+    origin, base_path, base_query = _base_target(base_uri)
+    rel_path, mark, rel_query = rel.partition("?")
+    if rel_path and not rel_path.startswith("/"):
+        rel_path = "/" + rel_path
+    path = (base_path.rstrip("/") + rel_path) if rel_path else (base_path or "/")
+    path = _quote_unprintable(path or "/")
+    if base_query and rel_query:
+        query = "?" + base_query + "&" + _quote_unprintable(rel_query)
+    elif base_query or mark:
+        query = "?" + (base_query or _quote_unprintable(rel_query))
+    else:
+        query = ""
+    return origin, path + query
+
+
+def with_target_param(target: str, name: str, value: str) -> str:
+    """Set query parameter *name* to *value* in a request-target, replacing the
+    caller's parameters of that name; the rest of the query stays as sent."""
+    path, _, query = target.partition("?")
+    encoded = quote(name, safe="")
+    parts = query.split("&") if query else []
+    kept = [part for part in parts if part.split("=", 1)[0] != encoded]
+    kept.append(f"{encoded}={quote(value, safe='')}")
+    return path + "?" + "&".join(kept)

@@ -59,6 +59,22 @@ class AdminTokenConfigured(Exception):
     """The admin token comes from configuration; rotate it there."""
 
 
+class AdminTokenReadOnly(Exception):
+    """The admin token file cannot be replaced (a systemd credential, a read-only mount)."""
+
+
+def _why_not_replaceable(path: Path) -> str | None:
+    """Why a new token could not replace *path*, or None when it can.
+
+    Replacing means writing a file beside it and renaming it over it, so the
+    directory must be writable (access(2) also reports a read-only mount).
+    """
+    directory = path.parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"its directory {directory} is read-only for the relay"
+    return None
+
+
 class AdminTokens:
     """The current admin token, and the previous one during a rotation's grace.
 
@@ -143,6 +159,16 @@ class AdminTokens:
                 "the admin token is set by admin_token / SLUICE_SERVER_ADMIN_TOKEN; "
                 "change it there and restart"
             )
+        target = self._token_file or self._data_dir / FILE_NAME
+        # Checked before anything is written: a rotation that stored the
+        # previous token's hash and then failed would leave a half-rotation.
+        reason = _why_not_replaceable(target)
+        if reason is not None:
+            raise AdminTokenReadOnly(
+                f"admin_token_file {target} cannot be replaced: {reason} (a systemd "
+                "credential or a read-only mount). Nothing was changed. Put a new token "
+                "into the file's source and restart the relay"
+            )
         old, new = self._current, new_admin_token()
         previous_file = self._data_dir / PREVIOUS_FILE_NAME
         if grace_seconds > 0:
@@ -154,7 +180,7 @@ class AdminTokens:
         else:
             self._previous = None
             previous_file.unlink(missing_ok=True)
-        _write_private(self._token_file or self._data_dir / FILE_NAME, new)
+        _write_private(target, new)
         self._current = new
         self._current_digest = _digest(new)
         return new

@@ -12,12 +12,16 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from server.storage.schema import agents, audit_events, changes, connections
+from sluice import __version__
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
-_MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Compared against when no agent has the presented id, so that an unknown id
 # costs the same time as a wrong secret.
 _DUMMY_HASH = "0" * 64
@@ -132,11 +136,56 @@ async def record_change(db: AsyncConnection, kind: str, target: str) -> None:
         await db.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, f"{kind}:{target[:64]}")))
 
 
-def _upgrade(sync_conn: sa.Connection) -> None:
+class SchemaMismatch(Exception):
+    """The database schema is not the one this program was built for."""
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaChange:
+    """What opening the store did to the schema: revisions before and after."""
+
+    before: str | None
+    after: str
+
+
+def _alembic(sync_conn: sa.Connection) -> tuple[Config, ScriptDirectory]:
     cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn
-    command.upgrade(cfg, "head")
+    return cfg, ScriptDirectory.from_config(cfg)
+
+
+def _prepare_schema(sync_conn: sa.Connection, migrate: bool) -> SchemaChange:
+    """Bring the schema to this program's head when *migrate*, else only check it.
+
+    An empty database gets its schema either way: no relay runs on it yet.
+    Raises SchemaMismatch, saying what to do, for a schema newer than this
+    program, or (without *migrate*) older.
+    """
+    cfg, scripts = _alembic(sync_conn)
+    head = scripts.get_current_head()
+    assert head is not None
+    current = MigrationContext.configure(sync_conn).get_current_revision()
+    if current is not None:
+        try:
+            scripts.get_revision(current)
+        except CommandError:
+            raise SchemaMismatch(
+                f"the database schema is at revision {current}, newer than this "
+                f"sluice-server {__version__} knows (up to {head}): a newer version has "
+                "migrated it; run that version's sluice-server"
+            ) from None
+        if current != head and not migrate:
+            raise SchemaMismatch(
+                f"the database schema is at revision {current}, older than this "
+                f"sluice-server {__version__} needs ({head}); this command does not change "
+                "the schema, since relays of the older version may be running on it. "
+                "Upgrade the relays: run 'sluice-server migrate' (or 'sluice-server run') "
+                "of this version, then this command"
+            )
+    if current != head:
+        command.upgrade(cfg, "head")
+    return SchemaChange(before=current, after=head)
 
 
 class Store:
@@ -149,23 +198,37 @@ class Store:
         return f"<Store {self._engine.url.render_as_string(hide_password=True)}>"
 
     @classmethod
-    async def open(cls, url: str) -> Store:
-        """Connect and bring the schema up to date (Alembic, in-process)."""
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect and bring the schema up to date (Alembic, in-process).
+
+        With *migrate* False (admin commands) the schema is only checked:
+        SchemaMismatch unless it is this program's (an empty one is created).
+        """
+        store, _ = await cls.open_reporting(url, migrate=migrate)
+        return store
+
+    @classmethod
+    async def open_reporting(cls, url: str, *, migrate: bool) -> tuple[Store, SchemaChange]:
+        """As open(), also saying what happened to the schema."""
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as db:
-            if engine.dialect.name == "postgresql":
-                # Relays of a cluster start together: one migrates, the others
-                # wait here and then find the schema up to date.
-                await db.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK}
-                )
-            await db.run_sync(_upgrade)
-        return cls(engine)
+        try:
+            async with engine.begin() as db:
+                if engine.dialect.name == "postgresql":
+                    # Relays of a cluster start together: one migrates, the
+                    # others wait here and then find the schema up to date.
+                    await db.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK}
+                    )
+                change = await db.run_sync(_prepare_schema, migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine), change
 
     @property
     def engine(self) -> AsyncEngine:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -26,6 +25,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from server.errors import RelayError, TunnelLost, TunnelProtocolError, UpstreamTimeout
+from server.proxy.headers import Fields, get
 from sluice import __version__
 
 # Read from the stream until this much body waits for the caller, then pause
@@ -35,8 +35,6 @@ LOW_WATER = 128 * 1024
 MAX_JOIN = 256 * 1024
 # How much request body may wait in the stream before the sender pauses.
 WRITE_HIGH_WATER = 256 * 1024
-# Methods that carry "Content-Length: 0" when they have no body (as aiohttp does).
-_EMPTY_BODY_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
 USER_AGENT = f"Sluice/{__version__}"
 
@@ -65,6 +63,9 @@ class Answer(Protocol):
     def headers(self) -> CIMultiDictProxy[str]: ...
 
     @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+    @property
     def content_length(self) -> int | None: ...
 
     @property
@@ -79,41 +80,45 @@ class Answer(Protocol):
     async def __aexit__(self, *exc: Any) -> Any: ...
 
 
+class _HeadAnswered(Exception):
+    """Raised from llhttp's callback to end a HEAD answer after its head."""
+
+
 class StaleStream(TunnelLost):
     """A kept-alive stream ended before any byte of the answer: safe to retry."""
 
 
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
-_BAD_NAME = re.compile(r"[\r\n\x00: ]")
-
-
-def _refuse_bad_header(headers: CIMultiDict[str]) -> None:
-    for name, value in headers.items():
-        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
-            raise ValueError(f"header {name!r}: line breaks and NUL are not allowed")
-
-
 def request_head(
-    method: str, target: str, host: str, headers: CIMultiDict[str], length: int | None
+    method: str, target: str, host: str, fields: Fields, length: int | None, *, chunked: bool
 ) -> bytes:
-    """The request line and headers; *length* None means a chunked body."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if _BAD_VALUE.search("".join(lines)):
-        _refuse_bad_header(headers)  # names the header
-        raise ValueError("the request line holds a line break or NUL")
-    if length is None:
-        lines.append("Transfer-Encoding: chunked")
-    elif length or method in _EMPTY_BODY_LENGTH:
-        lines.append(f"Content-Length: {length}")
-    if "user-agent" not in headers:
-        lines.append(f"User-Agent: {USER_AGENT}")
-    lines.append("\r\n")
-    try:
-        # Caller header values arrive decoded as UTF-8 with surrogate escapes.
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-    except UnicodeError:
-        raise ValueError("a header value cannot be encoded") from None
+    """The request line and fields, as bytes, then the framing: chunked, or
+    ``Content-Length: length`` (None: no body and no length field, as the
+    caller sent it).
+
+    *fields* go out exactly as given (``server.proxy.headers`` decided them).
+    """
+    parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode(), host.encode())]
+    parts += [b"%s: %s\r\n" % field for field in fields]
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif length is not None:
+        parts.append(b"Content-Length: %d\r\n" % length)
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # One line break per line and no NUL; checked on the whole head at once
+    # (C speed), the field named only when one is wrong.
+    lines = len(parts) + 1
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+        _refuse_bad_field(method, target, host, fields)
+    return head
+
+
+def _refuse_bad_field(method: str, target: str, host: str, fields: Fields) -> None:
+    for name, value in fields:
+        if any(c in name for c in b"\r\n\x00: ") or any(c in value for c in b"\r\n\x00"):
+            shown = name.decode("latin-1")
+            raise ValueError(f"header {shown!r}: line breaks and NUL are not allowed")
+    raise ValueError("the request line holds a line break or NUL")
 
 
 class Http1Response:
@@ -129,14 +134,15 @@ class Http1Response:
         stream: Http1Stream,
         status: int,
         reason: str,
-        headers: CIMultiDict[str],
+        raw_headers: Fields,
         deadline: float | None,
         timeout_message: str,
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers = CIMultiDictProxy(headers)
-        length = headers.get("Content-Length")
+        self.raw_headers = raw_headers
+        self._headers: CIMultiDictProxy[str] | None = None
+        length = get(raw_headers, b"content-length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self._stream = stream
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -150,6 +156,15 @@ class Http1Response:
 
     def __repr__(self) -> str:
         return f"<Http1Response {self.status} buffered={self._buffered}>"
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The fields as text (made on first use; the proxy itself reads ``raw_headers``)."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(
+                CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers)
+            )
+        return self._headers
 
     @property
     def content(self) -> Http1Response:
@@ -281,9 +296,11 @@ class Http1Stream(asyncio.Protocol):
         # the exchange in progress
         self._head: asyncio.Future[Http1Response] | None = None
         self._response: Http1Response | None = None
-        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._headers: Fields = []
         self._reason = ""
         self._interim = False
+        self._head_only = False  # the request was HEAD: the answer has no body
+        self._keep_alive = True
         self._received = False
         self._sending = False
         self._writer: asyncio.Task[None] | None = None
@@ -328,6 +345,12 @@ class Http1Stream(asyncio.Protocol):
         self._received = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadAnswered):
+                self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
+                return
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete_exchange(self._keep_alive)
         except httptools.HttpParserUpgrade:
             self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is relayed"))
         except httptools.HttpParserError as exc:
@@ -370,14 +393,14 @@ class Http1Stream(asyncio.Protocol):
         if self._head is None:
             # More than one answer to one request: the stream is out of step.
             raise TunnelProtocolError("the API sent an answer nobody asked for")
-        self._headers = CIMultiDict()
+        self._headers = []
         self._reason = ""
 
     def on_status(self, status: bytes) -> None:
         self._reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -391,6 +414,11 @@ class Http1Stream(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             head.set_result(response)
+        if self._head_only:
+            # llhttp cannot be told that a response's length describes no
+            # body: stop it here; data_received ends the exchange.
+            self._keep_alive = self._parser.should_keep_alive()
+            raise _HeadAnswered
 
     def on_body(self, body: bytes) -> None:
         if self._response is not None:
@@ -400,12 +428,15 @@ class Http1Stream(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        self._complete_exchange(self._parser.should_keep_alive())
+
+    def _complete_exchange(self, keep_alive: bool) -> None:
         response, self._response, self._head = self._response, None, None
         if response is not None:
             response._finish()
         self.exchanges += 1
         self.resume_reading()  # the rest of the body waits in the answer, not the stream
-        if self._sending or not self._parser.should_keep_alive() or self.closed:
+        if self._sending or not keep_alive or self.closed:
             self._stop_writer()  # answered before the body was sent whole: no one needs it
             self.close()
         else:
@@ -417,7 +448,7 @@ class Http1Stream(asyncio.Protocol):
         return (
             response is not None
             and response.content_length is None
-            and "chunked" not in response.headers.get("Transfer-Encoding", "").lower()
+            and b"chunked" not in (get(response.raw_headers, b"transfer-encoding") or b"").lower()
         )
 
     # -- the exchange ------------------------------------------------------------
@@ -486,10 +517,13 @@ class Http1Stream(asyncio.Protocol):
         timeout_message: str,
         *,
         chunked: bool = False,
+        head_only: bool = False,
     ) -> Http1Response:
         """Send one request; return the answer once its head has arrived.
 
-        A streamed *body* goes in chunked framing if *chunked* (the head says so).
+        A streamed *body* goes in chunked framing if *chunked* (the head says
+        so); *head_only* (a HEAD request) means the answer has no body,
+        whatever its length field says.
         """
         if self.closed or self._head is not None:
             raise StaleStream("the stream is no longer usable")
@@ -497,6 +531,8 @@ class Http1Stream(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._head = loop.create_future()
         self._received = False
+        self._head_only = head_only
+        self._keep_alive = True
         self._deadline = deadline
         self._timeout_message = timeout_message
         writer: asyncio.Task[None] | None = None

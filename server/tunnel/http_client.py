@@ -24,7 +24,11 @@ from server.errors import UpstreamTimeout
 from server.tunnel.channel_transport import feed, start_tls
 from server.tunnel.registry import Tunnel, TunnelRegistry
 from server.tunnel.stream_opener import StreamOpener, stream_target
-from server.tunnel.stream_pool import StreamPool
+from server.tunnel.stream_pool import StreamPool, TunnelDialer
+
+# aiohttp adds these when a request has none; the proxy sends only what the
+# caller sent and the connection owns (server.proxy.headers).
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 @functools.cache
@@ -155,7 +159,10 @@ class TunnelHTTP:
                 limit=0,
             )
             session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, trust_env=False
+                connector=connector,
+                auto_decompress=False,
+                trust_env=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
             )
             self._sessions[agent_id] = session
         return session
@@ -165,7 +172,7 @@ class TunnelHTTP:
         pool = self._pools.get(agent_id)
         if pool is None:
             pool = StreamPool(
-                self._opener(agent_id),
+                TunnelDialer(self._opener(agent_id)),
                 connect_timeout=self._connect_timeout,
                 keepalive_timeout=self._keepalive_timeout,
             )

@@ -1,7 +1,9 @@
-"""Kept-alive HTTP/1.1 streams to one agent's APIs, reused across requests.
+"""Kept-alive HTTP/1.1 streams to APIs, reused across requests.
 
-A request takes an idle stream to its destination (scheme, host, port, TLS
-settings) or opens a new CONNECT stream; when the answer has been read to its
+One pool per agent (streams are CONNECT streams through its tunnel) and one
+for cloud mode (streams are TCP connections): a ``Dialer`` opens them. A
+request takes an idle stream to its destination (scheme, host, port, TLS
+settings) or dials a new one; when the answer has been read to its
 end the stream waits ``keepalive_timeout`` seconds for the next request. A
 kept-alive stream the API closed meanwhile is retried on a fresh one if the
 request is idempotent and can be sent again (no body, or one held in memory).
@@ -11,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from multidict import CIMultiDict
 from yarl import URL
 
 from server.errors import UpstreamTimeout
+from server.proxy.headers import Fields
 from server.tunnel.channel_transport import start_tls
 from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
 from server.tunnel.stream_opener import StreamOpener, stream_target
-
-if TYPE_CHECKING:
-    from server.tunnel.registry import Tunnel
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -31,27 +30,75 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 Key = tuple[str, str, int, int]
 
 
-class StreamPool:
-    """Idle HTTP/1.1 streams through one agent, by destination."""
+class Carrier(Protocol):
+    """What a stream runs through (a tunnel replica); one that is draining
+    gets no new requests."""
 
-    def __init__(
-        self, opener: StreamOpener, *, connect_timeout: float, keepalive_timeout: float
-    ) -> None:
+    @property
+    def draining(self) -> bool: ...
+
+
+class Dialer(Protocol):
+    """Opens the connection under a new stream."""
+
+    def describe(self) -> str:
+        """Where streams go, for messages ("through agent X", "directly")."""
+        ...
+
+    async def dial(
+        self, stream: Http1Stream, host: str, port: int | None, tls: ssl.SSLContext | None
+    ) -> Carrier:
+        """Connect *stream* (its ``connection_made`` called) to *host*:*port*."""
+        ...
+
+
+class TunnelDialer:
+    """Streams as CONNECT streams through an agent's tunnel."""
+
+    def __init__(self, opener: StreamOpener) -> None:
         self._opener = opener
+
+    def __repr__(self) -> str:
+        return f"<TunnelDialer agent={self._opener.agent_id}>"
+
+    def describe(self) -> str:
+        return f"through agent {self._opener.agent_id}"
+
+    async def dial(
+        self, stream: Http1Stream, host: str, port: int | None, tls: ssl.SSLContext | None
+    ) -> Carrier:
+        target = stream_target(host, port)
+        transport, _session, rest, tunnel = await self._opener.open(target)
+        if tls is None:
+            transport.set_protocol(stream)
+            stream.connection_made(transport)
+            if rest:
+                stream.data_received(rest)
+        else:
+            await start_tls(transport, stream, tls, target.host)
+        return tunnel
+
+
+class StreamPool:
+    """Idle HTTP/1.1 streams by destination, dialled by one ``Dialer``."""
+
+    def __init__(self, dialer: Dialer, *, connect_timeout: float, keepalive_timeout: float) -> None:
+        self._dialer = dialer
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_timeout
         self._idle: dict[Key, list[Http1Stream]] = {}
-        self._tunnel_of: dict[Http1Stream, Tunnel] = {}
+        self._tunnel_of: dict[Http1Stream, Carrier] = {}
 
     def __repr__(self) -> str:
         idle = sum(len(v) for v in self._idle.values())
-        return f"<StreamPool agent={self._opener.agent_id} idle={idle}>"
+        return f"<StreamPool {self._dialer.describe()} idle={idle}>"
 
     async def request(
         self,
         method: str,
         url: URL,
-        headers: CIMultiDict[str],
+        target: str,
+        fields: Fields,
         body: Body,
         tls: ssl.SSLContext | None,
         *,
@@ -59,22 +106,20 @@ class StreamPool:
         total: float | None,
         length: int | None = None,
     ) -> Http1Response:
-        """Send one request; the answer's head has arrived when this returns.
+        """Send one request to *url*'s origin; the answer's head has arrived
+        when this returns.
 
-        *length* is the body's size when it streams but its size is known
-        (otherwise a streamed body goes chunked).
+        *target* is the request-target as it goes out; *fields* the header
+        fields (less Host and framing). *length* is the body's size when it
+        streams but its size is known (otherwise a streamed body goes chunked).
         """
         host = url.raw_host or ""
         port = url.port
         key: Key = (url.scheme, host.lower(), port or 0, id(tls) if tls is not None else 0)
-        if body is None:
-            size: int | None = 0
-        elif isinstance(body, bytes):
-            size = len(body)
-        else:
-            size = length
+        size = len(body) if isinstance(body, bytes) else length
+        chunked = body is not None and size is None
         head = request_head(
-            method, url.raw_path_qs, url.host_port_subcomponent or host, headers, size
+            method, target, url.host_port_subcomponent or host, fields, size, chunked=chunked
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total if total else None
@@ -88,7 +133,9 @@ class StreamPool:
             if stream is None:
                 stream = await self._connect(key, host, port, tls, connect or self._connect_timeout)
             try:
-                return await stream.exchange(head, body, deadline, late, chunked=size is None)
+                return await stream.exchange(
+                    head, body, deadline, late, chunked=chunked, head_only=method == "HEAD"
+                )
             except StaleStream:
                 if reused and replayable:
                     continue
@@ -132,10 +179,7 @@ class StreamPool:
         self._tunnel_of.pop(stream, None)
         stream.close()
 
-    def _closed(self, stream: Http1Stream) -> None:
-        self._tunnel_of.pop(stream, None)
-
-    def close_idle(self, tunnel: Tunnel | None = None) -> int:
+    def close_idle(self, tunnel: Carrier | None = None) -> int:
         """Close idle streams (those through *tunnel*, or all); returns how many."""
         closed = 0
         for key, streams in list(self._idle.items()):
@@ -154,26 +198,15 @@ class StreamPool:
     async def _connect(
         self, key: Key, host: str, port: int | None, tls: ssl.SSLContext | None, limit: float | None
     ) -> Http1Stream:
-        target = stream_target(host, port)
         stream = Http1Stream(self._idle_again)
         stream.owner = key
         try:
             async with asyncio.timeout(limit):
-                transport, session, rest, tunnel = await self._opener.open(target)
-                self._tunnel_of[stream] = tunnel
-                session.on_closed(lambda: self._closed(stream))
-                if tls is None:
-                    transport.set_protocol(stream)
-                    stream.connection_made(transport)
-                    if rest:
-                        stream.data_received(rest)
-                else:
-                    await start_tls(transport, stream, tls, target.host)
+                self._tunnel_of[stream] = await self._dialer.dial(stream, host, port, tls)
         except TimeoutError:
             self._forget(stream)
             raise UpstreamTimeout(
-                f"no connection to {target.authority()} through agent "
-                f"{self._opener.agent_id} within {limit or 0:g} s"
+                f"no connection to {host}:{port} {self._dialer.describe()} within {limit or 0:g} s"
             ) from None
         except BaseException:
             self._forget(stream)

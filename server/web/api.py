@@ -15,7 +15,7 @@ from server.cluster.presence import Replica
 from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
 from server.proxy.route import hop_actor, proxy
-from server.secrets.admin_token import AdminTokenConfigured, AdminTokens
+from server.secrets.admin_token import AdminTokenConfigured, AdminTokenReadOnly, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
 from server.web.metrics import RelayMetrics
@@ -326,6 +326,8 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
         token = services.admin.rotate(grace)
     except AdminTokenConfigured as exc:
         return problem(409, "admin_token_configured", "The admin token is configured", str(exc))
+    except AdminTokenReadOnly as exc:
+        return problem(409, "admin_token_read_only", "The admin token file is read-only", str(exc))
     if services.publish_admin is not None:
         await services.publish_admin()
     log.info("admin_token_rotated", grace_s=grace)

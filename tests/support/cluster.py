@@ -25,18 +25,19 @@ def cluster_relay(
     tmp_path: Path, name: str, database_url: str, key: str, admin_token: str, **settings: str
 ) -> RelayProcess:
     """A relay process that is a member of the cluster on *database_url*."""
-    relay = RelayProcess(
-        tmp_path / f"relay-{name}",
-        tmp_path / f"relay-{name}.log",
-        database_url=database_url,
-        master_key=key,
-        heartbeat_interval="0.5",
-        relay_dead_after="4",
+    values = {
+        "database_url": database_url,
+        "master_key": key,
+        "heartbeat_interval": "0.5",
+        "relay_dead_after": "4",
         # Chosen now with the relay's other ports (a port of the system's
         # choosing could be one another relay of the test means to take).
-        cluster_listen=f"127.0.0.1:{free_port()}",
-        admin_token=admin_token,
+        "cluster_listen": f"127.0.0.1:{free_port()}",
+        "admin_token": admin_token,
         **settings,
+    }
+    relay = RelayProcess(
+        tmp_path / f"relay-{name}", tmp_path / f"relay-{name}.log", prefix=None, **values
     )
     relay.admin_token = admin_token
     remember_secret(admin_token)

@@ -23,7 +23,10 @@ def free_port() -> int:
 
 
 class RelayProcess:
-    def __init__(self, data_dir: Path, log_path: Path, **settings: str) -> None:
+    def __init__(
+        self, data_dir: Path, log_path: Path, *, prefix: list[str] | None = None, **settings: str
+    ) -> None:
+        self.prefix = prefix or []
         self.ssh_port = free_port()
         self.http_port = free_port()
         self.admin_token = "slcadm_test_" + os.urandom(12).hex()
@@ -56,6 +59,7 @@ class RelayProcess:
     async def start(self, timeout: float = 20) -> RelayProcess:
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
+                *self.prefix,
                 str(BIN / "sluice-server"),
                 "run",
                 env=self.env,

@@ -127,3 +127,17 @@ def test_no_token_anywhere_says_where_to_put_one() -> None:
     s = load_settings(AgentSettings, relay="r:1", relay_fingerprint=FP)
     with pytest.raises(ValueError, match="SLUICE_AGENT_TOKEN"):
         s.load_token()
+
+
+def test_skipping_the_host_key_check_with_a_pinned_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A set relay_fingerprint must not be silently overridden."""
+    monkeypatch.setenv("SLUICE_AGENT_RELAY", "relay.example")
+    monkeypatch.setenv("SLUICE_AGENT_RELAY_FINGERPRINT", FP)
+    monkeypatch.setenv("SLUICE_AGENT_INSECURE_SKIP_HOST_KEY_CHECK", "true")
+    with pytest.raises(SettingsError) as info:
+        load_settings(AgentSettings)
+    message = str(info.value)
+    assert "insecure_skip_host_key_check" in message
+    assert "relay_fingerprint" in message

@@ -1,0 +1,146 @@
+"""Header fields as the wire carries them, and what the proxy changes in them.
+
+A field list is an ordered list of ``(name, value)`` byte pairs: repeats
+kept, in order, values never decoded (obs-text such as ``caf\\xe9`` passes as
+the byte it is). Names compare case-insensitively. Both modes (cloud and
+on-premise) and both listeners (the front and aiohttp's route) build what
+goes out with the two functions here, ``request_fields`` and
+``answer_fields``; docs/PROXY.md lists every change they make and why.
+
+Work is on bytes and plain lists: this runs once per proxied request on the
+fast path, where a per-request object graph would cost measurable CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+Field = tuple[bytes, bytes]
+Fields = list[Field]
+
+# Hop-by-hop fields (RFC 9110 §7.6.1; Proxy-Connection and Keep-Alive as
+# deployed): they describe one connection, not the message, so they never
+# cross the relay. The fields named in a Connection field are removed too.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request fields the relay writes itself: Host (the API's authority) and the
+# framing (Content-Length is written again with the same value), and the
+# caller's credential for the relay (Authorization), which the API never sees.
+_REQUEST_OWNED_BY_RELAY = frozenset({b"host", b"content-length", b"authorization"})
+# Answer fields the relay writes itself: the framing of the caller's answer
+# (the same Content-Length, or chunked where the API sent chunked).
+_ANSWER_FRAMING = frozenset({b"content-length"})
+_DROPPED_FROM_REQUEST = HOP_BY_HOP | _REQUEST_OWNED_BY_RELAY
+_DROPPED_FROM_ANSWER = HOP_BY_HOP | _ANSWER_FRAMING
+_LOCATIONS = frozenset({b"location", b"content-location"})
+
+
+def connection_options(fields: Iterable[Field]) -> frozenset[bytes]:
+    """The (lower-case) field names listed in the Connection fields of *fields*."""
+    named: set[bytes] = set()
+    for name, value in fields:
+        if name.lower() == b"connection":
+            named.update(t for token in value.split(b",") if (t := token.strip().lower()))
+    return frozenset(named)
+
+
+def get(fields: Iterable[Field], name: bytes) -> bytes | None:
+    """The first value of field *name* (lower-case), or None."""
+    for field, value in fields:
+        if field.lower() == name:
+            return value
+    return None
+
+
+def _without(fields: Sequence[Field], dropped: frozenset[bytes]) -> Fields:
+    kept = [field for field in fields if field[0].lower() not in dropped]
+    if len(kept) != len(fields) and any(n.lower() == b"connection" for n, _ in fields):
+        named = connection_options(fields)
+        if named:
+            kept = [field for field in kept if field[0].lower() not in named]
+    return kept
+
+
+def request_fields(
+    caller: Sequence[Field], owned: Sequence[Field], defaults: Sequence[Field]
+) -> Fields:
+    """The fields the API gets (Host and framing are added by the writer).
+
+    *caller*'s fields in their order, less hop-by-hop ones, those named in
+    Connection, Host, Content-Length and Authorization; then the
+    connection's *owned* fields (its configured headers and auth), which
+    replace the caller's fields of the same name; then each of *defaults*
+    (media type, User-Agent) the caller did not send.
+    """
+    kept = _without(caller, _DROPPED_FROM_REQUEST)
+    if owned:
+        replaced = {name.lower() for name, _ in owned}
+        kept = [field for field in kept if field[0].lower() not in replaced]
+        kept.extend(owned)
+    if defaults:
+        present = {name.lower() for name, _ in kept}
+        kept.extend(field for field in defaults if field[0].lower() not in present)
+    return kept
+
+
+def answer_fields(api: Sequence[Field], rewrite: LocationRewrite | None) -> Fields:
+    """The API's answer fields the caller gets (framing is added by the writer):
+    hop-by-hop ones and those named in Connection dropped, Location and
+    Content-Location under the base URI pointed at the proxy route."""
+    kept = _without(api, _DROPPED_FROM_ANSWER)
+    if rewrite is not None:
+        for index, (name, value) in enumerate(kept):
+            if name.lower() in _LOCATIONS:
+                kept[index] = (name, rewrite.apply(value))
+    return kept
+
+
+class LocationRewrite:
+    """Maps URLs under a connection's base URI to its proxy route.
+
+    ``http://api:8080/base/x?y`` and ``/base/x?y`` (base URI
+    ``http://api:8080/base``) both become ``/v1/connections/ID/proxy/x?y``,
+    as nginx's ``proxy_redirect default`` and Apache's ``ProxyPassReverse``
+    do; any other value stays as the API sent it.
+    """
+
+    __slots__ = ("_origin", "_path", "_route")
+
+    def __init__(self, origin: bytes, base_path: bytes, route: bytes) -> None:
+        self._origin = origin.lower()  # scheme://host[:port], as the base URI spells it
+        self._path = base_path.rstrip(b"/")
+        self._route = route
+
+    def __repr__(self) -> str:
+        return f"<LocationRewrite {self._origin!r}{self._path!r} -> {self._route!r}>"
+
+    def apply(self, value: bytes) -> bytes:
+        rest = value
+        if value[:1] != b"/" or value[:2] == b"//":
+            if value[: len(self._origin)].lower() != self._origin:
+                return value
+            rest = value[len(self._origin) :]
+            if rest[:1] not in (b"/", b"?", b"#", b""):
+                return value  # another port or host that shares the prefix
+        if not rest.startswith(self._path):
+            return value
+        tail = rest[len(self._path) :]
+        if tail[:1] not in (b"/", b"?", b"#", b""):
+            return value  # /basement is not under /base
+        return self._route + tail
+
+
+def encode_text(fields: Iterable[tuple[str, str]]) -> Fields:
+    """Fields the relay itself holds as text (settings, templates), as bytes."""
+    return [(name.encode("latin-1"), value.encode("utf-8")) for name, value in fields]
