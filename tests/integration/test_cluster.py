@@ -428,7 +428,13 @@ async def test_workers_share_the_api_port_and_each_has_an_ssh_port(
     key = master_key()
     ssh_port = _two_free_ports()
     relay = cluster_relay(
-        tmp_path, "w", cluster_database, key, ADMIN, ssh_listen=f"127.0.0.1:{ssh_port}"
+        tmp_path,
+        "w",
+        cluster_database,
+        key,
+        ADMIN,
+        ssh_listen=f"127.0.0.1:{ssh_port}",
+        cluster_listen="",  # a port of the system's choosing for each worker
     )
     assert relay.proc is None
     with relay.log_path.open("ab") as out:
