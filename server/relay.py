@@ -190,6 +190,7 @@ class Relay:
                 cluster_url="",
                 heartbeat_interval=settings.heartbeat_interval,
                 dead_after=settings.relay_dead_after,
+                shared=relay.clustered,
             )
             if serve_http:
                 await relay._start_http()

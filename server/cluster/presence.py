@@ -62,6 +62,7 @@ class Presence:
         cluster_url: str,
         heartbeat_interval: float,
         dead_after: float,
+        shared: bool = True,
     ) -> None:
         self._cluster = cluster
         self._registry = registry
@@ -74,6 +75,9 @@ class Presence:
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
         self.started = False
+        # False on SQLite: no other relay can read the tunnels, so they are
+        # not written (a single relay answers from memory, as before clusters).
+        self.shared = shared
 
     def __repr__(self) -> str:
         return f"<Presence {self.relay_id} {self.advertise_ssh}>"
@@ -81,7 +85,8 @@ class Presence:
     async def start(self) -> None:
         await self._cluster.register_relay(self.relay_id, self.advertise_ssh, self.cluster_url)
         self.started = True
-        self._registry.watch(self._tunnel_event)
+        if self.shared:
+            self._registry.watch(self._tunnel_event)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._write_loop(), name="presence-writes"),
@@ -154,7 +159,7 @@ class Presence:
             # The database was out of reach long enough for a peer to expire us.
             log.warning("relay_rejoined", relay_id=self.relay_id)
             await self._cluster.register_relay(self.relay_id, self.advertise_ssh, self.cluster_url)
-            for tunnel in self._registry:
+            for tunnel in self._registry if self.shared else ():
                 await self._cluster.add_presence(self.relay_id, self._row(tunnel))
         dead = await self._cluster.expire_relays(self.dead_after)
         if dead:
@@ -182,6 +187,8 @@ class Presence:
         tunnels = self._registry if agent_id is None else self._registry.replicas(agent_id)
         for tunnel in tunnels:
             found.setdefault(tunnel.agent_id, []).append(self._mine(tunnel))
+        if not self.shared:
+            return found
         rows = await self._cluster.presence_of(agent_id, self.dead_after)
         relays = {r.id: r for r in await self.relays()} if rows else {}
         for row in rows:
