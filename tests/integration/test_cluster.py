@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import signal
 import socket
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from sluice.tokens import AgentToken
 from tests.support.api import InternalAPI
@@ -66,6 +68,7 @@ async def _until(check, timeout: float, what: str) -> float:  # type: ignore[no-
     return time.monotonic() - began
 
 
+@pytest.mark.timeout(150)
 async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expires(
     tmp_path: Path, cluster_database: str, api: InternalAPI
 ) -> None:
@@ -134,6 +137,7 @@ async def _connection(
         return str((await resp.json())["id"])
 
 
+@pytest.mark.timeout(150)
 async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
     tmp_path: Path, cluster_database: str, api: InternalAPI
 ) -> None:
@@ -227,6 +231,7 @@ async def _replica_relays(
     return {r["relay"] for r in view["replicas"] if not r["draining"]}
 
 
+@pytest.mark.timeout(150)
 async def test_an_agent_given_one_relay_tunnels_to_every_relay_and_follows_membership(
     tmp_path: Path, cluster_database: str, api: InternalAPI
 ) -> None:
@@ -294,6 +299,7 @@ async def test_an_agent_given_one_relay_tunnels_to_every_relay_and_follows_membe
                 await relay.stop()
 
 
+@pytest.mark.timeout(150)
 async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_reach_all(
     tmp_path: Path, cluster_database: str, api: InternalAPI
 ) -> None:
@@ -404,17 +410,19 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
 
 
 def _two_free_ports() -> int:
-    """A port p such that p and p + 1 are both free now."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
+    """A port p such that p and p + 1 are both free now, below the ephemeral
+    range (so that no outgoing connection, which the kernel gives a port of
+    that range, takes one of them before the workers bind them)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low - 2))
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
     raise AssertionError("no two consecutive free ports")
 
 
@@ -422,6 +430,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.timeout(150)
 async def test_workers_share_the_api_port_and_each_has_an_ssh_port(
     tmp_path: Path, cluster_database: str, api: InternalAPI
 ) -> None:

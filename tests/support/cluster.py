@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,22 @@ import aiohttp
 from sluice.tokens import AgentToken
 from tests.support.agent import AgentProcess
 from tests.support.capture import remember_secret
-from tests.support.relay_process import RelayProcess, free_port
+from tests.support.relay_process import RelayProcess
+
+
+def fixed_port() -> int:
+    """A free port below the ephemeral range: a relay restarted on it finds it
+    free again (an outgoing connection never takes a port outside that range)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low - 1))
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def master_key() -> str:
@@ -32,7 +49,7 @@ def cluster_relay(
         "relay_dead_after": "4",
         # Chosen now with the relay's other ports (a port of the system's
         # choosing could be one another relay of the test means to take).
-        "cluster_listen": f"127.0.0.1:{free_port()}",
+        "cluster_listen": f"127.0.0.1:{fixed_port()}",
         "admin_token": admin_token,
         **settings,
     }
@@ -40,6 +57,12 @@ def cluster_relay(
         tmp_path / f"relay-{name}", tmp_path / f"relay-{name}.log", prefix=None, **values
     )
     relay.admin_token = admin_token
+    # Ports a restart can bind again (see fixed_port).
+    relay.ssh_port, relay.http_port = fixed_port(), fixed_port()
+    relay.base = f"http://127.0.0.1:{relay.http_port}"
+    if "ssh_listen" not in settings:
+        relay.env["SLUICE_SERVER_SSH_LISTEN"] = f"127.0.0.1:{relay.ssh_port}"
+    relay.env["SLUICE_SERVER_HTTP_LISTEN"] = f"127.0.0.1:{relay.http_port}"
     remember_secret(admin_token)
     return relay
 
