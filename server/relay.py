@@ -71,6 +71,7 @@ class Relay:
     admin_sync: AdminTokenSync | None = None
     presence: Presence | None = None
     forwarder: Forwarder | None = None
+    _relays_answer: tuple[float, bytes] | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
     ssh: asyncssh.SSHAcceptor | None = None
@@ -225,13 +226,23 @@ class Relay:
         await self.feed.start()
 
     async def relays_json(self) -> bytes:
-        """The relays agents should keep tunnels to (asked over SSH), as JSON."""
+        """The relays agents should keep tunnels to (asked over SSH), as JSON.
+
+        Read at most once a second however many agents ask: every agent asks
+        every few seconds, and a thousand of them must not mean a thousand reads.
+        """
         assert self.presence is not None
+        now = asyncio.get_running_loop().time()
+        cached = self._relays_answer
+        if cached is not None and now - cached[0] < 1.0 and not self.presence.draining:
+            return cached[1]
         me = self.presence.advertise_ssh
         relays = [r.advertise_ssh for r in await self.presence.relays() if not r.draining]
         if self.presence.draining:
             relays = [r for r in relays if r != me]
-        return json.dumps({"relay": me, "relays": relays}).encode()
+        answer = json.dumps({"relay": me, "relays": relays}).encode()
+        self._relays_answer = (now, answer)
+        return answer
 
     @property
     def clustered(self) -> bool:

@@ -39,6 +39,8 @@ HOP_KEY_LABEL = "sluice/relay-hop/v1"
 VIA_HEADER = "Sluice-Connection"
 # How far apart two relays' clocks (and a request's flight) may be.
 HOP_MAX_AGE = 60.0
+# How long the relays holding an agent's tunnels are taken as known.
+HOLDERS_TTL = 0.5
 _DROPPED = HOP_BY_HOP | {b"host", b"authorization", b"content-length", HOP_HEADER.lower().encode()}
 
 
@@ -108,6 +110,7 @@ class Forwarder:
         self._hop = hop
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._holders: dict[str, tuple[float, list[RelayRow]]] = {}
         self.forwarded = 0
 
     def __repr__(self) -> str:
@@ -127,15 +130,35 @@ class Forwarder:
             await self._session.close()
 
     async def holders(self, agent_id: str) -> list[RelayRow]:
-        """Live relays other than this one with a live tunnel to *agent_id*, shuffled."""
+        """Live relays other than this one with a live tunnel to *agent_id*, shuffled.
+
+        Looked up at most every HOLDERS_TTL seconds per agent (two reads), so
+        a stream of forwarded requests does not read the database each time.
+        """
+        now = time.monotonic()
+        cached = self._holders.get(agent_id)
+        if cached is not None and now - cached[0] < HOLDERS_TTL:
+            relays = list(cached[1])
+        else:
+            relays = await self._look_up(agent_id)
+            if len(self._holders) > 10_000:
+                self._holders.clear()
+            if relays:  # "none" is not kept: an agent coming online is used at once
+                self._holders[agent_id] = (now, list(relays))
+        random.shuffle(relays)
+        return relays
+
+    def forget(self, agent_id: str) -> None:
+        """Look the holders up again next time (one failed)."""
+        self._holders.pop(agent_id, None)
+
+    async def _look_up(self, agent_id: str) -> list[RelayRow]:
         replicas = (await self._presence.replicas(agent_id)).get(agent_id, [])
         ids = {r.relay_id for r in replicas if not r.draining}
         ids.discard(self._presence.relay_id)
         if not ids:
             return []
-        relays = [r for r in await self._presence.relays() if r.id in ids and r.cluster_url]
-        random.shuffle(relays)
-        return relays
+        return [r for r in await self._presence.relays() if r.id in ids and r.cluster_url]
 
     async def forward(
         self,
@@ -182,11 +205,14 @@ class Forwarder:
                     f"relay {relay.advertise_ssh}, which holds the agent's tunnel, "
                     f"could not be reached ({type(exc).__name__})"
                 )
+                self.forget(agent_id)
                 if not replayable:
                     raise failure from None
                 continue
             if VIA_HEADER not in resp.headers:
                 problem = await _problem(resp, relay)
+                if problem.type == "agent_offline":
+                    self.forget(agent_id)
                 if problem.type == "agent_offline" and replayable:
                     failure = problem
                     continue

@@ -53,6 +53,11 @@ class ChangeReactions:
         if kind == "connection":
             self._connections.forget(target)
             self._engine.forget_token(target)
+        elif kind == "connection_token":
+            # A refreshed token stored (here or by another relay): read the
+            # connection again. The engine's refresh state stays: callers
+            # waiting on this relay's refresh use its result.
+            self._connections.forget(target)
         elif kind == "agent" and self._registry.replicas(target):
             self._tasks.spawn(self.check_agent(target), name=f"check-agent-{target}")
         for callback in self._others.get(kind, ()):

@@ -413,7 +413,7 @@ class Store:
                 connections.update().where(connections.c.id == conn_id).values(document=document)
             )
             if result.rowcount > 0:
-                await record_change(db, "connection", conn_id)
+                await record_change(db, "connection_token", conn_id)
         return result.rowcount > 0
 
     async def set_last_test(self, conn_id: str, result_json: str) -> None:
