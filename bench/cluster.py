@@ -101,8 +101,7 @@ async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> l
     other: Relay | None = None
     agent: Child | None = None
     try:
-        other = await Relay.create(root / "other", **env, SLUICE_SERVER_ADMIN_TOKEN=holder.admin)
-        other.admin = holder.admin
+        other = await Relay.create(root / "other", **env)
         agent_id, token = await holder.create_agent("bench")
         # One tunnel, to the holder only: the other relay must forward.
         agent = await _agent(holder, agent_id, token, nginx, root / "a.log", max_relays=1)
@@ -116,7 +115,7 @@ async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> l
                     lua=lua,
                     connections=conns,
                     seconds=seconds,
-                    headers=holder.auth,
+                    headers=relay.auth,
                 )
                 rows.append(_row(f"{name}, c={conns}", result))
         return rows
