@@ -166,7 +166,9 @@ def render(s: Summary) -> str:
         "head in one write on a kept-alive CONNECT stream through the agent "
         "(`server/tunnel/stream_pool.py`, `server/tunnel/http1.py`; "
         "the answer is parsed by llhttp). "
-        "HEAD and cloud-mode requests use aiohttp's client. Decrypted connection settings "
+        "Cloud mode writes the same head on kept-alive TCP connections from the relay; "
+        "header fields stay byte pairs throughout (`server/proxy/headers.py`). "
+        "Decrypted connection settings "
         "are cached for 2 s, with one read per expiry however many requests wait.",
         "- SSH: `aes128-gcm@openssh.com` first; asyncssh's hot path tuned in "
         "`sluice/ssh_tuning.py`: no automatic `SSH_MSG_IGNORE` before every packet under "

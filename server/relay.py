@@ -28,6 +28,7 @@ from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
+from server.proxy.raw_head import raw_heads_supported
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.crypto import SecretBox
 from server.secrets.keyring import load_secret_box
@@ -133,7 +134,7 @@ class Relay:
             registry,
             tunnel_http,
             cloud_http,
-            connections.save_token,
+            connections.save_secrets,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
         relay = cls(
@@ -274,6 +275,7 @@ class Relay:
             hop=hop,
             forwarder=self.forwarder,
             feed=self.feed,
+            raw_heads=raw_heads_supported(),
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

@@ -130,6 +130,21 @@ async def client(relay: Relay) -> AsyncIterator[APIClient]:
 
 
 @pytest.fixture
+async def open_client(tmp_path: Path) -> AsyncIterator[APIClient]:
+    """A second relay that may reach loopback in cloud mode (the test's servers
+    live there), with a client for its API."""
+    open_relay = await Relay.start(
+        relay_settings(tmp_path, allow_private_destinations=True, data_dir=tmp_path / "open")
+    )
+    remember_secret(open_relay.admin_token)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield APIClient(session, open_relay.http_base, open_relay.admin_token)
+    finally:
+        await open_relay.close()
+
+
+@pytest.fixture
 async def api() -> AsyncIterator[InternalAPI]:
     async for running in serve_api():
         yield running

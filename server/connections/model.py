@@ -161,8 +161,15 @@ class Refresh(_Model):
     body: BodyTemplate | None = None
     media_type: MediaType | None = None
     token_path: JSONPath | None = None
+    # Which API answers mean "the token is no longer good": refresh, then retry once.
+    fail_status_codes: list[Annotated[int, Field(ge=400, le=599)]] = Field(
+        default_factory=lambda: [401], min_length=1, max_length=20
+    )
+    # Where a rotated refresh token sits in the refresh answer; when found, it
+    # replaces http.encrypted.refresh_token.
+    refresh_token_path: JSONPath | None = None
 
-    @field_validator("token_path", mode="before")
+    @field_validator("token_path", "refresh_token_path", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -219,6 +226,149 @@ class TokenAuth(_Model):
         return self
 
 
+def _no_colon(value: str) -> str:
+    _no_line_breaks(value)
+    if ":" in value:
+        raise ValueError("must not contain ':' (RFC 7617 separates user and password with it)")
+    return value
+
+
+def _absolute_url(value: str) -> str:
+    if _CONTROL_RE.search(value) or " " in value:
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("is not a valid URL (check the host and port)") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute URL starting with http:// or https://")
+    if "@" in parts.netloc or "#" in value:
+        raise ValueError("must not contain a user name, password or fragment")
+    return value
+
+
+UserName = Annotated[str, AfterValidator(_no_colon)]
+AbsoluteURL = Annotated[str, AfterValidator(_absolute_url)]
+
+
+class BasicAuth(_Model):
+    """``Authorization: Basic`` (RFC 7617, UTF-8) on every request."""
+
+    type: Literal["basic"] = "basic"
+    username: UserName
+    password: NoLineBreaks | None = None
+
+    @model_validator(mode="after")
+    def _password(self) -> BasicAuth:
+        if self.password is None:
+            raise _field_errors("BasicAuth", [("password", "required")])
+        return self
+
+
+class DigestAuth(_Model):
+    """RFC 7616 digest: answer the API's challenge (MD5, SHA-256; qop=auth)."""
+
+    type: Literal["digest"] = "digest"
+    username: NoLineBreaks
+    password: NoLineBreaks | None = None
+
+    @model_validator(mode="after")
+    def _password(self) -> DigestAuth:
+        if self.password is None:
+            raise _field_errors("DigestAuth", [("password", "required")])
+        return self
+
+
+GrantType = Literal["client_credentials", "password", "refresh_token"]
+
+
+class OAuth2Auth(_Model):
+    """An OAuth 2.0 access token from ``token_uri``, sent as ``Authorization: Bearer``."""
+
+    type: Literal["oauth2"] = "oauth2"
+    grant_type: GrantType = "client_credentials"
+    token_uri: AbsoluteURL
+    client_id: NoLineBreaks | None = None
+    client_secret: NoLineBreaks | None = None
+    scope: NoLineBreaks | None = None
+    audience: NoLineBreaks | None = None
+    client_credentials_location: Literal["basic_header", "body"] = "basic_header"
+    username: NoLineBreaks | None = None
+    password: NoLineBreaks | None = None
+    refresh_token: NoLineBreaks | None = None
+    extra_params: dict[str, NoLineBreaks] = Field(default_factory=dict)
+
+    @field_validator("client_id", "client_secret", "scope", "audience", "username", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("extra_params")
+    @classmethod
+    def _reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = {"grant_type", "client_id", "client_secret", "username", "password"}
+        taken |= {"refresh_token"}
+        for key in value:
+            if key in taken:
+                raise ValueError(f"'{key}' is set from its own field; remove it here")
+        return value
+
+    @model_validator(mode="after")
+    def _grant_needs(self) -> OAuth2Auth:
+        needed = {
+            "client_credentials": ("client_id", "client_secret"),
+            "password": ("username", "password"),
+            "refresh_token": ("refresh_token",),
+        }[self.grant_type]
+        missing = [name for name in needed if not getattr(self, name)]
+        if missing:
+            raise _field_errors(
+                "OAuth2Auth",
+                [(name, f"required for grant_type {self.grant_type}") for name in missing],
+            )
+        return self
+
+
+class CookieAuth(_Model):
+    """Log in at ``uri``, keep the session cookies it sets, log in again once on a 401."""
+
+    type: Literal["cookie"] = "cookie"
+    uri: Template
+    method: RefreshMethod = "POST"
+    headers: list[Header] = Field(default_factory=list)
+    body: BodyTemplate | None = None
+    media_type: MediaType | None = None
+    success_status: int = Field(default=200, ge=200, le=399)
+
+    @field_validator("uri")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("required: the login URI, relative to base_uri or absolute")
+        return value
+
+    @field_validator("body")
+    @classmethod
+    def _body_needs_method(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("method") == "GET":
+            raise ValueError("a request body is not sent with GET")
+        return value
+
+
+class NoAuth(_Model):
+    """No auth of the relay's own (headers and templates may still carry one)."""
+
+    type: Literal["none"] = "none"
+
+
+AUTH_TYPES: Final = ("token", "basic", "digest", "oauth2", "cookie", "none")
+Auth = Annotated[
+    TokenAuth | BasicAuth | DigestAuth | OAuth2Auth | CookieAuth | NoAuth,
+    Field(discriminator="type"),
+]
+
+
 class Ping(_Model):
     """The request that tests a connection (required by the test endpoint)."""
 
@@ -254,9 +404,34 @@ class Ping(_Model):
         return value
 
 
+class ClientCertificate(_Model):
+    """The certificate the relay presents in the end-to-end TLS session.
+
+    Either ``cert_pem`` + ``key_pem`` or ``pfx_base64`` (PKCS#12), each with
+    an optional ``passphrase``. The key, the PFX and the passphrase are
+    secrets: write-only, sealed at rest.
+    """
+
+    cert_pem: str | None = None
+    key_pem: str | None = None
+    pfx_base64: str | None = None
+    passphrase: str | None = None
+
+    @model_validator(mode="after")
+    def _loads(self) -> ClientCertificate:
+        from server.connections.certificates import CertificateError, load_identity
+
+        try:
+            load_identity(self.cert_pem, self.key_pem, self.pfx_base64, self.passphrase)
+        except CertificateError as exc:
+            raise _field_errors("ClientCertificate", [(exc.field, exc.reason)]) from None
+        return self
+
+
 class TLSSettings(_Model):
     verify: bool = True
     ca_bundle_pem: str | None = None
+    client_certificate: ClientCertificate | None = None
 
     @field_validator("ca_bundle_pem")
     @classmethod
@@ -291,12 +466,20 @@ class HTTPSettings(_Model):
     base_uri: str
     headers: list[Header] = Field(default_factory=list)
     media_type: MediaType = "json"
-    auth: TokenAuth | None = None
+    auth: Auth | None = None
     encrypted: dict[str, str] = Field(default_factory=dict)
     unencrypted: dict[str, str] = Field(default_factory=dict)
     ping: Ping | None = None
     tls: TLSSettings = Field(default_factory=TLSSettings)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _token_by_default(cls, value: object) -> object:
+        # Documents written before auth had other types carry no 'type'.
+        if isinstance(value, dict) and "type" not in value:
+            return {**value, "type": "token"}
+        return value
 
     @field_validator("base_uri")
     @classmethod

@@ -19,6 +19,7 @@ from server.connections.documents import (
     merge_patch,
     public_view,
     secret_context,
+    set_secret,
     validation_problems,
 )
 from server.connections.model import Connection
@@ -119,6 +120,10 @@ class ConnectionService:
         return view
 
     # -- CRUD -------------------------------------------------------------------
+    async def preview(self, document: Any) -> dict[str, Any]:
+        """What ``create`` would answer (without id and times), creating nothing."""
+        return public_view(await self.validate(document))
+
     async def create(self, document: Any) -> dict[str, Any]:
         connection = await self.validate(document)
         conn_id = new_connection_id()
@@ -234,20 +239,22 @@ class ConnectionService:
 
     async def save_token(self, conn_id: str, token: str) -> None:
         """Store a refreshed token (encrypted) without touching anything else."""
+        await self.save_secrets(conn_id, {"http.auth.token": token})
+
+    async def save_secrets(self, conn_id: str, values: dict[str, str]) -> None:
+        """Store refreshed or rotated secrets (sealed), keyed by their path
+        (``http.auth.token``, ``http.encrypted.refresh_token``…), nothing else."""
         row = await self._store.get_connection(conn_id)
         if row is None:
             return
-        connection = self._open(row)
-        auth = connection.http.auth
-        if auth is None:
-            return
-        connection = connection.model_copy(
-            update={
-                "http": connection.http.model_copy(
-                    update={"auth": auth.model_copy(update={"token": token})}
-                )
-            }
-        )
+        doc = self._open(row).model_dump(mode="json")
+        for path, value in values.items():
+            if path.startswith("http.auth.") and doc["http"].get("auth") is None:
+                return  # auth was removed meanwhile
+            if path.startswith("http.encrypted."):
+                doc["http"].setdefault("encrypted", {})
+            set_secret(doc, path, value)
+        connection = Connection.model_validate(doc)
         await self._store.update_document(conn_id, self._seal(conn_id, connection))
         self.forget(conn_id)
         await self._store.audit("relay", "connection.token_refreshed", conn_id)

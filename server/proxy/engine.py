@@ -2,20 +2,18 @@
 
 It turns "send METHOD relative-URI through connection C" into an HTTP request
 (URL joined to the base URI, headers from the connection, its media type and
-its token), sends it directly or through the connection's agent, refreshes
-the token on a 401 (one refresh shared by concurrent callers, then one
-retry), and answers connection tests (ping).
+the credentials of its auth scheme, see ``server.proxy.auth``), sends it
+directly or through the connection's agent, retries once when the scheme
+asks (a refreshed token, a new session, a digest challenge), and answers
+connection tests (ping).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
-import json
 import ssl
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +22,12 @@ import structlog
 from multidict import CIMultiDict
 from yarl import URL
 
+from server.connections.certificates import CertificateError
 from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
+from server.proxy.auth.authenticator import Authenticator
+from server.proxy.auth.base import Handle as AuthHandle
+from server.proxy.auth.base import SaveSecrets, TokenRefreshFailed, Tools
 from server.proxy.cloud_http import CloudHTTP
 from server.proxy.headers import (
     Fields,
@@ -34,9 +36,10 @@ from server.proxy.headers import (
     get,
     request_fields,
 )
-from server.proxy.success_path import lookup, ping_verdict
-from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
-from server.proxy.urls import URLError, join_target, join_uri, with_target_param
+from server.proxy.success_path import ping_verdict
+from server.proxy.templating import TemplateError, render_header_value, render_uri
+from server.proxy.tls import TLSContexts
+from server.proxy.urls import URLError, join_target
 from server.tunnel.http1 import USER_AGENT, Answer, Body
 from server.tunnel.http_client import TunnelHTTP, default_tls
 from server.tunnel.registry import TunnelRegistry
@@ -65,19 +68,13 @@ class UpgradeNotSupported(RelayError):
     title = "The relay does not switch protocols (Upgrade) on a proxied request"
 
 
-class TokenRefreshFailed(RelayError):
-    type = "token_refresh_failed"
-    status = 502
-    title = "The connection's token could not be refreshed"
-
-
 class UpstreamTLSError(RelayError):
     type = "upstream_tls_error"
     status = 502
     title = "The API's TLS certificate was not accepted"
 
 
-TokenSaver = Callable[[str, str], Awaitable[None]]
+__all__ = ["Engine", "Handle", "InvalidRequest", "TokenRefreshFailed", "UpstreamTLSError"]
 
 
 @dataclass
@@ -124,22 +121,17 @@ class Engine:
         registry: TunnelRegistry,
         tunnel_http: TunnelHTTP,
         cloud_http: CloudHTTP,
-        save_token: TokenSaver,
+        save_secrets: SaveSecrets,
         on_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self._registry = registry
         self._tunnel_http = tunnel_http
         self._cloud = cloud_http
-        self._save_token = save_token
-        self._refresh_locks: dict[str, asyncio.Lock] = {}
-        self._latest_token: dict[str, str] = {}
-        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
-        self._on_refresh = on_refresh
+        self._auth = Authenticator(Tools(self._send_auth, save_secrets, on_refresh))
+        self._tls = TLSContexts()
 
     def __repr__(self) -> str:
-        return (
-            f"<Engine refreshing={len(self._refresh_locks)} tls_contexts={len(self._ssl_contexts)}>"
-        )
+        return f"<Engine {self._auth!r} {self._tls!r}>"
 
     # -- sending ------------------------------------------------------------
     def _session(self, handle: Handle) -> aiohttp.ClientSession:
@@ -155,17 +147,10 @@ class Engine:
             raise AgentOffline(f"agent {agent_id} is not connected; start it or check its log")
 
     def _ssl(self, handle: Handle) -> ssl.SSLContext | bool:
-        tls = handle.connection.http.tls
-        if tls is not None and not tls.verify:
-            return False
-        if tls is None or not tls.ca_bundle_pem:
-            return True
-        key = hashlib.sha256(tls.ca_bundle_pem.encode()).hexdigest()
-        ctx = self._ssl_contexts.get(key)
-        if ctx is None:
-            ctx = ssl.create_default_context(cadata=tls.ca_bundle_pem)
-            self._ssl_contexts[key] = ctx
-        return ctx
+        try:
+            return self._tls.for_settings(handle.connection.http.tls)
+        except CertificateError as exc:
+            raise InvalidRequest(f"http.tls.client_certificate.{exc.field}: {exc.reason}") from None
 
     def _timeout(self, handle: Handle) -> aiohttp.ClientTimeout:
         t = handle.connection.http.timeouts
@@ -177,15 +162,14 @@ class Engine:
             origin, target = join_target(handle.connection.http.base_uri, relative)
         except URLError as exc:
             raise InvalidRequest(str(exc)) from None
-        auth = handle.connection.http.auth
-        if auth is not None and auth.location == "url" and auth.token and auth.param_name:
-            target = with_target_param(target, auth.param_name, auth.token)
         return origin, target
 
-    def _fields(self, handle: Handle, caller: Fields) -> Fields:
+    def _fields(
+        self, handle: Handle, caller: Fields, auth: Sequence[tuple[str, str]] = ()
+    ) -> Fields:
         """What the API gets: ``server.proxy.headers.request_fields`` with this
-        connection's own fields (configured headers, auth) and defaults (media
-        type, User-Agent)."""
+        connection's own fields (configured headers, *auth*: the auth scheme's
+        credentials) and defaults (media type, User-Agent)."""
         http = handle.connection.http
         owned: list[tuple[str, str]] = []
         context: dict[str, Any] | None = None
@@ -202,12 +186,9 @@ class Engine:
             except TemplateError as exc:
                 raise InvalidRequest(f"header {header.name}: {exc}") from None
             owned.append((header.name, value))
-        auth = http.auth
-        if auth is not None and auth.location == "header" and auth.token:
-            scheme = (auth.scheme or "").strip()
-            name = auth.header_name or "Authorization"
+        for name, value in auth:
             owned = [(n, v) for n, v in owned if n.lower() != name.lower()]
-            owned.append((name, f"{scheme} {auth.token}" if scheme else auth.token))
+            owned.append((name, value))
         return request_fields(
             caller, encode_text(owned) if owned else (), _defaults(http.media_type)
         )
@@ -316,139 +297,72 @@ class Engine:
     ) -> Answer:
         """Send a request through *handle*'s connection; the caller releases the answer.
 
-        *headers* are the caller's fields as received (bytes, in order)."""
+        *headers* are the caller's fields as received (bytes, in order). The
+        connection's auth scheme adds its credentials; when it asks for it (a
+        401 to refresh a token, a digest challenge) the request is sent once
+        more, with a body of at most REPLAY_LIMIT bytes replayed."""
         if b"upgrade" in connection_options(headers) and get(headers, b"upgrade") is not None:
             raise UpgradeNotSupported(
                 "the request asks to switch protocols (Upgrade: "
                 f"{(get(headers, b'upgrade') or b'').decode('latin-1')}); the relay proxies "
                 "HTTP/1.1 requests only; send it without Connection: upgrade"
             )
-        auth = handle.connection.http.auth
-        refreshable = auth is not None and auth.refresh is not None
-        if refreshable and not (auth and auth.token):
-            await self._refresh(handle, used=None)
         replay: bytes | None = None
-        if refreshable and body is not None and not isinstance(body, bytes):
+        if self._auth.may_retry(handle) and body is not None and not isinstance(body, bytes):
             replay, body = await _buffer_small(body)
         elif isinstance(body, bytes):
             replay = body
-        used = handle.connection.http.auth.token if handle.connection.http.auth else None
         length = _declared_length(headers)
         origin, target = self._target(handle, relative)
+        grant = await self._auth.authorize(handle, method, target)
         response = await self._send(
-            handle, method, origin, target, self._fields(handle, headers), body, length
+            handle,
+            method,
+            origin,
+            grant.target,
+            self._fields(handle, headers, grant.headers),
+            body,
+            length,
         )
-        if response.status != 401 or not refreshable or (body is not None and replay is None):
+        if (body is not None and replay is None) or not self._auth.wants_retry(
+            handle, grant, response.status, response.headers
+        ):
             return response
         response.release()
-        await self._refresh(handle, used=used)
-        origin, target = self._target(handle, relative)
+        await self._auth.on_unauthorized(handle, grant, response.headers)
+        grant = await self._auth.authorize(handle, method, target)
         return await self._send(
-            handle, method, origin, target, self._fields(handle, headers), replay
+            handle,
+            method,
+            origin,
+            grant.target,
+            self._fields(handle, headers, grant.headers),
+            replay,
         )
-
-    # -- token refresh ------------------------------------------------------
-    async def _refresh(self, handle: Handle, used: str | None) -> None:
-        key = handle.id or f"unsaved:{id(handle)}"
-        lock = self._refresh_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            latest = self._latest_token.get(key)
-            if latest is not None and latest != used:
-                self._set_token(handle, latest)  # another caller refreshed meanwhile
-                return
-            token = await self._call_refresh(handle)
-            self._set_token(handle, token)
-            if handle.id is not None:
-                self._latest_token[key] = token
-                await self._save_token(handle.id, token)
-
-    def _set_token(self, handle: Handle, token: str) -> None:
-        auth = handle.connection.http.auth
-        assert auth is not None
-        handle.connection = handle.connection.model_copy(
-            update={
-                "http": handle.connection.http.model_copy(
-                    update={"auth": auth.model_copy(update={"token": token})}
-                )
-            }
-        )
-        handle.masks.append(token)
-
-    def _count_refresh(self, outcome: str) -> None:
-        if self._on_refresh is not None:
-            self._on_refresh(outcome)
 
     def forget_token(self, conn_id: str) -> None:
-        """Drop the cached refreshed token (the connection was edited or deleted)."""
-        self._latest_token.pop(conn_id, None)
-        self._refresh_locks.pop(conn_id, None)
+        """Drop cached tokens, sessions and challenges (the connection was edited or deleted)."""
+        self._auth.forget(conn_id)
 
-    async def _call_refresh(self, handle: Handle) -> str:
-        auth = handle.connection.http.auth
-        assert auth is not None
-        refresh = auth.refresh
-        assert refresh is not None
-        context = handle.template_context()
-        try:
-            media_type = refresh.media_type or handle.connection.http.media_type
-            relative = render_uri(
-                refresh.relative_uri or "", context, name="http.auth.refresh.relative_uri"
-            )
-            body = render_body(refresh.body, context, media_type) if refresh.body else None
-            headers: dict[str, tuple[str, str]] = {}
-            content_type = media_type_header(media_type)
-            headers["content-type"] = ("Content-Type", content_type)
-            headers["accept"] = ("Accept", content_type)
-            headers["user-agent"] = ("User-Agent", USER_AGENT)
-            for header in refresh.headers:
-                headers[header.name.lower()] = (
-                    header.name,
-                    render_header_value(
-                        header.value, context, name=f"refresh header {header.name}"
-                    ),
-                )
-        except TemplateError as exc:
-            self._count_refresh("failed")
-            raise TokenRefreshFailed(f"refresh template: {exc}") from None
-        url = join_uri(handle.connection.http.base_uri, relative)
-        began = time.perf_counter()
-        try:
-            response = await self._send(
-                handle,
-                refresh.method,
-                url.with_path("").with_query(None),
-                url.raw_path_qs,
-                encode_text(headers.values()),
-                body.encode() if body is not None else None,
-            )
-        except RelayError as exc:
-            self._count_refresh("failed")
-            raise TokenRefreshFailed(f"refresh call failed: {handle.mask(str(exc))}") from exc
-        async with response:
-            raw = await response.content.read(PING_BODY_LIMIT)
-        ms = (time.perf_counter() - began) * 1000
-        if response.status >= 400:
-            self._count_refresh("failed")
-            raise TokenRefreshFailed(
-                f"refresh call answered HTTP {response.status}: {_describe(raw, handle)}"
-            )
-        try:
-            document = json.loads(raw)
-        except ValueError:
-            self._count_refresh("failed")
-            raise TokenRefreshFailed(
-                f"refresh answer is not JSON: {_describe(raw, handle)}"
-            ) from None
-        found, value = lookup(document, refresh.token_path or "")
-        if not found or value in (None, "") or isinstance(value, dict | list):
-            self._count_refresh("failed")
-            raise TokenRefreshFailed(
-                f"no token at path {refresh.token_path!r} in the refresh answer; "
-                f"it held: {_describe(raw, handle)}"
-            )
-        self._count_refresh("ok")
-        log.info("token_refreshed", connection=handle.id, ms=round(ms, 1))
-        return str(value)
+    async def _send_auth(
+        self,
+        handle: AuthHandle,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+    ) -> Answer:
+        """For auth schemes: token, refresh and login calls go the API's way."""
+        assert isinstance(handle, Handle)
+        headers.setdefault("User-Agent", USER_AGENT)
+        return await self._send(
+            handle,
+            method,
+            url.with_path("").with_query(None),
+            url.raw_path_qs,
+            encode_text(headers.items()),
+            body,
+        )
 
     # -- ping -----------------------------------------------------------------
     async def ping(self, handle: Handle) -> PingResult:
@@ -519,19 +433,3 @@ async def _buffer_small(body: Body) -> tuple[bytes | None, Body]:
             return None, rest()
     data = b"".join(chunks)
     return data, data
-
-
-def _describe(raw: bytes, handle: Handle) -> str:
-    """A short, secret-masked description of a response body for error messages."""
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        text = raw[:160].decode("utf-8", "replace")
-        return handle.mask(repr(text)) if text else "an empty body"
-    if isinstance(document, dict):
-        parts = []
-        for key, value in list(document.items())[:8]:
-            shown = json.dumps(value)[:60] if not isinstance(value, dict | list) else "{…}"
-            parts.append(f"{key}={shown}")
-        return handle.mask("{" + ", ".join(parts) + "}")
-    return handle.mask(json.dumps(document)[:160])

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_writer import StreamWriter
 
 from server.cluster.forward import HOP_HEADER
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
-from server.proxy.headers import Fields, get
+from server.proxy.headers import Fields
+from server.proxy.raw_head import answer_response
 from server.web.services import FORWARDED, Services, services_of
 
 
@@ -55,53 +55,17 @@ def _limited_body(request: web.Request, limit: int) -> Any:
     return counted()
 
 
-class PassThroughResponse(web.StreamResponse):
-    """An aiohttp answer whose head is the API's fields as bytes.
-
-    aiohttp writes header values as UTF-8 text (it would turn obs-text such
-    as ``caf\xe9`` into ``caf\xc3\xa9``, or drop it) and adds Server and
-    Content-Type of its own. Here the head is the status line, the *fields*
-    exactly, and only the framing aiohttp chose (Content-Length,
-    Transfer-Encoding, Connection) plus Date when the API sent none.
-    """
-
-    _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
-
-    def __init__(self, status: int, reason: str | None, fields: Fields) -> None:
-        super().__init__(status=status, reason=reason)
-        self._fields = fields
-
-    async def _write_headers(self) -> None:
-        request = self._req
-        writer = self._payload_writer
-        assert request is not None
-        assert isinstance(writer, StreamWriter)
-        reason = (self.reason or "").encode("latin-1", "replace")
-        parts = [b"HTTP/%d.%d %d %s\r\n" % (*request.version, self.status, reason)]
-        parts += [b"%s: %s\r\n" % field for field in self._fields]
-        has_date = get(self._fields, b"date") is not None
-        for name, value in self.headers.items():
-            lowered = name.lower()
-            if lowered in self._FRAMING or (lowered == "date" and not has_date):
-                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        parts.append(b"\r\n")
-        # What StreamWriter.write_headers does with the head it serialises
-        # (aiohttp's own serialiser cannot write bytes as they are).
-        writer._headers_buf = b"".join(parts)
-        writer._headers_written = False
-        writer.send_headers()
-
-
 class _ResponseSink:
     """An answer written through aiohttp's response objects."""
 
-    def __init__(self, request: web.Request, stalled_reader_timeout: float) -> None:
+    def __init__(self, request: web.Request, stalled_reader_timeout: float, raw: bool) -> None:
         self.request = request
         self.response: web.StreamResponse | None = None
         self._timeout = stalled_reader_timeout
+        self._raw = raw
 
     async def whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
-        response = self.response = PassThroughResponse(status, reason, headers)
+        response = self.response = answer_response(status, reason, headers, raw=self._raw)
         response.content_length = len(body)
         await response.prepare(self.request)
         await response.write(body)
@@ -114,7 +78,7 @@ class _ResponseSink:
         headers: Fields,
         length: int | None,
     ) -> None:
-        response = self.response = PassThroughResponse(status, reason, headers)
+        response = self.response = answer_response(status, reason, headers, raw=self._raw)
         if length is not None:
             response.content_length = length
         await response.prepare(self.request)
@@ -146,7 +110,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     """The route as aiohttp serves it: requests ``server.proxy.front`` hands on
     (HEAD, chunked or 100-continue bodies, HTTP/1.0, ...)."""
     services = services_of(request)
-    sink = _ResponseSink(request, services.stalled_reader_timeout)
+    sink = _ResponseSink(request, services.stalled_reader_timeout, services.raw_heads)
     await exchange(
         services,
         request.match_info["id"],

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 
 from server.cluster.presence import Replica
+from server.connections.importer import UnsupportedExport, from_integrator
 from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
 from server.proxy.route import hop_actor, proxy
@@ -365,6 +366,32 @@ async def create_connection(request: web.Request) -> web.Response:
     return web.json_response(view, status=201)
 
 
+async def import_connection(request: web.Request) -> web.Response:
+    """POST /v1/connections/import: an integrator.io HTTP connection export in,
+    the created connection and every field not carried over (with why) out.
+    With ``?dry_run=true`` nothing is created: the console's preview."""
+    agent_id = request.query.get("agent_id") or None
+    try:
+        imported = from_integrator(await _json(request), agent_id)
+    except UnsupportedExport as exc:
+        raise InvalidConnection(exc.problems) from None
+    connections = services_of(request).connections
+    if request.query.get("dry_run") == "true":
+        preview = await connections.preview(imported.document)
+        return web.json_response({"connection": preview, "unmapped": imported.unmapped})
+    view = await connections.create(imported.document)
+    log.info("connection_imported", connection=view["id"], unmapped=len(imported.unmapped))
+    await audit(
+        request,
+        "connection.created",
+        view["id"],
+        name=view["name"],
+        mode=view["mode"],
+        source="integrator.io",
+    )
+    return web.json_response({"connection": view, "unmapped": imported.unmapped}, status=201)
+
+
 async def list_connections(request: web.Request) -> web.Response:
     return web.json_response({"connections": await services_of(request).connections.list()})
 
@@ -464,6 +491,7 @@ def build_app(services: Services) -> web.Application:
     r.add_post("/v1/connections", create_connection)
     r.add_get("/v1/connections", list_connections)
     r.add_post("/v1/connections/test", test_unsaved)
+    r.add_post("/v1/connections/import", import_connection)
     r.add_get("/v1/connections/{id}", get_connection)
     r.add_patch("/v1/connections/{id}", patch_connection)
     r.add_delete("/v1/connections/{id}", delete_connection)

@@ -348,6 +348,60 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/connections/import": {
+            "post": {
+                "summary": "Create a connection from an integrator.io HTTP connection export",
+                "description": "Answers the created connection and every field not carried "
+                "over, with the reason. An unsupported auth type (wsse, jwt, oauth1, the "
+                "authorization-code grant) is a 422 naming it.",
+                "parameters": [
+                    {
+                        "name": "agent_id",
+                        "in": "query",
+                        "required": False,
+                        "description": "The Sluice agent to use (on-premise); required when "
+                        "the export has an _agentId",
+                        "schema": {"type": "string", "pattern": "^agt_[a-z0-9]+$"},
+                    },
+                    {
+                        "name": "dry_run",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: answer 200 with the preview, create nothing",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": any_json}},
+                },
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "required": ["connection", "unmapped"],
+                            "properties": {
+                                "connection": any_json,
+                                "unmapped": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["field", "reason"],
+                                        "properties": {
+                                            "field": {"type": "string"},
+                                            "reason": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "Created (secrets omitted), with the fields not carried over",
+                    ),
+                    "200": _json(any_json, "The preview (dry_run=true): nothing created"),
+                    **_problem_responses(400, 401, 422),
+                },
+            }
+        },
         "/v1/connections/test": {
             "post": {
                 "summary": "Test unsaved settings",

@@ -42,6 +42,8 @@ class Services:
     forwarder: Forwarder | None = None
     # The change feed: a change made here is answered once the cluster heard it.
     feed: ChangeFeed | None = None
+    # Answer heads on the handed-on route go out as bytes (server.proxy.raw_head).
+    raw_heads: bool = False
 
 
 SERVICES = web.AppKey("services", Services)

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.connections.model import TokenAuth
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
@@ -154,7 +155,7 @@ async def test_expired_token_is_refreshed_once_for_twenty_callers(
     remember_secret(api.tokens.current)
     # The new token was stored (encrypted): a fresh handle uses it directly.
     handle = await relay.connections.handle(conn_id)
-    assert handle.connection.http.auth is not None
+    assert isinstance(handle.connection.http.auth, TokenAuth)
     assert handle.connection.http.auth.token == api.tokens.current
     stored = await relay.store.get_connection(conn_id)
     assert stored is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from server.connections.model import TokenAuth
 from server.relay import Relay
 from server.secrets.crypto import MasterKey
 from tests.conftest import relay_settings
@@ -78,7 +79,7 @@ async def test_rotation_reseals_everything_and_a_running_relay_keeps_reading(
     again = await Relay.start(relay_settings(tmp_path))
     try:
         handle = await again.connections.handle(view["id"])
-        assert handle.connection.http.auth is not None
+        assert isinstance(handle.connection.http.auth, TokenAuth)
         assert handle.connection.http.auth.token == secret
     finally:
         await again.close()

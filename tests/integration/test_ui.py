@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
+from server.connections.model import TokenAuth
 from server.relay import Relay
 from server.web.ui import UI_DIR
 from sluice.tokens import AgentToken
@@ -524,7 +525,7 @@ async def test_editing_keeps_unchanged_secrets_and_removes_what_was_removed(
     assert view["http"]["unencrypted"] == {"client_id": "abc"}
     assert view["http"]["encrypted"] == {"refresh_token": {"set": True}}
     handle = await relay.connections.handle(conn_id)
-    assert handle.connection.http.auth is not None
+    assert isinstance(handle.connection.http.auth, TokenAuth)
     assert handle.connection.http.auth.token == API_TOKEN
     assert handle.connection.http.encrypted["refresh_token"] == refresh_secret
     assert api.seen[-1].headers["Authorization"] == f"Bearer {API_TOKEN}"

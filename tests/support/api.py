@@ -53,6 +53,8 @@ class TokenIssuer:
     issued: int = 0
     omit_token: bool = False
     refresh_bodies: list[bytes] = field(default_factory=list)
+    rotate: bool = False  # answer with a new refresh token; the old one stops working
+    reject_status: int = 401  # what /secure answers a stale token with
 
 
 @dataclass
@@ -108,7 +110,7 @@ def build_app(api: InternalAPI) -> web.Application:
     async def secure(request: web.Request) -> web.Response:
         api.seen.append(_seen(request))
         if request.headers.get("Authorization") != f"Bearer {api.tokens.current}":
-            return web.json_response({"error": "token expired"}, status=401)
+            return web.json_response({"error": "token expired"}, status=api.tokens.reject_status)
         return web.json_response({"secure": True, "path": request.path_qs})
 
     async def token(request: web.Request) -> web.Response:
@@ -125,7 +127,11 @@ def build_app(api: InternalAPI) -> web.Application:
         if api.tokens.omit_token:
             return web.json_response({"data": {"expires_in": 3600}, "note": "no token here"})
         api.tokens.current = f"at-{api.tokens.issued}-" + "x" * 20
-        return web.json_response({"data": {"access_token": api.tokens.current}})
+        data = {"access_token": api.tokens.current}
+        if api.tokens.rotate:
+            api.tokens.refresh_secret = f"rt-{api.tokens.issued}-" + "y" * 20
+            data["refresh_token"] = api.tokens.refresh_secret
+        return web.json_response({"data": data})
 
     async def slack(request: web.Request) -> web.Response:
         api.seen.append(_seen(request))

@@ -19,7 +19,7 @@ from server.connections.documents import (
     set_secret,
     validation_problems,
 )
-from server.connections.model import Connection, media_type_header
+from server.connections.model import Connection, TokenAuth, media_type_header
 
 TOKEN = "tok-" + "s" * 20
 REFRESH_SECRET = "refresh-" + "r" * 20
@@ -59,7 +59,7 @@ def valid() -> dict[str, Any]:
                 "success_path": "ok",
                 "success_values": ["true"],
             },
-            "tls": {"verify": True, "ca_bundle_pem": None},
+            "tls": {"verify": True, "ca_bundle_pem": None, "client_certificate": None},
         },
     }
 
@@ -93,7 +93,7 @@ DELETE: Any = object()
 
 def test_design_example_is_valid() -> None:
     conn = Connection.model_validate(valid())
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.refresh is not None
     assert conn.http.timeouts.connect == 10
     assert conn.http.timeouts.total == 60
@@ -188,7 +188,7 @@ def test_header_name_required_for_header_location() -> None:
 
 def test_header_name_defaults_to_authorization() -> None:
     conn = Connection.model_validate(with_changes("http.auth.header_name", DELETE))
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.header_name == "Authorization"
 
 
@@ -198,14 +198,14 @@ def test_param_name_required_for_url_location() -> None:
     doc = with_changes("http.auth.param_name", "api_key", doc)
     doc = with_changes("http.auth.header_name", None, doc)
     conn = Connection.model_validate(doc)
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.param_name == "api_key"
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "MAC", "Token", "X-Custom_1", None, ""])
 def test_scheme_accepted(scheme: str | None) -> None:
     conn = Connection.model_validate(with_changes("http.auth.scheme", scheme))
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.scheme == (scheme or None)
 
 
@@ -254,7 +254,7 @@ def test_token_required_unless_refresh() -> None:
 
 
 def test_auth_type_is_token() -> None:
-    assert "http.auth.type" in problems(with_changes("http.auth.type", "basic"))
+    assert "http.auth.type" in problems(with_changes("http.auth.type", "wsse"))
 
 
 # -- refresh ------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_refresh_fields() -> None:
         with_changes("http.auth.refresh.media_type", "yaml")
     )
     conn = Connection.model_validate(with_changes("http.auth.refresh.token_path", ""))
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.refresh is not None
     assert conn.http.auth.refresh.token_path is None
 
@@ -451,7 +451,11 @@ def test_public_view_shape() -> None:
     assert auth["token_set"] is True
     assert view["http"]["encrypted"] == {"refresh_token": {"set": True}}
     assert view["http"]["unencrypted"] == {"client_id": "cid"}
-    assert view["http"]["tls"] == {"verify": True, "ca_bundle_pem": None}
+    assert view["http"]["tls"] == {
+        "verify": True,
+        "ca_bundle_pem": None,
+        "client_certificate": None,
+    }
     dumped = json.dumps(view)
     assert TOKEN not in dumped
     assert REFRESH_SECRET not in dumped
@@ -496,7 +500,7 @@ def test_merge_patch_keeps_omitted_secrets() -> None:
     conn = Connection.model_validate(merged)
     assert conn.name == "Renamed"
     assert conn.http.media_type == "xml"
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.token == TOKEN
     assert conn.http.encrypted == {"refresh_token": REFRESH_SECRET}
 
@@ -533,6 +537,6 @@ def test_public_view_round_trips_through_patch() -> None:
     view["http"]["unencrypted"]["client_id"] = "changed"
     conn = Connection.model_validate(merge_patch(stored(), view))
     assert conn.http.unencrypted == {"client_id": "changed"}
-    assert conn.http.auth is not None
+    assert isinstance(conn.http.auth, TokenAuth)
     assert conn.http.auth.token == TOKEN
     assert conn.http.encrypted == {"refresh_token": REFRESH_SECRET}

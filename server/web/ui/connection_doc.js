@@ -10,6 +10,19 @@ export function emptyValues() {
     baseUri: "",
     headers: [],
     mediaType: "json",
+    authType: "token",
+    username: "",
+    password: "",
+    passwordSet: false,
+    oauth: {
+      grantType: "client_credentials", tokenUri: "", clientId: "", clientSecret: "",
+      clientSecretSet: false, location: "basic_header", scope: "", audience: "", username: "",
+      password: "", passwordSet: false, refreshToken: "", refreshTokenSet: false,
+    },
+    cookie: { uri: "", method: "POST", body: "", mediaType: "", successStatus: "200" },
+    clientCertificateView: null, // as the relay shows it (secrets as *_set)
+    clientCertificate: undefined, // what to send: object, null (remove), undefined (keep)
+    tlsKeeps: false,
     token: "",
     tokenSet: false,
     location: "header",
@@ -38,6 +51,8 @@ export function fromView(view) {
     baseUri: http.base_uri,
     headers: http.headers.map(({ name, value }) => ({ key: name, value })),
     mediaType: http.media_type,
+    authType: auth.type || "none",
+    clientCertificateView: (http.tls && http.tls.client_certificate) || null,
     tokenSet: Boolean(auth.token_set),
     location: auth.location || "header",
     headerName: auth.header_name || "Authorization",
@@ -47,6 +62,34 @@ export function fromView(view) {
     encrypted: Object.keys(http.encrypted || {}).map((key) => ({ key, value: "", saved: true })),
     unencrypted: Object.entries(http.unencrypted || {}).map(([key, value]) => ({ key, value })),
   });
+  if (auth.type === "basic" || auth.type === "digest") {
+    values.username = auth.username || "";
+    values.passwordSet = Boolean(auth.password_set);
+  } else if (auth.type === "oauth2") {
+    values.oauth = {
+      grantType: auth.grant_type,
+      tokenUri: auth.token_uri || "",
+      clientId: auth.client_id || "",
+      clientSecret: "",
+      clientSecretSet: Boolean(auth.client_secret_set),
+      location: auth.client_credentials_location || "basic_header",
+      scope: auth.scope || "",
+      audience: auth.audience || "",
+      username: auth.username || "",
+      password: "",
+      passwordSet: Boolean(auth.password_set),
+      refreshToken: "",
+      refreshTokenSet: Boolean(auth.refresh_token_set),
+    };
+  } else if (auth.type === "cookie") {
+    values.cookie = {
+      uri: auth.uri || "",
+      method: auth.method || "POST",
+      body: auth.body || "",
+      mediaType: auth.media_type || "",
+      successStatus: String(auth.success_status || 200),
+    };
+  }
   if (auth.refresh) {
     const r = auth.refresh;
     values.refresh = {
@@ -86,9 +129,51 @@ function pingBlank(ping) {
  * is left out, so the relay keeps it. *forTest* always includes the ping,
  * which the test needs.
  */
+/** http.auth for the types beside token; an empty secret is left out (kept when editing). */
+function otherAuth(v) {
+  const put = (target, name, value) => {
+    if (value) target[name] = value;
+  };
+  if (v.authType === "basic" || v.authType === "digest") {
+    const auth = { type: v.authType, username: v.username.trim() };
+    put(auth, "password", v.password);
+    return auth;
+  }
+  if (v.authType === "oauth2") {
+    const o = v.oauth;
+    const auth = {
+      type: "oauth2",
+      grant_type: o.grantType,
+      token_uri: o.tokenUri.trim(),
+      client_id: o.clientId.trim() || null,
+      client_credentials_location: o.location,
+      scope: o.scope.trim() || null,
+      audience: o.audience.trim() || null,
+      username: o.grantType === "password" ? o.username.trim() || null : null,
+    };
+    put(auth, "client_secret", o.clientSecret);
+    if (o.grantType === "password") put(auth, "password", o.password);
+    if (o.grantType === "refresh_token") put(auth, "refresh_token", o.refreshToken);
+    return auth;
+  }
+  if (v.authType === "cookie") {
+    const c = v.cookie;
+    const status = Number.parseInt(c.successStatus, 10);
+    return {
+      type: "cookie",
+      uri: c.uri.trim(),
+      method: c.method,
+      body: c.method !== "GET" && c.body ? c.body : null,
+      media_type: c.mediaType || null,
+      success_status: Number.isNaN(status) ? c.successStatus : status,
+    };
+  }
+  return { type: "none" };
+}
+
 export function toDocument(v, { saved = null, forTest = false } = {}) {
   const refresh = v.refresh;
-  const auth = {
+  const auth = v.authType !== "token" ? otherAuth(v) : {
     type: "token",
     location: v.location,
     header_name: v.location === "header" ? v.headerName.trim() : null,
@@ -105,7 +190,7 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
         }
       : null,
   };
-  if (v.token) auth.token = v.token;
+  if (v.authType === "token" && v.token) auth.token = v.token;
 
   const encrypted = {};
   for (const row of v.encrypted) {
@@ -130,6 +215,9 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
   }
 
   const ping = v.ping;
+  const tls = v.clientCertificate === undefined
+    ? {}
+    : { tls: { client_certificate: v.clientCertificate } };
   return {
     name: v.name,
     mode: v.mode,
@@ -141,6 +229,7 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
       auth,
       encrypted,
       unencrypted,
+      ...tls,
       ping: pingBlank(ping) && !forTest
         ? null
         : {
@@ -155,5 +244,14 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
 
 /** Editing, and a saved secret is left unchanged (the relay never sends it back). */
 export function keepsSavedSecrets(v) {
-  return (v.tokenSet && !v.token) || v.encrypted.some((row) => row.saved && !row.value);
+  const o = v.oauth;
+  const kept = {
+    token: v.tokenSet && !v.token,
+    basic: v.passwordSet && !v.password,
+    digest: v.passwordSet && !v.password,
+    oauth2: (o.clientSecretSet && !o.clientSecret) || (o.passwordSet && !o.password)
+      || (o.refreshTokenSet && !o.refreshToken),
+  }[v.authType];
+  return Boolean(kept) || Boolean(v.tlsKeeps)
+    || v.encrypted.some((row) => row.saved && !row.value);
 }

@@ -6,6 +6,8 @@ import { h, show, uid } from "./dom.js";
 import { checkbox, field, group, radios, secretInput, select, textInput } from "./fields.js";
 import { MEDIA_TYPES } from "./format.js";
 import { rowsEditor } from "./rows.js";
+import { AUTH_TYPES, buildAuthFields } from "./connection_auth.js";
+import { buildTlsFields } from "./connection_tls.js";
 
 const code = (text) => h("code", {}, text);
 
@@ -58,7 +60,12 @@ export function buildFields({ editing }) {
   });
 
   // -- D. token auth ----------------------------------------------------------
-  const authType = field("Auth type", select([["token", "Token"]]), { required: true });
+  const authType = field("Auth type", select(AUTH_TYPES), {
+    required: true,
+    hint: "How the API knows the caller: the relay adds it to every request.",
+  });
+  const other = buildAuthFields({ editing });
+  const tls = buildTlsFields({ editing });
   const token = field("Token", secretInput(), {
     required: !editing,
     hint: editing
@@ -142,15 +149,22 @@ export function buildFields({ editing }) {
   // -- what shows when -------------------------------------------------------------
   function sync() {
     show(agent.wrapper, mode.value() === "on_premise");
+    const type = authType.control.value;
+    const isToken = type === "token";
     const viaHeader = location.control.value === "header";
-    show(headerName.wrapper, viaHeader);
-    show(scheme.wrapper, viaHeader);
-    show(paramName.wrapper, !viaHeader);
-    show(refreshGroup, refreshOn.control.checked);
+    show(token.wrapper, isToken);
+    show(location.wrapper, isToken);
+    show(headerName.wrapper, isToken && viaHeader);
+    show(scheme.wrapper, isToken && viaHeader);
+    show(paramName.wrapper, isToken && !viaHeader);
+    show(refreshOn.wrapper, isToken);
+    show(refreshGroup, isToken && refreshOn.control.checked);
     show(refreshBody.wrapper, refreshMethod.control.value === "POST");
+    other.sync(type);
   }
   mode.onChange(sync);
-  for (const c of [location.control, refreshOn.control, refreshMethod.control]) {
+  other.onChange(sync);
+  for (const c of [authType.control, location.control, refreshOn.control, refreshMethod.control]) {
     c.addEventListener("change", sync);
   }
 
@@ -159,7 +173,8 @@ export function buildFields({ editing }) {
     section("Application details", baseUri.wrapper, headers.wrapper, mediaType.wrapper),
     section("Authentication", authType.wrapper, token.wrapper, location.wrapper,
       headerName.wrapper, scheme.wrapper, schemes, paramName.wrapper, refreshOn.wrapper,
-      refreshGroup),
+      refreshGroup, other.wrappers),
+    section("Client certificate", tls.wrappers),
     section("Custom fields", h("p", { class: "hint" },
       "Values that templates in URIs, headers and bodies can refer to."),
     encrypted.wrapper, unencrypted.wrapper),
@@ -180,6 +195,10 @@ export function buildFields({ editing }) {
         baseUri: baseUri.control.value,
         headers: headers.rows(),
         mediaType: mediaType.control.value,
+        authType: authType.control.value,
+        ...other.read(),
+        clientCertificate: tls.document(),
+        tlsKeeps: tls.keepsSaved(),
         token: token.control.value,
         tokenSet: token.control.dataset.saved === "true",
         location: location.control.value,
@@ -212,6 +231,9 @@ export function buildFields({ editing }) {
       baseUri.control.value = v.baseUri;
       headers.set(v.headers);
       mediaType.control.value = v.mediaType;
+      authType.control.value = v.authType;
+      other.fill(v);
+      tls.fill(v.clientCertificateView);
       token.control.value = "";
       token.control.dataset.saved = String(v.tokenSet);
       token.control.placeholder = v.tokenSet ? "unchanged" : "";
@@ -276,6 +298,8 @@ export function buildFields({ editing }) {
         .map((row) => [`${path}.${row.key.trim()}`, row.valueField]);
       return [
         ...targets,
+        ...other.errorTargets(authType.control.value),
+        ...tls.errorTargets(),
         ...rowTargets("http.headers", headers),
         ...rowTargets("http.auth.refresh.headers", refreshHeaders),
         ...keyTargets("http.encrypted", encrypted),
@@ -285,6 +309,8 @@ export function buildFields({ editing }) {
     /** Empty every write-only input (after saving). */
     forgetSecrets() {
       token.control.value = "";
+      other.forgetSecrets();
+      tls.forgetSecrets();
       for (const row of encrypted.rows()) row.valueField.control.value = "";
     },
   };

@@ -7,6 +7,7 @@ import { h, replaceChildren } from "./dom.js";
 import { MODE_LABELS, ago, fullTime, testSummary } from "./format.js";
 import { announce, clearBanner, showBanner, takeFlash } from "./notify.js";
 import { poll } from "./poll.js";
+import { openImportDialog } from "./import_dialog.js";
 
 const AGENT_POLL_MS = 2000;
 const COLUMNS = ["Name", "Mode", "Agent", "Base URI", "Last test", "Actions"];
@@ -110,6 +111,19 @@ export function connectionsView(root) {
     return h("tr", { dataset: { connectionId: conn.id } }, cells);
   }
 
+  function importExport() {
+    openImportDialog({
+      agents: [...agents.values()],
+      onCreated: async (view, unmapped) => {
+        notice.textContent = `Imported connection ${view.name}`
+          + (unmapped.length ? `; ${unmapped.length} field(s) not carried over.` : ".");
+        notice.hidden = false;
+        announce(notice.textContent);
+        await load();
+      },
+    });
+  }
+
   async function refreshAgents() {
     try {
       const answer = await call("GET", "/v1/agents");
@@ -136,7 +150,9 @@ export function connectionsView(root) {
   root.append(
     h("div", { class: "title-row" },
       h("h1", { tabindex: "-1" }, "Connections"),
-      h("a", { class: "button primary", href: "#/connections/new" }, "+ Create connection")),
+      h("div", { class: "row-actions" },
+        h("button", { type: "button", onclick: importExport }, "Import from integrator.io"),
+        h("a", { class: "button primary", href: "#/connections/new" }, "+ Create connection"))),
     h("p", { class: "lead" },
       "REST API connections: where an API is, how to authenticate to it, and whether it "
       + "is reached directly (cloud) or through an agent (on-premise)."),

@@ -1,0 +1,3 @@
+"""How a connection authenticates, one module per ``http.auth.type``
+(basic, digest, oauth2, cookie, token); ``authenticator.Authenticator`` is
+what the engine calls."""
