@@ -87,6 +87,9 @@ class Presence:
         self.started = True
         if self.shared:
             self._registry.watch(self._tunnel_event)
+            # Agents may have logged in between the SSH listener opening and now.
+            for tunnel in self._registry:
+                self._tunnel_event("added", tunnel)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._write_loop(), name="presence-writes"),
