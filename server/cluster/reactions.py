@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -11,10 +12,13 @@ from server.connections.service import ConnectionService
 from server.proxy.engine import Engine
 from server.storage.store import Store, utcnow
 from server.tunnel.http_client import TunnelHTTP
-from server.tunnel.registry import TunnelRegistry
+from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice.tasks import TaskSet
 
 log = structlog.get_logger("sluice.relay.changes")
+
+# How long after an agent's change its newly registered tunnels are checked.
+_RECENT = 30.0
 
 
 class ChangeReactions:
@@ -41,6 +45,10 @@ class ChangeReactions:
         self._engine = engine
         self._tasks = tasks
         self._others: dict[str, list[Callable[[str], None]]] = {}
+        # Agents changed lately: a tunnel of theirs that registers now may
+        # have logged in with the old token just before the change.
+        self._recent: dict[str, float] = {}
+        registry.watch(self._tunnel_event)
 
     def __repr__(self) -> str:
         return f"<ChangeReactions kinds={sorted(self._others)}>"
@@ -58,10 +66,19 @@ class ChangeReactions:
             # connection again. The engine's refresh state stays: callers
             # waiting on this relay's refresh use its result.
             self._connections.forget(target)
-        elif kind == "agent" and self._registry.replicas(target):
-            self._tasks.spawn(self.check_agent(target), name=f"check-agent-{target}")
+        elif kind == "agent":
+            now = time.monotonic()
+            self._recent = {a: t for a, t in self._recent.items() if now - t < _RECENT}
+            self._recent[target] = now
+            if self._registry.replicas(target):
+                self._tasks.spawn(self.check_agent(target), name=f"check-agent-{target}")
         for callback in self._others.get(kind, ()):
             callback(target)
+
+    def _tunnel_event(self, event: str, tunnel: Tunnel) -> None:
+        changed = self._recent.get(tunnel.agent_id)
+        if event == "added" and changed is not None and time.monotonic() - changed < _RECENT:
+            self._tasks.spawn(self.check_agent(tunnel.agent_id))
 
     async def check_agent(self, agent_id: str) -> int:
         """Close this relay's tunnels of *agent_id* whose token no longer logs in.
