@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit clean bench bench-quick
+.PHONY: install demo test test-deploy lint typecheck unit clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,21 @@ typecheck: install
 # PostgreSQL when SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
 
 test: lint typecheck
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -m "not deploy"
 	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
 		echo "== storage and API tests on PostgreSQL =="; \
 		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -m postgres; \
 	fi
+	@echo "== deploy tests: images, systemd units, compose file (podman, as root) =="
+	$(BIN)/python -m pytest -q -rs -m deploy tests/deploy
+
+# The deploy tests (tests/deploy, marker `deploy`): both images built from the
+# Dockerfiles, the systemd units under systemd 252, the compose example, all run
+# with podman as root; skipped, with the reason, where podman is missing. They
+# take minutes (less once the base image is cached), so they are `make test`'s
+# last pass, and `make test-deploy` runs them alone.
+test-deploy: install
+	$(BIN)/python -m pytest -q -rs -m deploy tests/deploy
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit

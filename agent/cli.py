@@ -30,6 +30,7 @@ from sluice.logs import SecretMasker, configure_logging
 from sluice.ratelimit import TokenBucket
 from sluice.runtime import install_uvloop, keep_buffers_on_heap, settle_gc
 from sluice.tokens import AgentToken
+from sluice.window_tuning import WindowBudget
 
 log = structlog.get_logger("sluice.agent")
 
@@ -135,6 +136,7 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
         max_streams=settings.max_streams,
         new_streams=TokenBucket(settings.max_new_streams_per_second),
         idle_timeout=settings.stream_idle_timeout,
+        window_budget=WindowBudget(settings.max_inflight),
     )
     status = TunnelStatus()
     status.subscribe(lambda state: _tell_systemd(state, status))

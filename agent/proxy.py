@@ -24,6 +24,7 @@ import structlog
 
 from agent.allowlist import Allowlist, Verdict
 from agent.stats import ProxyStats
+from sluice import sshconfig
 from sluice.connect import (
     ConnectProtocolError,
     Target,
@@ -32,6 +33,7 @@ from sluice.connect import (
     parse_connect_request,
 )
 from sluice.ratelimit import TokenBucket
+from sluice.window_tuning import WindowBudget, WindowTuner
 
 log = structlog.get_logger("sluice.agent.proxy")
 
@@ -46,6 +48,9 @@ class ProxyContext:
     max_streams: int = 1024
     new_streams: TokenBucket = field(default_factory=lambda: TokenBucket(1000.0))
     idle_timeout: float = 900.0
+    # How far the streams' receive windows may grow in total (request bodies).
+    window_budget: WindowBudget = field(default_factory=lambda: WindowBudget(0))
+    receive_window: int = sshconfig.AGENT_RECEIVE_WINDOW
     # Swappable for tests that need a fixed resolver; the default is the OS's.
     resolve: Callable[[str, int], Awaitable[list[IPAddress]]] | None = None
 
@@ -100,6 +105,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     def __init__(self, ctx: ProxyContext) -> None:
         self._ctx = ctx
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._tuner = WindowTuner(ctx.window_budget, ctx.receive_window)
         self._head = bytearray()
         self._target: Target | None = None
         self._upstream: _Upstream | None = None
@@ -125,6 +131,8 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._ctx.stats.opened()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._chan is not None:
+            self._tuner.received(self._chan, len(data))
         if self._upstream is not None and self._upstream.transport is not None:
             self._bytes_up += len(data)
             self._ctx.stats.bytes_up += len(data)
@@ -181,6 +189,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         return self._opening is not None and not self._opening.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._tuner.release()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self._opening is not None and not self._opening.done():

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.allowlist import Allowlist
 from agent.outbound_proxy import ProxyConfig
+from sluice import sshconfig
 from sluice.addresses import HostPort
 from sluice.config import address, addresses, split_list
 from sluice.sshconfig import normalise_fingerprint
@@ -63,6 +64,19 @@ class AgentSettings(BaseSettings):
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
     login_timeout: float = Field(default=30.0, gt=0)
+    max_inflight: int = Field(
+        default=sshconfig.MAX_INFLIGHT,
+        ge=0,
+        description=(
+            "Bytes the agent's streams may hold in flight beyond their starting windows, as "
+            "windows grow on a long link; 0 = fixed windows."
+        ),
+    )
+    rekey_bytes: int = Field(
+        default=sshconfig.REKEY_BYTES,
+        ge=sshconfig.MIN_REKEY_BYTES,
+        description="Exchange SSH keys again after this many bytes (each direction).",
+    )
     backoff_initial: float = Field(default=1.0, gt=0)
     backoff_multiplier: float = Field(default=2.0, ge=1)
     backoff_max: float = Field(default=60.0, gt=0)

@@ -104,6 +104,7 @@ async def open_tunnel(
             keepalive_count_max=settings.keepalive_count,
             login_timeout=settings.login_timeout,
             connect_timeout=settings.connect_timeout,
+            rekey_bytes=settings.rekey_bytes,
             client_version=f"sluice-agent/{__version__}",
             sock=sock,
             **EXPLICIT_CLIENT_OPTIONS,

@@ -9,7 +9,9 @@ from typing import Any
 
 from bench import targets
 from bench.fleet import BACKOFF
-from bench.report import Summary
+from bench.link_report import LinkSummary
+from bench.report import DASH, Summary
+from bench.targets import ONPREM
 
 RAW_COLUMNS = (
     "rep",
@@ -110,7 +112,8 @@ def render(s: Summary) -> str:
         "## What runs",
         "",
         "One internal API for every path: Debian's nginx (one worker) on loopback, serving a "
-        "~80-byte JSON file, sparse files for downloads, WebDAV `PUT` for uploads (answered "
+        "~80-byte JSON file, sparse files and one of random bytes for downloads (also under "
+        "`/plain/` without sendfile), WebDAV `PUT` for uploads (answered "
         "once the whole body is in) and `/slow` (`echo_sleep 1`). Four paths, all on "
         "127.0.0.1:",
         "",
@@ -179,7 +182,10 @@ def render(s: Summary) -> str:
         "windows towards the relay (answers; bounds how much bulk data a small answer can "
         "queue behind), shrunk to 128 KiB for a bulk answer while small answers run beside "
         "it on the same agent connection (`server/tunnel/window_share.py`), 1 MiB towards the "
-        "agent (request bodies), 256 KiB packets (a "
+        "agent (request bodies); on a long link a stream's window grows while the stream "
+        "waits for it (`sluice/window_tuning.py`: a wait of 4 ms or more for credit, probed "
+        "like slow start, up to a per-agent budget of 32 MiB; loopback never grows it), "
+        "256 KiB packets (a "
         "quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep "
         "buffers of up to 2 MiB on the heap instead of mapping each one "
         "(`sluice/runtime.py`), uvloop, TCP_NODELAY (asyncio and uvloop set it on every "
@@ -209,6 +215,9 @@ def render(s: Summary) -> str:
             + [[v.name, v.verdict, v.detail] for v in targets.evaluate(s)]
         ),
         "",
+        *_backends(s),
+        *_issue22_loopback(s),
+        *_long_links(r),
         "## Scale",
         "",
         *[f"- {line}" for line in s.scale_lines()],
@@ -235,6 +244,164 @@ def render(s: Summary) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+BACKENDS = (
+    ("down_medium", "sparse file, sendfile on (the main table's)"),
+    ("down_medium_real", "random bytes, sendfile on; tcp_nopush on"),
+    ("down_medium_plain", "random bytes, nginx defaults (no sendfile)"),
+    ("down_medium_plain_sparse", "sparse file, nginx defaults (no sendfile)"),
+)
+# The two backend configurations issue 22 asks to judge (a real file each).
+JUDGED = ("down_medium_real", "down_medium_plain")
+
+
+def _backends(s: Summary) -> list[str]:
+    paths = ("direct", "openssh", "sluice-onprem")
+    grid = [["backend", *paths, "Sluice ÷ OpenSSH"]]
+    for point, label in BACKENDS:
+        cells = [s.cell(p, point, "mb_s", ".0f") for p in paths]
+        ours, theirs = s.median(ONPREM, point, "mb_s"), s.median("openssh", point, "mb_s")
+        ratio = f"{ours / theirs:.2f}x" if ours and theirs else DASH
+        grid.append([label, *cells, ratio])
+    return [
+        f"## Loopback: the backend's side of a {s.medium} download",
+        "",
+        "The same download from nginx four ways (MB/s, median and range over the "
+        "repetitions). " + BACKEND_FINDINGS,
+        "",
+        _md_table(grid),
+        "",
+    ]
+
+
+# Why `make bench-quick` and the second harness of issue 22 disagreed (found
+# with these points; see the report of issue 22 for the runs).
+BACKEND_FINDINGS = (
+    "Why `make bench-quick` (627 vs 634 MB/s, OpenSSH vs Sluice) and the second harness of "
+    "issue 22 (Sluice 0.55-0.64x OpenSSH) disagreed, measured on 2026-12-04 with "
+    "`bench/nginx.py`'s four variants (5 rounds, paths interleaved): the backend is not it. "
+    "Sparse or random bytes, `sendfile` on or off, Sluice stayed at 0.5-0.8x OpenSSH "
+    "(about 320 vs 500-650 MB/s) in every variant; the first transfer of each kind was "
+    "25-35% slower for Sluice and 10-20% for OpenSSH (pools, buffers and windows warming), "
+    "and 8 MiB points (what `bench-quick` measures) swing by 2x between rounds. The code "
+    "that measured 1.04x in the full run of 2026-11-28 (7b2c01a) measured 0.6x on the same "
+    "day as this run. What changed is the machine: that run had no outside load (median 0.00 "
+    "cores), these had 1-2 cores of other work on a 2-core VM (`foreign_cores` below). "
+    "Sluice's download costs about 1.6x the CPU of ssh+sshd per byte, in three processes "
+    "(relay, agent, plus curl and nginx) that compete for the cores, so it loses most when "
+    "the cores are shared. Hence `make bench` measures both configurations with a real "
+    "file, and the verdicts take the worse; compare runs only at similar outside load."
+)
+
+
+def _issue22_loopback(s: Summary) -> list[str]:
+    rows = []
+    ratios = {}
+    for judged in JUDGED:
+        ours, theirs = s.median(ONPREM, judged, "mb_s"), s.median("openssh", judged, "mb_s")
+        if ours and theirs:
+            ratios[judged] = ours / theirs
+    if ratios:
+        worst = min(ratios, key=lambda k: ratios[k])
+        rows.append(
+            [
+                f"{s.medium} download ≥ 1.0x OpenSSH, both nginx configurations",
+                "met" if ratios[worst] >= 1.0 else "MISSED",
+                f"worse {ratios[worst]:.2f}x ({dict(BACKENDS)[worst]}); "
+                + ", ".join(f"{dict(BACKENDS)[k]}: {v:.2f}x" for k, v in ratios.items()),
+            ]
+        )
+    ours, theirs = s.median(ONPREM, "up_medium", "mb_s"), s.median("openssh", "up_medium", "mb_s")
+    if ours and theirs:
+        rows.append(
+            [
+                f"{s.medium} upload ≥ 1.0x OpenSSH",
+                "met" if ours / theirs >= 1.0 else "MISSED",
+                f"{ours / theirs:.2f}x ({ours:.0f} vs {theirs:.0f} MB/s)",
+            ]
+        )
+    for point, floor, label in (("get_c1", 0.8, "c=1"), ("get_c32", 1.0, "c=32")):
+        ours, theirs = s.median(ONPREM, point, "rps"), s.median("openssh", point, "rps")
+        if ours and theirs:
+            rows.append(
+                [
+                    f"{label} keep-alive GET ≥ {floor:g}x OpenSSH req/s (one relay worker)",
+                    "met" if ours / theirs >= floor else "MISSED",
+                    f"{ours / theirs:.2f}x ({ours:.0f} vs {theirs:.0f} req/s)",
+                ]
+            )
+    direct, p50 = s.median("direct", "get_c1", "p50_ms"), s.median(ONPREM, "get_c1", "p50_ms")
+    if direct is not None and p50 is not None:
+        rows.append(
+            [
+                "c=1 GET p50 ≤ direct + 0.15 ms",
+                "met" if p50 - direct <= 0.15 else "MISSED",
+                f"{p50:.3f} ms = direct {direct:.3f} + {p50 - direct:.3f} ms",
+            ]
+        )
+    p99 = s.median(ONPREM, "get_c1", "p99_ms")
+    if p99 is not None:
+        rows.append(["c=1 GET p99 ≤ 1 ms", "met" if p99 <= 1 else "MISSED", f"{p99:.3f} ms"])
+    ours, theirs = (
+        s.median(ONPREM, "get_c32", "cpu_us_per_req"),
+        s.median("openssh", "get_c32", "cpu_us_per_req"),
+    )
+    if ours and theirs:
+        rows.append(
+            [
+                "CPU per request at c=32 ≤ 2x ssh + sshd",
+                "met" if ours / theirs <= 2 else "MISSED",
+                f"{ours / theirs:.2f}x ({ours:.0f} vs {theirs:.0f} µs)",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "## Issue 22's loopback targets (Sluice on-premise, one run)",
+        "",
+        _md_table([["target", "verdict", "measured"], *rows]),
+        "",
+    ]
+
+
+def _long_links(r: dict[str, Any]) -> list[str]:
+    links = r.get("long_link")
+    if not links:
+        return []
+    summary = LinkSummary(links)
+    plan = summary.plan
+    return [
+        "## Long links (issue 22)",
+        "",
+        "The agent far from the relay: each path's long hop passes through "
+        "`bench/delay_line.py` (a process per line holding every byte half the round trip "
+        "each way; this kernel has no netem), see `bench/long_link.py`. "
+        f"{plan['repetitions']} repetition(s) per round trip; a file of random bytes of "
+        f"{plan['size'] // (1024 * 1024)} MiB down (curl) and up (PUT); c=1 keep-alive GETs "
+        f"for {plan['get_seconds']} s beside a download of the 1 GiB file on the same path; "
+        f"a fresh caller's GET (wrk, a new connection per request, {plan['get_seconds']} s). "
+        "The line accepts connections at once, so a new TCP connection through it costs no "
+        "round trip (on a real link the direct path's fresh GET costs two).",
+        "",
+        f"![throughput against round trip]({LINK_PLOT})",
+        "",
+        _md_table(summary.grid()),
+        "",
+        "Targets of issue 22 for long links, judged at the worst round trip:",
+        "",
+        _md_table(
+            [["target", "verdict", "measured"]]
+            + [
+                [name, "n/a" if met is None else ("met" if met else "MISSED"), detail]
+                for name, met, detail in summary.verdicts()
+            ]
+        ),
+        "",
+    ]
+
+
+LINK_PLOT = "long-links.svg"
 
 
 def text_table(s: Summary) -> str:

@@ -2,9 +2,12 @@
 
 Serves ``/small.json`` (a ~100-byte JSON document), ``/files/64m.bin`` and
 ``/files/1g.bin`` (sparse files: SSH compression is off on every path, so
-zeros cost what any bytes cost), takes uploads with WebDAV ``PUT /upload/…``
-(nginx answers only after the whole body is in), and answers ``/slow`` after
-one second (``echo_sleep`` from libnginx-mod-http-echo).
+zeros cost what any bytes cost on the wire; ``/files/64m-real.bin`` holds
+random bytes), all with ``sendfile on; tcp_nopush on``, and the same files
+under ``/plain/`` with nginx's own defaults (both off); takes uploads with
+WebDAV ``PUT /upload/…`` (nginx answers only after the whole body is in),
+and answers ``/slow`` after one second (``echo_sleep`` from
+libnginx-mod-http-echo).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from bench.proc import Child, free_port, port_open, spawn, wait_until
 
@@ -49,6 +53,13 @@ http {{
         root {root}/www;
         location = /small.json {{ default_type application/json; }}
         location /files/ {{ }}
+        # The same files with nginx's own defaults: no sendfile, no tcp_nopush
+        # (the file goes through nginx's userspace buffers).
+        location /plain/ {{
+            alias {root}/www/files/;
+            sendfile off;
+            tcp_nopush off;
+        }}
         location /upload/ {{
             dav_methods PUT;
             create_full_put_path on;
@@ -63,6 +74,13 @@ http {{
     }}
 }}
 """
+
+
+def _write_random(f: BinaryIO, size: int) -> None:
+    block = os.urandom(8 * MiB)  # repeated: as costly to move as any bytes, quick to write
+    left = size
+    while left > 0:
+        left -= f.write(block[: min(left, len(block))])
 
 
 @dataclass
@@ -80,8 +98,15 @@ class Nginx:
         return self.root / "upload.bin"
 
     @classmethod
-    async def start(cls, root: Path, sizes: dict[str, int], upload_size: int) -> Nginx:
-        """Lay out files (name -> size, sparse) and start nginx on a free port."""
+    async def start(
+        cls,
+        root: Path,
+        sizes: dict[str, int],
+        upload_size: int,
+        real: dict[str, int] | None = None,
+    ) -> Nginx:
+        """Lay out files (name -> size: *sizes* sparse, *real* of random bytes)
+        and start nginx on a free port."""
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         (root / "www" / "files").mkdir(parents=True)
         (root / "www" / "upload").mkdir()
@@ -90,6 +115,9 @@ class Nginx:
         for name, size in sizes.items():
             with (root / "www" / "files" / name).open("wb") as f:
                 f.truncate(size)
+        for name, size in (real or {}).items():
+            with (root / "www" / "files" / name).open("wb") as f:
+                _write_random(f, size)
         with (root / "upload.bin").open("wb") as f:
             f.truncate(upload_size)
         port = free_port()

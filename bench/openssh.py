@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.delay_line import spawn_line
 from bench.proc import Child, free_port, port_open, run_tool, spawn, wait_until
 
 CIPHER = "aes128-gcm@openssh.com"
@@ -42,11 +43,15 @@ LogLevel ERROR
 """
 
 
+HOST_ALIAS = "sluice-bench-sshd"
+
+
 @dataclass
 class OpenSSH:
     sshd: Child
     ssh: Child
     forward_port: int
+    line: Child | None = None  # the delay line between ssh and sshd, if any
 
     @property
     def base(self) -> str:
@@ -58,7 +63,8 @@ class OpenSSH:
         return [self.sshd.pid, self.ssh.pid]
 
     @classmethod
-    async def start(cls, root: Path, target_port: int) -> OpenSSH:
+    async def start(cls, root: Path, target_port: int, rtt_ms: float = 0) -> OpenSSH:
+        """sshd, and ``ssh -R`` to it (through a delay line of *rtt_ms* if not 0)."""
         root.mkdir(parents=True)
         for name in ("ssh_host_ed25519_key", "id_ed25519"):
             rc, _, err = await run_tool(
@@ -69,7 +75,7 @@ class OpenSSH:
         (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
         host_pub = (root / "ssh_host_ed25519_key.pub").read_text().split()
         port = free_port()
-        (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+        (root / "known_hosts").write_text(f"{HOST_ALIAS} {host_pub[0]} {host_pub[1]}\n")
         (root / "sshd_config").write_text(_sshd_config(root, port))
         if os.geteuid() == 0:
             # sshd insists on its privilege-separation directory.
@@ -79,8 +85,12 @@ class OpenSSH:
             "sshd", [sshd_bin, "-D", "-e", "-f", str(root / "sshd_config")], log=root / "sshd.log"
         )
         ssh: Child | None = None
+        line: Child | None = None
         try:
             await wait_until("sshd", lambda: port_open(port), timeout=10, child=sshd)
+            ssh_port = port
+            if rtt_ms:
+                line, ssh_port = await spawn_line(port, rtt_ms, root / "line.log")
             forward = free_port()
             ssh = await spawn(
                 "ssh",
@@ -91,13 +101,15 @@ class OpenSSH:
                     "-F",
                     "/dev/null",
                     "-p",
-                    str(port),
+                    str(ssh_port),
                     "-i",
                     str(root / "id_ed25519"),
                     "-c",
                     CIPHER,
                     "-o",
                     "IdentitiesOnly=yes",
+                    "-o",
+                    f"HostKeyAlias={HOST_ALIAS}",
                     "-o",
                     "BatchMode=yes",
                     "-o",
@@ -122,10 +134,14 @@ class OpenSSH:
         except BaseException:
             if ssh is not None:
                 await ssh.stop()
+            if line is not None:
+                await line.stop()
             await sshd.stop()
             raise
-        return cls(sshd, ssh, forward)
+        return cls(sshd, ssh, forward, line)
 
     async def stop(self) -> None:
         await self.ssh.stop()
+        if self.line is not None:
+            await self.line.stop()
         await self.sshd.stop()

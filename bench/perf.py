@@ -59,11 +59,16 @@ class Plan:
     medium_name: str = "64m.bin"
     large_name: str = "1g.bin"
 
+    @property
+    def real_medium_name(self) -> str:
+        """The medium file with random bytes (the other files are sparse)."""
+        return self.medium_name.replace(".bin", "-real.bin")
+
 
 Row = dict[str, Any]
 
 
-async def _point(
+async def measure(
     path: BenchPath,
     rep: int,
     point: str,
@@ -140,10 +145,10 @@ def points(plan: Plan, lua: Path, upload_source: Path) -> list[tuple[str, Any]]:
 
         return make
 
-    def down(name: str, size: int) -> Any:
+    def down(name: str, size: int, where: str = "files") -> Any:
         def make(p: BenchPath) -> Callable[[], Awaitable[Row]]:
             async def work() -> Row:
-                got = await load.download(p.url(f"/files/{name}"), p.headers)
+                got = await load.download(p.url(f"/{where}/{name}"), p.headers)
                 return _transfer_row(got, size, (200,))
 
             return work
@@ -164,6 +169,11 @@ def points(plan: Plan, lua: Path, upload_source: Path) -> list[tuple[str, Any]]:
         ("new_c1", small(1, True)),
         ("new_c32", small(32, True)),
         ("down_medium", down(plan.medium_name, plan.medium)),
+        # The backend's side of a download (see bench/nginx.py): random bytes
+        # instead of a sparse file, then nginx's defaults (no sendfile).
+        ("down_medium_real", down(plan.real_medium_name, plan.medium)),
+        ("down_medium_plain", down(plan.real_medium_name, plan.medium, "plain")),
+        ("down_medium_plain_sparse", down(plan.medium_name, plan.medium, "plain")),
         ("up_medium", up),
         ("down_large", down(plan.large_name, plan.large)),
     ]
@@ -189,7 +199,7 @@ async def mixed(path: BenchPath, rep: int, plan: Plan, lua: Path, solo_s: float)
         )
         return row
 
-    return await _point(path, rep, "mixed", work)
+    return await measure(path, rep, "mixed", work)
 
 
 async def run_reps(
@@ -206,7 +216,7 @@ async def run_reps(
     for rep in range(1, plan.repetitions + 1):
         for name, factory in points(plan, lua, upload_source):
             for p in paths:
-                row = await _point(p, rep, name, factory(p), profiler)
+                row = await measure(p, rep, name, factory(p), profiler)
                 rows.append(row)
                 say(_describe(row))
         for p in paths:

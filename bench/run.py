@@ -22,8 +22,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import document, environment, report
+from bench import document, environment, link_report, report
 from bench.load import write_lua
+from bench.long_link import FULL_LINKS, QUICK_LINKS, long_links
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.perf import BenchPath, Plan, run_reps
@@ -41,6 +42,7 @@ FULL: dict[str, Any] = {
     "agents": 1000,
     "per_process": 250,
     "fleet_timeout": 300.0,
+    "links": FULL_LINKS,
 }
 QUICK: dict[str, Any] = {
     "plan": Plan(
@@ -55,6 +57,7 @@ QUICK: dict[str, Any] = {
     "agents": 40,
     "per_process": 20,
     "fleet_timeout": 60.0,
+    "links": QUICK_LINKS,
 }
 
 
@@ -83,6 +86,7 @@ async def _throughput(
             root / "nginx",
             {plan.medium_name: plan.medium, plan.large_name: plan.large},
             upload_size=plan.medium,
+            real={plan.real_medium_name: plan.medium},
         )
         openssh = await OpenSSH.start(root / "openssh", nginx.port)
         relay = await Relay.create(root / "relay")
@@ -159,6 +163,7 @@ async def main(
     profile: Path | None,
     skip_scale: bool = False,
     repetitions: int | None = None,
+    skip_links: bool = False,
 ) -> int:
     cfg = dict(QUICK if quick else FULL)
     if repetitions:
@@ -169,6 +174,9 @@ async def main(
     say(f"Sluice bench ({'quick' if quick else 'full'}), scratch {root}, fd limit {fds}")
     try:
         results = await _throughput(root / "throughput", cfg, profile)
+        results["long_link"] = None
+        if not skip_links:
+            results["long_link"] = await long_links(root / "links", cfg["links"], say)
         results["fleet"] = None
         if not skip_scale:
             say(f"{cfg['agents']} agents on one relay, then a relay restart ...")
@@ -183,17 +191,28 @@ async def main(
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    results["plan"] = cfg["plan"].__dict__ | {k: v for k, v in cfg.items() if k != "plan"}
+    results["plan"] = cfg["plan"].__dict__ | {
+        k: v for k, v in cfg.items() if k not in ("plan", "links")
+    }
     results["quick"] = quick
     results["elapsed_s"] = time.monotonic() - began
     results["finished_at"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     results["environment"] = await environment.describe()
     summary = report.Summary(results)
     say(document.text_table(summary))
-    partial = quick or skip_scale or profile is not None or repetitions is not None
+    partial = quick or skip_scale or skip_links or profile is not None or repetitions is not None
     target = out or (Path("build/BENCHMARKS-partial.md") if partial else Path("docs/BENCHMARKS.md"))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(document.render(summary))
+    if results["long_link"]:
+        plot = target.parent / document.LINK_PLOT
+        plot.write_text(
+            link_report.svg(
+                link_report.LinkSummary(results["long_link"]),
+                "Throughput against round trip (download solid, upload dashed)",
+            )
+        )
+        say(f"wrote {plot}")
     raw = Path("build") / ("bench-partial.json" if partial else "bench-full.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(results, indent=1, default=str))
@@ -219,6 +238,7 @@ def cli() -> None:
     )
     parser.add_argument("--skip-scale", action="store_true", help="throughput points only")
     parser.add_argument("--repetitions", type=int, default=None, help="override the plan's")
+    parser.add_argument("--skip-links", action="store_true", help="no long-link points")
     parser.add_argument(
         "--from-json",
         type=Path,
@@ -236,7 +256,13 @@ def cli() -> None:
         asyncio.run(
             _stoppable(
                 main(
-                    args.quick, args.out, args.keep, args.profile, args.skip_scale, args.repetitions
+                    args.quick,
+                    args.out,
+                    args.keep,
+                    args.profile,
+                    args.skip_scale,
+                    args.repetitions,
+                    args.skip_links,
                 )
             )
         )

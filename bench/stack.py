@@ -167,14 +167,22 @@ class Relay:
                 await self.http.close()
 
 
-async def start_agent(relay: Relay, agent_id: str, token: str, allow: str, log: Path) -> Child:
-    """A real ``sluice-agent run`` process; returns once the relay sees it online."""
+async def start_agent(
+    relay: Relay,
+    agent_id: str,
+    token: str,
+    allow: str,
+    log: Path,
+    relay_address: str | None = None,
+) -> Child:
+    """A real ``sluice-agent run`` process; returns once the relay sees it online.
+    *relay_address*: where it reaches the relay's SSH port (e.g. a delay line)."""
     child = await spawn(
         "agent",
         [str(BIN / "sluice-agent"), "run"],
         log=log,
         env=clean_env(
-            SLUICE_AGENT_RELAY=relay.ssh_address,
+            SLUICE_AGENT_RELAY=relay_address or relay.ssh_address,
             SLUICE_AGENT_TOKEN=token,
             SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
             SLUICE_AGENT_ALLOW=allow,

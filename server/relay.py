@@ -24,11 +24,16 @@ from server.cluster.identity import (
 )
 from server.cluster.presence import Presence, new_relay_id
 from server.cluster.reactions import ChangeReactions
+from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
+from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
 from server.proxy.front import Front, FrontSite
+from server.proxy.limits import ConcurrencyLimits
 from server.proxy.raw_head import raw_heads_supported
+from server.proxy.retry import RateLimits
+from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
 from server.secrets.crypto import SecretBox
 from server.secrets.keyring import load_secret_box
@@ -63,6 +68,10 @@ class Relay:
     connections: ConnectionService
     engine: Engine
     metrics: RelayMetrics
+    limits: ConcurrencyLimits
+    rate_limits: RateLimits
+    health: HealthMonitor
+    debug: DebugLog
     host_key: asyncssh.SSHKey
     admin: AdminTokens
     cluster: ClusterStore
@@ -75,6 +84,7 @@ class Relay:
     _relays_answer: tuple[float, bytes] | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
+    stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
     web_runner: web.AppRunner | None = None
@@ -122,7 +132,13 @@ class Relay:
             raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
-        connections = ConnectionService(store, box, lambda: load_secret_box(settings))
+        connections = ConnectionService(
+            store,
+            box,
+            lambda: load_secret_box(settings),
+            agent_online=registry.is_online,
+            min_health_interval=settings.health_min_interval_seconds,
+        )
         tunnel_http = TunnelHTTP(
             registry,
             connect_timeout=settings.connect_timeout,
@@ -137,6 +153,14 @@ class Relay:
             connections.save_secrets,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
         )
+        health = HealthMonitor(
+            store,
+            connections,
+            engine,
+            registry.is_online,
+            min_interval=settings.health_min_interval_seconds,
+        )
+        metrics.registry.register(health.collector())
         relay = cls(
             settings=settings,
             store=store,
@@ -146,6 +170,14 @@ class Relay:
             connections=connections,
             engine=engine,
             metrics=metrics,
+            limits=ConcurrencyLimits(metrics),
+            rate_limits=RateLimits(count=metrics.limited),
+            health=health,
+            debug=DebugLog(
+                store,
+                keep=settings.debug_log_entries,
+                retention=settings.debug_log_retention_seconds,
+            ),
             host_key=host_key,
             admin_token_created=created,
             admin=AdminTokens(
@@ -171,6 +203,7 @@ class Relay:
                 ),
                 tasks=relay.tasks,
                 cluster_relays=relay.relays_json,
+                max_inflight=settings.max_inflight_per_agent,
             )
             relay.ssh_context = ctx
             if before_listening is not None:
@@ -183,6 +216,7 @@ class Relay:
                 keepalive_interval=settings.keepalive_interval,
                 keepalive_count=settings.keepalive_count,
                 login_timeout=settings.login_timeout,
+                rekey_bytes=settings.ssh_rekey_bytes,
             )
             relay.presence = Presence(
                 cluster,
@@ -197,6 +231,8 @@ class Relay:
             if serve_http:
                 await relay._start_http()
             await relay.presence.start()
+            health.start()
+            relay.debug.start_purging()
         except BaseException:
             await relay.close()
             raise
@@ -267,6 +303,11 @@ class Relay:
             metrics=self.metrics,
             admin=self.admin,
             ssh_listening=lambda: not self.closed.is_set(),
+            limits=self.limits,
+            rate_limits=self.rate_limits,
+            health=self.health,
+            debug=self.debug,
+            stats=self.stats,
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
@@ -348,6 +389,8 @@ class Relay:
             self.presence.draining = True
             with contextlib.suppress(Exception):
                 await self.presence.beat()
+        await self.health.close()
+        await self.debug.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sluice import sshconfig
 from sluice.addresses import HostPort
 from sluice.config import address
 
@@ -57,6 +58,19 @@ class ServerSettings(BaseSettings):
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)
     login_timeout: float = Field(default=30.0, gt=0)
+    max_inflight_per_agent: int = Field(
+        default=sshconfig.MAX_INFLIGHT,
+        ge=0,
+        description=(
+            "Bytes an agent's streams may hold in flight beyond their starting windows, as "
+            "windows grow on a long link; 0 = fixed windows."
+        ),
+    )
+    ssh_rekey_bytes: int = Field(
+        default=sshconfig.REKEY_BYTES,
+        ge=sshconfig.MIN_REKEY_BYTES,
+        description="Exchange SSH keys again after this many bytes (each direction).",
+    )
     auth_failures_per_address: int = Field(default=10, ge=1)
     auth_ban_seconds: float = Field(default=60.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
@@ -80,6 +94,20 @@ class ServerSettings(BaseSettings):
         le=5,
         description="How often the relay reads changes other processes made "
         "(on PostgreSQL a fallback: notifications act at once).",
+    )
+    health_min_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Shortest http.health.interval_seconds a connection may ask for "
+        "(lower it only for tests).",
+    )
+    debug_log_entries: int = Field(
+        default=1000, ge=10, le=100_000, description="Debug-log entries kept per connection."
+    )
+    debug_log_retention_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long a debug log is kept after its window ends.",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"

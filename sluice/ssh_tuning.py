@@ -27,6 +27,14 @@ gets a large read in 32 KiB pieces, so each slice copies at most that much.
 
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
+
+Safety: nothing is patched on import. ``tune_asyncssh()`` (called when the
+relay starts listening and when the agent opens a tunnel) first checks that
+asyncssh still has the shape the tweaks were written for
+(``sluice.ssh_shape``; pyproject.toml pins that release); if not, it logs one
+warning and leaves asyncssh stock. ``SLUICE_SSH_TUNING=off`` in the
+environment leaves it stock too. The patches are typed with asyncssh's own
+classes, so mypy sees a renamed attribute.
 """
 
 from __future__ import annotations
@@ -35,30 +43,112 @@ import contextlib
 import os
 import struct
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final, cast
 
 import asyncssh.channel as _channel
 import asyncssh.connection as _connection
 import asyncssh.crypto.cipher as _cipher
+import structlog
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
-from asyncssh.packet import String
+from asyncssh.packet import SSHPacketLogger, String
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sluice import ssh_shape
+
+# The environment variable that turns the tweaks off ("off", "0", "false", "no").
+SWITCH: Final = "SLUICE_SSH_TUNING"
+_OFF = frozenset({"off", "0", "false", "no"})
+_ON = frozenset({"", "on", "1", "true", "yes"})
+
 _EMPTY_IGNORE = String(b"")
 _AEAD = (GCMEncryption, ChachaEncryption)
-_applied = False
+# Sluice's own per-object state, kept in the instance's __dict__ under these
+# names (not as class attributes: nothing is added to asyncssh's classes).
+_CONN_STATE: Final = "_sluice_state"
+_AEAD_KEY: Final = "_sluice_aead"
+
+
+class _ConnState:
+    """Per connection: the packets of the flush under way, and a packet that
+    spans reads (its reads so far, their length, the whole packet's length)."""
+
+    __slots__ = ("batch", "need", "pending", "pending_len")
+
+    def __init__(self) -> None:
+        self.batch: list[bytes] | None = None
+        self.pending: list[bytes | memoryview] | None = None
+        self.pending_len = 0
+        self.need = 0
+
+
+def _state(conn: SSHConnection) -> _ConnState:
+    state = cast(_ConnState | None, conn.__dict__.get(_CONN_STATE))
+    if state is None:
+        state = conn.__dict__[_CONN_STATE] = _ConnState()
+    return state
+
+
+class _Applied:
+    """Which tweaks are in place in this process (each is applied once)."""
+
+    checked: bool | None = None  # None: not yet; False: asyncssh differs, run stock
+    names: set[str] = set()
+    told = False  # the state was logged
+
+
+def tuning_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether SLUICE_SSH_TUNING in *environ* leaves the tweaks on (the default)."""
+    value = environ.get(SWITCH, "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise ValueError(f"{SWITCH}={value!r}: must be 'on' or 'off'")
+
+
+def _shape_ok() -> bool:
+    """Check asyncssh once per process; log one warning if the tweaks do not fit it."""
+    if _Applied.checked is None:
+        found = ssh_shape.mismatches()
+        _Applied.checked = not found
+        if found:
+            structlog.get_logger("sluice.ssh_tuning").warning(
+                "asyncssh differs from what the SSH tweaks were written for; running it stock",
+                asyncssh_version=ssh_shape.installed_version(),
+                tuned_for=ssh_shape.TUNED_FOR,
+                differences=found[:5],
+            )
+    return _Applied.checked
+
+
+def _apply(name: str, patch: Callable[[], None]) -> None:
+    if name not in _Applied.names and _shape_ok():
+        patch()
+        _Applied.names.add(name)
+
+
+def applied() -> frozenset[str]:
+    """The tweaks in place in this process."""
+    return frozenset(_Applied.names)
 
 
 def skip_aead_ignore_packets() -> None:
-    """Patch asyncssh (idempotently) to drop its automatic IGNORE packets under AEAD."""
-    global _applied
-    if _applied:
-        return
-    original = _connection.SSHConnection.send_packet
+    """Patch asyncssh (once) to drop its automatic IGNORE packets under AEAD."""
+    _apply("skip_aead_ignore_packets", _patch_send_packet)
 
-    def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+
+def _patch_send_packet() -> None:
+    original = SSHConnection.send_packet
+
+    def send_packet(
+        self: SSHConnection, pkttype: int, *args: bytes, handler: SSHPacketLogger | None = None
+    ) -> None:
         if (
             pkttype == MSG_IGNORE
             and args == (_EMPTY_IGNORE,)
@@ -68,36 +158,37 @@ def skip_aead_ignore_packets() -> None:
         original(self, pkttype, *args, handler=handler)
 
     _connection.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
-    _applied = True
-
-
-_batching = False
 
 
 def batch_channel_writes() -> None:
-    """Patch asyncssh (idempotently): the packets of one channel flush go out in
+    """Patch asyncssh (once): the packets of one channel flush go out in
     one write, and channel data under AES-GCM is framed with two copies, not a dozen."""
-    global _batching
-    if _batching:
-        return
-    original_flush = _channel.SSHChannel._flush_send_buf
-    original_send = _connection.SSHConnection._send
-    _connection.SSHConnection._sluice_batch = None  # type: ignore[attr-defined]
+    _apply("batch_channel_writes", _patch_flush)
 
-    def _send(self: Any, data: bytes) -> None:
-        batch = self._sluice_batch
+
+def _patch_flush() -> None:
+    original_flush = SSHChannel._flush_send_buf
+    original_send = SSHConnection._send
+
+    def _send(self: SSHConnection, data: bytes) -> None:
+        state = cast(_ConnState | None, self.__dict__.get(_CONN_STATE))
+        batch = state.batch if state is not None else None
         if batch is not None:
             batch.append(data)
         else:
             original_send(self, data)
 
-    def _flush_send_buf(self: Any) -> None:
+    def _flush_send_buf(self: SSHChannel[Any]) -> None:
         conn = self._conn
-        if conn is None or conn._sluice_batch is not None:
-            original_flush(self)  # not connected, or inside a flush already
+        if conn is None:
+            original_flush(self)  # not connected
+            return
+        state = _state(conn)
+        if state.batch is not None:
+            original_flush(self)  # inside a flush already
             return
         batch: list[bytes] = []
-        conn._sluice_batch = batch
+        state.batch = batch
         # The transport as the flush began: a session callback inside the
         # flush may close the connection, which drops conn._transport at once
         # (asyncssh's own writes would have reached the socket before that).
@@ -106,16 +197,17 @@ def batch_channel_writes() -> None:
             _send_data_fast(self, conn)
             original_flush(self)  # the rest: extended data, EOF/close, pause/resume
         finally:
-            conn._sluice_batch = None
+            state.batch = None
             if batch and transport is not None:
                 _write_all(transport, batch)
 
     _connection.SSHConnection._send = _send  # type: ignore[method-assign]
     _channel.SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
-    _batching = True
 
 
 def _write_all(transport: Any, batch: list[bytes]) -> None:
+    # Any: asyncssh types it as a Transport, but it may be its own tunnel
+    # object (a proxy command) with write() only.
     with contextlib.suppress(ConnectionError):  # as asyncssh's own _send
         if len(batch) == 1:
             transport.write(batch[0])
@@ -130,7 +222,7 @@ _DATA_FIELDS = struct.Struct(">II")  # channel, length
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
 
 
-def _gcm_ready(conn: Any) -> Any:
+def _gcm_ready(conn: SSHConnection) -> GCMCipher | None:
     """The connection's AES-GCM send cipher, if plain channel data may take the
     short path now (keys in place, no compression, no rekey due); else None."""
     encryption = conn._send_encryption
@@ -145,11 +237,12 @@ def _gcm_ready(conn: Any) -> Any:
     return encryption._cipher
 
 
-def _send_data_fast(chan: Any, conn: Any) -> None:
+def _send_data_fast(chan: SSHChannel[Any], conn: SSHConnection) -> None:
     """Send what the window allows of *chan*'s plain data, as asyncssh would
     (same packets, padding, sequence numbers and rekey accounting), copying
     each piece once into the plaintext and once by the cipher."""
-    if chan._send_chan is None:
+    send_chan = chan._send_chan
+    if send_chan is None:
         return
     cipher = _gcm_ready(conn)
     if cipher is None:
@@ -170,7 +263,7 @@ def _send_data_fast(chan: Any, conn: Any) -> None:
         try:
             plain = b"".join(
                 (
-                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, chan._send_chan, size),
+                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
                     piece,
                     os.urandom(padlen),
                 )
@@ -195,32 +288,29 @@ def _send_data_fast(chan: Any, conn: Any) -> None:
 
 
 _GCM_TAG = 16
-_reusing = False
-_cipher.GCMCipher._sluice_aead = None  # type: ignore[attr-defined]
 
 
-def _aead(cipher: Any) -> AESGCM:
+def _aead(cipher: GCMCipher) -> AESGCM:
     """The AESGCM object of an asyncssh GCMCipher, made once."""
-    aead = cipher._sluice_aead
+    aead = cast(AESGCM | None, cipher.__dict__.get(_AEAD_KEY))
     if aead is None:
-        aead = cipher._sluice_aead = AESGCM(cipher._key)
-    return aead  # type: ignore[no-any-return]
+        aead = cipher.__dict__[_AEAD_KEY] = AESGCM(cipher._key)
+    return aead
 
 
 def reuse_gcm_keys() -> None:
-    """Patch asyncssh (idempotently): one AESGCM object per cipher, not per packet."""
-    global _reusing
-    if _reusing:
-        return
-    gcm = _cipher.GCMCipher
+    """Patch asyncssh (once): one AESGCM object per cipher, not per packet."""
+    _apply("reuse_gcm_keys", _patch_gcm)
 
-    def encrypt_and_sign(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+
+def _patch_gcm() -> None:
+    def encrypt_and_sign(self: GCMCipher, header: bytes, data: bytes) -> tuple[bytes, bytes]:
         sealed = _aead(self).encrypt(self._iv, data, header)
         self._update_iv()
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
     def decrypt_packet(
-        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+        self: GCMEncryption, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
     ) -> bytes | None:
         # As GCMEncryption's own (its only use of GCMCipher.verify_and_decrypt),
         # with ciphertext and tag joined in one copy.
@@ -234,41 +324,36 @@ def reuse_gcm_keys() -> None:
         cipher._update_iv()
         return opened
 
-    gcm.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
+    _cipher.GCMCipher.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
     GCMEncryption.decrypt_packet = decrypt_packet  # type: ignore[method-assign]
-    _reusing = True
 
 
 _PIECE = 32 * 1024
-_feeding = False
-# A packet that spans reads (see ``_take_data_packets``): its reads so far,
-# their length, and the length of the whole packet.
-_connection.SSHConnection._sluice_pending = None  # type: ignore[attr-defined]
-_connection.SSHConnection._sluice_pending_len = 0  # type: ignore[attr-defined]
-_connection.SSHConnection._sluice_need = 0  # type: ignore[attr-defined]
 
 
 def feed_in_pieces() -> None:
-    """Patch asyncssh (idempotently): plain channel data under AES-GCM is taken
+    """Patch asyncssh (once): plain channel data under AES-GCM is taken
     straight from a read (see ``_take_data_packets``); any other packet goes to
     asyncssh on its own, and the reads after it are taken again. Without
     AES-GCM keys in place (a key exchange, another cipher) asyncssh parses a
     large read 32 KiB at a time."""
-    global _feeding
-    if _feeding:
-        return
-    original: Any = _connection.SSHConnection.data_received
+    _apply("feed_in_pieces", _patch_data_received)
 
-    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-        pending = self._sluice_pending
+
+def _patch_data_received() -> None:
+    original = SSHConnection.data_received
+
+    def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
+        state = _state(self)
+        pending = state.pending
         if pending is not None:
             # The rest of a packet that began in an earlier read: gather the
             # reads, and join them once, when the whole packet is in.
             pending.append(data)
-            self._sluice_pending_len += len(data)
-            if self._sluice_pending_len < self._sluice_need:
+            state.pending_len += len(data)
+            if state.pending_len < state.need:
                 return
-            self._sluice_pending = None
+            state.pending = None
             data = b"".join(pending)
         rest: bytes | memoryview = data
         while _recv_ready(self):
@@ -281,27 +366,26 @@ def feed_in_pieces() -> None:
             if not size:
                 break
             view = memoryview(rest)
-            original(self, view[:size], datatype)
+            original(self, cast(bytes, view[:size]), datatype)
             rest = view[size:]
             if not rest or self._transport is None:
                 return
         if len(rest) <= _PIECE:
-            original(self, rest, datatype)
+            original(self, cast(bytes, rest), datatype)
             return
         with memoryview(rest) as view:
             for start in range(0, len(rest), _PIECE):
                 if self._transport is None:
                     break  # a fatal error in an earlier piece closed the connection
-                original(self, view[start : start + _PIECE], datatype)
+                original(self, cast(bytes, view[start : start + _PIECE]), datatype)
 
     _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
-    _feeding = True
 
 
 _GCM_OVERHEAD = 4 + 16  # length field, tag
 
 
-def _whole_packet(conn: Any, data: bytes | memoryview) -> int:
+def _whole_packet(conn: SSHConnection, data: bytes | memoryview) -> int:
     """The size of the AES-GCM packet at the front of *data* if it is all
     there and within the length limit, else 0."""
     if len(data) < 4:
@@ -312,7 +396,7 @@ def _whole_packet(conn: Any, data: bytes | memoryview) -> int:
     return pktlen + _GCM_OVERHEAD
 
 
-def _recv_ready(conn: Any) -> bool:
+def _recv_ready(conn: SSHConnection) -> bool:
     """May channel data be taken from the next read? (AES-GCM keys in place, no
     compression, and asyncssh between packets, not inside one)."""
     return (
@@ -324,7 +408,7 @@ def _recv_ready(conn: Any) -> bool:
     )
 
 
-def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
+def _take_data_packets(conn: SSHConnection, data: bytes | memoryview) -> bytes | memoryview:
     """Handle the whole plain channel-data packets at the front of the input as
     asyncssh would (same checks, sequence numbers, window accounting and
     delivery), decrypting each in place: one copy by the cipher, one for the
@@ -335,7 +419,8 @@ def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryvie
     exactly what it would have."""
     buf: bytes | memoryview = conn._inpbuf + data if conn._inpbuf else data
     conn._inpbuf = b""
-    cipher = conn._recv_encryption._cipher
+    encryption = cast(GCMEncryption, conn._recv_encryption)  # _recv_ready checked it
+    cipher = encryption._cipher
     aead = _aead(cipher)
     channels = conn._channels
     limit = conn._max_recv_pktlen
@@ -381,22 +466,36 @@ def _take_data_packets(conn: Any, data: bytes | memoryview) -> bytes | memoryvie
         conn._reset_keepalive_timer()
     if complete and conn._transport is not None:
         if rest:  # the start of the next packet: kept until the rest is in
-            conn._sluice_pending = [rest]
-            conn._sluice_pending_len = len(rest)
-            conn._sluice_need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4
+            state = _state(conn)
+            state.pending = [rest]
+            state.pending_len = len(rest)
+            state.need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4
         return b""
     return rest
 
 
-def tune_asyncssh() -> None:
-    """Apply every tweak above (idempotent)."""
-    skip_aead_ignore_packets()
-    feed_in_pieces()
-    batch_channel_writes()
-    reuse_gcm_keys()
+def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
+    """Apply every tweak above, once per process, unless SLUICE_SSH_TUNING is
+    off in *environ* (default: the process's) or asyncssh differs from what
+    they were written for (then one warning is logged). Returns whether the
+    tweaks are in place."""
+    enabled = tuning_enabled(os.environ if environ is None else environ)
+    if enabled:
+        skip_aead_ignore_packets()
+        feed_in_pieces()
+        batch_channel_writes()
+        reuse_gcm_keys()
+    if not _Applied.told:
+        _Applied.told = True
+        structlog.get_logger("sluice.ssh_tuning").info(
+            "ssh_tuning",
+            state="on" if _Applied.names else ("off" if not enabled else "stock"),
+            asyncssh_version=ssh_shape.installed_version(),
+        )
+    return bool(_Applied.names)
 
 
-def set_receive_window(chan: Any, size: int) -> None:
+def set_receive_window(chan: SSHChannel[Any], size: int) -> None:
     """Make *size* bytes the receive window *chan* tops up to from now on.
 
     asyncssh grants more window once less than half of it is left, up to the

@@ -55,6 +55,17 @@ CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
 # one stream can buffer in the agent when its API stops reading.
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
+# Keys are exchanged again after this many bytes in either direction
+# (asyncssh's default, as OpenSSH's RekeyLimit default: about the cipher's
+# block limit).
+REKEY_BYTES: Final = 1 << 30
+MIN_REKEY_BYTES: Final = 64 * 1024
+
+# The most an agent's streams may hold in flight beyond their starting
+# windows, in each direction, as their windows grow on a long link
+# (sluice/window_tuning.py). 0 keeps every window at its start.
+MAX_INFLIGHT: Final = 32 * 1024 * 1024
+
 AGENT_USERNAME: Final = "sluice-agent"
 
 

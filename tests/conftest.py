@@ -179,6 +179,8 @@ async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactor
         *,
         token: AgentToken | None = None,
         wait_online: bool = True,
+        relay_address: str | None = None,
+        process_env: dict[str, str] | None = None,
         **env: str,
     ) -> tuple[AgentProcess, AgentToken]:
         if token is None:
@@ -186,7 +188,7 @@ async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactor
         remember_secret(str(token), token.secret)
         host, port = relay.ssh_address
         agent_env = {
-            "SLUICE_AGENT_RELAY": f"{host}:{port}",
+            "SLUICE_AGENT_RELAY": relay_address or f"{host}:{port}",
             "SLUICE_AGENT_TOKEN": str(token),
             "SLUICE_AGENT_RELAY_FINGERPRINT": relay.fingerprint,
             "SLUICE_AGENT_ALLOW": ",".join(allow),
@@ -197,6 +199,7 @@ async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactor
             "SLUICE_AGENT_HEALTH_LISTEN": "off",
             **{f"SLUICE_AGENT_{k.upper()}": v for k, v in env.items() if k != "notify_socket_path"},
             **({"NOTIFY_SOCKET": env["notify_socket_path"]} if "notify_socket_path" in env else {}),
+            **(process_env or {}),
         }
         proc = AgentProcess(agent_env, tmp_path / f"agent-{len(started)}.log")
         await proc.start()

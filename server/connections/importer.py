@@ -147,7 +147,8 @@ def _from_integrator(export: Any, agent_id: str | None) -> Imported:
 def _http(http: dict[str, Any], out: Imported, problems: list[dict[str, str]]) -> None:
     target: dict[str, Any] = out.document["http"]
     handled = {"baseURI", "mediaType", "headers", "auth", "encrypted", "unencrypted", "ping"}
-    handled |= {"clientCertificates", "disableStrictSSL"}
+    handled |= {"clientCertificates", "disableStrictSSL", "concurrencyLevel", "rateLimit"}
+    handled |= {"retryHeader"}
     target["base_uri"] = http.get("baseURI")
     media = str(http.get("mediaType") or "json").lower()
     if media in _MEDIA_TYPES:
@@ -189,16 +190,14 @@ def _http(http: dict[str, Any], out: Imported, problems: list[dict[str, str]]) -
         target["tls"] = tls
     if isinstance(http.get("ping"), dict):
         _ping(http["ping"], target, out)
+    _traffic(http, target, out)
     auth = http.get("auth")
     if isinstance(auth, dict):
         _auth(auth, target, out, problems)
     for key in http:
         if key not in handled:
             reason = {
-                "concurrencyLevel": _LATER,
                 "targetConcurrencyLevel": _LATER,
-                "rateLimit": _LATER,
-                "retryHeader": _LATER,
                 "successMediaType": "Sluice passes API answers through unparsed",
                 "errorMediaType": "Sluice passes API answers through unparsed",
                 "encryptedFields": "integrator.io form layout",
@@ -234,6 +233,49 @@ def _certificates(certs: Any, tls: dict[str, Any], out: Imported) -> None:
             out.skip(f"http.clientCertificates.{key}", "no equivalent in a Sluice connection")
 
 
+def _traffic(http: dict[str, Any], target: dict[str, Any], out: Imported) -> None:
+    """concurrencyLevel, rateLimit and retryHeader (docs/TRAFFIC.md)."""
+    level = http.get("concurrencyLevel")
+    if isinstance(level, int) and not isinstance(level, bool) and 1 <= level <= 100:
+        target["concurrency_level"] = level
+    elif level is not None:
+        out.skip("http.concurrencyLevel", "a whole number from 1 to 100")
+    limit = http.get("rateLimit")
+    if not isinstance(limit, dict) and http.get("retryHeader") is None:
+        return
+    rule: dict[str, Any] = {}
+    if isinstance(limit, dict):
+        if isinstance(limit.get("failStatusCode"), int):
+            rule["fail_status"] = limit["failStatusCode"]
+        values = [str(v) for v in limit.get("failValues") or []]
+        if limit.get("failPath") and values:
+            rule["fail_path"] = limit["failPath"]
+            rule["fail_values"] = values
+        elif limit.get("failPath"):
+            out.skip("http.rateLimit.failPath", "needs failValues: what at the path means limited")
+        for key in limit:
+            if key not in ("failStatusCode", "failPath", "failValues"):
+                out.skip(
+                    f"http.rateLimit.{key}",
+                    "Sluice waits what the API's retry header says, else backs off",
+                )
+    if isinstance(http.get("retryHeader"), str):
+        rule["retry_header"] = http["retryHeader"]
+    target["rate_limit"] = rule
+
+
+_PING_FIELDS: Final = {
+    "relativeURI": "relative_uri",
+    "method": "method",
+    "body": "body",
+    "successPath": "success_path",
+    "successValues": "success_values",
+    "failPath": "fail_path",
+    "failValues": "fail_values",
+    "errorPath": "error_path",
+}
+
+
 def _ping(ping: dict[str, Any], target: dict[str, Any], out: Imported) -> None:
     if ping.get("relativeURI"):
         target["ping"] = {
@@ -242,9 +284,16 @@ def _ping(ping: dict[str, Any], target: dict[str, Any], out: Imported) -> None:
             "success_path": ping.get("successPath"),
             "success_values": ping.get("successValues") or [],
         }
+        if ping.get("body"):
+            target["ping"]["body"] = rewrite_template(ping["body"])
+        for old in ("failPath", "errorPath"):
+            if ping.get(old):
+                target["ping"][_PING_FIELDS[old]] = ping[old]
+        if ping.get("failPath"):
+            target["ping"]["fail_values"] = [str(v) for v in ping.get("failValues") or []]
     for key in ping:
-        if key not in ("relativeURI", "method", "successPath", "successValues"):
-            out.skip(f"http.ping.{key}", "Sluice tests by status and success path only")
+        if key not in _PING_FIELDS:
+            out.skip(f"http.ping.{key}", "no equivalent in a Sluice ping")
 
 
 def _auth(

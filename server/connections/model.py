@@ -370,12 +370,21 @@ Auth = Annotated[
 
 
 class Ping(_Model):
-    """The request that tests a connection (required by the test endpoint)."""
+    """The request that tests a connection (required by the test endpoint).
+
+    ``body`` (a handlebars template, POST/PUT/PATCH) serves GraphQL or SOAP
+    health checks; a 2xx whose JSON has one of ``fail_values`` at
+    ``fail_path`` fails; on failure the value at ``error_path`` is the message.
+    """
 
     method: PingMethod = "GET"
     relative_uri: Template
+    body: BodyTemplate | None = None
     success_path: JSONPath | None = None
     success_values: list[str] = Field(default_factory=list)
+    fail_path: JSONPath | None = None
+    fail_values: list[str] = Field(default_factory=list)
+    error_path: JSONPath | None = None
 
     @field_validator("relative_uri")
     @classmethod
@@ -384,12 +393,20 @@ class Ping(_Model):
             raise ValueError("required: the URI to ping, relative to base_uri (e.g. /health)")
         return value
 
-    @field_validator("success_path", mode="before")
+    @field_validator("body", "success_path", "fail_path", "error_path", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("success_path")
+    @field_validator("body")
+    @classmethod
+    def _body_needs_a_method_with_one(cls, value: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if value and method in ("GET", "HEAD"):
+            raise ValueError(f"a request body is sent with POST, PUT or PATCH, not {method}")
+        return value
+
+    @field_validator("success_path", "fail_path", "error_path")
     @classmethod
     def _path_needs_body(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value and info.data.get("method") == "HEAD":
@@ -401,6 +418,13 @@ class Ping(_Model):
     def _values_need_path(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if value and not info.data.get("success_path") and "success_path" in info.data:
             raise ValueError("only used with success_path; set that too")
+        return value
+
+    @field_validator("fail_values")
+    @classmethod
+    def _fail_values_need_path(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not info.data.get("fail_path") and "fail_path" in info.data:
+            raise ValueError("only used with fail_path; set that too")
         return value
 
 
@@ -462,6 +486,48 @@ class Timeouts(_Model):
         return value
 
 
+class RateLimit(_Model):
+    """When an answer means "too many requests", and how the relay waits it out.
+
+    An answer with ``fail_status``, or a 200 whose JSON body has one of
+    ``fail_values`` at ``fail_path``, is a limit. The relay waits what
+    ``retry_header`` says (seconds or an HTTP-date), else backs off
+    exponentially with full jitter, and retries up to ``max_retries`` times.
+    """
+
+    fail_status: int | None = Field(default=429, ge=400, le=599)
+    fail_path: JSONPath | None = None
+    fail_values: list[str] = Field(default_factory=list)
+    retry_header: HeaderName | None = "Retry-After"
+    max_retries: int = Field(default=3, ge=0, le=10)
+    max_wait_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("fail_path", "retry_header", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _values_need_path(self) -> RateLimit:
+        if self.fail_values and not self.fail_path:
+            raise _field_errors(
+                "RateLimit", [("fail_values", "only used with fail_path; set that too")]
+            )
+        if self.fail_path and not self.fail_values:
+            raise _field_errors(
+                "RateLimit",
+                [("fail_values", "required with fail_path: the values that mean 'limited'")],
+            )
+        return self
+
+
+class Health(_Model):
+    """Scheduled pings: the connection's status is kept up to date."""
+
+    # The relay refuses intervals below its health_min_interval_seconds (30).
+    interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+
+
 class HTTPSettings(_Model):
     base_uri: str
     headers: list[Header] = Field(default_factory=list)
@@ -472,6 +538,10 @@ class HTTPSettings(_Model):
     ping: Ping | None = None
     tls: TLSSettings = Field(default_factory=TLSSettings)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    rate_limit: RateLimit | None = None
+    concurrency_level: int | None = Field(default=None, ge=1, le=100)
+    queue_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    health: Health | None = None
 
     @field_validator("auth", mode="before")
     @classmethod

@@ -23,12 +23,18 @@ from server.connections.documents import (
     validation_problems,
 )
 from server.connections.model import Connection
+from server.connections.status import health_view
 from server.proxy.engine import Handle
 from server.secrets.crypto import DecryptionError, SecretBox
+from server.storage.health import HealthRecord
 from server.storage.store import ConnectionRow, Store
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 CACHE_SECONDS = 2.0
+# Fields of the view that are not settings; a client may send them back.
+READ_ONLY_FIELDS = frozenset(
+    {"id", "created_at", "updated_at", "last_test", "status", "last_checked_at", "last_error"}
+)
 
 # When it was read, the decrypted settings, and their secret values (masks).
 _Cached = tuple[float, Connection, list[str]]
@@ -56,8 +62,13 @@ class ConnectionService:
         store: Store,
         box: SecretBox,
         reload_box: Callable[[], SecretBox] | None = None,
+        *,
+        agent_online: Callable[[str], bool] | None = None,
+        min_health_interval: float = 30.0,
     ) -> None:
         self._store = store
+        self._agent_online = agent_online
+        self._min_health_interval = min_health_interval
         self._box = box
         self._reload_box = reload_box
         self._cache: dict[str, _Cached] = {}
@@ -82,6 +93,16 @@ class ConnectionService:
         ):
             raise InvalidConnection(
                 [{"field": "agent_id", "message": f"no agent with id {connection.agent_id!r}"}]
+            )
+        health = connection.http.health
+        if health is not None and health.interval_seconds < self._min_health_interval:
+            raise InvalidConnection(
+                [
+                    {
+                        "field": "http.health.interval_seconds",
+                        "message": f"must be at least {self._min_health_interval:g} seconds",
+                    }
+                ]
             )
         return connection
 
@@ -111,12 +132,15 @@ class ConnectionService:
             self._box = self._reload_box()
             return self._box.decrypt(value, context=context)
 
-    def _public(self, row: ConnectionRow, connection: Connection) -> dict[str, Any]:
+    def _public(
+        self, row: ConnectionRow, connection: Connection, health: HealthRecord | None = None
+    ) -> dict[str, Any]:
         view = public_view(connection)
         view["id"] = row.id
         view["created_at"] = row.created_at.isoformat()
         view["updated_at"] = row.updated_at.isoformat()
         view["last_test"] = json.loads(row.last_test) if row.last_test else None
+        view.update(health_view(row.mode, row.agent_id, health, self._agent_online))
         return view
 
     # -- CRUD -------------------------------------------------------------------
@@ -144,21 +168,20 @@ class ConnectionService:
 
     async def get(self, conn_id: str) -> dict[str, Any]:
         row = await self._row(conn_id)
-        return self._public(row, self._open(row))
+        return self._public(row, self._open(row), await self._store.health.get(conn_id))
 
     async def list(self) -> list[dict[str, Any]]:
-        return [self._public(row, self._open(row)) for row in await self._store.list_connections()]
+        health = await self._store.health.all()
+        return [
+            self._public(row, self._open(row), health.get(row.id))
+            for row in await self._store.list_connections()
+        ]
 
     async def patch(self, conn_id: str, patch: Any) -> dict[str, Any]:
         if not isinstance(patch, dict):
             raise InvalidConnection([{"field": "", "message": "expected a JSON object"}])
         row = await self._row(conn_id)
-        # Fields of the view that are not settings; a client may send them back.
-        patch = {
-            k: v
-            for k, v in patch.items()
-            if k not in ("id", "created_at", "updated_at", "last_test")
-        }
+        patch = {k: v for k, v in patch.items() if k not in READ_ONLY_FIELDS}
         current = self._open(row).model_dump(mode="json")
         connection = await self.validate(merge_patch(copy.deepcopy(current), patch))
         await self._store.update_connection(

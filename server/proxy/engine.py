@@ -25,6 +25,7 @@ from yarl import URL
 from server.connections.certificates import CertificateError
 from server.connections.model import Connection, media_type_header
 from server.errors import AgentOffline, RelayError
+from server.proxy import wiretap
 from server.proxy.auth.authenticator import Authenticator
 from server.proxy.auth.base import Handle as AuthHandle
 from server.proxy.auth.base import SaveSecrets, TokenRefreshFailed, Tools
@@ -36,8 +37,8 @@ from server.proxy.headers import (
     get,
     request_fields,
 )
-from server.proxy.success_path import ping_verdict
-from server.proxy.templating import TemplateError, render_header_value, render_uri
+from server.proxy.success_path import health_verdict
+from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
 from server.proxy.tls import TLSContexts
 from server.proxy.urls import URLError, join_target
 from server.tunnel.http1 import USER_AGENT, Answer, Body
@@ -203,6 +204,7 @@ class Engine:
         body: Body,
         length: int | None = None,
     ) -> Answer:
+        wiretap.sent(method, origin, target, fields)
         if handle.connection.mode == "cloud":
             self._cloud.check(origin)
         if method not in _SLOW_PATH_METHODS:
@@ -377,20 +379,19 @@ class Engine:
         if ping is None or not ping.relative_uri:
             return done(False, None, "no ping relative URI is set; it is required for a test")
         try:
-            relative = render_uri(
-                ping.relative_uri, handle.template_context(), name="http.ping.relative_uri"
-            )
-            response = await self.request(handle, ping.method, relative, [], None)
+            context = handle.template_context()
+            relative = render_uri(ping.relative_uri, context, name="http.ping.relative_uri")
+            media_type = handle.connection.http.media_type
+            body = render_body(ping.body, context, media_type).encode() if ping.body else None
+            response = await self.request(handle, ping.method, relative, [], body)
         except TemplateError as exc:
-            return done(False, None, f"ping relative URI: {exc}")
+            return done(False, None, f"ping template: {exc}")
         except RelayError as exc:
             return done(False, None, f"{exc.type}: {exc}")
         async with response:
             raw = await response.content.read(PING_BODY_LIMIT)
             content_type = response.headers.get("Content-Type")
-        ok, message = ping_verdict(
-            response.status, raw, content_type, ping.success_path, list(ping.success_values)
-        )
+        ok, message = health_verdict(response.status, raw, content_type, ping)
         return done(ok, response.status, message)
 
 

@@ -9,6 +9,7 @@ that shared part, and an :class:`AnswerSink` is the difference.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -19,8 +20,11 @@ import aiohttp
 import structlog
 
 from server.errors import RelayError, TunnelLost, relay_error_in
+from server.proxy import wiretap
+from server.proxy.debug_log import Recording
 from server.proxy.engine import Handle
 from server.proxy.headers import Fields, LocationRewrite, answer_fields, get
+from server.proxy.retry import RETRIES_HEADER, Sent
 from server.proxy.urls import base_origin_and_path
 from server.tunnel.http1 import Answer, Body
 from server.web.services import Services
@@ -34,6 +38,7 @@ SMALL_BODY = 64 * 1024
 # (this header present) from the relay's problem+json errors.
 VIA_HEADER = "Sluice-Connection"
 _VIA = VIA_HEADER.encode()
+_RETRIES = RETRIES_HEADER.encode()
 _VIA_LOWER = _VIA.lower()
 
 
@@ -79,39 +84,18 @@ def relay_errors(handle: Handle, what: str) -> Iterator[None]:
 
 async def send_upstream(
     services: Services,
-    conn_id: str,
+    handle: Handle,
     method: str,
     relative: str,
     headers: Fields,
     body: Body,
-    *,
-    forwarded: bool = False,
-) -> tuple[Handle, Answer]:
-    """Send one proxied request; errors are the relay's own (no URL quoted).
-
-    Without a tunnel of its own to the connection's agent, the relay
-    forwards the request to a relay of the cluster that has one (unless
-    another relay *forwarded* it here: a request makes one hop at most).
-    """
-    handle = await services.connections.handle(conn_id)
-    agent_id = handle.connection.agent_id
-    if (
-        not forwarded
-        and services.forwarder is not None
-        and handle.connection.mode == "on_premise"
-        and agent_id is not None
-        and not services.registry.is_online(agent_id)
-    ):
-        answer = await services.forwarder.forward(
-            agent_id, conn_id, method, relative, headers, body
-        )
-        services.metrics.forwarded.labels("out").inc()
-        return handle, answer
-    if forwarded:
-        services.metrics.forwarded.labels("in").inc()
+) -> Sent:
+    """Send one proxied request, rate limits waited out (``server.proxy.retry``);
+    errors are the relay's own (no URL quoted)."""
     with relay_errors(handle, "the request failed on its way"):
-        upstream = await services.engine.request(handle, method, relative, headers, body)
-    return handle, upstream
+        return await services.rate_limits.send(
+            handle, method, relative, headers, body, services.engine.request
+        )
 
 
 def is_small(upstream: Answer, method: str) -> bool:
@@ -131,14 +115,19 @@ def _rewrite(base_uri: str, conn_id: str) -> LocationRewrite:
     )
 
 
-def answer_headers(upstream: Answer, handle: Handle, conn_id: str) -> Fields:
+def answer_headers(
+    upstream: Answer, handle: Handle, conn_id: str, retries: int | None = None
+) -> Fields:
     """The API's answer fields the caller gets (``server.proxy.headers.answer_fields``:
-    the sink adds the framing), the connection named."""
+    the sink adds the framing), the connection named, and for a connection
+    with ``http.rate_limit`` how many times the request was sent again."""
     if get(upstream.raw_headers, _VIA_LOWER) is not None:
         # Forwarded by the relay that holds the tunnel: shaped and named there.
         return answer_fields(upstream.raw_headers, None)
     kept = answer_fields(upstream.raw_headers, _rewrite(handle.connection.http.base_uri, conn_id))
     kept.append((_VIA, conn_id.encode()))
+    if retries is not None:
+        kept.append((_RETRIES, str(retries).encode()))
     return kept
 
 
@@ -162,29 +151,140 @@ async def exchange(
 ) -> None:
     """Send one request through connection *conn_id* and pass its answer to *sink*.
 
+    Without a tunnel of its own to the connection's agent, the relay forwards
+    the request to a relay of the cluster that has one (unless another relay
+    *forwarded* it here: a request makes one hop at most).
+
     Raises (a RelayError, or the connection's own errors) while nothing has
     gone to the caller, so the listener can answer with a problem document.
     Once the head is out, a failure is logged and the sink is cut instead.
     """
     began = time.perf_counter()
-    handle, upstream = await send_upstream(
-        services, conn_id, method, relative, headers, body, forwarded=forwarded
-    )
+    handle = await services.connections.handle(conn_id)
+    http = handle.connection.http
+    recording = await services.debug.recording(handle, method, relative)
+    if recording is None:
+        try:
+            if http.concurrency_level is None:  # the common case, without the slot's cost
+                await _exchange(
+                    services, handle, method, relative, headers, body, sink, began, forwarded
+                )
+                return
+            async with services.limits.slot(
+                conn_id, http.concurrency_level, http.queue_timeout_seconds
+            ):
+                await _exchange(
+                    services, handle, method, relative, headers, body, sink, began, forwarded
+                )
+        except RelayError as exc:
+            services.stats.record(conn_id, exc.status, time.perf_counter() - began)
+            raise
+        return
+    try:
+        with wiretap.listen(recording.tap):
+            async with services.limits.slot(
+                conn_id, http.concurrency_level, http.queue_timeout_seconds
+            ):
+                await _exchange(
+                    services,
+                    handle,
+                    method,
+                    relative,
+                    headers,
+                    recording.body(body),
+                    RecordingSink(sink, recording),
+                    began,
+                    forwarded,
+                )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, RelayError):
+            services.stats.record(conn_id, exc.status, time.perf_counter() - began)
+        recording.failed(f"{getattr(exc, 'type', type(exc).__name__)}: {exc}")
+        await services.debug.write(recording)
+        raise
+    await services.debug.write(recording)
+
+
+class RecordingSink:
+    """An answer on its way to the caller, its head and first bytes recorded."""
+
+    def __init__(self, sink: AnswerSink, recording: Recording) -> None:
+        self._sink = sink
+        self._recording = recording
+
+    async def whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
+        self._recording.answered(status, headers)
+        self._recording.answer_chunk(body)
+        await self._sink.whole(status, reason, headers, body)
+
+    async def begin(
+        self, status: int, reason: str | None, headers: Fields, length: int | None
+    ) -> None:
+        self._recording.answered(status, headers)
+        await self._sink.begin(status, reason, headers, length)
+
+    async def write(self, chunk: bytes) -> None:
+        self._recording.answer_chunk(chunk)
+        await self._sink.write(chunk)
+
+    async def end(self) -> None:
+        await self._sink.end()
+
+    def cut(self) -> None:
+        self._recording.failed("the answer broke off on its way to the caller")
+        self._sink.cut()
+
+
+async def _exchange(
+    services: Services,
+    handle: Handle,
+    method: str,
+    relative: str,
+    headers: Fields,
+    body: Body,
+    sink: AnswerSink,
+    began: float,
+    forwarded: bool = False,
+) -> None:
+    assert handle.id is not None
+    conn_id = handle.id
+    agent_id = handle.connection.agent_id
+    if (
+        not forwarded
+        and services.forwarder is not None
+        and handle.connection.mode == "on_premise"
+        and agent_id is not None
+        and not services.registry.is_online(agent_id)
+    ):
+        answer = await services.forwarder.forward(
+            agent_id, conn_id, method, relative, headers, body
+        )
+        services.metrics.forwarded.labels("out").inc()
+        sent_upstream = Sent(answer, 0)
+    else:
+        if forwarded:
+            services.metrics.forwarded.labels("in").inc()
+        sent_upstream = await send_upstream(services, handle, method, relative, headers, body)
+    upstream = sent_upstream.answer
+    retries = sent_upstream.retries if handle.connection.http.rate_limit is not None else None
     mode = handle.connection.mode
     services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
+    services.stats.record(conn_id, upstream.status, time.perf_counter() - began)
     if is_small(upstream, method):
         try:
             with relay_errors(handle, "the answer was cut off"):
                 data = await upstream.read()
         finally:
             upstream.release()
-        small = answer_headers(upstream, handle, conn_id)
+        small = answer_headers(upstream, handle, conn_id, retries)
         await sink.whole(upstream.status, upstream.reason, small, data)
         canonical_line(conn_id, mode, method, upstream.status, len(data), began)
         return
     sent = 0
     try:
-        streamed = answer_headers(upstream, handle, conn_id)
+        streamed = answer_headers(upstream, handle, conn_id, retries)
         await sink.begin(upstream.status, upstream.reason, streamed, _length(upstream))
         async for chunk in upstream.content.iter_any():
             if chunk:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 Segment = str | int
 
@@ -146,3 +146,45 @@ def _echo(value: Any) -> str:
 
 def _truncate(text: str) -> str:
     return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 1] + "…"
+
+
+class PingRules(Protocol):
+    """The verdict's part of a connection's ``http.ping`` settings."""
+
+    success_path: str | None
+    success_values: list[str]
+    fail_path: str | None
+    fail_values: list[str]
+    error_path: str | None
+
+
+def health_verdict(
+    status: int, body: bytes, content_type: str | None, ping: PingRules
+) -> tuple[bool, str]:
+    """:func:`ping_verdict`, then the ping's ``fail_path``/``fail_values`` (a
+    match fails a 2xx) and ``error_path`` (on failure, the value there is the
+    message, as the API put it).
+
+    *ping* is a connection's ``http.ping`` (``server.connections.model.Ping``).
+    """
+    ok, message = ping_verdict(
+        status, body, content_type, ping.success_path, list(ping.success_values)
+    )
+    fail_path, error_path = ping.fail_path, ping.error_path
+    if not (fail_path or error_path):
+        return ok, message
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return ok, message
+    if ok and fail_path:
+        found, value = lookup(document, fail_path)
+        if found and as_comparable(value) in ping.fail_values:
+            ok = False
+            message = f"HTTP {status}, fail path {fail_path!r} is {_echo(value)}"
+    if not ok and error_path:
+        found, value = lookup(document, error_path)
+        if found and value not in (None, ""):
+            text = value if isinstance(value, str) else as_comparable(value)
+            message = _truncate(text)
+    return ok, message

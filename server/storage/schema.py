@@ -105,3 +105,46 @@ presence = sa.Table(
     sa.Column("connected_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("draining", sa.Boolean, nullable=False, default=False),
 )
+# The latest scheduled or manual check of a connection (server.connections.health).
+connection_health = sa.Table(
+    "connection_health",
+    metadata,
+    sa.Column(
+        "connection_id",
+        sa.String(32),
+        sa.ForeignKey("connections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_checked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+)
+
+# A connection's open debug-log window, and what it recorded (secrets masked).
+debug_windows = sa.Table(
+    "debug_windows",
+    metadata,
+    sa.Column(
+        "connection_id",
+        sa.String(32),
+        sa.ForeignKey("connections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("until", sa.DateTime(timezone=True), nullable=False),
+)
+
+debug_entries = sa.Table(
+    "debug_entries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "connection_id",
+        sa.String(32),
+        sa.ForeignKey("connections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("entry", sa.Text, nullable=False),
+    sa.Index("debug_entries_by_connection", "connection_id", "id"),
+)

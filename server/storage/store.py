@@ -17,6 +17,8 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from server.storage.debug_log import DebugLogRecords
+from server.storage.health import HealthRecords
 from server.storage.schema import agents, audit_events, changes, connections
 from sluice import __version__
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
@@ -193,6 +195,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.health = HealthRecords(engine)
+        self.debug = DebugLogRecords(engine)
 
     def __repr__(self) -> str:
         return f"<Store {self._engine.url.render_as_string(hide_password=True)}>"

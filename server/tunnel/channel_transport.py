@@ -36,6 +36,7 @@ from sluice.connect import (
     parse_connect_response,
     parse_error_body,
 )
+from sluice.window_tuning import WindowBudget, WindowTuner
 
 _AGENT_ERRORS: dict[int, type[RelayError]] = {
     429: RateLimited,
@@ -147,9 +148,10 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
     every event goes to the protocol on top.
     """
 
-    def __init__(self, share: WindowShare | None = None) -> None:
+    def __init__(self, share: WindowShare | None = None, tuner: WindowTuner | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._share = share
+        self._tuner = tuner
         self._class = StreamClass()
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
         self._buffer = bytearray()
@@ -178,8 +180,15 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         self._chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._share is not None:
-            self._share.received(self._class, self._chan, len(data))
+        chan = self._chan
+        if chan is not None:
+            tuner = self._tuner
+            if tuner is not None:
+                tuner.received(chan, len(data))
+            # A window grown to a long link is not shared: shrinking it there
+            # would halve the download (the latency it buys is a loopback one).
+            if self._share is not None and (tuner is None or not tuner.grown):
+                self._share.received(self._class, chan, len(data))
         if self._protocol is not None:
             feed(self._protocol, data)
             return
@@ -217,6 +226,8 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._tuner is not None:
+            self._tuner.release()
         self._end_of_answer(f"the tunnel closed before the agent answered CONNECT: {exc}")
         if self._protocol is not None:
             lost = TunnelLost(f"the tunnel went away: {exc}") if exc is not None else None
@@ -256,6 +267,7 @@ async def open_stream(
     window: int,
     max_pktsize: int,
     share: WindowShare | None = None,
+    budget: WindowBudget | None = None,
 ) -> tuple[ChannelTransport, ChannelSession, bytes]:
     """Open a channel to the agent and ask it to CONNECT to *target*.
 
@@ -266,7 +278,7 @@ async def open_stream(
     session: ChannelSession
     try:
         chan, session = await ssh.create_connection(  # type: ignore[assignment]
-            lambda: ChannelSession(share),
+            lambda: ChannelSession(share, WindowTuner(budget, window) if budget else None),
             listen[0],
             listen[1],
             "relay",

@@ -14,6 +14,7 @@ from server.errors import AgentOffline
 from server.tunnel.channel_transport import ChannelSession, ChannelTransport, open_stream
 from server.tunnel.window_share import SHARED_WINDOW, WindowShare
 from sluice.connect import Target
+from sluice.window_tuning import WindowBudget
 
 _ids = itertools.count(1)
 
@@ -30,6 +31,7 @@ class Tunnel:
     connected_at: dt.datetime
     window: int
     max_pktsize: int
+    max_inflight: int = 0
     instance: str = ""
     # Hash of the token this replica logged in with: after a rotation, the
     # replica is closed unless that token still logs in.
@@ -39,9 +41,11 @@ class Tunnel:
     streams_total: int = 0
     draining: bool = False
     share: WindowShare = field(init=False)
+    budget: WindowBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
+        self.budget = WindowBudget(self.max_inflight)
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "live"
@@ -62,6 +66,7 @@ class Tunnel:
                 window=self.window,
                 max_pktsize=self.max_pktsize,
                 share=self.share,
+                budget=self.budget,
             )
         except BaseException:
             self.in_flight -= 1

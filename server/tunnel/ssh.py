@@ -29,6 +29,7 @@ class SSHContext:
     tasks: TaskSet
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
+    max_inflight: int = sshconfig.MAX_INFLIGHT
     # The cluster's relays, as agents should dial them (JSON bytes), for
     # agents that ask (sshconfig.CLUSTER_RELAYS_HOST); None: not offered.
     cluster_relays: Callable[[], Awaitable[bytes]] | None = None
@@ -179,6 +180,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             connected_at=dt.datetime.now(dt.UTC),
             window=self._ctx.window,
             max_pktsize=self._ctx.max_pktsize,
+            max_inflight=self._ctx.max_inflight,
             instance=self._instance,
             credential=self._credential,
         )
@@ -246,6 +248,7 @@ async def start_ssh_server(
     keepalive_interval: float,
     keepalive_count: int,
     login_timeout: float,
+    rekey_bytes: int = sshconfig.REKEY_BYTES,
 ) -> asyncssh.SSHAcceptor:
     """Listen for agents. Returns the acceptor (close() it to stop)."""
     tune_asyncssh()
@@ -260,6 +263,7 @@ async def start_ssh_server(
         keepalive_interval=keepalive_interval,
         keepalive_count_max=keepalive_count,
         login_timeout=login_timeout,
+        rekey_bytes=rekey_bytes,
         allow_scp=False,
         agent_forwarding=False,
         x11_forwarding=False,

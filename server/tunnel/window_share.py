@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from asyncssh.channel import SSHChannel
+
 from sluice.ssh_tuning import set_receive_window
 
 BULK_PACKET = 16 * 1024
@@ -51,20 +53,27 @@ SHARED_WINDOW = 128 * 1024
 class WindowShare:
     """The traffic classes of one SSH connection's streams."""
 
-    def __init__(self, full: int, shared: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        full: int,
+        shared: int,
+        clock: Callable[[], float] = time.monotonic,
+        resize: Callable[[SSHChannel[Any], int], None] = set_receive_window,
+    ) -> None:
         self.full = full
         self.shared = shared
         self._small_at = -math.inf
         self._small_from: object | None = None
         self._clock = clock
+        self._resize = resize
 
-    def received(self, stream: StreamClass, chan: Any, size: int) -> None:
+    def received(self, stream: StreamClass, chan: SSHChannel[Any], size: int) -> None:
         """*stream* (on channel *chan*) received a packet of *size* bytes."""
         now = self._clock()
         if size >= BULK_PACKET:
             stream.bulk_at = now
             beside_small = now - self._small_at < RECENT and self._small_from is not stream
-            set_receive_window(chan, self.shared if beside_small else self.full)
+            self._resize(chan, self.shared if beside_small else self.full)
         elif now - stream.bulk_at >= RECENT:
             self._small_at = now
             self._small_from = stream

@@ -19,6 +19,7 @@ from server.proxy.route import hop_actor, proxy
 from server.secrets.admin_token import AdminTokenConfigured, AdminTokenReadOnly, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
+from server.web.debug_api import add_debug_routes
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
 from server.web.problems import problem, validation_problem
@@ -418,6 +419,9 @@ async def delete_connection(request: web.Request) -> web.Response:
     async with told_everywhere(request, "connection", conn_id):
         await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
+    services.health.forget(conn_id)
+    services.debug.forget(conn_id)
+    services.stats.forget(conn_id)
     log.info("connection_deleted", connection=conn_id)
     await audit(request, "connection.deleted", conn_id)
     return web.Response(status=204)
@@ -437,6 +441,8 @@ async def test_saved(request: web.Request) -> web.Response:
     result = await services.engine.ping(handle)
     record = result.as_dict() | {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     await services.connections.record_test(conn_id, record)
+    connection = handle.connection
+    await services.health.record(conn_id, connection.mode, connection.agent_id, result)
     return web.json_response(result.as_dict())
 
 
@@ -496,6 +502,7 @@ def build_app(services: Services) -> web.Application:
     r.add_patch("/v1/connections/{id}", patch_connection)
     r.add_delete("/v1/connections/{id}", delete_connection)
     r.add_post("/v1/connections/{id}/test", test_saved)
+    add_debug_routes(r)
     r.add_route(
         "*", "/v1/connections/{id}/proxy{tail:(/.*)?}", proxy, expect_handler=expect_handler
     )

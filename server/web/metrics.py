@@ -57,6 +57,31 @@ class RelayMetrics:
         )
         agents_gauge.set_function(lambda: len({t.agent_id for t in tunnels}))
         self._proxied: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self.in_flight = Gauge(
+            "sluice_connection_in_flight",
+            "Requests of a capped connection (http.concurrency_level) in flight to its API.",
+            ["connection"],
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "sluice_connection_queued",
+            "Requests of a capped connection waiting for a slot.",
+            ["connection"],
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "sluice_connection_queue_wait_seconds",
+            "Time a request waited for one of its connection's slots.",
+            ["connection"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "sluice_rate_limited",
+            "Answers that were a rate limit (http.rate_limit), by connection.",
+            ["connection", "outcome"],
+            registry=self.registry,
+        )
 
     def proxied(self, mode: str, status: int, seconds: float) -> None:
         """Count one proxied request (the labelled series are looked up once)."""
@@ -67,6 +92,16 @@ class RelayMetrics:
             self._proxied[key] = series
         series[0].observe(seconds)
         series[1].inc()
+
+    def slots(self, conn_id: str, in_flight: int, queued: int) -> None:
+        self.in_flight.labels(conn_id).set(in_flight)
+        self.queued.labels(conn_id).set(queued)
+
+    def queue_wait(self, conn_id: str, seconds: float) -> None:
+        self.queue_seconds.labels(conn_id).observe(seconds)
+
+    def limited(self, conn_id: str, outcome: str) -> None:
+        self.rate_limited.labels(conn_id, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -91,6 +91,79 @@ _AUDIT_EVENT = {
     },
 }
 
+_CONNECTION_VIEW = {
+    "type": "object",
+    "description": "A connection as the API shows it: its settings (secrets only as "
+    "token_set / {set: true}), plus these fields, which a PATCH ignores.",
+    "properties": {
+        "id": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "last_test": {"type": ["object", "null"]},
+        "status": {
+            "type": "string",
+            "enum": ["online", "offline", "unknown"],
+            "description": "From the latest check (scheduled by http.health, or a Test); "
+            "offline at once when an on-premise connection's agent is not connected.",
+        },
+        "last_checked_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_error": {"type": ["string", "null"]},
+    },
+}
+
+_DEBUG_WINDOW = {
+    "type": "object",
+    "properties": {
+        "connection_id": {"type": "string"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+        "active": {"type": "boolean"},
+    },
+}
+
+_DEBUG_ENTRY = {
+    "type": "object",
+    "description": "One request and its answer; secrets masked as ***.",
+    "properties": {
+        "id": {"type": "integer"},
+        "at": {"type": "string", "format": "date-time"},
+        "request": {
+            "type": "object",
+            "properties": {
+                "method": {"type": "string"},
+                "relative": {"type": "string"},
+                "url": {"type": "string"},
+                "headers": {"type": "array", "items": {"type": "array"}},
+                "body": {"type": "string", "description": "The first 8 KiB, as text."},
+                "body_bytes": {"type": "integer"},
+            },
+        },
+        "answer": {
+            "type": ["object", "null"],
+            "properties": {
+                "status": {"type": "integer"},
+                "headers": {"type": "array", "items": {"type": "array"}},
+                "body": {"type": "string", "description": "The first 8 KiB, as text."},
+                "body_bytes": {"type": "integer"},
+            },
+        },
+        "error": {"type": ["string", "null"]},
+        "elapsed_ms": {"type": "number"},
+        "retries": {"type": "integer"},
+        "sends": {"type": "integer"},
+    },
+}
+
+_DEBUG_LOG = {
+    "type": "object",
+    "properties": {
+        "window": {"oneOf": [_DEBUG_WINDOW, {"type": "null"}]},
+        "active": {"type": "boolean"},
+        "entries": {"type": "array", "items": {"$ref": "#/components/schemas/DebugEntry"}},
+        "next_before": {"type": ["integer", "null"]},
+    },
+}
+
 
 MALFORMED_REQUEST: dict[str, Any] = {
     "description": "The request is not valid HTTP (plain text from the HTTP server)",
@@ -134,6 +207,8 @@ def openapi_document() -> dict[str, Any]:
         "Replica": _REPLICA,
         "TestResult": _TEST_RESULT,
         "AuditEvent": _AUDIT_EVENT,
+        "ConnectionView": _CONNECTION_VIEW,
+        "DebugEntry": _DEBUG_ENTRY,
     }
     conn_id, agent_id = _path_param("id"), _path_param("agent_id")
     conn_body = {"required": True, "content": {"application/json": {"schema": _ref("Connection")}}}
@@ -145,7 +220,11 @@ def openapi_document() -> dict[str, Any]:
             {"name": "tail", "in": "path", "required": True, "schema": {"type": "string"}},
         ],
         "responses": {
-            "default": {"description": "The API's own answer"},
+            "default": {
+                "description": "The API's own answer, with Sluice-Connection and (for a "
+                "connection with http.rate_limit) Sluice-Retries: how many times the relay "
+                "sent the request again after a rate limit",
+            },
             **_problem_responses(400, 401, 403, 404, 502, 503, 504),
         },
     }
@@ -415,7 +494,7 @@ def openapi_document() -> dict[str, Any]:
         "/v1/connections/{id}": {
             "get": {
                 "parameters": [conn_id],
-                "responses": {"200": _json(any_json), **_problem_responses(401, 404)},
+                "responses": {"200": _json(_ref("ConnectionView")), **_problem_responses(401, 404)},
             },
             "patch": {
                 "parameters": [conn_id],
@@ -435,6 +514,87 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "parameters": [conn_id],
                 "responses": {"200": _json(_ref("TestResult")), **_problem_responses(401, 404)},
+            }
+        },
+        "/v1/connections/{id}/debug": {
+            "post": {
+                "summary": "Record the connection's requests and answers for N minutes",
+                "parameters": [conn_id],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "minutes": {
+                                        "type": "number",
+                                        "exclusiveMinimum": 0,
+                                        "maximum": 60,
+                                        "default": 15,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_DEBUG_WINDOW),
+                    **_problem_responses(400, 401, 404, 422),
+                },
+            },
+            "delete": {
+                "summary": "Stop recording now (the log is kept for the retention period)",
+                "parameters": [conn_id],
+                "responses": {"200": _json(_DEBUG_WINDOW), **_problem_responses(401, 404)},
+            },
+        },
+        "/v1/connections/{id}/debug-log": {
+            "get": {
+                "summary": "The connection's debug log, newest first",
+                "parameters": [
+                    conn_id,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                "responses": {"200": _json(_DEBUG_LOG), **_problem_responses(401, 404, 422)},
+            }
+        },
+        "/v1/connections/{id}/traffic": {
+            "get": {
+                "summary": "The last hour, minute by minute (as this relay saw it)",
+                "parameters": [conn_id],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "minutes": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "minute": {"type": "string", "format": "date-time"},
+                                            "requests": {"type": "integer"},
+                                            "errors": {"type": "integer"},
+                                            "p50_ms": {"type": ["number", "null"]},
+                                            "p99_ms": {"type": ["number", "null"]},
+                                        },
+                                    },
+                                }
+                            },
+                        }
+                    ),
+                    **_problem_responses(401, 404),
+                },
             }
         },
         "/v1/connections/{id}/proxy/{tail}": {

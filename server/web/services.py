@@ -11,8 +11,13 @@ from aiohttp import web
 from server.cluster.changes import ChangeFeed
 from server.cluster.forward import Forwarder, HopAuth
 from server.cluster.presence import Presence
+from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
+from server.proxy.debug_log import DebugLog
 from server.proxy.engine import Engine
+from server.proxy.limits import ConcurrencyLimits
+from server.proxy.retry import RateLimits
+from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens
 from server.storage.store import Store
 from server.tunnel.http_client import TunnelHTTP
@@ -31,6 +36,11 @@ class Services:
     admin: AdminTokens
     presence: Presence
     ssh_listening: Callable[[], bool]
+    limits: ConcurrencyLimits
+    rate_limits: RateLimits
+    health: HealthMonitor
+    debug: DebugLog
+    stats: TrafficStats
     max_body_bytes: int = 0
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).

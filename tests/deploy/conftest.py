@@ -24,10 +24,8 @@ _REASON = skip_reason()
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.deploy)
-            if _REASON is not None:
-                item.add_marker(pytest.mark.skip(reason=_REASON))
+        if _REASON is not None and here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.skip(reason=_REASON))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.deploy.podman import image_label, machine_lock, podman
+from tests.deploy.podman import (
+    drop_superseded,
+    image_id,
+    image_label,
+    machine_lock,
+    podman,
+    retag,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -44,7 +51,7 @@ def base_image() -> str:
         from_label = image_label(DOCKERFILE_FROM, RECIPE_LABEL)
         # A real python:3.11-slim (no label) is left alone and used as it is.
         if from_label is None or (from_label and from_label != BASE_RECIPE):
-            podman("tag", BASE_TAG, DOCKERFILE_FROM, timeout=60)
+            retag(BASE_TAG, DOCKERFILE_FROM)
     return BASE_TAG
 
 
@@ -104,6 +111,7 @@ def _build_base() -> None:
 
 
 def _build(dockerfile: Path, tag: str, context: Path, *args: str) -> str:
+    old = image_id(tag)
     podman(
         "build",
         "--pull=never",
@@ -122,6 +130,7 @@ def _build(dockerfile: Path, tag: str, context: Path, *args: str) -> str:
         str(context),
         timeout=BUILD_TIMEOUT,
     )
+    drop_superseded(old, tag)
     return tag
 
 
@@ -158,7 +167,7 @@ def postgres_image() -> str:
     with machine_lock():
         label = image_label(POSTGRES_FROM, RECIPE_LABEL)
         if label is None or (label and label != _recipe(HERE / "postgres.Containerfile")):
-            podman("tag", tag, POSTGRES_FROM, timeout=60)
+            retag(tag, POSTGRES_FROM)
     return tag
 
 

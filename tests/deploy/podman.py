@@ -85,3 +85,24 @@ def machine_lock() -> Iterator[None]:
 def remove_container(name: str) -> None:
     """Remove a test's container and its anonymous volumes, whatever its state."""
     podman("rm", "--force", "--volumes", "--time", "0", name, timeout=60, check=False)
+
+
+def image_id(tag: str) -> str | None:
+    """The id of image *tag*, or None when there is none."""
+    done = podman("image", "inspect", "--format", "{{.Id}}", tag, timeout=30, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def drop_superseded(old_id: str | None, tag: str) -> None:
+    """Remove the image *tag* named before it was rebuilt or retagged, so that
+    repeated sessions leave no untagged images behind. Never forced: an image
+    still tagged otherwise, or used by a container, stays."""
+    if old_id is not None and old_id != image_id(tag):
+        podman("rmi", old_id, timeout=120, check=False)
+
+
+def retag(source: str, tag: str) -> None:
+    """Point *tag* at *source*, dropping what it named before."""
+    old = image_id(tag)
+    podman("tag", source, tag, timeout=60)
+    drop_superseded(old, tag)

@@ -21,6 +21,8 @@ from tests.deploy.podman import RUN_FLAGS, podman, remove_container
 from tests.support.capture import remember_secret
 from tests.support.relay_process import free_port
 
+pytestmark = pytest.mark.deploy
+
 START_TIMEOUT = 60.0  # seconds for a container's program to come up
 STOP_TIMEOUT = 45  # docker run --stop-timeout, as DEPLOY.md says
 

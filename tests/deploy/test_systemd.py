@@ -32,6 +32,8 @@ from tests.deploy.podman import RUN_FLAGS, podman, remove_container
 from tests.support.capture import remember_secret
 from tests.support.relay_process import free_port
 
+pytestmark = pytest.mark.deploy
+
 BOOT_TIMEOUT = 60.0  # seconds for systemd to reach "running"
 INSTALL_TIMEOUT = 600.0  # pip install of the wheel's dependencies from the index
 UNIT_TIMEOUT = 120.0  # systemctl start/stop of one unit
@@ -43,9 +45,17 @@ class Machine:
 
     name: str
 
-    def sh(self, script: str, *, timeout: float = UNIT_TIMEOUT, check: bool = True) -> str:
-        done = podman("exec", self.name, "sh", "-ec", script, timeout=timeout, check=check)
-        return done.stdout
+    def sh(
+        self,
+        script: str,
+        *,
+        timeout: float = UNIT_TIMEOUT,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> str:
+        """Run *script*; a secret goes in on *stdin*, not in the script (errors show that)."""
+        args = ["exec", *(["-i"] if stdin is not None else []), self.name, "sh", "-ec", script]
+        return podman(*args, timeout=timeout, check=check, input=stdin).stdout
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
@@ -128,7 +138,7 @@ def test_units_as_shipped_under_systemd(machine: Machine) -> None:
         install -m 0644 /src/systemd/agent.toml.example /etc/sluice/agent.toml
         sed -i {shlex.quote(edits + '; s|"inventory.internal:8443",|"127.0.0.1:1",|')} \\
             /etc/sluice/agent.toml
-        ( umask 077; printf '%s' {shlex.quote(token)} > /etc/sluice/agent.token )
+        ( umask 077; cat > /etc/sluice/agent.token )
         install -m 0644 /src/systemd/sluice-agent.service /etc/systemd/system/
         mkdir -p /etc/systemd/system/sluice-agent.service.d
         printf '[Service]\\nEnvironment=SLUICE_AGENT_HEALTH_LISTEN=127.0.0.1:{health_port}\\n' \\
@@ -141,7 +151,8 @@ def test_units_as_shipped_under_systemd(machine: Machine) -> None:
         SLUICE_AGENT_TOKEN_FILE=/etc/sluice/agent.token \\
             /opt/sluice/bin/sluice-agent --config /etc/sluice/agent.toml check
         systemctl enable --now sluice-agent.service
-        """
+        """,
+        stdin=token,
     )
     # Type=notify: `systemctl start` returned once the tunnel was up.
     base = f"http://127.0.0.1:{api_port}"

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import server.storage
 from server.settings import sqlite_url
+from tests.support.relay_process import free_port
 
 BIN = Path(sys.executable).parent / "sluice-server"
 MIGRATIONS_DIR = Path(server.storage.__file__).parent / "migrations"
@@ -26,6 +27,9 @@ MIGRATIONS_DIR = Path(server.storage.__file__).parent / "migrations"
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    # `run` would listen, were it to get that far: loopback, free ports.
+    env["SLUICE_SERVER_SSH_LISTEN"] = f"127.0.0.1:{free_port()}"
+    env["SLUICE_SERVER_HTTP_LISTEN"] = f"127.0.0.1:{free_port()}"
     return subprocess.run(
         [str(BIN), "--data-dir", str(data_dir), *args],
         capture_output=True,
@@ -99,12 +103,13 @@ def test_admin_commands_refuse_an_older_schema_and_leave_it(tmp_path: Path) -> N
 
 def test_admin_commands_refuse_a_newer_schema(tmp_path: Path) -> None:
     _with_schema(tmp_path, "head", stamp="9999")
-    for args in (("agents", "list"), ("migrate",)):
+    for args in (("agents", "list"), ("migrate",), ("run",)):
         out = _cli(tmp_path, *args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
-        assert "newer" in out.stderr
-        assert "9999" in out.stderr
-        assert "Traceback" not in out.stderr
+        said = out.stderr + out.stdout  # `run` logs it
+        assert "newer" in said
+        assert "9999" in said
+        assert "Traceback" not in said
         assert _revision(tmp_path) == "9999"
 
 

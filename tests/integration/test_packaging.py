@@ -33,7 +33,6 @@ from typing import IO, Any
 
 import pytest
 
-from agent.allowlist import Verdict
 from agent.settings import AgentSettings
 from server.settings import ServerSettings
 from sluice.config import load_settings
@@ -671,10 +670,23 @@ def load_yaml(path: Path) -> Any:
     return json.loads(result.stdout)
 
 
-def test_compose_example_wires_relay_agent_and_api(monkeypatch: pytest.MonkeyPatch) -> None:
+def _interpolate(value: object, **given: str) -> str:
+    """Compose's variable substitution: *given* values, else each ``:-`` default."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if name in given:
+            return given[name]
+        assert op == ":-", f"${{{name}}} has no default; give it"
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:[-?])([^}]*)\}", one, str(value))
+
+
+def test_compose_example_wires_relay_postgres_and_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     compose = load_yaml(COMPOSE_EXAMPLE)
     services = compose["services"]
-    relay, agent, api = services["relay"], services["agent"], services["api"]
+    relay, agent, db = services["relay"], services["agent"], services["db"]
 
     # Built from this repository's Dockerfiles (paths are relative to the file).
     for service, dockerfile in ((relay, "Dockerfile.server"), (agent, "Dockerfile.agent")):
@@ -684,33 +696,33 @@ def test_compose_example_wires_relay_agent_and_api(monkeypatch: pytest.MonkeyPat
         assert service["init"] is True
         assert timespan_seconds(service["stop_grace_period"]) >= 30 + 10
 
-    # The agent reaches the relay by its service name and the API only
-    # through its own network; the relay is not on the API's network.
-    api_networks = set(api["networks"])
-    assert api_networks <= set(agent["networks"])
-    assert not api_networks & set(relay["networks"])
-    assert all(compose["networks"][n].get("internal") is True for n in api_networks)
+    # PostgreSQL: no published port, on a network the agent is not on.
+    assert "ports" not in db
+    assert set(db["networks"]) <= set(relay["networks"])
+    assert not set(db["networks"]) & set(agent["networks"])
+    assert relay["depends_on"]["db"]["condition"] == "service_healthy"
 
     # The token: a secret mounted where the agent image looks for it.
     (secret,) = agent["secrets"]
     _, final = stages_of(IMAGE_CASES[0])
     assert f"/run/secrets/{secret}" == final.env()["SLUICE_AGENT_TOKEN_FILE"]
-    secret_file = (COMPOSE_EXAMPLE.parent / compose["secrets"][secret]["file"]).resolve()
-    assert secret_file.relative_to(ROOT).parts[0] == ".sluice"  # git-ignored
+    secret_file = COMPOSE_EXAMPLE.parent / _interpolate(compose["secrets"][secret]["file"])
+    assert secret_file.resolve().relative_to(ROOT).parts[0] == ".sluice"  # git-ignored
 
-    # Every variable is a real setting, and together they are valid settings
-    # that let the relay reach the API.
+    # Every variable is a real setting, and together they are valid settings:
+    # the relay's store is the db service, the agent dials the relay service.
     for name in list(os.environ):
         if name.startswith(("SLUICE_", "CREDENTIALS_DIRECTORY")):
             monkeypatch.delenv(name)
-    relay_env = {k: str(v) for k, v in relay["environment"].items()}
+    given = {"SLUICE_DB_PASSWORD": "pw", "SLUICE_RELAY_FINGERPRINT": FAKE_FINGERPRINT}
+    relay_env = {k: _interpolate(v, **given) for k, v in relay["environment"].items()}
     for key, value in relay_env.items():
         monkeypatch.setenv(key, value)
     relay_settings = load_settings(ServerSettings)
+    assert relay_settings.database_url is not None
+    assert "@db/" in relay_settings.database_url
     for key, value in agent["environment"].items():
-        monkeypatch.setenv(
-            key, str(value).replace("${SLUICE_RELAY_FINGERPRINT:-}", FAKE_FINGERPRINT)
-        )
+        monkeypatch.setenv(key, _interpolate(value, **given))
     agent_settings = load_settings(AgentSettings)
     assert {k.removeprefix("SLUICE_SERVER_").lower() for k in relay_env} <= set(
         ServerSettings.model_fields
@@ -721,9 +733,9 @@ def test_compose_example_wires_relay_agent_and_api(monkeypatch: pytest.MonkeyPat
     (relay_address,) = agent_settings.relay
     assert relay_address.host == "relay"
     assert relay_address.port == relay_settings.ssh_listen.port
-    assert f"{relay_settings.ssh_listen.port}:{relay_settings.ssh_listen.port}" in relay["ports"]
-    verdict, _ = agent_settings.allowlist().check_name("api", 80)
-    assert verdict is Verdict.ALLOWED
+    ports = [_interpolate(p) for p in relay["ports"]]
+    assert f"{relay_settings.ssh_listen.port}:{relay_settings.ssh_listen.port}" in ports
+    assert f"127.0.0.1:{relay_settings.http_listen.port}:{relay_settings.http_listen.port}" in ports
 
 
 # --- the image's commands, run in a fresh virtualenv -------------------------

@@ -545,7 +545,18 @@ MAPPING_JS = """async () => {
   edit.unencrypted = edit.unencrypted.filter((row) => row.key !== "region");
   const url = doc.fromView(saved);
   Object.assign(url, {location: "url", paramName: "api_key", token: "new"});
+  const limited = doc.fromView(saved);
+  limited.ping = {...limited.ping, method: "POST", relativeUri: "/graphql",
+                  body: '{"query": "{ health }"}'};
+  limited.traffic = {concurrency: "3", queueTimeout: "30", healthInterval: "300",
+    rateLimitOn: true, rateLimit: {failStatus: "429", failPath: "error",
+      failValues: ["rate_limited"], retryHeader: "Retry-After", maxRetries: "2", maxWait: "60"}};
+  const limitedDoc = doc.toDocument(limited, {forTest: true});
+  const back = doc.fromView({...saved, http: {...saved.http, ...limitedDoc.http}});
   return {
+    limited: limitedDoc,
+    limited_values: limited.traffic,
+    limited_back: back.traffic,
     patch: doc.toDocument(edit, {saved}),
     keeps: doc.keepsSavedSecrets(edit),
     url: doc.toDocument(url, {forTest: true}),
@@ -578,7 +589,134 @@ async def test_form_values_map_to_the_api_document(relay: Relay, page: Page) -> 
         "relative_uri": "",
         "success_path": None,
         "success_values": [],
+        "body": None,
+        "fail_path": None,
+        "fail_values": [],
+        "error_path": None,
     }
+    # Traffic settings: left empty, nothing is capped, limited or scheduled; a PATCH
+    # clears what was removed.
+    assert (url["concurrency_level"], url["health"], url["rate_limit"]) == (None, None, None)
+    assert url["queue_timeout_seconds"] == 30
+    limited = got["limited"]["http"]
+    assert limited["rate_limit"] == {
+        "fail_status": 429,
+        "fail_path": "error",
+        "fail_values": ["rate_limited"],
+        "retry_header": "Retry-After",
+        "max_retries": 2,
+        "max_wait_seconds": 60,
+    }
+    assert limited["concurrency_level"] == 3
+    assert limited["health"] == {"interval_seconds": 300}
+    assert limited["ping"]["body"] == '{"query": "{ health }"}'
+    assert got["limited_back"] == got["limited_values"]
     assert got["quoted"] == "'it'\\''s'"
     assert "-e SLUICE_AGENT_ALLOW='a:1,b:2'" in got["docker"]
     assert "printf '%s' 'slc_t' > /etc/sluice/agent.token" in got["docker"]
+
+
+@pytest.mark.timeout(120)
+async def test_health_traffic_charts_and_the_debug_tab(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    remember_secret(API_TOKEN)
+    proc, token = await start_agent([f"127.0.0.1:{api.port}"])
+    created = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": "Inventory",
+            "mode": "on_premise",
+            "agent_id": token.agent_id,
+            "http": {
+                "base_uri": api.base,
+                "auth": {"type": "token", "token": API_TOKEN, "scheme": "Bearer"},
+                "ping": {"method": "GET", "relative_uri": "/hello"},
+            },
+        },
+    )
+    conn_id = created.body["id"]
+    assert (await client.call("POST", f"/v1/connections/{conn_id}/test")).body["ok"] is True
+    for _ in range(3):
+        proxied = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello")
+        assert proxied.status == 200
+
+    await sign_in(page, relay, "#/connections")
+    row = page.locator("tr", has=page.get_by_role("rowheader", name="Inventory", exact=True))
+    await expect(row.locator("td[data-label='Health'] .badge")).to_have_text("online")
+
+    await row.get_by_role("link", name="Activity of Inventory").click()
+    await expect(page.get_by_role("heading", name="Activity: Inventory")).to_be_visible()
+    health = page.get_by_role("region", name="Health")
+    await expect(health.locator(".badge")).to_have_text("online")
+    charts = page.locator("figure.chart-card")
+    await expect(charts).to_have_count(4)
+    requests = page.get_by_role("img", name=re.compile(r"^Requests per minute: latest 3 req.min"))
+    await expect(requests).to_be_visible()
+    assert await requests.locator("polyline").count() == 1
+    await expect(
+        page.get_by_role("img", name=re.compile(r"^Latency p99: latest \d+ ms"))
+    ).to_be_visible()
+    await full_page_screenshot(page, "connection-traffic.png")
+
+    await page.get_by_role("tab", name="Debug").click()
+    await expect(page.get_by_text("Not recording.")).to_be_visible()
+    await page.get_by_role("button", name="Start debug log").click()
+    await expect(page.get_by_text(re.compile("^Recording until"))).to_be_visible()
+    proxied = await client.call("GET", f"/v1/connections/{conn_id}/proxy/hello?from=console")
+    assert proxied.status == 200
+    entry = page.locator("details.debug-entry").first
+    await expect(entry).to_contain_text("/hello?from=console")
+    await entry.locator("summary").click()
+    request = entry.get_by_role("region", name="Request")
+    await expect(request).to_contain_text("Authorization: ***")
+    await expect(entry.get_by_role("region", name="Answer")).to_contain_text('"hello": "world"')
+    await full_page_screenshot(page, "connection-activity.png")
+    await assert_not_in_page(page, API_TOKEN)
+    await page.get_by_role("button", name="Stop debug log").click()
+    await expect(page.get_by_text("Not recording (the window ended).")).to_be_visible()
+
+    # The agent stops: the list shows the connection offline, with the reason, unreloaded.
+    await page.get_by_role("link", name="← Connections").click()
+    await expect(row.locator("td[data-label='Health'] .badge")).to_have_text("online")
+    await proc.stop()
+    await expect(row.locator("td[data-label='Health'] .badge")).to_have_text("offline")
+    await expect(row.locator("td[data-label='Health']")).to_contain_text("agent_offline")
+
+
+@pytest.mark.timeout(120)
+async def test_traffic_and_health_settings_through_the_form(
+    relay: Relay, client: APIClient, page: Page
+) -> None:
+    from playwright.async_api import expect
+
+    remember_secret(API_TOKEN)
+    await sign_in(page, relay, "#/connections/new")
+    await page.get_by_label("Name", exact=True).fill("Fragile")
+    await page.get_by_label("Base URI").fill("https://api.example.com/v2")
+    await page.get_by_label("Token", exact=True).fill(API_TOKEN)
+    rate_limit_group = page.get_by_role("group", name="Rate limits")
+    await expect(rate_limit_group).to_be_hidden()
+    await page.get_by_label("Concurrency level").fill("3")
+    await page.get_by_label("Health check every (seconds)").fill("5")
+    await page.get_by_label("Wait out rate limits").check()
+    await expect(rate_limit_group).to_be_visible()
+    await page.get_by_label("Most retries").fill("2")
+    await page.get_by_role("button", name="Save").click()
+    interval = page.get_by_label("Health check every (seconds)")
+    await expect(interval).to_have_attribute("aria-invalid", "true")
+    await expect(error_at(interval)).to_contain_text("at least 30 seconds")
+    assert (await client.call("GET", "/v1/connections")).body["connections"] == []
+
+    await interval.fill("300")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("heading", name="Connections")).to_be_visible()
+    (saved,) = (await client.call("GET", "/v1/connections")).body["connections"]
+    http = saved["http"]
+    assert http["concurrency_level"] == 3
+    assert http["health"] == {"interval_seconds": 300}
+    assert http["rate_limit"]["max_retries"] == 2
+    assert http["rate_limit"]["fail_status"] == 429

@@ -143,7 +143,7 @@ EXPORT = {
         "formType": "http",
         "mediaType": "json",
         "baseURI": "https://warehouse.example.com/api",
-        "concurrencyLevel": 5,
+        "targetConcurrencyLevel": 5,
         "auth": {"type": "basic", "basic": {"username": "svc", "password": PASSWORD}},
     },
 }
@@ -179,7 +179,7 @@ async def test_import_dialog_previews_refuses_and_creates(
     await dialog.get_by_role("button", name="Preview").click()
     await expect(dialog.locator(".import-auth")).to_have_text("Basic")
     unmapped = dialog.locator(".import-unmapped")
-    await expect(unmapped).to_contain_text("http.concurrencyLevel")
+    await expect(unmapped).to_contain_text("http.targetConcurrencyLevel")
     await expect(unmapped).to_contain_text("not supported by Sluice yet")
     assert (await client.call("GET", "/v1/connections")).body["connections"] == []  # a preview
     await dialog.get_by_role("button", name="Create").click()

@@ -1,12 +1,15 @@
 """A bulk answer's window shrinks while small answers run beside it on the
-same agent connection, and grows back once they stop."""
+same agent connection, and grows back once they stop: seen in the window
+adjusts the relay sends the agent."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
+from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 
 from server.relay import Relay
 from server.tunnel.window_share import WindowShare
@@ -29,8 +32,20 @@ async def test_a_bulk_answer_shares_its_window_with_small_answers_beside_it(
     share: WindowShare = tunnel.share
     assert share.shared < share.full
 
-    def windows() -> set[int]:
-        return {chan._init_recv_window for chan in tunnel.ssh._channels.values()}
+    # Every window adjust the relay sends on this tunnel: (agent's channel, bytes).
+    sent: list[tuple[int, int]] = []
+    send_packet = tunnel.ssh.send_packet
+
+    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
+            payload = b"".join(args)
+            sent.append((int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big")))
+        send_packet(pkttype, *args, handler=handler)
+
+    tunnel.ssh.send_packet = recording  # type: ignore[method-assign]
+
+    def adjusts_since(mark: int, chan: int) -> list[int]:
+        return [size for peer, size in sent[mark:] if peer == chan]
 
     got = 0
 
@@ -50,15 +65,30 @@ async def test_a_bulk_answer_shares_its_window_with_small_answers_beside_it(
     download = asyncio.create_task(bulk())
     try:
         await wait_until(lambda: got > 4 * MiB, what="the download under way")
-        assert windows() == {share.full}  # alone, it has the whole window
+        # Alone, it has the whole window: asyncssh tops a window up once less
+        # than half is left, so each adjust is more than half the window.
+        mark = len(sent)
+        await wait_until(lambda: len(sent) - mark >= 8, what="adjusts for the download")
+        bulk_chan = sent[mark][0]
+        alone = adjusts_since(mark, bulk_chan)
+        assert len(alone) == len(sent) - mark  # only the download's channel
+        assert min(alone) > share.shared, alone
         gets = asyncio.create_task(small())
         try:
-            await wait_until(lambda: share.shared in windows(), what="the shared window")
+            mark = len(sent)
+            await wait_until(
+                lambda: any(size <= share.shared for size in adjusts_since(mark, bulk_chan)),
+                what="a shared-window adjust on the wire",
+            )
             assert not gets.done()
         finally:
             small_running = False
             await gets
-        await wait_until(lambda: windows() == {share.full}, what="the whole window back")
+        mark = len(sent)
+        await wait_until(
+            lambda: any(size > share.shared for size in adjusts_since(mark, bulk_chan)),
+            what="the whole window back on the wire",
+        )
         assert not download.done()
     finally:
         download.cancel()

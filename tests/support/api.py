@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ def blob_chunks(size: int) -> list[memoryview]:
         out.append(view[:n])
         remaining -= n
     return out
+
+
+def noise(size: int, seed: int = 22) -> bytes:
+    """The body GET /noise/{size} sends: pseudo-random bytes, so a piece that
+    arrives out of place changes the digest (a repeating blob would not)."""
+    return random.Random(seed).randbytes(size)
 
 
 def blob_sha256(size: int) -> str:
@@ -107,6 +114,17 @@ def build_app(api: InternalAPI) -> web.Application:
         await response.write_eof()
         return response
 
+    async def noise_body(request: web.Request) -> web.StreamResponse:
+        api.seen.append(_seen(request))
+        body = memoryview(noise(int(request.match_info["size"])))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        for start in range(0, len(body), 1024 * 1024):
+            await response.write(body[start : start + 1024 * 1024])
+        await response.write_eof()
+        return response
+
     async def secure(request: web.Request) -> web.Response:
         api.seen.append(_seen(request))
         if request.headers.get("Authorization") != f"Bearer {api.tokens.current}":
@@ -164,6 +182,7 @@ def build_app(api: InternalAPI) -> web.Application:
     app.router.add_get("/hello", hello)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/blob/{size:\\d+}", blob)
+    app.router.add_get("/noise/{size:\\d+}", noise_body)
     return app
 
 

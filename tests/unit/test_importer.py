@@ -113,3 +113,48 @@ def test_client_certificates_and_ca_carry_over() -> None:
     assert cert.key_pem == leaf.private_key_pem.bytes().decode()
     assert connection.http.tls.ca_bundle_pem == ca.cert_pem.bytes().decode()
     assert {u["field"] for u in imported.unmapped} == {"http.clientCertificates.passphrase"}
+
+
+def test_traffic_settings_carry_over() -> None:
+    """concurrencyLevel, rateLimit, retryHeader and the ping's fail and error
+    paths become the connection's (docs/TRAFFIC.md)."""
+    imported = from_integrator(
+        {
+            "type": "http",
+            "name": "fragile",
+            "http": {
+                "baseURI": "https://api.example.com",
+                "mediaType": "json",
+                "concurrencyLevel": 7,
+                "retryHeader": "X-Retry-In",
+                "rateLimit": {
+                    "failStatusCode": 503,
+                    "failPath": "error",
+                    "failValues": ["slow"],
+                    "limit": 1000,
+                },
+                "ping": {
+                    "relativeURI": "/graphql",
+                    "method": "POST",
+                    "body": '{"q": 1}',
+                    "failPath": "status",
+                    "failValues": ["down"],
+                    "errorPath": "message",
+                },
+            },
+        },
+        None,
+    )
+    http = imported.document["http"]
+    assert http["concurrency_level"] == 7
+    assert http["rate_limit"] == {
+        "fail_status": 503,
+        "fail_path": "error",
+        "fail_values": ["slow"],
+        "retry_header": "X-Retry-In",
+    }
+    assert http["ping"]["body"] == '{"q": 1}'
+    assert (http["ping"]["fail_path"], http["ping"]["fail_values"]) == ("status", ["down"])
+    assert http["ping"]["error_path"] == "message"
+    assert "http.rateLimit.limit" in {s["field"] for s in imported.unmapped}
+    Connection.model_validate(imported.document)  # and it is a valid connection

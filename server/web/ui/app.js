@@ -3,9 +3,11 @@
 //   #/connections         connections with their last test
 //   #/connections/new     the connection form (create)
 //   #/connections/con_…   the connection form (edit)
+//   #/connections/con_…/activity   health, traffic charts and the debug log
 
 import { signOut } from "./api.js";
 import { agentsView } from "./agents.js";
+import { connectionActivityView } from "./connection_activity.js";
 import { connectionsView } from "./connections.js";
 import { connectionFormView } from "./connection_form.js";
 import { clearBanner } from "./notify.js";
@@ -29,6 +31,12 @@ const ROUTES = [
     nav: "connections",
     title: "Edit connection",
     view: (root, id) => connectionFormView(root, id),
+  },
+  {
+    pattern: /^#\/connections\/(con_[a-z0-9]+)\/activity$/,
+    nav: "connections",
+    title: "Connection activity",
+    view: (root, id) => connectionActivityView(root, id),
   },
 ];
 

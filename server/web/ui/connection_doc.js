@@ -35,8 +35,29 @@ export function emptyValues() {
     },
     encrypted: [],
     unencrypted: [],
-    ping: { method: "GET", relativeUri: "", successPath: "", successValues: [] },
+    ping: {
+      method: "GET", relativeUri: "", successPath: "", successValues: [],
+      body: "", failPath: "", failValues: [], errorPath: "",
+    },
+    traffic: {
+      concurrency: "", queueTimeout: "30", healthInterval: "", rateLimitOn: false,
+      rateLimit: {
+        failStatus: "429", failPath: "", failValues: [], retryHeader: "Retry-After",
+        maxRetries: "3", maxWait: "60",
+      },
+    },
   };
+}
+
+// Methods whose ping may carry a body (GraphQL, SOAP health checks).
+export const PING_BODY_METHODS = ["POST", "PUT", "PATCH"];
+
+const text = (value) => (value === null || value === undefined ? "" : String(value));
+
+/** A number typed in a field, or null when left empty. */
+function number(value) {
+  const trimmed = String(value).trim();
+  return trimmed === "" ? null : Number(trimmed);
 }
 
 /** The form's values for a saved connection, as GET /v1/connections/{id} shows it. */
@@ -107,8 +128,29 @@ export function fromView(view) {
       relativeUri: http.ping.relative_uri || "",
       successPath: http.ping.success_path || "",
       successValues: http.ping.success_values || [],
+      body: http.ping.body || "",
+      failPath: http.ping.fail_path || "",
+      failValues: http.ping.fail_values || [],
+      errorPath: http.ping.error_path || "",
     };
   }
+  const rl = http.rate_limit;
+  values.traffic = {
+    concurrency: text(http.concurrency_level),
+    queueTimeout: text(http.queue_timeout_seconds ?? 30),
+    healthInterval: http.health ? text(http.health.interval_seconds) : "",
+    rateLimitOn: Boolean(rl),
+    rateLimit: rl
+      ? {
+          failStatus: text(rl.fail_status),
+          failPath: rl.fail_path || "",
+          failValues: rl.fail_values || [],
+          retryHeader: rl.retry_header || "",
+          maxRetries: text(rl.max_retries),
+          maxWait: text(rl.max_wait_seconds),
+        }
+      : values.traffic.rateLimit,
+  };
   return values;
 }
 
@@ -120,7 +162,9 @@ function headerList(rows) {
 }
 
 function pingBlank(ping) {
-  return !ping.relativeUri.trim() && !ping.successPath.trim() && ping.successValues.length === 0;
+  return !ping.relativeUri.trim() && !ping.successPath.trim() && ping.successValues.length === 0
+    && !ping.body && !ping.failPath.trim() && ping.failValues.length === 0
+    && !ping.errorPath.trim();
 }
 
 /**
@@ -215,6 +259,9 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
   }
 
   const ping = v.ping;
+  const t = v.traffic;
+  const rl = t.rateLimit;
+  const health = number(t.healthInterval);
   const tls = v.clientCertificate === undefined
     ? {}
     : { tls: { client_certificate: v.clientCertificate } };
@@ -237,7 +284,24 @@ export function toDocument(v, { saved = null, forTest = false } = {}) {
             relative_uri: ping.relativeUri.trim(),
             success_path: ping.successPath.trim() || null,
             success_values: ping.successValues,
+            body: PING_BODY_METHODS.includes(ping.method) && ping.body ? ping.body : null,
+            fail_path: ping.failPath.trim() || null,
+            fail_values: ping.failValues,
+            error_path: ping.errorPath.trim() || null,
           },
+      concurrency_level: number(t.concurrency),
+      queue_timeout_seconds: number(t.queueTimeout) ?? 30,
+      health: health === null ? null : { interval_seconds: health },
+      rate_limit: t.rateLimitOn
+        ? {
+            fail_status: number(rl.failStatus),
+            fail_path: rl.failPath.trim() || null,
+            fail_values: rl.failValues,
+            retry_header: rl.retryHeader.trim() || null,
+            max_retries: number(rl.maxRetries) ?? 3,
+            max_wait_seconds: number(rl.maxWait) ?? 60,
+          }
+        : null,
     },
   };
 }

@@ -4,6 +4,7 @@
 
 import { h, show, uid } from "./dom.js";
 import { checkbox, field, group, radios, secretInput, select, textInput } from "./fields.js";
+import { PING_BODY_METHODS } from "./connection_doc.js";
 import { MEDIA_TYPES } from "./format.js";
 import { rowsEditor } from "./rows.js";
 import { AUTH_TYPES, buildAuthFields } from "./connection_auth.js";
@@ -145,6 +146,51 @@ export function buildFields({ editing }) {
   const successValues = field("Success values", textarea(), {
     hint: "One per line. The value at the path must equal one of them exactly (case-sensitive).",
   });
+  const pingBody = field("Ping request body", textarea(), {
+    hint: ["For GraphQL or SOAP health checks, e.g. ", code('{"query": "{ health }"}'),
+      "; placeholders may be used."],
+  });
+  const failPath = field("Path to failure field in HTTP response body", textInput(), {
+    hint: "A 2xx answer fails when the value here is one of the failure values.",
+  });
+  const failValues = field("Failure values", textarea(), { hint: "One per line." });
+  const errorPath = field("Path to error message in HTTP response body", textInput(), {
+    hint: ["When the ping fails, the value here is the test's message, e.g. ",
+      code("errors[0].message"), "."],
+  });
+
+  // -- traffic and health ----------------------------------------------------------
+  const concurrency = field("Concurrency level", textInput({ type: "number", min: "1",
+    max: "100", inputmode: "numeric" }), {
+    hint: "At most this many requests in flight to the API (1-100). Empty: no cap.",
+  });
+  const queueTimeout = field("Queue timeout (seconds)", textInput({ type: "number", min: "0",
+    step: "any" }), {
+    hint: "How long a request over the cap waits for its turn before it is refused.",
+  });
+  const healthInterval = field("Health check every (seconds)", textInput({ type: "number",
+    min: "30", inputmode: "numeric" }), {
+    hint: "The relay pings the connection on this schedule (at least 30). Empty: off.",
+  });
+  const rateLimitOn = checkbox("Wait out rate limits", {
+    hint: "Retry a request the API refused as too many, after the wait it names.",
+  });
+  const failStatus = field("Rate-limit status", textInput({ type: "number", min: "400",
+    max: "599" }), { hint: "Usually 429." });
+  const rlFailPath = field("Path to rate-limit field in a 200 answer", textInput(), {
+    hint: ["For APIs that say it in the body, e.g. ", code("error"), "."],
+  });
+  const rlFailValues = field("Rate-limit values", textarea(), { hint: "One per line." });
+  const retryHeader = field("Retry header", textInput(), {
+    hint: ["Seconds or an HTTP-date, e.g. ", code("Retry-After"),
+      ". Without one the relay backs off exponentially."],
+  });
+  const maxRetries = field("Most retries", textInput({ type: "number", min: "0", max: "10" }));
+  const maxWait = field("Longest wait (seconds)", textInput({ type: "number", min: "1",
+    step: "any" }));
+  const rateLimit = group("Rate limits", [failStatus.wrapper, rlFailPath.wrapper,
+    rlFailValues.wrapper, retryHeader.wrapper, maxRetries.wrapper, maxWait.wrapper],
+  { className: "nested" });
 
   // -- what shows when -------------------------------------------------------------
   function sync() {
@@ -160,11 +206,14 @@ export function buildFields({ editing }) {
     show(refreshOn.wrapper, isToken);
     show(refreshGroup, isToken && refreshOn.control.checked);
     show(refreshBody.wrapper, refreshMethod.control.value === "POST");
+    show(pingBody.wrapper, PING_BODY_METHODS.includes(pingMethod.control.value));
+    show(rateLimit.wrapper, rateLimitOn.control.checked);
     other.sync(type);
   }
   mode.onChange(sync);
   other.onChange(sync);
-  for (const c of [authType.control, location.control, refreshOn.control, refreshMethod.control]) {
+  for (const c of [authType.control, location.control, refreshOn.control, refreshMethod.control,
+    pingMethod.control, rateLimitOn.control]) {
     c.addEventListener("change", sync);
   }
 
@@ -180,7 +229,13 @@ export function buildFields({ editing }) {
     encrypted.wrapper, unencrypted.wrapper),
     section("Test the connection", h("p", { class: "hint" },
       "The ping request that Test sends before you save."),
-    pingMethod.wrapper, pingUri.wrapper, successPath.wrapper, successValues.wrapper),
+    pingMethod.wrapper, pingUri.wrapper, pingBody.wrapper, successPath.wrapper,
+    successValues.wrapper, failPath.wrapper, failValues.wrapper, errorPath.wrapper),
+    section("Traffic and health", h("p", { class: "hint" },
+      "What a fragile API can bear: how many requests at once, rate limits waited out, "
+      + "and a health check on a schedule."),
+    concurrency.wrapper, queueTimeout.wrapper, healthInterval.wrapper, rateLimitOn.wrapper,
+    rateLimit.wrapper),
   ];
 
   const lines = (text) => text.split("\n").map((s) => s.trim()).filter(Boolean);
@@ -221,6 +276,24 @@ export function buildFields({ editing }) {
           relativeUri: pingUri.control.value,
           successPath: successPath.control.value,
           successValues: lines(successValues.control.value),
+          body: pingBody.control.value,
+          failPath: failPath.control.value,
+          failValues: lines(failValues.control.value),
+          errorPath: errorPath.control.value,
+        },
+        traffic: {
+          concurrency: concurrency.control.value,
+          queueTimeout: queueTimeout.control.value,
+          healthInterval: healthInterval.control.value,
+          rateLimitOn: rateLimitOn.control.checked,
+          rateLimit: {
+            failStatus: failStatus.control.value,
+            failPath: rlFailPath.control.value,
+            failValues: lines(rlFailValues.control.value),
+            retryHeader: retryHeader.control.value,
+            maxRetries: maxRetries.control.value,
+            maxWait: maxWait.control.value,
+          },
         },
       };
     },
@@ -254,6 +327,21 @@ export function buildFields({ editing }) {
       pingUri.control.value = v.ping.relativeUri;
       successPath.control.value = v.ping.successPath;
       successValues.control.value = v.ping.successValues.join("\n");
+      pingBody.control.value = v.ping.body;
+      failPath.control.value = v.ping.failPath;
+      failValues.control.value = v.ping.failValues.join("\n");
+      errorPath.control.value = v.ping.errorPath;
+      const t = v.traffic;
+      concurrency.control.value = t.concurrency;
+      queueTimeout.control.value = t.queueTimeout;
+      healthInterval.control.value = t.healthInterval;
+      rateLimitOn.control.checked = t.rateLimitOn;
+      failStatus.control.value = t.rateLimit.failStatus;
+      rlFailPath.control.value = t.rateLimit.failPath;
+      rlFailValues.control.value = t.rateLimit.failValues.join("\n");
+      retryHeader.control.value = t.rateLimit.retryHeader;
+      maxRetries.control.value = t.rateLimit.maxRetries;
+      maxWait.control.value = t.rateLimit.maxWait;
       sync();
     },
     /** Agents for the drop-down, "name (online)"; the choice made is kept. */
@@ -289,7 +377,16 @@ export function buildFields({ editing }) {
         ["http.encrypted", encrypted.group], ["http.unencrypted", unencrypted.group],
         ["http.ping", pingUri], ["http.ping.method", pingMethod],
         ["http.ping.relative_uri", pingUri], ["http.ping.success_path", successPath],
-        ["http.ping.success_values", successValues],
+        ["http.ping.success_values", successValues], ["http.ping.body", pingBody],
+        ["http.ping.fail_path", failPath], ["http.ping.fail_values", failValues],
+        ["http.ping.error_path", errorPath],
+        ["http.concurrency_level", concurrency], ["http.queue_timeout_seconds", queueTimeout],
+        ["http.health", healthInterval], ["http.health.interval_seconds", healthInterval],
+        ["http.rate_limit", rateLimit], ["http.rate_limit.fail_status", failStatus],
+        ["http.rate_limit.fail_path", rlFailPath], ["http.rate_limit.fail_values", rlFailValues],
+        ["http.rate_limit.retry_header", retryHeader],
+        ["http.rate_limit.max_retries", maxRetries],
+        ["http.rate_limit.max_wait_seconds", maxWait],
       ];
       const rowTargets = (path, editor) => editor.rows().flatMap((row, i) => [
         [`${path}[${i}].name`, row.keyField], [`${path}[${i}].value`, row.valueField],

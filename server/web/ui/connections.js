@@ -1,7 +1,9 @@
-// The connections page: each connection with its mode, agent, base URI and
-// last test; test, edit and delete; "+ Create connection" opens the form.
+// The connections page: each connection with its mode, agent, health, base
+// URI and last test; test, activity, edit and delete; "+ Create connection"
+// opens the form.
 
 import { ApiError, call } from "./api.js";
+import { healthBadge } from "./connection_activity.js";
 import { confirmAction } from "./dialogs.js";
 import { h, replaceChildren } from "./dom.js";
 import { MODE_LABELS, ago, fullTime, testSummary } from "./format.js";
@@ -10,7 +12,7 @@ import { poll } from "./poll.js";
 import { openImportDialog } from "./import_dialog.js";
 
 const AGENT_POLL_MS = 2000;
-const COLUMNS = ["Name", "Mode", "Agent", "Base URI", "Last test", "Actions"];
+const COLUMNS = ["Name", "Mode", "Agent", "Health", "Base URI", "Last test", "Actions"];
 
 function lastTestCell(cell, result) {
   if (!result) {
@@ -29,6 +31,19 @@ function lastTestCell(cell, result) {
   );
 }
 
+function healthCell(cell, conn) {
+  replaceChildren(
+    cell,
+    healthBadge(conn),
+    conn.last_checked_at
+      ? [" · ", h("time", { datetime: conn.last_checked_at, title: fullTime(conn.last_checked_at) },
+        ago(conn.last_checked_at))]
+      : null,
+    conn.status === "offline" && conn.last_error
+      ? h("div", { class: "reason" }, conn.last_error) : null,
+  );
+}
+
 export function connectionsView(root) {
   const flash = takeFlash();
   const notice = h("p", { class: "flash", role: "status", hidden: !flash }, flash || "");
@@ -43,6 +58,7 @@ export function connectionsView(root) {
   const empty = h("p", { class: "empty", hidden: true },
     "No connections yet. Create one to reach a REST API, in the cloud or through an agent.");
   const agentCells = []; // [cell, agent id] kept current by the agent poll
+  const healthCells = new Map(); // connection id -> cell, kept current by the same poll
   let agents = new Map();
 
   function agentCell(cell, agentId) {
@@ -98,12 +114,16 @@ export function connectionsView(root) {
     cells[1].textContent = MODE_LABELS[conn.mode] || conn.mode;
     agentCell(cells[2], conn.agent_id);
     agentCells.push([cells[2], conn.agent_id]);
-    cells[3].append(h("code", { class: "uri" }, conn.http.base_uri));
-    lastTestCell(cells[4], conn.last_test);
+    healthCell(cells[3], conn);
+    healthCells.set(conn.id, cells[3]);
+    cells[4].append(h("code", { class: "uri" }, conn.http.base_uri));
+    lastTestCell(cells[5], conn.last_test);
     const testButton = h("button", { type: "button", "aria-label": `Test ${conn.name}` }, "Test");
-    testButton.addEventListener("click", () => test(conn, cells[4], testButton));
-    cells[5].append(h("div", { class: "row-actions" },
+    testButton.addEventListener("click", () => test(conn, cells[5], testButton));
+    cells[6].append(h("div", { class: "row-actions" },
       testButton,
+      h("a", { class: "button", href: `#/connections/${conn.id}/activity`,
+        "aria-label": `Activity of ${conn.name}` }, "Activity"),
       h("a", { class: "button", href: `#/connections/${conn.id}`,
         "aria-label": `Edit ${conn.name}` }, "Edit"),
       h("button", { type: "button", class: "danger", onclick: () => remove(conn),
@@ -129,6 +149,13 @@ export function connectionsView(root) {
       const answer = await call("GET", "/v1/agents");
       agents = new Map(answer.agents.map((a) => [a.id, a]));
       for (const [cell, agentId] of agentCells) agentCell(cell, agentId);
+      if (healthCells.size) {
+        const { connections } = await call("GET", "/v1/connections");
+        for (const conn of connections) {
+          const cell = healthCells.get(conn.id);
+          if (cell) healthCell(cell, conn);
+        }
+      }
     } catch (err) {
       showBanner(err.message);
     }
@@ -139,6 +166,7 @@ export function connectionsView(root) {
       const { connections } = await call("GET", "/v1/connections");
       clearBanner();
       agentCells.length = 0;
+      healthCells.clear();
       replaceChildren(tbody, connections.map(row));
       table.hidden = connections.length === 0;
       empty.hidden = connections.length > 0;

@@ -1,0 +1,269 @@
+"""A long link on loopback: a TCP relay that holds every byte half a round trip
+in each direction.
+
+This VM's kernel has no ``netem`` (``tc qdisc add … netem`` fails), so the
+delay is made in user space. A ``DelayLine`` listens on 127.0.0.1 and joins
+each connection to a target; what one side sends reaches the other
+``rtt / 2`` seconds later, and nothing else slows it: the line reads as fast
+as its peer writes (up to ``MAX_HELD`` bytes held per direction) and writes
+each chunk at its due time, so throughput is what the two ends make of the
+round trip, as over a WAN with wide TCP windows.
+
+Usable in-process (``async with DelayLine.start(port, rtt)``) from tests and
+the bench, or on its own: ``python -m bench.delay_line TARGET_PORT RTT_MS``
+prints the port it listens on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import cast
+
+from bench.proc import Child, spawn
+from sluice.runtime import install_uvloop
+
+# Held per direction before the line stops reading from the sender: the data
+# a link of this round trip carries at full speed must fit (64 MiB holds
+# 50 ms of 1.3 GB/s one way).
+MAX_HELD = 64 * 1024 * 1024
+_EOF = "eof"
+_CLOSE = "close"
+
+
+class _Direction(asyncio.Protocol):
+    """One side's socket: what it reads is held, then written to the other side."""
+
+    def __init__(
+        self,
+        delay: float,
+        peer: _Direction | None = None,
+        on_made: Callable[[_Direction], None] | None = None,
+    ) -> None:
+        self.delay = delay
+        self.on_made = on_made
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        # (due, data): data is bytes, or _EOF / _CLOSE for what ended this side.
+        self.held: collections.deque[tuple[float, bytes | str]] = collections.deque()
+        self.held_bytes = 0
+        self.carried = 0  # bytes passed on to the peer so far
+        self.timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self.peer_paused = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- this side's socket --------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses.)
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
+        if self.on_made is not None:
+            # Nothing is read until the far side is connected.
+            transport.pause_reading()
+            self.reading_paused = True
+            self.on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._hold(data)
+
+    def eof_received(self) -> bool:
+        self._hold(_EOF)
+        return True  # keep the other half open until the EOF has gone through
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        # What this side sent still arrives, then the other side is closed;
+        # what was on its way to this side is dropped.
+        self._hold(_CLOSE)
+        if self.peer is not None:
+            self.peer._cancel()
+            self.peer.held.clear()
+            self.peer.held_bytes = 0
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.peer_paused = True
+            self.peer._update_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.peer_paused = False
+            self.peer._update_reading()
+
+    # -- holding ---------------------------------------------------------------
+    def _hold(self, data: bytes | str) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.delay
+        self.held.append((due, data))
+        self.held_bytes += len(data) if isinstance(data, bytes) else 0
+        self._update_reading()
+        if self.timer is None:
+            self.timer = loop.call_at(due, self._release)
+
+    def _release(self) -> None:
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        out: list[bytes] = []
+        mark = ""
+        while self.held and self.held[0][0] <= now:
+            _, data = self.held.popleft()
+            if isinstance(data, str):
+                mark = data
+                break
+            out.append(data)
+            self.held_bytes -= len(data)
+        target = self.peer.transport if self.peer is not None else None
+        if target is not None and not target.is_closing():
+            if out:
+                target.writelines(out)
+                self.carried += sum(map(len, out))
+            if mark == _EOF and target.can_write_eof():
+                target.write_eof()
+            elif mark == _CLOSE:
+                target.close()
+        self._update_reading()
+        if self.held:
+            self.timer = loop.call_at(self.held[0][0], self._release)
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        want_pause = self.held_bytes > MAX_HELD or self.peer_paused
+        if want_pause and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        elif not want_pause and self.reading_paused:
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    def _cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class DelayLine:
+    """Listens on 127.0.0.1:port; each connection goes on to *target* with the delay."""
+
+    def __init__(self, target: tuple[str, int], rtt: float) -> None:
+        self.target = target
+        self.rtt = rtt
+        self.server: asyncio.Server | None = None
+        self._links: set[asyncio.Task[None]] = set()
+        self._sides: list[_Direction] = []
+        self.connections = 0
+
+    @property
+    def carried_to_target(self) -> int:
+        """Bytes the line has passed on from callers to the target, all connections."""
+        return sum(side.carried for side in self._sides if side.on_made is not None)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _protocol(self) -> _Direction:
+        near = _Direction(self.rtt / 2, on_made=self._link)
+        self._sides.append(near)
+        return near
+
+    def _link(self, near: _Direction) -> None:
+        """A caller connected: connect on to the target, then start reading."""
+        self.connections += 1
+        task = asyncio.ensure_future(self._connect(near))
+        self._links.add(task)
+        task.add_done_callback(self._links.discard)
+
+    async def _connect(self, near: _Direction) -> None:
+        loop = asyncio.get_running_loop()
+        far = _Direction(self.rtt / 2, peer=near)
+        near.peer = far
+        self._sides.append(far)
+        assert near.transport is not None
+        try:
+            await loop.create_connection(lambda: far, *self.target)
+        except OSError:
+            near.transport.close()
+            return
+        near.reading_paused = False
+        if not near.transport.is_closing():
+            near.transport.resume_reading()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(
+        cls, port: int, rtt: float, host: str = "127.0.0.1"
+    ) -> AsyncIterator[DelayLine]:
+        """A delay line to *host*:*port* with round trip *rtt* seconds, for a ``with`` block."""
+        line = cls((host, port), rtt)
+        await line.open()
+        try:
+            yield line
+        finally:
+            await line.close()
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._protocol, "127.0.0.1", 0, backlog=1024)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._links):
+            task.cancel()
+        for side in self._sides:
+            side._cancel()
+            if side.transport is not None:
+                side.transport.abort()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+
+async def _serve(target_port: int, rtt_ms: float) -> None:
+    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000)
+    await line.open()
+    print(line.port, flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("target_port", type=int)
+    parser.add_argument("rtt_ms", type=float)
+    args = parser.parse_args()
+    install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.target_port, args.rtt_ms))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
+
+
+async def spawn_line(target_port: int, rtt_ms: float, log: Path) -> tuple[Child, int]:
+    """A delay line to 127.0.0.1:*target_port* in a process of its own (so it
+    does not share an event loop with the bench); returns it and its port."""
+    child = await spawn(
+        f"delay line {rtt_ms:g} ms",
+        [sys.executable, "-m", "bench.delay_line", str(target_port), str(rtt_ms)],
+        log=log,
+        stdout_pipe=True,
+    )
+    assert child.proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(child.proc.stdout.readline(), 15)
+        return child, int(line)
+    except (TimeoutError, ValueError):
+        await child.stop()
+        raise RuntimeError(f"the delay line did not start:\n{child.tail()}") from None

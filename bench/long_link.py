@@ -1,0 +1,256 @@
+"""Long links: the same three ways to nginx when the far side is 10-100 ms away.
+
+An agent sits in a private network and its relay in a cloud region, so the
+tunnel crosses a WAN. Each path's long hop goes through a delay line
+(``bench/delay_line.py``, one process per line) holding every byte half the
+round trip in each direction:
+
+- **direct**: client → line → nginx (the link itself, with TCP's own windows
+  out of the way: the line reads as fast as it is written to);
+- **openssh**: client → sshd's forwarded port → line → ``ssh -R`` → nginx;
+- **sluice-onprem**: client → relay proxy route → line → agent → nginx.
+
+Points per round trip: a download and an upload of a file of random bytes
+(curl), c=1 keep-alive GETs of /small.json beside a download of the 1 GiB
+file on the same path (the download is cut off once the GETs are done), and a
+fresh caller's GET (wrk, one new connection per request).
+
+The line accepts a connection at once, so a new TCP connection through it
+costs no round trip (a real link's handshake costs one): the direct path's
+fresh GET is one round trip here, two on a real link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.delay_line import spawn_line
+from bench.load import write_lua
+from bench.nginx import MiB, Nginx
+from bench.openssh import OpenSSH
+from bench.perf import BenchPath, Row, measure
+from bench.proc import Child, run_tool
+from bench.stack import Relay, start_agent
+
+PATHS = ("direct", "openssh", "sluice-onprem")
+FILE = "link.bin"
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    rtts_ms: tuple[int, ...]
+    repetitions: int
+    size: int  # bytes downloaded and uploaded
+    get_seconds: int  # the GETs beside a download, and the fresh GETs
+
+
+FULL_LINKS = LinkPlan(rtts_ms=(10, 50, 100), repetitions=3, size=64 * MiB, get_seconds=3)
+QUICK_LINKS = LinkPlan(rtts_ms=(50,), repetitions=1, size=8 * MiB, get_seconds=1)
+
+
+async def _partial_download(url: str, headers: dict[str, str], seconds: float) -> load.Transfer:
+    """GET *url* for at most *seconds* (curl --max-time); what arrived, and how fast."""
+    args = [
+        shutil.which("curl") or "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        f"{seconds:g}",
+        "-w",
+        "%{http_code} %{size_download} %{size_upload} %{time_total}",
+    ]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    rc, out, err = await run_tool([*args, url], seconds + 30)
+    if rc not in (0, 28):  # 28: the time limit, as intended
+        raise RuntimeError(f"curl GET {url} failed ({rc}): {err}")
+    code, down, _, total = out.split()
+    return load.Transfer(int(code), int(float(down)), float(total))
+
+
+@dataclass
+class _LinkPath(BenchPath):
+    """A path, and the file its uploads send."""
+
+    upload_source: Path = Path("/dev/null")
+
+
+def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], Any]]]:
+    def down(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            got = await load.download(p.url(f"/files/{FILE}"), p.headers)
+            ok = got.status == 200 and got.bytes == plan.size
+            return {"bytes": got.bytes, "mb_s": got.mb_per_s, "errors": 0 if ok else 1}
+
+        return work
+
+    def up(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            got = await load.upload(p.url("/upload/link"), p.upload_source, p.headers)
+            ok = got.status in (201, 204) and got.bytes == plan.size
+            return {"bytes": got.bytes, "mb_s": got.mb_per_s, "errors": 0 if ok else 1}
+
+        return work
+
+    def beside(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            seconds = plan.get_seconds
+            big = asyncio.ensure_future(
+                _partial_download(p.url("/files/1g.bin"), p.headers, seconds + 1.5)
+            )
+            try:
+                await asyncio.sleep(0.5)  # the download under way first
+                small = await load.wrk(
+                    p.url("/small.json"),
+                    lua=lua,
+                    connections=1,
+                    seconds=seconds,
+                    headers=p.headers,
+                )
+                overlapped = not big.done()
+                got = await big
+            finally:
+                if not big.done():
+                    big.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                        await big
+            return {
+                "requests": small.requests,
+                "rps": small.rps,
+                "p50_ms": small.p50_ms,
+                "p99_ms": small.p99_ms,
+                "max_ms": small.max_ms,
+                "errors": small.errors,
+                "big_mb_s": got.mb_per_s,
+                "overlapped": overlapped,
+            }
+
+        return work
+
+    def fresh(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            got = await load.wrk(
+                p.url("/small.json"),
+                lua=lua,
+                connections=1,
+                seconds=plan.get_seconds,
+                headers=p.headers,
+                new_connection=True,
+            )
+            return {
+                "requests": got.requests,
+                "p50_ms": got.p50_ms,
+                "p99_ms": got.p99_ms,
+                "errors": got.errors,
+            }
+
+        return work
+
+    return [("down", down), ("up", up), ("beside", beside), ("fresh", fresh)]
+
+
+async def long_links(root: Path, plan: LinkPlan, say: Callable[[str], None]) -> dict[str, Any]:
+    """Measure every path at every round trip of *plan*; the rows and the plan."""
+    root.mkdir(parents=True)
+    rows: list[Row] = []
+    nginx = await Nginx.start(
+        root / "nginx", {"1g.bin": 1024 * MiB}, upload_size=plan.size, real={FILE: plan.size}
+    )
+    relay: Relay | None = None
+    try:
+        relay = await Relay.create(root / "relay")
+        lua = write_lua(root)
+        for rtt in plan.rtts_ms:
+            rows += await _one_rtt(root / f"rtt-{rtt}", rtt, plan, nginx, relay, lua, say)
+    finally:
+        if relay is not None:
+            await relay.close()
+        await nginx.stop()
+    return {"plan": asdict(plan), "rows": rows}
+
+
+async def _one_rtt(
+    root: Path,
+    rtt: int,
+    plan: LinkPlan,
+    nginx: Nginx,
+    relay: Relay,
+    lua: Path,
+    say: Callable[[str], None],
+) -> list[Row]:
+    root.mkdir(parents=True)
+    children: list[Child] = []
+    openssh: OpenSSH | None = None
+    rows: list[Row] = []
+    try:
+        line, direct_port = await spawn_line(nginx.port, rtt, root / "direct-line.log")
+        children.append(line)
+        openssh = await OpenSSH.start(root / "openssh", nginx.port, rtt_ms=rtt)
+        line, relay_port = await spawn_line(relay.ssh_port, rtt, root / "relay-line.log")
+        children.append(line)
+        agent_id, token = await relay.create_agent(f"link-{rtt}ms")
+        agent = await start_agent(
+            relay,
+            agent_id,
+            token,
+            f"127.0.0.1:{nginx.port}",
+            root / "agent.log",
+            relay_address=f"127.0.0.1:{relay_port}",
+        )
+        children.append(agent)
+        conn = await relay.create_connection(f"link {rtt} ms", nginx.base, agent_id)
+        source = nginx.upload_source
+        paths = [
+            _LinkPath("direct", f"http://127.0.0.1:{direct_port}", upload_source=source),
+            _LinkPath(
+                "openssh",
+                openssh.base,
+                cpu_pids=openssh.pids,
+                rss_pids={"ssh": openssh.ssh.pid, "sshd": openssh.sshd.pid},
+                upload_source=source,
+            ),
+            _LinkPath(
+                "sluice-onprem",
+                relay.proxy_base(conn),
+                relay.auth,
+                cpu_pids=[relay.pid, agent.pid],
+                rss_pids={"relay": relay.pid, "agent": agent.pid},
+                upload_source=source,
+            ),
+        ]
+        say(f"long link, {rtt} ms round trip ...")
+        for p in paths:  # a first request on each path (connections, pools); not recorded
+            await load.wrk(
+                p.url("/small.json"), lua=lua, connections=1, seconds=1, headers=p.headers
+            )
+        for rep in range(1, plan.repetitions + 1):
+            for name, factory in _points(plan, lua):
+                for p in paths:
+                    row = await measure(p, rep, name, factory(p))
+                    row["rtt_ms"] = rtt
+                    rows.append(row)
+                    say(_describe(row))
+    finally:
+        for child in reversed(children):
+            await child.stop()
+        if openssh is not None:
+            await openssh.stop()
+    return rows
+
+
+def _describe(row: Row) -> str:
+    head = f"  {row['rtt_ms']:3d} ms rep {row['rep']} {row['point']:7} {row['path']:14}"
+    if row["point"] in ("down", "up"):
+        return head + f" {row['mb_s']:8.1f} MB/s"
+    text = head + f" p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms"
+    if "big_mb_s" in row:
+        text += f"  download beside {row['big_mb_s']:.1f} MB/s"
+    return text + (f"  errors {row['errors']}" if row.get("errors") else "")

@@ -1,0 +1,92 @@
+"""Per-connection traffic over the last hour, minute by minute, for the
+console's charts: requests, errors, p50 and p99 latency.
+
+Kept in memory by each relay (a cluster's console adds the relays' series:
+counts sum; percentiles are merged from the kept samples). Each minute keeps
+at most SAMPLES_PER_MINUTE latencies (a uniform reservoir), so memory stays
+bounded however busy a connection is.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+MINUTES = 60
+SAMPLES_PER_MINUTE = 512
+
+
+@dataclass
+class _Minute:
+    start: int  # epoch minute
+    requests: int = 0
+    errors: int = 0
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float, error: bool, rng: random.Random) -> None:
+        self.requests += 1
+        self.errors += int(error)
+        if len(self.samples) < SAMPLES_PER_MINUTE:
+            self.samples.append(seconds)
+        else:
+            slot = rng.randrange(self.requests)
+            if slot < SAMPLES_PER_MINUTE:
+                self.samples[slot] = seconds
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    rank = max(1, min(len(sorted_values), math.ceil(fraction * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+def is_error(status: int) -> bool:
+    """An answer that counts against the error rate: a 5xx (the API's or the relay's)
+    or a 429 (limited)."""
+    return status >= 500 or status == 429
+
+
+class TrafficStats:
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._series: dict[str, deque[_Minute]] = {}
+        self._rng = random.Random()  # noqa: S311 - sampling, not security
+
+    def __repr__(self) -> str:
+        return f"<TrafficStats connections={len(self._series)}>"
+
+    def record(self, conn_id: str, status: int, seconds: float) -> None:
+        minute = int(self._clock() // 60)
+        series = self._series.get(conn_id)
+        if series is None:
+            series = self._series[conn_id] = deque(maxlen=MINUTES)
+        if not series or series[-1].start != minute:
+            series.append(_Minute(minute))
+        series[-1].add(seconds, is_error(status), self._rng)
+
+    def forget(self, conn_id: str) -> None:
+        self._series.pop(conn_id, None)
+
+    def last_hour(self, conn_id: str) -> list[dict[str, Any]]:
+        """Sixty minutes, oldest first, ending with the current one; empty
+        minutes have zero requests and null latencies."""
+        now = int(self._clock() // 60)
+        kept = {m.start: m for m in self._series.get(conn_id, ())}
+        out = []
+        for start in range(now - MINUTES + 1, now + 1):
+            m = kept.get(start)
+            samples = sorted(m.samples) if m is not None else []
+            out.append(
+                {
+                    "minute": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(start * 60)),
+                    "requests": m.requests if m is not None else 0,
+                    "errors": m.errors if m is not None else 0,
+                    "p50_ms": round(percentile(samples, 0.5) * 1000, 1) if samples else None,
+                    "p99_ms": round(percentile(samples, 0.99) * 1000, 1) if samples else None,
+                }
+            )
+        return out

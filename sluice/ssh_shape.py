@@ -1,0 +1,133 @@
+"""What ``sluice.ssh_tuning`` expects of asyncssh's internals, checked before it patches.
+
+The tweaks replace private asyncssh methods and read private attributes.
+pyproject.toml pins the release they were written for (``TUNED_FOR``); this
+check is the second guard, for an environment that installed another one
+anyway (a distribution package, a forced upgrade): every method the tweaks
+replace or call must exist with the parameters they expect, and every
+attribute they read must still be assigned somewhere in its class. If
+anything differs, asyncssh runs stock.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Iterator
+from importlib import metadata
+
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHConnection
+from asyncssh.crypto.cipher import GCMCipher
+from asyncssh.encryption import GCMEncryption
+
+# The asyncssh release the tweaks were written and tested against.
+TUNED_FOR = "2.24.1"
+
+# (class, method): its parameter names, as the tweaks call or replace it.
+METHODS: dict[tuple[type, str], tuple[str, ...]] = {
+    (SSHConnection, "send_packet"): ("self", "pkttype", "args", "handler"),
+    (SSHConnection, "_send"): ("self", "data"),
+    (SSHConnection, "data_received"): ("self", "data", "datatype"),
+    (SSHConnection, "_reset_keepalive_timer"): ("self",),
+    (SSHConnection, "_recv_pkthdr"): ("self",),
+    (SSHChannel, "_flush_send_buf"): ("self",),
+    (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
+    (SSHChannel, "send_packet"): ("self", "pkttype", "args"),  # window_tuning's top-ups
+    (GCMCipher, "__init__"): ("self", "cipher_name", "key", "iv"),
+    (GCMCipher, "_update_iv"): ("self",),
+    (GCMCipher, "encrypt_and_sign"): ("self", "header", "data"),
+    (GCMEncryption, "__init__"): ("self", "cipher"),
+    (GCMEncryption, "decrypt_packet"): ("self", "seq", "first", "rest", "header_len", "mac"),
+}
+
+# Instance attributes the tweaks read or write, per class (assigned in its code).
+ATTRIBUTES: dict[type, tuple[str, ...]] = {
+    SSHConnection: (
+        "_transport",
+        "_inpbuf",
+        "_send_encryption",
+        "_send_enchdrlen",
+        "_send_blocksize",
+        "_compressor",
+        "_recv_encryption",
+        "_decompressor",
+        "_recv_handler",
+        "_kex_complete",
+        "_auth_complete",
+        "_send_seq",
+        "_recv_seq",
+        "_rekey_bytes",
+        "_rekey_bytes_sent",
+        "_rekey_seconds",
+        "_rekey_time",
+        "_channels",
+        "_max_recv_pktlen",
+    ),
+    SSHChannel: (
+        "_conn",
+        "_send_chan",
+        "_send_buf",
+        "_send_buf_len",
+        "_send_window",
+        "_send_pktsize",
+        "_recv_state",
+        "_recv_window",
+        "_init_recv_window",
+        "_recv_buf",
+    ),
+    GCMCipher: ("_key", "_iv"),
+    GCMEncryption: ("_cipher",),
+}
+
+
+def _code_names(cls: type) -> set[str]:
+    """Every name the functions of *cls* (and its bases) use, nested code included."""
+    names: set[str] = set()
+
+    def walk(code: types.CodeType) -> Iterator[types.CodeType]:
+        yield code
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                yield from walk(const)
+
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            func = value.__func__ if isinstance(value, classmethod | staticmethod) else value
+            if isinstance(func, property):
+                func = func.fget
+            code = getattr(func, "__code__", None)
+            if isinstance(code, types.CodeType):
+                for each in walk(code):
+                    names.update(each.co_names)
+    return names
+
+
+def mismatches() -> list[str]:
+    """What differs from the asyncssh the tweaks expect; empty when all matches."""
+    found: list[str] = []
+    for (cls, name), expected in METHODS.items():
+        method = vars(cls).get(name)
+        if method is None or not callable(method):
+            found.append(f"{cls.__name__}.{name} is missing")
+            continue
+        try:
+            params = tuple(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            params = ()
+        if params != expected:
+            found.append(f"{cls.__name__}.{name}{params} is not {name}{expected}")
+    for cls, attributes in ATTRIBUTES.items():
+        names = _code_names(cls)
+        found.extend(
+            f"{cls.__name__}.{attr} is never set" for attr in attributes if attr not in names
+        )
+    return found
+
+
+def installed_version() -> str:
+    """asyncssh's version as installed (or 'unknown')."""
+    try:
+        return metadata.version("asyncssh")
+    except metadata.PackageNotFoundError:
+        return "unknown"

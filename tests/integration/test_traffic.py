@@ -1,0 +1,186 @@
+"""Traffic a fragile API can bear: rate limits waited out, a concurrency cap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.relay import Relay
+from tests.conftest import relay_settings
+from tests.support.capture import APIClient, remember_secret
+from tests.support.fragile_api import FragileAPI, serve_fragile
+from tests.support.waiting import wait_until
+
+TOKEN = "tok-" + "r" * 20
+
+
+@pytest.fixture
+async def open_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    relay = await Relay.start(relay_settings(tmp_path, allow_private_destinations=True))
+    remember_secret(relay.admin_token, TOKEN)
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+@pytest.fixture
+async def fragile() -> AsyncIterator[FragileAPI]:
+    async for api in serve_fragile():
+        yield api
+
+
+@pytest.fixture
+async def client(open_relay: Relay) -> AsyncIterator[APIClient]:
+    async with aiohttp.ClientSession() as session:
+        yield APIClient(session, open_relay.http_base, open_relay.admin_token)
+
+
+async def _connection(client: APIClient, api: FragileAPI, **http: Any) -> str:
+    document = {
+        "name": "fragile",
+        "mode": "cloud",
+        "http": {
+            "base_uri": api.base,
+            "auth": {"type": "token", "token": TOKEN, "scheme": "Bearer"},
+            **http,
+        },
+    }
+    created = await client.call("POST", "/v1/connections", json_body=document)
+    assert created.status == 201, created.text
+    conn_id: str = created.body["id"]
+    return conn_id
+
+
+@pytest.mark.parametrize("style", ["seconds", "date"])
+async def test_retry_header_is_waited_out_and_waiting_callers_do_not_hammer(
+    client: APIClient, fragile: FragileAPI, style: str
+) -> None:
+    fragile.style = style  # type: ignore[assignment]
+    fragile.limit_next = 1
+    conn_id = await _connection(client, fragile, rate_limit={"max_retries": 3})
+    path = f"/v1/connections/{conn_id}/proxy/limited"
+    first = asyncio.ensure_future(client.call("GET", path))
+    await wait_until(lambda: fragile.limited == 1, what="the first limited answer")
+    # Five more callers arrive while the connection is limited: they wait too.
+    others = [asyncio.ensure_future(client.call("GET", path)) for _ in range(5)]
+    answers = await asyncio.gather(first, *others)
+    assert [a.status for a in answers] == [200] * 6
+    assert answers[0].headers["Sluice-Retries"] == "1"
+    assert all(a.headers["Sluice-Retries"] in ("0", "1") for a in answers[1:])
+    assert fragile.early == 0, "a request reached the API inside its limit window"
+    assert fragile.limited == 1
+    # Every request after the first waited for the end of the window.
+    assert all(t >= fragile.window_end for t in fragile.arrivals[1:])
+    assert len(fragile.arrivals) == 7  # six callers, one of them sent twice
+
+
+async def test_limit_in_a_200_body_is_backed_off(client: APIClient, fragile: FragileAPI) -> None:
+    fragile.style = "body"
+    fragile.limit_next = 2
+    conn_id = await _connection(
+        client,
+        fragile,
+        rate_limit={"fail_path": "error", "fail_values": ["rate_limited"], "max_retries": 3},
+    )
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+    assert answer.status == 200
+    assert answer.body == {"ok": True, "error": None}
+    assert answer.headers["Sluice-Retries"] == "2"
+    assert fragile.limited == 2
+
+
+async def test_retries_run_out_and_the_last_answer_is_passed_on(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.style = "body"
+    fragile.limit_next = 10
+    conn_id = await _connection(
+        client,
+        fragile,
+        rate_limit={"fail_path": "error", "fail_values": ["rate_limited"], "max_retries": 1},
+    )
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+    assert answer.status == 200
+    assert answer.body == {"error": "rate_limited"}
+    assert answer.headers["Sluice-Retries"] == "1"
+    assert fragile.limited == 2
+
+
+async def test_a_wait_longer_than_max_wait_is_not_waited(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.limit_next = 1
+    conn_id = await _connection(client, fragile, rate_limit={"max_wait_seconds": 0.5})
+    began = time.monotonic()
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+    assert answer.status == 429
+    assert answer.headers["Sluice-Retries"] == "0"
+    assert time.monotonic() - began < 1
+
+
+async def test_a_large_streamed_body_gets_the_limit_at_once(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    conn_id = await _connection(client, fragile, rate_limit={})
+
+    async def five_mib() -> AsyncIterator[bytes]:
+        for _ in range(80):
+            yield b"x" * 65536
+
+    began = time.monotonic()
+    answer = await client.call("POST", f"/v1/connections/{conn_id}/proxy/upload", data=five_mib())
+    assert answer.status == 429
+    assert answer.body == {"error": "slow down", "size": 5 * 1024 * 1024}
+    assert answer.headers["Sluice-Retries"] == "0"
+    assert answer.headers["Retry-After"] == "30"
+    assert fragile.uploads == 1
+    assert time.monotonic() - began < 10
+
+
+async def test_without_rate_limit_settings_a_429_goes_straight_to_the_caller(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.limit_next = 1
+    conn_id = await _connection(client, fragile)
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+    assert answer.status == 429
+    assert "Sluice-Retries" not in answer.headers
+
+
+async def test_concurrency_cap_holds_and_everyone_is_served(
+    client: APIClient, fragile: FragileAPI, open_relay: Relay
+) -> None:
+    fragile.delay = 0.1
+    conn_id = await _connection(client, fragile, concurrency_level=3)
+    path = f"/v1/connections/{conn_id}/proxy/slow"
+    answers = await asyncio.gather(*(client.call("GET", path) for _ in range(30)))
+    assert [a.status for a in answers] == [200] * 30
+    assert fragile.served == 30
+    assert fragile.peak == 3
+    metrics = await client.call("GET", "/metrics")
+    assert f'sluice_connection_queue_wait_seconds_count{{connection="{conn_id}"}}' in metrics.text
+    # All done: nothing in flight, nothing queued.
+    assert f'sluice_connection_in_flight{{connection="{conn_id}"}} 0.0' in metrics.text
+    assert f'sluice_connection_queued{{connection="{conn_id}"}} 0.0' in metrics.text
+
+
+async def test_short_queue_timeout_answers_concurrency_limited(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.delay = 1.0
+    conn_id = await _connection(client, fragile, concurrency_level=1, queue_timeout_seconds=0.2)
+    path = f"/v1/connections/{conn_id}/proxy/slow"
+    answers = await asyncio.gather(*(client.call("GET", path) for _ in range(5)))
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [200, 503, 503, 503, 503]
+    limited = [a for a in answers if a.status == 503]
+    assert all(a.body["type"] == "concurrency_limited" for a in limited)
+    assert "concurrency_level" in limited[0].body["detail"]
+    assert fragile.peak == 1

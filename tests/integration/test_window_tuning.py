@@ -1,0 +1,187 @@
+"""Receive windows grow to a long link (sluice/window_tuning.py): a stream
+through a delayed agent link moves far more than one starting window per
+round trip, both ways; streams whose reader stopped hold no more than the
+per-agent budget plus their starting windows; small answers beside a
+download still come back within a round trip or two."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bench.delay_line import DelayLine
+from server.relay import Relay
+from sluice import sshconfig
+from tests.conftest import relay_settings
+from tests.support.agent import AgentProcess
+from tests.support.api import InternalAPI, noise
+from tests.support.capture import remember_secret
+from tests.support.waiting import wait_until
+
+MiB = 1024 * 1024
+
+
+@contextlib.asynccontextmanager
+async def _far_agent(
+    tmp_path: Path, api: InternalAPI, rtt: float, **settings: object
+) -> AsyncIterator[tuple[Relay, AgentProcess, DelayLine, str]]:
+    """A relay in this process and an agent whose link to it has round trip *rtt*."""
+    relay = await Relay.start(relay_settings(tmp_path, **settings))
+    remember_secret(relay.admin_token)
+    agent: AgentProcess | None = None
+    try:
+        _, token = await relay.store.create_agent("far")
+        remember_secret(str(token), token.secret)
+        async with DelayLine.start(relay.ssh_address[1], rtt) as line:
+            agent = AgentProcess(
+                {
+                    "SLUICE_AGENT_RELAY": f"127.0.0.1:{line.port}",
+                    "SLUICE_AGENT_TOKEN": str(token),
+                    "SLUICE_AGENT_RELAY_FINGERPRINT": relay.fingerprint,
+                    "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
+                    "SLUICE_AGENT_LOG_FORMAT": "json",
+                    "SLUICE_AGENT_HEALTH_LISTEN": "off",
+                },
+                tmp_path / "agent.log",
+            )
+            await agent.start()
+            await wait_until(
+                lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent online"
+            )
+            yield relay, agent, line, token.agent_id
+    finally:
+        if agent is not None and agent.proc is not None and agent.proc.returncode is None:
+            await agent.stop()
+        await relay.close()
+
+
+RTT = 0.1
+
+
+@pytest.mark.timeout(60)
+async def test_windows_grow_to_a_long_link_both_ways(tmp_path: Path, api: InternalAPI) -> None:
+    # One starting window per round trip: 256 KiB / 100 ms = 2.6 MB/s down,
+    # 1 MiB / 100 ms = 10.5 MB/s up; fixed windows reach less than that.
+    # Grown ones must beat it clearly, even on a busy 2-core machine.
+    down_bound = sshconfig.CHANNEL_WINDOW / RTT / 1e6
+    up_bound = sshconfig.AGENT_RECEIVE_WINDOW / RTT / 1e6
+    size = 32 * MiB
+    async with _far_agent(tmp_path, api, RTT) as (relay, _, _, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        began = time.monotonic()
+        async with http.get(f"{api.base}/noise/{size}") as resp:
+            body = await resp.read()
+        down = len(body) / (time.monotonic() - began) / 1e6
+        began = time.monotonic()
+        async with http.post(f"{api.base}/echo", data=io.BytesIO(noise(size, seed=5))) as resp:
+            echoed = await resp.json()
+        up = size / (time.monotonic() - began) / 1e6
+    assert body == noise(size)
+    assert echoed["bytes"] == size
+    assert down > 2.5 * down_bound, (
+        f"download {down:.1f} MB/s, fixed windows allow {down_bound:.1f}"
+    )
+    assert up > 1.6 * up_bound, f"upload {up:.1f} MB/s, fixed windows allow {up_bound:.1f}"
+
+
+@pytest.mark.timeout(60)
+async def test_stalled_readers_hold_no_more_than_the_budget(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    cap = 4 * MiB
+    streams = 20
+    async with _far_agent(tmp_path, api, 0.04, max_inflight_per_agent=cap) as (
+        relay,
+        agent,
+        line,
+        agent_id,
+    ):
+        http = relay.tunnel_http.session(agent_id)
+        read = [0] * streams
+        taken = [0] * streams  # what each caller's reader took in (read or buffered)
+        stop_reading = asyncio.Event()
+        stopped = [asyncio.Event() for _ in range(streams)]
+
+        async def download(i: int) -> None:
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                async for chunk in resp.content.iter_any():
+                    read[i] += len(chunk)
+                    if stop_reading.is_set():
+                        break
+                stopped[i].set()
+                while True:  # hold the stream open, reading nothing
+                    # What the caller's reader took in: read, or in its buffer.
+                    taken[i] = read[i] + resp.content._size
+                    await asyncio.sleep(0.1)
+
+        tasks = [asyncio.create_task(download(i)) for i in range(streams)]
+        try:
+            # Flowing for a while first, so that windows grow as far as they may.
+            await wait_until(lambda: sum(read) > 64 * MiB, timeout=30, what="64 MiB read")
+            stop_reading.set()
+            for event in stopped:
+                await asyncio.wait_for(event.wait(), 10)
+            # Then wait until nothing more crosses the link.
+            last = -1
+            while line.carried_to_target != last:
+                last = line.carried_to_target
+                await asyncio.sleep(0.5)  # a quiet half second (several round trips)
+            in_flight = line.carried_to_target - sum(taken)
+            peak_agent_mb = agent.peak_rss_kib() / 1024
+            [tunnel] = relay.registry.replicas(agent_id)
+            granted = tunnel.budget.granted
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    # Beyond what the callers took in: at most the budget and each stream's
+    # starting window, plus the control traffic (CONNECT heads, answers' heads).
+    allowed = cap + streams * sshconfig.CHANNEL_WINDOW + MiB
+    assert 0 < granted <= cap  # windows did grow, within the budget
+    assert in_flight <= allowed, f"{in_flight} bytes in flight, allowed {allowed}"
+    assert peak_agent_mb < 150
+
+
+@pytest.mark.timeout(60)
+async def test_small_answers_beside_a_download_on_a_long_link(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    rtt = 0.05
+    async with _far_agent(tmp_path, api, rtt) as (relay, _, _, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        got = 0
+
+        async def bulk() -> None:
+            nonlocal got
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                async for chunk in resp.content.iter_any():
+                    got += len(chunk)
+
+        download = asyncio.create_task(bulk())
+        latencies = []
+        try:
+            await wait_until(lambda: got > 32 * MiB, timeout=20, what="the download under way")
+            for _ in range(30):
+                began = time.monotonic()
+                async with http.get(f"{api.base}/hello") as resp:
+                    assert (await resp.json())["hello"] == "world"
+                latencies.append(time.monotonic() - began)
+            assert not download.done()
+        finally:
+            download.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await download
+    p50 = statistics.median(latencies)
+    # One round trip each, plus what queues ahead of it at the slower end (here
+    # this test's one process: relay, API and delay line): within three round
+    # trips. A window grown to the whole budget would queue 32 MiB ahead, some
+    # 300 ms at this process's pace.
+    assert p50 <= 3 * rtt, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"

@@ -1,0 +1,68 @@
+"""bench's delay line: every byte arrives intact, half a round trip later in
+each direction, and an EOF or a close passes through behind the data."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+from bench.delay_line import DelayLine
+
+
+async def test_bytes_arrive_intact_half_a_round_trip_later_each_way() -> None:
+    rtt = 0.08
+    payload = os.urandom(3 * 1024 * 1024)
+    answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(5)
+        answered.set_result(time.monotonic())
+        writer.write(payload)  # then close: the data must still get through
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with DelayLine.start(port, rtt) as line:
+            reader, writer = await asyncio.open_connection("127.0.0.1", line.port)
+            sent = time.monotonic()
+            writer.write(b"hello")
+            got = await asyncio.wait_for(reader.read(-1), 20)  # to EOF
+            back = time.monotonic()
+            writer.close()
+            await writer.wait_closed()
+            assert line.connections == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    assert answered.result() - sent >= rtt / 2 - 0.005  # one way there
+    assert back - answered.result() >= rtt / 2 - 0.005  # and one way back
+    assert back - sent < rtt + 2.0
+
+
+async def test_an_eof_passes_behind_the_data_and_the_line_stays_open_the_other_way() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(-1)  # until the caller's EOF
+        writer.write(hashlib.sha256(data).hexdigest().encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    body = os.urandom(200_000)
+    try:
+        async with DelayLine.start(port, 0.02) as line:
+            reader, writer = await asyncio.open_connection("127.0.0.1", line.port)
+            writer.write(body)
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(-1), 10)
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer == hashlib.sha256(body).hexdigest().encode()

@@ -1,0 +1,138 @@
+"""The asyncssh tweaks are safe to ship: nothing is patched on import, an
+environment variable turns them off, and an asyncssh that differs from the
+one they were written for runs stock, with one warning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from typing import Any
+
+import pytest
+
+from sluice import ssh_shape
+from sluice.ssh_tuning import SWITCH, tuning_enabled
+
+# Runs in a fresh interpreter (this one has the tweaks applied by other tests):
+# prints which asyncssh methods are stock after the given steps.
+_PROBE = """
+import json, sys
+import structlog
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHConnection
+from asyncssh.crypto.cipher import GCMCipher
+from asyncssh.encryption import GCMEncryption
+stock = {
+    "send_packet": SSHConnection.send_packet,
+    "data_received": SSHConnection.data_received,
+    "_send": SSHConnection._send,
+    "_flush_send_buf": SSHChannel._flush_send_buf,
+    "encrypt_and_sign": GCMCipher.encrypt_and_sign,
+    "decrypt_packet": GCMEncryption.decrypt_packet,
+}
+%s
+with structlog.testing.capture_logs() as logs:
+    import sluice.ssh_tuning as tuning
+    result = %s
+still = {
+    "send_packet": SSHConnection.send_packet is stock["send_packet"],
+    "data_received": SSHConnection.data_received is stock["data_received"],
+    "_send": SSHConnection._send is stock["_send"],
+    "_flush_send_buf": SSHChannel._flush_send_buf is stock["_flush_send_buf"],
+    "encrypt_and_sign": GCMCipher.encrypt_and_sign is stock["encrypt_and_sign"],
+    "decrypt_packet": GCMEncryption.decrypt_packet is stock["decrypt_packet"],
+}
+json.dump({
+    "result": result,
+    "stock": still,
+    "extra": [n for n in ("_sluice_batch", "_sluice_pending", "_sluice_aead")
+              if hasattr(SSHConnection, n) or hasattr(GCMCipher, n)],
+    "warnings": [e for e in logs if e["log_level"] == "warning"],
+}, sys.stdout, default=str)
+"""
+
+
+def _probe(call: str, before: str = "", **env: str) -> dict[str, Any]:
+    environ = {k: v for k, v in os.environ.items() if k != SWITCH} | env
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE % (textwrap.dedent(before), call)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def test_importing_the_module_patches_nothing() -> None:
+    seen = _probe("None")
+    assert seen["stock"] == dict.fromkeys(seen["stock"], True)
+    assert seen["extra"] == []
+
+
+def test_the_explicit_call_patches() -> None:
+    seen = _probe("tuning.tune_asyncssh()")
+    assert seen["result"] is True
+    assert seen["stock"] == dict.fromkeys(seen["stock"], False)
+    assert seen["warnings"] == []
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "0", "false", "no"])
+def test_the_switch_leaves_asyncssh_stock(value: str) -> None:
+    seen = _probe("tuning.tune_asyncssh()", **{SWITCH: value})
+    assert seen["result"] is False
+    assert seen["stock"] == dict.fromkeys(seen["stock"], True)
+
+
+def test_a_bad_switch_value_names_the_variable() -> None:
+    assert tuning_enabled({}) is True
+    assert tuning_enabled({SWITCH: "on"}) is True
+    with pytest.raises(ValueError, match=f"{SWITCH}='maybe': must be 'on' or 'off'"):
+        tuning_enabled({SWITCH: "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("change", "difference"),
+    [
+        # a method the tweaks replace takes other parameters
+        (
+            "SSHChannel._accept_data = lambda self, data, datatype=None, extra=0: None",
+            "SSHChannel._accept_data",
+        ),
+        # a method the tweaks call is gone
+        ("del GCMCipher._update_iv", "GCMCipher._update_iv is missing"),
+        # an attribute the tweaks read was renamed
+        (
+            "import asyncssh.channel as c\n"
+            "src = c.SSHChannel.__init__.__code__\n"
+            "names = tuple('_recv_wnd' if n == '_recv_window' else n for n in src.co_names)\n"
+            "c.SSHChannel.__init__.__code__ = src.replace(co_names=names)\n"
+            "for name, f in list(vars(c.SSHChannel).items()):\n"
+            "    code = getattr(f, '__code__', None)\n"
+            "    if code is not None and '_recv_window' in code.co_names:\n"
+            "        delattr(c.SSHChannel, name)\n",
+            "SSHChannel._recv_window is never set",
+        ),
+    ],
+)
+def test_an_asyncssh_of_another_shape_runs_stock_with_one_warning(
+    change: str, difference: str
+) -> None:
+    seen = _probe("tuning.tune_asyncssh()", before=change)
+    assert seen["result"] is False
+    assert seen["stock"] == dict.fromkeys(seen["stock"], True)
+    warnings = seen["warnings"]
+    assert len(warnings) == 1
+    assert difference in str(warnings[0]["differences"])
+
+
+def test_the_installed_asyncssh_is_the_one_the_tweaks_were_written_for() -> None:
+    assert metadata.version("asyncssh") == ssh_shape.TUNED_FOR
+    assert ssh_shape.mismatches() == []
+    requires = metadata.requires("sluice") or []
+    assert f"asyncssh=={ssh_shape.TUNED_FOR}" in [r.split(";")[0].strip() for r in requires]
