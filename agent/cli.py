@@ -18,6 +18,7 @@ from agent.errors import TunnelError
 from agent.health import HealthListenError, HealthServer
 from agent.outbound_proxy import proxy_for
 from agent.proxy import ProxyContext
+from agent.relay_set import RelaySet
 from agent.settings import DEFAULT_CONFIG_FILE, DEFAULT_HEALTH_LISTEN, AgentSettings
 from agent.state import TunnelState, TunnelStatus
 from agent.stats import ProxyStats
@@ -139,7 +140,11 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
     )
     status = TunnelStatus()
     status.subscribe(lambda state: _tell_systemd(state, status))
-    supervisor = Supervisor(settings, connect_opener(settings, token, ctx), ctx, status)
+    runner: Supervisor | RelaySet
+    if settings.max_relays > 1:
+        runner = RelaySet(settings, token, ctx, status)
+    else:
+        runner = Supervisor(settings, connect_opener(settings, token, ctx), ctx, status)
     # The loop answering this task is what the watchdog checks; a tunnel that
     # is down is not a hang (the supervisor reconnects by itself).
     settle_gc()  # before anything is accepted: a connection frozen now would never be freed
@@ -169,7 +174,7 @@ async def _run(settings: AgentSettings, token: AgentToken) -> int:
         health=str(health.address) if health else "off",
     )
     try:
-        await supervisor.run(shutdown)
+        await runner.run(shutdown)
     finally:
         watchdog.cancel()
         if health is not None:

@@ -50,6 +50,16 @@ class AgentSettings(BaseSettings):
             "ignoring HTTPS_PROXY/ALL_PROXY. Unset: those variables and NO_PROXY apply."
         ),
     )
+    max_relays: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Tunnels to keep, one per relay of the cluster (learnt from the "
+        "relay dialled); 1: only the relay dialled.",
+    )
+    discovery_interval: float = Field(
+        default=3.0, gt=0, le=60, description="How often the cluster's relays are asked for."
+    )
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds per connect.")
     keepalive_interval: float = Field(default=10.0, gt=0)
     keepalive_count: int = Field(default=3, ge=1)

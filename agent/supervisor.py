@@ -53,6 +53,8 @@ class Supervisor:
         self._ctx = ctx
         self.status = status or TunnelStatus()
         self.ready = asyncio.Event()
+        # The live tunnel while one is up (the relay set asks through it).
+        self.tunnel: Tunnel | None = None
         self._relay_index = 0
         self._backoff = wait_random_exponential(
             multiplier=settings.backoff_initial,
@@ -124,6 +126,7 @@ class Supervisor:
         self.status.relay = str(relay)
         self.status.last_error = None
         self.status.to(TunnelState.UP)
+        self.tunnel = tunnel
         self.ready.set()
         log.info("tunnel_up", relay=str(relay), connect_ms=round((up_at - began) * 1000, 1))
 
@@ -133,6 +136,7 @@ class Supervisor:
             await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            self.tunnel = None
         self.ready.clear()
         if shutdown.is_set():
             closed.cancel()

@@ -10,18 +10,21 @@ from pathlib import Path
 
 import structlog
 
+from server.cluster.identity import check_master_key, cluster_host_key
 from server.connections.service import ConnectionService
 from server.relay import Relay
 from server.secrets.admin_token import FILE_NAME as ADMIN_TOKEN_FILE
 from server.secrets.hostkey import host_key_fingerprint
-from server.secrets.keyring import RotationPlan
+from server.secrets.keyring import RotationPlan, load_secret_box
 from server.settings import ServerSettings
+from server.storage.cluster import ClusterStore
 from server.storage.private_files import private_dir
 from server.storage.store import SchemaMismatch, Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.runtime import install_uvloop, keep_buffers_on_heap, settle_gc
+from sluice.sshconfig import fingerprint
 
 log = structlog.get_logger("sluice.relay")
 
@@ -34,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
     parser.add_argument("--data-dir", type=Path, default=None, help="overrides data_dir")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve the API and accept agents until stopped")
+    run = sub.add_parser("run", help="serve the API and accept agents until stopped")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="relay processes on this host, one cluster (PostgreSQL only): the API port "
+        "shared, an SSH port each (ssh_listen's port + 0, 1, …)",
+    )
     sub.add_parser("fingerprint", help="print the SSH host key fingerprint (SHA256:…)")
     sub.add_parser(
         "migrate",
@@ -73,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         keep_buffers_on_heap()
         return asyncio.run(run_demo())
     if args.command == "fingerprint":
+        if settings.database_url:
+            # A cluster: the key every relay of it uses, from the database.
+            return asyncio.run(_cluster_fingerprint(settings))
         print(host_key_fingerprint(settings.host_key_path))
         return 0
     masker = SecretMasker()
@@ -89,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaMismatch as exc:
         print(f"sluice-server: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print("sluice-server: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from server.cluster.workers import run_workers
+
+        child = ["--config", str(args.config)] if args.config else []
+        return asyncio.run(run_workers(settings, args.workers, [*child, "run"]))
     return asyncio.run(_run(settings, masker))
 
 
@@ -135,6 +156,26 @@ async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
         await store.close()
 
 
+async def _cluster_fingerprint(settings: ServerSettings) -> int:
+    box = load_secret_box(settings)
+    try:
+        store = await Store.open(settings.resolved_database_url(), migrate=False)
+    except SchemaMismatch as exc:
+        print(f"sluice-server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        cluster = ClusterStore(store)
+        await check_master_key(cluster, store, box)
+        key = await cluster_host_key(cluster, box, settings.host_key_path)
+    except ValueError as exc:
+        print(f"sluice-server: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await store.close()
+    print(fingerprint(key))
+    return 0
+
+
 async def _rotate_master_key(settings: ServerSettings) -> int:
     try:
         plan = RotationPlan(settings)
@@ -146,6 +187,10 @@ async def _rotate_master_key(settings: ServerSettings) -> int:
     try:
         plan.begin()
         count = await ConnectionService(store, plan.box).reseal_all(plan.box)
+        box = plan.box
+        await ClusterStore(store).rewrite_secrets(
+            lambda name, value: box.rotate(value, context=f"cluster:{name}")
+        )
         await store.audit(
             "cli",
             "master_key.rotated",

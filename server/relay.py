@@ -4,6 +4,8 @@ started and stopped together."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +13,17 @@ import asyncssh
 import structlog
 from aiohttp import web
 
+from server.cluster.changes import ChangeFeed, asyncpg_dsn
+from server.cluster.forward import HOP_KEY_LABEL, Forwarder, HopAuth
+from server.cluster.identity import (
+    AdminTokenSync,
+    SqliteLock,
+    advertised_address,
+    check_master_key,
+    cluster_host_key,
+)
+from server.cluster.presence import Presence, new_relay_id
+from server.cluster.reactions import ChangeReactions
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
@@ -22,9 +35,10 @@ from server.proxy.raw_head import raw_heads_supported
 from server.proxy.retry import RateLimits
 from server.proxy.traffic_stats import TrafficStats
 from server.secrets.admin_token import AdminTokens, load_or_create_admin_token
-from server.secrets.hostkey import load_or_create_host_key
+from server.secrets.crypto import SecretBox
 from server.secrets.keyring import load_secret_box
 from server.settings import ServerSettings
+from server.storage.cluster import ClusterStore
 from server.storage.private_files import private_dir
 from server.storage.store import Store
 from server.tunnel.auth_limit import FailedLoginLimiter
@@ -35,6 +49,7 @@ from server.tunnel.ssh import SSHContext, start_ssh_server
 from server.web.api import build_app
 from server.web.metrics import RelayMetrics
 from server.web.services import Services
+from sluice.addresses import HostPort
 from sluice.logs import SecretMasker
 from sluice.sshconfig import fingerprint
 from sluice.tasks import TaskSet
@@ -62,7 +77,16 @@ class Relay:
     debug: DebugLog
     host_key: asyncssh.SSHKey
     admin: AdminTokens
+    cluster: ClusterStore
+    box: SecretBox
     admin_token_created: bool = False
+    lock: SqliteLock | None = None
+    admin_sync: AdminTokenSync | None = None
+    presence: Presence | None = None
+    forwarder: Forwarder | None = None
+    _relays_answer: tuple[float, bytes] | None = None
+    feed: ChangeFeed | None = None
+    reactions: ChangeReactions | None = None
     stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
@@ -91,14 +115,29 @@ class Relay:
         secret the relay decrypts or refreshes.
         """
         private_dir(settings.data_dir)
-        host_key = load_or_create_host_key(settings.host_key_path)
-        box = load_secret_box(settings)
-        admin_token, created = load_or_create_admin_token(
-            settings.data_dir,
-            settings.admin_token.get_secret_value() if settings.admin_token is not None else None,
-            settings.admin_token_file,
-        )
-        store = await Store.open(settings.resolved_database_url())
+        url = settings.resolved_database_url()
+        lock = SqliteLock.acquire(url)
+        try:
+            box = load_secret_box(settings)
+            admin_token, created = load_or_create_admin_token(
+                settings.data_dir,
+                settings.admin_token.get_secret_value()
+                if settings.admin_token is not None
+                else None,
+                settings.admin_token_file,
+            )
+            store = await Store.open(url)
+            try:
+                cluster = ClusterStore(store)
+                await check_master_key(cluster, store, box)
+                host_key = await cluster_host_key(cluster, box, settings.host_key_path)
+            except BaseException:
+                await store.close()
+                raise
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
         remember = masker.add if masker is not None else None
@@ -160,8 +199,15 @@ class Relay:
                 token_file=settings.admin_token_file,
                 configured=settings.admin_token is not None,
             ),
+            cluster=cluster,
+            box=box,
+            lock=lock,
         )
         try:
+            relay.admin_sync = AdminTokenSync(cluster, box, relay.admin)
+            if not await relay.admin_sync.join():
+                relay.admin_token_created = False  # the cluster's token, not a new one
+            await relay._start_feed()
             ctx = SSHContext(
                 store=store,
                 registry=registry,
@@ -173,6 +219,7 @@ class Relay:
                 ),
                 tasks=relay.tasks,
                 preauth=PreAuthGate(settings.max_preauth_ssh, settings.max_preauth_ssh_per_address),
+                cluster_relays=relay.relays_json,
                 max_inflight=settings.max_inflight_per_agent,
             )
             relay.ssh_context = ctx
@@ -188,8 +235,19 @@ class Relay:
                 login_timeout=settings.login_timeout,
                 rekey_bytes=settings.ssh_rekey_bytes,
             )
+            relay.presence = Presence(
+                cluster,
+                registry,
+                relay_id=new_relay_id(),
+                advertise_ssh=str(advertised_address(settings.advertise_ssh, relay.ssh_address)),
+                cluster_url="",
+                heartbeat_interval=settings.heartbeat_interval,
+                dead_after=settings.relay_dead_after,
+                shared=relay.clustered,
+            )
             if serve_http:
                 await relay._start_http()
+            await relay.presence.start()
             health.start()
             relay.debug.start_purging()
         except BaseException:
@@ -200,7 +258,59 @@ class Relay:
             log.info("http_listening", address=relay.http_address)
         return relay
 
+    async def _start_feed(self) -> None:
+        """Act on changes other relays and the CLI make (tokens, connections)."""
+        self.reactions = ChangeReactions(
+            self.store,
+            self.registry,
+            self.tunnel_http,
+            self.connections,
+            self.engine,
+            self.tasks,
+        )
+        self.feed = ChangeFeed(
+            self.cluster,
+            self.reactions,
+            poll_interval=self.settings.change_poll_interval,
+            listen_dsn=asyncpg_dsn(self.settings.resolved_database_url()),
+        )
+        if self.admin_sync is not None:
+            sync = self.admin_sync
+            self.reactions.on("admin", lambda _target: sync.changed(self.tasks))
+        await self.feed.start()
+
+    async def relays_json(self) -> bytes:
+        """The relays agents should keep tunnels to (asked over SSH), as JSON.
+
+        Read at most once a second however many agents ask: every agent asks
+        every few seconds, and a thousand of them must not mean a thousand reads.
+        """
+        assert self.presence is not None
+        now = asyncio.get_running_loop().time()
+        cached = self._relays_answer
+        if cached is not None and now - cached[0] < 1.0 and not self.presence.draining:
+            return cached[1]
+        me = self.presence.advertise_ssh
+        relays = [r.advertise_ssh for r in await self.presence.relays() if not r.draining]
+        if self.presence.draining:
+            relays = [r for r in relays if r != me]
+        answer = json.dumps({"relay": me, "relays": relays}).encode()
+        self._relays_answer = (now, answer)
+        return answer
+
+    @property
+    def clustered(self) -> bool:
+        """Whether other relays may share the database (PostgreSQL, not SQLite)."""
+        return self.store.dialect != "sqlite"
+
     async def _start_http(self) -> None:
+        assert self.presence is not None
+        hop: HopAuth | None = None
+        if self.clustered:
+            hop = HopAuth(self.box.derive(HOP_KEY_LABEL), self.presence.relay_id)
+            self.forwarder = Forwarder(
+                self.presence, hop, connect_timeout=self.settings.connect_timeout
+            )
         services = Services(
             store=self.store,
             registry=self.registry,
@@ -218,6 +328,11 @@ class Relay:
             max_body_bytes=self.settings.max_body_bytes,
             ssh_fingerprint=self.fingerprint,
             stalled_reader_timeout=self.settings.http_idle_timeout,
+            presence=self.presence,
+            publish_admin=self.admin_sync.publish if self.admin_sync is not None else None,
+            hop=hop,
+            forwarder=self.forwarder,
+            feed=self.feed,
             raw_heads=raw_heads_supported(),
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
@@ -244,7 +359,17 @@ class Relay:
             idle_timeout=s.http_idle_timeout,
         )
         listen = self.settings.http_listen
-        await FrontSite(runner, self.front, listen.host, listen.port).start()
+        await FrontSite(
+            runner, self.front, listen.host, listen.port, reuse_port=s.reuse_port
+        ).start()
+        if self.clustered:
+            # Other relays forward here: a port of this process's own, even
+            # when workers share the API port.
+            inner = s.cluster_listen or HostPort(listen.host, 0)
+            await FrontSite(runner, self.front, inner.host, inner.port).start()
+            host, port = runner.addresses[-1][:2]
+            advertised = s.advertise_cluster or advertised_address(None, (host, port))
+            self.presence.cluster_url = f"http://{advertised}"
 
     @property
     def ssh_address(self) -> tuple[str, int]:
@@ -276,6 +401,12 @@ class Relay:
         if self.closed.is_set():
             return
         self.closed.set()
+        if self.presence is not None:
+            # Draining: agents stop asking for this relay, other relays stop
+            # forwarding here, while what is in flight finishes.
+            self.presence.draining = True
+            with contextlib.suppress(Exception):
+                await self.presence.beat()
         await self.health.close()
         await self.debug.close()
         if self.web_runner is not None:
@@ -288,7 +419,15 @@ class Relay:
             await self.ssh.wait_closed()
         for tunnel in list(self.registry):
             tunnel.close()
+        if self.presence is not None:
+            await self.presence.close()
+        if self.feed is not None:
+            await self.feed.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         await self.tunnel_http.close()
         await self.cloud_http.close()
         await self.tasks.close()
         await self.store.close()
+        if self.lock is not None:
+            self.lock.release()

@@ -26,6 +26,30 @@ class ServerSettings(BaseSettings):
     http_listen: Annotated[HostPort, NoDecode] = Field(
         default=HostPort("127.0.0.1", 8080), description="The JSON API."
     )
+    advertise_ssh: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="The address agents dial for this relay (host:port). Default: "
+        "ssh_listen unless it is a wildcard, else this host's name and the SSH port.",
+    )
+    cluster_listen: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="Where other relays forward requests to this one (host:port). "
+        "Default: http_listen's host, a port of the system's choosing.",
+    )
+    advertise_cluster: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="The address other relays reach cluster_listen at. Default: "
+        "cluster_listen unless it is a wildcard, else this host's name.",
+    )
+    reuse_port: bool = Field(
+        default=False,
+        description="Share http_listen's port with other processes (SO_REUSEPORT): "
+        "set by 'run --workers N' for its workers.",
+    )
+    heartbeat_interval: float = Field(default=2.0, gt=0, le=5)
+    relay_dead_after: float = Field(
+        default=8.0, gt=0, le=60, description="A relay silent this long is gone."
+    )
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
     database_url: str | None = Field(default=None, description="Default: SQLite in data_dir.")
@@ -88,6 +112,13 @@ class ServerSettings(BaseSettings):
     max_streams_per_agent: int = Field(default=1024, ge=1)
     max_new_streams_per_second: float = Field(default=1000.0, gt=0)
     http_idle_timeout: float = Field(default=75.0, gt=0)
+    change_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=5,
+        description="How often the relay reads changes other processes made "
+        "(on PostgreSQL a fallback: notifications act at once).",
+    )
     health_min_interval_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -125,6 +156,11 @@ class ServerSettings(BaseSettings):
                 "surrounding whitespace); leave it unset to have the relay generate one"
             )
         return value
+
+    @field_validator("advertise_ssh", "cluster_listen", "advertise_cluster", mode="before")
+    @classmethod
+    def _parse_optional_address(cls, value: object) -> object:
+        return address(value) if value not in ("", None) else None
 
     @property
     def host_key_path(self) -> Path:

@@ -34,6 +34,11 @@ TUNNEL_LISTEN_PORT: Final = 1
 # listener". The agent therefore says it is ready by asking for a connection
 # to this reserved name; the relay refuses it, and only then sends streams.
 TUNNEL_READY_HOST: Final = "sluice-ready"
+# A channel the agent opens to this reserved name carries back, as JSON, the
+# relays of the cluster ({"relay": "<the one answering>", "relays": [...]})
+# and closes. A relay of an older version refuses it: the agent then keeps
+# its one tunnel.
+CLUSTER_RELAYS_HOST: Final = "sluice-relays"
 
 # Per-channel receive window and packet size. All streams of an agent share
 # one SSH connection, so a bulk stream can queue up to a window of data ahead

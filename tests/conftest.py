@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import ssl
@@ -59,7 +60,18 @@ async def database() -> AsyncIterator[str | None]:
         _DATABASE["url"] = None
         yield None
         return
-    import asyncpg  # only needed for this pass
+    async with fresh_postgres() as url:
+        _DATABASE["url"] = url
+        try:
+            yield url
+        finally:
+            _DATABASE["url"] = None
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on SLUICE_TEST_POSTGRES_URL's server, dropped after."""
+    import asyncpg  # only needed with PostgreSQL
 
     admin = os.environ["SLUICE_TEST_POSTGRES_URL"].replace("postgresql+asyncpg", "postgresql")
     name = f"sluice_test_{secrets.token_hex(6)}"
@@ -68,17 +80,24 @@ async def database() -> AsyncIterator[str | None]:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    url = os.environ["SLUICE_TEST_POSTGRES_URL"].rsplit("/", 1)[0] + "/" + name
-    _DATABASE["url"] = url
     try:
-        yield url
+        yield os.environ["SLUICE_TEST_POSTGRES_URL"].rsplit("/", 1)[0] + "/" + name
     finally:
-        _DATABASE["url"] = None
         conn = await asyncpg.connect(admin)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def cluster_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for several relays (the cluster tests need one
+    whatever the pass); skipped when SLUICE_TEST_POSTGRES_URL names no server."""
+    if not os.environ.get("SLUICE_TEST_POSTGRES_URL"):
+        pytest.skip("a relay cluster needs PostgreSQL: set SLUICE_TEST_POSTGRES_URL (.ci/run does)")
+    async with fresh_postgres() as url:
+        yield url
 
 
 def relay_settings(tmp_path: Path, **overrides: object) -> ServerSettings:

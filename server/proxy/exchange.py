@@ -39,6 +39,7 @@ SMALL_BODY = 64 * 1024
 VIA_HEADER = "Sluice-Connection"
 _VIA = VIA_HEADER.encode()
 _RETRIES = RETRIES_HEADER.encode()
+_VIA_LOWER = _VIA.lower()
 
 
 class AnswerSink(Protocol):
@@ -120,6 +121,9 @@ def answer_headers(
     """The API's answer fields the caller gets (``server.proxy.headers.answer_fields``:
     the sink adds the framing), the connection named, and for a connection
     with ``http.rate_limit`` how many times the request was sent again."""
+    if get(upstream.raw_headers, _VIA_LOWER) is not None:
+        # Forwarded by the relay that holds the tunnel: shaped and named there.
+        return answer_fields(upstream.raw_headers, None)
     kept = answer_fields(upstream.raw_headers, _rewrite(handle.connection.http.base_uri, conn_id))
     kept.append((_VIA, conn_id.encode()))
     if retries is not None:
@@ -142,8 +146,14 @@ async def exchange(
     headers: Fields,
     body: Body,
     sink: AnswerSink,
+    *,
+    forwarded: bool = False,
 ) -> None:
     """Send one request through connection *conn_id* and pass its answer to *sink*.
+
+    Without a tunnel of its own to the connection's agent, the relay forwards
+    the request to a relay of the cluster that has one (unless another relay
+    *forwarded* it here: a request makes one hop at most).
 
     Raises (a RelayError, or the connection's own errors) while nothing has
     gone to the caller, so the listener can answer with a problem document.
@@ -156,12 +166,16 @@ async def exchange(
     if recording is None:
         try:
             if http.concurrency_level is None:  # the common case, without the slot's cost
-                await _exchange(services, handle, method, relative, headers, body, sink, began)
+                await _exchange(
+                    services, handle, method, relative, headers, body, sink, began, forwarded
+                )
                 return
             async with services.limits.slot(
                 conn_id, http.concurrency_level, http.queue_timeout_seconds
             ):
-                await _exchange(services, handle, method, relative, headers, body, sink, began)
+                await _exchange(
+                    services, handle, method, relative, headers, body, sink, began, forwarded
+                )
         except RelayError as exc:
             services.stats.record(conn_id, exc.status, time.perf_counter() - began)
             raise
@@ -180,6 +194,7 @@ async def exchange(
                     recording.body(body),
                     RecordingSink(sink, recording),
                     began,
+                    forwarded,
                 )
     except asyncio.CancelledError:
         raise
@@ -231,10 +246,27 @@ async def _exchange(
     body: Body,
     sink: AnswerSink,
     began: float,
+    forwarded: bool = False,
 ) -> None:
     assert handle.id is not None
     conn_id = handle.id
-    sent_upstream = await send_upstream(services, handle, method, relative, headers, body)
+    agent_id = handle.connection.agent_id
+    if (
+        not forwarded
+        and services.forwarder is not None
+        and handle.connection.mode == "on_premise"
+        and agent_id is not None
+        and not services.registry.is_online(agent_id)
+    ):
+        answer = await services.forwarder.forward(
+            agent_id, conn_id, method, relative, headers, body
+        )
+        services.metrics.forwarded.labels("out").inc()
+        sent_upstream = Sent(answer, 0)
+    else:
+        if forwarded:
+            services.metrics.forwarded.labels("in").inc()
+        sent_upstream = await send_upstream(services, handle, method, relative, headers, body)
     upstream = sent_upstream.answer
     retries = sent_upstream.retries if handle.connection.http.rate_limit is not None else None
     mode = handle.connection.mode

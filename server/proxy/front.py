@@ -31,6 +31,7 @@ import httptools
 import structlog
 from aiohttp import web
 
+from server.cluster.forward import HOP_HEADER
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.proxy.headers import Fields, get
@@ -72,13 +73,16 @@ _NO_BODY_STATUSES = frozenset({204, 304})  # and 1xx: no body, no Content-Length
 _PATH_LABEL = "/v1/connections/{id}/proxy"
 # How long a refused body may keep arriving before its connection closes.
 _LINGER_SECONDS = 2.0
+_HOP_LOWER = HOP_HEADER.lower().encode()
 
 
 class FrontSite(web.TCPSite):
     """aiohttp's TCP site with the front as the protocol for new callers."""
 
-    def __init__(self, runner: web.AppRunner, front: Front, host: str, port: int) -> None:
-        super().__init__(runner, host, port, backlog=LISTEN_BACKLOG)
+    def __init__(
+        self, runner: web.AppRunner, front: Front, host: str, port: int, *, reuse_port: bool = False
+    ) -> None:
+        super().__init__(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
         self._front = front
 
     async def start(self) -> None:
@@ -92,6 +96,7 @@ class FrontSite(web.TCPSite):
             self._host,
             self._port,
             backlog=self._backlog,
+            reuse_port=self._reuse_port,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
@@ -587,9 +592,21 @@ class FrontProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
         authorization = (get(request.headers, b"authorization") or b"").decode("latin-1")
+        forwarded = False
         if bearer_actor(services.admin, authorization) is None:
-            self._write_response(unauthorized(), request)
-            return
+            # Another relay of the cluster forwarding a request it has no tunnel for.
+            hop = get(request.headers, _HOP_LOWER)
+            forwarded = (
+                hop is not None
+                and services.hop is not None
+                and services.hop.verify(
+                    hop.decode("latin-1"), request.method, request.conn_id, request.relative
+                )
+                is not None
+            )
+            if not forwarded:
+                self._write_response(unauthorized(), request)
+                return
         sink = _SocketSink(self, request)
         try:
             limit = services.max_body_bytes
@@ -603,6 +620,7 @@ class FrontProtocol(asyncio.Protocol):
                 request.headers,
                 body if not isinstance(body, _BodyFeed) else aiter(body),
                 sink,
+                forwarded=forwarded,
             )
         except (ConnectionResetError, asyncio.CancelledError):
             raise

@@ -8,11 +8,22 @@ from typing import Any
 
 from aiohttp import web
 
+from server.cluster.forward import HOP_HEADER
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.proxy.headers import Fields
 from server.proxy.raw_head import answer_response
-from server.web.services import services_of
+from server.web.services import FORWARDED, Services, services_of
+
+
+def hop_actor(services: Services, request: web.Request) -> str | None:
+    """'relay:<id>' when another relay of the cluster forwarded this proxy request."""
+    value = request.headers.get(HOP_HEADER)
+    conn_id = request.match_info.get("id")
+    if value is None or services.hop is None or conn_id is None or "tail" not in request.match_info:
+        return None
+    relay_id = services.hop.verify(value, request.method, conn_id, _relative(request))
+    return f"relay:{relay_id}" if relay_id is not None else None
 
 
 def _relative(request: web.Request) -> str:
@@ -108,6 +119,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         list(request.raw_headers),
         _limited_body(request, services.max_body_bytes),
         sink,
+        forwarded=request.get(FORWARDED, False),
     )
     assert sink.response is not None
     return sink.response

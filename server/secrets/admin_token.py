@@ -119,6 +119,34 @@ class AdminTokens:
     def current(self) -> str:
         return self._current
 
+    @property
+    def configured(self) -> bool:
+        return self._configured
+
+    def state(self) -> dict[str, object]:
+        """The token and the previous one's hash and expiry, as the cluster stores them."""
+        previous = self._previous
+        return {
+            "token": self._current,
+            "previous_sha256": previous[0] if previous else None,
+            "previous_expires_at": previous[1] if previous else None,
+        }
+
+    def adopt(self, state: dict[str, object]) -> None:
+        """Take the cluster's token (from ``state()`` of the relay that set it)."""
+        token = state.get("token")
+        if not isinstance(token, str) or len(token) < 16:
+            raise ValueError("the cluster's admin token is malformed")
+        previous, expires = state.get("previous_sha256"), state.get("previous_expires_at")
+        if isinstance(previous, str) and isinstance(expires, int | float):
+            self._previous = (previous, float(expires))
+        else:
+            self._previous = None
+        if token != self._current:
+            _write_private(self._token_file or self._data_dir / FILE_NAME, token)
+        self._current = token
+        self._current_digest = _digest(token)
+
     def actor(self, presented: str) -> str | None:
         """Who this bearer token is ('admin:<8 hex>'), or None when it is not valid."""
         digest = _digest(presented)

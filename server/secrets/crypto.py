@@ -222,6 +222,19 @@ class SecretBox:
             return token
         return self.encrypt(self.decrypt(token, context=context), context=context)
 
+    def derive(self, label: str) -> bytes:
+        """A 32-byte key for *label* derived from the current master key (HKDF):
+        every process that holds the master key derives the same one."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode())
+        return hkdf.derive(self._current._key)
+
+    @property
+    def current_key_id(self) -> str:
+        return self._current.key_id
+
     def __repr__(self) -> str:
         return f"<SecretBox current={self._current.key_id} keys={list(self._keys)}>"
 

@@ -56,6 +56,55 @@ connections = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# -- the cluster (several relays on one database) --------------------------------
+
+# One row per change another relay must act on (a token rotated, an agent or a
+# connection edited or deleted). Relays read the rows after the last one they
+# saw: woken by NOTIFY on PostgreSQL, by a cheap poll on SQLite. Old rows are
+# pruned; they are never needed once every live relay has read them.
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+)
+
+# Secrets every relay of the cluster shares, each sealed with the master key:
+# the SSH host key, the admin token, a value that proves the master key.
+cluster_secrets = sa.Table(
+    "cluster_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The live relays; a row whose heartbeat is older than the expiry is a dead relay.
+relays = sa.Table(
+    "relays",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("advertise_ssh", sa.String(255), nullable=False),
+    sa.Column("cluster_url", sa.String(255), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("draining", sa.Boolean, nullable=False, default=False),
+)
+
+# Which relay holds which tunnels (replicas) of which agent.
+presence = sa.Table(
+    "presence",
+    metadata,
+    sa.Column("relay_id", sa.String(32), primary_key=True),
+    sa.Column("tunnel_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("agent_id", sa.String(32), nullable=False, index=True),
+    sa.Column("peer", sa.String(128), nullable=False),
+    sa.Column("agent_version", sa.String(64), nullable=False),
+    sa.Column("connected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("draining", sa.Boolean, nullable=False, default=False),
+)
 # The latest scheduled or manual check of a connection (server.connections.health).
 connection_health = sa.Table(
     "connection_health",

@@ -16,12 +16,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from server.storage.debug_log import DebugLogRecords
 from server.storage.health import HealthRecords
 from server.storage.private_files import private_sqlite_file
-from server.storage.schema import agents, audit_events, connections
+from server.storage.schema import agents, audit_events, changes, connections
 from sluice import __version__
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
@@ -29,6 +29,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Compared against when no agent has the presented id, so that an unknown id
 # costs the same time as a wrong secret.
 _DUMMY_HASH = "0" * 64
+# The PostgreSQL advisory lock taken while migrating (any fixed number).
+_MIGRATE_LOCK = 0x51_1C_E0
 
 
 def utcnow() -> dt.datetime:
@@ -103,6 +105,42 @@ class AgentInUse(Exception):
         super().__init__(f"agent {agent_id} is used by {len(connection_ids)} connection(s)")
         self.agent_id = agent_id
         self.connection_ids = connection_ids
+
+
+# The PostgreSQL channel relays LISTEN on; the payload is "<kind>:<target>".
+CHANGES_CHANNEL = "sluice_changes"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCredentials:
+    """What a live tunnel's token is checked against after a change."""
+
+    token_hash: str
+    previous_token_hash: str | None
+    previous_token_expires_at: dt.datetime | None
+
+    def accepts(self, credential: str, now: dt.datetime) -> bool:
+        """Whether a tunnel that logged in with *credential* (a hash) may stay."""
+        if credential == self.token_hash:
+            return True
+        expires = self.previous_token_expires_at
+        return (
+            self.previous_token_hash is not None
+            and credential == self.previous_token_hash
+            and expires is not None
+            and now < expires
+        )
+
+
+async def record_change(db: AsyncConnection, kind: str, target: str) -> None:
+    """Tell every relay, when this transaction commits, that *target* changed.
+
+    On PostgreSQL a NOTIFY goes out at commit; SQLite relays find the row at
+    their next poll.
+    """
+    await db.execute(changes.insert().values(at=utcnow(), kind=kind, target=target[:64]))
+    if db.dialect.name == "postgresql":
+        await db.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, f"{kind}:{target[:64]}")))
 
 
 class SchemaMismatch(Exception):
@@ -190,6 +228,12 @@ class Store:
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
             async with engine.begin() as db:
+                if engine.dialect.name == "postgresql":
+                    # Relays of a cluster start together: one migrates, the
+                    # others wait here and then find the schema up to date.
+                    await db.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK}
+                    )
                 change = await db.run_sync(_prepare_schema, migrate)
         except BaseException:
             await engine.dispose()
@@ -197,6 +241,14 @@ class Store:
         if engine.dialect.name == "sqlite":
             private_sqlite_file(engine.url.database)  # the WAL files the upgrade made
         return cls(engine), change
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -240,6 +292,8 @@ class Store:
             if users:
                 raise AgentInUse(agent_id, list(users))
             result = await db.execute(agents.delete().where(agents.c.id == agent_id))
+            if result.rowcount > 0:
+                await record_change(db, "agent", agent_id)
         return result.rowcount > 0
 
     async def touch_agent(self, agent_id: str) -> None:
@@ -274,7 +328,26 @@ class Store:
                     ),
                 )
             )
+            await record_change(db, "agent", agent_id)
         return token
+
+    async def agent_credentials(self, agent_id: str) -> AgentCredentials | None:
+        """The hashes a tunnel of this agent may have logged in with; None: no agent."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        agents.c.token_hash,
+                        agents.c.previous_token_hash,
+                        agents.c.previous_token_expires_at,
+                    ).where(agents.c.id == agent_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return AgentCredentials(
+            row.token_hash, row.previous_token_hash, _aware(row.previous_token_expires_at)
+        )
 
     async def authenticate_agent(self, token: AgentToken) -> AgentRecord | None:
         """The agent this token belongs to, or None; constant time in the secret.
@@ -348,6 +421,8 @@ class Store:
                     updated_at=utcnow(),
                 )
             )
+            if result.rowcount > 0:
+                await record_change(db, "connection", conn_id)
         return result.rowcount > 0
 
     async def update_document(self, conn_id: str, document: str) -> bool:
@@ -356,6 +431,8 @@ class Store:
             result = await db.execute(
                 connections.update().where(connections.c.id == conn_id).values(document=document)
             )
+            if result.rowcount > 0:
+                await record_change(db, "connection_token", conn_id)
         return result.rowcount > 0
 
     async def set_last_test(self, conn_id: str, result_json: str) -> None:
@@ -369,6 +446,8 @@ class Store:
     async def delete_connection(self, conn_id: str) -> bool:
         async with self._engine.begin() as db:
             result = await db.execute(connections.delete().where(connections.c.id == conn_id))
+            if result.rowcount > 0:
+                await record_change(db, "connection", conn_id)
         return result.rowcount > 0
 
     async def rewrite_documents(self, rewrite: Callable[[str, str], str]) -> int:
@@ -382,6 +461,7 @@ class Store:
                     .where(connections.c.id == conn_id)
                     .values(document=rewrite(conn_id, document))
                 )
+                await record_change(db, "connection", conn_id)
                 count += 1
         return count
 

@@ -33,6 +33,9 @@ class Tunnel:
     max_pktsize: int
     max_inflight: int = 0
     instance: str = ""
+    # Hash of the token this replica logged in with: after a rotation, the
+    # replica is closed unless that token still logs in.
+    credential: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     in_flight: int = 0
     streams_total: int = 0
@@ -89,6 +92,7 @@ class TunnelRegistry:
         self._by_agent: dict[str, list[Tunnel]] = {}
         self._changed = asyncio.Event()
         self._draining_callbacks: list[Callable[[Tunnel], None]] = []
+        self._watchers: list[Callable[[str, Tunnel], None]] = []
 
     def __repr__(self) -> str:
         return f"<TunnelRegistry agents={len(self._by_agent)} tunnels={len(self)}>"
@@ -116,7 +120,9 @@ class TunnelRegistry:
         stale = [t for t in tunnels if tunnel.instance and t.instance == tunnel.instance]
         for old in stale:
             tunnels.remove(old)
+            self._tell("removed", old)
         tunnels.append(tunnel)
+        self._tell("added", tunnel)
         self._notify()
         return stale
 
@@ -126,7 +132,16 @@ class TunnelRegistry:
             tunnels.remove(tunnel)
             if not tunnels:
                 del self._by_agent[tunnel.agent_id]
+            self._tell("removed", tunnel)
             self._notify()
+
+    def watch(self, callback: Callable[[str, Tunnel], None]) -> None:
+        """Call *callback(event, tunnel)* on "added", "removed" and "draining"."""
+        self._watchers.append(callback)
+
+    def _tell(self, event: str, tunnel: Tunnel) -> None:
+        for callback in self._watchers:
+            callback(event, tunnel)
 
     def on_draining(self, callback: Callable[[Tunnel], None]) -> None:
         """Call *callback* whenever a replica starts draining."""
@@ -139,6 +154,7 @@ class TunnelRegistry:
         tunnel.draining = True
         for callback in self._draining_callbacks:
             callback(tunnel)
+        self._tell("draining", tunnel)
         self._notify()
 
     def replicas(self, agent_id: str) -> list[Tunnel]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncssh
@@ -32,6 +33,21 @@ class SSHContext:
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
     max_inflight: int = sshconfig.MAX_INFLIGHT
+    # The cluster's relays, as agents should dial them (JSON bytes), for
+    # agents that ask (sshconfig.CLUSTER_RELAYS_HOST); None: not offered.
+    cluster_relays: Callable[[], Awaitable[bytes]] | None = None
+
+
+class _OneAnswer(asyncssh.SSHTCPSession[bytes]):
+    """Writes one answer on a channel the agent opened, then closes it."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        chan.write(self._answer)
+        chan.write_eof()
+        chan.close()
 
 
 class TunnelListener(asyncssh.SSHListener):
@@ -72,6 +88,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._instance = ""
         self._expiry: asyncio.TimerHandle | None = None
         self._waiting = False  # holds a place in the pre-auth gate
+        self._credential = ""
 
     def __repr__(self) -> str:
         agent = self._agent.id if self._agent else None
@@ -164,6 +181,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         limiter.record_success(self._address)
         self._leave_gate()
         self._agent = agent
+        self._credential = token.secret_hash()
         log.info("ssh_auth_ok", peer=self._peer, agent_id=agent.id)
         if agent.token_expires_at is not None:
             # The previous token, in a rotation's grace: the session ends with it.
@@ -198,6 +216,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             max_pktsize=self._ctx.max_pktsize,
             max_inflight=self._ctx.max_inflight,
             instance=self._instance,
+            credential=self._credential,
         )
         self._tunnel = tunnel
         return TunnelListener(tunnel, self._ctx.registry)
@@ -232,11 +251,20 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
+    ) -> bool | Awaitable[_OneAnswer]:
         # Never a connection; the reserved name is the agent's "ready" signal.
         if dest_host == sshconfig.TUNNEL_READY_HOST:
             self._tunnel_ready()
+        elif (
+            dest_host == sshconfig.CLUSTER_RELAYS_HOST
+            and self._agent is not None
+            and self._ctx.cluster_relays is not None
+        ):
+            return self._relays_answer(self._ctx.cluster_relays)
         return False
+
+    async def _relays_answer(self, relays: Callable[[], Awaitable[bytes]]) -> _OneAnswer:
+        return _OneAnswer(await relays())
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         return False

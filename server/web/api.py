@@ -12,19 +12,27 @@ import structlog
 from aiohttp import HttpVersion11, web
 from aiohttp.http import SERVER_SOFTWARE
 
+from server.cluster.presence import Replica
 from server.connections.importer import UnsupportedExport, from_integrator
 from server.connections.service import ConnectionNotFound, InvalidConnection
 from server.errors import RelayError
-from server.proxy.route import proxy
+from server.proxy.route import hop_actor, proxy
 from server.secrets.admin_token import AdminTokenConfigured, AdminTokenReadOnly, AdminTokens
 from server.secrets.crypto import DecryptionError
 from server.storage.store import AgentInUse, AgentRecord
-from server.tunnel.registry import TunnelRegistry
 from server.web.debug_api import add_debug_routes
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
 from server.web.problems import problem, validation_problem
-from server.web.services import ACTOR, SERVICES, Services, audit, services_of
+from server.web.services import (
+    ACTOR,
+    FORWARDED,
+    SERVICES,
+    Services,
+    audit,
+    services_of,
+    told_everywhere,
+)
 from server.web.ui import add_console
 from sluice import __version__
 
@@ -123,9 +131,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
-    actor = bearer_actor(services_of(request).admin, request.headers.get("Authorization", ""))
+    services = services_of(request)
+    actor = bearer_actor(services.admin, request.headers.get("Authorization", ""))
     if actor is None:
-        return unauthorized()
+        actor = hop_actor(services, request)
+        if actor is None:
+            return unauthorized()
+        request[FORWARDED] = True
     request[ACTOR] = actor
     return await handler(request)
 
@@ -165,6 +177,27 @@ async def relay_info(request: web.Request) -> web.Response:
     )
 
 
+async def cluster_info(request: web.Request) -> web.Response:
+    """The relays of the cluster (one on SQLite) and which one answers."""
+    presence = services_of(request).presence
+    relays = await presence.relays()
+    return web.json_response(
+        {
+            "relay": presence.relay_id,
+            "relays": [
+                {
+                    "id": r.id,
+                    "ssh": r.advertise_ssh,
+                    "started_at": r.started_at.isoformat(),
+                    "heartbeat_at": r.heartbeat_at.isoformat(),
+                    "draining": r.draining,
+                }
+                for r in relays
+            ],
+        }
+    )
+
+
 async def openapi(_: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -172,8 +205,8 @@ async def openapi(_: web.Request) -> web.Response:
 # -- agents -------------------------------------------------------------------
 
 
-def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
-    replicas = registry.replicas(agent.id)
+def agent_view(agent: AgentRecord, replicas: list[Replica]) -> dict[str, Any]:
+    """The agent as the API shows it; *replicas* are its tunnels on every relay."""
     live = [t for t in replicas if not t.draining]
     first = min(live, key=lambda t: t.connected_at) if live else None
     return {
@@ -190,16 +223,7 @@ def agent_view(agent: AgentRecord, registry: TunnelRegistry) -> dict[str, Any]:
         "connected_since": first.connected_at.isoformat() if first else None,
         "peer": first.peer if first else None,
         "agent_version": first.agent_version if first else None,
-        "replicas": [
-            {
-                "peer": t.peer,
-                "agent_version": t.agent_version,
-                "connected_since": t.connected_at.isoformat(),
-                "streams_in_flight": t.in_flight,
-                "draining": t.draining,
-            }
-            for t in replicas
-        ],
+        "replicas": [t.view() for t in replicas],
     }
 
 
@@ -216,7 +240,7 @@ async def create_agent(request: web.Request) -> web.Response:
             [{"field": "name", "message": "must not contain control characters"}]
         )
     agent, token = await services.store.create_agent(name.strip())
-    view = agent_view(agent, services.registry)
+    view = agent_view(agent, [])
     view["token"] = str(token)  # shown once; only its hash is kept
     log.info("agent_created", agent_id=agent.id)
     await audit(request, "agent.created", agent.id, name=agent.name)
@@ -226,7 +250,8 @@ async def create_agent(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     services = services_of(request)
     agents = await services.store.list_agents()
-    return web.json_response({"agents": [agent_view(a, services.registry) for a in agents]})
+    replicas = await services.presence.replicas()
+    return web.json_response({"agents": [agent_view(a, replicas.get(a.id, [])) for a in agents]})
 
 
 async def _agent(request: web.Request) -> AgentRecord:
@@ -238,13 +263,16 @@ async def _agent(request: web.Request) -> AgentRecord:
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    return web.json_response(agent_view(await _agent(request), services_of(request).registry))
+    agent = await _agent(request)
+    replicas = await services_of(request).presence.replicas(agent.id)
+    return web.json_response(agent_view(agent, replicas.get(agent.id, [])))
 
 
 async def delete_agent(request: web.Request) -> web.Response:
     services = services_of(request)
     agent = await _agent(request)
-    await services.store.delete_agent(agent.id)
+    async with told_everywhere(request, "agent", agent.id):
+        await services.store.delete_agent(agent.id)
     closed = services.registry.close_agent(agent.id)
     await services.tunnel_http.forget(agent.id)
     log.info("agent_deleted", agent_id=agent.id, tunnels_closed=closed)
@@ -276,7 +304,8 @@ async def rotate_agent_token(request: web.Request) -> web.Response:
     grace = await _grace_seconds(request)
     if isinstance(grace, web.Response):
         return grace
-    token = await services.store.rotate_agent_token(agent.id, grace_seconds=grace)
+    async with told_everywhere(request, "agent", agent.id):
+        token = await services.store.rotate_agent_token(agent.id, grace_seconds=grace)
     assert token is not None
     closed = 0
     if not grace:
@@ -310,6 +339,8 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
         return problem(409, "admin_token_configured", "The admin token is configured", str(exc))
     except AdminTokenReadOnly as exc:
         return problem(409, "admin_token_read_only", "The admin token file is read-only", str(exc))
+    if services.publish_admin is not None:
+        await services.publish_admin()
     log.info("admin_token_rotated", grace_s=grace)
     await audit(request, "admin.token_rotated", None, grace_seconds=grace)
     return web.json_response({"token": token, "previous_token_valid_for_seconds": grace})
@@ -383,7 +414,8 @@ async def patch_connection(request: web.Request) -> web.Response:
     services = services_of(request)
     conn_id = request.match_info["id"]
     patch = await _json(request)
-    view = await services.connections.patch(conn_id, patch)
+    async with told_everywhere(request, "connection", conn_id):
+        view = await services.connections.patch(conn_id, patch)
     services.engine.forget_token(conn_id)
     log.info("connection_updated", connection=conn_id)
     await audit(request, "connection.updated", conn_id, fields=_changed_fields(patch))
@@ -393,7 +425,8 @@ async def patch_connection(request: web.Request) -> web.Response:
 async def delete_connection(request: web.Request) -> web.Response:
     services = services_of(request)
     conn_id = request.match_info["id"]
-    await services.connections.delete(conn_id)
+    async with told_everywhere(request, "connection", conn_id):
+        await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
     services.health.forget(conn_id)
     services.debug.forget(conn_id)
@@ -469,6 +502,7 @@ def build_app(services: Services) -> web.Application:
     r.add_get("/metrics", metrics)
     r.add_get("/v1/openapi.json", openapi)
     r.add_get("/v1/relay", relay_info)
+    r.add_get("/v1/cluster", cluster_info)
     r.add_post("/v1/agents", create_agent)
     r.add_get("/v1/agents", list_agents)
     r.add_get("/v1/agents/{agent_id}", get_agent)

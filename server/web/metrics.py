@@ -39,6 +39,13 @@ class RelayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.forwarded = Counter(
+            "sluice_forwarded",
+            "Requests forwarded between relays of a cluster: 'out' sent to the relay "
+            "holding the agent's tunnel, 'in' served for another relay.",
+            ["direction"],
+            registry=self.registry,
+        )
         tunnels_gauge = Gauge(
             "sluice_tunnels", "Live agent SSH connections (replicas).", registry=self.registry
         )

@@ -31,8 +31,15 @@ _REPLICA = {
         "peer": {"type": "string"},
         "agent_version": {"type": "string"},
         "connected_since": {"type": "string", "format": "date-time"},
-        "streams_in_flight": {"type": "integer"},
+        "streams_in_flight": {
+            "type": ["integer", "null"],
+            "description": "Null for a replica held by another relay of the cluster.",
+        },
         "draining": {"type": "boolean"},
+        "relay": {
+            "type": "string",
+            "description": "The advertised SSH address of the relay that holds this tunnel.",
+        },
     },
 }
 
@@ -264,6 +271,36 @@ def openapi_document() -> dict[str, Any]:
                             "properties": {
                                 "ssh_fingerprint": {"type": "string"},
                                 "version": {"type": "string"},
+                            },
+                        }
+                    ),
+                    **_problem_responses(401),
+                },
+            }
+        },
+        "/v1/cluster": {
+            "get": {
+                "summary": "The relays of the cluster (live ones) and which one answered",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["relay", "relays"],
+                            "properties": {
+                                "relay": {"type": "string"},
+                                "relays": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "ssh": {"type": "string"},
+                                            "started_at": {"type": "string"},
+                                            "heartbeat_at": {"type": "string"},
+                                            "draining": {"type": "boolean"},
+                                        },
+                                    },
+                                },
                             },
                         }
                     ),

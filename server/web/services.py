@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.cluster.changes import ChangeFeed
+from server.cluster.forward import Forwarder, HopAuth
+from server.cluster.presence import Presence
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.debug_log import DebugLog
@@ -30,6 +34,7 @@ class Services:
     engine: Engine
     metrics: RelayMetrics
     admin: AdminTokens
+    presence: Presence
     ssh_listening: Callable[[], bool]
     limits: ConcurrencyLimits
     rate_limits: RateLimits
@@ -40,12 +45,21 @@ class Services:
     ssh_fingerprint: str = ""
     # A caller that takes none of a streamed answer for this long is cut (0: never).
     stalled_reader_timeout: float = 0.0
+    # After the admin token is rotated here: share it with the other relays.
+    publish_admin: Callable[[], Awaitable[None]] | None = None
+    # Relay-to-relay: checks forwarded requests, forwards ours.
+    hop: HopAuth | None = None
+    forwarder: Forwarder | None = None
+    # The change feed: a change made here is answered once the cluster heard it.
+    feed: ChangeFeed | None = None
     # Answer heads on the handed-on route go out as bytes (server.proxy.raw_head).
     raw_heads: bool = False
 
 
 SERVICES = web.AppKey("services", Services)
 ACTOR = web.RequestKey("actor", str)
+# Set on a request another relay forwarded: it is served here or not at all.
+FORWARDED = web.RequestKey("forwarded", bool)
 
 
 def services_of(request: web.Request) -> Services:
@@ -55,6 +69,23 @@ def services_of(request: web.Request) -> Services:
 def actor_of(request: web.Request) -> str:
     """Who made this request (set by the auth middleware), for the audit trail."""
     return str(request.get(ACTOR, "anonymous"))
+
+
+@contextlib.asynccontextmanager
+async def told_everywhere(request: web.Request, kind: str, target: str) -> AsyncIterator[None]:
+    """Around a change: the answer waits (bounded) until the change's notification
+    came back, so the caller's next request through any relay sees it."""
+    feed = services_of(request).feed
+    future = feed.expect(kind, target) if feed is not None else None
+    made = False
+    try:
+        yield
+        made = True
+    finally:
+        if feed is not None and made:
+            await feed.settle(future)
+        elif feed is not None:
+            feed.forget(future)
 
 
 async def audit(

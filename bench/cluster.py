@@ -1,0 +1,216 @@
+"""Cluster benchmarks: ``python -m bench.cluster`` (PostgreSQL needed).
+
+1. A small GET served by the relay that holds the agent's tunnel against the
+   same GET through a relay without one (forwarded over the relay-to-relay
+   hop): the hop's added p50/p99, at c=1 and c=8.
+2. Small GETs at c=32 through ``sluice-server run`` with 1 and with 2
+   workers (the API port shared with SO_REUSEPORT).
+
+The database comes from SLUICE_BENCH_POSTGRES_URL or SLUICE_TEST_POSTGRES_URL
+(a server URL; a fresh database is made and dropped). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+
+from bench.load import WrkResult, write_lua, wrk
+from bench.nginx import Nginx
+from bench.proc import Child, free_port, spawn, wait_until
+from bench.stack import BIN, Relay, clean_env
+
+
+@asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    import asyncpg
+
+    admin = server.replace("postgresql+asyncpg", "postgresql")
+    name = f"sluice_bench_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def _agent(
+    relay: Relay, agent_id: str, token: str, nginx: Nginx, log: Path, *, max_relays: int
+) -> Child:
+    """A ``sluice-agent run`` process dialling *relay*; returns once it is online."""
+    child = await spawn(
+        "agent",
+        [str(BIN / "sluice-agent"), "run"],
+        log=log,
+        env=clean_env(
+            SLUICE_AGENT_RELAY=relay.ssh_address,
+            SLUICE_AGENT_TOKEN=token,
+            SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
+            SLUICE_AGENT_ALLOW=nginx.base.split("//", 1)[1],
+            SLUICE_AGENT_MAX_RELAYS=str(max_relays),
+            SLUICE_AGENT_DISCOVERY_INTERVAL="0.5",
+            SLUICE_AGENT_HEALTH_LISTEN="off",
+            SLUICE_AGENT_LOG_LEVEL="warning",
+            SLUICE_AGENT_LOG_FORMAT="json",
+            SLUICE_AGENT_DRAIN_TIMEOUT="5",
+        ),
+    )
+
+    async def online() -> bool:
+        agent = await relay.call("GET", f"/v1/agents/{agent_id}")
+        return bool(agent["status"] == "online")
+
+    try:
+        await wait_until("the agent online", online, timeout=30, child=child)
+    except BaseException:
+        await child.stop()
+        raise
+    return child
+
+
+def _row(name: str, result: WrkResult) -> str:
+    return (
+        f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
+        f"| {result.errors} |"
+    )
+
+
+async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> list[str]:
+    key = base64.b64encode(os.urandom(32)).decode()
+    cluster = {"database_url": database, "master_key": key}
+    env = {f"SLUICE_SERVER_{k.upper()}": v for k, v in cluster.items()}
+    holder = await Relay.create(root / "holder", **env)
+    other: Relay | None = None
+    agent: Child | None = None
+    try:
+        other = await Relay.create(root / "other", **env)
+        agent_id, token = await holder.create_agent("bench")
+        # One tunnel, to the holder only: the other relay must forward.
+        agent = await _agent(holder, agent_id, token, nginx, root / "a.log", max_relays=1)
+        conn = await holder.create_connection("fwd", nginx.base + "/", agent_id)
+        lua = write_lua(root)
+        rows = []
+        for conns in (1, 8):
+            for name, relay in (("local", holder), ("forwarded", other)):
+                result = await wrk(
+                    relay.proxy_base(conn) + "/small.json",
+                    lua=lua,
+                    connections=conns,
+                    seconds=seconds,
+                    headers=relay.auth,
+                )
+                rows.append(_row(f"{name}, c={conns}", result))
+        return rows
+    finally:
+        if agent is not None:
+            await agent.stop()
+        if other is not None:
+            await other.close()
+        await holder.close()
+
+
+async def workers(root: Path, database: str, nginx: Nginx, count: int, seconds: int) -> str:
+    key = base64.b64encode(os.urandom(32)).decode()
+    data = root / f"workers-{count}"
+    data.mkdir()
+    http_port, ssh_port = free_port(), free_port()
+    admin = "bench-admin-" + os.urandom(12).hex()
+    env = clean_env(
+        SLUICE_SERVER_DATA_DIR=str(data),
+        SLUICE_SERVER_DATABASE_URL=database,
+        SLUICE_SERVER_MASTER_KEY=key,
+        SLUICE_SERVER_ADMIN_TOKEN=admin,
+        SLUICE_SERVER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+        SLUICE_SERVER_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
+        SLUICE_SERVER_ALLOW_PRIVATE_DESTINATIONS="true",
+        SLUICE_SERVER_LOG_LEVEL="warning",
+        SLUICE_SERVER_LOG_FORMAT="json",
+    )
+    child = await spawn(
+        "relay",
+        [str(BIN / "sluice-server"), "run", "--workers", str(count)],
+        env=env,
+        log=root / f"workers-{count}.log",
+    )
+    relay = Relay(data, ssh_port, http_port, admin, child=child)
+    relay.http = aiohttp.ClientSession(headers=relay.auth)
+    agent: Child | None = None
+    try:
+
+        async def members() -> bool:
+            try:
+                body = await relay.call("GET", "/v1/cluster")
+            except (aiohttp.ClientError, RuntimeError):
+                return False
+            return len(body["relays"]) == count
+
+        await wait_until("every worker up", members, timeout=60, child=child)
+        relay.fingerprint = (await relay.call("GET", "/v1/relay"))["ssh_fingerprint"]
+        agent_id, token = await relay.create_agent("bench")
+        agent = await _agent(relay, agent_id, token, nginx, root / "w.log", max_relays=4)
+
+        async def on_every_worker() -> bool:
+            view = await relay.call("GET", f"/v1/agents/{agent_id}")
+            return len({r["relay"] for r in view["replicas"]}) == count
+
+        await wait_until("a tunnel to each worker", on_every_worker, timeout=60, child=agent)
+        conn = await relay.create_connection("w", nginx.base + "/", agent_id)
+        result = await wrk(
+            relay.proxy_base(conn) + "/small.json",
+            lua=write_lua(root),
+            connections=32,
+            seconds=seconds,
+            headers=relay.auth,
+        )
+        return _row(f"c=32, {count} worker{'s' if count > 1 else ''}", result)
+    finally:
+        if agent is not None:
+            await agent.stop()
+        await relay.close()
+
+
+async def main(seconds: int) -> int:
+    server = os.environ.get("SLUICE_BENCH_POSTGRES_URL") or os.environ.get(
+        "SLUICE_TEST_POSTGRES_URL"
+    )
+    if not server:
+        print("bench.cluster: set SLUICE_BENCH_POSTGRES_URL (a PostgreSQL server URL)")
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="sluice-bench-cluster-"))
+    nginx = await Nginx.start(root / "nginx", {}, upload_size=1024)
+    try:
+        print("| scenario | req/s | p50 ms | p99 ms | errors |")
+        print("|---|---:|---:|---:|---:|")
+        async with fresh_database(server) as database:
+            for row in await forwarding(root, database, nginx, seconds):
+                print(row, flush=True)
+        for count in (1, 2):
+            async with fresh_database(server) as database:
+                print(await workers(root, database, nginx, count, seconds), flush=True)
+    finally:
+        await nginx.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5)
+    sys.exit(asyncio.run(main(parser.parse_args().seconds)))
