@@ -179,19 +179,5 @@ class TunnelRegistry:
             tunnel.close()
         return len(tunnels)
 
-    def close_agent_later(self, agent_id: str, delay: float) -> int:
-        """Close the agent's tunnels open now in *delay* seconds (the end of a
-        token rotation's grace: they logged in with the old token). Tunnels
-        that log in later are not touched."""
-        tunnels = list(self._by_agent.get(agent_id, ()))
-        if tunnels:
-            asyncio.get_running_loop().call_later(delay, _close_all, tunnels)
-        return len(tunnels)
-
     async def wait_changed(self) -> None:
         await self._changed.wait()
-
-
-def _close_all(tunnels: list[Tunnel]) -> None:
-    for tunnel in tunnels:
-        tunnel.close()

@@ -311,9 +311,9 @@ async def rotate_agent_token(request: web.Request) -> web.Response:
     if not grace:
         closed = services.registry.close_agent(agent.id)
         await services.tunnel_http.forget(agent.id)
-    else:
-        # The tunnels open now logged in with the old token: they end with it.
-        services.registry.close_agent_later(agent.id, grace)
+    # With a grace, the tunnels open now logged in with the old token and end
+    # with it: the change feed checks them again when the grace ends
+    # (server.cluster.reactions), on every relay.
     log.info("agent_token_rotated", agent_id=agent.id, tunnels_closed=closed, grace_s=grace)
     await audit(
         request, "agent.token_rotated", agent.id, grace_seconds=grace, tunnels_closed=closed
