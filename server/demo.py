@@ -245,12 +245,12 @@ async def _scenario(demo: Demo, api_port: int, api_base: str) -> bool:
 
         step = 5
         for mode in ("on_premise", "cloud"):
-            conn = await demo.call(
+            created = await demo.call(
                 http, "POST", "/v1/connections", connection(f"Inventory ({mode})", mode)
             )
-            test = await demo.call(http, "POST", f"/v1/connections/{conn['id']}/test")
+            test = await demo.call(http, "POST", f"/v1/connections/{created['id']}/test")
             _say(
-                f"{step}. {mode} connection {conn['id']}: test ok={test['ok']} "
+                f"{step}. {mode} connection {created['id']}: test ok={test['ok']} "
                 f"status={test['status']} in {test['elapsed_ms']} ms"
             )
             if not test["ok"]:
@@ -263,7 +263,7 @@ async def _scenario(demo: Demo, api_port: int, api_base: str) -> bool:
                 t0 = time.perf_counter()
                 async with http.request(
                     method,
-                    f"{demo.base}/v1/connections/{conn['id']}/proxy{path}",
+                    f"{demo.base}/v1/connections/{created['id']}/proxy{path}",
                     data=body,
                     headers={"Authorization": f"Bearer {demo.admin}"},
                 ) as resp:
@@ -276,9 +276,9 @@ async def _scenario(demo: Demo, api_port: int, api_base: str) -> bool:
 
         denied = connection("Not allowed", "on_premise")
         denied["http"]["base_uri"] = "http://127.0.0.1:9/"
-        conn = await demo.call(http, "POST", "/v1/connections", denied)
+        created = await demo.call(http, "POST", "/v1/connections", denied)
         async with http.get(
-            f"{demo.base}/v1/connections/{conn['id']}/proxy/",
+            f"{demo.base}/v1/connections/{created['id']}/proxy/",
             headers={"Authorization": f"Bearer {demo.admin}"},
         ) as resp:
             problem = await resp.json(content_type=None)

@@ -87,10 +87,10 @@ class _ConnState:
         self.need = 0
 
 
-def _state(conn: SSHConnection) -> _ConnState:
-    state = cast(_ConnState | None, conn.__dict__.get(_CONN_STATE))
+def _state(ssh: SSHConnection) -> _ConnState:
+    state = cast(_ConnState | None, ssh.__dict__.get(_CONN_STATE))
     if state is None:
-        state = conn.__dict__[_CONN_STATE] = _ConnState()
+        state = ssh.__dict__[_CONN_STATE] = _ConnState()
     return state
 
 
@@ -179,22 +179,22 @@ def _patch_flush() -> None:
             original_send(self, data)
 
     def _flush_send_buf(self: SSHChannel[Any]) -> None:
-        conn = self._conn
-        if conn is None:
+        ssh = self._conn
+        if ssh is None:
             original_flush(self)  # not connected
             return
-        state = _state(conn)
+        state = _state(ssh)
         if state.batch is not None:
             original_flush(self)  # inside a flush already
             return
         batch: list[bytes] = []
         state.batch = batch
         # The transport as the flush began: a session callback inside the
-        # flush may close the connection, which drops conn._transport at once
+        # flush may close the connection, which drops ssh._transport at once
         # (asyncssh's own writes would have reached the socket before that).
-        transport = conn._transport
+        transport = ssh._transport
         try:
-            _send_data_fast(self, conn)
+            _send_data_fast(self, ssh)
             original_flush(self)  # the rest: extended data, EOF/close, pause/resume
         finally:
             state.batch = None
@@ -222,39 +222,39 @@ _DATA_FIELDS = struct.Struct(">II")  # channel, length
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
 
 
-def _gcm_ready(conn: SSHConnection) -> GCMCipher | None:
+def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
     """The connection's AES-GCM send cipher, if plain channel data may take the
     short path now (keys in place, no compression, no rekey due); else None."""
-    encryption = conn._send_encryption
-    if type(encryption) is not GCMEncryption or conn._compressor is not None:
+    encryption = ssh._send_encryption
+    if type(encryption) is not GCMEncryption or ssh._compressor is not None:
         return None
-    if not (conn._kex_complete and conn._auth_complete):
+    if not (ssh._kex_complete and ssh._auth_complete):
         return None
-    if conn._rekey_bytes_sent >= conn._rekey_bytes or (
-        conn._rekey_seconds and time.monotonic() >= conn._rekey_time
+    if ssh._rekey_bytes_sent >= ssh._rekey_bytes or (
+        ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time
     ):
         return None  # asyncssh's own send_packet starts the rekey
     return encryption._cipher
 
 
-def _send_data_fast(chan: SSHChannel[Any], conn: SSHConnection) -> None:
+def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
     """Send what the window allows of *chan*'s plain data, as asyncssh would
     (same packets, padding, sequence numbers and rekey accounting), copying
     each piece once into the plaintext and once by the cipher."""
     send_chan = chan._send_chan
     if send_chan is None:
         return
-    cipher = _gcm_ready(conn)
+    cipher = _gcm_ready(ssh)
     if cipher is None:
         return
     send_buf = chan._send_buf
-    blocksize = conn._send_blocksize
+    blocksize = ssh._send_blocksize
     while send_buf and chan._send_window:
         buf, datatype = send_buf[0]
         if datatype is not None:
             return  # extended data: asyncssh's path
         size = min(len(buf), chan._send_window, chan._send_pktsize)
-        padlen = -(conn._send_enchdrlen + 9 + size) % blocksize
+        padlen = -(ssh._send_enchdrlen + 9 + size) % blocksize
         if padlen < 4:
             padlen += blocksize
         header = _U32.pack(10 + size + padlen)
@@ -273,17 +273,17 @@ def _send_data_fast(chan: SSHChannel[Any], conn: SSHConnection) -> None:
             view.release()
         sealed = _aead(cipher).encrypt(cipher._iv, plain, header)
         cipher._update_iv()
-        conn._send(header)
-        conn._send(sealed)
-        conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
-        conn._rekey_bytes_sent += 10 + size + padlen
+        ssh._send(header)
+        ssh._send(sealed)
+        ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+        ssh._rekey_bytes_sent += 10 + size + padlen
         if size == len(buf):
             del send_buf[0]
         else:
             del buf[:size]
         chan._send_buf_len -= size
         chan._send_window -= size
-        if conn._rekey_bytes_sent >= conn._rekey_bytes:
+        if ssh._rekey_bytes_sent >= ssh._rekey_bytes:
             return
 
 
@@ -385,30 +385,30 @@ def _patch_data_received() -> None:
 _GCM_OVERHEAD = 4 + 16  # length field, tag
 
 
-def _whole_packet(conn: SSHConnection, data: bytes | memoryview) -> int:
+def _whole_packet(ssh: SSHConnection, data: bytes | memoryview) -> int:
     """The size of the AES-GCM packet at the front of *data* if it is all
     there and within the length limit, else 0."""
     if len(data) < 4:
         return 0
     pktlen: int = _U32.unpack_from(data)[0]
-    if pktlen > conn._max_recv_pktlen or pktlen + _GCM_OVERHEAD > len(data):
+    if pktlen > ssh._max_recv_pktlen or pktlen + _GCM_OVERHEAD > len(data):
         return 0
     return pktlen + _GCM_OVERHEAD
 
 
-def _recv_ready(conn: SSHConnection) -> bool:
+def _recv_ready(ssh: SSHConnection) -> bool:
     """May channel data be taken from the next read? (AES-GCM keys in place, no
     compression, and asyncssh between packets, not inside one)."""
     return (
-        type(conn._recv_encryption) is GCMEncryption
-        and conn._decompressor is None
-        and conn._kex_complete
-        and conn._auth_complete
-        and conn._recv_handler == conn._recv_pkthdr
+        type(ssh._recv_encryption) is GCMEncryption
+        and ssh._decompressor is None
+        and ssh._kex_complete
+        and ssh._auth_complete
+        and ssh._recv_handler == ssh._recv_pkthdr
     )
 
 
-def _take_data_packets(conn: SSHConnection, data: bytes | memoryview) -> bytes | memoryview:
+def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | memoryview:
     """Handle the whole plain channel-data packets at the front of the input as
     asyncssh would (same checks, sequence numbers, window accounting and
     delivery), decrypting each in place: one copy by the cipher, one for the
@@ -417,13 +417,13 @@ def _take_data_packets(conn: SSHConnection, data: bytes | memoryview) -> bytes |
     (another packet type, a check that fails, a bad tag) stops the loop: the
     input from there is returned for asyncssh's own parser, which then sees
     exactly what it would have."""
-    buf: bytes | memoryview = conn._inpbuf + data if conn._inpbuf else data
-    conn._inpbuf = b""
-    encryption = cast(GCMEncryption, conn._recv_encryption)  # _recv_ready checked it
+    buf: bytes | memoryview = ssh._inpbuf + data if ssh._inpbuf else data
+    ssh._inpbuf = b""
+    encryption = cast(GCMEncryption, ssh._recv_encryption)  # _recv_ready checked it
     cipher = encryption._cipher
     aead = _aead(cipher)
-    channels = conn._channels
-    limit = conn._max_recv_pktlen
+    channels = ssh._channels
+    limit = ssh._max_recv_pktlen
     size = len(buf)
     pos = 0
     taken = False
@@ -456,17 +456,17 @@ def _take_data_packets(conn: SSHConnection, data: bytes | memoryview) -> bytes |
             ):
                 break  # asyncssh raises the matching protocol error
             cipher._update_iv()
-            conn._recv_seq = (conn._recv_seq + 1) & 0xFFFFFFFF
+            ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
             pos = end
             taken = True
             complete = True
             chan._accept_data(plain[10 : 10 + length])
         rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
     if taken:
-        conn._reset_keepalive_timer()
-    if complete and conn._transport is not None:
+        ssh._reset_keepalive_timer()
+    if complete and ssh._transport is not None:
         if rest:  # the start of the next packet: kept until the rest is in
-            state = _state(conn)
+            state = _state(ssh)
             state.pending = [rest]
             state.pending_len = len(rest)
             state.need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4

@@ -131,20 +131,20 @@ class ChangeFeed:
 
         assert self._dsn is not None
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=5)
-            await conn.add_listener(CHANGES_CHANNEL, self._notified)
+            db = await asyncpg.connect(self._dsn, timeout=5)
+            await db.add_listener(CHANGES_CHANNEL, self._notified)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("change_listen_failed", error=type(exc).__name__, detail=str(exc))
             return
-        self._listener = conn
+        self._listener = db
         # Something may have changed while we were not listening.
         self._wake.set()
 
     async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
+        db, self._listener = self._listener, None
+        if db is not None:
             with contextlib.suppress(Exception):
-                await conn.close(timeout=2)
+                await db.close(timeout=2)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         # Acted on at once (cache invalidation is synchronous), then confirmed

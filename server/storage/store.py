@@ -333,9 +333,9 @@ class Store:
 
     async def agent_credentials(self, agent_id: str) -> AgentCredentials | None:
         """The hashes a tunnel of this agent may have logged in with; None: no agent."""
-        async with self._engine.connect() as conn:
+        async with self._engine.connect() as db:
             row = (
-                await conn.execute(
+                await db.execute(
                     sa.select(
                         agents.c.token_hash,
                         agents.c.previous_token_hash,
