@@ -23,6 +23,7 @@ from server.storage.store import AgentInUse, AgentRecord
 from server.web.debug_api import add_debug_routes
 from server.web.metrics import RelayMetrics
 from server.web.openapi import openapi_document
+from server.web.paging import page_query
 from server.web.problems import problem, validation_problem
 from server.web.services import (
     ACTOR,
@@ -347,21 +348,10 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    problems = []
-    limit, before = 100, None
-    try:
-        limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
-    except ValueError:
-        problems.append({"field": "limit", "message": "an integer from 1 to 1000"})
-    if "before" in request.query:
-        try:
-            before = int(request.query["before"])
-        except ValueError:
-            before = -1
-        if not 0 <= before < 2**63:
-            problems.append({"field": "before", "message": "an event id (a positive integer)"})
-    if problems:
-        return validation_problem(problems)
+    page = page_query(request.query, default=100, maximum=1000, item="an event")
+    if isinstance(page, web.Response):
+        return page
+    limit, before = page
     events = await services_of(request).store.audit_events(limit=limit, before=before)
     return web.json_response({"events": events})
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from server.connections.service import ConnectionNotFound
 from server.proxy.debug_log import MAX_MINUTES
 from server.storage.store import utcnow
+from server.web.paging import page_query
 from server.web.problems import validation_problem
 from server.web.services import audit, services_of
 
@@ -58,21 +59,10 @@ async def debug_log(request: web.Request) -> web.Response:
     conn_id = request.match_info["id"]
     services = services_of(request)
     await services.connections.get(conn_id)  # 404 for an unknown id
-    problems = []
-    limit, before = 50, None
-    try:
-        limit = min(max(int(request.query.get("limit", "50")), 1), 200)
-    except ValueError:
-        problems.append({"field": "limit", "message": "an integer from 1 to 200"})
-    if "before" in request.query:
-        try:
-            before = int(request.query["before"])
-        except ValueError:
-            before = -1
-        if not 0 <= before < 2**63:
-            problems.append({"field": "before", "message": "an entry id (a positive integer)"})
-    if problems:
-        return validation_problem(problems)
+    page = page_query(request.query, default=50, maximum=200, item="an entry")
+    if isinstance(page, web.Response):
+        return page
+    limit, before = page
     entries = await services.debug.page(conn_id, limit=limit, before=before)
     window = await services.debug.window(conn_id)
     view: dict[str, Any] = {
