@@ -245,8 +245,11 @@ async def unavailable(server: str | None) -> str | None:
     return None
 
 
-async def measure(root: Path, seconds: int) -> dict[str, Any]:
-    """Every cluster point, or {"skipped": reason} without PostgreSQL."""
+async def measure(root: Path, seconds: int, fleet: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Every cluster point, or {"skipped": reason} without PostgreSQL.
+
+    *fleet* (agents, per process): also that many agents tunnelled to each
+    relay of a 3-relay cluster, and a restart of all three under them."""
     server = server_url()
     reason = await unavailable(server)
     if reason is not None:
@@ -263,7 +266,29 @@ async def measure(root: Path, seconds: int) -> dict[str, Any]:
                 rows.append(await workers(root, database, nginx, count, seconds))
     finally:
         await nginx.stop()
-    return {"seconds": seconds, "rows": rows}
+    got: dict[str, Any] = {"seconds": seconds, "rows": rows}
+    if fleet is not None:
+        from bench.scale import cluster_fleet
+
+        async with fresh_database(server) as database:
+            got["fleet"] = await cluster_fleet(root / "fleet", database, *fleet, timeout=300.0)
+    return got
+
+
+def fleet_lines(fleet: dict[str, Any]) -> list[str]:
+    """The 3-relay fleet's numbers in words."""
+    rss = ", ".join(f"{v:.0f}" for v in fleet["relay_rss_mb"])
+    idle = ", ".join(f"{v:.0f}" for v in fleet["relay_rss_idle_mb"])
+    per = ", ".join(f"{v:.0f}" for v in fleet["relay_rss_per_tunnel_kb"])
+    return [
+        f"{fleet['agents']} agents, each tunnelled to all {fleet['relays']} relays "
+        f"({fleet['processes']} `bench.fleet` processes): all connected in "
+        f"{fleet['connect_all_s']:.1f} s; relay RSS {rss} MB (idle {idle}; {per} KB per "
+        "tunnel).",
+        f"All {fleet['relays']} relays stopped (SIGTERM, {fleet['relays_stop_s']:.1f} s) and "
+        f"started again: every agent back on every relay {fleet['restart_all_online_s']:.1f} s "
+        "after the stop.",
+    ]
 
 
 async def main(seconds: int) -> int:

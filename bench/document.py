@@ -421,6 +421,7 @@ def _cluster(r: dict[str, Any]) -> list[str]:
         *cluster.table(got["rows"]),
         "",
         *[f"- {line}" for line in cluster.findings(got["rows"])],
+        *[f"- {line}" for line in (cluster.fleet_lines(got["fleet"]) if "fleet" in got else [])],
         "",
     ]
 

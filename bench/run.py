@@ -193,10 +193,12 @@ async def main(
             results["cluster"] = {"skipped": "not part of this run (--quick or --skip-cluster)"}
         else:
             say("relay cluster: forwarded vs local, 1 vs 2 workers ...")
-            results["cluster"] = await cluster.measure(root / "cluster", cfg["plan"].seconds)
-            for line in cluster.findings(results["cluster"].get("rows", [])) or [
-                f"  skipped: {results['cluster'].get('skipped')}"
-            ]:
+            many = None if skip_scale else (cfg["agents"], cfg["per_process"])
+            results["cluster"] = await cluster.measure(root / "cluster", cfg["plan"].seconds, many)
+            got = results["cluster"]
+            lines = cluster.findings(got.get("rows", []))
+            lines += cluster.fleet_lines(got["fleet"]) if "fleet" in got else []
+            for line in lines or [f"skipped: {got.get('skipped')}"]:
                 say(f"  {line}")
     finally:
         if not keep:

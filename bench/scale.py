@@ -211,6 +211,7 @@ async def cluster_fleet(
     stopped (SIGTERM) and started again."""
     key = base64.b64encode(os.urandom(32)).decode()
     env = {"SLUICE_SERVER_DATABASE_URL": database, "SLUICE_SERVER_MASTER_KEY": key}
+    root.mkdir(parents=True, exist_ok=True)
     members: list[Relay] = []
     fleets: list[Child] = []
     result: dict[str, Any] = {
