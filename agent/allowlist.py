@@ -284,6 +284,19 @@ class Allowlist:
                 return rule
         return None
 
+    def allows_for_name(self, address: IPAddress, port: int) -> bool:
+        """Whether a name a *name rule* allowed may be reached at *address*.
+
+        Name rules trust DNS, and whoever answers for a zone could point one
+        of its names at the agent host itself or at a cloud metadata service
+        (169.254.169.254). So a loopback, link-local or unspecified answer is
+        refused unless an address rule names it.
+        """
+        address = _unmap(address)
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+            return True
+        return self.check_address(address, port) is not None
+
     def __len__(self) -> int:
         return len(self._rules)
 

@@ -55,6 +55,10 @@ class ProxyContext:
     resolve: Callable[[str, int], Awaitable[list[IPAddress]]] | None = None
 
 
+def _rule_for(address: IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
 async def _resolve(host: str, port: int) -> list[IPAddress]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -317,7 +321,17 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
                 shown = ", ".join(str(a) for a in addresses[:4])
                 raise self._denied(target, f" (it resolves to {shown})")
             return permitted
-        return addresses
+        permitted = [a for a in addresses if allow.allows_for_name(a, target.port)]
+        if not permitted:
+            shown = ", ".join(str(a) for a in addresses[:4])
+            raise _Refusal(
+                403,
+                "destination_denied",
+                f"{target.authority()} resolves to {shown}: a loopback or link-local "
+                "address is reached only through an address rule naming it (add e.g. "
+                f"'{_rule_for(addresses[0], target.port)}' to SLUICE_AGENT_ALLOW)",
+            )
+        return permitted
 
     def _denied(self, target: Target, detail: str = "") -> _Refusal:
         return _Refusal(

@@ -18,6 +18,7 @@ from server.secrets.hostkey import host_key_fingerprint
 from server.secrets.keyring import RotationPlan, load_secret_box
 from server.settings import ServerSettings
 from server.storage.cluster import ClusterStore
+from server.storage.private_files import private_dir
 from server.storage.store import SchemaMismatch, Store
 from sluice import __version__, systemd
 from sluice.config import SettingsError, load_settings
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _migrate(settings: ServerSettings) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store, change = await Store.open_reporting(settings.resolved_database_url(), migrate=True)
     await store.close()
     if change.before == change.after:
@@ -124,7 +125,7 @@ async def _migrate(settings: ServerSettings) -> int:
 
 
 async def _agents(settings: ServerSettings, args: argparse.Namespace) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store = await Store.open(settings.resolved_database_url(), migrate=False)
     try:
         if args.agents_command == "create":
@@ -233,7 +234,7 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     try:
         # Startup objects leave the GC before any agent or caller is accepted
         # (a connection frozen with them would never be collected).
-        relay = await Relay.start(settings, before_listening=settle_gc)
+        relay = await Relay.start(settings, before_listening=settle_gc, masker=masker)
     except SchemaMismatch as exc:
         # Exit status 2: restarting cannot fix it (systemd's RestartPreventExitStatus=).
         log.error("relay_start_failed", error=str(exc))
@@ -241,7 +242,6 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
     except (OSError, ValueError) as exc:
         log.error("relay_start_failed", error=str(exc))
         return 1
-    masker.add(relay.admin_token)
     if relay.admin_token_created:
         _announce_admin_token(settings.data_dir / ADMIN_TOKEN_FILE, relay.admin_token)
     ssh_host, ssh_port = relay.ssh_address

@@ -87,6 +87,18 @@ class TunnelProtocolError(RelayError):
     title = "The agent answered something the relay does not understand"
 
 
+class UpstreamHeadTooLarge(RelayError):
+    type = "upstream_head_too_large"
+    status = 502
+    title = "The API's answer head is larger than the relay accepts"
+
+
+class UpstreamBadAnswer(RelayError):
+    type = "upstream_bad_answer"
+    status = 502
+    title = "The API's answer is not valid HTTP/1.1"
+
+
 def relay_error_in(exc: BaseException) -> RelayError | None:
     """The relay's own error behind *exc*: *exc* itself or one in its chain.
 

@@ -39,15 +39,18 @@ from server.secrets.crypto import SecretBox
 from server.secrets.keyring import load_secret_box
 from server.settings import ServerSettings
 from server.storage.cluster import ClusterStore
+from server.storage.private_files import private_dir
 from server.storage.store import Store
 from server.tunnel.auth_limit import FailedLoginLimiter
 from server.tunnel.http_client import TunnelHTTP
+from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import TunnelRegistry
 from server.tunnel.ssh import SSHContext, start_ssh_server
 from server.web.api import build_app
 from server.web.metrics import RelayMetrics
 from server.web.services import Services
 from sluice.addresses import HostPort
+from sluice.logs import SecretMasker
 from sluice.sshconfig import fingerprint
 from sluice.tasks import TaskSet
 
@@ -102,20 +105,25 @@ class Relay:
         *,
         serve_http: bool = True,
         before_listening: Callable[[], None] | None = None,
+        masker: SecretMasker | None = None,
     ) -> Relay:
         """Open the store (migrating it), load keys, listen for agents and API calls.
 
         *before_listening* runs once everything is set up and nothing is
         accepted yet (the CLI freezes startup objects out of the GC there).
+        *masker* (the log's) learns the admin token and every connection
+        secret the relay decrypts or refreshes.
         """
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         url = settings.resolved_database_url()
         lock = SqliteLock.acquire(url)
         try:
             box = load_secret_box(settings)
             admin_token, created = load_or_create_admin_token(
                 settings.data_dir,
-                settings.admin_token.get_secret_value() if settings.admin_token else None,
+                settings.admin_token.get_secret_value()
+                if settings.admin_token is not None
+                else None,
                 settings.admin_token_file,
             )
             store = await Store.open(url)
@@ -132,10 +140,14 @@ class Relay:
             raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
+        remember = masker.add if masker is not None else None
+        if masker is not None:
+            masker.add(admin_token)
         connections = ConnectionService(
             store,
             box,
             lambda: load_secret_box(settings),
+            remember_secrets=remember,
             agent_online=registry.is_online,
             min_health_interval=settings.health_min_interval_seconds,
         )
@@ -152,6 +164,7 @@ class Relay:
             cloud_http,
             connections.save_secrets,
             on_refresh=lambda outcome: metrics.refreshes.labels(outcome).inc(),
+            remember_secrets=remember,
         )
         health = HealthMonitor(
             store,
@@ -199,9 +212,13 @@ class Relay:
                 store=store,
                 registry=registry,
                 limiter=FailedLoginLimiter(
-                    settings.auth_failures_per_address, settings.auth_ban_seconds
+                    settings.auth_failures_per_address,
+                    settings.auth_ban_seconds,
+                    max_network_failures=settings.auth_failures_per_network,
+                    exempt_networks=settings.auth_network_exempt,
                 ),
                 tasks=relay.tasks,
+                preauth=PreAuthGate(settings.max_preauth_ssh, settings.max_preauth_ssh_per_address),
                 cluster_relays=relay.relays_json,
                 max_inflight=settings.max_inflight_per_agent,
             )
@@ -339,6 +356,7 @@ class Relay:
             services,
             max_header_bytes=s.max_header_bytes,
             max_headers=s.max_headers,
+            max_head_bytes=s.max_head_bytes,
             idle_timeout=s.http_idle_timeout,
         )
         listen = self.settings.http_listen

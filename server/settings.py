@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.secrets.admin_token import MIN_CHARS as MIN_ADMIN_TOKEN_CHARS
 from sluice import sshconfig
 from sluice.addresses import HostPort
-from sluice.config import address
+from sluice.config import address, split_list
 
 
 class ServerSettings(BaseSettings):
@@ -73,6 +74,23 @@ class ServerSettings(BaseSettings):
     )
     auth_failures_per_address: int = Field(default=10, ge=1)
     auth_ban_seconds: float = Field(default=60.0, gt=0)
+    auth_failures_per_network: int = Field(
+        default=50,
+        ge=1,
+        description="Failed logins from one IPv4 /24 or IPv6 /64 before it is banned.",
+    )
+    auth_network_exempt: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR) never banned as a whole: your own NAT.",
+    )
+    max_preauth_ssh: int = Field(
+        default=256,
+        ge=1,
+        description="SSH connections still logging in, in all (more are cut at once).",
+    )
+    max_preauth_ssh_per_address: int = Field(
+        default=32, ge=1, description="SSH connections still logging in, per source address."
+    )
     connect_timeout: float = Field(default=10.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
     max_header_bytes: int = Field(
@@ -82,6 +100,12 @@ class ServerSettings(BaseSettings):
         description="Longest request line or header the API accepts.",
     )
     max_headers: int = Field(default=100, ge=10, le=1000)
+    max_head_bytes: int = Field(
+        default=64 * 1024,
+        ge=8192,
+        le=1024 * 1024,
+        description="Largest request head (request line and all headers) on the proxy port.",
+    )
     max_body_bytes: int = Field(
         default=0, ge=0, description="Largest proxied request body; 0 = no limit."
     )
@@ -112,10 +136,26 @@ class ServerSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
+    @field_validator("auth_network_exempt", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        return split_list(value)
+
     @field_validator("ssh_listen", "http_listen", mode="before")
     @classmethod
     def _parse_address(cls, value: object) -> object:
         return address(value)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        # A blank or short token would let a blank or guessable bearer in.
+        if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (not counting "
+                "surrounding whitespace); leave it unset to have the relay generate one"
+            )
+        return value
 
     @field_validator("advertise_ssh", "cluster_listen", "advertise_cluster", mode="before")
     @classmethod

@@ -111,6 +111,23 @@ def _is_inet_aton_number(name: str) -> bool:
     return True
 
 
+def is_ipv4_shorthand(name: str) -> bool:
+    """Whether *name* is a number that resolvers read as an IPv4 address
+    (``127.1``, ``0``, ``2130706433``, ``017700000001``, ``0x7f000001``)
+    without being a canonical dotted quad. Such a host is refused, never
+    judged by what it happens to resolve to."""
+    if ":" in name:
+        return False  # IPv6
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        pass
+    else:
+        return False
+    stripped = name.rstrip(".")
+    return stripped.split(".")[-1].isdigit() or _is_inet_aton_number(stripped)
+
+
 def normalise_host(host: str) -> str:
     """Return *host* in canonical form, or raise :class:`ConnectProtocolError`.
 

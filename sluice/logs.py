@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import urllib.parse
+from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -15,6 +18,33 @@ LogFormat = Literal["auto", "json", "console"]
 _MASK = "***"
 # Token shapes Sluice issues; masked even when nobody registered the value.
 _TOKEN_SHAPES = re.compile(r"slc_agt_[a-z0-9]{16}_[A-Za-z0-9]{40}|slcadm_[A-Za-z0-9_-]{20,}")
+
+
+def secret_forms(secret: str) -> set[str]:
+    """*secret* as it may appear in text: as is, escaped inside a JSON or
+    Python string literal, and percent-encoded in a URL."""
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        urllib.parse.quote(secret),
+    }
+    return {form for form in forms if form}
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """*text* with every form of every secret replaced; longest forms first,
+    so no part of a longer secret is left behind by a shorter one."""
+    forms: set[str] = set()
+    for secret in secrets:
+        forms |= secret_forms(secret)
+    for form in sorted(forms, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, _MASK)
+    return text
 
 
 class SecretMasker:
@@ -27,19 +57,33 @@ class SecretMasker:
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._forms: list[str] = []  # every form of every secret, longest first
+        self._lengths: list[int] = []  # their lengths, negated (ascending for bisect)
 
     def add(self, *secrets: str | None) -> None:
-        for secret in secrets:
-            if secret and len(secret) >= 6:
-                self._secrets.add(secret)
+        fresh = [s for s in secrets if s and len(s) >= 6 and s not in self._secrets]
+        if fresh:
+            self._secrets.update(fresh)
+            self._update()
 
     def discard(self, secret: str) -> None:
         self._secrets.discard(secret)
+        self._update()
+
+    def _update(self) -> None:
+        forms: set[str] = set()
+        for secret in self._secrets:
+            forms |= secret_forms(secret)
+        self._forms = sorted(forms, key=len, reverse=True)
+        self._lengths = [-len(form) for form in self._forms]
 
     def mask(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, _MASK)
+        # Only forms that fit in *text* are looked for: most logged strings
+        # (ids, event names) are shorter than any secret, and every log line
+        # of a relay with many connections passes through here.
+        for form in self._forms[bisect.bisect_left(self._lengths, -len(text)) :]:
+            if form in text:
+                text = text.replace(form, _MASK)
         if "slc" in text:
             text = _TOKEN_SHAPES.sub(_MASK, text)
         return text
@@ -97,6 +141,25 @@ def configure_logging(
         # Tests turn caching off so structlog.testing.capture_logs sees every logger.
         cache_logger_on_first_use=cache,
     )
-    # asyncssh logs through stdlib logging; keep it quiet unless debugging.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)
+    # Libraries log through stdlib logging (aiohttp's server errors, asyncio,
+    # asyncssh): their records go through the same processors, so they are
+    # masked and rendered like every other line. aiohttp logs the head of a
+    # request it refuses, Authorization header included.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *processors,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Quiet unless debugging: asyncssh is chatty at info.
+    root.setLevel(max(numeric, logging.WARNING))
     logging.getLogger("asyncssh").setLevel(max(numeric, logging.WARNING))

@@ -30,7 +30,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from server.proxy.success_path import parse_path
 from server.proxy.templating import check_template
 from server.proxy.urls import URLError, join_uri
-from sluice.connect import ConnectProtocolError, normalise_host
+from sluice.connect import ConnectProtocolError, is_ipv4_shorthand, normalise_host
 
 Mode = Literal["cloud", "on_premise"]
 MediaType = Literal["json", "xml", "urlencoded", "plaintext", "csv"]
@@ -571,6 +571,11 @@ class HTTPSettings(_Model):
             raise ValueError("must name a host, e.g. https://api.example.com")
         if port == 0:
             raise ValueError("port must be between 1 and 65535")
+        if is_ipv4_shorthand(parts.hostname):
+            raise ValueError(
+                "the host is neither a name nor a dotted-quad IPv4 address "
+                "(write an IPv4 address as four numbers, like 192.0.2.10)"
+            )
         if "#" in value:
             raise ValueError("must not contain a fragment ('#…')")
         try:

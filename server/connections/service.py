@@ -62,11 +62,15 @@ class ConnectionService:
         store: Store,
         box: SecretBox,
         reload_box: Callable[[], SecretBox] | None = None,
+        remember_secrets: Callable[..., None] | None = None,
         *,
         agent_online: Callable[[str], bool] | None = None,
         min_health_interval: float = 30.0,
     ) -> None:
+        """*remember_secrets* is told every secret value a connection holds
+        when it is decrypted (the log masker), so none reaches a log line."""
         self._store = store
+        self._remember = remember_secrets
         self._agent_online = agent_online
         self._min_health_interval = min_health_interval
         self._box = box
@@ -244,7 +248,7 @@ class ConnectionService:
             current = self._loading.get(conn_id)
             if current is not None and current[0] == generation:
                 del self._loading[conn_id]
-        hit = (read_at, connection, _secret_values(connection))
+        hit = (read_at, connection, _secret_values(connection, self._remember))
         # An edit that landed while we read must not be undone by our copy.
         if generation == self._generation:
             self._cache[conn_id] = hit
@@ -258,7 +262,9 @@ class ConnectionService:
 
     async def unsaved_handle(self, document: Any) -> Handle:
         connection = await self.validate(document)
-        return Handle(id=None, connection=connection, masks=_secret_values(connection))
+        return Handle(
+            id=None, connection=connection, masks=_secret_values(connection, self._remember)
+        )
 
     async def save_token(self, conn_id: str, token: str) -> None:
         """Store a refreshed token (encrypted) without touching anything else."""
@@ -304,5 +310,10 @@ def _retrieve(task: asyncio.Future[_Cached]) -> None:
         task.exception()
 
 
-def _secret_values(connection: Connection) -> list[str]:
-    return [value for _path, value in iter_secrets(connection.model_dump(mode="json")) if value]
+def _secret_values(
+    connection: Connection, remember: Callable[..., None] | None = None
+) -> list[str]:
+    values = [value for _path, value in iter_secrets(connection.model_dump(mode="json")) if value]
+    if remember is not None:
+        remember(*values)
+    return values

@@ -31,14 +31,36 @@ class DestinationForbidden(RelayError):
     title = "Cloud connections may not reach private or local addresses"
 
 
-def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+# IPv6 forms that carry an IPv4 address in their last 32 bits: NAT64's
+# well-known prefix (RFC 6052) and IPv4-compatible addresses (deprecated, but
+# still routed by some stacks). Behind a NAT64 gateway 64:ff9b::a00:1 is 10.0.0.1.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Local-use NAT64 prefixes (RFC 8215) may embed the IPv4 address at several
+# offsets, so it cannot be read back reliably: refused outright.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is one of the forms
+    that reach IPv4 (mapped, NAT64, 6to4, IPv4-compatible)."""
+    if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    return address
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def is_public(address: str) -> bool:
-    ip = _unmapped(ipaddress.ip_address(address.split("%", 1)[0]))
+    """Whether cloud mode may connect to *address*: a global unicast address,
+    judged by the IPv4 address it carries when it carries one."""
+    ip: Any = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        ip = _embedded_ipv4(ip) or ip
     return bool(ip.is_global) and not ip.is_multicast
 
 

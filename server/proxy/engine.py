@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from multidict import CIMultiDict
 from yarl import URL
 
 from server.connections.certificates import CertificateError
 from server.connections.model import Connection, media_type_header
-from server.errors import AgentOffline, RelayError
+from server.errors import AgentOffline, RelayError, UpstreamBadAnswer, UpstreamHeadTooLarge
 from server.proxy import wiretap
 from server.proxy.auth.authenticator import Authenticator
 from server.proxy.auth.base import Handle as AuthHandle
@@ -44,6 +45,7 @@ from server.proxy.urls import URLError, join_target
 from server.tunnel.http1 import USER_AGENT, Answer, Body
 from server.tunnel.http_client import TunnelHTTP, default_tls
 from server.tunnel.registry import TunnelRegistry
+from sluice.logs import mask_secrets
 
 if TYPE_CHECKING:
     from server.cluster.forward import Forwarder
@@ -97,10 +99,9 @@ class Handle:
         return self.connection.model_dump(mode="json")
 
     def mask(self, text: str) -> str:
-        for secret in self.masks:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        """*text* with this connection's secrets masked, escaped and
+        percent-encoded forms included."""
+        return mask_secrets(text, (secret for secret in self.masks if len(secret) >= 4))
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,12 @@ class Engine:
         cloud_http: CloudHTTP,
         save_secrets: SaveSecrets,
         on_refresh: Callable[[str], None] | None = None,
+        remember_secrets: Callable[..., None] | None = None,
     ) -> None:
+        """*remember_secrets* (the log masker) is told every secret an auth
+        scheme learns (refreshed tokens, session cookies)."""
         self._registry = registry
+        self._remember = remember_secrets
         self._tunnel_http = tunnel_http
         self._cloud = cloud_http
         self._auth = Authenticator(Tools(self._send_auth, save_secrets, on_refresh))
@@ -253,6 +258,19 @@ class Engine:
             if isinstance(cause, RelayError):
                 raise cause from None
             raise UpstreamConnectFailed(f"cannot connect to {url.host}: {exc.strerror}") from exc
+        except (HttpProcessingError, aiohttp.ClientResponseError) as exc:
+            # aiohttp's parser refused the answer's head; its text may quote
+            # the head (and a URL-parameter token in it), so only the kind is told.
+            text = str(exc).lower()
+            if isinstance(exc, LineTooLong) or any(
+                words in text for words in ("got more than", "too long", "too many")
+            ):
+                raise UpstreamHeadTooLarge(
+                    f"{url.host} sent an answer head larger than the relay accepts"
+                ) from None
+            raise UpstreamBadAnswer(
+                f"{url.host} sent an answer that is not valid HTTP/1.1"
+            ) from None
 
     async def _send_lean(
         self,
@@ -323,6 +341,7 @@ class Engine:
         length = _declared_length(headers)
         origin, target = self._target(handle, relative)
         grant = await self._auth.authorize(handle, method, target)
+        self._remember_learned(handle)
         response = await self._send(
             handle,
             method,
@@ -339,6 +358,7 @@ class Engine:
         response.release()
         await self._auth.on_unauthorized(handle, grant, response.headers)
         grant = await self._auth.authorize(handle, method, target)
+        self._remember_learned(handle)
         return await self._send(
             handle,
             method,
@@ -347,6 +367,12 @@ class Engine:
             self._fields(handle, headers, grant.headers),
             replay,
         )
+
+    def _remember_learned(self, handle: Handle) -> None:
+        """Secrets the auth scheme learned (in ``handle.masks``) reach the log
+        masker too: a refreshed token must not appear in any log line."""
+        if self._remember is not None and handle.masks:
+            self._remember(*handle.masks)
 
     def forget_token(self, conn_id: str) -> None:
         """Drop cached tokens, sessions and challenges (the connection was edited or deleted)."""
@@ -394,10 +420,19 @@ class Engine:
             return done(False, None, f"ping template: {exc}")
         except RelayError as exc:
             return done(False, None, f"{exc.type}: {exc}")
-        async with response:
-            raw = await response.content.read(PING_BODY_LIMIT)
-            content_type = response.headers.get("Content-Type")
-        ok, message = health_verdict(response.status, raw, content_type, ping)
+        except (aiohttp.ClientError, HttpProcessingError, OSError, ValueError) as exc:
+            # Whatever else the way to the API throws is a failed test, not a
+            # relay error; its text may quote the URL, so only its kind is told.
+            return done(False, None, f"the request failed: {type(exc).__name__}")
+        try:
+            async with response:
+                raw = await response.content.read(PING_BODY_LIMIT)
+                content_type = response.headers.get("Content-Type")
+        except RelayError as exc:
+            return done(False, response.status, f"{exc.type}: {exc}")
+        except (aiohttp.ClientError, HttpProcessingError, OSError, ValueError) as exc:
+            return done(False, response.status, f"the answer was cut off: {type(exc).__name__}")
+        ok, message = health_verdict(response.status, raw, content_type, ping, mask=handle.mask)
         return done(ok, response.status, message)
 
     async def _ping_request(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import re
 import socket
 import time
@@ -34,7 +35,7 @@ from server.cluster.forward import HOP_HEADER
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.proxy.headers import Fields, get
-from server.web.api import bearer_actor, error_problem, unauthorized
+from server.web.api import SERVER_FIELD, bearer_actor, error_problem, unauthorized
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
 
@@ -110,10 +111,12 @@ class Front:
         max_header_bytes: int,
         max_headers: int,
         idle_timeout: float,
+        max_head_bytes: int = 64 * 1024,
     ) -> None:
         self.services = services
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self.max_head_bytes = max_head_bytes
         self.idle_timeout = idle_timeout
         self.handoff_to: web.Server | None = None
         self.callers: set[FrontProtocol] = set()
@@ -466,14 +469,17 @@ class FrontProtocol(asyncio.Protocol):
         if end < 0:
             self._scanned = max(0, len(buffer) - 3)
             line_start = buffer.rfind(b"\n") + 1
-            if len(buffer) - line_start > self.front.max_header_bytes or len(
-                buffer
-            ) > self.front.max_header_bytes * (self.front.max_headers + 1):
+            if len(buffer) - line_start > self.front.max_header_bytes:
                 self._hand_off()  # aiohttp refuses it with the right status
+            elif len(buffer) > self.front.max_head_bytes:
+                self._refuse_head()
             elif self._peer_done:
                 self.close_if_idle()
             return
         self._scanned = 0
+        if end + 4 > self.front.max_head_bytes:
+            self._refuse_head()
+            return
         request = parse_head(
             bytes(buffer[: end + 4]), self.front.max_header_bytes, self.front.max_headers
         )
@@ -503,6 +509,28 @@ class FrontProtocol(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
+
+    def _refuse_head(self) -> None:
+        """A head past max_head_bytes: answered 431 here (aiohttp has no bound
+        on a whole head, only per line and per count), then the connection ends."""
+        assert self.transport is not None
+        self._stop_idle_timer()
+        self._buffer.clear()
+        limit = self.front.max_head_bytes
+        body = json.dumps(
+            {
+                "type": "request_head_too_large",
+                "title": "The request head is larger than the relay accepts",
+                "status": 431,
+                "detail": f"the request line and headers passed max_head_bytes ({limit})",
+            }
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"Content-Type: application/problem+json\r\n%sContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (SERVER_FIELD, len(body), body)
+        )
+        self._linger(self.transport)
 
     def _hand_off(self) -> None:
         """From this request on, aiohttp serves the connection."""
@@ -632,6 +660,8 @@ class FrontProtocol(asyncio.Protocol):
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
         if get(headers, b"date") is None:
             parts.append(b"Date: %s\r\n" % self.front.date().encode())
+        if get(headers, b"server") is None:
+            parts.append(SERVER_FIELD)
         parts += [b"%s: %s\r\n" % field for field in headers]
         if length is not None and status not in _NO_BODY_STATUSES and status >= 200:
             parts.append(b"Content-Length: %d\r\n" % length)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 Segment = str | int
@@ -100,6 +101,8 @@ def ping_verdict(
     content_type: str | None,
     success_path: str | None,
     success_values: list[str],
+    *,
+    mask: Callable[[str], str] = str,
 ) -> tuple[bool, str]:
     """Decide whether a ping response means the connection works, and say why.
 
@@ -107,6 +110,7 @@ def ping_verdict(
     the value there must equal one of *success_values* exactly
     (case-sensitively); with no success values it must merely be truthy
     (present and not false, null, 0 or "").
+    A value shown in the message passes through *mask* before it is shortened.
     """
     if status >= 400:
         return False, f"the API answered HTTP {status}"
@@ -126,7 +130,7 @@ def ping_verdict(
         return False, f"success path {success_path!r} is not a valid path: {exc}"
     if not found:
         return False, f"success path {success_path!r} is not in the response (HTTP {status})"
-    shown = _echo(value)
+    shown = _echo(value, mask)
     if success_values:
         if as_comparable(value) in success_values:
             return True, f"HTTP {status}, success path {success_path!r} is {shown}"
@@ -137,11 +141,11 @@ def ping_verdict(
     return False, f"success path {success_path!r} is {shown}, expected a true value"
 
 
-def _echo(value: Any) -> str:
+def _echo(value: Any, mask: Callable[[str], str] = str) -> str:
     # Strings are quoted so that "true" (a string) and true (JSON) read apart.
     if isinstance(value, str):
-        return _truncate(json.dumps(value, ensure_ascii=False))
-    return _truncate(as_comparable(value))
+        return _truncate(mask(json.dumps(value, ensure_ascii=False)))
+    return _truncate(mask(as_comparable(value)))
 
 
 def _truncate(text: str) -> str:
@@ -159,7 +163,12 @@ class PingRules(Protocol):
 
 
 def health_verdict(
-    status: int, body: bytes, content_type: str | None, ping: PingRules
+    status: int,
+    body: bytes,
+    content_type: str | None,
+    ping: PingRules,
+    *,
+    mask: Callable[[str], str] = str,
 ) -> tuple[bool, str]:
     """:func:`ping_verdict`, then the ping's ``fail_path``/``fail_values`` (a
     match fails a 2xx) and ``error_path`` (on failure, the value there is the
@@ -168,7 +177,7 @@ def health_verdict(
     *ping* is a connection's ``http.ping`` (``server.connections.model.Ping``).
     """
     ok, message = ping_verdict(
-        status, body, content_type, ping.success_path, list(ping.success_values)
+        status, body, content_type, ping.success_path, list(ping.success_values), mask=mask
     )
     fail_path, error_path = ping.fail_path, ping.error_path
     if not (fail_path or error_path):
@@ -181,10 +190,10 @@ def health_verdict(
         found, value = lookup(document, fail_path)
         if found and as_comparable(value) in ping.fail_values:
             ok = False
-            message = f"HTTP {status}, fail path {fail_path!r} is {_echo(value)}"
+            message = f"HTTP {status}, fail path {fail_path!r} is {_echo(value, mask)}"
     if not ok and error_path:
         found, value = lookup(document, error_path)
         if found and value not in (None, ""):
             text = value if isinstance(value, str) else as_comparable(value)
-            message = _truncate(text)
+            message = _truncate(mask(text))
     return ok, message

@@ -13,6 +13,7 @@ from pathlib import Path
 
 FILE_NAME = "admin_token"
 PREVIOUS_FILE_NAME = "admin_token.previous"
+MIN_CHARS = 16
 TOKEN_PREFIX = "slcadm_"  # noqa: S105 - a prefix secret scanners can look for
 
 
@@ -20,14 +21,19 @@ def load_or_create_admin_token(
     data_dir: Path, token: str | None, token_file: Path | None
 ) -> tuple[str, bool]:
     """Return (token, created). Setting first, then token_file, then data_dir/admin_token,
-    generated (mode 0600) on first start."""
-    if token:
+    generated (mode 0600) on first start. A token under MIN_CHARS characters,
+    from any source, is refused: a blank one would let a blank bearer in."""
+    if token is not None:
+        if len(token.strip()) < MIN_CHARS:
+            raise ValueError(f"admin_token: the token must be at least {MIN_CHARS} characters")
         return token.strip(), False
     path = token_file or data_dir / FILE_NAME
     if path.exists():
         value = path.read_text().strip()
-        if len(value) < 16:
-            raise ValueError(f"admin_token_file {path}: the token must be at least 16 characters")
+        if len(value) < MIN_CHARS:
+            raise ValueError(
+                f"admin_token_file {path}: the token must be at least {MIN_CHARS} characters"
+            )
         return value, False
     if token_file is not None:
         raise ValueError(f"admin_token_file {path}: no such file")

@@ -27,7 +27,9 @@ def write_host_key(path: Path, key: asyncssh.SSHKey) -> None:
     with os.fdopen(fd, "wb") as out:
         out.write(key.export_private_key())
     os.replace(tmp, path)
-    path.with_suffix(".pub").write_bytes(key.export_public_key())
+    public = os.open(path.with_suffix(".pub"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(public, "wb") as out:
+        out.write(key.export_public_key())
 
 
 def host_key_fingerprint(path: Path) -> str:

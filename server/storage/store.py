@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from server.storage.debug_log import DebugLogRecords
 from server.storage.health import HealthRecords
+from server.storage.private_files import private_sqlite_file
 from server.storage.schema import agents, audit_events, changes, connections
 from sluice import __version__
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
@@ -49,6 +51,9 @@ class AgentRecord:
     created_at: dt.datetime
     token_rotated_at: dt.datetime | None
     last_seen_at: dt.datetime | None = None
+    # Set by authenticate_agent when the token presented is the previous one,
+    # in a rotation's grace: when it stops working (and its tunnels close).
+    token_expires_at: dt.datetime | None = None
 
 
 def _agent(row: Any) -> AgentRecord:
@@ -219,6 +224,7 @@ class Store:
             kwargs["connect_args"] = {"timeout": 30}
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
+            private_sqlite_file(engine.url.database)
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
             async with engine.begin() as db:
@@ -232,6 +238,8 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
+        if engine.dialect.name == "sqlite":
+            private_sqlite_file(engine.url.database)  # the WAL files the upgrade made
         return cls(engine), change
 
     @property
@@ -356,7 +364,14 @@ class Store:
             expires = _aware(row.previous_token_expires_at) if row is not None else None
             previous = expires is not None and utcnow() < expires
         ok = current or (previous and previous_hash is not None)
-        return _agent(row) if row is not None and ok else None
+        if row is None or not ok:
+            return None
+        agent = _agent(row)
+        if not current:
+            agent = dataclasses.replace(
+                agent, token_expires_at=_aware(row.previous_token_expires_at)
+            )
+        return agent
 
     # -- connections --------------------------------------------------------
 

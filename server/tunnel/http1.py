@@ -24,7 +24,13 @@ import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from server.errors import RelayError, TunnelLost, TunnelProtocolError, UpstreamTimeout
+from server.errors import (
+    RelayError,
+    TunnelLost,
+    TunnelProtocolError,
+    UpstreamHeadTooLarge,
+    UpstreamTimeout,
+)
 from server.proxy.headers import Fields, get
 from sluice import __version__
 
@@ -35,6 +41,12 @@ LOW_WATER = 128 * 1024
 MAX_JOIN = 256 * 1024
 # How much request body may wait in the stream before the sender pauses.
 WRITE_HIGH_WATER = 256 * 1024
+# Bounds on an answer's head (status line and headers), as aiohttp's client
+# applies them: an API or a hostile agent that sends endless header lines is
+# cut at once instead of growing the relay's memory.
+MAX_ANSWER_FIELD = 8190  # one header's name and value
+MAX_ANSWER_HEAD = 64 * 1024  # the whole head
+MAX_ANSWER_HEADERS = 128
 
 USER_AGENT = f"Sluice/{__version__}"
 
@@ -278,6 +290,10 @@ class Http1Response:
         self.release()
 
 
+def _head_too_large(what: str) -> UpstreamHeadTooLarge:
+    return UpstreamHeadTooLarge(f"the API's answer head has {what}; the relay refused it")
+
+
 class Http1Stream(asyncio.Protocol):
     """One HTTP/1.1 connection to an API over a transport (a tunnel stream).
 
@@ -297,6 +313,8 @@ class Http1Stream(asyncio.Protocol):
         self._head: asyncio.Future[Http1Response] | None = None
         self._response: Http1Response | None = None
         self._headers: Fields = []
+        self._head_bytes = 0  # of the head being read; -1 once it is complete
+        self._head_error: RelayError | None = None
         self._reason = ""
         self._interim = False
         self._head_only = False  # the request was HEAD: the answer has no body
@@ -345,9 +363,13 @@ class Http1Stream(asyncio.Protocol):
             self._lost(TunnelProtocolError("the API sent bytes nobody asked for"))
             return
         self._received = True
+        reading_head = self._head_bytes >= 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            if self._head_error is not None:
+                self._lost(self._head_error)
+                return
             if not isinstance(exc.__context__, _HeadAnswered):
                 self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
                 return
@@ -357,6 +379,13 @@ class Http1Stream(asyncio.Protocol):
             self._lost(TunnelProtocolError("the API switched protocols; only HTTP/1.1 is relayed"))
         except httptools.HttpParserError as exc:
             self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
+        else:
+            if reading_head and self._head_bytes >= 0:
+                # Still in the head: llhttp keeps a header that has no end yet
+                # in memory, so count what has arrived, not only whole headers.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_ANSWER_HEAD:
+                    self._lost(_head_too_large(f"more than {MAX_ANSWER_HEAD} bytes"))
 
     def eof_received(self) -> bool:
         self._end_of_lengthless_answer()
@@ -397,14 +426,26 @@ class Http1Stream(asyncio.Protocol):
             raise TunnelProtocolError("the API sent an answer nobody asked for")
         self._headers = []
         self._reason = ""
+        self._head_bytes = 0
 
     def on_status(self, status: bytes) -> None:
         self._reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        if size > MAX_ANSWER_FIELD:
+            self._refuse_head(f"a header of {size} bytes (at most {MAX_ANSWER_FIELD})")
+        elif len(self._headers) >= MAX_ANSWER_HEADERS:
+            self._refuse_head(f"more than {MAX_ANSWER_HEADERS} headers")
         self._headers.append((name, value))
 
+    def _refuse_head(self, what: str) -> None:
+        # Raised through llhttp, which stops parsing; data_received reports it.
+        self._head_error = _head_too_large(what)
+        raise self._head_error
+
     def on_headers_complete(self) -> None:
+        self._head_bytes = -1
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._interim = True  # 100 Continue and friends: the answer follows
@@ -533,6 +574,8 @@ class Http1Stream(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._head = loop.create_future()
         self._received = False
+        self._head_bytes = 0
+        self._head_error = None
         self._head_only = head_only
         self._keep_alive = True
         self._deadline = deadline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import structlog
 
 from server.storage.store import AgentRecord, Store
 from server.tunnel.auth_limit import FailedLoginLimiter
+from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice import sshconfig
 from sluice.addresses import LISTEN_BACKLOG
@@ -27,6 +29,7 @@ class SSHContext:
     registry: TunnelRegistry
     limiter: FailedLoginLimiter
     tasks: TaskSet
+    preauth: PreAuthGate
     window: int = sshconfig.CHANNEL_WINDOW
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
     max_inflight: int = sshconfig.MAX_INFLIGHT
@@ -83,6 +86,8 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._tunnel: Tunnel | None = None
         self._registered = False
         self._instance = ""
+        self._expiry: asyncio.TimerHandle | None = None
+        self._waiting = False  # holds a place in the pre-auth gate
         self._credential = ""
 
     def __repr__(self) -> str:
@@ -97,8 +102,24 @@ class RelaySSHServer(asyncssh.SSHServer):
         if self._ctx.limiter.is_banned(self._address):
             log.warning("ssh_refused_banned_address", peer=self._peer)
             ssh.close()
+            return
+        refused = self._ctx.preauth.admit(self._address)
+        if refused is not None:
+            # Debug only: a flood would otherwise flood the log as well.
+            log.debug("ssh_refused_preauth_full", peer=self._peer, reason=refused)
+            ssh.close()
+            return
+        self._waiting = True
+
+    def _leave_gate(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._ctx.preauth.release(self._address)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_gate()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._tunnel is not None and self._registered:
             self._ctx.registry.remove(self._tunnel)
             self._ctx.tasks.spawn(self._ctx.store.touch_agent(self._tunnel.agent_id))
@@ -158,10 +179,23 @@ class RelaySSHServer(asyncssh.SSHServer):
             log.warning("ssh_auth_failed", peer=self._peer, banned=banned)
             return False
         limiter.record_success(self._address)
+        self._leave_gate()
         self._agent = agent
         self._credential = token.secret_hash()
         log.info("ssh_auth_ok", peer=self._peer, agent_id=agent.id)
+        if agent.token_expires_at is not None:
+            # The previous token, in a rotation's grace: the session ends with it.
+            delay = (agent.token_expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(delay, 0.0), self._token_expired
+            )
         return True
+
+    def _token_expired(self) -> None:
+        agent = self._agent.id if self._agent else None
+        log.info("tunnel_token_expired", agent_id=agent, peer=self._peer)
+        if self._ssh is not None:
+            self._ssh.close()
 
     # -- the one thing an agent may ask for: its tunnel listener -----------
     def server_requested(self, listen_host: str, listen_port: int) -> bool | TunnelListener:

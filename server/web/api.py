@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from aiohttp import HttpVersion11, web
+from aiohttp.http import SERVER_SOFTWARE
 
 from server.cluster.presence import Replica
 from server.connections.importer import UnsupportedExport, from_integrator
@@ -39,6 +40,11 @@ log = structlog.get_logger("sluice.relay.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+# What the relay calls itself in its answers (not aiohttp's name and version,
+# which only help an attacker pick exploits); an API's own Server passes.
+SERVER_NAME = "Sluice"
+SERVER_FIELD = b"Server: Sluice\r\n"
 
 PUBLIC_PATHS = ("/healthz", "/ui")
 PUBLIC_PREFIXES = ("/ui/",)
@@ -305,6 +311,9 @@ async def rotate_agent_token(request: web.Request) -> web.Response:
     if not grace:
         closed = services.registry.close_agent(agent.id)
         await services.tunnel_http.forget(agent.id)
+    # With a grace, the tunnels open now logged in with the old token and end
+    # with it: the change feed checks them again when the grace ends
+    # (server.cluster.reactions), on every relay.
     log.info("agent_token_rotated", agent_id=agent.id, tunnels_closed=closed, grace_s=grace)
     await audit(
         request, "agent.token_rotated", agent.id, grace_seconds=grace, tunnels_closed=closed
@@ -475,11 +484,18 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     )
 
 
+async def _server_name(_: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp has written its own name already (an API's Server field passes).
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        response.headers["Server"] = SERVER_NAME
+
+
 def build_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[problems_middleware, auth_middleware], client_max_size=1024 * 1024
     )
     app[SERVICES] = services
+    app.on_response_prepare.append(_server_name)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

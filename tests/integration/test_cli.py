@@ -9,9 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+import pytest
+
 from server.relay import Relay
 from sluice import __version__
 from tests.support.api import InternalAPI
+from tests.support.capture import remember_secret
+from tests.support.relay_process import RelayProcess, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -109,3 +114,77 @@ async def test_agent_check_reports_relay_key_token_and_rules(
     code, out = await _arun(str(BIN / "sluice-agent"), "check", env=wrong_key)
     assert code == 1
     assert f"presented host key {relay.fingerprint}" in out
+
+
+@pytest.mark.parametrize("token", ["   ", " " * 10 + "a" * 15 + "\t"])
+async def test_a_blank_or_short_admin_token_is_refused_at_start(tmp_path: Path, token: str) -> None:
+    env = {
+        "SLUICE_SERVER_DATA_DIR": str(tmp_path),
+        "SLUICE_SERVER_ADMIN_TOKEN": token,
+        "SLUICE_SERVER_SSH_LISTEN": f"127.0.0.1:{free_port()}",
+        "SLUICE_SERVER_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "sluice-server"),
+        "run",
+        env=clean | env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        code = await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"the relay started with admin token {token!r}") from None
+    assert proc.stdout is not None
+    out = (await proc.stdout.read()).decode()
+    assert code == 2, out
+    assert "admin_token" in out, out
+    assert "at least 16 characters" in out, out
+
+
+def test_an_admin_token_file_with_a_short_token_is_refused(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("  tiny  \n")
+    result = _run(
+        str(BIN / "sluice-server"),
+        "--data-dir",
+        str(tmp_path),
+        "run",
+        env={
+            "SLUICE_SERVER_ADMIN_TOKEN_FILE": str(token_file),
+            "SLUICE_SERVER_SSH_LISTEN": f"127.0.0.1:{free_port()}",
+            "SLUICE_SERVER_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+        },
+    )
+    assert result.returncode != 0
+    assert "at least 16 characters" in result.stdout + result.stderr
+
+
+async def test_the_data_dir_and_database_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    data_dir = tmp_path / "relay"
+    data_dir.mkdir(mode=0o755)  # left open by an earlier version or by hand
+    data_dir.chmod(0o755)
+    relay = RelayProcess(data_dir, tmp_path / "relay.log")
+    remember_secret(relay.admin_token)
+    old = os.umask(0)  # the relay process inherits it: the worst case
+    try:
+        await relay.start()
+    finally:
+        os.umask(old)
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {relay.admin_token}"}
+            async with http.post(
+                relay.base + "/v1/agents", json={"name": "a"}, headers=headers
+            ) as resp:
+                assert resp.status == 201  # the database has been written to
+                remember_secret((await resp.json())["token"])
+        assert data_dir.stat().st_mode & 0o777 == 0o700
+        modes = {p.name: p.stat().st_mode & 0o777 for p in data_dir.iterdir() if p.is_file()}
+        assert "sluice.db" in modes, modes
+        assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+    finally:
+        await relay.stop()

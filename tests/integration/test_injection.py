@@ -66,6 +66,7 @@ async def agent_id(
         [
             f"127.0.0.1:{recorder.port}",
             f"localhost:{tls_recorder.port}",
+            f"127.0.0.1:{tls_recorder.port}",  # what localhost resolves to, named
         ]
     )
     return token.agent_id

@@ -147,3 +147,59 @@ async def test_a_reconnecting_agent_takes_over_its_stale_session(strict_relay: R
     for conn in (new, other_replica):
         conn.close()
         await conn.wait_closed()
+
+
+@pytest.fixture
+async def network_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    relay = await Relay.start(
+        ServerSettings(
+            data_dir=tmp_path / "relay",
+            ssh_listen=HostPort("127.0.0.1", 0),
+            auth_failures_per_address=3,
+            auth_failures_per_network=6,
+            auth_network_exempt="127.0.3.0/24",
+            auth_ban_seconds=60,
+            log_format="json",
+        )
+    )
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+async def _login_from(relay: Relay, source: str, password: str) -> str:
+    """One SSH login from *source* (any 127/8 address reaches the relay)."""
+    try:
+        conn = await _connect(relay, password=password, local_addr=(source, 0))
+    except asyncssh.PermissionDenied:
+        return "refused"
+    except (asyncssh.DisconnectError, asyncssh.ConnectionLost, ConnectionError):
+        return "cut off"
+    conn.close()
+    await conn.wait_closed()
+    return "logged in"
+
+
+async def test_failures_from_rotating_addresses_ban_their_network(network_relay: Relay) -> None:
+    _, token = await network_relay.store.create_agent("good")
+    bad = str(AgentToken(agent_id=token.agent_id, secret="x" * 40))
+    # One failure per address, each from a new one in 127.0.1.0/24.
+    outcomes = [await _login_from(network_relay, f"127.0.1.{n}", bad) for n in range(1, 9)]
+    assert outcomes[:6] == ["refused"] * 6, outcomes
+    assert outcomes[6:] == ["cut off"] * 2, outcomes  # the /24 is banned now
+    assert await _login_from(network_relay, "127.0.1.200", str(token)) == "cut off"
+    # Another /24 is not touched.
+    assert await _login_from(network_relay, "127.0.2.7", str(token)) == "logged in"
+
+
+async def test_an_exempt_network_is_only_banned_address_by_address(network_relay: Relay) -> None:
+    _, token = await network_relay.store.create_agent("behind-nat")
+    bad = str(AgentToken(agent_id=token.agent_id, secret="x" * 40))
+    outcomes = [await _login_from(network_relay, f"127.0.3.{n}", bad) for n in range(1, 11)]
+    assert outcomes == ["refused"] * 10, outcomes
+    assert await _login_from(network_relay, "127.0.3.200", str(token)) == "logged in"
+    # The per-address ban still holds inside it.
+    for _ in range(3):
+        await _login_from(network_relay, "127.0.3.50", bad)
+    assert await _login_from(network_relay, "127.0.3.50", str(token)) == "cut off"

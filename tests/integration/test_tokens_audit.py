@@ -54,6 +54,54 @@ async def test_agent_token_grace_lets_the_old_token_work_until_it_ends(
     assert bad.body["errors"][0]["field"] == "grace_seconds"
 
 
+async def _agent_with_old_token(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory, grace: float
+) -> AgentToken:
+    """An agent online with a token that was just rotated with *grace* seconds."""
+    created = await client.call("POST", "/v1/agents", json_body={"name": "g"}, shows_token=True)
+    old = AgentToken.parse(created.body["token"])
+    remember_secret(str(old), old.secret)
+    await start_agent([f"127.0.0.1:{api.port}"], token=old)
+    rotated = await client.call(
+        "POST",
+        f"/v1/agents/{old.agent_id}/rotate-token",
+        json_body={"grace_seconds": grace},
+        shows_token=True,
+    )
+    assert rotated.status == 200, rotated.text
+    remember_secret(rotated.body["token"])
+    return old
+
+
+@pytest.mark.timeout(30)
+async def test_tunnels_on_the_old_token_close_when_the_grace_ends(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=2)
+    assert relay.registry.is_online(old.agent_id)  # during the grace, nothing changes
+    await wait_until(
+        lambda: not relay.registry.is_online(old.agent_id), timeout=6, what="tunnel closed"
+    )
+    assert await relay.store.authenticate_agent(old) is None
+
+
+@pytest.mark.timeout(30)
+async def test_a_login_with_the_old_token_during_the_grace_ends_with_it(
+    relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=3)
+    first = relay.registry.replicas(old.agent_id)[0]
+    first.close()  # the agent reconnects, with the old token, still in its grace
+    await wait_until(
+        lambda: any(t is not first for t in relay.registry.replicas(old.agent_id)),
+        what="the agent back on the old token",
+    )
+    await wait_until(
+        lambda: not relay.registry.is_online(old.agent_id), timeout=8, what="tunnel closed"
+    )
+    assert await relay.store.authenticate_agent(old) is None
+
+
 async def test_admin_token_rotation_with_grace(relay: Relay, client: APIClient) -> None:
     old = client.token
     rotated = await client.call(

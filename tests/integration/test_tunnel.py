@@ -104,7 +104,7 @@ async def test_large_bodies_are_streamed_with_flat_agent_memory(
 async def test_https_is_verified_end_to_end(
     relay: Relay, tls_api: InternalAPI, start_agent: AgentFactory, ca: trustme.CA
 ) -> None:
-    _, token = await start_agent([f"localhost:{tls_api.port}"])
+    _, token = await start_agent([f"localhost:{tls_api.port}", f"127.0.0.1:{tls_api.port}"])
     http = relay.tunnel_http.session(token.agent_id)
     url = f"https://localhost:{tls_api.port}/hello"
 
@@ -184,3 +184,22 @@ async def test_agent_refuses_a_relay_with_another_host_key(
     await wait_until(lambda: "presented host key" in agent.log(), what="host key refusal")
     assert wrong in agent.log()
     assert not relay.registry.is_online(token.agent_id)
+
+
+async def test_a_name_rule_does_not_reach_loopback_unless_an_address_rule_names_it(
+    relay: Relay, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    # 'localhost' stands for any name in an allowed zone that DNS points at
+    # the agent host itself (or at 169.254.169.254).
+    _, token = await start_agent([f"localhost:{api.port}"])
+    http = relay.tunnel_http.session(token.agent_id)
+    with pytest.raises(DestinationDenied, match="loopback") as denied:
+        await http.get(f"http://localhost:{api.port}/hello")
+    assert f"127.0.0.1:{api.port}" in str(denied.value)  # the rule to add
+    assert not api.seen
+
+    _, named = await start_agent([f"localhost:{api.port}", f"127.0.0.1:{api.port}"])
+    async with relay.tunnel_http.session(named.agent_id).get(
+        f"http://localhost:{api.port}/hello"
+    ) as resp:
+        assert resp.status == 200

@@ -26,6 +26,7 @@ class RelayProcess:
     def __init__(
         self, data_dir: Path, log_path: Path, *, prefix: list[str] | None = None, **settings: str
     ) -> None:
+        """*prefix*: a command the relay runs under (``prlimit --nofile=…``)."""
         self.prefix = prefix or []
         self.ssh_port = free_port()
         self.http_port = free_port()

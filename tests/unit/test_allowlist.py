@@ -455,3 +455,27 @@ def test_rule_text_round_trips(data: st.DataObject, rule: RefRule) -> None:
     parsed = AllowRule.parse(data.draw(rule_texts(rule)))
     assert AllowRule.parse(str(parsed)) == parsed
     assert str(AllowRule.parse(str(parsed))) == str(parsed)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "127.3.4.5", "169.254.169.254", "::1", "fe80::1", "0.0.0.0", "::ffff:127.0.0.1"],
+)
+def test_name_rules_refuse_loopback_and_link_local_answers(address: str) -> None:
+    allow = Allowlist.parse(["*.corp.test:443", "api.corp.test:443"])
+    assert allow.check_name("evil.corp.test", 443)[0] is Verdict.ALLOWED
+    assert not allow.allows_for_name(ipaddress.ip_address(address), 443)
+
+
+def test_an_address_rule_names_a_loopback_answer_explicitly() -> None:
+    allow = Allowlist.parse(["localhost:8080", "127.0.0.1:8080", "[fe80::/10]:8080"])
+    assert allow.allows_for_name(ipaddress.ip_address("127.0.0.1"), 8080)
+    assert allow.allows_for_name(ipaddress.ip_address("fe80::9"), 8080)
+    assert not allow.allows_for_name(ipaddress.ip_address("127.0.0.1"), 9090)
+    assert not allow.allows_for_name(ipaddress.ip_address("127.0.0.2"), 8080)
+
+
+def test_name_rules_keep_private_and_public_answers() -> None:
+    allow = Allowlist.parse(["*.corp.test:443"])
+    for address in ["10.1.2.3", "192.168.0.9", "fd00::5", "8.8.8.8"]:
+        assert allow.allows_for_name(ipaddress.ip_address(address), 443), address

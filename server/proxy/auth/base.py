@@ -142,16 +142,19 @@ class States(Generic[T]):
 
 
 def describe(raw: bytes, handle: Handle) -> str:
-    """A short, secret-masked description of a response body for error messages."""
+    """A short, secret-masked description of a response body for error messages.
+
+    Masked before it is shortened: a secret cut in two would no longer match.
+    """
     try:
         document = json.loads(raw)
-    except ValueError:
-        text = raw[:160].decode("utf-8", "replace")
-        return handle.mask(repr(text)) if text else "an empty body"
+    except (ValueError, RecursionError):
+        text = handle.mask(raw.decode("utf-8", "replace"))[:160]
+        return repr(text) if text else "an empty body"
     if isinstance(document, dict):
         parts = []
         for key, value in list(document.items())[:8]:
-            shown = json.dumps(value)[:60] if not isinstance(value, dict | list) else "{…}"
-            parts.append(f"{key}={shown}")
-        return handle.mask("{" + ", ".join(parts) + "}")
-    return handle.mask(json.dumps(document)[:160])
+            shown = "{…}" if isinstance(value, dict | list) else handle.mask(json.dumps(value))
+            parts.append(f"{handle.mask(str(key))[:40]}={shown[:60]}")
+        return "{" + ", ".join(parts) + "}"
+    return handle.mask(json.dumps(document))[:160]

@@ -177,9 +177,10 @@ class OAuth2:
 def _failure(status: int, document: object, raw: bytes, handle: Handle) -> str:
     """RFC 6749 §5.2: the provider's error and error_description, nothing else."""
     if isinstance(document, dict) and isinstance(document.get("error"), str):
-        text = str(document["error"])[:100]
+        # Masked before shortened: a secret cut in two would escape the mask.
+        text = handle.mask(str(document["error"]))[:100]
         description = document.get("error_description")
         if isinstance(description, str) and description:
-            text += f": {description[:300]}"
-        return handle.mask(f"the token endpoint answered HTTP {status}: {text}")
+            text += f": {handle.mask(description)[:300]}"
+        return f"the token endpoint answered HTTP {status}: {text}"
     return f"the token endpoint answered HTTP {status}: {describe(raw, handle)}"
