@@ -53,6 +53,9 @@ clean:
 
 # Benchmarks (issue 5): not part of `make test`. `bench` writes docs/BENCHMARKS.md
 # (about 11 minutes); `bench-quick` (under 2 minutes) checks the bench still runs.
+# The full run's relay-cluster points need PostgreSQL: set SLUICE_BENCH_POSTGRES_URL
+# (or SLUICE_TEST_POSTGRES_URL) to a server URL; without it they are skipped, with
+# the reason in the report.
 bench: install
 	bash bench/setup.sh
 	$(BIN)/python -m bench.run

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -86,14 +87,49 @@ async def _agent(
     return child
 
 
-def _row(name: str, result: WrkResult) -> str:
-    return (
-        f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
-        f"| {result.errors} |"
-    )
+def _row(name: str, result: WrkResult) -> dict[str, Any]:
+    return {
+        "scenario": name,
+        "rps": result.rps,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "errors": result.errors,
+    }
 
 
-async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> list[str]:
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """The points as a Markdown table."""
+    out = ["| scenario | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|"]
+    out += [
+        f"| {r['scenario']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+        f"| {r['errors']} |"
+        for r in rows
+    ]
+    return out
+
+
+def findings(rows: list[dict[str, Any]]) -> list[str]:
+    """What the hop adds (forwarded less local) and what a second worker gives."""
+    by = {r["scenario"]: r for r in rows}
+    out = []
+    for c in (1, 8):
+        local, fwd = by.get(f"local, c={c}"), by.get(f"forwarded, c={c}")
+        if local and fwd:
+            out.append(
+                f"A forwarded request at c={c} adds {fwd['p50_ms'] - local['p50_ms']:+.2f} ms "
+                f"p50 and {fwd['p99_ms'] - local['p99_ms']:+.2f} ms p99 to one served "
+                f"locally ({fwd['rps'] / local['rps']:.2f}x the req/s)."
+            )
+    one, two = by.get("c=32, 1 worker"), by.get("c=32, 2 workers")
+    if one and two and one["rps"]:
+        out.append(
+            f"c=32 with 2 workers: {two['rps'] / one['rps']:.2f}x the req/s of 1 worker "
+            f"({two['rps']:,.0f} vs {one['rps']:,.0f})."
+        )
+    return out
+
+
+async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> list[dict[str, Any]]:
     key = base64.b64encode(os.urandom(32)).decode()
     cluster = {"database_url": database, "master_key": key}
     env = {f"SLUICE_SERVER_{k.upper()}": v for k, v in cluster.items()}
@@ -127,7 +163,9 @@ async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> l
         await holder.close()
 
 
-async def workers(root: Path, database: str, nginx: Nginx, count: int, seconds: int) -> str:
+async def workers(
+    root: Path, database: str, nginx: Nginx, count: int, seconds: int
+) -> dict[str, Any]:
     key = base64.b64encode(os.urandom(32)).decode()
     data = root / f"workers-{count}"
     data.mkdir()
@@ -187,26 +225,79 @@ async def workers(root: Path, database: str, nginx: Nginx, count: int, seconds: 
         await relay.close()
 
 
-async def main(seconds: int) -> int:
-    server = os.environ.get("SLUICE_BENCH_POSTGRES_URL") or os.environ.get(
-        "SLUICE_TEST_POSTGRES_URL"
-    )
+def server_url() -> str | None:
+    return os.environ.get("SLUICE_BENCH_POSTGRES_URL") or os.environ.get("SLUICE_TEST_POSTGRES_URL")
+
+
+async def unavailable(server: str | None) -> str | None:
+    """Why the cluster points cannot run here, or None when PostgreSQL answers."""
     if not server:
-        print("bench.cluster: set SLUICE_BENCH_POSTGRES_URL (a PostgreSQL server URL)")
-        return 2
-    root = Path(tempfile.mkdtemp(prefix="sluice-bench-cluster-"))
-    nginx = await Nginx.start(root / "nginx", {}, upload_size=1024)
+        return "no PostgreSQL: set SLUICE_BENCH_POSTGRES_URL (a server URL) to measure them"
     try:
-        print("| scenario | req/s | p50 ms | p99 ms | errors |")
-        print("|---|---:|---:|---:|---:|")
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed"
+    try:
+        conn = await asyncpg.connect(server.replace("postgresql+asyncpg", "postgresql"), timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL at the configured URL did not answer ({type(exc).__name__})"
+    await conn.close()
+    return None
+
+
+async def measure(root: Path, seconds: int, fleet: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Every cluster point, or {"skipped": reason} without PostgreSQL.
+
+    *fleet* (agents, per process): also that many agents tunnelled to each
+    relay of a 3-relay cluster, and a restart of all three under them."""
+    server = server_url()
+    reason = await unavailable(server)
+    if reason is not None:
+        return {"skipped": reason}
+    assert server is not None
+    root.mkdir(parents=True, exist_ok=True)
+    nginx = await Nginx.start(root / "nginx", {}, upload_size=1024)
+    rows: list[dict[str, Any]] = []
+    try:
         async with fresh_database(server) as database:
-            for row in await forwarding(root, database, nginx, seconds):
-                print(row, flush=True)
+            rows += await forwarding(root, database, nginx, seconds)
         for count in (1, 2):
             async with fresh_database(server) as database:
-                print(await workers(root, database, nginx, count, seconds), flush=True)
+                rows.append(await workers(root, database, nginx, count, seconds))
     finally:
         await nginx.stop()
+    got: dict[str, Any] = {"seconds": seconds, "rows": rows}
+    if fleet is not None:
+        from bench.scale import cluster_fleet
+
+        async with fresh_database(server) as database:
+            got["fleet"] = await cluster_fleet(root / "fleet", database, *fleet, timeout=300.0)
+    return got
+
+
+def fleet_lines(fleet: dict[str, Any]) -> list[str]:
+    """The 3-relay fleet's numbers in words."""
+    rss = ", ".join(f"{v:.0f}" for v in fleet["relay_rss_mb"])
+    idle = ", ".join(f"{v:.0f}" for v in fleet["relay_rss_idle_mb"])
+    per = ", ".join(f"{v:.0f}" for v in fleet["relay_rss_per_tunnel_kb"])
+    return [
+        f"{fleet['agents']} agents, each tunnelled to all {fleet['relays']} relays "
+        f"({fleet['processes']} `bench.fleet` processes): all connected in "
+        f"{fleet['connect_all_s']:.1f} s; relay RSS {rss} MB (idle {idle}; {per} KB per "
+        "tunnel).",
+        f"All {fleet['relays']} relays stopped (SIGTERM, {fleet['relays_stop_s']:.1f} s) and "
+        f"started again: every agent back on every relay {fleet['restart_all_online_s']:.1f} s "
+        "after the stop.",
+    ]
+
+
+async def main(seconds: int) -> int:
+    got = await measure(Path(tempfile.mkdtemp(prefix="sluice-bench-cluster-")), seconds)
+    if "skipped" in got:
+        print(f"bench.cluster: skipped: {got['skipped']}")
+        return 2
+    print("\n".join(table(got["rows"])))
+    print("\n".join(findings(got["rows"])))
     return 0
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from bench import targets
+from bench import cluster, targets
 from bench.fleet import BACKOFF
 from bench.link_report import LinkSummary
 from bench.report import DASH, Summary
@@ -218,6 +218,7 @@ def render(s: Summary) -> str:
         *_backends(s),
         *_issue22_loopback(s),
         *_long_links(r),
+        *_cluster(r),
         "## Scale",
         "",
         *[f"- {line}" for line in s.scale_lines()],
@@ -402,6 +403,27 @@ def _long_links(r: dict[str, Any]) -> list[str]:
 
 
 LINK_PLOT = "long-links.svg"
+
+
+def _cluster(r: dict[str, Any]) -> list[str]:
+    got = r.get("cluster") or {"skipped": "not measured by this version of the bench"}
+    head = ["## Relay cluster (issue 17)", ""]
+    if "skipped" in got:
+        return [*head, f"Not measured: {got['skipped']}.", ""]
+    return [
+        *head,
+        "`bench/cluster.py` on PostgreSQL (a fresh database per scenario), nginx serving the "
+        f"small JSON file, wrk for {got['seconds']} s per point, one repetition. *local*: "
+        "the relay holding the agent's only tunnel; *forwarded*: a second relay without one, "
+        "which forwards over the relay-to-relay hop. *c=32, N workers*: `sluice-server run "
+        "--workers N` (the API port shared), the agent tunnelled to every worker.",
+        "",
+        *cluster.table(got["rows"]),
+        "",
+        *[f"- {line}" for line in cluster.findings(got["rows"])],
+        *[f"- {line}" for line in (cluster.fleet_lines(got["fleet"]) if "fleet" in got else [])],
+        "",
+    ]
 
 
 def text_table(s: Summary) -> str:

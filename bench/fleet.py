@@ -22,7 +22,9 @@ from pathlib import Path
 
 from agent.allowlist import Allowlist
 from agent.proxy import ProxyContext
+from agent.relay_set import RelaySet
 from agent.settings import AgentSettings
+from agent.state import TunnelStatus
 from agent.stats import ProxyStats
 from agent.supervisor import Opener, Supervisor, Tunnel, connect_opener
 from sluice.addresses import HostPort
@@ -38,7 +40,12 @@ BACKOFF = {
 
 
 async def run(
-    tokens: list[str], relay: str, fingerprint: str, events_path: Path, max_seconds: float
+    tokens: list[str],
+    relay: str,
+    fingerprint: str,
+    events_path: Path,
+    max_seconds: float,
+    max_relays: int = 1,
 ) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -46,7 +53,7 @@ async def run(
         loop.add_signal_handler(sig, shutdown.set)
     ctx = ProxyContext(allowlist=Allowlist.parse([]), connect_timeout=10, stats=ProxyStats())
     events: list[tuple[float, float, bool]] = []
-    supervisors = []
+    supervisors: list[Supervisor | RelaySet] = []
     for raw in tokens:
         settings = AgentSettings(
             relay=[relay],
@@ -60,7 +67,14 @@ async def run(
             backoff_multiplier=BACKOFF["backoff_multiplier"],
             backoff_max=BACKOFF["backoff_max"],
             stable_after=BACKOFF["stable_after"],
+            max_relays=max_relays,
+            discovery_interval=1.0,
         )
+        if max_relays > 1:
+            # A cluster agent: the seed plus a tunnel to every other relay it
+            # learns of, as ``sluice-agent run`` keeps (attempts not timed).
+            supervisors.append(RelaySet(settings, settings.load_token(), ctx, TunnelStatus()))
+            continue
         opener = connect_opener(settings, settings.load_token(), ctx)
 
         async def timed(address: HostPort, opener: Opener = opener) -> Tunnel:
@@ -89,11 +103,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, required=True, help="one token per line")
     parser.add_argument("--events", type=Path, required=True)
     parser.add_argument("--max-seconds", type=float, default=1800)
+    parser.add_argument("--max-relays", type=int, default=1, help="> 1: tunnel to the cluster")
     args = parser.parse_args()
     configure_logging("json", "warning")
     install_uvloop()
     tokens = args.tokens.read_text().split()
-    asyncio.run(run(tokens, args.relay, args.fingerprint, args.events, args.max_seconds))
+    asyncio.run(
+        run(tokens, args.relay, args.fingerprint, args.events, args.max_seconds, args.max_relays)
+    )
 
 
 if __name__ == "__main__":

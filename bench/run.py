@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import document, environment, link_report, report
+from bench import cluster, document, environment, link_report, report
 from bench.load import write_lua
 from bench.long_link import FULL_LINKS, QUICK_LINKS, long_links
 from bench.nginx import GiB, MiB, Nginx
@@ -164,6 +164,7 @@ async def main(
     skip_scale: bool = False,
     repetitions: int | None = None,
     skip_links: bool = False,
+    skip_cluster: bool = False,
 ) -> int:
     cfg = dict(QUICK if quick else FULL)
     if repetitions:
@@ -188,6 +189,17 @@ async def main(
                 f"  connected in {fleet['connect_all_s']:.1f} s, back after restart in "
                 f"{fleet['restart_all_online_s']:.1f} s"
             )
+        if quick or skip_cluster:
+            results["cluster"] = {"skipped": "not part of this run (--quick or --skip-cluster)"}
+        else:
+            say("relay cluster: forwarded vs local, 1 vs 2 workers ...")
+            many = None if skip_scale else (cfg["agents"], cfg["per_process"])
+            results["cluster"] = await cluster.measure(root / "cluster", cfg["plan"].seconds, many)
+            got = results["cluster"]
+            lines = cluster.findings(got.get("rows", []))
+            lines += cluster.fleet_lines(got["fleet"]) if "fleet" in got else []
+            for line in lines or [f"skipped: {got.get('skipped')}"]:
+                say(f"  {line}")
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -200,7 +212,14 @@ async def main(
     results["environment"] = await environment.describe()
     summary = report.Summary(results)
     say(document.text_table(summary))
-    partial = quick or skip_scale or skip_links or profile is not None or repetitions is not None
+    partial = (
+        quick
+        or skip_scale
+        or skip_links
+        or skip_cluster
+        or profile is not None
+        or repetitions is not None
+    )
     target = out or (Path("build/BENCHMARKS-partial.md") if partial else Path("docs/BENCHMARKS.md"))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(document.render(summary))
@@ -239,6 +258,7 @@ def cli() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="throughput points only")
     parser.add_argument("--repetitions", type=int, default=None, help="override the plan's")
     parser.add_argument("--skip-links", action="store_true", help="no long-link points")
+    parser.add_argument("--skip-cluster", action="store_true", help="no relay-cluster points")
     parser.add_argument(
         "--from-json",
         type=Path,
@@ -263,6 +283,7 @@ def cli() -> None:
                     args.skip_scale,
                     args.repetitions,
                     args.skip_links,
+                    args.skip_cluster,
                 )
             )
         )

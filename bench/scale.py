@@ -7,10 +7,14 @@ is not mixed with what the throughput runs left behind.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import base64
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,15 @@ from typing import Any
 import aiohttp
 
 from bench.fleet import BACKOFF
-from bench.proc import Child, cpu_seconds, memory_kib, reset_peak, spawn, wait_until
+from bench.proc import (
+    Child,
+    cpu_seconds,
+    memory_kib,
+    raise_fd_limit,
+    reset_peak,
+    spawn,
+    wait_until,
+)
 from bench.stack import Relay, clean_env
 
 
@@ -188,3 +200,118 @@ async def agent_fleet(root: Path, n: int, per_process: int, timeout: float) -> d
     ok = [e[1] - e[0] for e in events if e[2]]
     result["handshake_median_s"] = statistics.median(ok) if ok else 0.0
     return result
+
+
+async def cluster_fleet(
+    root: Path, database: str, n: int, per_process: int, timeout: float, relays: int = 3
+) -> dict[str, Any]:
+    """*n* agents each tunnelled to every relay of a *relays*-relay cluster on
+    PostgreSQL (*database*, made fresh by the caller): RSS per relay, then the
+    time for every agent to be back on every relay after all relays are
+    stopped (SIGTERM) and started again."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    env = {"SLUICE_SERVER_DATABASE_URL": database, "SLUICE_SERVER_MASTER_KEY": key}
+    root.mkdir(parents=True, exist_ok=True)
+    members: list[Relay] = []
+    fleets: list[Child] = []
+    result: dict[str, Any] = {
+        "agents": n,
+        "relays": relays,
+        "per_process": per_process,
+        "processes": -(-n // per_process),
+    }
+
+    async def all_online(what: str) -> float:
+        async def check() -> bool:
+            counts = await asyncio.gather(*(r.agents_online() for r in members))
+            return min(counts) >= n
+
+        return await wait_until(what, check, timeout=timeout, interval=0.2)
+
+    try:
+        for i in range(relays):
+            members.append(await Relay.create(root / f"relay-{i}", **env))
+        tokens = await _create_agents(members[0], n)
+        # One host key for the cluster (the later relays' `fingerprint` output
+        # carries a note about adopting it): the API's answer is the key in use.
+        fingerprint = str((await members[0].call("GET", "/v1/relay"))["ssh_fingerprint"])
+        await asyncio.sleep(1)
+        result["relay_rss_idle_mb"] = [memory_kib(r.pid)["VmRSS"] / 1024 for r in members]
+        began = time.monotonic()
+        for k, i in enumerate(range(0, n, per_process)):
+            seed = members[k % relays]  # the fleets' seeds spread over the relays
+            (root / f"tokens-{i}.txt").write_text("\n".join(tokens[i : i + per_process]) + "\n")
+            fleets.append(
+                await spawn(
+                    f"fleet-{i}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.fleet",
+                        "--relay",
+                        seed.ssh_address,
+                        "--fingerprint",
+                        fingerprint,
+                        "--tokens",
+                        str(root / f"tokens-{i}.txt"),
+                        "--events",
+                        str(root / f"events-{i}.jsonl"),
+                        "--max-seconds",
+                        str(timeout * 3),
+                        "--max-relays",
+                        str(relays),
+                    ],
+                    env=clean_env(),
+                    log=root / f"fleet-{i}.log",
+                )
+            )
+        await all_online(f"{n} agents on each of {relays} relays")
+        result["connect_all_s"] = time.monotonic() - began
+        await asyncio.sleep(2)  # let the last registrations' bookkeeping finish
+        result["relay_rss_mb"] = [memory_kib(r.pid)["VmRSS"] / 1024 for r in members]
+        result["relay_rss_per_tunnel_kb"] = [
+            (after - before) * 1024 / n
+            for after, before in zip(
+                result["relay_rss_mb"], result["relay_rss_idle_mb"], strict=True
+            )
+        ]
+        await asyncio.sleep(BACKOFF["stable_after"] + 1)
+        stop_at = time.monotonic()
+        await asyncio.gather(*(r.stop() for r in members))
+        result["relays_stop_s"] = time.monotonic() - stop_at
+        await asyncio.gather(*(r.start() for r in members))
+        await all_online(f"{n} agents back on each of {relays} relays")
+        result["restart_all_online_s"] = time.monotonic() - stop_at
+        result["relay_rss_after_restart_mb"] = [memory_kib(r.pid)["VmRSS"] / 1024 for r in members]
+    finally:
+        for fleet in fleets:
+            await fleet.stop(timeout=60)
+        for relay in members:
+            await relay.close()
+    return result
+
+
+async def _cluster_fleet_main(n: int, per_process: int, timeout: float) -> int:
+    from bench.cluster import fresh_database, server_url, unavailable
+
+    server = server_url()
+    reason = await unavailable(server)
+    if reason is not None:
+        print(f"skipped: {reason}")
+        return 2
+    assert server is not None
+    raise_fd_limit()
+    root = Path(tempfile.mkdtemp(prefix="sluice-bench-cluster-fleet-"))
+    async with fresh_database(server) as database:
+        got = await cluster_fleet(root, database, n, per_process, timeout)
+    print(json.dumps(got, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="n agents on a 3-relay cluster (PostgreSQL)")
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--per-process", type=int, default=250)
+    parser.add_argument("--timeout", type=float, default=240.0)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(_cluster_fleet_main(args.agents, args.per_process, args.timeout)))

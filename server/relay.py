@@ -311,6 +311,7 @@ class Relay:
             self.forwarder = Forwarder(
                 self.presence, hop, connect_timeout=self.settings.connect_timeout
             )
+            self.engine.forwarder = self.forwarder
         services = Services(
             store=self.store,
             registry=self.registry,

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -46,6 +46,9 @@ from server.tunnel.http1 import USER_AGENT, Answer, Body
 from server.tunnel.http_client import TunnelHTTP, default_tls
 from server.tunnel.registry import TunnelRegistry
 from sluice.logs import mask_secrets
+
+if TYPE_CHECKING:
+    from server.cluster.forward import Forwarder
 
 log = structlog.get_logger("sluice.relay.engine")
 
@@ -135,6 +138,9 @@ class Engine:
         self._cloud = cloud_http
         self._auth = Authenticator(Tools(self._send_auth, save_secrets, on_refresh))
         self._tls = TLSContexts()
+        # Set by the relay when it is a cluster member: a ping for an agent
+        # whose tunnels other relays hold goes through one of them.
+        self.forwarder: Forwarder | None = None
 
     def __repr__(self) -> str:
         return f"<Engine {self._auth!r} {self._tls!r}>"
@@ -409,7 +415,7 @@ class Engine:
             relative = render_uri(ping.relative_uri, context, name="http.ping.relative_uri")
             media_type = handle.connection.http.media_type
             body = render_body(ping.body, context, media_type).encode() if ping.body else None
-            response = await self.request(handle, ping.method, relative, [], body)
+            response = await self._ping_request(handle, ping.method, relative, body)
         except TemplateError as exc:
             return done(False, None, f"ping template: {exc}")
         except RelayError as exc:
@@ -428,6 +434,27 @@ class Engine:
             return done(False, response.status, f"the answer was cut off: {type(exc).__name__}")
         ok, message = health_verdict(response.status, raw, content_type, ping, mask=handle.mask)
         return done(ok, response.status, message)
+
+    async def _ping_request(
+        self, handle: Handle, method: str, relative: str, body: bytes | None
+    ) -> Answer:
+        """Through this relay's tunnel; when this relay holds none to the
+        agent but another relay of the cluster does, through that relay, as a
+        forwarded proxy request (so the ping takes the path a request would)."""
+        connection = handle.connection
+        agent_id = connection.agent_id
+        if (
+            self.forwarder is not None
+            and handle.id is not None
+            and connection.mode == "on_premise"
+            and agent_id is not None
+            and not self._registry.is_online(agent_id)
+        ):
+            # The proxy route's tail starts with "/" or "?" (or is empty).
+            if relative and relative[0] not in "/?":
+                relative = "/" + relative
+            return await self.forwarder.forward(agent_id, handle.id, method, relative, [], body)
+        return await self.request(handle, method, relative, [], body)
 
 
 def _declared_length(headers: Fields) -> int | None:

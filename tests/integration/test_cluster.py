@@ -224,6 +224,65 @@ async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
                 await relay.stop()
 
 
+@pytest.mark.timeout(90)
+async def test_the_connection_test_on_a_relay_without_the_tunnel_pings_through_one_with_it(
+    tmp_path: Path, cluster_database: str, api: InternalAPI
+) -> None:
+    key = master_key()
+    a = cluster_relay(tmp_path, "a", cluster_database, key, ADMIN)
+    b = cluster_relay(tmp_path, "b", cluster_database, key, ADMIN)
+    await a.start()
+    await b.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            token = await _create_agent(http, a)
+            agent = await start_cluster_agent(
+                tmp_path,
+                "0",
+                f"127.0.0.1:{a.ssh_port}",
+                await _fingerprint(http, a),
+                token,
+                [f"127.0.0.1:{api.port}"],
+                max_relays="1",  # A alone holds the agent's tunnel
+            )
+            try:
+
+                async def online_on_b() -> bool:
+                    return bool((await _view(http, b, token.agent_id))["status"] == "online")
+
+                await _until(online_on_b, 15, "the agent online through relay B")
+                auth = {"Authorization": f"Bearer {ADMIN}"}
+                async with http.post(
+                    b.base + "/v1/connections",
+                    json={
+                        "name": "tested through the cluster",
+                        "mode": "on_premise",
+                        "agent_id": token.agent_id,
+                        "http": {"base_uri": f"{api.base}/", "ping": {"relative_uri": "hello"}},
+                    },
+                    headers=auth,
+                ) as resp:
+                    assert resp.status == 201, await resp.text()
+                    conn_id = str((await resp.json())["id"])
+                before = len(api.seen)
+                async with http.post(
+                    f"{b.base}/v1/connections/{conn_id}/test", headers=auth
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    result = await resp.json()
+                assert (result["ok"], result["status"]) == (True, 200), result
+                # The ping reached the API, through A's tunnel (B has none).
+                assert [r.path for r in api.seen[before:]] == ["/hello"]
+                assert await _metric(http, a, 'sluice_forwarded_total{direction="in"}') == 1
+                assert await _replica_relays(http, b, token.agent_id) == {f"127.0.0.1:{a.ssh_port}"}
+            finally:
+                await agent.stop()
+    finally:
+        for relay in (a, b):
+            if relay.proc is not None and relay.proc.returncode is None:
+                await relay.stop()
+
+
 async def _replica_relays(
     http: aiohttp.ClientSession, relay: RelayProcess, agent_id: str
 ) -> set[str]:
