@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import base64
 import os
-import secrets
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +25,9 @@ import aiohttp
 
 from bench.load import WrkResult, write_lua, wrk
 from bench.nginx import Nginx
+from bench.postgres import fresh_database, server_url, unavailable
 from bench.proc import Child, free_port, spawn, wait_until
 from bench.stack import BIN, Relay, clean_env
-
-
-@asynccontextmanager
-async def fresh_database(server: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    admin = server.replace("postgresql+asyncpg", "postgresql")
-    name = f"sluice_bench_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def _agent(
@@ -223,26 +200,6 @@ async def workers(
         if agent is not None:
             await agent.stop()
         await relay.close()
-
-
-def server_url() -> str | None:
-    return os.environ.get("SLUICE_BENCH_POSTGRES_URL") or os.environ.get("SLUICE_TEST_POSTGRES_URL")
-
-
-async def unavailable(server: str | None) -> str | None:
-    """Why the cluster points cannot run here, or None when PostgreSQL answers."""
-    if not server:
-        return "no PostgreSQL: set SLUICE_BENCH_POSTGRES_URL (a server URL) to measure them"
-    try:
-        import asyncpg
-    except ImportError:
-        return "asyncpg is not installed"
-    try:
-        conn = await asyncpg.connect(server.replace("postgresql+asyncpg", "postgresql"), timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        return f"PostgreSQL at the configured URL did not answer ({type(exc).__name__})"
-    await conn.close()
-    return None
 
 
 async def measure(root: Path, seconds: int, fleet: tuple[int, int] | None = None) -> dict[str, Any]:

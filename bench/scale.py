@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from bench.fleet import BACKOFF
+from bench.postgres import fresh_database, server_url, unavailable
 from bench.proc import (
     Child,
     cpu_seconds,
@@ -292,8 +293,6 @@ async def cluster_fleet(
 
 
 async def _cluster_fleet_main(n: int, per_process: int, timeout: float) -> int:
-    from bench.cluster import fresh_database, server_url, unavailable
-
     server = server_url()
     reason = await unavailable(server)
     if reason is not None:
