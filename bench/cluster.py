@@ -27,41 +27,22 @@ from bench.load import WrkResult, write_lua, wrk
 from bench.nginx import Nginx
 from bench.postgres import fresh_database, server_url, unavailable
 from bench.proc import Child, free_port, spawn, wait_until
-from bench.stack import BIN, Relay, clean_env
+from bench.stack import BIN, Relay, clean_env, start_agent
 
 
 async def _agent(
     relay: Relay, agent_id: str, token: str, nginx: Nginx, log: Path, *, max_relays: int
 ) -> Child:
     """A ``sluice-agent run`` process dialling *relay*; returns once it is online."""
-    child = await spawn(
-        "agent",
-        [str(BIN / "sluice-agent"), "run"],
-        log=log,
-        env=clean_env(
-            SLUICE_AGENT_RELAY=relay.ssh_address,
-            SLUICE_AGENT_TOKEN=token,
-            SLUICE_AGENT_RELAY_FINGERPRINT=relay.fingerprint,
-            SLUICE_AGENT_ALLOW=nginx.base.split("//", 1)[1],
-            SLUICE_AGENT_MAX_RELAYS=str(max_relays),
-            SLUICE_AGENT_DISCOVERY_INTERVAL="0.5",
-            SLUICE_AGENT_HEALTH_LISTEN="off",
-            SLUICE_AGENT_LOG_LEVEL="warning",
-            SLUICE_AGENT_LOG_FORMAT="json",
-            SLUICE_AGENT_DRAIN_TIMEOUT="5",
-        ),
+    return await start_agent(
+        relay,
+        agent_id,
+        token,
+        nginx.base.split("//", 1)[1],
+        log,
+        SLUICE_AGENT_MAX_RELAYS=str(max_relays),
+        SLUICE_AGENT_DISCOVERY_INTERVAL="0.5",
     )
-
-    async def online() -> bool:
-        agent = await relay.call("GET", f"/v1/agents/{agent_id}")
-        return bool(agent["status"] == "online")
-
-    try:
-        await wait_until("the agent online", online, timeout=30, child=child)
-    except BaseException:
-        await child.stop()
-        raise
-    return child
 
 
 def _row(name: str, result: WrkResult) -> dict[str, Any]:

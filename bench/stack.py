@@ -174,9 +174,11 @@ async def start_agent(
     allow: str,
     log: Path,
     relay_address: str | None = None,
+    **settings: str,
 ) -> Child:
     """A real ``sluice-agent run`` process; returns once the relay sees it online.
-    *relay_address*: where it reaches the relay's SSH port (e.g. a delay line)."""
+    *relay_address*: where it reaches the relay's SSH port (e.g. a delay line);
+    *settings*: more SLUICE_AGENT_* variables."""
     child = await spawn(
         "agent",
         [str(BIN / "sluice-agent"), "run"],
@@ -190,6 +192,7 @@ async def start_agent(
             SLUICE_AGENT_LOG_LEVEL="warning",
             SLUICE_AGENT_LOG_FORMAT="json",
             SLUICE_AGENT_DRAIN_TIMEOUT="5",
+            **settings,
         ),
     )
 
