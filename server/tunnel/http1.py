@@ -301,6 +301,10 @@ class Http1Stream(asyncio.Protocol):
     carry another one.
     """
 
+    # Channel data may reach data_received as a memoryview (llhttp reads any
+    # buffer; raw-body pieces are only joined and written on).
+    takes_views = True
+
     def __init__(self, on_idle: Callable[[Http1Stream], None]) -> None:
         self._on_idle = on_idle
         self._parser = httptools.HttpResponseParser(self)
