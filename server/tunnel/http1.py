@@ -334,6 +334,7 @@ class Http1Stream(asyncio.Protocol):
         self._timeout_message = ""
         self.exchanges = 0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_deadline: float | None = None  # loop time; None while it carries a request
         self.owner: Any = None  # what the pool files this stream under
 
     def __repr__(self) -> str:
