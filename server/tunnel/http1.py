@@ -392,7 +392,11 @@ class Http1Stream(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
         else:
-            if self._body_left > 0 and self._response is not None:
+            if (
+                self._body_left > 0
+                and self._response is not None
+                and get(self._headers, b"transfer-encoding") is None
+            ):
                 # The rest of a Content-Length body comes in raw: counted and
                 # passed on as it arrives, neither parsed nor copied by llhttp.
                 self._raw = True
@@ -471,12 +475,7 @@ class Http1Stream(asyncio.Protocol):
         )
         self._response = response
         self._body_left = -1
-        if (
-            response.content_length
-            and not self._head_only
-            and status not in (204, 304)
-            and get(self._headers, b"transfer-encoding") is None
-        ):
+        if response.content_length and not self._head_only and status not in (204, 304):
             self._body_left = response.content_length
             self._keep_alive = self._parser.should_keep_alive()
         head = self._head
