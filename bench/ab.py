@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.nginx import MiB, Nginx
+from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
 from bench.profile import py_spy, summarise
 from bench.stack import Relay, start_agent
 
-POINTS = ("c1", "c32", "down", "up")
+POINTS = ("c1", "c32", "down", "up", "down1g")
 
 
 @dataclass
@@ -74,8 +74,9 @@ async def _point(
             raise RuntimeError(f"{version.name} {point}: {got.errors} errors")
         row = {"rps": got.rps, "p50_ms": got.p50_ms, "p99_ms": got.p99_ms}
         count = got.requests
-    elif point == "down":
-        moved = await load.download(version.base + "/plain/64m-real.bin", version.headers)
+    elif point in ("down", "down1g"):
+        name, size = ("plain/64m-real.bin", size) if point == "down" else ("files/1g.bin", GiB)
+        moved = await load.download(f"{version.base}/{name}", version.headers)
         if moved.status != 200 or moved.bytes != size:
             raise RuntimeError(f"{version.name} down: {moved}")
         row = {"mb_s": moved.mb_per_s}
@@ -164,7 +165,7 @@ async def run(
     try:
         nginx = await Nginx.start(
             root / "nginx",
-            {},
+            {"1g.bin": GiB} if "down1g" in points else {},
             upload_size=64 * MiB,
             real={"64m-real.bin": 64 * MiB},
         )
