@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections.abc import Iterator
 from typing import Protocol
@@ -246,7 +247,9 @@ async def _share_holders(services: Services, handle: Handle, level: int) -> list
         relays = [r for r in relays if r.id in tunnels]
     if not relays:
         log.warning("cap_share_holders_unreachable", connection=handle.id, level=level)
-    return relays or None
+        return None
+    random.shuffle(relays)  # spread over the holders; each queues what it gets
+    return relays
 
 
 class RecordingSink:
