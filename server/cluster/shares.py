@@ -70,8 +70,10 @@ class CapShares:
         """Take the live relays (oldest first); True when this relay's place changed.
 
         A relay not yet registered (starting) or already expired counts itself
-        as the newest one, where it will be.
+        as the newest one, where it will be. A relay that serves no API (no
+        cluster listener: a tool, not a member callers reach) holds no share.
         """
+        live = [row for row in live if row.cluster_url or row.id == self.relay_id]
         ids = [row.id for row in live]
         position = ids.index(self.relay_id) if self.relay_id in ids else len(ids)
         count = len(ids) if self.relay_id in ids else len(ids) + 1

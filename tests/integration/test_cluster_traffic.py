@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.cluster import cluster_relay, get_json, master_key
+from sluice.tokens import AgentToken
+from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
 from tests.support.fragile_api import FragileAPI, serve_fragile
 from tests.support.relay_process import RelayProcess
 
@@ -203,3 +204,54 @@ async def test_the_traffic_through_any_relay_is_the_clusters(
         assert sum(m["requests"] for m in traffic["minutes"]) == 5
         missing = [r["ssh"] for r in traffic["relays"] if not r["answered"]]
         assert missing == [f"127.0.0.1:{b.ssh_port}"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_request_forwarded_for_the_tunnel_holds_one_slot_not_two(
+    tmp_path: Path, three_relays: list[RelayProcess], fragile: FragileAPI
+) -> None:
+    """The agent's only tunnel is on a; b and c forward to it. The slot stays
+    with the relay the caller reached, so a serves its own share and theirs."""
+    a, b, c = three_relays
+    fragile.delay = 0.3
+    async with aiohttp.ClientSession() as http:
+        await _sharing_over(http, three_relays, 3)
+        status, created = await _call(http, a, "POST", "/v1/agents", json={"name": "one tunnel"})
+        assert status == 201, created
+        token = AgentToken.parse(created["token"])
+        status, info = await _call(http, a, "GET", "/v1/relay")
+        agent = await start_cluster_agent(
+            tmp_path,
+            "0",
+            f"127.0.0.1:{a.ssh_port}",
+            info["ssh_fingerprint"],
+            token,
+            [f"127.0.0.1:{fragile.port}"],
+            max_relays="1",
+        )
+        try:
+
+            async def online_on_c() -> bool:
+                _, view = await _call(http, c, "GET", f"/v1/agents/{token.agent_id}")
+                return bool(view["status"] == "online")
+
+            await _until(online_on_c, 15, "the agent online through relay c")
+            status, created = await _call(
+                http,
+                a,
+                "POST",
+                "/v1/connections",
+                json={
+                    "name": "fragile on premise",
+                    "mode": "on_premise",
+                    "agent_id": token.agent_id,
+                    "http": {"base_uri": fragile.base, "concurrency_level": 3},
+                },
+            )
+            assert status == 201, created
+            assert await _burst(http, three_relays, created["id"], 18) == [200] * 18
+            assert await _metric(http, b, 'sluice_forwarded_total{direction="out"}') >= 6
+            # Counted once each: a's one slot does not also carry b's and c's requests.
+            assert fragile.peak == 3, f"the API saw {fragile.peak} at once with level 3"
+        finally:
+            await agent.stop()
