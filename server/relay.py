@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from server.cluster.changes import ChangeFeed, asyncpg_dsn
+from server.cluster.charts import ClusterCharts
 from server.cluster.forward import HOP_KEY_LABEL, Forwarder, HopAuth
 from server.cluster.identity import (
     AdminTokenSync,
@@ -25,7 +26,6 @@ from server.cluster.identity import (
 from server.cluster.presence import Presence, new_relay_id
 from server.cluster.reactions import ChangeReactions
 from server.cluster.shares import CapShares
-from server.cluster.traffic import ClusterTraffic
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
@@ -90,7 +90,7 @@ class Relay:
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
     shares: CapShares | None = None
-    cluster_traffic: ClusterTraffic | None = None
+    cluster_charts: ClusterCharts | None = None
     stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
@@ -144,6 +144,7 @@ class Relay:
             raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
+        relay_id = new_relay_id()
         remember = masker.add if masker is not None else None
         if masker is not None:
             masker.add(admin_token)
@@ -162,6 +163,12 @@ class Relay:
             streams_per_second=settings.max_new_streams_per_second,
         )
         cloud_http = CloudHTTP(allow_private=settings.allow_private_destinations)
+        # In a cluster every relay holds a share of each connection's cap.
+        shares = CapShares(relay_id) if store.dialect != "sqlite" else None
+        limits = ConcurrencyLimits(metrics, share=shares.share if shares is not None else None)
+        if shares is not None:
+            shares.on_change(limits.rebalance)
+            metrics.cap_shares(lambda: shares.count)
         engine = Engine(
             registry,
             tunnel_http,
@@ -178,13 +185,6 @@ class Relay:
             min_interval=settings.health_min_interval_seconds,
         )
         metrics.registry.register(health.collector())
-        relay_id = new_relay_id()
-        # In a cluster every relay holds a share of each connection's cap.
-        shares = CapShares(relay_id) if store.dialect != "sqlite" else None
-        limits = ConcurrencyLimits(metrics, share=shares.share if shares is not None else None)
-        if shares is not None:
-            shares.on_change(limits.rebalance)
-            metrics.cap_shares(lambda: shares.count)
         relay = cls(
             settings=settings,
             store=store,
@@ -330,7 +330,7 @@ class Relay:
                 self.presence, hop, connect_timeout=self.settings.connect_timeout
             )
             self.engine.forwarder = self.forwarder
-            self.cluster_traffic = ClusterTraffic(
+            self.cluster_charts = ClusterCharts(
                 self.presence,
                 hop,
                 self.forwarder.session,
@@ -360,7 +360,7 @@ class Relay:
             feed=self.feed,
             raw_heads=raw_heads_supported(),
             shares=self.shares,
-            cluster_traffic=self.cluster_traffic,
+            cluster_charts=self.cluster_charts,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.

@@ -93,8 +93,8 @@ async def traffic(request: web.Request) -> web.Response:
         return web.json_response(
             {"relay": services.presence.relay_id, "series": services.stats.export(conn_id)}
         )
-    if services.cluster_traffic is not None:
-        return web.json_response(await services.cluster_traffic.last_hour(conn_id, services.stats))
+    if services.cluster_charts is not None:
+        return web.json_response(await services.cluster_charts.last_hour(conn_id, services.stats))
     return web.json_response({"minutes": services.stats.last_hour(conn_id)})
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.cluster.changes import ChangeFeed
+from server.cluster.charts import ClusterCharts
 from server.cluster.forward import Forwarder, HopAuth
 from server.cluster.presence import Presence
 from server.cluster.shares import CapShares
-from server.cluster.traffic import ClusterTraffic
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.debug_log import DebugLog
@@ -57,7 +57,7 @@ class Services:
     # The cluster's concurrency cap: this relay's share (None: a single relay).
     shares: CapShares | None = None
     # The cluster's traffic charts: the other relays' series (None: a single relay).
-    cluster_traffic: ClusterTraffic | None = None
+    cluster_charts: ClusterCharts | None = None
     # Answer heads on the handed-on route go out as bytes (server.proxy.raw_head).
     raw_heads: bool = False
 

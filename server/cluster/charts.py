@@ -24,7 +24,7 @@ from server.storage.cluster import RelayRow
 log = structlog.get_logger("sluice.relay.traffic")
 
 
-class ClusterTraffic:
+class ClusterCharts:
     """Gathers a connection's traffic series from every live relay."""
 
     def __init__(
@@ -41,7 +41,7 @@ class ClusterTraffic:
         self._timeout = timeout
 
     def __repr__(self) -> str:
-        return f"<ClusterTraffic timeout={self._timeout:g}s>"
+        return f"<ClusterCharts timeout={self._timeout:g}s>"
 
     async def _ask(self, relay: RelayRow, conn_id: str) -> list[dict[str, Any]] | None:
         """*relay*'s own series of *conn_id*; None when it did not answer in time."""
