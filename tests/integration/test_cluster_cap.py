@@ -31,7 +31,7 @@ async def fragile() -> AsyncIterator[FragileAPI]:
 
 @pytest.fixture
 async def three_relays(tmp_path: Path, cluster_database: str) -> AsyncIterator[list[RelayProcess]]:
-    """Relays a, b, c on one database, started in that order (a is the oldest)."""
+    """Relays a, b, c on one database; a starts first (it migrates the database)."""
     key = master_key()
     relays = [
         cluster_relay(
@@ -47,8 +47,8 @@ async def three_relays(tmp_path: Path, cluster_database: str) -> AsyncIterator[l
         for name in "abc"
     ]
     try:
-        for relay in relays:
-            await relay.start()
+        await relays[0].start()
+        await asyncio.gather(*(relay.start() for relay in relays[1:]))
         yield relays
     finally:
         for relay in relays:
@@ -82,6 +82,24 @@ async def _sharing_over(http: aiohttp.ClientSession, relays: list[RelayProcess],
     await _until(all_see_n, 15, f"every relay to share the caps over {n} relays")
 
 
+async def _in_order(http: aiohttp.ClientSession, relays: list[RelayProcess]) -> list[RelayProcess]:
+    """*relays* in presence order (oldest first), as GET /v1/cluster lists them."""
+    by_id = {}
+    for relay in relays:
+        status, info = await get_json(http, relay, "/v1/cluster")
+        assert status == 200
+        by_id[info["relay"]] = relay
+    return [by_id[r["id"]] for r in info["relays"] if r["id"] in by_id]
+
+
+async def _newest(http: aiohttp.ClientSession, relays: list[RelayProcess]) -> RelayProcess:
+    return (await _in_order(http, relays))[-1]
+
+
+async def _oldest(http: aiohttp.ClientSession, relays: list[RelayProcess]) -> RelayProcess:
+    return (await _in_order(http, relays))[0]
+
+
 async def _call(
     http: aiohttp.ClientSession, relay: RelayProcess, method: str, path: str, **kw: Any
 ) -> tuple[int, Any]:
@@ -105,7 +123,7 @@ async def _burst(
 async def test_the_cap_holds_for_the_cluster_and_rebalances_when_a_relay_dies(
     three_relays: list[RelayProcess], fragile: FragileAPI
 ) -> None:
-    a, b, c = three_relays
+    a = three_relays[0]
     fragile.delay = 0.3
     async with aiohttp.ClientSession() as http:
         await _sharing_over(http, three_relays, 3)
@@ -128,28 +146,37 @@ async def test_the_cap_holds_for_the_cluster_and_rebalances_when_a_relay_dies(
         assert fragile.served == 30
         assert fragile.peak == 3, f"the API saw {fragile.peak} at once with level 3"
 
-        # Level 2 over three relays: c (the newest) holds no share and
-        # forwards to a and b, which queue what it sends them.
+        # Level 2 over three relays: the newest holds no share and forwards
+        # to the two others, which queue what it sends them.
+        newest = await _newest(http, three_relays)
         status, _ = await _call(
             http, a, "PATCH", f"/v1/connections/{conn_id}", json={"http": {"concurrency_level": 2}}
         )
         assert status == 200
         fragile.peak = 0
-        out_before = await _metric(http, c, 'sluice_forwarded_total{direction="out"}')
-        assert await _burst(http, [c], conn_id, 12) == [200] * 12
+        forwarded = 'sluice_forwarded_total{direction="out"}'
+        out_before = await _metric(http, newest, forwarded)
+        assert await _burst(http, [newest], conn_id, 12) == [200] * 12
         assert fragile.peak == 2, f"the API saw {fragile.peak} at once with level 2"
-        assert await _metric(http, c, 'sluice_forwarded_total{direction="out"}') == out_before + 12
+        assert await _metric(http, newest, forwarded) == out_before + 12
 
-        # Level 4: a holds 2, b and c 1 each. a dies without a word.
+        # Level 4: the oldest holds 2, the others 1 each. The oldest dies
+        # without a word.
+        oldest = await _oldest(http, three_relays)
+        rest = [r for r in three_relays if r is not oldest]
         status, _ = await _call(
-            http, b, "PATCH", f"/v1/connections/{conn_id}", json={"http": {"concurrency_level": 4}}
+            http,
+            rest[0],
+            "PATCH",
+            f"/v1/connections/{conn_id}",
+            json={"http": {"concurrency_level": 4}},
         )
         assert status == 200
-        await a.stop(signal.SIGKILL)
-        await _sharing_over(http, [b, c], 2)
+        await oldest.stop(signal.SIGKILL)
+        await _sharing_over(http, rest, 2)
         fragile.peak = 0
-        assert await _burst(http, [b, c], conn_id, 20) == [200] * 20
-        # b and c hold 2 each now: the cap is reached again, and not passed.
+        assert await _burst(http, rest, conn_id, 20) == [200] * 20
+        # The two left hold 2 each now: the cap is reached again, and not passed.
         assert fragile.peak == 4, f"the API saw {fragile.peak} at once with level 4"
 
 
