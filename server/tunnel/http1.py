@@ -551,6 +551,7 @@ class Http1Stream(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._closed = True
+        self._raw = False  # whatever still comes is nobody's
         self._stop_writer()
         if self._head is None:
             return
@@ -626,6 +627,7 @@ class Http1Stream(asyncio.Protocol):
         self._head_error = None
         self._head_only = head_only
         self._keep_alive = True
+        self._body_left = -1
         self._deadline = deadline
         self._timeout_message = timeout_message
         writer: asyncio.Task[None] | None = None
