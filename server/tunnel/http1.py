@@ -253,6 +253,12 @@ class Http1Response:
 
     async def read(self, n: int = -1) -> bytes:
         """The whole body (or, with *n* ≥ 0, up to *n* bytes of it)."""
+        if n < 0 and self._complete:
+            # All of it is here (a small answer, usually): joined at once.
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return data
         parts: list[bytes] = []
         size = 0
         while n < 0 or size < n:
