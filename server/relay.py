@@ -174,6 +174,8 @@ class Relay:
             min_interval=settings.health_min_interval_seconds,
         )
         metrics.registry.register(health.collector())
+        rate_limits = RateLimits(count=metrics.limited)
+        metrics.registry.register(rate_limits.collector())
         relay = cls(
             settings=settings,
             store=store,
@@ -184,7 +186,7 @@ class Relay:
             engine=engine,
             metrics=metrics,
             limits=ConcurrencyLimits(metrics),
-            rate_limits=RateLimits(count=metrics.limited),
+            rate_limits=rate_limits,
             health=health,
             debug=DebugLog(
                 store,
