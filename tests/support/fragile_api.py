@@ -83,7 +83,7 @@ class FragileAPI:
         """A JSON answer sent chunked (no Content-Length): limited while
         ``limit_next`` lasts, and ``pad`` bytes long when asked (?pad=N)."""
         self.arrivals.append(time.time())
-        body = {"ok": True, "error": None}
+        body: dict[str, object] = {"ok": True, "error": None}
         if self.limit_next > 0:
             self.limit_next -= 1
             self.limited += 1
