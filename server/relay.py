@@ -24,6 +24,7 @@ from server.cluster.identity import (
 )
 from server.cluster.presence import Presence, new_relay_id
 from server.cluster.reactions import ChangeReactions
+from server.cluster.traffic import ClusterTraffic
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
@@ -87,6 +88,7 @@ class Relay:
     _relays_answer: tuple[float, bytes] | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
+    traffic: ClusterTraffic | None = None
     stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
@@ -140,6 +142,21 @@ class Relay:
             raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
+        relay_id = new_relay_id()
+        traffic = (
+            ClusterTraffic(
+                store,
+                registry,
+                relay_id,
+                min_health_interval=settings.health_min_interval_seconds,
+                presence_interval=settings.heartbeat_interval,
+                dead_after=settings.relay_dead_after,
+            )
+            if store.dialect != "sqlite"
+            else None
+        )
+        # In a cluster an agent tunnelled to another relay is online too.
+        agent_online = traffic.agents.is_online if traffic is not None else registry.is_online
         remember = masker.add if masker is not None else None
         if masker is not None:
             masker.add(admin_token)
@@ -148,7 +165,7 @@ class Relay:
             box,
             lambda: load_secret_box(settings),
             remember_secrets=remember,
-            agent_online=registry.is_online,
+            agent_online=agent_online,
             min_health_interval=settings.health_min_interval_seconds,
         )
         tunnel_http = TunnelHTTP(
@@ -170,8 +187,9 @@ class Relay:
             store,
             connections,
             engine,
-            registry.is_online,
+            agent_online,
             min_interval=settings.health_min_interval_seconds,
+            leads=traffic.health_lease.leads if traffic is not None else None,
         )
         metrics.registry.register(health.collector())
         rate_limits = RateLimits(count=metrics.limited)
@@ -204,12 +222,16 @@ class Relay:
             cluster=cluster,
             box=box,
             lock=lock,
+            traffic=traffic,
         )
         try:
             relay.admin_sync = AdminTokenSync(cluster, box, relay.admin)
             if not await relay.admin_sync.join():
                 relay.admin_token_created = False  # the cluster's token, not a new one
             await relay._start_feed()
+            if traffic is not None:
+                assert relay.reactions is not None
+                await traffic.start(rate_limits, relay.reactions)
             ctx = SSHContext(
                 store=store,
                 registry=registry,
@@ -240,7 +262,7 @@ class Relay:
             relay.presence = Presence(
                 cluster,
                 registry,
-                relay_id=new_relay_id(),
+                relay_id=relay_id,
                 advertise_ssh=str(advertised_address(settings.advertise_ssh, relay.ssh_address)),
                 cluster_url="",
                 heartbeat_interval=settings.heartbeat_interval,
@@ -411,6 +433,8 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self.presence.beat()
         await self.health.close()
+        if self.traffic is not None:
+            await self.traffic.close()
         await self.debug.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]

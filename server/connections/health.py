@@ -69,10 +69,16 @@ class HealthMonitor:
                 await self._task
 
     async def _run(self) -> None:
+        loaded = 0.0
         while True:
             try:
                 if self._leads():
                     await self.run_due()
+                elif time.monotonic() - loaded >= max(self._tick, 1.0):
+                    # Another relay pings: its results are what this relay's
+                    # metrics show.
+                    loaded = time.monotonic()
+                    await self.load_latest()
             except Exception as exc:  # the schedule must outlive one bad round
                 log.error("health_round_failed", error_type=type(exc).__name__, error=str(exc))
             # A schedule, not synchronisation: the next look at who is due.
@@ -121,6 +127,17 @@ class HealthMonitor:
         self._latest[conn_id] = (mode, agent_id, HealthRecord(status, at, error))
         log.info("health_checked", connection=conn_id, status=status, ms=result.elapsed_ms)
 
+    async def load_latest(self) -> None:
+        """Take every connection's latest check from the store (stored by any relay)."""
+        records = await self._store.health.all()
+        latest: dict[str, tuple[str, str | None, HealthRecord]] = {}
+        for row in await self._store.list_connections():
+            record = records.get(row.id)
+            if record is not None:
+                latest[row.id] = (row.mode, row.agent_id, record)
+        self._latest = latest
+        self._due.clear()  # if this relay leads again, it starts from a fresh schedule
+
     def forget(self, conn_id: str) -> None:
         self._due.pop(conn_id, None)
         self._latest.pop(conn_id, None)
@@ -140,5 +157,11 @@ class HealthMonitor:
                     up = is_up(mode, agent_id, record, monitor._agent_online)
                     family.add_metric([conn_id], 1.0 if up else 0.0)
                 yield family
+                leader = GaugeMetricFamily(
+                    "sluice_health_leader",
+                    "1 on the relay that runs the health schedule (one relay of a cluster).",
+                )
+                leader.add_metric([], 1.0 if monitor._leads() else 0.0)
+                yield leader
 
         return _Up()
