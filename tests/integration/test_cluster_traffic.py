@@ -168,14 +168,15 @@ async def test_one_relay_pings_and_another_takes_over_when_it_dies(
     async def one_leader() -> bool:
         return sorted(await _leaders(clients)) == [0.0, 0.0, 1.0]
 
-    await _until(one_leader, 10, "one relay to lead the health schedule")
-    leader = (await _leaders(clients)).index(1.0)
+    await _until(lambda: _true(bool(fragile.health_bodies)), 10, "the first scheduled ping")
     # A measurement window, not synchronisation: pings over three seconds.
     began = len(fragile.health_bodies)
     await asyncio.sleep(3)
     pings = len(fragile.health_bodies) - began
     one_relay = 3 / interval
     assert one_relay * 0.5 <= pings <= one_relay * 1.5, f"{pings} pings in 3 s"
+    await _until(one_leader, 5, "one relay to lead the health schedule")
+    leader = (await _leaders(clients)).index(1.0)
 
     await relays[leader].stop(signal.SIGKILL)
     rest = [c for i, c in enumerate(clients) if i != leader]
