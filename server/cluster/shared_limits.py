@@ -31,6 +31,7 @@ PROBE_LEASE = 10.0
 # A probe kept back by another relay's lease looks again at least this often
 # (the outcome's notification usually comes first).
 LOOK_AGAIN = 0.25
+MIN_HOLD = 0.02
 
 
 def _wall(when: dt.datetime) -> float:
@@ -93,7 +94,9 @@ class ClusterLimits:
         if turn.go:
             return None
         if turn.deadline is not None:
-            return _wall(turn.deadline)
+            # Not sooner than a moment from now: this host's clock may run
+            # ahead of the database's, and asking again at once would spin.
+            return max(_wall(turn.deadline), time.time() + MIN_HOLD)
         again = time.time() + LOOK_AGAIN
         return again if turn.lease_until is None else min(_wall(turn.lease_until), again)
 
