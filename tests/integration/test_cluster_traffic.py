@@ -107,7 +107,7 @@ async def _gates_are(clients: list[APIClient], count: int) -> bool:
 
 @pytest.mark.timeout(120)
 async def test_one_limit_pauses_every_relay_and_the_api_sees_one_probe_per_window(
-    clients: list[APIClient], fragile: FragileAPI
+    relays: list[RelayProcess], clients: list[APIClient], fragile: FragileAPI
 ) -> None:
     a, b, c = clients
     # The first answer is a limit, and so is the first probe after it.
@@ -139,6 +139,10 @@ async def test_one_limit_pauses_every_relay_and_the_api_sees_one_probe_per_windo
     limited = await a.call("GET", f"/v1/connections/{other}/proxy/limited")
     assert limited.status == 429
     await _until(lambda: _gates_are(clients, 1), 5, "the limit to reach every relay")
+    # A relay starting while a limit is in force reads it: its gate is closed at once.
+    await relays[2].stop()
+    await relays[2].start()
+    assert await _metric(c, "sluice_rate_limit_gates") == 1
     assert (await b.call("DELETE", f"/v1/connections/{other}")).status == 204
     await _until(lambda: _gates_are(clients, 0), 5, "the deleted connection's gates dropped")
 
