@@ -50,6 +50,10 @@ class HealthMonitor:
         # Due times are checked a few times per shortest interval.
         self._tick = max(0.05, min(5.0, min_interval / 4))
         self._leads = leads or (lambda: True)
+        # Shared with other relays: a relay taking the schedule over goes on
+        # from the stored checks instead of pinging everything at once (a
+        # single relay, as ever, checks everything when it starts).
+        self._resumes = leads is not None
         self._due: dict[str, float] = {}
         self._latest: dict[str, tuple[str, str | None, HealthRecord]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -88,18 +92,26 @@ class HealthMonitor:
     async def run_due(self) -> None:
         """Ping every connection whose interval has passed since its last check."""
         now = time.monotonic()
-        due: list[str] = []
-        scheduled: set[str] = set()
+        intervals: dict[str, float] = {}
         for row in await self._store.list_connections():
             health = json.loads(row.document).get("http", {}).get("health")
-            if not isinstance(health, dict):
-                continue
-            scheduled.add(row.id)
-            interval = float(health.get("interval_seconds") or 300)
-            if self._due.get(row.id, 0.0) <= now:
-                self._due[row.id] = now + interval
-                due.append(row.id)
-        for gone in set(self._due) - scheduled:
+            if isinstance(health, dict):
+                intervals[row.id] = float(health.get("interval_seconds") or 300)
+        new = [conn_id for conn_id in intervals if conn_id not in self._due]
+        if new and self._resumes:
+            # Taking over a shared schedule: go on from the stored checks.
+            stored = await self._store.health.all()
+            for conn_id in new:
+                last = stored.get(conn_id)
+                if last is not None:
+                    since = (utcnow() - last.last_checked_at).total_seconds()
+                    self._due[conn_id] = now + max(0.0, intervals[conn_id] - since)
+        due: list[str] = []
+        for conn_id, interval in intervals.items():
+            if self._due.get(conn_id, 0.0) <= now:
+                self._due[conn_id] = now + interval
+                due.append(conn_id)
+        for gone in set(self._due) - set(intervals):
             del self._due[gone]
         await asyncio.gather(*(self._scheduled_check(conn_id) for conn_id in due))
 
