@@ -153,11 +153,7 @@ async def _leaders(clients: list[APIClient]) -> list[float]:
 
 @pytest.mark.timeout(150)
 async def test_one_relay_pings_and_another_takes_over_when_it_dies(
-    tmp_path: Path,
-    relays: list[RelayProcess],
-    clients: list[APIClient],
-    fragile: FragileAPI,
-    api: InternalAPI,
+    relays: list[RelayProcess], clients: list[APIClient], fragile: FragileAPI
 ) -> None:
     interval = 0.3
     conn_id = await _create(
