@@ -116,11 +116,18 @@ class ClusterLimits:
 
     # -- the cluster tells this relay's gates --------------------------------------------
     def changed(self, conn_id: str) -> None:
-        """A change of kind ``limit`` or ``connection``: read the row again."""
+        """A ``limit`` change: read the connection's row again."""
         self._tasks.spawn(self.read(conn_id), name=f"limit-{conn_id}")
 
-    async def read(self, conn_id: str) -> None:
+    def connection_changed(self, conn_id: str) -> None:
+        """A ``connection`` change: deleted (its gate goes), or edited (read the row)."""
+        self._tasks.spawn(self.read(conn_id, maybe_gone=True), name=f"limit-{conn_id}")
+
+    async def read(self, conn_id: str, *, maybe_gone: bool = False) -> None:
         assert self.rate_limits is not None
+        if maybe_gone and not await self._rows.connection_exists(conn_id):
+            self.rate_limits.drop(conn_id)
+            return
         until = await self._rows.limit_of(conn_id)
         if until is None:
             self.rate_limits.open_elsewhere(conn_id)

@@ -47,7 +47,7 @@ class ClusterTraffic:
     async def start(self, rate_limits: RateLimits, reactions: ChangeReactions) -> None:
         # Listen first, then read what is in force: nothing falls in between.
         reactions.on(LIMIT_CHANGE, self.limits.changed)
-        reactions.on("connection", self.limits.changed)  # deleted, or rate_limit reset
+        reactions.on("connection", self.limits.connection_changed)  # deleted, or edited
         await self.limits.attach(rate_limits)
         await self.agents.start()
         self.health_lease.start()

@@ -50,6 +50,7 @@ class LimitGate:
     probing: asyncio.Future[None] | None = None
     waiting: int = 0
     users: int = 0  # requests between their start and their answer
+    own_until: float = 0.0  # the latest deadline an answer on this relay named
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -62,9 +63,12 @@ class LimitGate:
             and self.until <= time.monotonic()
         )
 
-    def limited(self, seconds: float) -> None:
-        """An answer said "limited": nobody goes before now + *seconds*."""
+    def limited(self, seconds: float, *, here: bool = True) -> None:
+        """An answer said "limited" (*here*: on this relay, not another one of
+        the cluster): nobody goes before now + *seconds*."""
         self.until = max(self.until, time.monotonic() + seconds)
+        if here:
+            self.own_until = max(self.own_until, self.until)
         self.needs_probe = True
         self._wake()
 
@@ -76,8 +80,18 @@ class LimitGate:
     def opened(self) -> None:
         """The limit is over (another relay's probe passed, or it was reset)."""
         self.until = min(self.until, time.monotonic())
+        self.own_until = 0.0
         self.needs_probe = False
         self._wake()
+
+    def opened_elsewhere(self) -> bool:
+        """The cluster holds no limit: open, unless an answer here named a
+        deadline still ahead (the news is older than that answer, whose own
+        write is on its way). True when it opened."""
+        if self.own_until > time.monotonic():
+            return False
+        self.opened()
+        return True
 
     def hold(self, seconds: float) -> None:
         """Our probe may not go yet (another relay's is out): look again in *seconds*."""

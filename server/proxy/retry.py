@@ -117,22 +117,25 @@ class RateLimits:
     def forget(self, key: str) -> None:
         """The connection was deleted or its rate_limit edited: drop its gate
         here and, in a cluster, its shared deadline."""
-        gate = self._gates.pop(key, None)
-        if gate is not None:
-            gate.opened()
+        self.drop(key)
         if self.shared is not None:
             self.shared.reset(key)
 
     def limited_elsewhere(self, key: str, until_wall: float) -> None:
         """The cluster's deadline for *key* is *until_wall* (time.time())."""
-        self.gate(key).limited(max(0.0, until_wall - time.time()))
+        self.gate(key).limited(max(0.0, until_wall - time.time()), here=False)
 
     def open_elsewhere(self, key: str) -> None:
         """The cluster holds no limit for *key* (a probe passed, or it was reset)."""
         gate = self._gates.get(key)
+        if gate is not None and gate.opened_elsewhere():
+            self._drop_if_idle(key, gate)
+
+    def drop(self, key: str) -> None:
+        """The connection is gone: its gate too (its waiters go)."""
+        gate = self._gates.pop(key, None)
         if gate is not None:
             gate.opened()
-            self._drop_if_idle(key, gate)
 
     def _drop_if_idle(self, key: str, gate: LimitGate) -> None:
         if gate.idle and self._gates.get(key) is gate:

@@ -15,7 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
-from server.storage.schema import cluster_leases, connection_limits, presence, relays
+from server.storage.schema import (
+    cluster_leases,
+    connection_limits,
+    connections,
+    presence,
+    relays,
+)
 from server.storage.store import Store, _aware, record_change, utcnow
 
 # The change kind every relay reads a connection's limit row again on.
@@ -75,6 +81,11 @@ class Coordination:
                 )
             )
         return _aware(value)
+
+    async def connection_exists(self, conn_id: str) -> bool:
+        async with self._engine.connect() as db:
+            found = await db.scalar(sa.select(connections.c.id).where(connections.c.id == conn_id))
+        return found is not None
 
     async def all_limits(self) -> dict[str, dt.datetime]:
         async with self._engine.connect() as db:

@@ -108,3 +108,16 @@ async def test_a_chunked_answer_past_the_limit_goes_on_unchanged() -> None:
     assert out == whole
     answer.release()
     assert upstream.released
+
+
+async def test_news_of_an_open_cluster_does_not_open_a_limit_seen_here() -> None:
+    """The cluster's "no limit" can be older than an answer this relay just had
+    (its own write still on its way): the gate stays closed."""
+    limits = RateLimits()
+    limits.gate("con_a", RULE).limited(30)
+    limits.open_elsewhere("con_a")
+    gate = limits.gate("con_a", RULE)
+    assert gate.needs_probe
+    assert gate.until > time.monotonic() + 20
+    limits.drop("con_a")  # the connection was deleted: that one counts
+    assert len(limits) == 0
