@@ -143,6 +143,21 @@ async def test_one_limit_pauses_every_relay_and_the_api_sees_one_probe_per_windo
     await relays[2].stop()
     await relays[2].start()
     assert await _metric(c, "sluice_rate_limit_gates") == 1
+    # An edit of rate_limit through B opens the connection on every relay:
+    # requests through A (which had the limit) and C go at once, and the
+    # API's 429, no limit under the new rule, comes straight back.
+    edited = await b.call(
+        "PATCH",
+        f"/v1/connections/{other}",
+        json_body={"http": {"rate_limit": {"max_retries": 0, "fail_status": 503}}},
+    )
+    assert edited.status == 200, edited.text
+    began = time.monotonic()
+    again = await asyncio.gather(
+        *(r.call("GET", f"/v1/connections/{other}/proxy/limited") for r in (a, c))
+    )
+    assert [x.status for x in again] == [429, 429]
+    assert time.monotonic() - began < 5
     assert (await b.call("DELETE", f"/v1/connections/{other}")).status == 204
     await _until(lambda: _gates_are(clients, 0), 5, "the deleted connection's gates dropped")
 
