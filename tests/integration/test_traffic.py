@@ -184,3 +184,80 @@ async def test_short_queue_timeout_answers_concurrency_limited(
     assert all(a.body["type"] == "concurrency_limited" for a in limited)
     assert "concurrency_level" in limited[0].body["detail"]
     assert fragile.peak == 1
+
+
+async def _gates(client: APIClient) -> float:
+    metrics = await client.call("GET", "/metrics")
+    for line in metrics.text.splitlines():
+        if line.startswith("sluice_rate_limit_gates "):
+            return float(line.split()[-1])
+    raise AssertionError("no sluice_rate_limit_gates in /metrics")
+
+
+async def test_a_deleted_connection_leaves_no_gate_behind(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.limit_next = 1
+    fragile.retry_seconds = 30
+    conn_id = await _connection(client, fragile, rate_limit={"max_retries": 0})
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+    assert answer.status == 429  # no retries allowed: passed on, the gate closed for 30 s
+    assert await _gates(client) == 1
+    assert (await client.call("DELETE", f"/v1/connections/{conn_id}")).status == 204
+    assert await _gates(client) == 0
+
+
+async def test_editing_rate_limit_opens_the_gate(client: APIClient, fragile: FragileAPI) -> None:
+    fragile.limit_next = 1
+    fragile.retry_seconds = 30
+    conn_id = await _connection(client, fragile, rate_limit={"max_retries": 0})
+    path = f"/v1/connections/{conn_id}/proxy/limited"
+    assert (await client.call("GET", path)).status == 429
+    edited = await client.call(
+        "PATCH",
+        f"/v1/connections/{conn_id}",
+        json_body={"http": {"rate_limit": {"max_retries": 0, "fail_status": 503}}},
+    )
+    assert edited.status == 200, edited.text
+    # The new rule starts with an open gate: the request goes at once (and
+    # the API's 429, no limit under the new rule, comes straight back).
+    began = time.monotonic()
+    answer = await client.call("GET", path)
+    assert answer.status == 429
+    assert time.monotonic() - began < 5
+    assert fragile.early == 1
+    assert await _gates(client) == 0
+
+
+async def test_a_chunked_limit_in_a_200_body_is_recognised(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.limit_next = 2
+    conn_id = await _connection(
+        client,
+        fragile,
+        rate_limit={"fail_path": "error", "fail_values": ["rate_limited"], "max_retries": 3},
+    )
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/chunked")
+    assert answer.status == 200
+    assert answer.body == {"ok": True, "error": None}
+    assert answer.headers["Sluice-Retries"] == "2"
+    assert fragile.limited == 2
+    assert len(fragile.arrivals) == 3
+
+
+async def test_a_chunked_answer_past_1_mib_streams_through_unchecked(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    conn_id = await _connection(
+        client,
+        fragile,
+        rate_limit={"fail_path": "error", "fail_values": ["rate_limited"], "max_retries": 3},
+    )
+    pad = 2 * 1024 * 1024
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/chunked?pad={pad}")
+    assert answer.status == 200
+    assert answer.body == {"error": "rate_limited", "pad": "x" * pad}
+    assert answer.headers["Sluice-Retries"] == "0"
+    assert answer.headers.get("Transfer-Encoding") == "chunked"
+    assert len(fragile.arrivals) == 1
