@@ -266,6 +266,17 @@ async def test_an_agent_tunnelled_to_another_relay_is_not_offline(
             return bool(view["status"] == "online")
 
         await _until(online_through_b, 5, "B to show the connection online")
+
+        # The debug log, opened through B: a request through B goes to A (the
+        # agent's tunnel) and is one entry, as A sent it to the API.
+        started = await b.call("POST", f"/v1/connections/{conn_id}/debug", json_body={"minutes": 5})
+        assert started.status == 200, started.text
+        proxied = await b.call("GET", f"/v1/connections/{conn_id}/proxy/hello?via=b")
+        assert proxied.status == 200
+        entries = (await b.call("GET", f"/v1/connections/{conn_id}/debug-log")).body["entries"]
+        assert [e["request"].get("url") for e in entries] == [f"{api.base}/hello?via=b"]
+        assert entries[0]["sends"] == 1
+        assert entries[0]["answer"]["status"] == 200
         await agent.stop()
 
         async def offline_through_b() -> bool:
