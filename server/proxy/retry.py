@@ -45,7 +45,7 @@ from server.tunnel.http1 import Answer, Body
 
 log = structlog.get_logger("sluice.relay.retry")
 
-# Full-jitter backoff when the API names no wait: 0-1 s, 0-2 s, 0-4 s, ...
+# Full-jitter backoff when the API names no wait: 0-0.5 s, 0-1 s, 0-2 s, ...
 BACKOFF_MULTIPLIER = 0.5
 RETRIES_HEADER = "Sluice-Retries"
 

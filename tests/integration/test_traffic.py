@@ -261,3 +261,25 @@ async def test_a_chunked_answer_past_1_mib_streams_through_unchecked(
     assert answer.headers["Sluice-Retries"] == "0"
     assert answer.headers.get("Transfer-Encoding") == "chunked"
     assert len(fragile.arrivals) == 1
+
+
+async def test_bad_traffic_settings_are_refused_naming_the_field(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"concurrency_level": 0}, "http.concurrency_level"),
+        ({"concurrency_level": 101}, "http.concurrency_level"),
+        ({"queue_timeout_seconds": 0}, "http.queue_timeout_seconds"),
+        ({"rate_limit": {"max_retries": 11}}, "http.rate_limit.max_retries"),
+        ({"rate_limit": {"max_wait_seconds": 0}}, "http.rate_limit.max_wait_seconds"),
+        ({"rate_limit": {"fail_status": 200}}, "http.rate_limit.fail_status"),
+        ({"rate_limit": {"fail_path": "error"}}, "http.rate_limit.fail_values"),
+        ({"rate_limit": {"retry_header": "Retry After"}}, "http.rate_limit.retry_header"),
+    ]
+    for http, field in cases:
+        document = {"name": "bad", "mode": "cloud", "http": {"base_uri": fragile.base, **http}}
+        refused = await client.call("POST", "/v1/connections", json_body=document)
+        assert refused.status == 422, (http, refused.text)
+        assert [e["field"] for e in refused.body["errors"]] == [field], http
+        assert refused.body["errors"][0]["message"]
+    assert (await client.call("GET", "/v1/connections")).body["connections"] == []
