@@ -160,15 +160,37 @@ async def test_concurrency_cap_holds_and_everyone_is_served(
     fragile.delay = 0.1
     conn_id = await _connection(client, fragile, concurrency_level=3)
     path = f"/v1/connections/{conn_id}/proxy/slow"
-    answers = await asyncio.gather(*(client.call("GET", path) for _ in range(30)))
+    calls = asyncio.gather(*(client.call("GET", path) for _ in range(30)))
+    # While they run, the gauges show the cap full and the rest queued.
+    seen: set[tuple[float, float]] = set()
+    while not calls.done():
+        text = (await client.call("GET", "/metrics")).text
+        seen.add(
+            (
+                _series(text, "sluice_connection_in_flight", conn_id),
+                _series(text, "sluice_connection_queued", conn_id),
+            )
+        )
+    answers = await calls
     assert [a.status for a in answers] == [200] * 30
     assert fragile.served == 30
     assert fragile.peak == 3
+    assert max(in_flight for in_flight, _ in seen) == 3
+    assert max(queued for _, queued in seen) > 0
     metrics = await client.call("GET", "/metrics")
     assert f'sluice_connection_queue_wait_seconds_count{{connection="{conn_id}"}}' in metrics.text
     # All done: nothing in flight, nothing queued.
     assert f'sluice_connection_in_flight{{connection="{conn_id}"}} 0.0' in metrics.text
     assert f'sluice_connection_queued{{connection="{conn_id}"}} 0.0' in metrics.text
+
+
+def _series(text: str, name: str, conn_id: str) -> float:
+    """The value of *name* for *conn_id* in a /metrics text (0 before it exists)."""
+    prefix = f'{name}{{connection="{conn_id}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
 
 
 async def test_short_queue_timeout_answers_concurrency_limited(
@@ -283,3 +305,20 @@ async def test_bad_traffic_settings_are_refused_naming_the_field(
         assert [e["field"] for e in refused.body["errors"]] == [field], http
         assert refused.body["errors"][0]["message"]
     assert (await client.call("GET", "/v1/connections")).body["connections"] == []
+
+
+async def test_a_streamed_body_within_1_mib_is_sent_again_whole(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.limit_next = 1
+    conn_id = await _connection(client, fragile, rate_limit={})
+    piece = bytes(range(256)) * 256  # 64 KiB
+
+    async def half_mib() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield piece
+
+    answer = await client.call("POST", f"/v1/connections/{conn_id}/proxy/limited", data=half_mib())
+    assert answer.status == 200
+    assert answer.headers["Sluice-Retries"] == "1"
+    assert fragile.bodies == [piece * 8, piece * 8]

@@ -34,6 +34,7 @@ class FragileAPI:
     early: int = 0
     limited: int = 0
     arrivals: list[float] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # of the limited route, in order
     # Slowness and concurrency.
     delay: float = 0.0
     in_flight: int = 0
@@ -71,6 +72,7 @@ class FragileAPI:
     async def limited_route(self, request: web.Request) -> web.Response:
         now = time.time()
         self.arrivals.append(now)
+        self.bodies.append(await request.read())
         if now < self.window_end:
             self.early += 1
             return self._limit(now)
