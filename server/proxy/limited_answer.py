@@ -5,12 +5,16 @@ or a 200 whose JSON body holds one of ``fail_values`` at ``fail_path``. To
 look at the body the relay reads it first: up to REPLAY_LIMIT (1 MiB),
 whether the API named its length or sent it chunked (or until it closed).
 A longer body cannot be a checked limit: it goes to the caller unchanged,
-the part already read first.
+the part already read first. A body the API compressed (gzip or deflate:
+the caller's Accept-Encoding goes to the API) is inflated to be looked at,
+up to the same limit, and passed on as it came; one in another encoding
+(br) cannot be looked at.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -151,14 +155,35 @@ async def keep_if_checkable(answer: Answer, rule: RateLimit) -> Answer:
     return KeptAnswer(answer, b"".join(chunks))
 
 
+def _inflated(answer: KeptAnswer) -> bytes | None:
+    """The kept body as the API encoded it before any Content-Encoding
+    (up to REPLAY_LIMIT); None when that encoding cannot be undone here."""
+    coding = answer.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return answer.body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    # gzip or zlib framing (wbits 47 tells them apart), else raw deflate,
+    # which some servers send as "deflate".
+    for wbits in (47, -15):
+        try:
+            return zlib.decompressobj(wbits).decompress(answer.body, REPLAY_LIMIT)
+        except zlib.error:
+            continue
+    return None
+
+
 def is_limited(answer: Answer, rule: RateLimit) -> bool:
     """Whether *answer* means "too many requests" under *rule*."""
     if rule.fail_status is not None and answer.status == rule.fail_status:
         return True
     if rule.fail_path is None or not isinstance(answer, KeptAnswer):
         return False
+    body = _inflated(answer)
+    if body is None:
+        return False
     try:
-        found, value = lookup(json.loads(answer.body), rule.fail_path)
+        found, value = lookup(json.loads(body), rule.fail_path)
     except (ValueError, RecursionError):
         return False
     return found and as_comparable(value) in rule.fail_values

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from server.relay import Relay
 from tests.conftest import relay_settings
@@ -94,6 +95,33 @@ async def test_limit_in_a_200_body_is_backed_off(client: APIClient, fragile: Fra
     assert answer.body == {"ok": True, "error": None}
     assert answer.headers["Sluice-Retries"] == "2"
     assert fragile.limited == 2
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_limit_in_a_compressed_200_body_is_backed_off(
+    client: APIClient, fragile: FragileAPI, coding: str
+) -> None:
+    # The caller asks for compressed answers (aiohttp does by default), and
+    # the API compresses: the relay still sees the fail value.
+    fragile.style = "body"
+    fragile.limit_next = 1
+    fragile.compress = web.ContentCoding(coding)
+    conn_id = await _connection(
+        client,
+        fragile,
+        rate_limit={"fail_path": "error", "fail_values": ["rate_limited"], "max_retries": 3},
+    )
+    answer = await client.call(
+        "GET",
+        f"/v1/connections/{conn_id}/proxy/limited",
+        headers={"Accept-Encoding": "gzip, deflate"},
+    )
+    assert answer.status == 200
+    assert answer.headers["Content-Encoding"] == coding  # passed on as the API sent it
+    assert answer.body == {"ok": True, "error": None}
+    assert answer.headers["Sluice-Retries"] == "1"
+    assert fragile.limited == 1
+    assert len(fragile.arrivals) == 2
 
 
 async def test_retries_run_out_and_the_last_answer_is_passed_on(

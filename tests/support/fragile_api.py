@@ -35,6 +35,7 @@ class FragileAPI:
     limited: int = 0
     arrivals: list[float] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)  # of the limited route, in order
+    compress: web.ContentCoding | None = None  # the limited route's answers, so encoded
     # Slowness and concurrency.
     delay: float = 0.0
     in_flight: int = 0
@@ -70,6 +71,12 @@ class FragileAPI:
         return web.json_response({"error": "rate_limited"})
 
     async def limited_route(self, request: web.Request) -> web.Response:
+        answer = await self._limited_answer(request)
+        if self.compress is not None:
+            answer.enable_compression(self.compress)
+        return answer
+
+    async def _limited_answer(self, request: web.Request) -> web.Response:
         now = time.time()
         self.arrivals.append(now)
         self.bodies.append(await request.read())
