@@ -141,6 +141,21 @@ async def test_retries_run_out_and_the_last_answer_is_passed_on(
     assert fragile.limited == 2
 
 
+async def test_retries_run_out_on_a_429_and_it_is_passed_on_unchanged(
+    client: APIClient, fragile: FragileAPI
+) -> None:
+    fragile.limit_next = 5
+    conn_id = await _connection(client, fragile, rate_limit={"max_retries": 1})
+    answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
+    assert answer.status == 429
+    assert answer.body == {"error": "slow down"}
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.headers["Sluice-Retries"] == "1"
+    assert fragile.limited == 2
+    assert fragile.early == 0
+
+
 async def test_a_wait_longer_than_max_wait_is_not_waited(
     client: APIClient, fragile: FragileAPI
 ) -> None:
