@@ -326,6 +326,7 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
     parser.add_argument("--get-seconds", type=int, default=FULL_LINKS.get_seconds)
     parser.add_argument("--out", type=Path, default=None, help="raw rows as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
     parser.add_argument(
         "--relay-env", action="append", default=[], metavar="NAME=VALUE", help="relay setting"
     )
@@ -348,7 +349,10 @@ def main() -> None:
     try:
         results = asyncio.run(long_links(root / "links", plan, print, relay_env, agent_env))
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1))
 

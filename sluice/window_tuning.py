@@ -65,17 +65,21 @@ STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
 STARTUP_FLAT = 2
 QUEUED = 1.25
-# Past slow start, a sample within this much of the round trip (at least
-# LIMITED_MIN, else this share of it) says the peer had used up its credit
-# and waited for more: the window grows by CRUISE_GAIN.
-LIMITED_MIN = 0.001  # seconds
+# Past slow start, the shortest of the last QUEUE_ROUNDS samples tells what
+# queues for good. Within LIMITED (at least LIMITED_MIN, else this share of
+# the round trip) of the round trip, nothing does: the peer used up its
+# credit and waited for more, and the window grows by CRUISE_GAIN. Beyond
+# QUEUE_HIGH, data queues at the slower end: the window goes back to the
+# pace times the round trip plus HEADROOM (at least HEADROOM_MIN, else this
+# share of the round trip). In between it holds.
+QUEUE_ROUNDS = 3
+LIMITED_MIN = 0.0015  # seconds
 LIMITED_SHARE = 32
 CRUISE_GAIN = 1.25
-# Beyond the pace times the round trip, a window that covers the link keeps
-# this much more (at least HEADROOM_MIN, else this share of the round trip):
-# what may queue ahead of a small answer, and room for the pace to rise.
+QUEUE_HIGH_MIN = 0.005  # seconds
+QUEUE_HIGH_SHARE = 16
 HEADROOM_MIN = 0.003  # seconds
-HEADROOM_SHARE = 16
+HEADROOM_SHARE = 32
 # The pace a window follows is the best of the last few rounds (a slow one,
 # a busy moment on the machine, does not shrink it).
 PACE_ROUNDS = 10
@@ -167,6 +171,7 @@ class WindowTuner:
         "_limit",
         "_paces",
         "_probe",
+        "_samples",
         "_settling",
         "_starting",
         "base",
@@ -195,6 +200,7 @@ class WindowTuner:
         self._last = 0.0
         self._flat = 0
         self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
+        self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -280,14 +286,22 @@ class WindowTuner:
             self._paces.append(pace)
         best = max(self._paces)
         budget.filled(best, now)
-        headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-        low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
-        wanted = int(best * (rtt + headroom) / low)
-        if sample <= rtt + max(LIMITED_MIN, rtt / LIMITED_SHARE):
-            # The peer used up its credit and waited for the top-up: the
+        self._samples.append(sample)
+        # What queues for good (the shortest of the last few samples above
+        # the round trip; a busy moment on the machine lengthens one sample,
+        # not all of them).
+        standing = min(self._samples) - rtt
+        if standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
+            # Data queues at the slower end, ahead of every small answer:
+            # back to the pace times the round trip, plus the headroom.
+            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
+            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
+            self._samples.clear()
+        elif standing < max(LIMITED_MIN, rtt / LIMITED_SHARE):
+            # The peer used up its credit and waited for each top-up: the
             # window holds it back (the link got faster, or less busy).
-            wanted = int(max(wanted, self.window) * CRUISE_GAIN)
-        self._resize(chan, wanted)
+            self._resize(chan, int(self.window * CRUISE_GAIN))
 
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)

@@ -93,6 +93,28 @@ async def test_windows_grow_to_a_long_link_both_ways(tmp_path: Path, api: Intern
 
 
 @pytest.mark.timeout(60)
+async def test_every_download_ramps_up_on_a_long_link(tmp_path: Path, api: InternalAPI) -> None:
+    # 16 MiB at 100 ms, three times on one agent connection, the first on a
+    # connection that has carried nothing yet. Fixed windows allow 2.6 MB/s;
+    # a window that doubles every other round trip (slow start probed in
+    # pairs of waits) needs a second or more for the first one. Each one
+    # must ramp within a few round trips: slow start quadruples the window
+    # each round, and later streams start from what the connection carried.
+    rtt, size = 0.1, 16 * MiB
+    speeds = []
+    async with _far_agent(tmp_path, api, rtt) as (relay, _, _, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        for _ in range(3):
+            began = time.monotonic()
+            async with http.get(f"{api.base}/blob/{size}") as resp:
+                got = len(await resp.read())
+            assert got == size
+            speeds.append(size / (time.monotonic() - began) / 1e6)
+    fixed = sshconfig.CHANNEL_WINDOW / rtt / 1e6
+    assert min(speeds) > 8 * fixed, f"MB/s {[round(s, 1) for s in speeds]}, fixed {fixed:.1f}"
+
+
+@pytest.mark.timeout(60)
 async def test_stalled_readers_hold_no_more_than_the_budget(
     tmp_path: Path, api: InternalAPI
 ) -> None:
