@@ -19,13 +19,23 @@ that much.
 
 So, per round, with the link's shortest sample as its round trip:
 
-- a sample within ``LIMITED`` of the round trip: the window held the stream
-  back. It doubles (slow start, as TCP's and DRS's) — or jumps at once to
-  what the connection last carried per round trip (``WindowBudget.learned``),
-  so a new stream on a warm connection needs one round, not ten;
-- a longer one: the window covers the link. It is set to the pace the stream
-  kept over its last few rounds times the round trip plus ``HEADROOM``, so
-  at most that much queues ahead of a small answer.
+- slow start (a new stream): the window quadruples each round while the
+  pace (bytes delivered in the round over its length) keeps rising by
+  ``STARTUP_GAIN``; it ends when the pace stops rising or a sample shows
+  data queuing. A new stream on a connection that already carried a full
+  stream skips it: at its first top-up it jumps to what that stream carried
+  per round trip (``WindowBudget.learned``), so each download after the
+  first needs no ramp at all;
+- then the shortest of the last few samples says what queues for good (a
+  busy moment on the machine lengthens one sample, not three): nothing, and
+  the peer waited for every top-up, so the window grows by a quarter; more
+  than ``QUEUE_HIGH``, and the window goes back to the best recent pace
+  times the round trip plus ``HEADROOM`` — what may wait ahead of a small
+  answer on the same connection.
+
+A round after a shrink is not judged (the peer first uses up the credit it
+holds, then waits, which looks like a window-limited round), nor one in
+which the stream sat idle (between answers on a pooled stream).
 
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
@@ -35,7 +45,9 @@ returns credit only as data is delivered, so no top-up, no round, no
 growth, and what the stream holds stays within its window. Every growth
 comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
 the most all of an agent's streams may have in flight beyond their starting
-windows. A stream gives its growth back when it shrinks or closes.
+windows. A stream gives its growth back when it shrinks or closes (an idle
+stream kept in the relay's pool keeps its window: the next answer on it
+needs no ramp, but other streams cannot grow into that share meanwhile).
 """
 
 from __future__ import annotations
