@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from server.cluster.changes import ChangeFeed, asyncpg_dsn
+from server.cluster.charts import ClusterCharts
 from server.cluster.forward import HOP_KEY_LABEL, Forwarder, HopAuth
 from server.cluster.identity import (
     AdminTokenSync,
@@ -24,6 +25,7 @@ from server.cluster.identity import (
 )
 from server.cluster.presence import Presence, new_relay_id
 from server.cluster.reactions import ChangeReactions
+from server.cluster.shares import CapShares
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
@@ -87,6 +89,8 @@ class Relay:
     _relays_answer: tuple[float, bytes] | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
+    shares: CapShares | None = None
+    cluster_charts: ClusterCharts | None = None
     stats: TrafficStats = field(default_factory=TrafficStats)
     ssh: asyncssh.SSHAcceptor | None = None
     ssh_context: SSHContext | None = None
@@ -140,6 +144,7 @@ class Relay:
             raise
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
+        relay_id = new_relay_id()
         remember = masker.add if masker is not None else None
         if masker is not None:
             masker.add(admin_token)
@@ -158,6 +163,12 @@ class Relay:
             streams_per_second=settings.max_new_streams_per_second,
         )
         cloud_http = CloudHTTP(allow_private=settings.allow_private_destinations)
+        # In a cluster every relay holds a share of each connection's cap.
+        shares = CapShares(relay_id) if store.dialect != "sqlite" else None
+        limits = ConcurrencyLimits(metrics, share=shares.share if shares is not None else None)
+        if shares is not None:
+            shares.on_change(limits.rebalance)
+            metrics.cap_shares(lambda: shares.count)
         engine = Engine(
             registry,
             tunnel_http,
@@ -183,7 +194,7 @@ class Relay:
             connections=connections,
             engine=engine,
             metrics=metrics,
-            limits=ConcurrencyLimits(metrics),
+            limits=limits,
             rate_limits=RateLimits(count=metrics.limited),
             health=health,
             debug=DebugLog(
@@ -202,6 +213,7 @@ class Relay:
             cluster=cluster,
             box=box,
             lock=lock,
+            shares=shares,
         )
         try:
             relay.admin_sync = AdminTokenSync(cluster, box, relay.admin)
@@ -238,16 +250,22 @@ class Relay:
             relay.presence = Presence(
                 cluster,
                 registry,
-                relay_id=new_relay_id(),
+                relay_id=relay_id,
                 advertise_ssh=str(advertised_address(settings.advertise_ssh, relay.ssh_address)),
                 cluster_url="",
                 heartbeat_interval=settings.heartbeat_interval,
                 dead_after=settings.relay_dead_after,
                 shared=relay.clustered,
             )
+            if shares is not None:
+                # Before serving: the first requests already get this relay's share.
+                await shares.refresh(relay.presence)
             if serve_http:
                 await relay._start_http()
             await relay.presence.start()
+            if shares is not None and relay.reactions is not None:
+                shares.start(relay.presence, settings.heartbeat_interval)
+                relay.reactions.on("relays", lambda _target: shares.poke())
             health.start()
             relay.debug.start_purging()
         except BaseException:
@@ -312,6 +330,12 @@ class Relay:
                 self.presence, hop, connect_timeout=self.settings.connect_timeout
             )
             self.engine.forwarder = self.forwarder
+            self.cluster_charts = ClusterCharts(
+                self.presence,
+                hop,
+                self.forwarder.session,
+                timeout=self.settings.cluster_query_timeout,
+            )
         services = Services(
             store=self.store,
             registry=self.registry,
@@ -335,6 +359,8 @@ class Relay:
             forwarder=self.forwarder,
             feed=self.feed,
             raw_heads=raw_heads_supported(),
+            shares=self.shares,
+            cluster_charts=self.cluster_charts,
         )
         # On stop, in-flight requests get drain_timeout to finish (aiohttp waits
         # for running handlers) before tunnels are closed.
@@ -420,6 +446,8 @@ class Relay:
             await self.ssh.wait_closed()
         for tunnel in list(self.registry):
             tunnel.close()
+        if self.shares is not None:
+            await self.shares.close()
         if self.presence is not None:
             await self.presence.close()
         if self.feed is not None:

@@ -47,6 +47,13 @@ class ServerSettings(BaseSettings):
         "set by 'run --workers N' for its workers.",
     )
     heartbeat_interval: float = Field(default=2.0, gt=0, le=5)
+    cluster_query_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="How long a relay waits for the other relays' traffic series "
+        "(the console's charts); one that has not answered by then is named as missing.",
+    )
     relay_dead_after: float = Field(
         default=8.0, gt=0, le=60, description="A relay silent this long is gone."
     )

@@ -37,6 +37,10 @@ HOP_KEY_LABEL = "sluice/relay-hop/v1"
 # Set on every proxied answer (server.proxy.route.VIA_HEADER): its absence
 # means the answer is the relay's own problem document.
 VIA_HEADER = "Sluice-Connection"
+# What a hop is for (HopAuth.sign).
+SLOT = "slot"
+TRAFFIC = "traffic"
+_PURPOSES = frozenset({"", SLOT, TRAFFIC})
 # How far apart two relays' clocks (and a request's flight) may be.
 HOP_MAX_AGE = 60.0
 # How long the relays holding an agent's tunnels are taken as known.
@@ -55,24 +59,39 @@ class HopAuth:
     def __repr__(self) -> str:
         return f"<HopAuth {self.relay_id}>"
 
-    def _mac(self, relay_id: str, at: str, method: str, conn_id: str, relative: str) -> str:
-        text = "\n".join((relay_id, at, method, conn_id, relative)).encode()
-        return hmac.new(self._key, text, hashlib.sha256).hexdigest()
+    def _mac(
+        self, relay_id: str, at: str, method: str, conn_id: str, relative: str, purpose: str
+    ) -> str:
+        fields = (relay_id, at, method, conn_id, relative) + ((purpose,) if purpose else ())
+        return hmac.new(self._key, "\n".join(fields).encode(), hashlib.sha256).hexdigest()
 
-    def sign(self, method: str, conn_id: str, relative: str) -> str:
+    def sign(self, method: str, conn_id: str, relative: str, purpose: str = "") -> str:
+        """The header's value. *purpose* (signed too) says what the hop is for:
+        "" the agent's tunnel is held there (the sender holds the request's
+        concurrency slot), SLOT the sender holds no share of the cap (the
+        receiver takes one of its slots), TRAFFIC a peer's traffic series."""
         at = str(int(self._clock()))
-        return f"{self.relay_id}.{at}.{self._mac(self.relay_id, at, method, conn_id, relative)}"
+        mac = self._mac(self.relay_id, at, method, conn_id, relative, purpose)
+        return f"{self.relay_id}.{at}.{mac}" + (f".{purpose}" if purpose else "")
 
-    def verify(self, value: str, method: str, conn_id: str, relative: str) -> str | None:
-        """The sending relay's id when *value* is a valid, fresh signature; else None."""
+    def check(self, value: str, method: str, conn_id: str, relative: str) -> tuple[str, str] | None:
+        """(sending relay's id, purpose) when *value* is a valid, fresh signature; else None."""
         parts = value.strip().split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
+        if len(parts) == 3:
+            parts.append("")
+        if len(parts) != 4 or not parts[1].isdigit() or parts[3] not in _PURPOSES:
             return None
-        relay_id, at, mac = parts
+        relay_id, at, mac, purpose = parts
         if abs(self._clock() - int(at)) > HOP_MAX_AGE:
             return None
-        expected = self._mac(relay_id, at, method, conn_id, relative)
-        return relay_id if hmac.compare_digest(expected, mac) else None
+        expected = self._mac(relay_id, at, method, conn_id, relative, purpose)
+        return (relay_id, purpose) if hmac.compare_digest(expected, mac) else None
+
+    def verify(self, value: str, method: str, conn_id: str, relative: str) -> str | None:
+        """The sending relay's id when *value* is a valid, fresh signature of
+        a plain hop (the agent's tunnel held there); else None."""
+        checked = self.check(value, method, conn_id, relative)
+        return checked[0] if checked is not None and checked[1] == "" else None
 
 
 class ForwardedProblem(RelayError):
@@ -115,6 +134,10 @@ class Forwarder:
 
     def __repr__(self) -> str:
         return f"<Forwarder forwarded={self.forwarded}>"
+
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled client for relay-to-relay calls."""
+        return self._http()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -162,15 +185,27 @@ class Forwarder:
 
     async def forward(
         self,
-        agent_id: str,
+        agent_id: str | None,
         conn_id: str,
         method: str,
         relative: str,
         headers: Fields,
         body: Body,
+        *,
+        to: list[RelayRow] | None = None,
+        purpose: str = "",
     ) -> Answer:
-        """The answer of a relay that holds the agent; AgentOffline when none does."""
-        relays = await self.holders(agent_id)
+        """The answer of a relay that holds the agent; AgentOffline when none does.
+
+        *to*: these relays instead (tried in order), for a hop of *purpose*
+        SLOT (this relay holds no share of the connection's cap).
+        """
+        if to is None:
+            assert agent_id is not None
+            relays = await self.holders(agent_id)
+        else:
+            relays = to
+        holds = "the agent's tunnel" if to is None else "a share of the concurrency cap"
         if not relays:
             raise AgentOffline(
                 f"agent {agent_id} is not connected to any relay; start it or check its log"
@@ -188,7 +223,7 @@ class Forwarder:
             total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout
         )
         for relay in relays:
-            sent[HOP_HEADER] = self._hop.sign(method, conn_id, relative)
+            sent[HOP_HEADER] = self._hop.sign(method, conn_id, relative, purpose)
             url = URL(f"{relay.cluster_url}/v1/connections/{conn_id}/proxy{relative}", encoded=True)
             try:
                 resp = await self._http().request(
@@ -202,16 +237,17 @@ class Forwarder:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("forward_failed", relay=relay.advertise_ssh, error=type(exc).__name__)
                 failure = TunnelLost(
-                    f"relay {relay.advertise_ssh}, which holds the agent's tunnel, "
+                    f"relay {relay.advertise_ssh}, which holds {holds}, "
                     f"could not be reached ({type(exc).__name__})"
                 )
-                self.forget(agent_id)
+                if agent_id is not None:
+                    self.forget(agent_id)
                 if not replayable:
                     raise failure from None
                 continue
             if VIA_HEADER not in resp.headers:
                 problem = await _problem(resp, relay)
-                if problem.type == "agent_offline":
+                if problem.type == "agent_offline" and agent_id is not None:
                     self.forget(agent_id)
                 if problem.type == "agent_offline" and replayable:
                     failure = problem

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections.abc import Iterator
 from typing import Protocol
@@ -19,6 +20,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from server.cluster.forward import SLOT
 from server.errors import RelayError, TunnelLost, relay_error_in
 from server.proxy import wiretap
 from server.proxy.debug_log import Recording
@@ -26,6 +28,7 @@ from server.proxy.engine import Handle
 from server.proxy.headers import Fields, LocationRewrite, answer_fields, get
 from server.proxy.retry import RETRIES_HEADER, Sent
 from server.proxy.urls import base_origin_and_path
+from server.storage.cluster import RelayRow
 from server.tunnel.http1 import Answer, Body
 from server.web.services import Services
 
@@ -148,12 +151,16 @@ async def exchange(
     sink: AnswerSink,
     *,
     forwarded: bool = False,
+    slot_wanted: bool = False,
 ) -> None:
     """Send one request through connection *conn_id* and pass its answer to *sink*.
 
     Without a tunnel of its own to the connection's agent, the relay forwards
     the request to a relay of the cluster that has one (unless another relay
-    *forwarded* it here: a request makes one hop at most).
+    *forwarded* it here: a request makes one hop at most). A capped
+    connection's slot is held by the relay the caller reached, so one
+    forwarded for a tunnel takes none here; one forwarded because its relay
+    holds no share of the cap (*slot_wanted*) takes one of this relay's.
 
     Raises (a RelayError, or the connection's own errors) while nothing has
     gone to the caller, so the listener can answer with a problem document.
@@ -162,17 +169,32 @@ async def exchange(
     began = time.perf_counter()
     handle = await services.connections.handle(conn_id)
     http = handle.connection.http
+    level = http.concurrency_level
+    if forwarded and not slot_wanted:
+        level = None  # the sending relay holds the slot
+    hop_to = None
+    if level is not None and not forwarded:
+        hop_to = await _share_holders(services, handle, level)
+        if hop_to:
+            level = None  # the relay it goes to takes the slot
     recording = await services.debug.recording(handle, method, relative)
     if recording is None:
         try:
-            if http.concurrency_level is None:  # the common case, without the slot's cost
+            if level is None:  # the common case, without the slot's cost
                 await _exchange(
-                    services, handle, method, relative, headers, body, sink, began, forwarded
+                    services,
+                    handle,
+                    method,
+                    relative,
+                    headers,
+                    body,
+                    sink,
+                    began,
+                    forwarded,
+                    hop_to,
                 )
                 return
-            async with services.limits.slot(
-                conn_id, http.concurrency_level, http.queue_timeout_seconds
-            ):
+            async with services.limits.slot(conn_id, level, http.queue_timeout_seconds):
                 await _exchange(
                     services, handle, method, relative, headers, body, sink, began, forwarded
                 )
@@ -182,9 +204,7 @@ async def exchange(
         return
     try:
         with wiretap.listen(recording.tap):
-            async with services.limits.slot(
-                conn_id, http.concurrency_level, http.queue_timeout_seconds
-            ):
+            async with services.limits.slot(conn_id, level, http.queue_timeout_seconds):
                 await _exchange(
                     services,
                     handle,
@@ -195,6 +215,7 @@ async def exchange(
                     RecordingSink(sink, recording),
                     began,
                     forwarded,
+                    hop_to,
                 )
     except asyncio.CancelledError:
         raise
@@ -205,6 +226,30 @@ async def exchange(
         await services.debug.write(recording)
         raise
     await services.debug.write(recording)
+
+
+async def _share_holders(services: Services, handle: Handle, level: int) -> list[RelayRow] | None:
+    """The relays to forward to when this relay holds no share of the cap
+    (a cluster with more relays than slots); None when it holds one.
+
+    An on-premise connection goes only to a holder with a tunnel to its
+    agent. When no holder can take it, the request is served here with one
+    slot: the cap may then be passed by one, which beats failing it (the
+    shares are out of date: a holder just died or the agent is moving).
+    """
+    if services.shares is None or services.limits.share_of(level) > 0:
+        return None
+    relays = services.shares.holders(level)
+    agent_id = handle.connection.agent_id
+    if relays and handle.connection.mode == "on_premise" and agent_id is not None:
+        assert services.forwarder is not None
+        tunnels = {r.id for r in await services.forwarder.holders(agent_id)}
+        relays = [r for r in relays if r.id in tunnels]
+    if not relays:
+        log.warning("cap_share_holders_unreachable", connection=handle.id, level=level)
+        return None
+    random.shuffle(relays)  # spread over the holders; each queues what it gets
+    return relays
 
 
 class RecordingSink:
@@ -247,11 +292,19 @@ async def _exchange(
     sink: AnswerSink,
     began: float,
     forwarded: bool = False,
+    hop_to: list[RelayRow] | None = None,
 ) -> None:
     assert handle.id is not None
     conn_id = handle.id
     agent_id = handle.connection.agent_id
-    if (
+    if hop_to:
+        assert services.forwarder is not None
+        answer = await services.forwarder.forward(
+            agent_id, conn_id, method, relative, headers, body, to=hop_to, purpose=SLOT
+        )
+        services.metrics.forwarded.labels("out").inc()
+        sent_upstream = Sent(answer, 0)
+    elif (
         not forwarded
         and services.forwarder is not None
         and handle.connection.mode == "on_premise"

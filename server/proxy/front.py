@@ -31,7 +31,7 @@ import httptools
 import structlog
 from aiohttp import web
 
-from server.cluster.forward import HOP_HEADER
+from server.cluster.forward import HOP_HEADER, SLOT
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.proxy.headers import Fields, get
@@ -592,21 +592,22 @@ class FrontProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
         authorization = (get(request.headers, b"authorization") or b"").decode("latin-1")
-        forwarded = False
+        forwarded = slot_wanted = False
         if bearer_actor(services.admin, authorization) is None:
-            # Another relay of the cluster forwarding a request it has no tunnel for.
+            # Another relay of the cluster forwarding a request it has no tunnel
+            # for, or no share of the connection's concurrency cap.
             hop = get(request.headers, _HOP_LOWER)
-            forwarded = (
-                hop is not None
-                and services.hop is not None
-                and services.hop.verify(
+            checked = (
+                services.hop.check(
                     hop.decode("latin-1"), request.method, request.conn_id, request.relative
                 )
-                is not None
+                if hop is not None and services.hop is not None
+                else None
             )
-            if not forwarded:
+            if checked is None or checked[1] not in ("", SLOT):
                 self._write_response(unauthorized(), request)
                 return
+            forwarded, slot_wanted = True, checked[1] == SLOT
         sink = _SocketSink(self, request)
         try:
             limit = services.max_body_bytes
@@ -621,6 +622,7 @@ class FrontProtocol(asyncio.Protocol):
                 body if not isinstance(body, _BodyFeed) else aiter(body),
                 sink,
                 forwarded=forwarded,
+                slot_wanted=slot_wanted,
             )
         except (ConnectionResetError, asyncio.CancelledError):
             raise

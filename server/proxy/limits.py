@@ -39,8 +39,9 @@ class SlotMetrics(Protocol):
 class Slots:
     """The FIFO slots of one connection. Its transitions never await."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, level: int | None = None) -> None:
         self.cap = cap
+        self.level = cap if level is None else level  # the configured, cluster-wide level
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -73,6 +74,16 @@ class Slots:
     def release(self) -> None:
         """Give a slot back; the oldest waiter gets it, if any and the cap allows."""
         self.in_flight -= 1
+        self._hand_out()
+
+    def resize(self, cap: int) -> None:
+        """A new cap (an edit, or the cluster's shares rebalanced): a larger one
+        hands the freed room to waiters at once; a smaller one lets what is in
+        flight finish and hands out nothing until it is under the new cap."""
+        self.cap = cap
+        self._hand_out()
+
+    def _hand_out(self) -> None:
         while self._waiters and self.in_flight < self.cap:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -94,6 +105,18 @@ class ConcurrencyLimits:
     def state(self, conn_id: str) -> Slots | None:
         return self._slots.get(conn_id)
 
+    def share_of(self, level: int) -> int:
+        """This relay's part of *level*: 0 when a cluster has more relays than
+        slots and this one holds none (it then forwards, see server.cluster.shares)."""
+        return self._share(level)
+
+    def rebalance(self) -> None:
+        """Called when the shares changed (relays joined, left or died): every
+        connection's cap follows at once, and queued requests get freed room."""
+        for conn_id, slots in list(self._slots.items()):
+            slots.resize(max(1, self._share(slots.level)))
+            self._report(conn_id, slots)
+
     @contextlib.asynccontextmanager
     async def slot(
         self, conn_id: str | None, level: int | None, queue_timeout: float
@@ -104,8 +127,10 @@ class ConcurrencyLimits:
             return
         slots = self._slots.get(conn_id)
         if slots is None:
-            slots = self._slots[conn_id] = Slots(self._share(level))
-        slots.cap = max(1, self._share(level))  # an edit takes effect at once
+            slots = self._slots[conn_id] = Slots(max(1, self._share(level)), level)
+        if slots.level != level:  # an edit takes effect at once
+            slots.level = level
+            slots.resize(max(1, self._share(level)))
         if not slots.try_take():
             began = time.monotonic()
             waiter = slots.enqueue()

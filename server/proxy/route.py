@@ -8,22 +8,40 @@ from typing import Any
 
 from aiohttp import web
 
-from server.cluster.forward import HOP_HEADER
+from server.cluster.forward import HOP_HEADER, SLOT, TRAFFIC
 from server.errors import BodyTooLarge
 from server.proxy.exchange import exchange
 from server.proxy.headers import Fields
 from server.proxy.raw_head import answer_response
-from server.web.services import FORWARDED, Services, services_of
+from server.web.services import FORWARDED, HOP_PURPOSE, Services, services_of
+
+TRAFFIC_ROUTE = "/v1/connections/{id}/traffic"
 
 
-def hop_actor(services: Services, request: web.Request) -> str | None:
-    """'relay:<id>' when another relay of the cluster forwarded this proxy request."""
+def hop_actor(services: Services, request: web.Request) -> tuple[str, str] | None:
+    """('relay:<id>', purpose) when another relay of the cluster sent this request:
+    a proxy request it forwarded, or its question for this relay's traffic series
+    (``?scope=relay``). A signature for one never opens the other."""
     value = request.headers.get(HOP_HEADER)
     conn_id = request.match_info.get("id")
-    if value is None or services.hop is None or conn_id is None or "tail" not in request.match_info:
+    if value is None or services.hop is None or conn_id is None:
         return None
-    relay_id = services.hop.verify(value, request.method, conn_id, _relative(request))
-    return f"relay:{relay_id}" if relay_id is not None else None
+    if "tail" in request.match_info:
+        checked = services.hop.check(value, request.method, conn_id, _relative(request))
+        allowed: tuple[str, ...] = ("", SLOT)
+    elif (
+        request.method == "GET"
+        and request.match_info.route.resource is not None
+        and request.match_info.route.resource.canonical == TRAFFIC_ROUTE
+        and request.query.get("scope") == "relay"
+    ):
+        checked = services.hop.check(value, "GET", conn_id, "")
+        allowed = (TRAFFIC,)
+    else:
+        return None
+    if checked is None or checked[1] not in allowed:
+        return None
+    return f"relay:{checked[0]}", checked[1]
 
 
 def _relative(request: web.Request) -> str:
@@ -120,6 +138,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         _limited_body(request, services.max_body_bytes),
         sink,
         forwarded=request.get(FORWARDED, False),
+        slot_wanted=request.get(HOP_PURPOSE, "") == SLOT,
     )
     assert sink.response is not None
     return sink.response

@@ -28,6 +28,7 @@ from server.web.problems import problem, validation_problem
 from server.web.services import (
     ACTOR,
     FORWARDED,
+    HOP_PURPOSE,
     SERVICES,
     Services,
     audit,
@@ -135,10 +136,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     services = services_of(request)
     actor = bearer_actor(services.admin, request.headers.get("Authorization", ""))
     if actor is None:
-        actor = hop_actor(services, request)
-        if actor is None:
+        hop = hop_actor(services, request)
+        if hop is None:
             return unauthorized()
+        actor = hop[0]
         request[FORWARDED] = True
+        request[HOP_PURPOSE] = hop[1]
     request[ACTOR] = actor
     return await handler(request)
 

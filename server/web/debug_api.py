@@ -75,10 +75,26 @@ async def debug_log(request: web.Request) -> web.Response:
 
 
 async def traffic(request: web.Request) -> web.Response:
-    """GET /v1/connections/{id}/traffic: the last hour, minute by minute (this relay)."""
+    """GET /v1/connections/{id}/traffic: the last hour, minute by minute.
+
+    In a cluster, every live relay's requests (and ``relays``: which answered);
+    ``?scope=relay`` gives this relay's own series with its kept samples (what
+    the other relays ask for over the hop).
+    """
     conn_id = request.match_info["id"]
     services = services_of(request)
     await services.connections.get(conn_id)  # 404 for an unknown id
+    scope = request.query.get("scope", "cluster")
+    if scope not in ("cluster", "relay"):
+        return validation_problem(
+            [{"field": "scope", "message": "'relay' (this relay's own) or 'cluster' (the default)"}]
+        )
+    if scope == "relay":
+        return web.json_response(
+            {"relay": services.presence.relay_id, "series": services.stats.export(conn_id)}
+        )
+    if services.cluster_charts is not None:
+        return web.json_response(await services.cluster_charts.last_hour(conn_id, services.stats))
     return web.json_response({"minutes": services.stats.last_hour(conn_id)})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -82,6 +83,16 @@ class RelayMetrics:
             ["connection", "outcome"],
             registry=self.registry,
         )
+
+    def cap_shares(self, relays: Callable[[], int]) -> None:
+        """In a cluster: how many live relays the concurrency caps are shared over."""
+        gauge = Gauge(
+            "sluice_cap_share_relays",
+            "Live relays each connection's http.concurrency_level is shared over "
+            "(this relay holds level // n, plus one if among the first level % n).",
+            registry=self.registry,
+        )
+        gauge.set_function(relays)
 
     def proxied(self, mode: str, status: int, seconds: float) -> None:
         """Count one proxied request (the labelled series are looked up once)."""

@@ -570,8 +570,19 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/connections/{id}/traffic": {
             "get": {
-                "summary": "The last hour, minute by minute (as this relay saw it)",
-                "parameters": [conn_id],
+                "summary": "The last hour, minute by minute, over every relay of a cluster",
+                "description": "In a cluster the answering relay asks the other live relays "
+                "(cluster_query_timeout) and sums their minutes; `relays` says which answered. "
+                "`scope=relay`: this relay's own minutes with their kept latency samples.",
+                "parameters": [
+                    conn_id,
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["cluster", "relay"]},
+                    },
+                ],
                 "responses": {
                     "200": _json(
                         {
@@ -589,11 +600,24 @@ def openapi_document() -> dict[str, Any]:
                                             "p99_ms": {"type": ["number", "null"]},
                                         },
                                     },
-                                }
+                                },
+                                "relays": {
+                                    "type": "array",
+                                    "description": "In a cluster: every live relay, and "
+                                    "whether it answered in time (its minutes are counted).",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "ssh": {"type": "string"},
+                                            "answered": {"type": "boolean"},
+                                        },
+                                    },
+                                },
                             },
                         }
                     ),
-                    **_problem_responses(401, 404),
+                    **_problem_responses(401, 404, 422),
                 },
             }
         },

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server.cluster.changes import ChangeFeed
+from server.cluster.charts import ClusterCharts
 from server.cluster.forward import Forwarder, HopAuth
 from server.cluster.presence import Presence
+from server.cluster.shares import CapShares
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.debug_log import DebugLog
@@ -52,6 +54,10 @@ class Services:
     forwarder: Forwarder | None = None
     # The change feed: a change made here is answered once the cluster heard it.
     feed: ChangeFeed | None = None
+    # The cluster's concurrency cap: this relay's share (None: a single relay).
+    shares: CapShares | None = None
+    # The cluster's traffic charts: the other relays' series (None: a single relay).
+    cluster_charts: ClusterCharts | None = None
     # Answer heads on the handed-on route go out as bytes (server.proxy.raw_head).
     raw_heads: bool = False
 
@@ -60,6 +66,8 @@ SERVICES = web.AppKey("services", Services)
 ACTOR = web.RequestKey("actor", str)
 # Set on a request another relay forwarded: it is served here or not at all.
 FORWARDED = web.RequestKey("forwarded", bool)
+# What the relay that forwarded it asked for (server.cluster.forward.HopAuth.sign).
+HOP_PURPOSE = web.RequestKey("hop_purpose", str)
 
 
 def services_of(request: web.Request) -> Services:

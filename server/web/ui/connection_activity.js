@@ -49,6 +49,19 @@ function trafficCharts(minutes) {
   ];
 }
 
+// Whose requests the charts count: a cluster's relays, naming any that did
+// not answer in time (their requests are missing from the charts).
+function trafficScope(relays) {
+  if (!relays) return "The last hour, minute by minute.";
+  const missing = relays.filter((r) => !r.answered).map((r) => r.ssh);
+  const counted = relays.length - missing.length;
+  const text = `The last hour, minute by minute, over ${counted} of the cluster's `
+    + `${relays.length} relays.`;
+  return missing.length
+    ? `${text} Not answering (their requests are missing): ${missing.join(", ")}.`
+    : text;
+}
+
 function headersText(headers) {
   return (headers || []).map(([name, value]) => `${name}: ${value}`).join("\n");
 }
@@ -85,6 +98,7 @@ export function connectionActivityView(root, id) {
   const facts = h("p", { class: "lead" });
   const health = h("div");
   const charts = h("div", { class: "charts" });
+  const scope = h("p", { class: "hint" }, trafficScope(null));
   const debugState = h("p", { class: "debug-state", role: "status" });
   const minutesId = uid("debug-minutes");
   const minutes = h("input", { id: minutesId, type: "number", min: "1", max: "60",
@@ -104,8 +118,7 @@ export function connectionActivityView(root, id) {
   }, t.label));
   const panels = [
     h("section", { role: "tabpanel", id: tabs[0].panelId, "aria-labelledby": tabs[0].tabId },
-      h("p", { class: "hint" }, "The last hour, minute by minute, as this relay saw it."),
-      charts),
+      scope, charts),
     h("section", { role: "tabpanel", id: tabs[1].panelId, "aria-labelledby": tabs[1].tabId,
       hidden: true },
       h("p", { class: "hint" },
@@ -148,6 +161,7 @@ export function connectionActivityView(root, id) {
       await refreshConnection();
       const traffic = await call("GET", `/v1/connections/${id}/traffic`);
       replaceChildren(charts, trafficCharts(traffic.minutes));
+      scope.textContent = trafficScope(traffic.relays);
       clearBanner();
     } catch (err) {
       showBanner(message(err));
