@@ -26,12 +26,13 @@ So, per round, with the link's shortest sample as its round trip:
   stream skips it: at its first top-up it jumps to what that stream carried
   per round trip (``WindowBudget.learned``), so each download after the
   first needs no ramp at all;
-- then the shortest of the last few samples says what queues for good (a
-  busy moment on the machine lengthens one sample, not three): nothing, and
-  the peer waited for every top-up, so the window grows by a quarter; more
-  than ``QUEUE_HIGH``, and the window goes back to the best recent pace
-  times the round trip plus ``HEADROOM`` — what may wait ahead of a small
-  answer on the same connection.
+- then the last three samples decide (a busy moment on the machine
+  lengthens one sample, a burst of data that had queued shortens one, not
+  three): all at the round trip, the peer waited for every top-up, and the
+  window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
+  queues for good, and the window goes back to the best recent pace times
+  the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
+  on the same connection. Otherwise it holds.
 
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
@@ -77,13 +78,13 @@ STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
 STARTUP_FLAT = 2
 QUEUED = 1.25
-# Past slow start, the shortest of the last QUEUE_ROUNDS samples tells what
-# queues for good. Within LIMITED (at least LIMITED_MIN, else this share of
-# the round trip) of the round trip, nothing does: the peer used up its
-# credit and waited for more, and the window grows by CRUISE_GAIN. Beyond
-# QUEUE_HIGH, data queues at the slower end: the window goes back to the
-# pace times the round trip plus HEADROOM (at least HEADROOM_MIN, else this
-# share of the round trip). In between it holds.
+# Past slow start, the last QUEUE_ROUNDS samples decide. All within LIMITED
+# (at least LIMITED_MIN, else this share of the round trip) of the round
+# trip: the peer used up its credit and waited for more, and the window
+# grows by CRUISE_GAIN. All beyond QUEUE_HIGH: data queues at the slower
+# end, and the window goes back to the pace times the round trip plus
+# HEADROOM (at least HEADROOM_MIN, else this share of the round trip).
+# Otherwise it holds.
 QUEUE_ROUNDS = 3
 LIMITED_MIN = 0.0015  # seconds
 LIMITED_SHARE = 32
@@ -310,10 +311,14 @@ class WindowTuner:
             low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
             self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
             self._samples.clear()
-        elif standing < max(LIMITED_MIN, rtt / LIMITED_SHARE):
-            # The peer used up its credit and waited for each top-up: the
-            # window holds it back (the link got faster, or less busy).
+        elif len(self._samples) == QUEUE_ROUNDS and max(self._samples) - rtt < max(
+            LIMITED_MIN, rtt / LIMITED_SHARE
+        ):
+            # The peer used up its credit and waited for every top-up of
+            # the last few rounds (not one: a burst of data that had queued
+            # shortens a sample too): the window holds it back.
             self._resize(chan, int(self.window * CRUISE_GAIN))
+            self._samples.clear()
 
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)
