@@ -28,7 +28,7 @@ So, per round, with the link's shortest sample as its round trip:
   first needs no ramp at all;
 - then the last three samples decide (a busy moment on the machine
   lengthens one sample, a burst of data that had queued shortens one, not
-  three): all at the round trip, the peer waited for every top-up, and the
+  three): most at the round trip, the peer waited for the top-ups, and the
   window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
   queues for good, and the window goes back to the best recent pace times
   the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,7 +79,7 @@ STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
 STARTUP_FLAT = 2
 QUEUED = 1.25
-# Past slow start, the last QUEUE_ROUNDS samples decide. All within LIMITED
+# Past slow start, the last QUEUE_ROUNDS samples decide. Most within LIMITED
 # (at least LIMITED_MIN, else this share of the round trip) of the round
 # trip: the peer used up its credit and waited for more, and the window
 # grows by CRUISE_GAIN. All beyond QUEUE_HIGH: data queues at the slower
@@ -99,7 +100,7 @@ PACE_ROUNDS = 10
 # What the connection learned is trusted this long: its round trip (the
 # shortest sample), and the pace of its last stream that filled the link.
 REMEMBER = 10.0  # seconds
-REMEMBER_PACE = 60.0  # seconds
+REMEMBER_PACE = 600.0  # seconds
 # A pause between deliveries longer than this many round trips is idleness
 # (a window-limited stream pauses for less than one).
 IDLE = 1.5
@@ -311,12 +312,12 @@ class WindowTuner:
             low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
             self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
             self._samples.clear()
-        elif len(self._samples) == QUEUE_ROUNDS and max(self._samples) - rtt < max(
+        elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
             LIMITED_MIN, rtt / LIMITED_SHARE
         ):
-            # The peer used up its credit and waited for every top-up of
-            # the last few rounds (not one: a burst of data that had queued
-            # shortens a sample too): the window holds it back.
+            # The peer used up its credit and waited for the top-ups of most
+            # of the last few rounds (not one: a burst of data that had
+            # queued shortens a sample too): the window holds it back.
             self._resize(chan, int(self.window * CRUISE_GAIN))
             self._samples.clear()
 
