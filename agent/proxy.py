@@ -24,7 +24,7 @@ import structlog
 
 from agent.allowlist import Allowlist, Verdict
 from agent.stats import ProxyStats
-from sluice import sshconfig
+from sluice import ssh_tuning, sshconfig
 from sluice.connect import (
     ConnectProtocolError,
     Target,
@@ -132,6 +132,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     # -- channel side ------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
+        # Its data is only written on to the API or gathered into the CONNECT
+        # head: it may come as views into each decrypted packet (one copy fewer).
+        ssh_tuning.deliver_views(chan)
         self._ctx.stats.opened()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:

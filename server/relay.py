@@ -26,6 +26,7 @@ from server.cluster.identity import (
 from server.cluster.presence import Presence, new_relay_id
 from server.cluster.reactions import ChangeReactions
 from server.cluster.shares import CapShares
+from server.cluster.traffic import ClusterTraffic
 from server.connections.health import HealthMonitor
 from server.connections.service import ConnectionService
 from server.proxy.cloud_http import CloudHTTP
@@ -89,6 +90,7 @@ class Relay:
     _relays_answer: tuple[float, bytes] | None = None
     feed: ChangeFeed | None = None
     reactions: ChangeReactions | None = None
+    traffic: ClusterTraffic | None = None
     shares: CapShares | None = None
     cluster_charts: ClusterCharts | None = None
     stats: TrafficStats = field(default_factory=TrafficStats)
@@ -145,6 +147,20 @@ class Relay:
         registry = TunnelRegistry()
         metrics = RelayMetrics(registry)
         relay_id = new_relay_id()
+        traffic = (
+            ClusterTraffic(
+                store,
+                registry,
+                relay_id,
+                min_health_interval=settings.health_min_interval_seconds,
+                presence_interval=settings.heartbeat_interval,
+                dead_after=settings.relay_dead_after,
+            )
+            if store.dialect != "sqlite"
+            else None
+        )
+        # In a cluster an agent tunnelled to another relay is online too.
+        agent_online = traffic.agents.is_online if traffic is not None else registry.is_online
         remember = masker.add if masker is not None else None
         if masker is not None:
             masker.add(admin_token)
@@ -153,7 +169,7 @@ class Relay:
             box,
             lambda: load_secret_box(settings),
             remember_secrets=remember,
-            agent_online=registry.is_online,
+            agent_online=agent_online,
             min_health_interval=settings.health_min_interval_seconds,
         )
         tunnel_http = TunnelHTTP(
@@ -181,10 +197,13 @@ class Relay:
             store,
             connections,
             engine,
-            registry.is_online,
+            agent_online,
             min_interval=settings.health_min_interval_seconds,
+            leads=traffic.health_lease.leads if traffic is not None else None,
         )
         metrics.registry.register(health.collector())
+        rate_limits = RateLimits(count=metrics.limited)
+        metrics.registry.register(rate_limits.collector())
         relay = cls(
             settings=settings,
             store=store,
@@ -195,7 +214,7 @@ class Relay:
             engine=engine,
             metrics=metrics,
             limits=limits,
-            rate_limits=RateLimits(count=metrics.limited),
+            rate_limits=rate_limits,
             health=health,
             debug=DebugLog(
                 store,
@@ -213,6 +232,7 @@ class Relay:
             cluster=cluster,
             box=box,
             lock=lock,
+            traffic=traffic,
             shares=shares,
         )
         try:
@@ -220,6 +240,9 @@ class Relay:
             if not await relay.admin_sync.join():
                 relay.admin_token_created = False  # the cluster's token, not a new one
             await relay._start_feed()
+            if traffic is not None:
+                assert relay.reactions is not None
+                await traffic.start(rate_limits, relay.reactions)
             ctx = SSHContext(
                 store=store,
                 registry=registry,
@@ -435,6 +458,8 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self.presence.beat()
         await self.health.close()
+        if self.traffic is not None:
+            await self.traffic.close()
         await self.debug.close()
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]

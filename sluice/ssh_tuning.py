@@ -72,6 +72,7 @@ _AEAD = (GCMEncryption, ChachaEncryption)
 # names (not as class attributes: nothing is added to asyncssh's classes).
 _CONN_STATE: Final = "_sluice_state"
 _AEAD_KEY: Final = "_sluice_aead"
+_VIEWS: Final = "_sluice_views"
 
 
 class _ConnState:
@@ -460,7 +461,12 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             pos = end
             taken = True
             complete = True
-            chan._accept_data(plain[10 : 10 + length])
+            if chan.__dict__.get(_VIEWS):
+                # A view into the decrypted packet, which nothing else holds:
+                # the data is not copied again out of it.
+                chan._accept_data(cast(bytes, memoryview(plain)[10 : 10 + length]))
+            else:
+                chan._accept_data(plain[10 : 10 + length])
         rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
     if taken:
         ssh._reset_keepalive_timer()
@@ -493,6 +499,18 @@ def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
             asyncssh_version=ssh_shape.installed_version(),
         )
     return bool(_Applied.names)
+
+
+def deliver_views(chan: SSHChannel[Any]) -> None:
+    """Let *chan*'s session receive channel data as memoryviews.
+
+    Under AES-GCM, with the tweaks in place, such a channel's data arrives as
+    a view into the packet just decrypted (a fresh object per packet, never
+    reused), saving one copy of every packet; its session must take any
+    bytes-like object: write it on, join it, slice it, but not call bytes
+    methods such as ``decode`` or ``startswith`` on it. Call it from the
+    session's ``connection_made``."""
+    chan.__dict__[_VIEWS] = True
 
 
 def set_receive_window(chan: SSHChannel[Any], size: int) -> None:

@@ -50,6 +50,10 @@ class HealthMonitor:
         # Due times are checked a few times per shortest interval.
         self._tick = max(0.05, min(5.0, min_interval / 4))
         self._leads = leads or (lambda: True)
+        # Shared with other relays: a relay taking the schedule over goes on
+        # from the stored checks instead of pinging everything at once (a
+        # single relay, as ever, checks everything when it starts).
+        self._resumes = leads is not None
         self._due: dict[str, float] = {}
         self._latest: dict[str, tuple[str, str | None, HealthRecord]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -69,10 +73,16 @@ class HealthMonitor:
                 await self._task
 
     async def _run(self) -> None:
+        loaded = 0.0
         while True:
             try:
                 if self._leads():
                     await self.run_due()
+                elif time.monotonic() - loaded >= max(self._tick, 1.0):
+                    # Another relay pings: its results are what this relay's
+                    # metrics show.
+                    loaded = time.monotonic()
+                    await self.load_latest()
             except Exception as exc:  # the schedule must outlive one bad round
                 log.error("health_round_failed", error_type=type(exc).__name__, error=str(exc))
             # A schedule, not synchronisation: the next look at who is due.
@@ -82,18 +92,26 @@ class HealthMonitor:
     async def run_due(self) -> None:
         """Ping every connection whose interval has passed since its last check."""
         now = time.monotonic()
-        due: list[str] = []
-        scheduled: set[str] = set()
+        intervals: dict[str, float] = {}
         for row in await self._store.list_connections():
             health = json.loads(row.document).get("http", {}).get("health")
-            if not isinstance(health, dict):
-                continue
-            scheduled.add(row.id)
-            interval = float(health.get("interval_seconds") or 300)
-            if self._due.get(row.id, 0.0) <= now:
-                self._due[row.id] = now + interval
-                due.append(row.id)
-        for gone in set(self._due) - scheduled:
+            if isinstance(health, dict):
+                intervals[row.id] = float(health.get("interval_seconds") or 300)
+        new = [conn_id for conn_id in intervals if conn_id not in self._due]
+        if new and self._resumes:
+            # Taking over a shared schedule: go on from the stored checks.
+            stored = await self._store.health.all()
+            for conn_id in new:
+                last = stored.get(conn_id)
+                if last is not None:
+                    since = (utcnow() - last.last_checked_at).total_seconds()
+                    self._due[conn_id] = now + max(0.0, intervals[conn_id] - since)
+        due: list[str] = []
+        for conn_id, interval in intervals.items():
+            if self._due.get(conn_id, 0.0) <= now:
+                self._due[conn_id] = now + interval
+                due.append(conn_id)
+        for gone in set(self._due) - set(intervals):
             del self._due[gone]
         await asyncio.gather(*(self._scheduled_check(conn_id) for conn_id in due))
 
@@ -121,6 +139,17 @@ class HealthMonitor:
         self._latest[conn_id] = (mode, agent_id, HealthRecord(status, at, error))
         log.info("health_checked", connection=conn_id, status=status, ms=result.elapsed_ms)
 
+    async def load_latest(self) -> None:
+        """Take every connection's latest check from the store (stored by any relay)."""
+        records = await self._store.health.all()
+        latest: dict[str, tuple[str, str | None, HealthRecord]] = {}
+        for row in await self._store.list_connections():
+            record = records.get(row.id)
+            if record is not None:
+                latest[row.id] = (row.mode, row.agent_id, record)
+        self._latest = latest
+        self._due.clear()  # if this relay leads again, it starts from a fresh schedule
+
     def forget(self, conn_id: str) -> None:
         self._due.pop(conn_id, None)
         self._latest.pop(conn_id, None)
@@ -140,5 +169,11 @@ class HealthMonitor:
                     up = is_up(mode, agent_id, record, monitor._agent_online)
                     family.add_metric([conn_id], 1.0 if up else 0.0)
                 yield family
+                leader = GaugeMetricFamily(
+                    "sluice_health_leader",
+                    "1 on the relay that runs the health schedule (one relay of a cluster).",
+                )
+                leader.add_metric([], 1.0 if monitor._leads() else 0.0)
+                yield leader
 
         return _Up()

@@ -334,7 +334,8 @@ class Engine:
                 "HTTP/1.1 requests only; send it without Connection: upgrade"
             )
         replay: bytes | None = None
-        if self._auth.may_retry(handle) and body is not None and not isinstance(body, bytes):
+        may_retry = self._auth.may_retry(handle)
+        if may_retry and body is not None and not isinstance(body, bytes):
             replay, body = await _buffer_small(body)
         elif isinstance(body, bytes):
             replay = body
@@ -351,8 +352,12 @@ class Engine:
             body,
             length,
         )
-        if (body is not None and replay is None) or not self._auth.wants_retry(
-            handle, grant, response.status, response.headers
+        # A scheme that never sends a request twice is not asked (asking
+        # builds the answer's headers as text, a cost on every request).
+        if (
+            not may_retry
+            or (body is not None and replay is None)
+            or not self._auth.wants_retry(handle, grant, response.status, response.headers)
         ):
             return response
         response.release()

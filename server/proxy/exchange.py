@@ -205,7 +205,7 @@ async def exchange(
     try:
         with wiretap.listen(recording.tap):
             async with services.limits.slot(conn_id, level, http.queue_timeout_seconds):
-                await _exchange(
+                hopped = await _exchange(
                     services,
                     handle,
                     method,
@@ -225,7 +225,11 @@ async def exchange(
         recording.failed(f"{getattr(exc, 'type', type(exc).__name__)}: {exc}")
         await services.debug.write(recording)
         raise
-    await services.debug.write(recording)
+    if not hopped or recording.error is not None:
+        # A request forwarded to another relay is recorded there, as that
+        # relay sent it to the API: one entry, with what went over the wire
+        # (this relay's own only when the answer broke off on its way here).
+        await services.debug.write(recording)
 
 
 async def _share_holders(services: Services, handle: Handle, level: int) -> list[RelayRow] | None:
@@ -293,10 +297,12 @@ async def _exchange(
     began: float,
     forwarded: bool = False,
     hop_to: list[RelayRow] | None = None,
-) -> None:
+) -> bool:
+    """True when another relay of the cluster served the request."""
     assert handle.id is not None
     conn_id = handle.id
     agent_id = handle.connection.agent_id
+    hopped = True
     if hop_to:
         assert services.forwarder is not None
         answer = await services.forwarder.forward(
@@ -317,6 +323,7 @@ async def _exchange(
         services.metrics.forwarded.labels("out").inc()
         sent_upstream = Sent(answer, 0)
     else:
+        hopped = False
         if forwarded:
             services.metrics.forwarded.labels("in").inc()
         sent_upstream = await send_upstream(services, handle, method, relative, headers, body)
@@ -334,7 +341,7 @@ async def _exchange(
         small = answer_headers(upstream, handle, conn_id, retries)
         await sink.whole(upstream.status, upstream.reason, small, data)
         canonical_line(conn_id, mode, method, upstream.status, len(data), began)
-        return
+        return hopped
     sent = 0
     try:
         streamed = answer_headers(upstream, handle, conn_id, retries)
@@ -349,10 +356,11 @@ async def _exchange(
             "proxy_stream_broken", connection=conn_id, bytes=sent, error=handle.mask(str(exc))
         )
         sink.cut()
-        return
+        return hopped
     finally:
         upstream.release()
     canonical_line(conn_id, mode, method, upstream.status, sent, began)
+    return hopped
 
 
 def canonical_line(

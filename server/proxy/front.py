@@ -194,7 +194,7 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     """The proxy request in *head* (ending in an empty line), or None when the
     front should not serve it: aiohttp then answers it, errors included."""
     match = _REQUEST_LINE.match(head)
-    if match is None or max(map(len, head.split(b"\r\n"))) > max_line:
+    if match is None or (len(head) > max_line and max(map(len, head.split(b"\r\n"))) > max_line):
         return None
     parsed = _Head()
     try:

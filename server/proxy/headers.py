@@ -46,12 +46,18 @@ _DROPPED_FROM_ANSWER = HOP_BY_HOP | _ANSWER_FRAMING
 _LOCATIONS = frozenset({b"location", b"content-location"})
 
 
+def _add_options(value: bytes, into: set[bytes]) -> None:
+    for token in value.split(b","):
+        if option := token.strip().lower():
+            into.add(option)
+
+
 def connection_options(fields: Iterable[Field]) -> frozenset[bytes]:
     """The (lower-case) field names listed in the Connection fields of *fields*."""
     named: set[bytes] = set()
     for name, value in fields:
         if name.lower() == b"connection":
-            named.update(t for token in value.split(b",") if (t := token.strip().lower()))
+            _add_options(value, named)
     return frozenset(named)
 
 
@@ -63,12 +69,23 @@ def get(fields: Iterable[Field], name: bytes) -> bytes | None:
     return None
 
 
-def _without(fields: Sequence[Field], dropped: frozenset[bytes]) -> Fields:
-    kept = [field for field in fields if field[0].lower() not in dropped]
-    if len(kept) != len(fields) and any(n.lower() == b"connection" for n, _ in fields):
-        named = connection_options(fields)
-        if named:
-            kept = [field for field in kept if field[0].lower() not in named]
+def _kept(fields: Sequence[Field], dropped: frozenset[bytes]) -> list[tuple[bytes, Field]]:
+    """*fields* less *dropped* and those named in Connection, each with its
+    lower-case name: one pass, each name lowered once (this runs for every
+    request and every answer)."""
+    kept: list[tuple[bytes, Field]] = []
+    named: set[bytes] | None = None
+    for field in fields:
+        name = field[0].lower()
+        if name in dropped:
+            if name == b"connection":
+                if named is None:
+                    named = set()
+                _add_options(field[1], named)
+            continue
+        kept.append((name, field))
+    if named:
+        return [pair for pair in kept if pair[0] not in named]
     return kept
 
 
@@ -83,14 +100,18 @@ def request_fields(
     replace the caller's fields of the same name; then each of *defaults*
     (media type, User-Agent) the caller did not send.
     """
-    kept = _without(caller, _DROPPED_FROM_REQUEST)
+    pairs = _kept(caller, _DROPPED_FROM_REQUEST)
+    present = {name for name, _ in pairs}
     if owned:
         replaced = {name.lower() for name, _ in owned}
-        kept = [field for field in kept if field[0].lower() not in replaced]
-        kept.extend(owned)
-    if defaults:
-        present = {name.lower() for name, _ in kept}
-        kept.extend(field for field in defaults if field[0].lower() not in present)
+        if not present.isdisjoint(replaced):
+            pairs = [pair for pair in pairs if pair[0] not in replaced]
+        present |= replaced
+    kept = [field for _, field in pairs]
+    kept.extend(owned)
+    for field in defaults:
+        if field[0].lower() not in present:
+            kept.append(field)
     return kept
 
 
@@ -98,12 +119,13 @@ def answer_fields(api: Sequence[Field], rewrite: LocationRewrite | None) -> Fiel
     """The API's answer fields the caller gets (framing is added by the writer):
     hop-by-hop ones and those named in Connection dropped, Location and
     Content-Location under the base URI pointed at the proxy route."""
-    kept = _without(api, _DROPPED_FROM_ANSWER)
-    if rewrite is not None:
-        for index, (name, value) in enumerate(kept):
-            if name.lower() in _LOCATIONS:
-                kept[index] = (name, rewrite.apply(value))
-    return kept
+    pairs = _kept(api, _DROPPED_FROM_ANSWER)
+    if rewrite is None:
+        return [field for _, field in pairs]
+    return [
+        (field[0], rewrite.apply(field[1])) if name in _LOCATIONS else field
+        for name, field in pairs
+    ]
 
 
 class LocationRewrite:

@@ -69,7 +69,9 @@ class Masker:
 
     @property
     def longest(self) -> int:
-        return len(self._secrets[0]) if self._secrets else 0
+        """Bytes of the longest form of a secret (UTF-8): how far past a cut
+        a body must be kept to see a secret that straddles it whole."""
+        return max((len(secret.encode()) for secret in self._secrets), default=0)
 
     def text(self, text: str) -> str:
         for secret in self._secrets:
@@ -103,9 +105,20 @@ class Masker:
         return lowered in self._params or any(word in lowered for word in _PARAM_WORDS)
 
     def body(self, data: bytes, limit: int) -> str:
-        """The first *limit* characters of a body, as text, secrets masked.
+        """The first *limit* bytes of a body, as text, secrets masked.
 
-        *data* may run past *limit* by the longest secret, so a secret that
-        straddles the cut is still masked before the cut is made.
+        *data* may run past *limit* by :attr:`longest`, so a secret that
+        straddles the cut is masked whole. Nothing past the cut is kept: the
+        head of a secret captured there matches no secret, and would show
+        once the masks before it had shortened the text.
         """
-        return self.text(data.decode("utf-8", "replace"))[:limit]
+        text = data.decode("utf-8", "replace")
+        end = len(data[:limit].decode("utf-8", "replace"))
+        straddling = True
+        while straddling:
+            straddling = False
+            for secret in self._secrets:
+                at = text.find(secret, max(0, end - len(secret) + 1))
+                if at != -1 and at < end < at + len(secret):
+                    end, straddling = at + len(secret), True
+        return self.text(text[:end])

@@ -12,22 +12,21 @@ One limited answer closes the connection's :class:`LimitGate` until the
 deadline: every other request of that connection waits for the same
 deadline instead of hammering the API, and once it passes a single request
 goes first (the probe); the others follow only when it was not limited.
-In a cluster the deadline is shared through ``on_limited`` (see
-docs/TRAFFIC.md).
+In a cluster the deadline and the probe are shared through a
+:class:`SharedLimits` (see docs/TRAFFIC.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from multidict import CIMultiDictProxy
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -38,14 +37,15 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from server.connections.model import RateLimit
-from server.proxy.engine import REPLAY_LIMIT, Handle, _buffer_small
+from server.proxy.engine import Handle, _buffer_small
 from server.proxy.headers import Fields
-from server.proxy.success_path import as_comparable, lookup
+from server.proxy.limit_gate import LimitGate, SharedLimits
+from server.proxy.limited_answer import is_limited, keep_if_checkable
 from server.tunnel.http1 import Answer, Body
 
 log = structlog.get_logger("sluice.relay.retry")
 
-# Full-jitter backoff when the API names no wait: 0-1 s, 0-2 s, 0-4 s, ...
+# Full-jitter backoff when the API names no wait: 0-0.5 s, 0-1 s, 0-2 s, ...
 BACKOFF_MULTIPLIER = 0.5
 RETRIES_HEADER = "Sluice-Retries"
 
@@ -69,139 +69,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class _Bytes:
-    """A kept body, read like an answer's stream."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    async def read(self, n: int = -1) -> bytes:
-        if n < 0 or n >= len(self._data):
-            data, self._data = self._data, b""
-        else:
-            data, self._data = self._data[:n], self._data[n:]
-        return data
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        if self._data:
-            data, self._data = self._data, b""
-            yield data
-
-
-class KeptAnswer:
-    """An answer whose body the relay read (to look at its fail path)."""
-
-    def __init__(self, answer: Answer, body: bytes) -> None:
-        self.status = answer.status
-        self.reason = answer.reason
-        self.headers: CIMultiDictProxy[str] = answer.headers
-        self.raw_headers: Sequence[tuple[bytes, bytes]] = answer.raw_headers
-        self.content_length: int | None = len(body)
-        self.content = _Bytes(body)
-        self.body = body
-
-    async def read(self) -> bytes:
-        return await self.content.read()
-
-    def release(self) -> None:
-        return None
-
-    async def __aenter__(self) -> KeptAnswer:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
-
-
-async def keep_if_checkable(answer: Answer, rule: RateLimit) -> Answer:
-    """The answer with its body read when the fail path must be checked: a
-    200 of known length up to REPLAY_LIMIT. Anything else passes untouched."""
-    if rule.fail_path is None or answer.status != 200:
-        return answer
-    length = answer.content_length
-    if length is None or length > REPLAY_LIMIT:
-        return answer
-    try:
-        body = await answer.read()
-    finally:
-        answer.release()
-    return KeptAnswer(answer, body)
-
-
-def is_limited(answer: Answer, rule: RateLimit) -> bool:
-    """Whether *answer* means "too many requests" under *rule*."""
-    if rule.fail_status is not None and answer.status == rule.fail_status:
-        return True
-    if rule.fail_path is None or not isinstance(answer, KeptAnswer):
-        return False
-    try:
-        found, value = lookup(json.loads(answer.body), rule.fail_path)
-    except (ValueError, RecursionError):
-        return False
-    return found and as_comparable(value) in rule.fail_values
-
-
-@dataclass
-class LimitGate:
-    """One connection's "limited until" deadline and its probe.
-
-    Transitions never await; :meth:`pass_through` is the only waiting part.
-    """
-
-    until: float = 0.0  # time.monotonic()
-    needs_probe: bool = False
-    probing: asyncio.Future[None] | None = None
-    waiting: int = 0
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def limited(self, seconds: float) -> None:
-        """An answer said "limited": nobody goes before now + *seconds*."""
-        self.until = max(self.until, time.monotonic() + seconds)
-        self.needs_probe = True
-        self._wake()
-
-    def probed(self) -> None:
-        """The probe came back not limited: everyone may go."""
-        self.needs_probe = False
-        self._wake()
-
-    def end_probe(self) -> None:
-        if self.probing is not None and not self.probing.done():
-            self.probing.set_result(None)
-        self.probing = None
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def pass_through(self) -> bool:
-        """Wait until a request may go to the API; True when it goes as the probe
-        (it must then call :meth:`probed` or :meth:`limited`, and :meth:`end_probe`)."""
-        self.waiting += 1
-        try:
-            while True:
-                now = time.monotonic()
-                changed = self._changed
-                if self.until > now:
-                    # A deadline is a time, not an event: wait for it, or for
-                    # a new one (another relay of the cluster, a later limit).
-                    try:
-                        async with asyncio.timeout(self.until - now):
-                            await changed.wait()
-                    except TimeoutError:
-                        pass
-                    continue
-                if not self.needs_probe:
-                    return False
-                if self.probing is None:
-                    self.probing = asyncio.get_running_loop().create_future()
-                    return True
-                await changed.wait()
-        finally:
-            self.waiting -= 1
-
-
 @dataclass
 class Sent:
     """An answer and how many times the request was sent again for it."""
@@ -211,29 +78,83 @@ class Sent:
 
 
 class RateLimits:
-    """Every connection's limit gate on this relay, and the retrying send."""
+    """Every connection's limit gate on this relay, and the retrying send.
+
+    A gate is kept only while it holds something (a deadline, a probe owed,
+    a request using it), and dropped when its connection is deleted or its
+    ``http.rate_limit`` changes (``forget``, or a request that brings other
+    settings).
+    """
 
     def __init__(
         self,
-        on_limited: Callable[[str, float], None] | None = None,
         count: Callable[[str, str], None] | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self._gates: dict[str, LimitGate] = {}
-        self._on_limited = on_limited
         self._count = count
+        self.shared = shared
 
     def __repr__(self) -> str:
         return f"<RateLimits gates={len(self._gates)}>"
 
-    def gate(self, key: str) -> LimitGate:
+    def __len__(self) -> int:
+        return len(self._gates)
+
+    def gate(self, key: str, rule: RateLimit | None = None) -> LimitGate:
         gate = self._gates.get(key)
+        if gate is not None and rule is not None and gate.rule is not None and gate.rule != rule:
+            # The settings changed (here or through another relay): the old
+            # deadline was the old rule's, let its waiters go.
+            gate.opened()
+            gate = None
         if gate is None:
-            gate = self._gates[key] = LimitGate()
+            gate = self._gates[key] = LimitGate(rule)
+        elif gate.rule is None:
+            gate.rule = rule
         return gate
 
+    def forget(self, key: str) -> None:
+        """The connection was deleted or its rate_limit edited: drop its gate
+        here and, in a cluster, its shared deadline."""
+        self.drop(key)
+        if self.shared is not None:
+            self.shared.reset(key)
+
     def limited_elsewhere(self, key: str, until_wall: float) -> None:
-        """Another relay of the cluster saw a limit until *until_wall* (time.time())."""
-        self.gate(key).limited(max(0.0, until_wall - time.time()))
+        """The cluster's deadline for *key* is *until_wall* (time.time())."""
+        self.gate(key).limited(max(0.0, until_wall - time.time()), here=False)
+
+    def open_elsewhere(self, key: str) -> None:
+        """The cluster holds no limit for *key* (a probe passed, or it was reset)."""
+        gate = self._gates.get(key)
+        if gate is not None and gate.opened_elsewhere():
+            self._drop_if_idle(key, gate)
+
+    def drop(self, key: str) -> None:
+        """The connection is gone: its gate too (its waiters go)."""
+        gate = self._gates.pop(key, None)
+        if gate is not None:
+            gate.opened()
+
+    def _drop_if_idle(self, key: str, gate: LimitGate) -> None:
+        if gate.idle and self._gates.get(key) is gate:
+            del self._gates[key]
+
+    async def _through(self, key: str, gate: LimitGate) -> bool:
+        """Pass the gate; in a cluster a probe also needs the cluster's lease."""
+        while True:
+            probe = await gate.pass_through()
+            if not probe or self.shared is None:
+                return probe
+            try:
+                again = await self.shared.take_probe(key)
+            except BaseException:
+                gate.end_probe()
+                raise
+            if again is None:
+                return True
+            gate.hold(max(0.0, again - time.time()))
 
     async def send(
         self,
@@ -249,24 +170,46 @@ class RateLimits:
         if rule is None:
             return Sent(await send(handle, method, relative, headers, body), 0)
         key = handle.id or f"unsaved:{id(handle)}"
-        gate = self.gate(key)
+        gate = self.gate(key, rule)
+        gate.users += 1
+        try:
+            return await self._send(key, gate, rule, handle, method, relative, headers, body, send)
+        finally:
+            gate.users -= 1
+            self._drop_if_idle(key, gate)
+
+    async def _send(
+        self,
+        key: str,
+        gate: LimitGate,
+        rule: RateLimit,
+        handle: Handle,
+        method: str,
+        relative: str,
+        headers: Fields,
+        body: Body,
+        send: Send,
+    ) -> Sent:
         replay: bytes | None = body if isinstance(body, bytes) else None
         if body is not None and replay is None:
             replay, body = await _buffer_small(body)
         attempts = 0
         waited = 0.0
         once = body is not None and replay is None  # streamed past REPLAY_LIMIT
+        shared = self.shared
 
         async def attempt() -> Answer:
             nonlocal attempts, waited
             attempts += 1
-            probe = await gate.pass_through()
+            probe = await self._through(key, gate)
             try:
                 sent = await send(handle, method, relative, headers, body if once else replay)
                 answer = await keep_if_checkable(sent, rule)
             except BaseException:
                 if probe:
                     gate.end_probe()
+                    if shared is not None:
+                        shared.released(key)
                 raise
             if is_limited(answer, rule):
                 # The gate closes before the probe ends, so no waiter slips out.
@@ -275,10 +218,12 @@ class RateLimits:
                 waited = wait_for(answer, rule, state)
                 gate.limited(min(waited, rule.max_wait_seconds))
                 self._counted(key, "limited")
-                if self._on_limited is not None:
-                    self._on_limited(key, time.time() + waited)
+                if shared is not None:
+                    shared.limited(key, time.time() + min(waited, rule.max_wait_seconds))
             elif probe:
                 gate.probed()
+                if shared is not None:
+                    shared.cleared(key)
             if probe:
                 gate.end_probe()
             return answer
@@ -310,6 +255,22 @@ class RateLimits:
     def _counted(self, key: str, outcome: str) -> None:
         if self._count is not None:
             self._count(key, outcome)
+
+    def collector(self) -> Collector:
+        """``sluice_rate_limit_gates``: connections whose gate this relay holds."""
+        limits = self
+
+        class _Gates(Collector):
+            def collect(self) -> Iterator[Any]:
+                family = GaugeMetricFamily(
+                    "sluice_rate_limit_gates",
+                    "Connections with a rate-limit gate held on this relay "
+                    "(limited, owing a probe, or in use).",
+                )
+                family.add_metric([], float(len(limits)))
+                yield family
+
+        return _Gates()
 
 
 def wait_for(answer: Answer, rule: RateLimit, state: RetryCallState) -> float:

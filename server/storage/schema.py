@@ -148,3 +148,31 @@ debug_entries = sa.Table(
     sa.Column("entry", sa.Text, nullable=False),
     sa.Index("debug_entries_by_connection", "connection_id", "id"),
 )
+
+# A connection's rate-limit deadline shared by the relays of a cluster
+# (server.cluster.shared_limits): nobody sends before `until`; after it, the
+# relay named in `probe_by` (until `probe_until`) sends the one probe. The
+# row goes when a probe comes back not limited.
+connection_limits = sa.Table(
+    "connection_limits",
+    metadata,
+    sa.Column(
+        "connection_id",
+        sa.String(32),
+        sa.ForeignKey("connections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("until", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("probe_by", sa.String(32), nullable=True),
+    sa.Column("probe_until", sa.DateTime(timezone=True), nullable=True),
+)
+
+# A job one relay of the cluster runs at a time (the health schedule): the
+# holder renews `expires`; another relay takes the row once it has passed.
+cluster_leases = sa.Table(
+    "cluster_leases",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("holder", sa.String(32), nullable=False),
+    sa.Column("expires", sa.DateTime(timezone=True), nullable=False),
+)

@@ -27,6 +27,7 @@ from server.errors import (
     UpstreamTimeout,
 )
 from server.tunnel.window_share import StreamClass, WindowShare
+from sluice import ssh_tuning
 from sluice.connect import (
     ConnectProtocolError,
     ConnectResponse,
@@ -174,6 +175,14 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
 
     def attach(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        if self._chan is not None and (
+            isinstance(protocol, asyncio.BufferedProtocol)
+            or getattr(protocol, "takes_views", False)
+        ):
+            # It copies what it is fed (TLS), or takes any bytes-like object
+            # (an Http1Stream): the channel's data may come as views into
+            # each decrypted packet, one copy fewer (sluice.ssh_tuning).
+            ssh_tuning.deliver_views(self._chan)
 
     # -- asyncssh callbacks ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:

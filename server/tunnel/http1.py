@@ -253,6 +253,12 @@ class Http1Response:
 
     async def read(self, n: int = -1) -> bytes:
         """The whole body (or, with *n* ≥ 0, up to *n* bytes of it)."""
+        if n < 0 and self._complete:
+            # All of it is here (a small answer, usually): joined at once.
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return data
         parts: list[bytes] = []
         size = 0
         while n < 0 or size < n:
@@ -301,6 +307,10 @@ class Http1Stream(asyncio.Protocol):
     carry another one.
     """
 
+    # Channel data may reach data_received as a memoryview (llhttp reads any
+    # buffer; raw-body pieces are only joined and written on).
+    takes_views = True
+
     def __init__(self, on_idle: Callable[[Http1Stream], None]) -> None:
         self._on_idle = on_idle
         self._parser = httptools.HttpResponseParser(self)
@@ -314,6 +324,10 @@ class Http1Stream(asyncio.Protocol):
         self._response: Http1Response | None = None
         self._headers: Fields = []
         self._head_bytes = 0  # of the head being read; -1 once it is complete
+        # Of a Content-Length body: what llhttp has still to see (-1: no such
+        # body), then, in raw mode, what is still to come without llhttp.
+        self._body_left = -1
+        self._raw = False
         self._head_error: RelayError | None = None
         self._reason = ""
         self._interim = False
@@ -326,6 +340,7 @@ class Http1Stream(asyncio.Protocol):
         self._timeout_message = ""
         self.exchanges = 0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_deadline: float | None = None  # loop time; None while it carries a request
         self.owner: Any = None  # what the pool files this stream under
 
     def __repr__(self) -> str:
@@ -359,6 +374,9 @@ class Http1Stream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
+        if self._raw:
+            self._raw_body(data)
+            return
         if self._head is None:
             self._lost(TunnelProtocolError("the API sent bytes nobody asked for"))
             return
@@ -380,7 +398,15 @@ class Http1Stream(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._lost(TunnelProtocolError(f"the API's answer is not valid HTTP/1.1: {exc}"))
         else:
-            if reading_head and self._head_bytes >= 0:
+            if (
+                self._body_left > 0
+                and self._response is not None
+                and get(self._headers, b"transfer-encoding") is None
+            ):
+                # The rest of a Content-Length body comes in raw: counted and
+                # passed on as it arrives, neither parsed nor copied by llhttp.
+                self._raw = True
+            elif reading_head and self._head_bytes >= 0:
                 # Still in the head: llhttp keeps a header that has no end yet
                 # in memory, so count what has arrived, not only whole headers.
                 self._head_bytes += len(data)
@@ -454,6 +480,10 @@ class Http1Stream(asyncio.Protocol):
             self, status, self._reason, self._headers, self._deadline, self._timeout_message
         )
         self._response = response
+        self._body_left = -1
+        if response.content_length and not self._head_only and status not in (204, 304):
+            self._body_left = response.content_length
+            self._keep_alive = self._parser.should_keep_alive()
         head = self._head
         if head is not None and not head.done():
             head.set_result(response)
@@ -465,7 +495,31 @@ class Http1Stream(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._response is not None:
+            if self._body_left > 0:
+                self._body_left -= len(body)
             self._response._feed(body)
+
+    def _raw_body(self, data: bytes) -> None:
+        """Bytes of a Content-Length body after the read that held its head:
+        exactly the length announced goes to the answer; a byte past it is
+        an API out of step (it would be the head of an answer nobody asked for)."""
+        response = self._response
+        assert response is not None
+        left = self._body_left
+        if len(data) < left:
+            self._body_left = left - len(data)
+            response._feed(data)
+            return
+        extra = len(data) > left
+        if left:
+            response._feed(data[:left] if extra else data)
+        self._raw = False
+        self._body_left = -1
+        # llhttp stopped in the middle of the body: a new one for the next answer.
+        self._parser = httptools.HttpResponseParser(self)
+        self._complete_exchange(self._keep_alive and not extra)
+        if extra:
+            self._lost(TunnelProtocolError("the API sent bytes nobody asked for"))
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -503,6 +557,7 @@ class Http1Stream(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._closed = True
+        self._raw = False  # whatever still comes is nobody's
         self._stop_writer()
         if self._head is None:
             return
@@ -578,6 +633,7 @@ class Http1Stream(asyncio.Protocol):
         self._head_error = None
         self._head_only = head_only
         self._keep_alive = True
+        self._body_left = -1
         self._deadline = deadline
         self._timeout_message = timeout_message
         writer: asyncio.Task[None] | None = None

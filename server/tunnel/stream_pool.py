@@ -148,11 +148,12 @@ class StreamPool:
             stream = streams.pop()
             if not streams:
                 del self._idle[key]
+            stream.idle_deadline = None  # its timer, if it fires meanwhile, lets it be
+            if not stream.closed:
+                return stream
             if stream.idle_timer is not None:
                 stream.idle_timer.cancel()
                 stream.idle_timer = None
-            if not stream.closed:
-                return stream
             self._tunnel_of.pop(stream, None)
         return None
 
@@ -163,11 +164,22 @@ class StreamPool:
             return
         key: Key = stream.owner
         self._idle.setdefault(key, []).append(stream)
-        stream.idle_timer = asyncio.get_running_loop().call_later(
-            self._keepalive, self._expire, key, stream
-        )
+        # One timer per stream, moved on only when it fires early: a request
+        # moves the deadline, not the timer (cheaper than a timer per request).
+        loop = asyncio.get_running_loop()
+        stream.idle_deadline = loop.time() + self._keepalive
+        if stream.idle_timer is None:
+            stream.idle_timer = loop.call_at(stream.idle_deadline, self._expire, key, stream)
 
     def _expire(self, key: Key, stream: Http1Stream) -> None:
+        stream.idle_timer = None
+        deadline = stream.idle_deadline
+        if deadline is None:
+            return  # carrying a request: timed again when it is idle again
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            stream.idle_timer = loop.call_at(deadline, self._expire, key, stream)
+            return
         streams = self._idle.get(key, [])
         if stream in streams:
             streams.remove(stream)

@@ -410,8 +410,11 @@ async def patch_connection(request: web.Request) -> web.Response:
     async with told_everywhere(request, "connection", conn_id):
         view = await services.connections.patch(conn_id, patch)
     services.engine.forget_token(conn_id)
+    changed = _changed_fields(patch)
+    if any(f == "http" or f.startswith("http.rate_limit") for f in changed):
+        services.rate_limits.forget(conn_id)  # a new rule starts with an open gate
     log.info("connection_updated", connection=conn_id)
-    await audit(request, "connection.updated", conn_id, fields=_changed_fields(patch))
+    await audit(request, "connection.updated", conn_id, fields=changed)
     return web.json_response(view)
 
 
@@ -422,6 +425,7 @@ async def delete_connection(request: web.Request) -> web.Response:
         await services.connections.delete(conn_id)
     services.engine.forget_token(conn_id)
     services.health.forget(conn_id)
+    services.rate_limits.forget(conn_id)
     services.debug.forget(conn_id)
     services.stats.forget(conn_id)
     log.info("connection_deleted", connection=conn_id)

@@ -178,10 +178,13 @@ async def test_agent_stopping_marks_its_connections_offline(
     tested = await client.call("POST", f"/v1/connections/{conn_id}/test")
     assert tested.body["ok"] is True
     assert (await _status(client, conn_id))["status"] == "online"
+    up = f'sluice_connection_up{{connection="{conn_id}"}}'
+    assert f"{up} 1.0" in (await client.call("GET", "/metrics")).text
     await proc.stop()
     await wait_until(lambda: not relay.registry.is_online(token.agent_id), what="agent gone")
     shown = await _status(client, conn_id)
     assert shown["status"] == "offline"
     assert shown["last_error"].startswith(f"agent_offline: agent {token.agent_id}")
+    assert f"{up} 0.0" in (await client.call("GET", "/metrics")).text
     listed = await client.call("GET", "/v1/connections")
     assert [c["status"] for c in listed.body["connections"] if c["id"] == conn_id] == ["offline"]

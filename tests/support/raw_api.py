@@ -18,6 +18,7 @@ class RawAPI:
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.connections = 0
+        self.ended = 0  # connections closed (by either side)
         self.requests: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -40,6 +41,7 @@ class RawAPI:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.ended += 1
             writer.close()
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from sluice import ssh_tuning
 from sluice.ssh_tuning import skip_aead_ignore_packets, tune_asyncssh
+from tests.support.waiting import wait_until
 
 
 class _Counting(asyncssh.SSHServer):
@@ -267,3 +268,82 @@ async def test_large_packets_after_another_packet_in_one_read_take_the_short_pat
         await server.wait_closed()
     assert verdict == b"same"
     assert taken[0] == 4  # every data packet, none left to asyncssh's parser
+
+
+class _Recorder(asyncssh.SSHTCPSession[bytes]):
+    """A forwarded channel's far end: what its data arrived as."""
+
+    def __init__(self, views: bool) -> None:
+        self.views = views
+        self.pieces: list[bytes] = []
+        self.ended = asyncio.Event()
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        if self.views:
+            ssh_tuning.deliver_views(chan)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.pieces.append(data)
+
+    def eof_received(self) -> bool:
+        self.ended.set()
+        return False
+
+
+class _Forwarding(asyncssh.SSHServer):
+    def __init__(self, sessions: list[_Recorder]) -> None:
+        self.sessions = sessions
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> _Recorder:
+        session = _Recorder(views=dest_host == "views")
+        self.sessions.append(session)
+        return session
+
+
+async def test_a_channel_that_asks_for_views_gets_them_and_others_get_bytes() -> None:
+    tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    sessions: list[_Recorder] = []
+    blob = bytes(range(256)) * 2048  # 512 KiB: several packets, one spanning reads
+    server = await asyncssh.create_server(
+        lambda: _Forwarding(sessions),
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        encryption_algs=["aes128-gcm@openssh.com"],
+        window=4 * 1024 * 1024,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            port,
+            known_hosts=None,
+            username="u",
+            client_keys=None,
+            agent_path=None,
+            config=None,
+            encryption_algs=["aes128-gcm@openssh.com"],
+        ) as conn:
+            for host in ("views", "bytes"):
+                chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, host, 80)
+                chan.write(blob)
+                chan.write_eof()
+            await wait_until(lambda: len(sessions) == 2, timeout=20, what="both channels")
+            async with asyncio.timeout(20):
+                await asyncio.gather(*(s.ended.wait() for s in sessions))
+    finally:
+        server.close()
+        await server.wait_closed()
+    views, plain = sessions
+    for session in sessions:
+        assert b"".join(session.pieces) == blob
+    assert views.pieces
+    assert all(isinstance(p, memoryview) for p in views.pieces)
+    assert plain.pieces
+    assert all(type(p) is bytes for p in plain.pieces)

@@ -10,8 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from server.connections.model import HTTPSettings, RateLimit
+from server.proxy.limit_gate import LimitGate
 from server.proxy.limits import ConcurrencyLimited, ConcurrencyLimits, Slots
-from server.proxy.retry import LimitGate, RateLimits, retry_after_seconds
+from server.proxy.retry import RateLimits, retry_after_seconds
 
 
 class _Metrics:

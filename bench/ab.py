@@ -1,0 +1,247 @@
+"""A/B of Sluice code versions on the loopback proxy path: ``python -m bench.ab``.
+
+Each version is a source tree (``--tree NAME=DIR``; e.g. ``git archive
+<commit> | tar -x -C DIR``) run as its own relay and agent, the tree put
+first on PYTHONPATH, all in front of one nginx; OpenSSH (``ssh -R``) runs
+beside them as the reference. Points run interleaved, version by version
+within each repetition, so drift of the shared machine hits all alike; the
+summary gives the median of each number per version.
+
+CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``)
+over the requests wrk made: less sensitive to other load on the machine
+than req/s. With ``--profile DIR`` every version's relay and agent are
+sampled by py-spy during the first repetition of each point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.nginx import GiB, MiB, Nginx
+from bench.openssh import OpenSSH
+from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
+from bench.profile import py_spy, summarise
+from bench.stack import Relay, start_agent
+
+POINTS = ("c1", "c32", "down", "up", "down1g")
+
+
+@dataclass
+class Version:
+    """One path through the bench: a Sluice tree, or OpenSSH."""
+
+    name: str
+    base: str
+    headers: dict[str, str] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+    rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def _tree(text: str) -> tuple[str, Path]:
+    name, sep, where = text.partition("=")
+    if not sep or not name or not Path(where).is_dir():
+        raise argparse.ArgumentTypeError(f"--tree {text!r}: write NAME=DIR (an existing directory)")
+    return name, Path(where).resolve()
+
+
+async def _point(
+    point: str, version: Version, seconds: int, lua: Path, size: int, upload: Path
+) -> dict[str, float]:
+    foreign = ForeignLoad()
+    cpu0 = cpu_seconds(version.pids)
+    row: dict[str, float]
+    if point in ("c1", "c32"):
+        got = await load.wrk(
+            version.base + "/small.json",
+            lua=lua,
+            connections=1 if point == "c1" else 32,
+            seconds=seconds,
+            headers=version.headers,
+        )
+        if got.errors:
+            raise RuntimeError(f"{version.name} {point}: {got.errors} errors")
+        row = {"rps": got.rps, "p50_ms": got.p50_ms, "p99_ms": got.p99_ms}
+        count = got.requests
+    elif point in ("down", "down1g"):
+        name, size = ("plain/64m-real.bin", size) if point == "down" else ("files/1g.bin", GiB)
+        moved = await load.download(f"{version.base}/{name}", version.headers)
+        if moved.status != 200 or moved.bytes != size:
+            raise RuntimeError(f"{version.name} down: {moved}")
+        row = {"mb_s": moved.mb_per_s}
+        count = 0
+    else:
+        moved = await load.upload(version.base + "/upload/blob", upload, version.headers)
+        if moved.status not in (201, 204) or moved.bytes != size:
+            raise RuntimeError(f"{version.name} up: {moved}")
+        row = {"mb_s": moved.mb_per_s}
+        count = 0
+    cpu = cpu_seconds(version.pids) - cpu0
+    if count:
+        row["cpu_us"] = cpu / count * 1e6
+    else:
+        row["cpu_s"] = cpu
+    row["foreign"] = foreign.cores()
+    return row
+
+
+@contextlib.asynccontextmanager
+async def _profiled(
+    directory: Path | None, version: Version, point: str, roles: dict[str, int], perf: bool
+) -> AsyncIterator[None]:
+    binary = shutil.which("perf") if perf else py_spy()
+    if directory is None or binary is None or not roles:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    children: list[tuple[Child, Path]] = []
+    for role, pid in roles.items():
+        out = directory / f"{version.name}-{point}-{role}.{'data' if perf else 'txt'}"
+        if perf:
+            args = [binary, "record", "-F", "999", "-g", "-p", str(pid), "-o", str(out)]
+        else:
+            args = [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+            args += ["--nonblocking", "--output", str(out)]
+        children.append((await spawn(f"profile {role}", args, log=directory / "profile.log"), out))
+    await asyncio.sleep(0.5)  # py-spy attaches before the load starts
+    try:
+        yield
+    finally:
+        for child, out in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.proc.wait(), 30)
+            await child.stop(timeout=5)
+            if out.exists() and not perf:
+                out.with_suffix(".summary.txt").write_text(summarise(out))
+
+
+def _median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows if key in r)
+
+
+def summary(versions: list[Version]) -> list[str]:
+    lines = []
+    for point in POINTS:
+        for v in versions:
+            rows = v.rows.get(point)
+            if not rows:
+                continue
+            keys = [k for k in rows[0] if k != "foreign"]
+            cells = "  ".join(f"{k} {_median(rows, k):.3f}" for k in keys)
+            lines.append(
+                f"{point:5} {v.name:10} {cells}  (n={len(rows)}, foreign cores "
+                f"max {max(r['foreign'] for r in rows):.2f})"
+            )
+    return lines
+
+
+async def run(
+    trees: list[tuple[str, Path]],
+    points: list[str],
+    reps: int,
+    seconds: int,
+    openssh: bool,
+    profile: Path | None,
+    say: Callable[[str], None],
+    perf: bool = False,
+) -> list[Version]:
+    raise_fd_limit()
+    root = Path(tempfile.mkdtemp(prefix="sluice-ab-", dir="/dev/shm"))
+    stops: list[Callable[[], Awaitable[Any]]] = []
+    roles: dict[str, dict[str, int]] = {}
+    try:
+        nginx = await Nginx.start(
+            root / "nginx",
+            {"1g.bin": GiB} if "down1g" in points else {},
+            upload_size=64 * MiB,
+            real={"64m-real.bin": 64 * MiB},
+        )
+        stops.append(nginx.stop)
+        versions: list[Version] = []
+        if openssh:
+            ssh = await OpenSSH.start(root / "openssh", nginx.port)
+            stops.append(ssh.stop)
+            versions.append(Version("openssh", ssh.base, pids=ssh.pids))
+        for name, tree in trees:
+            env = {"PYTHONPATH": str(tree)}
+            relay = await Relay.create(root / f"relay-{name}", **env)
+            stops.append(relay.close)
+            agent_id, token = await relay.create_agent(name)
+            agent = await start_agent(
+                relay,
+                agent_id,
+                token,
+                f"127.0.0.1:{nginx.port}",
+                root / f"agent-{name}.log",
+                **env,
+            )
+            stops.append(agent.stop)
+            conn = await relay.create_connection(name, nginx.base, agent_id)
+            versions.append(
+                Version(name, relay.proxy_base(conn), relay.auth, [relay.pid, agent.pid])
+            )
+            roles[name] = {"relay": relay.pid, "agent": agent.pid}
+            say(f"{name}: {tree}, relay pid {relay.pid}, agent pid {agent.pid}")
+        lua = load.write_lua(root)
+        for v in versions:  # warm pools and caches
+            await load.wrk(
+                v.base + "/small.json", lua=lua, connections=32, seconds=1, headers=v.headers
+            )
+        for rep in range(1, reps + 1):
+            for point in points:
+                for v in versions:
+                    directory = profile if rep == 1 else None
+                    async with _profiled(directory, v, point, roles.get(v.name, {}), perf):
+                        row = await _point(point, v, seconds, lua, 64 * MiB, nginx.upload_source)
+                    v.rows.setdefault(point, []).append(row)
+                    cells = "  ".join(f"{k} {x:.3f}" for k, x in row.items())
+                    say(f"rep {rep} {point:5} {v.name:10} {cells}")
+        return versions
+    finally:
+        for stop in reversed(stops):
+            with contextlib.suppress(Exception):
+                await stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tree", type=_tree, action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--points", default="c1,c32", help=f"comma-separated, of {POINTS}")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk point")
+    parser.add_argument("--openssh", action="store_true", help="OpenSSH beside the trees")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--perf", action="store_true", help="profile with perf, not py-spy")
+    args = parser.parse_args()
+    points = [p for p in args.points.split(",") if p]
+    if unknown := set(points) - set(POINTS):
+        parser.error(f"--points: unknown {sorted(unknown)}; choose from {POINTS}")
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    say(f"uptime: {os.getloadavg()}")
+    versions = asyncio.run(
+        run(args.tree, points, args.reps, args.seconds, args.openssh, args.profile, say, args.perf)
+    )
+    say(f"uptime: {os.getloadavg()}")
+    for line in summary(versions):
+        say(line)
+
+
+if __name__ == "__main__":
+    cli()
