@@ -186,9 +186,12 @@ def render(s: Summary) -> str:
         "windows towards the relay (answers; bounds how much bulk data a small answer can "
         "queue behind), shrunk to 128 KiB for a bulk answer while small answers run beside "
         "it on the same agent connection (`server/tunnel/window_share.py`), 1 MiB towards the "
-        "agent (request bodies); on a long link a stream's window grows while the stream "
-        "waits for it (`sluice/window_tuning.py`: a wait of 4 ms or more for credit, probed "
-        "like slow start, up to a per-agent budget of 32 MiB; loopback never grows it), "
+        "agent (request bodies); on a long link a stream's window follows the link "
+        "(`sluice/window_tuning.py`: once per round trip, the time from a window top-up to "
+        "the first byte it released; slow start quadruples the window while the pace rises, "
+        "then it holds the pace times the round trip plus a few ms, and a new stream on a "
+        "warm connection starts from what the last one carried; up to a per-agent budget of "
+        "32 MiB; loopback never grows it), "
         "256 KiB packets (a "
         "quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep "
         "buffers of up to 2 MiB on the heap instead of mapping each one "
@@ -383,7 +386,14 @@ def _long_links(r: dict[str, Any]) -> list[str]:
         "`bench/delay_line.py` (a process per line holding every byte half the round trip "
         "each way; this kernel has no netem), see `bench/long_link.py`. "
         f"{plan['repetitions']} repetition(s) per round trip; a file of random bytes of "
-        f"{plan['size'] // (1024 * 1024)} MiB down (curl) and up (PUT); c=1 keep-alive GETs "
+        f"{plan['size'] // (1024 * 1024)} MiB down (curl) and up (PUT)"
+        + (
+            f", and of {plan['large'] // (1024 * 1024)} MiB down and up in the first "
+            "repetition only (one run: OpenSSH at 100 ms takes about a minute per GiB)"
+            if plan.get("large")
+            else ""
+        )
+        + "; c=1 keep-alive GETs "
         f"for {plan['get_seconds']} s beside a download of the 1 GiB file on the same path; "
         f"a fresh caller's GET (wrk, a new connection per request, {plan['get_seconds']} s). "
         "The line accepts connections at once, so a new TCP connection through it costs no "
@@ -393,7 +403,8 @@ def _long_links(r: dict[str, Any]) -> list[str]:
         "",
         _md_table(summary.grid()),
         "",
-        "Targets of issue 22 for long links, judged at the worst round trip:",
+        "Targets of issue 22 for long links, judged at the worst round trip (transfers: the "
+        "worse of the two sizes):",
         "",
         _md_table(
             [["target", "verdict", "measured"]]

@@ -22,9 +22,12 @@ fresh GET is one round trip here, two on a real link.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,16 +46,29 @@ PATHS = ("direct", "openssh", "sluice-onprem")
 FILE = "link.bin"
 
 
+POINTS = ("down", "up", "beside", "fresh")
+# The large transfers: one repetition (at 100 ms OpenSSH moves ~19 MB/s, so
+# 1 GiB takes about a minute on that path alone).
+LARGE_POINTS = ("down_1g", "up_1g")
+
+
 @dataclass(frozen=True)
 class LinkPlan:
     rtts_ms: tuple[int, ...]
     repetitions: int
     size: int  # bytes downloaded and uploaded
     get_seconds: int  # the GETs beside a download, and the fresh GETs
+    large: int = 0  # bytes of the large download and upload (first repetition only); 0: none
+    points: tuple[str, ...] = POINTS
+    paths: tuple[str, ...] = PATHS
 
 
-FULL_LINKS = LinkPlan(rtts_ms=(10, 50, 100), repetitions=3, size=64 * MiB, get_seconds=3)
+FULL_LINKS = LinkPlan(
+    rtts_ms=(10, 50, 100), repetitions=3, size=64 * MiB, get_seconds=3, large=1024 * MiB
+)
 QUICK_LINKS = LinkPlan(rtts_ms=(50,), repetitions=1, size=8 * MiB, get_seconds=1)
+LARGE_FILE = "1g.bin"
+LARGE_UPLOAD = "upload-large.bin"
 
 
 async def _partial_download(url: str, headers: dict[str, str], seconds: float) -> load.Transfer:
@@ -96,6 +112,23 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
         async def work() -> Row:
             got = await load.upload(p.url("/upload/link"), p.upload_source, p.headers)
             ok = got.status in (201, 204) and got.bytes == plan.size
+            return {"bytes": got.bytes, "mb_s": got.mb_per_s, "errors": 0 if ok else 1}
+
+        return work
+
+    def down_large(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            got = await load.download(p.url(f"/files/{LARGE_FILE}"), p.headers)
+            ok = got.status == 200 and got.bytes == plan.large
+            return {"bytes": got.bytes, "mb_s": got.mb_per_s, "errors": 0 if ok else 1}
+
+        return work
+
+    def up_large(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            source = p.upload_source.with_name(LARGE_UPLOAD)
+            got = await load.upload(p.url("/upload/link-large"), source, p.headers)
+            ok = got.status in (201, 204) and got.bytes == plan.large
             return {"bytes": got.bytes, "mb_s": got.mb_per_s, "errors": 0 if ok else 1}
 
         return work
@@ -154,22 +187,43 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
 
         return work
 
-    return [("down", down), ("up", up), ("beside", beside), ("fresh", fresh)]
+    every = {
+        "down": down,
+        "up": up,
+        "beside": beside,
+        "fresh": fresh,
+        "down_1g": down_large,
+        "up_1g": up_large,
+    }
+    names = plan.points + (LARGE_POINTS if plan.large else ())
+    return [(name, every[name]) for name in names]
 
 
-async def long_links(root: Path, plan: LinkPlan, say: Callable[[str], None]) -> dict[str, Any]:
-    """Measure every path at every round trip of *plan*; the rows and the plan."""
+async def long_links(
+    root: Path,
+    plan: LinkPlan,
+    say: Callable[[str], None],
+    relay_env: dict[str, str] | None = None,
+    agent_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Measure every path at every round trip of *plan*; the rows and the plan.
+    *relay_env*, *agent_env*: extra SLUICE_* settings (A/B runs)."""
     root.mkdir(parents=True)
     rows: list[Row] = []
-    nginx = await Nginx.start(
-        root / "nginx", {"1g.bin": 1024 * MiB}, upload_size=plan.size, real={FILE: plan.size}
-    )
+    real = {FILE: plan.size} | ({LARGE_FILE: plan.large} if plan.large else {})
+    sparse = {} if plan.large else {LARGE_FILE: 1024 * MiB}  # the GETs' companion download
+    nginx = await Nginx.start(root / "nginx", sparse, upload_size=plan.size, real=real)
+    if plan.large:
+        with (nginx.upload_source.with_name(LARGE_UPLOAD)).open("wb") as f:
+            f.truncate(plan.large)
     relay: Relay | None = None
     try:
-        relay = await Relay.create(root / "relay")
+        relay = await Relay.create(root / "relay", **(relay_env or {}))
         lua = write_lua(root)
         for rtt in plan.rtts_ms:
-            rows += await _one_rtt(root / f"rtt-{rtt}", rtt, plan, nginx, relay, lua, say)
+            rows += await _one_rtt(
+                root / f"rtt-{rtt}", rtt, plan, nginx, relay, lua, say, agent_env or {}
+            )
     finally:
         if relay is not None:
             await relay.close()
@@ -185,6 +239,7 @@ async def _one_rtt(
     relay: Relay,
     lua: Path,
     say: Callable[[str], None],
+    agent_env: dict[str, str],
 ) -> list[Row]:
     root.mkdir(parents=True)
     children: list[Child] = []
@@ -204,11 +259,12 @@ async def _one_rtt(
             f"127.0.0.1:{nginx.port}",
             root / "agent.log",
             relay_address=f"127.0.0.1:{relay_port}",
+            **agent_env,
         )
         children.append(agent)
         conn = await relay.create_connection(f"link {rtt} ms", nginx.base, agent_id)
         source = nginx.upload_source
-        paths = [
+        every = [
             _LinkPath("direct", f"http://127.0.0.1:{direct_port}", upload_source=source),
             _LinkPath(
                 "openssh",
@@ -226,6 +282,7 @@ async def _one_rtt(
                 upload_source=source,
             ),
         ]
+        paths = [p for p in every if p.name in plan.paths]
         say(f"long link, {rtt} ms round trip ...")
         for p in paths:  # a first request on each path (connections, pools); not recorded
             await load.wrk(
@@ -233,6 +290,8 @@ async def _one_rtt(
             )
         for rep in range(1, plan.repetitions + 1):
             for name, factory in _points(plan, lua):
+                if name in LARGE_POINTS and rep > 1:
+                    continue
                 for p in paths:
                     row = await measure(p, rep, name, factory(p))
                     row["rtt_ms"] = rtt
@@ -248,9 +307,55 @@ async def _one_rtt(
 
 def _describe(row: Row) -> str:
     head = f"  {row['rtt_ms']:3d} ms rep {row['rep']} {row['point']:7} {row['path']:14}"
-    if row["point"] in ("down", "up"):
+    if row["point"] in ("down", "up", *LARGE_POINTS):
         return head + f" {row['mb_s']:8.1f} MB/s"
     text = head + f" p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms"
     if "big_mb_s" in row:
         text += f"  download beside {row['big_mb_s']:.1f} MB/s"
     return text + (f"  errors {row['errors']}" if row.get("errors") else "")
+
+
+def main() -> None:
+    """Only the long-link points: ``python -m bench.long_link --rtt 50 --points down``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rtt", type=int, action="append", help="round trip, ms (repeatable)")
+    parser.add_argument("--repetitions", type=int, default=FULL_LINKS.repetitions)
+    parser.add_argument("--size-mib", type=int, default=FULL_LINKS.size // MiB)
+    parser.add_argument("--large-mib", type=int, default=0, help="1 GiB points: 1024")
+    parser.add_argument("--points", default=",".join(POINTS), help="of " + ",".join(POINTS))
+    parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
+    parser.add_argument("--get-seconds", type=int, default=FULL_LINKS.get_seconds)
+    parser.add_argument("--out", type=Path, default=None, help="raw rows as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
+    parser.add_argument(
+        "--relay-env", action="append", default=[], metavar="NAME=VALUE", help="relay setting"
+    )
+    parser.add_argument(
+        "--agent-env", action="append", default=[], metavar="NAME=VALUE", help="agent setting"
+    )
+    args = parser.parse_args()
+    plan = LinkPlan(
+        rtts_ms=tuple(args.rtt or FULL_LINKS.rtts_ms),
+        repetitions=args.repetitions,
+        size=args.size_mib * MiB,
+        get_seconds=args.get_seconds,
+        large=args.large_mib * MiB,
+        points=tuple(p for p in args.points.split(",") if p),
+        paths=tuple(p for p in args.paths.split(",") if p),
+    )
+    relay_env = dict(item.split("=", 1) for item in args.relay_env)
+    agent_env = dict(item.split("=", 1) for item in args.agent_env)
+    root = Path(tempfile.mkdtemp(prefix="sluice-links-"))
+    try:
+        results = asyncio.run(long_links(root / "links", plan, print, relay_env, agent_env))
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

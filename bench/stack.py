@@ -59,17 +59,17 @@ class Relay:
         return self.child.pid
 
     def env(self) -> dict[str, str]:
-        return clean_env(
-            SLUICE_SERVER_DATA_DIR=str(self.data),
-            SLUICE_SERVER_SSH_LISTEN=self.ssh_address,
-            SLUICE_SERVER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-            SLUICE_SERVER_ADMIN_TOKEN=self.admin,
+        settings = {
+            "SLUICE_SERVER_DATA_DIR": str(self.data),
+            "SLUICE_SERVER_SSH_LISTEN": self.ssh_address,
+            "SLUICE_SERVER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "SLUICE_SERVER_ADMIN_TOKEN": self.admin,
             # nginx is on loopback; a real cloud API would not be.
-            SLUICE_SERVER_ALLOW_PRIVATE_DESTINATIONS="true",
-            SLUICE_SERVER_LOG_LEVEL="warning",
-            SLUICE_SERVER_LOG_FORMAT="json",
-            **self.extra_env,
-        )
+            "SLUICE_SERVER_ALLOW_PRIVATE_DESTINATIONS": "true",
+            "SLUICE_SERVER_LOG_LEVEL": "warning",
+            "SLUICE_SERVER_LOG_FORMAT": "json",
+        }
+        return clean_env(**(settings | self.extra_env))
 
     @classmethod
     async def create(cls, data: Path, **extra_env: str) -> Relay:

@@ -3,62 +3,129 @@
 A stream moves at most one receive window per round trip: 256 KiB at 50 ms
 is 5 MB/s, whatever the link could carry. OpenSSH is bounded the same way by
 its fixed 2 MiB; HPN-SSH lifts that bound with windows that grow, as Linux
-grows a socket's receive buffer (tcp_rcv_space_adjust) and QUIC stacks grow
-their flow-control windows.
+grows a socket's receive buffer (tcp_rcv_space_adjust, "DRS") and QUIC
+stacks grow their flow-control windows.
 
-Here a stream's window grows when the stream has been waiting for it:
-after a top-up (asyncssh grants more once half the window is used), the
-peer sends what credit it still had, and if the next data comes only after
-a pause of at least ``STALL`` (the round trip of a long link, which a
-loopback or LAN hop never shows) the peer sat with no credit, waiting for
-the top-up. Growth probes as TCP's slow start does: after two such
-waits in a row (the pace between them is the current window's), the window
-doubles while doubling pays (the pace rose by ``FAST_GAIN``), then grows in
-quarter steps, since a window beyond the round trip's worth only queues data
-at the slower end, ahead of every other stream's. It stops when the waits
-do, or when the budget is spent.
-A grown window is topped up every eighth used, so data flows at the pace it
-is delivered rather than in bursts of half a window.
+Here the receiver measures, once per round trip, how long the peer took to
+use new credit: a top-up (window adjust) goes out when the peer may send up
+to byte L, and the time until the first byte beyond L arrives is a sample of
+the credit loop (``round``). The peer cannot send that byte before the
+top-up reaches it, so a sample is at least the link's round trip; it is
+*only* the round trip if the peer had used up its credit and sat waiting
+for more — the stream is limited by its window. If the peer still had
+credit (the window covers the round trip), or the data queued on its way
+(at the slower end, ahead of every other stream's), the sample is longer by
+that much.
+
+So, per round, with the link's shortest sample as its round trip:
+
+- slow start (a new stream): the window quadruples each round while the
+  pace (bytes delivered in the round over its length) keeps rising by
+  ``STARTUP_GAIN``; it ends when the pace stops rising or a sample shows
+  data queuing. A new stream on a connection that already carried a full
+  stream skips it: at its first top-up it jumps to what that stream carried
+  per round trip (``WindowBudget.learned``), so each download after the
+  first needs no ramp at all;
+- then the last three samples decide (a busy moment on the machine
+  lengthens one sample, a burst of data that had queued shortens one, not
+  three): most at the round trip, the peer waited for the top-ups, and the
+  window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
+  queues for good, and the window goes back to the best recent pace times
+  the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
+  on the same connection. Otherwise it holds.
+
+A round after a shrink is not judged (the peer first uses up the credit it
+holds, then waits, which looks like a window-limited round), nor one in
+which the stream sat idle (between answers on a pooled stream).
+
+Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
+where a window of its starting size already fills the link.
 
 A reader that stops reading stops its stream's growth by itself: asyncssh
-returns credit only as data is delivered, so no top-up, no growth, and what
-the stream holds stays within its window. Every growth comes out of a
-per-agent ``WindowBudget`` (a setting, 32 MiB by default): the most all of
-an agent's streams may have in flight beyond their starting windows. A
-stream gives its growth back when it closes.
+returns credit only as data is delivered, so no top-up, no round, no
+growth, and what the stream holds stays within its window. Every growth
+comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
+the most all of an agent's streams may have in flight beyond their starting
+windows. A stream gives its growth back when it shrinks or closes (an idle
+stream kept in the relay's pool keeps its window: the next answer on it
+needs no ramp, but other streams cannot grow into that share meanwhile).
 """
 
 from __future__ import annotations
 
+import collections
+import math
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from asyncssh.channel import SSHChannel
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 from asyncssh.packet import UInt32
 
 from sluice.ssh_tuning import set_receive_window
 
-# A wait for credit this long means the peer is far away (a loopback or LAN
-# hop answers a window top-up well within it, even on a busy machine).
-STALL = 0.004  # seconds
-# While each growth raises the pace by this factor the window doubles; after
-# one that does not, it grows in quarter steps.
-FAST_GAIN = 1.6
-# A grown window is topped up once this share of it has been used.
-TOP_UP_SHARE = 8
+log = structlog.get_logger("sluice.window_tuning")
+
+# A round trip this long is a long link (a loopback or LAN hop answers a
+# top-up well within it, even on a busy machine).
+LONG = 0.004  # seconds
+# Slow start ends once the pace has not risen by STARTUP_GAIN for
+# STARTUP_FLAT rounds, or at once when a sample shows data queuing (longer
+# than QUEUED round trips).
+STARTUP_GAIN = 1.25
+STARTUP_FACTOR = 4  # the window's growth per round in slow start
+STARTUP_FLAT = 2
+QUEUED = 1.25
+# Past slow start, the last QUEUE_ROUNDS samples decide. Most within LIMITED
+# (at least LIMITED_MIN, else this share of the round trip) of the round
+# trip: the peer used up its credit and waited for more, and the window
+# grows by CRUISE_GAIN. All beyond QUEUE_HIGH: data queues at the slower
+# end, and the window goes back to the pace times the round trip plus
+# HEADROOM (at least HEADROOM_MIN, else this share of the round trip).
+# Otherwise it holds.
+QUEUE_ROUNDS = 3
+LIMITED_MIN = 0.0015  # seconds
+LIMITED_SHARE = 32
+CRUISE_GAIN = 1.25
+QUEUE_HIGH_MIN = 0.005  # seconds
+QUEUE_HIGH_SHARE = 16
+HEADROOM_MIN = 0.003  # seconds
+HEADROOM_SHARE = 32
+# The pace a window follows is the best of the last few rounds (a slow one,
+# a busy moment on the machine, does not shrink it).
+PACE_ROUNDS = 10
+# What the connection learned is trusted this long: its round trip (the
+# shortest sample), and the pace of its last stream that filled the link.
+REMEMBER = 10.0  # seconds
+REMEMBER_PACE = 600.0  # seconds
+# A pause between deliveries longer than this many round trips is idleness
+# (a window-limited stream pauses for less than one).
+IDLE = 1.5
+# A grown window is topped up once this share of it has been used (the
+# peer's credit never falls far below the window, so the window is what it
+# may have in flight).
+TOP_UP_SHARE = 64
 
 
 class WindowBudget:
-    """Per agent: how much all its streams' windows may grow beyond their start."""
+    """Per agent connection (relay) or agent: how much all its streams'
+    windows may grow beyond their start, and what the link has shown."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.cap = cap
         self.granted = 0
+        self.clock = clock
+        self.rtt = 0.0  # the shortest credit round trip seen; 0: none yet
+        self._rtt_at = clock()
+        self._next_rtt = math.inf  # the shortest since _rtt_at
+        self.pace = 0.0  # bytes/s of the last stream that filled the link
+        self._pace_at = -REMEMBER_PACE
 
     def __repr__(self) -> str:
-        return f"<WindowBudget {self.granted}/{self.cap}>"
+        return f"<WindowBudget {self.granted}/{self.cap} rtt {self.rtt * 1000:.1f} ms>"
 
     def take(self, wanted: int) -> int:
         """Up to *wanted* bytes of growth, as much as the budget has left."""
@@ -69,22 +136,58 @@ class WindowBudget:
     def give_back(self, amount: int) -> None:
         self.granted -= amount
 
+    def sampled(self, rtt: float, now: float) -> float:
+        """A credit round trip of *rtt* seconds was seen: the link's round trip now."""
+        self._next_rtt = min(self._next_rtt, rtt)
+        if not self.rtt or rtt <= self.rtt:
+            self.rtt = rtt
+        if now - self._rtt_at > REMEMBER:
+            # A new period: the shortest of the last one (a route may have
+            # changed), not one sample, which may have queued.
+            self.rtt = self._next_rtt
+            self._next_rtt = math.inf
+            self._rtt_at = now
+        return self.rtt
+
+    def filled(self, pace: float, now: float) -> None:
+        """A stream whose window covered the link moved *pace* bytes/s."""
+        self.pace = pace
+        self._pace_at = now
+
+    def learned(self, now: float) -> int:
+        """What the connection's last full stream carried per round trip (0: nothing recent)."""
+        if now - self._pace_at > REMEMBER_PACE:
+            return 0
+        return int(self.pace * self.rtt)
+
+
+class _Probe:
+    __slots__ = ("delivered", "limit", "sent_at")
+
+    def __init__(self, limit: int, sent_at: float, delivered: int) -> None:
+        self.limit = limit  # the peer's limit before the top-up
+        self.sent_at = sent_at
+        self.delivered = delivered  # bytes delivered when it went out
+
 
 class WindowTuner:
-    """One stream's receive window: starts at *base*, grows while the stream
-    waits on it (see the module docstring). Feed it every data delivery."""
+    """One stream's receive window: starts at *base*, follows the link (see
+    the module docstring). Feed it every data delivery."""
 
     __slots__ = (
+        "_best",
         "_budget",
         "_clock",
-        "_credit",
-        "_emptied_at",
-        "_fast",
-        "_grown_at",
-        "_left",
-        "_measuring",
-        "_pace",
-        "_since_growth",
+        "_delivered",
+        "_flat",
+        "_last",
+        "_last_at",
+        "_limit",
+        "_paces",
+        "_probe",
+        "_samples",
+        "_settling",
+        "_starting",
         "base",
         "window",
     )
@@ -96,19 +199,22 @@ class WindowTuner:
         self._clock = clock
         self.base = base
         self.window = base
-        self._credit = base  # the peer's credit as of the last delivery
-        # After a top-up: the credit the peer still had when it went out (data
-        # that may arrive before the top-up reaches the peer), and when that
-        # old credit was used up.
-        self._left: int | None = None
-        self._emptied_at: float | None = None
-        self._measuring = False  # since the last wait, at the current window
-        # Probing: bytes and time since the last wait, the pace before the
-        # last growth, and doubling or quarter steps.
-        self._since_growth = 0
-        self._grown_at = clock()
-        self._pace = 0.0
-        self._fast = True  # doubling
+        self._delivered = 0  # bytes delivered so far
+        self._last_at = clock()  # the last delivery
+        self._limit = base  # the peer may send this many bytes in all
+        self._probe: _Probe | None = None
+        # After a shrink the peer holds more credit than the new window: it
+        # uses that up, then waits, and the first round after looks limited
+        # by the window though it is not. That round is not judged.
+        self._settling = False
+        # Slow start: the window doubles each round while the pace keeps
+        # rising by STARTUP_GAIN (the best pace so far, and rounds since).
+        self._starting = True
+        self._best = 0.0
+        self._last = 0.0
+        self._flat = 0
+        self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
+        self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -120,60 +226,118 @@ class WindowTuner:
     def received(self, chan: SSHChannel[Any], size: int) -> None:
         """*size* bytes were delivered from *chan* (asyncssh has already topped
         the window up, if it was due)."""
+        now = self._clock()
+        self._delivered += size
+        waiting = chan._recv_buf
+        arrived = self._delivered + (sum(len(item[0]) for item in waiting) if waiting else 0)
         credit = chan._recv_window
-        before = self._credit - size  # the peer's credit before any top-up now
         if self.grown and credit <= self.window - self.window // TOP_UP_SHARE:
             # Top up in smaller steps than asyncssh's half window: a grown
             # window then flows at the pace data is delivered, not in bursts
             # of half a window that queue up at the slower end.
             chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(self.window - credit))
             chan._recv_window = credit = self.window
-        self._credit = credit
-        self._since_growth += size
-        now = self._clock()
-        if self._emptied_at is not None:
-            # The first data after the peer had used up all the credit it had
-            # when the last top-up went out: it waited this long for that top-up.
-            waited = now - self._emptied_at
-            self._emptied_at = None
-            if waited < STALL:
-                self._measuring = False
-            elif self._measuring:
-                # A second wait in a row, a round trip or more after the first:
-                # the pace in between is the current window's.
-                self._measuring = False
-                self._grow(chan, now)
-            else:
-                self._measuring = True
-                self._since_growth = 0
-                self._grown_at = now
-        elif self._left is not None:
-            self._left -= size
-            if self._left <= 0:
-                self._left = None
-                self._emptied_at = now
-        if credit > before and self._left is None and self._emptied_at is None:
-            # A top-up went out just now.
-            if before <= 0:
-                self._emptied_at = now
-            else:
-                self._left = before
+        limit = arrived + credit
+        if limit > self._limit and self._starting and not self.grown:
+            # The stream's first top-up, on a connection known to be long:
+            # straight to what its last full stream carried per round trip.
+            learned = self._budget.learned(now)
+            if learned > self.window and self._budget.rtt >= LONG:
+                # No slow start then: past what is known it only queues.
+                self._starting = False
+                self._paces.append(self._budget.pace)
+                self._resize(chan, learned)
+        gap = now - self._last_at
+        self._last_at = now
+        if limit > self._limit:
+            # A top-up went out just now (asyncssh's or ours): time the next
+            # round, unless one is being timed already.
+            if self._probe is None:
+                self._probe = _Probe(self._limit, now, self._delivered)
+            self._limit = limit
+        if self._budget.rtt and gap > IDLE * self._budget.rtt:
+            # The stream sat idle (between answers, or its source was slow):
+            # the round under way shows that, not the window or the link.
+            self._probe = None
+        probe = self._probe
+        if probe is not None and arrived > probe.limit:
+            self._probe = None
+            self._round(chan, now - probe.sent_at, self._delivered - probe.delivered, now)
 
-    def _grow(self, chan: SSHChannel[Any], now: float) -> None:
-        # Probe as TCP's slow start does: double while doubling pays (the pace
-        # since the last wait well up on the pace before it), then in quarter
-        # steps, so that the window ends near the round trip's worth rather
-        # than up to twice it: what is beyond it only queues at the slower
-        # end, ahead of every other stream's data. Growth ends by itself when
-        # the waits do (the window covers the round trip) or the budget is spent.
-        pace = self._since_growth / max(now - self._grown_at, 1e-6)
-        if self.grown and self._pace > 0 and pace < self._pace * FAST_GAIN:
-            self._fast = False  # near the round trip's worth: smaller steps from here
-        self._pace = pace
-        more = self._budget.take(self.window if self._fast else self.window // 4)
-        if more:
-            self.window += more
-            set_receive_window(chan, self.window)
+    def _round(self, chan: SSHChannel[Any], sample: float, moved: int, now: float) -> None:
+        budget = self._budget
+        rtt = budget.sampled(sample, now)
+        if rtt < LONG:
+            if self.grown:  # the link turned out short after all
+                self._resize(chan, self.base)
+            return
+        if self._settling:
+            self._settling = False
+            return
+        pace = moved / sample
+        self._paces.append(pace)
+        if self._starting:
+            queued = sample > rtt * QUEUED
+            # A round shows the window of the round before (the top-up that
+            # starts it releases what that window allowed), so the pace is
+            # compared with the best before the last round.
+            rising = pace >= self._best * STARTUP_GAIN
+            self._best = max(self._best, self._last)
+            self._last = pace
+            if rising and not queued:
+                # Still speeding up with each doubling: double again, or
+                # jump to what the connection's last full stream carried.
+                self._flat = 0
+                self._resize(chan, max(STARTUP_FACTOR * self.window, budget.learned(now)))
+                return
+            self._flat += 1
+            if self._flat < STARTUP_FLAT and not queued:
+                return  # (a round may show the window of two rounds ago)
+            # The pace of the rounds that found the limit is the link's; the
+            # faster ones before it may have been bursts into a queue.
+            self._starting = False
+            self._paces.clear()
+            self._paces.append(pace)
+        best = max(self._paces)
+        budget.filled(best, now)
+        self._samples.append(sample)
+        # What queues for good (the shortest of the last few samples above
+        # the round trip; a busy moment on the machine lengthens one sample,
+        # not all of them).
+        standing = min(self._samples) - rtt
+        if standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
+            # Data queues at the slower end, ahead of every small answer:
+            # back to the pace times the round trip, plus the headroom.
+            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
+            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
+            self._samples.clear()
+        elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
+            LIMITED_MIN, rtt / LIMITED_SHARE
+        ):
+            # The peer used up its credit and waited for the top-ups of most
+            # of the last few rounds (not one: a burst of data that had
+            # queued shortens a sample too): the window holds it back.
+            self._resize(chan, int(self.window * CRUISE_GAIN))
+            self._samples.clear()
+
+    def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
+        wanted = max(self.base, wanted)
+        if wanted > self.window:
+            wanted = self.window + self._budget.take(wanted - self.window)
+        else:
+            self._budget.give_back(self.window - wanted)
+            self._settling = wanted < self.window
+        if wanted != self.window:
+            log.debug(
+                "receive_window",
+                window=wanted,
+                was=self.window,
+                rtt_ms=round(self._budget.rtt * 1000, 1),
+                budget=self._budget.granted,
+            )
+            self.window = wanted
+            set_receive_window(chan, wanted)
 
     def release(self) -> None:
         """The stream closed: its growth goes back to the budget."""

@@ -1,4 +1,5 @@
-"""Receive windows grow to a long link (sluice/window_tuning.py): a stream
+"""Receive windows grow to a long link (sluice/window_tuning.py): every download ramps up
+within a few round trips, even on a cold connection; a stream
 through a delayed agent link moves far more than one starting window per
 round trip, both ways; streams whose reader stopped hold no more than the
 per-agent budget plus their starting windows; small answers beside a
@@ -93,6 +94,31 @@ async def test_windows_grow_to_a_long_link_both_ways(tmp_path: Path, api: Intern
 
 
 @pytest.mark.timeout(60)
+async def test_every_download_ramps_up_on_a_long_link(tmp_path: Path, api: InternalAPI) -> None:
+    # 16 MiB at 100 ms, three times on one agent connection, the first on a
+    # connection that has carried nothing yet. Fixed windows allow 2.6 MB/s.
+    # Slow start quadruples the window each round trip, so even the first
+    # download ramps within a few of them (a window that doubles every other
+    # round trip, as before, reached ~11 MB/s here); later ones start from
+    # what the connection carried. This test's process (relay, API, delay
+    # line) bounds the rest.
+    rtt, size = 0.1, 16 * MiB
+    speeds = []
+    async with _far_agent(tmp_path, api, rtt) as (relay, _, _, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        for _ in range(3):
+            began = time.monotonic()
+            async with http.get(f"{api.base}/blob/{size}") as resp:
+                got = len(await resp.read())
+            assert got == size
+            speeds.append(size / (time.monotonic() - began) / 1e6)
+    fixed = sshconfig.CHANNEL_WINDOW / rtt / 1e6
+    shown = f"MB/s {[round(s, 1) for s in speeds]}, fixed windows {fixed:.1f}"
+    assert speeds[0] > 6 * fixed, shown
+    assert min(speeds[1:]) > 15 * fixed, shown
+
+
+@pytest.mark.timeout(60)
 async def test_stalled_readers_hold_no_more_than_the_budget(
     tmp_path: Path, api: InternalAPI
 ) -> None:
@@ -180,8 +206,9 @@ async def test_small_answers_beside_a_download_on_a_long_link(
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await download
     p50 = statistics.median(latencies)
-    # One round trip each, plus what queues ahead of it at the slower end (here
-    # this test's one process: relay, API and delay line): within three round
-    # trips. A window grown to the whole budget would queue 32 MiB ahead, some
-    # 300 ms at this process's pace.
-    assert p50 <= 3 * rtt, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
+    # One round trip each, plus what queues ahead of it at the slower end
+    # (here this test's one process: relay, API and delay line). A window
+    # that grows while the stream waits, up to the budget, queued 120-160 ms
+    # ahead of each answer here; one held near the pace times the round trip
+    # queues a few ms (plus this busy process's own delays).
+    assert p50 <= rtt + 0.05, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
