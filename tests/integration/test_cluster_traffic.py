@@ -269,15 +269,40 @@ async def test_an_agent_tunnelled_to_another_relay_is_not_offline(
         await _until(online_through_b, 5, "B to show the connection online")
 
         # The debug log, opened through B: a request through B goes to A (the
-        # agent's tunnel) and is one entry, as A sent it to the API.
+        # agent's tunnel) and is one entry, as A sent it to the API. A reads the
+        # window opened through B within a second, so requests go until it records.
         started = await b.call("POST", f"/v1/connections/{conn_id}/debug", json_body={"minutes": 5})
         assert started.status == 200, started.text
+
+        async def entries() -> list[dict[str, Any]]:
+            log = await b.call("GET", f"/v1/connections/{conn_id}/debug-log")
+            return list(log.body["entries"])
+
+        sent = 0
+
+        async def recorded() -> bool:
+            nonlocal sent
+            sent += 1
+            proxied = await b.call("GET", f"/v1/connections/{conn_id}/proxy/hello?via=b{sent}")
+            assert proxied.status == 200
+            return bool(await entries())
+
+        await _until(recorded, 10, "A to record the window opened through B")
         proxied = await b.call("GET", f"/v1/connections/{conn_id}/proxy/hello?via=b")
         assert proxied.status == 200
-        entries = (await b.call("GET", f"/v1/connections/{conn_id}/debug-log")).body["entries"]
-        assert [e["request"].get("url") for e in entries] == [f"{api.base}/hello?via=b"]
-        assert entries[0]["sends"] == 1
-        assert entries[0]["answer"]["status"] == 200
+        last = f"{api.base}/hello?via=b"
+
+        async def last_recorded() -> bool:
+            return any(e["request"].get("url") == last for e in await entries())
+
+        await _until(last_recorded, 5, "the last request's entry")
+        urls = [e["request"].get("url") for e in await entries()]
+        assert urls.count(last) == 1, urls
+        assert None not in urls, urls  # no second entry from the forwarding relay
+        assert len(urls) == len(set(urls)), urls
+        entry = next(e for e in await entries() if e["request"].get("url") == last)
+        assert entry["sends"] == 1
+        assert entry["answer"]["status"] == 200
         await agent.stop()
 
         async def offline_through_b() -> bool:
