@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +31,7 @@ from bench import load
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
-from bench.profile import py_spy, summarise
+from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
 POINTS = ("c1", "c32", "down", "up", "down1g")
@@ -114,18 +113,8 @@ async def _profiled(
             args = [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
             args += ["--nonblocking", "--output", str(out)]
         children.append((await spawn(f"profile {role}", args, log=directory / "profile.log"), out))
-    await asyncio.sleep(0.5)  # py-spy attaches before the load starts
-    try:
+    async with sampling(children, summarise_output=not perf):
         yield
-    finally:
-        for child, out in children:
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.send_signal(signal.SIGINT)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(child.proc.wait(), 30)
-            await child.stop(timeout=5)
-            if out.exists() and not perf:
-                out.with_suffix(".summary.txt").write_text(summarise(out))
 
 
 def _median(rows: list[dict[str, float]], key: str) -> float:

@@ -74,19 +74,30 @@ class Profiler:
                 log=self.directory / "py-spy.log",
             )
             children.append((child, out))
-        await asyncio.sleep(0.5)  # py-spy attaches before the load starts
-        try:
+        async with sampling(children):
             yield
-        finally:
-            for child, out in children:
-                # SIGINT makes py-spy write what it has.
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.send_signal(signal.SIGINT)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(child.proc.wait(), 30)
-                await child.stop(timeout=5)
-                if out.exists():
-                    (out.with_suffix(".summary.txt")).write_text(summarise(out))
+
+
+@contextlib.asynccontextmanager
+async def sampling(
+    children: list[tuple[Child, Path]], summarise_output: bool = True
+) -> AsyncIterator[None]:
+    """Run the block while the profilers in *children* (just spawned, each with
+    its output file) sample; then stop them and, for py-spy's raw output,
+    write its summary beside it."""
+    await asyncio.sleep(0.5)  # the profilers attach before the load starts
+    try:
+        yield
+    finally:
+        for child, out in children:
+            # SIGINT makes py-spy and perf write what they have.
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.proc.wait(), 30)
+            await child.stop(timeout=5)
+            if summarise_output and out.exists():
+                out.with_suffix(".summary.txt").write_text(summarise(out))
 
 
 def _frame(name: str) -> str:
