@@ -21,6 +21,7 @@ from sluice.tokens import AgentToken
 from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI, serve_api
 from tests.support.capture import RESPONSES, SECRETS, SINK, APIClient, remember_secret
+from tests.support.fragile_api import FragileAPI, serve_fragile
 from tests.support.waiting import wait_until
 
 
@@ -219,3 +220,10 @@ async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactor
         for proc in started:
             if proc.proc is not None and proc.proc.returncode is None:
                 await proc.stop()
+
+
+@pytest.fixture
+async def fragile() -> AsyncIterator[FragileAPI]:
+    """A real HTTP API with rate limits, health and slowness the test sets."""
+    async for api in serve_fragile():
+        yield api

@@ -21,6 +21,7 @@ from tests.support.api import InternalAPI
 from tests.support.capture import remember_secret
 from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
 from tests.support.relay_process import BIN, RelayProcess
+from tests.support.waiting import poll_until
 
 ADMIN = "slcadm_cluster_" + os.urandom(12).hex()
 
@@ -58,16 +59,6 @@ async def _metric(http: aiohttp.ClientSession, relay: RelayProcess, series: str)
     return 0.0
 
 
-async def _until(check, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
-    """Poll the async *check* until it is true; returns the seconds it took."""
-    began = time.monotonic()
-    while not await check():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - began
-
-
 @pytest.mark.timeout(150)
 async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expires(
     tmp_path: Path, cluster_database: str, api: InternalAPI
@@ -95,7 +86,7 @@ async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expire
                 async def online_on_b() -> bool:
                     return bool((await _view(http, b, token.agent_id))["status"] == "online")
 
-                await _until(online_on_b, 15, "the agent online through relay B")
+                await poll_until(online_on_b, 15, "the agent online through relay B")
                 view_a = await _view(http, a, token.agent_id)
                 view_b = await _view(http, b, token.agent_id)
                 assert [r["relay"] for r in view_b["replicas"]] == [f"127.0.0.1:{a.ssh_port}"]
@@ -111,7 +102,7 @@ async def test_presence_is_the_same_through_every_relay_and_a_dead_relays_expire
                     view = await _view(http, b, token.agent_id)
                     return view["status"] == "offline" and not view["replicas"]
 
-                assert await _until(offline_on_b, 10, "A's presence to expire") < 10
+                assert await poll_until(offline_on_b, 10, "A's presence to expire") < 10
             finally:
                 await agent.stop()
     finally:
@@ -163,7 +154,7 @@ async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
                 async def online_on_b() -> bool:
                     return bool((await _view(http, b, token.agent_id))["status"] == "online")
 
-                await _until(online_on_b, 15, "the agent online through relay B")
+                await poll_until(online_on_b, 15, "the agent online through relay B")
                 conn_id = await _connection(http, b, token.agent_id, api)
                 auth = {"Authorization": f"Bearer {ADMIN}"}
                 # B holds no tunnel: every request, small or streamed, goes through A.
@@ -217,7 +208,7 @@ async def test_a_relay_without_the_tunnel_forwards_to_one_with_it(
                         return False
                     return bool((await resp.json())["type"] == "agent_offline")
 
-            await _until(offline_everywhere, 10, "agent_offline once no relay holds it")
+            await poll_until(offline_everywhere, 10, "agent_offline once no relay holds it")
     finally:
         for relay in (a, b):
             if relay.proc is not None and relay.proc.returncode is None:
@@ -250,7 +241,7 @@ async def test_the_connection_test_on_a_relay_without_the_tunnel_pings_through_o
                 async def online_on_b() -> bool:
                     return bool((await _view(http, b, token.agent_id))["status"] == "online")
 
-                await _until(online_on_b, 15, "the agent online through relay B")
+                await poll_until(online_on_b, 15, "the agent online through relay B")
                 auth = {"Authorization": f"Bearer {ADMIN}"}
                 async with http.post(
                     b.base + "/v1/connections",
@@ -321,7 +312,7 @@ async def test_an_agent_given_one_relay_tunnels_to_every_relay_and_follows_membe
                 async def on_all() -> bool:
                     return await _replica_relays(http, b, token.agent_id) == everyone
 
-                await _until(on_all, 15, "a tunnel to each of the three relays")
+                await poll_until(on_all, 15, "a tunnel to each of the three relays")
                 conn_id = await _connection(http, a, token.agent_id, api)
                 auth = {"Authorization": f"Bearer {ADMIN}"}
                 for relay in relays:
@@ -346,10 +337,10 @@ async def test_an_agent_given_one_relay_tunnels_to_every_relay_and_follows_membe
                 async def without_c() -> bool:
                     return await _replica_relays(http, a, token.agent_id) == remaining
 
-                await _until(without_c, 10, "the agent to follow C's departure")
+                await poll_until(without_c, 10, "the agent to follow C's departure")
                 # And it comes back.
                 await c.start()
-                await _until(on_all, 10, "the agent back on C")
+                await poll_until(on_all, 10, "the agent back on C")
             finally:
                 await agent.stop()
     finally:
@@ -386,7 +377,7 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
                 async def on_all() -> bool:
                     return await _replica_relays(http, c, token.agent_id) == everyone
 
-                await _until(on_all, 15, "a tunnel to each of the three relays")
+                await poll_until(on_all, 15, "a tunnel to each of the three relays")
                 conn_id = await _connection(http, a, token.agent_id, api)
 
                 # Requests flow through B and C while A is killed.
@@ -406,7 +397,9 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
                     asyncio.ensure_future(load("c", c)),
                 ]
                 try:
-                    await _until(lambda: _true(len(results["b"]) > 20), 10, "requests through B")
+                    await poll_until(
+                        lambda: _true(len(results["b"]) > 20), 10, "requests through B"
+                    )
                     await a.stop(signal.SIGKILL)
                     killed_at = time.monotonic()
 
@@ -415,7 +408,7 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
                             http, b, token.agent_id
                         )
 
-                    await _until(a_gone, 10, "A's presence to expire")
+                    await poll_until(a_gone, 10, "A's presence to expire")
                     assert time.monotonic() - killed_at < 10
                 finally:
                     stop.set()
@@ -427,7 +420,7 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
 
                 # A comes back: the agent is on it again within 30 s.
                 await a.start()
-                assert await _until(on_all, 30, "the agent back on A") < 30
+                assert await poll_until(on_all, 30, "the agent back on A") < 30
 
                 # An edit through A is what the next request through C uses.
                 for value in ("one", "two", "three"):
@@ -458,7 +451,7 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
                             return False
                     return True
 
-                await _until(offline_everywhere, 5, "the agent offline on every relay")
+                await poll_until(offline_everywhere, 5, "the agent offline on every relay")
                 assert time.monotonic() - rotated_at < 5
             finally:
                 await agent.stop()
@@ -525,7 +518,7 @@ async def test_workers_share_the_api_port_and_each_has_an_ssh_port(
                     return False
                 return status == 200 and len(body["relays"]) == 2
 
-            await _until(two_members, 30, "two workers in the cluster")
+            await poll_until(two_members, 30, "two workers in the cluster")
             _, body = await get_json(http, relay, "/v1/cluster")
             ssh = sorted(r["ssh"] for r in body["relays"])
             assert ssh == [f"127.0.0.1:{ssh_port}", f"127.0.0.1:{ssh_port + 1}"]
@@ -552,7 +545,7 @@ async def test_workers_share_the_api_port_and_each_has_an_ssh_port(
                 async def on_both() -> bool:
                     return await _replica_relays(http, relay, token.agent_id) == set(ssh)
 
-                await _until(on_both, 15, "a tunnel to each worker")
+                await poll_until(on_both, 15, "a tunnel to each worker")
                 conn_id = await _connection(http, relay, token.agent_id, api)
                 auth = {"Authorization": f"Bearer {ADMIN}"}
                 for _ in range(20):

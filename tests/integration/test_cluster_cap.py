@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,11 @@ import pytest
 
 from sluice.tokens import AgentToken
 from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
-from tests.support.fragile_api import FragileAPI, serve_fragile
+from tests.support.fragile_api import FragileAPI
 from tests.support.relay_process import RelayProcess
+from tests.support.waiting import poll_until
 
 ADMIN = "slcadm_traffic_" + os.urandom(12).hex()
-
-
-@pytest.fixture
-async def fragile() -> AsyncIterator[FragileAPI]:
-    async for api in serve_fragile():
-        yield api
 
 
 @pytest.fixture
@@ -56,15 +50,6 @@ async def three_relays(tmp_path: Path, cluster_database: str) -> AsyncIterator[l
                 await relay.stop()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll the async *check* until it is true, failing after *timeout*."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def _metric(http: aiohttp.ClientSession, relay: RelayProcess, series: str) -> float:
     async with http.get(relay.base + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
         text = await r.text()
@@ -79,7 +64,7 @@ async def _sharing_over(http: aiohttp.ClientSession, relays: list[RelayProcess],
         seen = [await _metric(http, r, "sluice_cap_share_relays") for r in relays]
         return seen == [n] * len(relays)
 
-    await _until(all_see_n, 15, f"every relay to share the caps over {n} relays")
+    await poll_until(all_see_n, 15, f"every relay to share the caps over {n} relays")
 
 
 async def _in_order(http: aiohttp.ClientSession, relays: list[RelayProcess]) -> list[RelayProcess]:
@@ -262,7 +247,7 @@ async def test_a_request_forwarded_for_the_tunnel_holds_one_slot_not_two(
                 _, view = await _call(http, c, "GET", f"/v1/agents/{token.agent_id}")
                 return bool(view["status"] == "online")
 
-            await _until(online_on_c, 15, "the agent online through relay c")
+            await poll_until(online_on_c, 15, "the agent online through relay c")
             status, created = await _call(
                 http,
                 a,

@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,12 @@ from sluice.tokens import AgentToken
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
 from tests.support.cluster import cluster_relay, master_key, start_cluster_agent
-from tests.support.fragile_api import FragileAPI, serve_fragile
+from tests.support.fragile_api import FragileAPI
 from tests.support.relay_process import RelayProcess
+from tests.support.waiting import poll_until
 
 ADMIN = "slcadm_traffic_" + os.urandom(12).hex()
 TOKEN = "tok-" + "k" * 20
-
-
-@pytest.fixture
-async def fragile() -> AsyncIterator[FragileAPI]:
-    async for api in serve_fragile():
-        yield api
 
 
 @pytest.fixture
@@ -74,15 +69,6 @@ async def _metric(client: APIClient, name: str) -> float:
     raise AssertionError(f"no {name} in /metrics")
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll the async *check* until it is true; the seconds it took."""
-    began = time.monotonic()
-    while not await check():
-        assert time.monotonic() - began < timeout, f"timed out after {timeout} s: {what}"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - began
-
-
 async def _create(client: APIClient, document: dict[str, Any]) -> str:
     created = await client.call("POST", "/v1/connections", json_body=document)
     assert created.status == 201, created.text
@@ -116,7 +102,7 @@ async def test_one_limit_pauses_every_relay_and_the_api_sees_one_probe_per_windo
     path = f"/v1/connections/{conn_id}/proxy/limited"
     first = asyncio.ensure_future(a.call("GET", path))
     # Relays B and C hear of A's limit (their gates close to its deadline).
-    await _until(lambda: _gates_are([b, c], 1), 5, "B and C to close their gates")
+    await poll_until(lambda: _gates_are([b, c], 1), 5, "B and C to close their gates")
     assert fragile.limited == 1
     # Callers on all three relays at once, while the connection is limited.
     others = [asyncio.ensure_future(r.call("GET", path)) for r in (a, b, c) for _ in range(3)]
@@ -131,14 +117,14 @@ async def test_one_limit_pauses_every_relay_and_the_api_sees_one_probe_per_windo
     assert fragile.limited == 2
     assert len(fragile.arrivals) == 12  # ten callers, the first limit, the limited probe
     # Done: no relay holds a gate any more.
-    await _until(lambda: _gates_are(clients, 0), 5, "every gate dropped")
+    await poll_until(lambda: _gates_are(clients, 0), 5, "every gate dropped")
 
     # A connection deleted through B frees its gates on every relay.
     fragile.limit_next, fragile.retry_seconds = 1, 30
     other = await _create(a, _cloud(fragile, rate_limit={"max_retries": 0}))
     limited = await a.call("GET", f"/v1/connections/{other}/proxy/limited")
     assert limited.status == 429
-    await _until(lambda: _gates_are(clients, 1), 5, "the limit to reach every relay")
+    await poll_until(lambda: _gates_are(clients, 1), 5, "the limit to reach every relay")
     # A relay starting while a limit is in force reads it: its gate is closed at once.
     await relays[2].stop()
     await relays[2].start()
@@ -159,7 +145,7 @@ async def test_one_limit_pauses_every_relay_and_the_api_sees_one_probe_per_windo
     assert [x.status for x in again] == [429, 429]
     assert time.monotonic() - began < 5
     assert (await b.call("DELETE", f"/v1/connections/{other}")).status == 204
-    await _until(lambda: _gates_are(clients, 0), 5, "the deleted connection's gates dropped")
+    await poll_until(lambda: _gates_are(clients, 0), 5, "the deleted connection's gates dropped")
 
 
 async def _leaders(clients: list[APIClient]) -> list[float]:
@@ -183,15 +169,15 @@ async def test_one_relay_pings_and_another_takes_over_when_it_dies(
     async def one_leader() -> bool:
         return sorted(await _leaders(clients)) == [0.0, 0.0, 1.0]
 
-    await _until(lambda: _true(bool(fragile.health_bodies)), 10, "the first scheduled ping")
+    await poll_until(lambda: _true(bool(fragile.health_bodies)), 10, "the first scheduled ping")
     # The time ten more pings take says how many relays ping: one relay needs
     # nine intervals between them (2.7 s), three relays a third of that.
     seen = len(fragile.health_bodies)
-    took = await _until(
+    took = await poll_until(
         lambda: _true(len(fragile.health_bodies) >= seen + 10), 15, "ten more scheduled pings"
     )
     assert 9 * interval * 0.75 <= took <= 9 * interval * 2.5, f"ten pings in {took:.2f} s"
-    await _until(one_leader, 5, "one relay to lead the health schedule")
+    await poll_until(one_leader, 5, "one relay to lead the health schedule")
     leader = (await _leaders(clients)).index(1.0)
 
     await relays[leader].stop(signal.SIGKILL)
@@ -200,10 +186,10 @@ async def test_one_relay_pings_and_another_takes_over_when_it_dies(
     async def new_leader() -> bool:
         return sorted(await _leaders(rest)) == [0.0, 1.0]
 
-    took = await _until(new_leader, 10, "another relay to take the schedule over")
+    took = await poll_until(new_leader, 10, "another relay to take the schedule over")
     assert took < 3
     seen = len(fragile.health_bodies)
-    await _until(
+    await poll_until(
         lambda: _true(len(fragile.health_bodies) >= seen + 3), 5, "pings from the new leader"
     )
 
@@ -214,13 +200,13 @@ async def test_one_relay_pings_and_another_takes_over_when_it_dies(
         views = [(await c.call("GET", f"/v1/connections/{conn_id}")).body for c in rest]
         return all(v["status"] == "offline" and v["last_error"] == "maintenance" for v in views)
 
-    await _until(offline_everywhere, 10, "offline through every relay")
+    await poll_until(offline_everywhere, 10, "offline through every relay")
     down = f'sluice_connection_up{{connection="{conn_id}"}} 0.0'
 
     async def down_in_every_metrics() -> bool:
         return all([down in (await c.call("GET", "/metrics")).text for c in rest])
 
-    await _until(down_in_every_metrics, 5, "sluice_connection_up 0 on every relay")
+    await poll_until(down_in_every_metrics, 5, "sluice_connection_up 0 on every relay")
 
 
 async def _true(value: bool) -> bool:
@@ -260,13 +246,13 @@ async def test_an_agent_tunnelled_to_another_relay_is_not_offline(
             answer = await a.call("POST", f"/v1/connections/{conn_id}/test")
             return bool(answer.body["ok"])
 
-        await _until(tested, 10, "the agent's tunnel to A")
+        await poll_until(tested, 10, "the agent's tunnel to A")
 
         async def online_through_b() -> bool:
             view = (await b.call("GET", f"/v1/connections/{conn_id}")).body
             return bool(view["status"] == "online")
 
-        await _until(online_through_b, 5, "B to show the connection online")
+        await poll_until(online_through_b, 5, "B to show the connection online")
 
         # The debug log, opened through B: a request through B goes to A (the
         # agent's tunnel) and is one entry, as A sent it to the API. A reads the
@@ -287,7 +273,7 @@ async def test_an_agent_tunnelled_to_another_relay_is_not_offline(
             assert proxied.status == 200
             return bool(await entries())
 
-        await _until(recorded, 10, "A to record the window opened through B")
+        await poll_until(recorded, 10, "A to record the window opened through B")
         proxied = await b.call("GET", f"/v1/connections/{conn_id}/proxy/hello?via=b")
         assert proxied.status == 200
         last = f"{api.base}/hello?via=b"
@@ -295,7 +281,7 @@ async def test_an_agent_tunnelled_to_another_relay_is_not_offline(
         async def last_recorded() -> bool:
             return any(e["request"].get("url") == last for e in await entries())
 
-        await _until(last_recorded, 5, "the last request's entry")
+        await poll_until(last_recorded, 5, "the last request's entry")
         urls = [e["request"].get("url") for e in await entries()]
         assert urls.count(last) == 1, urls
         assert None not in urls, urls  # no second entry from the forwarding relay
@@ -310,6 +296,6 @@ async def test_an_agent_tunnelled_to_another_relay_is_not_offline(
             reason = str(view["last_error"] or "")
             return bool(view["status"] == "offline" and reason.startswith("agent_offline"))
 
-        await _until(offline_through_b, 10, "B to show the agent offline")
+        await poll_until(offline_through_b, 10, "B to show the agent offline")
     finally:
         await agent.stop()

@@ -16,7 +16,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
-from tests.support.fragile_api import FragileAPI, serve_fragile
+from tests.support.fragile_api import FragileAPI
 from tests.support.waiting import wait_until
 
 TOKEN = "tok-" + "h" * 20
@@ -38,12 +38,6 @@ async def quick_relay(tmp_path: Path) -> AsyncIterator[Relay]:
         yield relay
     finally:
         await relay.close()
-
-
-@pytest.fixture
-async def fragile() -> AsyncIterator[FragileAPI]:
-    async for api in serve_fragile():
-        yield api
 
 
 @pytest.fixture

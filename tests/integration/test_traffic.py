@@ -15,7 +15,7 @@ from aiohttp import web
 from server.relay import Relay
 from tests.conftest import relay_settings
 from tests.support.capture import APIClient, remember_secret
-from tests.support.fragile_api import FragileAPI, serve_fragile
+from tests.support.fragile_api import FragileAPI
 from tests.support.waiting import wait_until
 
 TOKEN = "tok-" + "r" * 20
@@ -29,12 +29,6 @@ async def open_relay(tmp_path: Path) -> AsyncIterator[Relay]:
         yield relay
     finally:
         await relay.close()
-
-
-@pytest.fixture
-async def fragile() -> AsyncIterator[FragileAPI]:
-    async for api in serve_fragile():
-        yield api
 
 
 @pytest.fixture

@@ -156,10 +156,13 @@ async def test_stalled_readers_hold_no_more_than_the_budget(
             for event in stopped:
                 await asyncio.wait_for(event.wait(), 10)
             # Then wait until nothing more crosses the link.
-            last = -1
-            while line.carried_to_target != last:
+            # A quiet half second (two samples, several round trips), with a deadline.
+            deadline, last, quiet = time.monotonic() + 20, -1, 0
+            while quiet < 2:
+                assert time.monotonic() < deadline, "the link never went quiet"
+                quiet = quiet + 1 if line.carried_to_target == last else 0
                 last = line.carried_to_target
-                await asyncio.sleep(0.5)  # a quiet half second (several round trips)
+                await asyncio.sleep(0.25)  # a sample of the line's counter
             in_flight = line.carried_to_target - sum(taken)
             peak_agent_mb = agent.peak_rss_kib() / 1024
             [tunnel] = relay.registry.replicas(agent_id)

@@ -12,6 +12,7 @@ from server.proxy.limits import ConcurrencyLimits
 from server.proxy.traffic_stats import TrafficStats, merged_hour
 from server.secrets.crypto import MasterKey, SecretBox
 from server.storage.cluster import RelayRow
+from tests.support.waiting import wait_until
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -76,12 +77,10 @@ async def test_a_rebalance_hands_new_room_to_queued_requests_at_once() -> None:
             await release.wait()
 
     tasks = [asyncio.create_task(caller(i)) for i in range(4)]
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await wait_until(lambda: len(entered) >= 2, timeout=5, what="two callers in")
     assert entered == [0, 1]  # this relay's share of 4 over two relays
     shares.update([_row("rly_b", 1)])  # rly_a died: the whole level is ours
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await wait_until(lambda: len(entered) == 4, timeout=5, what="the queued callers let in")
     assert entered == [0, 1, 2, 3]
     state = limits.state("con_1")
     assert state is not None
