@@ -28,6 +28,9 @@ log = structlog.get_logger("sluice.relay.shared_limits")
 
 # How long one relay's probe may take before another relay may probe instead.
 PROBE_LEASE = 10.0
+# How long a probe waits for the database to grant its lease; past that (a
+# stalled database) the local gate alone holds the line, as when it is away.
+PROBE_ASK_SECONDS = 2.0
 # A probe kept back by another relay's lease looks again at least this often
 # (the outcome's notification usually comes first).
 LOOK_AGAIN = 0.25
@@ -86,7 +89,8 @@ class ClusterLimits:
         if key.startswith("unsaved:"):
             return None
         try:
-            turn = await self._rows.take_probe(key, self._relay_id, PROBE_LEASE)
+            async with asyncio.timeout(PROBE_ASK_SECONDS):
+                turn = await self._rows.take_probe(key, self._relay_id, PROBE_LEASE)
         except Exception as exc:
             # The database is away: the local gate alone holds the line.
             log.warning("probe_lease_failed", connection=key, error=type(exc).__name__)

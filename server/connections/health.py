@@ -28,6 +28,9 @@ from server.storage.store import Store, utcnow
 
 log = structlog.get_logger("sluice.relay.health")
 
+# How much longer than its connection's total timeout a scheduled ping may take.
+PING_GRACE_SECONDS = 5.0
+
 # At most this many scheduled pings at once.
 PARALLEL_CHECKS = 8
 
@@ -113,7 +116,12 @@ class HealthMonitor:
                 due.append(conn_id)
         for gone in set(self._due) - set(intervals):
             del self._due[gone]
-        await asyncio.gather(*(self._scheduled_check(conn_id) for conn_id in due))
+        outcomes = await asyncio.gather(
+            *(self._scheduled_check(conn_id) for conn_id in due), return_exceptions=True
+        )
+        for conn_id, outcome in zip(due, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("health_check_failed", connection=conn_id, error=type(outcome).__name__)
 
     async def _scheduled_check(self, conn_id: str) -> None:
         async with self._parallel:
@@ -121,12 +129,17 @@ class HealthMonitor:
                 handle = await self._connections.handle(conn_id)
             except ConnectionNotFound:
                 return
-            await self.record(
-                conn_id,
-                handle.connection.mode,
-                handle.connection.agent_id,
-                await self._engine.ping(handle),
-            )
+            # The ping's own timeouts bound the API; this bounds the rest (a
+            # relay-to-relay hop whose peer stops answering midway).
+            bound = handle.connection.http.timeouts.total + PING_GRACE_SECONDS
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(bound):
+                    result = await self._engine.ping(handle)
+            except TimeoutError:
+                elapsed = (time.monotonic() - began) * 1000
+                result = PingResult(False, None, elapsed, f"no answer within {bound:g} s")
+            await self.record(conn_id, handle.connection.mode, handle.connection.agent_id, result)
 
     async def record(
         self, conn_id: str, mode: str, agent_id: str | None, result: PingResult

@@ -29,6 +29,7 @@ from server.proxy.masking import Masker
 from server.storage.debug_log import DebugWindow
 from server.storage.store import Store, utcnow
 from server.tunnel.http1 import Body
+from sluice.tasks import TaskSet
 
 log = structlog.get_logger("sluice.relay.debug")
 
@@ -57,8 +58,8 @@ class Recording:
         self.began = time.perf_counter()
         self.method = method
         self.relative = relative
-        self.masker = masker_for(handle)
-        self._cap = BODY_PREFIX + self.masker.longest
+        # Room beyond the prefix for a secret that straddles the cut.
+        self._cap = BODY_PREFIX + masker_for(handle).longest
         self.sent: tuple[str, str, Fields] | None = None
         self.sends = 0
         self.request_body = bytearray()
@@ -113,7 +114,9 @@ class Recording:
 
     def entry(self) -> dict[str, Any]:
         """What is stored: everything passed through the masker."""
-        m = self.masker
+        # Built again now: a token fetched or refreshed during this request
+        # joined the connection's secrets after the recording began.
+        m = masker_for(self.handle)
         retries = next(
             (int(v) for n, v in self.answer_headers if n.lower() == b"sluice-retries"), 0
         )
@@ -152,6 +155,7 @@ class DebugLog:
         self.retention = retention
         self._windows: dict[str, tuple[float, dt.datetime | None]] = {}
         self._reading: set[str] = set()
+        self._tasks = TaskSet()
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -191,8 +195,7 @@ class DebugLog:
             return await self._read_window(conn_id)
         if now - cached[0] > WINDOW_CACHE_SECONDS and conn_id not in self._reading:
             self._reading.add(conn_id)
-            task = asyncio.ensure_future(self._read_window(conn_id))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._tasks.spawn(self._read_window(conn_id), name="debug-window-read")
         return cached[1]
 
     async def _read_window(self, conn_id: str) -> dt.datetime | None:
@@ -245,6 +248,7 @@ class DebugLog:
         self._task = asyncio.get_running_loop().create_task(run(), name="debug-purge")
 
     async def close(self) -> None:
+        await self._tasks.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
