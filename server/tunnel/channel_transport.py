@@ -251,6 +251,7 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         callback, so no data, EOF or close of the channel overtakes it."""
         if error is not None:
             self._answer.set_exception(error)
+            self._answer.exception()  # a spare's answer has no waiter: retrieved here
         else:
             assert head is not None
             self._answer.set_result(head)
