@@ -297,12 +297,12 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
             callback()
 
     def pause_writing(self) -> None:
-        protocol = self._protocol or self._pending
+        protocol = self._protocol if self._protocol is not None else self._pending
         if protocol is not None:
             protocol.pause_writing()
 
     def resume_writing(self) -> None:
-        protocol = self._protocol or self._pending
+        protocol = self._protocol if self._protocol is not None else self._pending
         if protocol is not None:
             protocol.resume_writing()
 
