@@ -97,6 +97,7 @@ async def test_a_get_beside_a_busy_stream_costs_one_round_trip(
         f"first {first * 1000:.0f} ms, beside a busy stream "
         f"{[round(t * 1000) for t in beside]} ms, pooled {pooled * 1000:.0f} ms at {RTT * 1000:.0f}"
     )
+    print(shown)
     # Before: CHANNEL_OPEN, then the CONNECT answer, then the request: 3 RTT.
     # The first one beside opens on the spare; those after it on the pooled
     # streams or on spares opened in the background meanwhile.
