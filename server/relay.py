@@ -132,7 +132,7 @@ class Relay:
                 else None,
                 settings.admin_token_file,
             )
-            store = await Store.open(url)
+            store = await Store.open(url, timeout=settings.database_timeout)
             try:
                 cluster = ClusterStore(store)
                 await check_master_key(cluster, store, box)
