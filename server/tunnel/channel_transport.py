@@ -449,6 +449,21 @@ async def start_tls(
     Uses asyncio's own SSLProtocol directly, since loop.start_tls() only accepts
     the loop's own transport types under uvloop.
     """
+    tls, waiter = tls_protocol(protocol, sslcontext, server_hostname, handshake_timeout)
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    return await tls_ready(transport, tls, waiter)
+
+
+def tls_protocol(
+    protocol: asyncio.BaseProtocol,
+    sslcontext: ssl.SSLContext,
+    server_hostname: str,
+    handshake_timeout: float | None = None,
+) -> tuple[asyncio.BufferedProtocol, asyncio.Future[None]]:
+    """A TLS client protocol carrying *protocol*, and the future its handshake
+    ends (or fails) in. Its ``connection_made`` sends the ClientHello: given
+    to ``pipeline_connect``, the hello goes out right behind the CONNECT."""
     from asyncio import sslproto
 
     loop = asyncio.get_running_loop()
@@ -462,11 +477,19 @@ async def start_tls(
         server_hostname=server_hostname,
         ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
     )
-    transport.set_protocol(tls)
-    tls.connection_made(transport)
+    return tls, waiter
+
+
+async def tls_ready(
+    transport: ChannelTransport, tls: asyncio.BufferedProtocol, waiter: asyncio.Future[None]
+) -> asyncio.Transport:
+    """Wait for *tls*'s handshake; returns the transport its protocol writes to.
+
+    A refused CONNECT under it fails the handshake with the refusal's RelayError.
+    """
     try:
         await waiter
     except BaseException:
         transport.abort()
         raise
-    return cast(asyncio.Transport, tls._app_transport)
+    return cast(asyncio.Transport, tls._app_transport)  # type: ignore[attr-defined]

@@ -54,15 +54,15 @@ class StreamOpener:
         *,
         deadline: float | None,
         late_message: str,
-    ) -> Tunnel:
+    ) -> tuple[ChannelTransport, Tunnel]:
         """Open a stream and hand it to *protocol* before the agent answers
-        (``Tunnel.open_pipelined``); returns the replica it runs through."""
-        _transport, tunnel = await self._on_a_replica(
+        (``Tunnel.open_pipelined``); returns its transport and the replica it
+        runs through."""
+        return await self._on_a_replica(
             lambda tunnel: tunnel.open_pipelined(
                 target, protocol, deadline=deadline, late_message=late_message
             )
         )
-        return tunnel
 
     async def _on_a_replica(self, open_on: Callable[[Tunnel], Awaitable[T]]) -> tuple[T, Tunnel]:
         """Open a stream on the least-busy replica; if that replica cannot open

@@ -19,7 +19,7 @@ from yarl import URL
 
 from server.errors import UpstreamTimeout
 from server.proxy.headers import Fields
-from server.tunnel.channel_transport import start_tls
+from server.tunnel.channel_transport import tls_protocol, tls_ready
 from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
 from server.tunnel.stream_opener import StreamOpener, stream_target
 
@@ -92,23 +92,29 @@ class TunnelDialer:
         limit: float | None = None,
     ) -> Carrier:
         target = stream_target(host, port)
-        if early and tls is None:
-            # The request goes right behind the CONNECT, in its round trip.
-            loop = asyncio.get_running_loop()
-            return await self._opener.open_pipelined(
-                target,
-                stream,
-                deadline=loop.time() + limit if limit else None,
-                late_message=_no_connection(host, port, self.describe(), limit),
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit if limit else None
+        late = _no_connection(host, port, self.describe(), limit)
+        if tls is not None:
+            # The ClientHello goes right behind the CONNECT (nothing of the
+            # caller's is sent before the handshake, so always).
+            hello, handshake = tls_protocol(stream, tls, target.host)
+            transport, tunnel = await self._opener.open_pipelined(
+                target, hello, deadline=deadline, late_message=late
             )
+            await tls_ready(transport, hello, handshake)
+            return tunnel
+        if early:
+            # The request goes right behind the CONNECT, in its round trip.
+            _transport, tunnel = await self._opener.open_pipelined(
+                target, stream, deadline=deadline, late_message=late
+            )
+            return tunnel
         transport, _session, rest, tunnel = await self._opener.open(target)
-        if tls is None:
-            transport.set_protocol(stream)
-            stream.connection_made(transport)
-            if rest:
-                stream.data_received(rest)
-        else:
-            await start_tls(transport, stream, tls, target.host)
+        transport.set_protocol(stream)
+        stream.connection_made(transport)
+        if rest:
+            stream.data_received(rest)
         return tunnel
 
 
