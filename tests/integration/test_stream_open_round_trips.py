@@ -81,7 +81,7 @@ async def test_over_tls_the_hello_goes_with_the_connect(
 ) -> None:
     # TLS 1.3: the ClientHello rides with the CONNECT (1 RTT), the request
     # with the client's Finished (1 RTT). Before: channel, CONNECT, hello,
-    # request, 4 RTT.
+    # request, 4 RTT (411 ms here on main; 219-225 ms now).
     base = f"https://127.0.0.1:{tls_api.port}"
     await _beside_a_busy_stream(relay, client, tls_api, start_agent, base, ca, 2)
 
@@ -129,7 +129,10 @@ async def _beside_a_busy_stream(
     # Before: CHANNEL_OPEN, then the CONNECT answer, then the request: 3 RTT.
     # The first one beside opens on the spare; those after it on the pooled
     # streams or on spares opened in the background meanwhile.
-    assert beside[0] < (round_trips + 0.6) * RTT, shown
+    # Slack for the relay's front and CPU on a busy 2-core machine (the
+    # handshake's crypto, too): below the next round trip.
+    slack = 0.6 if ca is None else 0.8
+    assert beside[0] < (round_trips + slack) * RTT, shown
     assert max(beside) < (round_trips + 1) * RTT, shown
     assert pooled < 1.6 * RTT, shown
     assert tunnel.streams_total == 2, shown  # the slow one's stream, and one more
