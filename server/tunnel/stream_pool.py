@@ -64,7 +64,9 @@ class Dialer(Protocol):
         With *early*, the dialler may return before the far end has accepted
         the connection (the stream's first request then travels with the
         opening); a refusal, or no acceptance within *limit* seconds, then
-        reaches the stream as ``connection_lost`` with the error.
+        reaches the stream as ``connection_lost`` with the error. (A TLS
+        handshake may start before the acceptance whatever *early* says:
+        nothing of the caller's goes before it ends.)
         """
         ...
 
