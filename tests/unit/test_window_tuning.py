@@ -136,3 +136,65 @@ def test_growth_stays_within_the_budget_and_is_given_back() -> None:
     first.release()
     second.release()
     assert budget.granted == 0
+
+
+def test_a_stream_held_back_by_its_reader_never_grows() -> None:
+    # A long link (6 ms: what a busy loopback measured as) where the reader
+    # is the bottleneck: it pauses the channel, so what arrives waits in the
+    # channel's buffer (asyncssh's pause_reading), and credit goes out only
+    # as it reads. The peer then always waits for credit, which looks like a
+    # window-limited stream; a bigger window would only hold more unread data.
+    rtt, reader = 0.006, 40e6  # 1 MiB per round trip would be 175 MB/s
+    base = 1 * MiB
+    budget = WindowBudget(32 * MiB)
+    clock = _Clock()
+    chan = _Chan(base)
+    tuner = WindowTuner(budget, base, clock=clock)
+    events: list[tuple[float, int, str, int]] = []
+    order = itertools.count()
+    sent, limit, reading, held_most = 0, base, False, 0
+
+    def send(now: float) -> None:
+        nonlocal sent
+        while sent < limit:
+            size = min(PACKET, limit - sent)
+            sent += size
+            heapq.heappush(events, (now + rtt / 2, next(order), "arrive", size))
+
+    def read_next(now: float) -> None:
+        nonlocal reading
+        reading = bool(chan._recv_buf)
+        if reading:
+            heapq.heappush(events, (now + PACKET / reader, next(order), "read", 0))
+
+    tuner.paused(cast(SSHChannel[Any], chan))  # busy from the start
+    send(clock.now)
+    while events and clock.now < 103.0:
+        when, _, what, size = heapq.heappop(events)
+        clock.now = when
+        if what == "arrive":
+            chan._recv_window -= size  # asyncssh counts credit on arrival
+            assert chan._recv_window >= 0, "the peer sent beyond its credit"
+            chan._recv_buf.append((b"x" * size, None))
+            held_most = max(held_most, sum(len(d) for d, _ in chan._recv_buf))
+            if not reading:
+                read_next(when)
+        elif what == "read":
+            data, _ = chan._recv_buf.pop(0)
+            if chan._recv_window < chan._init_recv_window / 2:  # asyncssh's top-up
+                chan.granted += chan._init_recv_window - chan._recv_window
+                chan._recv_window = chan._init_recv_window
+            tuner.received(cast(SSHChannel[Any], chan), len(data))
+            # Writing it on fills the reader's buffer: it pauses the channel
+            # (and resumes it when it has read the packet).
+            tuner.paused(cast(SSHChannel[Any], chan))
+            if chan.granted:
+                heapq.heappush(events, (when + rtt / 2, next(order), "credit", chan.granted))
+                chan.granted = 0
+            read_next(when)
+        else:
+            limit += size
+            send(when)
+    assert tuner.window == base
+    assert budget.granted == 0
+    assert held_most <= base
