@@ -81,6 +81,10 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
 }
 
 
+# What SSHChannel.write copies its data into before it returns.
+WRITE_COPIES_WITH = "bytearray"
+
+
 def _code_names(cls: type) -> set[str]:
     """Every name the functions of *cls* (and its bases) use, nested code included."""
     names: set[str] = set()
@@ -122,6 +126,9 @@ def mismatches() -> list[str]:
         found.extend(
             f"{cls.__name__}.{attr} is never set" for attr in attributes if attr not in names
         )
+    if WRITE_COPIES_WITH not in SSHChannel.write.__code__.co_names:
+        # sluice.ssh_tuning.channel_write_copies: the agent reuses its read buffer.
+        found.append(f"SSHChannel.write no longer copies its data into a {WRITE_COPIES_WITH}")
     return found
 
 

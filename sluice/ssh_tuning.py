@@ -513,6 +513,19 @@ def deliver_views(chan: SSHChannel[Any]) -> None:
     chan.__dict__[_VIEWS] = True
 
 
+def channel_write_copies() -> bool:
+    """Whether ``SSHChannel.write`` copies its data before it returns (the
+    tweaks are on, so asyncssh passed ``sluice.ssh_shape``'s check of that):
+    then a caller may write from a buffer it reuses for its next read."""
+    return bool(_Applied.names)
+
+
+def send_window(chan: SSHChannel[Any]) -> int | None:
+    """How many bytes *chan* may send now (what the peer's window has left),
+    or None with the tweaks off."""
+    return chan._send_window if _Applied.names else None
+
+
 def set_receive_window(chan: SSHChannel[Any], size: int) -> None:
     """Make *size* bytes the receive window *chan* tops up to from now on.
 
