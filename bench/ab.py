@@ -7,6 +7,11 @@ beside them as the reference. Points run interleaved, version by version
 within each repetition, so drift of the shared machine hits all alike; the
 summary gives the median of each number per version.
 
+Downloads: ``down`` is 64 MiB of random bytes from nginx with its defaults
+(no sendfile), ``downsf`` the same file with ``sendfile on; tcp_nopush on``,
+``down1g`` a sparse 1 GiB file (sendfile); run both 64 MiB points to see
+both backend configurations.
+
 CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``)
 over the requests wrk made: less sensitive to other load on the machine
 than req/s. With ``--profile DIR`` every version's relay and agent are
@@ -34,7 +39,15 @@ from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
-POINTS = ("c1", "c32", "down", "up", "down1g")
+POINTS = ("c1", "c32", "down", "downsf", "up", "down1g")
+# What each download point fetches from bench.nginx: 64 MiB of random bytes
+# with nginx's defaults (no sendfile; the worse case for Sluice), the same
+# file with sendfile on and tcp_nopush, and a sparse 1 GiB file (sendfile).
+DOWNLOADS = {
+    "down": "plain/64m-real.bin",
+    "downsf": "files/64m-real.bin",
+    "down1g": "files/1g.bin",
+}
 
 
 @dataclass
@@ -73,11 +86,11 @@ async def _point(
             raise RuntimeError(f"{version.name} {point}: {got.errors} errors")
         row = {"rps": got.rps, "p50_ms": got.p50_ms, "p99_ms": got.p99_ms}
         count = got.requests
-    elif point in ("down", "down1g"):
-        name, size = ("plain/64m-real.bin", size) if point == "down" else ("files/1g.bin", GiB)
-        moved = await load.download(f"{version.base}/{name}", version.headers)
+    elif point in DOWNLOADS:
+        size = GiB if point == "down1g" else size
+        moved = await load.download(f"{version.base}/{DOWNLOADS[point]}", version.headers)
         if moved.status != 200 or moved.bytes != size:
-            raise RuntimeError(f"{version.name} down: {moved}")
+            raise RuntimeError(f"{version.name} {point}: {moved}")
         row = {"mb_s": moved.mb_per_s}
         count = 0
     else:
