@@ -118,6 +118,12 @@ def test_a_bad_switch_value_names_the_variable() -> None:
             "        delattr(c.SSHChannel, name)\n",
             "SSHChannel._recv_window is never set",
         ),
+        # write() keeps what it is given instead of copying it (the agent
+        # reuses its read buffer only because it copies)
+        (
+            "SSHChannel.write = lambda self, data, datatype=None: self._send_buf.append(data)",
+            "SSHChannel.write no longer copies its data",
+        ),
     ],
 )
 def test_an_asyncssh_of_another_shape_runs_stock_with_one_warning(
@@ -129,6 +135,14 @@ def test_an_asyncssh_of_another_shape_runs_stock_with_one_warning(
     warnings = seen["warnings"]
     assert len(warnings) == 1
     assert difference in str(warnings[0]["differences"])
+
+
+def test_a_reused_read_buffer_is_written_only_where_asyncssh_copies_it() -> None:
+    call = "(tuning.tune_asyncssh(), tuning.channel_write_copies())"
+    assert _probe(call)["result"] == [True, True]
+    assert _probe(call, **{SWITCH: "off"})["result"] == [False, False]
+    keeps = "SSHChannel.write = lambda self, data, datatype=None: None"
+    assert _probe(call, before=keeps)["result"] == [False, False]
 
 
 def test_the_installed_asyncssh_is_the_one_the_tweaks_were_written_for() -> None:
