@@ -177,6 +177,13 @@ class DelayLine:
         """Bytes the line has passed on from callers to the target, all connections."""
         return sum(side.carried for side in self._sides if side.on_made is not None)
 
+    def set_rtt(self, rtt: float) -> None:
+        """Bytes read from now on take *rtt* (a very long one: a link that
+        stalls without closing, as a database behind a dead route does)."""
+        self.rtt = rtt
+        for side in self._sides:
+            side.delay = rtt / 2
+
     @property
     def port(self) -> int:
         assert self.server is not None

@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _migrate(settings: ServerSettings) -> int:
     private_dir(settings.data_dir)
-    store, change = await Store.open_reporting(settings.resolved_database_url(), migrate=True)
+    store, change = await Store.open_reporting(
+        settings.resolved_database_url(), migrate=True, timeout=settings.database_timeout
+    )
     await store.close()
     if change.before == change.after:
         print(f"schema already at revision {change.after}")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -81,3 +83,47 @@ async def test_a_database_that_is_not_there_is_a_clear_error_not_a_traceback(
     assert len(failed) == 1, log[-4000:]
     assert "database" in failed[0]["error"], failed
     assert "Traceback" not in log, log[-4000:]
+
+
+async def test_a_stalled_database_gives_a_definite_error_not_a_hang(
+    tmp_path: Path, cluster_database: str
+) -> None:
+    """PostgreSQL stops answering without closing its connections (a dead
+    route): an API call that needs it fails within database_timeout with a
+    503 that says so, and works again once the database answers."""
+    url = make_url(cluster_database)
+    async with DelayLine.start(url.port or 5432, 0.0, host=url.host or "127.0.0.1") as line:
+        relay = cluster_relay(
+            tmp_path,
+            "a",
+            url.set(host="127.0.0.1", port=line.port).render_as_string(hide_password=False),
+            master_key(),
+            "slcadm_stall_" + "7" * 24,
+            database_timeout="2",
+        )
+        await relay.start()
+        headers = {"Authorization": f"Bearer {relay.admin_token}"}
+        try:
+            async with aiohttp.ClientSession(headers=headers) as http:
+                async with http.post(relay.base + "/v1/agents", json={"name": "before"}) as resp:
+                    assert resp.status == 201, await resp.text()
+                line.set_rtt(3600.0)  # nothing the relay sends reaches the database now
+                began = time.monotonic()
+                async with http.post(relay.base + "/v1/agents", json={"name": "stalled"}) as resp:
+                    took = time.monotonic() - began
+                    body = await resp.json(content_type=None)
+                    assert resp.status == 503, body
+                assert body["type"].endswith("database_unavailable"), body
+                assert took < 10, took
+                line.set_rtt(0.0)
+                # Connections held up behind the stall are dropped, new ones answer.
+                await poll_until(
+                    lambda: _creates(http, relay.base), 30, "an agent created after the stall"
+                )
+        finally:
+            await relay.stop(signal.SIGTERM, timeout=60)
+
+
+async def _creates(http: aiohttp.ClientSession, base: str) -> bool:
+    async with http.post(base + "/v1/agents", json={"name": "after"}) as resp:
+        return resp.status == 201
