@@ -33,6 +33,7 @@ from sluice.connect import (
     parse_connect_request,
 )
 from sluice.ratelimit import TokenBucket
+from sluice.ssh_reads import ReadBuffer
 from sluice.window_tuning import WindowBudget, WindowTuner
 
 log = structlog.get_logger("sluice.agent.proxy")
@@ -76,6 +77,8 @@ class ProxyContext:
     receive_window: int = sshconfig.AGENT_RECEIVE_WINDOW
     # What the streams' API connections read into (one read at a time).
     upstream_reads: UpstreamReads = field(default_factory=UpstreamReads)
+    # What the tunnels' SSH connections read into (sluice.ssh_reads).
+    ssh_reads: ReadBuffer = field(default_factory=ReadBuffer)
     # Swappable for tests that need a fixed resolver; the default is the OS's.
     resolve: Callable[[str, int], Awaitable[list[IPAddress]]] | None = None
 

@@ -16,13 +16,14 @@ import hashlib
 import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from server.relay import Relay
 from sluice import sshconfig
 from tests.conftest import AgentFactory
-from tests.support.api import noise
+from tests.support.api import InternalAPI, noise
 from tests.support.byte_pipe import BytePipe
 
 MiB = 1024 * 1024
@@ -133,11 +134,52 @@ async def test_a_bulk_answer_goes_in_full_packets_and_a_small_one_at_once(
 
 
 def assert_full_packets(packets: list[int]) -> None:
-    """Most bytes of a bulk answer travel in packets of the full size, and
-    hardly more packets go than full ones would need (reads of 256,000 bytes
-    in a 256 KiB window made twice as many, none of them full)."""
+    """Most of a bulk answer travels in packets of the full size, and
+    not many more packets go than full ones would need (reads of 256,000
+    bytes in a 256 KiB window made twice as many, none of them full; while
+    the relay keeps up, the API's first pieces leave as they come)."""
     bulk = [n for n in packets if n > 1024]  # data, not window adjusts
     full = sshconfig.CHANNEL_MAX_PKTSIZE
     assert sum(bulk) >= BULK
-    assert sum(n for n in bulk if n >= full) >= 0.75 * BULK, sorted(bulk)[:20]
-    assert len(bulk) <= 1.25 * BULK / full, len(bulk)
+    assert sum(n for n in bulk if n >= full) >= 0.5 * BULK, sorted(bulk)[:20]
+    assert len(bulk) <= 1.5 * BULK / full, len(bulk)
+
+
+def read_calls(pid: int) -> int:
+    """How many read system calls process *pid* has made (/proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no syscr in /proc/{pid}/io")
+
+
+async def _body(total: int, piece: int) -> AsyncIterator[bytes]:
+    block = noise(piece)
+    for _ in range(total // piece):
+        yield block
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tuning", ["on", "off"])
+async def test_the_agent_reads_a_request_body_a_whole_packet_at_a_time(
+    relay: Relay, api: InternalAPI, start_agent: AgentFactory, tuning: str
+) -> None:
+    """Relay to agent: a read of the SSH socket holds whole packets (it used
+    to take 256,000 bytes, and every 256 KiB packet took two reads and a join)."""
+    agent, token = await start_agent(
+        [f"127.0.0.1:{api.port}"], process_env={"SLUICE_SSH_TUNING": tuning}
+    )
+    http = relay.tunnel_http.session(token.agent_id)
+    async with http.get(f"{api.base}/hello") as resp:  # opens the stream
+        assert resp.status == 200
+    expected = hashlib.sha256(noise(MiB) * (BULK // MiB)).hexdigest()
+    reads = []
+    for _ in range(3):  # the fewest: a busy machine can split some reads
+        before = read_calls(agent.pid)
+        async with http.post(f"{api.base}/echo", data=_body(BULK, MiB)) as resp:
+            answer = await resp.json()
+        reads.append(read_calls(agent.pid) - before)
+        assert (answer["bytes"], answer["sha256"]) == (BULK, expected)
+    packets = BULK // sshconfig.CHANNEL_MAX_PKTSIZE
+    if tuning == "on":  # (stock asyncssh: reads of the event loop's size)
+        assert min(reads) < packets, (reads, packets)
