@@ -22,19 +22,22 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import structlog
 from aiohttp import web
 
 from server.cluster.forward import HOP_HEADER, SLOT
-from server.errors import BodyTooLarge
-from server.proxy.exchange import exchange
+from server.errors import BodyTooLarge, RelayError
+from server.proxy.engine import Handle
+from server.proxy.exchange import AnswerSink, deliver, exchange
+from server.proxy.fast_path import try_fast
 from server.proxy.headers import Fields, get
+from server.tunnel.http1 import Http1Response
 from server.web.api import SERVER_FIELD, bearer_actor, error_problem, unauthorized
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
@@ -343,6 +346,9 @@ class FrontProtocol(asyncio.Protocol):
         self._lingering = False
         self._close_announced = False
         self._scanned = 0  # how far the buffer is known to hold no end of head
+        # The request being served, and its body (for the fast path's callbacks).
+        self._request: _Request | None = None
+        self._request_body: bytes | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -497,7 +503,29 @@ class FrontProtocol(asyncio.Protocol):
         elif request.length:
             body = self._body = _BodyFeed(self, request.length)
             buffer[:] = body.feed(bytes(buffer))
+        self._close_announced = False
+        if not isinstance(body, _BodyFeed) and self._fast(request, body):
+            return
         self._task = asyncio.get_running_loop().create_task(self._serve(request, body))
+
+    def _fast(self, request: _Request, body: bytes | None) -> bool:
+        """Serve *request* on the fast path (``server.proxy.fast_path``) if it can be."""
+        self._request, self._request_body = request, body
+        try:
+            return try_fast(
+                self.front.services,
+                self,
+                request.conn_id,
+                request.method,
+                request.relative,
+                request.headers,
+                body,
+            )
+        except Exception as exc:
+            # Nothing reached the API (the engine sends last): the general
+            # path serves it and gives the definite error, if there is one.
+            log.warning("front_fast_path_failed", error_type=type(exc).__name__, exc_info=exc)
+            return False
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Answered before the body arrived: stop sending, swallow the rest for
@@ -548,11 +576,14 @@ class FrontProtocol(asyncio.Protocol):
             self._buffer.clear()
 
     async def _serve(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
+        await self._served(request, self._answer(request, body))
+
+    async def _served(self, request: _Request, answering: Coroutine[Any, Any, None]) -> None:
+        """Run *answering* (the request's answer), then end the request."""
         keep_alive = request.keep_alive
-        self._close_announced = False
         cancelled = False
         try:
-            await self._answer(request, body)
+            await answering
         except ConnectionError:
             keep_alive = False
         except asyncio.CancelledError:
@@ -566,11 +597,17 @@ class FrontProtocol(asyncio.Protocol):
             if feed is not None:
                 # Whoever still reads it (an upload the API did not wait for) stops.
                 feed.fail(ConnectionAbortedError("the request is over"))
+        if cancelled:
+            assert self.transport is not None
+            self.transport.abort()
+            raise asyncio.CancelledError
+        self._finish(keep_alive, unread)
+
+    def _finish(self, keep_alive: bool, unread: bool = False) -> None:
+        """The request is over: keep the connection for the next one, or close it."""
         transport = self.transport
         assert transport is not None
-        if cancelled:
-            transport.abort()
-            raise asyncio.CancelledError
+        self._request = self._request_body = None
         if unread and not transport.is_closing():
             self._linger(transport)
         elif (
@@ -609,11 +646,15 @@ class FrontProtocol(asyncio.Protocol):
                 return
             forwarded, slot_wanted = True, checked[1] == SLOT
         sink = _SocketSink(self, request)
-        try:
-            limit = services.max_body_bytes
-            if limit and request.length > limit:
-                raise BodyTooLarge(f"the body is {request.length} bytes; max_body_bytes is {limit}")
-            await exchange(
+        limit = services.max_body_bytes
+        if limit and request.length > limit:
+            error = BodyTooLarge(f"the body is {request.length} bytes; max_body_bytes is {limit}")
+            self._write_response(error_problem(error, services.metrics, _PATH_LABEL), request)
+            return
+        await self._through(
+            request,
+            sink,
+            exchange(
                 services,
                 request.conn_id,
                 request.method,
@@ -623,18 +664,79 @@ class FrontProtocol(asyncio.Protocol):
                 sink,
                 forwarded=forwarded,
                 slot_wanted=slot_wanted,
-            )
+            ),
+        )
+
+    async def _through(
+        self, request: _Request, sink: _SocketSink, sending: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run *sending* (the exchange, writing to *sink*): an error before the
+        answer's head went out is answered with its problem document."""
+        try:
+            await sending
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
             if sink.started:
                 raise
-            self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
+            self._write_response(
+                error_problem(exc, self.front.services.metrics, _PATH_LABEL), request
+            )
             return
         if sink.broken:
             # The head is gone already: cutting the connection is the only
             # way left to tell the caller the body is incomplete.
             raise ConnectionResetError
+
+    # -- the fast path's callbacks (server.proxy.fast_path.Caller) ---------------------
+    @property
+    def hung_up(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def serve_generally(self) -> None:
+        request = self._request
+        assert request is not None
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(request, self._request_body)
+        )
+
+    def answer_whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
+        assert self._request is not None
+        self.write(self.head(status, reason, headers, self._request, length=len(body)) + body)
+
+    def answer_error(self, exc: Exception) -> None:
+        assert self._request is not None
+        problem = error_problem(exc, self.front.services.metrics, _PATH_LABEL)
+        try:
+            self._write_response(problem, self._request)
+        except ConnectionResetError:
+            self.end_request(keep_alive=False)
+            return
+        self.end_request(keep_alive=True)
+
+    def answer_streamed(self, handle: Handle, upstream: Http1Response, began: float) -> None:
+        request = self._request
+        assert request is not None
+        sink = _SocketSink(self, request)
+        delivering = self._deliver(handle, request.method, upstream, sink, began)
+        self._task = asyncio.get_running_loop().create_task(
+            self._served(request, self._through(request, sink, delivering))
+        )
+
+    async def _deliver(
+        self, handle: Handle, method: str, upstream: Http1Response, sink: AnswerSink, began: float
+    ) -> None:
+        try:
+            await deliver(self.front.services, handle, method, upstream, sink, began)
+        except RelayError as exc:
+            assert handle.id is not None
+            self.front.services.stats.record(handle.id, exc.status, time.perf_counter() - began)
+            raise
+
+    def end_request(self, keep_alive: bool) -> None:
+        request = self._request
+        assert request is not None
+        self._finish(keep_alive and request.keep_alive)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
