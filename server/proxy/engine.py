@@ -379,13 +379,21 @@ class Engine:
         )
 
     def begin_now(
-        self, handle: Handle, method: str, relative: str, headers: Fields, body: bytes | None
+        self,
+        handle: Handle,
+        method: str,
+        relative: str,
+        headers: Fields,
+        body: bytes | None,
+        declared: int | None,
     ) -> Begun | None:
         """``request`` without waiting (``server.proxy.fast_path``): sent at
         once on an idle kept-alive stream when nothing needs awaiting first
         (no token to fetch, no retry the scheme may ask for, no stream to
         dial). None when that is not so, or when something is wrong with
-        the request: nothing was sent, and ``request`` says what is wrong."""
+        the request: nothing was sent, and ``request`` says what is wrong.
+        *declared* is the caller's Content-Length field (``request`` reads
+        it from *headers*)."""
         if method in _SLOW_PATH_METHODS or self._auth.may_retry(handle):
             return None
         connection = handle.connection
@@ -419,7 +427,7 @@ class Engine:
                 body,
                 tls,
                 total=connection.http.timeouts.total,
-                length=_declared_length(headers),
+                length=declared,
             )
         except (RelayError, ValueError):
             return None

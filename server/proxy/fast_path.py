@@ -36,7 +36,7 @@ from typing import Protocol
 from server.errors import RelayError
 from server.proxy.engine import Handle
 from server.proxy.exchange import answer_headers, canonical_line, counted, is_small
-from server.proxy.headers import Fields, get
+from server.proxy.headers import Fields
 from server.tunnel.http1 import Http1Response, Http1Stream, StaleStream
 from server.web.api import bearer_actor
 from server.web.services import Services
@@ -69,19 +69,23 @@ class Caller(Protocol):
         """The request is over; *keep_alive* False closes the caller's connection."""
 
 
-def try_fast(
-    services: Services,
-    caller: Caller,
-    conn_id: str,
-    method: str,
-    relative: str,
-    headers: Fields,
-    body: bytes | None,
-) -> bool:
-    """Send the request now if it is the common case (the module's doc);
+class Request(Protocol):
+    """A parsed proxy request (``server.proxy.front``)."""
+
+    method: str
+    conn_id: str
+    relative: str
+    headers: Fields
+    declared: int | None  # its Content-Length field
+    authorization: bytes | None  # its first Authorization field
+
+
+def try_fast(services: Services, caller: Caller, request: Request, body: bytes | None) -> bool:
+    """Send *request* now if it is the common case (the module's doc);
     False when nothing was sent and the general path must serve it."""
     began = time.perf_counter()
-    authorization = get(headers, b"authorization")
+    conn_id, method = request.conn_id, request.method
+    authorization = request.authorization
     if (
         authorization is None
         or bearer_actor(services.admin, authorization.decode("latin-1")) is None
@@ -98,7 +102,9 @@ def try_fast(
         return False
     if not services.debug.surely_closed(conn_id):
         return False
-    begun = services.engine.begin_now(handle, method, relative, headers, body)
+    begun = services.engine.begin_now(
+        handle, method, request.relative, request.headers, body, request.declared
+    )
     if begun is None:
         return False
     stream, answer, timer = begun

@@ -182,15 +182,18 @@ class _Request:
         conn_id: str,
         relative: str,
         headers: Fields,
-        length: int,
+        declared: int | None,
         keep_alive: bool,
+        authorization: bytes | None,
     ) -> None:
         self.method = method
         self.conn_id = conn_id
         self.relative = relative
         self.headers = headers
-        self.length = length
+        self.declared = declared  # the Content-Length field, None without one
+        self.length = declared or 0
         self.keep_alive = keep_alive
+        self.authorization = authorization  # the first Authorization field
 
 
 def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
@@ -207,6 +210,7 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     if not parsed.complete or len(parsed.headers) > max_headers:
         return None
     length: int | None = None
+    authorization: bytes | None = None
     singletons: set[bytes] = set()
     for name, value in parsed.headers:
         lowered = name.lower()
@@ -220,14 +224,17 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
             if not value.isdigit():
                 return None
             length = int(value)
+        elif lowered == b"authorization" and authorization is None:
+            authorization = value
     relative = match.group(3).decode("ascii")  # "" too: the base URI as written
     return _Request(
         match.group(1).decode("ascii"),
         match.group(2).decode("ascii"),
         relative,
         parsed.headers,
-        length or 0,
+        length,
         parsed.keep_alive,
+        authorization,
     )
 
 
@@ -512,15 +519,7 @@ class FrontProtocol(asyncio.Protocol):
         """Serve *request* on the fast path (``server.proxy.fast_path``) if it can be."""
         self._request, self._request_body = request, body
         try:
-            return try_fast(
-                self.front.services,
-                self,
-                request.conn_id,
-                request.method,
-                request.relative,
-                request.headers,
-                body,
-            )
+            return try_fast(self.front.services, self, request, body)
         except Exception as exc:
             # Nothing reached the API (the engine sends last): the general
             # path serves it and gives the definite error, if there is one.
@@ -628,7 +627,7 @@ class FrontProtocol(asyncio.Protocol):
 
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
-        authorization = (get(request.headers, b"authorization") or b"").decode("latin-1")
+        authorization = (request.authorization or b"").decode("latin-1")
         forwarded = slot_wanted = False
         if bearer_actor(services.admin, authorization) is None:
             # Another relay of the cluster forwarding a request it has no tunnel
@@ -762,11 +761,15 @@ class FrontProtocol(asyncio.Protocol):
             except ValueError:
                 reason = ""
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
-        if get(headers, b"date") is None:
+        fields = b"".join([b"%s: %s\r\n" % field for field in headers])
+        # Which names are there, from one lowered copy (one pass in C, not
+        # one lower() per field and name asked for).
+        named = b"\n" + fields.lower()
+        if b"\ndate:" not in named:
             parts.append(b"Date: %s\r\n" % self.front.date().encode())
-        if get(headers, b"server") is None:
+        if b"\nserver:" not in named:
             parts.append(SERVER_FIELD)
-        parts += [b"%s: %s\r\n" % field for field in headers]
+        parts.append(fields)
         if length is not None and status not in _NO_BODY_STATUSES and status >= 200:
             parts.append(b"Content-Length: %d\r\n" % length)
         if chunked:
