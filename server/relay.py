@@ -465,13 +465,15 @@ class Relay:
                 await self.presence.beat()
         await _step("health", self.health.close())
         if self.traffic is not None:
-            await _step("traffic", self.traffic.close())
-        await _step("debug_log", self.debug.close())
+            await _step("health_lease", self.traffic.stop_leading())
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:
                 drain.append(self.front.shutdown(self.settings.drain_timeout))
             await _step("http", asyncio.gather(*drain))
+        if self.traffic is not None:
+            await _step("traffic", self.traffic.close())
+        await _step("debug_log", self.debug.close())
         if self.ssh is not None:
             self.ssh.close()
             await _step("ssh", self.ssh.wait_closed())
