@@ -11,6 +11,10 @@ it cannot serve, it hands the connection, that request's bytes still unread,
 to aiohttp's protocol, which keeps it from then on. So the API, the console,
 HEAD, chunked and 100-continue bodies, and every limit and error aiohttp
 applies, stay exactly as they are.
+
+A request the front serves goes first to ``server.proxy.fast_path``: the
+common case is sent and answered by callbacks, without a Task; the rest runs
+as one Task per request through ``server.proxy.exchange``.
 """
 
 from __future__ import annotations
