@@ -44,7 +44,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # How much one read from an API may take: one full SSH packet, which is also
 # the relay's whole receive window for an answer.
 UPSTREAM_READ = sshconfig.CHANNEL_MAX_PKTSIZE
-# A window with less left than this is waited out rather than read into.
+# A window with less left than this gets a whole buffer's read, not its own.
 _MIN_WINDOW_READ = 32 * 1024
 
 
@@ -278,9 +278,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         As much as the channel's window lets go at once, so one read leaves
         in one packet: a read larger than the window would leave its rest
         queued, and that rest would go out as a packet of its own once the
-        relay grants more. A window nearly used up reads a whole buffer, which
-        waits (reading paused) for the relay's next grant instead of
-        leaving as a sliver.
+        relay grants more. A window nearly used up is not worth a read of its
+        own: a whole buffer is read, what the window allows leaves at once,
+        and the rest waits, reading paused, for the relay's next grant.
         """
         window = ssh_tuning.send_window(self._chan) if self._chan is not None else None
         if window is None or window < _MIN_WINDOW_READ:
