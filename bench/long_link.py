@@ -61,6 +61,7 @@ class LinkPlan:
     large: int = 0  # bytes of the large download and upload (first repetition only); 0: none
     points: tuple[str, ...] = POINTS
     paths: tuple[str, ...] = PATHS
+    mb_per_s: float | None = None  # a bandwidth limit on each line, each way; None: none
 
 
 FULL_LINKS = LinkPlan(
@@ -246,10 +247,16 @@ async def _one_rtt(
     openssh: OpenSSH | None = None
     rows: list[Row] = []
     try:
-        line, direct_port = await spawn_line(nginx.port, rtt, root / "direct-line.log")
+        line, direct_port = await spawn_line(
+            nginx.port, rtt, root / "direct-line.log", plan.mb_per_s
+        )
         children.append(line)
-        openssh = await OpenSSH.start(root / "openssh", nginx.port, rtt_ms=rtt)
-        line, relay_port = await spawn_line(relay.ssh_port, rtt, root / "relay-line.log")
+        openssh = await OpenSSH.start(
+            root / "openssh", nginx.port, rtt_ms=rtt, mb_per_s=plan.mb_per_s
+        )
+        line, relay_port = await spawn_line(
+            relay.ssh_port, rtt, root / "relay-line.log", plan.mb_per_s
+        )
         children.append(line)
         agent_id, token = await relay.create_agent(f"link-{rtt}ms")
         agent = await start_agent(
@@ -324,6 +331,9 @@ def main() -> None:
     parser.add_argument("--large-mib", type=int, default=0, help="1 GiB points: 1024")
     parser.add_argument("--points", default=",".join(POINTS), help="of " + ",".join(POINTS))
     parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
+    parser.add_argument(
+        "--mbps", type=float, default=None, help="bandwidth limit of the delay lines, MB/s each way"
+    )
     parser.add_argument("--get-seconds", type=int, default=FULL_LINKS.get_seconds)
     parser.add_argument("--out", type=Path, default=None, help="raw rows as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
@@ -342,6 +352,7 @@ def main() -> None:
         large=args.large_mib * MiB,
         points=tuple(p for p in args.points.split(",") if p),
         paths=tuple(p for p in args.paths.split(",") if p),
+        mb_per_s=args.mbps,
     )
     relay_env = dict(item.split("=", 1) for item in args.relay_env)
     agent_env = dict(item.split("=", 1) for item in args.agent_env)
