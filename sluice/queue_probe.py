@@ -11,7 +11,10 @@ appends one JSON line per sample to the file:
 - ``transport``: bytes in the event loop transport's write buffer (handed
   to the transport, not yet accepted by the kernel);
 - ``outq`` / ``notsent``: the kernel send queue of the tunnel socket
-  (SIOCOUTQ: written and not yet acknowledged; SIOCOUTQNSD: not yet sent).
+  (SIOCOUTQ: written and not yet acknowledged; SIOCOUTQNSD: not yet sent),
+  and ``inq``, what the kernel has received and the process not yet read;
+- ``lag`` (a line of its own): how late the sampler woke, i.e. how long other
+  work held the agent's event loop.
 
 A small answer written now waits behind all of ``transport`` and ``notsent``
 (and, on the line, whatever is in flight). Off unless the variable is set.
@@ -34,6 +37,7 @@ SWITCH: Final = "SLUICE_QUEUE_PROBE"
 PERIOD: Final = "SLUICE_QUEUE_PROBE_MS"
 _SIOCOUTQ: Final = 0x5411  # TIOCOUTQ
 _SIOCOUTQNSD: Final = 0x894B
+_SIOCINQ: Final = 0x541B  # FIONREAD
 _TASKS: set[asyncio.Task[None]] = set()  # running probes (a task needs a reference)
 
 
@@ -60,6 +64,7 @@ def sample(ssh: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> 
             fd = sock.fileno()
             row["outq"] = _ioctl_int(fd, _SIOCOUTQ)
             row["notsent"] = _ioctl_int(fd, _SIOCOUTQNSD)
+            row["inq"] = _ioctl_int(fd, _SIOCINQ)
     return row
 
 
@@ -84,9 +89,14 @@ async def _run(
     out: TextIO,
     period: float,
 ) -> None:
+    loop = asyncio.get_running_loop()
     with out:
         while ssh._transport is not None:
             row = sample(ssh)
             row["conn"] = name
             out.write(json.dumps(row) + "\n")
+            asked = loop.time() + period
             await asyncio.sleep(period)
+            # How late the loop woke: time other work held the event loop.
+            row_lag = loop.time() - asked
+            out.write(json.dumps({"lag": row_lag}) + "\n")
