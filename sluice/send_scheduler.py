@@ -16,7 +16,7 @@ tunnel connection:
 
 asyncssh 2.24.1 writes a channel's whole window into the transport at once
 and ignores the transport's pause_writing, so with windows grown for a long
-link a small answer waits behind megabytes (docs: notes2/22q-findings.md).
+link a small answer waits behind megabytes (docs/22q-sender-queue.md).
 Control packets (window adjusts, opens, keepalives) bypass the scheduler.
 """
 
