@@ -255,7 +255,7 @@ async def test_the_send_scheduler_keeps_the_agents_queue_short(
     samples = [json.loads(line) for line in probe.read_text().splitlines()]
     ahead = [s["transport"] + s["notsent"] for s in samples if "notsent" in s]
     assert len(ahead) > 100
-    # About the transport's high-water mark plus a quantum, plus
-    # TCP_NOTSENT_LOWAT plus one write (0.5 MB measured); stock asyncssh
+    # About the transport's high-water mark plus a 256 KiB turn, plus
+    # TCP_NOTSENT_LOWAT plus one write (about 0.75 MB); stock asyncssh
     # queued 28 MB here.
     assert max(ahead) <= 1 * MiB, f"{max(ahead)} bytes ahead of a small answer"
