@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -32,16 +33,22 @@ MiB = 1024 * 1024
 
 @contextlib.asynccontextmanager
 async def _far_agent(
-    tmp_path: Path, api: InternalAPI, rtt: float, **settings: object
+    tmp_path: Path,
+    api: InternalAPI,
+    rtt: float,
+    rate: float | None = None,
+    agent_env: dict[str, str] | None = None,
+    **settings: object,
 ) -> AsyncIterator[tuple[Relay, AgentProcess, DelayLine, str]]:
-    """A relay in this process and an agent whose link to it has round trip *rtt*."""
+    """A relay in this process and an agent whose link to it has round trip *rtt*
+    (and at most *rate* bytes/s each way, if given)."""
     relay = await Relay.start(relay_settings(tmp_path, **settings))
     remember_secret(relay.admin_token)
     agent: AgentProcess | None = None
     try:
         _, token = await relay.store.create_agent("far")
         remember_secret(str(token), token.secret)
-        async with DelayLine.start(relay.ssh_address[1], rtt) as line:
+        async with DelayLine.start(relay.ssh_address[1], rtt, rate=rate) as line:
             agent = AgentProcess(
                 {
                     "SLUICE_AGENT_RELAY": f"127.0.0.1:{line.port}",
@@ -50,7 +57,8 @@ async def _far_agent(
                     "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
                     "SLUICE_AGENT_LOG_FORMAT": "json",
                     "SLUICE_AGENT_HEALTH_LISTEN": "off",
-                },
+                }
+                | (agent_env or {}),
                 tmp_path / "agent.log",
             )
             await agent.start()
@@ -215,3 +223,42 @@ async def test_small_answers_beside_a_download_on_a_long_link(
     # ahead of each answer here; one held near the pace times the round trip
     # queues a few ms (plus this busy process's own delays).
     assert p50 <= rtt + 0.05, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
+
+
+@pytest.mark.timeout(60)
+async def test_the_send_scheduler_keeps_the_agents_queue_short(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """PROTOTYPE (sluice/send_scheduler.py, issue 22): on a link slower than
+    the agent, a download's grown window waits in the channel, not in the
+    transport and the kernel ahead of a small answer. Stock asyncssh queues
+    megabytes there as the window grows (docs/22q-sender-queue.md)."""
+    rtt, rate, high = RTT, 50e6, 256 * 1024
+    probe = tmp_path / "probe.jsonl"
+    env = {"SLUICE_SEND_SCHEDULER": str(high), "SLUICE_QUEUE_PROBE": str(probe)}
+    async with _far_agent(tmp_path, api, rtt, rate=rate, agent_env=env) as (relay, *_, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        got = 0
+
+        async def bulk() -> None:
+            nonlocal got
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                async for chunk in resp.content.iter_any():
+                    got += len(chunk)
+
+        download = asyncio.create_task(bulk())
+        try:
+            # Through the window's growth (the stock burst) and beyond.
+            await wait_until(lambda: got > 48 * MiB, timeout=30, what="the download under way")
+            assert not download.done()
+        finally:
+            download.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await download
+    samples = [json.loads(line) for line in probe.read_text().splitlines()]
+    ahead = [s["transport"] + s["notsent"] for s in samples if "notsent" in s]
+    assert len(ahead) > 100
+    # About the transport's high-water mark plus a 256 KiB turn, plus
+    # TCP_NOTSENT_LOWAT plus one write (about 0.75 MB); stock asyncssh
+    # queued 28 MB here.
+    assert max(ahead) <= 1 * MiB, f"{max(ahead)} bytes ahead of a small answer"
