@@ -143,7 +143,7 @@ async def open_tunnel(
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
                 await _signal_ready(ssh)
-                send_scheduler.start(ssh)
+                send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
                 queue_probe.start(ssh, "agent")
     except TimeoutError:
         ssh.close()

@@ -1,40 +1,69 @@
-"""PROTOTYPE (issue 22, off by default): a short sender's queue on the tunnel.
+"""A short sender's queue on the tunnel: small answers do not wait behind a
+download's grown window (issue 22).
 
-When: ``SLUICE_SEND_SCHEDULER=<high-water bytes>`` is in the agent's
-environment (unset or 0: off, asyncssh as before). Then, on the agent's
-tunnel connection:
+asyncssh 2.24.1 writes all that a channel's window allows into the event
+loop's transport at once and ignores the transport's ``pause_writing``; the
+kernel then takes up to its autotuned send buffer. With windows grown to a
+long link (``sluice.window_tuning``), a small answer on another channel of
+the same connection waited behind megabytes there: 25 MB in the transport
+plus 4 MB in the kernel at a download's start on a 100 ms, 50 MB/s link,
+a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
 
-- ``TCP_NOTSENT_LOWAT`` (``SLUICE_SEND_LOWAT``, default 128 KiB) keeps the
-  kernel's not-yet-sent queue short: the socket takes more only as the link
-  sends;
-- the event loop transport's write buffer limits are set to the high-water
-  mark, and asyncssh's channel flushes go through a round-robin scheduler:
-  a channel with data and window sends one quantum (256 KiB) per turn, and
-  only while the transport is not paused; the rest stays in the channel's
-  own send buffer (where asyncssh's own backpressure stops the stream's
-  reader) until the transport drains (``resume_writing``).
+- ``TCP_NOTSENT_LOWAT`` on the socket keeps the kernel's not-yet-sent queue
+  near ``LOWAT``: the socket takes more only as the link sends;
+- the transport's write-buffer limits are ``HIGH_WATER`` / half of it, and a
+  channel's flush goes through a round robin: a channel with data and window
+  sends one ``QUANTUM`` (one packet) per turn, and only while the transport
+  is not paused; the rest waits in the channel's own send buffer, where
+  asyncssh's backpressure on the channel stops the stream's reader, until
+  the transport drains (``resume_writing``). Packets of different streams
+  interleave, a packet at a time.
 
-asyncssh 2.24.1 writes a channel's whole window into the transport at once
-and ignores the transport's pause_writing, so with windows grown for a long
-link a small answer waits behind megabytes (docs/22q-sender-queue.md).
-Control packets (window adjusts, opens, keepalives) bypass the scheduler.
+Control packets (window adjusts, opens, EOF, close) bypass the scheduler,
+as does a channel's flush while nothing else waits and the transport is
+not paused: the common case costs one dict insert and delete.
+
+When: applied (class patches) by ``sluice.ssh_tuning.tune_asyncssh`` — so
+``SLUICE_SSH_TUNING=off`` turns it off with the rest, and an asyncssh of
+another shape (``sluice.ssh_shape``) leaves it out — unless
+``SLUICE_SEND_SCHEDULER=off``; then ``start()`` puts each tunnel connection
+under it (the agent's: downloads; the relay's: uploads and requests).
 """
 
 from __future__ import annotations
 
-import os
 import socket
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, cast
 
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 
+# "off" (or 0, false, no) turns the scheduler alone off; "on" or unset: on
+# with HIGH_WATER; a number of bytes (at least QUANTUM): that high-water mark
+# (for benchmarks).
 SWITCH: Final = "SLUICE_SEND_SCHEDULER"
-LOWAT: Final = "SLUICE_SEND_LOWAT"
+_OFF = frozenset({"off", "0", "false", "no"})
+_ON = frozenset({"", "on", "1", "true", "yes"})
+
+# The transport's high-water mark: what may wait in the event loop ahead of
+# a small answer (besides the kernel's LOWAT). One QUANTUM: the transport
+# pauses as soon as a turn does not go straight to the socket, so a turn
+# never waits behind more than about one other. 256 KiB: on a 50 MB/s link,
+# 5 ms. A/B in docs/22q-sender-queue.md and the branch's notes (22s): with it
+# the transport held ≤ 0.5 MB at all times (stock: up to 25 MB), at no
+# measurable cost to a loopback download.
+HIGH_WATER: Final = 256 * 1024
+# The kernel's not-yet-sent queue: 128 KiB keeps the socket fed between
+# loop turns on loopback (a smaller one wakes the loop per 64 KiB) and adds
+# under 3 ms of queue at 50 MB/s.
+LOWAT: Final = 128 * 1024
 # One turn: a whole packet of Sluice's size (sshconfig.CHANNEL_MAX_PKTSIZE).
-# 64 KiB turns (64 KiB packets) cost a third of the loopback download rate.
+# 64 KiB turns made 64 KiB packets and cost a third of the loopback
+# download rate (127 -> 85 MB/s); 256 KiB turns cost nothing measurable.
 QUANTUM: Final = 256 * 1024
-_TCP_NOTSENT_LOWAT: Final = 25  # linux/tcp.h
+
+_TCP_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
 _KEY: Final = "_sluice_scheduler"
 
 
@@ -50,46 +79,70 @@ class _Scheduler:
         self.ready: dict[SSHChannel[Any], None] = {}
 
 
-class _Patched:
-    done = False
+class _Installed:
+    """The class patches in this process: the high-water mark, 0 while not in place."""
+
+    high_water = 0
 
 
-def high_water(environ: dict[str, str] | None = None) -> int:
-    """The high-water mark the environment asks for; 0: the scheduler is off."""
-    value = (os.environ if environ is None else environ).get(SWITCH, "").strip()
-    if not value or value.lower() in ("off", "0"):
+def high_water(environ: Mapping[str, str]) -> int:
+    """The high-water mark SLUICE_SEND_SCHEDULER in *environ* asks for; 0: off."""
+    value = environ.get(SWITCH, "").strip().lower()
+    if value in _OFF:
         return 0
-    hwm = int(value)
+    if value in _ON:
+        return HIGH_WATER
+    try:
+        hwm = int(value)
+    except ValueError:
+        hwm = -1
     if hwm < QUANTUM:
-        raise ValueError(f"{SWITCH}={value}: must be at least {QUANTUM} bytes, or 0 for off")
+        raise ValueError(
+            f"{SWITCH}={value!r}: must be 'on', 'off' or a high-water mark of at least "
+            f"{QUANTUM} bytes"
+        )
     return hwm
 
 
+def installed() -> bool:
+    """Whether the scheduler's class patches are in place in this process."""
+    return _Installed.high_water > 0
+
+
 def start(ssh: SSHConnection) -> bool:
-    """Put *ssh* under the scheduler if the environment asks for it."""
-    hwm = high_water()
-    transport = ssh._transport
-    if not hwm or transport is None:
+    """Put *ssh* (a tunnel connection, its transport connected) under the
+    scheduler, if the tuning call installed it. Returns whether it did."""
+    hwm = _Installed.high_water
+    transport: Any = ssh._transport  # Any: asyncssh's proxy-command tunnel is no Transport
+    if not hwm or transport is None or _KEY in ssh.__dict__:
         return False
-    _patch_once()
+    if not hasattr(transport, "set_write_buffer_limits"):
+        return False  # a proxy-command tunnel: nothing would pause it
     ssh.__dict__[_KEY] = _Scheduler()
     transport.set_write_buffer_limits(high=hwm, low=hwm // 2)
     sock = transport.get_extra_info("socket")
-    if sock is not None:
-        lowat = int(os.environ.get(LOWAT, str(128 * 1024)))
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, LOWAT)
     return True
 
 
 def _sched(chan: SSHChannel[Any]) -> _Scheduler | None:
     ssh = chan._conn
-    return None if ssh is None else ssh.__dict__.get(_KEY)
+    return None if ssh is None else cast(_Scheduler | None, ssh.__dict__.get(_KEY))
 
 
-def _patch_once() -> None:
-    if _Patched.done:
+def install(environ: Mapping[str, str]) -> None:
+    """Patch asyncssh's classes (once; after ``batch_channel_writes``, whose
+    flush this one wraps) unless SLUICE_SEND_SCHEDULER in *environ* is off.
+    Only ``sluice.ssh_tuning.tune_asyncssh`` calls it, after the shape check."""
+    hwm = high_water(environ)
+    if not hwm or installed():
         return
-    _Patched.done = True
+    _patch()
+    _Installed.high_water = hwm
+
+
+def _patch() -> None:
     inner = SSHChannel._flush_send_buf  # asyncssh's, or ssh_tuning's batching one
 
     def flush_quantum(chan: SSHChannel[Any]) -> None:
@@ -103,14 +156,14 @@ def _patch_once() -> None:
 
     def pump(sched: _Scheduler) -> None:
         if sched.pumping:
-            return
+            return  # a flush inside a turn (a session callback): the loop below takes it
         sched.pumping = True
         try:
             while sched.ready and not sched.paused:
                 chan = next(iter(sched.ready))
                 del sched.ready[chan]
                 if chan._conn is None or chan._send_chan is None:
-                    continue
+                    continue  # closed while it waited
                 if chan._send_buf and chan._send_window:
                     flush_quantum(chan)
                     if chan._send_buf and chan._send_window:
@@ -136,14 +189,14 @@ def _patch_once() -> None:
     original_resume = SSHConnection.resume_writing
 
     def pause_writing(self: SSHConnection) -> None:
-        sched: _Scheduler | None = self.__dict__.get(_KEY)
+        sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
         if sched is not None:
             sched.paused = True
         original_pause(self)
 
     def resume_writing(self: SSHConnection) -> None:
         original_resume(self)
-        sched: _Scheduler | None = self.__dict__.get(_KEY)
+        sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
         if sched is not None:
             sched.paused = False
             pump(sched)

@@ -233,9 +233,9 @@ async def test_the_send_scheduler_keeps_the_agents_queue_short(
     the agent, a download's grown window waits in the channel, not in the
     transport and the kernel ahead of a small answer. Stock asyncssh queues
     megabytes there as the window grows (docs/22q-sender-queue.md)."""
-    rtt, rate, high = RTT, 50e6, 256 * 1024
+    rtt, rate = RTT, 50e6
     probe = tmp_path / "probe.jsonl"
-    env = {"SLUICE_SEND_SCHEDULER": str(high), "SLUICE_QUEUE_PROBE": str(probe)}
+    env = {"SLUICE_QUEUE_PROBE": str(probe)}
     async with _far_agent(tmp_path, api, rtt, rate=rate, agent_env=env) as (relay, *_, agent_id):
         http = relay.tunnel_http.session(agent_id)
         got = 0
