@@ -49,8 +49,9 @@ FILE = "link.bin"
 
 POINTS = ("down", "up", "beside", "fresh")
 # Not in the default run: the GETs beside a download one by one, each with its
-# time since the download began (where the slow ones fall).
-TRACE_POINTS = ("beside_trace",)
+# time since the download began (where the slow ones fall); c=1 GETs beside a
+# 1 GiB upload (the relay's side of the tunnel sends the bulk).
+EXTRA_POINTS = ("beside_trace", "beside_up")
 # The large transfers: one repetition (at 100 ms OpenSSH moves ~19 MB/s, so
 # 1 GiB takes about a minute on that path alone).
 LARGE_POINTS = ("down_1g", "up_1g")
@@ -74,6 +75,7 @@ FULL_LINKS = LinkPlan(
 QUICK_LINKS = LinkPlan(rtts_ms=(50,), repetitions=1, size=8 * MiB, get_seconds=1)
 LARGE_FILE = "1g.bin"
 LARGE_UPLOAD = "upload-large.bin"
+BESIDE_UPLOAD = "upload-beside.bin"  # sparse, 1 GiB: the companion of beside_up
 
 
 async def _partial_download(url: str, headers: dict[str, str], seconds: float) -> load.Transfer:
@@ -95,6 +97,21 @@ async def _partial_download(url: str, headers: dict[str, str], seconds: float) -
         raise RuntimeError(f"curl GET {url} failed ({rc}): {err}")
     code, down, _, total = out.split()
     return load.Transfer(int(code), int(float(down)), float(total))
+
+
+async def _partial_upload(
+    url: str, source: Path, headers: dict[str, str], seconds: float
+) -> load.Transfer:
+    """PUT *source* to *url* for at most *seconds* (curl --max-time); what went, and how fast."""
+    args = [shutil.which("curl") or "curl", "-s", "-o", "/dev/null", "--max-time", f"{seconds:g}"]
+    args += ["-w", "%{http_code} %{size_download} %{size_upload} %{time_total}", "-H", "Expect:"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    rc, out, err = await run_tool([*args, "-T", str(source), url], seconds + 30)
+    if rc not in (0, 28):  # 28: the time limit, as intended
+        raise RuntimeError(f"curl PUT {url} failed ({rc}): {err}")
+    code, _, up, total = out.split()
+    return load.Transfer(int(code), int(float(up)), float(total))
 
 
 async def _get_trace(
@@ -167,12 +184,19 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
 
         return work
 
-    def beside(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+    def beside(p: _LinkPath, upload: bool = False) -> Callable[[], Awaitable[Row]]:
         async def work() -> Row:
             seconds = plan.get_seconds
-            big = asyncio.ensure_future(
-                _partial_download(p.url("/files/1g.bin"), p.headers, seconds + 1.5)
-            )
+            if upload:  # a 1 GiB PUT: the relay's side of the tunnel sends the bulk
+                source = p.upload_source.with_name(BESIDE_UPLOAD)
+                with source.open("wb") as f:
+                    f.truncate(1024 * MiB)
+                companion = _partial_upload(
+                    p.url("/upload/beside"), source, p.headers, seconds + 1.5
+                )
+            else:
+                companion = _partial_download(p.url("/files/1g.bin"), p.headers, seconds + 1.5)
+            big = asyncio.ensure_future(companion)
             try:
                 await asyncio.sleep(0.5)  # the download under way first
                 small = await load.wrk(
@@ -256,6 +280,7 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
         "down": down,
         "up": up,
         "beside": beside,
+        "beside_up": lambda p: beside(p, upload=True),
         "fresh": fresh,
         "beside_trace": beside_trace,
         "down_1g": down_large,
@@ -400,7 +425,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=FULL_LINKS.size // MiB)
     parser.add_argument("--large-mib", type=int, default=0, help="1 GiB points: 1024")
     parser.add_argument(
-        "--points", default=",".join(POINTS), help="of " + ",".join(POINTS + TRACE_POINTS)
+        "--points", default=",".join(POINTS), help="of " + ",".join(POINTS + EXTRA_POINTS)
     )
     parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
     parser.add_argument(
