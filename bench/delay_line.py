@@ -183,12 +183,21 @@ class _Direction(asyncio.Protocol):
 class DelayLine:
     """Listens on 127.0.0.1:port; each connection goes on to *target* with the delay."""
 
-    def __init__(self, target: tuple[str, int], rtt: float, rate: float | None = None) -> None:
+    def __init__(
+        self,
+        target: tuple[str, int],
+        rtt: float,
+        rate: float | None = None,
+        queue_seconds: float = QUEUE_SECONDS,
+    ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"rate: must be a positive number of bytes/s, not {rate!r}")
+        if queue_seconds < 0:
+            raise ValueError(f"queue_seconds: must be 0 or more, not {queue_seconds!r}")
         self.target = target
         self.rtt = rtt
         self.rate = rate
+        self.queue_seconds = queue_seconds  # the bottleneck's queue (with a rate only)
         self.server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._sides: list[_Direction] = []
@@ -205,7 +214,9 @@ class DelayLine:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _protocol(self) -> _Direction:
-        near = _Direction(self.rtt / 2, on_made=self._link, rate=self.rate)
+        near = _Direction(
+            self.rtt / 2, on_made=self._link, rate=self.rate, queue_seconds=self.queue_seconds
+        )
         self._sides.append(near)
         return near
 
@@ -218,7 +229,7 @@ class DelayLine:
 
     async def _connect(self, near: _Direction) -> None:
         loop = asyncio.get_running_loop()
-        far = _Direction(self.rtt / 2, peer=near, rate=self.rate)
+        far = _Direction(self.rtt / 2, peer=near, rate=self.rate, queue_seconds=self.queue_seconds)
         near.peer = far
         self._sides.append(far)
         assert near.transport is not None
@@ -294,9 +305,9 @@ class DelayLine:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
 
 
-async def _serve(target_port: int, rtt_ms: float, mb_per_s: float | None) -> None:
+async def _serve(target_port: int, rtt_ms: float, mb_per_s: float | None, queue_ms: float) -> None:
     rate = mb_per_s * 1e6 if mb_per_s else None
-    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000, rate)
+    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000, rate, queue_ms / 1000)
     await line.open()
     print(line.port, flush=True)
     await asyncio.Event().wait()
@@ -307,12 +318,20 @@ def main() -> None:
     parser.add_argument("target_port", type=int)
     parser.add_argument("rtt_ms", type=float)
     parser.add_argument("--mbps", type=float, default=None, help="MB/s each way (none: no limit)")
+    parser.add_argument(
+        "--queue-ms",
+        type=float,
+        default=QUEUE_SECONDS * 1000,
+        help="the bottleneck's queue with --mbps, ms of the rate",
+    )
     args = parser.parse_args()
     if args.mbps is not None and args.mbps <= 0:
         parser.error(f"--mbps: must be positive, not {args.mbps:g}")
+    if args.queue_ms < 0:
+        parser.error(f"--queue-ms: must be 0 or more, not {args.queue_ms:g}")
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.target_port, args.rtt_ms, args.mbps))
+        asyncio.run(_serve(args.target_port, args.rtt_ms, args.mbps, args.queue_ms))
     sys.exit(0)
 
 
@@ -321,12 +340,19 @@ if __name__ == "__main__":
 
 
 async def spawn_line(
-    target_port: int, rtt_ms: float, log: Path, mb_per_s: float | None = None
+    target_port: int,
+    rtt_ms: float,
+    log: Path,
+    mb_per_s: float | None = None,
+    queue_ms: float | None = None,
 ) -> tuple[Child, int]:
     """A delay line to 127.0.0.1:*target_port* in a process of its own (so it
     does not share an event loop with the bench); returns it and its port.
-    *mb_per_s*: a bandwidth limit each way (MB/s), none by default."""
+    *mb_per_s*: a bandwidth limit each way (MB/s), none by default;
+    *queue_ms*: its bottleneck's queue (default ``QUEUE_SECONDS``)."""
     limit = ["--mbps", f"{mb_per_s:g}"] if mb_per_s else []
+    if queue_ms is not None:
+        limit += ["--queue-ms", f"{queue_ms:g}"]
     child = await spawn(
         f"delay line {rtt_ms:g} ms",
         [sys.executable, "-m", "bench.delay_line", str(target_port), str(rtt_ms), *limit],

@@ -67,6 +67,9 @@ class LinkPlan:
     points: tuple[str, ...] = POINTS
     paths: tuple[str, ...] = PATHS
     mb_per_s: float | None = None  # a bandwidth limit on each line, each way; None: none
+    # The limited lines' bottleneck queue, ms (None: the line's default; not
+    # OpenSSH's line): how much of GET latency is the line's own queue.
+    line_queue_ms: float | None = None
 
 
 FULL_LINKS = LinkPlan(
@@ -338,14 +341,14 @@ async def _one_rtt(
     rows: list[Row] = []
     try:
         line, direct_port = await spawn_line(
-            nginx.port, rtt, root / "direct-line.log", plan.mb_per_s
+            nginx.port, rtt, root / "direct-line.log", plan.mb_per_s, plan.line_queue_ms
         )
         children.append(line)
         openssh = await OpenSSH.start(
             root / "openssh", nginx.port, rtt_ms=rtt, mb_per_s=plan.mb_per_s
         )
         line, relay_port = await spawn_line(
-            relay.ssh_port, rtt, root / "relay-line.log", plan.mb_per_s
+            relay.ssh_port, rtt, root / "relay-line.log", plan.mb_per_s, plan.line_queue_ms
         )
         children.append(line)
         agent_id, token = await relay.create_agent(f"link-{rtt}ms")
@@ -431,6 +434,12 @@ def main() -> None:
     parser.add_argument(
         "--mbps", type=float, default=None, help="bandwidth limit of the delay lines, MB/s each way"
     )
+    parser.add_argument(
+        "--line-queue-ms",
+        type=float,
+        default=None,
+        help="the limited lines' bottleneck queue, ms (not OpenSSH's line)",
+    )
     parser.add_argument("--get-seconds", type=int, default=FULL_LINKS.get_seconds)
     parser.add_argument("--out", type=Path, default=None, help="raw rows as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
@@ -450,6 +459,7 @@ def main() -> None:
         points=tuple(p for p in args.points.split(",") if p),
         paths=tuple(p for p in args.paths.split(",") if p),
         mb_per_s=args.mbps,
+        line_queue_ms=args.line_queue_ms,
     )
     relay_env = dict(item.split("=", 1) for item in args.relay_env)
     agent_env = dict(item.split("=", 1) for item in args.agent_env)
