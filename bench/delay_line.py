@@ -30,6 +30,7 @@ import collections
 import contextlib
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
@@ -46,6 +47,13 @@ MAX_HELD = 64 * 1024 * 1024
 # bottleneck queue it holds beyond what is in flight, in seconds of the rate.
 LIMITED_SOCKET_BUFFER = 128 * 1024
 QUEUE_SECONDS = 0.005
+# Due times are on time.monotonic(), not the loop's clock: uvloop's clock
+# counts whole milliseconds as of the start of the loop's turn, which made a
+# 50 ms line a 52 ms one. A timer that fires before the bytes are due is set
+# again for the rest, so bytes are never early and late by a loop turn at most.
+_clock = time.monotonic
+TIMER_LEAD = 0.001
+RELEASE_EARLY = 0.0003
 _EOF = "eof"
 _CLOSE = "close"
 
@@ -121,8 +129,7 @@ class _Direction(asyncio.Protocol):
 
     # -- holding ---------------------------------------------------------------
     def _hold(self, data: bytes | str) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = _clock()
         if self.rate is None:
             due = now + self.delay
         else:
@@ -135,15 +142,19 @@ class _Direction(asyncio.Protocol):
         self.held_bytes += len(data) if isinstance(data, bytes) else 0
         self._update_reading()
         if self.timer is None:
-            self.timer = loop.call_at(due, self._release)
+            self._set_timer(due)
+
+    def _set_timer(self, due: float) -> None:
+        self.timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - _clock() - TIMER_LEAD), self._release
+        )
 
     def _release(self) -> None:
         self.timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = _clock()
         out: list[bytes] = []
         mark = ""
-        while self.held and self.held[0][0] <= now:
+        while self.held and self.held[0][0] <= now + RELEASE_EARLY:
             _, data = self.held.popleft()
             if isinstance(data, str):
                 mark = data
@@ -161,7 +172,7 @@ class _Direction(asyncio.Protocol):
                 target.close()
         self._update_reading()
         if self.held:
-            self.timer = loop.call_at(self.held[0][0], self._release)
+            self._set_timer(self.held[0][0])
 
     def _update_reading(self) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -207,6 +218,13 @@ class DelayLine:
     def carried_to_target(self) -> int:
         """Bytes the line has passed on from callers to the target, all connections."""
         return sum(side.carried for side in self._sides if side.on_made is not None)
+
+    def set_rtt(self, rtt: float) -> None:
+        """Bytes read from now on take *rtt* (a very long one: a link that
+        stalls without closing, as a database behind a dead route does)."""
+        self.rtt = rtt
+        for side in self._sides:
+            side.delay = rtt / 2
 
     @property
     def port(self) -> int:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from server.cluster.identity import check_master_key, cluster_host_key
 from server.connections.service import ConnectionService
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _migrate(settings: ServerSettings) -> int:
     private_dir(settings.data_dir)
-    store, change = await Store.open_reporting(settings.resolved_database_url(), migrate=True)
+    store, change = await Store.open_reporting(
+        settings.resolved_database_url(), migrate=True, timeout=settings.database_timeout
+    )
     await store.close()
     if change.before == change.after:
         print(f"schema already at revision {change.after}")
@@ -241,6 +244,13 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
         return 2
     except (OSError, ValueError) as exc:
         log.error("relay_start_failed", error=str(exc))
+        return 1
+    except SQLAlchemyError as exc:
+        # The driver's own error says what the server said; the wrapper's text
+        # would also quote the statement and its parameters, so it is not used.
+        orig = getattr(exc, "orig", None)
+        reason = str(orig).splitlines()[0] if orig is not None else type(exc).__name__
+        log.error("relay_start_failed", error=f"database: {reason}")
         return 1
     if relay.admin_token_created:
         _announce_admin_token(settings.data_dir / ADMIN_TOKEN_FILE, relay.admin_token)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -132,7 +132,7 @@ class Relay:
                 else None,
                 settings.admin_token_file,
             )
-            store = await Store.open(url)
+            store = await Store.open(url, timeout=settings.database_timeout)
             try:
                 cluster = ClusterStore(store)
                 await check_master_key(cluster, store, box)
@@ -447,7 +447,13 @@ class Relay:
         return fingerprint(self.host_key)
 
     async def close(self) -> None:
-        """Stop taking API calls and agents, close tunnels, release the store."""
+        """Stop taking API calls and agents, close tunnels, release the store.
+
+        Each step runs whatever became of the ones before it: a step that
+        fails (the database already gone when compose or a failover stops
+        it first) is logged and the rest still run, so the relay drains,
+        hands back what it holds and exits with status 0.
+        """
         if self.closed.is_set():
             return
         self.closed.set()
@@ -457,31 +463,41 @@ class Relay:
             self.presence.draining = True
             with contextlib.suppress(Exception):
                 await self.presence.beat()
-        await self.health.close()
+        await _step("health", self.health.close())
         if self.traffic is not None:
-            await self.traffic.close()
-        await self.debug.close()
+            await _step("health_lease", self.traffic.stop_leading())
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:
                 drain.append(self.front.shutdown(self.settings.drain_timeout))
-            await asyncio.gather(*drain)
+            await _step("http", asyncio.gather(*drain))
+        if self.traffic is not None:
+            await _step("traffic", self.traffic.close())
+        await _step("debug_log", self.debug.close())
         if self.ssh is not None:
             self.ssh.close()
-            await self.ssh.wait_closed()
+            await _step("ssh", self.ssh.wait_closed())
         for tunnel in list(self.registry):
             tunnel.close()
         if self.shares is not None:
-            await self.shares.close()
+            await _step("cap_shares", self.shares.close())
         if self.presence is not None:
-            await self.presence.close()
+            await _step("presence", self.presence.close())
         if self.feed is not None:
-            await self.feed.close()
+            await _step("change_feed", self.feed.close())
         if self.forwarder is not None:
-            await self.forwarder.close()
-        await self.tunnel_http.close()
-        await self.cloud_http.close()
-        await self.tasks.close()
-        await self.store.close()
+            await _step("forwarder", self.forwarder.close())
+        await _step("tunnel_http", self.tunnel_http.close())
+        await _step("cloud_http", self.cloud_http.close())
+        await _step("tasks", self.tasks.close())
+        await _step("store", self.store.close())
         if self.lock is not None:
             self.lock.release()
+
+
+async def _step(name: str, step: Awaitable[object]) -> None:
+    """One step of shutting down; its failure is logged, not raised."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("relay_close_step_failed", step=name, error=type(exc).__name__)

@@ -60,6 +60,15 @@ class ServerSettings(BaseSettings):
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
     database_url: str | None = Field(default=None, description="Default: SQLite in data_dir.")
+    database_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds a PostgreSQL statement or connection attempt may take: a stalled "
+            "database gives errors, not hangs."
+        ),
+    )
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
     allow_private_destinations: bool = False

@@ -87,12 +87,6 @@ class HopAuth:
         expected = self._mac(relay_id, at, method, conn_id, relative, purpose)
         return (relay_id, purpose) if hmac.compare_digest(expected, mac) else None
 
-    def verify(self, value: str, method: str, conn_id: str, relative: str) -> str | None:
-        """The sending relay's id when *value* is a valid, fresh signature of
-        a plain hop (the agent's tunnel held there); else None."""
-        checked = self.check(value, method, conn_id, relative)
-        return checked[0] if checked is not None and checked[1] == "" else None
-
 
 class ForwardedProblem(RelayError):
     """The relay we forwarded to answered with a problem of its own: passed on as is."""

@@ -37,6 +37,10 @@ LOOK_AGAIN = 0.25
 MIN_HOLD = 0.02
 
 
+# How long a relay shutting down waits for its queued limit writes.
+FLUSH_SECONDS = 2.0
+
+
 def _wall(when: dt.datetime) -> float:
     return when.timestamp()
 
@@ -65,8 +69,14 @@ class ClusterLimits:
         for conn_id, until in (await self._rows.all_limits()).items():
             rate_limits.limited_elsewhere(conn_id, _wall(until))
 
-    async def close(self) -> None:
+    async def close(self, flush_seconds: float = FLUSH_SECONDS) -> None:
+        """Stop writing, once what is queued has been written (or *flush_seconds*
+        have passed): a limited answer met by the last requests of a relay
+        that is shutting down still pauses the connection everywhere."""
         if self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_seconds):
+                    await self._writes.join()
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -117,6 +127,8 @@ class ClusterLimits:
                 raise
             except Exception as exc:
                 log.warning("shared_limit_write_failed", error=type(exc).__name__)
+            finally:
+                self._writes.task_done()
 
     # -- the cluster tells this relay's gates --------------------------------------------
     def changed(self, conn_id: str) -> None:

@@ -52,7 +52,14 @@ class ClusterTraffic:
         await self.agents.start()
         self.health_lease.start()
 
+    async def stop_leading(self) -> None:
+        """Hand the health lease back now (shutdown begins): another relay
+        takes the schedule while this one drains its requests."""
+        await self.health_lease.close()
+
     async def close(self) -> None:
+        """After the drain: the requests that finished during it have told
+        the cluster what limits they met."""
         await self.health_lease.close()
         await self.agents.close()
         await self.limits.close()

@@ -68,7 +68,7 @@ async def prepare(settings: ServerSettings) -> None:
         settings.admin_token.get_secret_value() if settings.admin_token else None,
         settings.admin_token_file,
     )
-    store = await Store.open(url)
+    store = await Store.open(url, timeout=settings.database_timeout)
     try:
         cluster = ClusterStore(store)
         await check_master_key(cluster, store, box)

@@ -26,6 +26,9 @@ from sluice import __version__
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Seconds a PostgreSQL statement may take unless the relay's settings say
+# (database_timeout); admin commands use it as it is.
+DATABASE_TIMEOUT = 30.0
 # Compared against when no agent has the presented id, so that an unknown id
 # costs the same time as a wrong secret.
 _DUMMY_HASH = "0" * 64
@@ -207,21 +210,31 @@ class Store:
         return f"<Store {self._engine.url.render_as_string(hide_password=True)}>"
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+    async def open(cls, url: str, *, migrate: bool = True, timeout: float | None = None) -> Store:
         """Connect and bring the schema up to date (Alembic, in-process).
 
         With *migrate* False (admin commands) the schema is only checked:
         SchemaMismatch unless it is this program's (an empty one is created).
         """
-        store, _ = await cls.open_reporting(url, migrate=migrate)
+        store, _ = await cls.open_reporting(url, migrate=migrate, timeout=timeout)
         return store
 
     @classmethod
-    async def open_reporting(cls, url: str, *, migrate: bool) -> tuple[Store, SchemaChange]:
-        """As open(), also saying what happened to the schema."""
+    async def open_reporting(
+        cls, url: str, *, migrate: bool, timeout: float | None = None
+    ) -> tuple[Store, SchemaChange]:
+        """As open(), also saying what happened to the schema.
+
+        *timeout* bounds every PostgreSQL statement and connection attempt
+        (asyncpg's own timers, so a database that stops answering without
+        closing its connections gives errors, not requests that hang).
+        """
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+        elif url.startswith("postgresql+asyncpg"):
+            limit = DATABASE_TIMEOUT if timeout is None else timeout
+            kwargs["connect_args"] = {"timeout": limit, "command_timeout": limit}
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             private_sqlite_file(engine.url.database)

@@ -19,6 +19,7 @@ from server.errors import RelayError
 from server.proxy.route import hop_actor, proxy
 from server.secrets.admin_token import AdminTokenConfigured, AdminTokenReadOnly, AdminTokens
 from server.secrets.crypto import DecryptionError
+from server.storage.failures import is_database_failure
 from server.storage.store import AgentInUse, AgentRecord
 from server.web.debug_api import add_debug_routes
 from server.web.metrics import RelayMetrics
@@ -102,6 +103,15 @@ def error_problem(exc: Exception, metrics: RelayMetrics, path: str) -> web.Respo
             "secret_unreadable",
             "A stored secret could not be decrypted",
             "check the relay's master key settings",
+        )
+    if is_database_failure(exc):
+        metrics.errors.labels("database_unavailable").inc()
+        log.error("database_failed", path=path, error_type=type(exc).__name__)
+        return problem(
+            503,
+            "database_unavailable",
+            "The relay's database did not answer",
+            "try again shortly; the relay's log says more",
         )
     log.error("internal_error", path=path, error_type=type(exc).__name__, exc_info=exc)
     return problem(

@@ -13,7 +13,7 @@ import io
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -225,16 +225,46 @@ async def test_small_answers_beside_a_download_on_a_long_link(
     assert p50 <= rtt + 0.05, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
 
 
+async def _gets_beside(
+    http: aiohttp.ClientSession, api: InternalAPI, moved: Callable[[], int], until: int
+) -> list[float]:
+    """Small GETs one after another, from the bulk transfer's first bytes
+    until *moved()* reaches *until*: each one's time, in seconds."""
+    await wait_until(lambda: moved() > 0, timeout=10, what="the bulk transfer's first bytes")
+    latencies = []
+    # Through the window's growth (the stock burst: the first second or so)
+    # and beyond.
+    while moved() < until:
+        began = time.monotonic()
+        async with http.get(f"{api.base}/hello") as resp:
+            assert (await resp.json())["hello"] == "world"
+        latencies.append(time.monotonic() - began)
+        assert len(latencies) < 400, f"the bulk transfer is stuck at {moved()} bytes"
+    return latencies
+
+
+def _assert_no_queue_ahead(latencies: list[float], rtt: float) -> None:
+    shown = f"GETs (ms): {[round(t * 1000) for t in latencies]}"
+    assert len(latencies) >= 2, shown
+    # The first GET opens a second stream on the tunnel (3 round trips); the
+    # rest take one round trip plus the queues: the sender's (its transport's
+    # high-water mark + the kernel's not-sent low-water mark, about 8 ms at
+    # 50 MB/s) and the delay line's own (up to 5 ms + its socket buffers).
+    assert latencies[0] <= 3 * rtt + 0.15, shown
+    assert max(latencies[1:]) <= rtt + 0.15, shown
+    assert len(latencies) >= 5, shown  # GETs all along the transfer (stock: 3)
+
+
 @pytest.mark.timeout(60)
 async def test_a_small_answer_does_not_wait_behind_a_growing_download(
     tmp_path: Path, api: InternalAPI
 ) -> None:
-    """The send scheduler (sluice/send_scheduler.py, on by default): on a link
-    slower than the agent, a download's grown window waits in its channel, not
-    in the transport and the kernel ahead of other streams' answers. Stock
-    asyncssh queued megabytes there while the window grew, and a small GET
-    beside the download took 0.9-1.1 s on this 100 ms, 50 MB/s link
-    (docs/22q-sender-queue.md; the notes of branch issue-22s)."""
+    """The send scheduler (sluice/send_scheduler.py, on by default) on the
+    agent's side: on a link slower than the agent, a download's grown window
+    waits in its channel, not in the transport and the kernel ahead of other
+    streams' answers. Stock asyncssh queued megabytes there while the window
+    grew, and a small GET beside the download took 0.4-0.7 s on this 100 ms,
+    50 MB/s link (docs/22q-sender-queue.md; the notes of branch issue-22s)."""
     rtt, rate = RTT, 50e6
     probe = tmp_path / "probe.jsonl"
     env = {"SLUICE_QUEUE_PROBE": str(probe)}
@@ -249,31 +279,14 @@ async def test_a_small_answer_does_not_wait_behind_a_growing_download(
                     got += len(chunk)
 
         download = asyncio.create_task(bulk())
-        latencies = []
         try:
-            await wait_until(lambda: got > 0, timeout=10, what="the download's first bytes")
-            # Small GETs one after another while the window grows (the stock
-            # burst: its first second or so) and beyond.
-            while got < 48 * MiB:
-                began = time.monotonic()
-                async with http.get(f"{api.base}/hello") as resp:
-                    assert (await resp.json())["hello"] == "world"
-                latencies.append(time.monotonic() - began)
-                assert len(latencies) < 400, f"the download is stuck at {got} bytes"
+            latencies = await _gets_beside(http, api, lambda: got, 48 * MiB)
             assert not download.done()
         finally:
             download.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await download
-    shown = f"GETs (ms): {[round(t * 1000) for t in latencies]}"
-    assert len(latencies) >= 2, shown
-    # The first GET opens a second stream on the tunnel (3 round trips); the
-    # rest take one round trip plus the queues: the agent's (its transport's
-    # high-water mark + the kernel's not-sent low-water mark, about 8 ms at
-    # 50 MB/s) and the delay line's own (up to 5 ms + its socket buffers).
-    assert latencies[0] <= 3 * rtt + 0.15, shown
-    assert max(latencies[1:]) <= rtt + 0.15, shown
-    assert len(latencies) >= 5, shown  # GETs all along the download (stock: 3)
+    _assert_no_queue_ahead(latencies, rtt)
     # Where the agent's bytes waited: about the transport's high-water mark
     # plus a 256 KiB turn, and the kernel's low-water mark plus one write
     # (about 0.75 MB). Stock asyncssh queued 28 MB here.
@@ -281,3 +294,36 @@ async def test_a_small_answer_does_not_wait_behind_a_growing_download(
     ahead = [s["transport"] + s["notsent"] for s in samples if "notsent" in s]
     assert len(ahead) > 100
     assert max(ahead) <= 1 * MiB, f"{max(ahead)} bytes ahead of a small answer"
+
+
+@pytest.mark.timeout(60)
+async def test_a_small_request_does_not_wait_behind_a_growing_upload(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """The send scheduler on the relay's side: an upload's grown window waits
+    in its channel, not ahead of other streams' requests to the agent."""
+    rtt, rate = RTT, 50e6
+    async with _far_agent(tmp_path, api, rtt, rate=rate) as (relay, *_, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        sent = 0
+        piece = bytes(256 * 1024)
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            while True:
+                yield piece
+                sent += len(piece)
+
+        async def bulk() -> None:
+            async with http.post(f"{api.base}/echo", data=body()) as resp:
+                await resp.read()
+
+        upload = asyncio.create_task(bulk())
+        try:
+            latencies = await _gets_beside(http, api, lambda: sent, 48 * MiB)
+            assert not upload.done()
+        finally:
+            upload.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await upload
+    _assert_no_queue_ahead(latencies, rtt)

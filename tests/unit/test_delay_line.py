@@ -113,3 +113,34 @@ async def test_a_bandwidth_limit_holds_the_rate_and_the_sender_waits() -> None:
 def test_a_bandwidth_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rate"):
         DelayLine(("127.0.0.1", 1), 0.01, rate=0)
+
+
+async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> None:
+    """A one-byte ping-pong through a 50 ms line takes 50 ms: bytes are never
+    released early, and the loop's millisecond timers do not add to it (they
+    made it 52 ms, which the long-link targets of RTT + 3 ms would pay for)."""
+    rtt = 0.05
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    times: list[float] = []
+    try:
+        async with DelayLine.start(port, rtt) as line:
+            reader, writer = await asyncio.open_connection("127.0.0.1", line.port)
+            for _ in range(15):
+                sent = time.monotonic()
+                writer.write(b"x")
+                await asyncio.wait_for(reader.readexactly(1), 5)
+                times.append(time.monotonic() - sent)
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    times.sort()
+    assert times[0] >= rtt - 0.0007, times  # at most 0.3 ms early each way
+    assert times[len(times) // 2] <= rtt + 0.0008, times
