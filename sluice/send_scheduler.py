@@ -47,16 +47,13 @@ _OFF = frozenset({"off", "0", "false", "no"})
 _ON = frozenset({"", "on", "1", "true", "yes"})
 
 # The transport's high-water mark: what may wait in the event loop ahead of
-# a small answer (besides the kernel's LOWAT). One QUANTUM: the transport
-# pauses as soon as a turn does not go straight to the socket, so a turn
-# never waits behind more than about one other. 256 KiB: on a 50 MB/s link,
-# 5 ms. A/B in docs/22q-sender-queue.md and the branch's notes (22s): with it
-# the transport held ≤ 0.5 MB at all times (stock: up to 25 MB), at no
-# measurable cost to a loopback download.
+# a small answer, besides the kernel's LOWAT (256 KiB: 5 ms at 50 MB/s).
+# A/B on a 50 ms, 50 MB/s link (notes of branch issue-22s): 1 MiB and 4 MiB
+# gained no rate and no better p99; stock asyncssh held up to 25 MB here.
 HIGH_WATER: Final = 256 * 1024
-# The kernel's not-yet-sent queue: 128 KiB keeps the socket fed between
-# loop turns on loopback (a smaller one wakes the loop per 64 KiB) and adds
-# under 3 ms of queue at 50 MB/s.
+# The kernel's not-yet-sent queue (the prototype's value, not varied yet):
+# under 3 ms of queue at 50 MB/s; loopback rates unchanged with it (A/B in
+# the notes; CPU per GiB perhaps +3-4 %, within the noise there).
 LOWAT: Final = 128 * 1024
 # One turn: a whole packet of Sluice's size (sshconfig.CHANNEL_MAX_PKTSIZE).
 # 64 KiB turns made 64 KiB packets and cost a third of the loopback
