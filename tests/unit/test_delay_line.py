@@ -122,8 +122,11 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     rtt = 0.05
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data)
+        try:
+            while data := await reader.read(1024):
+                writer.write(data)
+        finally:
+            writer.close()  # not left to the garbage collector after the loop closed
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
