@@ -51,9 +51,9 @@ _ON = frozenset({"", "on", "1", "true", "yes"})
 # A/B on a 50 ms, 50 MB/s link (notes of branch issue-22s): 1 MiB and 4 MiB
 # gained no rate and no better p99; stock asyncssh held up to 25 MB here.
 HIGH_WATER: Final = 256 * 1024
-# The kernel's not-yet-sent queue (the prototype's value, not varied yet):
-# under 3 ms of queue at 50 MB/s; loopback rates unchanged with it (A/B in
-# the notes; CPU per GiB perhaps +3-4 %, within the noise there).
+# The kernel's not-yet-sent queue: under 3 ms at 50 MB/s. A/B (50 and
+# 100 ms, 50 MB/s; loopback): 64 KiB no lower p99 over 4 runs, 512 KiB a
+# higher p50/p99; loopback rates unchanged with any of them.
 LOWAT: Final = 128 * 1024
 # One turn: a whole packet of Sluice's size (sshconfig.CHANNEL_MAX_PKTSIZE).
 # 64 KiB turns made 64 KiB packets and cost a third of the loopback
