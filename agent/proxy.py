@@ -122,6 +122,10 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._chan_eof = False
         self._upstream_eof = False
         self._finished = False
+        # Counted as a stream once its CONNECT head is in: until then the
+        # channel may be the relay's spare, opened ahead of need.
+        self._counted = False
+        self._refused = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_since = time.monotonic()
         self._bytes_at_check = 0
@@ -135,7 +139,6 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         # Its data is only written on to the API or gathered into the CONNECT
         # head: it may come as views into each decrypted packet (one copy fewer).
         ssh_tuning.deliver_views(chan)
-        self._ctx.stats.opened()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._chan is not None:
@@ -145,6 +148,8 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             self._ctx.stats.bytes_up += len(data)
             self._upstream.transport.write(data)
             return
+        if self._refused:
+            return  # pipelined behind a refused CONNECT: nobody's
         if self._opening is not None:
             # Bytes sent before our answer (pipelined); kept for the upstream.
             self._head += data
@@ -154,6 +159,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             end = find_head_end(self._head)
             if end < 0:
                 return
+            self._count()
             target = parse_connect_request(bytes(self._head[:end]))
         except ConnectProtocolError as exc:
             self._refuse(_Refusal(400, "bad_request", f"malformed CONNECT request: {exc.reason}"))
@@ -372,7 +378,15 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             502, "upstream_connect_failed", f"cannot connect to {target.authority()}: {reason}"
         )
 
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._ctx.stats.opened()
+
     def _refuse(self, refusal: _Refusal) -> None:
+        self._count()  # a head too long to end is a stream refused, too
+        self._refused = True
+        self._head.clear()  # a request pipelined behind the CONNECT goes nowhere
         self._outcome = refusal.error
         if refusal.status == 403:
             self._ctx.stats.denied += 1
@@ -395,6 +409,10 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         if self._finished:
             return
         self._finished = True
+        if not self._counted:
+            # No CONNECT came: a spare channel the relay closed unused.
+            log.debug("channel_unused", ms=round((time.monotonic() - self._started) * 1000, 1))
+            return
         stats = self._ctx.stats
         stats.closed()
         log.info(

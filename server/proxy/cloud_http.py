@@ -128,7 +128,14 @@ class DirectDialer:
         return "from the relay"
 
     async def dial(
-        self, stream: Http1Stream, host: str, port: int | None, tls: ssl.SSLContext | None
+        self,
+        stream: Http1Stream,
+        host: str,
+        port: int | None,
+        tls: ssl.SSLContext | None,
+        *,
+        early: bool = False,  # a TCP connect has no answer to send ahead of
+        limit: float | None = None,  # the pool bounds the connect
     ) -> Carrier:
         loop = asyncio.get_running_loop()
         port = port or (443 if tls is not None else 80)

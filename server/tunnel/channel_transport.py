@@ -159,6 +159,10 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         self._answer: asyncio.Future[tuple[ConnectResponse, int]] = loop.create_future()
         self._head: tuple[ConnectResponse, int] | None = None
         self._protocol: asyncio.BaseProtocol | None = None
+        # A protocol that takes the channel over once the CONNECT answer says
+        # yes (pipelined: its request went out before the answer came back).
+        self._pending: asyncio.BaseProtocol | None = None
+        self._late: asyncio.TimerHandle | None = None
         self._lost = False
         self._closed_callbacks: list[Callable[[], None]] = []
 
@@ -172,6 +176,18 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
     @property
     def protocol(self) -> asyncio.BaseProtocol | None:
         return self._protocol
+
+    @property
+    def usable(self) -> bool:
+        """Open, and no CONNECT asked on it yet (a spare channel still good to use)."""
+        return (
+            not self._lost
+            and self._chan is not None
+            and not self._chan.is_closing()
+            and not self._answer.done()
+            and self._pending is None
+            and self._protocol is None
+        )
 
     def attach(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -211,21 +227,56 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
                     return
                 self._head = (parse_connect_response(bytes(self._buffer[:end])), end)
         except ConnectProtocolError as exc:
-            self._answer.set_exception(
-                TunnelProtocolError(f"bad CONNECT answer from the agent: {exc.reason}")
+            self._settle(
+                error=TunnelProtocolError(f"bad CONNECT answer from the agent: {exc.reason}")
             )
             return
         response, end = self._head
         if response.status == 200 or len(self._buffer) - end >= response.content_length:
-            self._answer.set_result(self._head)
+            self._settle(head=self._head)
 
     def _end_of_answer(self, why: str) -> None:
         if self._answer.done():
             return
         if self._head is not None:  # a refusal whose body was cut short
-            self._answer.set_result(self._head)
+            self._settle(head=self._head)
         else:
-            self._answer.set_exception(TunnelLost(why))
+            self._settle(error=TunnelLost(why))
+
+    def _settle(
+        self, *, head: tuple[ConnectResponse, int] | None = None, error: RelayError | None = None
+    ) -> None:
+        """The CONNECT answer is complete (or will never be): wake the waiter,
+        or hand the channel to the pipelined protocol at once, in this very
+        callback, so no data, EOF or close of the channel overtakes it."""
+        if error is not None:
+            self._answer.set_exception(error)
+            self._answer.exception()  # a spare's answer has no waiter: retrieved here
+        else:
+            assert head is not None
+            self._answer.set_result(head)
+        if self._pending is not None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        protocol, self._pending = self._pending, None
+        assert protocol is not None
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
+        try:
+            rest = self._answer_rest()
+        except RelayError as exc:
+            # Refused, cut, or late: the request that went with the CONNECT
+            # never reached an API (the agent drops what follows a refused
+            # CONNECT); the exchange on *protocol* fails with the refusal.
+            if self._chan is not None:
+                self._chan.abort()
+            protocol.connection_lost(exc)
+            return
+        self.attach(protocol)
+        if rest:
+            feed(protocol, rest)
 
     def eof_received(self) -> bool:
         if self._protocol is not None:
@@ -246,19 +297,45 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
             callback()
 
     def pause_writing(self) -> None:
-        if self._protocol is not None:
-            self._protocol.pause_writing()
+        protocol = self._protocol if self._protocol is not None else self._pending
+        if protocol is not None:
+            protocol.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._protocol is not None:
-            self._protocol.resume_writing()
+        protocol = self._protocol if self._protocol is not None else self._pending
+        if protocol is not None:
+            protocol.resume_writing()
 
     async def connect_answer(self) -> bytes:
         """Wait for the agent's answer; return any bytes that followed a 200.
 
         Raises the RelayError matching a refusal (403, 502, 504).
         """
-        response, end = await self._answer
+        await self._answer
+        return self._answer_rest()
+
+    def pipeline(
+        self, protocol: asyncio.BaseProtocol, deadline: float | None, late_message: str
+    ) -> None:
+        """Hand the channel to *protocol* once the agent's CONNECT answer is a
+        200 (the bytes after it included); on a refusal, call its
+        ``connection_lost`` with the matching RelayError instead. No answer by
+        *deadline* (loop time) is an UpstreamTimeout with *late_message*."""
+        self._pending = protocol
+        if self._answer.done():
+            self._hand_over()
+        elif deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._late = loop.call_at(deadline, self._answer_late, late_message)
+
+    def _answer_late(self, message: str) -> None:
+        self._late = None
+        if not self._answer.done():
+            self._settle(error=UpstreamTimeout(message))
+
+    def _answer_rest(self) -> bytes:
+        """The bytes after a 200 answer; raises the refusal's RelayError."""
+        response, end = self._answer.result()
         rest = bytes(self._buffer[end:])
         self._buffer.clear()
         if response.status == 200:
@@ -268,21 +345,21 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         raise cls(message or f"the agent answered {response.status} ({error})")
 
 
-async def open_stream(
+Channel = tuple[asyncssh.SSHTCPChannel[bytes], "ChannelSession"]
+
+
+async def open_channel(
     ssh: asyncssh.SSHServerConnection,
     listen: tuple[str, int],
-    target: Target,
     *,
     window: int,
     max_pktsize: int,
     share: WindowShare | None = None,
     budget: WindowBudget | None = None,
-) -> tuple[ChannelTransport, ChannelSession, bytes]:
-    """Open a channel to the agent and ask it to CONNECT to *target*.
+) -> Channel:
+    """Open a channel to the agent (one round trip); no CONNECT asked yet.
 
-    Returns the transport (no protocol attached yet), its session, and any
-    bytes that arrived after the agent's 200. Raises a RelayError subclass
-    for every refusal; the caller bounds the time.
+    Raises TunnelLost if the agent refuses it or the tunnel is gone.
     """
     session: ChannelSession
     try:
@@ -299,16 +376,64 @@ async def open_stream(
         raise TunnelLost(f"the agent refused a new stream: {exc.reason}") from exc
     except (asyncssh.Error, OSError) as exc:
         raise TunnelLost(f"the tunnel is gone: {exc}") from exc
+    return chan, session
+
+
+def _transport(channel: Channel, target: Target) -> ChannelTransport:
+    chan, session = channel
+    return ChannelTransport(
+        chan, session, {"peername": (target.host, target.port), "sockname": None, "socket": None}
+    )
+
+
+def _ask(channel: Channel, target: Target) -> None:
+    chan, session = channel
+    if not session.usable:
+        chan.abort()
+        raise TunnelLost("the stream closed before it was used")
+    chan.write(format_connect_request(target))
+
+
+async def request_connect(channel: Channel, target: Target) -> tuple[ChannelTransport, bytes]:
+    """Ask the agent to CONNECT to *target* and wait for its answer.
+
+    Returns the transport (no protocol attached yet) and any bytes that
+    arrived after the agent's 200. Raises a RelayError subclass for every
+    refusal; the caller bounds the time.
+    """
+    _ask(channel, target)
+    chan, session = channel
     try:
-        chan.write(format_connect_request(target))
         rest = await session.connect_answer()
     except BaseException:
         chan.abort()
         raise
-    transport = ChannelTransport(
-        chan, session, {"peername": (target.host, target.port), "sockname": None, "socket": None}
-    )
-    return transport, session, rest
+    return _transport(channel, target), rest
+
+
+def pipeline_connect(
+    channel: Channel,
+    target: Target,
+    protocol: asyncio.BaseProtocol,
+    *,
+    deadline: float | None,
+    late_message: str,
+) -> ChannelTransport:
+    """Ask the agent to CONNECT to *target* and let *protocol* write at once.
+
+    *protocol* gets ``connection_made`` now: what it writes goes out right
+    behind the CONNECT request, in the same round trip (the agent keeps it
+    for the API once connected, and drops it if it refuses). Its
+    ``data_received`` starts after the agent's 200; a refusal (or no answer
+    by *deadline*) reaches it as ``connection_lost`` with the RelayError the
+    waiting path would raise. Raises TunnelLost (nothing sent) if the
+    channel closed before it was used.
+    """
+    _ask(channel, target)
+    transport = _transport(channel, target)
+    protocol.connection_made(transport)
+    channel[1].pipeline(protocol, deadline, late_message)
+    return transport
 
 
 async def start_tls(
@@ -324,6 +449,21 @@ async def start_tls(
     Uses asyncio's own SSLProtocol directly, since loop.start_tls() only accepts
     the loop's own transport types under uvloop.
     """
+    tls, waiter = tls_protocol(protocol, sslcontext, server_hostname, handshake_timeout)
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    return await tls_ready(transport, tls, waiter)
+
+
+def tls_protocol(
+    protocol: asyncio.BaseProtocol,
+    sslcontext: ssl.SSLContext,
+    server_hostname: str,
+    handshake_timeout: float | None = None,
+) -> tuple[asyncio.BufferedProtocol, asyncio.Future[None]]:
+    """A TLS client protocol carrying *protocol*, and the future its handshake
+    ends (or fails) in. Its ``connection_made`` sends the ClientHello: given
+    to ``pipeline_connect``, the hello goes out right behind the CONNECT."""
     from asyncio import sslproto
 
     loop = asyncio.get_running_loop()
@@ -337,11 +477,19 @@ async def start_tls(
         server_hostname=server_hostname,
         ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
     )
-    transport.set_protocol(tls)
-    tls.connection_made(transport)
+    return tls, waiter
+
+
+async def tls_ready(
+    transport: ChannelTransport, tls: asyncio.BufferedProtocol, waiter: asyncio.Future[None]
+) -> asyncio.Transport:
+    """Wait for *tls*'s handshake; returns the transport its protocol writes to.
+
+    A refused CONNECT under it fails the handshake with the refusal's RelayError.
+    """
     try:
         await waiter
     except BaseException:
         transport.abort()
         raise
-    return cast(asyncio.Transport, tls._app_transport)
+    return cast(asyncio.Transport, tls._app_transport)  # type: ignore[attr-defined]

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from server.errors import AgentOffline
-from server.tunnel.channel_transport import ChannelSession, ChannelTransport, open_stream
+from server.tunnel.channel_transport import (
+    ChannelSession,
+    ChannelTransport,
+    pipeline_connect,
+    request_connect,
+)
+from server.tunnel.spare_channel import ChannelSupply
 from server.tunnel.window_share import SHARED_WINDOW, WindowShare
 from sluice.connect import Target
 from sluice.window_tuning import WindowBudget
@@ -42,42 +48,72 @@ class Tunnel:
     draining: bool = False
     share: WindowShare = field(init=False)
     budget: WindowBudget = field(init=False)
+    channels: ChannelSupply = field(init=False)
 
     def __post_init__(self) -> None:
         self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
         self.budget = WindowBudget(self.max_inflight)
+        self.channels = ChannelSupply(
+            self.ssh,
+            self.listen,
+            window=self.window,
+            max_pktsize=self.max_pktsize,
+            share=self.share,
+            budget=self.budget,
+        )
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "live"
         return f"<Tunnel #{self.id} {self.agent_id} {self.peer} {state} in_flight={self.in_flight}>"
 
     async def open_stream(self, target: Target) -> tuple[ChannelTransport, ChannelSession, bytes]:
-        """Open one CONNECT stream to *target* through this replica.
+        """Open one CONNECT stream to *target* through this replica and wait
+        for the agent's answer.
 
         The stream counts as in flight until its channel closes.
         """
         self.in_flight += 1
         self.streams_total += 1
         try:
-            transport, session, rest = await open_stream(
-                self.ssh,
-                self.listen,
-                target,
-                window=self.window,
-                max_pktsize=self.max_pktsize,
-                share=self.share,
-                budget=self.budget,
+            channel = await self.channels.take()
+            transport, rest = await request_connect(channel, target)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        session = channel[1]
+        session.on_closed(self._stream_closed)
+        return transport, session, rest
+
+    async def open_pipelined(
+        self,
+        target: Target,
+        protocol: asyncio.BaseProtocol,
+        *,
+        deadline: float | None,
+        late_message: str,
+    ) -> ChannelTransport:
+        """Open one CONNECT stream to *target* and hand it to *protocol* at once
+        (``channel_transport.pipeline_connect``): its first request goes out
+        with the CONNECT. Raises TunnelLost only if nothing was sent.
+        """
+        self.in_flight += 1
+        self.streams_total += 1
+        try:
+            channel = await self.channels.take()
+            transport = pipeline_connect(
+                channel, target, protocol, deadline=deadline, late_message=late_message
             )
         except BaseException:
             self.in_flight -= 1
             raise
-        session.on_closed(self._stream_closed)
-        return transport, session, rest
+        channel[1].on_closed(self._stream_closed)
+        return transport
 
     def _stream_closed(self) -> None:
         self.in_flight -= 1
 
     def close(self) -> None:
+        self.channels.close()
         self.ssh.close()
 
 
@@ -152,6 +188,7 @@ class TunnelRegistry:
         if tunnel.draining:
             return
         tunnel.draining = True
+        tunnel.channels.close()
         for callback in self._draining_callbacks:
             callback(tunnel)
         self._tell("draining", tunnel)

@@ -7,11 +7,17 @@ same ``max_streams_per_agent`` and new-streams rate.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from server.errors import AgentBusy, InvalidTarget, RateLimited, TunnelLost
 from server.tunnel.channel_transport import ChannelSession, ChannelTransport
 from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice.connect import ConnectProtocolError, Target
 from sluice.ratelimit import TokenBucket
+
+T = TypeVar("T")
 
 
 class StreamOpener:
@@ -34,6 +40,31 @@ class StreamOpener:
         return f"<StreamOpener agent={self.agent_id}>"
 
     async def open(self, target: Target) -> tuple[ChannelTransport, ChannelSession, bytes, Tunnel]:
+        """Open a stream and wait for the agent's CONNECT answer; returns the
+        transport (no protocol yet), its session, the bytes after the answer
+        and the replica it runs through."""
+        result = await self._on_a_replica(lambda tunnel: tunnel.open_stream(target))
+        (transport, session, rest), tunnel = result
+        return transport, session, rest, tunnel
+
+    async def open_pipelined(
+        self,
+        target: Target,
+        protocol: asyncio.BaseProtocol,
+        *,
+        deadline: float | None,
+        late_message: str,
+    ) -> tuple[ChannelTransport, Tunnel]:
+        """Open a stream and hand it to *protocol* before the agent answers
+        (``Tunnel.open_pipelined``); returns its transport and the replica it
+        runs through."""
+        return await self._on_a_replica(
+            lambda tunnel: tunnel.open_pipelined(
+                target, protocol, deadline=deadline, late_message=late_message
+            )
+        )
+
+    async def _on_a_replica(self, open_on: Callable[[Tunnel], Awaitable[T]]) -> tuple[T, Tunnel]:
         """Open a stream on the least-busy replica; if that replica cannot open
         one (it is going away), try the next. Refusals from the agent itself
         (denied, connect failed) are answers, not replica failures."""
@@ -52,7 +83,7 @@ class StreamOpener:
         while True:
             tunnel = self.registry.pick(self.agent_id, exclude=tried)
             try:
-                transport, session, rest = await tunnel.open_stream(target)
+                opened = await open_on(tunnel)
             except TunnelLost:
                 tried |= {tunnel.id}
                 if not any(
@@ -61,7 +92,7 @@ class StreamOpener:
                 ):
                     raise
                 continue
-            return transport, session, rest, tunnel
+            return opened, tunnel
 
 
 def stream_target(host: str, port: int | None) -> Target:

@@ -19,7 +19,7 @@ from yarl import URL
 
 from server.errors import UpstreamTimeout
 from server.proxy.headers import Fields
-from server.tunnel.channel_transport import start_tls
+from server.tunnel.channel_transport import tls_protocol, tls_ready
 from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
 from server.tunnel.stream_opener import StreamOpener, stream_target
 
@@ -28,6 +28,10 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # scheme, host, port, id of the TLS context (0: none). The engine keeps its
 # contexts for its lifetime, so an id never comes to stand for another one.
 Key = tuple[str, str, int, int]
+
+
+def _no_connection(host: str, port: int | None, where: str, limit: float | None) -> str:
+    return f"no connection to {host}:{port} {where} within {limit or 0:g} s"
 
 
 class Carrier(Protocol):
@@ -46,9 +50,24 @@ class Dialer(Protocol):
         ...
 
     async def dial(
-        self, stream: Http1Stream, host: str, port: int | None, tls: ssl.SSLContext | None
+        self,
+        stream: Http1Stream,
+        host: str,
+        port: int | None,
+        tls: ssl.SSLContext | None,
+        *,
+        early: bool = False,
+        limit: float | None = None,
     ) -> Carrier:
-        """Connect *stream* (its ``connection_made`` called) to *host*:*port*."""
+        """Connect *stream* (its ``connection_made`` called) to *host*:*port*.
+
+        With *early*, the dialler may return before the far end has accepted
+        the connection (the stream's first request then travels with the
+        opening); a refusal, or no acceptance within *limit* seconds, then
+        reaches the stream as ``connection_lost`` with the error. (A TLS
+        handshake may start before the acceptance whatever *early* says:
+        nothing of the caller's goes before it ends.)
+        """
         ...
 
 
@@ -65,17 +84,39 @@ class TunnelDialer:
         return f"through agent {self._opener.agent_id}"
 
     async def dial(
-        self, stream: Http1Stream, host: str, port: int | None, tls: ssl.SSLContext | None
+        self,
+        stream: Http1Stream,
+        host: str,
+        port: int | None,
+        tls: ssl.SSLContext | None,
+        *,
+        early: bool = False,
+        limit: float | None = None,
     ) -> Carrier:
         target = stream_target(host, port)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit if limit else None
+        late = _no_connection(host, port, self.describe(), limit)
+        if tls is not None:
+            # The ClientHello goes right behind the CONNECT (nothing of the
+            # caller's is sent before the handshake, so always).
+            hello, handshake = tls_protocol(stream, tls, target.host)
+            transport, tunnel = await self._opener.open_pipelined(
+                target, hello, deadline=deadline, late_message=late
+            )
+            await tls_ready(transport, hello, handshake)
+            return tunnel
+        if early:
+            # The request goes right behind the CONNECT, in its round trip.
+            _transport, tunnel = await self._opener.open_pipelined(
+                target, stream, deadline=deadline, late_message=late
+            )
+            return tunnel
         transport, _session, rest, tunnel = await self._opener.open(target)
-        if tls is None:
-            transport.set_protocol(stream)
-            stream.connection_made(transport)
-            if rest:
-                stream.data_received(rest)
-        else:
-            await start_tls(transport, stream, tls, target.host)
+        transport.set_protocol(stream)
+        stream.connection_made(transport)
+        if rest:
+            stream.data_received(rest)
         return tunnel
 
 
@@ -131,7 +172,12 @@ class StreamPool:
             stream = self._take(key)
             reused = stream is not None
             if stream is None:
-                stream = await self._connect(key, host, port, tls, connect or self._connect_timeout)
+                # A body held in memory (or none) may go out before the agent
+                # has answered the CONNECT; one streamed from the caller
+                # waits for the answer, as its bytes are read only once.
+                early = body is None or isinstance(body, bytes)
+                limit = connect or self._connect_timeout
+                stream = await self._connect(key, host, port, tls, limit, early=early)
             try:
                 return await stream.exchange(
                     head, body, deadline, late, chunked=chunked, head_only=method == "HEAD"
@@ -208,17 +254,26 @@ class StreamPool:
 
     # -- new streams ---------------------------------------------------------------
     async def _connect(
-        self, key: Key, host: str, port: int | None, tls: ssl.SSLContext | None, limit: float | None
+        self,
+        key: Key,
+        host: str,
+        port: int | None,
+        tls: ssl.SSLContext | None,
+        limit: float | None,
+        *,
+        early: bool = False,
     ) -> Http1Stream:
         stream = Http1Stream(self._idle_again)
         stream.owner = key
         try:
             async with asyncio.timeout(limit):
-                self._tunnel_of[stream] = await self._dialer.dial(stream, host, port, tls)
+                self._tunnel_of[stream] = await self._dialer.dial(
+                    stream, host, port, tls, early=early, limit=limit
+                )
         except TimeoutError:
             self._forget(stream)
             raise UpstreamTimeout(
-                f"no connection to {host}:{port} {self._dialer.describe()} within {limit or 0:g} s"
+                _no_connection(host, port, self._dialer.describe(), limit)
             ) from None
         except BaseException:
             self._forget(stream)

@@ -171,10 +171,10 @@ def test_compose_example_runs_relay_postgres_and_agent(compose: Compose, tmp_pat
             "inspect", "--format", "{{.State.ExitCode}}", compose.container(service), timeout=30
         )
         if code.stdout.strip() != "0":
-            logs = podman("logs", compose.container(service), timeout=60, check=False)
+            said = podman("logs", compose.container(service), timeout=60, check=False)
             raise AssertionError(
                 f"{service} exited with {code.stdout.strip()} on stop:\n"
-                f"{logs.stdout[-4000:]}{logs.stderr[-4000:]}"
+                f"{said.stdout[-4000:]}{said.stderr[-4000:]}"
             )
     logs = {
         service: (done := podman("logs", compose.container(service), timeout=60)).stdout
