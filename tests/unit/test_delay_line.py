@@ -134,7 +134,7 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     try:
         async with DelayLine.start(port, rtt) as line:
             reader, writer = await asyncio.open_connection("127.0.0.1", line.port)
-            for _ in range(15):
+            for _ in range(30):
                 sent = time.monotonic()
                 writer.write(b"x")
                 await asyncio.wait_for(reader.readexactly(1), 5)
@@ -146,4 +146,6 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
         await server.wait_closed()
     times.sort()
     assert times[0] >= rtt - 0.0007, times  # at most 0.3 ms early each way
-    assert times[len(times) // 2] <= rtt + 0.0008, times
+    # The lower quartile: what a busy machine adds to some samples is not
+    # the line's (the old line's quartile was 1-2 ms over at every RTT).
+    assert times[len(times) // 4] <= rtt + 0.0006, times
