@@ -182,4 +182,6 @@ async def test_the_agent_reads_a_request_body_a_whole_packet_at_a_time(
         assert (answer["bytes"], answer["sha256"]) == (BULK, expected)
     packets = BULK // sshconfig.CHANNEL_MAX_PKTSIZE
     if tuning == "on":  # (stock asyncssh: reads of the event loop's size)
-        assert min(reads) < packets, (reads, packets)
+        # Whole packets: about one read each (a packet can still arrive in
+        # pieces); reads of 256,000 bytes took 1.6-2 per packet.
+        assert min(reads) < 1.3 * packets, (reads, packets)
