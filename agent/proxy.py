@@ -33,11 +33,35 @@ from sluice.connect import (
     parse_connect_request,
 )
 from sluice.ratelimit import TokenBucket
+from sluice.ssh_reads import ReadBuffer
 from sluice.window_tuning import WindowBudget, WindowTuner
 
 log = structlog.get_logger("sluice.agent.proxy")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# How much one read from an API may take: one full SSH packet, which is also
+# the relay's whole receive window for an answer.
+UPSTREAM_READ = sshconfig.CHANNEL_MAX_PKTSIZE
+# A window with less left than this gets a whole buffer's read, not its own.
+_MIN_WINDOW_READ = 32 * 1024
+
+
+class UpstreamReads:
+    """The buffer every API connection of one tunnel reads into.
+
+    When: a read lands here and is handed to its channel in the same call
+    (asyncssh copies it into its send buffer), so one buffer serves them all
+    and a bulk answer is not copied once more into a fresh bytes object per
+    read. Its size is one full SSH packet: with reads of the event loop's own
+    size (256,000 bytes under uvloop) against a 256 KiB window, every other
+    packet of a bulk answer was a runt of the 6 KiB left over.
+    """
+
+    def __init__(self, size: int = UPSTREAM_READ) -> None:
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,10 @@ class ProxyContext:
     # How far the streams' receive windows may grow in total (request bodies).
     window_budget: WindowBudget = field(default_factory=lambda: WindowBudget(0))
     receive_window: int = sshconfig.AGENT_RECEIVE_WINDOW
+    # What the streams' API connections read into (one read at a time).
+    upstream_reads: UpstreamReads = field(default_factory=UpstreamReads)
+    # What the tunnels' SSH connections read into (sluice.ssh_reads).
+    ssh_reads: ReadBuffer = field(default_factory=ReadBuffer)
     # Swappable for tests that need a fixed resolver; the default is the OS's.
     resolve: Callable[[str, int], Awaitable[list[IPAddress]]] | None = None
 
@@ -76,18 +104,25 @@ class _Refusal(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-class _Upstream(asyncio.Protocol):
+class _Upstream(asyncio.BufferedProtocol):
     """The TCP connection to the internal API; mirrors into the channel."""
 
-    def __init__(self, stream: ChannelProxy) -> None:
+    def __init__(self, stream: ChannelProxy, reads: UpstreamReads) -> None:
         self._stream = stream
+        self._reads = reads
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
-        self._stream.upstream_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        size = self._stream.read_size()
+        return self._reads.view if size is None else self._reads.view[:size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The view is released at once: the buffer is the next read's.
+        with self._reads.view[:nbytes] as data:
+            self._stream.upstream_data(data)
 
     def eof_received(self) -> bool:
         self._stream.upstream_eof()
@@ -129,6 +164,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_since = time.monotonic()
         self._bytes_at_check = 0
+        self._reads_reused = False
 
     def __repr__(self) -> str:
         return f"<ChannelProxy {self._target.authority() if self._target else '?'} {self._outcome}>"
@@ -139,6 +175,13 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         # Its data is only written on to the API or gathered into the CONNECT
         # head: it may come as views into each decrypted packet (one copy fewer).
         ssh_tuning.deliver_views(chan)
+        # Whether the channel copies what it is written before write()
+        # returns (asyncssh checked at start); else each read is copied here.
+        self._reads_reused = ssh_tuning.channel_write_copies()
+        # Read the API only when the last read has gone out whole: what the
+        # API writes meanwhile waits in the socket and leaves in one packet,
+        # not in one packet per queued read.
+        chan.set_write_buffer_limits(high=0)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._chan is not None:
@@ -223,11 +266,27 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             self._upstream.transport.resume_reading()
 
     # -- upstream side (called by _Upstream) -------------------------------
-    def upstream_data(self, data: bytes) -> None:
+    def upstream_data(self, data: memoryview) -> None:
+        """Called with a view that is valid only during the call."""
         self._bytes_down += len(data)
         self._ctx.stats.bytes_down += len(data)
         if self._chan is not None:
-            self._chan.write(data)
+            self._chan.write(cast(bytes, data) if self._reads_reused else bytes(data))
+
+    def read_size(self) -> int | None:
+        """How much the next read from the API may take (None: a whole buffer).
+
+        As much as the channel's window lets go at once, so one read leaves
+        in one packet: a read larger than the window would leave its rest
+        queued, and that rest would go out as a packet of its own once the
+        relay grants more. A window nearly used up is not worth a read of its
+        own: a whole buffer is read, what the window allows leaves at once,
+        and the rest waits, reading paused, for the relay's next grant.
+        """
+        window = ssh_tuning.send_window(self._chan) if self._chan is not None else None
+        if window is None or window < _MIN_WINDOW_READ:
+            return None
+        return min(window, UPSTREAM_READ)
 
     def upstream_eof(self) -> None:
         self._upstream_eof = True
@@ -361,7 +420,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
                 for address in addresses:
                     try:
                         _transport, upstream = await loop.create_connection(
-                            lambda: _Upstream(self), str(address), target.port
+                            lambda: _Upstream(self, self._ctx.upstream_reads),
+                            str(address),
+                            target.port,
                         )
                     except OSError as exc:
                         last = exc

@@ -19,8 +19,9 @@ from agent.outbound_proxy import connect_via_proxy, proxy_for
 from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from agent.ssh_identity import EXPLICIT_CLIENT_OPTIONS, provide_account_defaults
-from sluice import __version__, sshconfig
+from sluice import __version__, queue_probe, send_scheduler, sshconfig
 from sluice.addresses import HostPort
+from sluice.ssh_reads import read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
 from sluice.tokens import AgentToken
 
@@ -127,6 +128,8 @@ async def open_tunnel(
             sock.close()
         raise
 
+    if ctx is not None:
+        read_whole_packets(ssh, ctx.ssh_reads)
     try:
         # A relay that stops answering after the login must not leave the
         # agent "connecting" forever: the setup shares the login's deadline.
@@ -143,6 +146,8 @@ async def open_tunnel(
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
                 await _signal_ready(ssh)
+                send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
+                queue_probe.start(ssh, "agent")
     except TimeoutError:
         ssh.close()
         raise RelayUnreachable(

@@ -7,9 +7,17 @@ beside them as the reference. Points run interleaved, version by version
 within each repetition, so drift of the shared machine hits all alike; the
 summary gives the median of each number per version.
 
-CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``)
-over the requests wrk made: less sensitive to other load on the machine
-than req/s. With ``--profile DIR`` every version's relay and agent are
+Downloads: ``down`` is 64 MiB of random bytes from nginx with its defaults
+(no sendfile), ``downsf`` the same file with ``sendfile on; tcp_nopush on``,
+``down1g`` a sparse 1 GiB file (sendfile); run both 64 MiB points to see
+both backend configurations.
+
+CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
+child processes included) over the requests wrk made: less sensitive to
+other load on the machine than req/s. With ``--workers N`` each tree's relay
+is ``sluice-server run --workers N`` on a fresh PostgreSQL database
+(SLUICE_BENCH_POSTGRES_URL or SLUICE_TEST_POSTGRES_URL), its agent
+tunnelled to every worker. With ``--profile DIR`` every version's relay and agent are
 sampled by py-spy during the first repetition of each point.
 """
 
@@ -28,13 +36,23 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
+from bench.cluster import worker_stack
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
+from bench.postgres import fresh_database, server_url, unavailable
 from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
-POINTS = ("c1", "c32", "down", "up", "down1g")
+POINTS = ("c1", "c32", "down", "downsf", "up", "down1g")
+# What each download point fetches from bench.nginx: 64 MiB of random bytes
+# with nginx's defaults (no sendfile; the worse case for Sluice), the same
+# file with sendfile on and tcp_nopush, and a sparse 1 GiB file (sendfile).
+DOWNLOADS = {
+    "down": "plain/64m-real.bin",
+    "downsf": "files/64m-real.bin",
+    "down1g": "files/1g.bin",
+}
 
 
 @dataclass
@@ -73,11 +91,11 @@ async def _point(
             raise RuntimeError(f"{version.name} {point}: {got.errors} errors")
         row = {"rps": got.rps, "p50_ms": got.p50_ms, "p99_ms": got.p99_ms}
         count = got.requests
-    elif point in ("down", "down1g"):
-        name, size = ("plain/64m-real.bin", size) if point == "down" else ("files/1g.bin", GiB)
-        moved = await load.download(f"{version.base}/{name}", version.headers)
+    elif point in DOWNLOADS:
+        size = GiB if point == "down1g" else size
+        moved = await load.download(f"{version.base}/{DOWNLOADS[point]}", version.headers)
         if moved.status != 200 or moved.bytes != size:
-            raise RuntimeError(f"{version.name} down: {moved}")
+            raise RuntimeError(f"{version.name} {point}: {moved}")
         row = {"mb_s": moved.mb_per_s}
         count = 0
     else:
@@ -146,11 +164,14 @@ async def run(
     profile: Path | None,
     say: Callable[[str], None],
     perf: bool = False,
+    workers: int = 1,
 ) -> list[Version]:
     raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="sluice-ab-", dir="/dev/shm"))
     stops: list[Callable[[], Awaitable[Any]]] = []
     roles: dict[str, dict[str, int]] = {}
+    stacks = contextlib.AsyncExitStack()
+    stops.append(stacks.aclose)
     try:
         nginx = await Nginx.start(
             root / "nginx",
@@ -166,6 +187,21 @@ async def run(
             versions.append(Version("openssh", ssh.base, pids=ssh.pids))
         for name, tree in trees:
             env = {"PYTHONPATH": str(tree)}
+            if workers > 1:
+                server = server_url()
+                if reason := await unavailable(server):
+                    raise RuntimeError(f"--workers {workers}: {reason}")
+                assert server is not None
+                database = await stacks.enter_async_context(fresh_database(server))
+                relay, agent, conn = await stacks.enter_async_context(
+                    worker_stack(root, database, nginx, workers, name, **env)
+                )
+                versions.append(
+                    Version(name, relay.proxy_base(conn), relay.auth, [relay.pid, agent.pid])
+                )
+                roles[name] = {"relay": relay.pid, "agent": agent.pid}
+                say(f"{name}: {tree}, {workers} relay workers under pid {relay.pid}")
+                continue
             relay = await Relay.create(root / f"relay-{name}", **env)
             stops.append(relay.close)
             agent_id, token = await relay.create_agent(name)
@@ -215,6 +251,9 @@ def cli() -> None:
     parser.add_argument("--openssh", action="store_true", help="OpenSSH beside the trees")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
     parser.add_argument("--perf", action="store_true", help="profile with perf, not py-spy")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="relay processes per tree (PostgreSQL needed)"
+    )
     args = parser.parse_args()
     points = [p for p in args.points.split(",") if p]
     if unknown := set(points) - set(POINTS):
@@ -225,7 +264,17 @@ def cli() -> None:
 
     say(f"uptime: {os.getloadavg()}")
     versions = asyncio.run(
-        run(args.tree, points, args.reps, args.seconds, args.openssh, args.profile, say, args.perf)
+        run(
+            args.tree,
+            points,
+            args.reps,
+            args.seconds,
+            args.openssh,
+            args.profile,
+            say,
+            args.perf,
+            args.workers,
+        )
     )
     say(f"uptime: {os.getloadavg()}")
     for line in summary(versions):

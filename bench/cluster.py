@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +123,16 @@ async def forwarding(root: Path, database: str, nginx: Nginx, seconds: int) -> l
         await holder.close()
 
 
-async def workers(
-    root: Path, database: str, nginx: Nginx, count: int, seconds: int
-) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def worker_stack(
+    root: Path, database: str, nginx: Nginx, count: int, name: str = "w", **extra_env: str
+) -> AsyncIterator[tuple[Relay, Child, str]]:
+    """``sluice-server run --workers count`` on *database*, an agent tunnelled
+    to every worker and a connection through it to *nginx*: yields the relay
+    (its pid is the workers' parent), the agent and the connection's id.
+    *extra_env*: more variables for both (PYTHONPATH: the tree to run)."""
     key = base64.b64encode(os.urandom(32)).decode()
-    data = root / f"workers-{count}"
+    data = root / f"workers-{count}-{name}"
     data.mkdir()
     http_port, ssh_port = free_port(), free_port()
     admin = "bench-admin-" + os.urandom(12).hex()
@@ -139,12 +146,13 @@ async def workers(
         SLUICE_SERVER_ALLOW_PRIVATE_DESTINATIONS="true",
         SLUICE_SERVER_LOG_LEVEL="warning",
         SLUICE_SERVER_LOG_FORMAT="json",
+        **extra_env,
     )
     child = await spawn(
         "relay",
         [str(BIN / "sluice-server"), "run", "--workers", str(count)],
         env=env,
-        log=root / f"workers-{count}.log",
+        log=root / f"workers-{count}-{name}.log",
     )
     relay = Relay(data, ssh_port, http_port, admin, child=child)
     relay.http = aiohttp.ClientSession(headers=relay.auth)
@@ -160,15 +168,35 @@ async def workers(
 
         await wait_until("every worker up", members, timeout=60, child=child)
         relay.fingerprint = (await relay.call("GET", "/v1/relay"))["ssh_fingerprint"]
-        agent_id, token = await relay.create_agent("bench")
-        agent = await _agent(relay, agent_id, token, nginx, root / "w.log", max_relays=4)
+        agent_id, token = await relay.create_agent(name)
+        agent = await start_agent(
+            relay,
+            agent_id,
+            token,
+            nginx.base.split("//", 1)[1],
+            root / f"workers-{count}-{name}-agent.log",
+            SLUICE_AGENT_MAX_RELAYS=str(max(4, count)),
+            SLUICE_AGENT_DISCOVERY_INTERVAL="0.5",
+            **extra_env,
+        )
 
         async def on_every_worker() -> bool:
             view = await relay.call("GET", f"/v1/agents/{agent_id}")
             return len({r["relay"] for r in view["replicas"]}) == count
 
         await wait_until("a tunnel to each worker", on_every_worker, timeout=60, child=agent)
-        conn = await relay.create_connection("w", nginx.base + "/", agent_id)
+        conn = await relay.create_connection(name, nginx.base + "/", agent_id)
+        yield relay, agent, conn
+    finally:
+        if agent is not None:
+            await agent.stop()
+        await relay.close()
+
+
+async def workers(
+    root: Path, database: str, nginx: Nginx, count: int, seconds: int
+) -> dict[str, Any]:
+    async with worker_stack(root, database, nginx, count) as (relay, _agent, conn):
         result = await wrk(
             relay.proxy_base(conn) + "/small.json",
             lua=write_lua(root),
@@ -177,10 +205,6 @@ async def workers(
             headers=relay.auth,
         )
         return _row(f"c=32, {count} worker{'s' if count > 1 else ''}", result)
-    finally:
-        if agent is not None:
-            await agent.stop()
-        await relay.close()
 
 
 async def measure(root: Path, seconds: int, fleet: tuple[int, int] | None = None) -> dict[str, Any]:

@@ -9,9 +9,17 @@ as its peer writes (up to ``MAX_HELD`` bytes held per direction) and writes
 each chunk at its due time, so throughput is what the two ends make of the
 round trip, as over a WAN with wide TCP windows.
 
+Optionally the line has a bottleneck too (``rate``, bytes/s per direction):
+each chunk then leaves only after the ones before it have been "serialised" at
+that rate, and the line holds no more than the link carries in half a round
+trip plus a small bottleneck queue (``queue_seconds`` of the rate), with small
+socket buffers on its own side; so a sender faster than the rate builds its
+queue on ITS side (kernel send queue, transport buffers), as on a real link
+whose bottleneck is slower than the sender. Off by default.
+
 Usable in-process (``async with DelayLine.start(port, rtt)``) from tests and
-the bench, or on its own: ``python -m bench.delay_line TARGET_PORT RTT_MS``
-prints the port it listens on.
+the bench, or on its own: ``python -m bench.delay_line TARGET_PORT RTT_MS
+[--mbps MB_PER_S]`` prints the port it listens on.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +42,11 @@ from sluice.runtime import install_uvloop
 # a link of this round trip carries at full speed must fit (64 MiB holds
 # 50 ms of 1.3 GB/s one way).
 MAX_HELD = 64 * 1024 * 1024
+# With a bandwidth limit: the line's own socket buffers (so that the kernel
+# between sender and line does not become a queue of its own), and the
+# bottleneck queue it holds beyond what is in flight, in seconds of the rate.
+LIMITED_SOCKET_BUFFER = 128 * 1024
+QUEUE_SECONDS = 0.005
 # Due times are on time.monotonic(), not the loop's clock: uvloop's clock
 # counts whole milliseconds as of the start of the loop's turn, which made a
 # 50 ms line a 52 ms one. A timer that fires before the bytes are due is set
@@ -52,8 +66,16 @@ class _Direction(asyncio.Protocol):
         delay: float,
         peer: _Direction | None = None,
         on_made: Callable[[_Direction], None] | None = None,
+        rate: float | None = None,
+        queue_seconds: float = QUEUE_SECONDS,
     ) -> None:
         self.delay = delay
+        self.rate = rate  # bytes/s this side's reads leave at; None: no limit
+        # What is held before reading stops: in flight plus the bottleneck queue.
+        self.max_held = (
+            MAX_HELD if rate is None else max(64 * 1024, int(rate * (delay + queue_seconds)))
+        )
+        self.busy_until = 0.0  # when the bottleneck has sent everything held
         self.on_made = on_made
         self.peer = peer
         self.transport: asyncio.Transport | None = None
@@ -107,7 +129,15 @@ class _Direction(asyncio.Protocol):
 
     # -- holding ---------------------------------------------------------------
     def _hold(self, data: bytes | str) -> None:
-        due = _clock() + self.delay
+        now = _clock()
+        if self.rate is None:
+            due = now + self.delay
+        else:
+            # The bottleneck sends one chunk after another at the rate, then
+            # the chunk takes the delay (an EOF or close queues behind data).
+            size = len(data) if isinstance(data, bytes) else 0
+            self.busy_until = max(now, self.busy_until) + size / self.rate
+            due = self.busy_until + self.delay
         self.held.append((due, data))
         self.held_bytes += len(data) if isinstance(data, bytes) else 0
         self._update_reading()
@@ -147,7 +177,7 @@ class _Direction(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        want_pause = self.held_bytes > MAX_HELD or self.peer_paused
+        want_pause = self.held_bytes > self.max_held or self.peer_paused
         if want_pause and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
@@ -164,9 +194,21 @@ class _Direction(asyncio.Protocol):
 class DelayLine:
     """Listens on 127.0.0.1:port; each connection goes on to *target* with the delay."""
 
-    def __init__(self, target: tuple[str, int], rtt: float) -> None:
+    def __init__(
+        self,
+        target: tuple[str, int],
+        rtt: float,
+        rate: float | None = None,
+        queue_seconds: float = QUEUE_SECONDS,
+    ) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate: must be a positive number of bytes/s, not {rate!r}")
+        if queue_seconds < 0:
+            raise ValueError(f"queue_seconds: must be 0 or more, not {queue_seconds!r}")
         self.target = target
         self.rtt = rtt
+        self.rate = rate
+        self.queue_seconds = queue_seconds  # the bottleneck's queue (with a rate only)
         self.server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._sides: list[_Direction] = []
@@ -190,7 +232,9 @@ class DelayLine:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _protocol(self) -> _Direction:
-        near = _Direction(self.rtt / 2, on_made=self._link)
+        near = _Direction(
+            self.rtt / 2, on_made=self._link, rate=self.rate, queue_seconds=self.queue_seconds
+        )
         self._sides.append(near)
         return near
 
@@ -203,12 +247,15 @@ class DelayLine:
 
     async def _connect(self, near: _Direction) -> None:
         loop = asyncio.get_running_loop()
-        far = _Direction(self.rtt / 2, peer=near)
+        far = _Direction(self.rtt / 2, peer=near, rate=self.rate, queue_seconds=self.queue_seconds)
         near.peer = far
         self._sides.append(far)
         assert near.transport is not None
         try:
-            await loop.create_connection(lambda: far, *self.target)
+            if self.rate is None:
+                await loop.create_connection(lambda: far, *self.target)
+            else:
+                await loop.create_connection(lambda: far, sock=await self._limited_socket())
         except OSError:
             near.transport.close()
             return
@@ -216,13 +263,35 @@ class DelayLine:
         if not near.transport.is_closing():
             near.transport.resume_reading()
 
+    @staticmethod
+    def _limit_buffers(sock: socket.socket) -> None:
+        """Small socket buffers on the line's side (set before connect/listen,
+        so that the window scale follows them)."""
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, LIMITED_SOCKET_BUFFER)
+
+    async def _limited_socket(self) -> socket.socket:
+        """A socket with small buffers, connected to the target."""
+        host, port = self.target
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._limit_buffers(sock)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     @classmethod
     @contextlib.asynccontextmanager
     async def start(
-        cls, port: int, rtt: float, host: str = "127.0.0.1"
+        cls, port: int, rtt: float, host: str = "127.0.0.1", rate: float | None = None
     ) -> AsyncIterator[DelayLine]:
-        """A delay line to *host*:*port* with round trip *rtt* seconds, for a ``with`` block."""
-        line = cls((host, port), rtt)
+        """A delay line to *host*:*port* with round trip *rtt* seconds (and at
+        most *rate* bytes/s each way, if given), for a ``with`` block."""
+        line = cls((host, port), rtt, rate)
         await line.open()
         try:
             yield line
@@ -231,7 +300,14 @@ class DelayLine:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._protocol, "127.0.0.1", 0, backlog=1024)
+        if self.rate is None:
+            self.server = await loop.create_server(self._protocol, "127.0.0.1", 0, backlog=1024)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._limit_buffers(sock)
+        sock.bind(("127.0.0.1", 0))
+        self.server = await loop.create_server(self._protocol, sock=sock, backlog=1024)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -247,8 +323,9 @@ class DelayLine:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
 
 
-async def _serve(target_port: int, rtt_ms: float) -> None:
-    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000)
+async def _serve(target_port: int, rtt_ms: float, mb_per_s: float | None, queue_ms: float) -> None:
+    rate = mb_per_s * 1e6 if mb_per_s else None
+    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000, rate, queue_ms / 1000)
     await line.open()
     print(line.port, flush=True)
     await asyncio.Event().wait()
@@ -258,10 +335,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("target_port", type=int)
     parser.add_argument("rtt_ms", type=float)
+    parser.add_argument("--mbps", type=float, default=None, help="MB/s each way (none: no limit)")
+    parser.add_argument(
+        "--queue-ms",
+        type=float,
+        default=QUEUE_SECONDS * 1000,
+        help="the bottleneck's queue with --mbps, ms of the rate",
+    )
     args = parser.parse_args()
+    if args.mbps is not None and args.mbps <= 0:
+        parser.error(f"--mbps: must be positive, not {args.mbps:g}")
+    if args.queue_ms < 0:
+        parser.error(f"--queue-ms: must be 0 or more, not {args.queue_ms:g}")
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.target_port, args.rtt_ms))
+        asyncio.run(_serve(args.target_port, args.rtt_ms, args.mbps, args.queue_ms))
     sys.exit(0)
 
 
@@ -269,12 +357,23 @@ if __name__ == "__main__":
     main()
 
 
-async def spawn_line(target_port: int, rtt_ms: float, log: Path) -> tuple[Child, int]:
+async def spawn_line(
+    target_port: int,
+    rtt_ms: float,
+    log: Path,
+    mb_per_s: float | None = None,
+    queue_ms: float | None = None,
+) -> tuple[Child, int]:
     """A delay line to 127.0.0.1:*target_port* in a process of its own (so it
-    does not share an event loop with the bench); returns it and its port."""
+    does not share an event loop with the bench); returns it and its port.
+    *mb_per_s*: a bandwidth limit each way (MB/s), none by default;
+    *queue_ms*: its bottleneck's queue (default ``QUEUE_SECONDS``)."""
+    limit = ["--mbps", f"{mb_per_s:g}"] if mb_per_s else []
+    if queue_ms is not None:
+        limit += ["--queue-ms", f"{queue_ms:g}"]
     child = await spawn(
         f"delay line {rtt_ms:g} ms",
-        [sys.executable, "-m", "bench.delay_line", str(target_port), str(rtt_ms)],
+        [sys.executable, "-m", "bench.delay_line", str(target_port), str(rtt_ms), *limit],
         log=log,
         stdout_pipe=True,
     )

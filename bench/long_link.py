@@ -28,6 +28,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ FILE = "link.bin"
 
 
 POINTS = ("down", "up", "beside", "fresh")
+# Not in the default run: the GETs beside a download one by one, each with its
+# time since the download began (where the slow ones fall); c=1 GETs beside a
+# 1 GiB upload (the relay's side of the tunnel sends the bulk).
+EXTRA_POINTS = ("beside_trace", "beside_up")
 # The large transfers: one repetition (at 100 ms OpenSSH moves ~19 MB/s, so
 # 1 GiB takes about a minute on that path alone).
 LARGE_POINTS = ("down_1g", "up_1g")
@@ -61,6 +66,10 @@ class LinkPlan:
     large: int = 0  # bytes of the large download and upload (first repetition only); 0: none
     points: tuple[str, ...] = POINTS
     paths: tuple[str, ...] = PATHS
+    mb_per_s: float | None = None  # a bandwidth limit on each line, each way; None: none
+    # The limited lines' bottleneck queue, ms (None: the line's default; not
+    # OpenSSH's line): how much of GET latency is the line's own queue.
+    line_queue_ms: float | None = None
 
 
 FULL_LINKS = LinkPlan(
@@ -69,6 +78,7 @@ FULL_LINKS = LinkPlan(
 QUICK_LINKS = LinkPlan(rtts_ms=(50,), repetitions=1, size=8 * MiB, get_seconds=1)
 LARGE_FILE = "1g.bin"
 LARGE_UPLOAD = "upload-large.bin"
+BESIDE_UPLOAD = "upload-beside.bin"  # sparse, 1 GiB: the companion of beside_up
 
 
 async def _partial_download(url: str, headers: dict[str, str], seconds: float) -> load.Transfer:
@@ -90,6 +100,50 @@ async def _partial_download(url: str, headers: dict[str, str], seconds: float) -
         raise RuntimeError(f"curl GET {url} failed ({rc}): {err}")
     code, down, _, total = out.split()
     return load.Transfer(int(code), int(float(down)), float(total))
+
+
+async def _partial_upload(
+    url: str, source: Path, headers: dict[str, str], seconds: float
+) -> load.Transfer:
+    """PUT *source* to *url* for at most *seconds* (curl --max-time); what went, and how fast."""
+    args = [shutil.which("curl") or "curl", "-s", "-o", "/dev/null", "--max-time", f"{seconds:g}"]
+    args += ["-w", "%{http_code} %{size_download} %{size_upload} %{time_total}", "-H", "Expect:"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    rc, out, err = await run_tool([*args, "-T", str(source), url], seconds + 30)
+    if rc not in (0, 28):  # 28: the time limit, as intended
+        raise RuntimeError(f"curl PUT {url} failed ({rc}): {err}")
+    code, _, up, total = out.split()
+    return load.Transfer(int(code), int(float(up)), float(total))
+
+
+async def _get_trace(
+    url: str, headers: dict[str, str], seconds: float, began: float
+) -> list[tuple[float, float]]:
+    """Keep-alive GETs of *url* one after another for *seconds*, on one
+    connection: (seconds since *began*, milliseconds) for each."""
+    parts = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n").encode()
+    loop = asyncio.get_running_loop()
+    trace: list[tuple[float, float]] = []
+    end = loop.time() + seconds
+    try:
+        while loop.time() < end:
+            sent = loop.time()
+            writer.write(request)
+            status = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in status.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            done = loop.time()
+            trace.append((round(sent - began, 4), round((done - sent) * 1000, 2)))
+    finally:
+        writer.close()
+    return trace
 
 
 @dataclass
@@ -133,12 +187,19 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
 
         return work
 
-    def beside(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+    def beside(p: _LinkPath, upload: bool = False) -> Callable[[], Awaitable[Row]]:
         async def work() -> Row:
             seconds = plan.get_seconds
-            big = asyncio.ensure_future(
-                _partial_download(p.url("/files/1g.bin"), p.headers, seconds + 1.5)
-            )
+            if upload:  # a 1 GiB PUT: the relay's side of the tunnel sends the bulk
+                source = p.upload_source.with_name(BESIDE_UPLOAD)
+                with source.open("wb") as f:
+                    f.truncate(1024 * MiB)
+                companion = _partial_upload(
+                    p.url("/upload/beside"), source, p.headers, seconds + 1.5
+                )
+            else:
+                companion = _partial_download(p.url("/files/1g.bin"), p.headers, seconds + 1.5)
+            big = asyncio.ensure_future(companion)
             try:
                 await asyncio.sleep(0.5)  # the download under way first
                 small = await load.wrk(
@@ -168,6 +229,37 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
 
         return work
 
+    def beside_trace(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
+        async def work() -> Row:
+            seconds = plan.get_seconds
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            big = asyncio.ensure_future(
+                _partial_download(p.url("/files/1g.bin"), p.headers, seconds + 1.5)
+            )
+            try:
+                await asyncio.sleep(0.5)  # the download under way first
+                trace = await _get_trace(p.url("/small.json"), p.headers, seconds, began)
+                got = await big
+            finally:
+                if not big.done():
+                    big.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                        await big
+            ms = sorted(t for _, t in trace)
+            return {
+                "requests": len(ms),
+                "p50_ms": ms[len(ms) // 2] if ms else 0.0,
+                "p99_ms": ms[int(0.99 * (len(ms) - 1))] if ms else 0.0,
+                "max_ms": ms[-1] if ms else 0.0,
+                "errors": 0 if ms else 1,
+                "big_mb_s": got.mb_per_s,
+                "trace": trace,
+                "trace_began": began,  # time.monotonic() of the download's start
+            }
+
+        return work
+
     def fresh(p: _LinkPath) -> Callable[[], Awaitable[Row]]:
         async def work() -> Row:
             got = await load.wrk(
@@ -191,7 +283,9 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
         "down": down,
         "up": up,
         "beside": beside,
+        "beside_up": lambda p: beside(p, upload=True),
         "fresh": fresh,
+        "beside_trace": beside_trace,
         "down_1g": down_large,
         "up_1g": up_large,
     }
@@ -246,10 +340,16 @@ async def _one_rtt(
     openssh: OpenSSH | None = None
     rows: list[Row] = []
     try:
-        line, direct_port = await spawn_line(nginx.port, rtt, root / "direct-line.log")
+        line, direct_port = await spawn_line(
+            nginx.port, rtt, root / "direct-line.log", plan.mb_per_s, plan.line_queue_ms
+        )
         children.append(line)
-        openssh = await OpenSSH.start(root / "openssh", nginx.port, rtt_ms=rtt)
-        line, relay_port = await spawn_line(relay.ssh_port, rtt, root / "relay-line.log")
+        openssh = await OpenSSH.start(
+            root / "openssh", nginx.port, rtt_ms=rtt, mb_per_s=plan.mb_per_s
+        )
+        line, relay_port = await spawn_line(
+            relay.ssh_port, rtt, root / "relay-line.log", plan.mb_per_s, plan.line_queue_ms
+        )
         children.append(line)
         agent_id, token = await relay.create_agent(f"link-{rtt}ms")
         agent = await start_agent(
@@ -310,6 +410,11 @@ def _describe(row: Row) -> str:
     if row["point"] in ("down", "up", *LARGE_POINTS):
         return head + f" {row['mb_s']:8.1f} MB/s"
     text = head + f" p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms"
+    if "trace" in row:
+        slow = [(at, ms) for at, ms in row["trace"] if ms > 2 * row["rtt_ms"] + 10]
+        text += "\n    slow GETs (s since the download began, ms): " + " ".join(
+            f"{at:.2f}:{ms:.0f}" for at, ms in slow
+        )
     if "big_mb_s" in row:
         text += f"  download beside {row['big_mb_s']:.1f} MB/s"
     return text + (f"  errors {row['errors']}" if row.get("errors") else "")
@@ -322,8 +427,19 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=FULL_LINKS.repetitions)
     parser.add_argument("--size-mib", type=int, default=FULL_LINKS.size // MiB)
     parser.add_argument("--large-mib", type=int, default=0, help="1 GiB points: 1024")
-    parser.add_argument("--points", default=",".join(POINTS), help="of " + ",".join(POINTS))
+    parser.add_argument(
+        "--points", default=",".join(POINTS), help="of " + ",".join(POINTS + EXTRA_POINTS)
+    )
     parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
+    parser.add_argument(
+        "--mbps", type=float, default=None, help="bandwidth limit of the delay lines, MB/s each way"
+    )
+    parser.add_argument(
+        "--line-queue-ms",
+        type=float,
+        default=None,
+        help="the limited lines' bottleneck queue, ms (not OpenSSH's line)",
+    )
     parser.add_argument("--get-seconds", type=int, default=FULL_LINKS.get_seconds)
     parser.add_argument("--out", type=Path, default=None, help="raw rows as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
@@ -342,6 +458,8 @@ def main() -> None:
         large=args.large_mib * MiB,
         points=tuple(p for p in args.points.split(",") if p),
         paths=tuple(p for p in args.paths.split(",") if p),
+        mb_per_s=args.mbps,
+        line_queue_ms=args.line_queue_ms,
     )
     relay_env = dict(item.split("=", 1) for item in args.relay_env)
     agent_env = dict(item.split("=", 1) for item in args.agent_env)

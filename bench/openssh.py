@@ -63,8 +63,11 @@ class OpenSSH:
         return [self.sshd.pid, self.ssh.pid]
 
     @classmethod
-    async def start(cls, root: Path, target_port: int, rtt_ms: float = 0) -> OpenSSH:
-        """sshd, and ``ssh -R`` to it (through a delay line of *rtt_ms* if not 0)."""
+    async def start(
+        cls, root: Path, target_port: int, rtt_ms: float = 0, mb_per_s: float | None = None
+    ) -> OpenSSH:
+        """sshd, and ``ssh -R`` to it (through a delay line of *rtt_ms* if not 0,
+        limited to *mb_per_s* each way if given)."""
         root.mkdir(parents=True)
         for name in ("ssh_host_ed25519_key", "id_ed25519"):
             rc, _, err = await run_tool(
@@ -90,7 +93,7 @@ class OpenSSH:
             await wait_until("sshd", lambda: port_open(port), timeout=10, child=sshd)
             ssh_port = port
             if rtt_ms:
-                line, ssh_port = await spawn_line(port, rtt_ms, root / "line.log")
+                line, ssh_port = await spawn_line(port, rtt_ms, root / "line.log", mb_per_s)
             forward = free_port()
             ssh = await spawn(
                 "ssh",

@@ -1,12 +1,12 @@
 """What ``sluice.ssh_tuning`` expects of asyncssh's internals, checked before it patches.
 
-The tweaks replace private asyncssh methods and read private attributes.
-pyproject.toml pins the release they were written for (``TUNED_FOR``); this
-check is the second guard, for an environment that installed another one
-anyway (a distribution package, a forced upgrade): every method the tweaks
-replace or call must exist with the parameters they expect, and every
-attribute they read must still be assigned somewhere in its class. If
-anything differs, asyncssh runs stock.
+The tweaks (and ``sluice.send_scheduler``) replace private asyncssh methods
+and read private attributes. pyproject.toml pins the release they were
+written for (``TUNED_FOR``); this check is the second guard, for an
+environment that installed another one anyway (a distribution package, a
+forced upgrade): every method the tweaks replace or call must exist with the
+parameters they expect, and every attribute they read must still be
+assigned somewhere in its class. If anything differs, asyncssh runs stock.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (SSHChannel, "_flush_send_buf"): ("self",),
     (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
     (SSHChannel, "send_packet"): ("self", "pkttype", "args"),  # window_tuning's top-ups
+    # send_scheduler: the transport's pause/resume (stock: no-ops it wraps),
+    # and the channel's backpressure on its session while it waits a turn.
+    (SSHConnection, "pause_writing"): ("self",),
+    (SSHConnection, "resume_writing"): ("self",),
+    (SSHChannel, "_pause_resume_writing"): ("self",),
     (GCMCipher, "__init__"): ("self", "cipher_name", "key", "iv"),
     (GCMCipher, "_update_iv"): ("self",),
     (GCMCipher, "encrypt_and_sign"): ("self", "header", "data"),
@@ -81,6 +86,10 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
 }
 
 
+# What SSHChannel.write copies its data into before it returns.
+WRITE_COPIES_WITH = "bytearray"
+
+
 def _code_names(cls: type) -> set[str]:
     """Every name the functions of *cls* (and its bases) use, nested code included."""
     names: set[str] = set()
@@ -122,6 +131,9 @@ def mismatches() -> list[str]:
         found.extend(
             f"{cls.__name__}.{attr} is never set" for attr in attributes if attr not in names
         )
+    if WRITE_COPIES_WITH not in SSHChannel.write.__code__.co_names:
+        # sluice.ssh_tuning.channel_write_copies: the agent reuses its read buffer.
+        found.append(f"SSHChannel.write no longer copies its data into a {WRITE_COPIES_WITH}")
     return found
 
 

@@ -28,6 +28,11 @@ gets a large read in 32 KiB pieces, so each slice copies at most that much.
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
 
+A short sender's queue: ``sluice.send_scheduler`` (its own module; installed
+here, after the others, unless ``SLUICE_SEND_SCHEDULER=off``) interleaves
+the channels' packets and keeps the transport's and the kernel's queues
+short, so a small answer does not wait behind a download's window.
+
 Safety: nothing is patched on import. ``tune_asyncssh()`` (called when the
 relay starts listening and when the agent opens a tunnel) first checks that
 asyncssh still has the shape the tweaks were written for
@@ -59,7 +64,7 @@ from asyncssh.packet import SSHPacketLogger, String
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sluice import ssh_shape
+from sluice import send_scheduler, ssh_shape
 
 # The environment variable that turns the tweaks off ("off", "0", "false", "no").
 SWITCH: Final = "SLUICE_SSH_TUNING"
@@ -480,22 +485,34 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
     return rest
 
 
+def schedule_sends(environ: Mapping[str, str]) -> None:
+    """Install the send scheduler (``sluice.send_scheduler``; once, after
+    ``batch_channel_writes``, whose flush it wraps) unless
+    SLUICE_SEND_SCHEDULER in *environ* is off."""
+    if send_scheduler.high_water(environ):
+        _apply("send_scheduler", lambda: send_scheduler.install(environ))
+
+
 def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
     """Apply every tweak above, once per process, unless SLUICE_SSH_TUNING is
     off in *environ* (default: the process's) or asyncssh differs from what
-    they were written for (then one warning is logged). Returns whether the
-    tweaks are in place."""
-    enabled = tuning_enabled(os.environ if environ is None else environ)
+    they were written for (then one warning is logged); the send scheduler
+    too, unless SLUICE_SEND_SCHEDULER is off. Returns whether the tweaks are
+    in place."""
+    env = os.environ if environ is None else environ
+    enabled = tuning_enabled(env)
     if enabled:
         skip_aead_ignore_packets()
         feed_in_pieces()
         batch_channel_writes()
         reuse_gcm_keys()
+        schedule_sends(env)
     if not _Applied.told:
         _Applied.told = True
         structlog.get_logger("sluice.ssh_tuning").info(
             "ssh_tuning",
             state="on" if _Applied.names else ("off" if not enabled else "stock"),
+            send_scheduler="on" if send_scheduler.installed() else "off",
             asyncssh_version=ssh_shape.installed_version(),
         )
     return bool(_Applied.names)
@@ -511,6 +528,19 @@ def deliver_views(chan: SSHChannel[Any]) -> None:
     methods such as ``decode`` or ``startswith`` on it. Call it from the
     session's ``connection_made``."""
     chan.__dict__[_VIEWS] = True
+
+
+def channel_write_copies() -> bool:
+    """Whether ``SSHChannel.write`` copies its data before it returns (the
+    tweaks are on, so asyncssh passed ``sluice.ssh_shape``'s check of that):
+    then a caller may write from a buffer it reuses for its next read."""
+    return bool(_Applied.names)
+
+
+def send_window(chan: SSHChannel[Any]) -> int | None:
+    """How many bytes *chan* may send now (what the peer's window has left),
+    or None with the tweaks off."""
+    return chan._send_window if _Applied.names else None
 
 
 def set_receive_window(chan: SSHChannel[Any], size: int) -> None:

@@ -126,8 +126,8 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def client(relay: Relay) -> AsyncIterator[APIClient]:
-    async with aiohttp.ClientSession() as session:
-        yield APIClient(session, relay.http_base, relay.admin_token)
+    async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as proxied:
+        yield APIClient(session, relay.http_base, relay.admin_token, proxied)
 
 
 @pytest.fixture
@@ -139,8 +139,8 @@ async def open_client(tmp_path: Path) -> AsyncIterator[APIClient]:
     )
     remember_secret(open_relay.admin_token)
     try:
-        async with aiohttp.ClientSession() as session:
-            yield APIClient(session, open_relay.http_base, open_relay.admin_token)
+        async with aiohttp.ClientSession() as session, aiohttp.ClientSession() as proxied:
+            yield APIClient(session, open_relay.http_base, open_relay.admin_token, proxied)
     finally:
         await open_relay.close()
 

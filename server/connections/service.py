@@ -232,6 +232,14 @@ class ConnectionService:
             hit = await asyncio.shield(loading[1])
         return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]))
 
+    def cached_handle(self, conn_id: str) -> Handle | None:
+        """``handle`` without waiting: the connection when its cached entry is
+        fresh, else None (then ``handle`` reads it)."""
+        hit = self._cache.get(conn_id)
+        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+            return None
+        return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]))
+
     def _purge(self, now: float) -> None:
         """Drop expired entries (at the first request after they expire), so an
         unused connection's decrypted secrets do not stay in memory."""

@@ -198,6 +198,19 @@ class DebugLog:
             self._tasks.spawn(self._read_window(conn_id), name="debug-window-read")
         return cached[1]
 
+    def surely_closed(self, conn_id: str) -> bool:
+        """True when the connection's window, as last read, is not open (as
+        ``recording`` would find it, without waiting); False when it is open
+        or has never been read here (then ``recording`` reads it)."""
+        cached = self._windows.get(conn_id)
+        if cached is None:
+            return False
+        if time.monotonic() - cached[0] > WINDOW_CACHE_SECONDS and conn_id not in self._reading:
+            self._reading.add(conn_id)
+            self._tasks.spawn(self._read_window(conn_id), name="debug-window-read")
+        until = cached[1]
+        return until is None or until <= utcnow()
+
     async def _read_window(self, conn_id: str) -> dt.datetime | None:
         try:
             window = await self._store.debug.window(conn_id)

@@ -329,9 +329,34 @@ async def _exchange(
         sent_upstream = await send_upstream(services, handle, method, relative, headers, body)
     upstream = sent_upstream.answer
     retries = sent_upstream.retries if handle.connection.http.rate_limit is not None else None
+    counted(services, handle, upstream, began)
+    await deliver(services, handle, method, upstream, sink, began, retries)
+    return hopped
+
+
+def counted(services: Services, handle: Handle, upstream: Answer, began: float) -> None:
+    """An answer's head arrived: the metrics and the connection's stats count it."""
+    assert handle.id is not None
+    elapsed = time.perf_counter() - began
+    services.metrics.proxied(handle.connection.mode, upstream.status, elapsed)
+    services.stats.record(handle.id, upstream.status, elapsed)
+
+
+async def deliver(
+    services: Services,
+    handle: Handle,
+    method: str,
+    upstream: Answer,
+    sink: AnswerSink,
+    began: float,
+    retries: int | None = None,
+) -> None:
+    """Pass an API's answer (counted) to *sink*, released at the end; then the
+    canonical line. Raises while nothing has gone to the caller; once the
+    head is out, a failure is logged and the sink is cut."""
+    assert handle.id is not None
+    conn_id = handle.id
     mode = handle.connection.mode
-    services.metrics.proxied(mode, upstream.status, time.perf_counter() - began)
-    services.stats.record(conn_id, upstream.status, time.perf_counter() - began)
     if is_small(upstream, method):
         try:
             with relay_errors(handle, "the answer was cut off"):
@@ -341,7 +366,7 @@ async def _exchange(
         small = answer_headers(upstream, handle, conn_id, retries)
         await sink.whole(upstream.status, upstream.reason, small, data)
         canonical_line(conn_id, mode, method, upstream.status, len(data), began)
-        return hopped
+        return
     sent = 0
     try:
         streamed = answer_headers(upstream, handle, conn_id, retries)
@@ -356,11 +381,10 @@ async def _exchange(
             "proxy_stream_broken", connection=conn_id, bytes=sent, error=handle.mask(str(exc))
         )
         sink.cut()
-        return hopped
+        return
     finally:
         upstream.release()
     canonical_line(conn_id, mode, method, upstream.status, sent, began)
-    return hopped
 
 
 def canonical_line(

@@ -11,6 +11,10 @@ it cannot serve, it hands the connection, that request's bytes still unread,
 to aiohttp's protocol, which keeps it from then on. So the API, the console,
 HEAD, chunked and 100-continue bodies, and every limit and error aiohttp
 applies, stay exactly as they are.
+
+A request the front serves goes first to ``server.proxy.fast_path``: the
+common case is sent and answered by callbacks, without a Task; the rest runs
+as one Task per request through ``server.proxy.exchange``.
 """
 
 from __future__ import annotations
@@ -22,19 +26,22 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import structlog
 from aiohttp import web
 
 from server.cluster.forward import HOP_HEADER, SLOT
-from server.errors import BodyTooLarge
-from server.proxy.exchange import exchange
+from server.errors import BodyTooLarge, RelayError
+from server.proxy.engine import Handle
+from server.proxy.exchange import AnswerSink, deliver, exchange
+from server.proxy.fast_path import try_fast
 from server.proxy.headers import Fields, get
+from server.tunnel.http1 import Http1Response
 from server.web.api import SERVER_FIELD, bearer_actor, error_problem, unauthorized
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
@@ -179,15 +186,18 @@ class _Request:
         conn_id: str,
         relative: str,
         headers: Fields,
-        length: int,
+        declared: int | None,
         keep_alive: bool,
+        authorization: bytes | None,
     ) -> None:
         self.method = method
         self.conn_id = conn_id
         self.relative = relative
         self.headers = headers
-        self.length = length
+        self.declared = declared  # the Content-Length field, None without one
+        self.length = declared or 0
         self.keep_alive = keep_alive
+        self.authorization = authorization  # the first Authorization field
 
 
 def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
@@ -204,6 +214,7 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
     if not parsed.complete or len(parsed.headers) > max_headers:
         return None
     length: int | None = None
+    authorization: bytes | None = None
     singletons: set[bytes] = set()
     for name, value in parsed.headers:
         lowered = name.lower()
@@ -217,14 +228,17 @@ def parse_head(head: bytes, max_line: int, max_headers: int) -> _Request | None:
             if not value.isdigit():
                 return None
             length = int(value)
+        elif lowered == b"authorization" and authorization is None:
+            authorization = value
     relative = match.group(3).decode("ascii")  # "" too: the base URI as written
     return _Request(
         match.group(1).decode("ascii"),
         match.group(2).decode("ascii"),
         relative,
         parsed.headers,
-        length or 0,
+        length,
         parsed.keep_alive,
+        authorization,
     )
 
 
@@ -343,6 +357,9 @@ class FrontProtocol(asyncio.Protocol):
         self._lingering = False
         self._close_announced = False
         self._scanned = 0  # how far the buffer is known to hold no end of head
+        # The request being served, and its body (for the fast path's callbacks).
+        self._request: _Request | None = None
+        self._request_body: bytes | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -497,7 +514,21 @@ class FrontProtocol(asyncio.Protocol):
         elif request.length:
             body = self._body = _BodyFeed(self, request.length)
             buffer[:] = body.feed(bytes(buffer))
+        self._close_announced = False
+        if not isinstance(body, _BodyFeed) and self._fast(request, body):
+            return
         self._task = asyncio.get_running_loop().create_task(self._serve(request, body))
+
+    def _fast(self, request: _Request, body: bytes | None) -> bool:
+        """Serve *request* on the fast path (``server.proxy.fast_path``) if it can be."""
+        self._request, self._request_body = request, body
+        try:
+            return try_fast(self.front.services, self, request, body)
+        except Exception as exc:
+            # Nothing reached the API (the engine sends last): the general
+            # path serves it and gives the definite error, if there is one.
+            log.warning("front_fast_path_failed", error_type=type(exc).__name__, exc_info=exc)
+            return False
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Answered before the body arrived: stop sending, swallow the rest for
@@ -548,11 +579,14 @@ class FrontProtocol(asyncio.Protocol):
             self._buffer.clear()
 
     async def _serve(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
+        await self._served(request, self._answer(request, body))
+
+    async def _served(self, request: _Request, answering: Coroutine[Any, Any, None]) -> None:
+        """Run *answering* (the request's answer), then end the request."""
         keep_alive = request.keep_alive
-        self._close_announced = False
         cancelled = False
         try:
-            await self._answer(request, body)
+            await answering
         except ConnectionError:
             keep_alive = False
         except asyncio.CancelledError:
@@ -566,11 +600,17 @@ class FrontProtocol(asyncio.Protocol):
             if feed is not None:
                 # Whoever still reads it (an upload the API did not wait for) stops.
                 feed.fail(ConnectionAbortedError("the request is over"))
+        if cancelled:
+            assert self.transport is not None
+            self.transport.abort()
+            raise asyncio.CancelledError
+        self._finish(keep_alive, unread)
+
+    def _finish(self, keep_alive: bool, unread: bool = False) -> None:
+        """The request is over: keep the connection for the next one, or close it."""
         transport = self.transport
         assert transport is not None
-        if cancelled:
-            transport.abort()
-            raise asyncio.CancelledError
+        self._request = self._request_body = None
         if unread and not transport.is_closing():
             self._linger(transport)
         elif (
@@ -591,7 +631,7 @@ class FrontProtocol(asyncio.Protocol):
 
     async def _answer(self, request: _Request, body: bytes | _BodyFeed | None) -> None:
         services = self.front.services
-        authorization = (get(request.headers, b"authorization") or b"").decode("latin-1")
+        authorization = (request.authorization or b"").decode("latin-1")
         forwarded = slot_wanted = False
         if bearer_actor(services.admin, authorization) is None:
             # Another relay of the cluster forwarding a request it has no tunnel
@@ -609,11 +649,15 @@ class FrontProtocol(asyncio.Protocol):
                 return
             forwarded, slot_wanted = True, checked[1] == SLOT
         sink = _SocketSink(self, request)
-        try:
-            limit = services.max_body_bytes
-            if limit and request.length > limit:
-                raise BodyTooLarge(f"the body is {request.length} bytes; max_body_bytes is {limit}")
-            await exchange(
+        limit = services.max_body_bytes
+        if limit and request.length > limit:
+            error = BodyTooLarge(f"the body is {request.length} bytes; max_body_bytes is {limit}")
+            self._write_response(error_problem(error, services.metrics, _PATH_LABEL), request)
+            return
+        await self._through(
+            request,
+            sink,
+            exchange(
                 services,
                 request.conn_id,
                 request.method,
@@ -623,18 +667,79 @@ class FrontProtocol(asyncio.Protocol):
                 sink,
                 forwarded=forwarded,
                 slot_wanted=slot_wanted,
-            )
+            ),
+        )
+
+    async def _through(
+        self, request: _Request, sink: _SocketSink, sending: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run *sending* (the exchange, writing to *sink*): an error before the
+        answer's head went out is answered with its problem document."""
+        try:
+            await sending
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
             if sink.started:
                 raise
-            self._write_response(error_problem(exc, services.metrics, _PATH_LABEL), request)
+            self._write_response(
+                error_problem(exc, self.front.services.metrics, _PATH_LABEL), request
+            )
             return
         if sink.broken:
             # The head is gone already: cutting the connection is the only
             # way left to tell the caller the body is incomplete.
             raise ConnectionResetError
+
+    # -- the fast path's callbacks (server.proxy.fast_path.Caller) ---------------------
+    @property
+    def hung_up(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def serve_generally(self) -> None:
+        request = self._request
+        assert request is not None
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(request, self._request_body)
+        )
+
+    def answer_whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
+        assert self._request is not None
+        self.write(self.head(status, reason, headers, self._request, length=len(body)) + body)
+
+    def answer_error(self, exc: Exception) -> None:
+        assert self._request is not None
+        problem = error_problem(exc, self.front.services.metrics, _PATH_LABEL)
+        try:
+            self._write_response(problem, self._request)
+        except ConnectionResetError:
+            self.end_request(keep_alive=False)
+            return
+        self.end_request(keep_alive=True)
+
+    def answer_streamed(self, handle: Handle, upstream: Http1Response, began: float) -> None:
+        request = self._request
+        assert request is not None
+        sink = _SocketSink(self, request)
+        delivering = self._deliver(handle, request.method, upstream, sink, began)
+        self._task = asyncio.get_running_loop().create_task(
+            self._served(request, self._through(request, sink, delivering))
+        )
+
+    async def _deliver(
+        self, handle: Handle, method: str, upstream: Http1Response, sink: AnswerSink, began: float
+    ) -> None:
+        try:
+            await deliver(self.front.services, handle, method, upstream, sink, began)
+        except RelayError as exc:
+            assert handle.id is not None
+            self.front.services.stats.record(handle.id, exc.status, time.perf_counter() - began)
+            raise
+
+    def end_request(self, keep_alive: bool) -> None:
+        request = self._request
+        assert request is not None
+        self._finish(keep_alive and request.keep_alive)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -660,11 +765,15 @@ class FrontProtocol(asyncio.Protocol):
             except ValueError:
                 reason = ""
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())]
-        if get(headers, b"date") is None:
+        fields = b"".join([b"%s: %s\r\n" % field for field in headers])
+        # Which names are there, from one lowered copy (one pass in C, not
+        # one lower() per field and name asked for).
+        named = b"\n" + fields.lower()
+        if b"\ndate:" not in named:
             parts.append(b"Date: %s\r\n" % self.front.date().encode())
-        if get(headers, b"server") is None:
+        if b"\nserver:" not in named:
             parts.append(SERVER_FIELD)
-        parts += [b"%s: %s\r\n" % field for field in headers]
+        parts.append(fields)
         if length is not None and status not in _NO_BODY_STATUSES and status >= 200:
             parts.append(b"Content-Length: %d\r\n" % length)
         if chunked:

@@ -251,13 +251,19 @@ class Http1Response:
             self._stream.resume_reading()
         return data
 
+    def arrived_whole(self) -> bytes | None:
+        """The whole body when all of it has arrived (a small answer, usually),
+        joined at once; None while some is still to come."""
+        if not self._complete:
+            return None
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
     async def read(self, n: int = -1) -> bytes:
         """The whole body (or, with *n* ≥ 0, up to *n* bytes of it)."""
-        if n < 0 and self._complete:
-            # All of it is here (a small answer, usually): joined at once.
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
+        if n < 0 and (data := self.arrived_whole()) is not None:
             return data
         parts: list[bytes] = []
         size = 0
@@ -623,6 +629,35 @@ class Http1Stream(asyncio.Protocol):
         so); *head_only* (a HEAD request) means the answer has no body,
         whatever its length field says.
         """
+        head_future, timer = self.begin(
+            head, body, deadline, timeout_message, chunked=chunked, head_only=head_only
+        )
+        try:
+            return await head_future
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            writer = self._writer
+            if writer is not None and not writer.done() and self.closed:
+                writer.cancel()
+
+    def begin(
+        self,
+        head: bytes,
+        body: Body,
+        deadline: float | None,
+        timeout_message: str,
+        *,
+        chunked: bool = False,
+        head_only: bool = False,
+    ) -> tuple[asyncio.Future[Http1Response], asyncio.TimerHandle | None]:
+        """Send one request without waiting: the future gets the answer once
+        its head has arrived (or the exchange's error), and the timer fails it
+        at *deadline*; whoever waits cancels the timer and, when the future
+        fails, closes the stream (as ``exchange`` does)."""
         if self.closed or self._head is not None:
             raise StaleStream("the stream is no longer usable")
         assert self._transport is not None
@@ -636,7 +671,7 @@ class Http1Stream(asyncio.Protocol):
         self._body_left = -1
         self._deadline = deadline
         self._timeout_message = timeout_message
-        writer: asyncio.Task[None] | None = None
+        self._writer = None
         if body is None:
             self._transport.write(head)
         elif isinstance(body, bytes):
@@ -649,16 +684,7 @@ class Http1Stream(asyncio.Protocol):
         timer = (
             loop.call_at(deadline, self._head_late, self._head) if deadline is not None else None
         )
-        try:
-            return await self._head
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if writer is not None and not writer.done() and self.closed:
-                writer.cancel()
+        return self._head, timer
 
     def _body_sent(self, writer: asyncio.Task[None]) -> None:
         """A body that could not be sent whole fails the exchange and the stream."""

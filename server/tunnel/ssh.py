@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncssh
 import structlog
@@ -14,8 +14,9 @@ from server.storage.store import AgentRecord, Store
 from server.tunnel.auth_limit import FailedLoginLimiter
 from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import Tunnel, TunnelRegistry
-from sluice import sshconfig
+from sluice import queue_probe, send_scheduler, sshconfig
 from sluice.addresses import LISTEN_BACKLOG
+from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
 from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
@@ -36,6 +37,8 @@ class SSHContext:
     # The cluster's relays, as agents should dial them (JSON bytes), for
     # agents that ask (sshconfig.CLUSTER_RELAYS_HOST); None: not offered.
     cluster_relays: Callable[[], Awaitable[bytes]] | None = None
+    # What every agent's SSH connection reads into (sluice.ssh_reads).
+    reads: ReadBuffer = field(default_factory=ReadBuffer)
 
 
 class _OneAnswer(asyncssh.SSHTCPSession[bytes]):
@@ -96,6 +99,9 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def connection_made(self, ssh: asyncssh.SSHServerConnection) -> None:
         self._ssh = ssh
+        read_whole_packets(ssh, self._ctx.reads)
+        send_scheduler.start(ssh)  # uploads' and requests' packets interleaved, short queues
+        queue_probe.start(ssh, "relay")  # bench only: off unless SLUICE_QUEUE_PROBE is set
         peer = ssh.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._address = peer[0] if peer else "?"

@@ -162,9 +162,7 @@ class StreamPool:
         head = request_head(
             method, target, url.host_port_subcomponent or host, fields, size, chunked=chunked
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + total if total else None
-        late = f"{host} did not answer within the connection's timeouts"
+        deadline, late = _deadline(host, total)
         # As aiohttp does: only an idempotent request goes again after a
         # kept-alive stream closed under it (the API may have acted on it).
         replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
@@ -186,6 +184,39 @@ class StreamPool:
                 if reused and replayable:
                     continue
                 raise
+
+    def begin_on_idle(
+        self,
+        method: str,
+        url: URL,
+        target: str,
+        fields: Fields,
+        body: bytes | None,
+        tls: ssl.SSLContext | None,
+        *,
+        total: float | None,
+        length: int | None = None,
+    ) -> tuple[Http1Stream, asyncio.Future[Http1Response], asyncio.TimerHandle | None] | None:
+        """``request`` without waiting, when an idle stream to *url*'s origin
+        is there (None when there is none: nothing was sent); see
+        ``Http1Stream.begin`` for the future and the timer. A ``StaleStream``
+        error means what it means for ``request``: the API never saw it."""
+        host = url.raw_host or ""
+        key: Key = (url.scheme, host.lower(), url.port or 0, id(tls) if tls is not None else 0)
+        size = len(body) if body is not None else length
+        head = request_head(
+            method, target, url.host_port_subcomponent or host, fields, size, chunked=False
+        )
+        stream = self._take(key)
+        if stream is None:
+            return None
+        deadline, late = _deadline(host, total)
+        try:
+            answer, timer = stream.begin(head, body, deadline, late, head_only=method == "HEAD")
+        except BaseException:
+            stream.close()
+            raise
+        return stream, answer, timer
 
     # -- idle streams ------------------------------------------------------------
     def _take(self, key: Key) -> Http1Stream | None:
@@ -279,3 +310,9 @@ class StreamPool:
             self._forget(stream)
             raise
         return stream
+
+
+def _deadline(host: str, total: float | None) -> tuple[float | None, str]:
+    """When a request's answer is late (loop time), and what its error says."""
+    deadline = asyncio.get_running_loop().time() + total if total else None
+    return deadline, f"{host} did not answer within the connection's timeouts"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -32,16 +33,22 @@ MiB = 1024 * 1024
 
 @contextlib.asynccontextmanager
 async def _far_agent(
-    tmp_path: Path, api: InternalAPI, rtt: float, **settings: object
+    tmp_path: Path,
+    api: InternalAPI,
+    rtt: float,
+    rate: float | None = None,
+    agent_env: dict[str, str] | None = None,
+    **settings: object,
 ) -> AsyncIterator[tuple[Relay, AgentProcess, DelayLine, str]]:
-    """A relay in this process and an agent whose link to it has round trip *rtt*."""
+    """A relay in this process and an agent whose link to it has round trip *rtt*
+    (and at most *rate* bytes/s each way, if given)."""
     relay = await Relay.start(relay_settings(tmp_path, **settings))
     remember_secret(relay.admin_token)
     agent: AgentProcess | None = None
     try:
         _, token = await relay.store.create_agent("far")
         remember_secret(str(token), token.secret)
-        async with DelayLine.start(relay.ssh_address[1], rtt) as line:
+        async with DelayLine.start(relay.ssh_address[1], rtt, rate=rate) as line:
             agent = AgentProcess(
                 {
                     "SLUICE_AGENT_RELAY": f"127.0.0.1:{line.port}",
@@ -50,7 +57,8 @@ async def _far_agent(
                     "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
                     "SLUICE_AGENT_LOG_FORMAT": "json",
                     "SLUICE_AGENT_HEALTH_LISTEN": "off",
-                },
+                }
+                | (agent_env or {}),
                 tmp_path / "agent.log",
             )
             await agent.start()
@@ -215,3 +223,109 @@ async def test_small_answers_beside_a_download_on_a_long_link(
     # ahead of each answer here; one held near the pace times the round trip
     # queues a few ms (plus this busy process's own delays).
     assert p50 <= rtt + 0.05, f"p50 {p50 * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
+
+
+async def _gets_beside(
+    http: aiohttp.ClientSession, api: InternalAPI, moved: Callable[[], int], until: int
+) -> list[float]:
+    """Small GETs one after another, from the bulk transfer's first bytes
+    until *moved()* reaches *until*: each one's time, in seconds."""
+    await wait_until(lambda: moved() > 0, timeout=10, what="the bulk transfer's first bytes")
+    latencies = []
+    # Through the window's growth (the stock burst: the first second or so)
+    # and beyond.
+    while moved() < until:
+        began = time.monotonic()
+        async with http.get(f"{api.base}/hello") as resp:
+            assert (await resp.json())["hello"] == "world"
+        latencies.append(time.monotonic() - began)
+        assert len(latencies) < 400, f"the bulk transfer is stuck at {moved()} bytes"
+    return latencies
+
+
+def _assert_no_queue_ahead(latencies: list[float], rtt: float) -> None:
+    shown = f"GETs (ms): {[round(t * 1000) for t in latencies]}"
+    assert len(latencies) >= 2, shown
+    # The first GET opens a second stream on the tunnel: up to 3 round trips
+    # (0.22-0.41 s here, scheduler or not: a loose bound). The rest take one
+    # round trip plus the queues: the sender's (its transport's high-water
+    # mark + the kernel's not-sent low-water mark, about 8 ms at 50 MB/s) and
+    # the delay line's own (5 ms + its socket buffers): 0.12-0.16 s here.
+    # Stock asyncssh: a later GET took 0.37-0.73 s.
+    assert latencies[0] <= 3 * rtt + 0.3, shown
+    assert max(latencies[1:]) <= rtt + 0.15, shown
+    assert len(latencies) >= 5, shown  # GETs all along the transfer (stock: 3)
+
+
+@pytest.mark.timeout(60)
+async def test_a_small_answer_does_not_wait_behind_a_growing_download(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """The send scheduler (sluice/send_scheduler.py, on by default) on the
+    agent's side: on a link slower than the agent, a download's grown window
+    waits in its channel, not in the transport and the kernel ahead of other
+    streams' answers. Stock asyncssh queued megabytes there while the window
+    grew, and a small GET beside the download took 0.4-0.7 s on this 100 ms,
+    50 MB/s link (docs/22q-sender-queue.md; the notes of branch issue-22s)."""
+    rtt, rate = RTT, 50e6
+    probe = tmp_path / "probe.jsonl"
+    env = {"SLUICE_QUEUE_PROBE": str(probe)}
+    async with _far_agent(tmp_path, api, rtt, rate=rate, agent_env=env) as (relay, *_, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        got = 0
+
+        async def bulk() -> None:
+            nonlocal got
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                async for chunk in resp.content.iter_any():
+                    got += len(chunk)
+
+        download = asyncio.create_task(bulk())
+        try:
+            latencies = await _gets_beside(http, api, lambda: got, 48 * MiB)
+            assert not download.done()
+        finally:
+            download.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await download
+    _assert_no_queue_ahead(latencies, rtt)
+    # Where the agent's bytes waited: about the transport's high-water mark
+    # plus a 256 KiB turn, and the kernel's low-water mark plus one write
+    # (about 0.75 MB). Stock asyncssh queued 28 MB here.
+    samples = [json.loads(line) for line in probe.read_text().splitlines()]
+    ahead = [s["transport"] + s["notsent"] for s in samples if "notsent" in s]
+    assert len(ahead) > 100
+    assert max(ahead) <= 1 * MiB, f"{max(ahead)} bytes ahead of a small answer"
+
+
+@pytest.mark.timeout(60)
+async def test_a_small_request_does_not_wait_behind_a_growing_upload(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """The send scheduler on the relay's side: an upload's grown window waits
+    in its channel, not ahead of other streams' requests to the agent."""
+    rtt, rate = RTT, 50e6
+    async with _far_agent(tmp_path, api, rtt, rate=rate) as (relay, *_, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        sent = 0
+        piece = bytes(256 * 1024)
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            while True:
+                yield piece
+                sent += len(piece)
+
+        async def bulk() -> None:
+            async with http.post(f"{api.base}/echo", data=body()) as resp:
+                await resp.read()
+
+        upload = asyncio.create_task(bulk())
+        try:
+            latencies = await _gets_beside(http, api, lambda: sent, 48 * MiB)
+            assert not upload.done()
+        finally:
+            upload.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await upload
+    _assert_no_queue_ahead(latencies, rtt)

@@ -55,8 +55,18 @@ class Answer:
 class APIClient:
     """Calls the relay API with the admin token; records every answer body."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        token: str,
+        proxy_session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.session = session
+        # Proxy calls on connections of their own: the relay's front serves a
+        # caller's connection itself until its first API call, then hands it
+        # to aiohttp for good; on a shared one they would test aiohttp's route.
+        self.proxy_session = proxy_session
         self.base = base
         self.token = token
 
@@ -75,7 +85,10 @@ class APIClient:
         (agent create/rotate), so it is left out of the leak check."""
         all_headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
         all_headers.update(headers or {})
-        async with self.session.request(
+        http = self.session
+        if self.proxy_session is not None and "/proxy/" in path:
+            http = self.proxy_session
+        async with http.request(
             method, self.base + path, json=json_body, data=data, headers=all_headers
         ) as resp:
             text = await resp.text()

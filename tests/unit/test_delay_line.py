@@ -8,6 +8,8 @@ import hashlib
 import os
 import time
 
+import pytest
+
 from bench.delay_line import DelayLine
 
 
@@ -68,6 +70,51 @@ async def test_an_eof_passes_behind_the_data_and_the_line_stays_open_the_other_w
     assert answer == hashlib.sha256(body).hexdigest().encode()
 
 
+async def test_a_bandwidth_limit_holds_the_rate_and_the_sender_waits() -> None:
+    """With ``rate``, a fast sender's bytes arrive no faster than the rate
+    (and not much slower), and the line holds only a little of them: the
+    rest waits on the sender's side."""
+    rate = 20e6  # bytes/s
+    size = 8 * 1024 * 1024
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = 0
+        while got < size:
+            chunk = await reader.read(1 << 20)
+            assert chunk
+            got += len(chunk)
+        done.set_result(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    held_most = 0
+    try:
+        async with DelayLine.start(port, 0.02, rate=rate) as line:
+            _, writer = await asyncio.open_connection("127.0.0.1", line.port)
+            start = time.monotonic()
+            writer.write(os.urandom(size))
+            while not done.done():
+                held_most = max(held_most, *(side.held_bytes for side in line._sides))
+                await asyncio.sleep(0.01)
+            seconds = done.result() - start
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    achieved = size / seconds
+    assert achieved <= rate * 1.05, f"{achieved / 1e6:.1f} MB/s over a {rate / 1e6:g} MB/s line"
+    assert achieved >= rate * 0.7, f"{achieved / 1e6:.1f} MB/s on a {rate / 1e6:g} MB/s line"
+    # Half a round trip in flight plus 5 ms of queue, plus one read's chunk.
+    assert held_most <= rate * (0.01 + 0.005) + 300_000, held_most
+
+
+def test_a_bandwidth_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        DelayLine(("127.0.0.1", 1), 0.01, rate=0)
+
+
 async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> None:
     """A one-byte ping-pong through a 50 ms line takes 50 ms: bytes are never
     released early, and the loop's millisecond timers do not add to it (they
@@ -75,8 +122,11 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     rtt = 0.05
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data)
+        try:
+            while data := await reader.read(1024):
+                writer.write(data)
+        finally:
+            writer.close()  # not left to the garbage collector after the loop closed
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -84,7 +134,7 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     try:
         async with DelayLine.start(port, rtt) as line:
             reader, writer = await asyncio.open_connection("127.0.0.1", line.port)
-            for _ in range(15):
+            for _ in range(30):
                 sent = time.monotonic()
                 writer.write(b"x")
                 await asyncio.wait_for(reader.readexactly(1), 5)
@@ -96,4 +146,6 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
         await server.wait_closed()
     times.sort()
     assert times[0] >= rtt - 0.0007, times  # at most 0.3 ms early each way
-    assert times[len(times) // 2] <= rtt + 0.0008, times
+    # The lower quartile: what a busy machine adds to some samples is not
+    # the line's (the old line's quartile was 1-2 ms over at every RTT).
+    assert times[len(times) // 4] <= rtt + 0.0006, times

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sluice import ssh_shape
+from sluice import send_scheduler, ssh_shape
 from sluice.ssh_tuning import SWITCH, tuning_enabled
 
 # Runs in a fresh interpreter (this one has the tweaks applied by other tests):
@@ -26,6 +26,7 @@ from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.encryption import GCMEncryption
+%s
 stock = {
     "send_packet": SSHConnection.send_packet,
     "data_received": SSHConnection.data_received,
@@ -33,8 +34,9 @@ stock = {
     "_flush_send_buf": SSHChannel._flush_send_buf,
     "encrypt_and_sign": GCMCipher.encrypt_and_sign,
     "decrypt_packet": GCMEncryption.decrypt_packet,
+    "pause_writing": SSHConnection.pause_writing,
+    "resume_writing": SSHConnection.resume_writing,
 }
-%s
 with structlog.testing.capture_logs() as logs:
     import sluice.ssh_tuning as tuning
     result = %s
@@ -45,10 +47,13 @@ still = {
     "_flush_send_buf": SSHChannel._flush_send_buf is stock["_flush_send_buf"],
     "encrypt_and_sign": GCMCipher.encrypt_and_sign is stock["encrypt_and_sign"],
     "decrypt_packet": GCMEncryption.decrypt_packet is stock["decrypt_packet"],
+    "pause_writing": SSHConnection.pause_writing is stock["pause_writing"],
+    "resume_writing": SSHConnection.resume_writing is stock["resume_writing"],
 }
 json.dump({
     "result": result,
     "stock": still,
+    "scheduler": sys.modules["sluice.send_scheduler"].installed(),
     "extra": [n for n in ("_sluice_batch", "_sluice_pending", "_sluice_aead")
               if hasattr(SSHConnection, n) or hasattr(GCMCipher, n)],
     "warnings": [e for e in logs if e["log_level"] == "warning"],
@@ -57,7 +62,8 @@ json.dump({
 
 
 def _probe(call: str, before: str = "", **env: str) -> dict[str, Any]:
-    environ = {k: v for k, v in os.environ.items() if k != SWITCH} | env
+    switches = (SWITCH, send_scheduler.SWITCH)
+    environ = {k: v for k, v in os.environ.items() if k not in switches} | env
     out = subprocess.run(
         [sys.executable, "-c", _PROBE % (textwrap.dedent(before), call)],
         env=environ,
@@ -79,7 +85,34 @@ def test_the_explicit_call_patches() -> None:
     seen = _probe("tuning.tune_asyncssh()")
     assert seen["result"] is True
     assert seen["stock"] == dict.fromkeys(seen["stock"], False)
+    assert seen["scheduler"] is True  # on by default
     assert seen["warnings"] == []
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "0", "false", "no"])
+def test_the_schedulers_own_switch_leaves_it_out(value: str) -> None:
+    seen = _probe("tuning.tune_asyncssh()", **{send_scheduler.SWITCH: value})
+    assert seen["result"] is True  # the other tweaks are in place
+    assert seen["scheduler"] is False
+    stock = seen["stock"]
+    assert (stock["pause_writing"], stock["resume_writing"]) == (True, True)
+    assert (stock["send_packet"], stock["_flush_send_buf"]) == (False, False)
+
+
+def test_the_tuning_switch_leaves_the_scheduler_out_too() -> None:
+    seen = _probe("tuning.tune_asyncssh()", **{SWITCH: "off", send_scheduler.SWITCH: "on"})
+    assert seen["scheduler"] is False
+    assert seen["stock"] == dict.fromkeys(seen["stock"], True)
+
+
+def test_a_bad_scheduler_value_names_the_variable() -> None:
+    name = send_scheduler.SWITCH
+    assert send_scheduler.high_water({}) == send_scheduler.HIGH_WATER
+    assert send_scheduler.high_water({name: "off"}) == 0
+    assert send_scheduler.high_water({name: str(1 << 20)}) == 1 << 20
+    for bad in ("maybe", "1000"):
+        with pytest.raises(ValueError, match=f"{name}='{bad}': must be 'on', 'off' or a high"):
+            send_scheduler.high_water({name: bad})
 
 
 @pytest.mark.parametrize("value", ["off", "OFF", "0", "false", "no"])
@@ -106,6 +139,16 @@ def test_a_bad_switch_value_names_the_variable() -> None:
         ),
         # a method the tweaks call is gone
         ("del GCMCipher._update_iv", "GCMCipher._update_iv is missing"),
+        # the send scheduler's: the channel's backpressure is gone
+        (
+            "del SSHChannel._pause_resume_writing",
+            "SSHChannel._pause_resume_writing is missing",
+        ),
+        # the send scheduler's: the transport's pause takes other parameters
+        (
+            "SSHConnection.pause_writing = lambda self, why: None",
+            "SSHConnection.pause_writing",
+        ),
         # an attribute the tweaks read was renamed
         (
             "import asyncssh.channel as c\n"
@@ -118,6 +161,12 @@ def test_a_bad_switch_value_names_the_variable() -> None:
             "        delattr(c.SSHChannel, name)\n",
             "SSHChannel._recv_window is never set",
         ),
+        # write() keeps what it is given instead of copying it (the agent
+        # reuses its read buffer only because it copies)
+        (
+            "SSHChannel.write = lambda self, data, datatype=None: self._send_buf.append(data)",
+            "SSHChannel.write no longer copies its data",
+        ),
     ],
 )
 def test_an_asyncssh_of_another_shape_runs_stock_with_one_warning(
@@ -126,9 +175,18 @@ def test_an_asyncssh_of_another_shape_runs_stock_with_one_warning(
     seen = _probe("tuning.tune_asyncssh()", before=change)
     assert seen["result"] is False
     assert seen["stock"] == dict.fromkeys(seen["stock"], True)
+    assert seen["scheduler"] is False
     warnings = seen["warnings"]
     assert len(warnings) == 1
     assert difference in str(warnings[0]["differences"])
+
+
+def test_a_reused_read_buffer_is_written_only_where_asyncssh_copies_it() -> None:
+    call = "(tuning.tune_asyncssh(), tuning.channel_write_copies())"
+    assert _probe(call)["result"] == [True, True]
+    assert _probe(call, **{SWITCH: "off"})["result"] == [False, False]
+    keeps = "SSHChannel.write = lambda self, data, datatype=None: None"
+    assert _probe(call, before=keeps)["result"] == [False, False]
 
 
 def test_the_installed_asyncssh_is_the_one_the_tweaks_were_written_for() -> None:

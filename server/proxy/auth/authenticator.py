@@ -50,6 +50,14 @@ class Authenticator:
             return Grant(target)
         return await scheme.authorize(handle, method, target)
 
+    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+        """``authorize``'s grant when the scheme needs no waiting for it (no
+        auth, basic, a token in hand); None when only ``authorize`` can tell."""
+        scheme = self._scheme(handle)
+        if scheme is None:
+            return Grant(target)
+        return scheme.grant_now(handle, target)
+
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]
     ) -> bool:

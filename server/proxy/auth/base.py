@@ -98,6 +98,10 @@ class Scheme(Protocol):
 
     async def authorize(self, handle: Handle, method: str, target: str) -> Grant: ...
 
+    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+        """What ``authorize`` would give, when it needs no waiting; else None."""
+        ...
+
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]
     ) -> bool: ...

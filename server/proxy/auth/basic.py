@@ -22,6 +22,9 @@ class Basic:
         return False
 
     async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
+        return self.grant_now(handle, target)
+
+    def grant_now(self, handle: Handle, target: str) -> Grant:
         auth = handle.connection.http.auth
         assert isinstance(auth, BasicAuth)
         value = basic_credentials(auth.username, auth.password or "")

@@ -47,6 +47,9 @@ class Cookie:
     def may_retry(self, handle: Handle) -> bool:
         return True
 
+    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+        return None  # a session, challenge or token may have to be fetched first
+
     def _session(self, handle: Handle) -> _Session:
         return self._sessions.get(handle)
 

@@ -131,6 +131,9 @@ class Digest:
     def may_retry(self, handle: Handle) -> bool:
         return True
 
+    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+        return None  # a session, challenge or token may have to be fetched first
+
     async def authorize(self, handle: Handle, method: str, target: str) -> Grant:
         auth = handle.connection.http.auth
         assert isinstance(auth, DigestAuth)

@@ -61,6 +61,9 @@ class OAuth2:
     def may_retry(self, handle: Handle) -> bool:
         return True
 
+    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+        return None  # a session, challenge or token may have to be fetched first
+
     def _state(self, handle: Handle) -> _State:
         return self._states.get(handle)
 

@@ -47,13 +47,13 @@ class Token:
         if auth.refresh is not None and not auth.token:
             await self._refresh(handle, used=None)
             auth = _auth(handle)
-        if not auth.token:
-            return Grant(target)
-        if auth.location == "url" and auth.param_name:
-            return Grant(with_target_param(target, auth.param_name, auth.token), used=auth.token)
-        scheme = (auth.scheme or "").strip()
-        value = f"{scheme} {auth.token}" if scheme else auth.token
-        return Grant(target, [(auth.header_name or "Authorization", value)], used=auth.token)
+        return _grant(auth, target)
+
+    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+        auth = _auth(handle)
+        if auth.refresh is not None and not auth.token:
+            return None  # the first token is fetched first: authorize
+        return _grant(auth, target)
 
     def wants_retry(
         self, handle: Handle, grant: Grant, status: int, headers: CIMultiDictProxy[str]
@@ -158,6 +158,16 @@ class Token:
         self._tools.count("ok")
         log.info("token_refreshed", connection=handle.id, ms=round(ms, 1), rotated=bool(rotated))
         return str(value), rotated
+
+
+def _grant(auth: TokenAuth, target: str) -> Grant:
+    if not auth.token:
+        return Grant(target)
+    if auth.location == "url" and auth.param_name:
+        return Grant(with_target_param(target, auth.param_name, auth.token), used=auth.token)
+    scheme = (auth.scheme or "").strip()
+    value = f"{scheme} {auth.token}" if scheme else auth.token
+    return Grant(target, [(auth.header_name or "Authorization", value)], used=auth.token)
 
 
 def _auth(handle: Handle) -> TokenAuth:

@@ -1,0 +1,184 @@
+"""The front's fast path: a common proxy request served by callbacks.
+
+The general path (``server.proxy.front`` → ``server.proxy.exchange`` →
+engine → stream pool → stream) runs one Task per request through a chain of
+about eleven awaits; for a small GET that chain is most of the relay's
+Python work. Most requests need none of what the awaits are for: the
+connection's settings are cached, no debug window is open, no concurrency
+cap or rate limit applies, the auth scheme has its credentials in hand and
+never asks for a retry, and an idle kept-alive stream to the API is there.
+Such a request is sent from the caller's ``data_received`` at once
+(``Engine.begin_now``), and the answer's head comes back as a callback on
+the stream's future; a small answer that has arrived whole goes to the
+caller from that callback. No Task, no await.
+
+Whatever is not that common case goes the general way, so it keeps every
+behaviour it has:
+- before sending, anything the fast path does not check for itself (a
+  forwarded request, a capped or rate-limited connection, an open or
+  unknown debug window, settings not cached, a token to fetch, no idle
+  stream, a request the engine would refuse): the general path serves it
+  from the start;
+- a kept-alive stream that closed before answering (the API never saw
+  the request): an idempotent request is served again the general way
+  (the stream pool would send it again too); any other gets the pool's
+  definite error;
+- an answer to stream, or one whose body is still arriving: a Task passes
+  it on as the general path does (``server.proxy.exchange.deliver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from server.errors import RelayError
+from server.proxy.engine import Handle
+from server.proxy.exchange import answer_headers, canonical_line, counted, is_small
+from server.proxy.headers import Fields
+from server.tunnel.http1 import Http1Response, Http1Stream, StaleStream
+from server.web.api import bearer_actor
+from server.web.services import Services
+
+# Sent again after a kept-alive stream closed under it, as the stream pool does.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class Caller(Protocol):
+    """The caller's side (``server.proxy.front.FrontProtocol``)."""
+
+    @property
+    def hung_up(self) -> bool:
+        """The caller's connection is closing: nobody reads an answer."""
+        ...
+
+    def serve_generally(self) -> None:
+        """Serve the request the general way, from the start."""
+
+    def answer_whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
+        """Write a small answer (ConnectionResetError: the caller is gone)."""
+
+    def answer_error(self, exc: Exception) -> None:
+        """Write the relay's problem document for *exc*, then end the request."""
+
+    def answer_streamed(self, handle: Handle, upstream: Http1Response, began: float) -> None:
+        """Pass on an answer (counted already) in a Task, as the general path does."""
+
+    def end_request(self, keep_alive: bool) -> None:
+        """The request is over; *keep_alive* False closes the caller's connection."""
+
+
+class Request(Protocol):
+    """A parsed proxy request (``server.proxy.front``)."""
+
+    method: str
+    conn_id: str
+    relative: str
+    headers: Fields
+    declared: int | None  # its Content-Length field
+    authorization: bytes | None  # its first Authorization field
+
+
+def try_fast(services: Services, caller: Caller, request: Request, body: bytes | None) -> bool:
+    """Send *request* now if it is the common case (the module's doc);
+    False when nothing was sent and the general path must serve it."""
+    began = time.perf_counter()
+    conn_id, method = request.conn_id, request.method
+    authorization = request.authorization
+    if (
+        authorization is None
+        or bearer_actor(services.admin, authorization.decode("latin-1")) is None
+    ):
+        return False  # a request forwarded by another relay, or refused: the general path
+    limit = services.max_body_bytes
+    if limit and body is not None and len(body) > limit:
+        return False
+    handle = services.connections.cached_handle(conn_id)
+    if handle is None:
+        return False
+    http = handle.connection.http
+    if http.concurrency_level is not None or http.rate_limit is not None:
+        return False
+    if not services.debug.surely_closed(conn_id):
+        return False
+    begun = services.engine.begin_now(
+        handle, method, request.relative, request.headers, body, request.declared
+    )
+    if begun is None:
+        return False
+    stream, answer, timer = begun
+    exchange = _FastExchange(services, caller, handle, method, stream, timer, began)
+    answer.add_done_callback(exchange.answered)
+    return True
+
+
+class _FastExchange:
+    """One request sent on the fast path, waiting for its answer's head."""
+
+    def __init__(
+        self,
+        services: Services,
+        caller: Caller,
+        handle: Handle,
+        method: str,
+        stream: Http1Stream,
+        timer: asyncio.TimerHandle | None,
+        began: float,
+    ) -> None:
+        self._services = services
+        self._caller = caller
+        self._handle = handle
+        self._method = method
+        self._stream = stream
+        self._timer = timer
+        self._began = began
+
+    def __repr__(self) -> str:
+        return f"<_FastExchange {self._method} {self._handle.id} {self._stream!r}>"
+
+    def answered(self, future: asyncio.Future[Http1Response]) -> None:
+        """Called when the answer's head arrived, or the exchange failed."""
+        if self._timer is not None:
+            self._timer.cancel()
+        caller = self._caller
+        if future.cancelled():
+            self._stream.close()
+            caller.end_request(keep_alive=False)
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._stream.close()
+            if isinstance(exc, StaleStream) and self._method in _IDEMPOTENT:
+                caller.serve_generally()
+                return
+            if isinstance(exc, RelayError):
+                conn_id = self._handle.id
+                assert conn_id is not None
+                self._services.stats.record(conn_id, exc.status, time.perf_counter() - self._began)
+            caller.answer_error(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            return
+        upstream = future.result()
+        if caller.hung_up:
+            upstream.release()
+            caller.end_request(keep_alive=False)
+            return
+        handle = self._handle
+        counted(self._services, handle, upstream, self._began)
+        data = upstream.arrived_whole() if is_small(upstream, self._method) else None
+        if data is None:
+            caller.answer_streamed(handle, upstream, self._began)
+            return
+        upstream.release()
+        conn_id = handle.id
+        assert conn_id is not None
+        fields = answer_headers(upstream, handle, conn_id)
+        try:
+            caller.answer_whole(upstream.status, upstream.reason, fields, data)
+        except ConnectionResetError:
+            caller.end_request(keep_alive=False)
+            return
+        canonical_line(
+            conn_id, handle.connection.mode, self._method, upstream.status, len(data), self._began
+        )
+        caller.end_request(keep_alive=True)

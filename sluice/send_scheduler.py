@@ -1,0 +1,203 @@
+"""A short sender's queue on the tunnel: small answers do not wait behind a
+download's grown window (issue 22).
+
+asyncssh 2.24.1 writes all that a channel's window allows into the event
+loop's transport at once and ignores the transport's ``pause_writing``; the
+kernel then takes up to its autotuned send buffer. With windows grown to a
+long link (``sluice.window_tuning``), a small answer on another channel of
+the same connection waited behind megabytes there: 25 MB in the transport
+plus 4 MB in the kernel at a download's start on a 100 ms, 50 MB/s link,
+a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
+
+- ``TCP_NOTSENT_LOWAT`` on the socket keeps the kernel's not-yet-sent queue
+  near ``LOWAT``: the socket takes more only as the link sends;
+- the transport's write-buffer limits are ``HIGH_WATER`` / half of it, and a
+  channel's flush goes through a round robin: a channel with data and window
+  sends one ``QUANTUM`` (one packet) per turn, and only while the transport
+  is not paused; the rest waits in the channel's own send buffer, where
+  asyncssh's backpressure on the channel stops the stream's reader, until
+  the transport drains (``resume_writing``). Packets of different streams
+  interleave, a packet at a time.
+
+Control packets (window adjusts, opens, EOF, close) bypass the scheduler,
+as does a channel's flush while nothing else waits and the transport is
+not paused: the common case costs one dict insert and delete.
+
+When: applied (class patches) by ``sluice.ssh_tuning.tune_asyncssh`` — so
+``SLUICE_SSH_TUNING=off`` turns it off with the rest, and an asyncssh of
+another shape (``sluice.ssh_shape``) leaves it out — unless
+``SLUICE_SEND_SCHEDULER=off``; then ``start()`` puts each tunnel connection
+under it (the agent's: downloads; the relay's: uploads and requests).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import Any, Final, cast
+
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHConnection
+
+# "off" (or 0, false, no) turns the scheduler alone off; "on" or unset: on
+# with HIGH_WATER; a number of bytes (at least QUANTUM): that high-water mark
+# (for benchmarks).
+SWITCH: Final = "SLUICE_SEND_SCHEDULER"
+_OFF = frozenset({"off", "0", "false", "no"})
+_ON = frozenset({"", "on", "1", "true", "yes"})
+
+# The transport's high-water mark: what may wait in the event loop ahead of
+# a small answer, besides the kernel's LOWAT (256 KiB: 5 ms at 50 MB/s).
+# A/B on a 50 ms, 50 MB/s link (notes of branch issue-22s): 1 MiB and 4 MiB
+# gained no rate and no better p99; stock asyncssh held up to 25 MB here.
+HIGH_WATER: Final = 256 * 1024
+# The kernel's not-yet-sent queue: under 3 ms at 50 MB/s. A/B (50 and
+# 100 ms, 50 MB/s; loopback): 64 KiB no lower p99 over 4 runs, 512 KiB a
+# higher p50/p99; loopback rates unchanged with any of them.
+LOWAT: Final = 128 * 1024
+# One turn: a whole packet of Sluice's size (sshconfig.CHANNEL_MAX_PKTSIZE).
+# 64 KiB turns made 64 KiB packets and cost a third of the loopback
+# download rate (127 -> 85 MB/s); 256 KiB turns cost nothing measurable.
+QUANTUM: Final = 256 * 1024
+
+_TCP_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
+_KEY: Final = "_sluice_scheduler"
+
+
+class _Scheduler:
+    """Per connection: whether the transport is paused, and the channels
+    waiting for a turn (a dict as an ordered set)."""
+
+    __slots__ = ("paused", "pumping", "ready")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pumping = False
+        self.ready: dict[SSHChannel[Any], None] = {}
+
+
+class _Installed:
+    """The class patches in this process: the high-water mark, 0 while not in place."""
+
+    high_water = 0
+
+
+def high_water(environ: Mapping[str, str]) -> int:
+    """The high-water mark SLUICE_SEND_SCHEDULER in *environ* asks for; 0: off."""
+    value = environ.get(SWITCH, "").strip().lower()
+    if value in _OFF:
+        return 0
+    if value in _ON:
+        return HIGH_WATER
+    try:
+        hwm = int(value)
+    except ValueError:
+        hwm = -1
+    if hwm < QUANTUM:
+        raise ValueError(
+            f"{SWITCH}={value!r}: must be 'on', 'off' or a high-water mark of at least "
+            f"{QUANTUM} bytes"
+        )
+    return hwm
+
+
+def installed() -> bool:
+    """Whether the scheduler's class patches are in place in this process."""
+    return _Installed.high_water > 0
+
+
+def start(ssh: SSHConnection) -> bool:
+    """Put *ssh* (a tunnel connection, its transport connected) under the
+    scheduler, if the tuning call installed it. Returns whether it did."""
+    hwm = _Installed.high_water
+    transport: Any = ssh._transport  # Any: asyncssh's proxy-command tunnel is no Transport
+    if not hwm or transport is None or _KEY in ssh.__dict__:
+        return False
+    if not hasattr(transport, "set_write_buffer_limits"):
+        return False  # a proxy-command tunnel: nothing would pause it
+    ssh.__dict__[_KEY] = _Scheduler()
+    transport.set_write_buffer_limits(high=hwm, low=hwm // 2)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, LOWAT)
+    return True
+
+
+def _sched(chan: SSHChannel[Any]) -> _Scheduler | None:
+    ssh = chan._conn
+    return None if ssh is None else cast(_Scheduler | None, ssh.__dict__.get(_KEY))
+
+
+def install(environ: Mapping[str, str]) -> None:
+    """Patch asyncssh's classes (once; after ``batch_channel_writes``, whose
+    flush this one wraps) unless SLUICE_SEND_SCHEDULER in *environ* is off.
+    Only ``sluice.ssh_tuning.tune_asyncssh`` calls it, after the shape check."""
+    hwm = high_water(environ)
+    if not hwm or installed():
+        return
+    _patch()
+    _Installed.high_water = hwm
+
+
+def _patch() -> None:
+    inner = SSHChannel._flush_send_buf  # asyncssh's, or ssh_tuning's batching one
+
+    def flush_quantum(chan: SSHChannel[Any]) -> None:
+        window = chan._send_window
+        cap = min(window, QUANTUM)
+        chan._send_window = cap
+        try:
+            inner(chan)
+        finally:
+            chan._send_window += window - cap
+
+    def pump(sched: _Scheduler) -> None:
+        if sched.pumping:
+            return  # a flush inside a turn (a session callback): the loop below takes it
+        sched.pumping = True
+        try:
+            while sched.ready and not sched.paused:
+                chan = next(iter(sched.ready))
+                del sched.ready[chan]
+                if chan._conn is None or chan._send_chan is None:
+                    continue  # closed while it waited
+                if chan._send_buf and chan._send_window:
+                    flush_quantum(chan)
+                    if chan._send_buf and chan._send_window:
+                        sched.ready[chan] = None  # to the back of the round
+                else:
+                    inner(chan)  # EOF/close after the data, pause/resume
+        finally:
+            sched.pumping = False
+
+    def _flush_send_buf(self: SSHChannel[Any]) -> None:
+        sched = _sched(self)
+        if sched is None or not (self._send_buf and self._send_window):
+            inner(self)
+            return
+        sched.ready[self] = None
+        pump(sched)
+        if self in sched.ready:
+            # Waiting for its turn: asyncssh's own backpressure on the stream
+            # (its session pauses above the channel's high-water mark).
+            self._pause_resume_writing()
+
+    original_pause = SSHConnection.pause_writing
+    original_resume = SSHConnection.resume_writing
+
+    def pause_writing(self: SSHConnection) -> None:
+        sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
+        if sched is not None:
+            sched.paused = True
+        original_pause(self)
+
+    def resume_writing(self: SSHConnection) -> None:
+        original_resume(self)
+        sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
+        if sched is not None:
+            sched.paused = False
+            pump(sched)
+
+    SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
+    SSHConnection.pause_writing = pause_writing  # type: ignore[method-assign]
+    SSHConnection.resume_writing = resume_writing  # type: ignore[method-assign]

@@ -1,0 +1,154 @@
+"""The front's fast path (``server.proxy.fast_path``) at its boundaries, on
+the real relay and agent: a warmed connection (settings cached, an idle
+kept-alive stream) sends its next request from the caller's callback, and
+every case it does not own still gets what the general path gives.
+
+Proxy requests go on their own caller connections: one that carried an API
+call belongs to aiohttp's route from then on, and never reaches the front's
+paths (``server.proxy.front``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import AgentFactory
+from tests.support.api import InternalAPI
+from tests.support.capture import APIClient, remember_secret
+from tests.support.raw_api import raw_api
+from tests.support.waiting import wait_until
+
+TOKEN = "front-fast-token-" + "k" * 16
+
+
+async def _connection(client: APIClient, base: str, agent_id: str, **http: Any) -> str:
+    remember_secret(TOKEN)
+    document = {
+        "name": "front fast path",
+        "mode": "on_premise",
+        "agent_id": agent_id,
+        "http": {
+            "base_uri": base,
+            "auth": {"type": "token", "token": TOKEN, "scheme": "Bearer"},
+            **http,
+        },
+    }
+    answer = await client.call("POST", "/v1/connections", json_body=document)
+    assert answer.status == 201, answer.text
+    return str(answer.body["id"])
+
+
+@pytest.fixture
+async def caller(client: APIClient) -> AsyncIterator[APIClient]:
+    """The admin's client on connections of its own: proxy requests only."""
+    async with aiohttp.ClientSession() as session:
+        yield APIClient(session, client.base, client.token)
+
+
+@pytest.mark.parametrize(("method", "sent_again"), [("GET", True), ("POST", False)])
+async def test_a_kept_alive_stream_that_closes_unanswered(
+    client: APIClient, caller: APIClient, start_agent: AgentFactory, method: str, sent_again: bool
+) -> None:
+    """The API reads the request on a kept-alive connection and closes it
+    without a word. An idempotent request is sent again on a new stream (the
+    caller never sees the stale one); any other gets the definite
+    ``tunnel_lost`` error and reaches the API once, as on the general path."""
+    served: dict[int, int] = {}
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
+        count = served[id(writer)] = served.get(id(writer), 0) + 1
+        if count > 1:
+            return False  # read, never answered: closed
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n" + b'{"ok":true}')
+        await writer.drain()
+        return True
+
+    async for raw in raw_api(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        conn_id = await _connection(client, f"http://127.0.0.1:{raw.port}", token.agent_id)
+        proxy = f"/v1/connections/{conn_id}/proxy/x"
+        warm = await caller.call(method, proxy, data=b"{}" if method == "POST" else None)
+        assert warm.status == 200, warm.text  # the stream is idle, the settings cached
+        got = await caller.call(method, proxy, data=b"{}" if method == "POST" else None)
+        sent = [r for r in raw.requests if r.startswith(method.encode())]
+        if sent_again:
+            assert (got.status, got.body) == (200, {"ok": True})
+            assert len(sent) == 3  # the warm one, the unanswered one, the one sent again
+            assert raw.connections == 2
+        else:
+            assert got.status == 502, got.text
+            assert got.body["type"].endswith("tunnel_lost"), got.body
+            assert len(sent) == 2  # the warm one and the unanswered one: never twice
+        after = await caller.call("GET", proxy)
+        assert after.status == 200  # the caller's connection and the relay serve on
+
+
+async def test_a_capped_connection_stays_capped_when_warm(
+    client: APIClient, caller: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    """concurrency_level 1: with the settings cached and an idle stream there,
+    a second request while the first runs still waits for the one slot."""
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    conn_id = await _connection(
+        client, api.base, token.agent_id, concurrency_level=1, queue_timeout_seconds=0.3
+    )
+    proxy = f"/v1/connections/{conn_id}/proxy"
+    warm = await caller.call("GET", f"{proxy}/hello")
+    assert warm.status == 200
+    slow = asyncio.ensure_future(caller.call("GET", f"{proxy}/slow?s=3"))
+    try:
+        await wait_until(lambda: any(s.path == "/slow" for s in api.seen), what="the slow one")
+        queued = await caller.call("GET", f"{proxy}/hello")
+        assert queued.status == 503, queued.text
+        assert queued.body["type"].endswith("concurrency_limited"), queued.body
+        assert (await slow).status == 200
+    finally:
+        slow.cancel()
+
+
+async def test_a_warm_connection_still_checks_the_caller(
+    client: APIClient, caller: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    conn_id = await _connection(client, api.base, token.agent_id)
+    proxy = f"{client.base}/v1/connections/{conn_id}/proxy/hello"
+    warm = await caller.call("GET", f"/v1/connections/{conn_id}/proxy/hello")
+    assert warm.status == 200
+    seen = len(api.seen)
+    for authorization in (None, "Bearer not-the-admin-token", f"Basic {client.token}"):
+        headers = {} if authorization is None else {"Authorization": authorization}
+        async with caller.session.get(proxy, headers=headers) as resp:
+            assert resp.status == 401, authorization
+            assert (await resp.json())["type"].endswith("unauthorized")
+    assert len(api.seen) == seen  # none of them reached the API
+
+
+async def test_a_debug_window_opened_on_a_warm_connection_records_its_requests(
+    client: APIClient, caller: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    conn_id = await _connection(client, api.base, token.agent_id)
+    proxy = f"/v1/connections/{conn_id}/proxy"
+    for i in range(3):
+        warm = await caller.call("GET", f"{proxy}/hello?before={i}")
+        assert warm.status == 200  # no window: not recorded
+    started = await client.call(
+        "POST", f"/v1/connections/{conn_id}/debug", json_body={"minutes": 5}
+    )
+    assert started.status == 200, started.text
+    for i in range(3):
+        got = await caller.call("GET", f"{proxy}/hello?during={i}")
+        assert got.status == 200
+    log = await client.call("GET", f"/v1/connections/{conn_id}/debug-log")
+    assert log.status == 200, log.text
+    urls = [entry["request"]["url"] for entry in log.body["entries"]]
+    assert urls == [f"{api.base}/hello?during={i}" for i in (2, 1, 0)]  # newest first
+    assert all(TOKEN not in json.dumps(entry) for entry in log.body["entries"])
