@@ -231,7 +231,6 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             return
         assert self._chan is not None
         self._chan.pause_reading()
-        self._tuner.paused(self._chan)
         self._opening = asyncio.get_running_loop().create_task(self._open(target))
 
     def eof_received(self) -> bool:
@@ -303,7 +302,6 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     def pause_channel(self) -> None:
         if self._chan is not None:
             self._chan.pause_reading()
-            self._tuner.paused(self._chan)
 
     def resume_channel(self) -> None:
         if self._chan is not None:

@@ -41,14 +41,9 @@ which the stream sat idle (between answers on a pooled stream).
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
 
-A reader that pauses its channel (a slow API or caller) holds its stream
-back, not the window or the link: a round during which it paused is not
-judged (on a busy loopback such rounds looked like a long link, and the
-window grew to hold megabytes nobody read). What arrives while it is paused
-waits in the channel's buffer and counts against the window: until that
-buffer is empty again the tuner makes the top-ups, as asyncssh's own count
-none of it (a reader that reads a packet per resume let a window more in
-each time), so what the stream holds stays within its window. Every growth
+A reader that stops reading stops its stream's growth by itself: asyncssh
+returns credit only as data is delivered, so no top-up, no round, no
+growth, and what the stream holds stays within its window. Every growth
 comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
 the most all of an agent's streams may have in flight beyond their starting
 windows. A stream gives its growth back when it shrinks or closes (an idle
@@ -185,7 +180,6 @@ class WindowTuner:
         "_clock",
         "_delivered",
         "_flat",
-        "_holding",
         "_last",
         "_last_at",
         "_limit",
@@ -213,9 +207,6 @@ class WindowTuner:
         # uses that up, then waits, and the first round after looks limited
         # by the window though it is not. That round is not judged.
         self._settling = False
-        # The reader paused the channel; top-ups are received()'s until what
-        # waited in its buffer has been delivered.
-        self._holding = False
         # Slow start: the window doubles each round while the pace keeps
         # rising by STARTUP_GAIN (the best pace so far, and rounds since).
         self._starting = True
@@ -232,40 +223,20 @@ class WindowTuner:
     def grown(self) -> bool:
         return self.window > self.base
 
-    @property
-    def holding(self) -> bool:
-        """Data that came in while the reader had paused the channel is not
-        all delivered yet (the top-ups are this tuner's meanwhile)."""
-        return self._holding
-
     def received(self, chan: SSHChannel[Any], size: int) -> None:
         """*size* bytes were delivered from *chan* (asyncssh has already topped
         the window up, if it was due)."""
         now = self._clock()
         self._delivered += size
         waiting = chan._recv_buf
-        # Data that arrived while the reader had paused the channel and still
-        # waits in its buffer: held here, so it counts against the window.
-        held = sum(len(item[0]) for item in waiting) if waiting else 0
-        arrived = self._delivered + held
+        arrived = self._delivered + (sum(len(item[0]) for item in waiting) if waiting else 0)
         credit = chan._recv_window
-        # Top up in smaller steps than asyncssh's half window once grown: a
-        # grown window then flows at the pace data is delivered, not in
-        # bursts of half a window that queue up at the slower end.
-        due = self.window // TOP_UP_SHARE if self.grown else 0
-        if self._holding:
-            # Since the reader paused the channel (paused()), asyncssh's own
-            # top-ups are off: they would count none of what waits in the
-            # buffer (a reader that reads a packet per resume would let a
-            # window more in each time, without bound). Back on once the
-            # buffer is empty.
-            self._holding = bool(held)
-            chan._init_recv_window = 0 if held else self.window
-            due = due or self.window // 2
-        if due and credit + held <= self.window - due:
-            more = self.window - held - credit
-            chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(more))
-            chan._recv_window = credit = credit + more
+        if self.grown and credit <= self.window - self.window // TOP_UP_SHARE:
+            # Top up in smaller steps than asyncssh's half window: a grown
+            # window then flows at the pace data is delivered, not in bursts
+            # of half a window that queue up at the slower end.
+            chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(self.window - credit))
+            chan._recv_window = credit = self.window
         limit = arrived + credit
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
@@ -288,27 +259,10 @@ class WindowTuner:
             # The stream sat idle (between answers, or its source was slow):
             # the round under way shows that, not the window or the link.
             self._probe = None
-        if held:
-            # Its reader paused the channel (a slow API, a slow caller): the
-            # round under way timed the reader, not the link, and the stream
-            # is held back by its reader, not by its window (on a busy
-            # loopback such rounds looked like a long link, and the window
-            # grew to hold megabytes nobody was reading).
-            self._probe = None
         probe = self._probe
         if probe is not None and arrived > probe.limit:
             self._probe = None
             self._round(chan, now - probe.sent_at, self._delivered - probe.delivered, now)
-
-    def paused(self, chan: SSHChannel[Any]) -> None:
-        """The stream's reader paused *chan* (asyncssh's ``pause_reading``):
-        what arrives now waits in its buffer. asyncssh's own top-up at the
-        next delivery would count none of it, so ``received`` makes them
-        until the buffer is empty. The round under way then times the
-        reader, not the link: it is not judged."""
-        self._holding = True
-        chan._init_recv_window = 0
-        self._probe = None
 
     def _round(self, chan: SSHChannel[Any], sample: float, moved: int, now: float) -> None:
         budget = self._budget

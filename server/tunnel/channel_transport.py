@@ -104,7 +104,6 @@ class ChannelTransport(asyncio.Transport):
         if self._reading:
             self._reading = False
             self._chan.pause_reading()
-            self._session.reading_paused()
 
     def resume_reading(self) -> None:
         if not self._reading:
@@ -201,12 +200,6 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
             # each decrypted packet, one copy fewer (sluice.ssh_tuning).
             ssh_tuning.deliver_views(self._chan)
 
-    def reading_paused(self) -> None:
-        """The protocol on top paused reading: what arrives now waits in the
-        channel's buffer, and counts against its window."""
-        if self._tuner is not None and self._chan is not None:
-            self._tuner.paused(self._chan)
-
     # -- asyncssh callbacks ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
@@ -219,9 +212,7 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
                 tuner.received(chan, len(data))
             # A window grown to a long link is not shared: shrinking it there
             # would halve the download (the latency it buys is a loopback one).
-            # Nor while data that came in during a pause waits: the tuner
-            # tops up then, counting it.
-            if self._share is not None and (tuner is None or not (tuner.grown or tuner.holding)):
+            if self._share is not None and (tuner is None or not tuner.grown):
                 self._share.received(self._class, chan, len(data))
         if self._protocol is not None:
             feed(self._protocol, data)
