@@ -232,8 +232,12 @@ async def measure(root: Path, seconds: int, fleet: tuple[int, int] | None = None
     if fleet is not None:
         from bench.scale import cluster_fleet
 
-        async with fresh_database(server) as database:
-            got["fleet"] = await cluster_fleet(root / "fleet", database, *fleet, timeout=300.0)
+        try:
+            async with fresh_database(server) as database:
+                got["fleet"] = await cluster_fleet(root / "fleet", database, *fleet, timeout=300.0)
+        except RuntimeError as exc:
+            # Said in the report, and the points above are kept.
+            got["fleet_failed"] = str(exc)
     return got
 
 

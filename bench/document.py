@@ -437,6 +437,7 @@ def _cluster(r: dict[str, Any]) -> list[str]:
         "",
         *[f"- {line}" for line in cluster.findings(got["rows"])],
         *[f"- {line}" for line in (cluster.fleet_lines(got["fleet"]) if "fleet" in got else [])],
+        *([f"- The 3-relay fleet failed: {got['fleet_failed']}."] if "fleet_failed" in got else []),
         "",
     ]
 

@@ -198,6 +198,8 @@ async def main(
             got = results["cluster"]
             lines = cluster.findings(got.get("rows", []))
             lines += cluster.fleet_lines(got["fleet"]) if "fleet" in got else []
+            if "fleet_failed" in got:
+                lines.append(f"the 3-relay fleet failed: {got['fleet_failed']}")
             for line in lines or [f"skipped: {got.get('skipped')}"]:
                 say(f"  {line}")
     finally:
