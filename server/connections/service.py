@@ -25,6 +25,7 @@ from server.connections.documents import (
 from server.connections.model import Connection
 from server.connections.status import health_view
 from server.proxy.engine import Handle
+from server.proxy.prepared import PreparedRequests
 from server.secrets.crypto import DecryptionError, SecretBox
 from server.storage.health import HealthRecord
 from server.storage.store import ConnectionRow, Store
@@ -36,8 +37,8 @@ READ_ONLY_FIELDS = frozenset(
     {"id", "created_at", "updated_at", "last_test", "status", "last_checked_at", "last_error"}
 )
 
-# When it was read, the decrypted settings, and their secret values (masks).
-_Cached = tuple[float, Connection, list[str]]
+# When read, the settings, their secrets, the heads made from them (server.proxy.prepared).
+_Cached = tuple[float, Connection, list[str], PreparedRequests]
 
 
 def new_connection_id() -> str:
@@ -230,7 +231,7 @@ class ConnectionService:
                 loading = (self._generation, task)
                 self._loading[conn_id] = loading
             hit = await asyncio.shield(loading[1])
-        return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]))
+        return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]), prepared=hit[3])
 
     def cached_handle(self, conn_id: str) -> Handle | None:
         """``handle`` without waiting: the connection when its cached entry is
@@ -238,7 +239,7 @@ class ConnectionService:
         hit = self._cache.get(conn_id)
         if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
             return None
-        return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]))
+        return Handle(id=conn_id, connection=hit[1], masks=list(hit[2]), prepared=hit[3])
 
     def _purge(self, now: float) -> None:
         """Drop expired entries (at the first request after they expire), so an
@@ -256,7 +257,7 @@ class ConnectionService:
             current = self._loading.get(conn_id)
             if current is not None and current[0] == generation:
                 del self._loading[conn_id]
-        hit = (read_at, connection, _secret_values(connection, self._remember))
+        hit = (read_at, connection, _secret_values(connection, self._remember), PreparedRequests())
         # An edit that landed while we read must not be undone by our copy.
         if generation == self._generation:
             self._cache[conn_id] = hit

@@ -39,6 +39,7 @@ from server.proxy.headers import (
     get,
     request_fields,
 )
+from server.proxy.prepared import PreparedRequests
 from server.proxy.success_path import health_verdict
 from server.proxy.templating import TemplateError, render_body, render_header_value, render_uri
 from server.proxy.tls import TLSContexts
@@ -46,6 +47,7 @@ from server.proxy.urls import URLError, join_target
 from server.tunnel.http1 import USER_AGENT, Answer, Body, Http1Response, Http1Stream
 from server.tunnel.http_client import TunnelHTTP, default_tls
 from server.tunnel.registry import TunnelRegistry
+from server.tunnel.stream_pool import prepare
 from sluice.logs import mask_secrets
 
 if TYPE_CHECKING:
@@ -95,6 +97,8 @@ class Handle:
     id: str | None
     connection: Connection
     masks: list[str] = field(default_factory=list)
+    # Shared by the handles of one cached read of the settings (server.proxy.prepared).
+    prepared: PreparedRequests = field(default_factory=PreparedRequests, repr=False, compare=False)
 
     def template_context(self) -> dict[str, Any]:
         return self.connection.model_dump(mode="json")
@@ -397,13 +401,18 @@ class Engine:
         if method in _SLOW_PATH_METHODS or self._auth.may_retry(handle):
             return None
         connection = handle.connection
+        http = connection.http
+        prepared = handle.prepared
         try:
-            origin, target = self._target(handle, relative)
+            joined = prepared.target(http.base_uri, relative)
+            if joined is None:
+                joined = self._target(handle, relative)
+                prepared.keep_target(http.base_uri, relative, joined)
+            origin, target = joined
             grant = self._auth.grant_now(handle, target)
             if grant is None:
                 return None
             self._remember_learned(handle)
-            fields = self._fields(handle, headers, grant.headers)
             if connection.mode == "on_premise":
                 agent_id = connection.agent_id
                 if agent_id is None or not self._registry.is_online(agent_id):
@@ -416,19 +425,21 @@ class Engine:
             if origin.scheme == "https":
                 chosen = self._ssl(handle)
                 tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
+            size = len(body) if body is not None else declared
+            # Everything the head is made of, but the settings object (the
+            # cache checks that one by identity).
+            key = (method, grant.target, tuple(headers), tuple(grant.headers), size, tls)
+            head = prepared.head(key, connection)
+            if head is None:
+                fields = self._fields(handle, headers, grant.headers)
+                head = prepare(method, origin, grant.target, fields, size, tls)
+                if not any("{{" in header.value for header in http.headers):
+                    # (A templated field is rendered for each request.)
+                    prepared.keep_head(key, connection, head)
             # The wiretap is not told: its only listener, the debug log,
             # sends through ``request`` (a connection with an open window
             # never takes this way).
-            return pool.begin_on_idle(
-                method,
-                origin,
-                grant.target,
-                fields,
-                body,
-                tls,
-                total=connection.http.timeouts.total,
-                length=declared,
-            )
+            return pool.begin_prepared(head, body, http.timeouts.total)
         except (RelayError, ValueError):
             return None
 

@@ -180,6 +180,20 @@ class _Head:
 
 
 class _Request:
+    """A proxy request's head as parse_head read it. Never changed once made:
+    the caller's connection reuses it when the same head comes again."""
+
+    __slots__ = (
+        "authorization",
+        "conn_id",
+        "declared",
+        "headers",
+        "keep_alive",
+        "length",
+        "method",
+        "relative",
+    )
+
     def __init__(
         self,
         method: str,
@@ -357,6 +371,10 @@ class FrontProtocol(asyncio.Protocol):
         self._lingering = False
         self._close_announced = False
         self._scanned = 0  # how far the buffer is known to hold no end of head
+        # The last head served and what parse_head made of it: a caller that
+        # sends the same head again (a poller, a load test) is not parsed again.
+        self._last_head = b""
+        self._last_request: _Request | None = None
         # The request being served, and its body (for the fast path's callbacks).
         self._request: _Request | None = None
         self._request_body: bytes | None = None
@@ -497,12 +515,16 @@ class FrontProtocol(asyncio.Protocol):
         if end + 4 > self.front.max_head_bytes:
             self._refuse_head()
             return
-        request = parse_head(
-            bytes(buffer[: end + 4]), self.front.max_header_bytes, self.front.max_headers
-        )
-        if request is None:
-            self._hand_off()
-            return
+        head = bytes(buffer[: end + 4])
+        if head == self._last_head:
+            request = self._last_request
+        else:
+            request = parse_head(head, self.front.max_header_bytes, self.front.max_headers)
+            if request is None:
+                self._hand_off()
+                return
+            self._last_head, self._last_request = head, request
+        assert request is not None
         del buffer[: end + 4]
         self._cancel_idle()
         self.busy = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import dataclass
 from typing import Protocol
 
 from yarl import URL
@@ -28,6 +29,37 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # scheme, host, port, id of the TLS context (0: none). The engine keeps its
 # contexts for its lifetime, so an id never comes to stand for another one.
 Key = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request head made once (``prepare``), to send as often as asked
+    (``StreamPool.begin_prepared``): where it goes, its bytes, and the error
+    a late answer gets."""
+
+    key: Key
+    head: bytes
+    head_only: bool
+    late: str
+
+
+def prepare(
+    method: str,
+    url: URL,
+    target: str,
+    fields: Fields,
+    length: int | None,
+    tls: ssl.SSLContext | None,
+) -> Prepared:
+    """The head of a request to *url*'s origin without a streamed body
+    (*length*: its body's size, None without a body or Content-Length);
+    ValueError when a field cannot go on the wire."""
+    host = url.raw_host or ""
+    key: Key = (url.scheme, host.lower(), url.port or 0, id(tls) if tls is not None else 0)
+    head = request_head(
+        method, target, url.host_port_subcomponent or host, fields, length, chunked=False
+    )
+    return Prepared(key, head, method == "HEAD", _late(host))
 
 
 def _no_connection(host: str, port: int | None, where: str, limit: float | None) -> str:
@@ -201,18 +233,21 @@ class StreamPool:
         is there (None when there is none: nothing was sent); see
         ``Http1Stream.begin`` for the future and the timer. A ``StaleStream``
         error means what it means for ``request``: the API never saw it."""
-        host = url.raw_host or ""
-        key: Key = (url.scheme, host.lower(), url.port or 0, id(tls) if tls is not None else 0)
         size = len(body) if body is not None else length
-        head = request_head(
-            method, target, url.host_port_subcomponent or host, fields, size, chunked=False
-        )
-        stream = self._take(key)
+        return self.begin_prepared(prepare(method, url, target, fields, size, tls), body, total)
+
+    def begin_prepared(
+        self, prepared: Prepared, body: bytes | None, total: float | None
+    ) -> tuple[Http1Stream, asyncio.Future[Http1Response], asyncio.TimerHandle | None] | None:
+        """``begin_on_idle`` with a head made before (*body* of the size it says)."""
+        stream = self._take(prepared.key)
         if stream is None:
             return None
-        deadline, late = _deadline(host, total)
+        deadline = asyncio.get_running_loop().time() + total if total else None
         try:
-            answer, timer = stream.begin(head, body, deadline, late, head_only=method == "HEAD")
+            answer, timer = stream.begin(
+                prepared.head, body, deadline, prepared.late, head_only=prepared.head_only
+            )
         except BaseException:
             stream.close()
             raise
@@ -315,4 +350,8 @@ class StreamPool:
 def _deadline(host: str, total: float | None) -> tuple[float | None, str]:
     """When a request's answer is late (loop time), and what its error says."""
     deadline = asyncio.get_running_loop().time() + total if total else None
-    return deadline, f"{host} did not answer within the connection's timeouts"
+    return deadline, _late(host)
+
+
+def _late(host: str) -> str:
+    return f"{host} did not answer within the connection's timeouts"
