@@ -109,8 +109,8 @@ class Handle:
         return mask_secrets(text, (secret for secret in self.masks if len(secret) >= 4))
 
 
-# A request sent at once: its stream, the answer to come, its deadline's timer.
-Begun = tuple[Http1Stream, "asyncio.Future[Http1Response]", "asyncio.TimerHandle | None"]
+# A request sent at once: its stream, and the answer to come.
+Begun = tuple[Http1Stream, "asyncio.Future[Http1Response]"]
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,8 @@ def try_fast(services: Services, caller: Caller, request: Request, body: bytes |
     )
     if begun is None:
         return False
-    stream, answer, timer = begun
-    exchange = _FastExchange(services, caller, handle, method, stream, timer, began)
+    stream, answer = begun
+    exchange = _FastExchange(services, caller, handle, method, stream, began)
     answer.add_done_callback(exchange.answered)
     return True
 
@@ -123,7 +123,6 @@ class _FastExchange:
         handle: Handle,
         method: str,
         stream: Http1Stream,
-        timer: asyncio.TimerHandle | None,
         began: float,
     ) -> None:
         self._services = services
@@ -131,7 +130,6 @@ class _FastExchange:
         self._handle = handle
         self._method = method
         self._stream = stream
-        self._timer = timer
         self._began = began
 
     def __repr__(self) -> str:
@@ -139,8 +137,6 @@ class _FastExchange:
 
     def answered(self, future: asyncio.Future[Http1Response]) -> None:
         """Called when the answer's head arrived, or the exchange failed."""
-        if self._timer is not None:
-            self._timer.cancel()
         caller = self._caller
         if future.cancelled():
             self._stream.close()

@@ -344,6 +344,11 @@ class Http1Stream(asyncio.Protocol):
         self._writer: asyncio.Task[None] | None = None
         self._deadline: float | None = None
         self._timeout_message = ""
+        # One timer per stream for the answer's head, moved on only when it
+        # fires early: a request moves the deadline, not the timer (cheaper
+        # than a timer per request).
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer_at = 0.0
         self.exchanges = 0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_deadline: float | None = None  # loop time; None while it carries a request
@@ -358,6 +363,7 @@ class Http1Stream(asyncio.Protocol):
 
     def close(self) -> None:
         self._closed = True
+        self._stop_head_timer()
         if self._transport is not None:
             self._transport.close()
 
@@ -563,6 +569,7 @@ class Http1Stream(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._closed = True
+        self._stop_head_timer()
         self._raw = False  # whatever still comes is nobody's
         self._stop_writer()
         if self._head is None:
@@ -607,11 +614,33 @@ class Http1Stream(asyncio.Protocol):
         finally:
             self._sending = False
 
-    def _head_late(self, head: asyncio.Future[Http1Response]) -> None:
-        if head.done():
-            return  # answered in the same loop turn
+    def _time_head(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Have the head timer fire at *deadline* at the latest."""
+        timer = self._head_timer
+        if timer is not None:
+            if self._head_timer_at <= deadline:
+                return  # it fires earlier, and moves itself on to the deadline then
+            timer.cancel()
+        self._head_timer_at = deadline
+        self._head_timer = loop.call_at(deadline, self._head_due)
+
+    def _head_due(self) -> None:
+        """The head timer fired: fail the exchange whose head is late, if any."""
+        self._head_timer = None
+        head, deadline = self._head, self._deadline
+        if head is None or head.done() or deadline is None:
+            return  # answered (or idle): the next exchange sets the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._time_head(loop, deadline)
+            return
         head.set_exception(UpstreamTimeout(self._timeout_message))
         self.close()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     async def exchange(
         self,
@@ -629,7 +658,7 @@ class Http1Stream(asyncio.Protocol):
         so); *head_only* (a HEAD request) means the answer has no body,
         whatever its length field says.
         """
-        head_future, timer = self.begin(
+        head_future = self.begin(
             head, body, deadline, timeout_message, chunked=chunked, head_only=head_only
         )
         try:
@@ -638,8 +667,6 @@ class Http1Stream(asyncio.Protocol):
             self.close()
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
             writer = self._writer
             if writer is not None and not writer.done() and self.closed:
                 writer.cancel()
@@ -653,11 +680,11 @@ class Http1Stream(asyncio.Protocol):
         *,
         chunked: bool = False,
         head_only: bool = False,
-    ) -> tuple[asyncio.Future[Http1Response], asyncio.TimerHandle | None]:
+    ) -> asyncio.Future[Http1Response]:
         """Send one request without waiting: the future gets the answer once
-        its head has arrived (or the exchange's error), and the timer fails it
-        at *deadline*; whoever waits cancels the timer and, when the future
-        fails, closes the stream (as ``exchange`` does)."""
+        its head has arrived, or the exchange's error (``UpstreamTimeout``
+        when no head came by *deadline*); whoever waits closes the stream
+        when it fails (as ``exchange`` does)."""
         if self.closed or self._head is not None:
             raise StaleStream("the stream is no longer usable")
         assert self._transport is not None
@@ -681,10 +708,9 @@ class Http1Stream(asyncio.Protocol):
             self._transport.write(head)
             writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
-        timer = (
-            loop.call_at(deadline, self._head_late, self._head) if deadline is not None else None
-        )
-        return self._head, timer
+        if deadline is not None:
+            self._time_head(loop, deadline)
+        return self._head
 
     def _body_sent(self, writer: asyncio.Task[None]) -> None:
         """A body that could not be sent whole fails the exchange and the stream."""

@@ -228,30 +228,30 @@ class StreamPool:
         *,
         total: float | None,
         length: int | None = None,
-    ) -> tuple[Http1Stream, asyncio.Future[Http1Response], asyncio.TimerHandle | None] | None:
+    ) -> tuple[Http1Stream, asyncio.Future[Http1Response]] | None:
         """``request`` without waiting, when an idle stream to *url*'s origin
         is there (None when there is none: nothing was sent); see
-        ``Http1Stream.begin`` for the future and the timer. A ``StaleStream``
+        ``Http1Stream.begin`` for the future. A ``StaleStream``
         error means what it means for ``request``: the API never saw it."""
         size = len(body) if body is not None else length
         return self.begin_prepared(prepare(method, url, target, fields, size, tls), body, total)
 
     def begin_prepared(
         self, prepared: Prepared, body: bytes | None, total: float | None
-    ) -> tuple[Http1Stream, asyncio.Future[Http1Response], asyncio.TimerHandle | None] | None:
+    ) -> tuple[Http1Stream, asyncio.Future[Http1Response]] | None:
         """``begin_on_idle`` with a head made before (*body* of the size it says)."""
         stream = self._take(prepared.key)
         if stream is None:
             return None
         deadline = asyncio.get_running_loop().time() + total if total else None
         try:
-            answer, timer = stream.begin(
+            answer = stream.begin(
                 prepared.head, body, deadline, prepared.late, head_only=prepared.head_only
             )
         except BaseException:
             stream.close()
             raise
-        return stream, answer, timer
+        return stream, answer
 
     # -- idle streams ------------------------------------------------------------
     def _take(self, key: Key) -> Http1Stream | None:
