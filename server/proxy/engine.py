@@ -409,10 +409,12 @@ class Engine:
                 joined = self._target(handle, relative)
                 prepared.keep_target(http.base_uri, relative, joined)
             origin, target = joined
+            known = len(handle.masks)  # told to the log masker already
             grant = self._auth.grant_now(handle, target)
             if grant is None:
                 return None
-            self._remember_learned(handle)
+            if len(handle.masks) > known and self._remember is not None:
+                self._remember(*handle.masks[known:])
             if connection.mode == "on_premise":
                 agent_id = connection.agent_id
                 if agent_id is None or not self._registry.is_online(agent_id):

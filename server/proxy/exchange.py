@@ -334,10 +334,13 @@ async def _exchange(
     return hopped
 
 
-def counted(services: Services, handle: Handle, upstream: Answer, began: float) -> None:
-    """An answer's head arrived: the metrics and the connection's stats count it."""
+def counted(
+    services: Services, handle: Handle, upstream: Answer, began: float, at: float | None = None
+) -> None:
+    """An answer's head arrived (at *at*, perf_counter time; now when None):
+    the metrics and the connection's stats count it."""
     assert handle.id is not None
-    elapsed = time.perf_counter() - began
+    elapsed = (time.perf_counter() if at is None else at) - began
     services.metrics.proxied(handle.connection.mode, upstream.status, elapsed)
     services.stats.record(handle.id, upstream.status, elapsed)
 

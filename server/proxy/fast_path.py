@@ -160,20 +160,24 @@ class _FastExchange:
             caller.end_request(keep_alive=False)
             return
         handle = self._handle
-        counted(self._services, handle, upstream, self._began)
         data = upstream.arrived_whole() if is_small(upstream, self._method) else None
         if data is None:
+            counted(self._services, handle, upstream, self._began)
             caller.answer_streamed(handle, upstream, self._began)
             return
+        arrived = time.perf_counter()
         upstream.release()
         conn_id = handle.id
         assert conn_id is not None
         fields = answer_headers(upstream, handle, conn_id)
+        # The answer goes out first; counting it is no part of its latency.
         try:
             caller.answer_whole(upstream.status, upstream.reason, fields, data)
         except ConnectionResetError:
+            counted(self._services, handle, upstream, self._began, arrived)
             caller.end_request(keep_alive=False)
             return
+        counted(self._services, handle, upstream, self._began, arrived)
         canonical_line(
             conn_id, handle.connection.mode, self._method, upstream.status, len(data), self._began
         )

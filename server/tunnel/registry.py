@@ -198,7 +198,11 @@ class TunnelRegistry:
         return list(self._by_agent.get(agent_id, ()))
 
     def is_online(self, agent_id: str) -> bool:
-        return any(not t.draining for t in self._by_agent.get(agent_id, ()))
+        # A loop, not any() over a generator: this runs for every proxied request.
+        for tunnel in self._by_agent.get(agent_id, ()):  # noqa: SIM110 (as said above)
+            if not tunnel.draining:
+                return True
+        return False
 
     def pick(self, agent_id: str, exclude: frozenset[int] = frozenset()) -> Tunnel:
         """The live, non-draining replica with the fewest streams in flight."""
