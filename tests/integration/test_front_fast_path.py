@@ -152,3 +152,72 @@ async def test_a_debug_window_opened_on_a_warm_connection_records_its_requests(
     urls = [entry["request"]["url"] for entry in log.body["entries"]]
     assert urls == [f"{api.base}/hello?during={i}" for i in (2, 1, 0)]  # newest first
     assert all(TOKEN not in json.dumps(entry) for entry in log.body["entries"])
+
+
+async def test_an_edit_reaches_the_next_request_of_a_repeated_head(
+    client: APIClient, caller: APIClient, start_agent: AgentFactory
+) -> None:
+    """The fast path makes a request's outbound head once and sends it again
+    for the same caller head (``server.proxy.prepared``). An edit of the
+    connection must show in the very next request's head on the wire: first
+    one that leaves the request's target and credentials as they were (a
+    configured header, the media type), then one that changes them."""
+    new_token = "front-fast-edited-" + "m" * 16
+    remember_secret(new_token)
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n" + b'{"ok":true}')
+        await writer.drain()
+        return True
+
+    async def edited(http: dict[str, Any]) -> bytes:
+        """The head the API got, the same on the two requests after the edit
+        (the first reads the settings again; the second finds them cached)."""
+        patched = await client.call("PATCH", f"/v1/connections/{conn_id}", json_body={"http": http})
+        assert patched.status == 200, patched.text
+        for _ in range(2):
+            got = await caller.call("GET", proxy)
+            assert got.status == 200, got.text
+        assert raw.requests[-1] == raw.requests[-2]
+        return raw.requests[-1]
+
+    async for raw in raw_api(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        conn_id = await _connection(
+            client,
+            f"http://127.0.0.1:{raw.port}/v1",
+            token.agent_id,
+            headers=[{"name": "X-Tenant", "value": "acme"}],
+        )
+        proxy = f"/v1/connections/{conn_id}/proxy/items?page=2"
+        for _ in range(3):  # the same head each time, on one caller connection
+            got = await caller.call("GET", proxy)
+            assert got.status == 200, got.text
+        before = raw.requests[-1]
+        assert before.startswith(b"GET /v1/items?page=2 HTTP/1.1\r\n"), before
+        assert b"\r\nX-Tenant: acme\r\n" in before
+        assert b"\r\nContent-Type: application/json\r\n" in before
+        assert f"\r\nAuthorization: Bearer {TOKEN}\r\n".encode() in before
+        assert raw.requests[-3:] == [before] * 3
+
+        after = await edited(
+            {"headers": [{"name": "X-Tenant", "value": "beta"}], "media_type": "xml"}
+        )
+        assert after.startswith(b"GET /v1/items?page=2 HTTP/1.1\r\n"), after
+        assert b"\r\nX-Tenant: beta\r\n" in after
+        assert b"\r\nContent-Type: application/xml\r\n" in after
+        assert b"acme" not in after
+        assert b"application/json" not in after
+
+        after = await edited(
+            {
+                "base_uri": f"http://127.0.0.1:{raw.port}/v2",
+                "auth": {"type": "token", "token": new_token, "scheme": "Token"},
+            }
+        )
+        assert after.startswith(b"GET /v2/items?page=2 HTTP/1.1\r\n"), after
+        assert f"\r\nAuthorization: Token {new_token}\r\n".encode() in after
+        assert b"\r\nX-Tenant: beta\r\n" in after
+        assert TOKEN.encode() not in after
