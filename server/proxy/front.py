@@ -42,7 +42,13 @@ from server.proxy.exchange import AnswerSink, deliver, exchange
 from server.proxy.fast_path import try_fast
 from server.proxy.headers import Fields, get
 from server.tunnel.http1 import Http1Response
-from server.web.api import SERVER_FIELD, bearer_actor, error_problem, unauthorized
+from server.web.api import (
+    SERVER_FIELD,
+    bearer_actor,
+    bearer_is_current,
+    error_problem,
+    unauthorized,
+)
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
 
@@ -375,6 +381,9 @@ class FrontProtocol(asyncio.Protocol):
         # sends the same head again (a poller, a load test) is not parsed again.
         self._last_head = b""
         self._last_request: _Request | None = None
+        # The Authorization field this caller sent that held the current admin
+        # token, and the token's epoch then (``admits``).
+        self._admitted: tuple[bytes, object] | None = None
         # The request being served, and its body (for the fast path's callbacks).
         self._request: _Request | None = None
         self._request_body: bytes | None = None
@@ -717,6 +726,26 @@ class FrontProtocol(asyncio.Protocol):
     @property
     def hung_up(self) -> bool:
         return self.transport is None or self.transport.is_closing()
+
+    def admits(self, authorization: bytes) -> bool:
+        """Whether *authorization* holds a valid admin token.
+
+        The current token, once checked on this connection, is not hashed
+        again for each request that sends it while it stays current: a
+        rotation or a token adopted from the cluster ends the memo. (It
+        compares what this caller sent before, never a stored secret; the
+        previous token of a rotation is checked every time, as it expires.)"""
+        admin = self.front.services.admin
+        epoch = admin.epoch
+        memo = self._admitted
+        if memo is not None and memo[1] is epoch and memo[0] == authorization:
+            return True
+        text = authorization.decode("latin-1")
+        if bearer_actor(admin, text) is None:
+            return False
+        if bearer_is_current(admin, text):
+            self._admitted = (authorization, epoch)
+        return True
 
     def serve_generally(self) -> None:
         request = self._request

@@ -123,6 +123,17 @@ class AdminTokens:
     def configured(self) -> bool:
         return self._configured
 
+    @property
+    def epoch(self) -> object:
+        """An opaque marker, compared by identity, that changes whenever the
+        current token does (a rotation, the cluster's token adopted): what a
+        caller's memo of a token it checked was valid under."""
+        return self._current_digest
+
+    def is_current(self, presented: str) -> bool:
+        """Whether *presented* is the current token (not the previous one in its grace)."""
+        return hmac.compare_digest(_digest(presented), self._current_digest)
+
     def state(self) -> dict[str, object]:
         """The token and the previous one's hash and expiry, as the cluster stores them."""
         previous = self._previous

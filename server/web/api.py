@@ -127,6 +127,12 @@ def bearer_actor(admin: AdminTokens, authorization: str) -> str | None:
     return admin.actor(presented.strip())
 
 
+def bearer_is_current(admin: AdminTokens, authorization: str) -> bool:
+    """Whether this Authorization header holds the current admin token."""
+    scheme, _, presented = authorization.partition(" ")
+    return scheme.lower() == "bearer" and admin.is_current(presented.strip())
+
+
 def unauthorized() -> web.Response:
     response = problem(
         401,

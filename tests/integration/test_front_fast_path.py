@@ -221,3 +221,32 @@ async def test_an_edit_reaches_the_next_request_of_a_repeated_head(
         assert f"\r\nAuthorization: Token {new_token}\r\n".encode() in after
         assert b"\r\nX-Tenant: beta\r\n" in after
         assert TOKEN.encode() not in after
+
+
+async def test_a_rotated_admin_token_is_refused_on_a_warm_caller_connection(
+    client: APIClient, caller: APIClient, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    """A caller's connection remembers the admin token it was admitted with
+    (``FrontProtocol.admits``): a rotation without grace must end that at
+    once, for the very next request on the same connection."""
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    conn_id = await _connection(client, api.base, token.agent_id)
+    proxy = f"/v1/connections/{conn_id}/proxy/hello"
+    for _ in range(3):
+        assert (await caller.call("GET", proxy)).status == 200
+    rotated = await client.call(
+        "POST", "/v1/admin/rotate-token", json_body={"grace_seconds": 0}, shows_token=True
+    )
+    assert rotated.status == 200, rotated.text
+    new = rotated.body["token"]
+    remember_secret(new)
+    client.token = new
+    seen = len(api.seen)
+    refused = await caller.call("GET", proxy)
+    assert refused.status == 401, refused.text
+    assert refused.body["type"].endswith("unauthorized")
+    assert len(api.seen) == seen  # it never reached the API
+    caller.token = new
+    for _ in range(2):
+        assert (await caller.call("GET", proxy)).status == 200
+    assert len(api.seen) == seen + 2
