@@ -364,7 +364,7 @@ class FrontProtocol(asyncio.Protocol):
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.busy = False
-        self.finished = asyncio.Event()
+        self._finished: asyncio.Event | None = None  # made when shutdown waits for it
         self.gone = asyncio.Event()
         self._buffer = bytearray()
         self._body: _BodyFeed | None = None
@@ -389,7 +389,18 @@ class FrontProtocol(asyncio.Protocol):
         self._request_body: bytes | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
+    @property
+    def finished(self) -> asyncio.Event:
+        """Set while no request is being served (made on first use: only a
+        shutdown waits for it, and setting it costs a call per request)."""
+        if self._finished is None:
+            self._finished = asyncio.Event()
+            if not self.busy or self.gone.is_set():
+                self._finished.set()
+        return self._finished
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._loop = asyncio.get_running_loop()
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
@@ -426,7 +437,8 @@ class FrontProtocol(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(ConnectionResetError())
         self.resume_writing()  # a writer waiting for room finds the transport closed
-        self.finished.set()
+        if self._finished is not None:
+            self._finished.set()
         self.gone.set()
 
     def pause_writing(self) -> None:
@@ -482,7 +494,7 @@ class FrontProtocol(asyncio.Protocol):
         per request)."""
         if self.front.idle_timeout <= 0:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._idle_deadline = loop.time() + self.front.idle_timeout
         if self._idle is None:
             self._idle = loop.call_at(self._idle_deadline, self._idle_check)
@@ -537,7 +549,8 @@ class FrontProtocol(asyncio.Protocol):
         del buffer[: end + 4]
         self._cancel_idle()
         self.busy = True
-        self.finished.clear()
+        if self._finished is not None:
+            self._finished.clear()
         body: bytes | _BodyFeed | None = None
         if request.length and len(buffer) >= request.length and request.length <= _WHOLE_BODY:
             body = bytes(buffer[: request.length])
@@ -656,7 +669,8 @@ class FrontProtocol(asyncio.Protocol):
             self.resume_reading()
             self._arm_idle()
         self.busy = False
-        self.finished.set()
+        if self._finished is not None:
+            self._finished.set()
         if self._buffer and not self._lingering and not transport.is_closing():
             self._next_request()
 

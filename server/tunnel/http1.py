@@ -319,6 +319,7 @@ class Http1Stream(asyncio.Protocol):
 
     def __init__(self, on_idle: Callable[[Http1Stream], None]) -> None:
         self._on_idle = on_idle
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._closed = False
@@ -378,6 +379,14 @@ class Http1Stream(asyncio.Protocol):
             self._transport.resume_reading()
 
     # -- asyncio.Protocol ------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the stream runs in (asked once, not per request)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A tunnel stream's ChannelTransport, or a TCP transport (cloud mode;
         # uvloop's is no asyncio.Transport subclass).
@@ -688,7 +697,7 @@ class Http1Stream(asyncio.Protocol):
         if self.closed or self._head is not None:
             raise StaleStream("the stream is no longer usable")
         assert self._transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._head = loop.create_future()
         self._received = False
         self._head_bytes = 0
