@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from server.tunnel.registry import TunnelRegistry
+from server.web.proxied_metrics import ProxiedSeries
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -15,23 +15,15 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class RelayMetrics:
     def __init__(self, tunnels: TunnelRegistry) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "sluice_requests",
-            "Requests sent through connections.",
-            ["mode", "status_class"],
-            registry=self.registry,
-        )
+        # sluice_requests and sluice_request_seconds, counted for each proxied request.
+        series = ProxiedSeries(LATENCY_BUCKETS)
+        self.registry.register(series)
+        # Count one proxied request (mode, the answer's status, seconds to its head).
+        self.proxied: Callable[[str, int, float], None] = series.proxied
         self.errors = Counter(
             "sluice_errors",
             "Relay-side failures by problem type.",
             ["type"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "sluice_request_seconds",
-            "Time to the API's response headers.",
-            ["mode"],
-            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.refreshes = Counter(
@@ -57,7 +49,6 @@ class RelayMetrics:
             registry=self.registry,
         )
         agents_gauge.set_function(lambda: len({t.agent_id for t in tunnels}))
-        self._proxied: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.in_flight = Gauge(
             "sluice_connection_in_flight",
             "Requests of a capped connection (http.concurrency_level) in flight to its API.",
@@ -93,16 +84,6 @@ class RelayMetrics:
             registry=self.registry,
         )
         gauge.set_function(relays)
-
-    def proxied(self, mode: str, status: int, seconds: float) -> None:
-        """Count one proxied request (the labelled series are looked up once)."""
-        key = (mode, status // 100)
-        series = self._proxied.get(key)
-        if series is None:
-            series = (self.latency.labels(mode), self.requests.labels(mode, f"{key[1]}xx"))
-            self._proxied[key] = series
-        series[0].observe(seconds)
-        series[1].inc()
 
     def slots(self, conn_id: str, in_flight: int, queued: int) -> None:
         self.in_flight.labels(conn_id).set(in_flight)
