@@ -25,7 +25,7 @@ from server.errors import RelayError, TunnelLost, relay_error_in
 from server.proxy import wiretap
 from server.proxy.debug_log import Recording
 from server.proxy.engine import Handle
-from server.proxy.headers import Fields, LocationRewrite, answer_fields, get
+from server.proxy.headers import Fields, LocationRewrite, answer_fields, get, lowered_names
 from server.proxy.retry import RETRIES_HEADER, Sent
 from server.proxy.urls import base_origin_and_path
 from server.storage.cluster import RelayRow
@@ -124,10 +124,12 @@ def answer_headers(
     """The API's answer fields the caller gets (``server.proxy.headers.answer_fields``:
     the sink adds the framing), the connection named, and for a connection
     with ``http.rate_limit`` how many times the request was sent again."""
-    if get(upstream.raw_headers, _VIA_LOWER) is not None:
+    raw = upstream.raw_headers
+    names = lowered_names(raw)
+    if _VIA_LOWER in names:
         # Forwarded by the relay that holds the tunnel: shaped and named there.
-        return answer_fields(upstream.raw_headers, None)
-    kept = answer_fields(upstream.raw_headers, _rewrite(handle.connection.http.base_uri, conn_id))
+        return answer_fields(raw, None, names)
+    kept = answer_fields(raw, _rewrite(handle.connection.http.base_uri, conn_id), names)
     kept.append((_VIA, conn_id.encode()))
     if retries is not None:
         kept.append((_RETRIES, str(retries).encode()))

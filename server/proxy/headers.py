@@ -69,14 +69,24 @@ def get(fields: Iterable[Field], name: bytes) -> bytes | None:
     return None
 
 
-def _kept(fields: Sequence[Field], dropped: frozenset[bytes]) -> list[tuple[bytes, Field]]:
+def lowered_names(fields: Sequence[Field]) -> list[bytes]:
+    """Each field's name in lower case, in order: lowered in one call, not one
+    per field (a name holds no line break: the parsers and the settings'
+    validation refuse one)."""
+    if not fields:
+        return []
+    return b"\n".join([field[0] for field in fields]).lower().split(b"\n")
+
+
+def _kept(
+    fields: Sequence[Field], dropped: frozenset[bytes], names: list[bytes] | None = None
+) -> list[tuple[bytes, Field]]:
     """*fields* less *dropped* and those named in Connection, each with its
-    lower-case name: one pass, each name lowered once (this runs for every
-    request and every answer)."""
+    lower-case name (*names*: ``lowered_names(fields)``, when made already).
+    This runs for every request and every answer."""
     kept: list[tuple[bytes, Field]] = []
     named: set[bytes] | None = None
-    for field in fields:
-        name = field[0].lower()
+    for name, field in zip(lowered_names(fields) if names is None else names, fields, strict=True):
         if name in dropped:
             if name == b"connection":
                 if named is None:
@@ -115,11 +125,14 @@ def request_fields(
     return kept
 
 
-def answer_fields(api: Sequence[Field], rewrite: LocationRewrite | None) -> Fields:
+def answer_fields(
+    api: Sequence[Field], rewrite: LocationRewrite | None, names: list[bytes] | None = None
+) -> Fields:
     """The API's answer fields the caller gets (framing is added by the writer):
     hop-by-hop ones and those named in Connection dropped, Location and
-    Content-Location under the base URI pointed at the proxy route."""
-    pairs = _kept(api, _DROPPED_FROM_ANSWER)
+    Content-Location under the base URI pointed at the proxy route. *names*:
+    ``lowered_names(api)``, when the caller made them already."""
+    pairs = _kept(api, _DROPPED_FROM_ANSWER, names)
     if rewrite is None:
         return [field for _, field in pairs]
     return [
