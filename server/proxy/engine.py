@@ -405,6 +405,9 @@ class Engine:
         prepared = handle.prepared
         try:
             joined = prepared.target(http.base_uri, relative)
+            # A request-target seen for the first time: its head is not kept
+            # (one-off paths, /items/1, /items/2..., would only fill the cache).
+            again = joined is not None
             if joined is None:
                 joined = self._target(handle, relative)
                 prepared.keep_target(http.base_uri, relative, joined)
@@ -428,14 +431,16 @@ class Engine:
                 chosen = self._ssl(handle)
                 tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
             size = len(body) if body is not None else declared
-            # Everything the head is made of, but the settings object (the
-            # cache checks that one by identity).
-            key = (method, grant.target, tuple(headers), tuple(grant.headers), size, tls)
-            head = prepared.head(key, connection)
+            head = None
+            if again:
+                # Everything the head is made of, but the settings object (the
+                # cache checks that one by identity).
+                key = (method, grant.target, tuple(headers), tuple(grant.headers), size, tls)
+                head = prepared.head(key, connection)
             if head is None:
                 fields = self._fields(handle, headers, grant.headers)
                 head = prepare(method, origin, grant.target, fields, size, tls)
-                if not any("{{" in header.value for header in http.headers):
+                if again and not any("{{" in header.value for header in http.headers):
                     # (A templated field is rendered for each request.)
                     prepared.keep_head(key, connection, head)
             # The wiretap is not told: its only listener, the debug log,
