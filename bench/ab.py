@@ -14,11 +14,13 @@ both backend configurations.
 
 CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
 child processes included) over the requests wrk made: less sensitive to
-other load on the machine than req/s. With ``--workers N`` each tree's relay
-is ``sluice-server run --workers N`` on a fresh PostgreSQL database
-(SLUICE_BENCH_POSTGRES_URL or SLUICE_TEST_POSTGRES_URL), its agent
-tunnelled to every worker. With ``--profile DIR`` every version's relay and agent are
-sampled by py-spy during the first repetition of each point.
+other load on the machine than req/s; ``writes`` the write system calls
+per request of the same processes (``syscw`` of ``/proc/<pid>/io``). With
+``--workers N`` each tree's relay is ``sluice-server run --workers N`` on a
+fresh PostgreSQL database (SLUICE_BENCH_POSTGRES_URL or
+SLUICE_TEST_POSTGRES_URL), its agent tunnelled to every worker. With
+``--profile DIR`` every version's relay and agent are sampled by py-spy
+during the first repetition of each point.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from bench.cluster import worker_stack
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.postgres import fresh_database, server_url, unavailable
-from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
+from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn, write_calls
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
@@ -78,6 +80,7 @@ async def _point(
 ) -> dict[str, float]:
     foreign = ForeignLoad()
     cpu0 = cpu_seconds(version.pids)
+    writes0 = write_calls(version.pids)
     row: dict[str, float]
     if point in ("c1", "c32"):
         got = await load.wrk(
@@ -107,6 +110,7 @@ async def _point(
     cpu = cpu_seconds(version.pids) - cpu0
     if count:
         row["cpu_us"] = cpu / count * 1e6
+        row["writes"] = (write_calls(version.pids) - writes0) / count
     else:
         row["cpu_s"] = cpu
     row["foreign"] = foreign.cores()
