@@ -125,6 +125,7 @@ class Outbox:
         transport = self.transport
         self.parts = []
         self.size = 0
+        self.transport = None  # (a closed connection's outbox keeps no transport alive)
         if transport.is_closing():
             return  # aborted: asyncssh drops what its transport holds, too
         with contextlib.suppress(ConnectionError):  # as asyncssh's own _send
