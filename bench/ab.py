@@ -14,11 +14,14 @@ both backend configurations.
 
 CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
 child processes included) over the requests wrk made: less sensitive to
-other load on the machine than req/s. With ``--workers N`` each tree's relay
-is ``sluice-server run --workers N`` on a fresh PostgreSQL database
-(SLUICE_BENCH_POSTGRES_URL or SLUICE_TEST_POSTGRES_URL), its agent
-tunnelled to every worker. With ``--profile DIR`` every version's relay and agent are
-sampled by py-spy during the first repetition of each point.
+other load on the machine than req/s; ``writes`` the write system calls
+per request of the same processes (``syscw`` of ``/proc/<pid>/io``), also
+per role (``writes_relay``, ``writes_agent``). With
+``--workers N`` each tree's relay is ``sluice-server run --workers N`` on a
+fresh PostgreSQL database (SLUICE_BENCH_POSTGRES_URL or
+SLUICE_TEST_POSTGRES_URL), its agent tunnelled to every worker. With
+``--profile DIR`` every version's relay and agent are sampled by py-spy
+during the first repetition of each point.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from bench.cluster import worker_stack
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.postgres import fresh_database, server_url, unavailable
-from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
+from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn, write_calls
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
@@ -74,10 +77,18 @@ def _tree(text: str) -> tuple[str, Path]:
 
 
 async def _point(
-    point: str, version: Version, seconds: int, lua: Path, size: int, upload: Path
+    point: str,
+    version: Version,
+    seconds: int,
+    lua: Path,
+    size: int,
+    upload: Path,
+    roles: dict[str, int] | None = None,
 ) -> dict[str, float]:
     foreign = ForeignLoad()
     cpu0 = cpu_seconds(version.pids)
+    writes0 = write_calls(version.pids)
+    role_writes0 = {role: write_calls([pid]) for role, pid in (roles or {}).items()}
     row: dict[str, float]
     if point in ("c1", "c32"):
         got = await load.wrk(
@@ -107,6 +118,9 @@ async def _point(
     cpu = cpu_seconds(version.pids) - cpu0
     if count:
         row["cpu_us"] = cpu / count * 1e6
+        row["writes"] = (write_calls(version.pids) - writes0) / count
+        for role, before in role_writes0.items():
+            row[f"writes_{role}"] = (write_calls([(roles or {})[role]]) - before) / count
     else:
         row["cpu_s"] = cpu
     row["foreign"] = foreign.cores()
@@ -230,7 +244,15 @@ async def run(
                 for v in versions:
                     directory = profile if rep == 1 else None
                     async with _profiled(directory, v, point, roles.get(v.name, {}), perf):
-                        row = await _point(point, v, seconds, lua, 64 * MiB, nginx.upload_source)
+                        row = await _point(
+                            point,
+                            v,
+                            seconds,
+                            lua,
+                            64 * MiB,
+                            nginx.upload_source,
+                            roles.get(v.name),
+                        )
                     v.rows.setdefault(point, []).append(row)
                     cells = "  ".join(f"{k} {x:.3f}" for k, x in row.items())
                     say(f"rep {rep} {point:5} {v.name:10} {cells}")
