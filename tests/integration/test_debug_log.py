@@ -17,6 +17,7 @@ from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
 from tests.support.fragile_api import serve_fragile
+from tests.support.waiting import poll_until
 
 URL_TOKEN = "urltok-" + "u" * 20
 HEADER_TOKEN = "hdrtok-" + "h" * 20
@@ -50,6 +51,17 @@ async def _log(client: APIClient, conn_id: str, query: str = "") -> dict[str, An
     assert answer.status == 200, answer.text
     body: dict[str, Any] = answer.body
     return body
+
+
+async def _stored(client: APIClient, conn_id: str, count: int) -> None:
+    """Wait until the log holds *count* entries: an entry is stored after its
+    answer went out (the caller is not kept waiting for the database), so a
+    log read at once can miss the last one."""
+
+    async def there() -> bool:
+        return len((await _log(client, conn_id))["entries"]) >= count
+
+    await poll_until(there, 10, what=f"{count} debug entries of {conn_id}")
 
 
 async def _traffic(client: APIClient, conn_id: str) -> None:
@@ -119,6 +131,8 @@ async def test_window_records_cloud_and_on_premise_with_secrets_masked(
 
     # The API did get the secrets: what is masked is only the log.
     assert any(seen.query == f"x=1&api_key={URL_TOKEN}" for seen in api.seen)
+    for conn_id in (cloud, on_prem):
+        await _stored(client, conn_id, 2)
     cloud_log = await _log(client, cloud)
     assert cloud_log["active"] is True
     entries = cloud_log["entries"]
