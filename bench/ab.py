@@ -10,7 +10,8 @@ summary gives the median of each number per version.
 Downloads: ``down`` is 64 MiB of random bytes from nginx with its defaults
 (no sendfile), ``downsf`` the same file with ``sendfile on; tcp_nopush on``,
 ``down1g`` a sparse 1 GiB file (sendfile); run both 64 MiB points to see
-both backend configurations.
+both backend configurations. ``mixed``: c=1 small GETs beside a download of
+that 1 GiB file (their p50/p99, and the download's MB/s).
 
 CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
 child processes included) over the requests wrk made: less sensitive to
@@ -44,7 +45,7 @@ from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
-POINTS = ("c1", "c32", "down", "downsf", "up", "down1g")
+POINTS = ("c1", "c32", "down", "downsf", "up", "down1g", "mixed")
 # What each download point fetches from bench.nginx: 64 MiB of random bytes
 # with nginx's defaults (no sendfile; the worse case for Sluice), the same
 # file with sendfile on and tcp_nopush, and a sparse 1 GiB file (sendfile).
@@ -53,6 +54,10 @@ DOWNLOADS = {
     "downsf": "files/64m-real.bin",
     "down1g": "files/1g.bin",
 }
+# ``mixed``: c=1 GETs of /small.json for about 60 % of this many seconds,
+# beside a download of the sparse 1 GiB file through the same path (the
+# download was still running when they ended: ``overlapped`` 1).
+MIXED_SECONDS = 3.0
 
 
 @dataclass
@@ -91,6 +96,19 @@ async def _point(
             raise RuntimeError(f"{version.name} {point}: {got.errors} errors")
         row = {"rps": got.rps, "p50_ms": got.p50_ms, "p99_ms": got.p99_ms}
         count = got.requests
+    elif point == "mixed":
+        big, small, overlapped = await load.download_beside_small_gets(
+            f"{version.base}/{DOWNLOADS['down1g']}",
+            version.base + "/small.json",
+            version.headers,
+            lua=lua,
+            expect_seconds=MIXED_SECONDS,
+        )
+        if big.status != 200 or big.bytes != GiB or small.errors:
+            raise RuntimeError(f"{version.name} mixed: {big}, {small.errors} GET errors")
+        row = {"p50_ms": small.p50_ms, "p99_ms": small.p99_ms, "rps": small.rps}
+        row |= {"big_mb_s": big.mb_per_s, "overlapped": float(overlapped)}
+        count = 0  # the download's CPU: cpu_s, not per request
     elif point in DOWNLOADS:
         size = GiB if point == "down1g" else size
         moved = await load.download(f"{version.base}/{DOWNLOADS[point]}", version.headers)
@@ -175,7 +193,7 @@ async def run(
     try:
         nginx = await Nginx.start(
             root / "nginx",
-            {"1g.bin": GiB} if "down1g" in points else {},
+            {"1g.bin": GiB} if {"down1g", "mixed"} & set(points) else {},
             upload_size=64 * MiB,
             real={"64m-real.bin": 64 * MiB},
         )
