@@ -31,6 +31,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from bench.cluster import worker_stack
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.postgres import fresh_database, server_url, unavailable
-from bench.proc import Child, ForeignLoad, cpu_seconds, raise_fd_limit, spawn
+from bench.proc import Child, ForeignLoad, Sched, cpu_seconds, raise_fd_limit, sched, spawn
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
@@ -68,6 +69,8 @@ class Version:
     base: str
     headers: dict[str, str] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
+    # The path's own processes by role (relay, agent; ssh, sshd), for --sched.
+    roles: dict[str, int] = field(default_factory=dict)
     rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
@@ -79,10 +82,19 @@ def _tree(text: str) -> tuple[str, Path]:
 
 
 async def _point(
-    point: str, version: Version, seconds: int, lua: Path, size: int, upload: Path
+    point: str,
+    version: Version,
+    seconds: int,
+    lua: Path,
+    size: int,
+    upload: Path,
+    with_sched: bool = False,
 ) -> dict[str, float]:
     foreign = ForeignLoad()
     cpu0 = cpu_seconds(version.pids)
+    began = time.monotonic()
+    transfer = point not in ("c1", "c32")
+    sched0 = {r: sched(pid) for r, pid in version.roles.items()} if with_sched and transfer else {}
     row: dict[str, float]
     if point in ("c1", "c32"):
         got = await load.wrk(
@@ -123,12 +135,30 @@ async def _point(
         row = {"mb_s": moved.mb_per_s}
         count = 0
     cpu = cpu_seconds(version.pids) - cpu0
+    wall = time.monotonic() - began
+    moved_mib = (GiB if point in ("down1g", "mixed") else size) / MiB
+    for role, before in sched0.items():
+        row |= _sched_cells(role, sched(version.roles[role]) - before, wall, moved_mib)
     if count:
         row["cpu_us"] = cpu / count * 1e6
     else:
         row["cpu_s"] = cpu
     row["foreign"] = foreign.cores()
     return row
+
+
+def _sched_cells(role: str, got: Sched, wall: float, mib: float) -> dict[str, float]:
+    """Per role: CPU ms per MiB moved; shares of the point's wall time on a
+    CPU and runnable but waiting for one (the rest it slept: waiting for
+    input, credit or room); read/write system calls and context switches per
+    MiB."""
+    return {
+        f"{role}_ms_mib": got.run * 1000 / mib,
+        f"{role}_run": got.run / wall,
+        f"{role}_wait": got.wait / wall,
+        f"{role}_sys_mib": (got.reads + got.writes) / mib,
+        f"{role}_cs_mib": (got.voluntary + got.involuntary) / mib,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -183,11 +213,11 @@ async def run(
     say: Callable[[str], None],
     perf: bool = False,
     workers: int = 1,
+    with_sched: bool = False,
 ) -> list[Version]:
     raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="sluice-ab-", dir="/dev/shm"))
     stops: list[Callable[[], Awaitable[Any]]] = []
-    roles: dict[str, dict[str, int]] = {}
     stacks = contextlib.AsyncExitStack()
     stops.append(stacks.aclose)
     try:
@@ -202,7 +232,8 @@ async def run(
         if openssh:
             ssh = await OpenSSH.start(root / "openssh", nginx.port)
             stops.append(ssh.stop)
-            versions.append(Version("openssh", ssh.base, pids=ssh.pids))
+            roles = {"ssh": ssh.ssh.pid, "sshd": ssh.sshd.pid}
+            versions.append(Version("openssh", ssh.base, pids=ssh.pids, roles=roles))
         for name, tree in trees:
             env = {"PYTHONPATH": str(tree)}
             if workers > 1:
@@ -215,9 +246,14 @@ async def run(
                     worker_stack(root, database, nginx, workers, name, **env)
                 )
                 versions.append(
-                    Version(name, relay.proxy_base(conn), relay.auth, [relay.pid, agent.pid])
+                    Version(
+                        name,
+                        relay.proxy_base(conn),
+                        relay.auth,
+                        [relay.pid, agent.pid],
+                        {"relay": relay.pid, "agent": agent.pid},
+                    )
                 )
-                roles[name] = {"relay": relay.pid, "agent": agent.pid}
                 say(f"{name}: {tree}, {workers} relay workers under pid {relay.pid}")
                 continue
             relay = await Relay.create(root / f"relay-{name}", **env)
@@ -234,9 +270,14 @@ async def run(
             stops.append(agent.stop)
             conn = await relay.create_connection(name, nginx.base, agent_id)
             versions.append(
-                Version(name, relay.proxy_base(conn), relay.auth, [relay.pid, agent.pid])
+                Version(
+                    name,
+                    relay.proxy_base(conn),
+                    relay.auth,
+                    [relay.pid, agent.pid],
+                    {"relay": relay.pid, "agent": agent.pid},
+                )
             )
-            roles[name] = {"relay": relay.pid, "agent": agent.pid}
             say(f"{name}: {tree}, relay pid {relay.pid}, agent pid {agent.pid}")
         lua = load.write_lua(root)
         for v in versions:  # warm pools and caches
@@ -247,8 +288,11 @@ async def run(
             for point in points:
                 for v in versions:
                     directory = profile if rep == 1 else None
-                    async with _profiled(directory, v, point, roles.get(v.name, {}), perf):
-                        row = await _point(point, v, seconds, lua, 64 * MiB, nginx.upload_source)
+                    profiled = v.roles if v.name != "openssh" else {}
+                    async with _profiled(directory, v, point, profiled, perf):
+                        row = await _point(
+                            point, v, seconds, lua, 64 * MiB, nginx.upload_source, with_sched
+                        )
                     v.rows.setdefault(point, []).append(row)
                     cells = "  ".join(f"{k} {x:.3f}" for k, x in row.items())
                     say(f"rep {rep} {point:5} {v.name:10} {cells}")
@@ -272,6 +316,12 @@ def cli() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="relay processes per tree (PostgreSQL needed)"
     )
+    parser.add_argument(
+        "--sched",
+        action="store_true",
+        help="per process of each path: CPU ms/MiB, shares of the time on a CPU and "
+        "waiting for one, system calls and context switches per MiB (transfer points)",
+    )
     args = parser.parse_args()
     points = [p for p in args.points.split(",") if p]
     if unknown := set(points) - set(POINTS):
@@ -292,6 +342,7 @@ def cli() -> None:
             say,
             args.perf,
             args.workers,
+            args.sched,
         )
     )
     say(f"uptime: {os.getloadavg()}")
