@@ -9,16 +9,33 @@ waited for the adjust of the one before)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 
 from server.relay import Relay
-from tests.conftest import AgentFactory
+from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI, blob_sha256
+from tests.support.capture import remember_secret
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    """A relay whose windows keep their starting size: on a busy machine a
+    loopback round of the window tuner can take longer than a long link's
+    (sluice.window_tuning.LONG) and grow the window, with top-ups of its own;
+    this test is about the starting window."""
+    relay = await Relay.start(relay_settings(tmp_path, max_inflight_per_agent=0))
+    remember_secret(relay.admin_token)
+    try:
+        yield relay
+    finally:
+        await relay.close()
 
 
 @pytest.mark.timeout(60)
