@@ -15,11 +15,14 @@ that 1 GiB file (their p50/p99, and the download's MB/s).
 
 CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
 child processes included) over the requests wrk made: less sensitive to
-other load on the machine than req/s. With ``--workers N`` each tree's relay
-is ``sluice-server run --workers N`` on a fresh PostgreSQL database
-(SLUICE_BENCH_POSTGRES_URL or SLUICE_TEST_POSTGRES_URL), its agent
-tunnelled to every worker. With ``--profile DIR`` every version's relay and agent are
-sampled by py-spy during the first repetition of each point.
+other load on the machine than req/s; ``writes`` the write system calls
+per request of the same processes (``syscw`` of ``/proc/<pid>/io``), also
+per role (``writes_relay``, ``writes_agent``). With
+``--workers N`` each tree's relay is ``sluice-server run --workers N`` on a
+fresh PostgreSQL database (SLUICE_BENCH_POSTGRES_URL or
+SLUICE_TEST_POSTGRES_URL), its agent tunnelled to every worker. With
+``--profile DIR`` every version's relay and agent are sampled by py-spy
+during the first repetition of each point.
 """
 
 from __future__ import annotations
@@ -42,7 +45,16 @@ from bench.cluster import worker_stack
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.postgres import fresh_database, server_url, unavailable
-from bench.proc import Child, ForeignLoad, Sched, cpu_seconds, raise_fd_limit, sched, spawn
+from bench.proc import (
+    Child,
+    ForeignLoad,
+    Sched,
+    cpu_seconds,
+    raise_fd_limit,
+    sched,
+    spawn,
+    write_calls,
+)
 from bench.profile import py_spy, sampling
 from bench.stack import Relay, start_agent
 
@@ -88,10 +100,13 @@ async def _point(
     lua: Path,
     size: int,
     upload: Path,
+    roles: dict[str, int] | None = None,
     with_sched: bool = False,
 ) -> dict[str, float]:
     foreign = ForeignLoad()
     cpu0 = cpu_seconds(version.pids)
+    writes0 = write_calls(version.pids)
+    role_writes0 = {role: write_calls([pid]) for role, pid in (roles or {}).items()}
     began = time.monotonic()
     transfer = point not in ("c1", "c32")
     sched0 = {r: sched(pid) for r, pid in version.roles.items()} if with_sched and transfer else {}
@@ -137,10 +152,13 @@ async def _point(
     cpu = cpu_seconds(version.pids) - cpu0
     wall = time.monotonic() - began
     moved_mib = (GiB if point in ("down1g", "mixed") else size) / MiB
-    for role, before in sched0.items():
-        row |= _sched_cells(role, sched(version.roles[role]) - before, wall, moved_mib)
+    for role, counted in sched0.items():
+        row |= _sched_cells(role, sched(version.roles[role]) - counted, wall, moved_mib)
     if count:
         row["cpu_us"] = cpu / count * 1e6
+        row["writes"] = (write_calls(version.pids) - writes0) / count
+        for role, before in role_writes0.items():
+            row[f"writes_{role}"] = (write_calls([(roles or {})[role]]) - before) / count
     else:
         row["cpu_s"] = cpu
     row["foreign"] = foreign.cores()
@@ -288,10 +306,17 @@ async def run(
             for point in points:
                 for v in versions:
                     directory = profile if rep == 1 else None
-                    profiled = v.roles if v.name != "openssh" else {}
-                    async with _profiled(directory, v, point, profiled, perf):
+                    sluice_roles = v.roles if v.name != "openssh" else {}
+                    async with _profiled(directory, v, point, sluice_roles, perf):
                         row = await _point(
-                            point, v, seconds, lua, 64 * MiB, nginx.upload_source, with_sched
+                            point,
+                            v,
+                            seconds,
+                            lua,
+                            64 * MiB,
+                            nginx.upload_source,
+                            sluice_roles or None,
+                            with_sched,
                         )
                     v.rows.setdefault(point, []).append(row)
                     cells = "  ".join(f"{k} {x:.3f}" for k, x in row.items())

@@ -79,6 +79,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def write_calls(pids: list[int]) -> int:
+    """Write system calls (``syscw`` of /proc/<pid>/io: write, writev; not
+    send) made by these processes and their descendants; those it may not
+    read count 0."""
+    total = 0
+    for root in pids:
+        for pid in process_tree(root):
+            try:
+                text = Path(f"/proc/{pid}/io").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("syscw:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (user..steal from /proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
