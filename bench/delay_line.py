@@ -228,6 +228,11 @@ class DelayLine:
         sender had in flight over the link)."""
         return max((side.most_held for side in self._sides if side.on_made is not None), default=0)
 
+    def reset_most_in_flight(self) -> None:
+        """Count ``most_in_flight_to_target`` from now on."""
+        for side in self._sides:
+            side.most_held = side.held_bytes
+
     def set_rtt(self, rtt: float) -> None:
         """Bytes read from now on take *rtt* (a very long one: a link that
         stalls without closing, as a database behind a dead route does)."""

@@ -73,6 +73,7 @@ async def _far_agent(
 
 
 RTT = 0.1
+PIECE = 512 * 1024
 
 
 @pytest.mark.timeout(60)
@@ -329,3 +330,69 @@ async def test_a_small_request_does_not_wait_behind_a_growing_upload(
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await upload
     _assert_no_queue_ahead(latencies, rtt)
+
+
+@pytest.mark.timeout(60)
+async def test_a_download_grows_beside_one_its_reader_holds_back(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """A stream whose reader is slower than the link (pausing the channel
+    again and again) gives back the growth it cannot use: a download beside
+    it still grows its window. (With the tuner ignoring every round in which
+    the reader paused, e175c23, the slow stream kept the whole per-agent
+    budget and the next download moved one starting window per round trip:
+    5 MB/s at 50 ms.)"""
+    rtt, reader, size = 0.05, 20e6, 24 * MiB
+    start = sshconfig.CHANNEL_WINDOW
+    # A budget its first stream's slow start reaches (256 KiB, 1, 4, 16 MiB).
+    cap = 16 * MiB
+    async with _far_agent(tmp_path, api, rtt, max_inflight_per_agent=cap) as (
+        relay,
+        _,
+        line,
+        agent_id,
+    ):
+        http = relay.tunnel_http.session(agent_id)
+        slow = 0
+
+        async def read_slowly() -> None:
+            nonlocal slow
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                began = time.monotonic()
+                async for chunk in resp.content.iter_any():
+                    slow += len(chunk)
+                    # At full speed first (the window grows as far as it
+                    # may), then as a reader of *reader* bytes/s that
+                    # takes a piece at a time (a busy caller): the stream
+                    # pauses in every round trip. Pacing, not a wait.
+                    if slow < 32 * MiB:
+                        began = time.monotonic()
+                        continue
+                    ahead = (slow - 32 * MiB) / reader - (time.monotonic() - began)
+                    if ahead > PIECE / reader:
+                        await asyncio.sleep(ahead)
+
+        held_back = asyncio.create_task(read_slowly())
+        try:
+            # Long enough for its window to grow, and to find the reader's pace.
+            await wait_until(lambda: slow > 48 * MiB, timeout=20, what="48 MiB read slowly")
+            line.reset_most_in_flight()
+            began = time.monotonic()
+            got = 0
+            async with http.get(f"{api.base}/blob/{size}") as resp:
+                async for chunk in resp.content.iter_any():
+                    got += len(chunk)
+            took = time.monotonic() - began
+            in_flight = line.most_in_flight_to_target
+            assert not held_back.done()
+        finally:
+            held_back.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await held_back
+    assert got == size
+    rate = size / took
+    shown = f"{rate / 1e6:.1f} MB/s, {in_flight / MiB:.1f} MiB in flight at most"
+    # One starting window per round trip: 5.2 MB/s, 256 KiB in flight (plus
+    # the slow stream's 1 MB: its reader's pace times the round trip).
+    assert rate > 4 * start / rtt, shown
+    assert in_flight > 16 * start, shown
