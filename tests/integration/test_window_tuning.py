@@ -396,3 +396,59 @@ async def test_a_download_grows_beside_one_its_reader_holds_back(
     # the slow stream's 1 MB: its reader's pace times the round trip).
     assert rate > 4 * start / rtt, shown
     assert in_flight > 16 * start, shown
+
+
+@pytest.mark.timeout(60)
+async def test_readers_that_barely_read_hold_no_more_than_the_budget(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """20 downloads whose windows grew, then whose callers take a piece only
+    now and then: each piece resumes the channel, and what arrived while it
+    was paused waits in its buffer. That counts against the window (the
+    relay's reader pauses at 128 KiB; asyncssh's own top-up counted none of
+    the buffer, so each piece let up to a whole grown window more in)."""
+    cap = 4 * MiB
+    streams = 20
+    async with _far_agent(tmp_path, api, 0.04, max_inflight_per_agent=cap) as (
+        relay,
+        _,
+        line,
+        agent_id,
+    ):
+        http = relay.tunnel_http.session(agent_id)
+        read = [0] * streams
+        buffered: list[Callable[[], int]] = [lambda: 0] * streams
+        slow_down = asyncio.Event()
+
+        async def download(i: int) -> None:
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                buffered[i] = lambda: resp.content._size  # taken in, not read yet
+                async for chunk in resp.content.iter_any():
+                    read[i] += len(chunk)
+                    if slow_down.is_set():
+                        break
+                while True:  # a piece every 0.1 s: a caller that barely reads
+                    read[i] += len(await resp.content.readany())
+                    await asyncio.sleep(0.1)
+
+        tasks = [asyncio.create_task(download(i)) for i in range(streams)]
+        try:
+            # Flowing for a while first, so that windows grow as far as they may.
+            await wait_until(lambda: sum(read) > 64 * MiB, timeout=30, what="64 MiB read")
+            slow_down.set()
+            # What crossed the link and the callers have not taken in waits
+            # in the relay (the channels' buffers): sampled for 3 s.
+            most = 0
+            for _ in range(30):
+                await asyncio.sleep(0.1)  # a sample of the line's counter
+                taken = sum(read) + sum(size() for size in buffered)
+                most = max(most, line.carried_to_target - taken)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    # At most the budget and each stream's starting window, plus the control
+    # traffic (CONNECT heads, answers' heads).
+    allowed = cap + streams * sshconfig.CHANNEL_WINDOW + MiB
+    print(f"at most {most} bytes waited in the relay")
+    assert most <= allowed, f"{most} bytes waited in the relay, allowed {allowed}"
