@@ -19,7 +19,7 @@ from agent.outbound_proxy import connect_via_proxy, proxy_for
 from agent.proxy import ChannelProxy, ProxyContext
 from agent.settings import AgentSettings
 from agent.ssh_identity import EXPLICIT_CLIENT_OPTIONS, provide_account_defaults
-from sluice import __version__, queue_probe, send_scheduler, sshconfig
+from sluice import __version__, queue_probe, send_coalescing, send_scheduler, sshconfig
 from sluice.addresses import HostPort
 from sluice.ssh_reads import read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
@@ -147,6 +147,7 @@ async def open_tunnel(
                 )
                 await _signal_ready(ssh)
                 send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
+                send_coalescing.start(ssh)  # a loop turn's answers in one write
                 queue_probe.start(ssh, "agent")
     except TimeoutError:
         ssh.close()

@@ -79,6 +79,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def write_calls(pids: list[int]) -> int:
+    """Write system calls (``syscw`` of /proc/<pid>/io: write, writev; not
+    send) made by these processes and their descendants; those it may not
+    read count 0."""
+    total = 0
+    for root in pids:
+        for pid in process_tree(root):
+            try:
+                text = Path(f"/proc/{pid}/io").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("syscw:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (user..steal from /proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -112,6 +129,67 @@ class ForeignLoad:
         wall = time.monotonic() - self._at
         others = (machine_busy_seconds() - self._busy) - (own_seconds() - self._own)
         return max(0.0, others / wall) if wall > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Sched:
+    """What the scheduler and the kernel counted for a process tree, summed
+    over its threads (``/proc/<pid>/task/*/schedstat``, ``status``, ``io``):
+    seconds on a CPU, seconds runnable but waiting for one, context switches
+    (voluntary: it blocked; involuntary: it was preempted) and read/write
+    system calls (``syscr``/``syscw``: read(2), write(2) and their vector
+    forms; not recvfrom/sendto)."""
+
+    run: float = 0.0
+    wait: float = 0.0
+    voluntary: int = 0
+    involuntary: int = 0
+    reads: int = 0
+    writes: int = 0
+
+    def __sub__(self, other: Sched) -> Sched:
+        return Sched(
+            self.run - other.run,
+            self.wait - other.wait,
+            self.voluntary - other.voluntary,
+            self.involuntary - other.involuntary,
+            self.reads - other.reads,
+            self.writes - other.writes,
+        )
+
+
+def _status_counts(pid: int) -> tuple[int, int]:
+    voluntary = involuntary = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "voluntary_ctxt_switches":
+            voluntary = int(value)
+        elif key == "nonvoluntary_ctxt_switches":
+            involuntary = int(value)
+    return voluntary, involuntary
+
+
+def sched(root: int) -> Sched:
+    """The scheduler's and the kernel's counts for *root* and its descendants
+    (processes gone in between count as nothing)."""
+    run = wait = 0
+    voluntary = involuntary = reads = writes = 0
+    for pid in process_tree(root):
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    on_cpu, queued, _ = (task / "schedstat").read_text().split()
+                    run += int(on_cpu)
+                    wait += int(queued)
+            v, n = _status_counts(pid)
+            io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        voluntary += v
+        involuntary += n
+        reads += int(io.get("syscr", 0))
+        writes += int(io.get("syscw", 0))
+    return Sched(run / 1e9, wait / 1e9, voluntary, involuntary, reads, writes)
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -33,6 +33,11 @@ here, after the others, unless ``SLUICE_SEND_SCHEDULER=off``) interleaves
 the channels' packets and keeps the transport's and the kernel's queues
 short, so a small answer does not wait behind a download's window.
 
+One write per loop turn: ``sluice.send_coalescing`` (installed here too,
+unless ``SLUICE_SEND_COALESCING=off``) holds the batches of the channel
+flushes of one event-loop turn and writes them together as the turn ends;
+any other packet writes what is held first.
+
 Safety: nothing is patched on import. ``tune_asyncssh()`` (called when the
 relay starts listening and when the agent opens a tunnel) first checks that
 asyncssh still has the shape the tweaks were written for
@@ -64,7 +69,7 @@ from asyncssh.packet import SSHPacketLogger, String
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sluice import send_scheduler, ssh_shape
+from sluice import send_coalescing, send_scheduler, ssh_shape
 
 # The environment variable that turns the tweaks off ("off", "0", "false", "no").
 SWITCH: Final = "SLUICE_SSH_TUNING"
@@ -181,8 +186,14 @@ def _patch_flush() -> None:
         batch = state.batch if state is not None else None
         if batch is not None:
             batch.append(data)
-        else:
-            original_send(self, data)
+            return
+        held = send_coalescing.outbox(self)
+        if held is not None and held.parts:
+            # A packet of asyncssh's own (window adjust, open, close, kex,
+            # keepalive, disconnect) never waits for the turn's end, and
+            # leaves after the channel data produced before it.
+            held.flush()
+        original_send(self, data)
 
     def _flush_send_buf(self: SSHChannel[Any]) -> None:
         ssh = self._conn
@@ -205,7 +216,11 @@ def _patch_flush() -> None:
         finally:
             state.batch = None
             if batch and transport is not None:
-                _write_all(transport, batch)
+                held = send_coalescing.outbox(ssh)
+                if held is None:
+                    _write_all(transport, batch)
+                else:
+                    held.add(transport, batch)  # written once, as the loop turn ends
 
     _connection.SSHConnection._send = _send  # type: ignore[method-assign]
     _channel.SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
@@ -493,12 +508,19 @@ def schedule_sends(environ: Mapping[str, str]) -> None:
         _apply("send_scheduler", lambda: send_scheduler.install(environ))
 
 
+def coalesce_sends(environ: Mapping[str, str]) -> None:
+    """Allow ``sluice.send_coalescing`` (after ``batch_channel_writes``, whose
+    batches it holds) unless SLUICE_SEND_COALESCING in *environ* is off."""
+    if send_coalescing.enabled(environ):
+        _apply("send_coalescing", lambda: send_coalescing.install(environ))
+
+
 def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
     """Apply every tweak above, once per process, unless SLUICE_SSH_TUNING is
     off in *environ* (default: the process's) or asyncssh differs from what
     they were written for (then one warning is logged); the send scheduler
-    too, unless SLUICE_SEND_SCHEDULER is off. Returns whether the tweaks are
-    in place."""
+    too, unless SLUICE_SEND_SCHEDULER is off, and the write coalescing, unless
+    SLUICE_SEND_COALESCING is off. Returns whether the tweaks are in place."""
     env = os.environ if environ is None else environ
     enabled = tuning_enabled(env)
     if enabled:
@@ -507,12 +529,14 @@ def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
         batch_channel_writes()
         reuse_gcm_keys()
         schedule_sends(env)
+        coalesce_sends(env)
     if not _Applied.told:
         _Applied.told = True
         structlog.get_logger("sluice.ssh_tuning").info(
             "ssh_tuning",
             state="on" if _Applied.names else ("off" if not enabled else "stock"),
             send_scheduler="on" if send_scheduler.installed() else "off",
+            send_coalescing="on" if send_coalescing.installed() else "off",
             asyncssh_version=ssh_shape.installed_version(),
         )
     return bool(_Applied.names)

@@ -40,15 +40,23 @@ TUNNEL_READY_HOST: Final = "sluice-ready"
 # its one tunnel.
 CLUSTER_RELAYS_HOST: Final = "sluice-relays"
 
-# Per-channel receive window and packet size. All streams of an agent share
-# one SSH connection, so a bulk stream can queue up to a window of data ahead
-# of a small answer: the window bounds that wait. Packets as large as the
-# window cost a quarter of the per-packet work (parse, decrypt, hand-off) of
-# 32 KiB ones. Each side announces its own maximum when a channel opens
-# (RFC 4254 5.1), so an older peer that asks for 32 KiB packets still gets
-# them. The A/B measurements behind both sizes: docs/BENCHMARKS.md, "Tuning
-# history".
-CHANNEL_WINDOW: Final = 256 * 1024
+# Per-channel receive window (the relay's: answers) and packet size. All
+# streams of an agent share one SSH connection, so a bulk stream can queue up
+# to a window of data ahead of a small answer: while small answers run beside
+# it, its window shrinks (server/tunnel/window_share.py), and the senders'
+# queues are kept short (sluice/send_scheduler.py). Alone, it keeps four
+# packets' worth: asyncssh tops a window up once less than half is left, so
+# the agent still holds a packet's credit when the top-up goes out and never
+# waits for it between two packets. With a window of one packet (256 KiB),
+# each packet waited for the top-up of the one before (relay: read, decrypt,
+# adjust; agent: wake, encrypt, write, one after the other): the 64 MiB
+# download ran at 0.55-0.65x OpenSSH with both processes well below a core
+# each (issue 22). Packets as large as 256 KiB cost a quarter of the
+# per-packet work (parse, decrypt, hand-off) of 32 KiB ones. Each side
+# announces its own maximum when a channel opens (RFC 4254 5.1), so an older
+# peer that asks for 32 KiB packets still gets them. The A/B measurements
+# behind both sizes: docs/BENCHMARKS.md, "Tuning history".
+CHANNEL_WINDOW: Final = 1024 * 1024
 CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
 # The agent's receive window (request bodies, relay -> agent). No small
 # answers share that direction, so it is sized for throughput. It bounds what

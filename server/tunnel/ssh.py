@@ -14,7 +14,7 @@ from server.storage.store import AgentRecord, Store
 from server.tunnel.auth_limit import FailedLoginLimiter
 from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import Tunnel, TunnelRegistry
-from sluice import queue_probe, send_scheduler, sshconfig
+from sluice import queue_probe, send_coalescing, send_scheduler, sshconfig
 from sluice.addresses import LISTEN_BACKLOG
 from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
@@ -101,6 +101,7 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._ssh = ssh
         read_whole_packets(ssh, self._ctx.reads)
         send_scheduler.start(ssh)  # uploads' and requests' packets interleaved, short queues
+        send_coalescing.start(ssh)  # a loop turn's requests in one write
         queue_probe.start(ssh, "relay")  # bench only: off unless SLUICE_QUEUE_PROBE is set
         peer = ssh.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"

@@ -19,7 +19,7 @@ import pytest
 
 from bench.delay_line import DelayLine
 from server.relay import Relay
-from sluice import send_scheduler, ssh_tuning, sshconfig
+from sluice import send_coalescing, send_scheduler, ssh_tuning, sshconfig
 from tests.conftest import relay_settings
 from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI, noise
@@ -108,6 +108,7 @@ async def test_a_tuned_client_forwards_through_openssh_sshd_intact(
         ):
             assert ssh_tuning._gcm_ready(conn) is not None  # the tuned framing path
             assert send_scheduler.start(conn)  # as the agent's tunnel: packets interleaved
+            assert send_coalescing.start(conn)  # and a loop turn's packets in one write
             exchanges = _count_key_exchanges(conn)
             listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", backend_port)
             reader, writer = await asyncio.open_connection("127.0.0.1", listener.get_port())
@@ -149,6 +150,7 @@ async def test_a_tuned_relay_serves_a_stock_asyncssh_agent(
     try:
         assert ssh_tuning.applied()  # the relay in this process is tuned
         assert send_scheduler.installed()  # and schedules its tunnels' sends
+        assert send_coalescing.installed()  # and coalesces their writes
         _, token = await relay.store.create_agent("stock")
         remember_secret(str(token), token.secret)
         async with _link(relay.ssh_address[1], rtt) as port:
@@ -244,6 +246,7 @@ async def test_a_tuned_agent_works_with_a_stock_asyncssh_relay(
                 down, up = await _through_session(http, proxy, size)
         assert '"state": "on"' in agent.log()
         assert '"send_scheduler": "on"' in agent.log()
+        assert '"send_coalescing": "on"' in agent.log()
         assert '"state": "off"' in relay.log_path.read_text()  # the relay ran asyncssh stock
     finally:
         if agent is not None and agent.proc is not None and agent.proc.returncode is None:

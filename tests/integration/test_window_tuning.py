@@ -78,8 +78,8 @@ PIECE = 512 * 1024
 
 @pytest.mark.timeout(60)
 async def test_windows_grow_to_a_long_link_both_ways(tmp_path: Path, api: InternalAPI) -> None:
-    # One starting window per round trip: 256 KiB / 100 ms = 2.6 MB/s down,
-    # 1 MiB / 100 ms = 10.5 MB/s up; fixed windows reach less than that.
+    # One starting window per round trip: 1 MiB / 100 ms = 10.5 MB/s each
+    # way; fixed windows reach less than that.
     # Grown ones must beat it clearly, even on a busy 2-core machine.
     down_bound = sshconfig.CHANNEL_WINDOW / RTT / 1e6
     up_bound = sshconfig.AGENT_RECEIVE_WINDOW / RTT / 1e6
@@ -105,12 +105,13 @@ async def test_windows_grow_to_a_long_link_both_ways(tmp_path: Path, api: Intern
 @pytest.mark.timeout(60)
 async def test_every_download_ramps_up_on_a_long_link(tmp_path: Path, api: InternalAPI) -> None:
     # 16 MiB at 100 ms, three times on one agent connection, the first on a
-    # connection that has carried nothing yet. Fixed windows allow 2.6 MB/s.
-    # Slow start quadruples the window each round trip, so even the first
-    # download ramps within a few of them (a window that doubles every other
-    # round trip, as before, reached ~11 MB/s here); later ones start from
-    # what the connection carried. This test's process (relay, API, delay
-    # line) bounds the rest.
+    # connection that has carried nothing yet. Fixed windows allow 10.5 MB/s
+    # (1 MiB per round trip). Slow start quadruples the window each round
+    # trip, so even the first download ramps within a few of them (with
+    # 256 KiB starting windows a window that doubled every other round trip
+    # reached ~11 MB/s here); later ones start from what the connection
+    # carried. 16 MiB is only a few round trips' worth of a grown window, and
+    # this test's process (relay, API, delay line) bounds the rest.
     rtt, size = 0.1, 16 * MiB
     speeds = []
     async with _far_agent(tmp_path, api, rtt) as (relay, _, _, agent_id):
@@ -123,8 +124,8 @@ async def test_every_download_ramps_up_on_a_long_link(tmp_path: Path, api: Inter
             speeds.append(size / (time.monotonic() - began) / 1e6)
     fixed = sshconfig.CHANNEL_WINDOW / rtt / 1e6
     shown = f"MB/s {[round(s, 1) for s in speeds]}, fixed windows {fixed:.1f}"
-    assert speeds[0] > 6 * fixed, shown
-    assert min(speeds[1:]) > 15 * fixed, shown
+    assert speeds[0] > 1.8 * fixed, shown
+    assert min(speeds[1:]) > 5 * fixed, shown
 
 
 @pytest.mark.timeout(60)

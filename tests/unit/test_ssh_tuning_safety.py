@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sluice import send_scheduler, ssh_shape
+from sluice import send_coalescing, send_scheduler, ssh_shape
 from sluice.ssh_tuning import SWITCH, tuning_enabled
 
 # Runs in a fresh interpreter (this one has the tweaks applied by other tests):
@@ -54,6 +54,7 @@ json.dump({
     "result": result,
     "stock": still,
     "scheduler": sys.modules["sluice.send_scheduler"].installed(),
+    "coalescing": sys.modules["sluice.send_coalescing"].installed(),
     "extra": [n for n in ("_sluice_batch", "_sluice_pending", "_sluice_aead")
               if hasattr(SSHConnection, n) or hasattr(GCMCipher, n)],
     "warnings": [e for e in logs if e["log_level"] == "warning"],
@@ -62,7 +63,7 @@ json.dump({
 
 
 def _probe(call: str, before: str = "", **env: str) -> dict[str, Any]:
-    switches = (SWITCH, send_scheduler.SWITCH)
+    switches = (SWITCH, send_scheduler.SWITCH, send_coalescing.SWITCH)
     environ = {k: v for k, v in os.environ.items() if k not in switches} | env
     out = subprocess.run(
         [sys.executable, "-c", _PROBE % (textwrap.dedent(before), call)],
@@ -86,6 +87,7 @@ def test_the_explicit_call_patches() -> None:
     assert seen["result"] is True
     assert seen["stock"] == dict.fromkeys(seen["stock"], False)
     assert seen["scheduler"] is True  # on by default
+    assert seen["coalescing"] is True  # on by default
     assert seen["warnings"] == []
 
 
@@ -120,6 +122,21 @@ def test_the_switch_leaves_asyncssh_stock(value: str) -> None:
     seen = _probe("tuning.tune_asyncssh()", **{SWITCH: value})
     assert seen["result"] is False
     assert seen["stock"] == dict.fromkeys(seen["stock"], True)
+    assert (seen["scheduler"], seen["coalescing"]) == (False, False)
+
+
+def test_the_coalescings_own_switch_leaves_it_out() -> None:
+    seen = _probe("tuning.tune_asyncssh()", **{send_coalescing.SWITCH: "off"})
+    assert seen["result"] is True  # the other tweaks are in place
+    assert (seen["scheduler"], seen["coalescing"]) == (True, False)
+
+
+def test_a_bad_coalescing_value_names_the_variable() -> None:
+    name = send_coalescing.SWITCH
+    assert send_coalescing.enabled({}) is True
+    assert send_coalescing.enabled({name: "off"}) is False
+    with pytest.raises(ValueError, match=f"{name}='maybe': must be 'on' or 'off'"):
+        send_coalescing.enabled({name: "maybe"})
 
 
 def test_a_bad_switch_value_names_the_variable() -> None:
@@ -175,7 +192,7 @@ def test_an_asyncssh_of_another_shape_runs_stock_with_one_warning(
     seen = _probe("tuning.tune_asyncssh()", before=change)
     assert seen["result"] is False
     assert seen["stock"] == dict.fromkeys(seen["stock"], True)
-    assert seen["scheduler"] is False
+    assert (seen["scheduler"], seen["coalescing"]) == (False, False)
     warnings = seen["warnings"]
     assert len(warnings) == 1
     assert difference in str(warnings[0]["differences"])

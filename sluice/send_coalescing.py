@@ -1,0 +1,153 @@
+"""One socket write per event-loop turn for the tunnel's channel data (issue 22).
+
+At c=32 keep-alive requests a loop turn on the agent handles many answers,
+each a channel flush of one or two SSH packets; uvloop tries a ``send`` for
+every write while its buffer is empty, so 20 answers made 20 system calls on
+the tunnel socket where one ``writev`` of all of them does. With this on, the
+packets of a channel flush (``sluice.ssh_tuning``'s batching flush, already
+encrypted, sequence numbers taken) go to the connection's ``Outbox``; the
+first of a turn schedules one ``loop.call_soon`` that writes them all, in
+order, at the end of the turn.
+
+Why it cannot stall the tunnel (an earlier coalescing, a wrapper around the
+whole transport, stalled the agent's ready signal):
+
+- only channel flushes are held, never the packets asyncssh sends on its
+  own: window adjusts, channel opens and their replies, close and EOF sent
+  outside a flush, keepalives, global requests, key exchange and disconnect
+  go through ``SSHConnection._send`` as before, which first writes whatever
+  the outbox holds (``flush``): every byte leaves in the order asyncssh
+  produced it, and no control packet waits for the end of the turn;
+- the end-of-turn write is a plain ``call_soon`` on the connection's loop;
+  holding at most ``LIMIT`` bytes (a bulk packet is written at once, so the
+  send scheduler's high-water mark still pauses the channels in time);
+- closing: asyncssh's ``disconnect`` sends its packet through ``_send``
+  (which flushes first), and its ``_force_close`` aborts the transport with a
+  ``call_soon`` that comes after the turn's flush; what is still held when
+  the transport is already closing is dropped, as asyncssh's abort drops its
+  buffer.
+
+When: ``sluice.ssh_tuning.tune_asyncssh`` installs it with the other tweaks
+(so ``SLUICE_SSH_TUNING=off`` and the shape check leave it out) unless
+``SLUICE_SEND_COALESCING=off``; then ``start()`` puts each tunnel connection
+under it (the relay's when it connects, the agent's once its tunnel is set
+up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Final, cast
+
+from asyncssh.connection import SSHConnection
+
+# "off" (or 0, false, no) turns the coalescing alone off; "on" or unset: on.
+SWITCH: Final = "SLUICE_SEND_COALESCING"
+_OFF = frozenset({"off", "0", "false", "no"})
+_ON = frozenset({"", "on", "1", "true", "yes"})
+
+# What an outbox may hold before it writes at once: many small answers, but
+# not a bulk packet (256 KiB), which gains nothing from waiting and must reach
+# the transport before the send scheduler decides whether it is paused.
+LIMIT: Final = 64 * 1024
+
+_KEY: Final = "_sluice_outbox"
+
+
+class _Installed:
+    on = False
+
+
+def enabled(environ: Mapping[str, str]) -> bool:
+    """Whether SLUICE_SEND_COALESCING in *environ* leaves the coalescing on (the default)."""
+    value = environ.get(SWITCH, "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise ValueError(f"{SWITCH}={value!r}: must be 'on' or 'off'")
+
+
+def install(environ: Mapping[str, str]) -> None:
+    """Allow ``start()`` in this process unless SLUICE_SEND_COALESCING in
+    *environ* is off. Only ``sluice.ssh_tuning.tune_asyncssh`` calls it, after
+    the shape check and ``batch_channel_writes`` (whose batches go here)."""
+    if enabled(environ):
+        _Installed.on = True
+
+
+def installed() -> bool:
+    """Whether tunnel connections in this process coalesce their writes."""
+    return _Installed.on
+
+
+class Outbox:
+    """The encrypted packets of one connection's channel flushes in this
+    loop turn, written together when the turn ends or before any other packet."""
+
+    __slots__ = ("loop", "parts", "scheduled", "size", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.scheduled = False
+        self.transport: Any = None  # Any: asyncssh's, typed as a plain Transport
+
+    def __repr__(self) -> str:
+        return f"<Outbox packets={len(self.parts)} bytes={self.size} scheduled={self.scheduled}>"
+
+    def add(self, transport: Any, batch: list[bytes]) -> None:
+        """Hold *batch* (a flush's packets, in order) for *transport*."""
+        if transport is not self.transport and self.parts:
+            self.flush()  # (a connection has one transport; kept simple if not)
+        self.transport = transport
+        self.parts.extend(batch)
+        for part in batch:
+            self.size += len(part)
+        if self.size >= LIMIT:
+            self.flush()
+        elif not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self.scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is held, in one call, now."""
+        parts = self.parts
+        if not parts:
+            return
+        transport = self.transport
+        self.parts = []
+        self.size = 0
+        self.transport = None  # (a closed connection's outbox keeps no transport alive)
+        if transport.is_closing():
+            return  # aborted: asyncssh drops what its transport holds, too
+        with contextlib.suppress(ConnectionError):  # as asyncssh's own _send
+            if len(parts) == 1:
+                transport.write(parts[0])
+            else:
+                transport.writelines(parts)
+
+
+def outbox(ssh: SSHConnection) -> Outbox | None:
+    """*ssh*'s outbox, if it is under the coalescing."""
+    return cast(Outbox | None, ssh.__dict__.get(_KEY))
+
+
+def start(ssh: SSHConnection) -> bool:
+    """Coalesce *ssh*'s channel writes from now on (a tunnel connection, its
+    transport connected), if the tuning call installed the coalescing.
+    Returns whether it did."""
+    transport: Any = ssh._transport  # Any: asyncssh's proxy-command tunnel is no Transport
+    if not _Installed.on or transport is None or _KEY in ssh.__dict__:
+        return False
+    if not (hasattr(transport, "writelines") and hasattr(transport, "is_closing")):
+        return False  # a proxy-command tunnel: written as it comes
+    ssh.__dict__[_KEY] = Outbox(asyncio.get_running_loop())
+    return True

@@ -1,0 +1,84 @@
+"""A download through the tunnel flows as a pipeline, not packet by packet:
+the relay tops up an answer's window while the agent still holds credit for
+a whole packet, so the agent never sits waiting for a window adjust between
+two packets, and the relay sends few adjusts per MiB (each one a system call
+on both sides and a wake-up of the agent). Seen in the window adjusts the
+relay sends the agent (issue 22: with a window of one packet, every packet
+waited for the adjust of the one before)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
+
+from server.relay import Relay
+from tests.conftest import AgentFactory, relay_settings
+from tests.support.api import InternalAPI, blob_sha256
+from tests.support.capture import remember_secret
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    """A relay whose windows keep their starting size: on a busy machine a
+    loopback round of the window tuner can take longer than a long link's
+    (sluice.window_tuning.LONG) and grow the window, with top-ups of its own;
+    this test is about the starting window."""
+    relay = await Relay.start(relay_settings(tmp_path, max_inflight_per_agent=0))
+    remember_secret(relay.admin_token)
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_download_never_waits_for_a_window_adjust(
+    relay: Relay, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    http = relay.tunnel_http.session(token.agent_id)
+    async with http.get(f"{api.base}/hello") as resp:
+        assert resp.status == 200
+    [tunnel] = relay.registry.replicas(token.agent_id)
+
+    # Every window adjust the relay sends on this tunnel: (agent's channel, bytes).
+    sent: list[tuple[int, int]] = []
+    send_packet = tunnel.ssh.send_packet
+
+    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
+            payload = b"".join(args)
+            sent.append((int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big")))
+        send_packet(pkttype, *args, handler=handler)
+
+    tunnel.ssh.send_packet = recording  # type: ignore[method-assign]
+
+    size = 64 * MiB
+    digest = hashlib.sha256()
+    async with http.get(f"{api.base}/blob/{size}") as resp:
+        async for chunk in resp.content.iter_any():
+            digest.update(chunk)
+    assert digest.hexdigest() == blob_sha256(size)
+
+    by_channel: dict[int, list[int]] = {}
+    for chan, amount in sent:
+        by_channel.setdefault(chan, []).append(amount)
+    # The download's channel: the one that was granted (about) its whole body.
+    adjusts = max(by_channel.values(), key=sum)
+    assert sum(adjusts) > size - tunnel.window, adjusts[:8]
+    # The credit the agent still held as each top-up went out: the window
+    # less what the top-up returns. At least a packet: the next packet
+    # leaves while the adjust is on its way (one packet per window: 0).
+    left = [tunnel.window - amount for amount in adjusts]
+    shown = [amount // 1024 for amount in left[:8]]
+    assert min(left) >= tunnel.max_pktsize, f"credit left at top-ups (KiB): {shown}"
+    # Few adjusts: one per packet was 4 per MiB.
+    per_mib = len(adjusts) / (size / MiB)
+    assert per_mib <= 2, f"{per_mib:.1f} window adjusts per MiB"

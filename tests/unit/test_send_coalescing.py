@@ -1,0 +1,140 @@
+"""``sluice.send_coalescing`` on a real asyncssh connection: what it holds,
+when it lets go, and that nothing of asyncssh's own waits behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncssh
+import pytest
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.packet import String
+
+from sluice import send_coalescing
+from sluice.ssh_tuning import tune_asyncssh
+
+
+class _Server(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return True
+
+
+class _Recording:
+    """The connection's transport, recording each write call's bytes."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.calls: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(bytes(data))
+        self.inner.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.calls.append(b"".join(data))
+        self.inner.writelines(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    while data := await process.stdin.read(65536):
+        process.stdout.write(data)
+    process.exit(0)
+
+
+@pytest.fixture
+async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A client connection to an echo server, both tuned, the client's writes coalesced."""
+    assert tune_asyncssh({})
+    assert send_coalescing.installed()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        _Server, "127.0.0.1", 0, server_host_keys=[key], process_factory=_echo, encoding=None
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            port,
+            known_hosts=None,
+            username="u",
+            client_keys=None,
+            agent_path=None,
+            config=None,
+            encryption_algs=["aes128-gcm@openssh.com"],
+        ) as conn:
+            assert send_coalescing.start(conn)
+            yield conn
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_turns_channel_writes_leave_in_one_write_as_the_turn_ends(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    procs = [await ssh.create_process("echo", encoding=None) for _ in range(8)]
+    assert ssh._transport is not None
+    wire = _Recording(ssh._transport)
+    ssh._transport = wire  # type: ignore[assignment]
+    for i, proc in enumerate(procs):
+        proc.stdin.write(b"request %d" % i)
+    assert wire.calls == []  # held until the turn ends
+    await asyncio.sleep(0)  # (the turn ends: the loop runs what is ready)
+    assert len(wire.calls) == 1
+    for i, proc in enumerate(procs):
+        assert await asyncio.wait_for(proc.stdout.read(100), 5) == b"request %d" % i
+        proc.stdin.write_eof()
+
+
+async def test_a_packet_of_asyncssh_own_does_not_wait_and_keeps_its_place(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    proc = await ssh.create_process("echo", encoding=None)
+    assert ssh._transport is not None
+    wire = _Recording(ssh._transport)
+    ssh._transport = wire  # type: ignore[assignment]
+    proc.stdin.write(b"before")
+    assert wire.calls == []
+    # Any packet asyncssh sends outside a channel flush (an IGNORE here, as a
+    # window adjust, an open reply or a key exchange would be) goes now, after
+    # the data the turn produced before it.
+    ssh.send_packet(MSG_IGNORE, String(b"ping"))
+    assert len(wire.calls) == 2
+    proc.stdin.write(b" after")
+    await asyncio.sleep(0)
+    assert len(wire.calls) == 3
+    assert await asyncio.wait_for(proc.stdout.readexactly(12), 5) == b"before after"
+
+
+async def test_a_bulk_packet_is_written_at_once(ssh: asyncssh.SSHClientConnection) -> None:
+    proc = await ssh.create_process("echo", encoding=None)
+    assert ssh._transport is not None
+    wire = _Recording(ssh._transport)
+    ssh._transport = wire  # type: ignore[assignment]
+    blob = bytes(range(256)) * 1024  # 256 KiB: over the outbox's limit
+    proc.stdin.write(b"small")
+    proc.stdin.write(blob)
+    assert len(wire.calls) == 1  # the small write and the bulk, together, now
+    assert len(wire.calls[0]) > len(blob)
+    assert await asyncio.wait_for(proc.stdout.readexactly(5 + len(blob)), 10) == b"small" + blob
+
+
+async def test_what_is_held_when_the_connection_aborts_is_dropped(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    proc = await ssh.create_process("echo", encoding=None)
+    assert ssh._transport is not None
+    wire = _Recording(ssh._transport)
+    ssh._transport = wire  # type: ignore[assignment]
+    proc.stdin.write(b"never sent")
+    wire.inner.abort()  # as asyncssh's own abort: buffered data is lost
+    await asyncio.sleep(0)
+    assert wire.calls == []
+    await asyncio.wait_for(ssh.wait_closed(), 5)
