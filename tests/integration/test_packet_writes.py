@@ -63,7 +63,9 @@ async def test_a_packet_leaves_in_one_write_while_the_relay_falls_behind(
     agent, token = await start_agent([f"127.0.0.1:{api.port}"])
     http = relay.tunnel_http.session(token.agent_id)
     [tunnel] = relay.registry.replicas(token.agent_id)
-    sock = tunnel.ssh._transport.get_extra_info("socket")
+    transport = tunnel.ssh._transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_RCVBUF)
     assert tunnel.window >= 4 * tunnel.max_pktsize  # the agent's credit: 4 packets
 
