@@ -15,9 +15,10 @@ a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
   within ``LOWAT`` and ``LOWAT_MAX``: the socket takes more only as the link
   sends. A fixed 128 KiB made the agent write each 256 KiB packet of a
   loopback download in two or more system calls whenever the relay's socket
-  was full (17% more agent CPU per MiB, a fifth of the rate); where the link
-  is that fast, a packet's worth of queue costs a small answer under a
-  millisecond;
+  was full (11-13 writes per MiB instead of 4; tests/integration/
+  test_packet_writes.py); where the link is that fast, a packet's worth of
+  queue costs a small answer under 3 ms, and on a 50 MB/s link the mark
+  stays at 128 KiB;
 - the transport's write-buffer limits are ``HIGH_WATER`` / half of it, and a
   channel's flush goes through a round robin: a channel with data and window
   sends one ``QUANTUM`` (one packet) per turn, and only while the transport
@@ -60,15 +61,16 @@ _ON = frozenset({"", "on", "1", "true", "yes"})
 # A/B on a 50 ms, 50 MB/s link (notes of branch issue-22s): 1 MiB and 4 MiB
 # gained no rate and no better p99; stock asyncssh held up to 25 MB here.
 HIGH_WATER: Final = 256 * 1024
-# The kernel's not-yet-sent queue: under 3 ms at 50 MB/s. A/B (50 and
-# 100 ms, 50 MB/s; loopback): 64 KiB no lower p99 over 4 runs, 512 KiB a
-# higher p50/p99; loopback rates unchanged with any of them.
+# The kernel's not-yet-sent queue at the least (and until a connection's
+# rate is known): under 3 ms at 50 MB/s. A/B (50 and 100 ms, 50 MB/s;
+# loopback): 64 KiB no lower p99 over 4 runs, a fixed 512 KiB a higher
+# p50/p99.
 LOWAT: Final = 128 * 1024
 # The low-water mark follows the link: this long a queue at the connection's
 # rate while busy (128 KiB at 50 MB/s; 1 MiB from 420 MB/s on).
 LOWAT_SECONDS: Final = 0.0025
 LOWAT_MAX: Final = 1024 * 1024
-# How often (at most) a connection under load reads its delivery rate: a
+# How often (at most) a connection under load takes its rate: a
 # getsockopt, and a setsockopt when the mark moves by a quarter or more.
 SAMPLE_SECONDS: Final = 0.05
 # One turn: a whole packet of Sluice's size (sshconfig.CHANNEL_MAX_PKTSIZE).
