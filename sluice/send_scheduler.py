@@ -11,7 +11,7 @@ a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
 
 - ``TCP_NOTSENT_LOWAT`` on the socket keeps the kernel's not-yet-sent queue
   near ``LOWAT_SECONDS`` of the connection's rate while busy (``TCP_INFO``,
-  taken at most every ``SAMPLE_SECONDS`` as the transport resumes),
+  taken at most every ``SAMPLE_SECONDS`` as channel data is sent),
   within ``LOWAT`` and ``LOWAT_MAX``: the socket takes more only as the link
   sends. A fixed 128 KiB made the agent write each 256 KiB packet of a
   loopback download in two or more system calls whenever the relay's socket
@@ -87,8 +87,11 @@ _U64: Final = struct.Struct("=Q")
 _BYTES_ACKED_AT: Final = 120
 _BUSY_TIME_AT: Final = 168
 _TCP_INFO_LEN: Final = _BUSY_TIME_AT + _U64.size
-# The least busy time a rate is taken over (µs): the kernel counts it in jiffies.
+# The least busy time (µs; the kernel counts it in jiffies) and bytes a rate
+# is taken over: a few small answers, each busy for a jiffy or so, would make
+# a loopback connection look slow and reset the mark between downloads.
 _MIN_BUSY_US: Final = 20_000
+_MIN_ACKED: Final = 1024 * 1024
 _KEY: Final = "_sluice_scheduler"
 
 
@@ -134,7 +137,7 @@ class _Scheduler:
             self.acked, self.busy_us = acked, busy_us
             return
         busy = busy_us - self.busy_us
-        if busy < _MIN_BUSY_US:
+        if busy < _MIN_BUSY_US or acked - self.acked < _MIN_ACKED:
             return
         rate = (acked - self.acked) / (busy / 1e6)
         self.acked, self.busy_us = acked, busy_us
@@ -250,6 +253,10 @@ def _patch() -> None:
         if sched is None or not (self._send_buf and self._send_window):
             inner(self)
             return
+        # Channel data to send: the time to take the rate, if due. (Not only
+        # as the transport resumes: a packet the kernel takes in two writes
+        # need not fill the transport to its high-water mark.)
+        sched.follow_rate()
         sched.ready[self] = None
         pump(sched)
         if self in sched.ready:
