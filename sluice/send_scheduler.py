@@ -220,9 +220,9 @@ def install(environ: Mapping[str, str]) -> None:
 def _patch() -> None:
     inner = SSHChannel._flush_send_buf  # asyncssh's, or ssh_tuning's batching one
 
-    def flush_quantum(chan: SSHChannel[Any], turn: int) -> None:
+    def flush_quantum(chan: SSHChannel[Any]) -> None:
         window = chan._send_window
-        cap = min(window, turn)
+        cap = min(window, QUANTUM)
         chan._send_window = cap
         try:
             inner(chan)
@@ -240,10 +240,7 @@ def _patch() -> None:
                 if chan._conn is None or chan._send_chan is None:
                     continue  # closed while it waited
                 if chan._send_buf and chan._send_window:
-                    # Alone: as much as the kernel's mark takes at once, in
-                    # one write (a packet a write cost the relay 3 system
-                    # calls per MiB of an upload); else a packet a turn.
-                    flush_quantum(chan, QUANTUM if sched.ready else max(QUANTUM, sched.lowat))
+                    flush_quantum(chan)
                     if chan._send_buf and chan._send_window:
                         sched.ready[chan] = None  # to the back of the round
                 else:
