@@ -17,8 +17,8 @@ a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
   loopback download in two or more system calls whenever the relay's socket
   was full (11-13 writes per MiB instead of 4; tests/integration/
   test_packet_writes.py); where the link is that fast, a packet's worth of
-  queue costs a small answer under 3 ms, and on a 50 MB/s link the mark
-  stays at 128 KiB;
+  queue costs a small answer under 3 ms, and on a 50 MB/s line the mark
+  stayed at 128-290 KiB (bench.long_link);
 - the transport's write-buffer limits are ``HIGH_WATER`` / half of it, and a
   channel's flush goes through a round robin: a channel with data and window
   sends one ``QUANTUM`` (one packet) per turn, and only while the transport
@@ -98,7 +98,8 @@ _KEY: Final = "_sluice_scheduler"
 class _Scheduler:
     """Per connection: whether the transport is paused, the channels
     waiting for a turn (a dict as an ordered set), and the socket's
-    low-water mark (``sock`` None: not a TCP socket, or no delivery rate)."""
+    low-water mark (``sock`` None: not a TCP socket, or a kernel without
+    the counters: the fixed mark)."""
 
     __slots__ = ("acked", "busy_us", "lowat", "next_sample", "paused", "pumping", "ready", "sock")
 
