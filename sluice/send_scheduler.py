@@ -10,7 +10,15 @@ plus 4 MB in the kernel at a download's start on a 100 ms, 50 MB/s link,
 a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
 
 - ``TCP_NOTSENT_LOWAT`` on the socket keeps the kernel's not-yet-sent queue
-  near ``LOWAT``: the socket takes more only as the link sends;
+  near ``LOWAT_SECONDS`` of the connection's rate while busy (``TCP_INFO``,
+  taken at most every ``SAMPLE_SECONDS`` as channel data is sent),
+  within ``LOWAT`` and ``LOWAT_MAX``: the socket takes more only as the link
+  sends. A fixed 128 KiB made the agent write each 256 KiB packet of a
+  loopback download in two or more system calls whenever the relay's socket
+  was full (11-13 writes per MiB instead of 4; tests/integration/
+  test_packet_writes.py); where the link is that fast, a packet's worth of
+  queue costs a small answer under 3 ms, and on a 50 MB/s line the mark
+  stayed at 128-290 KiB (bench.long_link);
 - the transport's write-buffer limits are ``HIGH_WATER`` / half of it, and a
   channel's flush goes through a round robin: a channel with data and window
   sends one ``QUANTUM`` (one packet) per turn, and only while the transport
@@ -33,6 +41,8 @@ under it (the agent's: downloads; the relay's: uploads and requests).
 from __future__ import annotations
 
 import socket
+import struct
+import time
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
@@ -51,29 +61,96 @@ _ON = frozenset({"", "on", "1", "true", "yes"})
 # A/B on a 50 ms, 50 MB/s link (notes of branch issue-22s): 1 MiB and 4 MiB
 # gained no rate and no better p99; stock asyncssh held up to 25 MB here.
 HIGH_WATER: Final = 256 * 1024
-# The kernel's not-yet-sent queue: under 3 ms at 50 MB/s. A/B (50 and
-# 100 ms, 50 MB/s; loopback): 64 KiB no lower p99 over 4 runs, 512 KiB a
-# higher p50/p99; loopback rates unchanged with any of them.
+# The kernel's not-yet-sent queue at the least (and until a connection's
+# rate is known): under 3 ms at 50 MB/s. A/B (50 and 100 ms, 50 MB/s;
+# loopback): 64 KiB no lower p99 over 4 runs, a fixed 512 KiB a higher
+# p50/p99.
 LOWAT: Final = 128 * 1024
+# The low-water mark follows the link: this long a queue at the connection's
+# rate while busy (128 KiB at 50 MB/s; 1 MiB from 420 MB/s on).
+LOWAT_SECONDS: Final = 0.0025
+LOWAT_MAX: Final = 1024 * 1024
+# How often (at most) a connection under load takes its rate: a
+# getsockopt, and a setsockopt when the mark moves by a quarter or more.
+SAMPLE_SECONDS: Final = 0.05
 # One turn: a whole packet of Sluice's size (sshconfig.CHANNEL_MAX_PKTSIZE).
 # 64 KiB turns made 64 KiB packets and cost a third of the loopback
 # download rate (127 -> 85 MB/s); 256 KiB turns cost nothing measurable.
 QUANTUM: Final = 256 * 1024
 
 _TCP_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
+_TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
+# struct tcp_info (linux/tcp.h, Linux 4.10+): __u64 tcpi_bytes_acked at 120 and
+# tcpi_busy_time (µs with data in flight or waiting for window or buffer;
+# never the idle time) at 168.
+_U64: Final = struct.Struct("=Q")
+_BYTES_ACKED_AT: Final = 120
+_BUSY_TIME_AT: Final = 168
+_TCP_INFO_LEN: Final = _BUSY_TIME_AT + _U64.size
+# The least busy time (µs; the kernel counts it in jiffies) and bytes a rate
+# is taken over: a few small answers, each busy for a jiffy or so, would make
+# a loopback connection look slow and reset the mark between downloads.
+_MIN_BUSY_US: Final = 20_000
+_MIN_ACKED: Final = 1024 * 1024
 _KEY: Final = "_sluice_scheduler"
 
 
 class _Scheduler:
-    """Per connection: whether the transport is paused, and the channels
-    waiting for a turn (a dict as an ordered set)."""
+    """Per connection: whether the transport is paused, the channels
+    waiting for a turn (a dict as an ordered set), and the socket's
+    low-water mark (``sock`` None: not a TCP socket, or a kernel without
+    the counters: the fixed mark)."""
 
-    __slots__ = ("paused", "pumping", "ready")
+    __slots__ = ("acked", "busy_us", "lowat", "next_sample", "paused", "pumping", "ready", "sock")
 
-    def __init__(self) -> None:
+    def __init__(self, sock: Any = None) -> None:
         self.paused = False
         self.pumping = False
         self.ready: dict[SSHChannel[Any], None] = {}
+        self.sock = sock  # Any: uvloop's PseudoSocket or a socket.socket
+        self.lowat = LOWAT
+        self.next_sample = 0.0
+        self.acked = -1  # tcpi_bytes_acked and tcpi_busy_time at the last rate taken
+        self.busy_us = 0
+
+    def follow_rate(self) -> None:
+        """Set the socket's low-water mark from its rate while busy, if due.
+
+        The rate is bytes acknowledged per µs of busy time since the last
+        one taken, not the kernel's per-packet delivery rate: a receiver that
+        reads in bursts (a relay back from a stop, a line that paces its
+        reads) makes single samples look like loopback."""
+        now = time.monotonic()
+        if self.sock is None or now < self.next_sample:
+            return
+        self.next_sample = now + SAMPLE_SECONDS
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+        except OSError:
+            self.sock = None
+            return
+        if len(info) < _TCP_INFO_LEN:
+            self.sock = None  # a kernel before 4.10: the fixed mark
+            return
+        (acked,) = _U64.unpack_from(info, _BYTES_ACKED_AT)
+        (busy_us,) = _U64.unpack_from(info, _BUSY_TIME_AT)
+        if self.acked < 0:
+            self.acked, self.busy_us = acked, busy_us
+            return
+        busy = busy_us - self.busy_us
+        if busy < _MIN_BUSY_US or acked - self.acked < _MIN_ACKED:
+            return
+        rate = (acked - self.acked) / (busy / 1e6)
+        self.acked, self.busy_us = acked, busy_us
+        lowat = min(max(int(rate * LOWAT_SECONDS), LOWAT), LOWAT_MAX)
+        if abs(lowat - self.lowat) * 4 < self.lowat:
+            return
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
+        except OSError:
+            self.sock = None
+            return
+        self.lowat = lowat
 
 
 class _Installed:
@@ -115,11 +192,13 @@ def start(ssh: SSHConnection) -> bool:
         return False
     if not hasattr(transport, "set_write_buffer_limits"):
         return False  # a proxy-command tunnel: nothing would pause it
-    ssh.__dict__[_KEY] = _Scheduler()
     transport.set_write_buffer_limits(high=hwm, low=hwm // 2)
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, LOWAT)
+    else:
+        sock = None
+    ssh.__dict__[_KEY] = _Scheduler(sock)
     return True
 
 
@@ -175,6 +254,10 @@ def _patch() -> None:
         if sched is None or not (self._send_buf and self._send_window):
             inner(self)
             return
+        # Channel data to send: the time to take the rate, if due. (Not only
+        # as the transport resumes: a packet the kernel takes in two writes
+        # need not fill the transport to its high-water mark.)
+        sched.follow_rate()
         sched.ready[self] = None
         pump(sched)
         if self in sched.ready:
@@ -196,6 +279,7 @@ def _patch() -> None:
         sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
         if sched is not None:
             sched.paused = False
+            sched.follow_rate()
             pump(sched)
 
     SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
