@@ -138,3 +138,81 @@ async def test_what_is_held_when_the_connection_aborts_is_dropped(
     await asyncio.sleep(0)
     assert wire.calls == []
     await asyncio.wait_for(ssh.wait_closed(), 5)
+
+
+class _Recorder(asyncssh.SSHServer):
+    """A server that records what a session sent it and how its connection ended."""
+
+    received = bytearray()
+    ended: asyncio.Future[BaseException | None]
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not _Recorder.ended.done():
+            _Recorder.ended.set_result(exc)
+
+
+async def _sink(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    while data := await process.stdin.read(65536):
+        _Recorder.received.extend(data)
+
+
+class _ClosesWhenFull(asyncssh.SSHClientSession[bytes]):
+    """Closes its connection from the flush that fills the channel's window."""
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def pause_writing(self) -> None:
+        self.chan.get_connection().close()
+
+
+async def test_a_connection_closed_inside_a_flush_still_sends_that_flush_and_its_disconnect() -> (
+    None
+):
+    # A session callback inside a channel flush (here: the channel's buffer is
+    # over its high-water mark) closes the connection: asyncssh queues the
+    # abort (call_soon) and its disconnect packet lands in the flush's batch
+    # behind the data. Held for the turn's end, the batch came after the
+    # abort and was dropped: the peer lost the data and saw a reset.
+    assert tune_asyncssh({})
+    _Recorder.received = bytearray()
+    _Recorder.ended = asyncio.get_running_loop().create_future()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        _Recorder,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=_sink,
+        encoding=None,
+        window=1000,  # the client may send this much, then its buffer fills
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        conn = await asyncssh.connect(
+            "127.0.0.1",
+            port,
+            known_hosts=None,
+            username="u",
+            client_keys=None,
+            agent_path=None,
+            config=None,
+            encryption_algs=["aes128-gcm@openssh.com"],
+        )
+        assert send_coalescing.start(conn)
+        chan, _ = await conn.create_session(_ClosesWhenFull, "sink", encoding=None)
+        chan.set_write_buffer_limits(high=100, low=0)
+        chan.write(b"x" * 5000)
+        exc = await asyncio.wait_for(_Recorder.ended, 5)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert exc is None, f"the server saw {exc!r}, not the client's disconnect"
+    assert bytes(_Recorder.received) == b"x" * 1000
