@@ -230,7 +230,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             )
             return
         assert self._chan is not None
-        self._chan.pause_reading()
+        self._tuner.pause_reading(self._chan)
         self._opening = asyncio.get_running_loop().create_task(self._open(target))
 
     def eof_received(self) -> bool:
@@ -301,7 +301,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
 
     def pause_channel(self) -> None:
         if self._chan is not None:
-            self._chan.pause_reading()
+            # What arrives meanwhile waits in the channel's buffer: the tuner
+            # counts it against the window.
+            self._tuner.pause_reading(self._chan)
 
     def resume_channel(self) -> None:
         if self._chan is not None:

@@ -82,6 +82,7 @@ class _Direction(asyncio.Protocol):
         # (due, data): data is bytes, or _EOF / _CLOSE for what ended this side.
         self.held: collections.deque[tuple[float, bytes | str]] = collections.deque()
         self.held_bytes = 0
+        self.most_held = 0  # the most bytes held at once: the most in flight this way
         self.carried = 0  # bytes passed on to the peer so far
         self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
@@ -140,6 +141,7 @@ class _Direction(asyncio.Protocol):
             due = self.busy_until + self.delay
         self.held.append((due, data))
         self.held_bytes += len(data) if isinstance(data, bytes) else 0
+        self.most_held = max(self.most_held, self.held_bytes)
         self._update_reading()
         if self.timer is None:
             self._set_timer(due)
@@ -218,6 +220,18 @@ class DelayLine:
     def carried_to_target(self) -> int:
         """Bytes the line has passed on from callers to the target, all connections."""
         return sum(side.carried for side in self._sides if side.on_made is not None)
+
+    @property
+    def most_in_flight_to_target(self) -> int:
+        """The most bytes any one connection had on their way from caller to
+        target at once (held in the line; without a rate limit, what the
+        sender had in flight over the link)."""
+        return max((side.most_held for side in self._sides if side.on_made is not None), default=0)
+
+    def reset_most_in_flight(self) -> None:
+        """Count ``most_in_flight_to_target`` from now on."""
+        for side in self._sides:
+            side.most_held = side.held_bytes
 
     def set_rtt(self, rtt: float) -> None:
         """Bytes read from now on take *rtt* (a very long one: a link that

@@ -41,9 +41,24 @@ which the stream sat idle (between answers on a pooled stream).
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
 
-A reader that stops reading stops its stream's growth by itself: asyncssh
-returns credit only as data is delivered, so no top-up, no round, no
-growth, and what the stream holds stays within its window. Every growth
+A reader that pauses its channel (a slow API or caller; call
+``WindowTuner.pause_reading``) leaves what arrives meanwhile in the
+channel's buffer, and a round that ends there is timed by the reader, not
+the link: such a sample is only an upper bound of the credit loop. It is
+judged like any other (one near the round trip still shows a stream held
+back by its window; a long one shows data waiting at this end, and the
+window shrinks to what the reader takes), but it never sets the link's
+round trip: on a busy loopback, such samples made a short link look long,
+and a stream whose API read slowly grew its window to 16 MiB. (Ignoring
+those rounds altogether, e175c23, was worse: a fast reader pauses its
+channel in most rounds too, whenever a burst outruns it, so a stream kept
+whatever it had grown to, up to the whole budget, and the next download got
+no growth at all.) What waits in the buffer counts against the window: while
+any does, the tuner makes the top-ups (asyncssh's count none of it, so a
+reader that takes a packet per resume let a window more in each time: the
+agent held 42 MB). A reader that stops reading stops its stream's growth:
+no delivery, no top-up, no round, and what the stream holds stays within
+its window. Every growth
 comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
 the most all of an agent's streams may have in flight beyond their starting
 windows. A stream gives its growth back when it shrinks or closes (an idle
@@ -180,6 +195,7 @@ class WindowTuner:
         "_clock",
         "_delivered",
         "_flat",
+        "_held_back",
         "_last",
         "_last_at",
         "_limit",
@@ -207,6 +223,10 @@ class WindowTuner:
         # uses that up, then waits, and the first round after looks limited
         # by the window though it is not. That round is not judged.
         self._settling = False
+        # The reader paused the channel, and data may have waited in its
+        # buffer since: asyncssh's top-ups are off, and a round that ends
+        # now was timed by the reader. Until a delivery leaves it empty.
+        self._held_back = False
         # Slow start: the window doubles each round while the pace keeps
         # rising by STARTUP_GAIN (the best pace so far, and rounds since).
         self._starting = True
@@ -229,14 +249,27 @@ class WindowTuner:
         now = self._clock()
         self._delivered += size
         waiting = chan._recv_buf
-        arrived = self._delivered + (sum(len(item[0]) for item in waiting) if waiting else 0)
+        # What arrived while the reader had paused the channel and waits in
+        # its buffer: it counts against the window.
+        held = sum(len(item[0]) for item in waiting) if waiting else 0
+        arrived = self._delivered + held
         credit = chan._recv_window
-        if self.grown and credit <= self.window - self.window // TOP_UP_SHARE:
-            # Top up in smaller steps than asyncssh's half window: a grown
-            # window then flows at the pace data is delivered, not in bursts
-            # of half a window that queue up at the slower end.
-            chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(self.window - credit))
-            chan._recv_window = credit = self.window
+        # Top up in smaller steps than asyncssh's half window once grown: a
+        # grown window then flows at the pace data is delivered, not in
+        # bursts of half a window that queue up at the slower end.
+        due = self.window // TOP_UP_SHARE if self.grown else 0
+        late = self._held_back  # this data, or what follows it, may have waited
+        if late:
+            # asyncssh's top-ups are off (pause_reading) until the buffer is
+            # empty: they count none of it.
+            if not held:
+                self._held_back = False
+                set_receive_window(chan, self.window)
+            due = due or self.window // 2
+        if due and credit + held <= self.window - due:
+            more = self.window - held - credit
+            chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(more))
+            chan._recv_window = credit = credit + more
         limit = arrived + credit
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
@@ -262,11 +295,36 @@ class WindowTuner:
         probe = self._probe
         if probe is not None and arrived > probe.limit:
             self._probe = None
-            self._round(chan, now - probe.sent_at, self._delivered - probe.delivered, now)
+            moved = self._delivered - probe.delivered
+            self._round(chan, now - probe.sent_at, moved, now, exact=not late)
 
-    def _round(self, chan: SSHChannel[Any], sample: float, moved: int, now: float) -> None:
+    def pause_reading(self, chan: SSHChannel[Any]) -> None:
+        """Pause *chan* for its reader (asyncssh's ``pause_reading``): what
+        arrives now waits in its buffer, so the top-ups are this tuner's
+        until it is empty again (asyncssh's would count none of it), and a
+        round that ends meanwhile was timed by the reader."""
+        chan.pause_reading()
+        self._held_back = True
+        set_receive_window(chan, 0)  # asyncssh's top-ups off
+
+    @property
+    def held_back(self) -> bool:
+        """The reader paused the channel, and what arrived since may still
+        wait in its buffer (the tuner makes the top-ups meanwhile)."""
+        return self._held_back
+
+    def _round(
+        self, chan: SSHChannel[Any], sample: float, moved: int, now: float, *, exact: bool
+    ) -> None:
+        """A round of *sample* seconds delivered *moved* bytes; not *exact*:
+        its end may have waited in the channel's buffer for the reader, so
+        the sample is only an upper bound of the credit loop."""
         budget = self._budget
-        rtt = budget.sampled(sample, now)
+        # Only an exact sample tells the link's round trip: one timed by a
+        # slow reader made a busy loopback look like a long link.
+        rtt = budget.sampled(sample, now) if exact else budget.rtt
+        if not rtt:
+            return  # no exact sample yet: nothing known of the link
         if rtt < LONG:
             if self.grown:  # the link turned out short after all
                 self._resize(chan, self.base)
@@ -299,7 +357,10 @@ class WindowTuner:
             self._paces.clear()
             self._paces.append(pace)
         best = max(self._paces)
-        budget.filled(best, now)
+        if exact:
+            # (A round timed by the reader shows the reader's pace, not what
+            # the link carries: a new stream would start from that.)
+            budget.filled(best, now)
         self._samples.append(sample)
         # What queues for good (the shortest of the last few samples above
         # the round trip; a busy moment on the machine lengthens one sample,
@@ -337,7 +398,8 @@ class WindowTuner:
                 budget=self._budget.granted,
             )
             self.window = wanted
-            set_receive_window(chan, wanted)
+            if not self._held_back:  # (else set once the buffer is empty)
+                set_receive_window(chan, wanted)
 
     def release(self) -> None:
         """The stream closed: its growth goes back to the budget."""

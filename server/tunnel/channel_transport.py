@@ -103,7 +103,7 @@ class ChannelTransport(asyncio.Transport):
     def pause_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._chan.pause_reading()
+            self._session.pause_reading()
 
     def resume_reading(self) -> None:
         if not self._reading:
@@ -200,6 +200,16 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
             # each decrypted packet, one copy fewer (sluice.ssh_tuning).
             ssh_tuning.deliver_views(self._chan)
 
+    def pause_reading(self) -> None:
+        """The protocol on top pauses reading: what arrives now waits in the
+        channel's buffer, and counts against its window (the tuner's)."""
+        if self._chan is None:
+            return
+        if self._tuner is not None:
+            self._tuner.pause_reading(self._chan)
+        else:
+            self._chan.pause_reading()
+
     # -- asyncssh callbacks ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
@@ -212,7 +222,9 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
                 tuner.received(chan, len(data))
             # A window grown to a long link is not shared: shrinking it there
             # would halve the download (the latency it buys is a loopback one).
-            if self._share is not None and (tuner is None or not tuner.grown):
+            # Nor while data that came in during a pause waits: the tuner makes
+            # the top-ups then, counting it.
+            if self._share is not None and (tuner is None or not (tuner.grown or tuner.held_back)):
                 self._share.received(self._class, chan, len(data))
         if self._protocol is not None:
             feed(self._protocol, data)

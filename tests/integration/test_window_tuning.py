@@ -73,6 +73,7 @@ async def _far_agent(
 
 
 RTT = 0.1
+PIECE = 512 * 1024
 
 
 @pytest.mark.timeout(60)
@@ -164,7 +165,15 @@ async def test_stalled_readers_hold_no_more_than_the_budget(
         tasks = [asyncio.create_task(download(i)) for i in range(streams)]
         try:
             # Flowing for a while first, so that windows grow as far as they may.
-            await wait_until(lambda: sum(read) > 64 * MiB, timeout=30, what="64 MiB read")
+            [tunnel] = relay.registry.replicas(agent_id)
+            granted = 0  # the most the windows had grown at once while flowing
+
+            def flowed() -> bool:
+                nonlocal granted
+                granted = max(granted, tunnel.budget.granted)
+                return sum(read) > 64 * MiB
+
+            await wait_until(flowed, timeout=30, what="64 MiB read")
             stop_reading.set()
             for event in stopped:
                 await asyncio.wait_for(event.wait(), 10)
@@ -178,8 +187,7 @@ async def test_stalled_readers_hold_no_more_than_the_budget(
                 await asyncio.sleep(0.25)  # a sample of the line's counter
             in_flight = line.carried_to_target - sum(taken)
             peak_agent_mb = agent.peak_rss_kib() / 1024
-            [tunnel] = relay.registry.replicas(agent_id)
-            granted = tunnel.budget.granted
+            granted = max(granted, tunnel.budget.granted)
         finally:
             for task in tasks:
                 task.cancel()
@@ -187,7 +195,7 @@ async def test_stalled_readers_hold_no_more_than_the_budget(
     # Beyond what the callers took in: at most the budget and each stream's
     # starting window, plus the control traffic (CONNECT heads, answers' heads).
     allowed = cap + streams * sshconfig.CHANNEL_WINDOW + MiB
-    assert 0 < granted <= cap  # windows did grow, within the budget
+    assert 0 < granted <= cap  # windows did grow while flowing, within the budget
     assert in_flight <= allowed, f"{in_flight} bytes in flight, allowed {allowed}"
     assert peak_agent_mb < 150
 
@@ -334,3 +342,126 @@ async def test_a_small_request_does_not_wait_behind_a_growing_upload(
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await upload
     _assert_no_queue_ahead(latencies, rtt)
+
+
+@pytest.mark.timeout(60)
+async def test_a_download_grows_beside_one_its_reader_holds_back(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """A stream whose reader is slower than the link (pausing the channel
+    again and again) gives back the growth it cannot use: a download beside
+    it still grows its window. (With the tuner ignoring every round in which
+    the reader paused, e175c23, the slow stream kept the whole per-agent
+    budget and the next download moved one starting window per round trip:
+    5 MB/s at 50 ms with 256 KiB starting windows.)"""
+    rtt, reader, size = 0.1, 20e6, 24 * MiB
+    start = sshconfig.CHANNEL_WINDOW
+    # A budget its first stream's slow start reaches (1, 4, 16 MiB).
+    cap = 16 * MiB
+    async with _far_agent(tmp_path, api, rtt, max_inflight_per_agent=cap) as (
+        relay,
+        _,
+        line,
+        agent_id,
+    ):
+        http = relay.tunnel_http.session(agent_id)
+        slow = 0
+
+        async def read_slowly() -> None:
+            nonlocal slow
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                began = time.monotonic()
+                async for chunk in resp.content.iter_any():
+                    slow += len(chunk)
+                    # At full speed first (the window grows as far as it
+                    # may), then as a reader of *reader* bytes/s that
+                    # takes a piece at a time (a busy caller): the stream
+                    # pauses in every round trip. Pacing, not a wait.
+                    if slow < 32 * MiB:
+                        began = time.monotonic()
+                        continue
+                    ahead = (slow - 32 * MiB) / reader - (time.monotonic() - began)
+                    if ahead > PIECE / reader:
+                        await asyncio.sleep(ahead)
+
+        held_back = asyncio.create_task(read_slowly())
+        try:
+            # Long enough for its window to grow, and to find the reader's pace.
+            await wait_until(lambda: slow > 48 * MiB, timeout=20, what="48 MiB read slowly")
+            line.reset_most_in_flight()
+            began = time.monotonic()
+            got = 0
+            async with http.get(f"{api.base}/blob/{size}") as resp:
+                async for chunk in resp.content.iter_any():
+                    got += len(chunk)
+            took = time.monotonic() - began
+            in_flight = line.most_in_flight_to_target
+            assert not held_back.done()
+        finally:
+            held_back.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await held_back
+    assert got == size
+    rate = size / took
+    shown = f"{rate / 1e6:.1f} MB/s, {in_flight / MiB:.1f} MiB in flight at most"
+    # One starting window per round trip: 10.5 MB/s, 1 MiB in flight (plus
+    # the slow stream's 2 MB: its reader's pace times the round trip).
+    print(shown)
+    assert rate > 2 * start / rtt, shown
+    assert in_flight > 6 * start, shown
+
+
+@pytest.mark.timeout(60)
+async def test_readers_that_barely_read_hold_no_more_than_the_budget(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """20 downloads whose windows grew, then whose callers take a piece only
+    now and then: each piece resumes the channel, and what arrived while it
+    was paused waits in its buffer. That counts against the window (the
+    relay's reader pauses at 128 KiB; asyncssh's own top-up counted none of
+    the buffer, so each piece let up to a whole grown window more in)."""
+    cap = 4 * MiB
+    streams = 20
+    async with _far_agent(tmp_path, api, 0.04, max_inflight_per_agent=cap) as (
+        relay,
+        _,
+        line,
+        agent_id,
+    ):
+        http = relay.tunnel_http.session(agent_id)
+        read = [0] * streams
+        buffered: list[Callable[[], int]] = [lambda: 0] * streams
+        slow_down = asyncio.Event()
+
+        async def download(i: int) -> None:
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                buffered[i] = lambda: resp.content._size  # taken in, not read yet
+                async for chunk in resp.content.iter_any():
+                    read[i] += len(chunk)
+                    if slow_down.is_set():
+                        break
+                while True:  # a piece every 0.1 s: a caller that barely reads
+                    read[i] += len(await resp.content.readany())
+                    await asyncio.sleep(0.1)
+
+        tasks = [asyncio.create_task(download(i)) for i in range(streams)]
+        try:
+            # Flowing for a while first, so that windows grow as far as they may.
+            await wait_until(lambda: sum(read) > 64 * MiB, timeout=30, what="64 MiB read")
+            slow_down.set()
+            # What crossed the link and the callers have not taken in waits
+            # in the relay (the channels' buffers): sampled for 3 s.
+            most = 0
+            for _ in range(30):
+                await asyncio.sleep(0.1)  # a sample of the line's counter
+                taken = sum(read) + sum(size() for size in buffered)
+                most = max(most, line.carried_to_target - taken)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    # At most the budget and each stream's starting window, plus the control
+    # traffic (CONNECT heads, answers' heads).
+    allowed = cap + streams * sshconfig.CHANNEL_WINDOW + MiB
+    print(f"at most {most} bytes waited in the relay")
+    assert most <= allowed, f"{most} bytes waited in the relay, allowed {allowed}"

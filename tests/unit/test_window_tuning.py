@@ -27,6 +27,9 @@ class _Chan:
         self.granted = 0  # credit sent to the peer since it was last collected
         self._recv_buf: list[tuple[bytes, None]] = []
 
+    def pause_reading(self) -> None:
+        pass  # what arrives is put in _recv_buf by the simulation itself
+
     def send_packet(self, pkttype: int, *args: bytes) -> None:
         self.granted += int.from_bytes(args[0], "big")
 
@@ -136,3 +139,90 @@ def test_growth_stays_within_the_budget_and_is_given_back() -> None:
     first.release()
     second.release()
     assert budget.granted == 0
+
+
+def _slow_reader(
+    rtt: float, reader: float, budget: WindowBudget, base: int, seconds: float = 3.0
+) -> tuple[WindowTuner, int]:
+    """A sender with endless data on a link of round trip *rtt*, and a reader
+    that takes one packet at a time at *reader* bytes/s and pauses the
+    channel between them (its own buffer is full: writing the packet on
+    paused it), so what arrives waits in the channel's buffer, as with
+    asyncssh's pause_reading. Returns the tuner and the most bytes that
+    waited in the channel's buffer at once."""
+    clock = _Clock()
+    chan = _Chan(base)
+    tuner = WindowTuner(budget, base, clock=clock)
+    events: list[tuple[float, int, str, int]] = []
+    order = itertools.count()
+    sent, limit, reading, held_most = 0, base, False, 0
+    end = clock.now + seconds
+
+    def send(now: float) -> None:
+        nonlocal sent
+        while sent < limit:
+            size = min(PACKET, limit - sent)
+            sent += size
+            heapq.heappush(events, (now + rtt / 2, next(order), "arrive", size))
+
+    def read_next(now: float) -> None:
+        nonlocal reading
+        reading = bool(chan._recv_buf)
+        if reading:
+            heapq.heappush(events, (now + PACKET / reader, next(order), "read", 0))
+
+    tuner.pause_reading(cast(SSHChannel[Any], chan))  # busy from the start
+    send(clock.now)
+    while events and clock.now < end:
+        when, _, what, size = heapq.heappop(events)
+        clock.now = when
+        if what == "arrive":
+            chan._recv_window -= size  # asyncssh counts credit on arrival
+            assert chan._recv_window >= 0, "the peer sent beyond its credit"
+            chan._recv_buf.append((b"x" * size, None))
+            held_most = max(held_most, sum(len(d) for d, _ in chan._recv_buf))
+            if not reading:
+                read_next(when)
+        elif what == "read":
+            data, _ = chan._recv_buf.pop(0)  # resumed: asyncssh delivers one
+            if chan._recv_window < chan._init_recv_window / 2:  # asyncssh's top-up
+                chan.granted += chan._init_recv_window - chan._recv_window
+                chan._recv_window = chan._init_recv_window
+            tuner.received(cast(SSHChannel[Any], chan), len(data))
+            # Writing it on fills the reader's buffer: it pauses the channel
+            # again (and resumes it once it has taken the packet).
+            tuner.pause_reading(cast(SSHChannel[Any], chan))
+            if chan.granted:
+                heapq.heappush(events, (when + rtt / 2, next(order), "credit", chan.granted))
+                chan.granted = 0
+            read_next(when)
+        else:
+            limit += size
+            send(when)
+    return tuner, held_most
+
+
+def test_a_slow_reader_on_a_short_link_never_grows_the_window() -> None:
+    # Loopback (0.2 ms), and an API that reads 10 MB/s: each round ends in
+    # the channel's buffer, and the reader, not the link, decides when it is
+    # seen (6.5 ms per packet ahead of it). Timed as link delay, such rounds
+    # made the link look long (6.6 ms) and the stream look window-limited:
+    # the window grew to the whole budget (the agent's grew to 16 MiB on an
+    # upload the API read slowly).
+    budget = WindowBudget(32 * MiB)
+    tuner, _ = _slow_reader(rtt=0.0002, reader=10e6, budget=budget, base=1 * MiB)
+    assert tuner.window == tuner.base
+    assert budget.granted == 0
+    assert budget.rtt < 0.004  # the link's round trip is the link's
+
+
+def test_data_waiting_for_a_paused_reader_counts_against_the_window() -> None:
+    # No growth at all (a budget of 0): the window stays 1 MiB, so what the
+    # stream holds, in flight and waiting for its reader, must stay within
+    # it. asyncssh's own top-up counts only the credit left, none of what
+    # waits in the buffer: each packet the reader took let a window more in.
+    base = 1 * MiB
+    budget = WindowBudget(0)
+    tuner, held_most = _slow_reader(rtt=0.006, reader=40e6, budget=budget, base=base)
+    assert tuner.window == base
+    assert held_most <= base, f"{held_most} bytes waited in a window of {base}"
