@@ -23,8 +23,10 @@ whole transport, stalled the agent's ready signal):
   send scheduler's high-water mark still pauses the channels in time);
 - closing: asyncssh's ``disconnect`` sends its packet through ``_send``
   (which flushes first), and its ``_force_close`` aborts the transport with a
-  ``call_soon`` that comes after the turn's flush; what is still held when
-  the transport is already closing is dropped, as asyncssh's abort drops its
+  ``call_soon`` that comes after the turn's flush (a flush during which a
+  session callback closed the connection is written at once, not held: its
+  turn's end would come after that abort); what is still held when the
+  transport is already closing is dropped, as asyncssh's abort drops its
   buffer.
 
 When: ``sluice.ssh_tuning.tune_asyncssh`` installs it with the other tweaks

@@ -93,6 +93,10 @@ _TCP_INFO_LEN: Final = _BUSY_TIME_AT + _U64.size
 _MIN_BUSY_US: Final = 20_000
 _MIN_ACKED: Final = 1024 * 1024
 _KEY: Final = "_sluice_scheduler"
+# A socket that closed (the connection lost, asyncssh not told yet): OSError
+# (EBADF) from asyncio's socket object, ValueError ("negative file
+# descriptor") from uvloop's; the fixed mark from then on.
+_CLOSED: Final = (OSError, ValueError)
 
 
 class _Scheduler:
@@ -126,7 +130,7 @@ class _Scheduler:
         self.next_sample = now + SAMPLE_SECONDS
         try:
             info = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
-        except OSError:
+        except _CLOSED:
             self.sock = None
             return
         if len(info) < _TCP_INFO_LEN:
@@ -147,7 +151,7 @@ class _Scheduler:
             return
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
-        except OSError:
+        except _CLOSED:
             self.sock = None
             return
         self.lowat = lowat
@@ -195,7 +199,10 @@ def start(ssh: SSHConnection) -> bool:
     transport.set_write_buffer_limits(high=hwm, low=hwm // 2)
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, LOWAT)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, LOWAT)
+        except _CLOSED:
+            sock = None
     else:
         sock = None
     ssh.__dict__[_KEY] = _Scheduler(sock)

@@ -217,7 +217,13 @@ def _patch_flush() -> None:
             state.batch = None
             if batch and transport is not None:
                 held = send_coalescing.outbox(ssh)
-                if held is None:
+                if held is None or ssh._transport is not transport:
+                    # Closed inside the flush (a session callback): asyncssh
+                    # queued the abort already, so what waited for the turn's
+                    # end would be dropped (this flush's data and the
+                    # disconnect packet in it): out now, after what is held.
+                    if held is not None:
+                        held.flush()
                     _write_all(transport, batch)
                 else:
                     held.add(transport, batch)  # written once, as the loop turn ends
