@@ -255,6 +255,7 @@ class Relay:
                 tasks=relay.tasks,
                 preauth=PreAuthGate(settings.max_preauth_ssh, settings.max_preauth_ssh_per_address),
                 cluster_relays=relay.relays_json,
+                window=settings.stream_window,
                 max_inflight=settings.max_inflight_per_agent,
             )
             relay.ssh_context = ctx

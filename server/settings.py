@@ -83,6 +83,17 @@ class ServerSettings(BaseSettings):
             "windows grow on a long link; 0 = fixed windows."
         ),
     )
+    stream_window: int = Field(
+        default=sshconfig.CHANNEL_WINDOW,
+        ge=sshconfig.MIN_CHANNEL_WINDOW,
+        le=sshconfig.MAX_CHANNEL_WINDOW,
+        description=(
+            "Starting receive window of each stream's answers, in bytes: what one stream can "
+            "hold in the relay when its caller stops reading (windows grow beyond it only on "
+            "a long link, within max_inflight_per_agent). Smaller saves memory with many "
+            "stalled callers; below four packets (1 MiB) a loopback download slows."
+        ),
+    )
     ssh_rekey_bytes: int = Field(
         default=sshconfig.REKEY_BYTES,
         ge=sshconfig.MIN_REKEY_BYTES,

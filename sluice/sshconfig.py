@@ -58,6 +58,11 @@ CLUSTER_RELAYS_HOST: Final = "sluice-relays"
 # behind both sizes: docs/BENCHMARKS.md, "Tuning history".
 CHANNEL_WINDOW: Final = 1024 * 1024
 CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
+# Bounds of the relay's stream_window setting: below 64 KiB a stream moves
+# too little per round trip to be of use; above 16 MiB a stalled caller
+# holds that much in the relay per stream.
+MIN_CHANNEL_WINDOW: Final = 64 * 1024
+MAX_CHANNEL_WINDOW: Final = 16 * 1024 * 1024
 # The agent's receive window (request bodies, relay -> agent). No small
 # answers share that direction, so it is sized for throughput. It bounds what
 # one stream can buffer in the agent when its API stops reading.

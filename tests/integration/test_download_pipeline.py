@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
+from asyncssh.constants import MSG_CHANNEL_OPEN, MSG_CHANNEL_WINDOW_ADJUST
+from pydantic import ValidationError
 
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
@@ -25,12 +26,14 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+async def relay(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Relay]:
     """A relay whose windows keep their starting size: on a busy machine a
     loopback round of the window tuner can take longer than a long link's
     (sluice.window_tuning.LONG) and grow the window, with top-ups of its own;
-    this test is about the starting window."""
-    relay = await Relay.start(relay_settings(tmp_path, max_inflight_per_agent=0))
+    these tests are about the starting window. (Settings of its own: an
+    indirect parameter.)"""
+    extra: dict[str, object] = getattr(request, "param", {})
+    relay = await Relay.start(relay_settings(tmp_path, max_inflight_per_agent=0, **extra))
     remember_secret(relay.admin_token)
     try:
         yield relay
@@ -82,3 +85,53 @@ async def test_a_download_never_waits_for_a_window_adjust(
     # Few adjusts: one per packet was 4 per MiB.
     per_mib = len(adjusts) / (size / MiB)
     assert per_mib <= 2, f"{per_mib:.1f} window adjusts per MiB"
+
+
+def _open_windows(tunnel: Any) -> list[int]:
+    """Record the initial window of every channel the relay opens on *tunnel*
+    (CHANNEL_OPEN: string type, uint32 sender channel, uint32 window, ...)."""
+    windows: list[int] = []
+    send_packet = tunnel.ssh.send_packet
+
+    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_CHANNEL_OPEN:
+            payload = b"".join(args)
+            skip = 4 + int.from_bytes(payload[:4], "big") + 4
+            windows.append(int.from_bytes(payload[skip : skip + 4], "big"))
+        send_packet(pkttype, *args, handler=handler)
+
+    tunnel.ssh.send_packet = recording
+    return windows
+
+
+@pytest.mark.parametrize(
+    ("relay", "expected"),
+    [({}, MiB), ({"stream_window": 256 * 1024}, 256 * 1024)],
+    indirect=["relay"],
+    ids=["default", "256KiB"],
+)
+@pytest.mark.timeout(60)
+async def test_the_stream_window_setting_is_what_the_agent_is_offered(
+    relay: Relay, api: InternalAPI, start_agent: AgentFactory, expected: int
+) -> None:
+    """Operators with many callers that may stall trade the download pipeline
+    for memory: ``stream_window`` is each stream's starting window on the wire."""
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    [tunnel] = relay.registry.replicas(token.agent_id)
+    windows = _open_windows(tunnel)
+    http = relay.tunnel_http.session(token.agent_id)
+    size = 4 * MiB
+    digest = hashlib.sha256()
+    async with http.get(f"{api.base}/blob/{size}") as resp:
+        async for chunk in resp.content.iter_any():
+            digest.update(chunk)
+    assert digest.hexdigest() == blob_sha256(size)
+    assert windows, "no channel opened after the hook"
+    assert set(windows) == {expected}, windows
+
+
+def test_a_stream_window_out_of_bounds_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as err:
+        relay_settings(tmp_path, stream_window=1024)
+    assert "stream_window" in str(err.value)
+    assert "greater than or equal to 65536" in str(err.value)
