@@ -61,9 +61,11 @@ no delivery, no top-up, no round, and what the stream holds stays within
 its window. Every growth
 comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
 the most all of an agent's streams may have in flight beyond their starting
-windows. A stream gives its growth back when it shrinks or closes (an idle
-stream kept in the relay's pool keeps its window: the next answer on it
-needs no ramp, but other streams cannot grow into that share meanwhile).
+windows. A stream gives its growth back when it shrinks or closes, and
+when the budget is spent and another stream needs growth while it sits idle
+(``IDLE`` round trips without a delivery: a finished answer kept in the
+relay's pool); it then starts again as a new stream, jumping at its first
+top-up to what the connection learned.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ import collections
 import math
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +135,9 @@ class WindowBudget:
     def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.cap = cap
         self.granted = 0
+        # Every stream's tuner, so that one that needs growth can take it
+        # back from streams that sit idle (see WindowTuner._reclaim).
+        self.tuners: weakref.WeakSet[WindowTuner] = weakref.WeakSet()
         self.clock = clock
         self.rtt = 0.0  # the shortest credit round trip seen; 0: none yet
         self._rtt_at = clock()
@@ -190,8 +196,10 @@ class WindowTuner:
     the module docstring). Feed it every data delivery."""
 
     __slots__ = (
+        "__weakref__",
         "_best",
         "_budget",
+        "_chan",
         "_clock",
         "_delivered",
         "_flat",
@@ -212,6 +220,8 @@ class WindowTuner:
         self, budget: WindowBudget, base: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._budget = budget
+        budget.tuners.add(self)
+        self._chan: SSHChannel[Any] | None = None  # known at the first delivery
         self._clock = clock
         self.base = base
         self.window = base
@@ -247,6 +257,7 @@ class WindowTuner:
         """*size* bytes were delivered from *chan* (asyncssh has already topped
         the window up, if it was due)."""
         now = self._clock()
+        self._chan = chan
         self._delivered += size
         waiting = chan._recv_buf
         # What arrived while the reader had paused the channel and waits in
@@ -385,7 +396,10 @@ class WindowTuner:
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)
         if wanted > self.window:
-            wanted = self.window + self._budget.take(wanted - self.window)
+            got = self._budget.take(wanted - self.window)
+            if got < wanted - self.window and self._reclaim():
+                got += self._budget.take(wanted - self.window - got)
+            wanted = self.window + got
         else:
             self._budget.give_back(self.window - wanted)
             self._settling = wanted < self.window
@@ -401,7 +415,41 @@ class WindowTuner:
             if not self._held_back:  # (else set once the buffer is empty)
                 set_receive_window(chan, wanted)
 
+    def _reclaim(self) -> bool:
+        """The budget is spent: streams that sat idle (no delivery for
+        ``IDLE`` round trips: a finished answer kept in the relay's pool, a
+        caller that stopped reading) give their growth back, and start as a
+        new stream when they carry data again (at their first top-up, the
+        jump to what the connection learned). Without this, a download that
+        grew to the whole budget and then sat idle in the pool kept a later
+        download on another stream at its starting window (11 MB/s at
+        100 ms in `make bench`). Its peer may still hold credit from before:
+        a burst of at most that much, once, beyond the budget."""
+        budget = self._budget
+        if budget.rtt < LONG:
+            return False
+        now = self._clock()
+        freed = False
+        for tuner in list(budget.tuners):
+            chan = tuner._chan
+            if tuner is self or not tuner.grown or chan is None:
+                continue
+            if now - tuner._last_at > IDLE * budget.rtt:
+                tuner._resize(chan, tuner.base)
+                tuner._start_again()
+                freed = True
+        return freed
+
+    def _start_again(self) -> None:
+        self._starting = True
+        self._best = self._last = 0.0
+        self._flat = 0
+        self._paces.clear()
+        self._samples.clear()
+        self._probe = None
+
     def release(self) -> None:
         """The stream closed: its growth goes back to the budget."""
+        self._budget.tuners.discard(self)
         self._budget.give_back(self.window - self.base)
         self.window = self.base

@@ -50,14 +50,19 @@ class _Clock:
 
 
 def _run(
-    rtt: float, rate: float, seconds: float, budget: WindowBudget, base: int = 256 * KiB
+    rtt: float,
+    rate: float,
+    seconds: float,
+    budget: WindowBudget,
+    base: int = 256 * KiB,
+    clock: _Clock | None = None,
 ) -> tuple[WindowTuner, float, float]:
     """A sender with endless data, as fast as its credit allows, on a link of
     round trip *rtt* whose receiving end delivers at most *rate* bytes/s (what
     arrives faster queues there). Returns the tuner, the bytes/s the stream
     achieved over the second half, and the longest a packet queued at the
     receiver over the second half."""
-    clock = _Clock()
+    clock = clock or _Clock()
     chan = _Chan(base)
     tuner = WindowTuner(budget, base, clock=clock)
     began = clock.now
@@ -139,6 +144,23 @@ def test_growth_stays_within_the_budget_and_is_given_back() -> None:
     first.release()
     second.release()
     assert budget.granted == 0
+
+
+def test_a_stream_that_sits_idle_gives_its_growth_to_one_that_needs_it() -> None:
+    # A download grows to the whole budget, finishes and sits idle in the
+    # relay's pool; the next download comes on another stream of the same
+    # agent connection. It must grow as the first did, not stay at its
+    # starting window (11 MB/s at 100 ms in make bench before this).
+    clock = _Clock()
+    budget = WindowBudget(8 * MiB)
+    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert first.window - first.base == 8 * MiB  # it took the whole budget
+    clock.now += 1.0  # idle: ten round trips without a delivery
+    second, achieved, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert second.window - second.base == 8 * MiB
+    assert achieved > 4 * (8 * MiB + second.base) / 0.1 / 5  # far beyond its starting window
+    assert first.window == first.base  # gave its growth back
+    assert budget.granted == 8 * MiB  # and the budget still holds
 
 
 def _slow_reader(
