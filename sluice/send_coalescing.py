@@ -45,10 +45,10 @@ from typing import Any, Final, cast
 
 from asyncssh.connection import SSHConnection
 
+from sluice.switches import switched_on
+
 # "off" (or 0, false, no) turns the coalescing alone off; "on" or unset: on.
 SWITCH: Final = "SLUICE_SEND_COALESCING"
-_OFF = frozenset({"off", "0", "false", "no"})
-_ON = frozenset({"", "on", "1", "true", "yes"})
 
 # What an outbox may hold before it writes at once: many small answers, but
 # not a bulk packet (256 KiB), which gains nothing from waiting and must reach
@@ -64,12 +64,7 @@ class _Installed:
 
 def enabled(environ: Mapping[str, str]) -> bool:
     """Whether SLUICE_SEND_COALESCING in *environ* leaves the coalescing on (the default)."""
-    value = environ.get(SWITCH, "").strip().lower()
-    if value in _OFF:
-        return False
-    if value in _ON:
-        return True
-    raise ValueError(f"{SWITCH}={value!r}: must be 'on' or 'off'")
+    return switched_on(environ, SWITCH)
 
 
 def install(environ: Mapping[str, str]) -> None:

@@ -49,12 +49,12 @@ from typing import Any, Final, cast
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 
+from sluice.switches import OFF, ON
+
 # "off" (or 0, false, no) turns the scheduler alone off; "on" or unset: on
 # with HIGH_WATER; a number of bytes (at least QUANTUM): that high-water mark
 # (for benchmarks).
 SWITCH: Final = "SLUICE_SEND_SCHEDULER"
-_OFF = frozenset({"off", "0", "false", "no"})
-_ON = frozenset({"", "on", "1", "true", "yes"})
 
 # The transport's high-water mark: what may wait in the event loop ahead of
 # a small answer, besides the kernel's LOWAT (256 KiB: 5 ms at 50 MB/s).
@@ -166,9 +166,9 @@ class _Installed:
 def high_water(environ: Mapping[str, str]) -> int:
     """The high-water mark SLUICE_SEND_SCHEDULER in *environ* asks for; 0: off."""
     value = environ.get(SWITCH, "").strip().lower()
-    if value in _OFF:
+    if value in OFF:
         return 0
-    if value in _ON:
+    if value in ON:
         return HIGH_WATER
     try:
         hwm = int(value)

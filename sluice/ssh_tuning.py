@@ -70,11 +70,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sluice import send_coalescing, send_scheduler, ssh_shape
+from sluice.switches import switched_on
 
 # The environment variable that turns the tweaks off ("off", "0", "false", "no").
 SWITCH: Final = "SLUICE_SSH_TUNING"
-_OFF = frozenset({"off", "0", "false", "no"})
-_ON = frozenset({"", "on", "1", "true", "yes"})
 
 _EMPTY_IGNORE = String(b"")
 _AEAD = (GCMEncryption, ChachaEncryption)
@@ -115,12 +114,7 @@ class _Applied:
 
 def tuning_enabled(environ: Mapping[str, str]) -> bool:
     """Whether SLUICE_SSH_TUNING in *environ* leaves the tweaks on (the default)."""
-    value = environ.get(SWITCH, "").strip().lower()
-    if value in _OFF:
-        return False
-    if value in _ON:
-        return True
-    raise ValueError(f"{SWITCH}={value!r}: must be 'on' or 'off'")
+    return switched_on(environ, SWITCH)
 
 
 def _shape_ok() -> bool:
