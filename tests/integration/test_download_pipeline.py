@@ -11,16 +11,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from asyncssh.constants import MSG_CHANNEL_OPEN, MSG_CHANNEL_WINDOW_ADJUST
 from pydantic import ValidationError
 
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI, blob_sha256
 from tests.support.capture import remember_secret
+from tests.support.relay_wire import channel_open_windows, window_adjusts
 
 MiB = 1024 * 1024
 
@@ -52,16 +51,7 @@ async def test_a_download_never_waits_for_a_window_adjust(
     [tunnel] = relay.registry.replicas(token.agent_id)
 
     # Every window adjust the relay sends on this tunnel: (agent's channel, bytes).
-    sent: list[tuple[int, int]] = []
-    send_packet = tunnel.ssh.send_packet
-
-    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
-            payload = b"".join(args)
-            sent.append((int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big")))
-        send_packet(pkttype, *args, handler=handler)
-
-    tunnel.ssh.send_packet = recording  # type: ignore[method-assign]
+    sent = window_adjusts(tunnel)
 
     size = 64 * MiB
     digest = hashlib.sha256()
@@ -87,23 +77,6 @@ async def test_a_download_never_waits_for_a_window_adjust(
     assert per_mib <= 2, f"{per_mib:.1f} window adjusts per MiB"
 
 
-def _open_windows(tunnel: Any) -> list[int]:
-    """Record the initial window of every channel the relay opens on *tunnel*
-    (CHANNEL_OPEN: string type, uint32 sender channel, uint32 window, ...)."""
-    windows: list[int] = []
-    send_packet = tunnel.ssh.send_packet
-
-    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if pkttype == MSG_CHANNEL_OPEN:
-            payload = b"".join(args)
-            skip = 4 + int.from_bytes(payload[:4], "big") + 4
-            windows.append(int.from_bytes(payload[skip : skip + 4], "big"))
-        send_packet(pkttype, *args, handler=handler)
-
-    tunnel.ssh.send_packet = recording
-    return windows
-
-
 @pytest.mark.parametrize(
     ("relay", "expected"),
     [({}, MiB), ({"stream_window": 256 * 1024}, 256 * 1024)],
@@ -118,7 +91,7 @@ async def test_the_stream_window_setting_is_what_the_agent_is_offered(
     for memory: ``stream_window`` is each stream's starting window on the wire."""
     _, token = await start_agent([f"127.0.0.1:{api.port}"])
     [tunnel] = relay.registry.replicas(token.agent_id)
-    windows = _open_windows(tunnel)
+    windows = channel_open_windows(tunnel)
     http = relay.tunnel_http.session(token.agent_id)
     size = 4 * MiB
     digest = hashlib.sha256()

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import pytest
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 
 from server.relay import Relay
 from server.tunnel.window_share import WindowShare
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI
+from tests.support.relay_wire import window_adjusts
 from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -33,16 +32,7 @@ async def test_a_bulk_answer_shares_its_window_with_small_answers_beside_it(
     assert share.shared < share.full
 
     # Every window adjust the relay sends on this tunnel: (agent's channel, bytes).
-    sent: list[tuple[int, int]] = []
-    send_packet = tunnel.ssh.send_packet
-
-    def recording(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
-            payload = b"".join(args)
-            sent.append((int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big")))
-        send_packet(pkttype, *args, handler=handler)
-
-    tunnel.ssh.send_packet = recording  # type: ignore[method-assign]
+    sent = window_adjusts(tunnel)
 
     def adjusts_since(mark: int, chan: int) -> list[int]:
         return [size for peer, size in sent[mark:] if peer == chan]
