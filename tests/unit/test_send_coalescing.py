@@ -13,6 +13,7 @@ from asyncssh.packet import String
 
 from sluice import send_coalescing
 from sluice.ssh_tuning import tune_asyncssh
+from tests.support.ssh_pair import connect_local
 
 
 class _Server(asyncssh.SSHServer):
@@ -59,16 +60,7 @@ async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port,
-            known_hosts=None,
-            username="u",
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            encryption_algs=["aes128-gcm@openssh.com"],
-        ) as conn:
+        async with connect_local(port) as conn:
             assert send_coalescing.start(conn)
             yield conn
     finally:
@@ -195,16 +187,7 @@ async def test_a_connection_closed_inside_a_flush_still_sends_that_flush_and_its
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        conn = await asyncssh.connect(
-            "127.0.0.1",
-            port,
-            known_hosts=None,
-            username="u",
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            encryption_algs=["aes128-gcm@openssh.com"],
-        )
+        conn = await connect_local(port)
         assert send_coalescing.start(conn)
         chan, _ = await conn.create_session(_ClosesWhenFull, "sink", encoding=None)
         chan.set_write_buffer_limits(high=100, low=0)
@@ -265,17 +248,7 @@ async def test_keys_exchanged_while_channel_packets_are_held_keep_every_byte_in_
     port = server.sockets[0].getsockname()[1]
     rounds = 300
     try:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port,
-            known_hosts=None,
-            username="u",
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            encryption_algs=["aes128-gcm@openssh.com"],
-            rekey_bytes=4096,
-        ) as conn:
+        async with connect_local(port, rekey_bytes=4096) as conn:
             assert send_coalescing.start(conn)
             exchanges = [0]
             original = conn._send_kexinit

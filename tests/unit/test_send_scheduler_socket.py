@@ -13,6 +13,7 @@ import pytest
 
 from sluice import send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
+from tests.support.ssh_pair import connect_local
 
 
 class _Server(asyncssh.SSHServer):
@@ -39,16 +40,7 @@ async def _write_after_the_socket_closed(host: str) -> str:
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        conn = await asyncssh.connect(
-            host,
-            port,
-            known_hosts=None,
-            username="u",
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            encryption_algs=["aes128-gcm@openssh.com"],
-        )
+        conn = await connect_local(port, host=host)
         assert send_scheduler.start(conn)
         proc = await conn.create_process("sink", encoding=None)
         assert conn._transport is not None

@@ -11,6 +11,7 @@ import pytest
 
 from sluice import ssh_tuning
 from sluice.ssh_tuning import skip_aead_ignore_packets, tune_asyncssh
+from tests.support.ssh_pair import connect_local
 from tests.support.waiting import wait_until
 
 
@@ -43,16 +44,7 @@ async def _packets_sent(cipher: str, tmp_path: Path) -> int:
     port = server.sockets[0].getsockname()[1]
     try:
         async with (
-            asyncssh.connect(
-                "127.0.0.1",
-                port,
-                known_hosts=None,
-                username="u",
-                client_keys=None,
-                agent_path=None,
-                config=None,
-                encryption_algs=[cipher],
-            ) as conn,
+            connect_local(port, cipher=cipher) as conn,
             conn.create_process("echo") as proc,
         ):
             before = conn._send_seq
@@ -149,17 +141,7 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
     port = server.sockets[0].getsockname()[1]
     try:
         async with (
-            asyncssh.connect(
-                "127.0.0.1",
-                port,
-                known_hosts=None,
-                username="u",
-                client_keys=None,
-                agent_path=None,
-                config=None,
-                encryption_algs=[cipher],
-                rekey_bytes=rekey_bytes,
-            ) as conn,
+            connect_local(port, cipher=cipher, rekey_bytes=rekey_bytes) as conn,
             conn.create_process("echo", encoding=None) as proc,
         ):
             if "gcm" in cipher:
@@ -242,16 +224,7 @@ async def test_large_packets_after_another_packet_in_one_read_take_the_short_pat
     port = server.sockets[0].getsockname()[1]
     try:
         async with (
-            asyncssh.connect(
-                "127.0.0.1",
-                port,
-                known_hosts=None,
-                username="u",
-                client_keys=None,
-                agent_path=None,
-                config=None,
-                encryption_algs=["aes128-gcm@openssh.com"],
-            ) as conn,
+            connect_local(port) as conn,
             conn.create_process("check", encoding=None) as proc,
         ):
             assert conn._transport is not None
@@ -320,16 +293,7 @@ async def test_a_channel_that_asks_for_views_gets_them_and_others_get_bytes() ->
     )
     port = server.sockets[0].getsockname()[1]
     try:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port,
-            known_hosts=None,
-            username="u",
-            client_keys=None,
-            agent_path=None,
-            config=None,
-            encryption_algs=["aes128-gcm@openssh.com"],
-        ) as conn:
+        async with connect_local(port) as conn:
             for host in ("views", "bytes"):
                 chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, host, 80)
                 chan.write(blob)

@@ -1,0 +1,29 @@
+"""A client of a local asyncssh test server: no keys, no known hosts, no
+agent or config file; the cipher the tuned paths handle."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+if TYPE_CHECKING:  # asyncssh's type of what connect() returns
+    from asyncssh.misc import _ACMWrapper
+
+
+def connect_local(
+    port: int, host: str = "127.0.0.1", cipher: str = "aes128-gcm@openssh.com", **options: Any
+) -> _ACMWrapper[asyncssh.SSHClientConnection]:
+    """``asyncssh.connect`` to *host*:*port* as user "u" (await it, or use it
+    as an async context manager, as ``asyncssh.connect``)."""
+    return asyncssh.connect(
+        host,
+        port,
+        known_hosts=None,
+        username="u",
+        client_keys=None,
+        agent_path=None,
+        config=None,
+        encryption_algs=[cipher],
+        **options,
+    )
