@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from server.proxy.urls import base_origin_and_path
 from server.storage.cluster import RelayRow
 from server.tunnel.http1 import Answer, AnswerMemo, Body
 from server.web.services import Services
+from sluice import logs
 
 log = structlog.get_logger("sluice.relay.proxy")
 
@@ -414,7 +416,9 @@ async def deliver(
 def canonical_line(
     conn_id: str, mode: str, method: str, status: int, sent: int, began: float
 ) -> None:
-    """One log line per proxied request."""
+    """One log line per proxied request (none made when info is off)."""
+    if logs.min_level > logging.INFO:
+        return
     log.info(
         "proxied",
         connection=conn_id,
