@@ -220,11 +220,13 @@ class Http1Response:
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
             self._stream.pause_reading()
-        self._wake()
+        if self._waiter is not None:  # (asked here: a call fewer per piece)
+            self._wake()
 
     def _finish(self) -> None:
         self._complete = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._complete and self._error is None:
@@ -429,6 +431,7 @@ class Http1Stream(asyncio.Protocol):
         # uvloop's is no asyncio.Transport subclass).
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -656,7 +659,14 @@ class Http1Stream(asyncio.Protocol):
             response._finish()
         self.exchanges += 1
         self.resume_reading()  # the rest of the body waits in the answer, not the stream
-        if self._sending or not keep_alive or self.closed:
+        transport = self._transport  # self.closed, without a call per answer
+        if (
+            self._sending
+            or not keep_alive
+            or self._closed
+            or transport is None
+            or transport.is_closing()
+        ):
             self._stop_writer()  # answered before the body was sent whole: no one needs it
             self.close()
         else:
@@ -796,10 +806,10 @@ class Http1Stream(asyncio.Protocol):
         its head has arrived, or the exchange's error (``UpstreamTimeout``
         when no head came by *deadline*); whoever waits closes the stream
         when it fails (as ``exchange`` does)."""
-        if self.closed or self._head is not None:
+        transport = self._transport  # self.closed and self.loop, without two calls
+        if self._closed or transport is None or transport.is_closing() or self._head is not None:
             raise StaleStream("the stream is no longer usable")
-        assert self._transport is not None
-        loop = self.loop
+        loop = self._loop or self.loop
         self._head = loop.create_future()
         self._received = False
         self._head_bytes = 0
@@ -811,12 +821,12 @@ class Http1Stream(asyncio.Protocol):
         self._timeout_message = timeout_message
         self._writer = None
         if body is None:
-            self._transport.write(head)
+            transport.write(head)
         elif isinstance(body, bytes):
-            self._transport.write(head + body)
+            transport.write(head + body)
         else:
             self._sending = True
-            self._transport.write(head)
+            transport.write(head)
             writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
         if deadline is not None:
