@@ -551,7 +551,7 @@ class FrontProtocol(asyncio.Protocol):
             self._last_head, self._last_request = head, request
         assert request is not None
         del buffer[: end + 4]
-        self._cancel_idle()
+        self._idle_deadline = None  # _cancel_idle, without a call per request
         self.busy = True
         if self._finished is not None:
             self._finished.clear()
@@ -670,8 +670,14 @@ class FrontProtocol(asyncio.Protocol):
         ):
             transport.close()
         else:
-            self.resume_reading()
-            self._arm_idle()
+            # resume_reading and _arm_idle, without two calls per request
+            if self._reading_paused:
+                self.resume_reading()
+            idle_timeout = self.front.idle_timeout
+            if idle_timeout > 0:
+                self._idle_deadline = self._loop.time() + idle_timeout
+                if self._idle is None:
+                    self._arm_idle()
         self.busy = False
         if self._finished is not None:
             self._finished.set()
