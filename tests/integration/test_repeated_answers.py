@@ -95,20 +95,20 @@ async def test_a_repeated_answer_is_passed_on_without_header_work(
     assert b"connection: close" not in head.lower()
     assert again == [head] * 10
     assert closing == head[:-2] + b"Connection: close\r\n\r\n"
-    stream_calls = calls.pop(HTTP1, 0) / len(again)
-    front_calls = calls.pop(FRONT, 0) / len(again)
-    auth_calls = calls.pop(AUTH, 0) / len(again)
-    assert calls == Counter(), calls  # none of the header work ran for a repeat
-    assert stream_calls <= HTTP1_CALLS, stream_calls
-    assert front_calls <= FRONT_CALLS, front_calls
-    assert auth_calls <= AUTH_CALLS, auth_calls
+    budget = Counter({HTTP1: HTTP1_CALLS, FRONT: FRONT_CALLS, AUTH: AUTH_CALLS})
+    # None of the header work, and the modules within their budgets, for all
+    # but one or two requests: the connection's cached settings may expire
+    # under one (every 2 s; it then goes the general way, as it should).
+    within = [request for request in calls if request - budget == Counter()]
+    assert len(within) >= len(calls) - 2, calls
 
 
 async def _repeat(
     client: APIClient, conn_id: str
-) -> tuple[list[bytes], list[bytes], bytes, Counter[str]]:
+) -> tuple[list[bytes], list[bytes], bytes, list[Counter[str]]]:
     """On one caller connection: 3 requests to warm up, 10 counted (the
-    relay's header work in them), one that asks to close. Their answer heads."""
+    relay's header work in each, its calls per module), one that asks to
+    close. Their answer heads, and the counts."""
     front = urlsplit(client.base)
     assert front.hostname is not None
     reader, writer = await asyncio.open_connection(front.hostname, front.port)
@@ -123,33 +123,38 @@ async def _repeat(
         assert await reader.readexactly(len(BODY)) == BODY
         return head
 
-    calls: Counter[str] = Counter()
+    calls: list[Counter[str]] = []
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
         code = frame.f_code
+        counts = calls[-1]
         if event == "call":
             for module in (HTTP1, FRONT):
                 if code.co_filename.endswith(module):
-                    calls[module] += 1
+                    counts[module] += 1
             if AUTH in code.co_filename:
-                calls[AUTH] += 1
+                counts[AUTH] += 1
         if event == "call" and code.co_name in HEADER_WORK:
-            calls[code.co_name] += 1
+            counts[code.co_name] += 1
         elif (
             event == "c_call"
             and getattr(arg, "__qualname__", "") == "bytes.lower"
             and code.co_qualname.startswith("FrontProtocol.")
         ):
-            calls["front: bytes.lower"] += 1
+            counts["front: bytes.lower"] += 1
+
+    async def counted() -> bytes:
+        calls.append(Counter())
+        sys.setprofile(profile)
+        try:
+            return await call()
+        finally:
+            sys.setprofile(None)
 
     try:
         async with asyncio.timeout(20):
             first = [await call() for _ in range(3)]  # the stream and memos warm up
-            sys.setprofile(profile)
-            try:
-                again = [await call() for _ in range(10)]
-            finally:
-                sys.setprofile(None)
+            again = [await counted() for _ in range(10)]
             closing = await call(b"Connection: close\r\n")
             assert await reader.read() == b""  # the relay closed as it said
     finally:
