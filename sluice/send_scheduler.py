@@ -44,7 +44,7 @@ import socket
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
@@ -211,7 +211,10 @@ def start(ssh: SSHConnection) -> bool:
 
 def _sched(chan: SSHChannel[Any]) -> _Scheduler | None:
     ssh = chan._conn
-    return None if ssh is None else cast(_Scheduler | None, ssh.__dict__.get(_KEY))
+    if ssh is None:
+        return None
+    sched: _Scheduler | None = ssh.__dict__.get(_KEY)  # not typing.cast: a call per packet
+    return sched
 
 
 def install(environ: Mapping[str, str]) -> None:
@@ -276,14 +279,14 @@ def _patch() -> None:
     original_resume = SSHConnection.resume_writing
 
     def pause_writing(self: SSHConnection) -> None:
-        sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
+        sched: _Scheduler | None = self.__dict__.get(_KEY)
         if sched is not None:
             sched.paused = True
         original_pause(self)
 
     def resume_writing(self: SSHConnection) -> None:
         original_resume(self)
-        sched = cast(_Scheduler | None, self.__dict__.get(_KEY))
+        sched: _Scheduler | None = self.__dict__.get(_KEY)
         if sched is not None:
             sched.paused = False
             sched.follow_rate()
