@@ -28,11 +28,8 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import heapq
-import itertools
 import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -52,84 +49,13 @@ LIMITED_SOCKET_BUFFER = 128 * 1024
 QUEUE_SECONDS = 0.005
 # Due times are on time.monotonic(), not the loop's clock: uvloop's clock
 # counts whole milliseconds as of the start of the loop's turn, which made a
-# 50 ms line a 52 ms one. Its timers count whole milliseconds too (a delay
-# under half of one runs on the next turn), so the line used to wake a
-# millisecond early and go round empty loop turns until the bytes were due:
-# with a chunk due every ~0.7 ms in a bulk transfer, a spin all along, up to
-# a third of the line's CPU (1.1-1.5 s per GiB at 300 MB/s against
-# 0.7-0.85 s without), taken from the processes at either end of the line on
-# this 2-core machine (on the Sluice path, relay and agent). A thread of the
-# line's own (``_Ticker``) sleeps until each due time instead (the kernel's
-# timers, not the loop's) and wakes the loop then: bytes are never more than
-# RELEASE_EARLY early, and late by the thread's wake-up and a loop turn.
+# 50 ms line a 52 ms one. A timer that fires before the bytes are due is set
+# again for the rest, so bytes are never early and late by a loop turn at most.
 _clock = time.monotonic
+TIMER_LEAD = 0.001
 RELEASE_EARLY = 0.0003
 _EOF = "eof"
 _CLOSE = "close"
-
-
-class _Tick:
-    """A call the ticker makes on the loop at its due time, unless cancelled."""
-
-    __slots__ = ("callback", "cancelled")
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def run(self) -> None:
-        if not self.cancelled:
-            self.callback()
-
-
-class _Ticker:
-    """Calls on *loop* at due times (``time.monotonic()``), from a thread
-    that sleeps until each one: timers more precise than the loop's whole
-    milliseconds, without going round the loop until they are due."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._due: list[tuple[float, int, _Tick]] = []  # a heap
-        self._order = itertools.count()
-        self._changed = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="delay-line ticker", daemon=True)
-        self._thread.start()
-
-    def call_at(self, due: float, callback: Callable[[], None]) -> _Tick:
-        tick = _Tick(callback)
-        with self._changed:
-            heapq.heappush(self._due, (due, next(self._order), tick))
-            if self._due[0][2] is tick:  # sooner than what the thread sleeps for
-                self._changed.notify()
-        return tick
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        with self._changed:
-            while not self._closed:
-                if not self._due:
-                    self._changed.wait()
-                    continue
-                due, _, tick = self._due[0]
-                wait = due - _clock()
-                if wait > 0:
-                    self._changed.wait(wait)
-                    continue
-                heapq.heappop(self._due)
-                if not tick.cancelled:
-                    try:
-                        self._loop.call_soon_threadsafe(tick.run)
-                    except RuntimeError:  # the loop closed
-                        return
 
 
 class _Direction(asyncio.Protocol):
@@ -138,14 +64,12 @@ class _Direction(asyncio.Protocol):
     def __init__(
         self,
         delay: float,
-        ticker: _Ticker,
         peer: _Direction | None = None,
         on_made: Callable[[_Direction], None] | None = None,
         rate: float | None = None,
         queue_seconds: float = QUEUE_SECONDS,
     ) -> None:
         self.delay = delay
-        self.ticker = ticker
         self.rate = rate  # bytes/s this side's reads leave at; None: no limit
         # What is held before reading stops: in flight plus the bottleneck queue.
         self.max_held = (
@@ -160,7 +84,7 @@ class _Direction(asyncio.Protocol):
         self.held_bytes = 0
         self.most_held = 0  # the most bytes held at once: the most in flight this way
         self.carried = 0  # bytes passed on to the peer so far
-        self.timer: _Tick | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.peer_paused = False
         self.closed = asyncio.get_running_loop().create_future()
@@ -223,7 +147,9 @@ class _Direction(asyncio.Protocol):
             self._set_timer(due)
 
     def _set_timer(self, due: float) -> None:
-        self.timer = self.ticker.call_at(due - RELEASE_EARLY, self._release)
+        self.timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - _clock() - TIMER_LEAD), self._release
+        )
 
     def _release(self) -> None:
         self.timer = None
@@ -286,7 +212,6 @@ class DelayLine:
         self.rate = rate
         self.queue_seconds = queue_seconds  # the bottleneck's queue (with a rate only)
         self.server: asyncio.Server | None = None
-        self._ticker: _Ticker | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._sides: list[_Direction] = []
         self.connections = 0
@@ -321,13 +246,8 @@ class DelayLine:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _protocol(self) -> _Direction:
-        assert self._ticker is not None
         near = _Direction(
-            self.rtt / 2,
-            self._ticker,
-            on_made=self._link,
-            rate=self.rate,
-            queue_seconds=self.queue_seconds,
+            self.rtt / 2, on_made=self._link, rate=self.rate, queue_seconds=self.queue_seconds
         )
         self._sides.append(near)
         return near
@@ -341,14 +261,7 @@ class DelayLine:
 
     async def _connect(self, near: _Direction) -> None:
         loop = asyncio.get_running_loop()
-        assert self._ticker is not None
-        far = _Direction(
-            self.rtt / 2,
-            self._ticker,
-            peer=near,
-            rate=self.rate,
-            queue_seconds=self.queue_seconds,
-        )
+        far = _Direction(self.rtt / 2, peer=near, rate=self.rate, queue_seconds=self.queue_seconds)
         near.peer = far
         self._sides.append(far)
         assert near.transport is not None
@@ -401,7 +314,6 @@ class DelayLine:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._ticker = _Ticker(loop)
         if self.rate is None:
             self.server = await loop.create_server(self._protocol, "127.0.0.1", 0, backlog=1024)
             return
@@ -423,8 +335,6 @@ class DelayLine:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
-        if self._ticker is not None:
-            self._ticker.close()
 
 
 async def _serve(target_port: int, rtt_ms: float, mb_per_s: float | None, queue_ms: float) -> None:

@@ -7,12 +7,10 @@ import asyncio
 import hashlib
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from bench.delay_line import DelayLine, spawn_line
-from tests.support.waiting import wait_until
+from bench.delay_line import DelayLine
 
 
 async def test_bytes_arrive_intact_half_a_round_trip_later_each_way() -> None:
@@ -151,49 +149,3 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     # The lower quartile: what a busy machine adds to some samples is not
     # the line's (the old line's quartile was 1-2 ms over at every RTT).
     assert times[len(times) // 4] <= rtt + 0.0006, times
-
-
-async def test_a_line_holding_data_sleeps_until_it_is_due(tmp_path: Path) -> None:
-    """The line as the bench runs it (a process of its own, on uvloop), with
-    a chunk due every millisecond or so: a trickle through a 20 ms line. It
-    sleeps until each chunk is due. Waking a millisecond early and going round
-    empty loop turns until then (uvloop's timers count whole milliseconds)
-    spun all along here: busy 37-54% of the time on a 2-core machine at a
-    load of 5 (9% without the spin), CPU that the bench's long links took from
-    the relay and the agent."""
-    got = 0
-
-    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal got
-        try:
-            while data := await reader.read(65536):
-                got += len(data)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(sink, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    child, line_port = await spawn_line(port, 20, tmp_path / "line.log")
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", line_port)
-        chunk, sent = b"x" * 1024, 0
-        cpu_before, began = _cpu_seconds(child.proc.pid), time.monotonic()
-        while time.monotonic() - began < 1.5:
-            writer.write(chunk)
-            sent += len(chunk)
-            await asyncio.sleep(0.001)
-        await wait_until(lambda: got == sent, timeout=10, what="every byte through")
-        busy = (_cpu_seconds(child.proc.pid) - cpu_before) / (time.monotonic() - began)
-        writer.close()
-    finally:
-        await child.stop()
-        server.close()
-        await server.wait_closed()
-    assert busy < 0.25, f"the line was busy {busy:.0%} of the time, holding a trickle"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """The CPU time (user + system) process *pid* has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
