@@ -306,7 +306,7 @@ def render(s: Summary) -> str:
         "trip, the time from a window top-up to the first byte it released; slow start "
         "quadruples the window while the pace rises, then it holds the pace times the round "
         "trip plus a few ms, and a new stream on a warm connection starts from what the last "
-        "one carried; up to a per-agent budget of 32 MiB; loopback never grows it), 256 KiB "
+        "one carried; up to a per-agent budget of 64 MiB; loopback never grows it), 256 KiB "
         "packets (a quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep"
         " buffers of up to 2 MiB on the heap instead of mapping each one (`sluice/runtime.py`),"
         " uvloop, TCP_NODELAY (asyncio and uvloop set it on every TCP socket).",
