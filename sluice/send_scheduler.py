@@ -209,6 +209,20 @@ def start(ssh: SSHConnection) -> bool:
     return True
 
 
+def clear_to_send(ssh: SSHConnection) -> bool:
+    """Whether channel data may go out on *ssh* now, past the round robin: the
+    transport is not paused and no channel waits for a turn (always, for a
+    connection not under the scheduler). Takes the connection's rate, if due,
+    as the scheduler's own flush does."""
+    sched = cast(_Scheduler | None, ssh.__dict__.get(_KEY))
+    if sched is None:
+        return True
+    if sched.paused or sched.ready:
+        return False
+    sched.follow_rate()
+    return True
+
+
 def _sched(chan: SSHChannel[Any]) -> _Scheduler | None:
     ssh = chan._conn
     return None if ssh is None else cast(_Scheduler | None, ssh.__dict__.get(_KEY))

@@ -309,6 +309,105 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
 
 
 _GCM_TAG = 16
+# Room after a framed packet's data for its padding (at most a block + 3).
+_PAD_ROOM = 32
+# AESGCM.encrypt_into (cryptography 45 on; pyproject allows older): without
+# it, send_framed leaves every packet to SSHChannel.write.
+_ENCRYPT_INTO: Final = hasattr(AESGCM, "encrypt_into")
+# Output buffers a FrameBuffer keeps (one is usually enough: the transport
+# takes a packet at once unless the socket is full).
+_OUTPUTS = 4
+
+
+class FrameBuffer:
+    """Where an API's answer is read, framed and encrypted as SSH channel
+    data in place (``send_framed``), one read at a time.
+
+    When: the agent reads every API connection of a process into ``data`` and
+    hands each read on in the same call. A read lands where the packet's
+    plaintext has its data, after room for the packet's head; the cipher
+    writes into an output buffer kept for the next packets once no view of it
+    is left (the transport took it all). Through ``SSHChannel.write`` each
+    256 KiB packet was copied into the channel's send buffer, joined into a
+    plaintext and encrypted into a fresh, zeroed output.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._plain = memoryview(bytearray(_DATA_PREFIX.size + size + _PAD_ROOM))
+        self.data = self._plain[_DATA_PREFIX.size : _DATA_PREFIX.size + size]
+        self._outputs: list[bytearray] = []
+
+    def output(self) -> bytearray:
+        """An output buffer nothing holds a view of (reused, or a new one)."""
+        for out in self._outputs:
+            if _unshared(out):
+                return out
+        # One spare byte at the end: _unshared resizes by it.
+        out = bytearray(4 + _DATA_PREFIX.size + self.size + _PAD_ROOM + _GCM_TAG + 1)
+        if len(self._outputs) < _OUTPUTS:
+            self._outputs.append(out)
+        return out
+
+
+def _unshared(buf: bytearray) -> bool:
+    """Whether no buffer view of *buf* is alive (a transport that has not
+    sent it all keeps one): a bytearray with views refuses to change size."""
+    try:
+        del buf[-1]
+    except BufferError:
+        return False
+    buf.append(0)  # back to its size, within what it has allocated
+    return True
+
+
+def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
+    """Send the *size* bytes just read into ``frames.data`` on *chan* as one
+    channel-data packet, framed and encrypted in place, as asyncssh would
+    (same packet, padding, sequence number and rekey accounting), if it may
+    go now: the tweaks on, AES-GCM keys in place, nothing queued on the
+    channel before it, the window and packet size allow it, and the send
+    scheduler lets the connection write (``send_scheduler.clear_to_send``).
+    Returns False, having sent nothing, otherwise (then write it the usual way)."""
+    ssh = chan._conn
+    send_chan = chan._send_chan
+    if (
+        not (_Applied.names and _ENCRYPT_INTO)
+        or ssh is None
+        or send_chan is None
+        or chan._send_buf
+        or chan._send_state != "open"
+        or not 0 < size <= min(chan._send_window, chan._send_pktsize, frames.size)
+        or ssh._transport is None
+    ):
+        return False
+    state = cast(_ConnState | None, ssh.__dict__.get(_CONN_STATE))
+    if state is not None and state.batch is not None:
+        return False  # inside a flush: its packets go first
+    cipher = _gcm_ready(ssh)
+    if cipher is None or not send_scheduler.clear_to_send(ssh):
+        return False
+    padlen = -(ssh._send_enchdrlen + 9 + size) % ssh._send_blocksize
+    if padlen < 4:
+        padlen += ssh._send_blocksize
+    plain = frames._plain
+    end = _DATA_PREFIX.size + size
+    _DATA_PREFIX.pack_into(plain, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
+    plain[end : end + padlen] = os.urandom(padlen)
+    pktlen = end + padlen
+    header = _U32.pack(pktlen)
+    out = frames.output()
+    with memoryview(out) as view:
+        view[:4] = header
+        with plain[:pktlen] as clear, view[4 : 4 + pktlen + _GCM_TAG] as sealed:
+            _aead(cipher).encrypt_into(cipher._iv, clear, header, sealed)
+        cipher._update_iv()
+        ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+        ssh._rekey_bytes_sent += pktlen
+        chan._send_window -= size
+        with view[: 4 + pktlen + _GCM_TAG] as packet:
+            ssh._send(cast(bytes, packet))  # what is held in the outbox first
+    return True
 
 
 def _aead(cipher: GCMCipher) -> AESGCM:
