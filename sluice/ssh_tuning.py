@@ -368,7 +368,10 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     go now: the tweaks on, AES-GCM keys in place, nothing queued on the
     channel before it, the window and packet size allow it, and the send
     scheduler lets the connection write (``send_scheduler.clear_to_send``).
-    Returns False, having sent nothing, otherwise (then write it the usual way)."""
+    Only a read of ``send_coalescing.LIMIT`` or more: smaller packets wait
+    for the end of the loop turn with the other answers of the turn (and the
+    outbox writes one this size at once anyway). Returns False, having sent
+    nothing, otherwise (then write it the usual way)."""
     ssh = chan._conn
     send_chan = chan._send_chan
     if (
@@ -377,7 +380,9 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
         or send_chan is None
         or chan._send_buf
         or chan._send_state != "open"
-        or not 0 < size <= min(chan._send_window, chan._send_pktsize, frames.size)
+        or not send_coalescing.LIMIT
+        <= size
+        <= min(chan._send_window, chan._send_pktsize, frames.size)
         or ssh._transport is None
     ):
         return False
