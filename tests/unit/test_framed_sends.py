@@ -1,0 +1,178 @@
+"""The agent's bulk reads leave as SSH packets framed in place
+(``sluice.ssh_tuning.send_framed``): read into a ``FrameBuffer``, encrypted
+into an output buffer that is reused once the transport holds no view of it.
+
+Seen at the socket: what asyncssh's transport is handed for a bulk transfer
+comes from a few buffers, not a fresh object per packet (through
+``SSHChannel.write`` each packet was copied into the channel's buffer, joined
+into a plaintext and encrypted into a new object); the peer, a stock asyncssh
+server, gets every byte in order, across key exchanges too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import asyncssh
+
+from sluice import ssh_tuning
+from sluice.ssh_tuning import FrameBuffer, send_framed, tune_asyncssh
+from tests.support.ssh_pair import connect_local
+from tests.support.waiting import wait_until
+
+READ = 256 * 1024
+READS = 32
+
+
+class _Server(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return True
+
+
+class _RecordingTransport:
+    """Keeps (a reference to) the object behind every write of a bulk packet."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.buffers: list[object] = []
+
+    def _record(self, data: Any) -> None:
+        if len(data) >= READ:
+            self.buffers.append(data.obj if isinstance(data, memoryview) else data)
+
+    def write(self, data: bytes) -> None:
+        self._record(data)
+        self.inner.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        for piece in data:
+            self._record(piece)
+        self.inner.writelines(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class _HoldingTransport:
+    """Holds views of the bulk packets it is handed, as a transport whose
+    socket is full does, and sends them three at a time."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.held: list[memoryview] = []
+
+    def write(self, data: bytes) -> None:
+        if len(data) < READ:
+            self.flush()
+            self.inner.write(data)
+            return
+        self.held.append(memoryview(data))
+        if len(self.held) == 3:
+            self.flush()
+
+    def writelines(self, data: list[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def flush(self) -> None:
+        for view in self.held:
+            self.inner.write(bytes(view))
+            view.release()
+        self.held.clear()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def _chunk(i: int) -> bytes:
+    return hashlib.sha256(b"%d" % i).digest() * (READ // 32)
+
+
+async def _send_framed(
+    rekey_bytes: int = 1 << 30, holding: bool = False
+) -> tuple[str, list[object], int, int]:
+    """Send READS reads of READ bytes from a FrameBuffer to a stock asyncssh
+    server, as the agent does; returns the server's digest of what it got,
+    the objects behind the bulk writes, the reads framed in place and the
+    bytes sent since the last key exchange."""
+    assert tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
+
+    async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        data = await process.stdin.readexactly(READ * READS)
+        process.stdout.write(hashlib.sha256(data).hexdigest().encode())
+        process.exit(0)
+
+    server = await asyncssh.create_server(
+        _Server,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=handle,
+        encoding=None,
+        window=4 * READ,
+        max_pktsize=READ,
+        rekey_bytes=rekey_bytes,
+    )
+    port = server.sockets[0].getsockname()[1]
+    frames = FrameBuffer(READ)
+    framed = 0
+    try:
+        async with (
+            connect_local(port, rekey_bytes=rekey_bytes) as conn,
+            conn.create_process("sum", encoding=None) as proc,
+        ):
+            assert conn._transport is not None
+            recording = _RecordingTransport(conn._transport)
+            conn._transport = recording  # type: ignore[assignment]
+            holder = _HoldingTransport(recording)
+            if holding:
+                conn._transport = holder  # type: ignore[assignment]
+            chan = proc.channel
+            for i in range(READS):
+                # As the agent reads: no more than the window lets go at once.
+                await wait_until(lambda: (ssh_tuning.send_window(chan) or 0) >= READ, timeout=10)
+                frames.data[:READ] = _chunk(i)
+                if send_framed(chan, frames, READ):
+                    framed += 1
+                else:  # as the agent does: the channel copies it
+                    chan.write(bytes(frames.data[:READ]))
+            holder.flush()
+            got = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got.decode() == expected  # every byte, in order
+    return got.decode(), recording.buffers, framed, conn._rekey_bytes_sent
+
+
+async def test_bulk_reads_leave_from_reused_buffers() -> None:
+    _, buffers, framed, _ = await _send_framed()
+    assert framed == READS
+    assert len(buffers) >= READS
+    # A few output buffers served every packet (each was a new object).
+    assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
+
+
+async def test_a_buffer_the_transport_still_holds_is_not_reused() -> None:
+    # (The digest checked inside: a reused buffer would have overwritten
+    # packets not yet sent.)
+    _, buffers, framed, _ = await _send_framed(holding=True)
+    assert framed == READS
+    assert len({id(b) for b in buffers}) >= READS * 2 // 3
+
+
+async def test_key_exchanges_mid_transfer() -> None:
+    rekey_bytes = 1024 * 1024
+    _, buffers, framed, since_rekey = await _send_framed(rekey_bytes)
+    assert since_rekey < rekey_bytes  # keys were exchanged on the way
+    # Packets while keys are exchanged go through asyncssh (each its own
+    # object); framing resumes after each exchange.
+    assert framed >= READS // 4, framed
+    assert len({id(b) for b in buffers}) <= 4 + READS - framed
