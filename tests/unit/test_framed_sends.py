@@ -62,7 +62,7 @@ class _HoldingTransport:
     """Holds views of the bulk packets it is handed, as a transport whose
     socket is full does, and sends them three at a time."""
 
-    def __init__(self, inner: asyncio.Transport) -> None:
+    def __init__(self, inner: _RecordingTransport) -> None:
         self.inner = inner
         self.held: list[memoryview] = []
 
