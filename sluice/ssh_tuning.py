@@ -311,9 +311,10 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
 _GCM_TAG = 16
 # Room after a framed packet's data for its padding (at most a block + 3).
 _PAD_ROOM = 32
-# AESGCM.encrypt_into (cryptography 45 on; pyproject allows older): without
-# it, send_framed leaves every packet to SSHChannel.write.
-_ENCRYPT_INTO: Final = hasattr(AESGCM, "encrypt_into")
+# AESGCM.encrypt_into and decrypt_into (cryptography 45 on; pyproject allows
+# older): without them, send_framed leaves every packet to SSHChannel.write,
+# and each packet read is decrypted into a new object.
+_ENCRYPT_INTO: Final = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
 # Output buffers a FrameBuffer keeps (one is usually enough: the transport
 # takes a packet at once unless the socket is full).
 _OUTPUTS = 4
@@ -359,6 +360,36 @@ def _unshared(buf: bytearray) -> bool:
         return False
     buf.append(0)  # back to its size, within what it has allocated
     return True
+
+
+class _Plaintexts:
+    """Buffers the bulk packets read are decrypted into (``decrypt_into``),
+    one process's, reused once no view of one is left (the channel's session
+    wrote it on, and its transport took it all)."""
+
+    def __init__(self) -> None:
+        self._buffers: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least *size* bytes nothing holds a view of."""
+        for buf in self._buffers:
+            if len(buf) > size and _unshared(buf):
+                return buf
+        if size > _SEND_SIZE:
+            return bytearray(size + 1)  # larger than Sluice's packets: not kept
+        buf = bytearray(_SEND_SIZE + 1)  # one spare byte: _unshared resizes by it
+        if len(self._buffers) < _OUTPUTS:
+            self._buffers.append(buf)
+        return buf
+
+
+_PLAINTEXTS = _Plaintexts()
+# A bulk packet's plaintext: decrypted into a reused buffer from this size on
+# (a small answer's own object costs little, and a view that a session keeps
+# of it pins no larger buffer).
+_POOLED_LEAST: Final = 64 * 1024
+# What the pool's buffers hold: a full packet of Sluice's channels.
+_SEND_SIZE: Final = 256 * 1024 + 64
 
 
 def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
@@ -549,6 +580,7 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
     aead = _aead(cipher)
     channels = ssh._channels
     limit = ssh._max_recv_pktlen
+    pooled = _ENCRYPT_INTO and _Applied.names
     size = len(buf)
     pos = 0
     taken = False
@@ -565,32 +597,42 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             if end > size:
                 break
             complete = False
+            plain: bytes | memoryview
             try:
-                plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
+                if pooled and pktlen >= _POOLED_LEAST:
+                    plain = memoryview(_PLAINTEXTS.take(pktlen))[:pktlen]
+                    aead.decrypt_into(cipher._iv, view[pos + 4 : end], view[pos : pos + 4], plain)
+                else:
+                    plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
-            if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
-                break
-            recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
-            chan = channels.get(recv_chan)
-            if (
-                chan is None
-                or chan._recv_state != "open"
-                or length > chan._recv_window
-                or 10 + length + plain[0] != len(plain)
-            ):
-                break  # asyncssh raises the matching protocol error
-            cipher._update_iv()
-            ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
-            pos = end
-            taken = True
-            complete = True
-            if chan.__dict__.get(_VIEWS):
-                # A view into the decrypted packet, which nothing else holds:
-                # the data is not copied again out of it.
-                chan._accept_data(cast(bytes, memoryview(plain)[10 : 10 + length]))
-            else:
-                chan._accept_data(plain[10 : 10 + length])
+            try:
+                if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
+                    break
+                recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
+                chan = channels.get(recv_chan)
+                if (
+                    chan is None
+                    or chan._recv_state != "open"
+                    or length > chan._recv_window
+                    or 10 + length + plain[0] != len(plain)
+                ):
+                    break  # asyncssh raises the matching protocol error
+                cipher._update_iv()
+                ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
+                pos = end
+                taken = True
+                complete = True
+                if chan.__dict__.get(_VIEWS):
+                    # A view into the decrypted packet: the data is not
+                    # copied again out of it (a pooled buffer is reused only
+                    # once no such view is left).
+                    chan._accept_data(cast(bytes, memoryview(plain)[10 : 10 + length]))
+                else:
+                    chan._accept_data(bytes(plain[10 : 10 + length]))
+            finally:
+                if isinstance(plain, memoryview):
+                    plain.release()  # (the channel's view keeps its own)
         rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
     if taken:
         ssh._reset_keepalive_timer()

@@ -176,3 +176,101 @@ async def test_key_exchanges_mid_transfer() -> None:
     # object); framing resumes after each exchange.
     assert framed >= READS // 4, framed
     assert len({id(b) for b in buffers}) <= 4 + READS - framed
+
+
+class _ViewSession(asyncssh.SSHServerSession[bytes]):
+    """Takes its data as views (as the relay's streams do), digests it, and
+    records the object behind each bulk view; *hold*: keeps views of three
+    packets at a time before digesting them (a reader behind)."""
+
+    def __init__(self, hold: bool) -> None:
+        self.hold = hold
+        self.held: list[memoryview] = []
+        self.digest = hashlib.sha256()
+        self.buffers: list[object] = []
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+        self.chan = chan
+        ssh_tuning.deliver_views(chan)
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if isinstance(data, memoryview) and len(data) >= READ:
+            self.buffers.append(data.obj)
+        if not self.hold:
+            self.digest.update(data)
+            return
+        self.held.append(memoryview(data))
+        if len(self.held) == 3:
+            self._digest_held()
+
+    def _digest_held(self) -> None:
+        for view in self.held:
+            self.digest.update(view)
+            view.release()
+        self.held.clear()
+
+    def eof_received(self) -> bool:
+        self._digest_held()
+        assert self.chan is not None
+        self.chan.write(self.digest.hexdigest().encode())
+        self.chan.exit(0)
+        return False
+
+
+async def _receive_views(hold: bool) -> tuple[str, list[object]]:
+    """Send READS packets of READ bytes to a server whose session takes views;
+    returns its digest of what it got and the objects behind the bulk views."""
+    assert tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    sessions: list[_ViewSession] = []
+
+    class _Views(_Server):
+        def session_requested(self) -> _ViewSession:  # type: ignore[override]
+            sessions.append(_ViewSession(hold))
+            return sessions[-1]
+
+    server = await asyncssh.create_server(
+        _Views,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        encoding=None,
+        line_editor=False,
+        window=4 * READ,
+        max_pktsize=READ,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with (
+            connect_local(port) as conn,
+            conn.create_process(encoding=None) as proc,
+        ):
+            for i in range(READS):
+                proc.stdin.write(_chunk(i))
+                await proc.stdin.drain()
+            proc.stdin.write_eof()
+            got = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    return got.decode(), sessions[0].buffers
+
+
+async def test_bulk_packets_read_are_decrypted_into_reused_buffers() -> None:
+    expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
+    got, buffers = await _receive_views(hold=False)
+    assert got == expected
+    assert len(buffers) >= READS * 3 // 4
+    # A few plaintext buffers served every packet (each was a new object).
+    assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
+
+
+async def test_a_plaintext_a_session_still_holds_is_not_reused() -> None:
+    expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
+    got, buffers = await _receive_views(hold=True)
+    assert got == expected  # a reused buffer would have overwritten held data
+    assert len({id(b) for b in buffers}) >= 3
