@@ -190,7 +190,7 @@ class _ViewSession(asyncssh.SSHServerSession[bytes]):
         self.buffers: list[object] = []
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
         ssh_tuning.deliver_views(chan)
 
