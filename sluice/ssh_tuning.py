@@ -19,8 +19,8 @@ returns: nothing is deferred, and the order of every byte is asyncssh's own.
 Receiving: asyncssh keeps unparsed input in one bytes object, appends every
 read to it and slices each packet off its front, copying the rest every
 time. Under AES-GCM, ``feed_in_pieces`` decrypts channel data straight from
-each read instead (``_take_data_packets``); a packet that spans reads (a
-256 KiB packet always does) is gathered and joined once, and any other packet
+each read instead (``_take_data_packets``); a packet that spans reads is
+gathered into one buffer as its reads come, and any other packet
 goes to asyncssh alone, so the data after it still takes the short path.
 Without AES-GCM keys in place (a key exchange, another cipher), asyncssh
 gets a large read in 32 KiB pieces, so each slice copies at most that much.
@@ -86,14 +86,13 @@ _VIEWS: Final = "_sluice_views"
 
 class _ConnState:
     """Per connection: the packets of the flush under way, and a packet that
-    spans reads (its reads so far, their length, the whole packet's length)."""
+    spans reads (what has arrived of it, and the whole packet's length)."""
 
-    __slots__ = ("batch", "need", "pending", "pending_len")
+    __slots__ = ("batch", "need", "pending")
 
     def __init__(self) -> None:
         self.batch: list[bytes] | None = None
-        self.pending: list[bytes | memoryview] | None = None
-        self.pending_len = 0
+        self.pending: bytearray | None = None
         self.need = 0
 
 
@@ -501,16 +500,25 @@ def _patch_data_received() -> None:
 
     def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
         state = _state(self)
-        pending = state.pending
-        if pending is not None:
-            # The rest of a packet that began in an earlier read: gather the
-            # reads, and join them once, when the whole packet is in.
-            pending.append(data)
-            state.pending_len += len(data)
-            if state.pending_len < state.need:
+        while state.pending is not None:
+            # The rest of a packet that began in an earlier read: what it
+            # lacks is gathered (*data* may be a view of a buffer the next
+            # read reuses), the packet taken once whole, then the rest.
+            pending = state.pending
+            missing = state.need - len(pending)
+            if len(data) < missing:
+                pending += data
                 return
+            view = memoryview(data)
+            pending += view[:missing]
+            data = cast(bytes, view[missing:])
             state.pending = None
-            data = b"".join(pending)
+            feed(self, cast(bytes, pending), datatype)
+            if not data or self._transport is None:
+                return
+        feed(self, data, datatype)
+
+    def feed(self: SSHConnection, data: bytes, datatype: int | None) -> None:
         rest: bytes | memoryview = data
         while _recv_ready(self):
             rest = _take_data_packets(self, rest)
@@ -633,17 +641,22 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             finally:
                 if isinstance(plain, memoryview):
                     plain.release()  # (the channel's view keeps its own)
-        rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
+        rest: bytes | bytearray | memoryview
+        if pos == size:
+            rest = b""
+        elif complete:  # the start of the next packet, kept (a copy: *data* may be a view)
+            rest = bytearray(view[pos:])
+        else:
+            rest = buf if pos == 0 else view[pos:].tobytes()
     if taken:
         ssh._reset_keepalive_timer()
     if complete and ssh._transport is not None:
-        if rest:  # the start of the next packet: kept until the rest is in
+        if rest:  # kept until the rest of the packet is in
             state = _state(ssh)
-            state.pending = [rest]
-            state.pending_len = len(rest)
+            state.pending = cast(bytearray, rest)
             state.need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4
         return b""
-    return rest
+    return cast(bytes | memoryview, rest)
 
 
 def schedule_sends(environ: Mapping[str, str]) -> None:

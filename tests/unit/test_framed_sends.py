@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import tracemalloc
 from typing import Any
 
 import asyncssh
+import pytest
 
-from sluice import ssh_tuning
+from sluice import ssh_reads, ssh_tuning
+from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import FrameBuffer, send_framed, tune_asyncssh
 from tests.support.ssh_pair import connect_local
 from tests.support.waiting import wait_until
@@ -274,3 +277,65 @@ async def test_a_plaintext_a_session_still_holds_is_not_reused() -> None:
     got, buffers = await _receive_views(hold=True)
     assert got == expected  # a reused buffer would have overwritten held data
     assert len({id(b) for b in buffers}) >= 3
+
+
+async def test_whole_packets_are_decrypted_from_the_shared_read_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection reading through ``sluice.ssh_reads`` decrypts the whole
+    packets of a read from the shared buffer: what one read costs in new
+    memory is the start of a packet the next read completes, not a copy of
+    the read (traced by tracemalloc around each read)."""
+    assert tune_asyncssh()
+    reads = ReadBuffer(8 * 1024 * 1024)
+    costs: list[tuple[int, int]] = []  # (bytes read, new memory at the peak)
+    original = ssh_reads._WholePackets.buffer_updated
+
+    def traced(self: ssh_reads._WholePackets, nbytes: int) -> None:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        original(self, nbytes)
+        costs.append((nbytes, tracemalloc.get_traced_memory()[1] - before))
+
+    monkeypatch.setattr(ssh_reads._WholePackets, "buffer_updated", traced)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    sessions: list[_ViewSession] = []
+
+    class _Views(_Server):
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            assert read_whole_packets(conn, reads)
+
+        def session_requested(self) -> _ViewSession:  # type: ignore[override]
+            sessions.append(_ViewSession(hold=False))
+            return sessions[-1]
+
+    server = await asyncssh.create_server(
+        _Views,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        encoding=None,
+        line_editor=False,
+        window=64 * READ,
+        max_pktsize=READ,
+    )
+    port = server.sockets[0].getsockname()[1]
+    blob = b"".join(_chunk(i) for i in range(READS))
+    tracemalloc.start()
+    try:
+        async with (
+            connect_local(port) as conn,
+            conn.create_process(encoding=None) as proc,
+        ):
+            proc.stdin.write(blob)  # 32 packets at once: the reads are large
+            proc.stdin.write_eof()
+            got = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        tracemalloc.stop()
+        server.close()
+        await server.wait_closed()
+    assert got.decode() == hashlib.sha256(blob).hexdigest()
+    large = [(n, cost) for n, cost in costs if n >= 4 * READ]
+    assert large, sorted(costs)[-5:]  # (reads of several packets)
+    # A copy of each read cost at least the read; now at most a packet or two.
+    assert all(cost < 3 * READ for _, cost in large), large
