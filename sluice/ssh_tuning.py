@@ -22,8 +22,16 @@ time. Under AES-GCM, ``feed_in_pieces`` decrypts channel data straight from
 each read instead (``_take_data_packets``); a packet that spans reads is
 gathered into one buffer as its reads come, and any other packet
 goes to asyncssh alone, so the data after it still takes the short path.
-Without AES-GCM keys in place (a key exchange, another cipher), asyncssh
-gets a large read in 32 KiB pieces, so each slice copies at most that much.
+A bulk packet is decrypted (``decrypt_into``) into one of a few buffers kept
+for it, reused once no view of it is left. Without AES-GCM keys in place (a
+key exchange, another cipher), asyncssh gets a large read in 32 KiB pieces,
+so each slice copies at most that much.
+
+Sending from the read: ``send_framed`` sends a bulk read that landed in a
+``FrameBuffer`` (the agent's reads of an API) as one packet, framed and
+encrypted in place (``encrypt_into``) into an output buffer reused once the
+transport holds no view of it, when the channel may send it at once; else
+the caller writes it to the channel as usual.
 
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
