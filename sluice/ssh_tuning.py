@@ -346,15 +346,17 @@ class FrameBuffer:
         self.data = self._plain[_DATA_PREFIX.size : _DATA_PREFIX.size + size]
         self._outputs: list[bytearray] = []
 
-    def output(self) -> bytearray:
-        """An output buffer nothing holds a view of (reused, or a new one)."""
+    def output(self, size: int) -> bytearray:
+        """An output buffer of at least *size* bytes nothing holds a view of
+        (reused, or a new one)."""
         for out in self._outputs:
             if _unshared(out):
                 return out
+        if len(self._outputs) >= _OUTPUTS:
+            return bytearray(size)  # not kept: its own size
         # One spare byte at the end: _unshared resizes by it.
         out = bytearray(4 + _DATA_PREFIX.size + self.size + _PAD_ROOM + _GCM_TAG + 1)
-        if len(self._outputs) < _OUTPUTS:
-            self._outputs.append(out)
+        self._outputs.append(out)
         return out
 
 
@@ -382,11 +384,12 @@ class _Plaintexts:
         for buf in self._buffers:
             if len(buf) > size and _unshared(buf):
                 return buf
-        if size > _SEND_SIZE:
-            return bytearray(size + 1)  # larger than Sluice's packets: not kept
+        if size > _SEND_SIZE or len(self._buffers) >= _OUTPUTS:
+            # Not kept: its own size (a session that holds views of smaller
+            # packets pins no more than a copy of each held).
+            return bytearray(size + 1)
         buf = bytearray(_SEND_SIZE + 1)  # one spare byte: _unshared resizes by it
-        if len(self._buffers) < _OUTPUTS:
-            self._buffers.append(buf)
+        self._buffers.append(buf)
         return buf
 
 
@@ -439,7 +442,7 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     plain[end : end + padlen] = os.urandom(padlen)
     pktlen = end + padlen
     header = _U32.pack(pktlen)
-    out = frames.output()
+    out = frames.output(4 + pktlen + _GCM_TAG)
     with memoryview(out) as view:
         view[:4] = header
         with plain[:pktlen] as clear, view[4 : 4 + pktlen + _GCM_TAG] as sealed:
