@@ -285,7 +285,8 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
         padlen = -(ssh._send_enchdrlen + 9 + size) % blocksize
         if padlen < 4:
             padlen += blocksize
-        header = _U32.pack(10 + size + padlen)
+        pktlen = 10 + size + padlen
+        header = _U32.pack(pktlen)
         view = memoryview(buf)
         piece = view[:size]
         try:
@@ -299,12 +300,21 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
         finally:
             piece.release()
             view.release()
-        sealed = _aead(cipher).encrypt(cipher._iv, plain, header)
-        cipher._update_iv()
-        ssh._send(header)
-        ssh._send(sealed)
+        if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
+            # Into a reused buffer, not a fresh zeroed one: the view sent
+            # keeps it from reuse until the transport has let go of it.
+            packet = memoryview(_SEALED.take(4 + pktlen + _GCM_TAG))[: 4 + pktlen + _GCM_TAG]
+            packet[:4] = header
+            _aead(cipher).encrypt_into(cipher._iv, plain, header, packet[4:])
+            cipher._update_iv()
+            ssh._send(cast(bytes, packet))
+        else:
+            sealed = _aead(cipher).encrypt(cipher._iv, plain, header)
+            cipher._update_iv()
+            ssh._send(header)
+            ssh._send(sealed)
         ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
-        ssh._rekey_bytes_sent += 10 + size + padlen
+        ssh._rekey_bytes_sent += pktlen
         if size == len(buf):
             del send_buf[0]
         else:
@@ -371,10 +381,11 @@ def _unshared(buf: bytearray) -> bool:
     return True
 
 
-class _Plaintexts:
-    """Buffers the bulk packets read are decrypted into (``decrypt_into``),
-    one process's, reused once no view of one is left (the channel's session
-    wrote it on, and its transport took it all)."""
+class _BufferPool:
+    """A few buffers for bulk packets, one process's, each reused once no
+    view of it is left: the packets read are decrypted into one (until the
+    channel's session wrote its data on, and that transport took it all), the
+    packets sent encrypted into another (until the transport took it all)."""
 
     def __init__(self) -> None:
         self._buffers: list[bytearray] = []
@@ -393,7 +404,8 @@ class _Plaintexts:
         return buf
 
 
-_PLAINTEXTS = _Plaintexts()
+_PLAINTEXTS = _BufferPool()
+_SEALED = _BufferPool()
 # A bulk packet's plaintext: decrypted into a reused buffer from this size on
 # (a small answer's own object costs little, and a view that a session keeps
 # of it pins no larger buffer).

@@ -97,7 +97,7 @@ def _chunk(i: int) -> bytes:
 
 
 async def _send_framed(
-    rekey_bytes: int = 1 << 30, holding: bool = False
+    rekey_bytes: int = 1 << 30, holding: bool = False, in_place: bool = True
 ) -> tuple[str, list[object], int, int]:
     """Send READS reads of READ bytes from a FrameBuffer to a stock asyncssh
     server, as the agent does; returns the server's digest of what it got,
@@ -142,7 +142,7 @@ async def _send_framed(
                 # As the agent reads: no more than the window lets go at once.
                 await wait_until(lambda: (ssh_tuning.send_window(chan) or 0) >= READ, timeout=10)
                 frames.data[:READ] = _chunk(i)
-                if send_framed(chan, frames, READ):
+                if in_place and send_framed(chan, frames, READ):
                     framed += 1
                 else:  # as the agent does: the channel copies it
                     chan.write(bytes(frames.data[:READ]))
@@ -163,11 +163,21 @@ async def test_bulk_reads_leave_from_reused_buffers() -> None:
     assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
 
 
-async def test_a_buffer_the_transport_still_holds_is_not_reused() -> None:
+async def test_bulk_channel_writes_are_encrypted_into_reused_buffers() -> None:
+    """The same through ``SSHChannel.write`` (an upload on the relay, a read
+    the agent could not frame in place): each packet was a new object."""
+    _, buffers, framed, _ = await _send_framed(in_place=False)
+    assert framed == 0
+    assert len(buffers) >= READS
+    assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+async def test_a_buffer_the_transport_still_holds_is_not_reused(in_place: bool) -> None:
     # (The digest checked inside: a reused buffer would have overwritten
     # packets not yet sent.)
-    _, buffers, framed, _ = await _send_framed(holding=True)
-    assert framed == READS
+    _, buffers, framed, _ = await _send_framed(holding=True, in_place=in_place)
+    assert framed == (READS if in_place else 0)
     assert len({id(b) for b in buffers}) >= READS * 2 // 3
 
 
