@@ -465,8 +465,12 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
         ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
         ssh._rekey_bytes_sent += pktlen
         chan._send_window -= size
-        with view[: 4 + pktlen + _GCM_TAG] as packet:
-            ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
+    # Not released here: a transport may keep this very object until its
+    # socket takes it (Python 3.12+'s selector transport appends it to its
+    # buffer; uvloop takes a view of its own). The view alive keeps *out*
+    # from reuse (``_unshared``) until the transport lets go of it.
+    packet = memoryview(out)[: 4 + pktlen + _GCM_TAG]
+    ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
     return True
 
 
