@@ -734,11 +734,12 @@ def deliver_views(chan: SSHChannel[Any]) -> None:
     """Let *chan*'s session receive channel data as memoryviews.
 
     Under AES-GCM, with the tweaks in place, such a channel's data arrives as
-    a view into the packet just decrypted (a fresh object per packet, never
-    reused), saving one copy of every packet; its session must take any
-    bytes-like object: write it on, join it, slice it, but not call bytes
-    methods such as ``decode`` or ``startswith`` on it. Call it from the
-    session's ``connection_made``."""
+    a view into the packet just decrypted (a bulk packet's buffer is reused
+    once no view of it is left), saving one copy of every packet; its
+    session must take any bytes-like object: write it on, join it, slice it,
+    keep it, but not call bytes methods such as ``decode`` or ``startswith``
+    on it, nor ``release()`` a view it handed on (a transport may keep that
+    very object). Call it from the session's ``connection_made``."""
     chan.__dict__[_VIEWS] = True
 
 
