@@ -97,6 +97,17 @@ STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
 STARTUP_FLAT = 2
 QUEUED = 1.25
+# Nor further, in one step, than the pace at which data comes in back to
+# back (a burst: the slower end's pace) times the round trip plus HEADROOM:
+# the window a round shows is the one of the round before, so a window that
+# quadrupled past the link's worth was granted before any sample showed it,
+# and queued up to three round trips ahead of every small answer. A pause
+# longer than BURST_GAP (at least BURST_GAP_MIN, else this share of the
+# round trip) ends a burst; one shorter than BURST_MIN says nothing (the
+# event loop hands over what one read brought at once).
+BURST_MIN = 512 * 1024  # bytes
+BURST_GAP_MIN = 0.001  # seconds
+BURST_GAP_SHARE = 8
 # Past slow start, the last QUEUE_ROUNDS samples decide. Most within LIMITED
 # (at least LIMITED_MIN, else this share of the round trip) of the round
 # trip: the peer used up its credit and waited for more, and the window
@@ -126,6 +137,12 @@ IDLE = 1.5
 # peer's credit never falls far below the window, so the window is what it
 # may have in flight).
 TOP_UP_SHARE = 64
+LOW = 1 - 1 / TOP_UP_SHARE  # the peer's credit just before a top-up, in windows
+
+
+def _headroom(rtt: float) -> float:
+    """What may wait ahead of a small answer beyond the round trip, seconds."""
+    return max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
 
 
 class WindowBudget:
@@ -199,6 +216,9 @@ class WindowTuner:
         "__weakref__",
         "_best",
         "_budget",
+        "_burst_at",
+        "_burst_from",
+        "_burst_pace",
         "_chan",
         "_clock",
         "_delivered",
@@ -209,6 +229,7 @@ class WindowTuner:
         "_limit",
         "_paces",
         "_probe",
+        "_queued_paces",
         "_samples",
         "_settling",
         "_starting",
@@ -243,8 +264,17 @@ class WindowTuner:
         self._best = 0.0
         self._last = 0.0
         self._flat = 0
+        # The burst under way (since when, from which byte), and the fastest
+        # pace a burst came in at so far in slow start.
+        self._burst_at = self._last_at
+        self._burst_from = 0
+        self._burst_pace = 0.0
         self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
         self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
+        # The pace of each round in _samples: while data queues, what the
+        # slower end delivers (it is busy all round), so what the window
+        # must carry per round trip.
+        self._queued_paces: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -293,6 +323,12 @@ class WindowTuner:
                 self._resize(chan, learned)
         gap = now - self._last_at
         self._last_at = now
+        if self._starting and not late:
+            if gap > max(BURST_GAP_MIN, self._budget.rtt / BURST_GAP_SHARE):
+                self._burst_at, self._burst_from = now, self._delivered
+            elif self._delivered - self._burst_from >= BURST_MIN and now > self._burst_at:
+                burst = (self._delivered - self._burst_from) / (now - self._burst_at)
+                self._burst_pace = max(self._burst_pace, burst)
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
@@ -357,7 +393,13 @@ class WindowTuner:
                 # Still speeding up with each doubling: double again, or
                 # jump to what the connection's last full stream carried.
                 self._flat = 0
-                self._resize(chan, max(STARTUP_FACTOR * self.window, budget.learned(now)))
+                wanted = max(STARTUP_FACTOR * self.window, budget.learned(now))
+                if self._burst_pace:
+                    # (Holding, not shrinking: the round showed the window
+                    # of the round before, which held the stream back.)
+                    most = int(self._burst_pace * (rtt + _headroom(rtt)) / LOW)
+                    wanted = min(wanted, max(most, self.window))
+                self._resize(chan, wanted)
                 return
             self._flat += 1
             if self._flat < STARTUP_FLAT and not queued:
@@ -373,6 +415,7 @@ class WindowTuner:
             # the link carries: a new stream would start from that.)
             budget.filled(best, now)
         self._samples.append(sample)
+        self._queued_paces.append(pace)
         # What queues for good (the shortest of the last few samples above
         # the round trip; a busy moment on the machine lengthens one sample,
         # not all of them).
@@ -380,10 +423,10 @@ class WindowTuner:
         if standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
             # Data queues at the slower end, ahead of every small answer:
             # back to the pace times the round trip, plus the headroom.
-            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
-            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
+            pace = statistics.median(self._queued_paces)
+            self._resize(chan, min(self.window, int(pace * (rtt + _headroom(rtt)) / LOW)))
             self._samples.clear()
+            self._queued_paces.clear()
         elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
             LIMITED_MIN, rtt / LIMITED_SHARE
         ):
@@ -392,6 +435,7 @@ class WindowTuner:
             # queued shortens a sample too): the window holds it back.
             self._resize(chan, int(self.window * CRUISE_GAIN))
             self._samples.clear()
+            self._queued_paces.clear()
 
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)
@@ -444,8 +488,10 @@ class WindowTuner:
         self._starting = True
         self._best = self._last = 0.0
         self._flat = 0
+        self._burst_pace = 0.0
         self._paces.clear()
         self._samples.clear()
+        self._queued_paces.clear()
         self._probe = None
 
     def release(self) -> None:
