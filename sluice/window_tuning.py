@@ -97,21 +97,17 @@ STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
 STARTUP_FLAT = 2
 QUEUED = 1.25
-# Nor further, in one step, than the busy pace (see below) times the round
-# trip plus HEADROOM: a round shows the window of the round before, so a
-# window that quadrupled past the link's worth was granted before any sample
-# showed it, and queued up to three round trips ahead of every small answer.
-# A round that delivered less than BUSY_MIN says nothing of the pace (the
+# Nor further, in one step, than the pace at which data comes in back to
+# back (a burst: the slower end's pace) times the round trip plus HEADROOM:
+# the window a round shows is the one of the round before, so a window that
+# quadrupled past the link's worth was granted before any sample showed it,
+# and queued up to three round trips ahead of every small answer. A pause
+# longer than BURST_GAP (at least BURST_GAP_MIN, else this share of the
+# round trip) ends a burst; one shorter than BURST_MIN says nothing (the
 # event loop hands over what one read brought at once).
-BUSY_MIN = 512 * 1024  # bytes
-# Where a round's time went: a pause between deliveries longer than
-# BUSY_GAP times the round's usual one (at least BUSY_GAP_MIN) is time this
-# end waited, for data (the window held the peer back) or for the CPU (a
-# busy machine): not a queue, which keeps this end delivering back to back.
-# Without it, every pause lengthened a sample like a queue, and the window
-# shrank to the pace the pauses left, round after round.
-BUSY_GAP = 4
-BUSY_GAP_MIN = 0.001  # seconds
+BURST_MIN = 512 * 1024  # bytes
+BURST_GAP_MIN = 0.001  # seconds
+BURST_GAP_SHARE = 8
 # Past slow start, the last QUEUE_ROUNDS samples decide. Most within LIMITED
 # (at least LIMITED_MIN, else this share of the round trip) of the round
 # trip: the peer used up its credit and waited for more, and the window
@@ -205,17 +201,12 @@ class WindowBudget:
 
 
 class _Probe:
-    """A round under way: a top-up went out at *sent_at*."""
+    __slots__ = ("delivered", "limit", "sent_at")
 
-    __slots__ = ("delivered", "deliveries", "idle", "limit", "sent_at")
-
-    def __init__(self, tuner: WindowTuner, sent_at: float) -> None:
-        self.limit = tuner._limit  # the peer's limit before the top-up
+    def __init__(self, limit: int, sent_at: float, delivered: int) -> None:
+        self.limit = limit  # the peer's limit before the top-up
         self.sent_at = sent_at
-        # The tuner's counts when it went out.
-        self.delivered = tuner._delivered
-        self.deliveries = tuner._deliveries
-        self.idle = tuner._idle
+        self.delivered = delivered  # bytes delivered when it went out
 
 
 class WindowTuner:
@@ -226,21 +217,20 @@ class WindowTuner:
         "__weakref__",
         "_best",
         "_budget",
-        "_busy_pace",
-        "_busy_paces",
+        "_burst_at",
+        "_burst_from",
+        "_burst_pace",
         "_chan",
         "_clock",
         "_delivered",
-        "_deliveries",
         "_flat",
-        "_gap_limit",
         "_held_back",
-        "_idle",
         "_last",
         "_last_at",
         "_limit",
         "_paces",
         "_probe",
+        "_queued_paces",
         "_samples",
         "_settling",
         "_starting",
@@ -275,16 +265,17 @@ class WindowTuner:
         self._best = 0.0
         self._last = 0.0
         self._flat = 0
-        # Deliveries, and the time spent in pauses between them (longer than
-        # _gap_limit) so far; the fastest busy pace seen in slow start.
-        self._deliveries = 0
-        self._idle = 0.0
-        self._gap_limit = BUSY_GAP_MIN
-        self._busy_pace = 0.0
+        # The burst under way (since when, from which byte), and the fastest
+        # pace a burst came in at so far in slow start.
+        self._burst_at = self._last_at
+        self._burst_from = 0
+        self._burst_pace = 0.0
         self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
         self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
-        # The busy pace of each round in _samples.
-        self._busy_paces: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
+        # The pace of each round in _samples: while data queues, what the
+        # slower end delivers (it is busy all round), so what the window
+        # must carry per round trip.
+        self._queued_paces: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -333,14 +324,17 @@ class WindowTuner:
                 self._resize(chan, learned)
         gap = now - self._last_at
         self._last_at = now
-        self._deliveries += 1
-        if gap > self._gap_limit:
-            self._idle += gap
+        if self._starting and not late:
+            if gap > max(BURST_GAP_MIN, self._budget.rtt / BURST_GAP_SHARE):
+                self._burst_at, self._burst_from = now, self._delivered
+            elif self._delivered - self._burst_from >= BURST_MIN and now > self._burst_at:
+                burst = (self._delivered - self._burst_from) / (now - self._burst_at)
+                self._burst_pace = max(self._burst_pace, burst)
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
             if self._probe is None:
-                self._probe = _Probe(self, now)
+                self._probe = _Probe(self._limit, now, self._delivered)
             self._limit = limit
         if self._budget.rtt and gap > IDLE * self._budget.rtt:
             # The stream sat idle (between answers, or its source was slow):
@@ -349,7 +343,8 @@ class WindowTuner:
         probe = self._probe
         if probe is not None and arrived > probe.limit:
             self._probe = None
-            self._round(chan, probe, now, exact=not late)
+            moved = self._delivered - probe.delivered
+            self._round(chan, now - probe.sent_at, moved, now, exact=not late)
 
     def pause_reading(self, chan: SSHChannel[Any]) -> None:
         """Pause *chan* for its reader (asyncssh's ``pause_reading``): what
@@ -366,20 +361,13 @@ class WindowTuner:
         wait in its buffer (the tuner makes the top-ups meanwhile)."""
         return self._held_back
 
-    def _round(self, chan: SSHChannel[Any], probe: _Probe, now: float, *, exact: bool) -> None:
-        """The round *probe* timed ended *now*; not *exact*: its end may have
-        waited in the channel's buffer for the reader, so the sample is only
-        an upper bound of the credit loop."""
+    def _round(
+        self, chan: SSHChannel[Any], sample: float, moved: int, now: float, *, exact: bool
+    ) -> None:
+        """A round of *sample* seconds delivered *moved* bytes; not *exact*:
+        its end may have waited in the channel's buffer for the reader, so
+        the sample is only an upper bound of the credit loop."""
         budget = self._budget
-        sample = now - probe.sent_at
-        moved = self._delivered - probe.delivered
-        # The time this end was busy delivering (or waiting in a queue) in
-        # the round: its pauses taken out. (The reader times an inexact one.)
-        idle = min(self._idle - probe.idle, sample) if exact else 0.0
-        busy = sample - idle
-        deliveries = self._deliveries - probe.deliveries
-        if busy > 0 and deliveries:
-            self._gap_limit = max(BUSY_GAP_MIN, BUSY_GAP * busy / deliveries)
         # Only an exact sample tells the link's round trip: one timed by a
         # slow reader made a busy loopback look like a long link.
         rtt = budget.sampled(sample, now) if exact else budget.rtt
@@ -394,12 +382,8 @@ class WindowTuner:
             return
         pace = moved / sample
         self._paces.append(pace)
-        # The pace while busy: the slower end's own, pauses or not.
-        busy_pace = moved / busy if busy > 0 else 0.0
         if self._starting:
-            if moved >= BUSY_MIN and exact:
-                self._busy_pace = max(self._busy_pace, busy_pace)
-            queued = busy > rtt * QUEUED
+            queued = sample > rtt * QUEUED
             # A round shows the window of the round before (the top-up that
             # starts it releases what that window allowed), so the pace is
             # compared with the best before the last round.
@@ -411,10 +395,10 @@ class WindowTuner:
                 # jump to what the connection's last full stream carried.
                 self._flat = 0
                 wanted = max(STARTUP_FACTOR * self.window, budget.learned(now))
-                if self._busy_pace:
+                if self._burst_pace:
                     # (Holding, not shrinking: the round showed the window
                     # of the round before, which held the stream back.)
-                    most = int(self._busy_pace * (rtt + _headroom(rtt)) / LOW)
+                    most = int(self._burst_pace * (rtt + _headroom(rtt)) / LOW)
                     wanted = min(wanted, max(most, self.window))
                 self._resize(chan, wanted)
                 return
@@ -436,23 +420,19 @@ class WindowTuner:
             # (A round timed by the reader shows the reader's pace, not what
             # the link carries: a new stream would start from that.)
             budget.filled(best, now)
-        self._samples.append(busy)
-        self._busy_paces.append(busy_pace)
-        # What queues for good: the shortest of the last few samples above
-        # the round trip, each without this end's pauses (a busy moment on
-        # the machine lengthens a sample, not the queue a smaller window
-        # would shorten).
+        self._samples.append(sample)
+        self._queued_paces.append(pace)
+        # What queues for good (the shortest of the last few samples above
+        # the round trip; a busy moment on the machine lengthens one sample,
+        # not all of them).
         standing = min(self._samples) - rtt
         if len(self._samples) >= enough and standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
             # Data queues at the slower end, ahead of every small answer:
-            # take out what queues beyond the headroom (the busy pace times
-            # the time it queues), but keep what the busy pace needs.
-            headroom = _headroom(rtt)
-            pace = statistics.median(self._busy_paces)
-            wanted = max(self.window - pace * (standing - headroom), pace * (rtt + headroom) / LOW)
-            self._resize(chan, min(self.window, int(wanted)))
+            # back to the pace times the round trip, plus the headroom.
+            pace = statistics.median(self._queued_paces)
+            self._resize(chan, min(self.window, int(pace * (rtt + _headroom(rtt)) / LOW)))
             self._samples.clear()
-            self._busy_paces.clear()
+            self._queued_paces.clear()
         elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
             LIMITED_MIN, rtt / LIMITED_SHARE
         ):
@@ -461,7 +441,7 @@ class WindowTuner:
             # queued shortens a sample too): the window holds it back.
             self._resize(chan, int(self.window * CRUISE_GAIN))
             self._samples.clear()
-            self._busy_paces.clear()
+            self._queued_paces.clear()
 
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)
@@ -514,10 +494,10 @@ class WindowTuner:
         self._starting = True
         self._best = self._last = 0.0
         self._flat = 0
-        self._busy_pace = 0.0
+        self._burst_pace = 0.0
         self._paces.clear()
         self._samples.clear()
-        self._busy_paces.clear()
+        self._queued_paces.clear()
         self._probe = None
 
     def release(self) -> None:
