@@ -97,17 +97,6 @@ STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
 STARTUP_FLAT = 2
 QUEUED = 1.25
-# Nor further, in one step, than the pace at which data comes in back to
-# back (a burst: the slower end's pace) times the round trip plus HEADROOM:
-# the window a round shows is the one of the round before, so a window that
-# quadrupled past the link's worth was granted before any sample showed it,
-# and queued up to three round trips ahead of every small answer. A pause
-# longer than BURST_GAP (at least BURST_GAP_MIN, else this share of the
-# round trip) ends a burst; one shorter than BURST_MIN says nothing (the
-# event loop hands over what one read brought at once).
-BURST_MIN = 512 * 1024  # bytes
-BURST_GAP_MIN = 0.001  # seconds
-BURST_GAP_SHARE = 8
 # Past slow start, the last QUEUE_ROUNDS samples decide. Most within LIMITED
 # (at least LIMITED_MIN, else this share of the round trip) of the round
 # trip: the peer used up its credit and waited for more, and the window
@@ -223,9 +212,6 @@ class WindowTuner:
         "__weakref__",
         "_best",
         "_budget",
-        "_burst_at",
-        "_burst_from",
-        "_burst_pace",
         "_chan",
         "_clock",
         "_delivered",
@@ -271,11 +257,6 @@ class WindowTuner:
         self._best = 0.0
         self._last = 0.0
         self._flat = 0
-        # The burst under way (since when, from which byte), and the fastest
-        # pace a burst came in at so far in slow start.
-        self._burst_at = self._last_at
-        self._burst_from = 0
-        self._burst_pace = 0.0
         self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
         self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
         # The pace of each round in _samples: while data queues, what the
@@ -330,12 +311,6 @@ class WindowTuner:
                 self._resize(chan, learned)
         gap = now - self._last_at
         self._last_at = now
-        if self._starting and not late:
-            if gap > max(BURST_GAP_MIN, self._budget.rtt / BURST_GAP_SHARE):
-                self._burst_at, self._burst_from = now, self._delivered
-            elif self._delivered - self._burst_from >= BURST_MIN and now > self._burst_at:
-                burst = (self._delivered - self._burst_from) / (now - self._burst_at)
-                self._burst_pace = max(self._burst_pace, burst)
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
@@ -345,7 +320,13 @@ class WindowTuner:
         if self._budget.rtt and gap > IDLE * self._budget.rtt:
             # The stream sat idle (between answers, or its source was slow):
             # the round under way shows that, not the window or the link.
+            # Nor do the rounds before: the next answer on a pooled stream
+            # has a pace of its own (a window sized for a faster answer
+            # before, by its pace, queued 40-60 ms ahead of each GET).
             self._probe = None
+            self._paces.clear()
+            self._samples.clear()
+            self._queued_paces.clear()
         probe = self._probe
         if probe is not None and arrived > probe.limit:
             self._probe = None
@@ -400,13 +381,7 @@ class WindowTuner:
                 # Still speeding up with each doubling: double again, or
                 # jump to what the connection's last full stream carried.
                 self._flat = 0
-                wanted = max(STARTUP_FACTOR * self.window, budget.learned(now))
-                if self._burst_pace:
-                    # (Holding, not shrinking: the round showed the window
-                    # of the round before, which held the stream back.)
-                    most = int(self._burst_pace * (rtt + _headroom(rtt)) / LOW)
-                    wanted = min(wanted, max(most, self.window))
-                self._resize(chan, wanted)
+                self._resize(chan, max(STARTUP_FACTOR * self.window, budget.learned(now)))
                 return
             self._flat += 1
             if self._flat < STARTUP_FLAT and not queued:
@@ -501,7 +476,6 @@ class WindowTuner:
         self._starting = True
         self._best = self._last = 0.0
         self._flat = 0
-        self._burst_pace = 0.0
         self._paces.clear()
         self._samples.clear()
         self._queued_paces.clear()
