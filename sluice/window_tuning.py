@@ -29,14 +29,21 @@ So, per round, with the link's shortest sample as its round trip:
 - then the last three samples decide (a busy moment on the machine
   lengthens one sample, a burst of data that had queued shortens one, not
   three): most at the round trip, the peer waited for the top-ups, and the
-  window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
-  queues for good, and the window goes back to the best recent pace times
-  the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
-  on the same connection. Otherwise it holds.
+  window grows by a quarter; all (at least two) more than ``QUEUE_HIGH``
+  beyond it, data queues for good, and the window goes back to the pace of
+  those rounds (while data queues the slower end delivers all round: that
+  is its pace) times the round trip plus ``HEADROOM`` — what may wait ahead
+  of a small answer on the same connection; but not below ``SATURATED`` of
+  the best recent pace (see there). Otherwise it holds. (The best pace of
+  the last ten rounds, which sized it before, is that of the luckiest round,
+  one with no pause on a busy machine: the window it sized kept tens of ms
+  queued ahead of each small answer.)
 
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
-which the stream sat idle (between answers on a pooled stream).
+which the stream sat idle (between answers on a pooled stream); and after
+such idleness the rounds before are forgotten: the next answer has a pace of
+its own.
 
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
@@ -104,13 +111,15 @@ QUEUED = 1.25
 # end, and the window goes back to the pace times the round trip plus
 # HEADROOM (at least HEADROOM_MIN, else this share of the round trip).
 # Otherwise it holds.
+# At least QUEUE_SAMPLES of them decide that data queues (one only as slow
+# start ends: what it granted is out already). The window then goes back to
+# the pace of those rounds, but not below SATURATED of the best recent pace:
+# longer samples at a pace well below it are latency the window does not
+# make (a busy machine slows the peer's answers to top-ups), and shrinking
+# to their pace only cut the pace further, round after round (a download
+# beside GETs fell to 27 MB/s at 50 ms, its window to 1.4 MB).
 QUEUE_ROUNDS = 3
-QUEUE_SAMPLES = 2  # (the fewest that decide that data queues)
-# Not below this share of the best recent pace, though: longer samples at a
-# pace well below it are latency the window does not make (a busy machine
-# slows the peer's answers to top-ups), and shrinking to their pace only
-# cut the pace further, round after round (a download beside GETs fell to
-# 27 MB/s at 50 ms).
+QUEUE_SAMPLES = 2
 SATURATED = 0.85
 LIMITED_MIN = 0.0015  # seconds
 LIMITED_SHARE = 32
