@@ -309,6 +309,17 @@ class WindowTuner:
             chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(more))
             chan._recv_window = credit = credit + more
         limit = arrived + credit
+        gap = now - self._last_at
+        self._last_at = now
+        # The stream sat idle (between answers, or its source was slow).
+        idle = bool(self._budget.rtt) and gap > IDLE * self._budget.rtt
+        if idle:
+            # The rounds before tell nothing of the answer now: on a pooled
+            # stream it has a pace of its own (a window sized by the pace of
+            # a faster answer before queued 40-60 ms ahead of each GET).
+            self._paces.clear()
+            self._samples.clear()
+            self._queued_paces.clear()
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
             # straight to what its last full stream carried per round trip.
@@ -318,24 +329,15 @@ class WindowTuner:
                 self._starting = False
                 self._paces.append(self._budget.pace)
                 self._resize(chan, learned)
-        gap = now - self._last_at
-        self._last_at = now
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
             if self._probe is None:
                 self._probe = _Probe(self._limit, now, self._delivered)
             self._limit = limit
-        if self._budget.rtt and gap > IDLE * self._budget.rtt:
-            # The stream sat idle (between answers, or its source was slow):
-            # the round under way shows that, not the window or the link.
-            # Nor do the rounds before: the next answer on a pooled stream
-            # has a pace of its own (a window sized for a faster answer
-            # before, by its pace, queued 40-60 ms ahead of each GET).
+        if idle:
+            # The round under way shows the idleness, not the window or the link.
             self._probe = None
-            self._paces.clear()
-            self._samples.clear()
-            self._queued_paces.clear()
         probe = self._probe
         if probe is not None and arrived > probe.limit:
             self._probe = None
