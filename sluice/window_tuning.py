@@ -29,21 +29,16 @@ So, per round, with the link's shortest sample as its round trip:
 - then the last three samples decide (a busy moment on the machine
   lengthens one sample, a burst of data that had queued shortens one, not
   three): most at the round trip, the peer waited for the top-ups, and the
-  window grows by a quarter; all (at least two) more than ``QUEUE_HIGH``
-  beyond it, data queues for good, and the window goes back to the pace of
-  those rounds (while data queues the slower end delivers all round: that
-  is its pace) times the round trip plus ``HEADROOM`` — what may wait ahead
-  of a small answer on the same connection; but not below ``SATURATED`` of
-  the best recent pace (see there). Otherwise it holds. (The best pace of
-  the last ten rounds, which sized it before, is that of the luckiest round,
-  one with no pause on a busy machine: the window it sized kept tens of ms
-  queued ahead of each small answer.)
+  window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
+  queues for good, and the window goes back to the best recent pace times
+  the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
+  on the same connection. Otherwise it holds.
 
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
 which the stream sat idle (between answers on a pooled stream); and after
-such idleness the rounds before are forgotten: the next answer has a pace of
-its own.
+such idleness the rounds before are forgotten: the next answer on the
+stream has a pace of its own.
 
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
@@ -111,16 +106,7 @@ QUEUED = 1.25
 # end, and the window goes back to the pace times the round trip plus
 # HEADROOM (at least HEADROOM_MIN, else this share of the round trip).
 # Otherwise it holds.
-# At least QUEUE_SAMPLES of them decide that data queues (one only as slow
-# start ends: what it granted is out already). The window then goes back to
-# the pace of those rounds, but not below SATURATED of the best recent pace:
-# longer samples at a pace well below it are latency the window does not
-# make (a busy machine slows the peer's answers to top-ups), and shrinking
-# to their pace only cut the pace further, round after round (a download
-# beside GETs fell to 27 MB/s at 50 ms, its window to 1.4 MB).
 QUEUE_ROUNDS = 3
-QUEUE_SAMPLES = 2
-SATURATED = 0.85
 LIMITED_MIN = 0.0015  # seconds
 LIMITED_SHARE = 32
 CRUISE_GAIN = 1.25
@@ -142,12 +128,6 @@ IDLE = 1.5
 # peer's credit never falls far below the window, so the window is what it
 # may have in flight).
 TOP_UP_SHARE = 64
-LOW = 1 - 1 / TOP_UP_SHARE  # the peer's credit just before a top-up, in windows
-
-
-def _headroom(rtt: float) -> float:
-    """What may wait ahead of a small answer beyond the round trip, seconds."""
-    return max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
 
 
 class WindowBudget:
@@ -231,7 +211,6 @@ class WindowTuner:
         "_limit",
         "_paces",
         "_probe",
-        "_queued_paces",
         "_samples",
         "_settling",
         "_starting",
@@ -268,10 +247,6 @@ class WindowTuner:
         self._flat = 0
         self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
         self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
-        # The pace of each round in _samples: while data queues, what the
-        # slower end delivers (it is busy all round), so what the window
-        # must carry per round trip.
-        self._queued_paces: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -315,11 +290,13 @@ class WindowTuner:
         idle = bool(self._budget.rtt) and gap > IDLE * self._budget.rtt
         if idle:
             # The rounds before tell nothing of the answer now: on a pooled
-            # stream it has a pace of its own (a window sized by the pace of
-            # a faster answer before queued 40-60 ms ahead of each GET).
+            # stream it has a pace of its own. (With the paces of the answer
+            # before, a window that queues went back to what that answer
+            # carried, and queued 40-60 ms ahead of each GET beside a slower
+            # download until they aged out, ten rounds later.) Forgotten
+            # before the jump below, which records the connection's pace.
             self._paces.clear()
             self._samples.clear()
-            self._queued_paces.clear()
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
             # straight to what its last full stream carried per round trip.
@@ -402,30 +379,23 @@ class WindowTuner:
             self._starting = False
             self._paces.clear()
             self._paces.append(pace)
-            # What slow start granted is out already: one queued sample
-            # decides, as soon as it shows.
-            enough = 1
-        else:
-            enough = QUEUE_SAMPLES
         best = max(self._paces)
         if exact:
             # (A round timed by the reader shows the reader's pace, not what
             # the link carries: a new stream would start from that.)
             budget.filled(best, now)
         self._samples.append(sample)
-        self._queued_paces.append(pace)
         # What queues for good (the shortest of the last few samples above
         # the round trip; a busy moment on the machine lengthens one sample,
         # not all of them).
         standing = min(self._samples) - rtt
-        if len(self._samples) >= enough and standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
+        if standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
             # Data queues at the slower end, ahead of every small answer:
-            # back to its pace (while data queues it delivers all round)
-            # times the round trip, plus the headroom.
-            pace = max(statistics.median(self._queued_paces), SATURATED * best)
-            self._resize(chan, min(self.window, int(pace * (rtt + _headroom(rtt)) / LOW)))
+            # back to the pace times the round trip, plus the headroom.
+            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
+            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
             self._samples.clear()
-            self._queued_paces.clear()
         elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
             LIMITED_MIN, rtt / LIMITED_SHARE
         ):
@@ -434,7 +404,6 @@ class WindowTuner:
             # queued shortens a sample too): the window holds it back.
             self._resize(chan, int(self.window * CRUISE_GAIN))
             self._samples.clear()
-            self._queued_paces.clear()
 
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)
@@ -489,7 +458,6 @@ class WindowTuner:
         self._flat = 0
         self._paces.clear()
         self._samples.clear()
-        self._queued_paces.clear()
         self._probe = None
 
     def release(self) -> None:
