@@ -37,8 +37,8 @@ So, per round, with the link's shortest sample as its round trip:
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
 which the stream sat idle (between answers on a pooled stream); and after
-such idleness the rounds before are forgotten: the next answer on the
-stream has a pace of its own.
+such idleness the stream starts again (slow start from the window it has):
+the next answer on it has a pace of its own.
 
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
@@ -290,13 +290,16 @@ class WindowTuner:
         idle = bool(self._budget.rtt) and gap > IDLE * self._budget.rtt
         if idle:
             # The rounds before tell nothing of the answer now: on a pooled
-            # stream it has a pace of its own. (With the paces of the answer
-            # before, a window that queues went back to what that answer
-            # carried, and queued 40-60 ms ahead of each GET beside a slower
-            # download until they aged out, ten rounds later.) Forgotten
-            # before the jump below, which records the connection's pace.
-            self._paces.clear()
-            self._samples.clear()
+            # stream it has a pace of its own, so the stream starts again
+            # (slow start from the window it has). With the paces of the
+            # answer before, a window that queued went back to what that
+            # answer carried, and queued 40-60 ms ahead of each GET beside a
+            # slower download until they aged out, ten rounds later (p99 of
+            # 260-330 ms at 100 ms in bench.long_link); forgetting them
+            # without slow start left the next download to grow back by a
+            # quarter every few rounds (64 MiB at 100 ms: 116 -> 80 MB/s).
+            # Before the jump below, which records the connection's pace.
+            self._start_again()
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
             # straight to what its last full stream carried per round trip.
