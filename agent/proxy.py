@@ -51,17 +51,18 @@ _MIN_WINDOW_READ = 32 * 1024
 class UpstreamReads:
     """The buffer every API connection of one tunnel reads into.
 
-    When: a read lands here and is handed to its channel in the same call
-    (asyncssh copies it into its send buffer), so one buffer serves them all
-    and a bulk answer is not copied once more into a fresh bytes object per
-    read. Its size is one full SSH packet: with reads of the event loop's own
-    size (256,000 bytes under uvloop) against a 256 KiB window, every other
-    packet of a bulk answer was a runt of the 6 KiB left over.
+    When: a read lands here and is handed to its channel in the same call,
+    so one buffer serves them all. Its size is one full SSH packet: with
+    reads of the event loop's own size (256,000 bytes under uvloop) against a
+    256 KiB window, every other packet of a bulk answer was a runt of the
+    6 KiB left over. A read lands inside the packet it leaves in
+    (``sluice.ssh_tuning.FrameBuffer``): sent from there when the channel may
+    send it at once, else written to the channel, which copies it.
     """
 
     def __init__(self, size: int = UPSTREAM_READ) -> None:
-        self.buffer = bytearray(size)
-        self.view = memoryview(self.buffer)
+        self.frames = ssh_tuning.FrameBuffer(size)
+        self.view = self.frames.data
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,7 @@ class _Upstream(asyncio.BufferedProtocol):
         return self._reads.view if size is None else self._reads.view[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
-        # The view is released at once: the buffer is the next read's.
-        with self._reads.view[:nbytes] as data:
-            self._stream.upstream_data(data)
+        self._stream.upstream_data(self._reads, nbytes)
 
     def eof_received(self) -> bool:
         self._stream.upstream_eof()
@@ -265,12 +264,16 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             self._upstream.transport.resume_reading()
 
     # -- upstream side (called by _Upstream) -------------------------------
-    def upstream_data(self, data: memoryview) -> None:
-        """Called with a view that is valid only during the call."""
-        self._bytes_down += len(data)
-        self._ctx.stats.bytes_down += len(data)
-        if self._chan is not None:
-            self._chan.write(cast(bytes, data) if self._reads_reused else bytes(data))
+    def upstream_data(self, reads: UpstreamReads, nbytes: int) -> None:
+        """The API's next *nbytes* are at the front of *reads*, until the call returns."""
+        self._bytes_down += nbytes
+        self._ctx.stats.bytes_down += nbytes
+        chan = self._chan
+        if chan is None or ssh_tuning.send_framed(chan, reads.frames, nbytes):
+            return
+        # The view is released at once: the buffer is the next read's.
+        with reads.view[:nbytes] as data:
+            chan.write(cast(bytes, data) if self._reads_reused else bytes(data))
 
     def read_size(self) -> int | None:
         """How much the next read from the API may take (None: a whole buffer).

@@ -289,7 +289,11 @@ def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], 
         "down_1g": down_large,
         "up_1g": up_large,
     }
-    names = plan.points + (LARGE_POINTS if plan.large else ())
+    # Large points named among the points: those alone (e.g. only down_1g).
+    named = tuple(name for name in plan.points if name in LARGE_POINTS)
+    names = tuple(name for name in plan.points if name not in LARGE_POINTS) + (
+        (named or LARGE_POINTS) if plan.large else ()
+    )
     return [(name, every[name]) for name in names]
 
 
@@ -428,7 +432,11 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=FULL_LINKS.size // MiB)
     parser.add_argument("--large-mib", type=int, default=0, help="1 GiB points: 1024")
     parser.add_argument(
-        "--points", default=",".join(POINTS), help="of " + ",".join(POINTS + EXTRA_POINTS)
+        "--points",
+        default=",".join(POINTS),
+        help="of "
+        + ",".join(POINTS + EXTRA_POINTS + LARGE_POINTS)
+        + " (with --large-mib: both large points unless some are named)",
     )
     parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
     parser.add_argument(

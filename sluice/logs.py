@@ -15,6 +15,12 @@ import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
+# The least level configure_logging lets through (0, everything, until it is
+# called: structlog's own default). A line made for every request reads it
+# first: a call at a level that is off still costs a logger lookup, three
+# Python calls and the building of its arguments.
+min_level = 0
+
 _MASK = "***"
 # Token shapes Sluice issues; masked even when nobody registered the value.
 _TOKEN_SHAPES = re.compile(r"slc_agt_[a-z0-9]{16}_[A-Za-z0-9]{40}|slcadm_[A-Za-z0-9_-]{20,}")
@@ -119,7 +125,9 @@ def configure_logging(
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
+    global min_level
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    min_level = numeric
 
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -6,9 +6,11 @@ to span two reads, which cost a second read and wakeup, and a join of the
 whole packet (``sluice.ssh_tuning.feed_in_pieces``) before it could be
 decrypted. ``read_whole_packets`` puts a buffered protocol in front of the
 connection that reads up to ``READ_SIZE`` at a time into a buffer shared by
-every connection of the process (each read is copied out before the call
-returns, as the event loop did), so a packet that has arrived whole is read
-whole.
+every connection of the process, so a packet that has arrived whole is read
+whole. The tuned ``data_received`` (``sluice.ssh_tuning.feed_in_pieces``)
+gets a view of the read and decrypts the whole packets in it from there,
+copying only the start of a packet that the next read completes; asyncssh's
+own gets a copy, as the event loop gave it.
 
 Only with the asyncssh tweaks in place (``SLUICE_SSH_TUNING`` on, asyncssh of
 the shape they were written for): the protocol in front uses the connection's
@@ -18,6 +20,7 @@ transport (``SSHConnection._transport``), which ``sluice.ssh_shape`` checks.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from asyncssh.connection import SSHConnection
 
@@ -40,6 +43,7 @@ class _WholePackets(asyncio.BufferedProtocol):
     def __init__(self, ssh: SSHConnection, buffer: ReadBuffer) -> None:
         self._ssh = ssh
         self._buffer = buffer
+        self._views = "feed_in_pieces" in ssh_tuning.applied()
 
     def __repr__(self) -> str:
         return f"<_WholePackets {self._ssh!r}>"
@@ -48,6 +52,12 @@ class _WholePackets(asyncio.BufferedProtocol):
         return self._buffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._views:
+            # A view, valid during the call: the tuned data_received copies
+            # what it keeps (the start of a packet that spans reads).
+            with self._buffer.view[:nbytes] as data:
+                self._ssh.data_received(cast(bytes, data))
+            return
         # A copy, as the event loop's own reads are: asyncssh may keep the
         # start of a packet until the rest arrives.
         self._ssh.data_received(self._buffer.view[:nbytes].tobytes())

@@ -76,6 +76,7 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
         "_send_buf_len",
         "_send_window",
         "_send_pktsize",
+        "_send_state",
         "_recv_state",
         "_recv_window",
         "_init_recv_window",

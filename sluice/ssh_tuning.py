@@ -19,11 +19,19 @@ returns: nothing is deferred, and the order of every byte is asyncssh's own.
 Receiving: asyncssh keeps unparsed input in one bytes object, appends every
 read to it and slices each packet off its front, copying the rest every
 time. Under AES-GCM, ``feed_in_pieces`` decrypts channel data straight from
-each read instead (``_take_data_packets``); a packet that spans reads (a
-256 KiB packet always does) is gathered and joined once, and any other packet
+each read instead (``_take_data_packets``); a packet that spans reads is
+gathered into one buffer as its reads come, and any other packet
 goes to asyncssh alone, so the data after it still takes the short path.
-Without AES-GCM keys in place (a key exchange, another cipher), asyncssh
-gets a large read in 32 KiB pieces, so each slice copies at most that much.
+A bulk packet is decrypted (``decrypt_into``) into one of a few buffers kept
+for it, reused once no view of it is left. Without AES-GCM keys in place (a
+key exchange, another cipher), asyncssh gets a large read in 32 KiB pieces,
+so each slice copies at most that much.
+
+Sending from the read: ``send_framed`` sends a bulk read that landed in a
+``FrameBuffer`` (the agent's reads of an API) as one packet, framed and
+encrypted in place (``encrypt_into``) into an output buffer reused once the
+transport holds no view of it, when the channel may send it at once; else
+the caller writes it to the channel as usual.
 
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
@@ -49,12 +57,11 @@ classes, so mypy sees a renamed attribute.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import asyncssh.channel as _channel
 import asyncssh.connection as _connection
@@ -86,19 +93,19 @@ _VIEWS: Final = "_sluice_views"
 
 class _ConnState:
     """Per connection: the packets of the flush under way, and a packet that
-    spans reads (its reads so far, their length, the whole packet's length)."""
+    spans reads (what has arrived of it, and the whole packet's length)."""
 
-    __slots__ = ("batch", "need", "pending", "pending_len")
+    __slots__ = ("batch", "need", "pending")
 
     def __init__(self) -> None:
         self.batch: list[bytes] | None = None
-        self.pending: list[bytes | memoryview] | None = None
-        self.pending_len = 0
+        self.pending: bytearray | None = None
         self.need = 0
 
 
 def _state(ssh: SSHConnection) -> _ConnState:
-    state = cast(_ConnState | None, ssh.__dict__.get(_CONN_STATE))
+    # Annotated, not typing.cast: a cast is a Python call, on every packet.
+    state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)
     if state is None:
         state = ssh.__dict__[_CONN_STATE] = _ConnState()
     return state
@@ -176,7 +183,7 @@ def _patch_flush() -> None:
     original_send = SSHConnection._send
 
     def _send(self: SSHConnection, data: bytes) -> None:
-        state = cast(_ConnState | None, self.__dict__.get(_CONN_STATE))
+        state: _ConnState | None = self.__dict__.get(_CONN_STATE)
         batch = state.batch if state is not None else None
         if batch is not None:
             batch.append(data)
@@ -229,13 +236,15 @@ def _patch_flush() -> None:
 def _write_all(transport: Any, batch: list[bytes]) -> None:
     # Any: asyncssh types it as a Transport, but it may be its own tunnel
     # object (a proxy command) with write() only.
-    with contextlib.suppress(ConnectionError):  # as asyncssh's own _send
+    try:  # not contextlib.suppress: three Python calls, on every flush
         if len(batch) == 1:
             transport.write(batch[0])
         elif hasattr(transport, "writelines"):
             transport.writelines(batch)
         else:  # e.g. asyncssh's proxy-command tunnel
             transport.write(b"".join(batch))
+    except ConnectionError:  # as asyncssh's own _send
+        pass
 
 
 _U32 = struct.Struct(">I")
@@ -278,7 +287,8 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
         padlen = -(ssh._send_enchdrlen + 9 + size) % blocksize
         if padlen < 4:
             padlen += blocksize
-        header = _U32.pack(10 + size + padlen)
+        pktlen = 10 + size + padlen
+        header = _U32.pack(pktlen)
         view = memoryview(buf)
         piece = view[:size]
         try:
@@ -292,12 +302,21 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
         finally:
             piece.release()
             view.release()
-        sealed = _aead(cipher).encrypt(cipher._iv, plain, header)
-        cipher._update_iv()
-        ssh._send(header)
-        ssh._send(sealed)
+        if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
+            # Into a reused buffer, not a fresh zeroed one: the view sent
+            # keeps it from reuse until the transport has let go of it.
+            packet = memoryview(_SEALED.take(4 + pktlen + _GCM_TAG))[: 4 + pktlen + _GCM_TAG]
+            packet[:4] = header
+            _aead(cipher).encrypt_into(cipher._iv, plain, header, packet[4:])
+            cipher._update_iv()
+            ssh._send(packet)  # type: ignore[arg-type]
+        else:
+            sealed = _aead(cipher).encrypt(cipher._iv, plain, header)
+            cipher._update_iv()
+            ssh._send(header)
+            ssh._send(sealed)
         ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
-        ssh._rekey_bytes_sent += 10 + size + padlen
+        ssh._rekey_bytes_sent += pktlen
         if size == len(buf):
             del send_buf[0]
         else:
@@ -309,11 +328,151 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
 
 
 _GCM_TAG = 16
+# Room after a framed packet's data for its padding (at most a block + 3).
+_PAD_ROOM = 32
+# AESGCM.encrypt_into and decrypt_into (cryptography 45 on; pyproject allows
+# older): without them, send_framed leaves every packet to SSHChannel.write,
+# and each packet read is decrypted into a new object.
+_ENCRYPT_INTO: Final = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
+# Output buffers a FrameBuffer keeps (one is usually enough: the transport
+# takes a packet at once unless the socket is full).
+_OUTPUTS = 4
+
+
+class FrameBuffer:
+    """Where an API's answer is read, framed and encrypted as SSH channel
+    data in place (``send_framed``), one read at a time.
+
+    When: the agent reads every API connection of a process into ``data`` and
+    hands each read on in the same call. A read lands where the packet's
+    plaintext has its data, after room for the packet's head; the cipher
+    writes into an output buffer kept for the next packets once no view of it
+    is left (the transport took it all). Through ``SSHChannel.write`` each
+    256 KiB packet was copied into the channel's send buffer, joined into a
+    plaintext and encrypted into a fresh, zeroed output.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._plain = memoryview(bytearray(_DATA_PREFIX.size + size + _PAD_ROOM))
+        self.data = self._plain[_DATA_PREFIX.size : _DATA_PREFIX.size + size]
+        self._outputs: list[bytearray] = []
+
+    def output(self, size: int) -> bytearray:
+        """An output buffer of at least *size* bytes nothing holds a view of
+        (reused, or a new one)."""
+        for out in self._outputs:
+            if _unshared(out):
+                return out
+        if len(self._outputs) >= _OUTPUTS:
+            return bytearray(size)  # not kept: its own size
+        # One spare byte at the end: _unshared resizes by it.
+        out = bytearray(4 + _DATA_PREFIX.size + self.size + _PAD_ROOM + _GCM_TAG + 1)
+        self._outputs.append(out)
+        return out
+
+
+def _unshared(buf: bytearray) -> bool:
+    """Whether no buffer view of *buf* is alive (a transport that has not
+    sent it all keeps one): a bytearray with views refuses to change size."""
+    try:
+        del buf[-1]
+    except BufferError:
+        return False
+    buf.append(0)  # back to its size, within what it has allocated
+    return True
+
+
+class _BufferPool:
+    """A few buffers for bulk packets, one process's, each reused once no
+    view of it is left: the packets read are decrypted into one (until the
+    channel's session wrote its data on, and that transport took it all), the
+    packets sent encrypted into another (until the transport took it all)."""
+
+    def __init__(self) -> None:
+        self._buffers: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least *size* bytes nothing holds a view of."""
+        for buf in self._buffers:
+            if len(buf) > size and _unshared(buf):
+                return buf
+        if size > _SEND_SIZE or len(self._buffers) >= _OUTPUTS:
+            # Not kept: its own size (a session that holds views of smaller
+            # packets pins no more than a copy of each held).
+            return bytearray(size + 1)
+        buf = bytearray(_SEND_SIZE + 1)  # one spare byte: _unshared resizes by it
+        self._buffers.append(buf)
+        return buf
+
+
+_PLAINTEXTS = _BufferPool()
+_SEALED = _BufferPool()
+# A bulk packet's plaintext: decrypted into a reused buffer from this size on
+# (a small answer's own object costs little, and a view that a session keeps
+# of it pins no larger buffer).
+_POOLED_LEAST: Final = 64 * 1024
+# What the pool's buffers hold: a full packet of Sluice's channels.
+_SEND_SIZE: Final = 256 * 1024 + 64
+
+
+def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
+    """Send the *size* bytes just read into ``frames.data`` on *chan* as one
+    channel-data packet, framed and encrypted in place, as asyncssh would
+    (same packet, padding, sequence number and rekey accounting), if it may
+    go now: the tweaks on, AES-GCM keys in place, nothing queued on the
+    channel before it, the window and packet size allow it, and the send
+    scheduler lets the connection write (``send_scheduler.clear_to_send``).
+    Only a read of ``send_coalescing.LIMIT`` or more: smaller packets wait
+    for the end of the loop turn with the other answers of the turn (and the
+    outbox writes one this size at once anyway). Returns False, having sent
+    nothing, otherwise (then write it the usual way)."""
+    ssh = chan._conn
+    send_chan = chan._send_chan
+    if (
+        not (_Applied.names and _ENCRYPT_INTO)
+        or ssh is None
+        or send_chan is None
+        or chan._send_buf
+        or chan._send_state != "open"
+        or not send_coalescing.LIMIT
+        <= size
+        <= min(chan._send_window, chan._send_pktsize, frames.size)
+        or ssh._transport is None
+    ):
+        return False
+    state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)
+    if state is not None and state.batch is not None:
+        return False  # inside a flush: its packets go first
+    cipher = _gcm_ready(ssh)
+    if cipher is None or not send_scheduler.clear_to_send(ssh):
+        return False
+    padlen = -(ssh._send_enchdrlen + 9 + size) % ssh._send_blocksize
+    if padlen < 4:
+        padlen += ssh._send_blocksize
+    plain = frames._plain
+    end = _DATA_PREFIX.size + size
+    _DATA_PREFIX.pack_into(plain, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
+    plain[end : end + padlen] = os.urandom(padlen)
+    pktlen = end + padlen
+    header = _U32.pack(pktlen)
+    out = frames.output(4 + pktlen + _GCM_TAG)
+    with memoryview(out) as view:
+        view[:4] = header
+        with plain[:pktlen] as clear, view[4 : 4 + pktlen + _GCM_TAG] as sealed:
+            _aead(cipher).encrypt_into(cipher._iv, clear, header, sealed)
+        cipher._update_iv()
+        ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+        ssh._rekey_bytes_sent += pktlen
+        chan._send_window -= size
+        with view[: 4 + pktlen + _GCM_TAG] as packet:
+            ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
+    return True
 
 
 def _aead(cipher: GCMCipher) -> AESGCM:
     """The AESGCM object of an asyncssh GCMCipher, made once."""
-    aead = cast(AESGCM | None, cipher.__dict__.get(_AEAD_KEY))
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)
     if aead is None:
         aead = cipher.__dict__[_AEAD_KEY] = AESGCM(cipher._key)
     return aead
@@ -366,16 +525,25 @@ def _patch_data_received() -> None:
 
     def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
         state = _state(self)
-        pending = state.pending
-        if pending is not None:
-            # The rest of a packet that began in an earlier read: gather the
-            # reads, and join them once, when the whole packet is in.
-            pending.append(data)
-            state.pending_len += len(data)
-            if state.pending_len < state.need:
+        while state.pending is not None:
+            # The rest of a packet that began in an earlier read: what it
+            # lacks is gathered (*data* may be a view of a buffer the next
+            # read reuses), the packet taken once whole, then the rest.
+            pending = state.pending
+            missing = state.need - len(pending)
+            if len(data) < missing:
+                pending += data
                 return
+            view = memoryview(data)
+            pending += view[:missing]
+            data = view[missing:]  # type: ignore[assignment]
             state.pending = None
-            data = b"".join(pending)
+            feed(self, pending, datatype)  # type: ignore[arg-type]
+            if not data or self._transport is None:
+                return
+        feed(self, data, datatype)
+
+    def feed(self: SSHConnection, data: bytes, datatype: int | None) -> None:
         rest: bytes | memoryview = data
         while _recv_ready(self):
             rest = _take_data_packets(self, rest)
@@ -387,18 +555,18 @@ def _patch_data_received() -> None:
             if not size:
                 break
             view = memoryview(rest)
-            original(self, cast(bytes, view[:size]), datatype)
+            original(self, view[:size], datatype)  # type: ignore[arg-type]
             rest = view[size:]
             if not rest or self._transport is None:
                 return
         if len(rest) <= _PIECE:
-            original(self, cast(bytes, rest), datatype)
+            original(self, rest, datatype)  # type: ignore[arg-type]
             return
         with memoryview(rest) as view:
             for start in range(0, len(rest), _PIECE):
                 if self._transport is None:
                     break  # a fatal error in an earlier piece closed the connection
-                original(self, cast(bytes, view[start : start + _PIECE]), datatype)
+                original(self, view[start : start + _PIECE], datatype)  # type: ignore[arg-type]
 
     _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
 
@@ -440,11 +608,12 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
     exactly what it would have."""
     buf: bytes | memoryview = ssh._inpbuf + data if ssh._inpbuf else data
     ssh._inpbuf = b""
-    encryption = cast(GCMEncryption, ssh._recv_encryption)  # _recv_ready checked it
+    encryption: GCMEncryption = ssh._recv_encryption  # type: ignore[assignment]  # _recv_ready checked it
     cipher = encryption._cipher
     aead = _aead(cipher)
     channels = ssh._channels
     limit = ssh._max_recv_pktlen
+    pooled = _ENCRYPT_INTO and _Applied.names
     size = len(buf)
     pos = 0
     taken = False
@@ -461,43 +630,58 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             if end > size:
                 break
             complete = False
+            plain: bytes | memoryview
             try:
-                plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
+                if pooled and pktlen >= _POOLED_LEAST:
+                    plain = memoryview(_PLAINTEXTS.take(pktlen))[:pktlen]
+                    aead.decrypt_into(cipher._iv, view[pos + 4 : end], view[pos : pos + 4], plain)
+                else:
+                    plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
-            if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
-                break
-            recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
-            chan = channels.get(recv_chan)
-            if (
-                chan is None
-                or chan._recv_state != "open"
-                or length > chan._recv_window
-                or 10 + length + plain[0] != len(plain)
-            ):
-                break  # asyncssh raises the matching protocol error
-            cipher._update_iv()
-            ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
-            pos = end
-            taken = True
-            complete = True
-            if chan.__dict__.get(_VIEWS):
-                # A view into the decrypted packet, which nothing else holds:
-                # the data is not copied again out of it.
-                chan._accept_data(cast(bytes, memoryview(plain)[10 : 10 + length]))
-            else:
-                chan._accept_data(plain[10 : 10 + length])
-        rest = buf if pos == 0 else (view[pos:].tobytes() if pos < size else b"")
+            try:
+                if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
+                    break
+                recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
+                chan = channels.get(recv_chan)
+                if (
+                    chan is None
+                    or chan._recv_state != "open"
+                    or length > chan._recv_window
+                    or 10 + length + plain[0] != len(plain)
+                ):
+                    break  # asyncssh raises the matching protocol error
+                cipher._update_iv()
+                ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
+                pos = end
+                taken = True
+                complete = True
+                if chan.__dict__.get(_VIEWS):
+                    # A view into the decrypted packet: the data is not
+                    # copied again out of it (a pooled buffer is reused only
+                    # once no such view is left).
+                    chan._accept_data(memoryview(plain)[10 : 10 + length])  # type: ignore[arg-type]
+                else:
+                    chan._accept_data(bytes(plain[10 : 10 + length]))
+            finally:
+                if isinstance(plain, memoryview):
+                    plain.release()  # (the channel's view keeps its own)
+        rest: bytes | bytearray | memoryview
+        if pos == size:
+            rest = b""
+        elif complete:  # the start of the next packet, kept (a copy: *data* may be a view)
+            rest = bytearray(view[pos:])
+        else:
+            rest = buf if pos == 0 else view[pos:].tobytes()
     if taken:
         ssh._reset_keepalive_timer()
     if complete and ssh._transport is not None:
-        if rest:  # the start of the next packet: kept until the rest is in
+        if rest:  # kept until the rest of the packet is in
             state = _state(ssh)
-            state.pending = [rest]
-            state.pending_len = len(rest)
+            state.pending = rest  # type: ignore[assignment]
             state.need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4
         return b""
-    return rest
+    return rest  # type: ignore[return-value]
 
 
 def schedule_sends(environ: Mapping[str, str]) -> None:

@@ -76,8 +76,15 @@ MIN_REKEY_BYTES: Final = 64 * 1024
 
 # The most an agent's streams may hold in flight beyond their starting
 # windows, in each direction, as their windows grow on a long link
-# (sluice/window_tuning.py). 0 keeps every window at its start.
-MAX_INFLIGHT: Final = 32 * 1024 * 1024
+# (sluice/window_tuning.py). 0 keeps every window at its start. A stream
+# moves at most its window per round trip: 32 MiB (plus the 1 MiB start)
+# capped a download at 100 ms near 335 MB/s, and bench.long_link measured
+# 275 MB/s there against 447 MB/s with 64 MiB (the relay's and agent's CPU
+# the limit then; 128 MiB no faster). 64 MiB lets a stream carry 670 MB/s
+# at 100 ms, past half of what the link carries directly (issue 22). It is
+# what a stalled agent's streams may hold in the relay (and a stalled API's
+# in the agent) beyond their starting windows, if they grew before stalling.
+MAX_INFLIGHT: Final = 64 * 1024 * 1024
 
 AGENT_USERNAME: Final = "sluice-agent"
 

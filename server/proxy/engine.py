@@ -398,7 +398,7 @@ class Engine:
         the request: nothing was sent, and ``request`` says what is wrong.
         *declared* is the caller's Content-Length field (``request`` reads
         it from *headers*)."""
-        if method in _SLOW_PATH_METHODS or self._auth.may_retry(handle):
+        if method in _SLOW_PATH_METHODS:
             return None
         connection = handle.connection
         http = connection.http
@@ -413,9 +413,9 @@ class Engine:
                 prepared.keep_target(http.base_uri, relative, joined)
             origin, target = joined
             known = len(handle.masks)  # told to the log masker already
-            grant = self._auth.grant_now(handle, target)
+            grant = self._auth.grant_at_once(handle, target)
             if grant is None:
-                return None
+                return None  # a scheme that may send it twice, or must wait first
             if len(handle.masks) > known and self._remember is not None:
                 self._remember(*handle.masks[known:])
             if connection.mode == "on_premise":

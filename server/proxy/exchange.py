@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -29,8 +30,9 @@ from server.proxy.headers import Fields, LocationRewrite, answer_fields, get, lo
 from server.proxy.retry import RETRIES_HEADER, Sent
 from server.proxy.urls import base_origin_and_path
 from server.storage.cluster import RelayRow
-from server.tunnel.http1 import Answer, Body
+from server.tunnel.http1 import Answer, AnswerMemo, Body
 from server.web.services import Services
+from sluice import logs
 
 log = structlog.get_logger("sluice.relay.proxy")
 
@@ -123,8 +125,27 @@ def answer_headers(
 ) -> Fields:
     """The API's answer fields the caller gets (``server.proxy.headers.answer_fields``:
     the sink adds the framing), the connection named, and for a connection
-    with ``http.rate_limit`` how many times the request was sent again."""
-    raw = upstream.raw_headers
+    with ``http.rate_limit`` how many times the request was sent again.
+
+    An answer whose head repeats the last one of its stream
+    (``server.tunnel.http1.AnswerMemo``) gets the same list as the last one
+    did, made once: nobody changes a list of fields once made."""
+    memo: AnswerMemo | None = getattr(upstream, "memo", None)
+    if memo is None or retries is not None:
+        return _answer_headers(upstream.raw_headers, handle, conn_id, retries)
+    base_uri = handle.connection.http.base_uri
+    derived = memo.derived
+    if derived is not None and derived[0] == conn_id and derived[1] == base_uri:
+        fields: Fields = derived[2]
+        return fields
+    fields = _answer_headers(memo.headers, handle, conn_id, None)
+    memo.derived = (conn_id, base_uri, fields)
+    return fields
+
+
+def _answer_headers(
+    raw: Sequence[tuple[bytes, bytes]], handle: Handle, conn_id: str, retries: int | None
+) -> Fields:
     names = lowered_names(raw)
     if _VIA_LOWER in names:
         # Forwarded by the relay that holds the tunnel: shaped and named there.
@@ -395,7 +416,9 @@ async def deliver(
 def canonical_line(
     conn_id: str, mode: str, method: str, status: int, sent: int, began: float
 ) -> None:
-    """One log line per proxied request."""
+    """One log line per proxied request (none made when info is off)."""
+    if logs.min_level > logging.INFO:
+        return
     log.info(
         "proxied",
         connection=conn_id,

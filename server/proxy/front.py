@@ -384,6 +384,10 @@ class FrontProtocol(asyncio.Protocol):
         # The Authorization field this caller sent that held the current admin
         # token, and the token's epoch then (``admits``).
         self._admitted: tuple[bytes, object] | None = None
+        # The last answer head made from a list of fields shared by repeated
+        # answers (server.proxy.exchange.answer_headers): (fields, status,
+        # reason, length, the head up to its Connection field).
+        self._head_memo: tuple[Fields, int, str | None, int | None, bytes] | None = None
         # The request being served, and its body (for the fast path's callbacks).
         self._request: _Request | None = None
         self._request_body: bytes | None = None
@@ -547,7 +551,7 @@ class FrontProtocol(asyncio.Protocol):
             self._last_head, self._last_request = head, request
         assert request is not None
         del buffer[: end + 4]
-        self._cancel_idle()
+        self._idle_deadline = None  # _cancel_idle, without a call per request
         self.busy = True
         if self._finished is not None:
             self._finished.clear()
@@ -666,8 +670,14 @@ class FrontProtocol(asyncio.Protocol):
         ):
             transport.close()
         else:
-            self.resume_reading()
-            self._arm_idle()
+            # resume_reading and _arm_idle, without two calls per request
+            if self._reading_paused:
+                self.resume_reading()
+            idle_timeout = self.front.idle_timeout
+            if idle_timeout > 0:
+                self._idle_deadline = self._loop.time() + idle_timeout
+                if self._idle is None:
+                    self._arm_idle()
         self.busy = False
         if self._finished is not None:
             self._finished.set()
@@ -823,7 +833,34 @@ class FrontProtocol(asyncio.Protocol):
         chunked: bool = False,
     ) -> bytes:
         """The answer's head: the status line, Date when *headers* hold none,
-        *headers* as they are, then the framing and Connection the front chose."""
+        *headers* as they are, then the framing and Connection the front chose.
+
+        The same list of *headers* again (a repeated answer's, shared) with
+        the same status, reason and length makes the same head up to its
+        Connection field: made once, unless the relay dated it."""
+        memo = self._head_memo
+        if (
+            memo is not None
+            and memo[0] is headers
+            and memo[1] == status
+            and memo[2] == reason
+            and memo[3] == length
+            and not chunked
+        ):
+            start = memo[4]
+        else:
+            start = self._head_start(status, reason, headers, length, chunked)
+        body_unread = self._body is not None and self._body.remaining > 0
+        if not request.keep_alive or self.front.closing or body_unread:
+            self._close_announced = True
+            return start + b"Connection: close\r\n\r\n"
+        return start + b"\r\n"
+
+    def _head_start(
+        self, status: int, reason: str | None, headers: Fields, length: int | None, chunked: bool
+    ) -> bytes:
+        """``head`` up to its Connection field."""
+        given = reason
         if not reason or not reason.isprintable() or not reason.isascii():
             try:
                 reason = HTTPStatus(status).phrase
@@ -834,7 +871,8 @@ class FrontProtocol(asyncio.Protocol):
         # Which names are there, from one lowered copy (one pass in C, not
         # one lower() per field and name asked for).
         named = b"\n" + fields.lower()
-        if b"\ndate:" not in named:
+        dated = b"\ndate:" not in named
+        if dated:
             parts.append(b"Date: %s\r\n" % self.front.date().encode())
         if b"\nserver:" not in named:
             parts.append(SERVER_FIELD)
@@ -843,12 +881,10 @@ class FrontProtocol(asyncio.Protocol):
             parts.append(b"Content-Length: %d\r\n" % length)
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        body_unread = self._body is not None and self._body.remaining > 0
-        if not request.keep_alive or self.front.closing or body_unread:
-            parts.append(b"Connection: close\r\n")
-            self._close_announced = True
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        start = b"".join(parts)
+        if not dated and not chunked:
+            self._head_memo = (headers, status, given, length, start)
+        return start
 
     def _write_response(self, response: web.Response, request: _Request) -> None:
         """One of the relay's own small answers (a problem document)."""

@@ -47,6 +47,10 @@ WRITE_HIGH_WATER = 256 * 1024
 MAX_ANSWER_FIELD = 8190  # one header's name and value
 MAX_ANSWER_HEAD = 64 * 1024  # the whole head
 MAX_ANSWER_HEADERS = 128
+# A kept-alive stream remembers the last answer head it parsed, up to this
+# size: the same bytes again (an API's answers to a repeated request differ
+# in Date at most once a second) are not parsed again (``AnswerMemo``).
+MAX_MEMO_HEAD = 4096
 
 USER_AGENT = f"Sluice/{__version__}"
 
@@ -133,6 +137,29 @@ def _refuse_bad_field(method: str, target: str, host: str, fields: Fields) -> No
     raise ValueError("the request line holds a line break or NUL")
 
 
+class AnswerMemo:
+    """The last answer head a stream parsed, for an answer with a
+    Content-Length body on a kept-alive connection: when the next answer
+    starts with the very same bytes, its status, reason and fields are
+    these (a list shared by those answers, never changed) and its body is
+    read raw, exactly *length* bytes, without llhttp. Saves the parse and
+    about a dozen Python callbacks per answer of a repeated request.
+
+    ``derived`` is for the proxy: what it made of these fields (the
+    caller's answer fields, ``server.proxy.exchange.answer_headers``), with
+    what it made them for, reused while the head repeats."""
+
+    __slots__ = ("derived", "head", "headers", "length", "reason", "status")
+
+    def __init__(self, head: bytes, status: int, reason: str, headers: Fields, length: int) -> None:
+        self.head = head
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.length = length
+        self.derived: tuple[Any, ...] | None = None
+
+
 class Http1Response:
     """An API's answer: status and headers at once, the body as it arrives.
 
@@ -149,13 +176,18 @@ class Http1Response:
         raw_headers: Fields,
         deadline: float | None,
         timeout_message: str,
+        content_length: int | None = -1,
     ) -> None:
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
         self._headers: CIMultiDictProxy[str] | None = None
-        length = get(raw_headers, b"content-length")
-        self.content_length = int(length) if length is not None and length.isdigit() else None
+        if content_length is not None and content_length < 0:
+            length = get(raw_headers, b"content-length")
+            content_length = int(length) if length is not None and length.isdigit() else None
+        self.content_length = content_length
+        # The stream's memo of this head (the proxy keeps what it derives there).
+        self.memo: AnswerMemo | None = None
         self._stream = stream
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -188,11 +220,13 @@ class Http1Response:
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
             self._stream.pause_reading()
-        self._wake()
+        if self._waiter is not None:  # (asked here: a call fewer per piece)
+            self._wake()
 
     def _finish(self) -> None:
         self._complete = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._complete and self._error is None:
@@ -340,6 +374,11 @@ class Http1Stream(asyncio.Protocol):
         self._interim = False
         self._head_only = False  # the request was HEAD: the answer has no body
         self._keep_alive = True
+        # The head of the last answer parsed, while one may come again whole.
+        self._memo: AnswerMemo | None = None
+        self._parsed: Http1Response | None = None  # by llhttp, from this read
+        # llhttp stopped inside a body (raw mode): a new parser for the next answer.
+        self._parser_midway = False
         self._received = False
         self._sending = False
         self._writer: asyncio.Task[None] | None = None
@@ -392,6 +431,7 @@ class Http1Stream(asyncio.Protocol):
         # uvloop's is no asyncio.Transport subclass).
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -403,6 +443,13 @@ class Http1Stream(asyncio.Protocol):
             return
         self._received = True
         reading_head = self._head_bytes >= 0
+        fresh = self._head_bytes == 0 and not self._head_only
+        if fresh:
+            memo = self._memo
+            if memo is not None and data[: len(memo.head)] == memo.head:
+                self._answer_from_memo(memo, data)
+                return
+            self._parsed = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -427,12 +474,68 @@ class Http1Stream(asyncio.Protocol):
                 # The rest of a Content-Length body comes in raw: counted and
                 # passed on as it arrives, neither parsed nor copied by llhttp.
                 self._raw = True
+                self._parser_midway = True
+                if fresh:
+                    self._remember(data)
             elif reading_head and self._head_bytes >= 0:
                 # Still in the head: llhttp keeps a header that has no end yet
                 # in memory, so count what has arrived, not only whole headers.
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_ANSWER_HEAD:
                     self._lost(_head_too_large(f"more than {MAX_ANSWER_HEAD} bytes"))
+            elif fresh:
+                self._remember(data)
+
+    def _remember(self, data: bytes) -> None:
+        """Keep the head of the answer llhttp just parsed from the start of
+        *data* (``AnswerMemo``), if it is one a repeat may skip the parse for:
+        a final answer with a Content-Length body, kept alive, not chunked."""
+        response, self._parsed = self._parsed, None
+        if (
+            response is None
+            or not response.content_length
+            or response.status in (204, 304)
+            or not self._keep_alive
+            or self._closed
+            or get(response.raw_headers, b"transfer-encoding") is not None
+        ):
+            return
+        start = bytes(data[:MAX_MEMO_HEAD])
+        end = start.find(b"\r\n\r\n")
+        if end < 0 or not start.startswith(b"HTTP/1.1 %d " % response.status):
+            return
+        self._memo = response.memo = AnswerMemo(
+            start[: end + 4],
+            response.status,
+            response.reason,
+            response.raw_headers,
+            response.content_length,
+        )
+
+    def _answer_from_memo(self, memo: AnswerMemo, data: bytes) -> None:
+        """An answer whose head is the remembered one: no parse; its body
+        comes in raw (``_raw_body``), exactly the length that head announced."""
+        self._head_bytes = -1
+        response = Http1Response(
+            self,
+            memo.status,
+            memo.reason,
+            memo.headers,
+            self._deadline,
+            self._timeout_message,
+            memo.length,
+        )
+        response.memo = memo
+        self._response = response
+        self._body_left = memo.length
+        self._keep_alive = True
+        self._raw = True
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(response)
+        rest = data[len(memo.head) :]
+        if rest:
+            self._raw_body(rest)
 
     def eof_received(self) -> bool:
         self._end_of_lengthless_answer()
@@ -500,7 +603,7 @@ class Http1Stream(asyncio.Protocol):
         response = Http1Response(
             self, status, self._reason, self._headers, self._deadline, self._timeout_message
         )
-        self._response = response
+        self._response = self._parsed = response
         self._body_left = -1
         if response.content_length and not self._head_only and status not in (204, 304):
             self._body_left = response.content_length
@@ -536,8 +639,10 @@ class Http1Stream(asyncio.Protocol):
             response._feed(data[:left] if extra else data)
         self._raw = False
         self._body_left = -1
-        # llhttp stopped in the middle of the body: a new one for the next answer.
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser_midway:
+            # llhttp stopped in the middle of the body: a new one for the next answer.
+            self._parser_midway = False
+            self._parser = httptools.HttpResponseParser(self)
         self._complete_exchange(self._keep_alive and not extra)
         if extra:
             self._lost(TunnelProtocolError("the API sent bytes nobody asked for"))
@@ -554,7 +659,14 @@ class Http1Stream(asyncio.Protocol):
             response._finish()
         self.exchanges += 1
         self.resume_reading()  # the rest of the body waits in the answer, not the stream
-        if self._sending or not keep_alive or self.closed:
+        transport = self._transport  # self.closed, without a call per answer
+        if (
+            self._sending
+            or not keep_alive
+            or self._closed
+            or transport is None
+            or transport.is_closing()
+        ):
             self._stop_writer()  # answered before the body was sent whole: no one needs it
             self.close()
         else:
@@ -694,10 +806,10 @@ class Http1Stream(asyncio.Protocol):
         its head has arrived, or the exchange's error (``UpstreamTimeout``
         when no head came by *deadline*); whoever waits closes the stream
         when it fails (as ``exchange`` does)."""
-        if self.closed or self._head is not None:
+        transport = self._transport  # self.closed and self.loop, without two calls
+        if self._closed or transport is None or transport.is_closing() or self._head is not None:
             raise StaleStream("the stream is no longer usable")
-        assert self._transport is not None
-        loop = self.loop
+        loop = self._loop or self.loop
         self._head = loop.create_future()
         self._received = False
         self._head_bytes = 0
@@ -709,12 +821,12 @@ class Http1Stream(asyncio.Protocol):
         self._timeout_message = timeout_message
         self._writer = None
         if body is None:
-            self._transport.write(head)
+            transport.write(head)
         elif isinstance(body, bytes):
-            self._transport.write(head + body)
+            transport.write(head + body)
         else:
             self._sending = True
-            self._transport.write(head)
+            transport.write(head)
             writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
         if deadline is not None:

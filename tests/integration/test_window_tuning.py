@@ -26,6 +26,7 @@ from tests.conftest import relay_settings
 from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI, noise
 from tests.support.capture import remember_secret
+from tests.support.relay_wire import window_adjusts_at
 from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -126,6 +127,42 @@ async def test_every_download_ramps_up_on_a_long_link(tmp_path: Path, api: Inter
     shown = f"MB/s {[round(s, 1) for s in speeds]}, fixed windows {fixed:.1f}"
     assert speeds[0] > 1.8 * fixed, shown
     assert min(speeds[1:]) > 5 * fixed, shown
+
+
+@pytest.mark.timeout(60)
+async def test_a_download_may_hold_more_than_32_mib_in_flight_by_default(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """The default per-agent budget (sshconfig.MAX_INFLIGHT): 32 MiB plus the
+    1 MiB start capped a download at 100 ms near 335 MB/s, below half of what
+    the link carried directly (bench.long_link: 1 GiB at 275 MB/s, 447 MB/s
+    with 64 MiB). Seen on the wire: the credit the relay has granted the
+    download's channel (its starting window and every adjust) less what the
+    link had carried to the relay by then, a lower bound of what the agent
+    may send (the relay has read no more than the link carried)."""
+    rtt = (
+        0.3  # slow start (1, 4, 16, 64 MiB) within a few round trips, at a pace this process keeps
+    )
+    old_cap = 32 * MiB + sshconfig.CHANNEL_WINDOW
+    async with _far_agent(tmp_path, api, rtt) as (relay, _, line, agent_id):
+        [tunnel] = relay.registry.replicas(agent_id)
+        adjusts = window_adjusts_at(tunnel, lambda: line.carried_to_target)
+        http = relay.tunnel_http.session(agent_id)
+        granted: dict[int, int] = {}  # per channel of the agent's
+        credit = seen = got = 0
+        async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+            async for chunk in resp.content.iter_any():
+                got += len(chunk)
+                for channel, more, carried in adjusts[seen:]:
+                    granted[channel] = granted.get(channel, sshconfig.CHANNEL_WINDOW) + more
+                    credit = max(credit, granted[channel] - carried)
+                seen = len(adjusts)
+                if credit > old_cap + MiB or got > 200 * MiB:
+                    break
+    assert credit > old_cap + MiB, (
+        f"the download's credit reached {credit} bytes at most ({got} read), "
+        f"the old 32 MiB budget allowed {old_cap}"
+    )
 
 
 @pytest.mark.timeout(60)

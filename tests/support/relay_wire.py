@@ -35,6 +35,17 @@ def window_adjusts(tunnel: Any) -> list[tuple[int, int]]:
     return _record(tunnel, MSG_CHANNEL_WINDOW_ADJUST, lambda p: (_uint32(p, 0), _uint32(p, 4)))
 
 
+def window_adjusts_at(tunnel: Any, probe: Callable[[], T]) -> list[tuple[int, int, T]]:
+    """Every window adjust the relay sends on *tunnel*: (agent's channel,
+    bytes, *probe()* as it is sent), e.g. the bytes the link had carried to
+    the relay by then."""
+    return _record(
+        tunnel,
+        MSG_CHANNEL_WINDOW_ADJUST,
+        lambda p: (_uint32(p, 0), _uint32(p, 4), probe()),
+    )
+
+
 def channel_open_windows(tunnel: Any) -> list[int]:
     """The initial window of every channel the relay opens on *tunnel*
     (CHANNEL_OPEN: string type, uint32 sender channel, uint32 window, ...)."""

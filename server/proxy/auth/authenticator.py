@@ -50,12 +50,17 @@ class Authenticator:
             return Grant(target)
         return await scheme.authorize(handle, method, target)
 
-    def grant_now(self, handle: Handle, target: str) -> Grant | None:
+    def grant_at_once(self, handle: Handle, target: str) -> Grant | None:
         """``authorize``'s grant when the scheme needs no waiting for it (no
-        auth, basic, a token in hand); None when only ``authorize`` can tell."""
-        scheme = self._scheme(handle)
+        auth, basic, a token in hand) and never sends the request twice; None when
+        it may (the body is then kept to replay) or must wait first: the fast
+        path's one question, asked with one lookup of the scheme."""
+        auth = handle.connection.http.auth
+        scheme = None if auth is None else self._schemes.get(auth.type)
         if scheme is None:
             return Grant(target)
+        if scheme.may_retry(handle):
+            return None
         return scheme.grant_now(handle, target)
 
     def wants_retry(

@@ -1,0 +1,351 @@
+"""The agent's bulk reads leave as SSH packets framed in place
+(``sluice.ssh_tuning.send_framed``): read into a ``FrameBuffer``, encrypted
+into an output buffer that is reused once the transport holds no view of it.
+
+Seen at the socket: what asyncssh's transport is handed for a bulk transfer
+comes from a few buffers, not a fresh object per packet (through
+``SSHChannel.write`` each packet was copied into the channel's buffer, joined
+into a plaintext and encrypted into a new object); the peer, a stock asyncssh
+server, gets every byte in order, across key exchanges too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tracemalloc
+from typing import Any
+
+import asyncssh
+import pytest
+
+from sluice import ssh_reads, ssh_tuning
+from sluice.ssh_reads import ReadBuffer, read_whole_packets
+from sluice.ssh_tuning import FrameBuffer, send_framed, tune_asyncssh
+from tests.support.ssh_pair import connect_local
+from tests.support.waiting import wait_until
+
+READ = 256 * 1024
+READS = 32
+
+
+class _Server(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return True
+
+
+class _RecordingTransport:
+    """Keeps (a reference to) the object behind every write of a bulk packet."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.buffers: list[object] = []
+
+    def _record(self, data: Any) -> None:
+        if len(data) >= READ:
+            self.buffers.append(data.obj if isinstance(data, memoryview) else data)
+
+    def write(self, data: bytes) -> None:
+        self._record(data)
+        self.inner.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        for piece in data:
+            self._record(piece)
+        self.inner.writelines(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class _HoldingTransport:
+    """Holds views of the bulk packets it is handed, as a transport whose
+    socket is full does, and sends them three at a time."""
+
+    def __init__(self, inner: _RecordingTransport) -> None:
+        self.inner = inner
+        self.held: list[memoryview] = []
+
+    def write(self, data: bytes) -> None:
+        if len(data) < READ:
+            self.flush()
+            self.inner.write(data)
+            return
+        self.held.append(memoryview(data))
+        if len(self.held) == 3:
+            self.flush()
+
+    def writelines(self, data: list[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def flush(self) -> None:
+        for view in self.held:
+            self.inner.write(bytes(view))
+            view.release()
+        self.held.clear()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def _chunk(i: int) -> bytes:
+    return hashlib.sha256(b"%d" % i).digest() * (READ // 32)
+
+
+async def _send_framed(
+    rekey_bytes: int = 1 << 30, holding: bool = False, in_place: bool = True
+) -> tuple[str, list[object], int, int]:
+    """Send READS reads of READ bytes from a FrameBuffer to a stock asyncssh
+    server, as the agent does; returns the server's digest of what it got,
+    the objects behind the bulk writes, the reads framed in place and the
+    bytes sent since the last key exchange."""
+    assert tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
+
+    async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        data = await process.stdin.readexactly(READ * READS)
+        process.stdout.write(hashlib.sha256(data).hexdigest().encode())
+        process.exit(0)
+
+    server = await asyncssh.create_server(
+        _Server,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=handle,
+        encoding=None,
+        window=4 * READ,
+        max_pktsize=READ,
+        rekey_bytes=rekey_bytes,
+    )
+    port = server.sockets[0].getsockname()[1]
+    frames = FrameBuffer(READ)
+    framed = 0
+    try:
+        async with (
+            connect_local(port, rekey_bytes=rekey_bytes) as conn,
+            conn.create_process("sum", encoding=None) as proc,
+        ):
+            assert conn._transport is not None
+            recording = _RecordingTransport(conn._transport)
+            conn._transport = recording  # type: ignore[assignment]
+            holder = _HoldingTransport(recording)
+            if holding:
+                conn._transport = holder  # type: ignore[assignment]
+            chan = proc.channel
+            for i in range(READS):
+                # As the agent reads: no more than the window lets go at once.
+                await wait_until(lambda: (ssh_tuning.send_window(chan) or 0) >= READ, timeout=10)
+                frames.data[:READ] = _chunk(i)
+                if in_place and send_framed(chan, frames, READ):
+                    framed += 1
+                else:  # as the agent does: the channel copies it
+                    chan.write(bytes(frames.data[:READ]))
+            holder.flush()
+            got = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got.decode() == expected  # every byte, in order
+    return got.decode(), recording.buffers, framed, conn._rekey_bytes_sent
+
+
+async def test_bulk_reads_leave_from_reused_buffers() -> None:
+    _, buffers, framed, _ = await _send_framed()
+    assert framed == READS
+    assert len(buffers) >= READS
+    # A few output buffers served every packet (each was a new object).
+    assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
+
+
+async def test_bulk_channel_writes_are_encrypted_into_reused_buffers() -> None:
+    """The same through ``SSHChannel.write`` (an upload on the relay, a read
+    the agent could not frame in place): each packet was a new object."""
+    _, buffers, framed, _ = await _send_framed(in_place=False)
+    assert framed == 0
+    assert len(buffers) >= READS
+    assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+async def test_a_buffer_the_transport_still_holds_is_not_reused(in_place: bool) -> None:
+    # (The digest checked inside: a reused buffer would have overwritten
+    # packets not yet sent.)
+    _, buffers, framed, _ = await _send_framed(holding=True, in_place=in_place)
+    assert framed == (READS if in_place else 0)
+    assert len({id(b) for b in buffers}) >= READS * 2 // 3
+
+
+async def test_key_exchanges_mid_transfer() -> None:
+    rekey_bytes = 1024 * 1024
+    _, buffers, framed, since_rekey = await _send_framed(rekey_bytes)
+    assert since_rekey < rekey_bytes  # keys were exchanged on the way
+    # Packets while keys are exchanged go through asyncssh (each its own
+    # object); framing resumes after each exchange.
+    assert framed >= READS // 4, framed
+    assert len({id(b) for b in buffers}) <= 4 + READS - framed
+
+
+class _ViewSession(asyncssh.SSHServerSession[bytes]):
+    """Takes its data as views (as the relay's streams do), digests it, and
+    records the object behind each bulk view; *hold*: keeps views of three
+    packets at a time before digesting them (a reader behind)."""
+
+    def __init__(self, hold: bool) -> None:
+        self.hold = hold
+        self.held: list[memoryview] = []
+        self.digest = hashlib.sha256()
+        self.buffers: list[object] = []
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+        ssh_tuning.deliver_views(chan)
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if isinstance(data, memoryview) and len(data) >= READ:
+            self.buffers.append(data.obj)
+        if not self.hold:
+            self.digest.update(data)
+            return
+        self.held.append(memoryview(data))
+        if len(self.held) == 3:
+            self._digest_held()
+
+    def _digest_held(self) -> None:
+        for view in self.held:
+            self.digest.update(view)
+            view.release()
+        self.held.clear()
+
+    def eof_received(self) -> bool:
+        self._digest_held()
+        assert self.chan is not None
+        self.chan.write(self.digest.hexdigest().encode())
+        self.chan.exit(0)
+        return False
+
+
+async def _receive_views(hold: bool) -> tuple[str, list[object]]:
+    """Send READS packets of READ bytes to a server whose session takes views;
+    returns its digest of what it got and the objects behind the bulk views."""
+    assert tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    sessions: list[_ViewSession] = []
+
+    class _Views(_Server):
+        def session_requested(self) -> _ViewSession:  # type: ignore[override]
+            sessions.append(_ViewSession(hold))
+            return sessions[-1]
+
+    server = await asyncssh.create_server(
+        _Views,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        encoding=None,
+        line_editor=False,
+        window=4 * READ,
+        max_pktsize=READ,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with (
+            connect_local(port) as conn,
+            conn.create_process(encoding=None) as proc,
+        ):
+            for i in range(READS):
+                proc.stdin.write(_chunk(i))
+                await proc.stdin.drain()
+            proc.stdin.write_eof()
+            got = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        server.close()
+        await server.wait_closed()
+    return got.decode(), sessions[0].buffers
+
+
+async def test_bulk_packets_read_are_decrypted_into_reused_buffers() -> None:
+    expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
+    got, buffers = await _receive_views(hold=False)
+    assert got == expected
+    assert len(buffers) >= READS * 3 // 4
+    # A few plaintext buffers served every packet (each was a new object).
+    assert len({id(b) for b in buffers}) <= 4, len({id(b) for b in buffers})
+
+
+async def test_a_plaintext_a_session_still_holds_is_not_reused() -> None:
+    expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
+    got, buffers = await _receive_views(hold=True)
+    assert got == expected  # a reused buffer would have overwritten held data
+    assert len({id(b) for b in buffers}) >= 3
+
+
+async def test_whole_packets_are_decrypted_from_the_shared_read_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection reading through ``sluice.ssh_reads`` decrypts the whole
+    packets of a read from the shared buffer: what one read costs in new
+    memory is the start of a packet the next read completes, not a copy of
+    the read (traced by tracemalloc around each read)."""
+    assert tune_asyncssh()
+    reads = ReadBuffer(8 * 1024 * 1024)
+    costs: list[tuple[int, int]] = []  # (bytes read, new memory at the peak)
+    original = ssh_reads._WholePackets.buffer_updated
+
+    def traced(self: ssh_reads._WholePackets, nbytes: int) -> None:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        original(self, nbytes)
+        costs.append((nbytes, tracemalloc.get_traced_memory()[1] - before))
+
+    monkeypatch.setattr(ssh_reads._WholePackets, "buffer_updated", traced)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    sessions: list[_ViewSession] = []
+
+    class _Views(_Server):
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            assert read_whole_packets(conn, reads)
+
+        def session_requested(self) -> _ViewSession:  # type: ignore[override]
+            sessions.append(_ViewSession(hold=False))
+            return sessions[-1]
+
+    server = await asyncssh.create_server(
+        _Views,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        encoding=None,
+        line_editor=False,
+        window=64 * READ,
+        max_pktsize=READ,
+    )
+    port = server.sockets[0].getsockname()[1]
+    blob = b"".join(_chunk(i) for i in range(READS))
+    tracemalloc.start()
+    try:
+        async with (
+            connect_local(port) as conn,
+            conn.create_process(encoding=None) as proc,
+        ):
+            proc.stdin.write(blob)  # 32 packets at once: the reads are large
+            proc.stdin.write_eof()
+            got = await asyncio.wait_for(proc.stdout.read(), 20)
+    finally:
+        tracemalloc.stop()
+        server.close()
+        await server.wait_closed()
+    assert got.decode() == hashlib.sha256(blob).hexdigest()
+    large = [(n, cost) for n, cost in costs if n >= 4 * READ]
+    assert large, sorted(costs)[-5:]  # (reads of several packets)
+    # A copy of each read cost at least the read; now at most a packet or two.
+    assert all(cost < 3 * READ for _, cost in large), large

@@ -1,0 +1,93 @@
+"""What the tuned SSH path runs per packet (issue 22): on a real asyncssh
+pair tuned as relay and agent run it (``tune_asyncssh``, the send scheduler,
+send coalescing), a small channel write each way makes no call from
+Sluice's code into
+``typing.cast`` (a Python function call kept only for the type checker) nor
+into ``contextlib`` (a context manager where a ``try`` does): at c=1 there
+were 12 such calls per request in each process."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import FrameType
+
+import asyncssh
+import pytest
+
+import sluice
+from sluice import send_coalescing, send_scheduler
+from sluice.ssh_tuning import tune_asyncssh
+from tests.support.ssh_pair import connect_local
+
+ROUNDS = 20
+SLUICE = str(Path(sluice.__file__).parent)  # asyncssh's own casts are not ours
+
+
+class _Server(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return True
+
+
+async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    while data := await process.stdin.read(65536):
+        process.stdout.write(data)
+    process.exit(0)
+
+
+@pytest.fixture
+async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A tuned client connection to a tuned echo server, as the agent's."""
+    assert tune_asyncssh({})
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        _Server, "127.0.0.1", 0, server_host_keys=[key], process_factory=_echo, encoding=None
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with connect_local(port) as conn:
+            send_scheduler.start(conn)
+            assert send_coalescing.start(conn)
+            yield conn
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_packet_each_way_calls_no_cast_and_no_context_manager(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            name = frame.f_code.co_filename.rsplit("/", 1)[-1]
+            caller = frame.f_back
+            if (
+                name in ("typing.py", "contextlib.py")
+                and caller is not None
+                and SLUICE in caller.f_code.co_filename
+            ):
+                where = caller.f_code.co_filename.rsplit("/", 1)[-1]
+                calls[f"{name}:{frame.f_code.co_name} from {where}"] += 1
+
+    async with asyncio.timeout(20):
+        writer.write(b"warm")
+        assert await reader.readexactly(4) == b"warm"
+        sys.setprofile(profile)
+        try:
+            for i in range(ROUNDS):
+                data = b"request %03d" % i
+                writer.write(data)
+                assert await reader.readexactly(len(data)) == data
+        finally:
+            sys.setprofile(None)
+        writer.write_eof()
+    assert calls == Counter(), f"per round trip: {calls}"
