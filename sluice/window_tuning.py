@@ -61,7 +61,7 @@ reader that takes a packet per resume let a window more in each time: the
 agent held 42 MB). A reader that stops reading stops its stream's growth:
 no delivery, no top-up, no round, and what the stream holds stays within
 its window. Every growth
-comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
+comes out of a per-agent ``WindowBudget`` (a setting, 64 MiB by default):
 the most all of an agent's streams may have in flight beyond their starting
 windows. A stream gives its growth back when it shrinks or closes, and
 when the budget is spent and another stream needs growth while it sits idle
