@@ -181,6 +181,35 @@ TUNING_HISTORY = (
     " and left out: waiting for the relay's grant instead of reading a whole buffer when "
     "under 32 KiB of window is left (a third of the agent's reads took the copying path "
     "then): no difference measured.",
+    "Per-agent window budget 32 -> 64 MiB (issue 22, branch issue-24b): at 100 ms every "
+    "traced download's window reached the old cap (33 MiB with its start), about 335 MB/s; "
+    "same code with only the budget changed, 1 GiB at 100 ms, interleaved: 275 -> 447 MB/s "
+    "at load 0.8 (128 MiB: 382), medians 182 -> 229 over three rounds at load 3-4. 20 "
+    "stalled streams with the default: 75-87 MB in flight against the 89 MB allowed; agent "
+    "peak RSS in a 1 GiB loopback download unchanged (69-76 MB), at 100 ms 106-137 MB "
+    "against 101-105 (the agent holds more while it may send faster than the line and "
+    "relay take it). Found, not changed: at 10 ms the tuner, not CPU, holds the rate (its "
+    "credit-loop samples run 2-6 ms over the shortest on a busy machine, outside its 1.5 ms "
+    "growth band: the window stays at 4-5 MiB, about 350 MB/s; fixed 16 MiB windows "
+    "487 MB/s against the tuner's 247 in one interleaved run), and the delay line spins "
+    "between uvloop's millisecond timers (1.0-1.8 CPU s/GiB; a waker thread or a timerfd "
+    "made the line itself slower at full speed, so it stays).",
+    "A pooled stream's next answer starts again (issue 22, branch issue-24a). The queue "
+    "probe on both ends at 50 ms: the relay's receive queue almost always empty, the agent's"
+    " socket holding 4 MB (the download's window waits between the agent and the line), so "
+    "a GET beside it takes about the window over the delivery rate, and a dip of that rate "
+    "on 2 cores is the p99. The tuner's queue check fired but barely shrank the window "
+    "(25.29 -> 25.28 MB): its target was the best pace of ten rounds, including the rounds "
+    "of the answer the stream carried before it sat in the relay's pool. Now a stream idle "
+    "for more than 1.5 round trips starts slow start again from its window, its paces and "
+    "samples forgotten (forgetting alone cost the next 64 MiB download at 100 ms a third). "
+    "Interleaved `bench.long_link --points down,beside`, 4 reps, load 0.6-1.1, main -> "
+    "branch: 100 ms GET beside p99 279 -> 109 ms, p50 106 -> 102.4, the 64 MiB download 116"
+    " -> 105 MB/s, the download beside the GETs 387 -> 275; 50 ms p99 141 -> 117, p50 74 ->"
+    " 72, download 203 -> 194; 10 ms unchanged. Tried and left out: capping slow start by "
+    "the burst rate (the line's timer batches showed 450-3,700 MB/s), doubling instead of "
+    "quadrupling (the ramp-up test failed: 14-31 MB/s), sizing the window by the queued "
+    "rounds' pace (it spiralled down under load, 27-55 MB/s beside the GETs).",
 )
 
 

@@ -36,7 +36,9 @@ So, per round, with the link's shortest sample as its round trip:
 
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
-which the stream sat idle (between answers on a pooled stream).
+which the stream sat idle (between answers on a pooled stream); and after
+such idleness the stream starts again (slow start from the window it has):
+the next answer on it has a pace of its own.
 
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
 where a window of its starting size already fills the link.
@@ -59,7 +61,7 @@ reader that takes a packet per resume let a window more in each time: the
 agent held 42 MB). A reader that stops reading stops its stream's growth:
 no delivery, no top-up, no round, and what the stream holds stays within
 its window. Every growth
-comes out of a per-agent ``WindowBudget`` (a setting, 32 MiB by default):
+comes out of a per-agent ``WindowBudget`` (a setting, 64 MiB by default):
 the most all of an agent's streams may have in flight beyond their starting
 windows. A stream gives its growth back when it shrinks or closes, and
 when the budget is spent and another stream needs growth while it sits idle
@@ -282,6 +284,22 @@ class WindowTuner:
             chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(more))
             chan._recv_window = credit = credit + more
         limit = arrived + credit
+        gap = now - self._last_at
+        self._last_at = now
+        # The stream sat idle (between answers, or its source was slow).
+        idle = bool(self._budget.rtt) and gap > IDLE * self._budget.rtt
+        if idle:
+            # The rounds before tell nothing of the answer now: on a pooled
+            # stream it has a pace of its own, so the stream starts again
+            # (slow start from the window it has). With the paces of the
+            # answer before, a window that queued went back to what that
+            # answer carried, and queued 40-60 ms ahead of each GET beside a
+            # slower download until they aged out, ten rounds later (p99 of
+            # 260-330 ms at 100 ms in bench.long_link); forgetting them
+            # without slow start left the next download to grow back by a
+            # quarter every few rounds (64 MiB at 100 ms: 116 -> 80 MB/s).
+            # Before the jump below, which records the connection's pace.
+            self._start_again()
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
             # straight to what its last full stream carried per round trip.
@@ -291,17 +309,14 @@ class WindowTuner:
                 self._starting = False
                 self._paces.append(self._budget.pace)
                 self._resize(chan, learned)
-        gap = now - self._last_at
-        self._last_at = now
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
             if self._probe is None:
                 self._probe = _Probe(self._limit, now, self._delivered)
             self._limit = limit
-        if self._budget.rtt and gap > IDLE * self._budget.rtt:
-            # The stream sat idle (between answers, or its source was slow):
-            # the round under way shows that, not the window or the link.
+        if idle:
+            # The round under way shows the idleness, not the window or the link.
             self._probe = None
         probe = self._probe
         if probe is not None and arrived > probe.limit:

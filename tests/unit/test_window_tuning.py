@@ -56,21 +56,28 @@ def _run(
     budget: WindowBudget,
     base: int = 256 * KiB,
     clock: _Clock | None = None,
+    stream: tuple[WindowTuner, _Chan] | None = None,
+    after: float | None = None,
 ) -> tuple[WindowTuner, float, float]:
     """A sender with endless data, as fast as its credit allows, on a link of
     round trip *rtt* whose receiving end delivers at most *rate* bytes/s (what
-    arrives faster queues there). Returns the tuner, the bytes/s the stream
-    achieved over the second half, and the longest a packet queued at the
-    receiver over the second half."""
+    arrives faster queues there), on a new stream or on *stream* (a pooled
+    one: its tuner and channel, whose peer still holds the credit it was
+    given). Returns the tuner, the bytes/s the stream achieved over the
+    second half, and the longest a packet queued at the receiver from
+    *after* seconds on (default: over the second half)."""
     clock = clock or _Clock()
-    chan = _Chan(base)
-    tuner = WindowTuner(budget, base, clock=clock)
+    if stream is None:
+        stream = WindowTuner(budget, base, clock=clock), _Chan(base)
+    tuner, chan = stream
     began = clock.now
     half = began + seconds / 2
+    watched = began + (seconds / 2 if after is None else after)
     events: list[tuple[float, int, str, int]] = []  # (when, order, what, bytes)
     order = itertools.count()
     sent = 0  # bytes the sender has sent
-    limit = base  # the sender's credit, as bytes in all
+    limit = chan._recv_window  # the sender's credit, as bytes in all
+    chan.granted = 0  # (counted in its credit already)
     busy_until = began  # the receiver delivers one packet after another
     moved = 0
     worst_queue = 0.0
@@ -90,7 +97,7 @@ def _run(
             start = max(when, busy_until)
             busy_until = start + size / rate
             heapq.heappush(events, (busy_until, next(order), "deliver", size))
-            if when >= half:
+            if when >= watched:
                 worst_queue = max(worst_queue, start - when)
         elif what == "deliver":
             chan.accept(size)
@@ -114,6 +121,31 @@ def test_a_window_limited_stream_grows_toward_the_round_trip_and_stops() -> None
     # What waits at the slower end (ahead of a small answer): a few ms, not
     # the 32 MiB budget's 300 ms.
     assert queued < 0.01
+
+
+def test_a_pooled_stream_follows_a_slower_answer_at_once() -> None:
+    # A download fills a 50 ms link at 500 MB/s, its stream waits in the
+    # relay's pool, and the next download on it comes from a source half as
+    # fast (or the relay has half the CPU now). The window must follow the
+    # new pace, not the old one: each small answer beside the download waits
+    # behind what queues. Sized by the best pace of the last ten rounds, old
+    # ones included, the window stayed where it was and 40-60 ms queued all
+    # along (the p99 of GETs beside a download in make bench: 172 ms at 50 ms)
+    # until those rounds aged out. make bench's GETs begin 0.5 s after the
+    # download.
+    clock = _Clock()
+    budget = WindowBudget(32 * MiB, clock=clock)
+    base = 1 * MiB
+    stream = WindowTuner(budget, base, clock=clock), _Chan(base)
+    _run(0.05, 500e6, seconds=1, budget=budget, clock=clock, stream=stream)
+    grown = stream[0].window
+    clock.now += 1.0  # in the pool
+    tuner, achieved, queued = _run(
+        0.05, 250e6, seconds=3, budget=budget, clock=clock, stream=stream, after=0.5
+    )
+    assert grown >= 500e6 * 0.05  # it had filled the link
+    assert achieved > 0.95 * 250e6  # the link full at the new pace
+    assert queued < 0.01, f"{queued * 1000:.0f} ms queued, window {tuner.window}"
 
 
 def test_a_new_stream_on_a_warm_connection_needs_no_ramp() -> None:
