@@ -465,8 +465,12 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
         ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
         ssh._rekey_bytes_sent += pktlen
         chan._send_window -= size
-        with view[: 4 + pktlen + _GCM_TAG] as packet:
-            ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
+    # Not released here: a transport may keep this very object until its
+    # socket takes it (Python 3.12+'s selector transport appends it to its
+    # buffer; uvloop takes a view of its own). The view alive keeps *out*
+    # from reuse (``_unshared``) until the transport lets go of it.
+    packet = memoryview(out)[: 4 + pktlen + _GCM_TAG]
+    ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
     return True
 
 
@@ -730,11 +734,12 @@ def deliver_views(chan: SSHChannel[Any]) -> None:
     """Let *chan*'s session receive channel data as memoryviews.
 
     Under AES-GCM, with the tweaks in place, such a channel's data arrives as
-    a view into the packet just decrypted (a fresh object per packet, never
-    reused), saving one copy of every packet; its session must take any
-    bytes-like object: write it on, join it, slice it, but not call bytes
-    methods such as ``decode`` or ``startswith`` on it. Call it from the
-    session's ``connection_made``."""
+    a view into the packet just decrypted (a bulk packet's buffer is reused
+    once no view of it is left), saving one copy of every packet; its
+    session must take any bytes-like object: write it on, join it, slice it,
+    keep it, but not call bytes methods such as ``decode`` or ``startswith``
+    on it, nor ``release()`` a view it handed on (a transport may keep that
+    very object). Call it from the session's ``connection_made``."""
     chan.__dict__[_VIEWS] = True
 
 

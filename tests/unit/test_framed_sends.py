@@ -63,18 +63,22 @@ class _RecordingTransport:
 
 class _HoldingTransport:
     """Holds views of the bulk packets it is handed, as a transport whose
-    socket is full does, and sends them three at a time."""
+    socket is full does, and sends them three at a time. *keep_object*: holds
+    the very object it was handed, as Python 3.12+'s selector transport does
+    (``self._buffer.append(data)`` while its buffer is not empty), not a
+    view of its own (uvloop's ``memoryview(data).cast('b')``)."""
 
-    def __init__(self, inner: _RecordingTransport) -> None:
+    def __init__(self, inner: _RecordingTransport, keep_object: bool = False) -> None:
         self.inner = inner
-        self.held: list[memoryview] = []
+        self.keep_object = keep_object
+        self.held: list[Any] = []
 
     def write(self, data: bytes) -> None:
         if len(data) < READ:
             self.flush()
             self.inner.write(data)
             return
-        self.held.append(memoryview(data))
+        self.held.append(data if self.keep_object else memoryview(data))
         if len(self.held) == 3:
             self.flush()
 
@@ -85,7 +89,8 @@ class _HoldingTransport:
     def flush(self) -> None:
         for view in self.held:
             self.inner.write(bytes(view))
-            view.release()
+            if not self.keep_object:
+                view.release()
         self.held.clear()
 
     def __getattr__(self, name: str) -> object:
@@ -97,7 +102,10 @@ def _chunk(i: int) -> bytes:
 
 
 async def _send_framed(
-    rekey_bytes: int = 1 << 30, holding: bool = False, in_place: bool = True
+    rekey_bytes: int = 1 << 30,
+    holding: bool = False,
+    in_place: bool = True,
+    keep_object: bool = False,
 ) -> tuple[str, list[object], int, int]:
     """Send READS reads of READ bytes from a FrameBuffer to a stock asyncssh
     server, as the agent does; returns the server's digest of what it got,
@@ -134,7 +142,7 @@ async def _send_framed(
             assert conn._transport is not None
             recording = _RecordingTransport(conn._transport)
             conn._transport = recording  # type: ignore[assignment]
-            holder = _HoldingTransport(recording)
+            holder = _HoldingTransport(recording, keep_object)
             if holding:
                 conn._transport = holder  # type: ignore[assignment]
             chan = proc.channel
@@ -177,6 +185,16 @@ async def test_a_buffer_the_transport_still_holds_is_not_reused(in_place: bool) 
     # (The digest checked inside: a reused buffer would have overwritten
     # packets not yet sent.)
     _, buffers, framed, _ = await _send_framed(holding=True, in_place=in_place)
+    assert framed == (READS if in_place else 0)
+    assert len({id(b) for b in buffers}) >= READS * 2 // 3
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+async def test_a_transport_may_keep_the_object_it_was_handed(in_place: bool) -> None:
+    """Python 3.12+'s selector transport keeps the object given to write()
+    while its buffer is not empty: the packet handed over must stay usable
+    (a released view failed the tunnel at the next send) and its buffer unreused."""
+    _, buffers, framed, _ = await _send_framed(holding=True, in_place=in_place, keep_object=True)
     assert framed == (READS if in_place else 0)
     assert len({id(b) for b in buffers}) >= READS * 2 // 3
 
