@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 
+import sluice.window_tuning
 from server.relay import Relay
 from server.tunnel.window_share import WindowShare
 from tests.conftest import AgentFactory
@@ -19,7 +20,24 @@ from tests.support.waiting import wait_until
 MiB = 1024 * 1024
 
 
+@pytest.fixture
+def short_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback counts as the short link it is, however busy the machine.
+
+    A window the tuner grew for a long link is not shared (see
+    ``ChannelSession.data_received``), and on a loaded machine a loopback
+    round can take longer than ``sluice.window_tuning.LONG``: the tuner then
+    grows the download's window, its top-ups come in steps of their own
+    (below the shared window, even alone) and no shared adjust goes out
+    until a round is fast again. Seen with 4-5 busy processes on 2 cores:
+    a measured round trip of 4.1-4.4 ms. The tuner stays in place; only its
+    verdict on the link is fixed.
+    """
+    monkeypatch.setattr(sluice.window_tuning, "LONG", 60.0)
+
+
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("short_link")
 async def test_a_bulk_answer_shares_its_window_with_small_answers_beside_it(
     relay: Relay, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
