@@ -178,6 +178,12 @@ async def test_entries_stop_when_the_window_ends_and_the_log_is_bounded(
     proxy = f"/v1/connections/{conn_id}/proxy"
     for i in range(12):
         assert (await client.call("GET", f"{proxy}/hello?n={i}")).status == 200
+
+    async def newest_stored() -> bool:
+        entries = (await _log(client, conn_id))["entries"]
+        return bool(entries) and entries[0]["request"]["url"].endswith("n=11")
+
+    await poll_until(newest_stored, 10, what="the last request's debug entry")
     entries = (await _log(client, conn_id))["entries"]
     assert len(entries) == 10  # debug_log_entries: the oldest went
     assert entries[0]["request"]["url"].endswith("n=11")
@@ -221,6 +227,7 @@ async def test_an_entry_says_how_often_a_rate_limited_request_was_sent(
         await client.call("POST", f"/v1/connections/{conn_id}/debug", json_body={"minutes": 5})
         answer = await client.call("GET", f"/v1/connections/{conn_id}/proxy/limited")
         assert answer.status == 200
+        await _stored(client, conn_id, 1)
         (entry,) = (await _log(client, conn_id))["entries"]
         assert entry["retries"] == 1
         assert entry["sends"] == 2
