@@ -27,3 +27,17 @@ def connect_local(
         encryption_algs=[cipher],
         **options,
     )
+
+
+async def serve_local(server_factory: Any, **options: Any) -> tuple[asyncssh.SSHAcceptor, int]:
+    """A local asyncssh test server on a free loopback port, with a fresh
+    host key and bytes (not text) on its channels: the server and its port."""
+    server = await asyncssh.create_server(
+        server_factory,
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        encoding=None,
+        **options,
+    )
+    return server, server.sockets[0].getsockname()[1]

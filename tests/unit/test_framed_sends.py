@@ -22,7 +22,7 @@ import pytest
 from sluice import ssh_reads, ssh_tuning
 from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import FrameBuffer, send_framed, tune_asyncssh
-from tests.support.ssh_pair import connect_local
+from tests.support.ssh_pair import connect_local, serve_local
 from tests.support.waiting import wait_until
 
 READ = 256 * 1024
@@ -112,7 +112,6 @@ async def _send_framed(
     the objects behind the bulk writes, the reads framed in place and the
     bytes sent since the last key exchange."""
     assert tune_asyncssh()
-    key = asyncssh.generate_private_key("ssh-ed25519")
     expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
 
     async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -120,18 +119,9 @@ async def _send_framed(
         process.stdout.write(hashlib.sha256(data).hexdigest().encode())
         process.exit(0)
 
-    server = await asyncssh.create_server(
-        _Server,
-        "127.0.0.1",
-        0,
-        server_host_keys=[key],
-        process_factory=handle,
-        encoding=None,
-        window=4 * READ,
-        max_pktsize=READ,
-        rekey_bytes=rekey_bytes,
+    server, port = await serve_local(
+        _Server, process_factory=handle, window=4 * READ, max_pktsize=READ, rekey_bytes=rekey_bytes
     )
-    port = server.sockets[0].getsockname()[1]
     frames = FrameBuffer(READ)
     framed = 0
     try:
@@ -256,7 +246,6 @@ async def _receive_views(hold: bool) -> tuple[str, list[object]]:
     """Send READS packets of READ bytes to a server whose session takes views;
     returns its digest of what it got and the objects behind the bulk views."""
     assert tune_asyncssh()
-    key = asyncssh.generate_private_key("ssh-ed25519")
     sessions: list[_ViewSession] = []
 
     class _Views(_Server):
@@ -264,17 +253,7 @@ async def _receive_views(hold: bool) -> tuple[str, list[object]]:
             sessions.append(_ViewSession(hold))
             return sessions[-1]
 
-    server = await asyncssh.create_server(
-        _Views,
-        "127.0.0.1",
-        0,
-        server_host_keys=[key],
-        encoding=None,
-        line_editor=False,
-        window=4 * READ,
-        max_pktsize=READ,
-    )
-    port = server.sockets[0].getsockname()[1]
+    server, port = await serve_local(_Views, line_editor=False, window=4 * READ, max_pktsize=READ)
     try:
         async with (
             connect_local(port) as conn,
@@ -326,7 +305,6 @@ async def test_whole_packets_are_decrypted_from_the_shared_read_buffer(
         costs.append((nbytes, tracemalloc.get_traced_memory()[1] - before))
 
     monkeypatch.setattr(ssh_reads._WholePackets, "buffer_updated", traced)
-    key = asyncssh.generate_private_key("ssh-ed25519")
     sessions: list[_ViewSession] = []
 
     class _Views(_Server):
@@ -337,17 +315,7 @@ async def test_whole_packets_are_decrypted_from_the_shared_read_buffer(
             sessions.append(_ViewSession(hold=False))
             return sessions[-1]
 
-    server = await asyncssh.create_server(
-        _Views,
-        "127.0.0.1",
-        0,
-        server_host_keys=[key],
-        encoding=None,
-        line_editor=False,
-        window=64 * READ,
-        max_pktsize=READ,
-    )
-    port = server.sockets[0].getsockname()[1]
+    server, port = await serve_local(_Views, line_editor=False, window=64 * READ, max_pktsize=READ)
     blob = b"".join(_chunk(i) for i in range(READS))
     tracemalloc.start()
     try:

@@ -21,7 +21,7 @@ import pytest
 import sluice
 from sluice import send_coalescing, send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local
+from tests.support.ssh_pair import connect_local, serve_local
 
 ROUNDS = 20
 SLUICE = str(Path(sluice.__file__).parent)  # asyncssh's own casts are not ours
@@ -45,11 +45,7 @@ async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
 async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A tuned client connection to a tuned echo server, as the agent's."""
     assert tune_asyncssh({})
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    server = await asyncssh.create_server(
-        _Server, "127.0.0.1", 0, server_host_keys=[key], process_factory=_echo, encoding=None
-    )
-    port = server.sockets[0].getsockname()[1]
+    server, port = await serve_local(_Server, process_factory=_echo)
     try:
         async with connect_local(port) as conn:
             send_scheduler.start(conn)

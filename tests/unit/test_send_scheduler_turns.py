@@ -16,7 +16,7 @@ import asyncssh
 
 from sluice import send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local
+from tests.support.ssh_pair import connect_local, serve_local
 
 MiB = 1024 * 1024
 PACKET = 256 * 1024
@@ -60,18 +60,9 @@ class _CountingTransport:
 async def test_a_channel_alone_sends_more_than_a_packet_per_write() -> None:
     assert tune_asyncssh({})
     assert send_scheduler.installed()
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    server = await asyncssh.create_server(
-        _Server,
-        "127.0.0.1",
-        0,
-        server_host_keys=[key],
-        process_factory=_count,
-        encoding=None,
-        window=8 * MiB,
-        max_pktsize=PACKET,
+    server, port = await serve_local(
+        _Server, process_factory=_count, window=8 * MiB, max_pktsize=PACKET
     )
-    port = server.sockets[0].getsockname()[1]
     piece = bytes(range(256)) * (MiB // 256)
     try:
         async with connect_local(port) as conn:
