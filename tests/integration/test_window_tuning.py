@@ -272,8 +272,10 @@ async def test_small_answers_beside_a_download_on_a_long_link(
     # to the budget, queued 120-160 ms ahead of each answer here; one held
     # near the pace times the round trip queues a few ms (plus this busy
     # process's own delays).
-    shown = f"p50 {p50 * 1000:.1f} ms, alone {alone * 1000:.1f} ms on a {rtt * 1000:.0f} ms link"
-    print(shown, f"GETs (ms): {[round(t * 1000) for t in latencies]}")
+    shown = (
+        f"p50 {p50 * 1000:.1f} ms, alone {alone * 1000:.1f} ms on a {rtt * 1000:.0f} ms link; "
+        f"GETs (ms): {[round(t * 1000) for t in latencies]}"
+    )
     assert p50 <= alone + 0.05, shown
 
 

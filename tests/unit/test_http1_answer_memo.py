@@ -7,7 +7,6 @@ past the body)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import pytest
 
 from server.errors import TunnelLost
 from server.tunnel.http1 import Http1Stream
+from tests.support.stream_socket import api_end
 
 GET = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n"
 HEAD = b"HEAD /x HTTP/1.1\r\nHost: api\r\n\r\n"
@@ -66,16 +66,9 @@ class Pair:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
-    ours, theirs = socket.socketpair()
-    loop = asyncio.get_running_loop()
     stream = Counted()
-    await loop.create_connection(lambda: stream, sock=ours)
-    reader, writer = await asyncio.open_connection(sock=theirs)
-    try:
+    async with api_end(stream) as (reader, writer):
         yield Pair(stream, reader, writer)
-    finally:
-        stream.close()
-        writer.close()
 
 
 async def test_the_same_head_again_is_not_parsed_and_gives_the_same_answer(pair: Pair) -> None:

@@ -5,13 +5,13 @@ its own deadline, whatever the exchanges before it asked for."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from server.errors import UpstreamTimeout
 from server.tunnel.http1 import Http1Stream
+from tests.support.stream_socket import api_end
 
 GET = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -19,17 +19,10 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[Http1Stream, asyncio.StreamReader, asyncio.StreamWriter]]:
-    ours, theirs = socket.socketpair()
-    loop = asyncio.get_running_loop()
     idle: list[Http1Stream] = []
     stream = Http1Stream(idle.append)
-    await loop.create_connection(lambda: stream, sock=ours)
-    reader, writer = await asyncio.open_connection(sock=theirs)
-    try:
+    async with api_end(stream) as (reader, writer):
         yield stream, reader, writer
-    finally:
-        stream.close()
-        writer.close()
 
 
 async def test_a_shorter_deadline_after_a_long_one_still_fails_in_time(

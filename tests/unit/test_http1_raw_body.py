@@ -5,7 +5,6 @@ the announced length, with no parse and no copy."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ import pytest
 
 from server.errors import TunnelLost
 from server.tunnel.http1 import Http1Stream
+from tests.support.stream_socket import api_end
 
 GET = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n"
 
@@ -47,16 +47,9 @@ class Pair:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
-    ours, theirs = socket.socketpair()
-    loop = asyncio.get_running_loop()
     stream = Recorded()
-    await loop.create_connection(lambda: stream, sock=ours)
-    reader, writer = await asyncio.open_connection(sock=theirs)
-    try:
+    async with api_end(stream) as (reader, writer):
         yield Pair(stream, reader, writer)
-    finally:
-        stream.close()
-        writer.close()
 
 
 async def test_a_body_that_looks_like_http_arrives_whole_and_uncopied(pair: Pair) -> None:
