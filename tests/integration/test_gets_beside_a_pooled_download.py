@@ -1,7 +1,8 @@
 """Small GETs beside a download on a long link, when the download runs on a
 stream that carried one before (kept alive in the relay's pool with its
-receive window grown; issue 22): each GET takes at most two round trips,
-from the download's very start.
+receive window grown; issue 22): the credit the relay grants the agent
+stays near what the link carries, so the GETs wait behind at most a round
+trip's worth of data.
 
 The download's peer (the agent) still holds the credit the stream's window
 gave it, and sends it at once: a round trip's worth queues ahead of the
@@ -9,7 +10,11 @@ GETs, once. Beyond that the window must stay near what the link carries. A
 grown stream that restarted slow start after sitting in the pool took its
 first round as rising and quadrupled its window, up to the whole budget,
 and the GETs beside waited 3-5 round trips behind that queue
-(bench.long_link's later repetitions; make bench's p99 at 100 ms: 313 ms).
+(bench.long_link's later repetitions). Asserted on the wire (the window
+adjusts the relay sends against the bytes the link carried), as the GETs'
+own times on this loaded two-core machine vary with its load (on an
+unlimited line, 0.13-0.20 s with the fix at a load of 4, up to 0.5 s at 7;
+0.24-0.50 s without it).
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ from server.relay import Relay
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI
 from tests.support.capture import APIClient, remember_secret
+from tests.support.relay_wire import window_adjusts_at
 from tests.support.waiting import wait_until
 
 RTT = 0.1
+# A link slower than this test's process (relay, API and delay line in one),
+# so the window the first download settles at is the link's (about 10 MB),
+# well below the per-agent budget (64 MiB), whatever the machine's speed.
+RATE = 100e6
 MiB = 1024 * 1024
 TOKEN = "pooled-download-token-" + "p" * 16
 
@@ -69,11 +79,14 @@ def _caller(
 async def test_gets_beside_a_download_on_a_pooled_stream(
     relay: Relay, client: APIClient, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
-    async with DelayLine.start(relay.ssh_address[1], RTT) as line:
+    async with DelayLine.start(relay.ssh_address[1], RTT, rate=RATE) as line:
         _, token = await start_agent(
             [f"127.0.0.1:{api.port}"], relay_address=f"127.0.0.1:{line.port}"
         )
         conn_id = await _connection(client, api.base, token.agent_id)
+        [tunnel] = relay.registry.replicas(token.agent_id)
+        # (agent's channel, bytes, what the link had carried to the relay)
+        adjusts = window_adjusts_at(tunnel, lambda: line.carried_to_target)
         proxy = f"{relay.http_base}/v1/connections/{conn_id}/proxy"
         headers = {"Authorization": f"Bearer {relay.admin_token}"}
         # Callers on connections of their own (the downloads', the GETs').
@@ -84,9 +97,10 @@ async def test_gets_beside_a_download_on_a_pooled_stream(
             await asyncio.gather(hello(), _caller(bulk_http, proxy, headers)())
             # The first download fills the link: its window grows, and the
             # connection learns what it carries per round trip.
-            async with bulk_http.get(f"{proxy}/blob/{128 * MiB}", headers=headers) as resp:
+            async with bulk_http.get(f"{proxy}/blob/{96 * MiB}", headers=headers) as resp:
                 assert resp.status == 200
-                assert len(await resp.read()) == 128 * MiB
+                assert len(await resp.read()) == 96 * MiB
+            first = len(adjusts)
             await asyncio.sleep(5 * RTT)  # the scenario: the stream sits in the pool
             got = 0
 
@@ -105,15 +119,34 @@ async def test_gets_beside_a_download_on_a_pooled_stream(
                 while time.monotonic() - began < 15 * RTT:
                     latencies.append(await hello())
                 assert not bulk.done()
+                second = len(adjusts)
             finally:
                 bulk.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                     await bulk
-    shown = f"GETs (ms): {[round(t * 1000) for t in latencies]}, {got} bytes beside"
+    # The credit the agent held beyond what had reached the relay, as each
+    # window adjust went out (all streams: the GETs' are small): where the
+    # first download settled, and the most the second one was given.
+    assert 0 < first < second, f"window adjusts: {first} in the first download, {second} in all"
+    granted = 0
+    credit = []
+    for _, more, carried in adjusts[:second]:
+        granted += more
+        credit.append(granted - carried)
+    settled = credit[first - 1]
+    peak = max(credit[first:])
+    shown = (
+        f"credit settled at {settled / MiB:.1f} MiB after the first download, "
+        f"{peak / MiB:.1f} MiB at most beside the GETs; "
+        f"GETs (ms): {[round(t * 1000) for t in latencies]}, {got} bytes beside"
+    )
     assert len(latencies) >= 5, shown
     assert got > 32 * MiB, shown  # the download did run beside them
-    # Two round trips, plus this busy process's own delays (relay, API and
-    # delay line in one process): 0.13-0.20 s here at a load of 4 on two
-    # cores. Slow start again from the grown window: 0.24-0.50 s (over the
-    # bound in 6 of 7 runs).
-    assert max(latencies) <= 2 * RTT + 0.05, shown
+    assert settled > 4 * MiB, shown  # the first download's window had grown
+    # Near where it settled (a growth or two of a quarter allowed: 9.2 ->
+    # 11.7-12.0 MiB here), not quadrupled toward the budget: slow start again
+    # from the grown window reached all of it (64 MiB, 4 of 4 runs). On this
+    # limited link the agent's send scheduler keeps that queue on its side,
+    # where the GETs' answers pass it; where the relay is the slower end (as
+    # in bench.long_link) it queues ahead of them.
+    assert peak <= 1.6 * settled + 2 * MiB, shown
