@@ -31,11 +31,11 @@ def seen(self: SSHConnection) -> None:
     """Packets arrived on this connection now: what asyncssh's ``_reset_keepalive_timer``
     does, without a new timer while one runs with the current interval.
     (``sluice.ssh_tuning``'s receive path does the same inline.)"""
-    if (
-        self._keepalive_timer is not None
-        and self.__dict__.get(ARMED) == self._keepalive_interval
-        and self._auth_complete
-    ):
+    if self._keepalive_timer is None:
+        if self._keepalive_interval:
+            _Stock.reset(self)
+        # else: asyncssh's would cancel no timer and set none
+    elif self.__dict__.get(ARMED) == self._keepalive_interval and self._auth_complete:
         self.__dict__[SEEN] = monotonic()
     else:
         _Stock.reset(self)

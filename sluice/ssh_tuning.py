@@ -242,7 +242,8 @@ def _patch_flush() -> None:
         finally:
             state.batch = None
             if batch and transport is not None:
-                held = send_coalescing.outbox(ssh)
+                # send_coalescing.outbox, inline (per flush).
+                held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
                 if held is None or ssh._transport is not transport:
                     # Closed inside the flush (a session callback): asyncssh
                     # queued the abort already, so what waited for the turn's
@@ -455,6 +456,10 @@ _POOLED_LEAST: Final = 64 * 1024
 _SEND_SIZE: Final = 256 * 1024 + 64
 
 
+# send_framed sends no read smaller than this: a caller may skip the call.
+FRAMED_LEAST: Final = send_coalescing.LIMIT
+
+
 def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     """Send the *size* bytes just read into ``frames.data`` on *chan* as one
     channel-data packet, framed and encrypted in place, as asyncssh would
@@ -602,7 +607,9 @@ def _patch_data_received() -> None:
     _Applied.plain_channels = _plain_channel_classes()
 
     def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
-        state = _state(self)
+        state: _ConnState | None = self.__dict__.get(_CONN_STATE)  # (inline: per read)
+        if state is None:
+            state = _state(self)
         while state.pending is not None:
             # The rest of a packet that began in an earlier read: what it
             # lacks is gathered (*data* may be a view of a buffer the next
@@ -623,7 +630,15 @@ def _patch_data_received() -> None:
 
     def feed(self: SSHConnection, data: bytes, datatype: int | None) -> None:
         rest: bytes | memoryview = data
-        while _recv_ready(self):
+        # While channel data may be taken from the input: AES-GCM keys in
+        # place, no compression, asyncssh between packets, not inside one.
+        while (
+            type(self._recv_encryption) is GCMEncryption
+            and self._decompressor is None
+            and self._kex_complete
+            and self._auth_complete
+            and self._recv_handler == self._recv_pkthdr
+        ):
             rest = _take_data_packets(self, rest)
             if not rest:
                 return
@@ -663,18 +678,6 @@ def _whole_packet(ssh: SSHConnection, data: bytes | memoryview) -> int:
     return pktlen + _GCM_OVERHEAD
 
 
-def _recv_ready(ssh: SSHConnection) -> bool:
-    """May channel data be taken from the next read? (AES-GCM keys in place, no
-    compression, and asyncssh between packets, not inside one)."""
-    return (
-        type(ssh._recv_encryption) is GCMEncryption
-        and ssh._decompressor is None
-        and ssh._kex_complete
-        and ssh._auth_complete
-        and ssh._recv_handler == ssh._recv_pkthdr
-    )
-
-
 def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | memoryview:
     """Handle the whole plain channel-data packets at the front of the input as
     asyncssh would (same checks, sequence numbers, window accounting and
@@ -686,9 +689,11 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
     exactly what it would have."""
     buf: bytes | memoryview = ssh._inpbuf + data if ssh._inpbuf else data
     ssh._inpbuf = b""
-    encryption: GCMEncryption = ssh._recv_encryption  # type: ignore[assignment]  # _recv_ready checked it
+    encryption: GCMEncryption = ssh._recv_encryption  # type: ignore[assignment]  # feed checked it
     cipher = encryption._cipher
-    aead = _aead(cipher)
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per read)
+    if aead is None:
+        aead = _aead(cipher)
     channels = ssh._channels
     limit = ssh._max_recv_pktlen
     pooled = _ENCRYPT_INTO and _Applied.names
@@ -777,11 +782,12 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             rest = buf if pos == 0 else view[pos:].tobytes()
     if taken:
         # sluice.ssh_keepalive.seen, inline (per read): note the time, while
-        # its timer runs; else asyncssh's reset.
-        if (
-            ssh._keepalive_timer is not None
-            and ssh.__dict__.get(ssh_keepalive.ARMED) == ssh._keepalive_interval
-            and ssh._auth_complete
+        # its timer runs; nothing without keepalives; else asyncssh's reset.
+        if ssh._keepalive_timer is None:
+            if ssh._keepalive_interval:
+                ssh._reset_keepalive_timer()
+        elif (
+            ssh.__dict__.get(ssh_keepalive.ARMED) == ssh._keepalive_interval and ssh._auth_complete
         ):
             ssh.__dict__[ssh_keepalive.SEEN] = ssh_keepalive.monotonic()
         else:
