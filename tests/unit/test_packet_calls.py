@@ -145,3 +145,35 @@ async def test_a_packet_each_way_makes_no_timer_no_getrandom_and_no_asyncssh_hel
     # (A padding pool refill, one urandom per some 5,000 packets, may fall in.)
     calls["C urandom"] = max(0, calls["C urandom"] - 1)
     assert +calls == Counter(), f"in {ROUNDS} round trips: {calls}"
+
+
+# Sluice's own Python calls per round trip, both ends (send: write, the
+# scheduler's turn, the flush and its packet, the outbox; receive: the read,
+# its packets): more is per-packet work the tuned path had done without.
+SLUICE_CALLS_PER_ROUND = 24
+
+
+async def test_sluice_calls_per_round_trip_stay_within_budget(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename.startswith(SLUICE):
+            calls[frame.f_code.co_name] += 1
+
+    async with asyncio.timeout(20):
+        for _ in range(3):
+            writer.write(b"warm")
+            assert await reader.readexactly(4) == b"warm"
+        sys.setprofile(profile)
+        try:
+            for i in range(ROUNDS):
+                data = b"request %03d" % i
+                writer.write(data)
+                assert await reader.readexactly(len(data)) == data
+        finally:
+            sys.setprofile(None)
+        writer.write_eof()
+    assert calls.total() <= SLUICE_CALLS_PER_ROUND * ROUNDS, f"in {ROUNDS} round trips: {calls}"
