@@ -151,7 +151,8 @@ async def test_a_packet_each_way_makes_no_timer_no_getrandom_and_no_asyncssh_hel
 
 # Sluice's own Python calls per round trip, both ends (send: write, the
 # scheduler's turn, the flush and its packet, the outbox; receive: the read,
-# its packets; the client reads through ssh_reads): more is per-packet work the tuned path had done without.
+# its packets; the client reads through ssh_reads): more is per-packet
+# work the tuned path had done without.
 SLUICE_CALLS_PER_ROUND = 26
 
 
