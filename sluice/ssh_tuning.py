@@ -36,6 +36,15 @@ the caller writes it to the channel as usual.
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
 
+Per packet, less of asyncssh's own work: ``quiet_channel_writes`` drops
+``SSHChannel.write``'s debug call and cast (it logs nothing below debug
+level 2); the receive path hands channel data to the session inline where
+``_accept_data``/``_deliver_data`` would only count it and pass it on, and
+both paths count the GCM invocation inline; ``lazy_keepalive``
+(``sluice.ssh_keepalive``) notes a read's time instead of making a new
+keepalive timer; the padding of the packets framed here is cut from a pool
+of random bytes (``sluice.ssh_padding``), not one ``getrandom`` a packet.
+
 A short sender's queue: ``sluice.send_scheduler`` (its own module; installed
 here, after the others, unless ``SLUICE_SEND_SCHEDULER=off``) interleaves
 the channels' packets and keeps the transport's and the kernel's queues
