@@ -446,7 +446,9 @@ class WindowTuner:
             # machine's delays, and the window goes back (see PROBE_ROUNDS).
             headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
             low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
-            pace = self._steady_pace()
+            # (The pace of the rounds that queued: those before may have
+            # been faster, before the reader or the source slowed down.)
+            pace = statistics.fmean(list(self._paces)[-len(self._samples) :])
             was = self.window
             self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
             self._samples.clear()
