@@ -118,12 +118,15 @@ HEADROOM_SHARE = 32
 # line's millisecond timers lengthened every sample at 10 ms by 2-6 ms, so
 # the window held at 4-5 MiB, about 350 MB/s, where 16 MiB moved 487), the
 # window probes: it grows by CRUISE_GAIN, but by no more than the pace times
-# what the queue check lets stand (a probe that does not pay queues no more
-# than that ahead of a small answer), and keeps that if the pace over the
-# PROBE_ROUNDS rounds after it rose by PROBE_SHARE of the growth over the
-# PROBE_ROUNDS before (a window-limited stream speeds up by all of it), else
-# goes back; after a probe that did not pay, the next one waits twice as
-# many rounds (up to PROBE_WAIT_MAX).
+# what the queue check lets stand (what a probe that does not pay queues
+# ahead of a small answer meanwhile), and keeps that if
+# the pace over the PROBE_ROUNDS rounds after it rose by PROBE_SHARE of the
+# growth over the PROBE_ROUNDS before (a window-limited stream speeds up by
+# all of it), else goes back; after a probe that did not pay, the next one
+# waits twice as many rounds (up to PROBE_WAIT_MAX). A shrink for a queue
+# is on probation the same way: if the pace falls by PROBE_SHARE of it, it
+# was no queue but the busy machine's delays in every sample (shrinking
+# each time to the pace times the shortest loop, the window spiralled down).
 PROBE_ROUNDS = 3
 PROBE_SHARE = 0.5
 PROBE_WAIT_MAX = 16
@@ -234,6 +237,7 @@ class WindowTuner:
         "_starting",
         "_steady",
         "_steady_rounds",
+        "_steady_timed",
         "base",
         "window",
     )
@@ -274,6 +278,7 @@ class WindowTuner:
         # runs) and the pace before it.
         self._steady: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROBE_ROUNDS)
         self._steady_rounds = -1
+        self._steady_timed = True  # none of them timed by the reader
         self._probe_wait = PROBE_ROUNDS
         self._probe_from = 0
         self._probe_pace = 0.0
@@ -339,10 +344,15 @@ class WindowTuner:
             # straight to what its last full stream carried per round trip.
             learned = self._budget.learned(now)
             if learned > self.window and self._budget.rtt >= LONG:
-                # No slow start then: past what is known it only queues.
-                self._starting = False
-                self._paces.append(self._budget.pace)
                 self._resize(chan, learned)
+                if self.grown:
+                    # No slow start then: past what is known it only queues.
+                    # (Without growth, the budget spent by other streams for
+                    # the moment, it stays in slow start: it ended here, and a
+                    # download beside a slow stream that was giving its growth
+                    # back grew by a quarter every few rounds, 12 MB/s at 100 ms.)
+                    self._starting = False
+                    self._paces.append(self._budget.pace)
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
@@ -419,7 +429,7 @@ class WindowTuner:
             self._probe_from, self._probe_wait = 0, PROBE_ROUNDS
             self._queue_hold, self._queue_wait = 0, PROBE_ROUNDS
             self._steady.clear()  # (rounds of slow start, or of an answer before)
-            self._steady_rounds = 0
+            self._steady_rounds, self._steady_timed = 0, True
         best = max(self._paces)
         if exact:
             # (A round timed by the reader shows the reader's pace, not what
@@ -428,6 +438,7 @@ class WindowTuner:
         self._samples.append(sample)
         if self._steady_rounds >= 0:  # (the first round after a change shows the window before)
             self._steady.append((moved, sample))
+            self._steady_timed &= exact
         self._steady_rounds += 1
         # What queues for good (the shortest of the last few samples above
         # the round trip; a busy moment on the machine lengthens one sample,
@@ -435,7 +446,17 @@ class WindowTuner:
         standing = min(self._samples) - rtt
         resting = self._queue_hold > 0
         self._queue_hold -= resting
-        if self._probe_from:
+        if len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
+            LIMITED_MIN, rtt / LIMITED_SHARE
+        ):
+            # The peer used up its credit and waited for the top-ups of most
+            # of the last few rounds (not one: a burst of data that had
+            # queued shortens a sample too): the window holds it back (and
+            # a change on probation was no loss).
+            self._resize(chan, int(self.window * CRUISE_GAIN))
+            self._samples.clear()
+            self._probe_wait = PROBE_ROUNDS
+        elif self._probe_from:
             # A change on probation: the pace decides (a probe that made
             # data queue did not raise it).
             self._judge_probe(chan)
@@ -454,14 +475,6 @@ class WindowTuner:
             self._samples.clear()
             if self.window < was and pace:
                 self._probe_from, self._probe_pace = was, pace
-        elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
-            LIMITED_MIN, rtt / LIMITED_SHARE
-        ):
-            # The peer used up its credit and waited for the top-ups of most
-            # of the last few rounds (not one: a burst of data that had
-            # queued shortens a sample too): the window holds it back.
-            self._resize(chan, int(self.window * CRUISE_GAIN))
-            self._samples.clear()
         elif self._steady_rounds >= self._probe_wait:
             # Neither: the samples cannot tell a window that holds the
             # stream back from one that covers the link on a machine whose
@@ -493,7 +506,10 @@ class WindowTuner:
         # as much as its window, one that fills the link not at all.
         needed = self._probe_pace * (1 + PROBE_SHARE * (self.window - was) / was)
         grew = self.window > was
-        if self._steady_pace() >= needed:
+        # A round timed by the reader shows the reader's pace, not the
+        # window's: a shrink stays (the reader holds the stream back), a
+        # growth goes.
+        if self._steady_pace() >= needed if self._steady_timed else not grew:
             self._probe_from = 0
             if grew:
                 # The stream waited for credit: the rounds at this window
@@ -528,7 +544,7 @@ class WindowTuner:
             # a probe ends with any change but its own (which sets it again).
             self._probe_from = 0
             self._steady.clear()
-            self._steady_rounds = -1
+            self._steady_rounds, self._steady_timed = -1, True
             log.debug(
                 "receive_window",
                 window=wanted,
