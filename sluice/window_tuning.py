@@ -32,7 +32,18 @@ So, per round, with the link's shortest sample as its round trip:
   window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
   queues for good, and the window goes back to the best recent pace times
   the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
-  on the same connection. Otherwise it holds.
+  on the same connection;
+- but a busy machine lengthens every sample (its wake-ups, the delay line's
+  millisecond timers: 2-6 ms at 10 ms), and then the samples cannot tell a
+  window that holds the stream back from one that covers the link, nor a
+  queue from those delays. The pace tells, in the manner of BBR's probing:
+  where the samples show neither, the window grows a little (``PROBE_*``)
+  and keeps that only if the pace over the next few rounds rose with it;
+  a shrink for a queue stays only if the pace did not fall with it (else
+  the window goes back and the queue check rests a while). Without this the
+  window held at 4-5 MiB at 10 ms (about 350 MB/s, a fixed 16 MiB moved
+  487), or shrank each time to the pace times the shortest loop, the pace
+  followed, and the window spiralled down.
 
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
