@@ -441,6 +441,9 @@ class WindowTuner:
             self._queue_hold, self._queue_wait = 0, PROBE_ROUNDS
             self._steady.clear()  # (rounds of slow start, or of an answer before)
             self._steady_rounds, self._steady_timed = 0, True
+            ended = True
+        else:
+            ended = False
         best = max(self._paces)
         if exact:
             # (A round timed by the reader shows the reader's pace, not what
@@ -471,7 +474,15 @@ class WindowTuner:
             # A change on probation: the pace decides (a probe that made
             # data queue did not raise it).
             self._judge_probe(chan)
-        elif standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE) and not resting:
+        elif (
+            # Three samples, as the docstring says (one, after a change had
+            # cleared them, was a busy moment as often as a queue: at 10 ms
+            # the upload's window shrank every few rounds), or slow start's
+            # last round (four times the window it found the limit with).
+            (len(self._samples) == QUEUE_ROUNDS or ended)
+            and standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE)
+            and not resting
+        ):
             # Data queues at the slower end, ahead of every small answer:
             # back to the pace times the round trip, plus the headroom. If
             # the pace falls by as much, it was not a queue but a busy
