@@ -531,7 +531,8 @@ class WindowTuner:
         # A round timed by the reader shows the reader's pace, not the
         # window's: a shrink stays (the reader holds the stream back), a
         # growth goes.
-        if self._steady_pace() >= needed if self._steady_timed else not grew:
+        kept = self._steady_pace() >= needed if self._steady_timed else not grew
+        if kept:
             self._probe_from = 0
             if grew:
                 # The stream waited for credit: the rounds at this window
