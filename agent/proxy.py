@@ -269,11 +269,14 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._bytes_down += nbytes
         self._ctx.stats.bytes_down += nbytes
         chan = self._chan
-        if chan is None or ssh_tuning.send_framed(chan, reads.frames, nbytes):
+        if chan is None or (
+            nbytes >= ssh_tuning.FRAMED_LEAST and ssh_tuning.send_framed(chan, reads.frames, nbytes)
+        ):
             return
         # The view is released at once: the buffer is the next read's.
         with reads.view[:nbytes] as data:
-            chan.write(cast(bytes, data) if self._reads_reused else bytes(data))
+            # (Not typing.cast: a Python call per answer; write takes any bytes-like.)
+            chan.write(data if self._reads_reused else bytes(data))
 
     def read_size(self) -> int | None:
         """How much the next read from the API may take (None: a whole buffer).

@@ -54,7 +54,8 @@ SWITCH: Final = "SLUICE_SEND_COALESCING"
 # the transport before the send scheduler decides whether it is paused.
 LIMIT: Final = 64 * 1024
 
-_KEY: Final = "_sluice_outbox"
+# Where a connection's Outbox is kept, in its __dict__ (ssh_tuning reads it inline).
+KEY: Final = "_sluice_outbox"
 
 
 class _Installed:
@@ -107,14 +108,13 @@ class Outbox:
             self.flush()
         elif not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._turn_ended)
+            self.loop.call_soon(self.flush, True)
 
-    def _turn_ended(self) -> None:
-        self.scheduled = False
-        self.flush()
-
-    def flush(self) -> None:
-        """Write what is held, in one call, now."""
+    def flush(self, turn_ended: bool = False) -> None:
+        """Write what is held, in one call, now (*turn_ended*: the call
+        scheduled for the end of the loop turn; one Python call, not two)."""
+        if turn_ended:
+            self.scheduled = False
         parts = self.parts
         if not parts:
             return
@@ -135,7 +135,7 @@ class Outbox:
 
 def outbox(ssh: SSHConnection) -> Outbox | None:
     """*ssh*'s outbox, if it is under the coalescing."""
-    held: Outbox | None = ssh.__dict__.get(_KEY)  # not typing.cast: a call per packet
+    held: Outbox | None = ssh.__dict__.get(KEY)  # not typing.cast: a call per packet
     return held
 
 
@@ -144,9 +144,9 @@ def start(ssh: SSHConnection) -> bool:
     transport connected), if the tuning call installed the coalescing.
     Returns whether it did."""
     transport: Any = ssh._transport  # Any: asyncssh's proxy-command tunnel is no Transport
-    if not _Installed.on or transport is None or _KEY in ssh.__dict__:
+    if not _Installed.on or transport is None or KEY in ssh.__dict__:
         return False
     if not (hasattr(transport, "writelines") and hasattr(transport, "is_closing")):
         return False  # a proxy-command tunnel: written as it comes
-    ssh.__dict__[_KEY] = Outbox(asyncio.get_running_loop())
+    ssh.__dict__[KEY] = Outbox(asyncio.get_running_loop())
     return True

@@ -20,6 +20,7 @@ from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.encryption import GCMEncryption
+from asyncssh.logging import SSHLogger
 
 # The asyncssh release the tweaks were written and tested against.
 TUNED_FOR = "2.24.1"
@@ -30,9 +31,14 @@ METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (SSHConnection, "_send"): ("self", "data"),
     (SSHConnection, "data_received"): ("self", "data", "datatype"),
     (SSHConnection, "_reset_keepalive_timer"): ("self",),
+    # ssh_keepalive: the timer set, and what it runs when it fires.
+    (SSHConnection, "_set_keepalive_timer"): ("self",),
+    (SSHConnection, "_keepalive_timer_callback"): ("self",),
     (SSHConnection, "_recv_pkthdr"): ("self",),
     (SSHChannel, "_flush_send_buf"): ("self",),
     (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
+    (SSHChannel, "_deliver_data"): ("self", "data", "datatype"),
+    (SSHChannel, "write"): ("self", "data", "datatype"),
     (SSHChannel, "send_packet"): ("self", "pkttype", "args"),  # window_tuning's top-ups
     # send_scheduler: the transport's pause/resume (stock: no-ops it wraps),
     # and the channel's backpressure on its session while it waits a turn.
@@ -68,6 +74,9 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
         "_rekey_time",
         "_channels",
         "_max_recv_pktlen",
+        "_keepalive_timer",
+        "_keepalive_interval",
+        "_loop",
     ),
     SSHChannel: (
         "_conn",
@@ -81,6 +90,10 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
         "_recv_window",
         "_init_recv_window",
         "_recv_buf",
+        "_recv_paused",
+        "_send_paused",
+        "_encoding",
+        "_session",
     ),
     GCMCipher: ("_key", "_iv"),
     GCMEncryption: ("_cipher",),
@@ -132,6 +145,8 @@ def mismatches() -> list[str]:
         found.extend(
             f"{cls.__name__}.{attr} is never set" for attr in attributes if attr not in names
         )
+    if not isinstance(getattr(SSHLogger, "_debug_level", None), int):
+        found.append("SSHLogger._debug_level is gone")  # ssh_tuning's quiet writes read it
     if WRITE_COPIES_WITH not in SSHChannel.write.__code__.co_names:
         # sluice.ssh_tuning.channel_write_copies: the agent reuses its read buffer.
         found.append(f"SSHChannel.write no longer copies its data into a {WRITE_COPIES_WITH}")

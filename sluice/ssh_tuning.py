@@ -36,6 +36,15 @@ the caller writes it to the channel as usual.
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
 ``reuse_gcm_keys`` keeps one per direction and key.
 
+Per packet, less of asyncssh's own work: ``quiet_channel_writes`` drops
+``SSHChannel.write``'s debug call and cast (it logs nothing below debug
+level 2); the receive path hands channel data to the session inline where
+``_accept_data``/``_deliver_data`` would only count it and pass it on, and
+both paths count the GCM invocation inline; ``lazy_keepalive``
+(``sluice.ssh_keepalive``) notes a read's time instead of making a new
+keepalive timer; the padding of the packets framed here is cut from a pool
+of random bytes (``sluice.ssh_padding``), not one ``getrandom`` a packet.
+
 A short sender's queue: ``sluice.send_scheduler`` (its own module; installed
 here, after the others, unless ``SLUICE_SEND_SCHEDULER=off``) interleaves
 the channels' packets and keeps the transport's and the kernel's queues
@@ -72,11 +81,14 @@ from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.logging import SSHLogger
 from asyncssh.packet import SSHPacketLogger, String
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sluice import send_coalescing, send_scheduler, ssh_shape
+from sluice import send_coalescing, send_scheduler, ssh_keepalive, ssh_shape
+from sluice.ssh_padding import PADDING
+from sluice.ssh_padding import POOL as _PAD_POOL
 from sluice.switches import switched_on
 
 # The environment variable that turns the tweaks off ("off", "0", "false", "no").
@@ -117,6 +129,9 @@ class _Applied:
     checked: bool | None = None  # None: not yet; False: asyncssh differs, run stock
     names: set[str] = set()
     told = False  # the state was logged
+    # asyncssh's channel classes that receive data with SSHChannel's own
+    # methods (not the TUN/TAP channel's): their data may be handed on inline.
+    plain_channels: frozenset[type] = frozenset()
 
 
 def tuning_enabled(environ: Mapping[str, str]) -> bool:
@@ -148,6 +163,20 @@ def _apply(name: str, patch: Callable[[], None]) -> None:
 def applied() -> frozenset[str]:
     """The tweaks in place in this process."""
     return frozenset(_Applied.names)
+
+
+def _plain_channel_classes() -> frozenset[type]:
+    found: set[type] = set()
+    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if (
+            cls._accept_data is SSHChannel._accept_data
+            and cls._deliver_data is SSHChannel._deliver_data
+        ):
+            found.add(cls)
+    return frozenset(found)
 
 
 def skip_aead_ignore_packets() -> None:
@@ -201,8 +230,10 @@ def _patch_flush() -> None:
         if ssh is None:
             original_flush(self)  # not connected
             return
-        state = _state(ssh)
-        if state.batch is not None:
+        state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)  # (inline: per packet)
+        if state is None:
+            state = _state(ssh)
+        elif state.batch is not None:
             original_flush(self)  # inside a flush already
             return
         batch: list[bytes] = []
@@ -212,12 +243,16 @@ def _patch_flush() -> None:
         # (asyncssh's own writes would have reached the socket before that).
         transport = ssh._transport
         try:
-            _send_data_fast(self, ssh)
-            original_flush(self)  # the rest: extended data, EOF/close, pause/resume
+            _send_data_fast(self, ssh, batch)
+            if self._send_buf or self._send_paused or self._send_state != "open":
+                original_flush(self)  # the rest: extended data, EOF/close, pause/resume
+            # else asyncssh's flush would do nothing: no data left, so
+            # nothing to pause, nothing paused to resume, no EOF or close due.
         finally:
             state.batch = None
             if batch and transport is not None:
-                held = send_coalescing.outbox(ssh)
+                # send_coalescing.outbox, inline (per flush).
+                held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
                 if held is None or ssh._transport is not transport:
                     # Closed inside the flush (a session callback): asyncssh
                     # queued the abort already, so what waited for the turn's
@@ -248,6 +283,9 @@ def _write_all(transport: Any, batch: list[bytes]) -> None:
 
 
 _U32 = struct.Struct(">I")
+_U64_MASK: Final = 0xFFFFFFFFFFFFFFFF
+# A channel that no longer takes data (SSHChannel._accept_data drops it).
+_CLOSING: Final = frozenset({"close_pending", "closed"})
 _DATA_FIELDS = struct.Struct(">II")  # channel, length
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
 
@@ -267,16 +305,21 @@ def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
     return encryption._cipher
 
 
-def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
+def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes]) -> None:
     """Send what the window allows of *chan*'s plain data, as asyncssh would
     (same packets, padding, sequence numbers and rekey accounting), copying
-    each piece once into the plaintext and once by the cipher."""
+    each piece once into the plaintext and once by the cipher; the packets
+    go into *batch*, the flush's."""
     send_chan = chan._send_chan
-    if send_chan is None:
+    if send_chan is None or not chan._send_buf:
         return
     cipher = _gcm_ready(ssh)
     if cipher is None:
         return
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per flush)
+    if aead is None:
+        aead = _aead(cipher)
+    padding = PADDING
     send_buf = chan._send_buf
     blocksize = ssh._send_blocksize
     while send_buf and chan._send_window:
@@ -291,30 +334,36 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection) -> None:
         header = _U32.pack(pktlen)
         view = memoryview(buf)
         piece = view[:size]
+        # Random padding cut from the pool (ssh_padding), inline: per packet.
+        pad_end = padding.pos + padlen
+        if pad_end > _PAD_POOL:
+            padding.refill()
+            pad_end = padlen
+        padding.pos = pad_end
         try:
             plain = b"".join(
                 (
                     _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
                     piece,
-                    os.urandom(padlen),
+                    padding.data[pad_end - padlen : pad_end],
                 )
             )
         finally:
             piece.release()
             view.release()
+        iv = cipher._iv
         if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
             # Into a reused buffer, not a fresh zeroed one: the view sent
             # keeps it from reuse until the transport has let go of it.
             packet = memoryview(_SEALED.take(4 + pktlen + _GCM_TAG))[: 4 + pktlen + _GCM_TAG]
             packet[:4] = header
-            _aead(cipher).encrypt_into(cipher._iv, plain, header, packet[4:])
-            cipher._update_iv()
-            ssh._send(packet)  # type: ignore[arg-type]
+            aead.encrypt_into(iv, plain, header, packet[4:])
+            batch.append(packet)  # type: ignore[arg-type]
         else:
-            sealed = _aead(cipher).encrypt(cipher._iv, plain, header)
-            cipher._update_iv()
-            ssh._send(header)
-            ssh._send(sealed)
+            batch.append(header)
+            batch.append(aead.encrypt(iv, plain, header))
+        # GCMCipher._update_iv, inline (per packet): the invocation counter + 1.
+        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
         ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
         ssh._rekey_bytes_sent += pktlen
         if size == len(buf):
@@ -416,6 +465,10 @@ _POOLED_LEAST: Final = 64 * 1024
 _SEND_SIZE: Final = 256 * 1024 + 64
 
 
+# send_framed sends no read smaller than this: a caller may skip the call.
+FRAMED_LEAST: Final = send_coalescing.LIMIT
+
+
 def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     """Send the *size* bytes just read into ``frames.data`` on *chan* as one
     channel-data packet, framed and encrypted in place, as asyncssh would
@@ -453,7 +506,7 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     plain = frames._plain
     end = _DATA_PREFIX.size + size
     _DATA_PREFIX.pack_into(plain, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
-    plain[end : end + padlen] = os.urandom(padlen)
+    plain[end : end + padlen] = PADDING.take(padlen)
     pktlen = end + padlen
     header = _U32.pack(pktlen)
     out = frames.output(4 + pktlen + _GCM_TAG)
@@ -480,6 +533,40 @@ def _aead(cipher: GCMCipher) -> AESGCM:
     if aead is None:
         aead = cipher.__dict__[_AEAD_KEY] = AESGCM(cipher._key)
     return aead
+
+
+def quiet_channel_writes() -> None:
+    """Patch asyncssh (once): ``SSHChannel.write`` of bytes without its debug
+    log call and its cast (three Python calls a write), while asyncssh's
+    debug level is below 2, where that call logs nothing."""
+    _apply("quiet_channel_writes", _patch_write)
+
+
+def _patch_write() -> None:
+    original = SSHChannel.write
+
+    def write(self: SSHChannel[Any], data: Any, datatype: int | None = None) -> None:
+        # Any: AnyStr as asyncssh's; only bytes-like data (no encoding) comes here.
+        if (
+            datatype is None
+            and self._send_state == "open"
+            and not self._encoding
+            and SSHLogger._debug_level < 2
+        ):
+            if data:
+                self._send_buf.append((bytearray(data), None))
+                self._send_buf_len += len(data)
+                self._flush_send_buf()
+            return
+        original(self, data, datatype)
+
+    _channel.SSHChannel.write = write  # type: ignore[method-assign]
+
+
+def lazy_keepalive() -> None:
+    """Patch asyncssh (once): a read notes its time instead of making a new
+    keepalive timer (``sluice.ssh_keepalive``)."""
+    _apply("lazy_keepalive", ssh_keepalive.install)
 
 
 def reuse_gcm_keys() -> None:
@@ -526,9 +613,12 @@ def feed_in_pieces() -> None:
 
 def _patch_data_received() -> None:
     original = SSHConnection.data_received
+    _Applied.plain_channels = _plain_channel_classes()
 
     def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
-        state = _state(self)
+        state: _ConnState | None = self.__dict__.get(_CONN_STATE)  # (inline: per read)
+        if state is None:
+            state = _state(self)
         while state.pending is not None:
             # The rest of a packet that began in an earlier read: what it
             # lacks is gathered (*data* may be a view of a buffer the next
@@ -549,7 +639,15 @@ def _patch_data_received() -> None:
 
     def feed(self: SSHConnection, data: bytes, datatype: int | None) -> None:
         rest: bytes | memoryview = data
-        while _recv_ready(self):
+        # While channel data may be taken from the input: AES-GCM keys in
+        # place, no compression, asyncssh between packets, not inside one.
+        while (
+            type(self._recv_encryption) is GCMEncryption
+            and self._decompressor is None
+            and self._kex_complete
+            and self._auth_complete
+            and self._recv_handler == self._recv_pkthdr
+        ):
             rest = _take_data_packets(self, rest)
             if not rest:
                 return
@@ -589,18 +687,6 @@ def _whole_packet(ssh: SSHConnection, data: bytes | memoryview) -> int:
     return pktlen + _GCM_OVERHEAD
 
 
-def _recv_ready(ssh: SSHConnection) -> bool:
-    """May channel data be taken from the next read? (AES-GCM keys in place, no
-    compression, and asyncssh between packets, not inside one)."""
-    return (
-        type(ssh._recv_encryption) is GCMEncryption
-        and ssh._decompressor is None
-        and ssh._kex_complete
-        and ssh._auth_complete
-        and ssh._recv_handler == ssh._recv_pkthdr
-    )
-
-
 def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | memoryview:
     """Handle the whole plain channel-data packets at the front of the input as
     asyncssh would (same checks, sequence numbers, window accounting and
@@ -612,9 +698,11 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
     exactly what it would have."""
     buf: bytes | memoryview = ssh._inpbuf + data if ssh._inpbuf else data
     ssh._inpbuf = b""
-    encryption: GCMEncryption = ssh._recv_encryption  # type: ignore[assignment]  # _recv_ready checked it
+    encryption: GCMEncryption = ssh._recv_encryption  # type: ignore[assignment]  # feed checked it
     cipher = encryption._cipher
-    aead = _aead(cipher)
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per read)
+    if aead is None:
+        aead = _aead(cipher)
     channels = ssh._channels
     limit = ssh._max_recv_pktlen
     pooled = _ENCRYPT_INTO and _Applied.names
@@ -655,18 +743,42 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
                     or 10 + length + plain[0] != len(plain)
                 ):
                     break  # asyncssh raises the matching protocol error
-                cipher._update_iv()
+                # GCMCipher._update_iv, inline (per packet).
+                iv = cipher._iv
+                cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(
+                    8, "big"
+                )
                 ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
                 pos = end
                 taken = True
                 complete = True
+                delivered: bytes | memoryview
                 if chan.__dict__.get(_VIEWS):
                     # A view into the decrypted packet: the data is not
                     # copied again out of it (a pooled buffer is reused only
                     # once no such view is left).
-                    chan._accept_data(memoryview(plain)[10 : 10 + length])  # type: ignore[arg-type]
+                    delivered = memoryview(plain)[10 : 10 + length]
                 else:
-                    chan._accept_data(bytes(plain[10 : 10 + length]))
+                    delivered = bytes(plain[10 : 10 + length])
+                session = chan._session
+                window = chan._recv_window - length
+                if (
+                    length
+                    and chan.__class__ in _Applied.plain_channels
+                    and window >= chan._init_recv_window / 2
+                    and not chan._recv_paused
+                    and not chan._encoding
+                    and session is not None
+                    and chan._send_state not in _CLOSING
+                ):
+                    # SSHChannel._accept_data and _deliver_data, inline (per
+                    # packet), where they would only count and hand it on: a
+                    # class that keeps asyncssh's own, no window top-up due,
+                    # reading on, bytes, the channel open.
+                    chan._recv_window = window
+                    session.data_received(delivered, None)
+                else:
+                    chan._accept_data(delivered)  # type: ignore[arg-type]
             finally:
                 if isinstance(plain, memoryview):
                     plain.release()  # (the channel's view keeps its own)
@@ -678,7 +790,17 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
         else:
             rest = buf if pos == 0 else view[pos:].tobytes()
     if taken:
-        ssh._reset_keepalive_timer()
+        # sluice.ssh_keepalive.seen, inline (per read): note the time, while
+        # its timer runs; nothing without keepalives; else asyncssh's reset.
+        if ssh._keepalive_timer is None:
+            if ssh._keepalive_interval:
+                ssh._reset_keepalive_timer()
+        elif (
+            ssh.__dict__.get(ssh_keepalive.ARMED) == ssh._keepalive_interval and ssh._auth_complete
+        ):
+            ssh.__dict__[ssh_keepalive.SEEN] = ssh_keepalive.monotonic()
+        else:
+            ssh._reset_keepalive_timer()
     if complete and ssh._transport is not None:
         if rest:  # kept until the rest of the packet is in
             state = _state(ssh)
@@ -716,6 +838,8 @@ def tune_asyncssh(environ: Mapping[str, str] | None = None) -> bool:
         feed_in_pieces()
         batch_channel_writes()
         reuse_gcm_keys()
+        quiet_channel_writes()
+        lazy_keepalive()
         schedule_sends(env)
         coalesce_sends(env)
     if not _Applied.told:

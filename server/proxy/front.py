@@ -835,13 +835,16 @@ class FrontProtocol(asyncio.Protocol):
         """The answer's head: the status line, Date when *headers* hold none,
         *headers* as they are, then the framing and Connection the front chose.
 
-        The same list of *headers* again (a repeated answer's, shared) with
-        the same status, reason and length makes the same head up to its
-        Connection field: made once, unless the relay dated it."""
+        The same *headers* again (a repeated answer's list, shared, or an
+        equal list from another stream) with the same status, reason and
+        length make the same head up to its Connection field: made once,
+        unless the relay dated it."""
         memo = self._head_memo
         if (
             memo is not None
-            and memo[0] is headers
+            # The same list, or an equal one: the answer another stream of
+            # the pool memoised (at c=32 a caller's answers come from many).
+            and (memo[0] is headers or memo[0] == headers)
             and memo[1] == status
             and memo[2] == reason
             and memo[3] == length

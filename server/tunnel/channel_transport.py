@@ -160,6 +160,9 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         self._answer: asyncio.Future[tuple[ConnectResponse, int]] = loop.create_future()
         self._head: tuple[ConnectResponse, int] | None = None
         self._protocol: asyncio.BaseProtocol | None = None
+        # The protocol takes data_received (not get_buffer/buffer_updated):
+        # fed inline, per packet, without feed()'s call and isinstance.
+        self._plain = False
         # A protocol that takes the channel over once the CONNECT answer says
         # yes (pipelined: its request went out before the answer came back).
         self._pending: asyncio.BaseProtocol | None = None
@@ -192,6 +195,7 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
 
     def attach(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._plain = not isinstance(protocol, asyncio.BufferedProtocol)
         if self._chan is not None and (
             isinstance(protocol, asyncio.BufferedProtocol)
             or getattr(protocol, "takes_views", False)
@@ -227,8 +231,12 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
             # the top-ups then, counting it.
             if self._share is not None and (tuner is None or not (tuner.grown or tuner.held_back)):
                 self._share.received(self._class, chan, len(data))
-        if self._protocol is not None:
-            feed(self._protocol, data)
+        protocol = self._protocol
+        if protocol is not None:
+            if self._plain:
+                protocol.data_received(data)  # type: ignore[attr-defined]
+            else:
+                feed(protocol, data)
             return
         self._buffer += data
         if self._answer.done():

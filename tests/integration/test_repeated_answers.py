@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from tests.conftest import AgentFactory
 from tests.support.capture import APIClient, remember_secret
-from tests.support.raw_api import raw_api
+from tests.support.raw_api import RawAPI, raw_api
 
 TOKEN = "repeated-answers-token-" + "r" * 16
 BODY = b'{"items": [1, 2, 3]}'
@@ -37,6 +37,10 @@ HTTP1_CALLS = 15
 # And the front's, for reading the caller's head and writing the answer.
 FRONT = "server/proxy/front.py"
 FRONT_CALLS = 10
+# And the channel transport's under the stream: the answer fed on, the request
+# written, three looks at whether the channel is closing.
+CHANNEL = "server/tunnel/channel_transport.py"
+CHANNEL_CALLS = 5
 # And the auth scheme's, for the connection's token (one lookup of the scheme).
 AUTH = "server/proxy/auth/"
 AUTH_CALLS = 6
@@ -95,7 +99,9 @@ async def test_a_repeated_answer_is_passed_on_without_header_work(
     assert b"connection: close" not in head.lower()
     assert again == [head] * 10
     assert closing == head[:-2] + b"Connection: close\r\n\r\n"
-    budget = Counter({HTTP1: HTTP1_CALLS, FRONT: FRONT_CALLS, AUTH: AUTH_CALLS})
+    budget = Counter(
+        {HTTP1: HTTP1_CALLS, FRONT: FRONT_CALLS, AUTH: AUTH_CALLS, CHANNEL: CHANNEL_CALLS}
+    )
     # None of the header work, and the modules within their budgets, for all
     # but one or two requests: the connection's cached settings may expire
     # under one (every 2 s; it then goes the general way, as it should).
@@ -129,7 +135,7 @@ async def _repeat(
         code = frame.f_code
         counts = calls[-1]
         if event == "call":
-            for module in (HTTP1, FRONT):
+            for module in (HTTP1, FRONT, CHANNEL):
                 if code.co_filename.endswith(module):
                     counts[module] += 1
             if AUTH in code.co_filename:
@@ -160,3 +166,96 @@ async def _repeat(
     finally:
         writer.close()
     return first, again, closing, calls
+
+
+async def test_an_equal_answer_from_another_stream_reuses_the_callers_head(
+    client: APIClient, start_agent: AgentFactory
+) -> None:
+    """The same answer on another stream of the pool (at c=32 a caller's
+    requests take whichever stream is idle) gives the caller's head made
+    before: the front lowers no fields to make it again."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
+        if b" /v1/hold " in head:
+            held.set()
+            await release.wait()
+        writer.write(api_answer(raw.port))
+        await writer.drain()
+        return True
+
+    async for raw in raw_api(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        created = await client.call(
+            "POST",
+            "/v1/connections",
+            json_body={
+                "name": "another stream",
+                "mode": "on_premise",
+                "agent_id": token.agent_id,
+                "http": {"base_uri": f"http://127.0.0.1:{raw.port}/v1"},
+            },
+        )
+        assert created.status == 201, created.text
+        conn_id = created.body["id"]
+        first, again, lowered = await _on_another_stream(client, conn_id, raw, held, release)
+    assert again == first[-1]
+    assert lowered == Counter(), "the caller's head was made again"
+
+
+async def _on_another_stream(
+    client: APIClient, conn_id: str, raw: RawAPI, held: asyncio.Event, release: asyncio.Event
+) -> tuple[list[bytes], bytes, Counter[str]]:
+    """One caller's 3 warm-up requests on its stream, then one while another
+    caller's request holds that stream: the heads, and the front's
+    ``bytes.lower`` calls for the last."""
+    front = urlsplit(client.base)
+    assert front.hostname is not None
+    caller = await asyncio.open_connection(front.hostname, front.port)
+    other = await asyncio.open_connection(front.hostname, front.port)
+
+    def request(path: str) -> bytes:
+        return (
+            f"GET /v1/connections/{conn_id}/proxy/{path} HTTP/1.1\r\n"
+            f"Host: relay\r\nAuthorization: Bearer {client.token}\r\n\r\n"
+        ).encode()
+
+    async def call(path: str = "items") -> bytes:
+        caller[1].write(request(path))
+        head = await caller[0].readuntil(b"\r\n\r\n")
+        assert await caller[0].readexactly(len(BODY)) == BODY
+        return head
+
+    lowered = Counter[str]()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if (
+            event == "c_call"
+            and getattr(arg, "__qualname__", "") == "bytes.lower"
+            and frame.f_code.co_qualname.startswith("FrontProtocol.")
+        ):
+            lowered["front: bytes.lower"] += 1
+
+    try:
+        async with asyncio.timeout(20):
+            first = [await call() for _ in range(3)]  # its stream and memos warm up
+            connections = raw.connections
+            # Another caller's request holds that stream: the next one takes
+            # another stream (a new API connection), whose answer is the same.
+            other[1].write(request("hold"))
+            await held.wait()
+            sys.setprofile(profile)
+            try:
+                again = await call()
+            finally:
+                sys.setprofile(None)
+            assert raw.connections == connections + 1, "not on another stream"
+            release.set()
+            await other[0].readuntil(b"\r\n\r\n")
+    finally:
+        caller[1].close()
+        other[1].close()
+    return first, again, lowered

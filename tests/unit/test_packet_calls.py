@@ -20,6 +20,7 @@ import pytest
 
 import sluice
 from sluice import send_coalescing, send_scheduler
+from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
 from tests.support.ssh_pair import connect_local, serve_local
 
@@ -45,11 +46,13 @@ async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
 async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A tuned client connection to a tuned echo server, as the agent's."""
     assert tune_asyncssh({})
-    server, port = await serve_local(_Server, process_factory=_echo)
+    # Keepalives on at both ends, as the relay and the agent run them.
+    server, port = await serve_local(_Server, process_factory=_echo, keepalive_interval=30)
     try:
-        async with connect_local(port) as conn:
+        async with connect_local(port, keepalive_interval=30) as conn:
             send_scheduler.start(conn)
             assert send_coalescing.start(conn)
+            assert read_whole_packets(conn, ReadBuffer())
             yield conn
     finally:
         server.close()
@@ -87,3 +90,93 @@ async def test_a_packet_each_way_calls_no_cast_and_no_context_manager(
             sys.setprofile(None)
         writer.write_eof()
     assert calls == Counter(), f"per round trip: {calls}"
+
+
+# asyncssh's per-packet helpers the tuned path does without (issue 22): the
+# keepalive timer made again per read, SSHChannel.write's debug call and cast,
+# _accept_data/_deliver_data and their cast, the IV counter's method.
+ASYNCSSH_PER_PACKET = {
+    ("connection.py", "_reset_keepalive_timer"),
+    ("connection.py", "_cancel_keepalive_timer"),
+    ("connection.py", "_set_keepalive_timer"),
+    ("channel.py", "_accept_data"),
+    ("channel.py", "_deliver_data"),
+    ("logging.py", "debug2"),
+    ("cipher.py", "_update_iv"),
+}
+
+
+async def test_a_packet_each_way_makes_no_timer_no_getrandom_and_no_asyncssh_helper(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    """Per round trip (a small packet each way, both ends tuned): no timer
+    handle made (``call_later``), no ``os.urandom`` for padding (one
+    ``getrandom`` system call each), and none of asyncssh's helpers above."""
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            code = frame.f_code
+            key = (code.co_filename.rsplit("/", 1)[-1], code.co_name)
+            if key in ASYNCSSH_PER_PACKET or (
+                # asyncssh's channel and connection, not the test's stream sessions
+                key[1] in ("call_later", "cast")
+                and frame.f_back is not None
+                and frame.f_back.f_code.co_filename.endswith(
+                    ("asyncssh/channel.py", "asyncssh/connection.py")
+                )
+            ):
+                calls[":".join(key)] += 1
+        elif event == "c_call" and getattr(arg, "__name__", "") in ("urandom", "call_later"):
+            calls[f"C {arg.__name__}"] += 1  # type: ignore[attr-defined]
+
+    async with asyncio.timeout(20):
+        for _ in range(3):  # warm: the padding pool filled, windows settled
+            writer.write(b"warm")
+            assert await reader.readexactly(4) == b"warm"
+        sys.setprofile(profile)
+        try:
+            for i in range(ROUNDS):
+                data = b"request %03d" % i
+                writer.write(data)
+                assert await reader.readexactly(len(data)) == data
+        finally:
+            sys.setprofile(None)
+        writer.write_eof()
+    # (A padding pool refill, one urandom per some 5,000 packets, may fall in.)
+    calls["C urandom"] = max(0, calls["C urandom"] - 1)
+    assert +calls == Counter(), f"in {ROUNDS} round trips: {calls}"
+
+
+# Sluice's own Python calls per round trip, both ends (send: write, the
+# scheduler's turn, the flush and its packet, the outbox; receive: the read,
+# its packets; the client reads through ssh_reads): more is per-packet
+# work the tuned path had done without.
+SLUICE_CALLS_PER_ROUND = 26
+
+
+async def test_sluice_calls_per_round_trip_stay_within_budget(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename.startswith(SLUICE):
+            calls[frame.f_code.co_name] += 1
+
+    async with asyncio.timeout(20):
+        for _ in range(3):
+            writer.write(b"warm")
+            assert await reader.readexactly(4) == b"warm"
+        sys.setprofile(profile)
+        try:
+            for i in range(ROUNDS):
+                data = b"request %03d" % i
+                writer.write(data)
+                assert await reader.readexactly(len(data)) == data
+        finally:
+            sys.setprofile(None)
+        writer.write_eof()
+    assert calls.total() <= SLUICE_CALLS_PER_ROUND * ROUNDS, f"in {ROUNDS} round trips: {calls}"
