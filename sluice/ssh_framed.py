@@ -4,7 +4,8 @@ Sending from the read: ``send_framed`` sends a bulk read that landed in a
 ``FrameBuffer`` (the agent's reads of an API) as one packet, framed and
 encrypted in place (``encrypt_into``) into an output buffer reused once the
 transport holds no view of it, when the channel may send it at once; else
-the caller writes it to the channel as usual.
+the caller writes it to the channel as usual. With the tweaks off
+(``sluice.ssh_tuning``) it sends nothing.
 """
 
 from __future__ import annotations

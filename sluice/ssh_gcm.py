@@ -2,12 +2,15 @@
 schedule per key, and reused buffers for bulk packets.
 
 AES-GCM key schedule: asyncssh builds a new AESGCM object for every packet;
-``reuse_gcm_keys`` keeps one per direction and key.
-(``_aead``; ``_patch_gcm`` for asyncssh's own per-packet calls).
+``reuse_gcm_keys`` keeps one per direction and key (``_aead``; ``_patch_gcm``
+for asyncssh's own per-packet calls).
 
 Bulk packets are encrypted (``encrypt_into``) and decrypted
 (``decrypt_into``) into a few buffers kept for them (``_BufferPool``),
 each reused once no view of it is left.
+
+Applied only by ``sluice.ssh_tuning.tune_asyncssh`` (after its shape check):
+nothing is patched on import.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 _AEAD_KEY: Final = "_sluice_aead"
 _U32 = struct.Struct(">I")
 _U64_MASK: Final = 0xFFFFFFFFFFFFFFFF
-
-
 _GCM_TAG = 16
 # AESGCM.encrypt_into and decrypt_into (cryptography 45 on; pyproject allows
 # older): without them, send_framed leaves every packet to SSHChannel.write,

@@ -10,6 +10,9 @@ A bulk packet is decrypted (``decrypt_into``) into one of a few buffers kept
 for it, reused once no view of it is left. Without AES-GCM keys in place (a
 key exchange, another cipher), asyncssh gets a large read in 32 KiB pieces,
 so each slice copies at most that much.
+
+Applied only by ``sluice.ssh_tuning.tune_asyncssh`` (after its shape check):
+nothing is patched on import.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ returns: nothing is deferred, and the order of every byte is asyncssh's own.
 Channel data under AES-GCM is framed with two copies, not a dozen
 (``_send_data_fast``), and ``quiet_channel_writes`` drops
 ``SSHChannel.write``'s debug call and cast.
+
+Applied only by ``sluice.ssh_tuning.tune_asyncssh`` (after its shape check):
+nothing is patched on import.
 """
 
 from __future__ import annotations

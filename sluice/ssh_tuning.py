@@ -13,8 +13,9 @@ level 2); the receive path hands channel data to the session inline where
 ``_accept_data``/``_deliver_data`` would only count it and pass it on, and
 both paths count the GCM invocation inline; ``lazy_keepalive``
 (``sluice.ssh_keepalive``) notes a read's time instead of making a new
-keepalive timer; the padding of the packets framed here is cut from a pool
-of random bytes (``sluice.ssh_padding``), not one ``getrandom`` a packet.
+keepalive timer; the padding of the packets framed by ``sluice.ssh_send`` and
+``sluice.ssh_framed`` is cut from a pool of random bytes (``sluice.ssh_padding``),
+not one ``getrandom`` a packet.
 
 A short sender's queue: ``sluice.send_scheduler`` (its own module; installed
 here, after the others, unless ``SLUICE_SEND_SCHEDULER=off``) interleaves
