@@ -18,6 +18,8 @@ is closed when its tunnel closes or starts draining.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import asyncssh
 import structlog
@@ -25,6 +27,7 @@ import structlog
 from server.errors import RelayError
 from server.tunnel.channel_transport import Channel, open_channel
 from server.tunnel.window_share import WindowShare
+from sluice import logs
 from sluice.window_tuning import WindowBudget
 
 log = structlog.get_logger("sluice.server.spare_channel")
@@ -69,7 +72,12 @@ class ChannelSupply:
         opens in the background. Raises TunnelLost."""
         channel = self._take_spare()
         if channel is None:
+            began = time.monotonic()
             channel = await self._open()
+            if logs.min_level <= logging.DEBUG:
+                _trace("channel_opened", channel, began)
+        elif logs.min_level <= logging.DEBUG:
+            _trace("spare_taken", channel, None)
         self._refill()
         return channel
 
@@ -106,6 +114,7 @@ class ChannelSupply:
         self._opening = asyncio.get_running_loop().create_task(self._open_spare())
 
     async def _open_spare(self) -> None:
+        began = time.monotonic()
         try:
             channel = await self._open()
         except RelayError as exc:
@@ -119,3 +128,13 @@ class ChannelSupply:
             channel[0].close()
         else:
             self._spares.append(channel)
+            if logs.min_level <= logging.DEBUG:
+                _trace("spare_opened", channel, began)
+
+
+def _trace(event: str, channel: Channel, began: float | None) -> None:
+    """A debug line on a channel's way to a stream, with the monotonic time
+    (``at``) and how long its opening took (``ms``)."""
+    now = time.monotonic()
+    ms = {} if began is None else {"ms": round((now - began) * 1000, 1)}
+    log.debug(event, channel=f"{id(channel[0]):x}", at=round(now, 4), **ms)

@@ -12,10 +12,13 @@ request is idempotent and can be sent again (no body, or one held in memory).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from yarl import URL
 
 from server.errors import UpstreamTimeout
@@ -23,6 +26,9 @@ from server.proxy.headers import Fields
 from server.tunnel.channel_transport import tls_protocol, tls_ready
 from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
 from server.tunnel.stream_opener import StreamOpener, stream_target
+from sluice import logs
+
+log = structlog.get_logger("sluice.server.stream_pool")
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -214,6 +220,8 @@ class StreamPool:
                 )
             except StaleStream:
                 if reused and replayable:
+                    if logs.min_level <= logging.DEBUG:
+                        _trace("stream_stale_retry", stream)
                     continue
                 raise
 
@@ -262,6 +270,8 @@ class StreamPool:
                 del self._idle[key]
             stream.idle_deadline = None  # its timer, if it fires meanwhile, lets it be
             if not stream.closed:
+                if logs.min_level <= logging.DEBUG:
+                    _trace("stream_taken", stream, idle_left=len(streams))
                 return stream
             if stream.idle_timer is not None:
                 stream.idle_timer.cancel()
@@ -331,6 +341,7 @@ class StreamPool:
     ) -> Http1Stream:
         stream = Http1Stream(self._idle_again)
         stream.owner = key
+        began = time.monotonic()
         try:
             async with asyncio.timeout(limit):
                 self._tunnel_of[stream] = await self._dialer.dial(
@@ -344,7 +355,21 @@ class StreamPool:
         except BaseException:
             self._forget(stream)
             raise
+        if logs.min_level <= logging.DEBUG:
+            _trace("stream_dialed", stream, ms=round((time.monotonic() - began) * 1000, 1))
         return stream
+
+
+def _trace(event: str, stream: Http1Stream, **fields: object) -> None:
+    """A debug line on a stream's way through the pool, with the monotonic
+    time (``at``) to set beside a client's own timings."""
+    log.debug(
+        event,
+        stream=f"{id(stream):x}",
+        exchanges=stream.exchanges,
+        at=round(time.monotonic(), 4),
+        **fields,
+    )
 
 
 def _deadline(host: str, total: float | None) -> tuple[float | None, str]:

@@ -324,3 +324,27 @@ def test_data_waiting_for_a_paused_reader_counts_against_the_window() -> None:
     tuner, held_most = _slow_reader(rtt=0.006, reader=40e6, budget=budget, base=base)
     assert tuner.window == base
     assert held_most <= base, f"{held_most} bytes waited in a window of {base}"
+
+
+def test_a_pooled_stream_takes_its_next_answer_without_a_second_slow_start() -> None:
+    # A download fills a 100 ms link, its stream waits in the relay's pool
+    # with its window grown, and the next download comes on it. Its peer
+    # holds a window's credit and sends it at once (a round trip's worth
+    # queues, once: the pace times the round trip); beyond that the window
+    # must stay near what the link carries. Slow start from the grown window
+    # took its first round as rising (against no pace yet) and quadrupled
+    # it, up to the whole budget: 64 MiB queued, and a GET beside the
+    # download waited 3-5 round trips (bench.long_link, make bench p99).
+    clock = _Clock()
+    rtt, rate = 0.1, 250e6
+    budget = WindowBudget(64 * MiB, clock=clock)
+    base = 1 * MiB
+    stream = WindowTuner(budget, base, clock=clock), _Chan(base)
+    _run(rtt, rate, seconds=3, budget=budget, clock=clock, stream=stream)
+    clock.now += 5.0  # in the pool
+    tuner, achieved, queued = _run(
+        rtt, rate, seconds=3, budget=budget, clock=clock, stream=stream, after=0.0
+    )
+    assert achieved > 0.95 * rate  # the link full
+    assert queued < 1.25 * rtt, f"{queued * 1000:.0f} ms queued, window {tuner.window}"
+    assert tuner.window <= 1.25 * rate * rtt
