@@ -24,7 +24,7 @@ import structlog
 
 from agent.allowlist import Allowlist, Verdict
 from agent.stats import ProxyStats
-from sluice import ssh_tuning, sshconfig
+from sluice import ssh_framed, ssh_tuning, sshconfig
 from sluice.connect import (
     ConnectProtocolError,
     Target,
@@ -56,12 +56,12 @@ class UpstreamReads:
     reads of the event loop's own size (256,000 bytes under uvloop) against a
     256 KiB window, every other packet of a bulk answer was a runt of the
     6 KiB left over. A read lands inside the packet it leaves in
-    (``sluice.ssh_tuning.FrameBuffer``): sent from there when the channel may
+    (``sluice.ssh_framed.FrameBuffer``): sent from there when the channel may
     send it at once, else written to the channel, which copies it.
     """
 
     def __init__(self, size: int = UPSTREAM_READ) -> None:
-        self.frames = ssh_tuning.FrameBuffer(size)
+        self.frames = ssh_framed.FrameBuffer(size)
         self.view = self.frames.data
 
 
@@ -270,7 +270,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._ctx.stats.bytes_down += nbytes
         chan = self._chan
         if chan is None or (
-            nbytes >= ssh_tuning.FRAMED_LEAST and ssh_tuning.send_framed(chan, reads.frames, nbytes)
+            nbytes >= ssh_framed.FRAMED_LEAST and ssh_framed.send_framed(chan, reads.frames, nbytes)
         ):
             return
         # The view is released at once: the buffer is the next read's.

@@ -54,7 +54,7 @@ SWITCH: Final = "SLUICE_SEND_COALESCING"
 # the transport before the send scheduler decides whether it is paused.
 LIMIT: Final = 64 * 1024
 
-# Where a connection's Outbox is kept, in its __dict__ (ssh_tuning reads it inline).
+# Where a connection's Outbox is kept, in its __dict__ (ssh_send reads it inline).
 KEY: Final = "_sluice_outbox"
 
 

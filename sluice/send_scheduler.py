@@ -243,7 +243,7 @@ def install(environ: Mapping[str, str]) -> None:
 
 
 def _patch() -> None:
-    inner = SSHChannel._flush_send_buf  # asyncssh's, or ssh_tuning's batching one
+    inner = SSHChannel._flush_send_buf  # asyncssh's, or ssh_send's batching one
 
     def flush_quantum(chan: SSHChannel[Any], turn: int) -> None:
         window = chan._send_window

@@ -30,7 +30,7 @@ monotonic = time.monotonic
 def seen(self: SSHConnection) -> None:
     """Packets arrived on this connection now: what asyncssh's ``_reset_keepalive_timer``
     does, without a new timer while one runs with the current interval.
-    (``sluice.ssh_tuning``'s receive path does the same inline.)"""
+    (``sluice.ssh_receive``'s receive path does the same inline.)"""
     if self._keepalive_timer is None:
         if self._keepalive_interval:
             _Stock.reset(self)

@@ -146,7 +146,7 @@ def mismatches() -> list[str]:
             f"{cls.__name__}.{attr} is never set" for attr in attributes if attr not in names
         )
     if not isinstance(getattr(SSHLogger, "_debug_level", None), int):
-        found.append("SSHLogger._debug_level is gone")  # ssh_tuning's quiet writes read it
+        found.append("SSHLogger._debug_level is gone")  # ssh_send's quiet writes read it
     if WRITE_COPIES_WITH not in SSHChannel.write.__code__.co_names:
         # sluice.ssh_tuning.channel_write_copies: the agent reuses its read buffer.
         found.append(f"SSHChannel.write no longer copies its data into a {WRITE_COPIES_WITH}")

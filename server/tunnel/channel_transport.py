@@ -202,7 +202,7 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         ):
             # It copies what it is fed (TLS), or takes any bytes-like object
             # (an Http1Stream): the channel's data may come as views into
-            # each decrypted packet, one copy fewer (sluice.ssh_tuning).
+            # each decrypted packet, one copy fewer (sluice.ssh_receive).
             ssh_tuning.deliver_views(self._chan)
 
     def pause_reading(self) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from bench.delay_line import DelayLine
 from server.relay import Relay
-from sluice import send_coalescing, send_scheduler, ssh_tuning, sshconfig
+from sluice import send_coalescing, send_scheduler, ssh_send, ssh_tuning, sshconfig
 from tests.conftest import relay_settings
 from tests.support.agent import AgentProcess
 from tests.support.api import InternalAPI, noise
@@ -106,7 +106,7 @@ async def test_a_tuned_client_forwards_through_openssh_sshd_intact(
                 max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
             ) as conn,
         ):
-            assert ssh_tuning._gcm_ready(conn) is not None  # the tuned framing path
+            assert ssh_send._gcm_ready(conn) is not None  # the tuned framing path
             assert send_scheduler.start(conn)  # as the agent's tunnel: packets interleaved
             assert send_coalescing.start(conn)  # and a loop turn's packets in one write
             exchanges = _count_key_exchanges(conn)

@@ -1,5 +1,5 @@
 """The agent's bulk reads leave as SSH packets framed in place
-(``sluice.ssh_tuning.send_framed``): read into a ``FrameBuffer``, encrypted
+(``sluice.ssh_framed.send_framed``): read into a ``FrameBuffer``, encrypted
 into an output buffer that is reused once the transport holds no view of it.
 
 Seen at the socket: what asyncssh's transport is handed for a bulk transfer
@@ -20,8 +20,9 @@ import asyncssh
 import pytest
 
 from sluice import ssh_reads, ssh_tuning
+from sluice.ssh_framed import FrameBuffer, send_framed
 from sluice.ssh_reads import ReadBuffer, read_whole_packets
-from sluice.ssh_tuning import FrameBuffer, send_framed, tune_asyncssh
+from sluice.ssh_tuning import tune_asyncssh
 from tests.support.ssh_pair import connect_local, serve_local
 from tests.support.waiting import wait_until
 

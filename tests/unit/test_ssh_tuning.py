@@ -9,7 +9,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from sluice import ssh_tuning
+from sluice import ssh_receive, ssh_send, ssh_tuning
 from sluice.ssh_tuning import skip_aead_ignore_packets, tune_asyncssh
 from tests.support.ssh_pair import connect_local
 from tests.support.waiting import wait_until
@@ -71,7 +71,7 @@ async def test_ignore_packets_kept_under_ctr(tmp_path: Path) -> None:
 def _count_short_path_packets(monkeypatch: pytest.MonkeyPatch, side: type[Any]) -> list[int]:
     """Count the packets connections of type *side* take on the short receive path."""
     taken = [0]
-    original_take = ssh_tuning._take_data_packets
+    original_take = ssh_receive._take_data_packets
 
     def counting_take(conn: Any, data: bytes | memoryview) -> bytes | memoryview:
         before = conn._recv_seq
@@ -80,7 +80,7 @@ def _count_short_path_packets(monkeypatch: pytest.MonkeyPatch, side: type[Any]) 
             taken[0] += (conn._recv_seq - before) & 0xFFFFFFFF
         return rest
 
-    monkeypatch.setattr(ssh_tuning, "_take_data_packets", counting_take)
+    monkeypatch.setattr(ssh_receive, "_take_data_packets", counting_take)
     return taken
 
 
@@ -145,7 +145,7 @@ async def test_a_channel_flush_is_one_write_and_bytes_survive(
             conn.create_process("echo", encoding=None) as proc,
         ):
             if "gcm" in cipher:
-                assert ssh_tuning._gcm_ready(conn) is not None  # the short framing path
+                assert ssh_send._gcm_ready(conn) is not None  # the short framing path
             assert conn._transport is not None
             counting = _CountingTransport(conn._transport)
             conn._transport = counting  # type: ignore[assignment]

@@ -1,0 +1,262 @@
+"""The tuned receive path (``sluice.ssh_tuning``).
+
+Receiving: asyncssh keeps unparsed input in one bytes object, appends every
+read to it and slices each packet off its front, copying the rest every
+time. Under AES-GCM, ``feed_in_pieces`` decrypts channel data straight from
+each read instead (``_take_data_packets``); a packet that spans reads is
+gathered into one buffer as its reads come, and any other packet
+goes to asyncssh alone, so the data after it still takes the short path.
+A bulk packet is decrypted (``decrypt_into``) into one of a few buffers kept
+for it, reused once no view of it is left. Without AES-GCM keys in place (a
+key exchange, another cipher), asyncssh gets a large read in 32 KiB pieces,
+so each slice copies at most that much.
+
+Applied only by ``sluice.ssh_tuning.tune_asyncssh`` (after its shape check):
+nothing is patched on import.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import asyncssh.connection as _connection
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_CHANNEL_DATA
+from asyncssh.encryption import GCMEncryption
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sluice import ssh_keepalive
+from sluice.ssh_gcm import (
+    _AEAD_KEY,
+    _ENCRYPT_INTO,
+    _PLAINTEXTS,
+    _POOLED_LEAST,
+    _U32,
+    _U64_MASK,
+    _aead,
+)
+from sluice.ssh_state import _CONN_STATE, _VIEWS, _Applied, _ConnState, _state
+
+
+def _plain_channel_classes() -> frozenset[type]:
+    found: set[type] = set()
+    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if (
+            cls._accept_data is SSHChannel._accept_data
+            and cls._deliver_data is SSHChannel._deliver_data
+        ):
+            found.add(cls)
+    return frozenset(found)
+
+
+# A channel that no longer takes data (SSHChannel._accept_data drops it).
+_CLOSING: Final = frozenset({"close_pending", "closed"})
+_DATA_FIELDS = struct.Struct(">II")  # channel, length
+
+
+_PIECE = 32 * 1024
+
+
+def _patch_data_received() -> None:
+    original = SSHConnection.data_received
+    _Applied.plain_channels = _plain_channel_classes()
+
+    def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
+        state: _ConnState | None = self.__dict__.get(_CONN_STATE)  # (inline: per read)
+        if state is None:
+            state = _state(self)
+        while state.pending is not None:
+            # The rest of a packet that began in an earlier read: what it
+            # lacks is gathered (*data* may be a view of a buffer the next
+            # read reuses), the packet taken once whole, then the rest.
+            pending = state.pending
+            missing = state.need - len(pending)
+            if len(data) < missing:
+                pending += data
+                return
+            view = memoryview(data)
+            pending += view[:missing]
+            data = view[missing:]  # type: ignore[assignment]
+            state.pending = None
+            feed(self, pending, datatype)  # type: ignore[arg-type]
+            if not data or self._transport is None:
+                return
+        feed(self, data, datatype)
+
+    def feed(self: SSHConnection, data: bytes, datatype: int | None) -> None:
+        rest: bytes | memoryview = data
+        # While channel data may be taken from the input: AES-GCM keys in
+        # place, no compression, asyncssh between packets, not inside one.
+        while (
+            type(self._recv_encryption) is GCMEncryption
+            and self._decompressor is None
+            and self._kex_complete
+            and self._auth_complete
+            and self._recv_handler == self._recv_pkthdr
+        ):
+            rest = _take_data_packets(self, rest)
+            if not rest:
+                return
+            # A packet asyncssh must see (not channel data, or a check to
+            # fail): it gets that packet alone, and the fast path goes on.
+            size = _whole_packet(self, rest)
+            if not size:
+                break
+            view = memoryview(rest)
+            original(self, view[:size], datatype)  # type: ignore[arg-type]
+            rest = view[size:]
+            if not rest or self._transport is None:
+                return
+        if len(rest) <= _PIECE:
+            original(self, rest, datatype)  # type: ignore[arg-type]
+            return
+        with memoryview(rest) as view:
+            for start in range(0, len(rest), _PIECE):
+                if self._transport is None:
+                    break  # a fatal error in an earlier piece closed the connection
+                original(self, view[start : start + _PIECE], datatype)  # type: ignore[arg-type]
+
+    _connection.SSHConnection.data_received = data_received  # type: ignore[method-assign]
+
+
+_GCM_OVERHEAD = 4 + 16  # length field, tag
+
+
+def _whole_packet(ssh: SSHConnection, data: bytes | memoryview) -> int:
+    """The size of the AES-GCM packet at the front of *data* if it is all
+    there and within the length limit, else 0."""
+    if len(data) < 4:
+        return 0
+    pktlen: int = _U32.unpack_from(data)[0]
+    if pktlen > ssh._max_recv_pktlen or pktlen + _GCM_OVERHEAD > len(data):
+        return 0
+    return pktlen + _GCM_OVERHEAD
+
+
+def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | memoryview:
+    """Handle the whole plain channel-data packets at the front of the input as
+    asyncssh would (same checks, sequence numbers, window accounting and
+    delivery), decrypting each in place: one copy by the cipher, one for the
+    data. An incomplete packet at the end waits, unparsed, until the reads
+    that complete it are in (gathered, then joined once). Anything else
+    (another packet type, a check that fails, a bad tag) stops the loop: the
+    input from there is returned for asyncssh's own parser, which then sees
+    exactly what it would have."""
+    buf: bytes | memoryview = ssh._inpbuf + data if ssh._inpbuf else data
+    ssh._inpbuf = b""
+    encryption: GCMEncryption = ssh._recv_encryption  # type: ignore[assignment]  # feed checked it
+    cipher = encryption._cipher
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per read)
+    if aead is None:
+        aead = _aead(cipher)
+    channels = ssh._channels
+    limit = ssh._max_recv_pktlen
+    pooled = _ENCRYPT_INTO and _Applied.names
+    size = len(buf)
+    pos = 0
+    taken = False
+    complete = True  # False: the loop stopped at a packet asyncssh must see
+    with memoryview(buf) as view:
+        while True:
+            if size - pos < 4:
+                break
+            pktlen = _U32.unpack_from(buf, pos)[0]
+            end = pos + pktlen + _GCM_OVERHEAD
+            if pktlen > limit:
+                complete = False
+                break
+            if end > size:
+                break
+            complete = False
+            plain: bytes | memoryview
+            try:
+                if pooled and pktlen >= _POOLED_LEAST:
+                    plain = memoryview(_PLAINTEXTS.take(pktlen))[:pktlen]
+                    aead.decrypt_into(cipher._iv, view[pos + 4 : end], view[pos : pos + 4], plain)
+                else:
+                    plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
+            except InvalidTag:
+                break  # asyncssh decrypts it again and reports the failure
+            try:
+                if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
+                    break
+                recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
+                chan = channels.get(recv_chan)
+                if (
+                    chan is None
+                    or chan._recv_state != "open"
+                    or length > chan._recv_window
+                    or 10 + length + plain[0] != len(plain)
+                ):
+                    break  # asyncssh raises the matching protocol error
+                # GCMCipher._update_iv, inline (per packet).
+                iv = cipher._iv
+                cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(
+                    8, "big"
+                )
+                ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
+                pos = end
+                taken = True
+                complete = True
+                delivered: bytes | memoryview
+                if chan.__dict__.get(_VIEWS):
+                    # A view into the decrypted packet: the data is not
+                    # copied again out of it (a pooled buffer is reused only
+                    # once no such view is left).
+                    delivered = memoryview(plain)[10 : 10 + length]
+                else:
+                    delivered = bytes(plain[10 : 10 + length])
+                session = chan._session
+                window = chan._recv_window - length
+                if (
+                    length
+                    and chan.__class__ in _Applied.plain_channels
+                    and window >= chan._init_recv_window / 2
+                    and not chan._recv_paused
+                    and not chan._encoding
+                    and session is not None
+                    and chan._send_state not in _CLOSING
+                ):
+                    # SSHChannel._accept_data and _deliver_data, inline (per
+                    # packet), where they would only count and hand it on: a
+                    # class that keeps asyncssh's own, no window top-up due,
+                    # reading on, bytes, the channel open.
+                    chan._recv_window = window
+                    session.data_received(delivered, None)
+                else:
+                    chan._accept_data(delivered)  # type: ignore[arg-type]
+            finally:
+                if isinstance(plain, memoryview):
+                    plain.release()  # (the channel's view keeps its own)
+        rest: bytes | bytearray | memoryview
+        if pos == size:
+            rest = b""
+        elif complete:  # the start of the next packet, kept (a copy: *data* may be a view)
+            rest = bytearray(view[pos:])
+        else:
+            rest = buf if pos == 0 else view[pos:].tobytes()
+    if taken:
+        # sluice.ssh_keepalive.seen, inline (per read): note the time, while
+        # its timer runs; nothing without keepalives; else asyncssh's reset.
+        if ssh._keepalive_timer is None:
+            if ssh._keepalive_interval:
+                ssh._reset_keepalive_timer()
+        elif (
+            ssh.__dict__.get(ssh_keepalive.ARMED) == ssh._keepalive_interval and ssh._auth_complete
+        ):
+            ssh.__dict__[ssh_keepalive.SEEN] = ssh_keepalive.monotonic()
+        else:
+            ssh._reset_keepalive_timer()
+    if complete and ssh._transport is not None:
+        if rest:  # kept until the rest of the packet is in
+            state = _state(ssh)
+            state.pending = rest  # type: ignore[assignment]
+            state.need = _U32.unpack_from(rest)[0] + _GCM_OVERHEAD if len(rest) >= 4 else 4
+        return b""
+    return rest  # type: ignore[return-value]

@@ -1,0 +1,261 @@
+"""The tuned send path (``sluice.ssh_tuning``): packets and channel flushes.
+
+IGNORE packets: asyncssh sends an empty SSH_MSG_IGNORE before every packet once encryption
+is on. That is a countermeasure for CBC ciphers (RFC 4251 §9.3.1); with the
+AEAD ciphers Sluice negotiates (AES-GCM, ChaCha20-Poly1305) it protects
+nothing, yet it doubles the packets, the encryptions and the socket writes
+per chunk of data. OpenSSH does not send them. This skips exactly those
+automatic packets, and only under an AEAD cipher; anything else asyncssh
+sends is untouched.
+
+One write per channel flush: when a channel sends what its window allows,
+asyncssh writes each packet to the socket on its own: with its default
+32 KiB packets, a 256 KiB read from an API became eight system calls (a
+window adjust or a second stream's data adds more). ``batch_channel_writes``
+gathers the packets of one flush and writes them together, before the flush
+returns: nothing is deferred, and the order of every byte is asyncssh's own.
+
+Channel data under AES-GCM is framed with two copies, not a dozen
+(``_send_data_fast``), and ``quiet_channel_writes`` drops
+``SSHChannel.write``'s debug call and cast.
+
+Applied only by ``sluice.ssh_tuning.tune_asyncssh`` (after its shape check):
+nothing is patched on import.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import asyncssh.channel as _channel
+import asyncssh.connection as _connection
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.crypto.cipher import GCMCipher
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.logging import SSHLogger
+from asyncssh.packet import SSHPacketLogger, String
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sluice import send_coalescing
+from sluice.ssh_gcm import (
+    _AEAD_KEY,
+    _ENCRYPT_INTO,
+    _GCM_TAG,
+    _POOLED_LEAST,
+    _SEALED,
+    _U32,
+    _U64_MASK,
+    _aead,
+)
+from sluice.ssh_padding import PADDING
+from sluice.ssh_padding import POOL as _PAD_POOL
+from sluice.ssh_state import _CONN_STATE, _ConnState, _state
+
+_EMPTY_IGNORE = String(b"")
+_AEAD = (GCMEncryption, ChachaEncryption)
+
+
+def _patch_send_packet() -> None:
+    original = SSHConnection.send_packet
+
+    def send_packet(
+        self: SSHConnection, pkttype: int, *args: bytes, handler: SSHPacketLogger | None = None
+    ) -> None:
+        if (
+            pkttype == MSG_IGNORE
+            and args == (_EMPTY_IGNORE,)
+            and isinstance(self._send_encryption, _AEAD)
+        ):
+            return
+        original(self, pkttype, *args, handler=handler)
+
+    _connection.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+
+
+def _patch_flush() -> None:
+    original_flush = SSHChannel._flush_send_buf
+    original_send = SSHConnection._send
+
+    def _send(self: SSHConnection, data: bytes) -> None:
+        state: _ConnState | None = self.__dict__.get(_CONN_STATE)
+        batch = state.batch if state is not None else None
+        if batch is not None:
+            batch.append(data)
+            return
+        held = send_coalescing.outbox(self)
+        if held is not None and held.parts:
+            # A packet of asyncssh's own (window adjust, open, close, kex,
+            # keepalive, disconnect) never waits for the turn's end, and
+            # leaves after the channel data produced before it.
+            held.flush()
+        original_send(self, data)
+
+    def _flush_send_buf(self: SSHChannel[Any]) -> None:
+        ssh = self._conn
+        if ssh is None:
+            original_flush(self)  # not connected
+            return
+        state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)  # (inline: per packet)
+        if state is None:
+            state = _state(ssh)
+        elif state.batch is not None:
+            original_flush(self)  # inside a flush already
+            return
+        batch: list[bytes] = []
+        state.batch = batch
+        # The transport as the flush began: a session callback inside the
+        # flush may close the connection, which drops ssh._transport at once
+        # (asyncssh's own writes would have reached the socket before that).
+        transport = ssh._transport
+        try:
+            _send_data_fast(self, ssh, batch)
+            if self._send_buf or self._send_paused or self._send_state != "open":
+                original_flush(self)  # the rest: extended data, EOF/close, pause/resume
+            # else asyncssh's flush would do nothing: no data left, so
+            # nothing to pause, nothing paused to resume, no EOF or close due.
+        finally:
+            state.batch = None
+            if batch and transport is not None:
+                # send_coalescing.outbox, inline (per flush).
+                held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
+                if held is None or ssh._transport is not transport:
+                    # Closed inside the flush (a session callback): asyncssh
+                    # queued the abort already, so what waited for the turn's
+                    # end would be dropped (this flush's data and the
+                    # disconnect packet in it): out now, after what is held.
+                    if held is not None:
+                        held.flush()
+                    _write_all(transport, batch)
+                else:
+                    held.add(transport, batch)  # written once, as the loop turn ends
+
+    _connection.SSHConnection._send = _send  # type: ignore[method-assign]
+    _channel.SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
+
+
+def _write_all(transport: Any, batch: list[bytes]) -> None:
+    # Any: asyncssh types it as a Transport, but it may be its own tunnel
+    # object (a proxy command) with write() only.
+    try:  # not contextlib.suppress: three Python calls, on every flush
+        if len(batch) == 1:
+            transport.write(batch[0])
+        elif hasattr(transport, "writelines"):
+            transport.writelines(batch)
+        else:  # e.g. asyncssh's proxy-command tunnel
+            transport.write(b"".join(batch))
+    except ConnectionError:  # as asyncssh's own _send
+        pass
+
+
+_DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
+
+
+def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
+    """The connection's AES-GCM send cipher, if plain channel data may take the
+    short path now (keys in place, no compression, no rekey due); else None."""
+    encryption = ssh._send_encryption
+    if type(encryption) is not GCMEncryption or ssh._compressor is not None:
+        return None
+    if not (ssh._kex_complete and ssh._auth_complete):
+        return None
+    if ssh._rekey_bytes_sent >= ssh._rekey_bytes or (
+        ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time
+    ):
+        return None  # asyncssh's own send_packet starts the rekey
+    return encryption._cipher
+
+
+def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes]) -> None:
+    """Send what the window allows of *chan*'s plain data, as asyncssh would
+    (same packets, padding, sequence numbers and rekey accounting), copying
+    each piece once into the plaintext and once by the cipher; the packets
+    go into *batch*, the flush's."""
+    send_chan = chan._send_chan
+    if send_chan is None or not chan._send_buf:
+        return
+    cipher = _gcm_ready(ssh)
+    if cipher is None:
+        return
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per flush)
+    if aead is None:
+        aead = _aead(cipher)
+    padding = PADDING
+    send_buf = chan._send_buf
+    blocksize = ssh._send_blocksize
+    while send_buf and chan._send_window:
+        buf, datatype = send_buf[0]
+        if datatype is not None:
+            return  # extended data: asyncssh's path
+        size = min(len(buf), chan._send_window, chan._send_pktsize)
+        padlen = -(ssh._send_enchdrlen + 9 + size) % blocksize
+        if padlen < 4:
+            padlen += blocksize
+        pktlen = 10 + size + padlen
+        header = _U32.pack(pktlen)
+        view = memoryview(buf)
+        piece = view[:size]
+        # Random padding cut from the pool (ssh_padding), inline: per packet.
+        pad_end = padding.pos + padlen
+        if pad_end > _PAD_POOL:
+            padding.refill()
+            pad_end = padlen
+        padding.pos = pad_end
+        try:
+            plain = b"".join(
+                (
+                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
+                    piece,
+                    padding.data[pad_end - padlen : pad_end],
+                )
+            )
+        finally:
+            piece.release()
+            view.release()
+        iv = cipher._iv
+        if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
+            # Into a reused buffer, not a fresh zeroed one: the view sent
+            # keeps it from reuse until the transport has let go of it.
+            packet = memoryview(_SEALED.take(4 + pktlen + _GCM_TAG))[: 4 + pktlen + _GCM_TAG]
+            packet[:4] = header
+            aead.encrypt_into(iv, plain, header, packet[4:])
+            batch.append(packet)  # type: ignore[arg-type]
+        else:
+            batch.append(header)
+            batch.append(aead.encrypt(iv, plain, header))
+        # GCMCipher._update_iv, inline (per packet): the invocation counter + 1.
+        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+        ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+        ssh._rekey_bytes_sent += pktlen
+        if size == len(buf):
+            del send_buf[0]
+        else:
+            del buf[:size]
+        chan._send_buf_len -= size
+        chan._send_window -= size
+        if ssh._rekey_bytes_sent >= ssh._rekey_bytes:
+            return
+
+
+def _patch_write() -> None:
+    original = SSHChannel.write
+
+    def write(self: SSHChannel[Any], data: Any, datatype: int | None = None) -> None:
+        # Any: AnyStr as asyncssh's; only bytes-like data (no encoding) comes here.
+        if (
+            datatype is None
+            and self._send_state == "open"
+            and not self._encoding
+            and SSHLogger._debug_level < 2
+        ):
+            if data:
+                self._send_buf.append((bytearray(data), None))
+                self._send_buf_len += len(data)
+                self._flush_send_buf()
+            return
+        original(self, data, datatype)
+
+    _channel.SSHChannel.write = write  # type: ignore[method-assign]

@@ -1,0 +1,47 @@
+"""Sluice's own state beside asyncssh's, shared by the tuned send and
+receive paths (``sluice.ssh_tuning``): which tweaks are in place in this
+process (``_Applied``), and per connection the packets of the flush under way
+and a packet that spans reads (``_ConnState``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from asyncssh.connection import SSHConnection
+
+# Sluice's own per-object state, kept in the instance's __dict__ under these
+# names (not as class attributes: nothing is added to asyncssh's classes).
+_CONN_STATE: Final = "_sluice_state"
+_VIEWS: Final = "_sluice_views"
+
+
+class _ConnState:
+    """Per connection: the packets of the flush under way, and a packet that
+    spans reads (what has arrived of it, and the whole packet's length)."""
+
+    __slots__ = ("batch", "need", "pending")
+
+    def __init__(self) -> None:
+        self.batch: list[bytes] | None = None
+        self.pending: bytearray | None = None
+        self.need = 0
+
+
+def _state(ssh: SSHConnection) -> _ConnState:
+    # Annotated, not typing.cast: a cast is a Python call, on every packet.
+    state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)
+    if state is None:
+        state = ssh.__dict__[_CONN_STATE] = _ConnState()
+    return state
+
+
+class _Applied:
+    """Which tweaks are in place in this process (each is applied once)."""
+
+    checked: bool | None = None  # None: not yet; False: asyncssh differs, run stock
+    names: set[str] = set()
+    told = False  # the state was logged
+    # asyncssh's channel classes that receive data with SSHChannel's own
+    # methods (not the TUN/TAP channel's): their data may be handed on inline.
+    plain_channels: frozenset[type] = frozenset()
