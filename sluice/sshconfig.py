@@ -68,10 +68,15 @@ MAX_CHANNEL_WINDOW: Final = 16 * 1024 * 1024
 # one stream can buffer in the agent when its API stops reading.
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
-# Keys are exchanged again after this many bytes in either direction
-# (asyncssh's default, as OpenSSH's RekeyLimit default: about the cipher's
-# block limit).
-REKEY_BYTES: Final = 1 << 30
+# Keys are exchanged again after this many bytes in either direction: 2^32
+# blocks of a 128-bit block cipher (64 GiB), the limit RFC 4344 3.2 sets for
+# AES and what OpenSSH's RekeyLimit default comes to with AES (1 GiB is its
+# figure for 64-bit blocks only). Every stream of an agent stops for a key
+# exchange, for two round trips: with asyncssh's 1 GiB, a GET beside a 1 GiB
+# download on a 100 ms link took 3 round trips whenever the tunnel crossed
+# another GiB (the relay received nothing for ~200 ms; issue 22). Keys are
+# also exchanged hourly (asyncssh's rekey_seconds).
+REKEY_BYTES: Final = 1 << 36
 MIN_REKEY_BYTES: Final = 64 * 1024
 
 # The most an agent's streams may hold in flight beyond their starting
