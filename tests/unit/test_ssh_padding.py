@@ -19,11 +19,16 @@ def test_pieces_never_overlap_across_refills() -> None:
         assert len(piece) == size
         pieces.append(piece)
         drawn += size
-    # Pieces of 16 random bytes or more never repeat by chance: one that
-    # does was handed out twice.
-    long = [piece for piece in pieces if len(piece) >= 16]
-    assert len(long) > 500
-    assert len(set(long)) == len(long), "a padding piece was handed out twice"
+    # No 8 random bytes repeat by chance (some 200,000 windows of 2**64):
+    # a window seen twice is a byte handed out twice, whole piece or part.
+    windows: set[bytes] = set()
+    count = 0
+    for piece in pieces:
+        for start in range(len(piece) - 7):
+            windows.add(piece[start : start + 8])
+            count += 1
+    assert count > 100_000
+    assert len(windows) == count, "padding bytes were handed out twice"
 
 
 def test_a_forked_child_draws_none_of_its_parents_next_bytes() -> None:
