@@ -32,7 +32,18 @@ So, per round, with the link's shortest sample as its round trip:
   window grows by a quarter; all more than ``QUEUE_HIGH`` beyond it, data
   queues for good, and the window goes back to the best recent pace times
   the round trip plus ``HEADROOM`` — what may wait ahead of a small answer
-  on the same connection. Otherwise it holds.
+  on the same connection;
+- but a busy machine lengthens every sample (its wake-ups, the delay line's
+  millisecond timers: 2-6 ms at 10 ms), and then the samples cannot tell a
+  window that holds the stream back from one that covers the link, nor a
+  queue from those delays. The pace tells, in the manner of BBR's probing:
+  where the samples show neither, the window grows a little (``PROBE_*``)
+  and keeps that only if the pace over the next few rounds rose with it;
+  a shrink for a queue stays only if the pace did not fall with it (else
+  the window goes back and the queue check rests a while). Without this the
+  window held at 4-5 MiB at 10 ms (about 350 MB/s, a fixed 16 MiB moved
+  487), or shrank each time to the pace times the shortest loop, the pace
+  followed, and the window spiralled down.
 
 A round after a shrink is not judged (the peer first uses up the credit it
 holds, then waits, which looks like a window-limited round), nor one in
@@ -116,6 +127,22 @@ QUEUE_HIGH_MIN = 0.005  # seconds
 QUEUE_HIGH_SHARE = 16
 HEADROOM_MIN = 0.003  # seconds
 HEADROOM_SHARE = 32
+# Where the samples show neither (a busy machine's wake-ups and the delay
+# line's millisecond timers lengthened every sample at 10 ms by 2-6 ms, so
+# the window held at 4-5 MiB, about 350 MB/s, where 16 MiB moved 487), the
+# window probes: it grows by CRUISE_GAIN, but by no more than the pace times
+# what the queue check lets stand (what a probe that does not pay queues
+# ahead of a small answer meanwhile), and keeps that if
+# the pace over the PROBE_ROUNDS rounds after it rose by PROBE_SHARE of the
+# growth over the PROBE_ROUNDS before (a window-limited stream speeds up by
+# all of it), else goes back; after a probe that did not pay, the next one
+# waits twice as many rounds (up to PROBE_WAIT_MAX). A shrink for a queue
+# is on probation the same way: if the pace falls by PROBE_SHARE of it, it
+# was no queue but the busy machine's delays in every sample (shrinking
+# each time to the pace times the shortest loop, the window spiralled down).
+PROBE_ROUNDS = 3
+PROBE_SHARE = 0.5
+PROBE_WAIT_MAX = 16
 # The pace a window follows is the best of the last few rounds (a slow one,
 # a busy moment on the machine, does not shrink it).
 PACE_ROUNDS = 10
@@ -213,9 +240,17 @@ class WindowTuner:
         "_limit",
         "_paces",
         "_probe",
+        "_probe_from",
+        "_probe_pace",
+        "_probe_wait",
+        "_queue_hold",
+        "_queue_wait",
         "_samples",
         "_settling",
         "_starting",
+        "_steady",
+        "_steady_rounds",
+        "_steady_timed",
         "base",
         "window",
     )
@@ -249,6 +284,21 @@ class WindowTuner:
         self._flat = 0
         self._paces: collections.deque[float] = collections.deque(maxlen=PACE_ROUNDS)
         self._samples: collections.deque[float] = collections.deque(maxlen=QUEUE_ROUNDS)
+        # Growth by probing (see PROBE_ROUNDS): the rounds (bytes moved,
+        # seconds) since the window last changed, not counting the first,
+        # which shows the window before; how many there were; how many a
+        # probe waits for; and while one runs, the window before it (0: none
+        # runs) and the pace before it.
+        self._steady: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROBE_ROUNDS)
+        self._steady_rounds = -1
+        self._steady_timed = True  # none of them timed by the reader
+        self._probe_wait = PROBE_ROUNDS
+        self._probe_from = 0
+        self._probe_pace = 0.0
+        # After a shrink that cost its pace, the queue check rests this many
+        # rounds, and the next time twice as many.
+        self._queue_hold = 0
+        self._queue_wait = PROBE_ROUNDS
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -309,10 +359,15 @@ class WindowTuner:
             # straight to what its last full stream carried per round trip.
             learned = self._budget.learned(now)
             if learned > self.window and self._budget.rtt >= LONG:
-                # No slow start then: past what is known it only queues.
-                self._starting = False
-                self._paces.append(self._budget.pace)
                 self._resize(chan, learned)
+                if self.grown:
+                    # No slow start then: past what is known it only queues.
+                    # (Without growth, the budget spent by other streams for
+                    # the moment, it stays in slow start: it ended here, and a
+                    # download beside a slow stream that was giving its growth
+                    # back grew by a quarter every few rounds, 12 MB/s at 100 ms.)
+                    self._starting = False
+                    self._paces.append(self._budget.pace)
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
@@ -386,31 +441,120 @@ class WindowTuner:
             self._starting = False
             self._paces.clear()
             self._paces.append(pace)
+            self._probe_from, self._probe_wait = 0, PROBE_ROUNDS
+            self._queue_hold, self._queue_wait = 0, PROBE_ROUNDS
+            self._steady.clear()  # (rounds of slow start, or of an answer before)
+            self._steady_rounds, self._steady_timed = 0, True
+            ended = True
+        else:
+            ended = False
         best = max(self._paces)
         if exact:
             # (A round timed by the reader shows the reader's pace, not what
             # the link carries: a new stream would start from that.)
             budget.filled(best, now)
         self._samples.append(sample)
+        if self._steady_rounds >= 0:  # (the first round after a change shows the window before)
+            self._steady.append((moved, sample))
+            self._steady_timed &= exact
+        self._steady_rounds += 1
         # What queues for good (the shortest of the last few samples above
         # the round trip; a busy moment on the machine lengthens one sample,
         # not all of them).
         standing = min(self._samples) - rtt
-        if standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE):
-            # Data queues at the slower end, ahead of every small answer:
-            # back to the pace times the round trip, plus the headroom.
-            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
-            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
-            self._samples.clear()
-        elif len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
+        resting = self._queue_hold > 0
+        self._queue_hold -= resting
+        if len(self._samples) == QUEUE_ROUNDS and statistics.median(self._samples) - rtt < max(
             LIMITED_MIN, rtt / LIMITED_SHARE
         ):
             # The peer used up its credit and waited for the top-ups of most
             # of the last few rounds (not one: a burst of data that had
-            # queued shortens a sample too): the window holds it back.
+            # queued shortens a sample too): the window holds it back (and
+            # a change on probation was no loss).
             self._resize(chan, int(self.window * CRUISE_GAIN))
             self._samples.clear()
+            self._probe_wait = PROBE_ROUNDS
+        elif self._probe_from:
+            # A change on probation: the pace decides (a probe that made
+            # data queue did not raise it).
+            self._judge_probe(chan)
+        elif (
+            # Three samples, as the docstring says (one, after a change had
+            # cleared them, was a busy moment as often as a queue: at 10 ms
+            # the upload's window shrank every few rounds), or slow start's
+            # last round (four times the window it found the limit with).
+            (len(self._samples) == QUEUE_ROUNDS or ended)
+            and standing > max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE)
+            and not resting
+        ):
+            # Data queues at the slower end, ahead of every small answer:
+            # back to the pace times the round trip, plus the headroom. If
+            # the pace falls by as much, it was not a queue but a busy
+            # machine's delays, and the window goes back (see PROBE_ROUNDS).
+            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
+            # (The pace of the rounds that queued: those before may have
+            # been faster, before the reader or the source slowed down.)
+            pace = statistics.fmean(list(self._paces)[-len(self._samples) :])
+            was = self.window
+            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
+            self._samples.clear()
+            if self.window < was and pace:
+                self._probe_from, self._probe_pace = was, pace
+        elif self._steady_rounds >= self._probe_wait:
+            # Neither: the samples cannot tell a window that holds the
+            # stream back from one that covers the link on a machine whose
+            # wake-ups lengthen every sample. More window tells: it pays
+            # only if the peer waited for credit.
+            pace = self._steady_pace()
+            step = min(
+                (CRUISE_GAIN - 1) * self.window, pace * max(QUEUE_HIGH_MIN, rtt / QUEUE_HIGH_SHARE)
+            )
+            was = self.window
+            self._resize(chan, int(self.window + step))
+            if self.window > was:
+                self._probe_from, self._probe_pace = was, pace
+
+    def _steady_pace(self) -> float:
+        """Bytes/s over the last few rounds at the window the stream has (0: none yet)."""
+        took = sum(s for _, s in self._steady)
+        return sum(m for m, _ in self._steady) / took if took else 0.0
+
+    def _judge_probe(self, chan: SSHChannel[Any]) -> None:
+        """A change of the window on probation (a probe's growth, a queue's
+        shrink) has run for a few rounds: keep it if the pace followed as
+        far as it would if the window alone set it (up: rose; down: did
+        not fall), else go back, and wait longer before the next."""
+        was = self._probe_from
+        if self._steady_rounds < PROBE_ROUNDS:
+            return
+        # The pace the change must keep: a window-limited stream's moves by
+        # as much as its window, one that fills the link not at all.
+        needed = self._probe_pace * (1 + PROBE_SHARE * (self.window - was) / was)
+        grew = self.window > was
+        # A round timed by the reader shows the reader's pace, not the
+        # window's: a shrink stays (the reader holds the stream back), a
+        # growth goes.
+        kept = self._steady_pace() >= needed if self._steady_timed else not grew
+        if kept:
+            self._probe_from = 0
+            if grew:
+                # The stream waited for credit: the rounds at this window
+                # are the measure of the next probe, at once.
+                self._probe_wait = PROBE_ROUNDS
+            else:
+                self._queue_wait = PROBE_ROUNDS
+            log.debug("window_kept", window=self.window, was=was, pace=round(self._steady_pace()))
+            return
+        if grew:
+            self._probe_wait = min(2 * self._probe_wait, PROBE_WAIT_MAX)
+            self._resize(chan, was)
+        else:
+            # The pace fell with the window: no queue, but a busy machine's
+            # delays in every sample. The queue check rests a while.
+            self._resize(chan, was)
+            self._queue_hold = self._queue_wait
+            self._queue_wait = min(2 * self._queue_wait, PROBE_WAIT_MAX)
 
     def _resize(self, chan: SSHChannel[Any], wanted: int) -> None:
         wanted = max(self.base, wanted)
@@ -423,6 +567,11 @@ class WindowTuner:
             self._budget.give_back(self.window - wanted)
             self._settling = wanted < self.window
         if wanted != self.window:
+            # The rounds before a change tell nothing of the new window, and
+            # a probe ends with any change but its own (which sets it again).
+            self._probe_from = 0
+            self._steady.clear()
+            self._steady_rounds, self._steady_timed = -1, True
             log.debug(
                 "receive_window",
                 window=wanted,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
+from collections.abc import Callable
 from typing import Any, cast
 
 from asyncssh.channel import SSHChannel
@@ -58,14 +60,17 @@ def _run(
     clock: _Clock | None = None,
     stream: tuple[WindowTuner, _Chan] | None = None,
     after: float | None = None,
+    late: Callable[[], float] | None = None,
 ) -> tuple[WindowTuner, float, float]:
     """A sender with endless data, as fast as its credit allows, on a link of
     round trip *rtt* whose receiving end delivers at most *rate* bytes/s (what
     arrives faster queues there), on a new stream or on *stream* (a pooled
     one: its tuner and channel, whose peer still holds the credit it was
-    given). Returns the tuner, the bytes/s the stream achieved over the
-    second half, and the longest a packet queued at the receiver from
-    *after* seconds on (default: over the second half)."""
+    given), whose top-ups go out *late()* seconds after the delivery that
+    made them due (a busy receiver's wake-ups; default: at once). Returns
+    the tuner, the bytes/s the stream achieved over the second half, and the
+    longest a packet queued at the receiver from *after* seconds on
+    (default: over the second half)."""
     clock = clock or _Clock()
     if stream is None:
         stream = WindowTuner(budget, base, clock=clock), _Chan(base)
@@ -81,6 +86,7 @@ def _run(
     busy_until = began  # the receiver delivers one packet after another
     moved = 0
     worst_queue = 0.0
+    credit_at = began  # top-ups leave in order
 
     def send(now: float) -> None:
         nonlocal sent
@@ -105,7 +111,8 @@ def _run(
             if when >= half:
                 moved += size
             if chan.granted:
-                heapq.heappush(events, (when + rtt / 2, next(order), "credit", chan.granted))
+                credit_at = max(credit_at, when + (late() if late else 0.0))
+                heapq.heappush(events, (credit_at + rtt / 2, next(order), "credit", chan.granted))
                 chan.granted = 0
         else:
             limit += size
@@ -121,6 +128,43 @@ def test_a_window_limited_stream_grows_toward_the_round_trip_and_stops() -> None
     # What waits at the slower end (ahead of a small answer): a few ms, not
     # the 32 MiB budget's 300 ms.
     assert queued < 0.01
+
+
+def _wakeups(rng: random.Random, punctual: float, lo: float, hi: float) -> Callable[[], float]:
+    """How late a busy receiver sends each top-up: at once with probability
+    *punctual*, else *lo* to *hi* seconds late."""
+    return lambda: 0.0 if rng.random() < punctual else rng.uniform(lo, hi)
+
+
+def test_a_window_grows_on_a_busy_machine_whose_samples_run_long() -> None:
+    # A 10 ms link through a busy 2-core machine: the receiver's wake-ups
+    # (and the delay line's millisecond timers) send most top-ups 2-6 ms
+    # late, a third at once (but never ahead of a late one before them).
+    # Every credit loop is that much longer, so the window the link needs is
+    # the pace times 12-16 ms; but the samples are rarely within 1.5 ms of
+    # the shortest (the rule "most at the round trip: grow" never fires),
+    # and all of them 5 ms beyond it looked like a standing queue: the
+    # window shrank to the pace times the shortest loop, the pace followed
+    # it down, and so on (1.1-1.7 MiB, 77-132 MB/s, on the second download
+    # of the connection here; 4-5 MiB, about 350 MB/s, in bench.long_link,
+    # where a fixed 16 MiB moved 487). The pace tells: more window raises
+    # it, less lowers it.
+    rtt, rate = 0.01, 500e6
+    for seed in range(3):
+        late = _wakeups(random.Random(seed), punctual=0.3, lo=0.002, hi=0.006)
+        clock = _Clock()
+        budget = WindowBudget(64 * MiB, clock=clock)
+        first, _, _ = _run(rtt, rate, 1, budget, base=1 * MiB, clock=clock, late=late)
+        first.release()
+        second, achieved, queued = _run(rtt, rate, 3, budget, base=1 * MiB, clock=clock, late=late)
+        shown = (
+            f"seed {seed}: {achieved / 1e6:.0f} MB/s, window {second.window / MiB:.1f} MiB, "
+            f"{queued * 1000:.1f} ms queued"
+        )
+        assert achieved > 0.8 * rate, shown
+        # Not the whole budget: a few ms queue at the slower end, at most.
+        assert second.window < rate * (rtt + 0.006) * 1.6, shown
+        assert queued < 0.015, shown
 
 
 def test_a_pooled_stream_follows_a_slower_answer_at_once() -> None:
