@@ -128,3 +128,34 @@ async def test_no_data_while_paused_and_all_of_it_after(port: int) -> None:
         chan.resume_reading()
         await asyncio.wait_for(session.closed.wait(), timeout=30)
         assert bytes(session.data) == (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+class _Closing(asyncssh.SSHClientSession[bytes]):
+    """Closes its channel at the first data; counts what comes after."""
+
+    def __init__(self) -> None:
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.after_close = 0
+        self.closed = asyncio.Event()
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        assert self.chan is not None
+        if self.chan.is_closing():
+            self.after_close += len(data)
+        else:
+            self.chan.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+async def test_no_data_after_the_session_closed_its_channel(port: int) -> None:
+    async with connect_local(port) as conn:
+        chan, made = await conn.create_session(_Closing, encoding=None)
+        assert isinstance(made, _Closing)
+        chan.write(b"out 2000000\n")  # more than one packet: some arrive after the close
+        await asyncio.wait_for(made.closed.wait(), timeout=30)
+        assert made.after_close == 0, "data was delivered after the channel was closed"
