@@ -79,6 +79,9 @@ def _patch_data_received() -> None:
             missing = state.need - len(pending)
             if len(data) < missing:
                 pending += data
+                # A read, if not a whole packet: asyncssh resets the keepalive
+                # timer on every read (a packet on a slow link spans many).
+                self._reset_keepalive_timer()
                 return
             view = memoryview(data)
             pending += view[:missing]
@@ -241,9 +244,11 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             rest = bytearray(view[pos:])
         else:
             rest = buf if pos == 0 else view[pos:].tobytes()
-    if taken:
-        # sluice.ssh_keepalive.seen, inline (per read): note the time, while
-        # its timer runs; nothing without keepalives; else asyncssh's reset.
+    if taken or complete:
+        # sluice.ssh_keepalive.seen, inline (per read, as asyncssh's reset on
+        # every read, whole packets in it or only the start of one): note the
+        # time, while its timer runs; nothing without keepalives; else
+        # asyncssh's reset. (Not complete: asyncssh's parser gets the rest.)
         if ssh._keepalive_timer is None:
             if ssh._keepalive_interval:
                 ssh._reset_keepalive_timer()

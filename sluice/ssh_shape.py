@@ -15,6 +15,7 @@ import inspect
 import types
 from collections.abc import Iterator
 from importlib import metadata
+from typing import Final
 
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
@@ -147,10 +148,37 @@ def mismatches() -> list[str]:
         )
     if not isinstance(getattr(SSHLogger, "_debug_level", None), int):
         found.append("SSHLogger._debug_level is gone")  # ssh_send's quiet writes read it
+    if not _counts_nonce_as_inlined():
+        # ssh_send and ssh_receive advance the nonce inline, per packet.
+        found.append("GCMCipher._update_iv counts the nonce otherwise")
     if WRITE_COPIES_WITH not in SSHChannel.write.__code__.co_names:
         # sluice.ssh_tuning.channel_write_copies: the agent reuses its read buffer.
         found.append(f"SSHChannel.write no longer copies its data into a {WRITE_COPIES_WITH}")
     return found
+
+
+# GCMCipher._update_iv as the tuned paths copy it inline (RFC 5647 §7.1: the
+# last 8 bytes of the nonce, a big-endian invocation counter, plus one):
+# nonces before and after.
+_NONCE_STEPS: Final = (
+    (bytes.fromhex("0102030400000000000000ff"), bytes.fromhex("010203040000000000000100")),
+    (bytes.fromhex("a1b2c3d4ffffffffffffffff"), bytes.fromhex("a1b2c3d40000000000000000")),
+)
+
+
+def _counts_nonce_as_inlined() -> bool:
+    """Whether asyncssh's ``GCMCipher._update_iv`` still advances the nonce as
+    the inline copies in ``sluice.ssh_send`` and ``sluice.ssh_receive`` do."""
+    probe = object.__new__(GCMCipher)
+    try:
+        for before, after in _NONCE_STEPS:
+            probe._iv = before
+            probe._update_iv()
+            if probe._iv != after:
+                return False
+    except Exception:  # any failure of asyncssh's own: it differs
+        return False
+    return True
 
 
 def installed_version() -> str:

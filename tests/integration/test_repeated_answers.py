@@ -259,3 +259,58 @@ async def _on_another_stream(
         caller[1].close()
         other[1].close()
     return first, again, lowered
+
+
+async def test_a_head_differing_only_in_set_cookie_is_made_anew(
+    client: APIClient, start_agent: AgentFactory
+) -> None:
+    """Answers equal but for their Set-Cookie field (same status, length and
+    Date): the caller gets each answer's own cookie, never the head memoised
+    for the one before."""
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
+        cookie = head.split(b" ")[1].rsplit(b"/", 1)[1]  # the path's last part
+        writer.write(
+            b"HTTP/1.1 200 OK\r\n"
+            b"Date: Sat, 05 Dec 2026 00:00:00 GMT\r\n"
+            b"Set-Cookie: session=%b\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (cookie, len(BODY), BODY)
+        )
+        await writer.drain()
+        return True
+
+    async for raw in raw_api(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        created = await client.call(
+            "POST",
+            "/v1/connections",
+            json_body={
+                "name": "cookies",
+                "mode": "on_premise",
+                "agent_id": token.agent_id,
+                "http": {"base_uri": f"http://127.0.0.1:{raw.port}/v1"},
+            },
+        )
+        assert created.status == 201, created.text
+        conn_id = created.body["id"]
+        front = urlsplit(client.base)
+        assert front.hostname is not None
+        reader, writer = await asyncio.open_connection(front.hostname, front.port)
+        order = [b"alice", b"alice", b"alice", b"bob", b"alice", b"bob", b"bob"]
+        heads: list[bytes] = []
+        try:
+            async with asyncio.timeout(20):
+                for who in order:
+                    writer.write(
+                        f"GET /v1/connections/{conn_id}/proxy/{who.decode()} HTTP/1.1\r\n"
+                        f"Host: relay\r\nAuthorization: Bearer {client.token}\r\n\r\n".encode()
+                    )
+                    heads.append(await reader.readuntil(b"\r\n\r\n"))
+                    assert await reader.readexactly(len(BODY)) == BODY
+        finally:
+            writer.close()
+    for who, head in zip(order, heads, strict=True):
+        cookies = [line for line in head.split(b"\r\n") if line.lower().startswith(b"set-cookie")]
+        assert cookies == [b"Set-Cookie: session=" + who], (who, head)

@@ -36,6 +36,10 @@ stock = {
     "decrypt_packet": GCMEncryption.decrypt_packet,
     "pause_writing": SSHConnection.pause_writing,
     "resume_writing": SSHConnection.resume_writing,
+    "write": SSHChannel.write,
+    "_reset_keepalive_timer": SSHConnection._reset_keepalive_timer,
+    "_set_keepalive_timer": SSHConnection._set_keepalive_timer,
+    "_keepalive_timer_callback": SSHConnection._keepalive_timer_callback,
 }
 with structlog.testing.capture_logs() as logs:
     import sluice.ssh_tuning as tuning
@@ -49,13 +53,20 @@ still = {
     "decrypt_packet": GCMEncryption.decrypt_packet is stock["decrypt_packet"],
     "pause_writing": SSHConnection.pause_writing is stock["pause_writing"],
     "resume_writing": SSHConnection.resume_writing is stock["resume_writing"],
+    "write": SSHChannel.write is stock["write"],
+    "_reset_keepalive_timer": (
+        SSHConnection._reset_keepalive_timer is stock["_reset_keepalive_timer"]),
+    "_set_keepalive_timer": SSHConnection._set_keepalive_timer is stock["_set_keepalive_timer"],
+    "_keepalive_timer_callback": (
+        SSHConnection._keepalive_timer_callback is stock["_keepalive_timer_callback"]),
 }
 json.dump({
     "result": result,
     "stock": still,
     "scheduler": sys.modules["sluice.send_scheduler"].installed(),
     "coalescing": sys.modules["sluice.send_coalescing"].installed(),
-    "extra": [n for n in ("_sluice_batch", "_sluice_pending", "_sluice_aead")
+    "extra": [n for n in ("_sluice_batch", "_sluice_pending", "_sluice_aead",
+                          "_sluice_seen", "_sluice_keepalive", "_sluice_state")
               if hasattr(SSHConnection, n) or hasattr(GCMCipher, n)],
     "warnings": [e for e in logs if e["log_level"] == "warning"],
 }, sys.stdout, default=str)
@@ -156,6 +167,13 @@ def test_a_bad_switch_value_names_the_variable() -> None:
         ),
         # a method the tweaks call is gone
         ("del GCMCipher._update_iv", "GCMCipher._update_iv is missing"),
+        # the nonce counts otherwise than the inline copies of _update_iv
+        (
+            "GCMCipher._update_iv = lambda self: setattr(\n"
+            "    self, '_iv', self._iv[:8] + (int.from_bytes(self._iv[8:], 'big') + 1)"
+            "    .to_bytes(4, 'big'))",
+            "GCMCipher._update_iv counts the nonce otherwise",
+        ),
         # the send scheduler's: the channel's backpressure is gone
         (
             "del SSHChannel._pause_resume_writing",
