@@ -314,6 +314,25 @@ TUNING_HISTORY = (
     "delay line, agent and relay waits longer for a CPU than it runs (schedstat: "
     "running 0.25-0.34, 0.23-0.30, 0.16-0.20 cores; waiting 0.46-0.48, 0.31-0.35, "
     "0.28-0.31).",
+    "Keys renewed every 64 GiB, not every 1 GiB (issue 22, branch issue-25f). The GETs "
+    "beside a 1 GiB download that took three round trips at 100 ms all finished with "
+    "the download's last bytes. `ss -tinm` on the relay's SSH socket every 15 ms: the "
+    "bytes it had received stopped rising for about 200 ms just past 2^30 and 2^31 "
+    "bytes of tunnel traffic (1,074,008,424 and 2,147,836,676), while its receive queue "
+    "was empty; the kernel's counters (TCPTimeouts, TCPRcvQDrop, TCPBacklogDrop, "
+    "PruneCalled, TCPZeroWindowDrop, sampled every 20 ms) stayed at 0 and the delay "
+    "line held nothing. It was the SSH key exchange: asyncssh renews keys after 1 GiB "
+    "by default (Sluice kept that, with a comment that said it matched OpenSSH), and "
+    "while keys are exchanged no channel data moves, about two round trips for every "
+    "stream of the agent. OpenSSH renews AES keys after 2^32 blocks, 64 GiB (RFC 4344, "
+    "3.2), as `sluice/sshconfig.py` now does (the relay's `ssh_rekey_bytes` and the "
+    "agent's `rekey_bytes` still override it; keys are still renewed hourly). "
+    "`tests/unit/test_rekey_limit.py`. Interleaved `bench.long_link --rtt 50 --rtt 100 "
+    "--points beside,down --repetitions 3`, 4 rounds each (12 runs; load 1.4-4.2), main "
+    "-> branch: GET-beside p99 at 100 ms 305 (146-378) -> 157 (125-206) ms, runs over 2 "
+    "RTT + 10 ms 9/12 -> 0/12; at 50 ms 133.5 (65-208) -> 96.6 (78-136), 8/12 -> 5/12 "
+    "(four of the five in a first repetition, while the windows grow); p50 and the "
+    "downloads within noise.",
 )
 
 
