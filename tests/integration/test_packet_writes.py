@@ -77,6 +77,6 @@ async def test_a_packet_leaves_in_one_write_while_the_relay_falls_behind(
     await _download(http, api.base, size)
     per_mib = (write_calls(agent.pid) - before) / (size / MiB)
     # Four 256 KiB packets a MiB, a write each (a few more: window adjusts
-    # answered, a packet that met a full socket); with the fixed 128 KiB
-    # mark 11-13.
-    assert per_mib < 6.5, f"{per_mib:.1f} agent writes per MiB"
+    # answered, a packet that met a full socket: 4.5-6.7 over 25 runs on an
+    # idle machine); with the fixed 128 KiB mark 11-13.
+    assert per_mib < 8, f"{per_mib:.1f} agent writes per MiB"
