@@ -41,3 +41,20 @@ async def serve_local(server_factory: Any, **options: Any) -> tuple[asyncssh.SSH
         **options,
     )
     return server, server.sockets[0].getsockname()[1]
+
+
+class OpenServer(asyncssh.SSHServer):
+    """A test server that asks for no authentication and accepts sessions."""
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return True
+
+
+async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """A session's process that writes back what it reads, until EOF."""
+    while data := await process.stdin.read(65536):
+        process.stdout.write(data)
+    process.exit(0)

@@ -23,19 +23,11 @@ from sluice import ssh_reads, ssh_tuning
 from sluice.ssh_framed import FrameBuffer, send_framed
 from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local, serve_local
+from tests.support.ssh_pair import OpenServer, connect_local, serve_local
 from tests.support.waiting import wait_until
 
 READ = 256 * 1024
 READS = 32
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
 
 
 class _RecordingTransport:
@@ -121,7 +113,11 @@ async def _send_framed(
         process.exit(0)
 
     server, port = await serve_local(
-        _Server, process_factory=handle, window=4 * READ, max_pktsize=READ, rekey_bytes=rekey_bytes
+        OpenServer,
+        process_factory=handle,
+        window=4 * READ,
+        max_pktsize=READ,
+        rekey_bytes=rekey_bytes,
     )
     frames = FrameBuffer(READ)
     framed = 0
@@ -249,7 +245,7 @@ async def _receive_views(hold: bool) -> tuple[str, list[object]]:
     assert tune_asyncssh()
     sessions: list[_ViewSession] = []
 
-    class _Views(_Server):
+    class _Views(OpenServer):
         def session_requested(self) -> _ViewSession:  # type: ignore[override]
             sessions.append(_ViewSession(hold))
             return sessions[-1]
@@ -308,7 +304,7 @@ async def test_whole_packets_are_decrypted_from_the_shared_read_buffer(
     monkeypatch.setattr(ssh_reads._WholePackets, "buffer_updated", traced)
     sessions: list[_ViewSession] = []
 
-    class _Views(_Server):
+    class _Views(OpenServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
             assert read_whole_packets(conn, reads)
 

@@ -12,16 +12,8 @@ import asyncssh
 import pytest
 
 from sluice.ssh_tuning import applied, tune_asyncssh
-from tests.support.ssh_pair import connect_local, serve_local
+from tests.support.ssh_pair import OpenServer, connect_local, serve_local
 from tests.support.waiting import wait_until
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
 
 
 async def _send_what_is_asked(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -43,7 +35,7 @@ async def _send_what_is_asked(process: asyncssh.SSHServerProcess[bytes]) -> None
 async def port() -> AsyncIterator[int]:
     assert tune_asyncssh({})
     assert "feed_in_pieces" in applied()
-    server, port = await serve_local(_Server, process_factory=_send_what_is_asked)
+    server, port = await serve_local(OpenServer, process_factory=_send_what_is_asked)
     yield port
     server.close()
     await server.wait_closed()

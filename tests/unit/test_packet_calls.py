@@ -22,24 +22,10 @@ import sluice
 from sluice import send_coalescing, send_scheduler
 from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local, serve_local
+from tests.support.ssh_pair import OpenServer, connect_local, echo, serve_local
 
 ROUNDS = 20
 SLUICE = str(Path(sluice.__file__).parent)  # asyncssh's own casts are not ours
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
-
-
-async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    while data := await process.stdin.read(65536):
-        process.stdout.write(data)
-    process.exit(0)
 
 
 @pytest.fixture
@@ -47,7 +33,7 @@ async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A tuned client connection to a tuned echo server, as the agent's."""
     assert tune_asyncssh({})
     # Keepalives on at both ends, as the relay and the agent run them.
-    server, port = await serve_local(_Server, process_factory=_echo, keepalive_interval=30)
+    server, port = await serve_local(OpenServer, process_factory=echo, keepalive_interval=30)
     try:
         async with connect_local(port, keepalive_interval=30) as conn:
             send_scheduler.start(conn)

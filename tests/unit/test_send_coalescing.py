@@ -13,15 +13,7 @@ from asyncssh.packet import String
 
 from sluice import send_coalescing
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
+from tests.support.ssh_pair import OpenServer, connect_local, echo
 
 
 class _Recording:
@@ -43,12 +35,6 @@ class _Recording:
         return getattr(self.inner, name)
 
 
-async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    while data := await process.stdin.read(65536):
-        process.stdout.write(data)
-    process.exit(0)
-
-
 @pytest.fixture
 async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A client connection to an echo server, both tuned, the client's writes coalesced."""
@@ -56,7 +42,7 @@ async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     assert send_coalescing.installed()
     key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.create_server(
-        _Server, "127.0.0.1", 0, server_host_keys=[key], process_factory=_echo, encoding=None
+        OpenServer, "127.0.0.1", 0, server_host_keys=[key], process_factory=echo, encoding=None
     )
     port = server.sockets[0].getsockname()[1]
     try:
@@ -237,11 +223,11 @@ async def test_keys_exchanged_while_channel_packets_are_held_keep_every_byte_in_
     assert tune_asyncssh({})
     key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.create_server(
-        _Server,
+        OpenServer,
         "127.0.0.1",
         0,
         server_host_keys=[key],
-        process_factory=_echo,
+        process_factory=echo,
         encoding=None,
         rekey_bytes=4096,
     )

@@ -13,15 +13,7 @@ import pytest
 
 from sluice import send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
+from tests.support.ssh_pair import OpenServer, connect_local
 
 
 async def _sink(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -36,7 +28,7 @@ async def _write_after_the_socket_closed(host: str) -> str:
     assert send_scheduler.installed()
     key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.create_server(
-        _Server, host, 0, server_host_keys=[key], process_factory=_sink, encoding=None
+        OpenServer, host, 0, server_host_keys=[key], process_factory=_sink, encoding=None
     )
     port = server.sockets[0].getsockname()[1]
     try:

@@ -16,18 +16,10 @@ import asyncssh
 
 from sluice import send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import connect_local, serve_local
+from tests.support.ssh_pair import OpenServer, connect_local, serve_local
 
 MiB = 1024 * 1024
 PACKET = 256 * 1024
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
 
 
 async def _count(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -61,7 +53,7 @@ async def test_a_channel_alone_sends_more_than_a_packet_per_write() -> None:
     assert tune_asyncssh({})
     assert send_scheduler.installed()
     server, port = await serve_local(
-        _Server, process_factory=_count, window=8 * MiB, max_pktsize=PACKET
+        OpenServer, process_factory=_count, window=8 * MiB, max_pktsize=PACKET
     )
     piece = bytes(range(256)) * (MiB // 256)
     try:

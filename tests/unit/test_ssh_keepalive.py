@@ -14,25 +14,11 @@ import asyncssh
 import pytest
 
 from sluice.ssh_tuning import applied, tune_asyncssh
-from tests.support.ssh_pair import connect_local, serve_local
+from tests.support.ssh_pair import OpenServer, connect_local, echo, serve_local
 from tests.support.waiting import wait_until
 
 INTERVAL = 0.5  # long enough that a loaded machine's stall between round trips is shorter
 RECEIVED = "Received OpenSSH keepalive request"
-
-
-class _Server(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False
-
-    def session_requested(self) -> bool:
-        return True
-
-
-async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    while data := await process.stdin.read(65536):
-        process.stdout.write(data)
-    process.exit(0)
 
 
 @pytest.fixture
@@ -43,7 +29,7 @@ async def ssh(caplog: pytest.LogCaptureFixture) -> AsyncIterator[asyncssh.SSHCli
     assert "lazy_keepalive" in applied()
     caplog.set_level(logging.DEBUG, logger="asyncssh")
     asyncssh.set_debug_level(2)
-    server, port = await serve_local(_Server, process_factory=_echo)
+    server, port = await serve_local(OpenServer, process_factory=echo)
     try:
         async with connect_local(port, keepalive_interval=INTERVAL) as conn:
             yield conn
@@ -142,7 +128,7 @@ async def test_reads_of_one_slow_packet_keep_the_connection_alive() -> None:
     missed round closes it). The tuned receive path must do the same for
     reads that only carry part of a packet."""
     assert tune_asyncssh({})
-    server, port = await serve_local(_Server, process_factory=_echo)
+    server, port = await serve_local(OpenServer, process_factory=echo)
     pipe = _DribblePipe(port)
     await pipe.start()
     try:
