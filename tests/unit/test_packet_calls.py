@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import FrameType
 
@@ -45,10 +45,30 @@ async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
         await server.wait_closed()
 
 
+async def _round_trips(
+    ssh: asyncssh.SSHClientConnection, profile: Callable[[FrameType, str, object], None], warm: int
+) -> None:
+    """*warm* round trips (the padding pool filled, windows settled), then
+    ROUNDS more of a small packet each way with *profile* set."""
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    async with asyncio.timeout(20):
+        for _ in range(warm):
+            writer.write(b"warm")
+            assert await reader.readexactly(4) == b"warm"
+        sys.setprofile(profile)
+        try:
+            for i in range(ROUNDS):
+                data = b"request %03d" % i
+                writer.write(data)
+                assert await reader.readexactly(len(data)) == data
+        finally:
+            sys.setprofile(None)
+        writer.write_eof()
+
+
 async def test_a_packet_each_way_calls_no_cast_and_no_context_manager(
     ssh: asyncssh.SSHClientConnection,
 ) -> None:
-    writer, reader, _ = await ssh.open_session(encoding=None)
     calls: Counter[str] = Counter()
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
@@ -63,18 +83,7 @@ async def test_a_packet_each_way_calls_no_cast_and_no_context_manager(
                 where = caller.f_code.co_filename.rsplit("/", 1)[-1]
                 calls[f"{name}:{frame.f_code.co_name} from {where}"] += 1
 
-    async with asyncio.timeout(20):
-        writer.write(b"warm")
-        assert await reader.readexactly(4) == b"warm"
-        sys.setprofile(profile)
-        try:
-            for i in range(ROUNDS):
-                data = b"request %03d" % i
-                writer.write(data)
-                assert await reader.readexactly(len(data)) == data
-        finally:
-            sys.setprofile(None)
-        writer.write_eof()
+    await _round_trips(ssh, profile, warm=1)
     assert calls == Counter(), f"per round trip: {calls}"
 
 
@@ -98,7 +107,6 @@ async def test_a_packet_each_way_makes_no_timer_no_getrandom_and_no_asyncssh_hel
     """Per round trip (a small packet each way, both ends tuned): no timer
     handle made (``call_later``), no ``os.urandom`` for padding (one
     ``getrandom`` system call each), and none of asyncssh's helpers above."""
-    writer, reader, _ = await ssh.open_session(encoding=None)
     calls: Counter[str] = Counter()
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
@@ -117,19 +125,7 @@ async def test_a_packet_each_way_makes_no_timer_no_getrandom_and_no_asyncssh_hel
         elif event == "c_call" and getattr(arg, "__name__", "") in ("urandom", "call_later"):
             calls[f"C {arg.__name__}"] += 1  # type: ignore[attr-defined]
 
-    async with asyncio.timeout(20):
-        for _ in range(3):  # warm: the padding pool filled, windows settled
-            writer.write(b"warm")
-            assert await reader.readexactly(4) == b"warm"
-        sys.setprofile(profile)
-        try:
-            for i in range(ROUNDS):
-                data = b"request %03d" % i
-                writer.write(data)
-                assert await reader.readexactly(len(data)) == data
-        finally:
-            sys.setprofile(None)
-        writer.write_eof()
+    await _round_trips(ssh, profile, warm=3)
     # (A padding pool refill, one urandom per some 5,000 packets, may fall in.)
     calls["C urandom"] = max(0, calls["C urandom"] - 1)
     assert +calls == Counter(), f"in {ROUNDS} round trips: {calls}"
@@ -145,24 +141,11 @@ SLUICE_CALLS_PER_ROUND = 26
 async def test_sluice_calls_per_round_trip_stay_within_budget(
     ssh: asyncssh.SSHClientConnection,
 ) -> None:
-    writer, reader, _ = await ssh.open_session(encoding=None)
     calls: Counter[str] = Counter()
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
         if event == "call" and frame.f_code.co_filename.startswith(SLUICE):
             calls[frame.f_code.co_name] += 1
 
-    async with asyncio.timeout(20):
-        for _ in range(3):
-            writer.write(b"warm")
-            assert await reader.readexactly(4) == b"warm"
-        sys.setprofile(profile)
-        try:
-            for i in range(ROUNDS):
-                data = b"request %03d" % i
-                writer.write(data)
-                assert await reader.readexactly(len(data)) == data
-        finally:
-            sys.setprofile(None)
-        writer.write_eof()
+    await _round_trips(ssh, profile, warm=3)
     assert calls.total() <= SLUICE_CALLS_PER_ROUND * ROUNDS, f"in {ROUNDS} round trips: {calls}"
