@@ -58,6 +58,22 @@ def api_answer(port: int) -> bytes:
     ) + BODY
 
 
+async def _plain_connection(client: APIClient, name: str, agent_id: str, port: int) -> str:
+    """An on-premise connection, without auth, to the raw API on *port*."""
+    created = await client.call(
+        "POST",
+        "/v1/connections",
+        json_body={
+            "name": name,
+            "mode": "on_premise",
+            "agent_id": agent_id,
+            "http": {"base_uri": f"http://127.0.0.1:{port}/v1"},
+        },
+    )
+    assert created.status == 201, created.text
+    return str(created.body["id"])
+
+
 async def test_a_repeated_answer_is_passed_on_without_header_work(
     client: APIClient, start_agent: AgentFactory
 ) -> None:
@@ -189,18 +205,7 @@ async def test_an_equal_answer_from_another_stream_reuses_the_callers_head(
 
     async for raw in raw_api(answer):
         _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        created = await client.call(
-            "POST",
-            "/v1/connections",
-            json_body={
-                "name": "another stream",
-                "mode": "on_premise",
-                "agent_id": token.agent_id,
-                "http": {"base_uri": f"http://127.0.0.1:{raw.port}/v1"},
-            },
-        )
-        assert created.status == 201, created.text
-        conn_id = created.body["id"]
+        conn_id = await _plain_connection(client, "another stream", token.agent_id, raw.port)
         first, again, lowered = await _on_another_stream(client, conn_id, raw, held, release)
     assert again == first[-1]
     assert lowered == Counter(), "the caller's head was made again"
@@ -283,18 +288,7 @@ async def test_a_head_differing_only_in_set_cookie_is_made_anew(
 
     async for raw in raw_api(answer):
         _, token = await start_agent([f"127.0.0.1:{raw.port}"])
-        created = await client.call(
-            "POST",
-            "/v1/connections",
-            json_body={
-                "name": "cookies",
-                "mode": "on_premise",
-                "agent_id": token.agent_id,
-                "http": {"base_uri": f"http://127.0.0.1:{raw.port}/v1"},
-            },
-        )
-        assert created.status == 201, created.text
-        conn_id = created.body["id"]
+        conn_id = await _plain_connection(client, "cookies", token.agent_id, raw.port)
         front = urlsplit(client.base)
         assert front.hostname is not None
         reader, writer = await asyncio.open_connection(front.hostname, front.port)
