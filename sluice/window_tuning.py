@@ -441,10 +441,7 @@ class WindowTuner:
             self._starting = False
             self._paces.clear()
             self._paces.append(pace)
-            self._probe_from, self._probe_wait = 0, PROBE_ROUNDS
-            self._queue_hold, self._queue_wait = 0, PROBE_ROUNDS
-            self._steady.clear()  # (rounds of slow start, or of an answer before)
-            self._steady_rounds, self._steady_timed = 0, True
+            self._no_probation()
             ended = True
         else:
             ended = False
@@ -622,6 +619,7 @@ class WindowTuner:
         if rtt < LONG:
             return
         self._starting = False
+        self._no_probation()  # (a probe of the answer before judges nothing now)
         if budget.learned(now):
             # With the headroom a queue leaves it (without it, each restart
             # took a little off the pace, and a stall mid-download is one
@@ -630,6 +628,14 @@ class WindowTuner:
             headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
             low = 1 - 1 / TOP_UP_SHARE
             self._resize(chan, int(budget.pace * (rtt + headroom) / low))
+
+    def _no_probation(self) -> None:
+        """Slow start ended (or was skipped): no change on probation, no
+        queue check resting, and no rounds yet at the window it found."""
+        self._probe_from, self._probe_wait = 0, PROBE_ROUNDS
+        self._queue_hold, self._queue_wait = 0, PROBE_ROUNDS
+        self._steady.clear()  # (rounds of slow start, or of an answer before)
+        self._steady_rounds, self._steady_timed = 0, True
 
     def _start_again(self) -> None:
         self._starting = True
