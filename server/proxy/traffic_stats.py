@@ -121,7 +121,8 @@ class TrafficStats:
             series = self._series[conn_id] = deque(maxlen=MINUTES)
         if not series or series[-1].start != minute:
             series.append(_Minute(minute))
-        series[-1].add(seconds, is_error(status), self._rng)
+        # is_error, inline: this runs for every proxied request.
+        series[-1].add(seconds, status >= 500 or status == 429, self._rng)
 
     def forget(self, conn_id: str) -> None:
         self._series.pop(conn_id, None)

@@ -658,7 +658,8 @@ class Http1Stream(asyncio.Protocol):
         if response is not None:
             response._finish()
         self.exchanges += 1
-        self.resume_reading()  # the rest of the body waits in the answer, not the stream
+        if not self._reading:
+            self.resume_reading()  # the rest of the body waits in the answer, not the stream
         transport = self._transport  # self.closed, without a call per answer
         if (
             self._sending
@@ -829,7 +830,9 @@ class Http1Stream(asyncio.Protocol):
             transport.write(head)
             writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
-        if deadline is not None:
+        # _time_head, called only when the timer must move (it fires
+        # earlier than most deadlines and moves itself on then).
+        if deadline is not None and (self._head_timer is None or self._head_timer_at > deadline):
             self._time_head(loop, deadline)
         return self._head
 
