@@ -34,8 +34,9 @@ BODY = b'{"items": [1, 2, 3]}'
 # its fields once in the front (a C call, made from FrontProtocol's code).
 HEADER_WORK = {"on_header", "answer_fields", "lowered_names", "_kept"}
 # Nor a call per answer for what the caller inlines: the error test of the
-# traffic stats, the canonical log line while info is off.
-INLINED = {"is_error", "canonical_line"}
+# traffic stats and the count of its minute, the canonical log line while
+# info is off (qualified names).
+INLINED = {"is_error", "_Minute.add", "canonical_line"}
 # The stream's own Python calls for a repeated exchange (sending the request,
 # taking the answer in, handing the stream back, the caller taking the body),
 # at most; more is work that a repeat does not need (the pool asks the
@@ -43,9 +44,10 @@ INLINED = {"is_error", "canonical_line"}
 # resume_reading are called only when they have something to do).
 HTTP1 = "server/tunnel/http1.py"
 HTTP1_CALLS = 11
-# And the front's, for reading the caller's head and writing the answer.
+# And the front's, for reading the caller's head and writing the answer (the
+# fast path tried and the answer written inline, not in methods of their own).
 FRONT = "server/proxy/front.py"
-FRONT_CALLS = 10
+FRONT_CALLS = 8
 # And the channel transport's under the stream: the answer fed on, the request
 # written (the stream's looks at whether the channel is closing go to the
 # channel itself).
@@ -179,7 +181,7 @@ async def _repeat(
                     counts[module] += 1
             if AUTH in code.co_filename:
                 counts[AUTH] += 1
-        if event == "call" and (code.co_name in HEADER_WORK or code.co_name in INLINED):
+        if event == "call" and (code.co_name in HEADER_WORK or code.co_qualname in INLINED):
             counts[code.co_name] += 1
         elif (
             event == "c_call"
