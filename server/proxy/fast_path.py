@@ -162,13 +162,13 @@ class _FastExchange:
             caller.end_request(keep_alive=False)
             return
         handle = self._handle
-        data = upstream.arrived_whole() if is_small(upstream, self._method) else None
+        # Released with it when it has arrived whole (one call, not two).
+        data = upstream.arrived_whole(release=True) if is_small(upstream, self._method) else None
         if data is None:
             counted(self._services, handle, upstream, self._began)
             caller.answer_streamed(handle, upstream, self._began)
             return
         arrived = time.perf_counter()
-        upstream.release()
         conn_id = handle.id
         assert conn_id is not None
         fields = answer_headers(upstream, handle, conn_id)

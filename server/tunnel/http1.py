@@ -285,14 +285,18 @@ class Http1Response:
             self._stream.resume_reading()
         return data
 
-    def arrived_whole(self) -> bytes | None:
+    def arrived_whole(self, *, release: bool = False) -> bytes | None:
         """The whole body when all of it has arrived (a small answer, usually),
-        joined at once; None while some is still to come."""
+        joined at once; None while some is still to come. With *release*, a
+        whole body also releases the answer (as ``release`` would: its
+        stream is back in its pool already)."""
         if not self._complete:
             return None
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
+        if release:
+            self._released = True
         return data
 
     async def read(self, n: int = -1) -> bytes:
@@ -636,7 +640,11 @@ class Http1Stream(asyncio.Protocol):
             return
         extra = len(data) > left
         if left:
-            response._feed(data[:left] if extra else data)
+            # _feed without its call: the exchange completes below, which
+            # wakes a reader and resumes reading (so no high-water pause).
+            piece = data[:left] if extra else data
+            response._chunks.append(piece)
+            response._buffered += len(piece)
         self._raw = False
         self._body_left = -1
         if self._parser_midway:
