@@ -38,6 +38,8 @@ METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (SSHConnection, "_recv_pkthdr"): ("self",),
     (SSHChannel, "_flush_send_buf"): ("self",),
     (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
+    # ssh_receive takes window adjusts as this handler does.
+    (SSHChannel, "_process_window_adjust"): ("self", "_pkttype", "_pktid", "packet"),
     (SSHChannel, "_deliver_data"): ("self", "data", "datatype"),
     (SSHChannel, "write"): ("self", "data", "datatype"),
     (SSHChannel, "send_packet"): ("self", "pkttype", "args"),  # window_tuning's top-ups
