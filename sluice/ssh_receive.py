@@ -280,16 +280,23 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
                 if (
                     length
                     and chan.__class__ in _Applied.plain_channels
-                    and window >= chan._init_recv_window / 2
                     and not chan._recv_paused
                     and not chan._encoding
                     and session is not None
                     and chan._send_state not in _CLOSING
+                    and (window >= chan._init_recv_window / 2 or SSHLogger._debug_level < 2)
                 ):
                     # SSHChannel._accept_data and _deliver_data, inline (per
-                    # packet), where they would only count and hand it on: a
-                    # class that keeps asyncssh's own, no window top-up due,
-                    # reading on, bytes, the channel open.
+                    # packet): a class that keeps asyncssh's own, reading on,
+                    # bytes, the channel open, no debug log of a top-up due.
+                    if window < chan._init_recv_window / 2:
+                        # A top-up due: sent here as asyncssh would, before
+                        # the data goes on (without its two calls and log).
+                        chan.send_packet(
+                            MSG_CHANNEL_WINDOW_ADJUST,
+                            _U32.pack(chan._init_recv_window - window),
+                        )
+                        window = chan._init_recv_window
                     chan._recv_window = window
                     session.data_received(delivered, None)
                 else:

@@ -162,13 +162,15 @@ async def test_window_adjusts_of_a_bulk_transfer_skip_asyncssh_parser(
     """A bulk stream's window top-ups (one per half window, each way) are
     taken on the tuned receive path, as its data is: none goes through
     asyncssh's packet parser (``_recv_packet``: a second decrypt call with a
-    join of the packet, the packet object, the dispatch and its logging)."""
+    join of the packet, the packet object, the dispatch and its logging).
+    Nor are they sent through ``_accept_data``/``_deliver_data`` (two calls
+    and a debug log per top-up): the receive path sends them itself."""
     calls: Counter[str] = Counter()
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
         if event == "call":
             code = frame.f_code
-            if code.co_name in ("_recv_packet", "_process_window_adjust"):
+            if code.co_name in ("_recv_packet", "_process_window_adjust", "_deliver_data"):
                 calls[code.co_name] += 1
 
     writer, reader, _ = await ssh.open_session(encoding=None)
