@@ -322,7 +322,9 @@ class Http1Response:
         self._chunks.clear()
         self._buffered = 0
         if release:
-            self._released = True
+            self._released = True  # (as release() does; a complete answer has no timer)
+            if self._timer is not None:
+                self._stop_timer()
         return data
 
     async def read(self, n: int = -1) -> bytes:
@@ -692,10 +694,7 @@ class Http1Stream(asyncio.Protocol):
     def _complete_exchange(self, keep_alive: bool) -> None:
         response, self._response, self._head = self._response, None, None
         if response is not None:
-            # response._finish(), without its call per answer.
-            response._complete = True
-            if response._waiter is not None:
-                response._wake()
+            response._finish()
         self.exchanges += 1
         if not self._reading:
             self.resume_reading()  # the rest of the body waits in the answer, not the stream

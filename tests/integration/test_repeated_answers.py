@@ -42,10 +42,10 @@ INLINED = {"is_error", "_Minute.add", "canonical_line"}
 # at most; more is work that a repeat does not need (the pool asks the
 # running loop, not the stream's ``loop`` property; the head timer and
 # resume_reading are called only when they have something to do; a body
-# that completes its answer is not fed through ``_feed`` nor finished through
-# ``_finish``, and the whole answer is taken and released in one call).
+# that completes its answer is not fed through ``_feed``, and the whole
+# answer is taken and released in one call).
 HTTP1 = "server/tunnel/http1.py"
-HTTP1_CALLS = 8
+HTTP1_CALLS = 9
 # And the front's, for reading the caller's head and writing the answer (the
 # fast path tried and the answer written inline, not in methods of their own).
 FRONT = "server/proxy/front.py"
