@@ -4,7 +4,7 @@
 trip, the line in a process of its own (as ``bench.long_link`` does) and
 measures:
 
-- its CPU (utime + stime from /proc/<pid>/stat) per GiB carried by a download
+- its CPU (/proc/<pid>/task/*/schedstat) per GiB carried by a download
   from nginx through it with curl, and that download's MB/s;
 - one-way delays of one-byte pings through it to an echo server (in this
   process): never below half the round trip, and how late (the echo server's
@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.delay_line import spawn_line
+from bench.delay_line import line_cpu_seconds, spawn_line
 from bench.line_clock import TIMERS
 from bench.nginx import MiB, Nginx
-from bench.proc import cpu_seconds
 
 GiB = 1024 * MiB
 FILE = "line.bin"
@@ -138,9 +137,9 @@ async def download_cost(
     try:
         base = f"http://127.0.0.1:{port}"
         small = await gets(base, 50)
-        cpu0 = cpu_seconds([child.pid])
+        cpu0 = line_cpu_seconds([child.pid])
         got = await load.download(f"{base}/files/{FILE}", {})
-        cpu = cpu_seconds([child.pid]) - cpu0
+        cpu = line_cpu_seconds([child.pid]) - cpu0
     finally:
         await child.stop()
     if got.bytes != size:

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.delay_line import spawn_line
+from bench.delay_line import line_cpu_seconds, spawn_line
 from bench.line_clock import DEFAULT_TIMER, TIMERS
 from bench.load import write_lua
 from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.perf import BenchPath, Row, measure
-from bench.proc import Child, cpu_seconds, run_tool
+from bench.proc import Child, run_tool
 from bench.stack import Relay, start_agent
 
 PATHS = ("direct", "openssh", "sluice-onprem")
@@ -368,9 +368,9 @@ async def _one_rtt(
                 if name in LARGE_POINTS and rep > 1:
                     continue
                 for p in paths:
-                    line0 = cpu_seconds(p.line_pids)
+                    line0 = line_cpu_seconds(p.line_pids)
                     row = await measure(p, rep, name, factory(p))
-                    line_cpu = cpu_seconds(p.line_pids) - line0
+                    line_cpu = line_cpu_seconds(p.line_pids) - line0
                     row.update(rtt_ms=rtt, line=p.line, line_cpu_s=line_cpu)
                     if row.get("bytes"):
                         row["line_cpu_s_per_gib"] = line_cpu / (row["bytes"] / GiB)

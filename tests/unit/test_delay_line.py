@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.delay_line import DelayLine, spawn_line
+from bench.delay_line import DelayLine, line_cpu_seconds, spawn_line
 
 
 async def test_bytes_arrive_intact_half_a_round_trip_later_each_way() -> None:
@@ -173,15 +173,6 @@ class _Echo(asyncio.Protocol):
         self.transport.write(data)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """The CPU time all of *pid*'s threads have run (user + system), to the
-    nanosecond: the first field of each thread's /proc schedstat."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
 async def test_a_line_process_is_never_early_and_late_by_well_under_a_millisecond(
     tmp_path: Path,
 ) -> None:
@@ -248,13 +239,13 @@ async def test_a_line_process_costs_cpu_for_what_it_carries_not_for_waiting(
         reader, writer = await asyncio.open_connection("127.0.0.1", line_port)
         writer.write(message)  # a first round trip: the connection made, the line warm
         await asyncio.wait_for(reader.readexactly(len(message)), 5)
-        cpu0 = _cpu_seconds(child.pid)
+        cpu0 = line_cpu_seconds([child.pid])
         began = time.monotonic()
         for _ in range(round_trips):
             writer.write(message)
             assert await asyncio.wait_for(reader.readexactly(len(message)), 5) == message
         wall = time.monotonic() - began
-        cpu = _cpu_seconds(child.pid) - cpu0
+        cpu = line_cpu_seconds([child.pid]) - cpu0
         writer.close()
     finally:
         await child.stop()
