@@ -34,7 +34,7 @@ from sluice.connect import (
 )
 from sluice.ratelimit import TokenBucket
 from sluice.ssh_reads import ReadBuffer
-from sluice.window_tuning import WindowBudget, WindowTuner
+from sluice.window_tuning import FixedWindow, WindowBudget, WindowTuner, window_tuner
 
 log = structlog.get_logger("sluice.agent.proxy")
 
@@ -143,7 +143,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     def __init__(self, ctx: ProxyContext) -> None:
         self._ctx = ctx
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
-        self._tuner = WindowTuner(ctx.window_budget, ctx.receive_window)
+        self._tuner: WindowTuner | FixedWindow = window_tuner(ctx.window_budget, ctx.receive_window)
         self._head = bytearray()
         self._target: Target | None = None
         self._upstream: _Upstream | None = None

@@ -25,6 +25,7 @@ from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_DATA
 from asyncssh.encryption import GCMEncryption
+from asyncssh.misc import DisconnectError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -68,29 +69,38 @@ def _patch_data_received() -> None:
     _Applied.plain_channels = _plain_channel_classes()
 
     def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
-        state: _ConnState | None = self.__dict__.get(_CONN_STATE)  # (inline: per read)
-        if state is None:
-            state = _state(self)
-        while state.pending is not None:
-            # The rest of a packet that began in an earlier read: what it
-            # lacks is gathered (*data* may be a view of a buffer the next
-            # read reuses), the packet taken once whole, then the rest.
-            pending = state.pending
-            missing = state.need - len(pending)
-            if len(data) < missing:
-                pending += data
-                # A read, if not a whole packet: asyncssh resets the keepalive
-                # timer on every read (a packet on a slow link spans many).
-                self._reset_keepalive_timer()
-                return
-            view = memoryview(data)
-            pending += view[:missing]
-            data = view[missing:]  # type: ignore[assignment]
-            state.pending = None
-            feed(self, pending, datatype)  # type: ignore[arg-type]
-            if not data or self._transport is None:
-                return
-        feed(self, data, datatype)
+        # As asyncssh's _recv_data: an error in a packet's handling (a
+        # session's data_received included, which the fast path calls
+        # inline) ends the connection through asyncssh, not the event loop.
+        try:
+            state: _ConnState | None = self.__dict__.get(_CONN_STATE)  # (inline: per read)
+            if state is None:
+                state = _state(self)
+            while state.pending is not None:
+                # The rest of a packet that began in an earlier read: what it
+                # lacks is gathered (*data* may be a view of a buffer the next
+                # read reuses), the packet taken once whole, then the rest.
+                pending = state.pending
+                missing = state.need - len(pending)
+                if len(data) < missing:
+                    pending += data
+                    # A read, if not a whole packet: asyncssh resets the keepalive
+                    # timer on every read (a packet on a slow link spans many).
+                    self._reset_keepalive_timer()
+                    return
+                view = memoryview(data)
+                pending += view[:missing]
+                data = view[missing:]  # type: ignore[assignment]
+                state.pending = None
+                feed(self, pending, datatype)  # type: ignore[arg-type]
+                if not data or self._transport is None:
+                    return
+            feed(self, data, datatype)
+        except DisconnectError as exc:
+            self._send_disconnect(exc.code, exc.reason, exc.lang)
+            self._force_close(exc)
+        except Exception:
+            self.internal_error()
 
     def feed(self: SSHConnection, data: bytes, datatype: int | None) -> None:
         rest: bytes | memoryview = data

@@ -36,6 +36,10 @@ METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (SSHConnection, "_set_keepalive_timer"): ("self",),
     (SSHConnection, "_keepalive_timer_callback"): ("self",),
     (SSHConnection, "_recv_pkthdr"): ("self",),
+    # ssh_receive: how asyncssh's _recv_data ends a connection on an error.
+    (SSHConnection, "_send_disconnect"): ("self", "code", "reason", "lang"),
+    (SSHConnection, "_force_close"): ("self", "exc"),
+    (SSHConnection, "internal_error"): ("self", "exc_info", "error_logger"),
     (SSHChannel, "_flush_send_buf"): ("self",),
     (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
     (SSHChannel, "_deliver_data"): ("self", "data", "datatype"),

@@ -195,6 +195,15 @@ def send_window(chan: SSHChannel[Any]) -> int | None:
     return chan._send_window if _Applied.names else None
 
 
+def windows_adjustable() -> bool:
+    """Whether Sluice may size and top up channel receive windows itself
+    (``sluice.window_tuning``, the relay's window sharing), which reads and
+    writes asyncssh's private window fields: only with the tweaks in place
+    (their shape check covers those fields). Otherwise asyncssh's own fixed
+    windows."""
+    return bool(_Applied.names)
+
+
 def set_receive_window(chan: SSHChannel[Any], size: int) -> None:
     """Make *size* bytes the receive window *chan* tops up to from now on.
 

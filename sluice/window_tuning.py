@@ -98,7 +98,7 @@ from asyncssh.channel import SSHChannel
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 from asyncssh.packet import UInt32
 
-from sluice.ssh_tuning import set_receive_window
+from sluice.ssh_tuning import set_receive_window, windows_adjustable
 
 log = structlog.get_logger("sluice.window_tuning")
 
@@ -650,3 +650,29 @@ class WindowTuner:
         self._budget.tuners.discard(self)
         self._budget.give_back(self.window - self.base)
         self.window = self.base
+
+
+class FixedWindow:
+    """asyncssh's own fixed window, where Sluice may not touch a channel's
+    window (the asyncssh tweaks are off or did not pass their shape check):
+    a ``WindowTuner`` that only pauses."""
+
+    grown = False
+    held_back = False
+
+    def received(self, chan: SSHChannel[Any], size: int) -> None:
+        """Nothing to do: asyncssh tops the window up."""
+
+    def pause_reading(self, chan: SSHChannel[Any]) -> None:
+        """Pause *chan* for its reader (asyncssh's ``pause_reading``)."""
+        chan.pause_reading()
+
+    def release(self) -> None:
+        """Nothing was taken from a budget."""
+
+
+def window_tuner(budget: WindowBudget, base: int) -> WindowTuner | FixedWindow:
+    """A stream's receive window: one that follows the link, from *base*
+    bytes up to what *budget* allows, where ``windows_adjustable``; else
+    asyncssh's fixed one."""
+    return WindowTuner(budget, base) if windows_adjustable() else FixedWindow()

@@ -383,9 +383,15 @@ async def open_channel(
     Raises TunnelLost if the agent refuses it or the tunnel is gone.
     """
     session: ChannelSession
+    # Sluice's own windows (sharing, tuning) only where asyncssh's window
+    # fields passed the tweaks' shape check; else asyncssh's fixed windows.
+    adjustable = ssh_tuning.windows_adjustable()
     try:
         chan, session = await ssh.create_connection(  # type: ignore[assignment]
-            lambda: ChannelSession(share, WindowTuner(budget, window) if budget else None),
+            lambda: ChannelSession(
+                share if adjustable else None,
+                WindowTuner(budget, window) if budget and adjustable else None,
+            ),
             listen[0],
             listen[1],
             "relay",

@@ -151,3 +151,28 @@ async def test_no_data_after_the_session_closed_its_channel(port: int) -> None:
         chan.write(b"out 2000000\n")  # more than one packet: some arrive after the close
         await asyncio.wait_for(made.closed.wait(), timeout=30)
         assert made.after_close == 0, "data was delivered after the channel was closed"
+
+
+class _Failing(asyncssh.SSHClientSession[bytes]):
+    """Raises at the first data it is handed (a bug in a session)."""
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        raise RuntimeError("the session's own bug")
+
+
+async def test_an_error_in_a_session_ends_the_connection_through_asyncssh(port: int) -> None:
+    # As asyncssh's own receive path: the connection is closed with the
+    # error (asyncssh's internal_error), and the event loop's handler of
+    # errors a protocol did not catch never sees it.
+    loop = asyncio.get_running_loop()
+    uncaught: list[dict[str, object]] = []
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: uncaught.append(context))
+    try:
+        async with connect_local(port) as conn:
+            chan, _ = await conn.create_session(_Failing, encoding=None)
+            chan.write(b"out 300000\n")
+            await asyncio.wait_for(conn.wait_closed(), timeout=30)
+    finally:
+        loop.set_exception_handler(before)
+    assert uncaught == []

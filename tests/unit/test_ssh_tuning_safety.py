@@ -229,3 +229,17 @@ def test_the_installed_asyncssh_is_the_one_the_tweaks_were_written_for() -> None
     assert ssh_shape.mismatches() == []
     requires = metadata.requires("sluice") or []
     assert f"asyncssh=={ssh_shape.TUNED_FOR}" in [r.split(";")[0].strip() for r in requires]
+
+
+def test_windows_are_asyncssh_fixed_ones_without_the_tweaks() -> None:
+    # The window tuner and the relay's window sharing read and write
+    # asyncssh's private window fields: only once the shape check passed.
+    call = (
+        "(tuning.tune_asyncssh(), tuning.windows_adjustable(), type(__import__("
+        "'sluice.window_tuning', fromlist=['x']).window_tuner("
+        "sys.modules['sluice.window_tuning'].WindowBudget(1 << 26), 1 << 20)).__name__)"
+    )
+    assert _probe(call)["result"] == [True, True, "WindowTuner"]
+    assert _probe(call, **{SWITCH: "off"})["result"] == [False, False, "FixedWindow"]
+    other_shape = "SSHChannel.write = lambda self, data, datatype=None: None"
+    assert _probe(call, before=other_shape)["result"] == [False, False, "FixedWindow"]
