@@ -118,6 +118,11 @@ def test_a_bandwidth_limit_must_be_positive() -> None:
         DelayLine(("127.0.0.1", 1), 0.01, rate=0)
 
 
+def test_the_timer_must_be_one_the_line_knows() -> None:
+    with pytest.raises(ValueError, match="timer: must be one of timerfd, spin, not 'sleep'"):
+        DelayLine(("127.0.0.1", 1), 0.01, timer="sleep")
+
+
 async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> None:
     """A one-byte ping-pong through a 50 ms line (in this process, on the
     stock loop) takes 50 ms: bytes are never released early, and the loop's
