@@ -23,8 +23,9 @@ from typing import Any, Final
 import asyncssh.connection as _connection
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_CHANNEL_DATA
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST
 from asyncssh.encryption import GCMEncryption
+from asyncssh.logging import SSHLogger
 from asyncssh.misc import DisconnectError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -56,9 +57,27 @@ def _plain_channel_classes() -> frozenset[type]:
     return frozenset(found)
 
 
+def _adjusting_channel_classes() -> frozenset[type]:
+    """asyncssh's channel classes that take a window adjust with
+    SSHChannel's own handler (``_take_window_adjust`` does what it does)."""
+    own = SSHChannel._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST)
+    found: set[type] = set()
+    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if own is not None and cls._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST) is own:
+            found.add(cls)
+    return frozenset(found)
+
+
 # A channel that no longer takes data (SSHChannel._accept_data drops it).
 _CLOSING: Final = frozenset({"close_pending", "closed"})
-_DATA_FIELDS = struct.Struct(">II")  # channel, length
+_DATA_FIELDS = struct.Struct(">II")  # channel, length (also: channel, adjust)
+# A window adjust's plaintext: padding length, type, channel, adjust, padding.
+_ADJUST_SIZE: Final = 1 + 1 + 4 + 4
+# SSHChannel._process_window_adjust's check: the channel still receives.
+_ADJUSTABLE: Final = frozenset({"open", "eof_pending", "eof"})
 
 
 _PIECE = 32 * 1024
@@ -67,6 +86,7 @@ _PIECE = 32 * 1024
 def _patch_data_received() -> None:
     original = SSHConnection.data_received
     _Applied.plain_channels = _plain_channel_classes()
+    _Applied.adjusting_channels = _adjusting_channel_classes()
 
     def data_received(self: SSHConnection, data: bytes, datatype: int | None = None) -> None:
         # As asyncssh's _recv_data: an error in a packet's handling (a
@@ -197,8 +217,38 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
             try:
-                if len(plain) < 10 or plain[1] != MSG_CHANNEL_DATA:
+                if len(plain) < 10:
                     break
+                if plain[1] != MSG_CHANNEL_DATA:
+                    if plain[1] != MSG_CHANNEL_WINDOW_ADJUST:
+                        break
+                    # A window top-up (one per half window a bulk stream
+                    # sends): taken here, not by asyncssh's parser.
+                    recv_chan, adjust = _DATA_FIELDS.unpack_from(plain, 2)
+                    chan = channels.get(recv_chan)
+                    if (
+                        chan is None
+                        or chan.__class__ not in _Applied.adjusting_channels
+                        or chan._recv_state not in _ADJUSTABLE
+                        or _ADJUST_SIZE + plain[0] != len(plain)
+                        or SSHLogger._debug_level >= 2
+                    ):
+                        break  # asyncssh's own (an error, a debug log)
+                    iv = cipher._iv
+                    cipher._iv = iv[:4] + (
+                        (int.from_bytes(iv[4:], "big") + 1) & _U64_MASK
+                    ).to_bytes(8, "big")
+                    ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
+                    pos = end
+                    taken = True
+                    complete = True
+                    # SSHChannel._process_window_adjust, inline: the window
+                    # grows, and what waited for it is sent.
+                    chan._send_window += adjust
+                    chan._flush_send_buf()
+                    if ssh._transport is None:
+                        break  # the flush failed and closed the connection
+                    continue
                 recv_chan, length = _DATA_FIELDS.unpack_from(plain, 2)
                 chan = channels.get(recv_chan)
                 if (
@@ -230,16 +280,23 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
                 if (
                     length
                     and chan.__class__ in _Applied.plain_channels
-                    and window >= chan._init_recv_window / 2
                     and not chan._recv_paused
                     and not chan._encoding
                     and session is not None
                     and chan._send_state not in _CLOSING
+                    and (window >= chan._init_recv_window / 2 or SSHLogger._debug_level < 2)
                 ):
                     # SSHChannel._accept_data and _deliver_data, inline (per
-                    # packet), where they would only count and hand it on: a
-                    # class that keeps asyncssh's own, no window top-up due,
-                    # reading on, bytes, the channel open.
+                    # packet): a class that keeps asyncssh's own, reading on,
+                    # bytes, the channel open, no debug log of a top-up due.
+                    if window < chan._init_recv_window / 2:
+                        # A top-up due: sent here as asyncssh would, before
+                        # the data goes on (without its two calls and log).
+                        chan.send_packet(
+                            MSG_CHANNEL_WINDOW_ADJUST,
+                            _U32.pack(chan._init_recv_window - window),
+                        )
+                        window = chan._init_recv_window
                     chan._recv_window = window
                     session.data_received(delivered, None)
                 else:

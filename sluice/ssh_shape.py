@@ -42,6 +42,8 @@ METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (SSHConnection, "internal_error"): ("self", "exc_info", "error_logger"),
     (SSHChannel, "_flush_send_buf"): ("self",),
     (SSHChannel, "_accept_data"): ("self", "data", "datatype"),
+    # ssh_receive takes window adjusts as this handler does.
+    (SSHChannel, "_process_window_adjust"): ("self", "_pkttype", "_pktid", "packet"),
     (SSHChannel, "_deliver_data"): ("self", "data", "datatype"),
     (SSHChannel, "write"): ("self", "data", "datatype"),
     (SSHChannel, "send_packet"): ("self", "pkttype", "args"),  # window_tuning's top-ups

@@ -45,3 +45,5 @@ class _Applied:
     # asyncssh's channel classes that receive data with SSHChannel's own
     # methods (not the TUN/TAP channel's): their data may be handed on inline.
     plain_channels: frozenset[type] = frozenset()
+    # Those that take a window adjust with SSHChannel's own handler.
+    adjusting_channels: frozenset[type] = frozenset()

@@ -197,6 +197,11 @@ class Http1Response:
         self._deadline = deadline
         self._timeout_message = timeout_message
         self._released = False
+        # The deadline's timer, made at the first wait for body and kept until
+        # the answer ends (not one per wait: a bulk body waits once a packet);
+        # _expired: it fired while nobody waited.
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
 
     def __repr__(self) -> str:
         return f"<Http1Response {self.status} buffered={self._buffered}>"
@@ -225,13 +230,22 @@ class Http1Response:
 
     def _finish(self) -> None:
         self._complete = True
+        if self._timer is not None:
+            self._stop_timer()
         if self._waiter is not None:
             self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._complete and self._error is None:
             self._error = exc
+            if self._timer is not None:
+                self._stop_timer()
             self._wake()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -242,15 +256,27 @@ class Http1Response:
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = (
-            loop.call_at(self._deadline, self._timed_out) if self._deadline is not None else None
-        )
+        late: asyncio.Handle | None = None
+        if self._deadline is not None:
+            if self._expired:
+                late = loop.call_soon(self._timed_out)  # past the deadline: as a timer due
+            elif self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._deadline_passed)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            if late is not None:
+                late.cancel()
+
+    def _deadline_passed(self) -> None:
+        """The deadline's timer fired: the answer fails if its reader waits
+        for more of it now, else at its next wait (what it has is still read)."""
+        self._timer = None
+        if self._waiter is None:
+            self._expired = True
+        else:
+            self._timed_out()
 
     def _timed_out(self) -> None:
         if self._complete:
@@ -326,6 +352,8 @@ class Http1Response:
         if self._released:
             return
         self._released = True
+        if self._timer is not None:  # (asked here: no call per small answer)
+            self._stop_timer()
         if not self._complete:
             self._stream.close()
 

@@ -149,3 +149,41 @@ async def test_sluice_calls_per_round_trip_stay_within_budget(
 
     await _round_trips(ssh, profile, warm=3)
     assert calls.total() <= SLUICE_CALLS_PER_ROUND * ROUNDS, f"in {ROUNDS} round trips: {calls}"
+
+
+# More than the default window (2 MiB) each way: the echo's reads and the
+# test's writes go on only as window adjusts come back.
+BULK = 6 * 1024 * 1024
+
+
+async def test_window_adjusts_of_a_bulk_transfer_skip_asyncssh_parser(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    """A bulk stream's window top-ups (one per half window, each way) are
+    taken on the tuned receive path, as its data is: none goes through
+    asyncssh's packet parser (``_recv_packet``: a second decrypt call with a
+    join of the packet, the packet object, the dispatch and its logging).
+    Nor are they sent through ``_accept_data``/``_deliver_data`` (two calls
+    and a debug log per top-up): the receive path sends them itself."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            code = frame.f_code
+            if code.co_name in ("_recv_packet", "_process_window_adjust", "_deliver_data"):
+                calls[code.co_name] += 1
+
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    data = bytes(range(256)) * (BULK // 256)
+    async with asyncio.timeout(30):
+        writer.write(b"warm")
+        assert await reader.readexactly(4) == b"warm"
+        sys.setprofile(profile)
+        try:
+            writer.write(data)
+            echoed = await reader.readexactly(BULK)
+        finally:
+            sys.setprofile(None)
+        writer.write_eof()
+    assert echoed == data
+    assert +calls == Counter(), f"in a {BULK}-byte echo: {calls}"
