@@ -152,6 +152,11 @@ class _Direction(asyncio.Protocol):
 
     def release(self) -> None:
         """Pass on to the peer what is due (the clock calls it at its due time)."""
+        if self._waiting_for_peer():
+            # Kept until the far side is connected (_connect arms the clock
+            # again): bytes a caller sent at once were lost here while the
+            # line's connect to a busy target took longer than the delay.
+            return
         until = now() + self.clock.early
         out: list[bytes] = []
         mark = ""
@@ -175,10 +180,17 @@ class _Direction(asyncio.Protocol):
         if self.held:
             self.clock.arm(self, self.held[0][0])
 
+    def _waiting_for_peer(self) -> bool:
+        """The caller's side, while the line's connection on to the target is
+        not made yet."""
+        return self.on_made is not None and (self.peer is None or self.peer.transport is None)
+
     def _update_reading(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        want_pause = self.held_bytes > self.max_held or self.peer_paused
+        # (Not reading until the far side is connected: uvloop may start
+        # reading after connection_made paused it.)
+        want_pause = self.held_bytes > self.max_held or self.peer_paused or self._waiting_for_peer()
         if want_pause and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
@@ -282,9 +294,9 @@ class DelayLine:
         except OSError:
             near.transport.close()
             return
-        near.reading_paused = False
-        if not near.transport.is_closing():
-            near.transport.resume_reading()
+        near._update_reading()
+        if near.held and near.arm_token is None:  # what came before the connection
+            near.clock.arm(near, near.held[0][0])
 
     @staticmethod
     def _limit_buffers(sock: socket.socket) -> None:

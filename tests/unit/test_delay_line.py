@@ -4,9 +4,11 @@ each direction, and an EOF or a close passes through behind the data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.delay_line import DelayLine, line_cpu_seconds, spawn_line
+from tests.support.waiting import wait_until
 
 
 async def test_bytes_arrive_intact_half_a_round_trip_later_each_way() -> None:
@@ -259,3 +262,52 @@ async def test_a_line_process_costs_cpu_for_what_it_carries_not_for_waiting(
     carried_mib = round_trips * 2 * len(message) / 2**20
     # Generous: 20-22 ms here (moving 12.5 MiB, 200 wake-ups), the old line 104-106 ms.
     assert cpu <= 0.05, f"{cpu * 1000:.0f} ms CPU for {carried_mib:g} MiB in {wall:.2f} s"
+
+
+def _listen_overflows() -> int:
+    """SYNs the kernel dropped at full accept queues, since boot (all sockets)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    names, values = (line.split() for line in lines if line.startswith("TcpExt:"))
+    return int(values[names.index("ListenOverflows")])
+
+
+async def test_what_a_caller_sends_at_once_waits_for_a_slow_connect_to_the_target(
+    tmp_path: Path,
+) -> None:
+    """A caller's first bytes reach the target even when the line's own
+    connection on to it takes longer than the delay (a busy target: here one
+    whose accept queue is full, so the line's SYN is retried after a second).
+    The line (on uvloop, in its own process) read them at once and, with no
+    far side yet, dropped them: a GET beside a download sometimes never came
+    back."""
+    loop = asyncio.get_running_loop()
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(0)  # room for one connection not yet accepted
+    target.setblocking(False)
+    filler = socket.create_connection(target.getsockname(), timeout=5)
+    child, line_port = await spawn_line(target.getsockname()[1], 10, tmp_path / "line.log")
+    accepted: list[socket.socket] = []
+    try:
+        dropped = _listen_overflows()
+        _, writer = await asyncio.open_connection("127.0.0.1", line_port)
+        writer.write(b"hello")
+        # The line's SYN dropped (the kernel counts it), then room for its retry.
+        await wait_until(lambda: _listen_overflows() > dropped, timeout=5, what="a dropped SYN")
+        accepted.append((await asyncio.wait_for(loop.sock_accept(target), 5))[0])  # the filler
+        line_side, _ = await asyncio.wait_for(loop.sock_accept(target), 5)
+        accepted.append(line_side)
+        line_side.setblocking(False)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while len(got) < 5:
+                chunk = await asyncio.wait_for(loop.sock_recv(line_side, 100), 3)
+                if not chunk:
+                    break
+                got += chunk
+        writer.close()
+    finally:
+        await child.stop()
+        for sock in (*accepted, filler, target):
+            sock.close()
+    assert got == b"hello"
