@@ -294,17 +294,12 @@ class _BodyFeed:
             self._waiter.set_result(None)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = self._chunks
         while True:
-            if chunks:
-                # Each read as it came, not joined: the tunnel keeps a bytes
-                # object uncopied (sluice.ssh_send), and a join of the reads
-                # queued while the tunnel was full copied every byte once
-                # more (5% of the relay's CPU time in an upload).
-                chunk = chunks.popleft()
-                self._queued -= len(chunk)
-                if self._queued <= _BODY_HIGH_WATER:
-                    self._caller.resume_reading()
+            if self._chunks:
+                chunk = b"".join(self._chunks)
+                self._chunks.clear()
+                self._queued = 0
+                self._caller.resume_reading()
                 yield chunk
                 continue
             if self.remaining == 0:
