@@ -57,11 +57,7 @@ class UpstreamReads:
     256 KiB window, every other packet of a bulk answer was a runt of the
     6 KiB left over. A read lands inside the packet it leaves in
     (``sluice.ssh_framed.FrameBuffer``): sent from there when the channel may
-    send it at once, else written to the channel, which copies it. A send
-    that uses the window up pauses the reads until the relay's next grant
-    (``send_framed``'s *pause_below*): a read that landed with the window at
-    zero was copied twice (into the channel's buffer, then into the packet),
-    a third of a loopback download's reads (issue 22).
+    send it at once, else written to the channel, which copies it.
     """
 
     def __init__(self, size: int = UPSTREAM_READ) -> None:

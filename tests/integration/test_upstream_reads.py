@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from server.relay import Relay
@@ -26,8 +25,6 @@ from sluice import sshconfig
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, noise
 from tests.support.byte_pipe import BytePipe
-from tests.support.relay_process import free_port
-from tests.support.waiting import poll_until
 
 MiB = 1024 * 1024
 PIECE = 16 * 1024  # what the API writes at a time
@@ -188,65 +185,3 @@ async def test_the_agent_reads_a_request_body_a_whole_packet_at_a_time(
         # Whole packets: about one read each (a packet can still arrive in
         # pieces); reads of 256,000 bytes took 1.6-2 per packet.
         assert min(reads) < 1.3 * packets, (reads, packets)
-
-
-async def _agent_bytes_down(http: aiohttp.ClientSession, health: str) -> int:
-    """What the agent has read from its APIs (its /metrics)."""
-    async with http.get(f"{health}/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith('sluice_agent_bytes_total{direction="down"}'):
-            return int(float(line.split()[-1]))
-    raise AssertionError(f"no sluice_agent_bytes_total down in:\n{text}")
-
-
-@pytest.mark.timeout(60)
-async def test_the_agent_reads_no_further_than_the_relays_window(
-    relay: Relay, start_agent: AgentFactory
-) -> None:
-    """While the relay grants no window (its caller reads nothing), the agent
-    stops reading the API once the window is used up: what the API sends
-    meanwhile waits in the socket. It read one more buffer, which the channel
-    copied into its send buffer and copied again to send it (a third of the
-    agent's reads in a loopback download, issue 22)."""
-    host, port = relay.ssh_address
-    pipe = BytePipe(host, port)
-    await pipe.start()
-    health_port = free_port()
-    health = f"http://127.0.0.1:{health_port}"
-    try:
-        async with piece_api() as api, aiohttp.ClientSession() as metrics:
-            _, token = await start_agent(
-                [f"127.0.0.1:{api.port}"],
-                relay_address=f"127.0.0.1:{pipe.listen_port}",
-                health_listen=f"127.0.0.1:{health_port}",
-            )
-            [tunnel] = pipe.connections
-            http = relay.tunnel_http.session(token.agent_id)
-            base = f"http://127.0.0.1:{api.port}"
-            async with http.get(f"{base}/small") as resp:  # opens the stream
-                assert await resp.read() == b'{"ok": true}'
-            read_before = await _agent_bytes_down(metrics, health)
-            wire_before = len(tunnel.upstream)
-
-            async with http.get(f"{base}/bulk") as resp:  # and reads nothing more
-                assert resp.status == 200
-                seen = [-1, -1]
-                still = [0]
-
-                async def settled() -> bool:
-                    # Nothing more read or sent over the last few looks: the
-                    # caller's buffers and the relay's window are full.
-                    now = [await _agent_bytes_down(metrics, health), len(tunnel.upstream)]
-                    still[0] = still[0] + 1 if now == seen else 0
-                    seen[:] = now
-                    return still[0] >= 4
-
-                await poll_until(settled, timeout=20, what="the stalled download to settle")
-                read, wire = seen[0] - read_before, seen[1] - wire_before
-                assert 0 < read < BULK // 2, read  # (stalled, well before the end)
-                # Every byte read left on the wire (which adds the packets'
-                # framing); one read more waited in the agent: 256 KiB more.
-                assert read <= wire, (read, wire)
-    finally:
-        await pipe.close()
