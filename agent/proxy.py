@@ -270,10 +270,7 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._ctx.stats.bytes_down += nbytes
         chan = self._chan
         if chan is None or (
-            nbytes >= ssh_framed.FRAMED_LEAST
-            # A window left too small for a read of its own pauses the API's
-            # reads until the relay's next grant (read_size).
-            and ssh_framed.send_framed(chan, reads.frames, nbytes, _MIN_WINDOW_READ)
+            nbytes >= ssh_framed.FRAMED_LEAST and ssh_framed.send_framed(chan, reads.frames, nbytes)
         ):
             return
         # The view is released at once: the buffer is the next read's.

@@ -62,9 +62,7 @@ class FrameBuffer:
 FRAMED_LEAST: Final = send_coalescing.LIMIT
 
 
-def send_framed(
-    chan: SSHChannel[Any], frames: FrameBuffer, size: int, pause_below: int = 0
-) -> bool:
+def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     """Send the *size* bytes just read into ``frames.data`` on *chan* as one
     channel-data packet, framed and encrypted in place, as asyncssh would
     (same packet, padding, sequence number and rekey accounting), if it may
@@ -74,15 +72,7 @@ def send_framed(
     Only a read of ``send_coalescing.LIMIT`` or more: smaller packets wait
     for the end of the loop turn with the other answers of the turn (and the
     outbox writes one this size at once anyway). Returns False, having sent
-    nothing, otherwise (then write it the usual way).
-
-    *pause_below*: a send that leaves the channel less window than this
-    pauses the session's writing, as asyncssh pauses it when its send buffer
-    passes the high-water mark, and asyncssh's flush on the peer's next
-    window adjust resumes it (its send buffer empty, under any low-water
-    mark). So the reader stops while the window is used up, and what its
-    source sends meanwhile waits there (a socket's buffer), not in a read
-    the channel must copy into its send buffer and copy again to send."""
+    nothing, otherwise (then write it the usual way)."""
     ssh = chan._conn
     send_chan = chan._send_chan
     if (
@@ -127,7 +117,4 @@ def send_framed(
     # from reuse (``_unshared``) until the transport lets go of it.
     packet = memoryview(out)[: 4 + pktlen + _GCM_TAG]
     ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
-    if chan._send_window < pause_below and not chan._send_paused and chan._session is not None:
-        chan._send_paused = True
-        chan._session.pause_writing()
     return True
