@@ -127,6 +127,13 @@ class _Upstream(asyncio.BufferedProtocol):
         and the rest waits, reading paused, for the relay's next grant.
         (Asked of the stream's channel here, not through a method of the
         stream: a Python call per read.)
+
+        Not paused the moment a send uses the window up (so that no read
+        lands with the window at zero and is copied into the channel's
+        buffer): tried on branch issue-26e, every packet then paused and
+        resumed the API's reads (epoll_ctl through libuv's io_uring), and a
+        64 MiB download without sendfile cost the agent 0.95 ms/MiB against
+        0.66 (median of 5, quiet machine); the copies it saved are less.
         """
         chan = self._stream._chan
         window = ssh_tuning.send_window(chan) if chan is not None else None
