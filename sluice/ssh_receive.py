@@ -217,7 +217,10 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
             try:
-                if len(plain) < 10:
+                if len(plain) < 10 or not plain[0]:
+                    # Too short, or no padding: asyncssh's payload slice
+                    # (packet[1:-padlen]) is then empty, and it ends the
+                    # connection; so it parses this one.
                     break
                 if plain[1] != MSG_CHANNEL_DATA:
                     if plain[1] != MSG_CHANNEL_WINDOW_ADJUST:
