@@ -28,10 +28,11 @@ async def port() -> AsyncIterator[int]:
     await server.wait_closed()
 
 
-def _send_unpadded(conn: asyncssh.SSHClientConnection, payload: bytes) -> None:
-    """Send *payload* as one packet with a padding length of 0, encrypted
-    with the connection's keys in sequence (what a broken peer would send)."""
-    packet = b"\x00" + payload
+def _send_unpadded(conn: asyncssh.SSHClientConnection, payload: bytes, padlen: int = 0) -> None:
+    """Send *payload* as one packet with *padlen* bytes of padding (0 by
+    default), encrypted with the connection's keys in sequence (what a
+    broken peer would send)."""
+    packet = bytes([padlen]) + payload + bytes(padlen)
     seq = conn._send_seq
     encryption = conn._send_encryption
     assert encryption is not None
@@ -79,3 +80,41 @@ async def test_a_packet_without_padding_ends_the_connection(port: int, kind: str
                 conn, bytes([MSG_CHANNEL_DATA]) + chan + len(body).to_bytes(4, "big") + body
             )
         assert await _echo_or_close(conn, writer, reader) == "closed"
+
+
+class _Told(asyncssh.SSHClient):
+    """Keeps why the connection ended."""
+
+    def __init__(self) -> None:
+        self.lost: list[Exception | None] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+# A window adjust stock asyncssh refuses, and the reason its disconnect gives.
+_REFUSED = {
+    "unknown_channel": "Invalid channel number 4660 received",
+    "extra_byte": "Unexpected data at end of packet",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_REFUSED))
+async def test_a_bad_window_adjust_gets_asyncssh_own_protocol_error(port: int, case: str) -> None:
+    told = _Told()
+    async with connect_local(port, client_factory=lambda: told) as conn:
+        writer, reader, _ = await conn.open_session(encoding=None)
+        writer.write(b"warm")
+        assert await asyncio.wait_for(reader.readexactly(4), timeout=10) == b"warm"
+        send_chan = writer.channel._send_chan
+        assert send_chan is not None
+        chan = (0x1234 if case == "unknown_channel" else send_chan).to_bytes(4, "big")
+        payload = bytes([MSG_CHANNEL_WINDOW_ADJUST]) + chan + (1024).to_bytes(4, "big")
+        if case == "extra_byte":
+            payload += b"!"
+        _send_unpadded(conn, payload, padlen=6)
+        assert await _echo_or_close(conn, writer, reader) == "closed"
+    assert len(told.lost) == 1
+    lost = told.lost[0]
+    assert isinstance(lost, asyncssh.ProtocolError)
+    assert lost.reason == _REFUSED[case]
