@@ -59,7 +59,7 @@ def _plain_channel_classes() -> frozenset[type]:
 
 def _adjusting_channel_classes() -> frozenset[type]:
     """asyncssh's channel classes that take a window adjust with
-    SSHChannel's own handler (``_take_window_adjust`` does what it does)."""
+    SSHChannel's own handler (``_take_data_packets`` does what it does)."""
     own = SSHChannel._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST)
     found: set[type] = set()
     todo: list[type[SSHChannel[Any]]] = [SSHChannel]
