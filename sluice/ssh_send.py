@@ -19,6 +19,18 @@ Channel data under AES-GCM is framed with two copies, not a dozen
 (``_send_data_fast``), and ``quiet_channel_writes`` drops
 ``SSHChannel.write``'s debug call and cast.
 
+Immutable data is not copied as it is written: asyncssh copies everything
+written to a channel into a bytearray, so that a packet cut at the window's
+edge can drop what it sent (``del buf[:size]``, which copies the rest again
+once less than half is left). ``write`` keeps a ``bytes`` object as it is
+(nothing can change it while it waits), and a piece cut at the window's
+edge leaves the rest as a view, not a copy. A relay's upload is written as
+the caller's reads, ``bytes`` of 256,000: those two copies were 8% of the
+relay's CPU time (perf). Anything else written (a view of a buffer the
+caller reuses) is still copied before ``write`` returns. Entries that are
+not bytearrays become bytearrays before asyncssh's own flush may cut them
+(``_mutable``).
+
 Applied only by ``sluice.ssh_tuning.tune_asyncssh`` (after its shape check):
 nothing is patched on import.
 """
@@ -53,7 +65,7 @@ from sluice.ssh_gcm import (
 )
 from sluice.ssh_padding import PADDING
 from sluice.ssh_padding import POOL as _PAD_POOL
-from sluice.ssh_state import _CONN_STATE, _ConnState, _state
+from sluice.ssh_state import _CONN_STATE, _Applied, _ConnState, _state
 
 _EMPTY_IGNORE = String(b"")
 _AEAD = (GCMEncryption, ChachaEncryption)
@@ -114,6 +126,8 @@ def _patch_flush() -> None:
         try:
             _send_data_fast(self, ssh, batch)
             if self._send_buf or self._send_paused or self._send_state != "open":
+                if self._send_buf and self._send_window:
+                    _mutable(self._send_buf)  # asyncssh's flush cuts what it sends
                 original_flush(self)  # the rest: extended data, EOF/close, pause/resume
             # else asyncssh's flush would do nothing: no data left, so
             # nothing to pause, nothing paused to resume, no EOF or close due.
@@ -233,15 +247,28 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
         if size == len(buf):
             del send_buf[0]
         else:
-            del buf[:size]
+            # The rest as a view: ``del buf[:size]`` copies it whenever less
+            # than half of the buffer is left.
+            send_buf[0] = (memoryview(buf)[size:], None)  # type: ignore[assignment]
         chan._send_buf_len -= size
         chan._send_window -= size
         if ssh._rekey_bytes_sent >= ssh._rekey_bytes:
             return
 
 
+def _mutable(send_buf: list[tuple[Any, Any]]) -> None:
+    """Make every entry of a channel's *send_buf* a bytearray, as asyncssh's
+    own flush expects (it cuts what it sent off the front in place)."""
+    for i, (buf, datatype) in enumerate(send_buf):
+        if type(buf) is not bytearray:
+            send_buf[i] = (bytearray(buf), datatype)
+
+
 def _patch_write() -> None:
     original = SSHChannel.write
+    # Immutable data waits uncopied only where the batching flush (which
+    # makes the entries mutable before asyncssh's flush) is in place.
+    keep_bytes = "batch_channel_writes" in _Applied.names
 
     def write(self: SSHChannel[Any], data: Any, datatype: int | None = None) -> None:
         # Any: AnyStr as asyncssh's; only bytes-like data (no encoding) comes here.
@@ -252,7 +279,10 @@ def _patch_write() -> None:
             and SSHLogger._debug_level < 2
         ):
             if data:
-                self._send_buf.append((bytearray(data), None))
+                # bytes: kept as it is, nothing can change it while it waits.
+                kept = data if keep_bytes and type(data) is bytes else bytearray(data)
+                # (Typed bytearray by asyncssh; _mutable makes it one for asyncssh's flush.)
+                self._send_buf.append((kept, None))  # type: ignore[arg-type]
                 self._send_buf_len += len(data)
                 self._flush_send_buf()
             return
