@@ -17,6 +17,10 @@ socket buffers on its own side; so a sender faster than the rate builds its
 queue on ITS side (kernel send queue, transport buffers), as on a real link
 whose bottleneck is slower than the sender. Off by default.
 
+Bytes fall due on ``time.monotonic()`` and leave when a timerfd wakes the
+line at their due time (``bench/line_clock.py``): never early, late by the
+loop's turn, and the line costs CPU only for the bytes it moves.
+
 Usable in-process (``async with DelayLine.start(port, rtt)``) from tests and
 the bench, or on its own: ``python -m bench.delay_line TARGET_PORT RTT_MS
 [--mbps MB_PER_S]`` prints the port it listens on.
@@ -28,13 +32,14 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
 
+from bench.line_clock import DEFAULT_TIMER, TIMERS, Clock, make_clock, now
 from bench.proc import Child, spawn
 from sluice.runtime import install_uvloop
 
@@ -47,13 +52,11 @@ MAX_HELD = 64 * 1024 * 1024
 # bottleneck queue it holds beyond what is in flight, in seconds of the rate.
 LIMITED_SOCKET_BUFFER = 128 * 1024
 QUEUE_SECONDS = 0.005
-# Due times are on time.monotonic(), not the loop's clock: uvloop's clock
-# counts whole milliseconds as of the start of the loop's turn, which made a
-# 50 ms line a 52 ms one. A timer that fires before the bytes are due is set
-# again for the rest, so bytes are never early and late by a loop turn at most.
-_clock = time.monotonic
-TIMER_LEAD = 0.001
-RELEASE_EARLY = 0.0003
+# glibc's mallopt parameters (malloc.h), and what the line's process sets them to.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+_MMAP_THRESHOLD = 16 * 1024 * 1024
 _EOF = "eof"
 _CLOSE = "close"
 
@@ -63,12 +66,15 @@ class _Direction(asyncio.Protocol):
 
     def __init__(
         self,
+        clock: Clock,
         delay: float,
         peer: _Direction | None = None,
         on_made: Callable[[_Direction], None] | None = None,
         rate: float | None = None,
         queue_seconds: float = QUEUE_SECONDS,
     ) -> None:
+        self.clock = clock
+        self.arm_token: int | None = None  # the clock's wake-up this side waits for
         self.delay = delay
         self.rate = rate  # bytes/s this side's reads leave at; None: no limit
         # What is held before reading stops: in flight plus the bottleneck queue.
@@ -84,7 +90,6 @@ class _Direction(asyncio.Protocol):
         self.held_bytes = 0
         self.most_held = 0  # the most bytes held at once: the most in flight this way
         self.carried = 0  # bytes passed on to the peer so far
-        self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.peer_paused = False
         self.closed = asyncio.get_running_loop().create_future()
@@ -130,33 +135,32 @@ class _Direction(asyncio.Protocol):
 
     # -- holding ---------------------------------------------------------------
     def _hold(self, data: bytes | str) -> None:
-        now = _clock()
         if self.rate is None:
-            due = now + self.delay
+            due = now() + self.delay
         else:
             # The bottleneck sends one chunk after another at the rate, then
             # the chunk takes the delay (an EOF or close queues behind data).
             size = len(data) if isinstance(data, bytes) else 0
-            self.busy_until = max(now, self.busy_until) + size / self.rate
+            self.busy_until = max(now(), self.busy_until) + size / self.rate
             due = self.busy_until + self.delay
         self.held.append((due, data))
         self.held_bytes += len(data) if isinstance(data, bytes) else 0
         self.most_held = max(self.most_held, self.held_bytes)
         self._update_reading()
-        if self.timer is None:
-            self._set_timer(due)
+        if self.arm_token is None:
+            self.clock.arm(self, self.held[0][0])
 
-    def _set_timer(self, due: float) -> None:
-        self.timer = asyncio.get_running_loop().call_later(
-            max(0.0, due - _clock() - TIMER_LEAD), self._release
-        )
-
-    def _release(self) -> None:
-        self.timer = None
-        now = _clock()
+    def release(self) -> None:
+        """Pass on to the peer what is due (the clock calls it at its due time)."""
+        if self._waiting_for_peer():
+            # Kept until the far side is connected (_connect arms the clock
+            # again): bytes a caller sent at once were lost here while the
+            # line's connect to a busy target took longer than the delay.
+            return
+        until = now() + self.clock.early
         out: list[bytes] = []
         mark = ""
-        while self.held and self.held[0][0] <= now + RELEASE_EARLY:
+        while self.held and self.held[0][0] <= until:
             _, data = self.held.popleft()
             if isinstance(data, str):
                 mark = data
@@ -174,12 +178,19 @@ class _Direction(asyncio.Protocol):
                 target.close()
         self._update_reading()
         if self.held:
-            self._set_timer(self.held[0][0])
+            self.clock.arm(self, self.held[0][0])
+
+    def _waiting_for_peer(self) -> bool:
+        """The caller's side, while the line's connection on to the target is
+        not made yet."""
+        return self.on_made is not None and (self.peer is None or self.peer.transport is None)
 
     def _update_reading(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        want_pause = self.held_bytes > self.max_held or self.peer_paused
+        # (Not reading until the far side is connected: uvloop may start
+        # reading after connection_made paused it.)
+        want_pause = self.held_bytes > self.max_held or self.peer_paused or self._waiting_for_peer()
         if want_pause and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
@@ -188,9 +199,7 @@ class _Direction(asyncio.Protocol):
             self.reading_paused = False
 
     def _cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.clock.disarm(self)
 
 
 class DelayLine:
@@ -202,7 +211,10 @@ class DelayLine:
         rtt: float,
         rate: float | None = None,
         queue_seconds: float = QUEUE_SECONDS,
+        timer: str = DEFAULT_TIMER,
     ) -> None:
+        if timer not in TIMERS:
+            raise ValueError(f"timer: must be one of {', '.join(TIMERS)}, not {timer!r}")
         if rate is not None and rate <= 0:
             raise ValueError(f"rate: must be a positive number of bytes/s, not {rate!r}")
         if queue_seconds < 0:
@@ -211,6 +223,8 @@ class DelayLine:
         self.rtt = rtt
         self.rate = rate
         self.queue_seconds = queue_seconds  # the bottleneck's queue (with a rate only)
+        self.timer = timer  # which clock releases held bytes (bench/line_clock.py)
+        self.clock: Clock | None = None
         self.server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._sides: list[_Direction] = []
@@ -246,8 +260,13 @@ class DelayLine:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _protocol(self) -> _Direction:
+        assert self.clock is not None
         near = _Direction(
-            self.rtt / 2, on_made=self._link, rate=self.rate, queue_seconds=self.queue_seconds
+            self.clock,
+            self.rtt / 2,
+            on_made=self._link,
+            rate=self.rate,
+            queue_seconds=self.queue_seconds,
         )
         self._sides.append(near)
         return near
@@ -261,7 +280,9 @@ class DelayLine:
 
     async def _connect(self, near: _Direction) -> None:
         loop = asyncio.get_running_loop()
-        far = _Direction(self.rtt / 2, peer=near, rate=self.rate, queue_seconds=self.queue_seconds)
+        far = _Direction(
+            near.clock, self.rtt / 2, peer=near, rate=self.rate, queue_seconds=self.queue_seconds
+        )
         near.peer = far
         self._sides.append(far)
         assert near.transport is not None
@@ -273,9 +294,9 @@ class DelayLine:
         except OSError:
             near.transport.close()
             return
-        near.reading_paused = False
-        if not near.transport.is_closing():
-            near.transport.resume_reading()
+        near._update_reading()
+        if near.held and near.arm_token is None:  # what came before the connection
+            near.clock.arm(near, near.held[0][0])
 
     @staticmethod
     def _limit_buffers(sock: socket.socket) -> None:
@@ -301,11 +322,16 @@ class DelayLine:
     @classmethod
     @contextlib.asynccontextmanager
     async def start(
-        cls, port: int, rtt: float, host: str = "127.0.0.1", rate: float | None = None
+        cls,
+        port: int,
+        rtt: float,
+        host: str = "127.0.0.1",
+        rate: float | None = None,
+        timer: str = DEFAULT_TIMER,
     ) -> AsyncIterator[DelayLine]:
         """A delay line to *host*:*port* with round trip *rtt* seconds (and at
         most *rate* bytes/s each way, if given), for a ``with`` block."""
-        line = cls((host, port), rtt, rate)
+        line = cls((host, port), rtt, rate, timer=timer)
         await line.open()
         try:
             yield line
@@ -314,6 +340,7 @@ class DelayLine:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
+        self.clock = make_clock(self.timer, loop)
         if self.rate is None:
             self.server = await loop.create_server(self._protocol, "127.0.0.1", 0, backlog=1024)
             return
@@ -332,17 +359,35 @@ class DelayLine:
             side._cancel()
             if side.transport is not None:
                 side.transport.abort()
+        if self.clock is not None:
+            self.clock.close()
+            self.clock = None
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
 
 
-async def _serve(target_port: int, rtt_ms: float, mb_per_s: float | None, queue_ms: float) -> None:
+async def _serve(
+    target_port: int, rtt_ms: float, mb_per_s: float | None, queue_ms: float, timer: str
+) -> None:
     rate = mb_per_s * 1e6 if mb_per_s else None
-    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000, rate, queue_ms / 1000)
+    line = DelayLine(("127.0.0.1", target_port), rtt_ms / 1000, rate, queue_ms / 1000, timer)
     await line.open()
     print(line.port, flush=True)
     await asyncio.Event().wait()
+
+
+def _keep_freed_memory() -> None:
+    """Called once in the line's own process: its heap keeps what it frees.
+
+    Every read is a new ~256 KiB bytes object, freed when written on. With
+    glibc's defaults each came from a fresh ``mmap``, or from the top of a
+    heap trimmed back after the last free, so every read paid its pages'
+    faults and zeroing: half the line's CPU per GiB carried."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
 
 
 def main() -> None:
@@ -356,19 +401,40 @@ def main() -> None:
         default=QUEUE_SECONDS * 1000,
         help="the bottleneck's queue with --mbps, ms of the rate",
     )
+    parser.add_argument(
+        "--timer",
+        choices=TIMERS,
+        default=DEFAULT_TIMER,
+        help="what releases held bytes: timerfd, or the old spinning clock (A/B runs only)",
+    )
     args = parser.parse_args()
     if args.mbps is not None and args.mbps <= 0:
         parser.error(f"--mbps: must be positive, not {args.mbps:g}")
     if args.queue_ms < 0:
         parser.error(f"--queue-ms: must be 0 or more, not {args.queue_ms:g}")
     install_uvloop()
+    if args.timer != "spin":  # the old line as it was, for A/B runs
+        _keep_freed_memory()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.target_port, args.rtt_ms, args.mbps, args.queue_ms))
+        asyncio.run(_serve(args.target_port, args.rtt_ms, args.mbps, args.queue_ms, args.timer))
     sys.exit(0)
 
 
 if __name__ == "__main__":
     main()
+
+
+def line_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the line processes *pids* have run, to the
+    nanosecond: the first field of each thread's /proc schedstat (stat's
+    utime and stime count 10 ms ticks, coarse beside a line's few ms)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 async def spawn_line(
@@ -377,14 +443,18 @@ async def spawn_line(
     log: Path,
     mb_per_s: float | None = None,
     queue_ms: float | None = None,
+    timer: str = DEFAULT_TIMER,
 ) -> tuple[Child, int]:
     """A delay line to 127.0.0.1:*target_port* in a process of its own (so it
     does not share an event loop with the bench); returns it and its port.
     *mb_per_s*: a bandwidth limit each way (MB/s), none by default;
-    *queue_ms*: its bottleneck's queue (default ``QUEUE_SECONDS``)."""
+    *queue_ms*: its bottleneck's queue (default ``QUEUE_SECONDS``);
+    *timer*: the line's clock (``spin``, the old one, for A/B runs only)."""
     limit = ["--mbps", f"{mb_per_s:g}"] if mb_per_s else []
     if queue_ms is not None:
         limit += ["--queue-ms", f"{queue_ms:g}"]
+    if timer != DEFAULT_TIMER:
+        limit += ["--timer", timer]
     child = await spawn(
         f"delay line {rtt_ms:g} ms",
         [sys.executable, "-m", "bench.delay_line", str(target_port), str(rtt_ms), *limit],

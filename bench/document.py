@@ -712,7 +712,12 @@ def _long_links(r: dict[str, Any]) -> list[str]:
         "",
         "The agent far from the relay: each path's long hop passes through "
         "`bench/delay_line.py` (a process per line holding every byte half the round trip "
-        "each way; this kernel has no netem), see `bench/long_link.py`. "
+        "each way; this kernel has no netem), see `bench/long_link.py`. The line releases "
+        "bytes at their due time by a timerfd (`bench/line_clock.py`): never early, a few "
+        "tenths of a ms late each way, no busy wait; its own CPU per GiB carried is in the "
+        "table, since on this 2-core machine it competes with the path it carries (before "
+        "2026-12-05 it spun up to 0.7 ms before each release and let bytes go 0.2-0.3 ms "
+        "early: 1.0-4.3 CPU s/GiB, long-link figures before then are not comparable). "
         f"{plan['repetitions']} repetition(s) per round trip; a file of random bytes of "
         f"{plan['size'] // (1024 * 1024)} MiB down (curl) and up (PUT)"
         + (

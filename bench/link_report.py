@@ -55,6 +55,12 @@ class LinkSummary:
             ("c=1 GET beside a download, p99 ms", "beside", "p99_ms", ".1f"),
             ("the download beside the GETs, MB/s", "beside", "big_mb_s", ".1f"),
             ("fresh caller's GET, p50 ms", "fresh", "p50_ms", ".1f"),
+            (
+                f"the delay line's CPU, s per GiB of the {size} download",
+                "down",
+                "line_cpu_s_per_gib",
+                ".2f",
+            ),
         )
         out = [["round trip", "metric", *PATHS, "Sluice ÷ OpenSSH", "Sluice ÷ direct"]]
         for rtt in self.rtts:

@@ -30,14 +30,15 @@ import shutil
 import tempfile
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.delay_line import spawn_line
+from bench.delay_line import line_cpu_seconds, spawn_line
+from bench.line_clock import DEFAULT_TIMER, TIMERS
 from bench.load import write_lua
-from bench.nginx import MiB, Nginx
+from bench.nginx import GiB, MiB, Nginx
 from bench.openssh import OpenSSH
 from bench.perf import BenchPath, Row, measure
 from bench.proc import Child, run_tool
@@ -70,6 +71,9 @@ class LinkPlan:
     # The limited lines' bottleneck queue, ms (None: the line's default; not
     # OpenSSH's line): how much of GET latency is the line's own queue.
     line_queue_ms: float | None = None
+    # The lines' clocks; several: each path through a line of each, side by
+    # side (an A/B of the instrument; "spin" is the old line).
+    line_timers: tuple[str, ...] = (DEFAULT_TIMER,)
 
 
 FULL_LINKS = LinkPlan(
@@ -148,9 +152,11 @@ async def _get_trace(
 
 @dataclass
 class _LinkPath(BenchPath):
-    """A path, and the file its uploads send."""
+    """A path, the file its uploads send, and its delay line."""
 
     upload_source: Path = Path("/dev/null")
+    line: str = DEFAULT_TIMER  # the line's clock (bench/line_clock.py)
+    line_pids: list[int] = field(default_factory=list)
 
 
 def _points(plan: LinkPlan, lua: Path) -> list[tuple[str, Callable[[_LinkPath], Any]]]:
@@ -341,52 +347,17 @@ async def _one_rtt(
 ) -> list[Row]:
     root.mkdir(parents=True)
     children: list[Child] = []
-    openssh: OpenSSH | None = None
+    sshs: list[OpenSSH] = []
     rows: list[Row] = []
     try:
-        line, direct_port = await spawn_line(
-            nginx.port, rtt, root / "direct-line.log", plan.mb_per_s, plan.line_queue_ms
-        )
-        children.append(line)
-        openssh = await OpenSSH.start(
-            root / "openssh", nginx.port, rtt_ms=rtt, mb_per_s=plan.mb_per_s
-        )
-        line, relay_port = await spawn_line(
-            relay.ssh_port, rtt, root / "relay-line.log", plan.mb_per_s, plan.line_queue_ms
-        )
-        children.append(line)
-        agent_id, token = await relay.create_agent(f"link-{rtt}ms")
-        agent = await start_agent(
-            relay,
-            agent_id,
-            token,
-            f"127.0.0.1:{nginx.port}",
-            root / "agent.log",
-            relay_address=f"127.0.0.1:{relay_port}",
-            **agent_env,
-        )
-        children.append(agent)
-        conn = await relay.create_connection(f"link {rtt} ms", nginx.base, agent_id)
-        source = nginx.upload_source
-        every = [
-            _LinkPath("direct", f"http://127.0.0.1:{direct_port}", upload_source=source),
-            _LinkPath(
-                "openssh",
-                openssh.base,
-                cpu_pids=openssh.pids,
-                rss_pids={"ssh": openssh.ssh.pid, "sshd": openssh.sshd.pid},
-                upload_source=source,
-            ),
-            _LinkPath(
-                "sluice-onprem",
-                relay.proxy_base(conn),
-                relay.auth,
-                cpu_pids=[relay.pid, agent.pid],
-                rss_pids={"relay": relay.pid, "agent": agent.pid},
-                upload_source=source,
-            ),
-        ]
-        paths = [p for p in every if p.name in plan.paths]
+        # With several line timers (an A/B of the instrument), each path once
+        # through a line of each, side by side: direct, direct, openssh, ...
+        every: list[_LinkPath] = []
+        for timer in plan.line_timers:
+            every += await _paths(
+                root / timer, rtt, plan, nginx, relay, agent_env, timer, children, sshs
+            )
+        paths = sorted(every, key=lambda p: PATHS.index(p.name))
         say(f"long link, {rtt} ms round trip ...")
         for p in paths:  # a first request on each path (connections, pools); not recorded
             await load.wrk(
@@ -397,22 +368,107 @@ async def _one_rtt(
                 if name in LARGE_POINTS and rep > 1:
                     continue
                 for p in paths:
+                    line0 = line_cpu_seconds(p.line_pids)
                     row = await measure(p, rep, name, factory(p))
-                    row["rtt_ms"] = rtt
+                    line_cpu = line_cpu_seconds(p.line_pids) - line0
+                    row.update(rtt_ms=rtt, line=p.line, line_cpu_s=line_cpu)
+                    if row.get("bytes"):
+                        row["line_cpu_s_per_gib"] = line_cpu / (row["bytes"] / GiB)
                     rows.append(row)
                     say(_describe(row))
     finally:
         for child in reversed(children):
             await child.stop()
-        if openssh is not None:
+        for openssh in sshs:
             await openssh.stop()
     return rows
 
 
+async def _paths(
+    root: Path,
+    rtt: int,
+    plan: LinkPlan,
+    nginx: Nginx,
+    relay: Relay,
+    agent_env: dict[str, str],
+    timer: str,
+    children: list[Child],
+    sshs: list[OpenSSH],
+) -> list[_LinkPath]:
+    """The paths of *plan* at *rtt*, each through a line whose clock is
+    *timer*; what it starts is added to *children* and *sshs*."""
+    root.mkdir(parents=True)
+    source = nginx.upload_source
+    paths: list[_LinkPath] = []
+    if "direct" in plan.paths:
+        line, direct_port = await spawn_line(
+            nginx.port, rtt, root / "direct-line.log", plan.mb_per_s, plan.line_queue_ms, timer
+        )
+        children.append(line)
+        paths.append(
+            _LinkPath(
+                "direct",
+                f"http://127.0.0.1:{direct_port}",
+                upload_source=source,
+                line=timer,
+                line_pids=[line.pid],
+            )
+        )
+    if "openssh" in plan.paths:
+        openssh = await OpenSSH.start(
+            root / "openssh", nginx.port, rtt_ms=rtt, mb_per_s=plan.mb_per_s, line_timer=timer
+        )
+        sshs.append(openssh)
+        assert openssh.line is not None
+        paths.append(
+            _LinkPath(
+                "openssh",
+                openssh.base,
+                cpu_pids=openssh.pids,
+                rss_pids={"ssh": openssh.ssh.pid, "sshd": openssh.sshd.pid},
+                upload_source=source,
+                line=timer,
+                line_pids=[openssh.line.pid],
+            )
+        )
+    if "sluice-onprem" in plan.paths:
+        line, relay_port = await spawn_line(
+            relay.ssh_port, rtt, root / "relay-line.log", plan.mb_per_s, plan.line_queue_ms, timer
+        )
+        children.append(line)
+        agent_id, token = await relay.create_agent(f"link-{rtt}ms-{timer}")
+        agent = await start_agent(
+            relay,
+            agent_id,
+            token,
+            f"127.0.0.1:{nginx.port}",
+            root / "agent.log",
+            relay_address=f"127.0.0.1:{relay_port}",
+            **agent_env,
+        )
+        children.append(agent)
+        conn = await relay.create_connection(f"link {rtt} ms {timer}", nginx.base, agent_id)
+        paths.append(
+            _LinkPath(
+                "sluice-onprem",
+                relay.proxy_base(conn),
+                relay.auth,
+                cpu_pids=[relay.pid, agent.pid],
+                rss_pids={"relay": relay.pid, "agent": agent.pid},
+                upload_source=source,
+                line=timer,
+                line_pids=[line.pid],
+            )
+        )
+    return paths
+
+
 def _describe(row: Row) -> str:
-    head = f"  {row['rtt_ms']:3d} ms rep {row['rep']} {row['point']:7} {row['path']:14}"
+    path = row["path"] if row["line"] == DEFAULT_TIMER else f"{row['path']}[{row['line']}]"
+    head = f"  {row['rtt_ms']:3d} ms rep {row['rep']} {row['point']:7} {path:20}"
     if row["point"] in ("down", "up", *LARGE_POINTS):
-        return head + f" {row['mb_s']:8.1f} MB/s"
+        line = f"  line {row['line_cpu_s_per_gib']:.2f} CPU s/GiB" if row.get("bytes") else ""
+        return head + f" {row['mb_s']:8.1f} MB/s" + line
     text = head + f" p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms"
     if "trace" in row:
         slow = [(at, ms) for at, ms in row["trace"] if ms > 2 * row["rtt_ms"] + 10]
@@ -448,6 +504,14 @@ def main() -> None:
         default=None,
         help="the limited lines' bottleneck queue, ms (not OpenSSH's line)",
     )
+    parser.add_argument(
+        "--line-timer",
+        action="append",
+        choices=TIMERS,
+        default=None,
+        help="the delay lines' clock (default timerfd); repeated: an A/B of the line, "
+        "each path through a line of each (spin: the old, spinning line)",
+    )
     parser.add_argument("--get-seconds", type=int, default=FULL_LINKS.get_seconds)
     parser.add_argument("--out", type=Path, default=None, help="raw rows as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
@@ -468,6 +532,7 @@ def main() -> None:
         paths=tuple(p for p in args.paths.split(",") if p),
         mb_per_s=args.mbps,
         line_queue_ms=args.line_queue_ms,
+        line_timers=tuple(args.line_timer or (DEFAULT_TIMER,)),
     )
     relay_env = dict(item.split("=", 1) for item in args.relay_env)
     agent_env = dict(item.split("=", 1) for item in args.agent_env)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.delay_line import spawn_line
+from bench.line_clock import DEFAULT_TIMER
 from bench.proc import Child, free_port, port_open, run_tool, spawn, wait_until
 
 CIPHER = "aes128-gcm@openssh.com"
@@ -64,10 +65,15 @@ class OpenSSH:
 
     @classmethod
     async def start(
-        cls, root: Path, target_port: int, rtt_ms: float = 0, mb_per_s: float | None = None
+        cls,
+        root: Path,
+        target_port: int,
+        rtt_ms: float = 0,
+        mb_per_s: float | None = None,
+        line_timer: str = DEFAULT_TIMER,
     ) -> OpenSSH:
         """sshd, and ``ssh -R`` to it (through a delay line of *rtt_ms* if not 0,
-        limited to *mb_per_s* each way if given)."""
+        limited to *mb_per_s* each way if given; *line_timer*: its clock)."""
         root.mkdir(parents=True)
         for name in ("ssh_host_ed25519_key", "id_ed25519"):
             rc, _, err = await run_tool(
@@ -93,7 +99,9 @@ class OpenSSH:
             await wait_until("sshd", lambda: port_open(port), timeout=10, child=sshd)
             ssh_port = port
             if rtt_ms:
-                line, ssh_port = await spawn_line(port, rtt_ms, root / "line.log", mb_per_s)
+                line, ssh_port = await spawn_line(
+                    port, rtt_ms, root / "line.log", mb_per_s, timer=line_timer
+                )
             forward = free_port()
             ssh = await spawn(
                 "ssh",

@@ -4,13 +4,19 @@ each direction, and an EOF or a close passes through behind the data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import random
+import socket
+import statistics
 import time
+from pathlib import Path
 
 import pytest
 
-from bench.delay_line import DelayLine
+from bench.delay_line import DelayLine, line_cpu_seconds, spawn_line
+from tests.support.waiting import wait_until
 
 
 async def test_bytes_arrive_intact_half_a_round_trip_later_each_way() -> None:
@@ -115,10 +121,16 @@ def test_a_bandwidth_limit_must_be_positive() -> None:
         DelayLine(("127.0.0.1", 1), 0.01, rate=0)
 
 
+def test_the_timer_must_be_one_the_line_knows() -> None:
+    with pytest.raises(ValueError, match="timer: must be one of timerfd, spin, not 'sleep'"):
+        DelayLine(("127.0.0.1", 1), 0.01, timer="sleep")
+
+
 async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> None:
-    """A one-byte ping-pong through a 50 ms line takes 50 ms: bytes are never
-    released early, and the loop's millisecond timers do not add to it (they
-    made it 52 ms, which the long-link targets of RTT + 3 ms would pay for)."""
+    """A one-byte ping-pong through a 50 ms line (in this process, on the
+    stock loop) takes 50 ms: bytes are never released early, and the loop's
+    millisecond timers do not add to it (they made it 52 ms, which the
+    long-link targets of RTT + 3 ms would pay for)."""
     rtt = 0.05
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -145,7 +157,157 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
         server.close()
         await server.wait_closed()
     times.sort()
-    assert times[0] >= rtt - 0.0007, times  # at most 0.3 ms early each way
+    assert times[0] >= rtt, times  # never early
     # The lower quartile: what a busy machine adds to some samples is not
-    # the line's (the old line's quartile was 1-2 ms over at every RTT).
-    assert times[len(times) // 4] <= rtt + 0.0006, times
+    # the line's (a line on the loop's millisecond timers was 1-2 ms over at
+    # every RTT). Here in one process the test's own four hops and the echo
+    # take their loop turns too: 0.4-0.7 ms.
+    assert times[len(times) // 4] <= rtt + 0.001, times
+
+
+class _Echo(asyncio.Protocol):
+    """Echoes what it reads, noting when each read arrived."""
+
+    def __init__(self, arrivals: list[float]) -> None:
+        self.arrivals = arrivals
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.arrivals.append(time.monotonic())
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+async def test_a_line_process_is_never_early_and_late_by_well_under_a_millisecond(
+    tmp_path: Path,
+) -> None:
+    """The bench's line (a process of its own, on uvloop) holds one-byte pings
+    half the round trip each way: never less (the old line released bytes up
+    to 0.3 ms early), and rarely more than a fraction of a millisecond (its
+    loop's millisecond timers made a 50 ms line a 52 ms one)."""
+    rtt_ms = 10
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    server = await loop.create_server(lambda: _Echo(arrivals), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    answers: asyncio.Queue[float] = asyncio.Queue()
+
+    class Pinger(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            answers.put_nowait(time.monotonic())
+
+    child, line_port = await spawn_line(port, rtt_ms, tmp_path / "line.log")
+    there: list[float] = []
+    back: list[float] = []
+    try:
+        transport, _ = await loop.create_connection(Pinger, "127.0.0.1", line_port)
+        for _ in range(60):
+            # A pause first, not for synchronisation: pings fall at every
+            # phase of the loop's millisecond clock.
+            await asyncio.sleep(random.uniform(0, 0.002))
+            arrivals.clear()
+            sent = time.monotonic()
+            transport.write(b"x")
+            answered = await asyncio.wait_for(answers.get(), 5)
+            there.append(arrivals[0] - sent)
+            back.append(answered - arrivals[0])
+        transport.close()
+    finally:
+        await child.stop()
+        server.close()
+        await server.wait_closed()
+    half = rtt_ms / 2000
+    late_ms = sorted((t - half) * 1000 for t in there + back)
+    assert late_ms[0] >= 0, f"a byte came {-late_ms[0]:.3f} ms early: {late_ms}"
+    # The median: a busy machine delays some samples, not the line's doing.
+    assert statistics.median(late_ms) <= 0.5, late_ms
+    round_trips = sorted(t + b for t, b in zip(there, back, strict=True))
+    assert statistics.median(round_trips) <= (rtt_ms + 1) / 1000, round_trips
+
+
+async def test_a_line_process_costs_cpu_for_what_it_carries_not_for_waiting(
+    tmp_path: Path,
+) -> None:
+    """64 KiB requests and answers one after another through a 10 ms line
+    (a line in its own process, as the bench runs it): the line wakes when
+    bytes are due and moves them, and costs little CPU besides. The old line
+    spun its loop for the last 0.7 ms before every release: 1.4 ms of CPU
+    per round trip, 14% of a core for as long as anything was on its way."""
+    rtt_ms = 10
+    message = os.urandom(64 * 1024)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Echo([]), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    child, line_port = await spawn_line(port, rtt_ms, tmp_path / "line.log")
+    round_trips = 100
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", line_port)
+        writer.write(message)  # a first round trip: the connection made, the line warm
+        await asyncio.wait_for(reader.readexactly(len(message)), 5)
+        cpu0 = line_cpu_seconds([child.pid])
+        began = time.monotonic()
+        for _ in range(round_trips):
+            writer.write(message)
+            assert await asyncio.wait_for(reader.readexactly(len(message)), 5) == message
+        wall = time.monotonic() - began
+        cpu = line_cpu_seconds([child.pid]) - cpu0
+        writer.close()
+    finally:
+        await child.stop()
+        server.close()
+        await server.wait_closed()
+    carried_mib = round_trips * 2 * len(message) / 2**20
+    # Generous: 20-22 ms here (moving 12.5 MiB, 200 wake-ups), the old line 104-106 ms.
+    assert cpu <= 0.05, f"{cpu * 1000:.0f} ms CPU for {carried_mib:g} MiB in {wall:.2f} s"
+
+
+def _listen_overflows() -> int:
+    """SYNs the kernel dropped at full accept queues, since boot (all sockets)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    names, values = (line.split() for line in lines if line.startswith("TcpExt:"))
+    return int(values[names.index("ListenOverflows")])
+
+
+async def test_what_a_caller_sends_at_once_waits_for_a_slow_connect_to_the_target(
+    tmp_path: Path,
+) -> None:
+    """A caller's first bytes reach the target even when the line's own
+    connection on to it takes longer than the delay (a busy target: here one
+    whose accept queue is full, so the line's SYN is retried after a second).
+    The line (on uvloop, in its own process) read them at once and, with no
+    far side yet, dropped them: a GET beside a download sometimes never came
+    back."""
+    loop = asyncio.get_running_loop()
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(0)  # room for one connection not yet accepted
+    target.setblocking(False)
+    filler = socket.create_connection(target.getsockname(), timeout=5)
+    child, line_port = await spawn_line(target.getsockname()[1], 10, tmp_path / "line.log")
+    accepted: list[socket.socket] = []
+    try:
+        dropped = _listen_overflows()
+        _, writer = await asyncio.open_connection("127.0.0.1", line_port)
+        writer.write(b"hello")
+        # The line's SYN dropped (the kernel counts it), then room for its retry.
+        await wait_until(lambda: _listen_overflows() > dropped, timeout=5, what="a dropped SYN")
+        accepted.append((await asyncio.wait_for(loop.sock_accept(target), 5))[0])  # the filler
+        line_side, _ = await asyncio.wait_for(loop.sock_accept(target), 5)
+        accepted.append(line_side)
+        line_side.setblocking(False)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while len(got) < 5:
+                chunk = await asyncio.wait_for(loop.sock_recv(line_side, 100), 3)
+                if not chunk:
+                    break
+                got += chunk
+        writer.close()
+    finally:
+        await child.stop()
+        for sock in (*accepted, filler, target):
+            sock.close()
+    assert got == b"hello"
