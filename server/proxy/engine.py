@@ -403,21 +403,59 @@ class Engine:
         connection = handle.connection
         http = connection.http
         prepared = handle.prepared
+        size = len(body) if body is not None else declared
+        # The whole request, when the fast path sent it before from these
+        # very settings (``PreparedRequests.requests``).
+        request_key = (method, relative, tuple(headers), size)
+        kept = prepared.requests.get(request_key)
         try:
-            joined = prepared.target(http.base_uri, relative)
-            # A request-target seen for the first time: its head is not kept
-            # (one-off paths, /items/1, /items/2..., would only fill the cache).
-            again = joined is not None
-            if joined is None:
-                joined = self._target(handle, relative)
-                prepared.keep_target(http.base_uri, relative, joined)
-            origin, target = joined
-            known = len(handle.masks)  # told to the log masker already
-            grant = self._auth.grant_at_once(handle, target)
-            if grant is None:
-                return None  # a scheme that may send it twice, or must wait first
-            if len(handle.masks) > known and self._remember is not None:
-                self._remember(*handle.masks[known:])
+            if kept is not None and kept[0] is connection:
+                origin, head, learned = kept[1], kept[2], kept[3]
+                if learned:
+                    # What the grant told the handle and the log masker, as
+                    # the scheme's grant_now does each time.
+                    handle.masks.extend(learned)
+                    if self._remember is not None:
+                        self._remember(*learned)
+            else:
+                joined = prepared.target(http.base_uri, relative)
+                # A request-target seen for the first time: its head is not
+                # kept (one-off paths, /items/1, /items/2..., would only fill
+                # the cache).
+                again = joined is not None
+                if joined is None:
+                    joined = self._target(handle, relative)
+                    prepared.keep_target(http.base_uri, relative, joined)
+                origin, target = joined
+                known = len(handle.masks)  # told to the log masker already
+                grant = self._auth.grant_at_once(handle, target)
+                if grant is None:
+                    return None  # a scheme that may send it twice, or must wait first
+                learned = tuple(handle.masks[known:])
+                if learned and self._remember is not None:
+                    self._remember(*learned)
+                tls: ssl.SSLContext | None = None
+                if origin.scheme == "https":
+                    chosen = self._ssl(handle)
+                    tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
+                # (A templated field is rendered for each request.)
+                keep = again and not any("{{" in h.value for h in http.headers)
+                made = None
+                if keep:
+                    # Everything the head is made of, but the settings object
+                    # (the cache checks that one by identity).
+                    key = (method, grant.target, tuple(headers), tuple(grant.headers), size, tls)
+                    made = prepared.head(key, connection)
+                if made is None:
+                    fields = self._fields(handle, headers, grant.headers)
+                    made = prepare(method, origin, grant.target, fields, size, tls)
+                    if keep:
+                        prepared.keep_head(key, connection, made)
+                if keep and tls is None:
+                    # (A TLS context is looked up for each request: a reloaded
+                    # certificate makes a new one, and so a new pool key.)
+                    prepared.keep_request(request_key, (connection, origin, made, learned))
+                head = made
             if connection.mode == "on_premise":
                 agent_id = connection.agent_id
                 if agent_id is None or not self._registry.is_online(agent_id):
@@ -426,23 +464,6 @@ class Engine:
             else:
                 self._cloud.check(origin)
                 pool = self._cloud.pool
-            tls: ssl.SSLContext | None = None
-            if origin.scheme == "https":
-                chosen = self._ssl(handle)
-                tls = chosen if isinstance(chosen, ssl.SSLContext) else default_tls(chosen)
-            size = len(body) if body is not None else declared
-            head = None
-            if again:
-                # Everything the head is made of, but the settings object (the
-                # cache checks that one by identity).
-                key = (method, grant.target, tuple(headers), tuple(grant.headers), size, tls)
-                head = prepared.head(key, connection)
-            if head is None:
-                fields = self._fields(handle, headers, grant.headers)
-                head = prepare(method, origin, grant.target, fields, size, tls)
-                if again and not any("{{" in header.value for header in http.headers):
-                    # (A templated field is rendered for each request.)
-                    prepared.keep_head(key, connection, head)
             # The wiretap is not told: its only listener, the debug log,
             # sends through ``request`` (a connection with an open window
             # never takes this way).

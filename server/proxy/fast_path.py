@@ -30,6 +30,7 @@ behaviour it has:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol
 
@@ -39,6 +40,7 @@ from server.proxy.exchange import answer_headers, canonical_line, counted, is_sm
 from server.proxy.headers import Fields
 from server.tunnel.http1 import Http1Response, Http1Stream, StaleStream
 from server.web.services import Services
+from sluice import logs
 
 # Sent again after a kept-alive stream closed under it, as the stream pool does.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -160,13 +162,13 @@ class _FastExchange:
             caller.end_request(keep_alive=False)
             return
         handle = self._handle
-        data = upstream.arrived_whole() if is_small(upstream, self._method) else None
+        # Released with it when it has arrived whole (one call, not two).
+        data = upstream.arrived_whole(release=True) if is_small(upstream, self._method) else None
         if data is None:
             counted(self._services, handle, upstream, self._began)
             caller.answer_streamed(handle, upstream, self._began)
             return
         arrived = time.perf_counter()
-        upstream.release()
         conn_id = handle.id
         assert conn_id is not None
         fields = answer_headers(upstream, handle, conn_id)
@@ -178,7 +180,13 @@ class _FastExchange:
             caller.end_request(keep_alive=False)
             return
         counted(self._services, handle, upstream, self._began, arrived)
-        canonical_line(
-            conn_id, handle.connection.mode, self._method, upstream.status, len(data), self._began
-        )
+        if logs.min_level <= logging.INFO:  # (canonical_line's own test, without its call)
+            canonical_line(
+                conn_id,
+                handle.connection.mode,
+                self._method,
+                upstream.status,
+                len(data),
+                self._began,
+            )
         caller.end_request(keep_alive=True)

@@ -568,20 +568,18 @@ class FrontProtocol(asyncio.Protocol):
             body = self._body = _BodyFeed(self, request.length)
             buffer[:] = body.feed(bytes(buffer))
         self._close_announced = False
-        if not isinstance(body, _BodyFeed) and self._fast(request, body):
-            return
+        if not isinstance(body, _BodyFeed):
+            # On the fast path (``server.proxy.fast_path``) if it can be; here,
+            # not in a method of its own (a Python call per request).
+            self._request, self._request_body = request, body
+            try:
+                if try_fast(self.front.services, self, request, body):
+                    return
+            except Exception as exc:
+                # Nothing reached the API (the engine sends last): the general
+                # path serves it and gives the definite error, if there is one.
+                log.warning("front_fast_path_failed", error_type=type(exc).__name__, exc_info=exc)
         self._task = asyncio.get_running_loop().create_task(self._serve(request, body))
-
-    def _fast(self, request: _Request, body: bytes | None) -> bool:
-        """Serve *request* on the fast path (``server.proxy.fast_path``) if it can be."""
-        self._request, self._request_body = request, body
-        try:
-            return try_fast(self.front.services, self, request, body)
-        except Exception as exc:
-            # Nothing reached the API (the engine sends last): the general
-            # path serves it and gives the definite error, if there is one.
-            log.warning("front_fast_path_failed", error_type=type(exc).__name__, exc_info=exc)
-            return False
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Answered before the body arrived: stop sending, swallow the rest for
@@ -785,7 +783,13 @@ class FrontProtocol(asyncio.Protocol):
 
     def answer_whole(self, status: int, reason: str | None, headers: Fields, body: bytes) -> None:
         assert self._request is not None
-        self.write(self.head(status, reason, headers, self._request, length=len(body)) + body)
+        head = self.head(status, reason, headers, self._request, length=len(body))
+        # ``write``, inline (a Python call per request).
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            raise ConnectionResetError("the caller went away")
+        transport.write(head + body)
 
     def answer_error(self, exc: Exception) -> None:
         assert self._request is not None

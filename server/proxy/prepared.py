@@ -13,6 +13,14 @@ cache entry's expiry gives the connection a new, empty one, so a head never
 outlives the settings it was made from. Each entry also names the settings
 object it was made from and is used only with that very object (a handle
 whose token was refreshed carries a copy of the settings, and makes its own).
+
+A request the fast path sent twice is also kept whole (``requests``), keyed
+by what the caller sent (method, path, fields, body size): its next repeat
+finds the head in one look, without joining the target, asking the auth
+scheme for its grant, or making the key of the head again. Only what those
+steps make from the settings alone is kept so: a grant the scheme gives at
+once (``Authenticator.grant_at_once``, a function of the settings and the
+target), no templated field, no TLS context (one looked up per request).
 """
 
 from __future__ import annotations
@@ -25,6 +33,11 @@ from yarl import URL
 from server.connections.model import Connection
 from server.tunnel.stream_pool import Prepared
 
+# What ``requests`` keeps of a request: the settings it was made from (used
+# only with that very object), the API's origin, the head, and the secrets
+# the auth scheme added to the handle's masks for it.
+Kept = tuple[Connection, URL, Prepared, tuple[str, ...]]
+
 # Distinct requests kept per connection; past it, the oldest half is dropped.
 LIMIT = 256
 
@@ -32,11 +45,14 @@ LIMIT = 256
 class PreparedRequests:
     """The joined targets and prepared heads of one connection's settings."""
 
-    __slots__ = ("_heads", "_targets")
+    __slots__ = ("_heads", "_targets", "requests")
 
     def __init__(self) -> None:
         self._targets: dict[tuple[str, str], tuple[URL, str]] = {}
         self._heads: dict[Hashable, tuple[Connection, Prepared]] = {}
+        # Read by the engine with a plain ``get`` (a Python call fewer per
+        # request than a method); filled through ``keep_request``.
+        self.requests: dict[Hashable, Kept] = {}
 
     def __repr__(self) -> str:
         return f"<PreparedRequests targets={len(self._targets)} heads={len(self._heads)}>"
@@ -59,6 +75,11 @@ class PreparedRequests:
     def keep_head(self, key: Hashable, connection: Connection, prepared: Prepared) -> None:
         _bounded(self._heads)
         self._heads[key] = (connection, prepared)
+
+    def keep_request(self, key: Hashable, kept: Kept) -> None:
+        """Keep a whole request the fast path sent (the module's doc)."""
+        _bounded(self.requests)
+        self.requests[key] = kept
 
 
 def _bounded(kept: dict[Any, Any]) -> None:

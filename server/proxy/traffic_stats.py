@@ -28,19 +28,6 @@ class _Minute:
     errors: int = 0
     samples: list[float] = field(default_factory=list)
 
-    def add(self, seconds: float, error: bool, rng: random.Random) -> None:
-        self.requests += 1
-        self.errors += int(error)
-        if len(self.samples) < SAMPLES_PER_MINUTE:
-            self.samples.append(seconds)
-        else:
-            # Uniform over [0, requests), as randrange would be, in one C call
-            # (randrange is several Python calls, for every request past the
-            # first SAMPLES_PER_MINUTE of a busy minute).
-            slot = int(rng.random() * self.requests)
-            if slot < SAMPLES_PER_MINUTE:
-                self.samples[slot] = seconds
-
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an already sorted, non-empty list."""
@@ -121,7 +108,22 @@ class TrafficStats:
             series = self._series[conn_id] = deque(maxlen=MINUTES)
         if not series or series[-1].start != minute:
             series.append(_Minute(minute))
-        series[-1].add(seconds, is_error(status), self._rng)
+        # The minute counts it here, not in a method of its own, and is_error
+        # is inline: this runs for every proxied request.
+        counts = series[-1]
+        counts.requests += 1
+        if status >= 500 or status == 429:
+            counts.errors += 1
+        samples = counts.samples
+        if len(samples) < SAMPLES_PER_MINUTE:
+            samples.append(seconds)
+        else:
+            # Uniform over [0, requests), as randrange would be, in one C call
+            # (randrange is several Python calls, for every request past the
+            # first SAMPLES_PER_MINUTE of a busy minute).
+            slot = int(self._rng.random() * counts.requests)
+            if slot < SAMPLES_PER_MINUTE:
+                samples[slot] = seconds
 
     def forget(self, conn_id: str) -> None:
         self._series.pop(conn_id, None)

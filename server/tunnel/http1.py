@@ -311,14 +311,20 @@ class Http1Response:
             self._stream.resume_reading()
         return data
 
-    def arrived_whole(self) -> bytes | None:
+    def arrived_whole(self, *, release: bool = False) -> bytes | None:
         """The whole body when all of it has arrived (a small answer, usually),
-        joined at once; None while some is still to come."""
+        joined at once; None while some is still to come. With *release*, a
+        whole body also releases the answer (as ``release`` would: its
+        stream is back in its pool already)."""
         if not self._complete:
             return None
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
+        if release:
+            self._released = True  # (as release() does; a complete answer has no timer)
+            if self._timer is not None:
+                self._stop_timer()
         return data
 
     async def read(self, n: int = -1) -> bytes:
@@ -664,7 +670,11 @@ class Http1Stream(asyncio.Protocol):
             return
         extra = len(data) > left
         if left:
-            response._feed(data[:left] if extra else data)
+            # _feed without its call: the exchange completes below, which
+            # wakes a reader and resumes reading (so no high-water pause).
+            piece = data[:left] if extra else data
+            response._chunks.append(piece)
+            response._buffered += len(piece)
         self._raw = False
         self._body_left = -1
         if self._parser_midway:
@@ -686,7 +696,8 @@ class Http1Stream(asyncio.Protocol):
         if response is not None:
             response._finish()
         self.exchanges += 1
-        self.resume_reading()  # the rest of the body waits in the answer, not the stream
+        if not self._reading:
+            self.resume_reading()  # the rest of the body waits in the answer, not the stream
         transport = self._transport  # self.closed, without a call per answer
         if (
             self._sending
@@ -857,7 +868,9 @@ class Http1Stream(asyncio.Protocol):
             transport.write(head)
             writer = self._writer = loop.create_task(self._send_body(body, chunked))
             writer.add_done_callback(self._body_sent)
-        if deadline is not None:
+        # _time_head, called only when the timer must move (it fires
+        # earlier than most deadlines and moves itself on then).
+        if deadline is not None and (self._head_timer is None or self._head_timer_at > deadline):
             self._time_head(loop, deadline)
         return self._head
 

@@ -251,7 +251,8 @@ class StreamPool:
         stream = self._take(prepared.key)
         if stream is None:
             return None
-        deadline = stream.loop.time() + total if total else None
+        # The running loop (a C call; the stream's ``loop`` is a Python property).
+        deadline = asyncio.get_running_loop().time() + total if total else None
         try:
             answer = stream.begin(
                 prepared.head, body, deadline, prepared.late, head_only=prepared.head_only
@@ -288,7 +289,7 @@ class StreamPool:
         self._idle.setdefault(key, []).append(stream)
         # One timer per stream, moved on only when it fires early: a request
         # moves the deadline, not the timer (cheaper than a timer per request).
-        loop = stream.loop
+        loop = asyncio.get_running_loop()  # (as in begin_prepared)
         stream.idle_deadline = loop.time() + self._keepalive
         if stream.idle_timer is None:
             stream.idle_timer = loop.call_at(stream.idle_deadline, self._expire, key, stream)
