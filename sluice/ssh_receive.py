@@ -59,7 +59,7 @@ def _plain_channel_classes() -> frozenset[type]:
 
 def _adjusting_channel_classes() -> frozenset[type]:
     """asyncssh's channel classes that take a window adjust with
-    SSHChannel's own handler (``_take_window_adjust`` does what it does)."""
+    SSHChannel's own handler (``_take_data_packets`` does what it does)."""
     own = SSHChannel._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST)
     found: set[type] = set()
     todo: list[type[SSHChannel[Any]]] = [SSHChannel]
@@ -217,7 +217,10 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
             try:
-                if len(plain) < 10:
+                if len(plain) < 10 or not plain[0]:
+                    # Too short, or no padding: asyncssh's payload slice
+                    # (packet[1:-padlen]) is then empty, and it ends the
+                    # connection; so it parses this one.
                     break
                 if plain[1] != MSG_CHANNEL_DATA:
                     if plain[1] != MSG_CHANNEL_WINDOW_ADJUST:
