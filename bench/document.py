@@ -417,6 +417,33 @@ TUNING_HISTORY = (
     "`is_closing` three times, a `Handle` per request "
     "(`ConnectionService.cached_handle`), `AdminTokens.epoch`, "
     "`DebugLog.surely_closed`, `TunnelRegistry.is_online`, `TunnelHTTP.pool`.",
+    "Send path per flush and window top-ups (issue 22, branch issue-26h). (1) The send "
+    "scheduler's flush (`sluice/send_scheduler.py`) of a channel alone (no channel "
+    "waiting for a turn, the transport not paused, no turn under way) whose data or "
+    "window fits one turn calls the flush beneath directly: the round robin "
+    "(`ready`, `pump`, `flush_quantum`) would do the same there; `_sched` is inline and "
+    "`follow_rate` is called only when its sample is due (never without a socket). 5 "
+    "calls a flush -> 2. `bench.calls` (c=1): relay 60.2 -> 57.7 Python calls a "
+    "request, agent 23.1 -> 19.1; `tests/unit/test_packet_calls.py` budget 26 -> 21 a "
+    "round trip. (2) A window top-up (`SSH_MSG_CHANNEL_WINDOW_ADJUST`, sent while no key "
+    "exchange is due) joins the send coalescing's outbox: it leaves at the end of the "
+    "loop turn it was made in, with the turn's channel packets, not as a write of its "
+    "own (`sluice/ssh_send.py`, `sluice/send_coalescing.py`). Counted at the mixed "
+    "point (a counting copy of the tree): 18% of the relay's turns with a top-up had "
+    "another packet to join (a GET), 1.03 top-ups a turn. "
+    "`tests/unit/test_window_top_up_writes.py`: two streams received at once, 199 "
+    "top-ups in 101 writes (101 in 101 before). `bench.ab --points c1,c32,mixed,down1g "
+    "--reps 5 --openssh --sched`, main (ded6332's parent) vs the branch, interleaved "
+    "(load 1.9-3.8, foreign up to 1.7 cores): c=32 relay+agent 53.0 -> 49.6 us/req "
+    "(lower in 5 of 5; OpenSSH 15.1: 3.5x -> 3.3x, target 2x missed), 14.5k -> 13.6k "
+    "req/s; c=1 142 -> 128 us/req, p50 0.147 -> 0.126 ms (OpenSSH 0.074); mixed GET "
+    "p50 1.32 -> 1.37 ms, p99 12.5 -> 9.2 ms, download 342 -> 340 MB/s (solo 499 -> "
+    "488: 0.69x -> 0.70x), relay 1.26 -> 1.10 ms/MiB and 19.5 -> 15.5 system calls/MiB."
+    " Two runs of mixed alone with (1) and (1)+(2) as separate trees (7 and 5 reps, load"
+    " 3-4.2): GET p50 1.70/1.67 (main), 1.67/1.64 ((1)), 1.37/1.33 ((1)+(2)) ms, p99 "
+    "7.9/7.5, 10.3/6.6, 7.3/6.2 ms, download 327/344, 345/345, 350/353 MB/s. The mixed "
+    "targets (p50 <= 1 ms, 0.7x solo) stay missed or at the edge on this loaded "
+    "machine (OpenSSH's GET p50 0.76-1.4 ms in the same runs).",
 )
 
 
