@@ -433,7 +433,7 @@ TUNING_HISTORY = (
     "another packet to join (a GET), 1.03 top-ups a turn. "
     "`tests/unit/test_window_top_up_writes.py`: two streams received at once, 199 "
     "top-ups in 101 writes (101 in 101 before). `bench.ab --points c1,c32,mixed,down1g "
-    "--reps 5 --openssh --sched`, main (ded6332's parent) vs the branch, interleaved "
+    "--reps 5 --openssh --sched`, main at ded6332 vs the branch (merged at 4ad947e), interleaved "
     "(load 1.9-3.8, foreign up to 1.7 cores): c=32 relay+agent 53.0 -> 49.6 us/req "
     "(lower in 5 of 5; OpenSSH 15.1: 3.5x -> 3.3x, target 2x missed), 14.5k -> 13.6k "
     "req/s; c=1 142 -> 128 us/req, p50 0.147 -> 0.126 ms (OpenSSH 0.074); mixed GET "
