@@ -23,6 +23,7 @@ from tests.conftest import AgentFactory
 from tests.integration.test_repeated_answers import _plain_connection
 from tests.support.capture import APIClient
 from tests.support.raw_api import raw_api
+from tests.support.waiting import wait_until
 
 BODY = os.urandom(8 * 1024 * 1024)
 MIB = len(BODY) / (1024 * 1024)
@@ -59,6 +60,68 @@ async def test_a_bulk_answer_is_piped_to_the_caller(
     assert counted == digest
     waking = sum(calls[name] for name in PER_PIECE)
     assert waking <= PER_PIECE_PER_MIB * MIB, calls
+
+
+async def test_a_piped_answer_stops_while_the_caller_reads_nothing(
+    client: APIClient, start_agent: AgentFactory
+) -> None:
+    """The pipe stops when the caller's socket fills: the relay stops reading
+    the stream, and the API stops being read, well short of the body; the
+    caller that reads again gets all of it, in order."""
+    size = 128 * 1024 * 1024
+    piece = os.urandom(1024 * 1024)
+    sent = [0]
+    blocked = [False]
+    looks = {"sent": -1, "still": 0}
+
+    def stalled() -> bool:
+        """The API has waited to write, having written nothing more, for 10
+        looks in a row (0.2 s)."""
+        if blocked[0] and sent[0] == looks["sent"]:
+            looks["still"] += 1
+        else:
+            looks["still"] = 0
+        looks["sent"] = sent[0]
+        return looks["still"] >= 10
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        while sent[0] < size:
+            writer.write(piece)
+            sent[0] += len(piece)
+            blocked[0] = True
+            await writer.drain()
+            blocked[0] = False
+        return True
+
+    async for raw in raw_api(answer):
+        _, token = await start_agent([f"127.0.0.1:{raw.port}"])
+        conn_id = await _plain_connection(client, "stalled caller", token.agent_id, raw.port)
+        front = urlsplit(client.base)
+        assert front.hostname is not None
+        reader, writer = await asyncio.open_connection(front.hostname, front.port)
+        try:
+            writer.write(
+                f"GET /v1/connections/{conn_id}/proxy/big HTTP/1.1\r\n"
+                f"Host: relay\r\nAuthorization: Bearer {client.token}\r\n\r\n".encode()
+            )
+            await reader.readuntil(b"\r\n\r\n")  # then nothing, for a while
+            await wait_until(stalled, timeout=30, what="the API's writes to stall")
+            assert sent[0] <= size // 2, sent[0]
+            digest = hashlib.sha256()
+            got = 0
+            async with asyncio.timeout(30):
+                while got < size:
+                    data = await reader.read(4 * 1024 * 1024)
+                    assert data, got
+                    digest.update(data)
+                    got += len(data)
+        finally:
+            writer.close()
+    assert got == size
+    assert digest.hexdigest() == hashlib.sha256(piece * 128).hexdigest()
 
 
 async def _download(client: APIClient, conn_id: str) -> tuple[str, str, Counter[str]]:
