@@ -43,6 +43,18 @@ from sluice.ssh_gcm import (
 from sluice.ssh_state import _CONN_STATE, _VIEWS, _Applied, _ConnState, _state
 
 
+def _stock_dispatch(cls: type[SSHChannel[Any]], pkttype: int) -> bool:
+    """Whether *cls* receives a packet of *pkttype* as SSHChannel does: the
+    same dispatch, logging and handler (what the tuned path does in its
+    place)."""
+    return (
+        cls.process_packet is SSHChannel.process_packet
+        and cls.log_received_packet is SSHChannel.log_received_packet
+        and SSHChannel._packet_handlers.get(pkttype) is not None
+        and cls._packet_handlers.get(pkttype) is SSHChannel._packet_handlers.get(pkttype)
+    )
+
+
 def _plain_channel_classes() -> frozenset[type]:
     found: set[type] = set()
     todo: list[type[SSHChannel[Any]]] = [SSHChannel]
@@ -52,6 +64,7 @@ def _plain_channel_classes() -> frozenset[type]:
         if (
             cls._accept_data is SSHChannel._accept_data
             and cls._deliver_data is SSHChannel._deliver_data
+            and _stock_dispatch(cls, MSG_CHANNEL_DATA)
         ):
             found.add(cls)
     return frozenset(found)
@@ -59,14 +72,13 @@ def _plain_channel_classes() -> frozenset[type]:
 
 def _adjusting_channel_classes() -> frozenset[type]:
     """asyncssh's channel classes that take a window adjust with
-    SSHChannel's own handler (``_take_window_adjust`` does what it does)."""
-    own = SSHChannel._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST)
+    SSHChannel's own handler (``_take_data_packets`` does what it does)."""
     found: set[type] = set()
     todo: list[type[SSHChannel[Any]]] = [SSHChannel]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if own is not None and cls._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST) is own:
+        if _stock_dispatch(cls, MSG_CHANNEL_WINDOW_ADJUST):
             found.add(cls)
     return frozenset(found)
 
@@ -217,7 +229,10 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             except InvalidTag:
                 break  # asyncssh decrypts it again and reports the failure
             try:
-                if len(plain) < 10:
+                if len(plain) < 10 or not plain[0]:
+                    # Too short, or no padding: asyncssh's payload slice
+                    # (packet[1:-padlen]) is then empty, and it ends the
+                    # connection; so it parses this one.
                     break
                 if plain[1] != MSG_CHANNEL_DATA:
                     if plain[1] != MSG_CHANNEL_WINDOW_ADJUST:

@@ -106,16 +106,23 @@ def _patch_flush() -> None:
             held.flush()
         original_send(self, data)
 
+    def asyncssh_flush(chan: SSHChannel[Any]) -> None:
+        if chan._send_buf and chan._send_window:
+            _mutable(chan._send_buf)  # asyncssh's flush cuts what it sends
+        original_flush(chan)
+
     def _flush_send_buf(self: SSHChannel[Any]) -> None:
         ssh = self._conn
         if ssh is None:
-            original_flush(self)  # not connected
+            asyncssh_flush(self)  # not connected
             return
         state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)  # (inline: per packet)
         if state is None:
             state = _state(ssh)
         elif state.batch is not None:
-            original_flush(self)  # inside a flush already
+            # Inside a flush already: a session's callback (its resume_writing,
+            # as asyncio's SSLProtocol's) wrote more.
+            asyncssh_flush(self)
             return
         batch: list[bytes] = []
         state.batch = batch
@@ -126,9 +133,7 @@ def _patch_flush() -> None:
         try:
             _send_data_fast(self, ssh, batch)
             if self._send_buf or self._send_paused or self._send_state != "open":
-                if self._send_buf and self._send_window:
-                    _mutable(self._send_buf)  # asyncssh's flush cuts what it sends
-                original_flush(self)  # the rest: extended data, EOF/close, pause/resume
+                asyncssh_flush(self)  # the rest: extended data, EOF/close, pause/resume
             # else asyncssh's flush would do nothing: no data left, so
             # nothing to pause, nothing paused to resume, no EOF or close due.
         finally:

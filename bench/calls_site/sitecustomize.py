@@ -34,11 +34,17 @@ def _install(role: str, out: Path) -> None:
     def start(signum: int, frame: object) -> None:
         counts.clear()
         sys.setprofile(profile)
+        # For whoever waits to send what is to be counted (the handler runs
+        # at the process's next bytecode, not when the signal is sent).
+        (out / f"calls-{role}.started").touch()
 
     def stop(signum: int, frame: object) -> None:
         sys.setprofile(None)
         lines = [f"{n} {name}\n" for name, n in counts.most_common()]
-        (out / f"calls-{role}.txt").write_text("".join(lines))
+        # Whole or not at all, for a reader that waits for the file.
+        part = out / f"calls-{role}.txt.part"
+        part.write_text("".join(lines))
+        part.replace(out / f"calls-{role}.txt")
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)

@@ -104,6 +104,8 @@ async def _count(client: APIClient, conn_id: str, pid: int, counts: Path) -> str
             for _ in range(3):
                 await call()  # the stream and the windows settle
             os.kill(pid, signal.SIGUSR1)
+            started = counts.with_suffix(".started")
+            await wait_until(started.exists, what="the agent's counting")
             for _ in range(REQUESTS):
                 await call()
             os.kill(pid, signal.SIGUSR2)

@@ -6,7 +6,9 @@ fails, and what had arrived before it is read first."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from types import FrameType
 
@@ -115,3 +117,40 @@ async def test_what_arrived_before_the_deadline_is_read_then_the_next_wait_fails
         with pytest.raises(UpstreamTimeout, match="body too slow"):
             await answer.readany()
         assert loop.time() - start < 0.1
+
+
+async def test_an_answer_read_to_its_end_leaves_no_timer_and_the_stream_serves_on(
+    pair: Pair,
+) -> None:
+    """The deadline's timer of an answer that ended (read in pieces, so the
+    timer was armed) is gone with it: nothing keeps the answer alive, and
+    the kept-alive stream carries the next answer past the first deadline."""
+    stream, reader, writer = pair
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10):
+        began = stream.begin(GET, None, loop.time() + 0.2, "first too slow")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_head(2 * len(PIECE)) + PIECE)
+        answer = await began
+        assert await answer.readany() == PIECE
+        waiting = asyncio.ensure_future(answer.readany())  # arms the deadline's timer
+        await asyncio.sleep(0)  # the reader waits for the piece (not a sync: a yield)
+        writer.write(PIECE)
+        assert await waiting == PIECE
+        assert await answer.readany() == b""
+        gone = weakref.ref(answer)
+        del answer, waiting, began
+        gc.collect()
+        assert gone() is None, "a timer still holds the answer that ended"
+
+        began = stream.begin(GET, None, loop.time() + 60, "second too slow")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_head(2 * len(PIECE)) + PIECE)
+        second = await began
+        assert await second.readany() == PIECE
+        rest = asyncio.ensure_future(second.readany())
+        await asyncio.sleep(0.4)  # the scenario itself: past the first deadline, not a sync
+        writer.write(PIECE)
+        assert await rest == PIECE
+        assert await second.readany() == b""
+    assert not stream.closed

@@ -6,7 +6,7 @@ still take asyncssh's own path, as the peer and the session see."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncssh
 import pytest
@@ -176,3 +176,31 @@ async def test_an_error_in_a_session_ends_the_connection_through_asyncssh(port: 
     finally:
         loop.set_exception_handler(before)
     assert uncaught == []
+
+
+def test_a_channel_class_with_its_own_dispatch_keeps_asyncssh_path() -> None:
+    # A channel class that receives packets its own way (its own
+    # process_packet or log_received_packet) gets every packet through it:
+    # neither its data nor its window adjusts take the tuned path.
+    from asyncssh.channel import SSHClientChannel
+    from asyncssh.packet import SSHPacket
+
+    from sluice import ssh_receive
+
+    class Dispatching(SSHClientChannel[bytes]):
+        def process_packet(
+            self, pkttype: int, pktid: int, packet: SSHPacket
+        ) -> bool | Awaitable[None]:
+            return super().process_packet(pkttype, pktid, packet)
+
+    class Logging(SSHClientChannel[bytes]):
+        def log_received_packet(
+            self, pkttype: int, pktid: int | None, packet: bytes | SSHPacket, note: str = ""
+        ) -> None:
+            super().log_received_packet(pkttype, pktid, packet, note)
+
+    for scan in (ssh_receive._plain_channel_classes, ssh_receive._adjusting_channel_classes):
+        found = scan()
+        assert SSHClientChannel in found
+        assert Dispatching not in found
+        assert Logging not in found

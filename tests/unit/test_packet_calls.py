@@ -9,6 +9,7 @@ were 12 such calls per request in each process."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -187,3 +188,26 @@ async def test_window_adjusts_of_a_bulk_transfer_skip_asyncssh_parser(
         writer.write_eof()
     assert echoed == data
     assert +calls == Counter(), f"in a {BULK}-byte echo: {calls}"
+
+
+async def test_window_adjusts_are_logged_at_asyncssh_debug_level_2(
+    ssh: asyncssh.SSHClientConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With asyncssh's debug level at 2, its log of each window adjust sent
+    and received is kept: the tuned receive path leaves those packets to
+    asyncssh (``_process_window_adjust``, ``_deliver_data``)."""
+    writer, reader, _ = await ssh.open_session(encoding=None)
+    data = bytes(range(256)) * (BULK // 256)
+    asyncssh.set_debug_level(2)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+            async with asyncio.timeout(30):
+                writer.write(data)
+                assert await reader.readexactly(BULK) == data
+    finally:
+        asyncssh.set_debug_level(1)
+        writer.write_eof()
+    messages = [r.getMessage() for r in caplog.records]
+    # Each way: the echo's and the test's channels, more than a window each.
+    assert sum("Received window adjust" in m for m in messages) >= 4
+    assert sum("Sending window adjust" in m for m in messages) >= 4

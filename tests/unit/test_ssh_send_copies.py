@@ -119,3 +119,64 @@ async def test_a_reused_buffer_is_copied_before_write_returns() -> None:
         return got.decode()
 
     assert await write_and_overwrite() == expected
+
+
+class _WritesWhenResumed(asyncssh.SSHClientSession[bytes]):
+    """Writes more ``bytes`` to its channel from ``resume_writing``, inside
+    the flush that resumed it (as asyncio's SSLProtocol does with the TLS
+    records it holds: an HTTPS request through the tunnel); counts what the
+    echo sends back."""
+
+    def __init__(self, more: int) -> None:
+        self.more = more
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.received = 0
+        self.arrived = asyncio.Event()
+        self.expected = 0
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
+
+    def resume_writing(self) -> None:
+        if self.more and self.chan is not None:
+            self.more -= 1
+            self.chan.write(_piece(self.more))
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.received += len(data)
+        if self.received >= self.expected:
+            self.arrived.set()
+
+
+async def _echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    while data := await process.stdin.read(65536):
+        process.stdout.write(data)
+    process.exit(0)
+
+
+async def test_bytes_written_inside_a_flush_are_sent_whole() -> None:
+    """A session that writes from ``resume_writing`` writes inside the flush
+    that resumed it, where asyncssh's own flush cuts the data it sends off
+    the front of each entry: a ``bytes`` entry kept uncopied must be made a
+    bytearray there too, or the cut fails and takes the connection down."""
+    assert tune_asyncssh()
+    server, port = await serve_local(
+        OpenServer, process_factory=_echo, window=128 * 1024, max_pktsize=32 * 1024
+    )
+    try:
+        async with connect_local(port) as conn:
+            session = _WritesWhenResumed(8)
+            session.expected = 9 * PIECE
+            chan, _ = await conn.create_session(lambda: session, encoding=None)
+            chan.write(_piece(99))  # more than the window: reading it pauses, then resumes
+            closed = asyncio.ensure_future(conn.wait_closed())
+            arrived = asyncio.ensure_future(session.arrived.wait())
+            try:
+                await asyncio.wait({closed, arrived}, timeout=30, return_when="FIRST_COMPLETED")
+            finally:
+                closed.cancel()
+                arrived.cancel()
+            assert (session.more, session.received) == (0, 9 * PIECE)
+    finally:
+        server.close()
+        await server.wait_closed()
