@@ -15,7 +15,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -397,12 +397,18 @@ async def deliver(
     try:
         streamed = answer_headers(upstream, handle, conn_id, retries)
         await sink.begin(upstream.status, upstream.reason, streamed, _length(upstream))
-        async for chunk in upstream.content.iter_any():
-            if chunk:
-                await sink.write(chunk)
-                sent += len(chunk)
+        pipe: Callable[[Answer], Awaitable[int | None]] | None = getattr(sink, "pipe", None)
+        piped = None if pipe is None else await pipe(upstream)
+        if piped is not None:
+            sent = piped
+        else:
+            async for chunk in upstream.content.iter_any():
+                if chunk:
+                    await sink.write(chunk)
+                    sent += len(chunk)
         await sink.end()
     except (aiohttp.ClientError, RelayError, OSError) as exc:
+        sent = getattr(sink, "piped", 0) or sent
         log.warning(
             "proxy_stream_broken", connection=conn_id, bytes=sent, error=handle.mask(str(exc))
         )

@@ -324,6 +324,7 @@ class _SocketSink:
         self._request = request
         self._chunked = False
         self._no_body = False
+        self.piped = 0  # bytes of the body sent by ``pipe``, so far
         self.started = False
         self.broken = False
 
@@ -353,6 +354,32 @@ class _SocketSink:
             return
         self._caller.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
         await self._caller.drain()
+
+    async def pipe(self, upstream: object) -> int | None:
+        """Stream *upstream*'s body to the caller, piece by piece as the
+        tunnel delivers it (``Http1Response.piped``), waiting only while the
+        caller's socket is full; the bytes sent. None, having sent nothing,
+        for a body this does not pipe (chunked, none, not an Http1Response)."""
+        if self._chunked or self._no_body or not isinstance(upstream, Http1Response):
+            return None
+        caller = self._caller
+        sent = 0
+        try:
+            while True:
+                data = upstream.take()
+                if data:
+                    caller.write(data)
+                    sent += len(data)
+                if upstream.ended:
+                    return sent + upstream.piped_bytes
+                await caller.drain()
+                caller.piping = upstream
+                try:
+                    await upstream.piped(caller.pipe_write)
+                finally:
+                    caller.piping = None
+        finally:
+            self.piped = sent + upstream.piped_bytes
 
     async def end(self) -> None:
         if self._chunked:
@@ -396,6 +423,9 @@ class FrontProtocol(asyncio.Protocol):
         # The request being served, and its body (for the fast path's callbacks).
         self._request: _Request | None = None
         self._request_body: bytes | None = None
+        # The answer whose body goes to this caller straight from its
+        # stream (``_SocketSink.pipe``): stopped when the socket fills.
+        self.piping: Http1Response | None = None
 
     # -- asyncio callbacks -------------------------------------------------------
     @property
@@ -446,6 +476,8 @@ class FrontProtocol(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(ConnectionResetError())
         self.resume_writing()  # a writer waiting for room finds the transport closed
+        if self.piping is not None:
+            self.piping.unpipe()
         if self._finished is not None:
             self._finished.set()
         self.gone.set()
@@ -453,6 +485,8 @@ class FrontProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
             self._writable = asyncio.get_running_loop().create_future()
+        if self.piping is not None:
+            self.piping.unpipe()  # the rest waits in the answer, then its stream
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -824,6 +858,16 @@ class FrontProtocol(asyncio.Protocol):
         request = self._request
         assert request is not None
         self._finish(keep_alive and request.keep_alive)
+
+    def pipe_write(self, data: bytes) -> None:
+        """A piece of a piped body (``_SocketSink.pipe``), in the tunnel
+        stream's data_received: nothing raised there, a caller gone stops the pipe."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            if self.piping is not None:
+                self.piping.unpipe()
+            return
+        transport.write(data)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None

@@ -202,6 +202,10 @@ class Http1Response:
         # _expired: it fired while nobody waited.
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
+        # While ``piped`` runs: where each piece of the body goes as it
+        # arrives, and how many bytes went there.
+        self._pipe: Callable[[bytes], None] | None = None
+        self.piped_bytes = 0
 
     def __repr__(self) -> str:
         return f"<Http1Response {self.status} buffered={self._buffered}>"
@@ -221,6 +225,11 @@ class Http1Response:
 
     # -- fed by the stream ---------------------------------------------------
     def _feed(self, data: bytes) -> None:
+        pipe = self._pipe
+        if pipe is not None:
+            self.piped_bytes += len(data)
+            pipe(data)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
@@ -310,6 +319,48 @@ class Http1Response:
         if self._buffered < LOW_WATER and not self._complete:
             self._stream.resume_reading()
         return data
+
+    @property
+    def ended(self) -> bool:
+        """All of the body has arrived and been taken."""
+        return self._complete and not self._chunks
+
+    def take(self) -> bytes:
+        """All of the body that has arrived and waits here, joined (b"" when
+        none waits); raises the answer's error once nothing waits."""
+        chunks = self._chunks
+        if not chunks:
+            if self._error is not None:
+                raise self._error
+            return b""
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if not self._complete:
+            self._stream.resume_reading()
+        return data
+
+    async def piped(self, write: Callable[[bytes], None]) -> None:
+        """Hand each piece of the body that arrives to *write*, at once, in
+        the stream's ``data_received``: no wake-up of the reader per piece
+        (a bulk answer's packets cost the relay a future, a task step, and
+        the reader's calls each, otherwise). Returns when the answer ended
+        or failed, or ``unpipe`` was called (the caller's socket is full);
+        pieces that arrive after that wait here (``take``). Nothing waits
+        here when it starts, or it returns at once."""
+        if self._chunks or self._complete or self._error is not None:
+            return
+        self._pipe = write
+        try:
+            await self._wait()
+        finally:
+            self._pipe = None
+
+    def unpipe(self) -> None:
+        """Stop ``piped``: what arrives now waits here (paused at HIGH_WATER)."""
+        if self._pipe is not None:
+            self._pipe = None
+            self._wake()
 
     def arrived_whole(self, *, release: bool = False) -> bytes | None:
         """The whole body when all of it has arrived (a small answer, usually),
