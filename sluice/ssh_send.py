@@ -212,6 +212,7 @@ def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
         ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time
     ):
         return None  # asyncssh's own send_packet starts the rekey
+    # (_sent_now's tests, inline: a call per packet otherwise.)
     return encryption._cipher
 
 
