@@ -71,8 +71,25 @@ _EMPTY_IGNORE = String(b"")
 _AEAD = (GCMEncryption, ChachaEncryption)
 
 
+def _stock_senders() -> frozenset[type]:
+    """asyncssh's channel classes that send a packet with SSHChannel's own
+    ``send_packet`` and log it with asyncssh's own ``log_sent_packet``."""
+    found: set[type] = set()
+    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if (
+            cls.send_packet is SSHChannel.send_packet
+            and cls.log_sent_packet is SSHPacketLogger.log_sent_packet
+        ):
+            found.add(cls)
+    return frozenset(found)
+
+
 def _patch_send_packet() -> None:
     original = SSHConnection.send_packet
+    _Applied.adjust_senders = _stock_senders()
 
     def send_packet(
         self: SSHConnection, pkttype: int, *args: bytes, handler: SSHPacketLogger | None = None
@@ -98,6 +115,77 @@ def _patch_send_packet() -> None:
         original(self, pkttype, *args, handler=handler)
 
     _connection.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+    _Applied.tuned_send_packet = send_packet
+
+
+def send_window_adjust(chan: SSHChannel[Any], amount: int) -> None:
+    """Send ``SSH_MSG_CHANNEL_WINDOW_ADJUST`` of *amount* bytes on *chan*.
+
+    Under AES-GCM (keys in place, no rekey due, asyncssh's packet log off),
+    framed and encrypted here, as asyncssh would (same packet, padding
+    length, sequence number and rekey accounting), with padding from the
+    pool (``sluice.ssh_padding``), and held with the loop turn's channel
+    packets as the tuned ``send_packet`` holds it. asyncssh's own way
+    (``SSHChannel.send_packet``) was some 20 Python calls a top-up (the
+    payload's and packet's builders, the IGNORE packet it then drops, the
+    cipher's wrapper, the packet log's formatting) and a ``getrandom``
+    system call for its padding: a bulk stream's receiver sends 1.4-1.6
+    top-ups per MiB (issue 27a). Otherwise it goes that way."""
+    ssh = chan._conn
+    send_chan = chan._send_chan
+    if (
+        ssh is None
+        or send_chan is None
+        or chan.__class__ not in _Applied.adjust_senders
+        or type(ssh).send_packet is not _Applied.tuned_send_packet
+        or "send_packet" in ssh.__dict__  # wrapped on the instance (tests record packets so)
+        or SSHLogger._debug_level >= 3  # asyncssh logs the packet
+    ):
+        chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, _U32.pack(amount))
+        return
+    cipher = _gcm_ready(ssh)
+    if cipher is None:
+        chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, _U32.pack(amount))
+        return
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per top-up)
+    if aead is None:
+        aead = _aead(cipher)
+    blocksize = ssh._send_blocksize
+    padlen = -(ssh._send_enchdrlen + 9) % blocksize
+    if padlen < 4:
+        padlen += blocksize
+    pktlen = 10 + padlen
+    header = _U32.pack(pktlen)
+    padding = PADDING  # (inline: Padding.take)
+    pad_end = padding.pos + padlen
+    if pad_end > _PAD_POOL:
+        padding.refill()
+        pad_end = padlen
+    padding.pos = pad_end
+    iv = cipher._iv
+    sealed = aead.encrypt(
+        iv,
+        _DATA_PREFIX.pack(padlen, MSG_CHANNEL_WINDOW_ADJUST, send_chan, amount)
+        + padding.data[pad_end - padlen : pad_end],
+        header,
+    )
+    # GCMCipher._update_iv, inline.
+    cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+    ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+    ssh._rekey_bytes_sent += pktlen
+    # The tuned _send, as the tuned send_packet has it send a top-up: into
+    # the flush under way, else held to the loop turn's end (joining).
+    state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)
+    if state is not None and state.batch is not None:
+        state.batch.append(header)
+        state.batch.append(sealed)
+        return
+    held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
+    transport = ssh._transport
+    if held is not None and transport is not None:
+        held.add(transport, [header, sealed])
+    else:
+        ssh._send(header + sealed)
 
 
 def _sent_now(ssh: SSHConnection) -> bool:
@@ -159,8 +247,25 @@ def _patch_flush() -> None:
         transport = ssh._transport
         try:
             _send_data_fast(self, ssh, batch)
-            if self._send_buf or self._send_paused or self._send_state != "open":
+            if self._send_buf or self._send_state != "open":
                 asyncssh_flush(self)  # the rest: extended data, EOF/close, pause/resume
+            elif self._send_paused:
+                # All sent, the session paused: asyncssh's flush would only
+                # resume it (_pause_resume_writing), here without its four
+                # calls (the flush, the check, its logger and a debug call
+                # that logs nothing below level 2). A bulk stream's writer
+                # pauses and resumes about once per MiB (issue 27a).
+                session = self._session
+                if (
+                    self._send_buf_len <= self._send_low_water
+                    and SSHLogger._debug_level < 2
+                    and session is not None
+                    and type(self)._pause_resume_writing is _STOCK_PAUSE_RESUME
+                ):
+                    self._send_paused = False
+                    session.resume_writing()
+                else:
+                    asyncssh_flush(self)
             # else asyncssh's flush would do nothing: no data left, so
             # nothing to pause, nothing paused to resume, no EOF or close due.
         finally:
@@ -181,6 +286,10 @@ def _patch_flush() -> None:
 
     _connection.SSHConnection._send = _send  # type: ignore[method-assign]
     _channel.SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
+
+
+# (getattr: an asyncssh without it must still import this module, and run stock.)
+_STOCK_PAUSE_RESUME = getattr(SSHChannel, "_pause_resume_writing", None)
 
 
 def _write_all(transport: Any, batch: list[bytes]) -> None:
