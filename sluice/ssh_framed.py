@@ -150,11 +150,15 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     # buffer; uvloop takes a view of its own). The view alive keeps *out*
     # from reuse (``_unshared``) until the transport lets go of it.
     packet = memoryview(out)[: 4 + pktlen + _GCM_TAG]
-    # The tuned _send, inline (no flush under way, checked above): held in
-    # the outbox first (what it holds goes first), else written.
+    # The tuned _send, inline (no flush under way, checked above): after
+    # what the outbox holds, else written at once (as the outbox would: the
+    # packet is past its LIMIT), without the outbox's two calls.
     held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
-    if held is not None:
+    if held is not None and held.parts:
         held.add(ssh._transport, [packet])  # type: ignore[list-item]
     else:
-        ssh._send(packet)  # type: ignore[arg-type]
+        try:  # noqa: SIM105 (as asyncssh's own _send; contextlib.suppress is three calls)
+            ssh._transport.write(packet)
+        except ConnectionError:
+            pass
     return True

@@ -247,25 +247,29 @@ def _patch_flush() -> None:
         transport = ssh._transport
         try:
             _send_data_fast(self, ssh, batch)
-            if self._send_buf or self._send_state != "open":
-                asyncssh_flush(self)  # the rest: extended data, EOF/close, pause/resume
-            elif self._send_paused:
-                # All sent, the session paused: asyncssh's flush would only
-                # resume it (_pause_resume_writing), here without its four
-                # calls (the flush, the check, its logger and a debug call
-                # that logs nothing below level 2). A bulk stream's writer
-                # pauses and resumes about once per MiB (issue 27a).
-                session = self._session
-                if (
-                    self._send_buf_len <= self._send_low_water
-                    and SSHLogger._debug_level < 2
-                    and session is not None
-                    and type(self)._pause_resume_writing is _STOCK_PAUSE_RESUME
-                ):
-                    self._send_paused = False
-                    session.resume_writing()
-                else:
-                    asyncssh_flush(self)
+            session = self._session
+            if self._send_state != "open" or (self._send_buf and self._send_window):
+                asyncssh_flush(self)  # the rest: extended data, EOF/close (or a rekey due)
+            elif (
+                SSHLogger._debug_level < 2
+                and session is not None
+                and type(self)._pause_resume_writing is _STOCK_PAUSE_RESUME
+            ):
+                # asyncssh's flush would send nothing now (no data left, or
+                # no window): it would only pause or resume the session
+                # (_pause_resume_writing), here without its four calls (the
+                # flush, the check, its logger and a debug call that logs
+                # nothing below level 2). A bulk stream's writer pauses and
+                # resumes about once per MiB (issue 27a).
+                if self._send_paused:
+                    if self._send_buf_len <= self._send_low_water:
+                        self._send_paused = False
+                        session.resume_writing()
+                elif self._send_buf_len > self._send_high_water:
+                    self._send_paused = True
+                    session.pause_writing()
+            elif self._send_buf or self._send_paused:
+                asyncssh_flush(self)
             # else asyncssh's flush would do nothing: no data left, so
             # nothing to pause, nothing paused to resume, no EOF or close due.
         finally:
