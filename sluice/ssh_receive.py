@@ -223,17 +223,20 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             plain: bytes | memoryview
             try:
                 if pooled and pktlen >= _POOLED_LEAST:
-                    # _PLAINTEXTS.take, its first buffer inline (two calls a
-                    # packet otherwise): free once no view of it is left.
-                    pool = _PLAINTEXTS._buffers
-                    into = pool[0] if pool else None
-                    if into is not None and len(into) > pktlen:
-                        try:  # (_unshared, inline)
-                            del into[-1]
-                            into.append(0)
-                        except BufferError:
-                            into = _PLAINTEXTS.take(pktlen)
-                    else:
+                    # _PLAINTEXTS.take, its buffers tried inline (a call to
+                    # take and one to _unshared per buffer tried otherwise):
+                    # one is free once no view of it is left.
+                    into = None
+                    for kept in _PLAINTEXTS._buffers:
+                        if len(kept) > pktlen:
+                            try:  # (_unshared, inline)
+                                del kept[-1]
+                            except BufferError:
+                                continue
+                            kept.append(0)
+                            into = kept
+                            break
+                    if into is None:
                         into = _PLAINTEXTS.take(pktlen)
                     plain = memoryview(into)[:pktlen]
                     aead.decrypt_into(cipher._iv, view[pos + 4 : end], view[pos : pos + 4], plain)

@@ -379,7 +379,22 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
         if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
             # Into a reused buffer, not a fresh zeroed one: the view sent
             # keeps it from reuse until the transport has let go of it.
-            packet = memoryview(_SEALED.take(4 + pktlen + _GCM_TAG))[: 4 + pktlen + _GCM_TAG]
+            # _SEALED.take, its buffers tried inline (a call to take and
+            # one to _unshared per buffer tried otherwise).
+            sealed_size = 4 + pktlen + _GCM_TAG
+            into = None
+            for kept in _SEALED._buffers:
+                if len(kept) > sealed_size:
+                    try:  # (_unshared, inline: no view of it is left)
+                        del kept[-1]
+                    except BufferError:
+                        continue
+                    kept.append(0)
+                    into = kept
+                    break
+            if into is None:
+                into = _SEALED.take(sealed_size)
+            packet = memoryview(into)[:sealed_size]
             packet[:4] = header
             aead.encrypt_into(iv, plain, header, packet[4:])
             batch.append(packet)  # type: ignore[arg-type]
