@@ -59,6 +59,7 @@ from sluice.ssh_gcm import (
     _GCM_TAG,
     _POOLED_LEAST,
     _SEALED,
+    _SEND_SIZE,
     _U32,
     _U64_MASK,
     _aead,
@@ -311,6 +312,9 @@ def _write_all(transport: Any, batch: list[bytes]) -> None:
 
 
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
+# Where a bulk packet's plaintext is gathered before it is encrypted (one
+# per process: the cipher has read it before anything else runs).
+_SEND_PLAIN = memoryview(bytearray(_SEND_SIZE))
 
 
 def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
@@ -356,26 +360,34 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
             padlen += blocksize
         pktlen = 10 + size + padlen
         header = _U32.pack(pktlen)
-        view = memoryview(buf)
-        piece = view[:size]
         # Random padding cut from the pool (ssh_padding), inline: per packet.
         pad_end = padding.pos + padlen
         if pad_end > _PAD_POOL:
             padding.refill()
             pad_end = padlen
         padding.pos = pad_end
-        try:
-            plain = b"".join(
-                (
-                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
-                    piece,
-                    padding.data[pad_end - padlen : pad_end],
-                )
-            )
-        finally:
-            piece.release()
-            view.release()
         iv = cipher._iv
+        view = memoryview(buf)
+        try:
+            if pktlen >= _POOLED_LEAST and pktlen <= _SEND_SIZE and _ENCRYPT_INTO:
+                # The plaintext gathered into one buffer reused for every
+                # bulk packet (the cipher reads it before anything else
+                # runs), not joined into a fresh 256 KiB object each time.
+                gathered = _SEND_PLAIN[:pktlen]
+                _DATA_PREFIX.pack_into(gathered, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
+                gathered[10 : 10 + size] = view[:size]
+                gathered[10 + size :] = padding.data[pad_end - padlen : pad_end]
+                plain: bytes | memoryview = gathered
+            else:
+                plain = b"".join(
+                    (
+                        _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
+                        view[:size],
+                        padding.data[pad_end - padlen : pad_end],
+                    )
+                )
+        finally:
+            view.release()
         if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
             # Into a reused buffer, not a fresh zeroed one: the view sent
             # keeps it from reuse until the transport has let go of it.

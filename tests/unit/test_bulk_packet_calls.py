@@ -12,7 +12,10 @@ and the agent run it, each way of a bulk echo:
   system call for its padding);
 - a writer the channel paused is resumed (and paused) by the tuned flush,
   without asyncssh's flush, ``_pause_resume_writing``, its logger and its
-  debug call, while the writer still sees the backpressure.
+  debug call, while the writer still sees the backpressure;
+- a bulk packet's plaintext is gathered into a buffer reused for each, not
+  joined into a fresh 256 KiB object (relay CPU per MiB of an upload 1.13 ->
+  0.99 ms in 10 interleaved rounds).
 
 The echo gets every byte back, beyond the windows: the top-ups were valid.
 """
@@ -65,7 +68,9 @@ async def _echo(ssh: asyncssh.SSHClientConnection, calls: Counter[str]) -> None:
             code = frame.f_code
             calls[f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}"] += 1
         elif event == "c_call":
-            calls[f"C {getattr(arg, '__name__', arg)}"] += 1
+            name = getattr(arg, "__name__", arg)
+            calls[f"C {name}"] += 1
+            calls[f"C {name} in {frame.f_code.co_name}"] += 1
 
     writer, reader, _ = await ssh.open_session(encoding=None, max_pktsize=PACKET)
     data = bytes(range(256)) * (BULK // 256)
@@ -119,3 +124,15 @@ async def test_a_paused_writer_resumes_without_asyncssh_flush(
     # Without asyncssh's flush (36 calls in this echo before; a pause for a
     # turn of the send scheduler still goes through _pause_resume_writing).
     assert calls["channel.py:_flush_send_buf"] == 0
+
+
+async def test_bulk_plaintexts_are_gathered_into_a_reused_buffer(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    calls: Counter[str] = Counter()
+    await _echo(ssh, calls)
+    bulk = calls["C encrypt_into in _send_data_fast"]
+    assert bulk >= BULK // PACKET  # the client's packets at least
+    # A join only for the small packets (a window's edge), which are
+    # encrypted into a new object (``encrypt``); every bulk packet was joined.
+    assert calls["C join in _send_data_fast"] <= calls["C encrypt in _send_data_fast"], calls
