@@ -12,12 +12,16 @@ order, at the end of the turn.
 Why it cannot stall the tunnel (an earlier coalescing, a wrapper around the
 whole transport, stalled the agent's ready signal):
 
-- only channel flushes are held, never the packets asyncssh sends on its
-  own: window adjusts, channel opens and their replies, close and EOF sent
-  outside a flush, keepalives, global requests, key exchange and disconnect
-  go through ``SSHConnection._send`` as before, which first writes whatever
-  the outbox holds (``flush``): every byte leaves in the order asyncssh
-  produced it, and no control packet waits for the end of the turn;
+- only channel flushes and window top-ups are held, never the other
+  packets asyncssh sends on its own: channel opens and their replies, close
+  and EOF sent outside a flush, keepalives, global requests, key exchange
+  and disconnect go through ``SSHConnection._send`` as before, which first
+  writes whatever the outbox holds (``flush``): every byte leaves in the
+  order asyncssh produced it, and no such packet waits for the end of the
+  turn. A window top-up (sent only while no key exchange is due) waits for
+  the end of the turn it was made in, never later, and leaves with the
+  turn's other packets: beside a download, each top-up was a write of its
+  own that woke the peer (a 128 KiB window tops up after every packet);
 - the end-of-turn write is a plain ``call_soon`` on the connection's loop;
   holding at most ``LIMIT`` bytes (a bulk packet is written at once, so the
   send scheduler's high-water mark still pauses the channels in time);
@@ -84,10 +88,12 @@ class Outbox:
     """The encrypted packets of one connection's channel flushes in this
     loop turn, written together when the turn ends or before any other packet."""
 
-    __slots__ = ("loop", "parts", "scheduled", "size", "transport")
+    __slots__ = ("joining", "loop", "parts", "scheduled", "size", "transport")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # While asyncssh sends a window top-up (ssh_send): it is held too.
+        self.joining = False
         self.parts: list[bytes] = []
         self.size = 0
         self.scheduled = False

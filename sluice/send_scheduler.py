@@ -28,8 +28,9 @@ a GET of 1.1 s (docs/22q-sender-queue.md). So, per tunnel connection:
   interleave, a packet at a time.
 
 Control packets (window adjusts, opens, EOF, close) bypass the scheduler,
-as does a channel's flush while nothing else waits and the transport is
-not paused: the common case costs one dict insert and delete.
+as does a channel's flush while nothing else waits, the transport is not
+paused and all the channel may send fits in one turn: the common case
+(a small answer) costs no call of the round robin's.
 
 When: applied (class patches) by ``sluice.ssh_tuning.tune_asyncssh`` — so
 ``SLUICE_SSH_TUNING=off`` turns it off with the rest, and an asyncssh of
@@ -97,6 +98,7 @@ _KEY: Final = "_sluice_scheduler"
 # (EBADF) from asyncio's socket object, ValueError ("negative file
 # descriptor") from uvloop's; the fixed mark from then on.
 _CLOSED: Final = (OSError, ValueError)
+_NEVER: Final = float("inf")
 
 
 class _Scheduler:
@@ -113,7 +115,9 @@ class _Scheduler:
         self.ready: dict[SSHChannel[Any], None] = {}
         self.sock = sock  # Any: uvloop's PseudoSocket or a socket.socket
         self.lowat = LOWAT
-        self.next_sample = 0.0
+        # When the rate is next due (never without a socket to take it from:
+        # the flush tests this before the call).
+        self.next_sample = 0.0 if sock is not None else _NEVER
         self.acked = -1  # tcpi_bytes_acked and tcpi_busy_time at the last rate taken
         self.busy_us = 0
 
@@ -131,10 +135,10 @@ class _Scheduler:
         try:
             info = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
         except _CLOSED:
-            self.sock = None
+            self.sock, self.next_sample = None, _NEVER
             return
         if len(info) < _TCP_INFO_LEN:
-            self.sock = None  # a kernel before 4.10: the fixed mark
+            self.sock, self.next_sample = None, _NEVER  # a kernel before 4.10: the fixed mark
             return
         (acked,) = _U64.unpack_from(info, _BYTES_ACKED_AT)
         (busy_us,) = _U64.unpack_from(info, _BUSY_TIME_AT)
@@ -152,7 +156,7 @@ class _Scheduler:
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
         except _CLOSED:
-            self.sock = None
+            self.sock, self.next_sample = None, _NEVER
             return
         self.lowat = lowat
 
@@ -223,14 +227,6 @@ def clear_to_send(ssh: SSHConnection) -> bool:
     return True
 
 
-def _sched(chan: SSHChannel[Any]) -> _Scheduler | None:
-    ssh = chan._conn
-    if ssh is None:
-        return None
-    sched: _Scheduler | None = ssh.__dict__.get(_KEY)  # not typing.cast: a call per packet
-    return sched
-
-
 def install(environ: Mapping[str, str]) -> None:
     """Patch asyncssh's classes (once; after ``batch_channel_writes``, whose
     flush this one wraps) unless SLUICE_SEND_SCHEDULER in *environ* is off.
@@ -277,14 +273,36 @@ def _patch() -> None:
             sched.pumping = False
 
     def _flush_send_buf(self: SSHChannel[Any]) -> None:
-        sched = _sched(self)
+        # _sched, inline (per flush).
+        ssh = self._conn
+        sched: _Scheduler | None = ssh.__dict__.get(_KEY) if ssh is not None else None
         if sched is None or not (self._send_buf and self._send_window):
             inner(self)
             return
         # Channel data to send: the time to take the rate, if due. (Not only
         # as the transport resumes: a packet the kernel takes in two writes
-        # need not fill the transport to its high-water mark.)
-        sched.follow_rate()
+        # need not fill the transport to its high-water mark.) The test
+        # inline: a call per flush otherwise.
+        if time.monotonic() >= sched.next_sample:
+            sched.follow_rate()
+        if not (sched.ready or sched.pumping or sched.paused):
+            turn = QUANTUM if sched.lowat < QUANTUM else sched.lowat
+            if self._send_buf_len <= turn or self._send_window <= turn:
+                # Alone, and all it may send fits in one turn: the turn
+                # itself, without the round's calls (ready, pump,
+                # flush_quantum: what they would do here). A flush from a
+                # session callback inside it waits its turn, as inside pump.
+                sched.pumping = True
+                try:
+                    inner(self)
+                finally:
+                    sched.pumping = False
+                if not sched.ready:
+                    return
+                pump(sched)
+                if self in sched.ready:
+                    self._pause_resume_writing()
+                return
         sched.ready[self] = None
         pump(sched)
         if self in sched.ready:

@@ -45,7 +45,7 @@ import asyncssh.channel as _channel
 import asyncssh.connection as _connection
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.crypto.cipher import GCMCipher
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
@@ -83,9 +83,32 @@ def _patch_send_packet() -> None:
             and isinstance(self._send_encryption, _AEAD)
         ):
             return
+        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
+            held: send_coalescing.Outbox | None = self.__dict__.get(send_coalescing.KEY)
+            if held is not None and _sent_now(self):
+                # A window top-up joins the channel packets of this loop
+                # turn (held to its end, never later; _send): alone, each
+                # was a write of its own that woke the peer (issue 26h).
+                held.joining = True
+                try:
+                    original(self, pkttype, *args, handler=handler)
+                finally:
+                    held.joining = False
+                return
         original(self, pkttype, *args, handler=handler)
 
     _connection.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+
+
+def _sent_now(ssh: SSHConnection) -> bool:
+    """Whether asyncssh's ``send_packet`` would send a channel packet on
+    *ssh* now as that one packet: keys and auth in place, no rekey due
+    (else a KEXINIT would go first, or the packet wait for the key exchange)."""
+    if not (ssh._kex_complete and ssh._auth_complete):
+        return False
+    if ssh._rekey_bytes_sent >= ssh._rekey_bytes:
+        return False
+    return not (ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time)
 
 
 def _patch_flush() -> None:
@@ -98,12 +121,16 @@ def _patch_flush() -> None:
         if batch is not None:
             batch.append(data)
             return
-        held = send_coalescing.outbox(self)
-        if held is not None and held.parts:
-            # A packet of asyncssh's own (window adjust, open, close, kex,
-            # keepalive, disconnect) never waits for the turn's end, and
-            # leaves after the channel data produced before it.
-            held.flush()
+        held: send_coalescing.Outbox | None = self.__dict__.get(send_coalescing.KEY)
+        if held is not None:
+            if held.joining and self._transport is not None:
+                held.add(self._transport, [data])  # a window top-up (send_packet)
+                return
+            if held.parts:
+                # A packet of asyncssh's own (open, close, kex, keepalive,
+                # disconnect) never waits for the turn's end, and leaves
+                # after the channel data produced before it.
+                held.flush()
         original_send(self, data)
 
     def asyncssh_flush(chan: SSHChannel[Any]) -> None:
@@ -185,6 +212,7 @@ def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
         ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time
     ):
         return None  # asyncssh's own send_packet starts the rekey
+    # (_sent_now's tests, inline: a call per packet otherwise.)
     return encryption._cipher
 
 
