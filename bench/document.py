@@ -510,11 +510,22 @@ TUNING_HISTORY = (
     "lower): within noise. Tried and left out: 512 KiB packets (2 MiB windows, scheduler "
     "turns and read sizes to match): system calls per MiB halved (relay 7.9 -> 4.6, agent "
     "9.4 -> 4.8), context switches 2.9 -> 2.0, CPU per MiB not lower (7 interleaved reps: "
-    "down relay 0.88 -> 0.85, agent 0.78 -> 0.93; up relay 1.04 -> 1.16); 2 MiB windows "
-    "alone no better (agent 0.78 -> 0.98). Left: the download's agent (about 1.0 ms/MiB "
-    "against ssh's 0.78: 0.6 ms of kernel against 0.5, and the interpreter's 0.25), and the"
-    " third of its reads that land while the window is used up and are copied into the "
-    "channel.",
+    "down relay 0.88 -> 0.85, agent 0.78 -> 0.93; up relay 1.04 -> 1.16). Found, not kept: "
+    "2 MiB starting windows for answers (`stream_window`, `sshconfig.CHANNEL_WINDOW`) on "
+    "top of this branch: relay+agent 1.81-1.88 -> 1.72-1.73 ms/MiB of a 64 MiB download "
+    "(lower in every round of two runs of 10 interleaved rounds, and in a third run's "
+    "medians; 529-583 -> 540-640 MB/s), with sendfile 549 -> 735 MB/s (7 reps; the agent's "
+    "context switches 2.0 -> 0.5 a MiB: its credit ran out less often), GETs beside a "
+    "download unchanged (9 reps: p50 1.32 -> 1.12 ms, p99 3.7 -> 3.8, the download 359 -> "
+    "374 MB/s); an earlier 7-rep run on the code before this branch, at 1.5-2.4 cores of "
+    "foreign load, showed no gain. Not kept for want of a long-link measurement "
+    "(`bench.long_link`): a new stream's first round there would queue twice as much ahead "
+    "of the GETs beside it, and the long-link tuner tests' floors are multiples of the "
+    "starting window (a 100 ms download reached 41 MB/s, against a floor of 2.5 x 21). "
+    "Top-ups at a quarter of the window used instead of half (1 MiB windows): no gain. "
+    "Left: the download's agent (about 1.0 ms/MiB against ssh's 0.78: 0.6 ms of kernel "
+    "against 0.5, and the interpreter's 0.25), and the third of its reads that land while "
+    "the window is used up and are copied into the channel.",
 )
 
 
