@@ -518,14 +518,18 @@ TUNING_HISTORY = (
     "context switches 2.0 -> 0.5 a MiB: its credit ran out less often), GETs beside a "
     "download unchanged (9 reps: p50 1.32 -> 1.12 ms, p99 3.7 -> 3.8, the download 359 -> "
     "374 MB/s); an earlier 7-rep run on the code before this branch, at 1.5-2.4 cores of "
-    "foreign load, showed no gain. Not kept for want of a long-link measurement "
-    "(`bench.long_link`): a new stream's first round there would queue twice as much ahead "
-    "of the GETs beside it, and the long-link tuner tests' floors are multiples of the "
-    "starting window (a 100 ms download reached 41 MB/s, against a floor of 2.5 x 21). "
-    "Top-ups at a quarter of the window used instead of half (1 MiB windows): no gain. "
-    "Left: the download's agent (about 1.0 ms/MiB against ssh's 0.78: 0.6 ms of kernel "
-    "against 0.5, and the interpreter's 0.25), and the third of its reads that land while "
-    "the window is used up and are copied into the channel.",
+    "foreign load, showed no gain. At 50 ms (`bench.long_link --rtt 50 --points beside,down"
+    " --paths sluice-onprem --relay-env SLUICE_SERVER_STREAM_WINDOW=...`, 4 alternating "
+    "pairs): downloads faster (solo 134-203 -> 167-193 MB/s, beside the GETs 84-205 -> "
+    "188-207), the GETs beside them slower (p50 57.5/80.9/82.7/104.8 -> "
+    "86.8/101.5/83.3/93.5 ms, p99 87/189/164/156 -> 172/226/137/167): not kept without a "
+    "longer long-link A/B (100 ms too), and the long-link tuner tests' floors are multiples"
+    " of the starting window (a 100 ms download reached 41 MB/s against a floor of 2.5 x "
+    "21). A connection that knows its link is short could start its streams at 2 MiB: a "
+    "follow-up. Top-ups at a quarter of the window used instead of half (1 MiB windows): no"
+    " gain. Left: the download's agent (about 1.0 ms/MiB against ssh's 0.78: 0.6 ms of "
+    "kernel against 0.5, and the interpreter's 0.25), and the third of its reads that land "
+    "while the window is used up and are copied into the channel.",
 )
 
 
