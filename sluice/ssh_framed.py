@@ -14,10 +14,21 @@ from typing import Any, Final
 
 from asyncssh.channel import SSHChannel
 from asyncssh.constants import MSG_CHANNEL_DATA
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sluice import send_coalescing, send_scheduler
-from sluice.ssh_gcm import _ENCRYPT_INTO, _GCM_TAG, _OUTPUTS, _U32, _aead, _unshared
+from sluice.ssh_gcm import (
+    _AEAD_KEY,
+    _ENCRYPT_INTO,
+    _GCM_TAG,
+    _OUTPUTS,
+    _U32,
+    _U64_MASK,
+    _aead,
+    _unshared,
+)
 from sluice.ssh_padding import PADDING
+from sluice.ssh_padding import POOL as _PAD_POOL
 from sluice.ssh_send import _DATA_PREFIX, _gcm_ready
 from sluice.ssh_state import _CONN_STATE, _Applied, _ConnState
 
@@ -93,28 +104,61 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
     cipher = _gcm_ready(ssh)
     if cipher is None or not send_scheduler.clear_to_send(ssh):
         return False
+    # Per packet, inline (each a Python call otherwise, on cold caches after
+    # the packet's 256 KiB went through them): the AESGCM object (_aead), the
+    # padding (Padding.take), the first output buffer (output, _unshared),
+    # the invocation counter (GCMCipher._update_iv), the outbox (_send).
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)
+    if aead is None:
+        aead = _aead(cipher)
     padlen = -(ssh._send_enchdrlen + 9 + size) % ssh._send_blocksize
     if padlen < 4:
         padlen += ssh._send_blocksize
     plain = frames._plain
     end = _DATA_PREFIX.size + size
     _DATA_PREFIX.pack_into(plain, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
-    plain[end : end + padlen] = PADDING.take(padlen)
+    padding = PADDING
+    pad_end = padding.pos + padlen
+    if pad_end > _PAD_POOL:
+        padding.refill()
+        pad_end = padlen
+    padding.pos = pad_end
+    plain[end : end + padlen] = padding.data[pad_end - padlen : pad_end]
     pktlen = end + padlen
     header = _U32.pack(pktlen)
-    out = frames.output(4 + pktlen + _GCM_TAG)
+    outputs = frames._outputs
+    out = outputs[0] if outputs else None
+    if out is not None:
+        try:  # _unshared, inline: no view of it is left
+            del out[-1]
+            out.append(0)
+        except BufferError:
+            out = None
+    if out is None:
+        out = frames.output(4 + pktlen + _GCM_TAG)
+    iv = cipher._iv
     with memoryview(out) as view:
         view[:4] = header
         with plain[:pktlen] as clear, view[4 : 4 + pktlen + _GCM_TAG] as sealed:
-            _aead(cipher).encrypt_into(cipher._iv, clear, header, sealed)
-        cipher._update_iv()
-        ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
-        ssh._rekey_bytes_sent += pktlen
-        chan._send_window -= size
+            aead.encrypt_into(iv, clear, header, sealed)
+    cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+    ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+    ssh._rekey_bytes_sent += pktlen
+    chan._send_window -= size
     # Not released here: a transport may keep this very object until its
     # socket takes it (Python 3.12+'s selector transport appends it to its
     # buffer; uvloop takes a view of its own). The view alive keeps *out*
     # from reuse (``_unshared``) until the transport lets go of it.
     packet = memoryview(out)[: 4 + pktlen + _GCM_TAG]
-    ssh._send(packet)  # type: ignore[arg-type]  # what is held in the outbox first
+    # The tuned _send, inline (no flush under way, checked above): after
+    # what the outbox holds, else written at once (as the outbox would: the
+    # packet is past its LIMIT), without the outbox's two calls.
+    held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
+    if held is not None and held.parts:
+        held.add(ssh._transport, [packet])  # type: ignore[list-item]
+    else:
+        try:  # noqa: SIM105 (as asyncssh's own _send; contextlib.suppress is three calls)
+            ssh._transport.write(packet)
+        except ConnectionError:
+            pass
     return True

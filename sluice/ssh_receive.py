@@ -40,6 +40,7 @@ from sluice.ssh_gcm import (
     _U64_MASK,
     _aead,
 )
+from sluice.ssh_send import send_window_adjust
 from sluice.ssh_state import _CONN_STATE, _VIEWS, _Applied, _ConnState, _state
 
 
@@ -222,7 +223,22 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
             plain: bytes | memoryview
             try:
                 if pooled and pktlen >= _POOLED_LEAST:
-                    plain = memoryview(_PLAINTEXTS.take(pktlen))[:pktlen]
+                    # _PLAINTEXTS.take, its buffers tried inline (a call to
+                    # take and one to _unshared per buffer tried otherwise):
+                    # one is free once no view of it is left.
+                    into = None
+                    for kept in _PLAINTEXTS._buffers:
+                        if len(kept) > pktlen:
+                            try:  # (_unshared, inline)
+                                del kept[-1]
+                            except BufferError:
+                                continue
+                            kept.append(0)
+                            into = kept
+                            break
+                    if into is None:
+                        into = _PLAINTEXTS.take(pktlen)
+                    plain = memoryview(into)[:pktlen]
                     aead.decrypt_into(cipher._iv, view[pos + 4 : end], view[pos : pos + 4], plain)
                 else:
                     plain = aead.decrypt(cipher._iv, view[pos + 4 : end], view[pos : pos + 4])
@@ -307,10 +323,7 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
                     if window < chan._init_recv_window / 2:
                         # A top-up due: sent here as asyncssh would, before
                         # the data goes on (without its two calls and log).
-                        chan.send_packet(
-                            MSG_CHANNEL_WINDOW_ADJUST,
-                            _U32.pack(chan._init_recv_window - window),
-                        )
+                        send_window_adjust(chan, chan._init_recv_window - window)
                         window = chan._init_recv_window
                     chan._recv_window = window
                     session.data_received(delivered, None)

@@ -59,6 +59,7 @@ from sluice.ssh_gcm import (
     _GCM_TAG,
     _POOLED_LEAST,
     _SEALED,
+    _SEND_SIZE,
     _U32,
     _U64_MASK,
     _aead,
@@ -71,8 +72,25 @@ _EMPTY_IGNORE = String(b"")
 _AEAD = (GCMEncryption, ChachaEncryption)
 
 
+def _stock_senders() -> frozenset[type]:
+    """asyncssh's channel classes that send a packet with SSHChannel's own
+    ``send_packet`` and log it with asyncssh's own ``log_sent_packet``."""
+    found: set[type] = set()
+    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if (
+            cls.send_packet is SSHChannel.send_packet
+            and cls.log_sent_packet is SSHPacketLogger.log_sent_packet
+        ):
+            found.add(cls)
+    return frozenset(found)
+
+
 def _patch_send_packet() -> None:
     original = SSHConnection.send_packet
+    _Applied.adjust_senders = _stock_senders()
 
     def send_packet(
         self: SSHConnection, pkttype: int, *args: bytes, handler: SSHPacketLogger | None = None
@@ -98,6 +116,77 @@ def _patch_send_packet() -> None:
         original(self, pkttype, *args, handler=handler)
 
     _connection.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+    _Applied.tuned_send_packet = send_packet
+
+
+def send_window_adjust(chan: SSHChannel[Any], amount: int) -> None:
+    """Send ``SSH_MSG_CHANNEL_WINDOW_ADJUST`` of *amount* bytes on *chan*.
+
+    Under AES-GCM (keys in place, no rekey due, asyncssh's packet log off),
+    framed and encrypted here, as asyncssh would (same packet, padding
+    length, sequence number and rekey accounting), with padding from the
+    pool (``sluice.ssh_padding``), and held with the loop turn's channel
+    packets as the tuned ``send_packet`` holds it. asyncssh's own way
+    (``SSHChannel.send_packet``) was some 20 Python calls a top-up (the
+    payload's and packet's builders, the IGNORE packet it then drops, the
+    cipher's wrapper, the packet log's formatting) and a ``getrandom``
+    system call for its padding: a bulk stream's receiver sends 1.4-1.6
+    top-ups per MiB (issue 27a). Otherwise it goes that way."""
+    ssh = chan._conn
+    send_chan = chan._send_chan
+    if (
+        ssh is None
+        or send_chan is None
+        or chan.__class__ not in _Applied.adjust_senders
+        or type(ssh).send_packet is not _Applied.tuned_send_packet
+        or "send_packet" in ssh.__dict__  # wrapped on the instance (tests record packets so)
+        or SSHLogger._debug_level >= 3  # asyncssh logs the packet
+    ):
+        chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, _U32.pack(amount))
+        return
+    cipher = _gcm_ready(ssh)
+    if cipher is None:
+        chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, _U32.pack(amount))
+        return
+    aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per top-up)
+    if aead is None:
+        aead = _aead(cipher)
+    blocksize = ssh._send_blocksize
+    padlen = -(ssh._send_enchdrlen + 9) % blocksize
+    if padlen < 4:
+        padlen += blocksize
+    pktlen = 10 + padlen
+    header = _U32.pack(pktlen)
+    padding = PADDING  # (inline: Padding.take)
+    pad_end = padding.pos + padlen
+    if pad_end > _PAD_POOL:
+        padding.refill()
+        pad_end = padlen
+    padding.pos = pad_end
+    iv = cipher._iv
+    sealed = aead.encrypt(
+        iv,
+        _DATA_PREFIX.pack(padlen, MSG_CHANNEL_WINDOW_ADJUST, send_chan, amount)
+        + padding.data[pad_end - padlen : pad_end],
+        header,
+    )
+    # GCMCipher._update_iv, inline.
+    cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+    ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
+    ssh._rekey_bytes_sent += pktlen
+    # The tuned _send, as the tuned send_packet has it send a top-up: into
+    # the flush under way, else held to the loop turn's end (joining).
+    state: _ConnState | None = ssh.__dict__.get(_CONN_STATE)
+    if state is not None and state.batch is not None:
+        state.batch.append(header)
+        state.batch.append(sealed)
+        return
+    held: send_coalescing.Outbox | None = ssh.__dict__.get(send_coalescing.KEY)
+    transport = ssh._transport
+    if held is not None and transport is not None:
+        held.add(transport, [header, sealed])
+    else:
+        ssh._send(header + sealed)
 
 
 def _sent_now(ssh: SSHConnection) -> bool:
@@ -159,8 +248,29 @@ def _patch_flush() -> None:
         transport = ssh._transport
         try:
             _send_data_fast(self, ssh, batch)
-            if self._send_buf or self._send_paused or self._send_state != "open":
-                asyncssh_flush(self)  # the rest: extended data, EOF/close, pause/resume
+            session = self._session
+            if self._send_state != "open" or (self._send_buf and self._send_window):
+                asyncssh_flush(self)  # the rest: extended data, EOF/close (or a rekey due)
+            elif (
+                SSHLogger._debug_level < 2
+                and session is not None
+                and type(self)._pause_resume_writing is _STOCK_PAUSE_RESUME
+            ):
+                # asyncssh's flush would send nothing now (no data left, or
+                # no window): it would only pause or resume the session
+                # (_pause_resume_writing), here without its four calls (the
+                # flush, the check, its logger and a debug call that logs
+                # nothing below level 2). A bulk stream's writer pauses and
+                # resumes about once per MiB (issue 27a).
+                if self._send_paused:
+                    if self._send_buf_len <= self._send_low_water:
+                        self._send_paused = False
+                        session.resume_writing()
+                elif self._send_buf_len > self._send_high_water:
+                    self._send_paused = True
+                    session.pause_writing()
+            elif self._send_buf or self._send_paused:
+                asyncssh_flush(self)
             # else asyncssh's flush would do nothing: no data left, so
             # nothing to pause, nothing paused to resume, no EOF or close due.
         finally:
@@ -183,6 +293,10 @@ def _patch_flush() -> None:
     _channel.SSHChannel._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
 
 
+# (getattr: an asyncssh without it must still import this module, and run stock.)
+_STOCK_PAUSE_RESUME = getattr(SSHChannel, "_pause_resume_writing", None)
+
+
 def _write_all(transport: Any, batch: list[bytes]) -> None:
     # Any: asyncssh types it as a Transport, but it may be its own tunnel
     # object (a proxy command) with write() only.
@@ -198,6 +312,9 @@ def _write_all(transport: Any, batch: list[bytes]) -> None:
 
 
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
+# Where a bulk packet's plaintext is gathered before it is encrypted (one
+# per process: the cipher has read it before anything else runs).
+_SEND_PLAIN = memoryview(bytearray(_SEND_SIZE))
 
 
 def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
@@ -243,30 +360,53 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
             padlen += blocksize
         pktlen = 10 + size + padlen
         header = _U32.pack(pktlen)
-        view = memoryview(buf)
-        piece = view[:size]
         # Random padding cut from the pool (ssh_padding), inline: per packet.
         pad_end = padding.pos + padlen
         if pad_end > _PAD_POOL:
             padding.refill()
             pad_end = padlen
         padding.pos = pad_end
-        try:
-            plain = b"".join(
-                (
-                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
-                    piece,
-                    padding.data[pad_end - padlen : pad_end],
-                )
-            )
-        finally:
-            piece.release()
-            view.release()
         iv = cipher._iv
+        view = memoryview(buf)
+        try:
+            if pktlen >= _POOLED_LEAST and pktlen <= _SEND_SIZE and _ENCRYPT_INTO:
+                # The plaintext gathered into one buffer reused for every
+                # bulk packet (the cipher reads it before anything else
+                # runs), not joined into a fresh 256 KiB object each time.
+                gathered = _SEND_PLAIN[:pktlen]
+                _DATA_PREFIX.pack_into(gathered, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
+                gathered[10 : 10 + size] = view[:size]
+                gathered[10 + size :] = padding.data[pad_end - padlen : pad_end]
+                plain: bytes | memoryview = gathered
+            else:
+                plain = b"".join(
+                    (
+                        _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
+                        view[:size],
+                        padding.data[pad_end - padlen : pad_end],
+                    )
+                )
+        finally:
+            view.release()
         if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
             # Into a reused buffer, not a fresh zeroed one: the view sent
             # keeps it from reuse until the transport has let go of it.
-            packet = memoryview(_SEALED.take(4 + pktlen + _GCM_TAG))[: 4 + pktlen + _GCM_TAG]
+            # _SEALED.take, its buffers tried inline (a call to take and
+            # one to _unshared per buffer tried otherwise).
+            sealed_size = 4 + pktlen + _GCM_TAG
+            into = None
+            for kept in _SEALED._buffers:
+                if len(kept) > sealed_size:
+                    try:  # (_unshared, inline: no view of it is left)
+                        del kept[-1]
+                    except BufferError:
+                        continue
+                    kept.append(0)
+                    into = kept
+                    break
+            if into is None:
+                into = _SEALED.take(sealed_size)
+            packet = memoryview(into)[:sealed_size]
             packet[:4] = header
             aead.encrypt_into(iv, plain, header, packet[4:])
             batch.append(packet)  # type: ignore[arg-type]

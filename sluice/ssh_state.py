@@ -6,6 +6,7 @@ and a packet that spans reads (``_ConnState``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from asyncssh.connection import SSHConnection
@@ -47,3 +48,10 @@ class _Applied:
     plain_channels: frozenset[type] = frozenset()
     # Those that take a window adjust with SSHChannel's own handler.
     adjusting_channels: frozenset[type] = frozenset()
+    # Those that send a packet with SSHChannel's own send_packet and log it
+    # with asyncssh's own logger method: their window adjusts may be framed
+    # here (sluice.ssh_send.send_window_adjust).
+    adjust_senders: frozenset[type] = frozenset()
+    # The tuned SSHConnection.send_packet (sluice.ssh_send), once in place:
+    # a connection class of its own (one that overrides it) sends its top-ups itself.
+    tuned_send_packet: Callable[..., None] | None = None

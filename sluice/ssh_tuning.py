@@ -55,6 +55,10 @@ from sluice.switches import switched_on
 # The environment variable that turns the tweaks off ("off", "0", "false", "no").
 SWITCH: Final = "SLUICE_SSH_TUNING"
 
+# The tweaks in place: ``APPLIED.names`` is empty while they are not (a
+# test without a call, for paths that run per packet; else ``applied()``).
+APPLIED: Final = _Applied
+
 
 def tuning_enabled(environ: Mapping[str, str]) -> bool:
     """Whether SLUICE_SSH_TUNING in *environ* leaves the tweaks on (the default)."""

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import tracemalloc
+from collections import Counter
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import asyncssh
@@ -99,11 +103,13 @@ async def _send_framed(
     holding: bool = False,
     in_place: bool = True,
     keep_object: bool = False,
+    calls: Counter[str] | None = None,
 ) -> tuple[str, list[object], int, int]:
     """Send READS reads of READ bytes from a FrameBuffer to a stock asyncssh
     server, as the agent does; returns the server's digest of what it got,
     the objects behind the bulk writes, the reads framed in place and the
-    bytes sent since the last key exchange."""
+    bytes sent since the last key exchange. *calls*: counts the Python calls
+    made inside each ``send_framed`` call (by function name)."""
     assert tune_asyncssh()
     expected = hashlib.sha256(b"".join(_chunk(i) for i in range(READS))).hexdigest()
 
@@ -137,7 +143,13 @@ async def _send_framed(
                 # As the agent reads: no more than the window lets go at once.
                 await wait_until(lambda: (ssh_tuning.send_window(chan) or 0) >= READ, timeout=10)
                 frames.data[:READ] = _chunk(i)
-                if in_place and send_framed(chan, frames, READ):
+                if calls is not None:
+                    sys.setprofile(_counting(calls))
+                try:
+                    sent = in_place and send_framed(chan, frames, READ)
+                finally:
+                    sys.setprofile(None)
+                if sent:
                     framed += 1
                 else:  # as the agent does: the channel copies it
                     chan.write(bytes(frames.data[:READ]))
@@ -148,6 +160,38 @@ async def _send_framed(
         await server.wait_closed()
     assert got.decode() == expected  # every byte, in order
     return got.decode(), recording.buffers, framed, conn._rekey_bytes_sent
+
+
+def _counting(calls: Counter[str]) -> Callable[[FrameType, str, object], None]:
+    """Sluice's and asyncssh's Python calls (not the test's transports')."""
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        code = frame.f_code
+        if (
+            event == "call"
+            and code.co_name != "send_framed"
+            and ("/sluice/" in code.co_filename or "/asyncssh/" in code.co_filename)
+        ):
+            calls[code.co_name] += 1
+
+    return profile
+
+
+# Python calls inside send_framed per packet: the checks it must make
+# (_gcm_ready, send_scheduler.clear_to_send). It made 10 before branch
+# issue-27a (the AESGCM object, the padding, the output buffer and its
+# test, the invocation counter, the outbox's add and flush, the connection's
+# _send twice, the scheduler's rate check), each on caches the 256 KiB packet
+# had just gone through.
+FRAMED_CALLS_PER_PACKET = 2
+
+
+async def test_a_framed_packet_takes_few_python_calls() -> None:
+    calls: Counter[str] = Counter()
+    _, _, framed, _ = await _send_framed(calls=calls)
+    assert framed == READS
+    # (Besides: the padding pool's refill, and the first output buffer made.)
+    assert calls.total() <= FRAMED_CALLS_PER_PACKET * READS + 2, calls
 
 
 async def test_bulk_reads_leave_from_reused_buffers() -> None:
