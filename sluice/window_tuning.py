@@ -307,9 +307,12 @@ class WindowTuner:
     def grown(self) -> bool:
         return self.window > self.base
 
-    def received(self, chan: SSHChannel[Any], size: int) -> None:
+    def received(self, chan: SSHChannel[Any], size: int) -> bool:
         """*size* bytes were delivered from *chan* (asyncssh has already topped
-        the window up, if it was due)."""
+        the window up, if it was due). True when the window is its base one
+        and nothing the reader held back may wait in the channel's buffer
+        (``not (grown or held_back)`` now, without two calls per packet):
+        another party may size the window then (``WindowShare``)."""
         now = self._clock()
         self._chan = chan
         self._delivered += size
@@ -322,7 +325,8 @@ class WindowTuner:
         # Top up in smaller steps than asyncssh's half window once grown: a
         # grown window then flows at the pace data is delivered, not in
         # bursts of half a window that queue up at the slower end.
-        due = self.window // TOP_UP_SHARE if self.grown else 0
+        window = self.window
+        due = window // TOP_UP_SHARE if window > self.base else 0  # (grown)
         late = self._held_back  # this data, or what follows it, may have waited
         if late:
             # asyncssh's top-ups are off (pause_reading) until the buffer is
@@ -382,6 +386,7 @@ class WindowTuner:
             self._probe = None
             moved = self._delivered - probe.delivered
             self._round(chan, now - probe.sent_at, moved, now, exact=not late)
+        return self.window <= self.base and not self._held_back
 
     def pause_reading(self, chan: SSHChannel[Any]) -> None:
         """Pause *chan* for its reader (asyncssh's ``pause_reading``): what

@@ -227,13 +227,12 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
         chan = self._chan
         if chan is not None:
             tuner = self._tuner
-            if tuner is not None:
-                tuner.received(chan, len(data))
             # A window grown to a long link is not shared: shrinking it there
             # would halve the download (the latency it buys is a loopback one).
             # Nor while data that came in during a pause waits: the tuner makes
-            # the top-ups then, counting it.
-            if self._share is not None and (tuner is None or not (tuner.grown or tuner.held_back)):
+            # the top-ups then, counting it (its ``received`` says which).
+            shared = tuner.received(chan, len(data)) if tuner is not None else True
+            if shared and self._share is not None:
                 self._share.received(self._class, chan, len(data))
         protocol = self._protocol
         if protocol is not None:
