@@ -35,12 +35,28 @@ BODY = b'{"items": [1, 2, 3]}'
 HEADER_WORK = {"on_header", "answer_fields", "lowered_names", "_kept"}
 # Nor a call per answer for what the caller inlines: the error test of the
 # traffic stats and the count of its minute, the canonical log line while
-# info is off (qualified names).
-INLINED = {"is_error", "_Minute.add", "canonical_line"}
+# info is off, the fast path's size test and count of the answer, the admin
+# token's epoch (an attribute), the window tuner's grown and held_back (its
+# ``received`` says whether the share may size the window) (qualified names).
+INLINED = {
+    "is_error",
+    "_Minute.add",
+    "canonical_line",
+    "is_small",
+    "counted",
+    "AdminTokens.epoch",
+    "WindowTuner.grown",
+    "WindowTuner.held_back",
+}
+# Nor does the relay's code ask for the running loop per request: in Python
+# 3.11 each ask is a getpid system call (the stream pool reads the stream's
+# loop instead). C calls made from the relay's own modules.
+RELAY_CODE = "/server/"
+RUNNING_LOOP = "get_running_loop"
 # The stream's own Python calls for a repeated exchange (sending the request,
 # taking the answer in, handing the stream back, the caller taking the body),
-# at most; more is work that a repeat does not need (the pool asks the
-# running loop, not the stream's ``loop`` property; the head timer and
+# at most; more is work that a repeat does not need (the pool reads the
+# stream's ``bound_loop``, not its ``loop`` property; the head timer and
 # resume_reading are called only when they have something to do; a body
 # that completes its answer is not fed through ``_feed``, and the whole
 # answer is taken and released in one call).
@@ -185,12 +201,12 @@ async def _repeat(
                 counts[AUTH] += 1
         if event == "call" and (code.co_name in HEADER_WORK or code.co_qualname in INLINED):
             counts[code.co_name] += 1
-        elif (
-            event == "c_call"
-            and getattr(arg, "__qualname__", "") == "bytes.lower"
-            and code.co_qualname.startswith("FrontProtocol.")
-        ):
-            counts["front: bytes.lower"] += 1
+        elif event == "c_call":
+            name = getattr(arg, "__qualname__", "")
+            if name == "bytes.lower" and code.co_qualname.startswith("FrontProtocol."):
+                counts["front: bytes.lower"] += 1
+            elif name == RUNNING_LOOP and RELAY_CODE in code.co_filename:
+                counts[f"relay: {RUNNING_LOOP}"] += 1
 
     async def counted() -> bytes:
         calls.append(Counter())
