@@ -202,7 +202,8 @@ _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, chann
 
 def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
     """The connection's AES-GCM send cipher, if plain channel data may take the
-    short path now (keys in place, no compression, no rekey due); else None."""
+    short path now (keys in place, no compression, no rekey due); else None.
+    (``_send_data_fast`` makes the same tests inline.)"""
     encryption = ssh._send_encryption
     if type(encryption) is not GCMEncryption or ssh._compressor is not None:
         return None
@@ -224,9 +225,18 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
     send_chan = chan._send_chan
     if send_chan is None or not chan._send_buf:
         return
-    cipher = _gcm_ready(ssh)
-    if cipher is None:
-        return
+    # _gcm_ready, inline (a call per flush): the AES-GCM send cipher, if
+    # plain channel data may take the short path now.
+    encryption = ssh._send_encryption
+    if (
+        type(encryption) is not GCMEncryption
+        or ssh._compressor is not None
+        or not (ssh._kex_complete and ssh._auth_complete)
+        or ssh._rekey_bytes_sent >= ssh._rekey_bytes
+        or (ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time)
+    ):
+        return  # (a rekey due: asyncssh's own send_packet starts it)
+    cipher: GCMCipher = encryption._cipher
     aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per flush)
     if aead is None:
         aead = _aead(cipher)

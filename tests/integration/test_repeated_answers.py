@@ -37,7 +37,8 @@ HEADER_WORK = {"on_header", "answer_fields", "lowered_names", "_kept"}
 # traffic stats and the count of its minute, the canonical log line while
 # info is off, the fast path's size test and count of the answer, the admin
 # token's epoch (an attribute), the window tuner's grown and held_back (its
-# ``received`` says whether the share may size the window) (qualified names).
+# ``received`` says whether the share may size the window), the send path's
+# test of its cipher (``_send_data_fast`` makes it inline) (qualified names).
 INLINED = {
     "is_error",
     "_Minute.add",
@@ -47,6 +48,7 @@ INLINED = {
     "AdminTokens.epoch",
     "WindowTuner.grown",
     "WindowTuner.held_back",
+    "_gcm_ready",
 }
 # Nor does the relay's code ask for the running loop per request: in Python
 # 3.11 each ask is a getpid system call (the stream pool reads the stream's
