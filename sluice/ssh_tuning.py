@@ -189,6 +189,14 @@ def channel_write_copies() -> bool:
     return bool(_Applied.names)
 
 
+def channel_write_takes_any() -> bool:
+    """Whether ``SSHChannel.write`` is ``sluice.ssh_send``'s: on an open
+    channel it takes any bytes-like data (copying what may change while it
+    waits) and does nothing with empty data, as an asyncio transport's
+    ``write`` does."""
+    return "quiet_channel_writes" in _Applied.names
+
+
 def send_window(chan: SSHChannel[Any]) -> int | None:
     """How many bytes *chan* may send now (what the peer's window has left),
     or None with the tweaks off."""

@@ -68,11 +68,11 @@ HTTP1_CALLS = 9
 # fast path tried and the answer written inline, not in methods of their own).
 FRONT = "server/proxy/front.py"
 FRONT_CALLS = 8
-# And the channel transport's under the stream: the answer fed on, the request
-# written (the stream's looks at whether the channel is closing go to the
-# channel itself).
+# And the channel transport's under the stream: the answer fed on (the
+# stream's looks at whether the channel is closing, and its request written,
+# go to the channel itself).
 CHANNEL = "server/tunnel/channel_transport.py"
-CHANNEL_CALLS = 2
+CHANNEL_CALLS = 1
 # And the auth scheme's, for the connection's token: none, the repeated
 # request's head is kept whole with its grant (``PreparedRequests.requests``).
 AUTH = "server/proxy/auth/"
