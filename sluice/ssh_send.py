@@ -253,25 +253,36 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
             padlen += blocksize
         pktlen = 10 + size + padlen
         header = _U32.pack(pktlen)
-        view = memoryview(buf)
-        piece = view[:size]
         # Random padding cut from the pool (ssh_padding), inline: per packet.
         pad_end = padding.pos + padlen
         if pad_end > _PAD_POOL:
             padding.refill()
             pad_end = padlen
         padding.pos = pad_end
-        try:
+        if size == len(buf):
+            # The whole piece (a request, an answer): joined as it is, without
+            # a view to make and release (two calls per packet).
             plain = b"".join(
                 (
                     _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
-                    piece,
+                    buf,
                     padding.data[pad_end - padlen : pad_end],
                 )
             )
-        finally:
-            piece.release()
-            view.release()
+        else:
+            view = memoryview(buf)
+            piece = view[:size]
+            try:
+                plain = b"".join(
+                    (
+                        _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
+                        piece,
+                        padding.data[pad_end - padlen : pad_end],
+                    )
+                )
+            finally:
+                piece.release()
+                view.release()
         iv = cipher._iv
         if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
             # Into a reused buffer, not a fresh zeroed one: the view sent
