@@ -501,14 +501,17 @@ TUNING_HISTORY = (
     "14.1k -> 15.4k req/s, p50 2.13 -> 1.94 ms; c=1 145 -> 137 us/req, within this "
     "machine's noise (per rep -31..+55). Repeated (9 reps, load 1.5-2.5): c=32 57.2 -> "
     "53.1 us/req (lower in 9 of 9, by 3.3-6.1; OpenSSH 16.4), 14.2k -> 15.3k req/s; c=1 "
-    "157 -> 137 us/req (lower in 7 of 9), p50 0.196 -> 0.165 ms (OpenSSH 0.155). An "
-    "earlier 7-rep run of (1) and (2) without the channel transport's write, and without "
-    "(3): c=32 56.8 -> 56.6 us/req (per rep -6.0..+4.6), no measurable change. Left: the "
-    "relay's perf profile is still two-thirds libpython; what remains is spread over "
-    "about 45 calls a request, none above a few per cent. Not done: the fast path's "
-    "answer future (a future, its callback `Handle` and three calls on it, about 0.6 us a"
-    " request in a micro-benchmark) replaced by a direct callback: the stream resolves it"
-    " before the body is in, so the callback would have to move to the exchange's end.",
+    "157 -> 137 us/req (lower in 7 of 9), p50 0.196 -> 0.165 ms (OpenSSH 0.155). Which "
+    "part: three trees interleaved (`--points c32 --reps 9`, load 0.9-2.8): main 59.9, "
+    "(1)+(2) without the channel transport's write 57.3 (lower than main in 8 of 9), the "
+    "branch 55.4 us/req (lower than that in 8 of 9, than main in 9 of 9; OpenSSH 19.5); "
+    "an earlier 7-rep run of that middle tree against main had shown no change (56.8 -> "
+    "56.6, per rep -6.0..+4.6). Left: the relay's perf profile is still two-thirds "
+    "libpython; what remains is spread over about 45 calls a request, none above a few "
+    "per cent. Not done: the fast path's answer future (a future, its callback `Handle` "
+    "and three calls on it, about 0.6 us a request in a micro-benchmark) replaced by a "
+    "direct callback: the stream resolves it before the body is in, so the callback would"
+    " have to move to the exchange's end.",
 )
 
 
