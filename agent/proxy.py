@@ -112,6 +112,10 @@ class _Upstream(asyncio.BufferedProtocol):
         self._stream = stream
         self._reads = reads
         self.transport: asyncio.Transport | None = None
+        # The stream's own, bound here: the loop calls it for each read, one
+        # Python call per answer fewer than a method passing it on. (The
+        # loop takes it from the protocol as the transport is made.)
+        self.buffer_updated = stream.upstream_data  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -146,7 +150,8 @@ class _Upstream(asyncio.BufferedProtocol):
         return self._reads.view[: min(window, UPSTREAM_READ)]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._stream.upstream_data(self._reads, nbytes)
+        # (Bound to the stream's upstream_data in __init__; this is its shape.)
+        self._stream.upstream_data(nbytes)
 
     def eof_received(self) -> bool:
         self._stream.upstream_eof()
@@ -289,8 +294,11 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             self._upstream.transport.resume_reading()
 
     # -- upstream side (called by _Upstream) -------------------------------
-    def upstream_data(self, reads: UpstreamReads, nbytes: int) -> None:
-        """The API's next *nbytes* are at the front of *reads*, until the call returns."""
+    def upstream_data(self, nbytes: int) -> None:
+        """The API's next *nbytes* are at the front of the tunnel's upstream
+        reads, until the call returns (the ``buffer_updated`` of the stream's
+        ``_Upstream``)."""
+        reads = self._ctx.upstream_reads
         self._bytes_down += nbytes
         self._ctx.stats.bytes_down += nbytes
         chan = self._chan

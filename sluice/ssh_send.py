@@ -38,7 +38,9 @@ nothing is patched on import.
 from __future__ import annotations
 
 import struct
+import threading
 import time
+from threading import get_ident
 from typing import Any
 
 import asyncssh.channel as _channel
@@ -313,13 +315,16 @@ def _write_all(transport: Any, batch: list[bytes]) -> None:
 
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
 # Where a bulk packet's plaintext is gathered before it is encrypted (one
-# per process: the cipher has read it before anything else runs).
+# per process, used on its main thread only: the cipher has read it before
+# anything else runs there).
 _SEND_PLAIN = memoryview(bytearray(_SEND_SIZE))
+_MAIN_THREAD = threading.main_thread().ident
 
 
 def _gcm_ready(ssh: SSHConnection) -> GCMCipher | None:
     """The connection's AES-GCM send cipher, if plain channel data may take the
-    short path now (keys in place, no compression, no rekey due); else None."""
+    short path now (keys in place, no compression, no rekey due); else None.
+    (``_send_data_fast`` makes the same tests inline.)"""
     encryption = ssh._send_encryption
     if type(encryption) is not GCMEncryption or ssh._compressor is not None:
         return None
@@ -341,9 +346,18 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
     send_chan = chan._send_chan
     if send_chan is None or not chan._send_buf:
         return
-    cipher = _gcm_ready(ssh)
-    if cipher is None:
-        return
+    # _gcm_ready, inline (a call per flush): the AES-GCM send cipher, if
+    # plain channel data may take the short path now.
+    encryption = ssh._send_encryption
+    if (
+        type(encryption) is not GCMEncryption
+        or ssh._compressor is not None
+        or not (ssh._kex_complete and ssh._auth_complete)
+        or ssh._rekey_bytes_sent >= ssh._rekey_bytes
+        or (ssh._rekey_seconds and time.monotonic() >= ssh._rekey_time)
+    ):
+        return  # (a rekey due: asyncssh's own send_packet starts it)
+    cipher: GCMCipher = encryption._cipher
     aead: AESGCM | None = cipher.__dict__.get(_AEAD_KEY)  # (inline: per flush)
     if aead is None:
         aead = _aead(cipher)
@@ -367,27 +381,49 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
             pad_end = padlen
         padding.pos = pad_end
         iv = cipher._iv
-        view = memoryview(buf)
-        try:
-            if pktlen >= _POOLED_LEAST and pktlen <= _SEND_SIZE and _ENCRYPT_INTO:
-                # The plaintext gathered into one buffer reused for every
-                # bulk packet (the cipher reads it before anything else
-                # runs), not joined into a fresh 256 KiB object each time.
-                gathered = _SEND_PLAIN[:pktlen]
-                _DATA_PREFIX.pack_into(gathered, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
+        if (
+            pktlen >= _POOLED_LEAST
+            and pktlen <= _SEND_SIZE
+            and _ENCRYPT_INTO
+            and get_ident() == _MAIN_THREAD
+        ):
+            # The plaintext gathered into one buffer reused for every bulk
+            # packet (the cipher reads it before anything else runs; only on
+            # the main thread, so that no other thread's loop shares it), not
+            # joined into a fresh 256 KiB object each time.
+            gathered = _SEND_PLAIN[:pktlen]
+            _DATA_PREFIX.pack_into(gathered, 0, padlen, MSG_CHANNEL_DATA, send_chan, size)
+            view = memoryview(buf)
+            try:
                 gathered[10 : 10 + size] = view[:size]
-                gathered[10 + size :] = padding.data[pad_end - padlen : pad_end]
-                plain: bytes | memoryview = gathered
-            else:
+            finally:
+                view.release()
+            gathered[10 + size :] = padding.data[pad_end - padlen : pad_end]
+            plain: bytes | memoryview = gathered
+        elif size == len(buf):
+            # The whole piece (a request, an answer): joined as it is, without
+            # a view to make and release (two calls per packet).
+            plain = b"".join(
+                (
+                    _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
+                    buf,
+                    padding.data[pad_end - padlen : pad_end],
+                )
+            )
+        else:
+            view = memoryview(buf)
+            piece = view[:size]
+            try:
                 plain = b"".join(
                     (
                         _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
-                        view[:size],
+                        piece,
                         padding.data[pad_end - padlen : pad_end],
                     )
                 )
-        finally:
-            view.release()
+            finally:
+                piece.release()
+                view.release()
         if pktlen >= _POOLED_LEAST and _ENCRYPT_INTO:
             # Into a reused buffer, not a fresh zeroed one: the view sent
             # keeps it from reuse until the transport has let go of it.

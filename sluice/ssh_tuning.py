@@ -182,7 +182,9 @@ def deliver_views(chan: SSHChannel[Any]) -> None:
     session must take any bytes-like object: write it on, join it, slice it,
     keep it, but not call bytes methods such as ``decode`` or ``startswith``
     on it, nor ``release()`` a view it handed on (a transport may keep that
-    very object). Call it from the session's ``connection_made``."""
+    very object). Call it from the session's ``connection_made``. (Little
+    data, up to ``ssh_receive._COPIED_MOST`` bytes a packet, comes as bytes
+    of its own all the same: copying it costs less than a view.)"""
     chan.__dict__[_VIEWS] = True
 
 
@@ -191,6 +193,14 @@ def channel_write_copies() -> bool:
     tweaks are on, so asyncssh passed ``sluice.ssh_shape``'s check of that):
     then a caller may write from a buffer it reuses for its next read."""
     return bool(_Applied.names)
+
+
+def channel_write_takes_any() -> bool:
+    """Whether ``SSHChannel.write`` is ``sluice.ssh_send``'s: on an open
+    channel it takes any bytes-like data (copying what may change while it
+    waits) and does nothing with empty data, as an asyncio transport's
+    ``write`` does."""
+    return "quiet_channel_writes" in _Applied.names
 
 
 def send_window(chan: SSHChannel[Any]) -> int | None:

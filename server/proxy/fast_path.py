@@ -36,7 +36,7 @@ from typing import Protocol
 
 from server.errors import RelayError
 from server.proxy.engine import Handle
-from server.proxy.exchange import answer_headers, canonical_line, counted, is_small
+from server.proxy.exchange import SMALL_BODY, answer_headers, canonical_line, counted
 from server.proxy.headers import Fields
 from server.tunnel.http1 import Http1Response, Http1Stream, StaleStream
 from server.web.services import Services
@@ -162,8 +162,11 @@ class _FastExchange:
             caller.end_request(keep_alive=False)
             return
         handle = self._handle
-        # Released with it when it has arrived whole (one call, not two).
-        data = upstream.arrived_whole(release=True) if is_small(upstream, self._method) else None
+        # is_small, inline (a call per request); the answer released with
+        # its body when that has arrived whole (one call, not two).
+        length = upstream.content_length
+        small = length is not None and length <= SMALL_BODY and self._method != "HEAD"
+        data = upstream.arrived_whole(release=True) if small else None
         if data is None:
             counted(self._services, handle, upstream, self._began)
             caller.answer_streamed(handle, upstream, self._began)
@@ -179,7 +182,11 @@ class _FastExchange:
             counted(self._services, handle, upstream, self._began, arrived)
             caller.end_request(keep_alive=False)
             return
-        counted(self._services, handle, upstream, self._began, arrived)
+        # counted, inline (a call per request).
+        services = self._services
+        elapsed = arrived - self._began
+        services.metrics.proxied(handle.connection.mode, upstream.status, elapsed)
+        services.stats.record(conn_id, upstream.status, elapsed)
         if logs.min_level <= logging.INFO:  # (canonical_line's own test, without its call)
             canonical_line(
                 conn_id,

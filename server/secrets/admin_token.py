@@ -97,8 +97,10 @@ class AdminTokens:
         configured: bool,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._current = current
-        self._current_digest = _digest(current)  # hashed once, not per request
+        self._current = ""
+        self._current_digest = ""
+        self.epoch: object = ""
+        self._set_current(current)
         self._data_dir = data_dir
         self._token_file = token_file
         self._configured = configured
@@ -123,12 +125,14 @@ class AdminTokens:
     def configured(self) -> bool:
         return self._configured
 
-    @property
-    def epoch(self) -> object:
-        """An opaque marker, compared by identity, that changes whenever the
-        current token does (a rotation, the cluster's token adopted): what a
-        caller's memo of a token it checked was valid under."""
-        return self._current_digest
+    def _set_current(self, token: str) -> None:
+        self._current = token
+        self._current_digest = _digest(token)  # hashed once, not per request
+        # ``epoch``: an opaque marker, compared by identity, that changes
+        # whenever the current token does (a rotation, the cluster's token
+        # adopted): what a caller's memo of a token it checked was valid
+        # under. An attribute, not a property: the front reads it per request.
+        self.epoch = self._current_digest
 
     def is_current(self, presented: str) -> bool:
         """Whether *presented* is the current token (not the previous one in its grace)."""
@@ -155,8 +159,7 @@ class AdminTokens:
             self._previous = None
         if token != self._current:
             _write_private(self._token_file or self._data_dir / FILE_NAME, token)
-        self._current = token
-        self._current_digest = _digest(token)
+        self._set_current(token)
 
     def actor(self, presented: str) -> str | None:
         """Who this bearer token is ('admin:<8 hex>'), or None when it is not valid."""
@@ -198,6 +201,5 @@ class AdminTokens:
             self._previous = None
             previous_file.unlink(missing_ok=True)
         _write_private(target, new)
-        self._current = new
-        self._current_digest = _digest(new)
+        self._set_current(new)
         return new

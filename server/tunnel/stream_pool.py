@@ -251,8 +251,14 @@ class StreamPool:
         stream = self._take(prepared.key)
         if stream is None:
             return None
-        # The running loop (a C call; the stream's ``loop`` is a Python property).
-        deadline = asyncio.get_running_loop().time() + total if total else None
+        # The stream's loop (an attribute: asking for the running loop is a
+        # getpid system call in Python 3.11; the ``loop`` property a Python call).
+        if total:
+            deadline: float | None = (
+                stream.bound_loop or asyncio.get_running_loop()
+            ).time() + total
+        else:
+            deadline = None
         try:
             answer = stream.begin(
                 prepared.head, body, deadline, prepared.late, head_only=prepared.head_only
@@ -289,7 +295,7 @@ class StreamPool:
         self._idle.setdefault(key, []).append(stream)
         # One timer per stream, moved on only when it fires early: a request
         # moves the deadline, not the timer (cheaper than a timer per request).
-        loop = asyncio.get_running_loop()  # (as in begin_prepared)
+        loop = stream.bound_loop or asyncio.get_running_loop()  # (as in begin_prepared)
         stream.idle_deadline = loop.time() + self._keepalive
         if stream.idle_timer is None:
             stream.idle_timer = loop.call_at(stream.idle_deadline, self._expire, key, stream)

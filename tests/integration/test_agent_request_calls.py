@@ -5,8 +5,8 @@ while a caller sends repeated GETs of a small answer through the relay.
 
 The calls into ``agent/proxy.py`` per request stay within a budget: the
 request written on to the API (``ChannelProxy.data_received``), the answer
-read (``_Upstream.get_buffer``, which sizes the read itself, and
-``buffer_updated``) and handed to the channel (``upstream_data``).
+read (``_Upstream.get_buffer``, which sizes the read itself) and handed
+to the channel (``upstream_data``, bound as the upstream's ``buffer_updated``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 
     BODY,
 )
 AGENT_PROXY = "(agent/proxy.py:"
-# data_received, get_buffer, buffer_updated, upstream_data (no read_size).
-AGENT_PROXY_CALLS = 4
+# data_received, get_buffer, upstream_data (no read_size; the loop calls
+# upstream_data as the upstream protocol's buffer_updated, not through it).
+AGENT_PROXY_CALLS = 3
 REQUESTS = 30
 
 

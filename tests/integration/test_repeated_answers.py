@@ -35,12 +35,30 @@ BODY = b'{"items": [1, 2, 3]}'
 HEADER_WORK = {"on_header", "answer_fields", "lowered_names", "_kept"}
 # Nor a call per answer for what the caller inlines: the error test of the
 # traffic stats and the count of its minute, the canonical log line while
-# info is off (qualified names).
-INLINED = {"is_error", "_Minute.add", "canonical_line"}
+# info is off, the fast path's size test and count of the answer, the admin
+# token's epoch (an attribute), the window tuner's grown and held_back (its
+# ``received`` says whether the share may size the window), the send path's
+# test of its cipher (``_send_data_fast`` makes it inline) (qualified names).
+INLINED = {
+    "is_error",
+    "_Minute.add",
+    "canonical_line",
+    "is_small",
+    "counted",
+    "AdminTokens.epoch",
+    "WindowTuner.grown",
+    "WindowTuner.held_back",
+    "_gcm_ready",
+}
+# Nor does the relay's code ask for the running loop per request: in Python
+# 3.11 each ask is a getpid system call (the stream pool reads the stream's
+# loop instead). C calls made from the relay's own modules.
+RELAY_CODE = "/server/"
+RUNNING_LOOP = "get_running_loop"
 # The stream's own Python calls for a repeated exchange (sending the request,
 # taking the answer in, handing the stream back, the caller taking the body),
-# at most; more is work that a repeat does not need (the pool asks the
-# running loop, not the stream's ``loop`` property; the head timer and
+# at most; more is work that a repeat does not need (the pool reads the
+# stream's ``bound_loop``, not its ``loop`` property; the head timer and
 # resume_reading are called only when they have something to do; a body
 # that completes its answer is not fed through ``_feed``, and the whole
 # answer is taken and released in one call).
@@ -50,11 +68,11 @@ HTTP1_CALLS = 9
 # fast path tried and the answer written inline, not in methods of their own).
 FRONT = "server/proxy/front.py"
 FRONT_CALLS = 8
-# And the channel transport's under the stream: the answer fed on, the request
-# written (the stream's looks at whether the channel is closing go to the
-# channel itself).
+# And the channel transport's under the stream: the answer fed on (the
+# stream's looks at whether the channel is closing, and its request written,
+# go to the channel itself).
 CHANNEL = "server/tunnel/channel_transport.py"
-CHANNEL_CALLS = 2
+CHANNEL_CALLS = 1
 # And the auth scheme's, for the connection's token: none, the repeated
 # request's head is kept whole with its grant (``PreparedRequests.requests``).
 AUTH = "server/proxy/auth/"
@@ -185,12 +203,12 @@ async def _repeat(
                 counts[AUTH] += 1
         if event == "call" and (code.co_name in HEADER_WORK or code.co_qualname in INLINED):
             counts[code.co_name] += 1
-        elif (
-            event == "c_call"
-            and getattr(arg, "__qualname__", "") == "bytes.lower"
-            and code.co_qualname.startswith("FrontProtocol.")
-        ):
-            counts["front: bytes.lower"] += 1
+        elif event == "c_call":
+            name = getattr(arg, "__qualname__", "")
+            if name == "bytes.lower" and code.co_qualname.startswith("FrontProtocol."):
+                counts["front: bytes.lower"] += 1
+            elif name == RUNNING_LOOP and RELAY_CODE in code.co_filename:
+                counts[f"relay: {RUNNING_LOOP}"] += 1
 
     async def counted() -> bytes:
         calls.append(Counter())

@@ -88,6 +88,25 @@ async def test_a_packet_each_way_calls_no_cast_and_no_context_manager(
     assert calls == Counter(), f"per round trip: {calls}"
 
 
+async def test_a_small_packet_each_way_makes_no_view_to_release(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    """A channel write sent whole is joined into its packet as it is: no
+    memoryview made over it and released (two calls a packet; issue 27b)."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if (
+            event == "c_call"
+            and getattr(arg, "__qualname__", "") == "memoryview.release"
+            and SLUICE in frame.f_code.co_filename
+        ):
+            calls[f"{frame.f_code.co_name}: memoryview.release"] += 1
+
+    await _round_trips(ssh, profile, warm=3)
+    assert calls == Counter(), f"in {ROUNDS} round trips: {calls}"
+
+
 # asyncssh's per-packet helpers the tuned path does without (issue 22): the
 # keepalive timer made again per read, SSHChannel.write's debug call and cast,
 # _accept_data/_deliver_data and their cast, the IV counter's method.

@@ -278,6 +278,40 @@ class _Forwarding(asyncssh.SSHServer):
         return session
 
 
+async def test_a_channel_that_asks_for_views_gets_little_data_as_bytes() -> None:
+    """Data of at most ``_COPIED_MOST`` bytes in a packet comes as bytes of
+    its own even where the channel takes views: a view of it costs more to
+    make and to work with than the copy (issue 27b)."""
+    tune_asyncssh()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    sessions: list[_Recorder] = []
+    small = [bytes([i]) * (100 + i) for i in range(20)] + [b"y" * ssh_receive._COPIED_MOST]
+    server = await asyncssh.create_server(
+        lambda: _Forwarding(sessions),
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        encryption_algs=["aes128-gcm@openssh.com"],
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with connect_local(port) as conn:
+            chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, "views", 80)
+            for piece in small:
+                chan.write(piece)  # a packet each (each write is flushed at once)
+            chan.write_eof()
+            await wait_until(lambda: len(sessions) == 1, timeout=20, what="the channel")
+            async with asyncio.timeout(20):
+                await sessions[0].ended.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    pieces = sessions[0].pieces
+    assert b"".join(pieces) == b"".join(small)
+    assert pieces
+    assert all(type(p) is bytes for p in pieces), [type(p).__name__ for p in pieces]
+
+
 async def test_a_channel_that_asks_for_views_gets_them_and_others_get_bytes() -> None:
     tune_asyncssh()
     key = asyncssh.generate_private_key("ssh-ed25519")
