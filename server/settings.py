@@ -83,14 +83,15 @@ class ServerSettings(BaseSettings):
             "windows grow on a long link; 0 = fixed windows."
         ),
     )
-    stream_window: int = Field(
-        default=sshconfig.CHANNEL_WINDOW,
+    stream_window: int | None = Field(
+        default=None,
         ge=sshconfig.MIN_CHANNEL_WINDOW,
         le=sshconfig.MAX_CHANNEL_WINDOW,
         description=(
             "Starting receive window of each stream's answers, in bytes: what one stream can "
             "hold in the relay when its caller stops reading (windows grow beyond it only on "
-            "a long link, within max_inflight_per_agent). Smaller saves memory with many "
+            "a long link, within max_inflight_per_agent). Unset: 1 MiB, or 2 MiB for an agent "
+            "whose link is short (round trip below 2 ms). Smaller saves memory with many "
             "stalled callers; below four packets (1 MiB) a loopback download slows."
         ),
     )

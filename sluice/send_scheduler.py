@@ -88,6 +88,9 @@ _U64: Final = struct.Struct("=Q")
 _BYTES_ACKED_AT: Final = 120
 _BUSY_TIME_AT: Final = 168
 _TCP_INFO_LEN: Final = _BUSY_TIME_AT + _U64.size
+# tcpi_rtt (__u32, µs): the kernel's smoothed round trip (kernel_rtt).
+_U32: Final = struct.Struct("=I")
+_RTT_AT: Final = 68
 # The least busy time (µs; the kernel counts it in jiffies) and bytes a rate
 # is taken over: a few small answers, each busy for a jiffy or so, would make
 # a loopback connection look slow and reset the mark between downloads.
@@ -99,6 +102,24 @@ _KEY: Final = "_sluice_scheduler"
 # descriptor") from uvloop's; the fixed mark from then on.
 _CLOSED: Final = (OSError, ValueError)
 _NEVER: Final = float("inf")
+
+
+def kernel_rtt(sock: Any) -> float | None:
+    """The kernel's smoothed round trip of TCP socket *sock* (``TCP_INFO``
+    tcpi_rtt), in seconds; None if it has none (not TCP, closed).
+
+    Only as far as the next TCP hop: behind a TCP proxy (or a user-space
+    delay line) it is the proxy's round trip, not the link's."""
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _RTT_AT + _U32.size)
+    except _CLOSED:
+        return None
+    if len(info) < _RTT_AT + _U32.size:
+        return None
+    (rtt_us,) = _U32.unpack_from(info, _RTT_AT)
+    return float(rtt_us) / 1e6 if rtt_us else None
 
 
 class _Scheduler:

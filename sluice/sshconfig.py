@@ -56,13 +56,20 @@ CLUSTER_RELAYS_HOST: Final = "sluice-relays"
 # announces its own maximum when a channel opens (RFC 4254 5.1), so an older
 # peer that asks for 32 KiB packets still gets them. The A/B measurements
 # behind both sizes: docs/BENCHMARKS.md, "Tuning history".
-# Tried on branch issue-27a, not kept: 2 MiB cut the relay's and agent's CPU
-# per MiB of a loopback download (1.81-1.88 -> 1.72-1.73 ms/MiB, lower in
-# every interleaved round; the agent's credit ran out less often), while at
-# 50 ms the GETs beside a download looked slower in 4 pairs (p50 82 -> 90 ms,
-# medians): more window queues ahead of them (docs/BENCHMARKS.md, "Tuning
-# history").
+# A short link (loopback, a host next door: SHORT_LINK_RTT) starts its
+# answers at SHORT_LINK_CHANNEL_WINDOW instead, unless the operator set
+# stream_window (server/tunnel/link_window.py): on branch issue-27a 2 MiB
+# cut the relay's and agent's CPU per MiB of a loopback download (1.81-1.88
+# -> 1.72-1.73 ms/MiB, lower in every interleaved round; the agent's credit
+# ran out less often), while at 50 ms the GETs beside a download looked
+# slower in 4 pairs (p50 82 -> 90 ms, medians): more window queues ahead of
+# them (docs/BENCHMARKS.md, "Tuning history"). So a long link keeps 1 MiB.
 CHANNEL_WINDOW: Final = 1024 * 1024
+SHORT_LINK_CHANNEL_WINDOW: Final = 2 * 1024 * 1024
+# The round trip below which a tunnel's link counts as short, by both the
+# agent's login (an application round trip, never shorter than the link's)
+# and the relay's kernel (never longer, but only to the next TCP hop).
+SHORT_LINK_RTT: Final = 0.002
 CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
 # Bounds of the relay's stream_window setting: below 64 KiB a stream moves
 # too little per round trip to be of use; above 16 MiB a stalled caller

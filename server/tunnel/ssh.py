@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ import structlog
 
 from server.storage.store import AgentRecord, Store
 from server.tunnel.auth_limit import FailedLoginLimiter
+from server.tunnel.link_window import answer_window
 from server.tunnel.preauth_gate import PreAuthGate
 from server.tunnel.registry import Tunnel, TunnelRegistry
 from sluice import queue_probe, send_coalescing, send_scheduler, sshconfig
@@ -31,7 +33,9 @@ class SSHContext:
     limiter: FailedLoginLimiter
     tasks: TaskSet
     preauth: PreAuthGate
-    window: int = sshconfig.CHANNEL_WINDOW
+    # Each stream's starting window of answers; None: by the link
+    # (link_window.answer_window).
+    window: int | None = None
     max_pktsize: int = sshconfig.CHANNEL_MAX_PKTSIZE
     max_inflight: int = sshconfig.MAX_INFLIGHT
     # The cluster's relays, as agents should dial them (JSON bytes), for
@@ -92,6 +96,10 @@ class RelaySSHServer(asyncssh.SSHServer):
         self._expiry: asyncio.TimerHandle | None = None
         self._waiting = False  # holds a place in the pre-auth gate
         self._credential = ""
+        # The agent's login round trip (link_window): when its first
+        # authentication request came, and the time to its password.
+        self._auth_began: float | None = None
+        self._login_rtt: float | None = None
 
     def __repr__(self) -> str:
         agent = self._agent.id if self._agent else None
@@ -145,6 +153,8 @@ class RelaySSHServer(asyncssh.SSHServer):
         # agent process across its reconnects (see TunnelRegistry.add).
         _, _, instance = username.partition("/")
         self._instance = instance[:64] if instance.isalnum() else ""
+        if self._auth_began is None:
+            self._auth_began = time.monotonic()
         return True
 
     def password_auth_supported(self) -> bool:
@@ -169,6 +179,8 @@ class RelaySSHServer(asyncssh.SSHServer):
         return False
 
     async def validate_password(self, username: str, password: str) -> bool:
+        if self._login_rtt is None and self._auth_began is not None:
+            self._login_rtt = time.monotonic() - self._auth_began
         limiter = self._ctx.limiter
         if limiter.is_banned(self._address):
             log.warning("ssh_auth_refused_banned", peer=self._peer)
@@ -219,7 +231,9 @@ class RelaySSHServer(asyncssh.SSHServer):
             peer=self._peer,
             agent_version=version.removeprefix("SSH-2.0-")[:64],
             connected_at=dt.datetime.now(dt.UTC),
-            window=self._ctx.window,
+            window=answer_window(
+                self._ctx.window, self._login_rtt, self._ssh.get_extra_info("socket")
+            ),
             max_pktsize=self._ctx.max_pktsize,
             max_inflight=self._ctx.max_inflight,
             instance=self._instance,
@@ -250,6 +264,8 @@ class RelaySSHServer(asyncssh.SSHServer):
             tunnel=tunnel.id,
             peer=self._peer,
             agent_version=tunnel.agent_version,
+            window=tunnel.window,
+            login_rtt_ms=None if self._login_rtt is None else round(self._login_rtt * 1000, 2),
         )
 
     # Everything else an SSH client might ask for is refused.

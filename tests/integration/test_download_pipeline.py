@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from bench.delay_line import DelayLine
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
 from tests.support.api import InternalAPI, blob_sha256
@@ -77,22 +78,12 @@ async def test_a_download_never_waits_for_a_window_adjust(
     assert per_mib <= 2, f"{per_mib:.1f} window adjusts per MiB"
 
 
-@pytest.mark.parametrize(
-    ("relay", "expected"),
-    [({}, MiB), ({"stream_window": 256 * 1024}, 256 * 1024)],
-    indirect=["relay"],
-    ids=["default", "256KiB"],
-)
-@pytest.mark.timeout(60)
-async def test_the_stream_window_setting_is_what_the_agent_is_offered(
-    relay: Relay, api: InternalAPI, start_agent: AgentFactory, expected: int
-) -> None:
-    """Operators with many callers that may stall trade the download pipeline
-    for memory: ``stream_window`` is each stream's starting window on the wire."""
-    _, token = await start_agent([f"127.0.0.1:{api.port}"])
-    [tunnel] = relay.registry.replicas(token.agent_id)
+async def _opened_windows(relay: Relay, agent_id: str, api: InternalAPI) -> set[int]:
+    """The starting windows of the channels the relay opens to the agent for
+    (and after) a 4 MiB download, as sent on the wire."""
+    [tunnel] = relay.registry.replicas(agent_id)
     windows = channel_open_windows(tunnel)
-    http = relay.tunnel_http.session(token.agent_id)
+    http = relay.tunnel_http.session(agent_id)
     size = 4 * MiB
     digest = hashlib.sha256()
     async with http.get(f"{api.base}/blob/{size}") as resp:
@@ -100,7 +91,44 @@ async def test_the_stream_window_setting_is_what_the_agent_is_offered(
             digest.update(chunk)
     assert digest.hexdigest() == blob_sha256(size)
     assert windows, "no channel opened after the hook"
-    assert set(windows) == {expected}, windows
+    return set(windows)
+
+
+@pytest.mark.parametrize(
+    ("relay", "expected"),
+    [
+        ({}, 2 * MiB),
+        ({"stream_window": MiB}, MiB),
+        ({"stream_window": 256 * 1024}, 256 * 1024),
+    ],
+    indirect=["relay"],
+    ids=["default-loopback", "1MiB", "256KiB"],
+)
+@pytest.mark.timeout(60)
+async def test_the_stream_window_setting_is_what_the_agent_is_offered(
+    relay: Relay, api: InternalAPI, start_agent: AgentFactory, expected: int
+) -> None:
+    """Operators with many callers that may stall trade the download pipeline
+    for memory: ``stream_window`` is each stream's starting window on the wire,
+    whatever the link. Unset, an agent on a short link (loopback) gets 2 MiB:
+    less CPU per MiB of a download (server/tunnel/link_window.py)."""
+    _, token = await start_agent([f"127.0.0.1:{api.port}"])
+    assert await _opened_windows(relay, token.agent_id, api) == {expected}
+
+
+@pytest.mark.timeout(60)
+async def test_an_agent_on_a_long_link_keeps_the_1mib_window(
+    relay: Relay, api: InternalAPI, start_agent: AgentFactory
+) -> None:
+    """Behind a delay line (20 ms, user space: the relay's kernel sees a
+    loopback peer) the agent's login takes a round trip of the link, so its
+    answers start at 1 MiB as before: more would queue ahead of small
+    answers beside a download (issue 27)."""
+    async with DelayLine.start(relay.ssh_address[1], 0.02) as line:
+        _, token = await start_agent(
+            [f"127.0.0.1:{api.port}"], relay_address=f"127.0.0.1:{line.port}"
+        )
+        assert await _opened_windows(relay, token.agent_id, api) == {MiB}
 
 
 def test_a_stream_window_out_of_bounds_names_the_setting(tmp_path: Path) -> None:
