@@ -68,8 +68,11 @@ CHANNEL_WINDOW: Final = 1024 * 1024
 SHORT_LINK_CHANNEL_WINDOW: Final = 2 * 1024 * 1024
 # The round trip below which a tunnel's link counts as short, by both the
 # agent's login (an application round trip, never shorter than the link's)
-# and the relay's kernel (never longer, but only to the next TCP hop).
-SHORT_LINK_RTT: Final = 0.002
+# and the relay's kernel (never longer, but only to the next TCP hop). 5 ms,
+# not 2: the login's round trip includes both ends' work, which a busy
+# machine stretches past 2 ms even on loopback; the long links measured
+# (10-100 ms) keep 1 MiB either way.
+SHORT_LINK_RTT: Final = 0.005
 CHANNEL_MAX_PKTSIZE: Final = 256 * 1024
 # Bounds of the relay's stream_window setting: below 64 KiB a stream moves
 # too little per round trip to be of use; above 16 MiB a stalled caller
