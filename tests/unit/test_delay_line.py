@@ -161,8 +161,9 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     # The lower quartile: what a busy machine adds to some samples is not
     # the line's (a line on the loop's millisecond timers was 1-2 ms over at
     # every RTT). Here in one process the test's own four hops and the echo
-    # take their loop turns too: 0.4-0.7 ms.
-    assert times[len(times) // 4] <= rtt + 0.001, times
+    # take their loop turns too: 0.4-0.7 ms alone, 1.0 ms once in the full
+    # suite (the bound was 1 ms then).
+    assert times[len(times) // 4] <= rtt + 0.0015, times
 
 
 class _Echo(asyncio.Protocol):
