@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
@@ -418,6 +419,24 @@ def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.target_port, args.rtt_ms, args.mbps, args.queue_ms, args.timer))
     sys.exit(0)
+
+
+class TimedEcho(asyncio.Protocol):
+    """A target that echoes what it reads and notes when each read arrived
+    (``time.monotonic``): a line's pings come back through it, timed at both
+    ends (``bench.line_check``, ``tests/unit/test_delay_line.py``)."""
+
+    def __init__(self, arrivals: list[float]) -> None:
+        self.arrivals = arrivals
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.arrivals.append(time.monotonic())
+        assert self.transport is not None
+        self.transport.write(data)
 
 
 if __name__ == "__main__":

@@ -30,28 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.delay_line import line_cpu_seconds, spawn_line
+from bench.delay_line import TimedEcho, line_cpu_seconds, spawn_line
 from bench.line_clock import TIMERS
 from bench.nginx import MiB, Nginx
 
 GiB = 1024 * MiB
 FILE = "line.bin"
-
-
-class _Echo(asyncio.Protocol):
-    """Echoes what it reads; notes when each read arrived."""
-
-    def __init__(self, arrivals: list[float]) -> None:
-        self.arrivals = arrivals
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.arrivals.append(time.monotonic())
-        assert self.transport is not None
-        self.transport.write(data)
 
 
 class _Pinger(asyncio.Protocol):
@@ -69,7 +53,7 @@ async def pings(rtt_ms: float, timer: str, count: int, root: Path) -> dict[str, 
     the round trip, ms (negative: early)."""
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []
-    server = await loop.create_server(lambda: _Echo(arrivals), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: TimedEcho(arrivals), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     child, line_port = await spawn_line(port, rtt_ms, root / f"ping-{timer}.log", timer=timer)
     half = rtt_ms / 2000

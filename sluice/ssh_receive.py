@@ -41,7 +41,14 @@ from sluice.ssh_gcm import (
     _aead,
 )
 from sluice.ssh_send import send_window_adjust
-from sluice.ssh_state import _CONN_STATE, _VIEWS, _Applied, _ConnState, _state
+from sluice.ssh_state import (
+    _CONN_STATE,
+    _VIEWS,
+    _Applied,
+    _ConnState,
+    _state,
+    channel_classes_where,
+)
 
 
 def _stock_dispatch(cls: type[SSHChannel[Any]], pkttype: int) -> bool:
@@ -57,31 +64,19 @@ def _stock_dispatch(cls: type[SSHChannel[Any]], pkttype: int) -> bool:
 
 
 def _plain_channel_classes() -> frozenset[type]:
-    found: set[type] = set()
-    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if (
+    return channel_classes_where(
+        lambda cls: (
             cls._accept_data is SSHChannel._accept_data
             and cls._deliver_data is SSHChannel._deliver_data
             and _stock_dispatch(cls, MSG_CHANNEL_DATA)
-        ):
-            found.add(cls)
-    return frozenset(found)
+        )
+    )
 
 
 def _adjusting_channel_classes() -> frozenset[type]:
     """asyncssh's channel classes that take a window adjust with
     SSHChannel's own handler (``_take_data_packets`` does what it does)."""
-    found: set[type] = set()
-    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if _stock_dispatch(cls, MSG_CHANNEL_WINDOW_ADJUST):
-            found.add(cls)
-    return frozenset(found)
+    return channel_classes_where(lambda cls: _stock_dispatch(cls, MSG_CHANNEL_WINDOW_ADJUST))
 
 
 # A channel that no longer takes data (SSHChannel._accept_data drops it).

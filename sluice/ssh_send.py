@@ -68,7 +68,7 @@ from sluice.ssh_gcm import (
 )
 from sluice.ssh_padding import PADDING
 from sluice.ssh_padding import POOL as _PAD_POOL
-from sluice.ssh_state import _CONN_STATE, _Applied, _ConnState, _state
+from sluice.ssh_state import _CONN_STATE, _Applied, _ConnState, _state, channel_classes_where
 
 _EMPTY_IGNORE = String(b"")
 _AEAD = (GCMEncryption, ChachaEncryption)
@@ -77,17 +77,12 @@ _AEAD = (GCMEncryption, ChachaEncryption)
 def _stock_senders() -> frozenset[type]:
     """asyncssh's channel classes that send a packet with SSHChannel's own
     ``send_packet`` and log it with asyncssh's own ``log_sent_packet``."""
-    found: set[type] = set()
-    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if (
+    return channel_classes_where(
+        lambda cls: (
             cls.send_packet is SSHChannel.send_packet
             and cls.log_sent_packet is SSHPacketLogger.log_sent_packet
-        ):
-            found.add(cls)
-    return frozenset(found)
+        )
+    )
 
 
 def _patch_send_packet() -> None:

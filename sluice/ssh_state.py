@@ -7,14 +7,29 @@ and a packet that spans reads (``_ConnState``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
+from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 
 # Sluice's own per-object state, kept in the instance's __dict__ under these
 # names (not as class attributes: nothing is added to asyncssh's classes).
 _CONN_STATE: Final = "_sluice_state"
 _VIEWS: Final = "_sluice_views"
+
+
+def channel_classes_where(stock: Callable[[type[SSHChannel[Any]]], bool]) -> frozenset[type]:
+    """SSHChannel and each of its subclasses (asyncssh's, or any loaded
+    since) for which *stock* holds: the classes a tuned path may take
+    over, where they left asyncssh's own method in place."""
+    found: set[type] = set()
+    todo: list[type[SSHChannel[Any]]] = [SSHChannel]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if stock(cls):
+            found.add(cls)
+    return frozenset(found)
 
 
 class _ConnState:

@@ -3,9 +3,15 @@ agent or config file; the cipher the tuned paths handle."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+
+from sluice import send_coalescing, send_scheduler
+from sluice.ssh_reads import ReadBuffer, read_whole_packets
+from sluice.ssh_tuning import tune_asyncssh
 
 if TYPE_CHECKING:  # asyncssh's type of what connect() returns
     from asyncssh.misc import _ACMWrapper
@@ -58,3 +64,30 @@ async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
     while data := await process.stdin.read(65536):
         process.stdout.write(data)
     process.exit(0)
+
+
+@contextlib.asynccontextmanager
+async def tuned_pair(
+    process_factory: Any,
+    *,
+    scheduler: bool = True,
+    client: dict[str, Any] | None = None,
+    **server_options: Any,
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A tuned client connection to a tuned local server running
+    *process_factory*, as the agent's: send coalescing and whole-packet
+    reads on (each asserted), the send scheduler too unless *scheduler* is
+    False; *client* and *server_options* go to ``connect_local`` and
+    ``serve_local``. The server is closed on the way out."""
+    assert tune_asyncssh({})
+    server, port = await serve_local(OpenServer, process_factory=process_factory, **server_options)
+    try:
+        async with connect_local(port, **(client or {})) as conn:
+            if scheduler:
+                send_scheduler.start(conn)
+            assert send_coalescing.start(conn)
+            assert read_whole_packets(conn, ReadBuffer())
+            yield conn
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -31,10 +31,7 @@ from types import FrameType
 import asyncssh
 import pytest
 
-from sluice import send_coalescing, send_scheduler
-from sluice.ssh_reads import ReadBuffer, read_whole_packets
-from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import OpenServer, connect_local, echo, serve_local
+from tests.support.ssh_pair import echo, tuned_pair
 
 # Several times the default window (2 MiB) each way.
 BULK = 8 * 1024 * 1024
@@ -45,17 +42,8 @@ PACKET = 256 * 1024
 @pytest.fixture
 async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A tuned client connection to a tuned echo server (256 KiB packets), as the agent's."""
-    assert tune_asyncssh({})
-    server, port = await serve_local(OpenServer, process_factory=echo, max_pktsize=PACKET)
-    try:
-        async with connect_local(port) as conn:
-            send_scheduler.start(conn)
-            assert send_coalescing.start(conn)
-            assert read_whole_packets(conn, ReadBuffer())
-            yield conn
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tuned_pair(echo, max_pktsize=PACKET) as conn:
+        yield conn
 
 
 async def _echo(ssh: asyncssh.SSHClientConnection, calls: Counter[str]) -> None:

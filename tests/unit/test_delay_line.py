@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.delay_line import DelayLine, line_cpu_seconds, spawn_line
+from bench.delay_line import DelayLine, TimedEcho, line_cpu_seconds, spawn_line
 from tests.support.waiting import wait_until
 
 
@@ -166,22 +166,6 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     assert times[len(times) // 4] <= rtt + 0.0015, times
 
 
-class _Echo(asyncio.Protocol):
-    """Echoes what it reads, noting when each read arrived."""
-
-    def __init__(self, arrivals: list[float]) -> None:
-        self.arrivals = arrivals
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.arrivals.append(time.monotonic())
-        assert self.transport is not None
-        self.transport.write(data)
-
-
 async def test_a_line_process_is_never_early_and_late_by_well_under_a_millisecond(
     tmp_path: Path,
 ) -> None:
@@ -192,7 +176,7 @@ async def test_a_line_process_is_never_early_and_late_by_well_under_a_millisecon
     rtt_ms = 10
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []
-    server = await loop.create_server(lambda: _Echo(arrivals), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: TimedEcho(arrivals), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     answers: asyncio.Queue[float] = asyncio.Queue()
 
@@ -240,7 +224,7 @@ async def test_a_line_process_costs_cpu_for_what_it_carries_not_for_waiting(
     rtt_ms = 10
     message = os.urandom(64 * 1024)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Echo([]), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: TimedEcho([]), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     child, line_port = await spawn_line(port, rtt_ms, tmp_path / "line.log")
     round_trips = 100

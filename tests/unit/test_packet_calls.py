@@ -20,10 +20,7 @@ import asyncssh
 import pytest
 
 import sluice
-from sluice import send_coalescing, send_scheduler
-from sluice.ssh_reads import ReadBuffer, read_whole_packets
-from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import OpenServer, connect_local, echo, serve_local
+from tests.support.ssh_pair import echo, tuned_pair
 
 ROUNDS = 20
 SLUICE = str(Path(sluice.__file__).parent)  # asyncssh's own casts are not ours
@@ -32,18 +29,9 @@ SLUICE = str(Path(sluice.__file__).parent)  # asyncssh's own casts are not ours
 @pytest.fixture
 async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A tuned client connection to a tuned echo server, as the agent's."""
-    assert tune_asyncssh({})
     # Keepalives on at both ends, as the relay and the agent run them.
-    server, port = await serve_local(OpenServer, process_factory=echo, keepalive_interval=30)
-    try:
-        async with connect_local(port, keepalive_interval=30) as conn:
-            send_scheduler.start(conn)
-            assert send_coalescing.start(conn)
-            assert read_whole_packets(conn, ReadBuffer())
-            yield conn
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tuned_pair(echo, client={"keepalive_interval": 30}, keepalive_interval=30) as conn:
+        yield conn
 
 
 async def _round_trips(

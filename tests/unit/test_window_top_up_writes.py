@@ -14,10 +14,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from sluice import send_coalescing
-from sluice.ssh_reads import ReadBuffer, read_whole_packets
-from sluice.ssh_tuning import tune_asyncssh
-from tests.support.ssh_pair import OpenServer, connect_local, serve_local
+from tests.support.ssh_pair import tuned_pair
 
 BULK = 4 * 1024 * 1024
 STREAMS = 2
@@ -60,16 +57,8 @@ class Writes:
 @pytest.fixture
 async def ssh() -> AsyncIterator[asyncssh.SSHClientConnection]:
     """A tuned client connection (coalescing on) to a tuned server."""
-    assert tune_asyncssh({})
-    server, port = await serve_local(OpenServer, process_factory=source)
-    try:
-        async with connect_local(port) as conn:
-            assert send_coalescing.start(conn)
-            assert read_whole_packets(conn, ReadBuffer())
-            yield conn
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tuned_pair(source, scheduler=False) as conn:
+        yield conn
 
 
 async def test_top_ups_of_one_turn_leave_in_one_write(ssh: asyncssh.SSHClientConnection) -> None:
