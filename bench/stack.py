@@ -192,8 +192,8 @@ async def start_agent(
             SLUICE_AGENT_LOG_LEVEL="warning",
             SLUICE_AGENT_LOG_FORMAT="json",
             SLUICE_AGENT_DRAIN_TIMEOUT="5",
-            **settings,
-        ),
+        )
+        | settings,  # (may set any of these, e.g. the log level)
     )
 
     async def online() -> bool:

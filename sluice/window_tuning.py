@@ -110,6 +110,7 @@ LONG = 0.004  # seconds
 # than QUEUED round trips).
 STARTUP_GAIN = 1.25
 STARTUP_FACTOR = 4  # the window's growth per round in slow start
+STARTUP_FACTOR_ALONE = 16  # the same, for a stream no other holds growth beside
 STARTUP_FLAT = 2
 QUEUED = 1.25
 # Past slow start, the last QUEUE_ROUNDS samples decide. Most within LIMITED
@@ -175,6 +176,10 @@ class WindowBudget:
         self._next_rtt = math.inf  # the shortest since _rtt_at
         self.pace = 0.0  # bytes/s of the last stream that filled the link
         self._pace_at = -REMEMBER_PACE
+        # The best pace any stream has shown in a round lately (one in slow
+        # start too): the link carries at least that much.
+        self.peak = 0.0
+        self._peak_at = -REMEMBER
 
     def __repr__(self) -> str:
         return f"<WindowBudget {self.granted}/{self.cap} rtt {self.rtt * 1000:.1f} ms>"
@@ -205,12 +210,31 @@ class WindowBudget:
         """A stream whose window covered the link moved *pace* bytes/s."""
         self.pace = pace
         self._pace_at = now
+        self.reached(pace, now)
+
+    def reached(self, pace: float, now: float) -> None:
+        """A stream moved *pace* bytes/s over a round, whatever held it back:
+        the link carries at least that."""
+        if pace >= self.peak or now - self._peak_at > REMEMBER:
+            self.peak, self._peak_at = pace, now
+
+    def known_pace(self, now: float) -> float:
+        """What a stream on this connection can expect to move, bytes/s (0:
+        nothing recent): the last full stream's pace, or the best any stream
+        showed lately, whichever is more."""
+        pace = self.pace if now - self._pace_at <= REMEMBER_PACE else 0.0
+        peak = self.peak if now - self._peak_at <= REMEMBER else 0.0
+        return max(pace, peak)
 
     def learned(self, now: float) -> int:
-        """What the connection's last full stream carried per round trip (0: nothing recent)."""
-        if now - self._pace_at > REMEMBER_PACE:
+        """What a stream needs in flight to move ``known_pace`` (0: nothing
+        recent): that pace times the round trip, plus the headroom a queue
+        check leaves and what a top-up leaves out."""
+        pace = self.known_pace(now)
+        if not pace:
             return 0
-        return int(self.pace * self.rtt)
+        headroom = max(HEADROOM_MIN, self.rtt / HEADROOM_SHARE)
+        return int(pace * (self.rtt + headroom) / (1 - 1 / TOP_UP_SHARE))
 
 
 class _Probe:
@@ -370,7 +394,7 @@ class WindowTuner:
                     # download beside a slow stream that was giving its growth
                     # back grew by a quarter every few rounds, 12 MB/s at 100 ms.)
                     self._starting = False
-                    self._paces.append(self._budget.pace)
+                    self._paces.append(self._budget.known_pace(now))
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
@@ -423,6 +447,7 @@ class WindowTuner:
             return
         pace = moved / sample
         self._paces.append(pace)
+        budget.reached(pace, now)
         if self._starting:
             queued = sample > rtt * QUEUED
             # A round shows the window of the round before (the top-up that
@@ -435,7 +460,11 @@ class WindowTuner:
                 # Still speeding up with each doubling: double again, or
                 # jump to what the connection's last full stream carried.
                 self._flat = 0
-                self._resize(chan, max(STARTUP_FACTOR * self.window, budget.learned(now)))
+                # Alone on the connection (no other stream holds growth),
+                # by more: nothing else would queue behind the overshoot.
+                alone = budget.granted <= self.window - self.base
+                factor = STARTUP_FACTOR_ALONE if alone else STARTUP_FACTOR
+                self._resize(chan, max(factor * self.window, budget.learned(now)))
                 return
             self._flat += 1
             if self._flat < STARTUP_FLAT and not queued:
@@ -624,14 +653,13 @@ class WindowTuner:
             return
         self._starting = False
         self._no_probation()  # (a probe of the answer before judges nothing now)
-        if budget.learned(now):
+        learned = budget.learned(now)
+        if learned:
             # With the headroom a queue leaves it (without it, each restart
             # took a little off the pace, and a stall mid-download is one
             # too). Not the connection's pace among this answer's: a slower
             # answer's window would be sized by it for ten rounds.
-            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-            low = 1 - 1 / TOP_UP_SHARE
-            self._resize(chan, int(budget.pace * (rtt + headroom) / low))
+            self._resize(chan, learned)
 
     def _no_probation(self) -> None:
         """Slow start ended (or was skipped): no change on probation, no
