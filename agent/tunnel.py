@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 
 import asyncssh
@@ -145,7 +146,15 @@ async def open_tunnel(
                     window=sshconfig.AGENT_RECEIVE_WINDOW,
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
+                began = time.monotonic()
                 await _signal_ready(ssh)
+                # One round trip (the relay refuses at once), plus both ends'
+                # work: before any upload's round is timed, whether the link
+                # looks long (WindowBudget.setup_rtt). The shortest of the
+                # agent's tunnels, as its budget's round trip is.
+                took = time.monotonic() - began
+                budget = proxy_ctx.window_budget
+                budget.setup_rtt = min(budget.setup_rtt or took, took)
                 send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
                 send_coalescing.start(ssh)  # a loop turn's answers in one write
                 queue_probe.start(ssh, "agent")

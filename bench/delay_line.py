@@ -237,6 +237,11 @@ class DelayLine:
         return sum(side.carried for side in self._sides if side.on_made is not None)
 
     @property
+    def carried_to_caller(self) -> int:
+        """Bytes the line has passed on from the target back to callers, all connections."""
+        return sum(side.carried for side in self._sides if side.on_made is None)
+
+    @property
     def most_in_flight_to_target(self) -> int:
         """The most bytes any one connection had on their way from caller to
         target at once (held in the line; without a rate limit, what the

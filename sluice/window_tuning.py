@@ -105,6 +105,9 @@ log = structlog.get_logger("sluice.window_tuning")
 # A round trip this long is a long link (a loopback or LAN hop answers a
 # top-up well within it, even on a busy machine).
 LONG = 0.004  # seconds
+# Before any round is timed, a setup round trip this long tells a long link
+# (it includes both ends' work: a busy loopback stretched a login past 2 ms).
+SETUP_LONG = 0.008  # seconds
 # Slow start ends once the pace has not risen by STARTUP_GAIN for
 # STARTUP_FLAT rounds, or at once when a sample shows data queuing (longer
 # than QUEUED round trips).
@@ -167,6 +170,11 @@ class WindowBudget:
     def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.cap = cap
         self.granted = 0
+        # A round trip the connection's setup took (its login, a request the
+        # peer refused), seconds: at least the link's, more on a busy
+        # machine; 0: not timed. Until a round is timed, it alone tells a
+        # long link (see WindowTuner.received).
+        self.setup_rtt = 0.0
         # Every stream's tuner, so that one that needs growth can take it
         # back from streams that sit idle (see WindowTuner._reclaim).
         self.tuners: weakref.WeakSet[WindowTuner] = weakref.WeakSet()
@@ -192,6 +200,11 @@ class WindowBudget:
 
     def give_back(self, amount: int) -> None:
         self.granted -= amount
+
+    def looks_long(self) -> bool:
+        """Whether the link is long by its shortest credit round trip, or,
+        before any, by the setup's round trip (``SETUP_LONG``)."""
+        return self.rtt >= LONG if self.rtt else self.setup_rtt >= SETUP_LONG
 
     def sampled(self, rtt: float, now: float) -> float:
         """A credit round trip of *rtt* seconds was seen: the link's round trip now."""
@@ -395,6 +408,13 @@ class WindowTuner:
                     # back grew by a quarter every few rounds, 12 MB/s at 100 ms.)
                     self._starting = False
                     self._paces.append(self._budget.known_pace(now))
+            elif not learned and self._budget.looks_long():
+                # Nothing learned yet (the connection's first stream): slow
+                # start's first step now, not a round trip later when the
+                # first round ends (the peer had used up half its credit at
+                # once, as the jump above assumes too). On a 50 ms link the
+                # first download waited two round trips at 1 MiB each.
+                self._resize(chan, self._startup_factor() * self.window)
         if limit > self._limit:
             # A top-up went out just now (asyncssh's or ours): time the next
             # round, unless one is being timed already.
@@ -462,9 +482,7 @@ class WindowTuner:
                 self._flat = 0
                 # Alone on the connection (no other stream holds growth),
                 # by more: nothing else would queue behind the overshoot.
-                alone = budget.granted <= self.window - self.base
-                factor = STARTUP_FACTOR_ALONE if alone else STARTUP_FACTOR
-                self._resize(chan, max(factor * self.window, budget.learned(now)))
+                self._resize(chan, max(self._startup_factor() * self.window, budget.learned(now)))
                 return
             self._flat += 1
             if self._flat < STARTUP_FLAT and not queued:
@@ -544,6 +562,13 @@ class WindowTuner:
             self._resize(chan, int(self.window + step))
             if self.window > was:
                 self._probe_from, self._probe_pace = was, pace
+
+    def _startup_factor(self) -> int:
+        """Slow start's growth per round: by more for a stream alone on the
+        connection (no other holds growth), as nothing queues behind its
+        overshoot but what a queue check takes back a round later."""
+        alone = self._budget.granted <= self.window - self.base
+        return STARTUP_FACTOR_ALONE if alone else STARTUP_FACTOR
 
     def _steady_pace(self) -> float:
         """Bytes/s over the last few rounds at the window the stream has (0: none yet)."""

@@ -38,6 +38,9 @@ class Tunnel:
     window: int
     max_pktsize: int
     max_inflight: int = 0
+    # The agent's login round trip, seconds (0: not timed): before any
+    # stream's round is timed, whether the link looks long (WindowBudget.setup_rtt).
+    login_rtt: float = 0.0
     instance: str = ""
     # Hash of the token this replica logged in with: after a rotation, the
     # replica is closed unless that token still logs in.
@@ -53,6 +56,7 @@ class Tunnel:
     def __post_init__(self) -> None:
         self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
         self.budget = WindowBudget(self.max_inflight)
+        self.budget.setup_rtt = self.login_rtt
         self.channels = ChannelSupply(
             self.ssh,
             self.listen,

@@ -236,6 +236,7 @@ class RelaySSHServer(asyncssh.SSHServer):
             ),
             max_pktsize=self._ctx.max_pktsize,
             max_inflight=self._ctx.max_inflight,
+            login_rtt=self._login_rtt or 0.0,
             instance=self._instance,
             credential=self._credential,
         )

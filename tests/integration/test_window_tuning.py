@@ -129,6 +129,68 @@ async def test_every_download_ramps_up_on_a_long_link(tmp_path: Path, api: Inter
     assert min(speeds[1:]) > 5 * fixed, shown
 
 
+async def _moved_within(carried: Callable[[], int], rounds: float, rtt: float) -> int:
+    """Bytes *carried()* (what a line has passed on, one way) grew by within
+    *rounds* round trips of its first 64 KiB from now, as last seen by then
+    (seen every 2 ms, or as often as this busy process gets to it)."""
+    start = carried()
+    await wait_until(lambda: carried() - start >= 64 * 1024, timeout=10, what="the first bytes")
+    began, first = time.monotonic(), carried()
+    seen = first
+    while time.monotonic() - began < rounds * rtt:
+        seen = carried()
+        await asyncio.sleep(0.002)
+    return seen - first
+
+
+@pytest.mark.timeout(60)
+async def test_the_first_transfers_on_a_cold_connection_ramp_within_two_round_trips(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """The connection's first download, then its first upload (the agent's
+    own budget, cold too), each on a link that has carried nothing yet in
+    its direction: slow start's first step at the stream's first top-up
+    (the relay's login and the agent's ready signal told a long link), not
+    a round trip later, and by 16, not 4. Seen on the wire, from the first
+    64 KiB of each body the link passed on: within two round trips, 1 MiB
+    plus the 16 MiB the first step allowed. Before, 1 MiB per round trip for
+    the first two (then 4, then 16): about 2 MiB by then."""
+    rtt = 0.1
+    async with _far_agent(tmp_path, api, rtt) as (relay, _, line, agent_id):
+        http = relay.tunnel_http.session(agent_id)
+        assert await _hello(http, api) < 3 * rtt  # (a stream in the pool, as a caller's)
+
+        async def download() -> None:
+            async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
+                async for _ in resp.content.iter_any():
+                    pass
+
+        async def body() -> AsyncIterator[bytes]:
+            piece = bytes(PIECE)
+            while True:
+                yield piece
+
+        async def upload() -> None:
+            async with http.post(f"{api.base}/echo", data=body()) as resp:
+                await resp.read()
+
+        moved = {}
+        for name, transfer, carried in (
+            ("download", download, lambda: line.carried_to_target),
+            ("upload", upload, lambda: line.carried_to_caller),
+        ):
+            task = asyncio.create_task(transfer())
+            try:
+                moved[name] = await _moved_within(carried, 2, rtt)
+                assert not task.done()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                    await task
+    shown = {name: f"{got / MiB:.1f} MiB" for name, got in moved.items()}
+    assert min(moved.values()) > 8 * MiB, f"moved within two round trips: {shown}"
+
+
 @pytest.mark.timeout(60)
 async def test_a_download_may_hold_more_than_32_mib_in_flight_by_default(
     tmp_path: Path, api: InternalAPI

@@ -204,6 +204,31 @@ def test_a_new_stream_on_a_warm_connection_needs_no_ramp() -> None:
     assert second.window >= rate * rtt
 
 
+def test_a_first_stream_steps_by_sixteen_at_its_first_top_up_when_the_link_looks_long() -> None:
+    # A connection's first stream on a 50 ms link, nothing learned: with the
+    # setup's round trip long, slow start's first step goes out at its first
+    # top-up (1.5 MiB of 1 MiB's credit used once the first 512 KiB arrive,
+    # half a round trip in), not when the first round ends a round trip
+    # later; alone on the connection, by 16 (beside a stream holding growth,
+    # by 4). Before: 4 MiB after the first round, 16 after the second.
+    rtt, rate, base = 0.05, 600e6, 1 * MiB
+    for setup_rtt, held, first_step, after_a_round in (
+        (rtt, 0, 16 * base, base + 64 * MiB),  # (16 times again: the whole budget)
+        (0.0, 0, base, 16 * base),  # the setup untimed: the first round tells
+        (rtt, 8 * MiB, 4 * base, 16 * base),  # another stream holds growth
+        (0.002, 0, base, base),  # a short link's setup (and round): no growth
+    ):
+        for seconds, window in ((0.6 * rtt, first_step), (1.7 * rtt, after_a_round)):
+            clock = _Clock()
+            budget = WindowBudget(64 * MiB + held, clock=clock)
+            budget.setup_rtt = setup_rtt
+            budget.take(held)
+            rtt_of_link = rtt if setup_rtt != 0.002 else 0.001
+            tuner, _, _ = _run(rtt_of_link, rate, seconds, budget, base=base, clock=clock)
+            shown = f"setup {setup_rtt}, held {held}, after {seconds} s: {tuner.window}"
+            assert tuner.window == window, shown
+
+
 def test_a_short_round_trip_never_grows_the_window() -> None:
     budget = WindowBudget(32 * MiB)
     tuner, _, _ = _run(rtt=0.0005, rate=500e6, seconds=2, budget=budget)
