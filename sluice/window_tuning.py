@@ -184,10 +184,6 @@ class WindowBudget:
         self._next_rtt = math.inf  # the shortest since _rtt_at
         self.pace = 0.0  # bytes/s of the last stream that filled the link
         self._pace_at = -REMEMBER_PACE
-        # The best pace any stream has shown in a round lately (one in slow
-        # start too): the link carries at least that much.
-        self.peak = 0.0
-        self._peak_at = -REMEMBER
 
     def __repr__(self) -> str:
         return f"<WindowBudget {self.granted}/{self.cap} rtt {self.rtt * 1000:.1f} ms>"
@@ -223,31 +219,12 @@ class WindowBudget:
         """A stream whose window covered the link moved *pace* bytes/s."""
         self.pace = pace
         self._pace_at = now
-        self.reached(pace, now)
-
-    def reached(self, pace: float, now: float) -> None:
-        """A stream moved *pace* bytes/s over a round, whatever held it back:
-        the link carries at least that."""
-        if pace >= self.peak or now - self._peak_at > REMEMBER:
-            self.peak, self._peak_at = pace, now
-
-    def known_pace(self, now: float) -> float:
-        """What a stream on this connection can expect to move, bytes/s (0:
-        nothing recent): the last full stream's pace, or the best any stream
-        showed lately, whichever is more."""
-        pace = self.pace if now - self._pace_at <= REMEMBER_PACE else 0.0
-        peak = self.peak if now - self._peak_at <= REMEMBER else 0.0
-        return max(pace, peak)
 
     def learned(self, now: float) -> int:
-        """What a stream needs in flight to move ``known_pace`` (0: nothing
-        recent): that pace times the round trip, plus the headroom a queue
-        check leaves and what a top-up leaves out."""
-        pace = self.known_pace(now)
-        if not pace:
+        """What the connection's last full stream carried per round trip (0: nothing recent)."""
+        if now - self._pace_at > REMEMBER_PACE:
             return 0
-        headroom = max(HEADROOM_MIN, self.rtt / HEADROOM_SHARE)
-        return int(pace * (self.rtt + headroom) / (1 - 1 / TOP_UP_SHARE))
+        return int(self.pace * self.rtt)
 
 
 class _Probe:
@@ -407,7 +384,7 @@ class WindowTuner:
                     # download beside a slow stream that was giving its growth
                     # back grew by a quarter every few rounds, 12 MB/s at 100 ms.)
                     self._starting = False
-                    self._paces.append(self._budget.known_pace(now))
+                    self._paces.append(self._budget.pace)
             elif not learned and self._budget.looks_long():
                 # Nothing learned yet (the connection's first stream): slow
                 # start's first step now, not a round trip later when the
@@ -467,7 +444,6 @@ class WindowTuner:
             return
         pace = moved / sample
         self._paces.append(pace)
-        budget.reached(pace, now)
         if self._starting:
             queued = sample > rtt * QUEUED
             # A round shows the window of the round before (the top-up that
@@ -480,8 +456,6 @@ class WindowTuner:
                 # Still speeding up with each doubling: double again, or
                 # jump to what the connection's last full stream carried.
                 self._flat = 0
-                # Alone on the connection (no other stream holds growth),
-                # by more: nothing else would queue behind the overshoot.
                 self._resize(chan, max(self._startup_factor() * self.window, budget.learned(now)))
                 return
             self._flat += 1
@@ -678,13 +652,14 @@ class WindowTuner:
             return
         self._starting = False
         self._no_probation()  # (a probe of the answer before judges nothing now)
-        learned = budget.learned(now)
-        if learned:
+        if budget.learned(now):
             # With the headroom a queue leaves it (without it, each restart
             # took a little off the pace, and a stall mid-download is one
             # too). Not the connection's pace among this answer's: a slower
             # answer's window would be sized by it for ten rounds.
-            self._resize(chan, learned)
+            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+            low = 1 - 1 / TOP_UP_SHARE
+            self._resize(chan, int(budget.pace * (rtt + headroom) / low))
 
     def _no_probation(self) -> None:
         """Slow start ended (or was skipped): no change on probation, no
