@@ -21,8 +21,15 @@ So, per round, with the link's shortest sample as its round trip:
 
 - slow start (a new stream): the window quadruples each round while the
   pace (bytes delivered in the round over its length) keeps rising by
-  ``STARTUP_GAIN``; it ends when the pace stops rising or a sample shows
-  data queuing. A new stream on a connection that already carried a full
+  ``STARTUP_GAIN`` (grows sixteenfold while no other stream of the
+  connection holds growth: nothing else queues behind the overshoot, which
+  the round that shows it takes back); it ends when the pace stops rising or
+  a sample shows data queuing. Its first step goes out at the stream's first
+  top-up, a round trip before its first round ends, where the link is known
+  to be long (by a round, or before any by the connection's setup round
+  trip: ``WindowBudget.setup_rtt``) and nothing is learned: at 50 ms the
+  first download waited two round trips at its starting 1 MiB, then one at
+  4, before one at 16. A new stream on a connection that already carried a full
   stream skips it: at its first top-up it jumps to what that stream carried
   per round trip (``WindowBudget.learned``), so each download after the
   first needs no ramp at all;
@@ -368,9 +375,11 @@ class WindowTuner:
             # without slow start left the next download to grow back by a
             # quarter every few rounds (64 MiB at 100 ms: 116 -> 80 MB/s).
             # Before the jump below, which records the connection's pace.
+            # (The best pace slow start saw, if the answer before ended in it.)
+            shown = max(self._best, self._last) if self._starting else 0.0
             self._start_again()
             if self.grown:
-                self._rejoin(chan, now)
+                self._rejoin(chan, now, shown)
         if limit > self._limit and self._starting and not self.grown:
             # The stream's first top-up, on a connection known to be long:
             # straight to what its last full stream carried per round trip.
@@ -637,15 +646,20 @@ class WindowTuner:
                 freed = True
         return freed
 
-    def _rejoin(self, chan: SSHChannel[Any], now: float) -> None:
+    def _rejoin(self, chan: SSHChannel[Any], now: float, shown: float = 0.0) -> None:
         """A grown stream's next answer, after idleness: no slow start (past
         what is known it only queues); to what the connection's last full
         stream carried per round trip, as a new stream jumps at its first
         top-up, or, with nothing learned (no exact round yet), the window it
-        has. Slow start from the grown window took its first round as rising
+        has, but no more than the best pace *shown* (bytes/s) by the slow
+        start that the answer before ended in, times the round trip. Slow
+        start from the grown window took its first round as rising
         (against no pace yet) and quadrupled it, up to the whole budget:
         68 MB queued ahead of the GETs beside the download at 100 ms (GETs of
-        3-5 round trips in bench.long_link)."""
+        3-5 round trips in bench.long_link). And a download that ended in
+        slow start, just after its last step (to the whole budget, 16 times
+        what its rounds had shown), left that window to the next answer: 68
+        MB queued ahead of the GETs beside it at 100 ms (p99 344 ms)."""
         budget = self._budget
         rtt = budget.rtt
         if rtt < LONG:
@@ -660,6 +674,10 @@ class WindowTuner:
             headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
             low = 1 - 1 / TOP_UP_SHARE
             self._resize(chan, int(budget.pace * (rtt + headroom) / low))
+        elif shown:
+            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+            low = 1 - 1 / TOP_UP_SHARE
+            self._resize(chan, min(self.window, int(shown * (rtt + headroom) / low)))
 
     def _no_probation(self) -> None:
         """Slow start ended (or was skipped): no change on probation, no
