@@ -652,7 +652,8 @@ class WindowTuner:
         stream carried per round trip, as a new stream jumps at its first
         top-up, or, with nothing learned (no exact round yet), the window it
         has, but no more than the best pace *shown* (bytes/s) by the slow
-        start that the answer before ended in, times the round trip. Slow
+        start that the answer before ended in, times the round trip (slow
+        start then goes on). Slow
         start from the grown window took its first round as rising
         (against no pace yet) and quadrupled it, up to the whole budget:
         68 MB queued ahead of the GETs beside the download at 100 ms (GETs of
@@ -675,9 +676,14 @@ class WindowTuner:
             low = 1 - 1 / TOP_UP_SHARE
             self._resize(chan, int(budget.pace * (rtt + headroom) / low))
         elif shown:
+            # And slow start goes on from there: a round must beat what was
+            # shown to grow it again (a stream whose first rounds showed
+            # little, before its window grew, needs the growth still).
             headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
             low = 1 - 1 / TOP_UP_SHARE
             self._resize(chan, min(self.window, int(shown * (rtt + headroom) / low)))
+            self._starting = True
+            self._best = shown
 
     def _no_probation(self) -> None:
         """Slow start ended (or was skipped): no change on probation, no

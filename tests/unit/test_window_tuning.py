@@ -373,3 +373,31 @@ def test_a_pooled_stream_takes_its_next_answer_without_a_second_slow_start() -> 
     assert achieved > 0.95 * rate  # the link full
     assert queued < 1.25 * rtt, f"{queued * 1000:.0f} ms queued, window {tuner.window}"
     assert tuner.window <= 1.25 * rate * rtt
+
+
+def test_a_pooled_stream_whose_answer_ended_in_slow_start_rejoins_at_what_it_showed() -> None:
+    # A download on a cold 100 ms connection ends just after slow start's
+    # last step (to the whole budget: 16 times what its rounds had shown)
+    # and before any round showed that window: nothing learned. The next
+    # answer on the pooled stream must not keep that window: it was never
+    # seen to pay, and beyond the credit its peer still holds it queued 68
+    # MB ahead of the GETs beside the next download (bench.long_link, p99
+    # 344 ms at 100 ms). It rejoins at the best pace the rounds showed times
+    # the round trip, and follows the link from there.
+    clock = _Clock()
+    rtt, rate, base = 0.1, 250e6, 1 * MiB
+    budget = WindowBudget(64 * MiB, clock=clock)
+    budget.setup_rtt = rtt  # (the first step at the first top-up: 16 MiB for a round)
+    stream = WindowTuner(budget, base, clock=clock), _Chan(base)
+    tuner, _, _ = _run(rtt, rate, seconds=0.26, budget=budget, clock=clock, stream=stream)
+    assert tuner.window == base + 64 * MiB  # (the last step, to the whole budget)
+    assert not budget.learned(clock.now)
+    clock.now += 1.0  # in the pool
+    tuner, achieved, queued = _run(
+        rtt, rate, seconds=3, budget=budget, clock=clock, stream=stream, after=0.5
+    )
+    # Once the credit its peer held has drained (the first 0.35 s), nothing
+    # queues: the window kept (65 MiB, 270 ms at this pace) queued some 170
+    # ms until three long rounds shrank it, a second later.
+    assert queued < 0.05, f"{queued * 1000:.0f} ms queued, window {tuner.window / MiB:.1f} MiB"
+    assert achieved > 0.9 * rate  # and the link full
