@@ -158,7 +158,7 @@ async def test_the_first_transfers_on_a_cold_connection_ramp_within_two_round_tr
     rtt = 0.1
     async with _far_agent(tmp_path, api, rtt) as (relay, _, line, agent_id):
         http = relay.tunnel_http.session(agent_id)
-        assert await _hello(http, api) < 3 * rtt  # (a stream in the pool, as a caller's)
+        await _hello(http, api)  # (a stream in the pool, as a caller's)
 
         async def download() -> None:
             async with http.get(f"{api.base}/blob/{4096 * MiB}") as resp:
