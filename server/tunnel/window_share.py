@@ -37,10 +37,11 @@ download +11% and 0%, p50 1.28 -> 1.95 and 1.31 -> 2.09 ms. 192 KiB:
 download +5-9%, p50 +10-25% (quiet pairs). The GETs' cost bounds the
 download more than the window: the mixed point's CPU (relay and agent)
 above the solo download's is 0.4-0.7 ms per GET, against 0.13-0.21 ms for a
-GET alone (256 KiB saved 0.05 ms of it), in good part the kernel's loopback
-wake-up on each write (``perf``: 17% of the relay's samples in
-``_raw_spin_unlock_irqrestore`` under ``tcp_sendmsg``); 0.7x with ``make
-bench``'s timing needs ~575 MB/s while the GETs run (340-450 now).
+GET alone (256 KiB saved 0.05 ms of it); ``perf`` (no Python frames on
+3.11) shows the same profile with and without the GETs (the relay 15-17% in
+the kernel's loopback send, ``_raw_spin_unlock_irqrestore``), so where the
+rest goes is open; 0.7x with ``make bench``'s timing needs ~575 MB/s
+while the GETs run (340-450 now).
 
 The cost on a long link: a stream moves at most one window per round trip,
 so while shared a bulk answer there gets half its solo bound (128 KiB per
