@@ -26,6 +26,23 @@ c=1 at ~1,200 req/s takes half a core of two), so the download cannot keep
 its solo speed beside them; 128 KiB is where both the p50 (1 ms) and the
 download (0.7x its solo speed) stay within the targets of issue #5.
 
+Tried again at 84b1553 and dropped (issue 22, branch issue-28c): 256 KiB
+(one whole packet; also what an eighth of the 2 MiB short-link window would
+give) and 192 KiB. Interleaved ``bench.ab --points mixed,down1g --reps 7
+--openssh --sched``, five runs, both orders, load 1.2-4.5. Quiet pairs at
+256 KiB: the download beside the GETs -2% to +6% with ``make bench``'s
+timing (GETs for 1 s of it), +17-21% with GETs for all of it; GET p50 -25%
+to +70% (0.61-0.83 -> 0.53-1.03 ms). Under outside load (medians of 7):
+download +11% and 0%, p50 1.28 -> 1.95 and 1.31 -> 2.09 ms. 192 KiB:
+download +5-9%, p50 +10-25% (quiet pairs). The GETs' cost bounds the
+download more than the window: the mixed point's CPU (relay and agent)
+above the solo download's is 0.4-0.7 ms per GET, against 0.13-0.21 ms for a
+GET alone (256 KiB saved 0.05 ms of it); ``perf`` (no Python frames on
+3.11) shows the same profile with and without the GETs (the relay 15-17% in
+the kernel's loopback send, ``_raw_spin_unlock_irqrestore``), so where the
+rest goes is open; 0.7x with ``make bench``'s timing needs ~575 MB/s
+while the GETs run (340-450 now).
+
 The cost on a long link: a stream moves at most one window per round trip,
 so while shared a bulk answer there gets half its solo bound (128 KiB per
 round trip: ~2.6 MB/s at 50 ms), for as long as small answers keep flowing.
