@@ -9,6 +9,30 @@ most. The counting slows both processes several times over: compare counts,
 not timings. Counts show per-request work that profiles spread thin (a
 function called a dozen times per request, a cast or a context manager on
 every packet).
+
+``--mixed``: three counted phases in one relay and agent: c=1 GETs alone, a
+download of a sparse file (``--mib``) alone, and the same download with c=1
+GETs beside it for as long as it runs. Prints, per process, the calls the
+mixed phase made beyond the solo download's and its GETs' own (each GET at
+the c=1 phase's count): what a GET beside a download costs the download
+(issue 22: a GET there cost ~3x a GET alone in CPU). Each process's own
+counts come with them (``proc run_us``: CPU µs; ``proc reads``/``writes``:
+system calls; ``proc context_switches``); ``--proc`` counts only those, at
+full speed (no ``sys.setprofile``), for CPU per GET and per MiB.
+
+What it showed at 84b1553 (issue 28d): the extra CPU of the mixed point is
+not the GETs' own but the shared window's (``server.tunnel.window_share``):
+a download forced to 128 KiB windows with no GETs at all costs relay and
+agent ~0.9 ms more per MiB (8 packets, 8 top-ups and ~10 wake-ups per MiB
+each side instead of 4, 0.8 and ~2), paid per MiB whatever the GET rate, so
+the fewer GETs per MiB, the dearer each looks. Interleaved ``bench.ab
+--points down1g --sched``, 5 rounds, load 3-3.5: the download forced to the
+shared window 245 MB/s (212-310) against 477 (385-602), relay 1.39 vs 0.74
+ms/MiB, 24 vs 7.3 system calls and 11.4 vs 2.4 context switches per MiB.
+Neither writing the top-up at once (394 vs 380 MB/s, 7 rounds) nor 64 KiB
+packets with a top-up per packet (two in flight: 390 vs 363 MB/s, 42
+system calls per MiB) made the shared regime cheaper; no sharing at all
+gave the mixed download +26% (397 -> 501 MB/s) and GET p50 1.14 -> 1.52 ms.
 """
 
 from __future__ import annotations
@@ -19,6 +43,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from bench import load
@@ -98,13 +123,152 @@ async def measure(tree: Path, connections: int, seconds: int, top: int) -> list[
         shutil.rmtree(root, ignore_errors=True)
 
 
+def mixed_extra(
+    mixed: dict[str, int], solo: dict[str, int], alone: dict[str, int], gets_ratio: float
+) -> dict[str, float]:
+    """Per name, the mixed phase's count beyond the solo download's and its
+    GETs' own (*alone*'s, scaled by *gets_ratio*: GETs beside / GETs alone)."""
+    return {
+        name: mixed.get(name, 0) - solo.get(name, 0) - alone.get(name, 0) * gets_ratio
+        for name in set(mixed) | set(solo) | set(alone)
+    }
+
+
+def _counts(text: str) -> dict[str, int]:
+    return {name: int(n) for n, name in (line.split(" ", 1) for line in text.splitlines() if line)}
+
+
+async def _counted(
+    root: Path, pids: dict[str, int], work: Callable[[], Awaitable[int]]
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """Count both processes' calls while *work* runs (it returns its GETs)."""
+    for role in pids:
+        (root / f"calls-{role}.txt").unlink(missing_ok=True)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGUSR1)
+    gets = await work()
+    for pid in pids.values():
+        os.kill(pid, signal.SIGUSR2)
+    got = {}
+    for role in pids:
+        counts = root / f"calls-{role}.txt"
+        async with asyncio.timeout(10):
+            while not counts.exists():
+                await asyncio.sleep(0.05)  # the process writes it from its handler
+        got[role] = _counts(counts.read_text())
+    return gets, got
+
+
+def _python(counts: Mapping[str, float]) -> float:
+    return sum(n for name, n in counts.items() if not name.startswith(("C ", "proc ")))
+
+
+async def measure_mixed(tree: Path, mib: int, top: int, proc_only: bool = False) -> list[str]:
+    """The calls of GETs beside a download beyond those of each alone (``--mixed``)."""
+    root = Path(tempfile.mkdtemp(prefix="sluice-calls-", dir="/dev/shm"))
+    path = f"{SITE}:{tree}"
+    nginx = await Nginx.start(root / "nginx", {"big.bin": mib * MiB}, upload_size=MiB, real={})
+    relay: Relay | None = None
+    try:
+        env = {"PYTHONPATH": path, "SLUICE_BENCH_CALLS_DIR": str(root)}
+        if proc_only:
+            env["SLUICE_BENCH_CALLS_PROFILE"] = "off"
+        relay = await Relay.create(root / "relay", SLUICE_BENCH_CALLS="relay", **env)
+        agent_id, token = await relay.create_agent("calls")
+        agent = await start_agent(
+            relay,
+            agent_id,
+            token,
+            f"127.0.0.1:{nginx.port}",
+            root / "agent.log",
+            SLUICE_BENCH_CALLS="agent",
+            **env,
+        )
+        try:
+            conn = await relay.create_connection("calls", nginx.base, agent_id)
+            small = relay.proxy_base(conn) + "/small.json"
+            big = relay.proxy_base(conn) + "/files/big.bin"
+            lua = load.write_lua(root)
+            await load.wrk(small, lua=lua, connections=1, seconds=1, headers=relay.auth)
+            await load.download(big, relay.auth)
+            pids = {"relay": relay.pid, "agent": agent.pid}
+
+            async def alone() -> int:
+                got = await load.wrk(small, lua=lua, connections=1, seconds=3, headers=relay.auth)
+                return got.requests
+
+            speeds: list[float] = []
+
+            async def solo() -> int:
+                moved = await load.download(big, relay.auth)
+                assert moved.bytes == mib * MiB, moved
+                speeds.append(moved.mb_per_s)
+                return 0
+
+            async def beside() -> int:
+                task = asyncio.ensure_future(load.download(big, relay.auth))
+                gets = 0
+                while not task.done():
+                    got = await load.wrk(
+                        small, lua=lua, connections=1, seconds=1, headers=relay.auth
+                    )
+                    gets += got.requests
+                moved = await task
+                assert moved.bytes == mib * MiB, moved
+                speeds.append(moved.mb_per_s)
+                return gets
+
+            c1_gets, c1 = await _counted(root, pids, alone)
+            _, down = await _counted(root, pids, solo)
+            gets, mixed = await _counted(root, pids, beside)
+            out = [
+                f"--mixed: {mib} MiB download, alone {speeds[0]:.0f} MB/s, beside {gets} c=1 "
+                f"GETs {speeds[1]:.0f} MB/s ({gets / mib:.2f} GETs/MiB); c=1 alone {c1_gets} GETs"
+            ]
+            for role in pids:
+                extra = mixed_extra(mixed[role], down[role], c1[role], gets / c1_gets)
+                if not proc_only:
+                    out.append(
+                        f"{role}: Python calls per GET alone {_python(c1[role]) / c1_gets:.1f}; "
+                        f"per MiB of the solo download {_python(down[role]) / mib:.1f}; beyond "
+                        f"both, per GET beside it {_python(extra) / max(gets, 1):.1f}"
+                    )
+                run = "proc run_us"
+                out.append(
+                    f"{role}: CPU µs per GET alone {c1[role].get(run, 0) / c1_gets:.1f}; per MiB "
+                    f"of the solo download {down[role].get(run, 0) / mib:.1f}; beyond both, per "
+                    f"GET beside it {extra.get(run, 0) / max(gets, 1):.1f}"
+                )
+                ranked = sorted(extra.items(), key=lambda kv: -abs(kv[1]))[:top]
+                out += [
+                    f"  {n / max(gets, 1):8.2f}/GET  alone {c1[role].get(name, 0) / c1_gets:7.2f}"
+                    f"/GET  solo {down[role].get(name, 0) / mib:7.2f}/MiB  {name}"
+                    for name, n in ranked
+                ]
+            return out
+        finally:
+            await agent.stop()
+    finally:
+        if relay is not None:
+            await relay.close()
+        await nginx.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--top", type=int, default=40, help="functions listed per process")
+    parser.add_argument("--mixed", action="store_true", help="GETs beside a download (above)")
+    parser.add_argument("--mib", type=int, default=256, help="the --mixed download's size")
+    parser.add_argument("--proc", action="store_true", help="--mixed: CPU and system calls only")
     args = parser.parse_args()
+    if args.mixed:
+        got = asyncio.run(measure_mixed(args.tree.resolve(), args.mib, args.top, args.proc))
+        print("\n".join(got))
+        return
     lines = asyncio.run(measure(args.tree.resolve(), args.connections, args.seconds, args.top))
     print("\n".join(lines))
 

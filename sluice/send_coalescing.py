@@ -21,7 +21,11 @@ whole transport, stalled the agent's ready signal):
   turn. A window top-up (sent only while no key exchange is due) waits for
   the end of the turn it was made in, never later, and leaves with the
   turn's other packets: beside a download, each top-up was a write of its
-  own that woke the peer (a 128 KiB window tops up after every packet);
+  own that woke the peer (a 128 KiB window tops up after every packet).
+  (Tried and dropped, issue 28d: a top-up written at once when nothing else
+  is held, so a shared-window sender stalled for it starts its next packet
+  while the relay still writes the last to its caller: a download forced to
+  the shared window, 7 interleaved rounds, 394 vs 380 MB/s, within noise.);
 - the end-of-turn write is a plain ``call_soon`` on the connection's loop;
   holding at most ``LIMIT`` bytes (a bulk packet is written at once, so the
   send scheduler's high-water mark still pauses the channels in time);
