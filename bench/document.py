@@ -605,6 +605,16 @@ TUNING_HISTORY = (
     "2, once alone: a pooled stream keeps that for good, so the next downloads on it lost "
     "the gain (down 1.75 -> 2.04 ms/MiB against the plain branch) and the GETs' p99 was no "
     "better (4.7 ms against 3.2).",
+    "Agent reads of an API paused once a send leaves the answer's window below 32 KiB (half "
+    "the smallest stream window), until the relay grants more (issue 28b): before, the next "
+    "read of up to 256 KiB landed with no window, was copied into the channel's buffer and "
+    "again into a packet (about a third of a loopback download's reads). Interleaved A/B "
+    "against main (`bench.ab --points down,downsf,mixed --reps 9 --openssh --sched`, a busy "
+    "machine: 0-1.7 foreign cores): agent CPU 0.87 -> 0.83 ms/MiB without sendfile (lower "
+    "in 8 of 9 pairs), 1.10 -> 0.98 with it (7 of 9), 1.27 -> 1.14 beside GETs (7 of 9); "
+    "download MB/s median of pairs +6% and +18%; GETs beside p50 1.22 -> 1.01 ms, p99 7.3 -> "
+    "8.1 (within noise). Pausing per packet (issue 26e, 256 KiB windows) had cost more than "
+    "the copies.",
 )
 
 
