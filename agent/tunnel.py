@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 
@@ -138,14 +140,16 @@ async def open_tunnel(
                 listener: asyncssh.SSHListener = asyncssh.SSHListener()
             else:
                 proxy_ctx = ctx
+                window = StreamWindow()
                 listener = await ssh.create_server(
-                    lambda _host, _port: ChannelProxy(proxy_ctx),
+                    lambda _host, _port: ChannelProxy(proxy_ctx, window.size),
                     sshconfig.TUNNEL_LISTEN_HOST,
                     sshconfig.TUNNEL_LISTEN_PORT,
                     window=sshconfig.AGENT_RECEIVE_WINDOW,
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
-                await _signal_ready(ssh)
+                ready_rtt = await _signal_ready(ssh)
+                window.size = stream_window(ready_rtt, ssh.get_extra_info("socket"))
                 send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
                 send_coalescing.start(ssh)  # a loop turn's answers in one write
                 queue_probe.start(ssh, "agent")
@@ -164,15 +168,49 @@ async def open_tunnel(
     return TunnelSession(relay=relay, ssh=ssh, listener=listener)
 
 
-async def _signal_ready(ssh: asyncssh.SSHClientConnection) -> None:
-    """Tell the relay our listener is registered (see TUNNEL_READY_HOST)."""
+async def _signal_ready(ssh: asyncssh.SSHClientConnection) -> float | None:
+    """Tell the relay our listener is registered (see TUNNEL_READY_HOST).
+    Returns the seconds the relay took to answer (one round trip and its
+    work), or None if it did not refuse, as expected."""
+    began = time.monotonic()
     try:
         chan, _ = await ssh.create_connection(
             asyncssh.SSHTCPSession, sshconfig.TUNNEL_READY_HOST, 0
         )
     except asyncssh.ChannelOpenError:
-        return  # the expected answer: the relay refuses, having noted it
+        # The expected answer: the relay refuses, having noted it.
+        return time.monotonic() - began
     chan.close()
+    return None
+
+
+class StreamWindow:
+    """The receive window of one tunnel's streams (request bodies):
+    ``AGENT_RECEIVE_WINDOW``, until the link is known to be short
+    (``stream_window``); streams opened from then on get that."""
+
+    def __init__(self) -> None:
+        self.size = sshconfig.AGENT_RECEIVE_WINDOW
+
+
+def stream_window(ready_rtt: float | None, sock: Any) -> int:
+    """The receive window of the streams of a tunnel whose ready signal took
+    *ready_rtt* seconds (None: not timed) over SSH socket *sock*:
+    ``SHORT_LINK_CHANNEL_WINDOW`` on a short link, as the relay starts its
+    answers there (``server.tunnel.link_window``), else
+    ``AGENT_RECEIVE_WINDOW``. Short only if both round trips say so: the
+    signal's (never shorter than the link's) and the kernel's (never longer,
+    but only as far as the next TCP hop) below ``SHORT_LINK_RTT``.
+
+    On loopback a 64 MiB upload then cost the agent 8% less CPU per MiB and
+    the relay 5% less (half the window top-ups: the agent's system calls per
+    MiB 9.1 -> 7.8, context switches of both fewer; issue 28b)."""
+    if ready_rtt is None or ready_rtt >= sshconfig.SHORT_LINK_RTT:
+        return sshconfig.AGENT_RECEIVE_WINDOW
+    kernel = send_scheduler.kernel_rtt(sock)
+    if kernel is None or kernel >= sshconfig.SHORT_LINK_RTT:
+        return sshconfig.AGENT_RECEIVE_WINDOW
+    return sshconfig.SHORT_LINK_CHANNEL_WINDOW
 
 
 def _describe(exc: BaseException) -> str:

@@ -81,7 +81,9 @@ MIN_CHANNEL_WINDOW: Final = 64 * 1024
 MAX_CHANNEL_WINDOW: Final = 16 * 1024 * 1024
 # The agent's receive window (request bodies, relay -> agent). No small
 # answers share that direction, so it is sized for throughput. It bounds what
-# one stream can buffer in the agent when its API stops reading.
+# one stream can buffer in the agent when its API stops reading. On a short
+# link (SHORT_LINK_RTT) the streams start at SHORT_LINK_CHANNEL_WINDOW
+# instead, as answers do (agent/tunnel.stream_window).
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
 # Keys are exchanged again after this many bytes in either direction: 2^32
