@@ -148,8 +148,9 @@ class _Upstream(asyncio.BufferedProtocol):
         download without sendfile cost the agent 0.95 ms/MiB against 0.66.
         With the 1-2 MiB windows since, the reads pause about once per MiB,
         which asyncssh did anyway for the read copied into the channel (issue
-        28b: agent CPU per MiB 0.87 -> 0.83 without sendfile, 1.10 -> 0.98
-        with it).
+        28b, interleaved A/Bs on a busy machine: agent CPU per MiB 0.87 ->
+        0.83 and 0.88 -> 0.84 without sendfile, 1.10 -> 0.98 and 1.13 ->
+        1.06 with it; see bench/document.TUNING_HISTORY).
         """
         chan = self._stream._chan
         if chan is None or not ssh_tuning.APPLIED.names:
