@@ -47,7 +47,7 @@ def ssh_packets(stream: bytes, *, whole: bool = True) -> list[int]:
         pos += 4 + length
         if kind == _NEWKEYS:
             break
-    lengths = []
+    lengths: list[int] = []
     while pos + 4 <= len(stream):
         (length,) = struct.unpack_from(">I", stream, pos)
         if not whole and pos + 4 + length + _GCM_TAG > len(stream):
