@@ -64,6 +64,9 @@ CLUSTER_RELAYS_HOST: Final = "sluice-relays"
 # ran out less often), while at 50 ms the GETs beside a download looked
 # slower in 4 pairs (p50 82 -> 90 ms, medians): more window queues ahead of
 # them (docs/BENCHMARKS.md, "Tuning history"). So a long link keeps 1 MiB.
+# Tried and dropped on branch issue-28b: 4 MiB on a short link (13
+# interleaved pairs): the agent's CPU per MiB of a download without sendfile
+# 12% higher (higher in 11 of 13), its MB/s 4% lower.
 CHANNEL_WINDOW: Final = 1024 * 1024
 SHORT_LINK_CHANNEL_WINDOW: Final = 2 * 1024 * 1024
 # The round trip below which a tunnel's link counts as short, by both the
