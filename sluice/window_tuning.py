@@ -102,9 +102,8 @@ from typing import Any
 
 import structlog
 from asyncssh.channel import SSHChannel
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
-from asyncssh.packet import UInt32
 
+from sluice.ssh_send import send_window_adjust
 from sluice.ssh_tuning import set_receive_window, windows_adjustable
 
 log = structlog.get_logger("sluice.window_tuning")
@@ -357,7 +356,10 @@ class WindowTuner:
             due = due or self.window // 2
         if due and credit + held <= self.window - due:
             more = self.window - held - credit
-            chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(more))
+            # The tuned top-up (sluice.ssh_send), not asyncssh's send_packet:
+            # some 20 Python calls and a getrandom each, and a reader that
+            # pauses its channel has the tuner make every top-up.
+            send_window_adjust(chan, more)
             chan._recv_window = credit = credit + more
         limit = arrived + credit
         gap = now - self._last_at

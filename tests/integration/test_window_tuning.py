@@ -8,13 +8,16 @@ download still come back within a round trip or two."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import FrameType
 
 import aiohttp
 import pytest
@@ -30,6 +33,8 @@ from tests.support.relay_wire import window_adjusts_at
 from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
+SSH_SEND = "sluice/ssh_send.py"
+ASYNCSSH_CHANNEL = "asyncssh/channel.py"
 
 
 @contextlib.asynccontextmanager
@@ -576,3 +581,57 @@ async def test_readers_that_barely_read_hold_no_more_than_the_budget(
     allowed = cap + streams * sshconfig.CHANNEL_WINDOW + MiB
     print(f"at most {most} bytes waited in the relay")
     assert most <= allowed, f"{most} bytes waited in the relay, allowed {allowed}"
+
+
+@pytest.mark.timeout(60)
+async def test_a_held_back_streams_top_ups_take_the_tuned_send_path(
+    tmp_path: Path, api: InternalAPI
+) -> None:
+    """While a reader holds its stream back (it paused the channel, and what
+    arrived since waits in its buffer), the window tuner makes the stream's
+    top-ups (as it does for every grown window): they go out as the tuned
+    ``sluice.ssh_send.send_window_adjust``, not asyncssh's ``send_packet``,
+    which cost some 20 Python calls and a ``getrandom`` system call (its
+    padding) each: 2 such top-ups per MiB of a download whose window had
+    grown on a busy loopback (issue 22, branch issue-28f, ``bench.calls
+    --mixed``: the relay's Python calls per MiB 91 -> 48)."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            code = frame.f_code
+            if code.co_name == "send_window_adjust" and code.co_filename.endswith(SSH_SEND):
+                counts["tuned"] += 1
+            elif code.co_name == "send_packet" and code.co_filename.endswith(ASYNCSSH_CHANNEL):
+                counts["asyncssh"] += 1
+        elif event == "c_call" and getattr(arg, "__name__", "") == "urandom":
+            counts["urandom"] += 1
+
+    # No growth (a budget of 0): the top-ups are the held-back stream's alone.
+    async with _far_agent(tmp_path, api, 0.002, max_inflight_per_agent=0) as (
+        relay,
+        _,
+        _line,
+        agent_id,
+    ):
+        http = relay.tunnel_http.session(agent_id)
+        got = 0
+        async with http.get(f"{api.base}/blob/{64 * MiB}") as resp:
+            async for chunk in resp.content.iter_any():
+                got += len(chunk)
+                if got > 4 * MiB:
+                    break
+            sys.setprofile(profile)
+            try:
+                # A piece at a time, with a pause after each: the relay's
+                # reader pauses the channel again and again.
+                while got < 20 * MiB:
+                    got += len(await resp.content.readany())
+                    await asyncio.sleep(0.002)  # a busy caller's pace, not a wait
+            finally:
+                sys.setprofile(None)
+    shown = f"{got / MiB:.0f} MiB read; top-ups: {dict(counts)}"
+    print(shown)
+    assert counts["tuned"] >= 8, shown  # about one per MiB
+    assert counts["asyncssh"] == 0, shown
+    assert counts["urandom"] == 0, shown
