@@ -663,6 +663,16 @@ TUNING_HISTORY = (
     "(paired median 0.97x). Two later runs with the pause above (7 and 11 pairs): agent 0.81 "
     "-> 0.75 and 0.84 -> 0.75, relay 1.14 -> 1.11 and 1.12 -> 1.09, MB/s paired 1.09x and "
     "1.00x. Long links keep the 1 MiB start.",
+    "The window tuner's own top-ups (a stream whose reader holds it back, a grown window) go "
+    "out as the tuned `sluice.ssh_send.send_window_adjust`, not asyncssh's `send_packet` "
+    "(issue 22, branch issue-28f): some 21 Python calls and a `getrandom` system call fewer "
+    "per top-up (`bench.calls --mixed`, a window grown on the busy loopback: relay Python "
+    "calls per MiB 91 -> 48 at 2.1 top-ups/MiB). A plain loopback download sends 0.85 "
+    "top-ups per MiB (1.0-1.3 MiB each, asyncssh's half-window rule, already tuned) and "
+    "pauses for its caller about once per download, so it gains nothing there: interleaved "
+    "`bench.ab --points down,downsf,up,mixed --reps 7 --openssh --sched` in both orders, "
+    "relay ms/MiB paired 0.94x/1.13x (down), 0.87x/1.13x (downsf): the tree listed first "
+    "lost each time, so within noise; mixed GET p50 0.99 vs 1.12 and 0.61 vs 0.58 ms.",
 )
 
 
