@@ -638,6 +638,31 @@ TUNING_HISTORY = (
     "included (so that a download after a cut-off one beside GETs would not start from that"
     " one's smaller window): 4 pairs, GETs beside at 50 ms p99 93 -> 140 ms (the rejoined "
     "window above what the CPU-bound relay moved), downloads no faster.",
+    "Agent reads of an API paused once a send leaves the answer's window below 32 KiB (half "
+    "the smallest stream window), until the relay grants more (issue 22, branch issue-28b): "
+    "before, the next "
+    "read of up to 256 KiB landed with no window, was copied into the channel's buffer and "
+    "again into a packet (about a third of a loopback download's reads). Interleaved A/B "
+    "against main (`bench.ab --points down,downsf,mixed --reps 9 --openssh --sched`, a busy "
+    "machine: 0-1.7 foreign cores): agent CPU 0.87 -> 0.83 ms/MiB without sendfile (lower "
+    "in 8 of 9 pairs), 1.10 -> 0.98 with it (7 of 9), 1.27 -> 1.14 beside GETs (7 of 9); "
+    "download MB/s median of pairs +6% and +18%; GETs beside p50 1.22 -> 1.01 ms, p99 7.3 -> "
+    "8.1 (within noise). With the upload window below, 11 pairs (`--points "
+    "down,downsf,up,mixed`): agent 0.88 -> 0.84 (8 of 11), 1.13 -> 1.06 (10 of 11), 1.25 -> "
+    "1.16 beside GETs (11 of 11); MB/s +7% and +2%; GETs beside p50 1.27 -> 0.96 ms, p99 "
+    "12.7 -> 7.6 (both noisy); c=1/c=32 CPU per request and writes unchanged. One run of 7 "
+    "pairs at up to 2.1 foreign cores showed no gain without sendfile (agent +3%). Pausing "
+    "per packet (issue 26e, 256 KiB windows) had cost more than the copies.",
+    "Agent's receive window for request bodies on a short link, 2 MiB (issue 22, branch issue-28b; "
+    "`agent.tunnel.stream_window`: the tunnel's ready signal, timed, and the kernel's round "
+    "trip both below 5 ms, as the relay judges answers): half the window top-ups of an "
+    "upload. Interleaved A/B on loopback (`bench.ab --points up --reps 13 --openssh --sched`, "
+    "1.0-1.6 foreign cores busy): agent CPU 0.82 -> 0.75 ms/MiB (lower in 11 of 13 pairs), "
+    "relay 1.17 -> 1.15 (11 of 13), the agent's system calls per MiB 9.1 -> 7.8 (13 of 13), "
+    "context switches per MiB agent 2.1 -> 1.7, relay 3.5 -> 1.8; upload MB/s within noise "
+    "(paired median 0.97x). Two later runs with the pause above (7 and 11 pairs): agent 0.81 "
+    "-> 0.75 and 0.84 -> 0.75, relay 1.14 -> 1.11 and 1.12 -> 1.09, MB/s paired 1.09x and "
+    "1.00x. Long links keep the 1 MiB start.",
     "Diagnosis of the GETs beside a download at 10 ms (issue 22, branch issue-28e; no lever"
     " kept). The beside point's p99 is set by the share of its 3 s of GETs that run while "
     "the 1 GiB download lasts (at 450-620 MB/s it ends 1.7-2.4 s in): after it every GET "
@@ -667,7 +692,9 @@ TUNING_HISTORY = (
     "once before any measurement: the first read of the 1 GiB file's holes cost nginx "
     "40-90% of a core in kernel time (2.6 s of it, measured alone) inside the first "
     "repetition of a run that does not start with the direct path, which then showed GETs"
-    " at p50 30-50 ms and a download at 185-300 MB/s.",
+    " at p50 30-50 ms and a download at 185-300 MB/s. What the download costs: relay 1.4, "
+    "agent 1.1, delay line 0.65 ms of CPU per MB beside the GETs (4 runs, 4.3 GB each), so"
+    " at 500 MB/s these three alone want 1.6 of the 2 cores, before curl, nginx and wrk.",
 )
 
 

@@ -64,6 +64,9 @@ CLUSTER_RELAYS_HOST: Final = "sluice-relays"
 # ran out less often), while at 50 ms the GETs beside a download looked
 # slower in 4 pairs (p50 82 -> 90 ms, medians): more window queues ahead of
 # them (docs/BENCHMARKS.md, "Tuning history"). So a long link keeps 1 MiB.
+# Tried and dropped on branch issue-28b: 4 MiB on a short link (13
+# interleaved pairs): the agent's CPU per MiB of a download without sendfile
+# 12% higher (higher in 11 of 13), its MB/s 4% lower.
 CHANNEL_WINDOW: Final = 1024 * 1024
 SHORT_LINK_CHANNEL_WINDOW: Final = 2 * 1024 * 1024
 # The round trip below which a tunnel's link counts as short, by both the
@@ -81,7 +84,9 @@ MIN_CHANNEL_WINDOW: Final = 64 * 1024
 MAX_CHANNEL_WINDOW: Final = 16 * 1024 * 1024
 # The agent's receive window (request bodies, relay -> agent). No small
 # answers share that direction, so it is sized for throughput. It bounds what
-# one stream can buffer in the agent when its API stops reading.
+# one stream can buffer in the agent when its API stops reading. On a short
+# link (SHORT_LINK_RTT) the streams start at SHORT_LINK_CHANNEL_WINDOW
+# instead, as answers do (agent/tunnel.stream_window).
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
 # Keys are exchanged again after this many bytes in either direction: 2^32
