@@ -76,6 +76,19 @@ http {{
 """
 
 
+def _read_once(path: Path) -> None:
+    """Read *path* once, so that its pages are in the page cache before any
+    measurement: the first read of a sparse file's holes makes the kernel
+    fill the cache with zeroed pages, and at 10 ms through bench.long_link
+    that cost nginx 40-90% of a core (kernel time) during the first
+    repetition only, which stole the relay's and agent's CPU (GETs beside the
+    download: p50 30-50 ms in the first repetition against ~20 ms after)."""
+    buf = bytearray(8 * MiB)
+    with path.open("rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
 def _write_random(f: BinaryIO, size: int) -> None:
     block = os.urandom(8 * MiB)  # repeated: as costly to move as any bytes, quick to write
     left = size
@@ -115,6 +128,7 @@ class Nginx:
         for name, size in sizes.items():
             with (root / "www" / "files" / name).open("wb") as f:
                 f.truncate(size)
+            _read_once(root / "www" / "files" / name)
         for name, size in (real or {}).items():
             with (root / "www" / "files" / name).open("wb") as f:
                 _write_random(f, size)
