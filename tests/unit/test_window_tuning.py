@@ -28,6 +28,10 @@ class _Chan:
         self._recv_window = window
         self.granted = 0  # credit sent to the peer since it was last collected
         self._recv_buf: list[tuple[bytes, None]] = []
+        # No connection: the tuned top-up (sluice.ssh_send.send_window_adjust)
+        # sends it with send_packet, below.
+        self._conn = None
+        self._send_chan = None
 
     def pause_reading(self) -> None:
         pass  # what arrives is put in _recv_buf by the simulation itself
