@@ -183,16 +183,10 @@ class _Upstream(asyncio.BufferedProtocol):
 class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     """Handles one forwarded channel from the relay."""
 
-    def __init__(self, ctx: ProxyContext, receive_window: int | None = None) -> None:
+    def __init__(self, ctx: ProxyContext) -> None:
         self._ctx = ctx
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
-        # The stream's receive window (request bodies): its tunnel's, by the
-        # link (agent.tunnel.StreamWindow), when given; else the context's.
-        # Given, it replaces the listener's (AGENT_RECEIVE_WINDOW) as the
-        # channel opens.
-        self._window = receive_window
-        window = ctx.receive_window if receive_window is None else receive_window
-        self._tuner: WindowTuner | FixedWindow = window_tuner(ctx.window_budget, window)
+        self._tuner: WindowTuner | FixedWindow = window_tuner(ctx.window_budget, ctx.receive_window)
         self._head = bytearray()
         self._target: Target | None = None
         self._upstream: _Upstream | None = None
@@ -230,14 +224,6 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         # API writes meanwhile waits in the socket and leaves in one packet,
         # not in one packet per queued read.
         chan.set_write_buffer_limits(high=0)
-        if (
-            self._window is not None
-            and self._window != sshconfig.AGENT_RECEIVE_WINDOW
-            and ssh_tuning.windows_adjustable()
-        ):
-            # Topped up to this from the first packet on (asyncssh grants
-            # more once less than half of it is left).
-            ssh_tuning.set_receive_window(chan, self._window)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._chan is not None:

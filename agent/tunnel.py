@@ -6,10 +6,8 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import asyncssh
-import structlog
 
 from agent.errors import (
     AuthRejected,
@@ -27,8 +25,6 @@ from sluice.addresses import HostPort
 from sluice.ssh_reads import read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
 from sluice.tokens import AgentToken
-
-log = structlog.get_logger("sluice.agent.tunnel")
 
 
 class _PinnedHostKeyClient(asyncssh.SSHClient):
@@ -143,32 +139,22 @@ async def open_tunnel(
                 listener: asyncssh.SSHListener = asyncssh.SSHListener()
             else:
                 proxy_ctx = ctx
-                window = StreamWindow()
                 listener = await ssh.create_server(
-                    lambda _host, _port: ChannelProxy(proxy_ctx, window.size),
+                    lambda _host, _port: ChannelProxy(proxy_ctx),
                     sshconfig.TUNNEL_LISTEN_HOST,
                     sshconfig.TUNNEL_LISTEN_PORT,
                     window=sshconfig.AGENT_RECEIVE_WINDOW,
                     max_pktsize=sshconfig.CHANNEL_MAX_PKTSIZE,
                 )
-                ready_rtt = await _signal_ready(ssh)
-                if ready_rtt is not None:
-                    # One round trip (the relay refuses at once), plus both
-                    # ends' work: before any upload's round is timed, whether
-                    # the link looks long (WindowBudget.setup_rtt). The
-                    # shortest of the agent's tunnels, as its budget's round
-                    # trip is.
-                    budget = proxy_ctx.window_budget
-                    budget.setup_rtt = min(budget.setup_rtt or ready_rtt, ready_rtt)
-                window.size = stream_window(ready_rtt, ssh.get_extra_info("socket"))
-                if window.size == sshconfig.AGENT_RECEIVE_WINDOW and ready_rtt is not None:
-                    # Timed again in the background (a busy relay just after
-                    # a login can take a few ms more than the link).
-                    window.retiming = asyncio.get_running_loop().create_task(
-                        _retime(ssh, relay, window, ready_rtt)
-                    )
-                else:
-                    _log_window(relay, window.size, ready_rtt)
+                began = time.monotonic()
+                await _signal_ready(ssh)
+                # One round trip (the relay refuses at once), plus both ends'
+                # work: before any upload's round is timed, whether the link
+                # looks long (WindowBudget.setup_rtt). The shortest of the
+                # agent's tunnels, as its budget's round trip is.
+                took = time.monotonic() - began
+                budget = proxy_ctx.window_budget
+                budget.setup_rtt = min(budget.setup_rtt or took, took)
                 send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
                 send_coalescing.start(ssh)  # a loop turn's answers in one write
                 queue_probe.start(ssh, "agent")
@@ -187,85 +173,15 @@ async def open_tunnel(
     return TunnelSession(relay=relay, ssh=ssh, listener=listener)
 
 
-async def _signal_ready(ssh: asyncssh.SSHClientConnection) -> float | None:
-    """Tell the relay our listener is registered (see TUNNEL_READY_HOST).
-    Returns the seconds the relay took to answer (one round trip and its
-    work), or None if it did not refuse, as expected."""
-    began = time.monotonic()
+async def _signal_ready(ssh: asyncssh.SSHClientConnection) -> None:
+    """Tell the relay our listener is registered (see TUNNEL_READY_HOST)."""
     try:
         chan, _ = await ssh.create_connection(
             asyncssh.SSHTCPSession, sshconfig.TUNNEL_READY_HOST, 0
         )
     except asyncssh.ChannelOpenError:
-        # The expected answer: the relay refuses, having noted it.
-        return time.monotonic() - began
+        return  # the expected answer: the relay refuses, having noted it
     chan.close()
-    return None
-
-
-class StreamWindow:
-    """The receive window of one tunnel's streams (request bodies):
-    ``AGENT_RECEIVE_WINDOW``, until the link is known to be short
-    (``stream_window``); streams opened from then on get that."""
-
-    def __init__(self) -> None:
-        self.size = sshconfig.AGENT_RECEIVE_WINDOW
-        self.retiming: asyncio.Task[None] | None = None
-
-
-# How many more times a ready signal that did not look short is timed.
-_RETIMES = 3
-
-
-async def _retime(
-    ssh: asyncssh.SSHClientConnection, relay: HostPort, window: StreamWindow, first: float
-) -> None:
-    """Time the ready signal up to ``_RETIMES`` more times (the relay answers
-    each the same, having noted the first), each a bound on the link's round
-    trip as the first: the smallest decides (``stream_window``). On a long
-    link, a few round trips in the background after the tunnel is up."""
-    best = first
-    try:
-        for _ in range(_RETIMES):
-            again = await _signal_ready(ssh)
-            if again is None:
-                return
-            best = min(best, again)
-            window.size = stream_window(best, ssh.get_extra_info("socket"))
-            if window.size != sshconfig.AGENT_RECEIVE_WINDOW:
-                break
-    except (OSError, asyncssh.Error):
-        return  # the connection closed meanwhile
-    _log_window(relay, window.size, best)
-
-
-def _log_window(relay: HostPort, size: int, ready_rtt: float | None) -> None:
-    log.info(
-        "stream_window",
-        relay=str(relay),
-        window=size,
-        ready_rtt_ms=None if ready_rtt is None else round(ready_rtt * 1000, 2),
-    )
-
-
-def stream_window(ready_rtt: float | None, sock: Any) -> int:
-    """The receive window of the streams of a tunnel whose ready signal took
-    *ready_rtt* seconds (None: not timed) over SSH socket *sock*:
-    ``SHORT_LINK_CHANNEL_WINDOW`` on a short link, as the relay starts its
-    answers there (``server.tunnel.link_window``), else
-    ``AGENT_RECEIVE_WINDOW``. Short only if both round trips say so: the
-    signal's (never shorter than the link's) and the kernel's (never longer,
-    but only as far as the next TCP hop) below ``SHORT_LINK_RTT``.
-
-    On loopback a 64 MiB upload then cost the agent 8% less CPU per MiB and
-    the relay 5% less (half the window top-ups: the agent's system calls per
-    MiB 9.1 -> 7.8, context switches of both fewer; issue 28b)."""
-    if ready_rtt is None or ready_rtt >= sshconfig.SHORT_LINK_RTT:
-        return sshconfig.AGENT_RECEIVE_WINDOW
-    kernel = send_scheduler.kernel_rtt(sock)
-    if kernel is None or kernel >= sshconfig.SHORT_LINK_RTT:
-        return sshconfig.AGENT_RECEIVE_WINDOW
-    return sshconfig.SHORT_LINK_CHANNEL_WINDOW
 
 
 def _describe(exc: BaseException) -> str:
