@@ -44,12 +44,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # How much one read from an API may take: one full SSH packet, which is also
 # the relay's whole receive window for an answer.
 UPSTREAM_READ = sshconfig.CHANNEL_MAX_PKTSIZE
-# A window with less left than this after a send pauses the API's reads
-# until the relay grants more (ChannelProxy.upstream_data). Half the smallest
-# window a relay gives a stream (sshconfig.MIN_CHANNEL_WINDOW): the relay
-# grants more once less than half its window is left, so a stream paused
-# here is always granted more.
-_MIN_WINDOW_READ = sshconfig.MIN_CHANNEL_WINDOW // 2
+# A window with less left than this gets a whole buffer's read, not its own.
+_MIN_WINDOW_READ = 32 * 1024
 
 
 class UpstreamReads:
@@ -130,27 +126,21 @@ class _Upstream(asyncio.BufferedProtocol):
         As much as the channel's window lets go at once, so one read leaves
         in one packet: a read larger than the window would leave its rest
         queued, and that rest would go out as a packet of its own once the
-        relay grants more. (Asked of the stream's channel here, not through
-        a method of the stream: a Python call per read.)
+        relay grants more. A window nearly used up is not worth a read of its
+        own: a whole buffer is read, what the window allows leaves at once,
+        and the rest waits, reading paused, for the relay's next grant.
+        (Asked of the stream's channel here, not through a method of the
+        stream: a Python call per read.)
 
-        A window nearly used up (below ``_MIN_WINDOW_READ``) pauses the
-        reads after the send that used it (``ChannelProxy.upstream_data``)
-        until the relay grants more. A read comes here with so little window
-        only when the channel resumed with little left (a grant that just
-        covered what was queued): it takes what the window allows, sent whole
-        in one small packet, and pauses the reads. With no window at all
-        (never after a send: paused), a whole buffer is read; what does not
-        fit waits in the channel's buffer, reading paused.
-
-        Pausing once per grant is not pausing per packet: tried on branch
-        issue-26e with a 256 KiB window, every packet paused and resumed the
-        API's reads (epoll_ctl through libuv's io_uring), and a 64 MiB
-        download without sendfile cost the agent 0.95 ms/MiB against 0.66.
-        With the 1-2 MiB windows since, the reads pause about once per MiB,
-        which asyncssh did anyway for the read copied into the channel (issue
-        28b, interleaved A/Bs on a busy machine: agent CPU per MiB 0.87 ->
-        0.83 and 0.88 -> 0.84 without sendfile, 1.10 -> 0.98 and 1.13 ->
-        1.06 with it; see bench/document.TUNING_HISTORY).
+        Not paused the moment a send uses the window up (so that no read
+        lands with the window at zero and is copied into the channel's
+        buffer): tried on branch issue-26e, every packet then paused and
+        resumed the API's reads (epoll_ctl through libuv's io_uring), and a
+        64 MiB download without sendfile cost the agent 0.95 ms/MiB against
+        0.66 (median of 5, quiet machine); the copies it saved are less.
+        Paused once per grant instead (below 32 KiB left, branch issue-28b):
+        agent CPU per MiB about 4% lower, MB/s within noise, and under load
+        a read still landed with no window now and then; reverted.
         """
         chan = self._stream._chan
         if chan is None or not ssh_tuning.APPLIED.names:
@@ -158,7 +148,7 @@ class _Upstream(asyncio.BufferedProtocol):
         # ssh_tuning.send_window, inline (a Python call per read): the
         # tweaks are on, so asyncssh's field passed their shape check.
         window = chan._send_window
-        if not window:
+        if window < _MIN_WINDOW_READ:
             return self._reads.view
         return self._reads.view[: min(window, UPSTREAM_READ)]
 
@@ -315,28 +305,14 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         self._bytes_down += nbytes
         self._ctx.stats.bytes_down += nbytes
         chan = self._chan
-        if chan is None:
+        if chan is None or (
+            nbytes >= ssh_framed.FRAMED_LEAST and ssh_framed.send_framed(chan, reads.frames, nbytes)
+        ):
             return
-        if nbytes < ssh_framed.FRAMED_LEAST or not ssh_framed.send_framed(
-            chan, reads.frames, nbytes
-        ):
-            # The view is released at once: the buffer is the next read's.
-            with reads.view[:nbytes] as data:
-                # (Not typing.cast: a Python call per answer; write takes any bytes-like.)
-                chan.write(data if self._reads_reused else bytes(data))
-        if (
-            chan._send_window < _MIN_WINDOW_READ
-            and not chan._send_paused
-            and ssh_tuning.APPLIED.names
-        ):
-            # The window is (nearly) used up: no more reads until the relay
-            # grants more (asyncssh's flush at its window adjust resumes
-            # writing, so reading); else the next read lands with nowhere to
-            # go, is copied into the channel's buffer, and again into a packet
-            # later: a third of a loopback download's reads did. (The tweaks
-            # are on: asyncssh's fields passed their shape check.)
-            chan._send_paused = True
-            self.pause_writing()
+        # The view is released at once: the buffer is the next read's.
+        with reads.view[:nbytes] as data:
+            # (Not typing.cast: a Python call per answer; write takes any bytes-like.)
+            chan.write(data if self._reads_reused else bytes(data))
 
     def upstream_eof(self) -> None:
         self._upstream_eof = True

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from server.relay import Relay
@@ -26,8 +25,6 @@ from sluice import sshconfig
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, noise
 from tests.support.byte_pipe import BytePipe
-from tests.support.daemons import free_port
-from tests.support.waiting import poll_until
 
 MiB = 1024 * 1024
 PIECE = 16 * 1024  # what the API writes at a time
@@ -36,10 +33,9 @@ _NEWKEYS = 21
 _GCM_TAG = 16
 
 
-def ssh_packets(stream: bytes, *, whole: bool = True) -> list[int]:
+def ssh_packets(stream: bytes) -> list[int]:
     """The lengths of the encrypted packets in one direction of an SSH
-    connection running AES-GCM (what follows the sender's NEWKEYS); with
-    *whole* False, of those complete so far (a recording still running)."""
+    connection running AES-GCM (what follows the sender's NEWKEYS)."""
     pos = stream.index(b"\r\n") + 2  # the version line
     while True:  # clear packets: length, padding length, payload, padding
         (length,) = struct.unpack_from(">I", stream, pos)
@@ -47,14 +43,12 @@ def ssh_packets(stream: bytes, *, whole: bool = True) -> list[int]:
         pos += 4 + length
         if kind == _NEWKEYS:
             break
-    lengths: list[int] = []
+    lengths = []
     while pos + 4 <= len(stream):
         (length,) = struct.unpack_from(">I", stream, pos)
-        if not whole and pos + 4 + length + _GCM_TAG > len(stream):
-            return lengths
         lengths.append(length)
         pos += 4 + length + _GCM_TAG
-    assert pos == len(stream) or not whole, "the recording ends inside a packet"
+    assert pos == len(stream), "the recording ends inside a packet"
     return lengths
 
 
@@ -191,75 +185,3 @@ async def test_the_agent_reads_a_request_body_a_whole_packet_at_a_time(
         # Whole packets: about one read each (a packet can still arrive in
         # pieces); reads of 256,000 bytes took 1.6-2 per packet.
         assert min(reads) < 1.3 * packets, (reads, packets)
-
-
-def channel_data(packets: list[int]) -> int:
-    """At most how many bytes of channel data *packets* (their lengths) held:
-    each bulk packet's length less its type, channel, data length and padding
-    length fields (its padding, 4 bytes or more, is counted as data)."""
-    return sum(n - 10 for n in packets if n > 1024)
-
-
-async def agent_bytes_down(http: aiohttp.ClientSession, port: int) -> int:
-    """The agent's sluice_agent_bytes{direction="down"}: what it has read
-    from its APIs so far."""
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith('sluice_agent_bytes_total{direction="down"}'):
-            return int(float(line.split()[-1]))
-    raise AssertionError(f"no bytes down in the agent's metrics:\n{text}")
-
-
-@pytest.mark.timeout(60)
-async def test_a_used_up_window_stops_the_agent_reading_the_api(
-    relay: Relay, start_agent: AgentFactory
-) -> None:
-    """Once the relay's window for an answer is used up, the agent reads no
-    more of the API until the relay grants more: what it has read, it has
-    sent. (It used to take one more read of up to a whole packet, copied
-    into the channel's buffer and later again into a packet: about a third
-    of a bulk answer's reads on a loopback download.)"""
-    host, port = relay.ssh_address
-    pipe = BytePipe(host, port)
-    await pipe.start()
-    health = free_port()
-    try:
-        async with piece_api() as api, aiohttp.ClientSession() as scrape:
-            _, token = await start_agent(
-                [f"127.0.0.1:{api.port}"],
-                relay_address=f"127.0.0.1:{pipe.listen_port}",
-                process_env={"SLUICE_AGENT_HEALTH_LISTEN": f"127.0.0.1:{health}"},
-            )
-            [tunnel] = pipe.connections
-            http = relay.tunnel_http.session(token.agent_id)
-            base = f"http://127.0.0.1:{api.port}"
-            async with http.get(f"{base}/small") as resp:  # opens the stream
-                assert await resp.read() == b'{"ok": true}'
-            down_before = await agent_bytes_down(scrape, health)
-            packets_before = len(ssh_packets(bytes(tunnel.upstream), whole=False))
-
-            async with http.get(f"{base}/bulk") as resp:
-                # Nothing of the body is read: the relay stops granting window.
-                seen: list[tuple[int, int]] = []
-
-                async def stalled() -> bool:
-                    packets = ssh_packets(bytes(tunnel.upstream), whole=False)
-                    sent = channel_data(packets[packets_before:])
-                    seen.append((await agent_bytes_down(scrape, health) - down_before, sent))
-                    # Quiet for five looks in a row (every 50 ms), past the
-                    # first window's worth.
-                    last = seen[-5:]
-                    return len(last) == 5 and len(set(last)) == 1 and sent >= MiB
-
-                try:
-                    await poll_until(stalled, timeout=20, what="the answer to stall")
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}: (read, sent) {seen[-5:]}") from None
-                read, sent = seen[-1]
-                assert read < BULK
-                assert read <= sent < read + 64 * 1024, (read, sent)
-                got = len(await resp.read())
-            assert got == BULK
-    finally:
-        await pipe.close()
