@@ -668,7 +668,13 @@ TUNING_HISTORY = (
     "14-30 MB over the 10 MiB echo's "
     "(`test_large_bodies_are_streamed_with_flat_agent_memory`, 3 of 3 runs and 1 of 2 on the"
     " branch alone; about 1 MB with 1 MiB, and with the read pause above alone). Reverted at "
-    "the merge; the cause was not found.",
+    "the merge. The cause (issue 28h, not malloc: as bad with MALLOC_MMAP_THRESHOLD_=131072): "
+    "the stream's first round timed the relay sending its first 2 MiB (6-18 ms), which as the"
+    " connection's first sample made loopback look long; slow start granted 32-66 MiB at "
+    "once and up to 39 MB waited in the agent. Fixed (`WindowBudget.sampled`); with the fix "
+    "the echo passes (5 of 5, +1.3-1.8 MB), but the lever's wire test (fewer than 32 top-ups "
+    "per 32 MiB) had passed only through that growth: 32 without it, so its gain needs a "
+    "new A/B.",
     "Diagnosis of the GETs beside a download at 10 ms (issue 22, branch issue-28e; no lever"
     " kept). The beside point's p99 is set by the share of its 3 s of GETs that run while "
     "the 1 GiB download lasts (at 450-620 MB/s it ends 1.7-2.4 s in): after it every GET "

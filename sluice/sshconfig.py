@@ -88,7 +88,10 @@ MAX_CHANNEL_WINDOW: Final = 16 * 1024 * 1024
 # start on a short link, as answers get (branch issue-28b), halved an
 # upload's top-ups but let the agent's peak RSS grow by 14-30 MB over a
 # 50 MiB echo (test_large_bodies_are_streamed_with_flat_agent_memory, 1 MB
-# before): reverted at the merge, its cause not found.
+# before): reverted at the merge. The cause (issue 28h): the stream's first
+# round made loopback look long to the window tuner, which granted 32-66 MiB
+# at once (fixed: WindowBudget.sampled); its wire test of fewer top-ups had
+# passed only through that growth (32 per 32 MiB without it).
 AGENT_RECEIVE_WINDOW: Final = 1024 * 1024
 
 # Keys are exchanged again after this many bytes in either direction: 2^32

@@ -209,7 +209,20 @@ class WindowBudget:
         return self.rtt >= LONG if self.rtt else self.setup_rtt >= SETUP_LONG
 
     def sampled(self, rtt: float, now: float) -> float:
-        """A credit round trip of *rtt* seconds was seen: the link's round trip now."""
+        """A credit round trip of *rtt* seconds was seen: the link's round trip now.
+
+        The connection's first sample is no longer than its setup's round
+        trip (``setup_rtt``, when timed): each bounds the link's from above,
+        but a sample also holds the time the peer took to send what credit
+        it still had when the top-up went out (half a window), which on a
+        busy loopback took 4-9 ms for 1-2 MiB. Taken alone, such a first
+        sample made a short link look long: slow start granted the relay
+        32 MiB at once, and when the next sample showed the link short the
+        window went back, but not the credit: the agent buffered 16-39 MB of
+        a 50 MiB upload whose API drained it slower (issue 28h, with a 2 MiB
+        starting window)."""
+        if not self.rtt and self.setup_rtt:
+            rtt = min(rtt, self.setup_rtt)
         self._next_rtt = min(self._next_rtt, rtt)
         if not self.rtt or rtt <= self.rtt:
             self.rtt = rtt

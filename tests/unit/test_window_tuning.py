@@ -405,3 +405,21 @@ def test_a_pooled_stream_whose_answer_ended_in_slow_start_rejoins_at_what_it_sho
     # ms until three long rounds shrank it, a second later.
     assert queued < 0.05, f"{queued * 1000:.0f} ms queued, window {tuner.window / MiB:.1f} MiB"
     assert achieved > 0.9 * rate  # and the link full
+
+
+def test_a_first_round_slower_than_the_setup_does_not_make_a_short_link_look_long() -> None:
+    # A short link (0.5 ms; the setup took 1 ms) whose receiver takes 5 ms
+    # for half a 2 MiB window (a busy loopback): every round is longer than
+    # LONG, as the peer still holds half a window of credit at each top-up.
+    # The setup's round trip bounds the link's as well: no growth, and the
+    # peer never holds more credit than the window. Before (issue 28h) the
+    # first round made the link look long: 32 MiB granted at once.
+    base = 2 * MiB
+    for seconds in (0.02, 0.2):
+        clock = _Clock()
+        budget = WindowBudget(64 * MiB, clock=clock)
+        budget.setup_rtt = 0.001
+        tuner, _, _ = _run(0.0005, 200e6, seconds, budget, base=base, clock=clock)
+        assert tuner.window == base, (seconds, tuner.window)
+        assert budget.granted == 0
+        assert budget.rtt <= budget.setup_rtt
