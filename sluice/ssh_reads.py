@@ -10,7 +10,11 @@ every connection of the process, so a packet that has arrived whole is read
 whole. The tuned ``data_received`` (``sluice.ssh_tuning.feed_in_pieces``)
 gets a view of the read and decrypts the whole packets in it from there,
 copying only the start of a packet that the next read completes; asyncssh's
-own gets a copy, as the event loop gave it.
+own gets a copy, as the event loop gave it. (Holding that start in place in
+the shared buffer, the next read landing right after it, was tried on branch
+issue-28g: the 0.36 MB copied per MiB of a loopback download went to 0, but
+relay CPU per MiB and MB/s did not move beyond noise in 16 interleaved runs,
+and a view into a buffer every connection reuses needs care; not kept.)
 
 Only with the asyncssh tweaks in place (``SLUICE_SSH_TUNING`` on, asyncssh of
 the shape they were written for): the protocol in front uses the connection's
