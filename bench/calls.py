@@ -15,10 +15,11 @@ download of a sparse file (``--mib``) alone, and the same download with c=1
 GETs beside it for as long as it runs. Prints, per process, the calls the
 mixed phase made beyond the solo download's and its GETs' own (each GET at
 the c=1 phase's count): what a GET beside a download costs the download
-(issue 22: a GET there cost ~3x a GET alone in CPU). Each process's own
-counts come with them (``proc run_us``: CPU µs; ``proc reads``/``writes``:
-system calls; ``proc context_switches``); ``--proc`` counts only those, at
-full speed (no ``sys.setprofile``), for CPU per GET and per MiB.
+(issue 22: a GET there cost ~3x a GET alone in CPU). Each process's
+counts from the kernel come with them (``bench.proc.sched``: ``proc
+run_us``, CPU µs; ``proc reads``/``writes``, system calls; ``proc
+context_switches``); ``--proc`` counts only those, with the processes
+unprofiled (at full speed), for CPU per GET and per MiB.
 
 What it showed at 84b1553 (issue 28d): the extra CPU of the mixed point is
 not the GETs' own but the shared window's (``server.tunnel.window_share``):
@@ -39,15 +40,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import load
 from bench.nginx import MiB, Nginx
+from bench.proc import sched
 from bench.stack import Relay, start_agent
 
 SITE = Path(__file__).parent / "calls_site"
@@ -67,17 +71,31 @@ def per_request(text: str, requests: int, top: int) -> list[str]:
     return lines
 
 
-async def measure(tree: Path, connections: int, seconds: int, top: int) -> list[str]:
+@dataclass
+class _Stack:
+    """A relay and an agent that count their calls (SIGUSR1/SIGUSR2), in
+    front of nginx, with one connection through the agent."""
+
+    root: Path
+    relay: Relay
+    pids: dict[str, int]
+    base: str  # the connection's proxy URL
+
+
+@contextlib.asynccontextmanager
+async def _counting_stack(
+    tree: Path, files: dict[str, int], profile: bool = True
+) -> AsyncIterator[_Stack]:
+    """*tree*'s relay and agent with the counting site module; *files*:
+    sparse files nginx serves. *profile* False: the processes are not
+    profiled (counted from outside only: ``bench.proc.sched``)."""
     root = Path(tempfile.mkdtemp(prefix="sluice-calls-", dir="/dev/shm"))
-    path = f"{SITE}:{tree}"
-    nginx = await Nginx.start(root / "nginx", {}, upload_size=MiB, real={})
+    nginx = await Nginx.start(root / "nginx", files, upload_size=MiB, real={})
     relay: Relay | None = None
     try:
+        env = {"PYTHONPATH": f"{SITE}:{tree}", "SLUICE_BENCH_CALLS_DIR": str(root)}
         relay = await Relay.create(
-            root / "relay",
-            PYTHONPATH=path,
-            SLUICE_BENCH_CALLS="relay",
-            SLUICE_BENCH_CALLS_DIR=str(root),
+            root / "relay", **env, **({"SLUICE_BENCH_CALLS": "relay"} if profile else {})
         )
         agent_id, token = await relay.create_agent("calls")
         agent = await start_agent(
@@ -86,34 +104,13 @@ async def measure(tree: Path, connections: int, seconds: int, top: int) -> list[
             token,
             f"127.0.0.1:{nginx.port}",
             root / "agent.log",
-            PYTHONPATH=path,
-            SLUICE_BENCH_CALLS="agent",
-            SLUICE_BENCH_CALLS_DIR=str(root),
+            **env,
+            **({"SLUICE_BENCH_CALLS": "agent"} if profile else {}),
         )
         try:
             conn = await relay.create_connection("calls", nginx.base, agent_id)
-            url = relay.proxy_base(conn) + "/small.json"
-            lua = load.write_lua(root)
-            # Warm: pools, caches, memos.
-            await load.wrk(url, lua=lua, connections=connections, seconds=1, headers=relay.auth)
             pids = {"relay": relay.pid, "agent": agent.pid}
-            for pid in pids.values():
-                os.kill(pid, signal.SIGUSR1)
-            got = await load.wrk(
-                url, lua=lua, connections=connections, seconds=seconds, headers=relay.auth
-            )
-            for pid in pids.values():
-                os.kill(pid, signal.SIGUSR2)
-            out = [f"c={connections}: {got.requests} requests, {got.errors} errors"]
-            for role in pids:
-                counts = root / f"calls-{role}.txt"
-                async with asyncio.timeout(10):
-                    while not counts.exists():
-                        await asyncio.sleep(0.05)  # the process writes it from its handler
-                out.append(
-                    f"{role}: " + "\n".join(per_request(counts.read_text(), got.requests, top))
-                )
-            return out
+            yield _Stack(root, relay, pids, relay.proxy_base(conn))
         finally:
             await agent.stop()
     finally:
@@ -123,8 +120,76 @@ async def measure(tree: Path, connections: int, seconds: int, top: int) -> list[
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _counts(text: str) -> dict[str, float]:
+    return {name: int(n) for n, name in (line.split(" ", 1) for line in text.splitlines() if line)}
+
+
+async def _counted(
+    stack: _Stack, work: Callable[[], Awaitable[int]], profile: bool = True
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """Both processes' counts while *work* runs (it returns its requests):
+    their calls (*profile*: the site module's, between SIGUSR1 and SIGUSR2)
+    and, as ``proc ...``, what the kernel counted (``bench.proc.sched``)."""
+    pids = stack.pids
+    for role in pids:
+        (stack.root / f"calls-{role}.txt").unlink(missing_ok=True)
+    before = {role: sched(pid) for role, pid in pids.items()}
+    if profile:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGUSR1)
+    done = await work()
+    if profile:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGUSR2)
+    got: dict[str, dict[str, float]] = {}
+    for role, pid in pids.items():
+        took = sched(pid) - before[role]
+        got[role] = {
+            "proc run_us": took.run * 1e6,
+            "proc reads": took.reads,
+            "proc writes": took.writes,
+            "proc context_switches": took.voluntary + took.involuntary,
+        }
+        if profile:
+            counts = stack.root / f"calls-{role}.txt"
+            async with asyncio.timeout(10):
+                while not counts.exists():
+                    await asyncio.sleep(0.05)  # the process writes it from its handler
+            got[role] |= _counts(counts.read_text())
+    return done, got
+
+
+async def measure(tree: Path, connections: int, seconds: int, top: int) -> list[str]:
+    async with _counting_stack(tree, {}) as stack:
+        url = stack.base + "/small.json"
+        auth = stack.relay.auth
+        lua = load.write_lua(stack.root)
+        # Warm: pools, caches, memos.
+        await load.wrk(url, lua=lua, connections=connections, seconds=1, headers=auth)
+        errors = 0
+
+        async def gets() -> int:
+            nonlocal errors
+            got = await load.wrk(
+                url, lua=lua, connections=connections, seconds=seconds, headers=auth
+            )
+            errors = got.errors
+            return got.requests
+
+        requests, counted = await _counted(stack, gets)
+        out = [f"c={connections}: {requests} requests, {errors} errors"]
+        for role, counts in counted.items():
+            calls = {name: n for name, n in counts.items() if not name.startswith("proc ")}
+            text = "".join(f"{int(n)} {name}\n" for name, n in calls.items())
+            out.append(f"{role}: " + "\n".join(per_request(text, requests, top)))
+        return out
+
+
 def mixed_extra(
-    mixed: dict[str, int], solo: dict[str, int], alone: dict[str, int], gets_ratio: float
+    mixed: Mapping[str, float],
+    solo: Mapping[str, float],
+    alone: Mapping[str, float],
+    gets_ratio: float,
 ) -> dict[str, float]:
     """Per name, the mixed phase's count beyond the solo download's and its
     GETs' own (*alone*'s, scaled by *gets_ratio*: GETs beside / GETs alone)."""
@@ -134,125 +199,72 @@ def mixed_extra(
     }
 
 
-def _counts(text: str) -> dict[str, int]:
-    return {name: int(n) for n, name in (line.split(" ", 1) for line in text.splitlines() if line)}
-
-
-async def _counted(
-    root: Path, pids: dict[str, int], work: Callable[[], Awaitable[int]]
-) -> tuple[int, dict[str, dict[str, int]]]:
-    """Count both processes' calls while *work* runs (it returns its GETs)."""
-    for role in pids:
-        (root / f"calls-{role}.txt").unlink(missing_ok=True)
-    for pid in pids.values():
-        os.kill(pid, signal.SIGUSR1)
-    gets = await work()
-    for pid in pids.values():
-        os.kill(pid, signal.SIGUSR2)
-    got = {}
-    for role in pids:
-        counts = root / f"calls-{role}.txt"
-        async with asyncio.timeout(10):
-            while not counts.exists():
-                await asyncio.sleep(0.05)  # the process writes it from its handler
-        got[role] = _counts(counts.read_text())
-    return gets, got
-
-
 def _python(counts: Mapping[str, float]) -> float:
     return sum(n for name, n in counts.items() if not name.startswith(("C ", "proc ")))
 
 
 async def measure_mixed(tree: Path, mib: int, top: int, proc_only: bool = False) -> list[str]:
     """The calls of GETs beside a download beyond those of each alone (``--mixed``)."""
-    root = Path(tempfile.mkdtemp(prefix="sluice-calls-", dir="/dev/shm"))
-    path = f"{SITE}:{tree}"
-    nginx = await Nginx.start(root / "nginx", {"big.bin": mib * MiB}, upload_size=MiB, real={})
-    relay: Relay | None = None
-    try:
-        env = {"PYTHONPATH": path, "SLUICE_BENCH_CALLS_DIR": str(root)}
-        if proc_only:
-            env["SLUICE_BENCH_CALLS_PROFILE"] = "off"
-        relay = await Relay.create(root / "relay", SLUICE_BENCH_CALLS="relay", **env)
-        agent_id, token = await relay.create_agent("calls")
-        agent = await start_agent(
-            relay,
-            agent_id,
-            token,
-            f"127.0.0.1:{nginx.port}",
-            root / "agent.log",
-            SLUICE_BENCH_CALLS="agent",
-            **env,
-        )
-        try:
-            conn = await relay.create_connection("calls", nginx.base, agent_id)
-            small = relay.proxy_base(conn) + "/small.json"
-            big = relay.proxy_base(conn) + "/files/big.bin"
-            lua = load.write_lua(root)
-            await load.wrk(small, lua=lua, connections=1, seconds=1, headers=relay.auth)
-            await load.download(big, relay.auth)
-            pids = {"relay": relay.pid, "agent": agent.pid}
+    profile = not proc_only
+    async with _counting_stack(tree, {"big.bin": mib * MiB}, profile) as stack:
+        small = stack.base + "/small.json"
+        big = stack.base + "/files/big.bin"
+        auth = stack.relay.auth
+        lua = load.write_lua(stack.root)
+        await load.wrk(small, lua=lua, connections=1, seconds=1, headers=auth)
+        await load.download(big, auth)
 
-            async def alone() -> int:
-                got = await load.wrk(small, lua=lua, connections=1, seconds=3, headers=relay.auth)
-                return got.requests
+        async def alone() -> int:
+            got = await load.wrk(small, lua=lua, connections=1, seconds=3, headers=auth)
+            return got.requests
 
-            speeds: list[float] = []
+        speeds: list[float] = []
 
-            async def solo() -> int:
-                moved = await load.download(big, relay.auth)
-                assert moved.bytes == mib * MiB, moved
-                speeds.append(moved.mb_per_s)
-                return 0
+        async def solo() -> int:
+            moved = await load.download(big, auth)
+            assert moved.bytes == mib * MiB, moved
+            speeds.append(moved.mb_per_s)
+            return 0
 
-            async def beside() -> int:
-                task = asyncio.ensure_future(load.download(big, relay.auth))
-                gets = 0
-                while not task.done():
-                    got = await load.wrk(
-                        small, lua=lua, connections=1, seconds=1, headers=relay.auth
-                    )
-                    gets += got.requests
-                moved = await task
-                assert moved.bytes == mib * MiB, moved
-                speeds.append(moved.mb_per_s)
-                return gets
+        async def beside() -> int:
+            task = asyncio.ensure_future(load.download(big, auth))
+            gets = 0
+            while not task.done():
+                got = await load.wrk(small, lua=lua, connections=1, seconds=1, headers=auth)
+                gets += got.requests
+            moved = await task
+            assert moved.bytes == mib * MiB, moved
+            speeds.append(moved.mb_per_s)
+            return gets
 
-            c1_gets, c1 = await _counted(root, pids, alone)
-            _, down = await _counted(root, pids, solo)
-            gets, mixed = await _counted(root, pids, beside)
-            out = [
-                f"--mixed: {mib} MiB download, alone {speeds[0]:.0f} MB/s, beside {gets} c=1 "
-                f"GETs {speeds[1]:.0f} MB/s ({gets / mib:.2f} GETs/MiB); c=1 alone {c1_gets} GETs"
-            ]
-            for role in pids:
-                extra = mixed_extra(mixed[role], down[role], c1[role], gets / c1_gets)
-                if not proc_only:
-                    out.append(
-                        f"{role}: Python calls per GET alone {_python(c1[role]) / c1_gets:.1f}; "
-                        f"per MiB of the solo download {_python(down[role]) / mib:.1f}; beyond "
-                        f"both, per GET beside it {_python(extra) / max(gets, 1):.1f}"
-                    )
-                run = "proc run_us"
+        c1_gets, c1 = await _counted(stack, alone, profile)
+        _, down = await _counted(stack, solo, profile)
+        gets, mixed = await _counted(stack, beside, profile)
+        out = [
+            f"--mixed: {mib} MiB download, alone {speeds[0]:.0f} MB/s, beside {gets} c=1 "
+            f"GETs {speeds[1]:.0f} MB/s ({gets / mib:.2f} GETs/MiB); c=1 alone {c1_gets} GETs"
+        ]
+        for role in stack.pids:
+            extra = mixed_extra(mixed[role], down[role], c1[role], gets / c1_gets)
+            if profile:
                 out.append(
-                    f"{role}: CPU µs per GET alone {c1[role].get(run, 0) / c1_gets:.1f}; per MiB "
-                    f"of the solo download {down[role].get(run, 0) / mib:.1f}; beyond both, per "
-                    f"GET beside it {extra.get(run, 0) / max(gets, 1):.1f}"
+                    f"{role}: Python calls per GET alone {_python(c1[role]) / c1_gets:.1f}; "
+                    f"per MiB of the solo download {_python(down[role]) / mib:.1f}; beyond "
+                    f"both, per GET beside it {_python(extra) / max(gets, 1):.1f}"
                 )
-                ranked = sorted(extra.items(), key=lambda kv: -abs(kv[1]))[:top]
-                out += [
-                    f"  {n / max(gets, 1):8.2f}/GET  alone {c1[role].get(name, 0) / c1_gets:7.2f}"
-                    f"/GET  solo {down[role].get(name, 0) / mib:7.2f}/MiB  {name}"
-                    for name, n in ranked
-                ]
-            return out
-        finally:
-            await agent.stop()
-    finally:
-        if relay is not None:
-            await relay.close()
-        await nginx.stop()
-        shutil.rmtree(root, ignore_errors=True)
+            run = "proc run_us"
+            out.append(
+                f"{role}: CPU µs per GET alone {c1[role].get(run, 0) / c1_gets:.1f}; per MiB "
+                f"of the solo download {down[role].get(run, 0) / mib:.1f}; beyond both, per "
+                f"GET beside it {extra.get(run, 0) / max(gets, 1):.1f}"
+            )
+            ranked = sorted(extra.items(), key=lambda kv: -abs(kv[1]))[:top]
+            out += [
+                f"  {n / max(gets, 1):8.2f}/GET  alone {c1[role].get(name, 0) / c1_gets:7.2f}"
+                f"/GET  solo {down[role].get(name, 0) / mib:7.2f}/MiB  {name}"
+                for name, n in ranked
+            ]
+        return out
 
 
 def main() -> None:

@@ -537,13 +537,11 @@ class WindowTuner:
             # back to the pace times the round trip, plus the headroom. If
             # the pace falls by as much, it was not a queue but a busy
             # machine's delays, and the window goes back (see PROBE_ROUNDS).
-            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-            low = 1 - 1 / TOP_UP_SHARE  # the credit just before a top-up
             # (The pace of the rounds that queued: those before may have
             # been faster, before the reader or the source slowed down.)
             pace = statistics.fmean(list(self._paces)[-len(self._samples) :])
             was = self.window
-            self._resize(chan, min(self.window, int(best * (rtt + headroom) / low)))
+            self._resize(chan, min(self.window, _window_for(best, rtt)))
             self._samples.clear()
             if self.window < was and pace:
                 self._probe_from, self._probe_pace = was, pace
@@ -668,8 +666,7 @@ class WindowTuner:
         top-up, or, with nothing learned (no exact round yet), the window it
         has, but no more than the best pace *shown* (bytes/s) by the slow
         start that the answer before ended in, times the round trip (slow
-        start then goes on). Slow
-        start from the grown window took its first round as rising
+        start then goes on). Slow start from the grown window took its first round as rising
         (against no pace yet) and quadrupled it, up to the whole budget:
         68 MB queued ahead of the GETs beside the download at 100 ms (GETs of
         3-5 round trips in bench.long_link). And a download that ended in
@@ -687,16 +684,12 @@ class WindowTuner:
             # took a little off the pace, and a stall mid-download is one
             # too). Not the connection's pace among this answer's: a slower
             # answer's window would be sized by it for ten rounds.
-            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-            low = 1 - 1 / TOP_UP_SHARE
-            self._resize(chan, int(budget.pace * (rtt + headroom) / low))
+            self._resize(chan, _window_for(budget.pace, rtt))
         elif shown:
             # And slow start goes on from there: a round must beat what was
             # shown to grow it again (a stream whose first rounds showed
             # little, before its window grew, needs the growth still).
-            headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
-            low = 1 - 1 / TOP_UP_SHARE
-            self._resize(chan, min(self.window, int(shown * (rtt + headroom) / low)))
+            self._resize(chan, min(self.window, _window_for(shown, rtt)))
             self._starting = True
             self._best = shown
 
@@ -749,3 +742,12 @@ def window_tuner(budget: WindowBudget, base: int) -> WindowTuner | FixedWindow:
     bytes up to what *budget* allows, where ``windows_adjustable``; else
     asyncssh's fixed one."""
     return WindowTuner(budget, base) if windows_adjustable() else FixedWindow()
+
+
+def _window_for(pace: float, rtt: float) -> int:
+    """The window that carries *pace* bytes/s over a round trip of *rtt*
+    seconds, with the headroom a queue may leave (``HEADROOM_*``), counted
+    at the credit left just before a top-up (``TOP_UP_SHARE``)."""
+    headroom = max(HEADROOM_MIN, rtt / HEADROOM_SHARE)
+    low = 1 - 1 / TOP_UP_SHARE
+    return int(pace * (rtt + headroom) / low)
