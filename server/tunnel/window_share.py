@@ -43,6 +43,17 @@ the kernel's loopback send, ``_raw_spin_unlock_irqrestore``), so where the
 rest goes is open; 0.7x with ``make bench``'s timing needs ~575 MB/s
 while the GETs run (340-450 now).
 
+Tried and dropped (issue 22, session 32): small answers on an SSH
+connection of their own, the download keeping its whole window on another
+(a second agent process and connection carrying the GETs, so nothing of the
+download queued ahead of them in any socket). ``bench.ab --points
+mixed,down1g --reps 7 --sched``, GETs for 1 s of the download, one run
+(load about 2): the GETs' p50 2.15 ms against 1.11 ms shared, the download
+beside them 497 against 414 MB/s (0.97x and 0.82x its solo speed). On two
+cores the GETs wait for the CPU that the unthrottled download takes, not
+for bytes queued ahead of them; the shared window helps them because it
+slows the download.
+
 The cost on a long link: a stream moves at most one window per round trip,
 so while shared a bulk answer there gets half its solo bound (128 KiB per
 round trip: ~2.6 MB/s at 50 ms), for as long as small answers keep flowing.
