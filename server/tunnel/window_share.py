@@ -47,12 +47,12 @@ Tried and dropped (issue 22, session 32): small answers on an SSH
 connection of their own, the download keeping its whole window on another
 (a second agent process and connection carrying the GETs, so nothing of the
 download queued ahead of them in any socket). ``bench.ab --points
-mixed,down1g --reps 7 --sched``, GETs for 1 s of the download, one run
-(load about 2): the GETs' p50 2.15 ms against 1.11 ms shared, the download
-beside them 497 against 414 MB/s (0.97x and 0.82x its solo speed). On two
+mixed,down1g --reps 7 --sched``, GETs for 1 s of the download, quiet
+machine (load 1.4-1.8): the GETs' p50 1.19 ms (p99 7.6) against 0.71 ms
+(p99 2.8) shared, the download beside them 773 against 551 MB/s. On two
 cores the GETs wait for the CPU that the unthrottled download takes, not
-for bytes queued ahead of them; the shared window helps them because it
-slows the download.
+for bytes queued ahead of them: the shared window keeps them fast because
+it slows the download.
 
 The cost on a long link: a stream moves at most one window per round trip,
 so while shared a bulk answer there gets half its solo bound (128 KiB per
