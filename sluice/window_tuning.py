@@ -160,8 +160,8 @@ PACE_ROUNDS = 10
 # shortest sample), and the pace of its last stream that filled the link.
 REMEMBER = 10.0  # seconds
 REMEMBER_PACE = 600.0  # seconds
-# What the link carried (arrivals over spans of at least a round trip, and
-# at least CARRIED_SPAN, whatever the rounds' top-ups timed): where an answer
+# What the link carried (arrivals over spans of at least half a round trip,
+# and at least CARRIED_SPAN, whatever the rounds' top-ups timed): where an answer
 # ended before a round showed its grown window, and this beat what its
 # rounds showed by STARTUP_GAIN, the connection learns it (see
 # WindowTuner._carried).
@@ -310,7 +310,7 @@ class WindowTuner:
         self._last_at = clock()  # the last delivery
         self._limit = base  # the peer may send this many bytes in all
         # The best pace the link carried during this answer (bytes/s over a
-        # span of at least a round trip, see CARRIED_SPAN), and the span
+        # span of at least half a round trip, see CARRIED_SPAN), and the span
         # under way: when it began and what had arrived by then.
         self._carried = 0.0
         self._span_at = self._last_at
@@ -395,14 +395,16 @@ class WindowTuner:
         # The stream sat idle (between answers, or its source was slow).
         rtt = self._budget.rtt
         idle = bool(rtt) and gap > IDLE * rtt
+        span = max(CARRIED_SPAN, rtt / 2)
         if idle or late:
+            if idle and gap < now - self._span_at and now - gap - self._span_at >= span:
+                # The answer before ended in a span of its own: up to its last arrival.
+                self._carry(arrived - size, now - gap)
             # A span starts at an answer's first arrival, and again after a
             # pause for the reader (what waited then arrives in a burst).
             self._span_at, self._span_from = now, arrived - size
-        elif now - self._span_at >= CARRIED_SPAN and now - self._span_at >= rtt:
-            carried = (arrived - self._span_from) / (now - self._span_at)
-            self._carried = carried if carried > self._carried else self._carried
-            self._span_at, self._span_from = now, arrived
+        elif now - self._span_at >= span:
+            self._carry(arrived, now)
         if idle:
             # The rounds before tell nothing of the answer now: on a pooled
             # stream it has a pace of its own, so the stream starts again
@@ -748,10 +750,16 @@ class WindowTuner:
             self._starting = True
             self._best = shown
 
+    def _carry(self, arrived: int, at: float) -> None:
+        """The span under way ends with *arrived* bytes in at *at*; the next begins."""
+        carried = (arrived - self._span_from) / (at - self._span_at)
+        self._carried = max(self._carried, carried)
+        self._span_at, self._span_from = at, arrived
+
     def _learn_carried(self, now: float, shown: float) -> None:
         """The answer before ended: if the link carried more than its rounds
         showed (the best of them, or what the connection learned) by
-        ``STARTUP_GAIN``, over a span of at least a round trip, that is what
+        ``STARTUP_GAIN``, over a span of at least half a round trip, that is what
         the connection learns. An answer that ends before a round has timed
         its grown window (a 64 MiB transfer at 100 ms: slow start's step to
         68 MiB, then the transfer is over) showed only the pace of the
