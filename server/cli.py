@@ -26,6 +26,7 @@ from sluice.config import SettingsError, load_settings
 from sluice.logs import SecretMasker, configure_logging
 from sluice.runtime import install_uvloop, keep_buffers_on_heap, settle_gc
 from sluice.sshconfig import fingerprint
+from sluice.tasks import cancel_until_done
 
 log = structlog.get_logger("sluice.relay")
 
@@ -265,6 +266,12 @@ async def _run(settings: ServerSettings, masker: SecretMasker) -> int:
         systemd.stopping("draining")
         await relay.close()
         watchdog.cancel()
+    # What the close cancelled and gave up waiting for is cancelled until it
+    # ends: asyncio.run would otherwise wait for it, for ever if it goes on.
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    left = await cancel_until_done(others, settings.database_timeout)
+    if left:
+        log.warning("relay_tasks_left", tasks=sorted(task.get_name() for task in left))
     log.info("relay_stopped")
     return 0
 

@@ -4,8 +4,8 @@ started and stopped together."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -453,52 +453,99 @@ class Relay:
         Each step runs whatever became of the ones before it: a step that
         fails (the database already gone when compose or a failover stops
         it first) is logged and the rest still run, so the relay drains,
-        hands back what it holds and exits with status 0.
+        hands back what it holds and exits with status 0. A database that
+        stalls (no answer, connections left open) costs the steps that need
+        it database_timeout in all, so a stop takes at most drain_timeout
+        plus database_timeout, whatever the database does.
         """
         if self.closed.is_set():
             return
         self.closed.set()
+        database = _Budget(self.settings.database_timeout)
         if self.presence is not None:
             # Draining: agents stop asking for this relay, other relays stop
             # forwarding here, while what is in flight finishes.
             self.presence.draining = True
-            with contextlib.suppress(Exception):
-                await self.presence.beat()
-        await _step("health", self.health.close())
+            await database.step("draining", self.presence.beat())
+        await database.step("health", self.health.close())
         if self.traffic is not None:
-            await _step("health_lease", self.traffic.stop_leading())
+            await database.step("health_lease", self.traffic.stop_leading())
         if self.web_runner is not None:
             drain = [self.web_runner.cleanup()]
             if self.front is not None:
                 drain.append(self.front.shutdown(self.settings.drain_timeout))
             await _step("http", asyncio.gather(*drain))
         if self.traffic is not None:
-            await _step("traffic", self.traffic.close())
-        await _step("debug_log", self.debug.close())
+            await database.step("traffic", self.traffic.close())
+        await database.step("debug_log", self.debug.close())
         if self.ssh is not None:
             self.ssh.close()
             await _step("ssh", self.ssh.wait_closed())
         for tunnel in list(self.registry):
             tunnel.close()
         if self.shares is not None:
-            await _step("cap_shares", self.shares.close())
+            await database.step("cap_shares", self.shares.close())
         if self.presence is not None:
-            await _step("presence", self.presence.close())
+            await database.step("presence", self.presence.close())
         if self.feed is not None:
-            await _step("change_feed", self.feed.close())
+            await database.step("change_feed", self.feed.close())
         if self.forwarder is not None:
             await _step("forwarder", self.forwarder.close())
         await _step("tunnel_http", self.tunnel_http.close())
         await _step("cloud_http", self.cloud_http.close())
-        await _step("tasks", self.tasks.close())
-        await _step("store", self.store.close())
+        await database.step("tasks", self.tasks.close())
+        await database.step("store", self.store.close())
         if self.lock is not None:
             self.lock.release()
 
 
-async def _step(name: str, step: Awaitable[object]) -> None:
-    """One step of shutting down; its failure is logged, not raised."""
-    try:
-        await step
-    except Exception as exc:
+# Each step that needs the database gets at least this long, the budget
+# spent or not: enough to cancel its tasks and close what needs no answer.
+_LEAST_STEP_SECONDS = 0.2
+
+
+class _Budget:
+    """The seconds a stop may still wait on the database, for all its steps
+    together: one that stalls is waited for once, not once per step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def __repr__(self) -> str:
+        return f"<_Budget left={self.left:.3f}s>"
+
+    async def step(self, name: str, step: Awaitable[object]) -> None:
+        began = time.monotonic()
+        try:
+            await _step(name, step, timeout=max(self.left, _LEAST_STEP_SECONDS))
+        finally:
+            self.left -= time.monotonic() - began
+
+
+async def _step(name: str, step: Awaitable[object], timeout: float | None = None) -> None:
+    """One step of shutting down; its failure is logged, not raised.
+
+    After *timeout* seconds the stop goes on without it: the step is
+    cancelled and not waited for. Waiting for it to end could be for ever:
+    a component's close() cancels its loop and awaits it, and a loop
+    cancelled while SQLAlchemy closes a connection on a stalled database
+    gets the close's TimeoutError instead of the CancelledError
+    (AsyncConnection.__aexit__ holds the cancellation until the close is
+    done, then raises the close's error), takes it for a failed round and
+    goes on. The CLI cancels what is left until it ends.
+    """
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        log.warning("relay_close_step_failed", step=name, error="timeout")
+        return
+    exc = _retrieve(task)
+    if exc is not None:
         log.warning("relay_close_step_failed", step=name, error=type(exc).__name__)
+
+
+def _retrieve(task: asyncio.Future[object]) -> BaseException | None:
+    """How *task* ended: its exception, None for a result or a cancellation."""
+    return None if task.cancelled() else task.exception()

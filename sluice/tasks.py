@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import structlog
@@ -43,3 +43,26 @@ class TaskSet:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def cancel_until_done(
+    tasks: Iterable[asyncio.Task[Any]], timeout: float, every: float = 0.1
+) -> set[asyncio.Task[Any]]:
+    """Cancel *tasks*, and again every *every* seconds those still running,
+    for up to *timeout* seconds; the ones left.
+
+    Once is not always enough: a task cancelled while the database driver
+    cleans up after a stalled connection can see a failed query instead of
+    the CancelledError, and a loop that outlives a failed query goes on.
+    """
+    left = {task for task in tasks if not task.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while left:
+        for task in left:
+            task.cancel()
+        wait = min(every, deadline - loop.time())
+        if wait <= 0:
+            break
+        _done, left = await asyncio.wait(left, timeout=wait)
+    return left

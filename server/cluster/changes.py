@@ -53,11 +53,16 @@ class ChangeFeed:
         *,
         poll_interval: float,
         listen_dsn: str | None = None,
+        listen_timeout: float = 5.0,
     ) -> None:
+        """*listen_timeout*: seconds connecting and starting to listen may
+        take (a database that stops answering must not hold the feed, or a
+        relay's start, forever)."""
         self._cluster = cluster
         self._handler = handler
         self._interval = poll_interval
         self._dsn = listen_dsn
+        self._listen_timeout = listen_timeout
         self._window = _REREAD_WINDOW if listen_dsn else 0
         self._last = 0
         self._seen: set[int] = set()
@@ -131,8 +136,16 @@ class ChangeFeed:
 
         assert self._dsn is not None
         try:
-            db = await asyncpg.connect(self._dsn, timeout=5)
-            await db.add_listener(CHANGES_CHANNEL, self._notified)
+            # The LISTEN is a statement too: without command_timeout it
+            # waits for ever on a database that stopped answering.
+            db = await asyncpg.connect(
+                self._dsn, timeout=self._listen_timeout, command_timeout=self._listen_timeout
+            )
+            try:
+                await db.add_listener(CHANGES_CHANNEL, self._notified)
+            except BaseException:
+                db.terminate()
+                raise
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("change_listen_failed", error=type(exc).__name__, detail=str(exc))
             return

@@ -21,6 +21,11 @@ from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(90)
 
+# A relay's stop takes at most drain_timeout + database_timeout whatever its
+# database does; the test below gives it this long beyond the two (the
+# process's exit, a loaded machine).
+STOP_SLACK = 4.0
+
 
 @pytest.mark.parametrize("gone", ["before_the_stop", "during_the_stop"])
 async def test_a_relay_whose_database_goes_away_still_exits_cleanly(
@@ -127,3 +132,52 @@ async def test_a_stalled_database_gives_a_definite_error_not_a_hang(
 async def _creates(http: aiohttp.ClientSession, base: str) -> bool:
     async with http.post(base + "/v1/agents", json={"name": "after"}) as resp:
         return resp.status == 201
+
+
+async def test_a_relay_told_to_stop_while_its_database_stalls_exits_within_its_timeouts(
+    tmp_path: Path, cluster_database: str
+) -> None:
+    """PostgreSQL stops answering without closing its connections (a dead
+    route) and the relay is told to stop: the steps of its shutdown that need
+    the database wait database_timeout for it in all, not each in turn, so the
+    relay logs relay_stopped and exits 0 within drain_timeout + database_timeout."""
+    url = make_url(cluster_database)
+    database_timeout, drain_timeout = 3.0, 1.0
+    async with DelayLine.start(url.port or 5432, 0.0, host=url.host or "127.0.0.1") as line:
+        relay = cluster_relay(
+            tmp_path,
+            "a",
+            url.set(host="127.0.0.1", port=line.port).render_as_string(hide_password=False),
+            master_key(),
+            "slcadm_stall_" + "6" * 24,
+            database_timeout=str(database_timeout),
+            drain_timeout=str(drain_timeout),
+        )
+        await relay.start()
+        assert relay.proc is not None
+        try:
+            # Fully started: its heartbeat, lease and change feed use the database.
+            await poll_until(lambda: _started(relay), 20, "relay_started")
+            # Every byte either way is held from now on, new connections' too:
+            # the relay's connections stay open and get no answer.
+            line.set_rtt(3600.0)
+            began = time.monotonic()
+            code = await relay.stop(
+                signal.SIGTERM, timeout=drain_timeout + database_timeout + STOP_SLACK
+            )
+            took = time.monotonic() - began
+        finally:
+            if relay.proc.returncode is None:
+                relay.proc.kill()
+                await relay.proc.wait()
+    log = relay.log_path.read_text()
+    assert code == 0, log[-4000:]
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert entries[-1]["event"] == "relay_stopped", entries[-20:]
+    assert "Traceback" not in log, log[-4000:]
+    # The draining heartbeat waited for the database, and says so.
+    gave_up = {e["step"]: e["error"] for e in entries if e["event"] == "relay_close_step_failed"}
+    assert gave_up.get("draining") == "timeout", gave_up
+    assert url.password is not None
+    assert url.password not in log
+    print(f"stopped in {took:.1f} s; steps given up: {gave_up}")
