@@ -717,6 +717,31 @@ TUNING_HISTORY = (
     "`bench.ab --points down,downsf,up,mixed --reps 7 --openssh --sched` in both orders, "
     "relay ms/MiB paired 0.94x/1.13x (down), 0.87x/1.13x (downsf): the tree listed first "
     "lost each time, so within noise; mixed GET p50 0.99 vs 1.12 and 0.61 vs 0.58 ms.",
+    "What the link carried, not what the rounds timed (issue 22, session 32; "
+    "`sluice/window_tuning.py`). Traced with a debug line per round (`bench.long_link --rtt "
+    "100 --points up,down --repetitions 4 --keep`): a cold connection's first 64 MiB answer "
+    "timed two rounds (1 MiB, then 16 MiB: 163 MB/s), stepped to the whole budget (68 MiB) "
+    "and ended before a round showed that window; the next answer on the pooled stream "
+    "rejoined at the pace of the 16 MiB window (17 MiB), went fast on the credit its peer "
+    "still held (273-349 MB/s), and every answer after it ran at 118-153 MB/s, window-"
+    "limited, with no round long enough to grow it. Now a stream also notes the most its "
+    "data arrived at over spans of half a round trip (at least 50 ms; arrivals, not "
+    "deliveries to a reader that paused; the span an answer ended in counts), and where "
+    "that beat what the rounds showed by a quarter the connection learns it; a channel "
+    "opened on a warm long connection gets that credit when it opens instead of at its "
+    "first top-up, a round trip later. Unit tests: 64 MiB answers on a pooled stream at "
+    "100 ms (without: the third took 0.45 s, with 0.29 s), and a stream opened on a warm "
+    "connection (without: 0.41 s). Interleaved `bench.long_link --rtt 100 --rtt 50 --rtt "
+    "10 --points up,down,beside --paths sluice-onprem --repetitions 3`, 3 pairs on a quiet "
+    "machine (load 1.1-1.6), medians of 9, main -> branch: 100 ms upload 139 -> 181 MB/s "
+    "(third repetitions 138 -> 181), download 296 -> 299, GETs beside p50 105.4 -> 104.3, "
+    "p99 134 -> 141 ms; 50 ms upload 201 -> 240, download 301 -> 315, p50 53.5 -> 52.5, p99 "
+    "77.7 -> 81.2; 10 ms upload 350 -> 364, download 478 -> 547, p50 11.3 -> 11.4, p99 35.2"
+    " -> 32.2. Without the GETs between transfers (`--points up,down --repetitions 4`, 3 "
+    "pairs, load 1.4-2.4), 100 ms third and fourth repetitions: download 149/150 -> "
+    "206/259, upload 121/132 -> 195/188. Tried and left out: granting the learned pace to "
+    "channels that had carried nothing when the connection learned it (the relay's spare, "
+    "opened before): the stream that taught it still held the budget then.",
 )
 
 
@@ -872,7 +897,9 @@ def render(s: Summary) -> str:
         "growth; its first step at the stream's first top-up once the link is known to be long,"
         " before any round by the login's round trip), then it holds the pace times the round "
         "trip plus a few ms, and a new stream on a warm connection starts from what the last "
-        "one carried; up to a per-agent budget of 64 MiB; loopback never grows it), 256 KiB "
+        "one carried (the most its data arrived at over half a round trip, where an answer "
+        "ended before a round timed its last step; granted when the channel opens); up to a "
+        "per-agent budget of 64 MiB; loopback never grows it), 256 KiB "
         "packets (a quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep"
         " buffers of up to 2 MiB on the heap instead of mapping each one (`sluice/runtime.py`),"
         " uvloop, TCP_NODELAY (asyncio and uvloop set it on every TCP socket).",
