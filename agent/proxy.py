@@ -204,7 +204,6 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     # -- channel side ------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
-        self._tuner.opened(chan)
         # Its data is only written on to the API or gathered into the CONNECT
         # head: it may come as views into each decrypted packet (one copy fewer).
         ssh_tuning.deliver_views(chan)

@@ -727,11 +727,9 @@ TUNING_HISTORY = (
     "limited, with no round long enough to grow it. Now a stream also notes the most its "
     "data arrived at over spans of half a round trip (at least 50 ms; arrivals, not "
     "deliveries to a reader that paused; the span an answer ended in counts), and where "
-    "that beat what the rounds showed by a quarter the connection learns it; a channel "
-    "opened on a warm long connection gets that credit when it opens instead of at its "
-    "first top-up, a round trip later. Unit tests: 64 MiB answers on a pooled stream at "
-    "100 ms (without: the third took 0.45 s, with 0.29 s), and a stream opened on a warm "
-    "connection (without: 0.41 s). Interleaved `bench.long_link --rtt 100 --rtt 50 --rtt "
+    "that beat what the rounds showed by a quarter the connection learns it. Unit test: "
+    "64 MiB answers on a pooled stream at 100 ms (without: the third took 0.45 s, with "
+    "0.29 s). Interleaved, with the grant at open below, `bench.long_link --rtt 100 --rtt 50 --rtt "
     "10 --points up,down,beside --paths sluice-onprem --repetitions 3`, 3 pairs on a quiet "
     "machine (load 1.1-1.6), medians of 9, main -> branch: 100 ms upload 139 -> 181 MB/s "
     "(third repetitions 138 -> 181), download 296 -> 299, GETs beside p50 105.4 -> 104.3, "
@@ -739,9 +737,15 @@ TUNING_HISTORY = (
     "77.7 -> 81.2; 10 ms upload 350 -> 364, download 478 -> 547, p50 11.3 -> 11.4, p99 35.2"
     " -> 32.2. Without the GETs between transfers (`--points up,down --repetitions 4`, 3 "
     "pairs, load 1.4-2.4), 100 ms third and fourth repetitions: download 149/150 -> "
-    "206/259, upload 121/132 -> 195/188. Tried and left out: granting the learned pace to "
-    "channels that had carried nothing when the connection learned it (the relay's spare, "
-    "opened before): the stream that taught it still held the budget then.",
+    "206/259, upload 121/132 -> 195/188. Tried and reverted: a channel opened on a warm "
+    "long connection given the learned credit when it opens, a round trip before its "
+    "first top-up (a simulated 64 MiB answer on a new stream 0.41 -> 0.29 s): the relay "
+    "opens its next spare as a stream takes the last one, so the spare took the budget "
+    "the starting download needed (it jumped to 5 of 64 MB and grew by a quarter a "
+    "round): a 1 GiB download at 100 ms after a minute's idleness ran at 223-236 MB/s "
+    "against 535-580 (full `make bench`, then `bench.long_link --points "
+    "down,up,beside,down_1g --paths openssh,sluice-onprem`). Also left out: granting the "
+    "learned pace to channels that had carried nothing when the connection learned it.",
 )
 
 
@@ -898,7 +902,7 @@ def render(s: Summary) -> str:
         " before any round by the login's round trip), then it holds the pace times the round "
         "trip plus a few ms, and a new stream on a warm connection starts from what the last "
         "one carried (the most its data arrived at over half a round trip, where an answer "
-        "ended before a round timed its last step; granted when the channel opens); up to a "
+        "ended before a round timed its last step); up to a "
         "per-agent budget of 64 MiB; loopback never grows it), 256 KiB "
         "packets (a quarter of the per-packet work of 32 KiB ones), glibc's malloc told to keep"
         " buffers of up to 2 MiB on the heap instead of mapping each one (`sluice/runtime.py`),"

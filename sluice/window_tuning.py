@@ -459,36 +459,6 @@ class WindowTuner:
             self._round(chan, now - probe.sent_at, moved, now, exact=not late)
         return self.window <= self.base and not self._held_back
 
-    def opened(self, chan: SSHChannel[Any]) -> None:
-        """*chan* just opened (a stream's, or the relay's spare, opened ahead
-        of need): on a connection known to be long, with a recent pace
-        learned, its peer gets what that carried per round trip at once, as
-        a new stream would at its first top-up (see ``received``), but a
-        round trip sooner: the first top-up of a stream's first answer
-        leaves only once its data arrives, and until that credit is back the
-        peer may send just the starting window (1 MiB: a 64 MiB upload at
-        100 ms on a new stream took 387 ms, against 245 on a pooled one that
-        held its credit). No round is timed from this grant: the channel may
-        sit idle in the relay's spare until a request takes it. (An idle
-        channel's growth goes back to the budget when another stream needs
-        it, as any idle stream's does.)"""
-        budget = self._budget
-        now = self._clock()
-        learned = budget.learned(now)
-        if budget.rtt < LONG or learned <= self.window:
-            return
-        self._chan = chan
-        self._resize(chan, learned)
-        more = self.window - chan._recv_window
-        if more <= 0:
-            return
-        self._starting = False  # (no slow start past what is known, as at the jump)
-        self._paces.append(budget.pace)
-        send_window_adjust(chan, more)
-        chan._recv_window += more
-        self._limit += more
-        self._last_at = now
-
     def pause_reading(self, chan: SSHChannel[Any]) -> None:
         """Pause *chan* for its reader (asyncssh's ``pause_reading``): what
         arrives now waits in its buffer, so the top-ups are this tuner's
@@ -811,9 +781,6 @@ class FixedWindow:
         """Nothing to do: asyncssh tops the window up. (Shareable, as a
         ``WindowTuner`` neither grown nor held back.)"""
         return True
-
-    def opened(self, chan: SSHChannel[Any]) -> None:
-        """Nothing to grant: asyncssh's starting window."""
 
     def pause_reading(self, chan: SSHChannel[Any]) -> None:
         """Pause *chan* for its reader (asyncssh's ``pause_reading``)."""

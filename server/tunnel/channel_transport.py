@@ -228,8 +228,6 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
     # -- asyncssh callbacks ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
-        if self._tuner is not None:
-            self._tuner.opened(chan)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         chan = self._chan

@@ -436,25 +436,6 @@ def test_answers_on_a_pooled_stream_go_at_what_the_link_carried() -> None:
     assert took[2] < 64 * MiB / rate + 1.4 * rtt, (took, tuner.window / MiB)
 
 
-def test_a_new_stream_on_a_warm_long_connection_has_its_credit_from_the_start() -> None:
-    # A stream opened on a 100 ms connection that has carried a full stream
-    # (the relay's spare, or a stream opened for a request) gets what that
-    # one carried per round trip when it opens: its first 64 MiB answer then
-    # waits no round trip at its starting window for the jump.
-    clock = _Clock()
-    rtt, rate, base = 0.1, 350e6, 1 * MiB
-    budget = WindowBudget(64 * MiB, clock=clock)
-    _run(rtt, rate, seconds=3, budget=budget, clock=clock)  # a full stream, closed
-    assert budget.learned(clock.now) > 0.9 * rate * rtt
-    chan = _Chan(base)
-    stream = WindowTuner(budget, base, clock=clock), chan
-    stream[0].opened(cast(SSHChannel[Any], chan))
-    began = clock.now
-    _run(rtt, rate, seconds=5, budget=budget, clock=clock, stream=stream, total=64 * MiB)
-    took = clock.now - began
-    assert took < 64 * MiB / rate + 1.4 * rtt, (took, stream[0].window / MiB)
-
-
 def test_a_first_round_slower_than_the_setup_does_not_make_a_short_link_look_long() -> None:
     # A short link (0.5 ms; the setup took 1 ms) whose receiver takes 5 ms
     # for half a 2 MiB window (a busy loopback): every round is longer than
