@@ -161,10 +161,10 @@ PACE_ROUNDS = 10
 REMEMBER = 10.0  # seconds
 REMEMBER_PACE = 600.0  # seconds
 # What the link carried (arrivals over spans of at least half a round trip,
-# and at least CARRIED_SPAN, whatever the rounds' top-ups timed): where an answer
-# ended before a round showed its grown window, and this beat what its
-# rounds showed by STARTUP_GAIN, the connection learns it (see
-# WindowTuner._carried).
+# and at least CARRIED_SPAN, whatever the rounds' top-ups timed): where an
+# answer ended before a round showed its grown window, and this beat what
+# its rounds showed by STARTUP_GAIN, the connection learns it (see
+# WindowTuner._learn_carried).
 CARRIED_SPAN = 0.05  # seconds
 # A pause between deliveries longer than this many round trips is idleness
 # (a window-limited stream pauses for less than one).
@@ -397,7 +397,7 @@ class WindowTuner:
         idle = bool(rtt) and gap > IDLE * rtt
         span = max(CARRIED_SPAN, rtt / 2)
         if idle or late:
-            if idle and gap < now - self._span_at and now - gap - self._span_at >= span:
+            if idle and now - gap - self._span_at >= span:
                 # The answer before ended in a span of its own: up to its last arrival.
                 self._carry(arrived - size, now - gap)
             # A span starts at an answer's first arrival, and again after a
@@ -693,8 +693,8 @@ class WindowTuner:
         top-up, or, with nothing learned (no exact round yet), the window it
         has, but no more than the best pace *shown* (bytes/s) by the slow
         start that the answer before ended in, times the round trip (slow
-        start then goes on). Slow start from the grown window took its first round as rising
-        (against no pace yet) and quadrupled it, up to the whole budget:
+        start then goes on). Slow start from the grown window took its first
+        round as rising (against no pace yet) and quadrupled it, up to the whole budget:
         68 MB queued ahead of the GETs beside the download at 100 ms (GETs of
         3-5 round trips in bench.long_link). And a download that ended in
         slow start, just after its last step (to the whole budget, 16 times

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from bench.delay_line import DelayLine
 from tests.support.cluster import cluster_relay, master_key
@@ -34,14 +34,7 @@ async def test_a_relay_whose_database_goes_away_still_exits_cleanly(
     url = make_url(cluster_database)
     # The relay reaches PostgreSQL through a line the test can cut.
     async with DelayLine.start(url.port or 5432, 0.0, host=url.host or "127.0.0.1") as line:
-        through = url.set(host="127.0.0.1", port=line.port)
-        relay = cluster_relay(
-            tmp_path,
-            "a",
-            through.render_as_string(hide_password=False),
-            master_key(),
-            "slcadm_stop_" + "9" * 24,
-        )
+        relay = _relay_through(line, tmp_path, url, "slcadm_stop_" + "9" * 24)
         await relay.start()
         try:
             # Fully started: it holds the health lease and its presence row.
@@ -57,6 +50,22 @@ async def test_a_relay_whose_database_goes_away_still_exits_cleanly(
     events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
     assert "relay_stopped" in events, events[-20:]
     assert "Traceback" not in log, log[-4000:]
+
+
+def _relay_through(
+    line: DelayLine, tmp_path: Path, url: URL, admin_token: str, **settings: str
+) -> RelayProcess:
+    """A cluster relay that reaches PostgreSQL at *url* through *line*, which
+    the test can cut or stall."""
+    through = url.set(host="127.0.0.1", port=line.port)
+    return cluster_relay(
+        tmp_path,
+        "a",
+        through.render_as_string(hide_password=False),
+        master_key(),
+        admin_token,
+        **settings,
+    )
 
 
 async def _started(relay: RelayProcess) -> bool:
@@ -98,13 +107,8 @@ async def test_a_stalled_database_gives_a_definite_error_not_a_hang(
     503 that says so, and works again once the database answers."""
     url = make_url(cluster_database)
     async with DelayLine.start(url.port or 5432, 0.0, host=url.host or "127.0.0.1") as line:
-        relay = cluster_relay(
-            tmp_path,
-            "a",
-            url.set(host="127.0.0.1", port=line.port).render_as_string(hide_password=False),
-            master_key(),
-            "slcadm_stall_" + "7" * 24,
-            database_timeout="2",
+        relay = _relay_through(
+            line, tmp_path, url, "slcadm_stall_" + "7" * 24, database_timeout="2"
         )
         await relay.start()
         headers = {"Authorization": f"Bearer {relay.admin_token}"}
@@ -144,11 +148,10 @@ async def test_a_relay_told_to_stop_while_its_database_stalls_exits_within_its_t
     url = make_url(cluster_database)
     database_timeout, drain_timeout = 3.0, 1.0
     async with DelayLine.start(url.port or 5432, 0.0, host=url.host or "127.0.0.1") as line:
-        relay = cluster_relay(
+        relay = _relay_through(
+            line,
             tmp_path,
-            "a",
-            url.set(host="127.0.0.1", port=line.port).render_as_string(hide_password=False),
-            master_key(),
+            url,
             "slcadm_stall_" + "6" * 24,
             database_timeout=str(database_timeout),
             drain_timeout=str(drain_timeout),

@@ -6,29 +6,22 @@ hold the stop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 from structlog.testing import capture_logs
 
 from server.relay import _Budget, _step
+from tests.support.stubborn import StubbornLoop
 
 pytestmark = pytest.mark.timeout(10)
 
 
 async def test_a_step_waiting_for_a_task_that_goes_on_is_left_behind() -> None:
-    going_on = True
-
-    async def takes_cancellations_for_errors() -> None:
-        while going_on:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
-
-    loop_task = asyncio.create_task(takes_cancellations_for_errors())
+    stubborn = StubbornLoop()
 
     async def close() -> None:  # the component's close(): cancel, then wait
-        loop_task.cancel()
-        await loop_task
+        stubborn.task.cancel()
+        await stubborn.task
 
     began = asyncio.get_running_loop().time()
     with capture_logs() as logs:
@@ -42,10 +35,7 @@ async def test_a_step_waiting_for_a_task_that_goes_on_is_left_behind() -> None:
             "log_level": "warning",
         }
     ]
-    going_on = False
-    loop_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await loop_task
+    await stubborn.stop()
 
 
 async def test_a_stalled_database_is_waited_for_once_across_the_steps() -> None:
