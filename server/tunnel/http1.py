@@ -483,7 +483,8 @@ class Http1Stream(asyncio.Protocol):
         self.owner: Any = None  # what the pool files this stream under
         # A tunnel stream's window credit, toward the API (True) or from it
         # (``ChannelTransport.credit``); None on a TCP connection. The pool
-        # takes the idle stream that holds the most for a request.
+        # takes the idle stream that holds the most toward the API for a
+        # request with a body.
         self.credit: Callable[[bool], int] | None = None
 
     def __repr__(self) -> str:

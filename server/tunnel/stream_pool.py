@@ -27,6 +27,7 @@ from server.tunnel.channel_transport import tls_protocol, tls_ready
 from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
 from server.tunnel.stream_opener import StreamOpener, stream_target
 from sluice import logs
+from sluice.sshconfig import AGENT_RECEIVE_WINDOW
 
 log = structlog.get_logger("sluice.server.stream_pool")
 
@@ -207,9 +208,9 @@ class StreamPool:
         # As aiohttp does: only an idempotent request goes again after a
         # kept-alive stream closed under it (the API may have acted on it).
         replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
-        # A body to send: the idle stream with the most credit toward the
-        # API serves it best; else the one whose API may send the most.
-        sending = body is not None and size != 0
+        # A body beyond the starting window (or of unknown size): the idle
+        # stream with the most credit toward the API serves it best (_take).
+        sending = body is not None and (size is None or size > AGENT_RECEIVE_WINDOW)
         while True:
             stream = self._take(key, sending)
             reused = stream is not None
@@ -276,22 +277,26 @@ class StreamPool:
 
     # -- idle streams ------------------------------------------------------------
     def _take(self, key: Key, sending: bool) -> Http1Stream | None:
-        """An idle stream to *key* (None: none): of several, the one that
-        holds the most window credit for the request (toward the API if it
-        is *sending* a body, else from it), the latest idle of equals.
+        """An idle stream to *key* (None: none), the latest idle (LIFO); for
+        a request *sending* a body larger than a starting window, of several,
+        the one holding the most window credit toward the API (the latest
+        idle of equals).
 
-        On a long link a stream's credit is what it moves in its first round
-        trip: one that carried a transfer keeps the credit its grown window
-        granted (or was granted), a newer one holds its starting 1 MiB. The
-        latest idle first (LIFO) put a 64 MiB download or upload at 100 ms
-        on a stream that had carried only small GETs (beside a download,
-        meanwhile), while the one that had carried the last transfer, 64 MiB
-        of credit, sat idle beneath: 1 MiB, then a round trip's wait for
-        more (about 170 MB/s, against 230-260 on the credited stream; see
-        bench/document.py)."""
+        On a long link that credit is what an upload moves in its first
+        round trip: a stream that carried an upload keeps what its grown
+        window granted, a newer one holds its starting 1 MiB. The latest
+        idle put a 64 MiB upload at 100 ms on a stream that had carried only
+        small GETs (beside a download, meanwhile), while the one that had
+        carried the last upload sat idle beneath with 64 MiB of credit: 1
+        MiB, then a round trip's wait for more. Not for a request without a
+        body (the same would hold for a download and the credit toward the
+        relay, but small GETs moved onto the richest stream as well, and a
+        stream that answers a GET each round trip never sits idle, so it
+        kept the whole budget its window had grown to: the next download
+        got 7 of 64 MB, 32-130 MB/s; see bench/document.py)."""
         streams = self._idle.get(key)
         while streams:
-            stream = streams.pop(_richest(streams, sending) if len(streams) > 1 else -1)
+            stream = streams.pop(_richest(streams) if sending and len(streams) > 1 else -1)
             if not streams:
                 del self._idle[key]
             stream.idle_deadline = None  # its timer, if it fires meanwhile, lets it be
@@ -388,23 +393,23 @@ class StreamPool:
 
 
 # Of more idle streams to one destination than this, only the latest idle
-# are weighed (a bound on the work per request; a transfer's stream is among
+# are weighed (a bound on the work per request; an upload's stream is among
 # the latest idle unless a burst of small requests left more than this).
 WEIGHED = 16
 
 
-def _richest(streams: list[Http1Stream], sending: bool) -> int:
+def _richest(streams: list[Http1Stream]) -> int:
     """The index in *streams* (oldest idle first) of the stream holding the
-    most credit each way as *sending* says; the latest idle of equals, and
-    the latest where credit is unknown (TCP connections)."""
+    most credit toward the API; the latest idle of equals, and the latest
+    where credit is unknown (TCP connections)."""
     last = len(streams) - 1
     credit = streams[last].credit
     if credit is None:
         return last
-    best, most = last, credit(sending)
+    best, most = last, credit(True)
     for at in range(last - 1, max(-1, last - WEIGHED), -1):
         credit = streams[at].credit
-        if credit is not None and (held := credit(sending)) > most:
+        if credit is not None and (held := credit(True)) > most:
             best, most = at, held
     return best
 

@@ -648,19 +648,17 @@ async def _drained(answer: Http1Response) -> int:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("upload", [True, False], ids=["upload", "download"])
-async def test_a_transfer_takes_the_pooled_stream_that_holds_credit(
-    tmp_path: Path, api: InternalAPI, upload: bool
+async def test_an_upload_takes_the_pooled_stream_that_holds_credit(
+    tmp_path: Path, api: InternalAPI
 ) -> None:
-    """A 32 MiB transfer grows its stream's window (its credit stays with the
-    sender once the answer is done), then small GETs leave a newer stream,
-    with its starting 1 MiB, as the latest idle in the relay's pool. The
-    next transfer the same way must take the stream holding the credit:
-    seen on the wire, what passes the link within its first round trip (the
-    credited stream: all it holds, as fast as the relay and agent go; the
-    newer one: 1 MiB, then a round trip's wait for more). Taking the latest
-    idle (LIFO) put the 64 MiB transfers of bench.long_link on the newer
-    stream: 170 MB/s at 100 ms against 230-300."""
+    """A 32 MiB upload grows the agent's window for its stream (the relay
+    keeps the credit once the answer is done), then small GETs leave a newer
+    stream, with its starting 1 MiB, as the latest idle in the relay's pool.
+    The next upload must take the stream holding the credit: seen on the
+    wire, what passes the link within its first round trip (the credited
+    stream: all it holds, as fast as relay and agent go; the newer one:
+    1 MiB, then a round trip's wait for more). Taking the latest idle
+    (LIFO) put the 64 MiB uploads of bench.long_link on the newer stream."""
     size = 32 * MiB
     async with _far_agent(tmp_path, api, RTT) as (relay, _, line, agent_id):
         pool = relay.tunnel_http.pool(agent_id)
@@ -669,14 +667,8 @@ async def test_a_transfer_takes_the_pooled_stream_that_holds_credit(
             url = URL(f"{api.base}{target}")
             return pool.request(method, url, target, [], body, None, connect=10, total=60)
 
-        if upload:
-            body: bytes | None = noise(size, seed=7)
-            method, target = "PUT", "/echo"
-            carried: Callable[[], int] = lambda: line.carried_to_caller  # noqa: E731
-        else:
-            body, method, target = None, "GET", f"/blob/{size}"
-            carried = lambda: line.carried_to_target  # noqa: E731
-        assert await _drained(await request(method, target, body)) > 0
+        body = noise(size, seed=7)
+        assert await _drained(await request("PUT", "/echo", body)) > 0
 
         async def get(target: str) -> int:
             return await _drained(await request("GET", target, None))
@@ -685,16 +677,15 @@ async def test_a_transfer_takes_the_pooled_stream_that_holds_credit(
         # a new one, whose slow API answers last (so it is the latest idle).
         await asyncio.gather(get("/hello"), get("/slow?s=0.3"))
 
-        async def transfer() -> int:
-            return await _drained(await request(method, target, body))
+        async def upload() -> int:
+            return await _drained(await request("PUT", "/echo", body))
 
-        task = asyncio.create_task(transfer())
+        task = asyncio.create_task(upload())
         try:
-            moved = await _moved_within(carried, 0.7, RTT)
+            moved = await _moved_within(lambda: line.carried_to_caller, 0.7, RTT)
             assert await task > 0
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    print("MOVED", upload, moved / MiB)
     assert moved > 4 * MiB, f"{moved / MiB:.1f} MiB within 0.7 round trips"
