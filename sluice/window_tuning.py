@@ -160,14 +160,6 @@ PACE_ROUNDS = 10
 # shortest sample), and the pace of its last stream that filled the link.
 REMEMBER = 10.0  # seconds
 REMEMBER_PACE = 600.0  # seconds
-# The round trip rises (a route changed) only to the shortest sample of the
-# last RTT_PERIODS periods of REMEMBER seconds: a stream that starts with
-# credit enough for the link queues in every round, and with one period's
-# shortest the round trip rose to those rounds (100 -> 126-129 ms in
-# bench.long_link at 100 ms once the relay's pool handed each transfer the
-# stream holding credit): a 30-50 ms queue stood ahead of the GETs beside a
-# download (p50 133-143 ms), unseen.
-RTT_PERIODS = 6
 # What the link carried (arrivals over spans of at least half a round trip,
 # and at least CARRIED_SPAN, whatever the rounds' top-ups timed): where an
 # answer ended before a round showed its grown window, and this beat what
@@ -202,8 +194,6 @@ class WindowBudget:
         self.rtt = 0.0  # the shortest credit round trip seen; 0: none yet
         self._rtt_at = clock()
         self._next_rtt = math.inf  # the shortest since _rtt_at
-        # The shortest of each of the last few periods (see RTT_PERIODS).
-        self._shortest: collections.deque[float] = collections.deque(maxlen=RTT_PERIODS)
         self.pace = 0.0  # bytes/s of the last stream that filled the link
         self._pace_at = -REMEMBER_PACE
 
@@ -243,11 +233,13 @@ class WindowBudget:
         if not self.rtt or rtt <= self.rtt:
             self.rtt = rtt
         if now - self._rtt_at > REMEMBER:
-            # A new period: the shortest of the last few (a route may have
-            # changed), not one sample, which may have queued, nor one
-            # period's, all of whose rounds may have (RTT_PERIODS).
-            self._shortest.append(self._next_rtt)
-            self.rtt = min(self._shortest)
+            # A new period: the shortest of the last one (a route may have
+            # changed), not one sample, which may have queued. (Tried and
+            # dropped, issue i33a: the shortest of six periods, as every
+            # round queued once downloads started on the pooled stream
+            # holding credit, and the round trip rose to 126-129 ms at 100
+            # ms; that choice was dropped, and this showed no gain alone.)
+            self.rtt = self._next_rtt
             self._next_rtt = math.inf
             self._rtt_at = now
         return self.rtt

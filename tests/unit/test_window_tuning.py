@@ -454,25 +454,6 @@ def test_a_first_round_slower_than_the_setup_does_not_make_a_short_link_look_lon
         assert budget.rtt <= budget.setup_rtt
 
 
-def test_the_round_trip_does_not_rise_to_rounds_that_all_queued() -> None:
-    # A 100 ms link whose streams, after the first, start with credit enough
-    # for it (the relay's pool hands a transfer the stream holding credit):
-    # every round then queues, 130 ms. For a minute of such rounds the
-    # round trip stays the link's (one period's shortest made it 126-129 ms
-    # in bench.long_link, and a 30 ms queue ahead of each GET beside a
-    # download went unseen); a route that did change is followed after that.
-    clock = _Clock()
-    budget = WindowBudget(64 * MiB, clock=clock)
-    budget.sampled(0.1, clock.now)
-    for _ in range(55):
-        clock.now += 1.0
-        assert budget.sampled(0.13, clock.now) == 0.1
-    for _ in range(25):
-        clock.now += 1.0
-        budget.sampled(0.13, clock.now)
-    assert budget.rtt == 0.13
-
-
 def test_request_heads_teach_the_connection_no_pace() -> None:
     # The agent's side of a pooled stream carrying only small requests (300
     # bytes a round trip: c=1 GETs) on a 100 ms link, nothing learned yet;
