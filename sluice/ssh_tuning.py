@@ -209,16 +209,6 @@ def send_window(chan: SSHChannel[Any]) -> int | None:
     return chan._send_window if _Applied.names else None
 
 
-def channel_credit(chan: SSHChannel[Any], sending: bool) -> int:
-    """What *chan* may carry now without waiting for a window adjust:
-    *sending*, what the peer's window has left for this end; else what this
-    end has granted the peer and not yet received. 0 with the tweaks off
-    (their shape check covers both fields)."""
-    if not _Applied.names:
-        return 0
-    return chan._send_window if sending else chan._recv_window
-
-
 def windows_adjustable() -> bool:
     """Whether Sluice may size and top up channel receive windows itself
     (``sluice.window_tuning``, the relay's window sharing), which reads and

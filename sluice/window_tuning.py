@@ -235,10 +235,8 @@ class WindowBudget:
         if now - self._rtt_at > REMEMBER:
             # A new period: the shortest of the last one (a route may have
             # changed), not one sample, which may have queued. (Tried and
-            # dropped, issue i33a: the shortest of six periods, as every
-            # round queued once downloads started on the pooled stream
-            # holding credit, and the round trip rose to 126-129 ms at 100
-            # ms; that choice was dropped, and this showed no gain alone.)
+            # dropped, issue i33a: the shortest of six periods; see the
+            # tuning history in bench/document.py.)
             self.rtt = self._next_rtt
             self._next_rtt = math.inf
             self._rtt_at = now

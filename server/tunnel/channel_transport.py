@@ -138,12 +138,6 @@ class ChannelTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return self._chan.get_write_buffer_size()
 
-    def credit(self, sending: bool) -> int:
-        """What the channel may carry now without a round trip for more
-        window: toward the agent (*sending*) or from it (what the agent may
-        send); 0 where Sluice may not read the windows."""
-        return ssh_tuning.channel_credit(self._chan, sending)
-
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (0, 0)
 

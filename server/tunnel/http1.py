@@ -481,11 +481,6 @@ class Http1Stream(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_deadline: float | None = None  # loop time; None while it carries a request
         self.owner: Any = None  # what the pool files this stream under
-        # A tunnel stream's window credit, toward the API (True) or from it
-        # (``ChannelTransport.credit``); None on a TCP connection. The pool
-        # takes the idle stream that holds the most toward the API for a
-        # request with a body.
-        self.credit: Callable[[bool], int] | None = None
 
     def __repr__(self) -> str:
         return f"<Http1Stream exchanges={self.exchanges} closed={self._closed}>"

@@ -27,7 +27,6 @@ from server.tunnel.channel_transport import tls_protocol, tls_ready
 from server.tunnel.http1 import Body, Http1Response, Http1Stream, StaleStream, request_head
 from server.tunnel.stream_opener import StreamOpener, stream_target
 from sluice import logs
-from sluice.sshconfig import AGENT_RECEIVE_WINDOW
 
 log = structlog.get_logger("sluice.server.stream_pool")
 
@@ -143,18 +142,15 @@ class TunnelDialer:
             transport, tunnel = await self._opener.open_pipelined(
                 target, hello, deadline=deadline, late_message=late
             )
-            stream.credit = transport.credit
             await tls_ready(transport, hello, handshake)
             return tunnel
         if early:
             # The request goes right behind the CONNECT, in its round trip.
-            transport, tunnel = await self._opener.open_pipelined(
+            _transport, tunnel = await self._opener.open_pipelined(
                 target, stream, deadline=deadline, late_message=late
             )
-            stream.credit = transport.credit
             return tunnel
         transport, _session, rest, tunnel = await self._opener.open(target)
-        stream.credit = transport.credit
         transport.set_protocol(stream)
         stream.connection_made(transport)
         if rest:
@@ -208,11 +204,8 @@ class StreamPool:
         # As aiohttp does: only an idempotent request goes again after a
         # kept-alive stream closed under it (the API may have acted on it).
         replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
-        # A body beyond the starting window (or of unknown size): the idle
-        # stream with the most credit toward the API serves it best (_take).
-        sending = body is not None and (size is None or size > AGENT_RECEIVE_WINDOW)
         while True:
-            stream = self._take(key, sending)
+            stream = self._take(key)
             reused = stream is not None
             if stream is None:
                 # A body held in memory (or none) may go out before the agent
@@ -255,7 +248,7 @@ class StreamPool:
         self, prepared: Prepared, body: bytes | None, total: float | None
     ) -> tuple[Http1Stream, asyncio.Future[Http1Response]] | None:
         """``begin_on_idle`` with a head made before (*body* of the size it says)."""
-        stream = self._take(prepared.key, False)
+        stream = self._take(prepared.key)
         if stream is None:
             return None
         # The stream's loop (an attribute: asking for the running loop is a
@@ -276,34 +269,16 @@ class StreamPool:
         return stream, answer
 
     # -- idle streams ------------------------------------------------------------
-    def _take(self, key: Key, sending: bool) -> Http1Stream | None:
-        """An idle stream to *key* (None: none), the latest idle (LIFO); for
-        a request *sending* a body larger than a starting window, of several,
-        the one holding the most window credit toward the API (the latest
-        idle of equals).
-
-        On a long link that credit is what an upload moves in its first
-        round trip: a stream that carried an upload keeps what its grown
-        window granted, a newer one holds its starting 1 MiB. The latest
-        idle put a 64 MiB upload at 100 ms on a stream that had carried only
-        small GETs (beside a download, meanwhile), while the one that had
-        carried the last upload sat idle beneath with 64 MiB of credit: 1
-        MiB, then a round trip's wait for more. Not for a request without a
-        body (the same would hold for a download and the credit toward the
-        relay, but small GETs moved onto the richest stream as well, and a
-        stream that answers a GET each round trip never sits idle, so it
-        kept the whole budget its window had grown to: the next download
-        got 7 of 64 MB, 32-130 MB/s; see bench/document.py)."""
+    def _take(self, key: Key) -> Http1Stream | None:
         streams = self._idle.get(key)
         while streams:
-            stream = streams.pop(_richest(streams) if sending and len(streams) > 1 else -1)
+            stream = streams.pop()
             if not streams:
                 del self._idle[key]
             stream.idle_deadline = None  # its timer, if it fires meanwhile, lets it be
             if not stream.closed:
                 if logs.min_level <= logging.DEBUG:
-                    held = stream.credit(sending) if stream.credit is not None else None
-                    _trace("stream_taken", stream, idle_left=len(streams), credit=held)
+                    _trace("stream_taken", stream, idle_left=len(streams))
                 return stream
             if stream.idle_timer is not None:
                 stream.idle_timer.cancel()
@@ -390,28 +365,6 @@ class StreamPool:
         if logs.min_level <= logging.DEBUG:
             _trace("stream_dialed", stream, ms=round((time.monotonic() - began) * 1000, 1))
         return stream
-
-
-# Of more idle streams to one destination than this, only the latest idle
-# are weighed (a bound on the work per request; an upload's stream is among
-# the latest idle unless a burst of small requests left more than this).
-WEIGHED = 16
-
-
-def _richest(streams: list[Http1Stream]) -> int:
-    """The index in *streams* (oldest idle first) of the stream holding the
-    most credit toward the API; the latest idle of equals, and the latest
-    where credit is unknown (TCP connections)."""
-    last = len(streams) - 1
-    credit = streams[last].credit
-    if credit is None:
-        return last
-    best, most = last, credit(True)
-    for at in range(last - 1, max(-1, last - WEIGHED), -1):
-        credit = streams[at].credit
-        if credit is not None and (held := credit(True)) > most:
-            best, most = at, held
-    return best
 
 
 def _trace(event: str, stream: Http1Stream, **fields: object) -> None:

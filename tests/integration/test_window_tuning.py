@@ -15,17 +15,15 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import FrameType
 
 import aiohttp
 import pytest
-from yarl import URL
 
 from bench.delay_line import DelayLine
 from server.relay import Relay
-from server.tunnel.http1 import Http1Response
 from sluice import sshconfig
 from tests.conftest import relay_settings
 from tests.support.agent import AgentProcess
@@ -637,55 +635,3 @@ async def test_a_held_back_streams_top_ups_take_the_tuned_send_path(
     assert counts["tuned"] >= 8, shown  # about one per MiB
     assert counts["asyncssh"] == 0, shown
     assert counts["urandom"] == 0, shown
-
-
-async def _drained(answer: Http1Response) -> int:
-    """Read *answer* to its end (its stream goes back to the pool); its size."""
-    size = 0
-    while piece := await answer.readany():
-        size += len(piece)
-    return size
-
-
-@pytest.mark.timeout(90)
-async def test_an_upload_takes_the_pooled_stream_that_holds_credit(
-    tmp_path: Path, api: InternalAPI
-) -> None:
-    """A 32 MiB upload grows the agent's window for its stream (the relay
-    keeps the credit once the answer is done), then small GETs leave a newer
-    stream, with its starting 1 MiB, as the latest idle in the relay's pool.
-    The next upload must take the stream holding the credit: seen on the
-    wire, what passes the link within its first round trip (the credited
-    stream: all it holds, as fast as relay and agent go; the newer one:
-    1 MiB, then a round trip's wait for more). Taking the latest idle
-    (LIFO) put the 64 MiB uploads of bench.long_link on the newer stream."""
-    size = 32 * MiB
-    async with _far_agent(tmp_path, api, RTT) as (relay, _, line, agent_id):
-        pool = relay.tunnel_http.pool(agent_id)
-
-        def request(method: str, target: str, body: bytes | None) -> Awaitable[Http1Response]:
-            url = URL(f"{api.base}{target}")
-            return pool.request(method, url, target, [], body, None, connect=10, total=60)
-
-        body = noise(size, seed=7)
-        assert await _drained(await request("PUT", "/echo", body)) > 0
-
-        async def get(target: str) -> int:
-            return await _drained(await request("GET", target, None))
-
-        # Two GETs at once: the first on the credited stream, the second on
-        # a new one, whose slow API answers last (so it is the latest idle).
-        await asyncio.gather(get("/hello"), get("/slow?s=0.3"))
-
-        async def upload() -> int:
-            return await _drained(await request("PUT", "/echo", body))
-
-        task = asyncio.create_task(upload())
-        try:
-            moved = await _moved_within(lambda: line.carried_to_caller, 0.7, RTT)
-            assert await task > 0
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    assert moved > 4 * MiB, f"{moved / MiB:.1f} MiB within 0.7 round trips"
