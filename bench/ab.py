@@ -107,6 +107,7 @@ async def _point(
     cpu0 = cpu_seconds(version.pids)
     writes0 = write_calls(version.pids)
     role_writes0 = {role: write_calls([pid]) for role, pid in (roles or {}).items()}
+    role_cpu0 = {role: cpu_seconds([pid]) for role, pid in (roles or {}).items()}
     began = time.monotonic()
     transfer = point not in ("c1", "c32")
     sched0 = {r: sched(pid) for r, pid in version.roles.items()} if with_sched and transfer else {}
@@ -159,6 +160,8 @@ async def _point(
         row["writes"] = (write_calls(version.pids) - writes0) / count
         for role, before in role_writes0.items():
             row[f"writes_{role}"] = (write_calls([(roles or {})[role]]) - before) / count
+        for role, before_s in role_cpu0.items():
+            row[f"cpu_us_{role}"] = (cpu_seconds([(roles or {})[role]]) - before_s) / count * 1e6
     else:
         row["cpu_s"] = cpu
     row["foreign"] = foreign.cores()
