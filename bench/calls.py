@@ -75,9 +75,7 @@ def per_request(text: str, requests: int, top: int) -> list[str]:
         lines += [f"  {n / requests:7.2f}  {name[3:]}" for n, name in ops[:top]]
         lines.append("by line:")
         lines += [
-            f"  {n / requests:7.2f}  {name[7:]}"
-            for n, name in every
-            if name.startswith("opline ")
+            f"  {n / requests:7.2f}  {name[7:]}" for n, name in every if name.startswith("opline ")
         ][:top]
     return lines
 

@@ -59,6 +59,7 @@ from sluice.ssh_gcm import (
     _AEAD_KEY,
     _ENCRYPT_INTO,
     _GCM_TAG,
+    _IV,
     _POOLED_LEAST,
     _SEALED,
     _SEND_SIZE,
@@ -168,7 +169,8 @@ def send_window_adjust(chan: SSHChannel[Any], amount: int) -> None:
         header,
     )
     # GCMCipher._update_iv, inline.
-    cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+    fixed, counter = _IV.unpack(iv)
+    cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
     ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
     ssh._rekey_bytes_sent += pktlen
     # The tuned _send, as the tuned send_packet has it send a top-up: into
@@ -445,7 +447,8 @@ def _send_data_fast(chan: SSHChannel[Any], ssh: SSHConnection, batch: list[bytes
             batch.append(header)
             batch.append(aead.encrypt(iv, plain, header))
         # GCMCipher._update_iv, inline (per packet): the invocation counter + 1.
-        cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+        fixed, counter = _IV.unpack(iv)
+        cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
         ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
         ssh._rekey_bytes_sent += pktlen
         if size == len(buf):
@@ -538,7 +541,8 @@ def _send_small(chan: SSHChannel[Any], data: Any, size: int) -> bool:
         ),
         header,
     )
-    cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+    fixed, counter = _IV.unpack(iv)
+    cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
     ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
     ssh._rekey_bytes_sent += pktlen
     chan._send_window -= size
