@@ -527,20 +527,22 @@ def _send_small(chan: SSHChannel[Any], data: Any, size: int) -> bool:
         padding.refill()
         pad_end = padlen
     padding.pos = pad_end
-    header = _U32.pack(pktlen)
-    iv = cipher._iv
-    # (A view of a buffer the caller reuses is copied here, before write returns.)
-    sealed = aead.encrypt(
-        iv,
-        b"".join(
+    try:
+        # (A view of a buffer the caller reuses is copied here, before write returns.)
+        plain = b"".join(
             (
                 _DATA_PREFIX.pack(padlen, MSG_CHANNEL_DATA, send_chan, size),
                 data,
                 padding.data[pad_end - padlen : pad_end],
             )
-        ),
-        header,
-    )
+        )
+    except (TypeError, BufferError):
+        return False  # a view that is not one contiguous run of bytes: bytearray() takes it
+    if len(plain) != pktlen:
+        return False  # a view of items larger than a byte: len() counted items
+    header = _U32.pack(pktlen)
+    iv = cipher._iv
+    sealed = aead.encrypt(iv, plain, header)
     fixed, counter = _IV.unpack(iv)
     cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
     ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
