@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,6 +26,8 @@ from server.storage.private_files import private_sqlite_file
 from server.storage.schema import agents, audit_events, changes, connections
 from sluice import __version__
 from sluice.tokens import AgentToken, new_agent_id, new_token, secret_matches
+
+log = structlog.get_logger("sluice.relay.store")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Seconds a PostgreSQL statement may take unless the relay's settings say
@@ -263,7 +267,34 @@ class Store:
     def dialect(self) -> str:
         return self._engine.dialect.name
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the database's connections, once those in use are back
+        (for up to *timeout* seconds).
+
+        A query in flight when its caller was cancelled (an agent's login
+        when the SSH server closes) still runs to its end, in aiosqlite's
+        thread, and then hands its result to the event loop: disposing of
+        the engine does not wait for a connection that is checked out, so
+        that result could arrive after the loop closed (an error in the
+        thread). A database that stalls holds this for *timeout* at most.
+        """
+        pool = self._engine.pool
+        if isinstance(pool, sa.pool.QueuePool) and pool.checkedout():
+            returned = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            def checked_in(*_: object) -> None:
+                # Called as the connection goes back, before the count drops.
+                loop.call_soon(lambda: None if pool.checkedout() else returned.set())
+
+            sa.event.listen(pool, "checkin", checked_in)
+            try:
+                async with asyncio.timeout(timeout):
+                    await returned.wait()
+            except TimeoutError:
+                log.warning("store_close_connections_in_use", in_use=pool.checkedout())
+            finally:
+                sa.event.remove(pool, "checkin", checked_in)
         await self._engine.dispose()
 
     # -- agents -----------------------------------------------------------

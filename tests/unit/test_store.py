@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from server.settings import sqlite_url
 from server.storage.store import AgentInUse, Store
@@ -91,3 +93,30 @@ async def test_reopen_keeps_everything_and_migrations_are_idempotent(url: str) -
         assert (await second.get_connection("con_x")) is not None
     finally:
         await second.close()
+
+
+async def test_close_waits_for_a_connection_in_use_then_is_bounded(url: str) -> None:
+    """A query still running when the store closes ends first: closing does
+    not leave it to finish after the event loop (aiosqlite's thread then
+    fails on a closed loop)."""
+    store = await Store.open(url)
+    held, release = asyncio.Event(), asyncio.Event()
+    answers: list[int] = []
+
+    async def query_in_flight() -> None:
+        async with store.engine.connect() as db:
+            answers.append((await db.execute(sa.text("SELECT 1"))).scalar_one())
+            held.set()
+            await release.wait()
+            answers.append((await db.execute(sa.text("SELECT 2"))).scalar_one())
+
+    task = asyncio.create_task(query_in_flight())
+    await held.wait()
+    closing = asyncio.create_task(store.close())
+    done, _ = await asyncio.wait({closing}, timeout=0.3)
+    assert not done, "closed while a connection was in use"
+    release.set()
+    async with asyncio.timeout(5):
+        await closing
+        await task
+    assert answers == [1, 2]
