@@ -17,7 +17,8 @@ CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
 child processes included) over the requests wrk made: less sensitive to
 other load on the machine than req/s; ``writes`` the write system calls
 per request of the same processes (``syscw`` of ``/proc/<pid>/io``), also
-per role (``writes_relay``, ``writes_agent``). With
+per role (``writes_relay``, ``writes_agent``), as is the CPU per request
+(``cpu_us_relay``, ``cpu_us_agent``). With
 ``--workers N`` each tree's relay is ``sluice-server run --workers N`` on a
 fresh PostgreSQL database (SLUICE_BENCH_POSTGRES_URL or
 SLUICE_TEST_POSTGRES_URL), its agent tunnelled to every worker. With

@@ -8,7 +8,10 @@ Python and C calls per request of each process and the functions called
 most. The counting slows both processes several times over: compare counts,
 not timings. Counts show per-request work that profiles spread thin (a
 function called a dozen times per request, a cast or a context manager on
-every packet).
+every packet). ``--opcodes``: the bytecodes each process runs per request
+too, by function and by line (``sys.settrace`` with ``f_trace_opcodes``;
+about 15 times slower still, so whatever runs per second rather than per
+request, such as a settings reload every 2 s, weighs more than at full speed).
 
 ``--mixed``: three counted phases in one relay and agent: c=1 GETs alone, a
 download of a sparse file (``--mib``) alone, and the same download with c=1
