@@ -17,7 +17,8 @@ CPU per request is relay + agent ``utime+stime`` (``/proc/<pid>/stat``,
 child processes included) over the requests wrk made: less sensitive to
 other load on the machine than req/s; ``writes`` the write system calls
 per request of the same processes (``syscw`` of ``/proc/<pid>/io``), also
-per role (``writes_relay``, ``writes_agent``). With
+per role (``writes_relay``, ``writes_agent``), as is the CPU per request
+(``cpu_us_relay``, ``cpu_us_agent``). With
 ``--workers N`` each tree's relay is ``sluice-server run --workers N`` on a
 fresh PostgreSQL database (SLUICE_BENCH_POSTGRES_URL or
 SLUICE_TEST_POSTGRES_URL), its agent tunnelled to every worker. With
@@ -107,6 +108,7 @@ async def _point(
     cpu0 = cpu_seconds(version.pids)
     writes0 = write_calls(version.pids)
     role_writes0 = {role: write_calls([pid]) for role, pid in (roles or {}).items()}
+    role_cpu0 = {role: cpu_seconds([pid]) for role, pid in (roles or {}).items()}
     began = time.monotonic()
     transfer = point not in ("c1", "c32")
     sched0 = {r: sched(pid) for r, pid in version.roles.items()} if with_sched and transfer else {}
@@ -159,6 +161,8 @@ async def _point(
         row["writes"] = (write_calls(version.pids) - writes0) / count
         for role, before in role_writes0.items():
             row[f"writes_{role}"] = (write_calls([(roles or {})[role]]) - before) / count
+        for role, before_s in role_cpu0.items():
+            row[f"cpu_us_{role}"] = (cpu_seconds([(roles or {})[role]]) - before_s) / count * 1e6
     else:
         row["cpu_s"] = cpu
     row["foreign"] = foreign.cores()

@@ -8,7 +8,10 @@ Python and C calls per request of each process and the functions called
 most. The counting slows both processes several times over: compare counts,
 not timings. Counts show per-request work that profiles spread thin (a
 function called a dozen times per request, a cast or a context manager on
-every packet).
+every packet). ``--opcodes``: the bytecodes each process runs per request
+too, by function and by line (``sys.settrace`` with ``f_trace_opcodes``;
+about 15 times slower still, so whatever runs per second rather than per
+request, such as a settings reload every 2 s, weighs more than at full speed).
 
 ``--mixed``: three counted phases in one relay and agent: c=1 GETs alone, a
 download of a sparse file (``--mib``) alone, and the same download with c=1
@@ -61,13 +64,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def per_request(text: str, requests: int, top: int) -> list[str]:
     """The summary of one process's counts file (``n name`` lines)."""
     rows = [line.split(" ", 1) for line in text.splitlines() if line]
-    counted = [(int(n), name) for n, name in rows]
+    every = [(int(n), name) for n, name in rows]
+    counted = [(n, name) for n, name in every if not name.startswith(("op ", "opline "))]
     python = sum(n for n, name in counted if not name.startswith("C "))
     native = sum(n for n, name in counted if name.startswith("C "))
     lines = [
         f"Python calls/request {python / requests:.1f}, C calls/request {native / requests:.1f}"
     ]
     lines += [f"  {n / requests:7.2f}  {name}" for n, name in counted[:top]]
+    ops = [(n, name) for n, name in every if name.startswith("op ")]
+    if ops:
+        lines.append(f"bytecodes/request {sum(n for n, _ in ops) / requests:.1f}, by function:")
+        lines += [f"  {n / requests:7.2f}  {name[3:]}" for n, name in ops[:top]]
+        lines.append("by line:")
+        lines += [
+            f"  {n / requests:7.2f}  {name[7:]}" for n, name in every if name.startswith("opline ")
+        ][:top]
     return lines
 
 
@@ -84,7 +96,7 @@ class _Stack:
 
 @contextlib.asynccontextmanager
 async def _counting_stack(
-    tree: Path, files: dict[str, int], profile: bool = True
+    tree: Path, files: dict[str, int], profile: bool = True, opcodes: bool = False
 ) -> AsyncIterator[_Stack]:
     """*tree*'s relay and agent with the counting site module; *files*:
     sparse files nginx serves. *profile* False: the processes are not
@@ -94,6 +106,8 @@ async def _counting_stack(
     relay: Relay | None = None
     try:
         env = {"PYTHONPATH": f"{SITE}:{tree}", "SLUICE_BENCH_CALLS_DIR": str(root)}
+        if opcodes:
+            env["SLUICE_BENCH_CALLS_OPCODES"] = "1"
         relay = await Relay.create(
             root / "relay", **env, **({"SLUICE_BENCH_CALLS": "relay"} if profile else {})
         )
@@ -159,8 +173,10 @@ async def _counted(
     return done, got
 
 
-async def measure(tree: Path, connections: int, seconds: int, top: int) -> list[str]:
-    async with _counting_stack(tree, {}) as stack:
+async def measure(
+    tree: Path, connections: int, seconds: int, top: int, opcodes: bool = False
+) -> list[str]:
+    async with _counting_stack(tree, {}, opcodes=opcodes) as stack:
         url = stack.base + "/small.json"
         auth = stack.relay.auth
         lua = load.write_lua(stack.root)
@@ -276,12 +292,17 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true", help="GETs beside a download (above)")
     parser.add_argument("--mib", type=int, default=256, help="the --mixed download's size")
     parser.add_argument("--proc", action="store_true", help="--mixed: CPU and system calls only")
+    parser.add_argument(
+        "--opcodes", action="store_true", help="bytecodes run per request, by function and line"
+    )
     args = parser.parse_args()
     if args.mixed:
         got = asyncio.run(measure_mixed(args.tree.resolve(), args.mib, args.top, args.proc))
         print("\n".join(got))
         return
-    lines = asyncio.run(measure(args.tree.resolve(), args.connections, args.seconds, args.top))
+    lines = asyncio.run(
+        measure(args.tree.resolve(), args.connections, args.seconds, args.top, args.opcodes)
+    )
     print("\n".join(lines))
 
 

@@ -21,6 +21,7 @@ from sluice.ssh_gcm import (
     _AEAD_KEY,
     _ENCRYPT_INTO,
     _GCM_TAG,
+    _IV,
     _OUTPUTS,
     _U32,
     _U64_MASK,
@@ -141,7 +142,8 @@ def send_framed(chan: SSHChannel[Any], frames: FrameBuffer, size: int) -> bool:
         view[:4] = header
         with plain[:pktlen] as clear, view[4 : 4 + pktlen + _GCM_TAG] as sealed:
             aead.encrypt_into(iv, clear, header, sealed)
-    cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(8, "big")
+    fixed, counter = _IV.unpack(iv)
+    cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
     ssh._send_seq = (ssh._send_seq + 1) & 0xFFFFFFFF
     ssh._rekey_bytes_sent += pktlen
     chan._send_window -= size

@@ -28,6 +28,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 _AEAD_KEY: Final = "_sluice_aead"
 _U32 = struct.Struct(">I")
 _U64_MASK: Final = 0xFFFFFFFFFFFFFFFF
+# An AES-GCM nonce as RFC 5647 has it: a fixed field and the invocation
+# counter, stepped by one a packet (GCMCipher._update_iv). Through this, one
+# unpack and one pack a packet: slicing, two int conversions and a join cost
+# about 330 ns against 190.
+_IV = struct.Struct(">IQ")
 _GCM_TAG = 16
 # AESGCM.encrypt_into and decrypt_into (cryptography 45 on; pyproject allows
 # older): without them, send_framed leaves every packet to SSHChannel.write,

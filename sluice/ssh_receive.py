@@ -34,6 +34,7 @@ from sluice import ssh_keepalive
 from sluice.ssh_gcm import (
     _AEAD_KEY,
     _ENCRYPT_INTO,
+    _IV,
     _PLAINTEXTS,
     _POOLED_LEAST,
     _U32,
@@ -265,9 +266,8 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
                     ):
                         break  # asyncssh's own (an error, a debug log)
                     iv = cipher._iv
-                    cipher._iv = iv[:4] + (
-                        (int.from_bytes(iv[4:], "big") + 1) & _U64_MASK
-                    ).to_bytes(8, "big")
+                    fixed, counter = _IV.unpack(iv)
+                    cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
                     ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
                     pos = end
                     taken = True
@@ -290,9 +290,8 @@ def _take_data_packets(ssh: SSHConnection, data: bytes | memoryview) -> bytes | 
                     break  # asyncssh raises the matching protocol error
                 # GCMCipher._update_iv, inline (per packet).
                 iv = cipher._iv
-                cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _U64_MASK).to_bytes(
-                    8, "big"
-                )
+                fixed, counter = _IV.unpack(iv)
+                cipher._iv = _IV.pack(fixed, (counter + 1) & _U64_MASK)
                 ssh._recv_seq = (ssh._recv_seq + 1) & 0xFFFFFFFF
                 pos = end
                 taken = True

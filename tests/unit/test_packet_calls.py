@@ -139,13 +139,39 @@ async def test_a_packet_each_way_makes_no_timer_no_getrandom_and_no_asyncssh_hel
     assert +calls == Counter(), f"in {ROUNDS} round trips: {calls}"
 
 
+async def test_a_packet_steps_its_nonce_without_int_conversions(
+    ssh: asyncssh.SSHClientConnection,
+) -> None:
+    """The tuned paths step each packet's AES-GCM invocation counter with
+    one ``Struct.unpack`` and one ``Struct.pack`` (``ssh_gcm._IV``), not
+    asyncssh's slices, ``int.from_bytes``, ``int.to_bytes`` and join (about
+    330 against 190 ns, four times a request in each process; issue 22,
+    branch issue-33b). Sending and receiving both: no int conversion at all
+    from Sluice's code per round trip."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if (
+            event == "c_call"
+            and getattr(arg, "__qualname__", "") in ("int.from_bytes", "int.to_bytes")
+            and SLUICE in frame.f_code.co_filename
+        ):
+            calls[f"{frame.f_code.co_name}: {arg.__qualname__}"] += 1  # type: ignore[attr-defined]
+
+    await _round_trips(ssh, profile, warm=3)
+    assert calls == Counter(), f"in {ROUNDS} round trips: {calls}"
+
+
 # Sluice's own Python calls per round trip, both ends (send: write, the
 # scheduler's turn, the flush and its packet, the outbox; receive: the read,
 # its packets; the client reads through ssh_reads): more is per-packet
 # work the tuned path had done without. 26 while a lone channel's small
 # flush went through the scheduler's round robin (_sched, follow_rate,
-# pump, flush_quantum per flush; issue 26h).
-SLUICE_CALLS_PER_ROUND = 21
+# pump, flush_quantum per flush; issue 26h); 19 while a small write on an
+# idle channel went through the scheduler's turn, the flush, its packet and
+# the outbox (``_send_small`` since: write and one call, each way; issue 22,
+# branch issue-33b).
+SLUICE_CALLS_PER_ROUND = 14
 
 
 async def test_sluice_calls_per_round_trip_stay_within_budget(
