@@ -234,7 +234,9 @@ class WindowBudget:
             self.rtt = rtt
         if now - self._rtt_at > REMEMBER:
             # A new period: the shortest of the last one (a route may have
-            # changed), not one sample, which may have queued.
+            # changed), not one sample, which may have queued. (Tried and
+            # dropped, issue i33a: the shortest of six periods; see the
+            # tuning history in bench/document.py.)
             self.rtt = self._next_rtt
             self._next_rtt = math.inf
             self._rtt_at = now
@@ -742,7 +744,16 @@ class WindowTuner:
         carried, self._carried = self._carried, 0.0
         budget = self._budget
         known = max(shown, budget.pace) if budget.learned(now) else shown
-        if budget.rtt >= LONG and carried > known * STARTUP_GAIN:
+        if budget.rtt < LONG:
+            return
+        # Nor less than a starting window per round trip, which any stream
+        # may move: a stream that carried only request heads (a few KB/s)
+        # taught an agent with nothing learned 2-3 KB/s, and its next upload
+        # neither jumped (to 300 bytes) nor took slow start's first step at
+        # its first top-up (something was learned): 104 MB/s at 100 ms,
+        # against 150-210.
+        known = max(known, self.base / budget.rtt)
+        if carried > known * STARTUP_GAIN:
             log.debug("pace_carried", pace=round(carried), shown=round(known))
             budget.filled(carried, now)
 

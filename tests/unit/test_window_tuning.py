@@ -452,3 +452,26 @@ def test_a_first_round_slower_than_the_setup_does_not_make_a_short_link_look_lon
         assert tuner.window == base, (seconds, tuner.window)
         assert budget.granted == 0
         assert budget.rtt <= budget.setup_rtt
+
+
+def test_request_heads_teach_the_connection_no_pace() -> None:
+    # The agent's side of a pooled stream carrying only small requests (300
+    # bytes a round trip: c=1 GETs) on a 100 ms link, nothing learned yet;
+    # then a pause, and another request. The span before the pause is no
+    # pace of the link: the connection's next upload must still take slow
+    # start's first step (by sixteen) at its first top-up. Before, the
+    # agent learned 2-3 KB/s, and the next upload's stream stayed at its
+    # 1 MiB for a round trip (104 MB/s at 100 ms in bench.long_link).
+    clock = _Clock()
+    rtt, base = 0.1, 1 * MiB
+    budget = WindowBudget(64 * MiB, clock=clock)
+    budget.setup_rtt = rtt
+    budget.sampled(rtt, clock.now)  # (a round timed earlier)
+    heads, chan = WindowTuner(budget, base, clock=clock), _Chan(base)
+    for pause in [rtt] * 20 + [1.0]:
+        clock.now += pause
+        chan.accept(300)
+        heads.received(cast(SSHChannel[Any], chan), 300)
+    assert budget.learned(clock.now) == 0
+    upload, _, _ = _run(rtt, 600e6, 0.6 * rtt, budget, base=base, clock=clock)
+    assert upload.window == 16 * base
