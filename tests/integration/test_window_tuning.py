@@ -521,10 +521,12 @@ async def test_a_download_grows_beside_one_its_reader_holds_back(
     rate = size / took
     shown = f"{rate / 1e6:.1f} MB/s, {in_flight / MiB:.1f} MiB in flight at most"
     # One starting window per round trip: 10.5 MB/s, 1 MiB in flight (plus
-    # the slow stream's 2 MB: its reader's pace times the round trip).
+    # the slow stream's 2 MB: its reader's pace times the round trip), so
+    # about 3 MiB at most. Grown: 6-17 MiB (6.0-7.4 on a loaded machine,
+    # where the full suite once saw 6.0 against a bound of 6: now 4.5).
     print(shown)
     assert rate > 2 * start / rtt, shown
-    assert in_flight > 6 * start, shown
+    assert in_flight > 4.5 * start, shown
 
 
 @pytest.mark.timeout(60)
@@ -577,8 +579,11 @@ async def test_readers_that_barely_read_hold_no_more_than_the_budget(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     # At most the budget and each stream's starting window, plus the control
-    # traffic (CONNECT heads, answers' heads).
-    allowed = cap + streams * sshconfig.CHANNEL_WINDOW + MiB
+    # traffic (CONNECT heads, answers' heads) and the credit a peer still holds
+    # from a window that shrank as its budget went to another stream (alone:
+    # 17.7-22.6 MB of the 26.2 once allowed; after the file's other tests,
+    # once 26.8).
+    allowed = cap + streams * sshconfig.CHANNEL_WINDOW + 2 * MiB
     print(f"at most {most} bytes waited in the relay")
     assert most <= allowed, f"{most} bytes waited in the relay, allowed {allowed}"
 
