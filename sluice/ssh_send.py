@@ -521,6 +521,9 @@ def _send_small(chan: SSHChannel[Any], data: Any, size: int) -> bool:
     if padlen < 4:
         padlen += blocksize
     pktlen = 10 + size + padlen
+    # Random padding cut from the pool, inline as in _send_data_fast and
+    # ssh_framed.send_framed: a helper would be a call per packet, the very
+    # thing this path saves (tests/unit/test_packet_calls.py counts them).
     padding = PADDING
     pad_end = padding.pos + padlen
     if pad_end > _PAD_POOL:

@@ -284,8 +284,10 @@ class Store:
             loop = asyncio.get_running_loop()
 
             def checked_in(*_: object) -> None:
-                # Called as the connection goes back, before the count drops.
-                loop.call_soon(lambda: None if pool.checkedout() else returned.set())
+                # Called as the connection goes back, before the count drops;
+                # thread-safe, as a connection lost to the garbage collector
+                # is checked in from wherever that runs.
+                loop.call_soon_threadsafe(lambda: None if pool.checkedout() else returned.set())
 
             sa.event.listen(pool, "checkin", checked_in)
             try:
