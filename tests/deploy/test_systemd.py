@@ -74,6 +74,7 @@ def machine(systemd_image: str, wheel_dir: Path) -> Iterator[Machine]:
             "--privileged", "--systemd=always",
             "-v", f"{wheel_dir}:/dist:ro",
             "-v", f"{REPO / 'systemd'}:/src/systemd:ro",
+            "-v", f"{REPO / 'constraints.txt'}:/src/constraints.txt:ro",
             systemd_image,
             timeout=BOOT_TIMEOUT,
         )  # fmt: skip
@@ -95,7 +96,8 @@ def test_units_as_shipped_under_systemd(machine: Machine) -> None:
     api_port, ssh_port, health_port = free_port(), free_port(), free_port()
     # "Install the programs", as DEPLOY.md says.
     machine.sh(
-        "python3 -m venv /opt/sluice && /opt/sluice/bin/pip install -q /dist/sluice-*.whl"
+        "python3 -m venv /opt/sluice && /opt/sluice/bin/pip install -q"
+        " -c /src/constraints.txt /dist/sluice-*.whl"
         " && /opt/sluice/bin/sluice-agent --version",
         timeout=INSTALL_TIMEOUT,
     )
