@@ -49,6 +49,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 class Caller(Protocol):
     """The caller's side (``server.proxy.front.FrontProtocol``)."""
 
+    # The caller's connection (None, or closing: it hung up, nobody reads an answer).
+    transport: asyncio.Transport | None
+
     @property
     def hung_up(self) -> bool:
         """The caller's connection is closing: nobody reads an answer."""
@@ -157,7 +160,10 @@ class _FastExchange:
             caller.answer_error(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
             return
         upstream = future.result()
-        if caller.hung_up:
+        # caller.hung_up, inline: a property is a Python call the
+        # interpreter cannot inline (about 160 ns a request in 3.11).
+        transport = caller.transport
+        if transport is None or transport.is_closing():
             upstream.release()
             caller.end_request(keep_alive=False)
             return
