@@ -19,6 +19,9 @@ import contextlib
 import pytest
 
 from server.relay import Relay
+from server.tunnel.registry import Tunnel
+from sluice.tokens import AgentToken
+from sluice.window_tuning import LONG
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, noise
 from tests.support.relay_wire import window_adjusts
@@ -44,17 +47,36 @@ async def _bursty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.close()
 
 
-@pytest.mark.timeout(60)
+async def _short_link_agent(
+    relay: Relay, start_agent: AgentFactory, port: int
+) -> tuple[Tunnel, AgentToken]:
+    """An agent whose login timed the loopback as short (under the tuner's
+    ``LONG``): no window grows on it. On a busy machine a login can take 5 ms,
+    which tells a long link, the case this test is not about: such an agent
+    logs in again (up to five times)."""
+    _, token = await relay.store.create_agent("short-link")
+    agent_id = token.agent_id
+    logins: list[float] = []
+    for _ in range(5):
+        agent, _ = await start_agent([f"127.0.0.1:{port}"], token=token)
+        await wait_until(lambda: relay.registry.is_online(agent_id), what="agent online")
+        [tunnel] = relay.registry.replicas(agent_id)
+        logins.append(tunnel.login_rtt)
+        if tunnel.login_rtt < LONG:
+            return tunnel, token
+        await agent.stop()
+        await wait_until(lambda: not relay.registry.is_online(agent_id), what="agent offline")
+    raise AssertionError(f"no login timed the loopback as short: {logins}")
+
+
+@pytest.mark.timeout(90)
 async def test_a_first_round_slowed_by_the_api_grants_no_more_than_the_window(
     relay: Relay, api: InternalAPI, start_agent: AgentFactory
 ) -> None:
     server = await asyncio.start_server(_bursty, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        _, token = await start_agent([f"127.0.0.1:{port}"])
-        await wait_until(lambda: relay.registry.is_online(token.agent_id), what="agent online")
-        [tunnel] = relay.registry.replicas(token.agent_id)
-        assert tunnel.login_rtt < 0.004  # a short link: no window grows on it
+        tunnel, token = await _short_link_agent(relay, start_agent, port)
         adjusts = window_adjusts(tunnel)
         http = relay.tunnel_http.session(token.agent_id)
         async with http.get(f"http://127.0.0.1:{port}/bursty") as resp:

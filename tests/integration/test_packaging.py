@@ -621,7 +621,15 @@ def test_dockerignore_sends_the_sources_and_nothing_else(tmp_path: Path) -> None
     assert set(tracked) <= sent
     for relative in sent:
         top = relative.split("/")[0]
-        assert top in {"pyproject.toml", "README.md", "LICENSE", "agent", "server", "sluice"}
+        assert top in {
+            "pyproject.toml",
+            "README.md",
+            "LICENSE",
+            "constraints.txt",
+            "agent",
+            "server",
+            "sluice",
+        }
         assert "__pycache__" not in relative
         assert not relative.endswith(".pyc")
 
@@ -813,7 +821,11 @@ def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
     wheel_dir = words[words.index("--wheel-dir") + 1]
     wheels = tmp / "wheels"
     sh(wheel_run.args.replace(wheel_dir, str(wheels)), cwd=context, env={**env, **builder.env()})
-    assert [p.name for p in wheels.iterdir()] == [f"sluice-{PROJECT_VERSION}-py3-none-any.whl"]
+    # The wheel, and the versions the suite passed with (pip install -c).
+    assert sorted(p.name for p in wheels.iterdir()) == [
+        "constraints.txt",
+        f"sluice-{PROJECT_VERSION}-py3-none-any.whl",
+    ]
 
     # Final stage: its ENV, then each `pip install` RUN with the builder's
     # wheel directory mounted where the RUN expects it. Other RUNs (useradd)
@@ -825,7 +837,36 @@ def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
             assert mount.get("source") == wheel_dir, mount
             command = command.replace(mount["target"], str(wheels))
         sh(command, cwd=tmp, env=env)
+    assert_pinned(venv)
     return venv, env
+
+
+def assert_pinned(venv: Path) -> None:
+    """Every package the image installed has the version constraints.txt names."""
+    pinned = dict(
+        line.lower().replace("_", "-").split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    frozen = subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "list",
+            "--format=freeze",
+            "--exclude",
+            "pip",
+            "--exclude",
+            "setuptools",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    installed = dict(line.lower().replace("_", "-").split("==") for line in frozen)
+    assert installed.pop("sluice") == PROJECT_VERSION
+    assert {"asyncssh", "aiohttp", "cryptography"} <= installed.keys()
+    assert {name: pinned.get(name) for name in installed} == installed
 
 
 def install_recipe(case: ImageCase) -> tuple[object, ...]:
