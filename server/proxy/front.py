@@ -623,7 +623,13 @@ class FrontProtocol(asyncio.Protocol):
         self._lingering = True
         self.resume_reading()
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:
+                # The caller is gone already (asyncio's transport raises
+                # ENOTCONN from the half-close): nothing to linger for.
+                transport.abort()
+                return
         asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
 
     def _refuse_head(self) -> None:

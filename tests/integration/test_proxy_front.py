@@ -16,7 +16,7 @@ import pytest
 
 from server.relay import Relay
 from tests.conftest import AgentFactory, relay_settings
-from tests.support.api import InternalAPI
+from tests.support.api import InternalAPI, noise
 from tests.support.capture import APIClient, remember_secret
 from tests.support.raw_api import raw_api
 from tests.support.waiting import wait_until
@@ -288,6 +288,60 @@ async def test_a_caller_leaving_mid_answer_frees_the_stream(
     await wait_until(lambda: tunnel.in_flight == 0, timeout=10, what="stream released")
     answer = await client.call("GET", f"{proxy}/hello")
     assert answer.status == 200
+
+
+async def test_a_caller_leaving_mid_upload_cuts_the_body_and_frees_its_connection(
+    relay: Relay, raw: Raw, client: APIClient, start_agent: AgentFactory
+) -> None:
+    """The caller goes away halfway through its body: the API sees the body
+    cut short, and the relay keeps nothing of the request (its body's sender
+    ends, the connection is forgotten). The relay answers the failed request
+    and closes the connection by a lingering close, whose half-close of a
+    socket the caller has already reset raised ENOTCONN (asyncio's loop) and
+    left the request's task dead with its connection registered and busy."""
+    received = 0
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def read_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while received < length:
+            piece = await reader.read(64 * 1024)
+            if not piece:
+                outcome.set_result("cut short")
+                break
+            received += len(piece)
+        else:
+            outcome.set_result("whole")
+        writer.close()
+
+    server = await asyncio.start_server(read_upload, "127.0.0.1", 0)
+    try:
+        conn_id = await _connection(client, server.sockets[0].getsockname()[1], start_agent)
+        body = noise(MAX_BODY, seed=34)
+        raw.writer.write(
+            raw.request("PUT", f"/v1/connections/{conn_id}/proxy/up", body)[: -MAX_BODY // 2]
+        )
+        await raw.writer.drain()
+        await wait_until(lambda: received >= MAX_BODY // 4, timeout=20, what="the upload under way")
+        raw.writer.transport.abort()
+        assert await asyncio.wait_for(outcome, 20) == "cut short"
+        assert received <= MAX_BODY // 2
+
+        def body_senders() -> list[asyncio.Task[object]]:
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if "_send_body" in getattr(t.get_coro(), "__qualname__", "")
+            ]
+
+        await wait_until(lambda: not body_senders(), timeout=10, what="the body's sender ended")
+        front = relay.front
+        assert front is not None
+        await wait_until(lambda: not front.callers, timeout=10, what="the caller forgotten")
+    finally:
+        server.close()
 
 
 async def test_answer_heads_follow_the_status(
