@@ -192,6 +192,11 @@ class WindowBudget:
         self.tuners: weakref.WeakSet[WindowTuner] = weakref.WeakSet()
         self.clock = clock
         self.rtt = 0.0  # the shortest credit round trip seen; 0: none yet
+        # What WindowTuner.received's fast path compares with, kept with rtt:
+        # the gap between deliveries that is idleness (IDLE round trips; none
+        # while rtt is 0), and the shortest span of what the link carried.
+        self.idle_gap = math.inf
+        self.span = CARRIED_SPAN
         self._rtt_at = clock()
         self._next_rtt = math.inf  # the shortest since _rtt_at
         self.pace = 0.0  # bytes/s of the last stream that filled the link
@@ -240,6 +245,8 @@ class WindowBudget:
             self.rtt = self._next_rtt
             self._next_rtt = math.inf
             self._rtt_at = now
+        self.idle_gap = IDLE * self.rtt if self.rtt else math.inf
+        self.span = max(CARRIED_SPAN, self.rtt / 2)
         return self.rtt
 
     def filled(self, pace: float, now: float) -> None:
@@ -365,7 +372,46 @@ class WindowTuner:
         per packet)."""
         now = self._clock()
         self._chan = chan
-        self._delivered += size
+        self._delivered = delivered = self._delivered + size
+        # The fast paths, for a stream whose window is neither grown nor held
+        # back (so no top-up of ours is due, and nothing waits in the
+        # channel's buffer): each does exactly what the whole path below
+        # would, without its tests and calls (issue 22: ~150 bytecodes a
+        # packet in each process, for every small request and answer).
+        budget = self._budget
+        if self.window == self.base and not self._held_back and not chan._recv_buf:
+            gap = now - self._last_at
+            if gap <= budget.idle_gap:  # (not idle; never while no round trip is known)
+                probe = self._probe
+                if delivered + chan._recv_window <= self._limit and (
+                    probe is None or delivered <= probe.limit
+                ):
+                    # No top-up since the last delivery (the peer's limit
+                    # unchanged), and the round under way, if any, not over:
+                    # the counts move on, and a span of what the link
+                    # carried may end (_carry, inline).
+                    self._last_at = now
+                    if now - self._span_at >= budget.span:
+                        carried = (delivered - self._span_from) / (now - self._span_at)
+                        if carried > self._carried:
+                            self._carried = carried
+                        self._span_at, self._span_from = now, delivered
+                    return True
+            elif budget.rtt < LONG:
+                # Idle on a short link (every small request or answer of a
+                # stream that is not kept busy): the stream starts again, and
+                # nothing is learned (_learn_carried forgets what the answer
+                # before carried: only a long link learns it), no step is
+                # taken at a top-up (the link is not long), and no round is
+                # timed across the idleness.
+                limit = delivered + chan._recv_window
+                if limit > self._limit:
+                    self._limit = limit
+                self._last_at = now
+                self._carried = 0.0
+                self._span_at, self._span_from = now, delivered - size
+                self._start_again()
+                return True
         waiting = chan._recv_buf
         # What arrived while the reader had paused the channel and waits in
         # its buffer: it counts against the window.

@@ -748,7 +748,12 @@ class Http1Stream(asyncio.Protocol):
     def _complete_exchange(self, keep_alive: bool) -> None:
         response, self._response, self._head = self._response, None, None
         if response is not None:
-            response._finish()
+            # response._finish, inline (a call per answer).
+            response._complete = True
+            if response._timer is not None:
+                response._stop_timer()
+            if response._waiter is not None:
+                response._wake()
         self.exchanges += 1
         if not self._reading:
             self.resume_reading()  # the rest of the body waits in the answer, not the stream
