@@ -885,6 +885,25 @@ TUNING_HISTORY = (
     "on the exchange's class (its creation 335 against 307 ns: none; the partial above "
     "instead); perf's instruction counts for a steadier measure (no hardware counters "
     "in this VM).",
+    "Tried and not merged: upload bodies read into the packet they leave in (issue 22, "
+    "branch issue-i34a, kept). The relay's front read the rest of a Content-Length body "
+    "streaming to an on-premise stream with a BufferedProtocol whose reads landed in a "
+    "`sluice.ssh_framed.FrameBuffer` (the agent's, shared), sized to the body still due and "
+    "the channel's credit, and left by `send_framed`; out of credit, the caller's reads "
+    "paused until the agent's grant (asyncssh's private `_send_paused`, set so its flush on "
+    "a window adjust resumed them; reading on without credit framed 0 of 261 reads). perf "
+    "over three 64 MiB uploads: memmove 4.8% -> 0.6% of the relay's samples (last session's "
+    "19% from py-spy did not hold with more samples), its CPU 0.98 -> 0.80 s. Interleaved "
+    "`bench.ab` in both orders, 50 runs each (load 0.8-4.5): relay 1.110 -> 1.074 ms/MiB "
+    "up (median; quartiles 1.065-1.167 -> 0.991-1.136), main dearer in 22 of 25 same-rep "
+    "pairs, 387 -> 403 MB/s; 1.5-3 more system calls per MiB (a pause and resume per "
+    "grant); down, c=32 and long links (10 and 50 ms, 3 pairs) within noise. Not merged: "
+    "3-6% of one process's CPU on uploads, which already meet their loopback target, for a "
+    "protocol switch in the front, a second flow-control path and a write to a private "
+    "asyncssh field. Its test of a caller leaving mid-upload found a bug that was merged "
+    "on its own: the lingering close's `write_eof` on a reset socket raised ENOTCONN "
+    "under asyncio's loop and left the connection registered and busy "
+    "(`tests/integration/test_proxy_front.py`).",
 )
 
 
