@@ -32,6 +32,7 @@ from sluice.connect import (
     format_connect_response,
     parse_connect_request,
 )
+from sluice.half_close import half_close
 from sluice.ratelimit import TokenBucket
 from sluice.ssh_reads import ReadBuffer
 from sluice.window_tuning import FixedWindow, WindowBudget, WindowTuner, window_tuner
@@ -270,16 +271,11 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         upstream = self._upstream.transport if self._upstream else None
         if upstream is not None and not upstream.is_closing():
             if upstream.can_write_eof():
-                try:
-                    upstream.write_eof()
-                except OSError as exc:
-                    # The API reset its connection while the agent was not
-                    # reading it (asyncio's transport raises ENOTCONN from
-                    # the half-close; uvloop reports it itself): the stream
-                    # ends, not the whole tunnel, which an exception here,
-                    # inside asyncssh's packet handling, closed.
-                    upstream.abort()
-                    self.upstream_lost(exc)
+                # The API may have reset its connection while the agent was
+                # not reading it: then the stream ends, not the whole tunnel.
+                gone = half_close(upstream)
+                if gone is not None:
+                    self.upstream_lost(gone)
                     return True
             self._maybe_finish()
             return True
@@ -375,7 +371,10 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
             self._ctx.stats.bytes_up += len(pipelined)
             upstream.transport.write(pipelined)
         if self._chan_eof and upstream.transport.can_write_eof():
-            upstream.transport.write_eof()
+            gone = half_close(upstream.transport)
+            if gone is not None:
+                self.upstream_lost(gone)
+                return
         self._chan.resume_reading()
         self._schedule_idle_check()
 

@@ -51,6 +51,7 @@ from server.web.api import (
 )
 from server.web.services import Services
 from sluice.addresses import LISTEN_BACKLOG
+from sluice.half_close import half_close
 
 log = structlog.get_logger("sluice.relay.front")
 
@@ -622,15 +623,8 @@ class FrontProtocol(asyncio.Protocol):
         caller reads it."""
         self._lingering = True
         self.resume_reading()
-        if transport.can_write_eof():
-            try:
-                transport.write_eof()
-            except (OSError, RuntimeError):
-                # The caller is gone already (asyncio's transport raises
-                # ENOTCONN from the half-close, uvloop's a RuntimeError once
-                # its handle is closed): nothing to linger for.
-                transport.abort()
-                return
+        if transport.can_write_eof() and half_close(transport) is not None:
+            return  # the caller is gone already: nothing to linger for
         asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
 
     def _refuse_head(self) -> None:
