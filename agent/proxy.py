@@ -270,7 +270,17 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         upstream = self._upstream.transport if self._upstream else None
         if upstream is not None and not upstream.is_closing():
             if upstream.can_write_eof():
-                upstream.write_eof()
+                try:
+                    upstream.write_eof()
+                except OSError as exc:
+                    # The API reset its connection while the agent was not
+                    # reading it (asyncio's transport raises ENOTCONN from
+                    # the half-close; uvloop reports it itself): the stream
+                    # ends, not the whole tunnel, which an exception here,
+                    # inside asyncssh's packet handling, closed.
+                    upstream.abort()
+                    self.upstream_lost(exc)
+                    return True
             self._maybe_finish()
             return True
         # While still connecting, stay half-open: the relay may half-close early.

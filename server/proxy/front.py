@@ -625,9 +625,10 @@ class FrontProtocol(asyncio.Protocol):
         if transport.can_write_eof():
             try:
                 transport.write_eof()
-            except OSError:
+            except (OSError, RuntimeError):
                 # The caller is gone already (asyncio's transport raises
-                # ENOTCONN from the half-close): nothing to linger for.
+                # ENOTCONN from the half-close, uvloop's a RuntimeError once
+                # its handle is closed): nothing to linger for.
                 transport.abort()
                 return
         asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)

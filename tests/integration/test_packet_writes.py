@@ -73,10 +73,14 @@ async def test_a_packet_leaves_in_one_write_while_the_relay_falls_behind(
     # until the scheduler has taken the connection's rate (~50 ms).
     await _download(http, api.base, 16 * MiB)
     size = 32 * MiB
-    before = write_calls(agent.pid)
-    await _download(http, api.base, size)
-    per_mib = (write_calls(agent.pid) - before) / (size / MiB)
+    runs = []
+    for _ in range(2):
+        before = write_calls(agent.pid)
+        await _download(http, api.base, size)
+        runs.append((write_calls(agent.pid) - before) / (size / MiB))
     # Four 256 KiB packets a MiB, a write each (a few more: window adjusts
     # answered, a packet that met a full socket: 4.5-6.7 over 25 runs on an
-    # idle machine); with the fixed 128 KiB mark 11-13.
-    assert per_mib < 8, f"{per_mib:.1f} agent writes per MiB"
+    # idle machine); with the fixed 128 KiB mark 11-13 in every run. The
+    # better of two runs: a machine busy with other work slowed one run to
+    # 8.2 (the rate the mark follows fell with it).
+    assert min(runs) < 8, f"agent writes per MiB: {runs}"

@@ -4,7 +4,9 @@ grows on a short round trip, and stays within the per-agent budget."""
 
 from __future__ import annotations
 
+import collections
 import heapq
+import inspect
 import itertools
 import random
 import sys
@@ -548,3 +550,129 @@ def test_a_small_delivery_that_changes_nothing_takes_a_fast_path(apart: float) -
     assert budget.rtt == 0.0005  # the rounds were timed
     budget_opcodes = RECEIVED_OPCODES[apart]
     assert opcodes <= budget_opcodes * deliveries, f"{opcodes / deliveries:.0f} a delivery"
+
+
+class _Waiting(list[tuple[bytes, None]]):
+    """A channel's buffer that a truth test finds non-empty whatever it
+    holds: the tuner takes its whole path for every delivery (the fast paths
+    are for an empty buffer), and counts what it holds as the whole path does."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def _tuner_state(tuner: WindowTuner) -> dict[str, object]:
+    state: dict[str, object] = {}
+    for name in WindowTuner.__slots__:
+        if name in ("__weakref__", "_budget", "_chan", "_clock"):
+            continue
+        value = getattr(tuner, name)
+        if name == "_probe":
+            value = None if value is None else (value.limit, value.sent_at, value.delivered)
+        elif isinstance(value, collections.deque):
+            value = list(value)
+        state[name] = value
+    return state
+
+
+def _fast_returns() -> set[int]:
+    """The lines of WindowTuner.received that end a fast path."""
+    lines, first = inspect.getsourcelines(WindowTuner.received)
+    return {first + i for i, line in enumerate(lines) if line.strip() == "return True"}
+
+
+def test_the_fast_paths_do_exactly_what_the_whole_path_does() -> None:
+    # WindowTuner.received's fast paths (a delivery that changes no decision;
+    # idleness on a short link) promise the whole path's effect: the same
+    # answer, top-ups and window on the wire, and the same state after. Two
+    # tuners get the same random deliveries, pauses for the reader, drains of
+    # what waited and round trips seen by other streams; one channel's
+    # buffer makes every delivery take the whole path.
+    rng = random.Random(22)
+    fast_returns = _fast_returns()
+    taken: collections.Counter[int] = collections.Counter()
+
+    def count(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "call":
+            return count if frame.f_code is WindowTuner.received.__code__ else None
+        if event == "line" and frame.f_lineno in fast_returns:
+            taken[frame.f_lineno] += 1
+        return count
+
+    for _ in range(60):
+        cap = rng.choice([0, 64 * KiB, 1 * MiB, 32 * MiB])
+        setup_rtt = rng.choice([0.0, 0.0003, 0.002, 0.01, 0.1])
+        link = rng.choice([0.0002, 0.002, 0.02, 0.15])  # the round trips other streams see
+        bases = [rng.choice([16 * KiB, 64 * KiB, 256 * KiB, 256 * KiB, 1 * MiB]) for _ in range(2)]
+        clocks, budgets, streams = [], [], []
+        for whole in (False, True):
+            clock = _Clock()
+            budget = WindowBudget(cap, clock=clock)
+            budget.setup_rtt = setup_rtt
+            pairs = [(WindowTuner(budget, b, clock=clock), _Chan(b)) for b in bases]
+            if whole:
+                for _, chan in pairs:
+                    chan._recv_buf = _Waiting()
+            clocks.append(clock)
+            budgets.append(budget)
+            streams.append(pairs)
+        paused = [[False, False], [False, False]]
+        for _ in range(1500):
+            # Mostly packets in a row, else requests apart, about the
+            # idleness a round trip makes, or any idleness.
+            gap = rng.choice([1e-4, 1e-4, 1e-4, 0.01, 3 * link, 10 ** rng.uniform(-2, 0)])
+            gap *= rng.random()
+            which, op = rng.randrange(2), rng.random()
+            size = rng.choice(
+                [1, 300, 300, 300, 1400, 1400, 16 * KiB, PACKET, rng.randint(1, 200_000)]
+            )
+            sample = link * (1 + rng.random())
+            seen = []
+            for world in (0, 1):
+                clocks[world].now += gap
+                tuner, chan = streams[world][which]
+                shared = cast(SSHChannel[Any], chan)
+                out: object = None
+                if op < 0.04:
+                    tuner.pause_reading(shared)
+                    paused[world][which] = True
+                elif op < 0.1 and paused[world][which]:
+                    # The reader takes what waited, and reads on once it is all in.
+                    if chan._recv_buf[:]:
+                        data, _ = chan._recv_buf.pop(0)
+                        out = tuner.received(shared, len(data))
+                    else:
+                        paused[world][which] = False
+                elif op < 0.13:
+                    out = budgets[world].sampled(sample, clocks[world].now)
+                elif op < 0.14:
+                    tuner.release()
+                elif chan._recv_window:
+                    size = min(size, chan._recv_window)
+                    if paused[world][which]:
+                        chan._recv_window -= size  # (no top-up: set_receive_window(0))
+                        chan._recv_buf.append((bytes(size), None))
+                    else:
+                        chan.accept(size)
+                        sys.settrace(count)
+                        try:
+                            out = tuner.received(shared, size)
+                        finally:
+                            sys.settrace(None)
+                seen.append(
+                    (
+                        out,
+                        chan._recv_window,
+                        chan._init_recv_window,
+                        chan.granted,
+                        len(chan._recv_buf[:]),
+                        budgets[world].granted,
+                        budgets[world].rtt,
+                        budgets[world].pace,
+                        [_tuner_state(t) for t, _ in streams[world]],
+                    )
+                )
+            assert seen[0] == seen[1]
+    # Both fast paths were taken, often (in the world that may take them).
+    assert len(taken) == 2, taken
+    assert min(taken.values()) > 250, taken
