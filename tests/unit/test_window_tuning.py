@@ -442,6 +442,27 @@ def test_answers_on_a_pooled_stream_go_at_what_the_link_carried() -> None:
     assert took[2] < 64 * MiB / rate + 1.4 * rtt, (took, tuner.window / MiB)
 
 
+def test_a_source_slow_to_start_does_not_end_slow_start_at_its_first_round() -> None:
+    # A connection's first 64 MiB answer at 100 ms whose sender is 35 ms
+    # late with what follows its starting credit (the relay's first upload:
+    # its caller's body, its own first calls): the first round is long,
+    # having moved less than the starting 1 MiB. That is no queue of the
+    # link: judged one, slow start ended at once and the window went back
+    # to the pace of that round (under 1 MiB): 2.6 s here, 3.3 s for the
+    # first upload in a quarter of the bench.long_link runs at 100 ms.
+    clock = _Clock()
+    rtt, base, rate = 0.1, 1 * MiB, 600e6
+    budget = WindowBudget(64 * MiB, clock=clock)
+    budget.setup_rtt = rtt
+    delays = [0.035]
+
+    def late() -> float:
+        return delays.pop() if delays else 0.0
+
+    _run(rtt, rate, seconds=10, budget=budget, base=base, clock=clock, late=late, total=64 * MiB)
+    assert clock.now - 100.0 < 1.0, clock.now - 100.0  # (2.6 s without)
+
+
 def test_a_first_round_slower_than_the_setup_does_not_make_a_short_link_look_long() -> None:
     # A short link (0.5 ms; the setup took 1 ms) whose receiver takes 5 ms
     # for half a 2 MiB window (a busy loopback): every round is longer than
