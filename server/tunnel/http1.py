@@ -238,6 +238,7 @@ class Http1Response:
             self._wake()
 
     def _finish(self) -> None:
+        # Inlined in Http1Stream._complete_exchange: change both together.
         self._complete = True
         if self._timer is not None:
             self._stop_timer()
@@ -487,6 +488,8 @@ class Http1Stream(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
+        # Inlined in StreamPool._take (a property is a call 3.11 cannot
+        # inline): change both together.
         return self._closed or self._transport is None or self._transport.is_closing()
 
     def close(self) -> None:
