@@ -536,8 +536,11 @@ async def test_readers_that_barely_read_hold_no_more_than_the_budget(
     """20 downloads whose windows grew, then whose callers take a piece only
     now and then: each piece resumes the channel, and what arrived while it
     was paused waits in its buffer. That counts against the window (the
-    relay's reader pauses at 128 KiB; asyncssh's own top-up counted none of
-    the buffer, so each piece let up to a whole grown window more in)."""
+    relay's reader, aiohttp's, pauses at 512 KiB; asyncssh's own top-up
+    counted none of the buffer, so each piece let up to a whole grown window
+    more in). And a stream held back so is not idle: its growth is in use,
+    not the budget's to take back for another stream (which, its reader
+    slow too, was taken back in turn: 29-32 MB waited, in CI and here)."""
     cap = 4 * MiB
     streams = 20
     async with _far_agent(tmp_path, api, 0.04, max_inflight_per_agent=cap) as (
@@ -581,8 +584,9 @@ async def test_readers_that_barely_read_hold_no_more_than_the_budget(
     # At most the budget and each stream's starting window, plus the control
     # traffic (CONNECT heads, answers' heads) and the credit a peer still holds
     # from a window that shrank as its budget went to another stream (alone:
-    # 17.7-22.6 MB of the 26.2 once allowed; after the file's other tests,
-    # once 26.8).
+    # 15.9-22.1 MB in 11 runs, 5 of them beside two busy loops; before held
+    # back streams were kept from the reclaim, 18.1-32.2 MB, 4 of 16 runs
+    # above the 27.3 allowed).
     allowed = cap + streams * sshconfig.CHANNEL_WINDOW + 2 * MiB
     print(f"at most {most} bytes waited in the relay")
     assert most <= allowed, f"{most} bytes waited in the relay, allowed {allowed}"

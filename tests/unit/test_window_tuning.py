@@ -277,6 +277,29 @@ def test_a_stream_that_sits_idle_gives_its_growth_to_one_that_needs_it() -> None
     assert budget.granted == 8 * MiB  # and the budget still holds
 
 
+def test_a_stream_whose_reader_holds_it_back_keeps_its_growth() -> None:
+    # A download grows to the whole budget, then its caller reads slowly: the
+    # reader pauses the channel, and what the peer sent under the grown
+    # window waits in the relay's buffer. No delivery for ten round trips,
+    # but that growth is in use: given to another stream, which grew in turn,
+    # the relay held both (20 slow callers left 29-32 MB waiting on a 4 MiB
+    # budget and 20 MiB of starting windows, in CI).
+    clock = _Clock()
+    budget = WindowBudget(8 * MiB)
+    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert first.window - first.base == 8 * MiB
+    chan = cast(_Chan, first._chan)
+    first.pause_reading(cast(SSHChannel[Any], chan))
+    # The peer uses up its credit: it all waits for the reader.
+    chan._recv_buf.append((bytes(chan._recv_window), None))
+    chan._recv_window = 0
+    clock.now += 1.0
+    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert first.window - first.base == 8 * MiB  # kept: its data waits in it
+    assert second.window == second.base
+    assert budget.granted == 8 * MiB
+
+
 def _slow_reader(
     rtt: float, reader: float, budget: WindowBudget, base: int, seconds: float = 3.0
 ) -> tuple[WindowTuner, int]:
