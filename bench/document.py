@@ -940,6 +940,27 @@ TUNING_HISTORY = (
     "medians of repetitions 2-3: 100 ms upload 222 -> 172 (one B run's first upload went "
     "slow, see (1)), download 265 -> 274, 50 ms upload 188 -> 217, download 246 -> 289, "
     "10 ms upload 254 -> 234, download 348 -> 319: no repeatable gain.",
+    "The per-agent budget held with readers that barely read (issue 22, 96cf3e4; "
+    "`sluice/window_tuning.py`). CI failed `test_readers_that_barely_read_hold_no_more_"
+    "than_the_budget` (20 downloads at 40 ms, then each caller taking a piece every 0.1 s): "
+    "32.2 MB waited in the relay against 27.3 allowed (a 4 MiB budget, 20 MiB of starting "
+    "windows, 2 MiB of control traffic); here 4 of 16 runs failed (18.1-32.2 MB). Every "
+    "window change recorded, and the channels sampled each 0.1 s: their buffers held 29.2 "
+    "MB while all windows together were 25.2. The reclaim took the growth of any grown "
+    "stream without a delivery for 1.5 round trips, and a stream whose reader holds it back "
+    "has none while its data waits in its buffer: its 4 MiB went to another stream, which "
+    "jumped to 4 MiB at its next top-up, slowed in turn and was taken back in turn, each "
+    "time after the peer had sent under the old window. Now the reclaim skips a stream held "
+    "back (its growth is in use); an idle pooled stream gives its growth back as before. "
+    "Unit test `test_a_stream_whose_reader_holds_it_back_keeps_its_growth` (fails "
+    "without); the integration test 15.9-22.1 MB in 11 runs, 5 beside two busy loops. "
+    "`bench.long_link --rtt 100 --rtt 50 --points down,beside --paths sluice-onprem "
+    "--repetitions 2`, main and the fix alternating, two runs each: downloads 203-274 "
+    "against 209-319 MB/s, GETs beside p99 68-236 against 81-133 ms (noise). Also "
+    "re-measured then: the relay's upload reads into the packet (branch issue-i34a, merged "
+    "with main for the run) in `bench.ab --points up,down --reps 9 --openssh --sched`, "
+    "mirrored order on a quiet machine: relay 0.999/1.017 -> 1.011/0.986 ms/MiB up, 571/570 "
+    "-> 558/572 MB/s (OpenSSH 690): no gain, still not merged.",
 )
 
 
