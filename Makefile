@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-deploy lint typecheck unit clean bench bench-quick
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt build-constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'  # the versions CI passed with
+	$(BIN)/python -m pip install -q 'pip==26.3'  # the pip the suite passed with (it has --build-constraint)
+	$(BIN)/python -m pip install -q -c constraints.txt --build-constraint build-constraints.txt \
+		-e '.[test]'  # the versions CI passed with
 	$(BIN)/python -m pip install -q --no-deps 'httpbin==0.10.4'  # see pyproject.toml
 	touch $(STAMP)
 

@@ -178,6 +178,7 @@ def wheel(out_dir: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out_dir), "."],
         cwd=REPO,
+        env={**os.environ, "PIP_CONSTRAINT": str(REPO / "build-constraints.txt")},
         check=True,
         capture_output=True,
         timeout=BUILD_TIMEOUT,

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -626,6 +627,7 @@ def test_dockerignore_sends_the_sources_and_nothing_else(tmp_path: Path) -> None
             "README.md",
             "LICENSE",
             "constraints.txt",
+            "build-constraints.txt",
             "agent",
             "server",
             "sluice",
@@ -826,6 +828,7 @@ def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
         "constraints.txt",
         f"sluice-{PROJECT_VERSION}-py3-none-any.whl",
     ]
+    assert_built_with_pinned_tools(wheels / f"sluice-{PROJECT_VERSION}-py3-none-any.whl")
 
     # Final stage: its ENV, then each `pip install` RUN with the builder's
     # wheel directory mounted where the RUN expects it. Other RUNs (useradd)
@@ -839,6 +842,22 @@ def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
         sh(command, cwd=tmp, env=env)
     assert_pinned(venv)
     return venv, env
+
+
+def assert_built_with_pinned_tools(wheel: Path) -> None:
+    """The wheel was built by the setuptools build-constraints.txt names (its
+    WHEEL file says which), not by whatever release pip found newest."""
+    pinned = dict(
+        line.split("==")
+        for line in (ROOT / "build-constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    with zipfile.ZipFile(wheel) as whl:
+        (name,) = [n for n in whl.namelist() if n.endswith(".dist-info/WHEEL")]
+        fields = dict(
+            line.split(": ", 1) for line in whl.read(name).decode().splitlines() if ": " in line
+        )
+    assert fields["Generator"] == f"setuptools ({pinned['setuptools']})"
 
 
 def assert_pinned(venv: Path) -> None:
