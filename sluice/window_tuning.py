@@ -731,9 +731,13 @@ class WindowTuner:
         beyond the budget.
 
         Not a stream whose reader holds it back (a caller that reads slowly
-        or stopped): no delivery for a while, but what arrived waits in its
-        buffer, and its peer sent up to the window it was granted. That
-        growth is in use, in the relay's memory. Taken back, it went to
+        or stopped: the channel paused, or data waiting in its buffer): no
+        delivery for a while, but what arrived waits in its buffer, and its
+        peer sends up to the window it was granted. That growth is in use,
+        in the relay's memory. (A stream whose reader paused after its last
+        data arrived and then read again is idle, though the tuner still
+        makes its top-ups until its next delivery: it gives its growth back,
+        or a finished download kept in the pool so would keep it.) Taken back, it went to
         another stream, which grew, its reader slowed, and it was taken back
         in turn: 20 downloads whose callers took a piece every 0.1 s left
         29-32 MB waiting in the relay, on a 4 MiB budget and 20 MiB of
@@ -745,8 +749,10 @@ class WindowTuner:
         freed = False
         for tuner in list(budget.tuners):
             chan = tuner._chan
-            if tuner is self or not tuner.grown or chan is None or tuner._held_back:
+            if tuner is self or not tuner.grown or chan is None:
                 continue
+            if chan._recv_buf or (tuner._held_back and chan._recv_paused):
+                continue  # its reader holds it back now (not: paused once, read since)
             if now - tuner._last_at > IDLE * budget.rtt:
                 tuner._resize(chan, tuner.base)
                 tuner._start_again()

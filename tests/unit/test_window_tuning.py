@@ -34,13 +34,17 @@ class _Chan:
         self._recv_window = window
         self.granted = 0  # credit sent to the peer since it was last collected
         self._recv_buf: list[tuple[bytes, None]] = []
+        self._recv_paused = False
         # No connection: the tuned top-up (sluice.ssh_send.send_window_adjust)
         # sends it with send_packet, below.
         self._conn = None
         self._send_chan = None
 
     def pause_reading(self) -> None:
-        pass  # what arrives is put in _recv_buf by the simulation itself
+        self._recv_paused = True  # what arrives is put in _recv_buf by the simulation itself
+
+    def resume_reading(self) -> None:
+        self._recv_paused = False  # the simulation delivers what waits in _recv_buf itself
 
     def send_packet(self, pkttype: int, *args: bytes) -> None:
         self.granted += int.from_bytes(args[0], "big")
@@ -298,6 +302,23 @@ def test_a_stream_whose_reader_holds_it_back_keeps_its_growth() -> None:
     assert first.window - first.base == 8 * MiB  # kept: its data waits in it
     assert second.window == second.base
     assert budget.granted == 8 * MiB
+
+
+def test_a_stream_resumed_with_nothing_waiting_gives_its_growth_when_idle() -> None:
+    # A download's reader paused after the last of its data had arrived (its
+    # caller slower than the tunnel), then read everything and resumed: the
+    # stream sits idle in the pool with nothing waiting. Its reader holds it
+    # back no more, so its growth goes to the next download on another stream.
+    clock = _Clock()
+    budget = WindowBudget(8 * MiB)
+    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    chan = cast(_Chan, first._chan)
+    first.pause_reading(cast(SSHChannel[Any], chan))
+    chan.resume_reading()  # nothing had waited: nothing delivered, no tuner call
+    clock.now += 1.0  # idle: ten round trips without a delivery
+    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert first.window == first.base
+    assert second.window - second.base == 8 * MiB
 
 
 def _slow_reader(
