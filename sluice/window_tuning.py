@@ -86,9 +86,9 @@ the most all of an agent's streams may have in flight beyond their starting
 windows. A stream gives its growth back when it shrinks or closes, and
 when the budget is spent and another stream needs growth while it sits idle
 (``IDLE`` round trips without a delivery: a finished answer kept in the
-relay's pool; not one whose reader holds it back, whose growth waits in
-the buffer); it then starts again as a new stream, jumping at its first
-top-up to what the connection learned.
+relay's pool; not one whose reader holds it back, paused: what it was
+granted waits in its buffer or may still come); it then starts again as a
+new stream, jumping at its first top-up to what the connection learned.
 """
 
 from __future__ import annotations
@@ -730,18 +730,22 @@ class WindowTuner:
         still hold credit from before: a burst of at most that much, once,
         beyond the budget.
 
-        Not a stream whose reader holds it back (a caller that reads slowly
-        or stopped: the channel paused, or data waiting in its buffer): no
-        delivery for a while, but what arrived waits in its buffer, and its
-        peer sends up to the window it was granted. That growth is in use,
-        in the relay's memory. (A stream whose reader paused after its last
-        data arrived and then read again is idle, though the tuner still
-        makes its top-ups until its next delivery: it gives its growth back,
-        or a finished download kept in the pool so would keep it.) Taken back, it went to
-        another stream, which grew, its reader slowed, and it was taken back
-        in turn: 20 downloads whose callers took a piece every 0.1 s left
-        29-32 MB waiting in the relay, on a 4 MiB budget and 20 MiB of
-        starting windows (CI, issue 22)."""
+        Not a stream whose reader holds it back now (a caller or API that
+        reads slowly or stopped: its channel paused): no delivery for a
+        while, but what arrived waits in its buffer, and its peer may send
+        the rest of the credit it was granted. That growth is in use, in
+        the receiver's memory. Taken back, it went to another stream, which
+        grew, its reader slowed, and it was taken back in turn: 20 downloads
+        whose callers took a piece every 0.1 s left 29-32 MB waiting in the
+        relay, on a 4 MiB budget and 20 MiB of starting windows (CI, issue
+        22). Such a stream keeps its growth until its reader drains it or
+        the stream closes (the relay cuts a caller that reads nothing for
+        its ``http_idle_timeout``); the agent's other streams move at their
+        starting windows meanwhile. (Not one that paused and then read
+        again with nothing waiting: ``held_back`` stays set until its next
+        delivery, but the stream is idle; skipping on that flag alone would
+        keep a finished download's growth in the pool.)
+        """
         budget = self._budget
         if budget.rtt < LONG:
             return False
@@ -751,8 +755,8 @@ class WindowTuner:
             chan = tuner._chan
             if tuner is self or not tuner.grown or chan is None:
                 continue
-            if chan._recv_buf or (tuner._held_back and chan._recv_paused):
-                continue  # its reader holds it back now (not: paused once, read since)
+            if chan._recv_paused:
+                continue  # its reader holds it back now (data waits only while paused)
             if now - tuner._last_at > IDLE * budget.rtt:
                 tuner._resize(chan, tuner.base)
                 tuner._start_again()

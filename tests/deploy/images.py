@@ -178,7 +178,11 @@ def wheel(out_dir: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out_dir), "."],
         cwd=REPO,
-        env={**os.environ, "PIP_CONSTRAINT": str(REPO / "build-constraints.txt")},
+        env={
+            **os.environ,
+            "PIP_BUILD_CONSTRAINT": str(REPO / "build-constraints.txt"),
+            "PIP_CONSTRAINT": str(REPO / "build-constraints.txt"),
+        },
         check=True,
         capture_output=True,
         timeout=BUILD_TIMEOUT,

@@ -410,6 +410,10 @@ def test_dockerfile_rules(case: ImageCase) -> None:
     # The builder makes a wheel of the project, and only of the project.
     (wheel,) = [r for r in builder.all("RUN") if "pip wheel" in r.args]
     assert "--no-deps" in wheel.args.split()
+    # With the build tools pinned for any pip (built and checked with the
+    # first case's builder: test_the_builders_wheel_takes_the_pinned_build_tools).
+    assert "PIP_BUILD_CONSTRAINT=build-constraints.txt" in wheel.args.split()
+    assert "PIP_CONSTRAINT=build-constraints.txt" in wheel.args.split()
 
     # The final stage: the wheel installed with pip, no compiler, no sources.
     installs = [run_flags(r.args) for r in final.all("RUN") if "pip install" in r.args]
@@ -828,7 +832,6 @@ def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
         "constraints.txt",
         f"sluice-{PROJECT_VERSION}-py3-none-any.whl",
     ]
-    assert_built_with_pinned_tools(wheels / f"sluice-{PROJECT_VERSION}-py3-none-any.whl")
 
     # Final stage: its ENV, then each `pip install` RUN with the builder's
     # wheel directory mounted where the RUN expects it. Other RUNs (useradd)
@@ -844,20 +847,50 @@ def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
     return venv, env
 
 
-def assert_built_with_pinned_tools(wheel: Path) -> None:
-    """The wheel was built by the setuptools build-constraints.txt names (its
-    WHEEL file says which), not by whatever release pip found newest."""
-    pinned = dict(
-        line.split("==")
-        for line in (ROOT / "build-constraints.txt").read_text().splitlines()
-        if line and not line.startswith("#")
+# An older setuptools than the newest: a build that ignored the pin would
+# name the newest as its generator.
+OLDER_SETUPTOOLS = "80.9.0"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("pip", ["bundled", "current"])
+def test_the_builders_wheel_takes_the_pinned_build_tools(pip: str, tmp_path: Path) -> None:
+    """The Dockerfile's builder builds the wheel with the setuptools that
+    build-constraints.txt names, whatever pip runs it: pip hands neither
+    ``-c`` constraints to its isolated build environment nor, since 26.2,
+    ``PIP_CONSTRAINT``; it reads ``PIP_BUILD_CONSTRAINT`` since 25.3. With the
+    pin set to an older release here, the wheel's WHEEL file names it."""
+    builder, _ = stages_of(IMAGE_CASES[0])
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = host_env()
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env["HOME"] = str(tmp_path / "home")
+    if pip == "current":  # the pip make install runs (the venv's own is older)
+        current = subprocess.run(
+            [sys.executable, "-m", "pip", "--version"], capture_output=True, text=True, check=True
+        ).stdout.split()[1]
+        sh(f"python -m pip install -q pip=={current}", cwd=tmp_path, env=env)
+    context = tmp_path / "context"
+    context.mkdir()
+    build_context(ROOT, context)
+    pins = (context / "build-constraints.txt").read_text()
+    assert "setuptools==" in pins
+    (context / "build-constraints.txt").write_text(
+        re.sub(r"setuptools==\S+", f"setuptools=={OLDER_SETUPTOOLS}", pins)
     )
+    (wheel_run,) = [r for r in builder.all("RUN") if "pip wheel" in r.args]
+    words = shlex.split(wheel_run.args)
+    wheels = tmp_path / "wheels"
+    command = wheel_run.args.replace(words[words.index("--wheel-dir") + 1], str(wheels))
+    sh(command, cwd=context, env={**env, **builder.env()})
+    (wheel,) = wheels.glob("sluice-*.whl")
     with zipfile.ZipFile(wheel) as whl:
         (name,) = [n for n in whl.namelist() if n.endswith(".dist-info/WHEEL")]
         fields = dict(
             line.split(": ", 1) for line in whl.read(name).decode().splitlines() if ": " in line
         )
-    assert fields["Generator"] == f"setuptools ({pinned['setuptools']})"
+    assert fields["Generator"] == f"setuptools ({OLDER_SETUPTOOLS})"
 
 
 def assert_pinned(venv: Path) -> None:

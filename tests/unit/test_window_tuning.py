@@ -304,6 +304,23 @@ def test_a_stream_whose_reader_holds_it_back_keeps_its_growth() -> None:
     assert budget.granted == 8 * MiB
 
 
+def test_a_stream_paused_before_its_credit_arrives_keeps_its_growth() -> None:
+    # Its reader paused the stream just after a top-up: nothing waits yet,
+    # but the peer holds a grown window's credit and may send all of it
+    # into the buffer. Given to another stream meanwhile, that growth would
+    # be in flight twice.
+    clock = _Clock()
+    budget = WindowBudget(8 * MiB)
+    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    chan = cast(_Chan, first._chan)
+    first.pause_reading(cast(SSHChannel[Any], chan))
+    assert not chan._recv_buf
+    clock.now += 1.0
+    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert first.window - first.base == 8 * MiB
+    assert second.window == second.base
+
+
 def test_a_stream_resumed_with_nothing_waiting_gives_its_growth_when_idle() -> None:
     # A download's reader paused after the last of its data had arrived (its
     # caller slower than the tunnel), then read everything and resumed: the
