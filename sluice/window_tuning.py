@@ -529,6 +529,12 @@ class WindowTuner:
         """A round of *sample* seconds delivered *moved* bytes; not *exact*:
         its end may have waited in the channel's buffer for the reader, so
         the sample is only an upper bound of the credit loop."""
+        if sample <= 0:
+            # A clock too coarse to time it (it read the same at the top-up
+            # and at the round's end: a VM's tick-based clock source): a round
+            # of no time tells nothing, and its pace divided by zero inside
+            # asyncssh's packet handling.
+            return
         budget = self._budget
         # Only an exact sample tells the link's round trip: one timed by a
         # slow reader made a busy loopback look like a long link.

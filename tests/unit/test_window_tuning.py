@@ -338,6 +338,30 @@ def test_a_stream_resumed_with_nothing_waiting_gives_its_growth_when_idle() -> N
     assert second.window - second.base == 8 * MiB
 
 
+def test_a_clock_that_does_not_advance_times_no_round() -> None:
+    # A coarse clock (a VM's tick-based clock source) may read the same at a
+    # top-up and at the delivery that ends its round: such a round tells
+    # nothing. Its pace divided by zero (for a held-back stream on a link
+    # known to be long), inside asyncssh's packet handling.
+    clock = _Clock()
+    budget = WindowBudget(8 * MiB)
+    tuner, _, _ = _run(0.1, 200e6, seconds=2, budget=budget, clock=clock)
+    chan = cast(_Chan, tuner._chan)
+    window, rtt = tuner.window, budget.rtt
+    delivered = 0
+    tuner.pause_reading(cast(SSHChannel[Any], chan))
+    for _ in range(400):  # the clock stands still from here on
+        while chan._recv_window >= PACKET:  # the peer sends all its credit
+            chan._recv_window -= PACKET
+            chan._recv_buf.append((bytes(PACKET), None))
+        data, _ = chan._recv_buf.pop(0)  # the reader takes a packet, pauses again
+        tuner.received(cast(SSHChannel[Any], chan), len(data))
+        tuner.pause_reading(cast(SSHChannel[Any], chan))
+        delivered += len(data)
+    assert delivered > 2 * window  # rounds ended meanwhile
+    assert (tuner.window, budget.rtt) == (window, rtt)
+
+
 def _slow_reader(
     rtt: float, reader: float, budget: WindowBudget, base: int, seconds: float = 3.0
 ) -> tuple[WindowTuner, int]:
