@@ -807,26 +807,43 @@ def sh(command: str, *, cwd: Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, f"$ {command}\n{result.stdout}\n{result.stderr}"
 
 
-def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
-    """Run the Dockerfile's builder and final-stage pip commands; the venv and its env."""
-    builder, final = stages_of(case)
+def fresh_venv(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A new venv in *tmp* (its bundled pip), and an environment that runs it first."""
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = host_env()
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
     env["HOME"] = str(tmp / "home")
+    return venv, env
 
-    # Builder: the context as .dockerignore leaves it, at WORKDIR, then its
-    # `pip wheel` with the wheel directory moved into tmp.
+
+def builder_context(builder: Stage, tmp: Path) -> Path:
+    """The builder's context as .dockerignore leaves it, at WORKDIR."""
+    assert [c.args for c in builder.all("COPY")] == [". ."], "update this test's builder"
     context = tmp / "context"
     context.mkdir()
     build_context(ROOT, context)
-    assert [c.args for c in builder.all("COPY")] == [". ."], "update this test's builder"
+    return context
+
+
+def run_builder_wheel(
+    builder: Stage, context: Path, tmp: Path, env: dict[str, str]
+) -> tuple[Path, str]:
+    """The builder's `pip wheel` RUN in *context*, its wheel directory moved
+    into *tmp*: that directory, and where the Dockerfile has it."""
     (wheel_run,) = [r for r in builder.all("RUN") if "pip wheel" in r.args]
     words = shlex.split(wheel_run.args)
     wheel_dir = words[words.index("--wheel-dir") + 1]
     wheels = tmp / "wheels"
     sh(wheel_run.args.replace(wheel_dir, str(wheels)), cwd=context, env={**env, **builder.env()})
+    return wheels, wheel_dir
+
+
+def install_image(case: ImageCase, tmp: Path) -> tuple[Path, dict[str, str]]:
+    """Run the Dockerfile's builder and final-stage pip commands; the venv and its env."""
+    builder, final = stages_of(case)
+    venv, env = fresh_venv(tmp)
+    wheels, wheel_dir = run_builder_wheel(builder, builder_context(builder, tmp), tmp, env)
     # The wheel, and the versions the suite passed with (pip install -c).
     assert sorted(p.name for p in wheels.iterdir()) == [
         "constraints.txt",
@@ -861,29 +878,19 @@ def test_the_builders_wheel_takes_the_pinned_build_tools(pip: str, tmp_path: Pat
     ``PIP_CONSTRAINT``; it reads ``PIP_BUILD_CONSTRAINT`` since 25.3. With the
     pin set to an older release here, the wheel's WHEEL file names it."""
     builder, _ = stages_of(IMAGE_CASES[0])
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    env = host_env()
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
-    env["HOME"] = str(tmp_path / "home")
+    _, env = fresh_venv(tmp_path)
     if pip == "current":  # the pip make install runs (the venv's own is older)
         current = subprocess.run(
             [sys.executable, "-m", "pip", "--version"], capture_output=True, text=True, check=True
         ).stdout.split()[1]
         sh(f"python -m pip install -q pip=={current}", cwd=tmp_path, env=env)
-    context = tmp_path / "context"
-    context.mkdir()
-    build_context(ROOT, context)
+    context = builder_context(builder, tmp_path)
     pins = (context / "build-constraints.txt").read_text()
     assert "setuptools==" in pins
     (context / "build-constraints.txt").write_text(
         re.sub(r"setuptools==\S+", f"setuptools=={OLDER_SETUPTOOLS}", pins)
     )
-    (wheel_run,) = [r for r in builder.all("RUN") if "pip wheel" in r.args]
-    words = shlex.split(wheel_run.args)
-    wheels = tmp_path / "wheels"
-    command = wheel_run.args.replace(words[words.index("--wheel-dir") + 1], str(wheels))
-    sh(command, cwd=context, env={**env, **builder.env()})
+    wheels, _ = run_builder_wheel(builder, context, tmp_path, env)
     (wheel,) = wheels.glob("sluice-*.whl")
     with zipfile.ZipFile(wheel) as whl:
         (name,) = [n for n in whl.namelist() if n.endswith(".dist-info/WHEEL")]

@@ -281,6 +281,23 @@ def test_a_stream_that_sits_idle_gives_its_growth_to_one_that_needs_it() -> None
     assert budget.granted == 8 * MiB  # and the budget still holds
 
 
+def _grown_then_paused(clock: _Clock, budget: WindowBudget) -> tuple[WindowTuner, _Chan]:
+    """A download on a 100 ms link that grew to the whole of *budget*, whose
+    reader then paused its channel (nothing waits in it yet)."""
+    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    assert first.window - first.base == budget.cap
+    chan = cast(_Chan, first._chan)
+    first.pause_reading(cast(SSHChannel[Any], chan))
+    return first, chan
+
+
+def _next_download(clock: _Clock, budget: WindowBudget) -> WindowTuner:
+    """Ten round trips later, a download on another stream of the same connection."""
+    clock.now += 1.0
+    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    return second
+
+
 def test_a_stream_whose_reader_holds_it_back_keeps_its_growth() -> None:
     # A download grows to the whole budget, then its caller reads slowly: the
     # reader pauses the channel, and what the peer sent under the grown
@@ -290,15 +307,11 @@ def test_a_stream_whose_reader_holds_it_back_keeps_its_growth() -> None:
     # budget and 20 MiB of starting windows, in CI).
     clock = _Clock()
     budget = WindowBudget(8 * MiB)
-    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
-    assert first.window - first.base == 8 * MiB
-    chan = cast(_Chan, first._chan)
-    first.pause_reading(cast(SSHChannel[Any], chan))
+    first, chan = _grown_then_paused(clock, budget)
     # The peer uses up its credit: it all waits for the reader.
     chan._recv_buf.append((bytes(chan._recv_window), None))
     chan._recv_window = 0
-    clock.now += 1.0
-    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    second = _next_download(clock, budget)
     assert first.window - first.base == 8 * MiB  # kept: its data waits in it
     assert second.window == second.base
     assert budget.granted == 8 * MiB
@@ -311,12 +324,9 @@ def test_a_stream_paused_before_its_credit_arrives_keeps_its_growth() -> None:
     # be in flight twice.
     clock = _Clock()
     budget = WindowBudget(8 * MiB)
-    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
-    chan = cast(_Chan, first._chan)
-    first.pause_reading(cast(SSHChannel[Any], chan))
+    first, chan = _grown_then_paused(clock, budget)
     assert not chan._recv_buf
-    clock.now += 1.0
-    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    second = _next_download(clock, budget)
     assert first.window - first.base == 8 * MiB
     assert second.window == second.base
 
@@ -328,12 +338,9 @@ def test_a_stream_resumed_with_nothing_waiting_gives_its_growth_when_idle() -> N
     # back no more, so its growth goes to the next download on another stream.
     clock = _Clock()
     budget = WindowBudget(8 * MiB)
-    first, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
-    chan = cast(_Chan, first._chan)
-    first.pause_reading(cast(SSHChannel[Any], chan))
+    first, chan = _grown_then_paused(clock, budget)
     chan.resume_reading()  # nothing had waited: nothing delivered, no tuner call
-    clock.now += 1.0  # idle: ten round trips without a delivery
-    second, _, _ = _run(0.1, 200e6, seconds=5, budget=budget, clock=clock)
+    second = _next_download(clock, budget)  # idle meanwhile: no delivery
     assert first.window == first.base
     assert second.window - second.base == 8 * MiB
 
