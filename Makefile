@@ -29,11 +29,18 @@ typecheck: install
 # The tests marked `postgres` (storage and API) run a second time against
 # PostgreSQL when SLUICE_TEST_POSTGRES_URL names a server (.ci/run starts one).
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; 0 runs it in one),
+# except the tests marked `serial` (timing and per-MiB counts that another
+# test's load would skew), which run alone after it.
+TEST_WORKERS ?= 2
+
 test: lint typecheck
-	$(BIN)/python -m pytest -q -rs -m "not deploy"
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal -m "not deploy and not serial"
+	@echo "== timing-sensitive tests, one at a time =="
+	$(BIN)/python -m pytest -q -rs -m "serial and not deploy"
 	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
 		echo "== storage and API tests on PostgreSQL =="; \
-		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -m postgres; \
+		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal -m "postgres and not serial"; \
 	fi
 	@echo "== deploy tests: images, systemd units, compose file (podman, as root) =="
 	$(BIN)/python -m pytest -q -rs -m deploy tests/deploy

@@ -206,12 +206,21 @@ async def start_agent(relay: Relay, tmp_path: Path) -> AsyncIterator[AgentFactor
         await proc.start()
         started.append(proc)
         if wait_online:
+            assert proc.proc is not None
+            exited = proc.proc
             try:
+                # An agent that exits (refused settings, say) ends the wait at once.
                 await wait_until(
-                    lambda: relay.registry.is_online(token.agent_id), timeout=15, what="agent"
+                    lambda: (
+                        relay.registry.is_online(token.agent_id) or exited.returncode is not None
+                    ),
+                    timeout=15,
+                    what="agent",
                 )
             except AssertionError:
                 raise AssertionError(f"agent never came online:\n{proc.log()}") from None
+            if not relay.registry.is_online(token.agent_id):
+                raise AssertionError(f"agent exited with {exited.returncode}:\n{proc.log()}")
         return proc, token
 
     try:

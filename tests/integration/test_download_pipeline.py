@@ -22,6 +22,9 @@ from tests.support.api import InternalAPI, blob_sha256
 from tests.support.capture import remember_secret
 from tests.support.relay_wire import channel_open_windows, window_adjusts
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 MiB = 1024 * 1024
 
 

@@ -27,6 +27,9 @@ from tests.support.api import InternalAPI, noise
 from tests.support.relay_wire import window_adjusts
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 MiB = 1024 * 1024
 FIRST = 3 * MiB // 2  # what the API sends before it pauses
 BODY = 16 * MiB

@@ -35,6 +35,9 @@ from tests.support.capture import APIClient, remember_secret
 from tests.support.relay_wire import window_adjusts_at
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 RTT = 0.1
 # A link slower than this test's process (relay, API and delay line in one),
 # so the window the first download settles at is the link's (about 10 MB),

@@ -29,6 +29,9 @@ from tests.integration.test_send_coalescing import write_calls
 from tests.support.api import InternalAPI, blob_sha256
 from tests.support.capture import remember_secret
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 MiB = 1024 * 1024
 # What the relay's tunnel socket may hold (the kernel doubles it): well under
 # the agent's 1 MiB of credit.

@@ -27,6 +27,9 @@ from sluice import send_coalescing
 from tests.conftest import AgentFactory
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 STREAMS = 32
 ROUNDS = 6
 BODY = b'{"ok": true}'

@@ -23,6 +23,9 @@ from tests.support.api import InternalAPI, serve_api
 from tests.support.capture import APIClient, remember_secret
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 RTT = 0.1
 TOKEN = "round-trip-token-" + "r" * 16
 

@@ -32,6 +32,9 @@ from tests.support.capture import remember_secret
 from tests.support.relay_wire import window_adjusts_at
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 MiB = 1024 * 1024
 SSH_SEND = "sluice/ssh_send.py"
 ASYNCSSH_CHANNEL = "asyncssh/channel.py"

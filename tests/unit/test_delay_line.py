@@ -18,6 +18,9 @@ import pytest
 from bench.delay_line import DelayLine, TimedEcho, line_cpu_seconds, spawn_line
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 
 async def test_bytes_arrive_intact_half_a_round_trip_later_each_way() -> None:
     rtt = 0.08

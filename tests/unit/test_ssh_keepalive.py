@@ -17,6 +17,9 @@ from sluice.ssh_tuning import applied, tune_asyncssh
 from tests.support.ssh_pair import OpenServer, connect_local, echo, serve_local
 from tests.support.waiting import wait_until
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 INTERVAL = 0.5  # long enough that a loaded machine's stall between round trips is shorter
 RECEIVED = "Received OpenSSH keepalive request"
 
