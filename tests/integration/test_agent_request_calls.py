@@ -21,6 +21,8 @@ import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 import bench
 from tests.conftest import AgentFactory
 from tests.support.capture import APIClient
@@ -43,6 +45,8 @@ REQUESTS = 30
 # machine, on loopback 0.3-1 ms) may have a long link, the case this test is
 # not about: another agent is counted then (up to this many in all).
 AGENTS = 3
+# (Those round trips are what another test's load stretches.)
+pytestmark = pytest.mark.serial
 
 
 async def test_the_agent_makes_few_calls_per_small_request(
