@@ -35,7 +35,13 @@ from sluice.connect import (
 from sluice.half_close import half_close
 from sluice.ratelimit import TokenBucket
 from sluice.ssh_reads import ReadBuffer
-from sluice.window_tuning import FixedWindow, WindowBudget, WindowTuner, window_tuner
+from sluice.window_tuning import (
+    FixedWindow,
+    ShortWindow,
+    WindowBudget,
+    WindowTuner,
+    window_tuner,
+)
 
 log = structlog.get_logger("sluice.agent.proxy")
 
@@ -174,10 +180,14 @@ class _Upstream(asyncio.BufferedProtocol):
 class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
     """Handles one forwarded channel from the relay."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, short: bool = False) -> None:
+        """*short*: the channel's connection runs over a short link
+        (``sluice.window_tuning.short_link``): its window stays as it starts."""
         self._ctx = ctx
         self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
-        self._tuner: WindowTuner | FixedWindow = window_tuner(ctx.window_budget, ctx.receive_window)
+        self._tuner: WindowTuner | ShortWindow | FixedWindow = window_tuner(
+            ctx.window_budget, ctx.receive_window, short
+        )
         self._head = bytearray()
         self._target: Target | None = None
         self._upstream: _Upstream | None = None
@@ -217,8 +227,9 @@ class ChannelProxy(asyncssh.SSHTCPSession[bytes]):
         chan.set_write_buffer_limits(high=0)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._chan is not None:
-            self._tuner.received(self._chan, len(data))
+        tuner = self._tuner
+        if tuner.feed and self._chan is not None:  # (a ShortWindow's only while held back)
+            tuner.received(self._chan, len(data))
         if self._upstream is not None and self._upstream.transport is not None:
             self._bytes_up += len(data)
             self._ctx.stats.bytes_up += len(data)

@@ -25,6 +25,7 @@ from sluice.addresses import HostPort
 from sluice.ssh_reads import read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
 from sluice.tokens import AgentToken
+from sluice.window_tuning import short_link
 
 
 class _PinnedHostKeyClient(asyncssh.SSHClient):
@@ -139,8 +140,12 @@ async def open_tunnel(
                 listener: asyncssh.SSHListener = asyncssh.SSHListener()
             else:
                 proxy_ctx = ctx
+                # Whether this connection's link is short, known once the
+                # relay has answered below: its channels' windows stay as
+                # they start (streams it opens before then are tuned).
+                link = _Link()
                 listener = await ssh.create_server(
-                    lambda _host, _port: ChannelProxy(proxy_ctx),
+                    lambda _host, _port: ChannelProxy(proxy_ctx, link.short),
                     sshconfig.TUNNEL_LISTEN_HOST,
                     sshconfig.TUNNEL_LISTEN_PORT,
                     window=sshconfig.AGENT_RECEIVE_WINDOW,
@@ -155,6 +160,9 @@ async def open_tunnel(
                 took = time.monotonic() - began
                 budget = proxy_ctx.window_budget
                 budget.setup_rtt = min(budget.setup_rtt or took, took)
+                link.short = short_link(
+                    took, send_scheduler.kernel_rtt(ssh.get_extra_info("socket"))
+                )
                 send_scheduler.start(ssh)  # downloads' and answers' packets interleaved
                 send_coalescing.start(ssh)  # a loop turn's answers in one write
                 queue_probe.start(ssh, "agent")
@@ -171,6 +179,15 @@ async def open_tunnel(
         ssh.close()
         raise RelayUnreachable(f"relay {relay} dropped the connection: {_describe(exc)}") from None
     return TunnelSession(relay=relay, ssh=ssh, listener=listener)
+
+
+class _Link:
+    """What one relay connection's setup showed of its link."""
+
+    __slots__ = ("short",)
+
+    def __init__(self) -> None:
+        self.short = False  # sluice.window_tuning.short_link
 
 
 async def _signal_ready(ssh: asyncssh.SSHClientConnection) -> None:

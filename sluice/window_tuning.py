@@ -61,7 +61,9 @@ new stream does (or keeps its window, with nothing learned), without a
 second slow start.
 
 Nothing grows on a short round trip (below ``LONG``: loopback, a LAN),
-where a window of its starting size already fills the link.
+where a window of its starting size already fills the link; a connection
+whose setup showed its link short (``short_link``) gives its streams a
+``ShortWindow`` instead, which times nothing.
 
 A reader that pauses its channel (a slow API or caller; call
 ``WindowTuner.pause_reading``) leaves what arrives meanwhile in the
@@ -188,6 +190,10 @@ class WindowBudget:
         # machine; 0: not timed. Until a round is timed, it alone tells a
         # long link (see WindowTuner.received).
         self.setup_rtt = 0.0
+        # The link was short at the setup (``short_link``): new streams get a
+        # ShortWindow, not a WindowTuner (the relay's; the agent's budget is
+        # shared by its connections, each of which knows its own).
+        self.short = False
         # Every stream's tuner, so that one that needs growth can take it
         # back from streams that sit idle (see WindowTuner._reclaim).
         self.tuners: weakref.WeakSet[WindowTuner] = weakref.WeakSet()
@@ -357,6 +363,10 @@ class WindowTuner:
         # rounds, and the next time twice as many.
         self._queue_hold = 0
         self._queue_wait = PROBE_ROUNDS
+
+    # Owners call received() for every delivery when set (ShortWindow's
+    # only while held back).
+    feed = True
 
     def __repr__(self) -> str:
         return f"<WindowTuner {self.window} (base {self.base})>"
@@ -861,6 +871,87 @@ class WindowTuner:
         self.window = self.base
 
 
+class ShortWindow:
+    """A stream's receive window on a link known short when its connection
+    was set up (``short_link``: loopback, a LAN): its starting size for good,
+    as a ``WindowTuner`` keeps it there (nothing grows below ``LONG``), but
+    without timing a round or a span per delivery. Its owner feeds it only
+    while ``feed`` is set, which is only while the reader holds the stream
+    back: what waits in the channel's buffer then counts against the window,
+    and the top-ups are this object's (as a ``WindowTuner``'s not grown) until
+    the buffer is empty. (issue 22: the tuner's ``received`` was about 90
+    bytecodes and a call a packet in each process, for every small request
+    and answer, on a link where none of it could change the window.)
+
+    Unlike a ``WindowTuner``, it does not notice a link that turns long
+    later (a route that changes under a kept connection; the tuner renews its
+    round trip every ``REMEMBER`` seconds): the stream keeps its starting
+    window, as asyncssh's would."""
+
+    __slots__ = ("base", "feed", "window")
+
+    grown = False
+
+    def __init__(self, base: int) -> None:
+        self.base = self.window = base
+        # Feed me received(): the reader paused the channel, and data may
+        # wait in its buffer (asyncssh's top-ups are off until it is empty).
+        self.feed = False
+
+    def __repr__(self) -> str:
+        return f"<ShortWindow {self.window}{' held back' if self.feed else ''}>"
+
+    @property
+    def held_back(self) -> bool:
+        return self.feed
+
+    def received(self, chan: SSHChannel[Any], size: int) -> bool:
+        """*size* bytes were delivered from *chan* while held back: top up
+        what the window allows, counting what still waits in the buffer, and
+        hand the top-ups back to asyncssh once it is empty (``WindowTuner``'s
+        own, for a window not grown). Returns whether the window may be
+        shared now (not held back)."""
+        if not self.feed:
+            return True
+        waiting = chan._recv_buf
+        held = sum(len(item[0]) for item in waiting) if waiting else 0
+        credit = chan._recv_window
+        window = self.window
+        if not held:
+            self.feed = False
+            set_receive_window(chan, window)
+        if credit + held <= window - window // 2:
+            more = window - held - credit
+            send_window_adjust(chan, more)
+            chan._recv_window = credit + more
+        return not self.feed
+
+    def pause_reading(self, chan: SSHChannel[Any]) -> None:
+        """Pause *chan* for its reader: the top-ups are this object's until
+        its buffer is empty again (``WindowTuner.pause_reading``)."""
+        chan.pause_reading()
+        self.feed = True
+        set_receive_window(chan, 0)  # asyncssh's top-ups off
+
+    def release(self) -> None:
+        """Nothing was taken from a budget."""
+
+
+def short_link(setup_rtt: float | None, kernel_rtt: float | None) -> bool:
+    """Whether a connection whose setup took *setup_rtt* seconds (a login,
+    a request the peer refused: one round trip plus both ends' work, never
+    shorter than the link's) over a socket whose kernel's smoothed round
+    trip is *kernel_rtt* (never longer than the link's, but only to the
+    next TCP hop: behind a TCP proxy it looks near) runs over a link where
+    no window would grow: both below ``LONG``. None: not known (not short)."""
+    return (
+        setup_rtt is not None
+        and kernel_rtt is not None
+        and 0 < setup_rtt < LONG
+        and kernel_rtt < LONG
+    )
+
+
 class FixedWindow:
     """asyncssh's own fixed window, where Sluice may not touch a channel's
     window (the asyncssh tweaks are off or did not pass their shape check):
@@ -868,6 +959,7 @@ class FixedWindow:
 
     grown = False
     held_back = False
+    feed = False  # received() does nothing: owners need not call it
 
     def received(self, chan: SSHChannel[Any], size: int) -> bool:
         """Nothing to do: asyncssh tops the window up. (Shareable, as a
@@ -882,11 +974,16 @@ class FixedWindow:
         """Nothing was taken from a budget."""
 
 
-def window_tuner(budget: WindowBudget, base: int) -> WindowTuner | FixedWindow:
+def window_tuner(
+    budget: WindowBudget, base: int, short: bool = False
+) -> WindowTuner | ShortWindow | FixedWindow:
     """A stream's receive window: one that follows the link, from *base*
-    bytes up to what *budget* allows, where ``windows_adjustable``; else
+    bytes up to what *budget* allows, where ``windows_adjustable`` (of
+    *base* for good where the link is *short*: ``short_link``); else
     asyncssh's fixed one."""
-    return WindowTuner(budget, base) if windows_adjustable() else FixedWindow()
+    if not windows_adjustable():
+        return FixedWindow()
+    return ShortWindow(base) if short else WindowTuner(budget, base)
 
 
 def _window_for(pace: float, rtt: float) -> int:

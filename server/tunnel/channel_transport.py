@@ -37,7 +37,7 @@ from sluice.connect import (
     parse_connect_response,
     parse_error_body,
 )
-from sluice.window_tuning import WindowBudget, WindowTuner
+from sluice.window_tuning import ShortWindow, WindowBudget, WindowTuner
 
 _AGENT_ERRORS: dict[int, type[RelayError]] = {
     429: RateLimited,
@@ -160,7 +160,9 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
     every event goes to the protocol on top.
     """
 
-    def __init__(self, share: WindowShare | None = None, tuner: WindowTuner | None = None) -> None:
+    def __init__(
+        self, share: WindowShare | None = None, tuner: WindowTuner | ShortWindow | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._share = share
         self._tuner = tuner
@@ -238,7 +240,8 @@ class ChannelSession(asyncssh.SSHTCPSession[bytes]):
             # Nor while data that came in during a pause waits: the tuner makes
             # the top-ups then, counting it. (The tuner tells: neither grown
             # nor held back.)
-            shareable = tuner.received(chan, len(data)) if tuner is not None else True
+            # (A ShortWindow wants feeding only while held back.)
+            shareable = tuner is None or not tuner.feed or tuner.received(chan, len(data))
             if shareable and self._share is not None:
                 self._share.received(self._class, chan, len(data))
         protocol = self._protocol
@@ -400,7 +403,9 @@ async def open_channel(
         chan, session = await ssh.create_connection(  # type: ignore[assignment]
             lambda: ChannelSession(
                 share if adjustable else None,
-                WindowTuner(budget, window) if budget and adjustable else None,
+                (ShortWindow(window) if budget.short else WindowTuner(budget, window))
+                if budget and adjustable
+                else None,
             ),
             listen[0],
             listen[1],

@@ -41,6 +41,9 @@ class Tunnel:
     # The agent's login round trip, seconds (0: not timed): before any
     # stream's round is timed, whether the link looks long (WindowBudget.setup_rtt).
     login_rtt: float = 0.0
+    # The link was short at the login (sluice.window_tuning.short_link): its
+    # streams' windows stay as they start.
+    short_link: bool = False
     instance: str = ""
     # Hash of the token this replica logged in with: after a rotation, the
     # replica is closed unless that token still logs in.
@@ -57,6 +60,7 @@ class Tunnel:
         self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
         self.budget = WindowBudget(self.max_inflight)
         self.budget.setup_rtt = self.login_rtt
+        self.budget.short = self.short_link
         self.channels = ChannelSupply(
             self.ssh,
             self.listen,

@@ -22,6 +22,7 @@ from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
 from sluice.tasks import TaskSet
 from sluice.tokens import AgentToken, InvalidTokenFormat
+from sluice.window_tuning import short_link
 
 log = structlog.get_logger("sluice.relay.ssh")
 
@@ -237,6 +238,9 @@ class RelaySSHServer(asyncssh.SSHServer):
             max_pktsize=self._ctx.max_pktsize,
             max_inflight=self._ctx.max_inflight,
             login_rtt=self._login_rtt or 0.0,
+            short_link=short_link(
+                self._login_rtt, send_scheduler.kernel_rtt(self._ssh.get_extra_info("socket"))
+            ),
             instance=self._instance,
             credential=self._credential,
         )

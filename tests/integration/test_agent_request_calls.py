@@ -7,6 +7,10 @@ The calls into ``agent/proxy.py`` per request stay within a budget: the
 request written on to the API (``ChannelProxy.data_received``), the answer
 read (``_Upstream.get_buffer``, which sizes the read itself) and handed
 to the channel (``upstream_data``, bound as the upstream's ``buffer_updated``).
+And none into ``sluice/window_tuning.py``: on a link its setup showed short
+(loopback) a stream's window stays as it starts (``ShortWindow``), and is fed
+only while its reader holds the stream back (the tuner's ``received`` ran for
+every request before, about 90 bytecodes and a call).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import os
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
 
 import bench
 from tests.conftest import AgentFactory
@@ -33,7 +39,14 @@ AGENT_PROXY = "(agent/proxy.py:"
 # data_received, get_buffer, upstream_data (no read_size; the loop calls
 # upstream_data as the upstream protocol's buffer_updated, not through it).
 AGENT_PROXY_CALLS = 3
+WINDOW_TUNING = "(sluice/window_tuning.py:"
 REQUESTS = 30
+# An agent whose setup round trip ran past the tuner's LONG (4 ms; a busy
+# machine, on loopback 0.3-1 ms) may have a long link, the case this test is
+# not about: another agent is counted then (up to this many in all).
+AGENTS = 3
+# (Those round trips are what another test's load stretches.)
+pytestmark = pytest.mark.serial
 
 
 async def test_the_agent_makes_few_calls_per_small_request(
@@ -46,33 +59,43 @@ async def test_the_agent_makes_few_calls_per_small_request(
         await writer.drain()
         return True
 
+    tuned: list[dict[str, int]] = []
     async for raw in raw_api(answer):
-        agent, token = await start_agent(
-            [f"127.0.0.1:{raw.port}"],
-            process_env={
-                "PYTHONPATH": os.pathsep.join(
-                    [str(SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
-                ),
-                "SLUICE_BENCH_CALLS": "agent",
-                "SLUICE_BENCH_CALLS_DIR": str(tmp_path),
-            },
-        )
-        created = await client.call(
-            "POST",
-            "/v1/connections",
-            json_body={
-                "name": "agent calls",
-                "mode": "on_premise",
-                "agent_id": token.agent_id,
-                "http": {"base_uri": f"http://127.0.0.1:{raw.port}"},
-            },
-        )
-        assert created.status == 201, created.text
-        conn_id = created.body["id"]
-        counts = await _count(client, conn_id, agent.pid, tmp_path / "calls-agent.txt")
+        for attempt in range(AGENTS):
+            counted = tmp_path / f"agent-{attempt}"
+            counted.mkdir()
+            agent, token = await start_agent(
+                [f"127.0.0.1:{raw.port}"],
+                process_env={
+                    "PYTHONPATH": os.pathsep.join(
+                        [str(SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
+                    ),
+                    "SLUICE_BENCH_CALLS": "agent",
+                    "SLUICE_BENCH_CALLS_DIR": str(counted),
+                },
+            )
+            created = await client.call(
+                "POST",
+                "/v1/connections",
+                json_body={
+                    "name": f"agent calls {attempt}",
+                    "mode": "on_premise",
+                    "agent_id": token.agent_id,
+                    "http": {"base_uri": f"http://127.0.0.1:{raw.port}"},
+                },
+            )
+            assert created.status == 201, created.text
+            conn_id = created.body["id"]
+            counts = await _count(client, conn_id, agent.pid, counted / "calls-agent.txt")
+            rows = [line.split(" ", 1) for line in counts.splitlines() if line]
+            called = {name: int(n) for n, name in rows}
+            tuning = {name: n for name, n in called.items() if WINDOW_TUNING in name}
+            if not tuning:
+                break
+            tuned.append(tuning)
+            await agent.stop()
 
-    rows = [line.split(" ", 1) for line in counts.splitlines() if line]
-    called = {name: int(n) for n, name in rows}
+    assert len(tuned) < AGENTS, f"window code ran for every agent's requests: {tuned}"
     # The requests counted: each small request reaches the agent's
     # data_received once (counting starts when the agent takes the signal).
     requests = sum(

@@ -18,7 +18,7 @@ import pytest
 from asyncssh.channel import SSHChannel
 
 from sluice import window_tuning
-from sluice.window_tuning import WindowBudget, WindowTuner
+from sluice.window_tuning import ShortWindow, WindowBudget, WindowTuner, short_link
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -370,17 +370,27 @@ def test_a_clock_that_does_not_advance_times_no_round() -> None:
 
 
 def _slow_reader(
-    rtt: float, reader: float, budget: WindowBudget, base: int, seconds: float = 3.0
-) -> tuple[WindowTuner, int]:
+    rtt: float,
+    reader: float,
+    budget: WindowBudget,
+    base: int,
+    seconds: float = 3.0,
+    short: bool = False,
+    credits: list[tuple[float, int]] | None = None,
+) -> tuple[WindowTuner | ShortWindow, int]:
     """A sender with endless data on a link of round trip *rtt*, and a reader
     that takes one packet at a time at *reader* bytes/s and pauses the
     channel between them (its own buffer is full: writing the packet on
     paused it), so what arrives waits in the channel's buffer, as with
-    asyncssh's pause_reading. Returns the tuner and the most bytes that
-    waited in the channel's buffer at once."""
+    asyncssh's pause_reading; the stream's window a ``ShortWindow`` if
+    *short*, else a ``WindowTuner``. Returns the tuner and the most bytes
+    that waited in the channel's buffer at once; each top-up (when, bytes)
+    goes into *credits*."""
     clock = _Clock()
     chan = _Chan(base)
-    tuner = WindowTuner(budget, base, clock=clock)
+    tuner: WindowTuner | ShortWindow = (
+        ShortWindow(base) if short else WindowTuner(budget, base, clock=clock)
+    )
     events: list[tuple[float, int, str, int]] = []
     order = itertools.count()
     sent, limit, reading, held_most = 0, base, False, 0
@@ -416,11 +426,14 @@ def _slow_reader(
             if chan._recv_window < chan._init_recv_window / 2:  # asyncssh's top-up
                 chan.granted += chan._init_recv_window - chan._recv_window
                 chan._recv_window = chan._init_recv_window
-            tuner.received(cast(SSHChannel[Any], chan), len(data))
+            if tuner.feed:  # (as the relay and the agent feed it)
+                tuner.received(cast(SSHChannel[Any], chan), len(data))
             # Writing it on fills the reader's buffer: it pauses the channel
             # again (and resumes it once it has taken the packet).
             tuner.pause_reading(cast(SSHChannel[Any], chan))
             if chan.granted:
+                if credits is not None:
+                    credits.append((when, chan.granted))
                 heapq.heappush(events, (when + rtt / 2, next(order), "credit", chan.granted))
                 chan.granted = 0
             read_next(when)
@@ -454,6 +467,88 @@ def test_data_waiting_for_a_paused_reader_counts_against_the_window() -> None:
     tuner, held_most = _slow_reader(rtt=0.006, reader=40e6, budget=budget, base=base)
     assert tuner.window == base
     assert held_most <= base, f"{held_most} bytes waited in a window of {base}"
+
+
+def test_a_short_window_counts_data_waiting_for_a_paused_reader() -> None:
+    # A connection whose setup showed its link short gives its streams a
+    # ShortWindow (no tuning): while its reader holds the stream back, what
+    # waits in the buffer still counts against the window, as the tuner's
+    # (asyncssh's own top-ups let a window more in per packet taken: the
+    # relay held 96-259 MB for 20 slow callers, issue 22).
+    base = 1 * MiB
+    for reader in (10e6, 40e6, 400e6):
+        window, held_most = _slow_reader(
+            rtt=0.0002, reader=reader, budget=WindowBudget(0), base=base, short=True
+        )
+        assert window.window == base
+        assert held_most <= base, f"{held_most} bytes waited in a window of {base}"
+
+
+def test_a_short_window_tops_up_as_the_tuner_does_on_a_short_link() -> None:
+    # The same slow readers on loopback: the ShortWindow's top-ups are the
+    # tuner's, top-up for top-up (the tuner times rounds there, but nothing
+    # it decides changes the window below LONG).
+    for reader in (10e6, 40e6, 400e6):
+        for setup_rtt in (0.0, 0.0005):
+            tuned: list[tuple[float, int]] = []
+            short: list[tuple[float, int]] = []
+            budget = WindowBudget(32 * MiB)
+            budget.setup_rtt = setup_rtt
+            _, tuned_most = _slow_reader(
+                rtt=0.0002, reader=reader, budget=budget, base=1 * MiB, credits=tuned
+            )
+            _, short_most = _slow_reader(
+                rtt=0.0002,
+                reader=reader,
+                budget=WindowBudget(32 * MiB),
+                base=1 * MiB,
+                short=True,
+                credits=short,
+            )
+            assert len(tuned) > 10
+            assert short == tuned
+            assert short_most == tuned_most
+
+
+def test_a_short_window_wants_feeding_only_while_held_back() -> None:
+    # Owners skip received() while feed is unset (every delivery of a stream
+    # its reader does not hold back, where asyncssh tops the window up).
+    window = ShortWindow(256 * KiB)
+    chan = _Chan(256 * KiB)
+    assert not window.feed
+    assert not window.held_back
+    window.pause_reading(cast(SSHChannel[Any], chan))
+    assert window.feed
+    assert chan._init_recv_window == 0
+    chan._recv_window -= 200 * KiB
+    chan._recv_buf.append((b"x" * 100 * KiB, None))
+    assert not window.received(cast(SSHChannel[Any], chan), 100 * KiB)  # still held back
+    assert window.feed
+    assert chan.granted == 0
+    chan._recv_buf.clear()
+    assert window.received(cast(SSHChannel[Any], chan), 100 * KiB)
+    assert not window.feed
+    assert chan._init_recv_window == 256 * KiB
+    assert chan.granted == 200 * KiB
+    assert chan._recv_window == 256 * KiB
+
+
+@pytest.mark.parametrize(
+    ("setup", "kernel", "short"),
+    [
+        (0.0007, 0.0003, True),
+        (0.0039, 0.0039, True),
+        (0.004, 0.0003, False),  # the setup says the link may be long
+        (0.0007, 0.004, False),  # (a kernel's round trip is never longer than the link's)
+        (None, 0.0003, False),  # not timed
+        (0.0, 0.0003, False),
+        (0.0007, None, False),  # no TCP_INFO
+    ],
+)
+def test_a_link_is_short_when_its_setup_and_kernel_say_so(
+    setup: float | None, kernel: float | None, short: bool
+) -> None:
+    assert short_link(setup, kernel) is short
 
 
 def test_a_pooled_stream_takes_its_next_answer_without_a_second_slow_start() -> None:
