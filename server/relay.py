@@ -478,6 +478,8 @@ class Relay:
         if self.traffic is not None:
             await database.step("traffic", self.traffic.close())
         await database.step("debug_log", self.debug.close())
+        if self.ssh_context is not None:
+            self.ssh_context.stopping.set()
         if self.ssh is not None:
             self.ssh.close()
             await _step("ssh", self.ssh.wait_closed())

@@ -44,6 +44,10 @@ class SSHContext:
     cluster_relays: Callable[[], Awaitable[bytes]] | None = None
     # What every agent's SSH connection reads into (sluice.ssh_reads).
     reads: ReadBuffer = field(default_factory=ReadBuffer)
+    # The relay is stopping: logins still on their way (asyncssh keeps
+    # connections that began before the listener closed) are refused
+    # without asking the store, which is about to close.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _OneAnswer(asyncssh.SSHTCPSession[bytes]):
@@ -193,7 +197,16 @@ class RelaySSHServer(asyncssh.SSHServer):
         except InvalidTokenFormat:
             agent = None
         else:
-            agent = await self._ctx.store.authenticate_agent(token)
+            if self._ctx.stopping.is_set():
+                return False
+            # The lookup is one of the relay's tasks, which its stop waits
+            # for before the store closes: asyncssh does not cancel a login
+            # whose connection closes, and a query that outlived the store
+            # would open a connection of a disposed engine, left to the
+            # garbage collector after the event loop ended.
+            agent = await self._ctx.tasks.spawn(
+                self._ctx.store.authenticate_agent(token), name="agent_login"
+            )
         if agent is None:
             banned = limiter.record_failure(self._address)
             log.warning("ssh_auth_failed", peer=self._peer, banned=banned)

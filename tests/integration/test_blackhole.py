@@ -22,6 +22,9 @@ from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.netns,
+    # Its namespaces' subnet comes from the process id, which another
+    # worker's may share modulo 200: `make test` runs it alone.
+    pytest.mark.serial,
     pytest.mark.skipif(
         not netns_available() or shutil.which("nft") is None,
         reason="needs root, ip netns and nftables",

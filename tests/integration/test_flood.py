@@ -37,6 +37,9 @@ from sluice import sshconfig
 from tests.conftest import AgentFactory
 from tests.support.capture import APIClient, remember_secret
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 REPO = Path(__file__).resolve().parents[2]
 FLOOD_REQUESTS = 2000
 FLOOD_CONCURRENCY = 200

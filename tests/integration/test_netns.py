@@ -18,6 +18,9 @@ from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.netns,
+    # Its namespaces' subnet comes from the process id, which another
+    # worker's may share modulo 200: `make test` runs it alone.
+    pytest.mark.serial,
     pytest.mark.skipif(not netns_available(), reason="needs root and ip netns"),
 ]
 

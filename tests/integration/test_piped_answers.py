@@ -19,11 +19,16 @@ from collections import Counter
 from types import FrameType
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.conftest import AgentFactory
 from tests.integration.test_repeated_answers import _plain_connection
 from tests.support.capture import APIClient
 from tests.support.raw_api import raw_api
 from tests.support.waiting import wait_until
+
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
 
 BODY = os.urandom(8 * 1024 * 1024)
 MIB = len(BODY) / (1024 * 1024)

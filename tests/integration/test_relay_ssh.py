@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 
 from server.relay import Relay
 from server.settings import ServerSettings
+from server.storage.store import AgentRecord
 from sluice import sshconfig
 from sluice.addresses import HostPort
 from sluice.tokens import AgentToken
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -203,3 +206,45 @@ async def test_an_exempt_network_is_only_banned_address_by_address(network_relay
     for _ in range(3):
         await _login_from(network_relay, "127.0.3.50", bad)
     assert await _login_from(network_relay, "127.0.3.50", str(token)) == "cut off"
+
+
+async def test_a_login_under_way_when_the_relay_stops_ends_before_the_store_closes(
+    strict_relay: Relay,
+) -> None:
+    """asyncssh does not cancel a login whose connection closes, so a token
+    lookup under way when the relay stops must end before the store closes:
+    after it, the lookup would open a connection of the disposed engine,
+    left unclosed past the event loop (aiosqlite then fails in its thread)."""
+    _, token = await strict_relay.store.create_agent("stopping")
+    store = strict_relay.store
+    events: list[str] = []
+    gate = asyncio.Event()
+    authenticate, close = store.authenticate_agent, store.close
+
+    async def gated_lookup(agent_token: AgentToken) -> AgentRecord | None:
+        events.append("lookup began")
+        await gate.wait()
+        found = await authenticate(agent_token)
+        events.append("lookup ended")
+        return found
+
+    async def recorded_close(timeout: float = 5.0) -> None:
+        events.append("store closes")
+        await close(timeout)
+
+    store.authenticate_agent = gated_lookup  # type: ignore[method-assign,assignment]
+    store.close = recorded_close  # type: ignore[method-assign]
+    login = asyncio.create_task(_connect(strict_relay, password=str(token)))
+    await wait_until(lambda: events == ["lookup began"], what="the login's lookup")
+    ctx = strict_relay.ssh_context
+    assert ctx is not None
+    stopping = asyncio.create_task(strict_relay.close())
+    await wait_until(ctx.stopping.is_set, what="the relay stopping")
+    gate.set()
+    async with asyncio.timeout(15):
+        await stopping
+    assert events == ["lookup began", "lookup ended", "store closes"]
+    login.cancel()
+    with contextlib.suppress(asyncio.CancelledError, OSError, asyncssh.Error):
+        conn = await login
+        conn.close()

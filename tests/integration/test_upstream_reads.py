@@ -26,6 +26,9 @@ from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, noise
 from tests.support.byte_pipe import BytePipe
 
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
+
 MiB = 1024 * 1024
 PIECE = 16 * 1024  # what the API writes at a time
 BULK = 16 * MiB

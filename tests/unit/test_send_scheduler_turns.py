@@ -13,10 +13,14 @@ import asyncio
 from typing import Any
 
 import asyncssh
+import pytest
 
 from sluice import send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
 from tests.support.ssh_pair import OpenServer, connect_local, serve_local
+
+# It measures what another test's load would skew: `make test` runs it alone.
+pytestmark = pytest.mark.serial
 
 MiB = 1024 * 1024
 PACKET = 256 * 1024
