@@ -26,6 +26,9 @@ log = structlog.get_logger("sluice.agent")
 class Tunnel(Protocol):
     """What the supervisor needs of a live tunnel (a fake in unit tests)."""
 
+    # Its setup showed the link short (logged; sluice.window_tuning.short_link).
+    short_link: bool
+
     def stop_accepting(self) -> None: ...
     def close(self) -> None: ...
     async def wait_closed(self) -> None: ...
@@ -128,7 +131,12 @@ class Supervisor:
         self.status.to(TunnelState.UP)
         self.tunnel = tunnel
         self.ready.set()
-        log.info("tunnel_up", relay=str(relay), connect_ms=round((up_at - began) * 1000, 1))
+        log.info(
+            "tunnel_up",
+            relay=str(relay),
+            connect_ms=round((up_at - began) * 1000, 1),
+            short_link=tunnel.short_link,
+        )
 
         closed = asyncio.ensure_future(tunnel.wait_closed())
         stop = asyncio.ensure_future(shutdown.wait())

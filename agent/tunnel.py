@@ -49,6 +49,8 @@ class TunnelSession:
     relay: HostPort
     ssh: asyncssh.SSHClientConnection
     listener: asyncssh.SSHListener
+    # Its setup showed the link short (sluice.window_tuning.short_link).
+    short_link: bool = False
 
     def __repr__(self) -> str:
         return f"<TunnelSession relay={self.relay}>"
@@ -132,6 +134,10 @@ async def open_tunnel(
 
     if ctx is not None:
         read_whole_packets(ssh, ctx.ssh_reads)
+    # Whether this connection's link is short, known once the relay has
+    # answered the ready request below: its channels' windows stay as they
+    # start (streams it opens before then are tuned).
+    link = _Link()
     try:
         # A relay that stops answering after the login must not leave the
         # agent "connecting" forever: the setup shares the login's deadline.
@@ -140,10 +146,6 @@ async def open_tunnel(
                 listener: asyncssh.SSHListener = asyncssh.SSHListener()
             else:
                 proxy_ctx = ctx
-                # Whether this connection's link is short, known once the
-                # relay has answered below: its channels' windows stay as
-                # they start (streams it opens before then are tuned).
-                link = _Link()
                 listener = await ssh.create_server(
                     lambda _host, _port: ChannelProxy(proxy_ctx, link.short),
                     sshconfig.TUNNEL_LISTEN_HOST,
@@ -178,7 +180,7 @@ async def open_tunnel(
     except (OSError, asyncssh.Error) as exc:
         ssh.close()
         raise RelayUnreachable(f"relay {relay} dropped the connection: {_describe(exc)}") from None
-    return TunnelSession(relay=relay, ssh=ssh, listener=listener)
+    return TunnelSession(relay=relay, ssh=ssh, listener=listener, short_link=link.short)
 
 
 class _Link:

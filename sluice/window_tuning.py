@@ -937,18 +937,21 @@ class ShortWindow:
         """Nothing was taken from a budget."""
 
 
-def short_link(setup_rtt: float | None, kernel_rtt: float | None) -> bool:
+def short_link(setup_rtt: float | None, kernel_rtt: float | None, limit: float = LONG) -> bool:
     """Whether a connection whose setup took *setup_rtt* seconds (a login,
     a request the peer refused: one round trip plus both ends' work, never
     shorter than the link's) over a socket whose kernel's smoothed round
     trip is *kernel_rtt* (never longer than the link's, but only to the
-    next TCP hop: behind a TCP proxy it looks near) runs over a link where
-    no window would grow: both below ``LONG``. None: not known (not short)."""
+    next TCP hop: behind a TCP proxy it looks near) runs over a link shorter
+    than *limit* seconds: both below it. By default, ``LONG``: a link where
+    no window would grow. None or 0: not timed (not short). The one rule
+    for a short link (also ``server.tunnel.link_window``'s, with its own
+    limit)."""
     return (
         setup_rtt is not None
         and kernel_rtt is not None
-        and 0 < setup_rtt < LONG
-        and kernel_rtt < LONG
+        and 0 < setup_rtt < limit
+        and kernel_rtt < limit
     )
 
 

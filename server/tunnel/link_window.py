@@ -23,16 +23,15 @@ from __future__ import annotations
 from typing import Any
 
 from sluice import send_scheduler, sshconfig
+from sluice.window_tuning import short_link
 
 
 def is_short_link(login_rtt: float | None, sock: Any) -> bool:
-    """Whether a tunnel whose login took *login_rtt* seconds (None: not
+    """Whether a tunnel whose login took *login_rtt* seconds (None or 0: not
     timed) and whose SSH socket is *sock* runs over a short link: both the
-    login and the kernel's smoothed round trip below ``SHORT_LINK_RTT``."""
-    if login_rtt is None or login_rtt >= sshconfig.SHORT_LINK_RTT:
-        return False
-    kernel = send_scheduler.kernel_rtt(sock)
-    return kernel is not None and kernel < sshconfig.SHORT_LINK_RTT
+    login and the kernel's smoothed round trip below ``SHORT_LINK_RTT``
+    (``sluice.window_tuning.short_link``)."""
+    return short_link(login_rtt, send_scheduler.kernel_rtt(sock), sshconfig.SHORT_LINK_RTT)
 
 
 def answer_window(configured: int | None, login_rtt: float | None, sock: Any) -> int:

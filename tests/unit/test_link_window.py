@@ -74,3 +74,10 @@ def test_without_a_socket_or_a_login_time_the_usual_window(loopback: socket.sock
 def test_the_operators_stream_window_wins(loopback: socket.socket, configured: int) -> None:
     assert answer_window(configured, 0.0005, loopback) == configured
     assert answer_window(configured, 0.02, _FarKernel()) == configured
+
+
+def test_a_login_not_timed_keeps_the_usual_window(loopback: socket.socket) -> None:
+    """0 is a login that was not timed (``sluice.window_tuning.short_link``'s
+    one rule), not one of no time: a near kernel alone says nothing of a link
+    behind a TCP proxy."""
+    assert answer_window(None, 0.0, loopback) == USUAL

@@ -35,6 +35,8 @@ def settings(**kw: Any) -> AgentSettings:
 
 
 class FakeTunnel:
+    short_link = True
+
     def __init__(self) -> None:
         self.closed = asyncio.Event()
         self.stopped_accepting = False

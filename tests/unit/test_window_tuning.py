@@ -377,6 +377,7 @@ def _slow_reader(
     seconds: float = 3.0,
     short: bool = False,
     credits: list[tuple[float, int]] | None = None,
+    pause_every: int = 1,
 ) -> tuple[WindowTuner | ShortWindow, int]:
     """A sender with endless data on a link of round trip *rtt*, and a reader
     that takes one packet at a time at *reader* bytes/s and pauses the
@@ -385,7 +386,9 @@ def _slow_reader(
     asyncssh's pause_reading; the stream's window a ``ShortWindow`` if
     *short*, else a ``WindowTuner``. Returns the tuner and the most bytes
     that waited in the channel's buffer at once; each top-up (when, bytes)
-    goes into *credits*."""
+    goes into *credits*. With *pause_every* above 1 the reader pauses the
+    channel after only every so many packets, and resumes it after the
+    others (what waits is delivered with asyncssh's top-ups back)."""
     clock = _Clock()
     chan = _Chan(base)
     tuner: WindowTuner | ShortWindow = (
@@ -394,6 +397,7 @@ def _slow_reader(
     events: list[tuple[float, int, str, int]] = []
     order = itertools.count()
     sent, limit, reading, held_most = 0, base, False, 0
+    taken = itertools.count(1)
     end = clock.now + seconds
 
     def send(now: float) -> None:
@@ -430,7 +434,10 @@ def _slow_reader(
                 tuner.received(cast(SSHChannel[Any], chan), len(data))
             # Writing it on fills the reader's buffer: it pauses the channel
             # again (and resumes it once it has taken the packet).
-            tuner.pause_reading(cast(SSHChannel[Any], chan))
+            if next(taken) % pause_every == 0:
+                tuner.pause_reading(cast(SSHChannel[Any], chan))
+            else:
+                chan.resume_reading()
             if chan.granted:
                 if credits is not None:
                     credits.append((when, chan.granted))
@@ -508,6 +515,34 @@ def test_a_short_window_tops_up_as_the_tuner_does_on_a_short_link() -> None:
             assert len(tuned) > 10
             assert short == tuned
             assert short_most == tuned_most
+
+
+def test_a_short_window_hands_the_top_ups_back_as_the_tuner_does() -> None:
+    # A reader that holds the stream back only now and then: each time the
+    # buffer empties, the top-ups go back to asyncssh and the next pause
+    # takes them again; the ShortWindow's are the tuner's, top-up for top-up,
+    # and the stream never stalls (credit keeps coming to the end).
+    # (A reader faster than the line empties the buffer between bursts, and
+    # with pauses 20 packets apart the hand-over happens: a ShortWindow that
+    # kept asyncssh's top-ups off there stalled after 5 top-ups.)
+    seconds = 0.5
+    for pause_every in (2, 5, 20):
+        for reader in (400e6, 4e9):
+            tuned: list[tuple[float, int]] = []
+            short: list[tuple[float, int]] = []
+            for credits, is_short in ((tuned, False), (short, True)):
+                _slow_reader(
+                    rtt=0.0002,
+                    reader=reader,
+                    budget=WindowBudget(32 * MiB),
+                    base=1 * MiB,
+                    short=is_short,
+                    seconds=seconds,
+                    credits=credits,
+                    pause_every=pause_every,
+                )
+            assert short == tuned, (pause_every, reader)
+            assert short[-1][0] > 100.0 + seconds * 0.9, (pause_every, reader, short[-1])
 
 
 def test_a_short_window_wants_feeding_only_while_held_back() -> None:
