@@ -168,9 +168,9 @@ async def test_the_round_trip_is_the_one_asked_for_not_a_millisecond_more() -> N
     # take their loop turns too: 0.4-0.7 ms alone, 1.0 ms once in the full
     # suite (the bound was 1 ms then).
     # Plus what this host adds now to each of the round trip's two sleeps of
-    # half of it (the process idles between the line's wake-ups): a timerfd
-    # armed for 25 ms woke 0.05-0.1 ms late on a quiet host, 0.4-0.5 ms late
-    # while this VM's host ran slow (and this quartile was 51.6-52.5 ms).
+    # half of it (the process idles between the line's wake-ups): while this
+    # VM's host ran slow a timerfd armed for 25 ms woke 0.4-0.5 ms late (one
+    # for 2 ms 0.05-0.1 ms), and this quartile was 51.6-52.5 ms.
     woken_late = await _timerfd_lateness(rtt / 2)
     assert times[len(times) // 4] <= rtt + 0.0015 + 2 * woken_late, (woken_late, times)
 
