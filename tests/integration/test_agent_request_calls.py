@@ -28,7 +28,7 @@ import pytest
 import bench
 from tests.conftest import AgentFactory
 from tests.support.capture import APIClient
-from tests.support.raw_api import raw_api
+from tests.support.raw_api import fixed_answer, raw_api
 from tests.support.waiting import wait_until
 
 SITE = Path(bench.__file__).parent / "calls_site"
@@ -55,16 +55,9 @@ pytestmark = pytest.mark.serial
 async def test_the_agent_makes_few_calls_per_small_request(
     client: APIClient, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    async def answer(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
-    ) -> bool:
-        writer.write(ANSWER)
-        await writer.drain()
-        return True
-
     timed_long: list[str] = []
     called: dict[str, int] | None = None
-    async for raw in raw_api(answer):
+    async for raw in raw_api(fixed_answer(ANSWER)):
         for attempt in range(AGENTS):
             counted = tmp_path / f"agent-{attempt}"
             counted.mkdir()

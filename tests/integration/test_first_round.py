@@ -19,13 +19,10 @@ import contextlib
 import pytest
 
 from server.relay import Relay
-from server.tunnel.registry import Tunnel
-from sluice.tokens import AgentToken
-from sluice.window_tuning import LONG
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, noise
 from tests.support.relay_wire import window_adjusts
-from tests.support.waiting import wait_until
+from tests.support.short_link import short_link_agent
 
 # It measures what another test's load would skew: `make test` runs it alone.
 pytestmark = pytest.mark.serial
@@ -50,28 +47,6 @@ async def _bursty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.close()
 
 
-async def _short_link_agent(
-    relay: Relay, start_agent: AgentFactory, port: int
-) -> tuple[Tunnel, AgentToken]:
-    """An agent whose login timed the loopback as short (under the tuner's
-    ``LONG``): no window grows on it. On a busy machine a login can take 5 ms,
-    which tells a long link, the case this test is not about: such an agent
-    logs in again (up to five times)."""
-    _, token = await relay.store.create_agent("short-link")
-    agent_id = token.agent_id
-    logins: list[float] = []
-    for _ in range(5):
-        agent, _ = await start_agent([f"127.0.0.1:{port}"], token=token)
-        await wait_until(lambda: relay.registry.is_online(agent_id), what="agent online")
-        [tunnel] = relay.registry.replicas(agent_id)
-        logins.append(tunnel.login_rtt)
-        if tunnel.login_rtt < LONG:
-            return tunnel, token
-        await agent.stop()
-        await wait_until(lambda: not relay.registry.is_online(agent_id), what="agent offline")
-    raise AssertionError(f"no login timed the loopback as short: {logins}")
-
-
 @pytest.mark.timeout(90)
 async def test_a_first_round_slowed_by_the_api_grants_no_more_than_the_window(
     relay: Relay, api: InternalAPI, start_agent: AgentFactory
@@ -79,7 +54,7 @@ async def test_a_first_round_slowed_by_the_api_grants_no_more_than_the_window(
     server = await asyncio.start_server(_bursty, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        tunnel, token = await _short_link_agent(relay, start_agent, port)
+        tunnel, token = await short_link_agent(relay, start_agent, port, "short-link")
         adjusts = window_adjusts(tunnel)
         http = relay.tunnel_http.session(token.agent_id)
         async with http.get(f"http://127.0.0.1:{port}/bursty") as resp:

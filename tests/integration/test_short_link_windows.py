@@ -20,12 +20,10 @@ import aiohttp
 import pytest
 
 from server.relay import Relay
-from server.tunnel.registry import Tunnel
 from sluice import window_tuning
-from sluice.window_tuning import LONG
 from tests.conftest import AgentFactory
-from tests.support.raw_api import raw_api
-from tests.support.waiting import wait_until
+from tests.support.raw_api import fixed_answer, raw_api
+from tests.support.short_link import short_link_agent
 
 BODY = b'{"ok": true}'
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
@@ -38,26 +36,6 @@ REQUESTS = 20
 pytestmark = pytest.mark.serial
 
 
-async def _short_link_agent(relay: Relay, start_agent: AgentFactory, port: int) -> Tunnel:
-    """An agent whose login timed the loopback as short (under the tuner's
-    ``LONG``). On a busy machine a login can take 5 ms, which tells a link
-    that may be long, the case this test is not about: such an agent logs
-    in again (up to five times)."""
-    _, token = await relay.store.create_agent("short-link windows")
-    agent_id = token.agent_id
-    logins: list[float] = []
-    for _ in range(5):
-        agent, _ = await start_agent([f"127.0.0.1:{port}"], token=token)
-        await wait_until(lambda: relay.registry.is_online(agent_id), what="agent online")
-        [tunnel] = relay.registry.replicas(agent_id)
-        logins.append(tunnel.login_rtt)
-        if 0 < tunnel.login_rtt < LONG:
-            return tunnel
-        await agent.stop()
-        await wait_until(lambda: not relay.registry.is_online(agent_id), what="agent offline")
-    raise AssertionError(f"no login timed the loopback as short: {logins}")
-
-
 async def _get(http: aiohttp.ClientSession, url: str) -> None:
     async with http.get(url) as resp:
         assert resp.status == 200
@@ -68,21 +46,14 @@ async def _get(http: aiohttp.ClientSession, url: str) -> None:
 async def test_small_answers_on_a_short_link_run_no_window_code(
     relay: Relay, start_agent: AgentFactory
 ) -> None:
-    async def answer(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
-    ) -> bool:
-        writer.write(ANSWER)
-        await writer.drain()
-        return True
-
     calls: list[str] = []
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
         if event == "call" and frame.f_code.co_filename == window_tuning.__file__:
             calls.append(frame.f_code.co_qualname)
 
-    async for raw in raw_api(answer):
-        tunnel = await _short_link_agent(relay, start_agent, raw.port)
+    async for raw in raw_api(fixed_answer(ANSWER)):
+        tunnel, _ = await short_link_agent(relay, start_agent, raw.port, "short-link windows")
         http = relay.tunnel_http.session(tunnel.agent_id)
         url = f"http://127.0.0.1:{raw.port}/small"
         async with asyncio.timeout(30):

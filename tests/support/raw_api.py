@@ -50,6 +50,20 @@ class RawAPI:
             await self._server.wait_closed()
 
 
+def fixed_answer(answer: bytes) -> Answer:
+    """An ``Answer`` that writes *answer* to every request and keeps the
+    connection open."""
+
+    async def write(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> bool:
+        writer.write(answer)
+        await writer.drain()
+        return True
+
+    return write
+
+
 async def raw_api(answer: Answer) -> AsyncIterator[RawAPI]:
     api = RawAPI(answer)
     await api.start()

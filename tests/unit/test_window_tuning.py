@@ -491,27 +491,35 @@ def test_a_short_window_counts_data_waiting_for_a_paused_reader() -> None:
         assert held_most <= base, f"{held_most} bytes waited in a window of {base}"
 
 
+def _tuner_and_short_window(
+    budget: WindowBudget, **reader: Any
+) -> tuple[list[tuple[float, int]], int, list[tuple[float, int]], int]:
+    """The same slow reader on loopback with a 1 MiB window, once tuned (on
+    *budget*) and once a ``ShortWindow``: each one's top-ups and the most
+    that waited at once (``_slow_reader``'s *reader* arguments as given)."""
+    tuned: list[tuple[float, int]] = []
+    short: list[tuple[float, int]] = []
+    _, tuned_most = _slow_reader(rtt=0.0002, budget=budget, base=1 * MiB, credits=tuned, **reader)
+    _, short_most = _slow_reader(
+        rtt=0.0002,
+        budget=WindowBudget(32 * MiB),
+        base=1 * MiB,
+        short=True,
+        credits=short,
+        **reader,
+    )
+    return tuned, tuned_most, short, short_most
+
+
 def test_a_short_window_tops_up_as_the_tuner_does_on_a_short_link() -> None:
     # The same slow readers on loopback: the ShortWindow's top-ups are the
     # tuner's, top-up for top-up (the tuner times rounds there, but nothing
     # it decides changes the window below LONG).
     for reader in (10e6, 40e6, 400e6):
         for setup_rtt in (0.0, 0.0005):
-            tuned: list[tuple[float, int]] = []
-            short: list[tuple[float, int]] = []
             budget = WindowBudget(32 * MiB)
             budget.setup_rtt = setup_rtt
-            _, tuned_most = _slow_reader(
-                rtt=0.0002, reader=reader, budget=budget, base=1 * MiB, credits=tuned
-            )
-            _, short_most = _slow_reader(
-                rtt=0.0002,
-                reader=reader,
-                budget=WindowBudget(32 * MiB),
-                base=1 * MiB,
-                short=True,
-                credits=short,
-            )
+            tuned, tuned_most, short, short_most = _tuner_and_short_window(budget, reader=reader)
             assert len(tuned) > 10
             assert short == tuned
             assert short_most == tuned_most
@@ -528,19 +536,9 @@ def test_a_short_window_hands_the_top_ups_back_as_the_tuner_does() -> None:
     seconds = 0.5
     for pause_every in (2, 5, 20):
         for reader in (400e6, 4e9):
-            tuned: list[tuple[float, int]] = []
-            short: list[tuple[float, int]] = []
-            for credits, is_short in ((tuned, False), (short, True)):
-                _slow_reader(
-                    rtt=0.0002,
-                    reader=reader,
-                    budget=WindowBudget(32 * MiB),
-                    base=1 * MiB,
-                    short=is_short,
-                    seconds=seconds,
-                    credits=credits,
-                    pause_every=pause_every,
-                )
+            tuned, _, short, _ = _tuner_and_short_window(
+                WindowBudget(32 * MiB), reader=reader, seconds=seconds, pause_every=pause_every
+            )
             assert short == tuned, (pause_every, reader)
             assert short[-1][0] > 100.0 + seconds * 0.9, (pause_every, reader, short[-1])
 
