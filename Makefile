@@ -40,7 +40,8 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -rs -m "serial and not deploy"
 	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
 		echo "== storage and API tests on PostgreSQL =="; \
-		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal -m "postgres and not serial"; \
+		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal -m "postgres and not serial" && \
+		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -m "postgres and serial"; \
 	fi
 	@echo "== deploy tests: images, systemd units, compose file (podman, as root) =="
 	$(BIN)/python -m pytest -q -rs -m deploy tests/deploy

@@ -15,7 +15,11 @@ from tests.support.capture import APIClient, remember_secret
 from tests.support.waiting import wait_until
 
 # Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
-pytestmark = pytest.mark.postgres
+# Serial as well: under two workers, an agent still logging in with a dead
+# token when a test's relay stops left an aiosqlite connection to be
+# collected in the next test (1 of 6 runs after the relay-stop fix; the
+# path it still takes is not found yet).
+pytestmark = [pytest.mark.postgres, pytest.mark.serial]
 
 
 async def test_agent_token_grace_lets_the_old_token_work_until_it_ends(
