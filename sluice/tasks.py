@@ -15,6 +15,7 @@ log = structlog.get_logger("sluice.tasks")
 class TaskSet:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<TaskSet running={len(self._tasks)}>"
@@ -23,7 +24,21 @@ class TaskSet:
         return len(self._tasks)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        """Run *coro* as a task of this set; once the set has closed, never
+        (the task returned is cancelled before it starts).
+
+        What the owner closes after its tasks (a relay's store) must not
+        see new work from a callback that fires late: a timer armed for the
+        end of a token's grace, a connection lost after the stop's wait.
+        """
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            coro.close()  # never started, so no "was never awaited" warning
+            log.debug("task_refused_after_close", task=name)
+            refused = loop.create_task(_nothing(), name=name)
+            refused.cancel()
+            return refused
+        task = loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -34,7 +49,9 @@ class TaskSet:
             log.error("background_task_failed", task=task.get_name(), error=repr(task.exception()))
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Let running tasks finish for up to *timeout* seconds, then cancel them."""
+        """Let running tasks finish for up to *timeout* seconds, then cancel
+        them; from now on the set starts no task."""
+        self._closed = True
         if not self._tasks:
             return
         _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -43,6 +60,10 @@ class TaskSet:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def cancel_until_done(

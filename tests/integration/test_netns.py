@@ -48,6 +48,7 @@ async def test_agent_reaches_an_api_the_relay_cannot(topology: Topology, tmp_pat
         ServerSettings(
             data_dir=tmp_path / "relay",
             ssh_listen=HostPort(topology.relay_ip, 0),
+            http_listen=HostPort("127.0.0.1", 0),  # not 8080: tests run side by side
             log_format="json",
         )
     )

@@ -25,6 +25,7 @@ async def strict_relay(tmp_path: Path) -> AsyncIterator[Relay]:
         ServerSettings(
             data_dir=tmp_path / "relay",
             ssh_listen=HostPort("127.0.0.1", 0),
+            http_listen=HostPort("127.0.0.1", 0),  # not 8080: tests run side by side
             auth_failures_per_address=3,
             auth_ban_seconds=60,
             log_format="json",
@@ -158,6 +159,7 @@ async def network_relay(tmp_path: Path) -> AsyncIterator[Relay]:
         ServerSettings(
             data_dir=tmp_path / "relay",
             ssh_listen=HostPort("127.0.0.1", 0),
+            http_listen=HostPort("127.0.0.1", 0),  # not 8080: tests run side by side
             auth_failures_per_address=3,
             auth_failures_per_network=6,
             auth_network_exempt="127.0.3.0/24",
