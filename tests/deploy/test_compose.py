@@ -29,7 +29,7 @@ from tests.deploy.conftest import api_get, wait_agent_online
 from tests.deploy.images import REPO
 from tests.deploy.podman import GLOBAL_FLAGS, RUN_FLAGS, machine_lock, podman, retag
 from tests.support.capture import remember_secret
-from tests.support.relay_process import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.deploy
 

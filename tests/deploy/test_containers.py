@@ -19,7 +19,7 @@ import pytest
 from tests.deploy.conftest import wait_agent_online
 from tests.deploy.podman import RUN_FLAGS, podman, remove_container
 from tests.support.capture import remember_secret
-from tests.support.relay_process import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.deploy
 

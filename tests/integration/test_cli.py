@@ -16,7 +16,8 @@ from server.relay import Relay
 from sluice import __version__
 from tests.support.api import InternalAPI
 from tests.support.capture import remember_secret
-from tests.support.relay_process import RelayProcess, free_port
+from tests.support.ports import free_port
+from tests.support.relay_process import RelayProcess
 
 BIN = Path(sys.executable).parent
 

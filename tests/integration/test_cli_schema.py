@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import server.storage
 from server.settings import sqlite_url
-from tests.support.relay_process import free_port
+from tests.support.ports import free_port
 
 BIN = Path(sys.executable).parent / "sluice-server"
 MIGRATIONS_DIR = Path(server.storage.__file__).parent / "migrations"

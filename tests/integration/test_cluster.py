@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from sluice.tokens import AgentToken
 from tests.support.api import InternalAPI
 from tests.support.capture import remember_secret
 from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
+from tests.support.ports import free_ports
 from tests.support.relay_process import BIN, RelayProcess
 from tests.support.waiting import poll_until
 
@@ -461,23 +460,6 @@ async def test_three_relays_a_killed_one_fails_nothing_elsewhere_and_changes_rea
                 await relay.stop()
 
 
-def _two_free_ports() -> int:
-    """A port p such that p and p + 1 are both free now, below the ephemeral
-    range (so that no outgoing connection, which the kernel gives a port of
-    that range, takes one of them before the workers bind them)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        port = random.randrange(10000, max(10001, low - 2))
-        try:
-            with socket.socket() as first, socket.socket() as second:
-                first.bind(("127.0.0.1", port))
-                second.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no two consecutive free ports")
-
-
 async def _true(value: bool) -> bool:
     return value
 
@@ -487,7 +469,7 @@ async def test_workers_share_the_api_port_and_each_has_an_ssh_port(
     tmp_path: Path, cluster_database: str, api: InternalAPI
 ) -> None:
     key = master_key()
-    ssh_port = _two_free_ports()
+    ssh_port = free_ports(2)
     relay = cluster_relay(
         tmp_path,
         "w",

@@ -18,7 +18,7 @@ from server.relay import Relay
 from sluice.sshconfig import fingerprint
 from tests.conftest import relay_settings
 from tests.support.capture import remember_secret
-from tests.support.relay_process import free_port
+from tests.support.ports import free_port
 
 BIN = Path(sys.executable).parent
 

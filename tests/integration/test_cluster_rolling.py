@@ -14,7 +14,8 @@ import pytest
 from sluice.tokens import AgentToken
 from tests.support.api import InternalAPI
 from tests.support.cluster import cluster_relay, get_json, master_key, start_cluster_agent
-from tests.support.relay_process import RelayProcess, free_port
+from tests.support.ports import free_port
+from tests.support.relay_process import RelayProcess
 
 ADMIN = "slcadm_rolling_" + os.urandom(12).hex()
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)

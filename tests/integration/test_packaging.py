@@ -37,6 +37,7 @@ import pytest
 from agent.settings import AgentSettings
 from server.settings import ServerSettings
 from sluice.config import load_settings
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
@@ -503,19 +504,6 @@ def closed_port() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def free_port() -> int:
-    """A port that was free a moment ago.
-
-    The CLIs accept no port 0 (a listener nobody can find), so the relay's
-    run below needs a concrete port: the small race with other processes is
-    the price.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def run_healthcheck(command: list[str], env: dict[str, str]) -> int:

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 APACHE = shutil.which("apache2") or (
@@ -55,13 +56,6 @@ class Daemon:
 
     def base(self, scheme: str = "http") -> str:
         return f"{scheme}://{self.host}:{self.port}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

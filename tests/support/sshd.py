@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.support.relay_process import free_port
+from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)

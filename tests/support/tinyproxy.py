@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 TINYPROXY = shutil.which("tinyproxy")
 
@@ -28,13 +29,6 @@ class Tinyproxy:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _config(port: int, users: dict[str, str], connect_ports: Iterable[int]) -> str:
@@ -102,7 +96,7 @@ async def run_tinyproxy(
     log_path = workdir / "tinyproxy.log"
     for attempt in range(_ATTEMPTS):
         conf = workdir / "tinyproxy.conf"
-        port = _free_port()
+        port = free_port()
         conf.write_text(_config(port, users, ports))
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
