@@ -25,7 +25,8 @@ class TaskSet:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run *coro* as a task of this set; once the set has closed, never
-        (the task returned is cancelled before it starts).
+        (the task returned is cancelled before it starts, and *coro* runs no
+        code at all: not its ``finally`` blocks either).
 
         What the owner closes after its tasks (a relay's store) must not
         see new work from a callback that fires late: a timer armed for the

@@ -24,6 +24,7 @@ import pytest
 
 from bench.delay_line import DelayLine
 from server.relay import Relay
+from server.tunnel.http_client import SKIP_AUTO_HEADERS
 from sluice import sshconfig
 from tests.conftest import relay_settings
 from tests.support.agent import AgentProcess
@@ -372,8 +373,13 @@ async def _gets_beside(
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(stream_opened)
     gets: list[tuple[float, bool]] = []
-    async with aiohttp.ClientSession(
-        connector=http.connector, connector_owner=False, trace_configs=[trace]
+    async with aiohttp.ClientSession(  # *http*'s options (TunnelHTTP.session)
+        connector=http.connector,
+        connector_owner=False,
+        trace_configs=[trace],
+        auto_decompress=False,
+        trust_env=False,
+        skip_auto_headers=SKIP_AUTO_HEADERS,
     ) as traced:
         # Through the window's growth (the stock burst: the first second or
         # so) and beyond.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import random
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +12,14 @@ import aiohttp
 from sluice.tokens import AgentToken
 from tests.support.agent import AgentProcess
 from tests.support.capture import remember_secret
+from tests.support.ports import free_port
 from tests.support.relay_process import RelayProcess
 
 
 def fixed_port() -> int:
     """A free port below the ephemeral range: a relay restarted on it finds it
     free again (an outgoing connection never takes a port outside that range)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        port = random.randrange(10000, max(10001, low - 1))
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no free port below the ephemeral range")
+    return free_port()
 
 
 def master_key() -> str:

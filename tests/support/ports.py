@@ -32,8 +32,15 @@ def _worker_index() -> int:
 
 
 def _block_start() -> int:
-    blocks = max(1, (_ephemeral_low() - _FIRST) // _BLOCK)
-    return _FIRST + (_worker_index() % blocks) * _BLOCK
+    low, worker = _ephemeral_low(), _worker_index()
+    start = _FIRST + worker * _BLOCK
+    if start + _BLOCK > low:
+        raise AssertionError(
+            f"no block of {_BLOCK} ports below the ephemeral range ({low} and up) "
+            f"for test worker {worker}: run fewer workers or lower "
+            "/proc/sys/net/ipv4/ip_local_port_range's start"
+        )
+    return start
 
 
 _START = _block_start()
@@ -66,5 +73,7 @@ def free_ports(count: int) -> int:
     for _ in range(_BLOCK):
         port = next(_next)
         if port + count <= _START + _BLOCK and _free(*range(port, port + count)):
+            for _ in range(count - 1):  # the rest of the run is handed out too
+                next(_next)
             return port
     raise AssertionError(f"no {count} consecutive free ports in this worker's block")
