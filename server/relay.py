@@ -481,10 +481,18 @@ class Relay:
         if self.ssh_context is not None:
             self.ssh_context.stopping.set()
         if self.ssh is not None:
-            self.ssh.close()
-            await _step("ssh", self.ssh.wait_closed())
+            self.ssh.close()  # no new agents
         for tunnel in list(self.registry):
             tunnel.close()
+        if self.ssh_context is not None:
+            # The rest: logins under way, agents not registered yet.
+            self.ssh_context.close_connections()
+        if self.ssh is not None:
+            # Only now: since Python 3.12 the listener's wait_closed also
+            # waits for every connection it accepted to end (3.11's, and
+            # uvloop's, return at once), so waiting before closing them
+            # waited for ever.
+            await _step("ssh", self.ssh.wait_closed(), timeout=self.settings.drain_timeout)
         if self.shares is not None:
             await database.step("cap_shares", self.shares.close())
         if self.presence is not None:

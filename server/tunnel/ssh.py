@@ -48,6 +48,16 @@ class SSHContext:
     # connections that began before the listener closed) are refused
     # without asking the store, which is about to close.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Every SSH connection the listener accepted and that has not ended
+    # (agents online, logins under way): the relay's stop closes them all.
+    connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+
+    def close_connections(self) -> int:
+        """Close every accepted SSH connection (tunnels' included); how many."""
+        closing = list(self.connections)
+        for ssh in closing:
+            ssh.close()
+        return len(closing)
 
 
 class _OneAnswer(asyncssh.SSHTCPSession[bytes]):
@@ -112,6 +122,7 @@ class RelaySSHServer(asyncssh.SSHServer):
 
     def connection_made(self, ssh: asyncssh.SSHServerConnection) -> None:
         self._ssh = ssh
+        self._ctx.connections.add(ssh)
         read_whole_packets(ssh, self._ctx.reads)
         send_scheduler.start(ssh)  # uploads' and requests' packets interleaved, short queues
         send_coalescing.start(ssh)  # a loop turn's requests in one write
@@ -137,6 +148,8 @@ class RelaySSHServer(asyncssh.SSHServer):
             self._ctx.preauth.release(self._address)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._ssh is not None:
+            self._ctx.connections.discard(self._ssh)
         self._leave_gate()
         if self._expiry is not None:
             self._expiry.cancel()
@@ -200,12 +213,13 @@ class RelaySSHServer(asyncssh.SSHServer):
             if self._ctx.stopping.is_set():
                 return False
             # The lookup is one of the relay's tasks, which its stop waits
-            # for before the store closes: asyncssh does not cancel a login
-            # whose connection closes, and a query that outlived the store
+            # for before the store closes: a query that outlived the store
             # would open a connection of a disposed engine, left to the
-            # garbage collector after the event loop ended.
-            agent = await self._ctx.tasks.spawn(
-                self._ctx.store.authenticate_agent(token), name="agent_login"
+            # garbage collector after the event loop ended. Shielded: the
+            # stop closes this connection, which may cancel this login, and
+            # the lookup still ends before the store closes.
+            agent = await asyncio.shield(
+                self._ctx.tasks.spawn(self._ctx.store.authenticate_agent(token), name="agent_login")
             )
         if agent is None:
             banned = limiter.record_failure(self._address)

@@ -250,3 +250,33 @@ async def test_a_login_under_way_when_the_relay_stops_ends_before_the_store_clos
     with contextlib.suppress(asyncio.CancelledError, OSError, asyncssh.Error):
         conn = await login
         conn.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_stopped_relay_leaves_no_ssh_connection_open(strict_relay: Relay) -> None:
+    """The stop closes every SSH connection it accepted, online agents' and
+    those still logging in, before it waits for its listener: since Python
+    3.12 that wait lasts until they have all ended (it hung there for ever
+    with one agent online), and a login under way was left to the login
+    timeout (30 s) after the relay had stopped."""
+    _, token = await strict_relay.store.create_agent("online")
+    online = await _connect(strict_relay, password=str(token))
+    listener = await _register(online)
+    # A client that connected and said nothing more: its login is under way.
+    host, port = strict_relay.ssh_address
+    reader, writer = await asyncio.open_connection(host, port)
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
+    await wait_until(
+        lambda: (
+            strict_relay.ssh_context is not None and len(strict_relay.ssh_context.connections) == 2
+        ),
+        what="both connections accepted",
+    )
+    async with asyncio.timeout(10):
+        await strict_relay.close()
+        # What the peers see: the relay ended both connections.
+        await online.wait_closed()
+        while await reader.read(65536):
+            pass
+    listener.close()
+    writer.close()
