@@ -456,7 +456,8 @@ class Relay:
         hands back what it holds and exits with status 0. A database that
         stalls (no answer, connections left open) costs the steps that need
         it database_timeout in all, so a stop takes at most drain_timeout
-        plus database_timeout, whatever the database does.
+        plus database_timeout (and a few seconds for the SSH connections to
+        end), whatever the database does.
         """
         if self.closed.is_set():
             return
@@ -492,7 +493,7 @@ class Relay:
             # waits for every connection it accepted to end (3.11's, and
             # uvloop's, return at once), so waiting before closing them
             # waited for ever.
-            await _step("ssh", self.ssh.wait_closed(), timeout=self.settings.drain_timeout)
+            await _step("ssh", self.ssh.wait_closed(), timeout=_SSH_CLOSE_SECONDS)
         if self.shares is not None:
             await database.step("cap_shares", self.shares.close())
         if self.presence is not None:
@@ -512,6 +513,8 @@ class Relay:
 # Each step that needs the database gets at least this long, the budget
 # spent or not: enough to cancel its tasks and close what needs no answer.
 _LEAST_STEP_SECONDS = 0.2
+# What the SSH connections, all closed by then, take to end (a few loop turns).
+_SSH_CLOSE_SECONDS = 5.0
 
 
 class _Budget:

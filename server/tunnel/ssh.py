@@ -130,6 +130,11 @@ class RelaySSHServer(asyncssh.SSHServer):
         peer = ssh.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._address = peer[0] if peer else "?"
+        if self._ctx.stopping.is_set():
+            # Accepted just before the listener closed, made just after the
+            # stop closed the connections it knew of.
+            ssh.close()
+            return
         if self._ctx.limiter.is_banned(self._address):
             log.warning("ssh_refused_banned_address", peer=self._peer)
             ssh.close()
@@ -215,12 +220,19 @@ class RelaySSHServer(asyncssh.SSHServer):
             # The lookup is one of the relay's tasks, which its stop waits
             # for before the store closes: a query that outlived the store
             # would open a connection of a disposed engine, left to the
-            # garbage collector after the event loop ended. Shielded: the
-            # stop closes this connection, which may cancel this login, and
-            # the lookup still ends before the store closes.
-            agent = await asyncio.shield(
-                self._ctx.tasks.spawn(self._ctx.store.authenticate_agent(token), name="agent_login")
+            # garbage collector after the event loop ended. asyncssh cancels
+            # a login whose connection ends: the lookup goes with it, except
+            # when the relay's stop closed the connection (it then ends
+            # before the store closes).
+            lookup = self._ctx.tasks.spawn(
+                self._ctx.store.authenticate_agent(token), name="agent_login"
             )
+            try:
+                agent = await asyncio.shield(lookup)
+            except asyncio.CancelledError:
+                if not self._ctx.stopping.is_set():
+                    lookup.cancel()
+                raise
         if agent is None:
             banned = limiter.record_failure(self._address)
             log.warning("ssh_auth_failed", peer=self._peer, banned=banned)

@@ -213,8 +213,8 @@ async def test_an_exempt_network_is_only_banned_address_by_address(network_relay
 async def test_a_login_under_way_when_the_relay_stops_ends_before_the_store_closes(
     strict_relay: Relay,
 ) -> None:
-    """asyncssh does not cancel a login whose connection closes, so a token
-    lookup under way when the relay stops must end before the store closes:
+    """The stop closes a login's connection (asyncssh then cancels the
+    login), yet a token lookup under way must end before the store closes:
     after it, the lookup would open a connection of the disposed engine,
     left unclosed past the event loop (aiosqlite then fails in its thread)."""
     _, token = await strict_relay.store.create_agent("stopping")
@@ -272,11 +272,46 @@ async def test_a_stopped_relay_leaves_no_ssh_connection_open(strict_relay: Relay
         ),
         what="both connections accepted",
     )
-    async with asyncio.timeout(10):
-        await strict_relay.close()
-        # What the peers see: the relay ended both connections.
-        await online.wait_closed()
-        while await reader.read(65536):
-            pass
-    listener.close()
-    writer.close()
+    try:
+        async with asyncio.timeout(10):
+            await strict_relay.close()
+            # What the peers see: the relay ended both connections.
+            await online.wait_closed()
+            while await reader.read(65536):
+                pass
+        ctx = strict_relay.ssh_context
+        assert ctx is not None
+        assert not ctx.connections
+    finally:
+        listener.close()
+        writer.close()
+
+
+async def test_a_login_whose_client_leaves_takes_its_lookup_with_it(
+    strict_relay: Relay,
+) -> None:
+    """Outside a stop, a login's token lookup ends with its connection: a
+    client that sends a token and leaves does not leave a lookup running
+    past the pre-auth gate's place it held."""
+    _, token = await strict_relay.store.create_agent("leaving")
+    store = strict_relay.store
+    events: list[str] = []
+
+    async def stalled_lookup(agent_token: AgentToken) -> AgentRecord | None:
+        events.append("lookup began")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append("lookup cancelled")
+            raise
+        return None
+
+    store.authenticate_agent = stalled_lookup  # type: ignore[method-assign,assignment]
+    login = asyncio.create_task(_connect(strict_relay, password=str(token)))
+    await wait_until(lambda: events == ["lookup began"], what="the login's lookup")
+    login.cancel()  # the client leaves mid-login: its socket closes
+    with contextlib.suppress(asyncio.CancelledError):
+        await login
+    await wait_until(
+        lambda: events == ["lookup began", "lookup cancelled"], what="the lookup cancelled"
+    )
