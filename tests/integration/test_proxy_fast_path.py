@@ -17,7 +17,7 @@ from server.relay import Relay
 from tests.conftest import AgentFactory
 from tests.support.api import InternalAPI, blob_sha256
 from tests.support.capture import APIClient, remember_secret
-from tests.support.raw_api import RawAPI, raw_api
+from tests.support.raw_api import RawAPI, fixed_answer, raw_api
 from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -192,14 +192,7 @@ async def test_an_api_that_drops_kept_alive_connections_costs_no_error(
 async def test_a_misbehaving_api_gets_a_definite_answer(
     client: APIClient, start_agent: AgentFactory, reply: bytes, expected: str | None
 ) -> None:
-    async def answer(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
-    ) -> bool:
-        writer.write(reply)
-        await writer.drain()
-        return False
-
-    async for raw in raw_api(answer):
+    async for raw in raw_api(fixed_answer(reply, keep_open=False)):
         conn_id = await _through_agent(raw, client, start_agent)
         url = f"{client.base}/v1/connections/{conn_id}/proxy/x"
         async with asyncio.timeout(10):

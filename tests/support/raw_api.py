@@ -50,16 +50,16 @@ class RawAPI:
             await self._server.wait_closed()
 
 
-def fixed_answer(answer: bytes) -> Answer:
-    """An ``Answer`` that writes *answer* to every request and keeps the
-    connection open."""
+def fixed_answer(answer: bytes, keep_open: bool = True) -> Answer:
+    """An ``Answer`` that writes *answer* to every request, then keeps the
+    connection open or (not *keep_open*) closes it."""
 
     async def write(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
     ) -> bool:
         writer.write(answer)
         await writer.drain()
-        return True
+        return keep_open
 
     return write
 
