@@ -52,6 +52,7 @@ from typing import Any, Final
 
 from asyncssh.connection import SSHConnection
 
+from sluice.gathered_write import JOINED_FOR
 from sluice.switches import switched_on
 
 # "off" (or 0, false, no) turns the coalescing alone off; "on" or unset: on.
@@ -134,9 +135,13 @@ class Outbox:
         self.transport = None  # (a closed connection's outbox keeps no transport alive)
         if transport.is_closing():
             return  # aborted: asyncssh drops what its transport holds, too
+        # gathered_write.write_parts, inline (a call per flush): joined for
+        # the asyncio transport whose writelines never pauses its protocol.
         try:  # not contextlib.suppress: three Python calls, on every flush
             if len(parts) == 1:
                 transport.write(parts[0])
+            elif type(transport) is JOINED_FOR:
+                transport.write(b"".join(parts))
             else:
                 transport.writelines(parts)
         except ConnectionError:  # as asyncssh's own _send

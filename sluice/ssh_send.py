@@ -55,6 +55,7 @@ from asyncssh.packet import SSHPacketLogger, String
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sluice import send_coalescing, send_scheduler
+from sluice.gathered_write import write_parts
 from sluice.ssh_gcm import (
     _AEAD_KEY,
     _ENCRYPT_INTO,
@@ -284,7 +285,7 @@ def _patch_flush() -> None:
                     # disconnect packet in it): out now, after what is held.
                     if held is not None:
                         held.flush()
-                    _write_all(transport, batch)
+                    write_parts(transport, batch)
                 else:
                     held.add(transport, batch)  # written once, as the loop turn ends
 
@@ -294,20 +295,6 @@ def _patch_flush() -> None:
 
 # (getattr: an asyncssh without it must still import this module, and run stock.)
 _STOCK_PAUSE_RESUME = getattr(SSHChannel, "_pause_resume_writing", None)
-
-
-def _write_all(transport: Any, batch: list[bytes]) -> None:
-    # Any: asyncssh types it as a Transport, but it may be its own tunnel
-    # object (a proxy command) with write() only.
-    try:  # not contextlib.suppress: three Python calls, on every flush
-        if len(batch) == 1:
-            transport.write(batch[0])
-        elif hasattr(transport, "writelines"):
-            transport.writelines(batch)
-        else:  # e.g. asyncssh's proxy-command tunnel
-            transport.write(b"".join(batch))
-    except ConnectionError:  # as asyncssh's own _send
-        pass
 
 
 _DATA_PREFIX = struct.Struct(">BBII")  # padding length, MSG_CHANNEL_DATA, channel, length
@@ -552,7 +539,7 @@ def _send_small(chan: SSHChannel[Any], data: Any, size: int) -> bool:
     ssh._rekey_bytes_sent += pktlen
     chan._send_window -= size
     if held is None:  # no coalescing: written now, as the flush would
-        _write_all(transport, [header, sealed])
+        write_parts(transport, [header, sealed])
         return True
     # Outbox.add, inline.
     held.transport = transport

@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +27,30 @@ from tests.support.waiting import wait_until
 STRANGER = "4242"  # a UID and GID with no passwd or group entry
 AS_STRANGER = ["setpriv", "--reuid", STRANGER, "--regid", STRANGER, "--clear-groups"]
 
-needs_setpriv = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv (util-linux) to run the agent under an unknown UID",
-)
+
+def _why_no_stranger() -> str | None:
+    """Why the agent cannot be run under the unknown UID here, if it cannot:
+    no root or setpriv; or this interpreter is out of that UID's reach (a
+    directory on its path it may not search, as pyenv's under /root, mode
+    0700): the interpreter alone is started, so a fault of the agent's
+    still fails the tests."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return "needs root and setpriv (util-linux) to run the agent under an unknown UID"
+    probe = subprocess.run(
+        [*AS_STRANGER, sys.executable, "-c", ""],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode != 0:
+        said = probe.stderr.decode(errors="replace").strip()
+        return f"UID {STRANGER} cannot start {sys.executable} here ({said})"
+    return None
+
+
+_NO_STRANGER = _why_no_stranger()
+needs_setpriv = pytest.mark.skipif(_NO_STRANGER is not None, reason=_NO_STRANGER or "")
 
 
 def _agent_env(relay: Relay, token: str) -> dict[str, str]:
