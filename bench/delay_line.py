@@ -42,6 +42,7 @@ from typing import cast
 
 from bench.line_clock import DEFAULT_TIMER, TIMERS, Clock, make_clock, now
 from bench.proc import Child, spawn
+from sluice.gathered_write import write_parts
 from sluice.runtime import install_uvloop
 
 # Held per direction before the line stops reading from the sender: the data
@@ -171,7 +172,7 @@ class _Direction(asyncio.Protocol):
         target = self.peer.transport if self.peer is not None else None
         if target is not None and not target.is_closing():
             if out:
-                target.writelines(out)
+                write_parts(target, out)  # (asyncio's writelines may not pause: gathered_write)
                 self.carried += sum(map(len, out))
             if mark == _EOF and target.can_write_eof():
                 target.write_eof()

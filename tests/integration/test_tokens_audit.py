@@ -18,10 +18,7 @@ from tests.support.capture import APIClient, remember_secret
 from tests.support.waiting import wait_until
 
 # Also run against PostgreSQL by `make test` when SLUICE_TEST_POSTGRES_URL is set.
-# Serial as well: under two workers, the grace recheck below left an
-# aiosqlite connection to be collected in the next test before a TaskSet
-# refused spawns after its close (kept serial: not re-run in two workers).
-pytestmark = [pytest.mark.postgres, pytest.mark.serial]
+pytestmark = pytest.mark.postgres
 
 
 async def test_agent_token_grace_lets_the_old_token_work_until_it_ends(

@@ -24,6 +24,7 @@ import asyncssh
 import pytest
 
 from sluice import ssh_reads, ssh_tuning
+from sluice.gathered_write import write_parts
 from sluice.ssh_framed import FrameBuffer, send_framed
 from sluice.ssh_reads import ReadBuffer, read_whole_packets
 from sluice.ssh_tuning import tune_asyncssh
@@ -52,7 +53,7 @@ class _RecordingTransport:
     def writelines(self, data: list[bytes]) -> None:
         for piece in data:
             self._record(piece)
-        self.inner.writelines(data)
+        write_parts(self.inner, data)  # as the outbox writes to a real transport
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)

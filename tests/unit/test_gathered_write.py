@@ -3,8 +3,9 @@ intact on the loops Sluice runs (asyncio and uvloop): a peer that stops
 reading pauses the writer once its buffer passes the high-water mark. On
 Python 3.12.0-3.12.8 and 3.13.0-3.13.1 asyncio's own ``writelines`` never
 paused (CPython gh-127655, PSF-2024-14): this test fails there without the
-join. And every byte arrives, in order, on each loop and through a
-transport that has ``write`` only."""
+join. Both ways the tunnel writes are held to it: ``write_parts`` and the
+outbox's flush, which makes the same choice inline. And every byte arrives,
+in order, on each loop and through a transport that has ``write`` only."""
 
 from __future__ import annotations
 
@@ -16,9 +17,18 @@ from typing import Any
 import pytest
 
 from sluice.gathered_write import write_parts
+from sluice.send_coalescing import Outbox
 
 HIGH = 64 * 1024
 PARTS = [bytes([i]) * (32 * 1024) for i in range(64)]  # 2 MiB, each part its own byte
+
+
+Write = Callable[[asyncio.WriteTransport, list[bytes]], None]
+
+
+def _through_the_outbox(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
+    # More than the outbox's limit: written at once, by its flush.
+    Outbox(asyncio.get_running_loop()).add(transport, parts)
 
 
 def _runners() -> list[Any]:
@@ -45,19 +55,22 @@ class _Writer(asyncio.Protocol):
 _Seen = tuple[int, int, int, bytes]
 
 
-async def _write_to_a_stalled_peer() -> _Seen:
+async def _write_to_a_stalled_peer(write: Write) -> _Seen:
     """Parts written at once to a socket whose peer does not read yet; then
     the peer reads all. Returns the pauses seen when the write returned, the
     bytes the transport held then, the resumes seen once the peer had read
     all (the transport sent the last bytes, and so resumed, before), and
     what the peer read."""
     ours, theirs = socket.socketpair()
+    # A small kernel buffer, whatever this host's default: the transport
+    # must hold most of what is written.
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     theirs.setblocking(False)
     loop = asyncio.get_running_loop()
     transport, writer = await loop.create_connection(_Writer, sock=ours)
     try:
         transport.set_write_buffer_limits(high=HIGH)
-        write_parts(transport, PARTS)
+        write(transport, list(PARTS))
         paused, held = writer.paused, transport.get_write_buffer_size()
         received = bytearray()
         async with asyncio.timeout(10):
@@ -70,11 +83,12 @@ async def _write_to_a_stalled_peer() -> _Seen:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("write", [write_parts, _through_the_outbox], ids=["parts", "outbox"])
 @pytest.mark.parametrize("run", _runners())
 def test_a_peer_that_stops_reading_pauses_the_writer(
-    run: Callable[[Coroutine[Any, Any, _Seen]], _Seen],
+    run: Callable[[Coroutine[Any, Any, _Seen]], _Seen], write: Write
 ) -> None:
-    paused, held, resumed, received = run(_write_to_a_stalled_peer())
+    paused, held, resumed, received = run(_write_to_a_stalled_peer(write))
     assert held > HIGH  # the kernel took only part of it: the transport holds the rest
     assert paused == 1, f"{held} bytes held, the writer never told to pause"
     assert resumed == 1

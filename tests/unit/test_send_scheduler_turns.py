@@ -16,6 +16,7 @@ import asyncssh
 import pytest
 
 from sluice import send_scheduler
+from sluice.gathered_write import write_parts
 from sluice.ssh_tuning import tune_asyncssh
 from tests.support.ssh_pair import OpenServer, connect_local, serve_local
 
@@ -47,7 +48,7 @@ class _CountingTransport:
 
     def writelines(self, data: list[Any]) -> None:
         self.calls += sum(len(piece) for piece in data) > 1024
-        self.inner.writelines(data)
+        write_parts(self.inner, data)  # as the outbox writes to a real transport
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)

@@ -10,6 +10,7 @@ import asyncssh
 import pytest
 
 from sluice import ssh_receive, ssh_send, ssh_tuning
+from sluice.gathered_write import write_parts
 from sluice.ssh_tuning import skip_aead_ignore_packets, tune_asyncssh
 from tests.support.ssh_pair import connect_local
 from tests.support.waiting import wait_until
@@ -100,7 +101,7 @@ class _CountingTransport:
     def writelines(self, data: list[bytes]) -> None:
         self.calls += 1
         self.chunks += len(data)
-        self.inner.writelines(data)
+        write_parts(self.inner, data)  # as the outbox writes to a real transport
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
