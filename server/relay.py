@@ -500,6 +500,8 @@ class Relay:
             await database.step("presence", self.presence.close())
         if self.feed is not None:
             await database.step("change_feed", self.feed.close())
+        if self.reactions is not None:
+            self.reactions.close()  # the checks armed for grace periods' ends
         if self.forwarder is not None:
             await _step("forwarder", self.forwarder.close())
         await _step("tunnel_http", self.tunnel_http.close())

@@ -48,10 +48,22 @@ class ChangeReactions:
         # Agents changed lately: a tunnel of theirs that registers now may
         # have logged in with the old token just before the change.
         self._recent: dict[str, float] = {}
+        # The check armed for the end of each agent's rotation grace (one per
+        # agent: a later check replaces it), cancelled when the relay stops.
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}
+        self._closed = False
         registry.watch(self._tunnel_event)
 
     def __repr__(self) -> str:
-        return f"<ChangeReactions kinds={sorted(self._others)}>"
+        return f"<ChangeReactions kinds={sorted(self._others)} rechecks={len(self._rechecks)}>"
+
+    def close(self) -> None:
+        """Cancel the checks armed for the ends of grace periods (the relay
+        stops: nothing may start on its store or tunnels any more)."""
+        self._closed = True
+        for handle in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
 
     def on(self, kind: str, callback: Callable[[str], None]) -> None:
         """Also call *callback(target)* for changes of *kind* (admin token, relays)."""
@@ -97,9 +109,21 @@ class ChangeReactions:
             await self._tunnel_http.forget(agent_id)
             log.info("tunnels_closed_by_change", agent_id=agent_id, tunnels_closed=closed)
         expires = credentials.previous_token_expires_at if credentials else None
-        if expires is not None and expires > now and self._registry.replicas(agent_id):
+        if (
+            expires is not None
+            and expires > now
+            and self._registry.replicas(agent_id)
+            and not self._closed  # (a check that ended after the relay's stop began)
+        ):
             delay = (expires - now).total_seconds() + 0.05
-            asyncio.get_running_loop().call_later(
-                delay, lambda: self._tasks.spawn(self.check_agent(agent_id))
+            armed = self._rechecks.pop(agent_id, None)
+            if armed is not None:
+                armed.cancel()
+            self._rechecks[agent_id] = asyncio.get_running_loop().call_later(
+                delay, self._recheck, agent_id
             )
         return closed
+
+    def _recheck(self, agent_id: str) -> None:
+        self._rechecks.pop(agent_id, None)
+        self._tasks.spawn(self.check_agent(agent_id), name=f"recheck-agent-{agent_id}")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -89,7 +89,31 @@ async def test_tunnels_on_the_old_token_close_when_the_grace_ends(
 
 
 @pytest.mark.timeout(30)
-async def test_a_grace_recheck_due_after_the_relay_stopped_opens_no_database_connection(
+def _recorded_rechecks(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, asyncio.TimerHandle]]:
+    """The rechecks the relay's reactions arm from now on (agent, timer),
+    as the event loop holds them."""
+    reactions = relay.reactions
+    assert reactions is not None
+    loop = asyncio.get_running_loop()
+    call_later = loop.call_later
+    armed: list[tuple[str, asyncio.TimerHandle]] = []
+
+    def recording(
+        delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        handle = call_later(delay, callback, *args, **kwargs)
+        # (By module, not object: a function or a bound method of the reactions'.)
+        if getattr(callback, "__module__", None) == type(reactions).__module__:
+            armed.append((args[0] if args else "", handle))
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", recording)
+    return armed
+
+
+async def test_a_relay_that_stops_inside_a_grace_cancels_its_recheck(
     relay: Relay,
     client: APIClient,
     api: InternalAPI,
@@ -97,20 +121,12 @@ async def test_a_grace_recheck_due_after_the_relay_stopped_opens_no_database_con
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The relay arms a timer for the end of a rotated token's grace, to close
-    the tunnels still on it. A relay that stops inside the grace must not run
-    that check on its closed store: it opened a connection of the disposed
-    engine, left to the garbage collector after the event loop ended."""
-    reactions = relay.reactions
-    assert reactions is not None
-    checks: list[float] = []  # when a check of the agent was asked for
-    check_agent = reactions.check_agent
-
-    def recorded(agent_id: str) -> Coroutine[Any, Any, int]:
-        checks.append(time.monotonic())
-        return check_agent(agent_id)
-
-    monkeypatch.setattr(reactions, "check_agent", recorded)
-    old = await _agent_with_old_token(relay, client, api, start_agent, grace=3)
+    the tunnels still on it. A relay that stops inside the grace cancels it:
+    it would run a check on a closed store and keep the relay referenced
+    until it fired (before the TaskSet refused it, that check opened a
+    connection of the disposed engine, left to the garbage collector)."""
+    armed = _recorded_rechecks(relay, monkeypatch)
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=30)
     assert relay.registry.is_online(old.agent_id)
     # The change feed hears of the rotation and the reactions check the
     # agent's tunnels, arming the recheck: a read that began after the
@@ -124,17 +140,31 @@ async def test_a_grace_recheck_due_after_the_relay_stopped_opens_no_database_con
     feed.poke()
     await wait_until(lambda: feed.reads >= began + 2, what="the next change feed read")
     await wait_until(lambda: len(relay.tasks) == 0, what="the reactions' check of the agent")
-    assert checks, "the rotation was never checked"
-    connects: list[float] = []
-    sa.event.listen(
-        relay.store.engine.sync_engine, "connect", lambda *_: connects.append(time.monotonic())
-    )
+    assert len([handle for _, handle in armed if not handle.cancelled()]) == 1, armed
     await relay.close()
-    closed_at = time.monotonic()
-    await wait_until(
-        lambda: checks[-1] > closed_at, timeout=8, what="the recheck at the grace's end"
-    )
-    assert [t - closed_at for t in connects if t > closed_at] == []
+    assert [handle for _, handle in armed if not handle.cancelled()] == []
+    assert {agent_id for agent_id, _ in armed} == {old.agent_id}
+
+
+async def test_a_later_check_inside_the_grace_replaces_the_armed_recheck(
+    relay: Relay,
+    client: APIClient,
+    api: InternalAPI,
+    start_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each check of an agent inside its grace (a change of it, a tunnel of
+    it registering) arms the recheck again: one stays armed per agent, not
+    one per check, each of which would read the store at the grace's end."""
+    reactions = relay.reactions
+    assert reactions is not None
+    armed = _recorded_rechecks(relay, monkeypatch)
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=30)
+    for _ in range(3):
+        await reactions.check_agent(old.agent_id)
+    assert len(armed) >= 3
+    assert [handle for _, handle in armed if not handle.cancelled()] == [armed[-1][1]]
+    assert {agent_id for agent_id, _ in armed} == {old.agent_id}
 
 
 @pytest.mark.timeout(30)
