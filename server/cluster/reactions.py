@@ -49,7 +49,7 @@ class ChangeReactions:
         # have logged in with the old token just before the change.
         self._recent: dict[str, float] = {}
         # The check armed for the end of each agent's rotation grace (one per
-        # agent: a later check replaces it), cancelled when the relay stops.
+        # agent, the earliest asked for), cancelled when the relay stops.
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
         registry.watch(self._tunnel_event)
@@ -115,13 +115,16 @@ class ChangeReactions:
             and self._registry.replicas(agent_id)
             and not self._closed  # (a check that ended after the relay's stop began)
         ):
-            delay = (expires - now).total_seconds() + 0.05
-            armed = self._rechecks.pop(agent_id, None)
-            if armed is not None:
-                armed.cancel()
-            self._rechecks[agent_id] = asyncio.get_running_loop().call_later(
-                delay, self._recheck, agent_id
-            )
+            # The earliest end wins: checks finish in any order, and one that
+            # read the credentials before a second rotation (a later end)
+            # must not put off the recheck the newer read asked for.
+            loop = asyncio.get_running_loop()
+            when = loop.time() + (expires - now).total_seconds() + 0.05
+            armed = self._rechecks.get(agent_id)
+            if armed is None or when < armed.when():
+                if armed is not None:
+                    armed.cancel()
+                self._rechecks[agent_id] = loop.call_at(when, self._recheck, agent_id)
         return closed
 
     def _recheck(self, agent_id: str) -> None:

@@ -88,31 +88,37 @@ async def test_tunnels_on_the_old_token_close_when_the_grace_ends(
     assert await relay.store.authenticate_agent(old) is None
 
 
-@pytest.mark.timeout(30)
 def _recorded_rechecks(
     relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[str, asyncio.TimerHandle]]:
     """The rechecks the relay's reactions arm from now on (agent, timer),
-    as the event loop holds them."""
+    as the event loop holds them (a timer of theirs that fired is not live
+    either: the graces in these tests outlast them)."""
     reactions = relay.reactions
     assert reactions is not None
     loop = asyncio.get_running_loop()
-    call_later = loop.call_later
+    call_at = loop.call_at
     armed: list[tuple[str, asyncio.TimerHandle]] = []
 
     def recording(
-        delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any
+        when: float, callback: Callable[..., object], *args: Any, **kwargs: Any
     ) -> asyncio.TimerHandle:
-        handle = call_later(delay, callback, *args, **kwargs)
+        handle = call_at(when, callback, *args, **kwargs)
         # (By module, not object: a function or a bound method of the reactions'.)
         if getattr(callback, "__module__", None) == type(reactions).__module__:
             armed.append((args[0] if args else "", handle))
         return handle
 
-    monkeypatch.setattr(loop, "call_later", recording)
+    # call_at: call_later calls it too (the reactions used call_later before).
+    monkeypatch.setattr(loop, "call_at", recording)
     return armed
 
 
+def _live(armed: list[tuple[str, asyncio.TimerHandle]]) -> list[asyncio.TimerHandle]:
+    return [handle for _, handle in armed if not handle.cancelled()]
+
+
+@pytest.mark.timeout(30)
 async def test_a_relay_that_stops_inside_a_grace_cancels_its_recheck(
     relay: Relay,
     client: APIClient,
@@ -126,7 +132,7 @@ async def test_a_relay_that_stops_inside_a_grace_cancels_its_recheck(
     until it fired (before the TaskSet refused it, that check opened a
     connection of the disposed engine, left to the garbage collector)."""
     armed = _recorded_rechecks(relay, monkeypatch)
-    old = await _agent_with_old_token(relay, client, api, start_agent, grace=30)
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=300)
     assert relay.registry.is_online(old.agent_id)
     # The change feed hears of the rotation and the reactions check the
     # agent's tunnels, arming the recheck: a read that began after the
@@ -140,13 +146,14 @@ async def test_a_relay_that_stops_inside_a_grace_cancels_its_recheck(
     feed.poke()
     await wait_until(lambda: feed.reads >= began + 2, what="the next change feed read")
     await wait_until(lambda: len(relay.tasks) == 0, what="the reactions' check of the agent")
-    assert len([handle for _, handle in armed if not handle.cancelled()]) == 1, armed
+    assert len(_live(armed)) == 1, armed
     await relay.close()
-    assert [handle for _, handle in armed if not handle.cancelled()] == []
+    assert _live(armed) == []
     assert {agent_id for agent_id, _ in armed} == {old.agent_id}
 
 
-async def test_a_later_check_inside_the_grace_replaces_the_armed_recheck(
+@pytest.mark.timeout(30)
+async def test_checks_inside_a_grace_keep_one_recheck_armed(
     relay: Relay,
     client: APIClient,
     api: InternalAPI,
@@ -154,17 +161,44 @@ async def test_a_later_check_inside_the_grace_replaces_the_armed_recheck(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each check of an agent inside its grace (a change of it, a tunnel of
-    it registering) arms the recheck again: one stays armed per agent, not
-    one per check, each of which would read the store at the grace's end."""
+    it registering) asks for the recheck again: one stays armed per agent,
+    the earliest asked for, not one per check, each of which would read the
+    store at the grace's end."""
     reactions = relay.reactions
     assert reactions is not None
     armed = _recorded_rechecks(relay, monkeypatch)
-    old = await _agent_with_old_token(relay, client, api, start_agent, grace=30)
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=300)
     for _ in range(3):
         await reactions.check_agent(old.agent_id)
-    assert len(armed) >= 3
-    assert [handle for _, handle in armed if not handle.cancelled()] == [armed[-1][1]]
+    live = _live(armed)
+    assert len(live) == 1, armed
+    # The same grace read again asks for about the same end (wall clock and
+    # loop clock read microseconds apart): whichever is earliest stays.
+    assert live[0].when() == min(handle.when() for _, handle in armed)
     assert {agent_id for agent_id, _ in armed} == {old.agent_id}
+
+
+@pytest.mark.timeout(30)
+async def test_a_check_that_ends_after_the_stop_began_arms_nothing(
+    relay: Relay,
+    client: APIClient,
+    api: InternalAPI,
+    start_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check under way when the relay's stop cancels the rechecks (one the
+    change feed started) must not arm one after it."""
+    reactions = relay.reactions
+    assert reactions is not None
+    old = await _agent_with_old_token(relay, client, api, start_agent, grace=300)
+    await wait_until(lambda: len(relay.tasks) == 0, what="the reactions' checks")
+    armed = _recorded_rechecks(relay, monkeypatch)
+    # Started, not yet run: it reads the agent's credentials after the close.
+    check = asyncio.get_running_loop().create_task(reactions.check_agent(old.agent_id))
+    reactions.close()
+    assert await check == 0  # the tunnel on the old token stays for its grace
+    assert relay.registry.is_online(old.agent_id)
+    assert _live(armed) == []
 
 
 @pytest.mark.timeout(30)
