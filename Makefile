@@ -41,8 +41,9 @@ test: lint typecheck
 	@if [ -n "$$SLUICE_TEST_POSTGRES_URL" ]; then \
 		echo "== storage and API tests on PostgreSQL =="; \
 		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal -m "postgres and not serial" && \
-		SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -m "postgres and serial"; \
-	fi
+		{ SLUICE_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -rs -m "postgres and serial" || \
+			[ $$? -eq 5 ]; }; \
+	fi  # (pytest's status 5: no test selected; none is marked postgres and serial today)
 	@echo "== deploy tests: images, systemd units, compose file (podman, as root) =="
 	$(BIN)/python -m pytest -q -rs -m deploy tests/deploy
 
