@@ -16,12 +16,6 @@ from tests.support.ports import free_port
 from tests.support.relay_process import RelayProcess
 
 
-def fixed_port() -> int:
-    """A free port below the ephemeral range: a relay restarted on it finds it
-    free again (an outgoing connection never takes a port outside that range)."""
-    return free_port()
-
-
 def master_key() -> str:
     key = base64.b64encode(os.urandom(32)).decode()
     remember_secret(key)
@@ -39,7 +33,7 @@ def cluster_relay(
         "relay_dead_after": "4",
         # Chosen now with the relay's other ports (a port of the system's
         # choosing could be one another relay of the test means to take).
-        "cluster_listen": f"127.0.0.1:{fixed_port()}",
+        "cluster_listen": f"127.0.0.1:{free_port()}",
         "admin_token": admin_token,
         **settings,
     }
@@ -47,8 +41,9 @@ def cluster_relay(
         tmp_path / f"relay-{name}", tmp_path / f"relay-{name}.log", prefix=None, **values
     )
     relay.admin_token = admin_token
-    # Ports a restart can bind again (see fixed_port).
-    relay.ssh_port, relay.http_port = fixed_port(), fixed_port()
+    # Ports a restart can bind again: free_port's lie below the ephemeral
+    # range, which no outgoing connection takes a port from meanwhile.
+    relay.ssh_port, relay.http_port = free_port(), free_port()
     relay.base = f"http://127.0.0.1:{relay.http_port}"
     if "ssh_listen" not in settings:
         relay.env["SLUICE_SERVER_SSH_LISTEN"] = f"127.0.0.1:{relay.ssh_port}"

@@ -13,6 +13,7 @@ import pytest
 
 from sluice import send_scheduler
 from sluice.ssh_tuning import tune_asyncssh
+from tests.support.loops import loop_runners
 from tests.support.ssh_pair import OpenServer, connect_local
 
 
@@ -58,17 +59,8 @@ async def _write_after_the_socket_closed(host: str) -> str:
         await server.wait_closed()
 
 
-def _runners() -> list[Any]:
-    runners: list[Any] = [pytest.param(asyncio.run, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a dependency of the relay and agent
-        return runners
-    return [*runners, pytest.param(uvloop.run, id="uvloop")]
-
-
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-@pytest.mark.parametrize("run", _runners())
+@pytest.mark.parametrize("run", loop_runners())
 def test_a_write_as_the_socket_closes_does_not_fail_on_the_rate(
     run: Callable[[Coroutine[Any, Any, str]], str], host: str
 ) -> None:
