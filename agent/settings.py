@@ -57,14 +57,6 @@ class AgentSettings(BaseSettings):
         description="Tunnels to keep, one per relay of the cluster (learnt from the "
         "relay dialled); 1: only the relay dialled.",
     )
-    lanes: int = Field(
-        default=2,
-        ge=1,
-        le=4,
-        description="SSH connections to each relay when the link to it is long (its login "
-        "round trip 4 ms or more): small requests beside a bulk transfer then take one "
-        "without its queue ahead of them; 1: one connection.",
-    )
     discovery_interval: float = Field(
         default=3.0, gt=0, le=60, description="How often the cluster's relays are asked for."
     )

@@ -1,6 +1,4 @@
-"""Keeps the tunnel up: reconnect forever with backoff, fail over, drain on
-stop; on a long link, more connections to the same relay (lanes,
-``sluice.lanes``), each kept up the same way."""
+"""Keeps the tunnel up: reconnect forever with backoff, fail over, drain on stop."""
 
 from __future__ import annotations
 
@@ -20,7 +18,6 @@ from agent.settings import AgentSettings
 from agent.state import TunnelState, TunnelStatus
 from agent.tunnel import open_tunnel
 from sluice.addresses import HostPort
-from sluice.lanes import lane_instance
 from sluice.tokens import AgentToken
 
 log = structlog.get_logger("sluice.agent")
@@ -53,17 +50,11 @@ class Supervisor:
         opener: Opener,
         ctx: ProxyContext,
         status: TunnelStatus | None = None,
-        lane: int = 0,
     ) -> None:
         self._settings = settings
         self._open = opener
         self._ctx = ctx
         self.status = status or TunnelStatus()
-        self._log = log.bind(lane=lane) if lane else log
-        # The other lanes' supervisors (sluice.lanes), started once a session
-        # shows the link long; they stop with this one.
-        self._lanes: list[asyncio.Task[None]] = []
-        self._shutdown: asyncio.Event | None = None
         self.ready = asyncio.Event()
         # The live tunnel while one is up (the relay set asks through it).
         self.tunnel: Tunnel | None = None
@@ -90,7 +81,7 @@ class Supervisor:
         self.status.last_error = str(exc)
         self.status.to(TunnelState.BACKING_OFF)
         event = "relay_needs_attention" if getattr(exc, "needs_operator", False) else "reconnecting"
-        self._log.warning(
+        log.warning(
             event,
             attempt=retry_state.attempt_number,
             delay_s=round(delay, 2),
@@ -100,8 +91,6 @@ class Supervisor:
         self._relay_index = (self._relay_index + 1) % len(self._settings.relay)
 
     async def run(self, shutdown: asyncio.Event) -> None:
-        self._shutdown = shutdown
-
         async def sleep(seconds: float) -> None:
             try:
                 async with asyncio.timeout(seconds):
@@ -128,12 +117,6 @@ class Supervisor:
             self.ready.clear()
             if self.status.state is not TunnelState.CLOSED:
                 self.status.to(TunnelState.CLOSED)
-            if self._lanes:
-                if not shutdown.is_set():  # (cancelled: they go too)
-                    for task in self._lanes:
-                        task.cancel()
-                # Each drains on the same shutdown (one count of open streams).
-                await asyncio.gather(*self._lanes, return_exceptions=True)
 
     async def _one_session(self, shutdown: asyncio.Event) -> None:
         """Open a tunnel and hold it. Returns normally after a stable session or
@@ -148,14 +131,11 @@ class Supervisor:
         self.status.to(TunnelState.UP)
         self.tunnel = tunnel
         self.ready.set()
-        if not tunnel.short_link and not self._lanes:
-            self._open_lanes(relay)
-        self._log.info(
+        log.info(
             "tunnel_up",
             relay=str(relay),
             connect_ms=round((up_at - began) * 1000, 1),
             short_link=tunnel.short_link,
-            lanes=len(self._lanes) + 1,  # (this one's; a lane's own: 1)
         )
 
         closed = asyncio.ensure_future(tunnel.wait_closed())
@@ -171,28 +151,17 @@ class Supervisor:
             await self._drain(tunnel)
             return
         uptime = time.monotonic() - up_at
-        self._log.warning("tunnel_down", relay=str(relay), uptime_s=round(uptime, 1))
+        log.warning("tunnel_down", relay=str(relay), uptime_s=round(uptime, 1))
         if uptime >= self._settings.stable_after:
             return  # a fresh start: the backoff counter resets
         raise TunnelDropped(f"tunnel to {relay} closed after {uptime:.1f} s")
-
-    def _open_lanes(self, relay: HostPort) -> None:
-        """The link to *relay* is long: keep ``lanes - 1`` more connections
-        to it, each with its own supervisor (reconnects and backoff), until
-        this one stops (sluice.lanes)."""
-        if not isinstance(self._open, Dialer) or self._shutdown is None:
-            return  # (a test's opener, or run() not under way)
-        settings = self._settings.model_copy(update={"relay": [relay], "lanes": 1})
-        for number in range(1, self._settings.lanes):
-            lane = Supervisor(settings, self._open.lane(number), self._ctx, lane=number)
-            self._lanes.append(asyncio.ensure_future(lane.run(self._shutdown)))
 
     async def _drain(self, tunnel: Tunnel) -> None:
         """Stop taking new streams, let open ones finish (bounded), then close."""
         self.status.to(TunnelState.DRAINING)
         tunnel.stop_accepting()
         stats = self._ctx.stats
-        self._log.info(
+        log.info(
             "draining",
             streams_open=stats.streams_open,
             drain_timeout_s=self._settings.drain_timeout,
@@ -203,47 +172,25 @@ class Supervisor:
         except TimeoutError:
             pass
         if stats.streams_open:
-            self._log.warning("drain_timeout", streams_cut=stats.streams_open)
+            log.warning("drain_timeout", streams_cut=stats.streams_open)
         tunnel.close()
         try:
             async with asyncio.timeout(5):
                 await tunnel.wait_closed()
         except TimeoutError:
-            self._log.warning("close_timeout")
+            log.warning("close_timeout")
         self.status.to(TunnelState.CLOSED)
 
 
-class Dialer:
+def connect_opener(settings: AgentSettings, token: AgentToken, ctx: ProxyContext) -> Opener:
     """The real opener: an asyncssh tunnel to the given relay address.
 
     Every session of this process carries the same instance id, so the relay
-    can tell a reconnect (replace the stale session) from a second replica;
-    each lane (``lane``) carries one of its own, of the same family.
+    can tell a reconnect (replace the stale session) from a second replica.
     """
+    instance = secrets.token_hex(8)
 
-    def __init__(
-        self,
-        settings: AgentSettings,
-        token: AgentToken,
-        ctx: ProxyContext,
-        instance: str | None = None,
-    ) -> None:
-        self._settings = settings
-        self._token = token
-        self._ctx = ctx
-        self.instance = instance or secrets.token_hex(8)
+    async def opener(relay: HostPort) -> Tunnel:
+        return await open_tunnel(settings, token, relay, ctx, instance)
 
-    def __repr__(self) -> str:
-        return f"<Dialer {self.instance}>"
-
-    async def __call__(self, relay: HostPort) -> Tunnel:
-        return await open_tunnel(self._settings, self._token, relay, self._ctx, self.instance)
-
-    def lane(self, number: int) -> Dialer:
-        """The dialer of this process's lane *number* (sluice.lanes)."""
-        return Dialer(self._settings, self._token, self._ctx, lane_instance(self.instance, number))
-
-
-def connect_opener(settings: AgentSettings, token: AgentToken, ctx: ProxyContext) -> Dialer:
-    """A new process's dialer (a fresh instance id)."""
-    return Dialer(settings, token, ctx)
+    return opener

@@ -20,7 +20,6 @@ from server.tunnel.channel_transport import (
 from server.tunnel.spare_channel import ChannelSupply
 from server.tunnel.window_share import SHARED_WINDOW, WindowShare
 from sluice.connect import Target
-from sluice.lanes import family
 from sluice.window_tuning import WindowBudget
 
 _ids = itertools.count(1)
@@ -53,21 +52,15 @@ class Tunnel:
     in_flight: int = 0
     streams_total: int = 0
     draining: bool = False
-    # Another lane's budget (sluice.lanes): the lanes of one agent process
-    # share one cap on what may be in flight. None: a budget of its own.
-    lane_budget: WindowBudget | None = field(default=None, repr=False)
     share: WindowShare = field(init=False)
     budget: WindowBudget = field(init=False)
     channels: ChannelSupply = field(init=False)
 
     def __post_init__(self) -> None:
         self.share = WindowShare(full=self.window, shared=min(self.window, SHARED_WINDOW))
-        if self.lane_budget is not None:
-            self.budget = self.lane_budget  # (the same link: what it learned holds)
-        else:
-            self.budget = WindowBudget(self.max_inflight)
-            self.budget.setup_rtt = self.login_rtt
-            self.budget.short = self.short_link
+        self.budget = WindowBudget(self.max_inflight)
+        self.budget.setup_rtt = self.login_rtt
+        self.budget.short = self.short_link
         self.channels = ChannelSupply(
             self.ssh,
             self.listen,
@@ -208,23 +201,6 @@ class TunnelRegistry:
             callback(tunnel)
         self._tell("draining", tunnel)
         self._notify()
-
-    def lane_budget(self, agent_id: str, instance: str) -> WindowBudget | None:
-        """The receive budget of another live lane of the agent process that
-        logged in as *instance* (sluice.lanes); None if it has none here (or
-        names no process). Not a stale session of the same lane: a
-        reconnect starts afresh, with its own login's round trip."""
-        process = family(instance)
-        if not process:
-            return None
-        for tunnel in self._by_agent.get(agent_id, ()):
-            if (
-                not tunnel.draining
-                and tunnel.instance != instance
-                and family(tunnel.instance) == process
-            ):
-                return tunnel.budget
-        return None
 
     def replicas(self, agent_id: str) -> list[Tunnel]:
         return list(self._by_agent.get(agent_id, ()))

@@ -280,7 +280,6 @@ class RelaySSHServer(asyncssh.SSHServer):
             ),
             instance=self._instance,
             credential=self._credential,
-            lane_budget=self._ctx.registry.lane_budget(self._agent.id, self._instance),
         )
         self._tunnel = tunnel
         return TunnelListener(tunnel, self._ctx.registry)

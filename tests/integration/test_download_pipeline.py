@@ -129,9 +129,7 @@ async def test_an_agent_on_a_long_link_keeps_the_1mib_window(
     answers beside a download (issue 27)."""
     async with DelayLine.start(relay.ssh_address[1], 0.02) as line:
         _, token = await start_agent(
-            [f"127.0.0.1:{api.port}"],
-            relay_address=f"127.0.0.1:{line.port}",
-            lanes="1",  # one connection, this test's subject (sluice.lanes: test_lanes.py)
+            [f"127.0.0.1:{api.port}"], relay_address=f"127.0.0.1:{line.port}"
         )
         assert await _opened_windows(relay, token.agent_id, api) == {MiB}
 

@@ -84,9 +84,7 @@ async def test_gets_beside_a_download_on_a_pooled_stream(
 ) -> None:
     async with DelayLine.start(relay.ssh_address[1], RTT, rate=RATE) as line:
         _, token = await start_agent(
-            [f"127.0.0.1:{api.port}"],
-            relay_address=f"127.0.0.1:{line.port}",
-            lanes="1",  # one connection, this test's subject (sluice.lanes: test_lanes.py)
+            [f"127.0.0.1:{api.port}"], relay_address=f"127.0.0.1:{line.port}"
         )
         conn_id = await _connection(client, api.base, token.agent_id)
         [tunnel] = relay.registry.replicas(token.agent_id)

@@ -163,7 +163,6 @@ async def test_a_tuned_relay_serves_a_stock_asyncssh_agent(
                     "SLUICE_AGENT_LOG_FORMAT": "json",
                     "SLUICE_AGENT_HEALTH_LISTEN": "off",
                     "SLUICE_AGENT_REKEY_BYTES": str(REKEY),
-                    "SLUICE_AGENT_LANES": "1",  # the one connection whose exchanges are counted
                     "SLUICE_SSH_TUNING": "off",
                 },
                 tmp_path / "agent.log",

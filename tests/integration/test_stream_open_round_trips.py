@@ -100,9 +100,7 @@ async def _beside_a_busy_stream(
 ) -> None:
     async with DelayLine.start(relay.ssh_address[1], RTT) as line:
         _, token = await start_agent(
-            [f"127.0.0.1:{api.port}"],
-            relay_address=f"127.0.0.1:{line.port}",
-            lanes="1",  # one connection, this test's subject (sluice.lanes: test_lanes.py)
+            [f"127.0.0.1:{api.port}"], relay_address=f"127.0.0.1:{line.port}"
         )
         conn_id = await _connection(client, base, token.agent_id, ca)
         proxy = f"/v1/connections/{conn_id}/proxy"

@@ -103,7 +103,6 @@ async def test_a_bulk_answer_goes_in_full_packets_and_a_small_one_at_once(
             _, token = await start_agent(
                 [f"127.0.0.1:{api.port}"],
                 relay_address=f"127.0.0.1:{pipe.listen_port}",
-                lanes="1",  # one connection through the pipe, whatever its round trip
                 process_env={"SLUICE_SSH_TUNING": tuning},
             )
             [tunnel] = pipe.connections

@@ -67,10 +67,6 @@ async def _far_agent(
                     "SLUICE_AGENT_ALLOW": f"127.0.0.1:{api.port}",
                     "SLUICE_AGENT_LOG_FORMAT": "json",
                     "SLUICE_AGENT_HEALTH_LISTEN": "off",
-                    # One connection: these tests are of its windows (a
-                    # second lane would carry the small answers beside a
-                    # download past them; sluice.lanes, test_lanes.py).
-                    "SLUICE_AGENT_LANES": "1",
                 }
                 | (agent_env or {}),
                 tmp_path / "agent.log",

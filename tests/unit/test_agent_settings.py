@@ -62,8 +62,6 @@ def test_toml_file_below_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ({"SLUICE_AGENT_CONNECT_TIMEOUT": "-1"}, "connect_timeout"),
         ({"SLUICE_AGENT_LOG_FORMAT": "xml"}, "log_format"),
         ({"SLUICE_AGENT_RELAY_FINGERPRINT": "md5:abc"}, "relay_fingerprint"),
-        ({"SLUICE_AGENT_LANES": "0"}, "lanes (SLUICE_AGENT_LANES)"),
-        ({"SLUICE_AGENT_LANES": "5"}, "lanes (SLUICE_AGENT_LANES)"),
         ({"SLUICE_AGENT_BOGUS": "1"}, None),  # unknown env vars are ignored
     ],
 )
