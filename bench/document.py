@@ -1018,6 +1018,35 @@ TUNING_HISTORY = (
     "So about 1.4 us of the 5 the 2x target needs. Not tried: stepping the"
     " receive nonce once per read (one `Struct.unpack` fewer a packet after a read's first: "
     "~60 ns a packet, at c=32 one packet a request in each process).",
+    "GETs beside a download on long links, measured beside it (2026-12-06). The GETs' "
+    "companion had been the 1 GiB file: at 10 ms the direct path moved it in 0.7 s and "
+    "Sluice in 1.8 s, so of the 3 s of GETs (from 0.5 s) most ran after it had ended, on "
+    "an idle link (`bench.long_link --points beside_trace`: Sluice's GETs during the "
+    "download p50 19-25 ms, all of them 11). Now an 8 GiB sparse file, cut off after the "
+    "GETs; a run whose download ended first is not judged. Measured so, at 10/50/100 ms "
+    "(2 reps): direct p50 16-19/57/106-107 ms, Sluice 19-21/63-65/112-117, OpenSSH (whose "
+    "download is slower) 51/101 at 50/100; direct misses the p50 target (RTT + 5 ms) at "
+    "10 and 50 ms too: on two cores the line, curl, nginx and the endpoints all wait for "
+    "the CPU. `ss` during a 50 ms run: the relay's tunnel socket held 2 MB on average "
+    "(6 MB at most) unread, the line's socket toward it 1.9 MB unsent, the agent's 1.2 MB: "
+    "about 10 ms of data at 600 MB/s ahead of each small answer, with the download's "
+    "window 36-41 MB where the pace times the round trip was 29-33 MB (the relay's "
+    "debug log). Tried and left out: (1) a queue's shrink to the pace of the rounds that "
+    "queued rather than the best of the last ten (`sluice/window_tuning.py`; a simulated "
+    "reader swinging between 400 and 600 MB/s: median queue 9.1 -> 7.3 ms at 50 ms, 1% "
+    "less throughput); interleaved `bench.long_link` (4 runs each): GET-beside p50 -3 ms "
+    "at 10 and 50 ms, +1.8 at 100 ms, the download beside the GETs -3 to -8%, the 64 MiB "
+    "download at 10 ms -7% in one run and unchanged in the other. (2) Lanes: a second "
+    "SSH connection per relay on a long link, the GETs on the one without the download "
+    "(branch merged as d06aed5, reverted): a second agent process had given the GETs p50 "
+    "56.6-59.8 against 63.5-63.9 ms at 50 ms, but lanes in one process gave nothing "
+    "(10 ms 19.4-22.5 vs 19.2-20.3, 50 ms 65.8-67.8 vs 63.1-67.0) and the 64 MiB upload at "
+    "10 ms fell (214-251 vs 236-384 MB/s): the second process's gain was its own share "
+    "of the saturated CPU. (3) Python built with PGO and LTO (Debian's 3.11.2, as the "
+    "images and a systemd install on Debian run it) against pyenv's 3.11.7 without them "
+    "(this venv): 15-25% faster on pure-Python loops, but c=32 relay + agent CPU 47-49 "
+    "us a request on either (`bench.ab --points c32 --openssh`, 3 runs each, OpenSSH "
+    "21.0-21.2).",
 )
 
 
@@ -1383,7 +1412,11 @@ def _long_links(r: dict[str, Any]) -> list[str]:
             else ""
         )
         + "; c=1 keep-alive GETs "
-        f"for {plan['get_seconds']} s beside a download of the 1 GiB file on the same path; "
+        f"for {plan['get_seconds']} s beside a download on the same path, of a sparse file "
+        f"of {plan.get('beside_size', 1 << 30) // (1 << 30)} GiB, so that it runs for as long "
+        "as they do on every path (it is cut off after them; until 2026-12-06 it was the "
+        "1 GiB file, which the direct path and Sluice moved before the GETs ended: most GETs "
+        "then ran on an idle link, and the GET-beside figures before then are too low); "
         f"a fresh caller's GET (wrk, a new connection per request, {plan['get_seconds']} s). "
         "The line accepts connections at once, so a new TCP connection through it costs no "
         "round trip (on a real link the direct path's fresh GET costs two).",

@@ -85,7 +85,7 @@ FULL_LINKS = LinkPlan(
     rtts_ms=(10, 50, 100), repetitions=3, size=64 * MiB, get_seconds=3, large=1024 * MiB
 )
 QUICK_LINKS = LinkPlan(
-    rtts_ms=(50,), repetitions=1, size=8 * MiB, get_seconds=1, beside_size=1024 * MiB
+    rtts_ms=(50,), repetitions=1, size=8 * MiB, get_seconds=1, beside_size=3 * GiB
 )
 LARGE_FILE = "1g.bin"
 # Until 2026-12-06 the companion was the 1 GiB file: at 10 ms the direct path
