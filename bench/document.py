@@ -1034,7 +1034,8 @@ TUNING_HISTORY = (
     "debug log). Tried and left out: (1) a queue's shrink to the pace of the rounds that "
     "queued rather than the best of the last ten (`sluice/window_tuning.py`; a simulated "
     "reader swinging between 400 and 600 MB/s: median queue 9.1 -> 7.3 ms at 50 ms, 1% "
-    "less throughput); interleaved `bench.long_link` (4 runs each): GET-beside p50 -3 ms "
+    "less throughput); two interleaved `bench.long_link` A/Bs (8 reps each at 10 and 50 ms, "
+    "4 at 100): GET-beside p50 -3 ms "
     "at 10 and 50 ms, +1.8 at 100 ms, the download beside the GETs -3 to -8%, the 64 MiB "
     "download at 10 ms -7% in one run and unchanged in the other. (2) Lanes: a second "
     "SSH connection per relay on a long link, the GETs on the one without the download "
@@ -1045,7 +1046,7 @@ TUNING_HISTORY = (
     "of the saturated CPU. (3) Python built with PGO and LTO (Debian's 3.11.2, as the "
     "images and a systemd install on Debian run it) against pyenv's 3.11.7 without them "
     "(this venv): 15-25% faster on pure-Python loops, but c=32 relay + agent CPU 47-49 "
-    "us a request on either (`bench.ab --points c32 --openssh`, 3 runs each, OpenSSH "
+    "us a request on either (`bench.ab --points c32 --openssh`, 3 and 2 runs, OpenSSH "
     "21.0-21.2).",
 )
 
