@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from server.cluster.reactions import ChangeReactions
 from server.relay import Relay
 from sluice.tokens import AgentToken
 from tests.conftest import AgentFactory
@@ -88,14 +89,20 @@ async def test_tunnels_on_the_old_token_close_when_the_grace_ends(
     assert await relay.store.authenticate_agent(old) is None
 
 
+def _reactions(relay: Relay) -> ChangeReactions:
+    """The relay's reactions to changes (it has them once started)."""
+    reactions = relay.reactions
+    assert reactions is not None
+    return reactions
+
+
 def _recorded_rechecks(
     relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[str, asyncio.TimerHandle]]:
     """The rechecks the relay's reactions arm from now on (agent, timer),
     as the event loop holds them (a timer of theirs that fired is not live
     either: the graces in these tests outlast them)."""
-    reactions = relay.reactions
-    assert reactions is not None
+    reactions = _reactions(relay)
     loop = asyncio.get_running_loop()
     call_at = loop.call_at
     armed: list[tuple[str, asyncio.TimerHandle]] = []
@@ -164,8 +171,7 @@ async def test_checks_inside_a_grace_keep_one_recheck_armed(
     it registering) asks for the recheck again: one stays armed per agent,
     the earliest asked for, not one per check, each of which would read the
     store at the grace's end."""
-    reactions = relay.reactions
-    assert reactions is not None
+    reactions = _reactions(relay)
     armed = _recorded_rechecks(relay, monkeypatch)
     old = await _agent_with_old_token(relay, client, api, start_agent, grace=300)
     for _ in range(3):
@@ -188,8 +194,7 @@ async def test_a_check_that_ends_after_the_stop_began_arms_nothing(
 ) -> None:
     """A check under way when the relay's stop cancels the rechecks (one the
     change feed started) must not arm one after it."""
-    reactions = relay.reactions
-    assert reactions is not None
+    reactions = _reactions(relay)
     old = await _agent_with_old_token(relay, client, api, start_agent, grace=300)
     await wait_until(lambda: len(relay.tasks) == 0, what="the reactions' checks")
     armed = _recorded_rechecks(relay, monkeypatch)
